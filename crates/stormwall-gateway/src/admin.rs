@@ -1,0 +1,320 @@
+//! The admin listener: REST JSON for keys and events behind a bearer token, an OpenAPI
+//! document, Prometheus metrics and health checks. Kept off the proxy listener so it can be
+//! bound to loopback or a private network.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use secrecy::{ExposeSecret, SecretString};
+use stormwall_store::EventQuery;
+use stormwall_types::KeyId;
+use subtle::ConstantTimeEq;
+
+use crate::body::ProxyBody;
+use crate::error::error_body;
+use crate::keys::{self, CreateKey, KeyError, UpdateKey};
+use crate::pipeline::json_response;
+use crate::state::AppState;
+
+/// The OpenAPI 3.1 description of this API.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+/// Default and largest page of events.
+const DEFAULT_EVENT_PAGE: usize = 1_000;
+/// Largest page of events.
+const MAX_EVENT_PAGE: usize = 10_000;
+
+/// Everything the admin handlers share.
+pub struct AdminState {
+    /// Gateway state.
+    pub app: Arc<AppState>,
+    /// Bearer token.
+    pub token: SecretString,
+}
+
+/// An admin API failure.
+enum AdminError {
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest(String),
+    Conflict(String),
+    Internal,
+}
+
+impl From<KeyError> for AdminError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::NotFound => AdminError::NotFound,
+            KeyError::Invalid(m) => AdminError::BadRequest(m),
+            KeyError::Conflict(m) => AdminError::Conflict(m.to_owned()),
+            KeyError::Store(e) => {
+                tracing::error!(error = %e, "admin: store error");
+                AdminError::Internal
+            }
+        }
+    }
+}
+
+fn error_response(e: AdminError) -> Response<ProxyBody> {
+    let (status, code, msg) = match e {
+        AdminError::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin token".to_owned(),
+        ),
+        AdminError::NotFound => (StatusCode::NOT_FOUND, "not_found", "not found".to_owned()),
+        AdminError::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed".to_owned(),
+        ),
+        AdminError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m),
+        AdminError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+        AdminError::Internal => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the gateway log".to_owned(),
+        ),
+    };
+    json_response(status, error_body(&msg, "admin_error", code))
+}
+
+/// Handles one admin request.
+pub async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(route(&state, req).await.unwrap_or_else(error_response))
+}
+
+fn ok_json<T: serde::Serialize>(
+    status: StatusCode,
+    v: &T,
+) -> Result<Response<ProxyBody>, AdminError> {
+    let body = serde_json::to_vec(v).map_err(|_| AdminError::Internal)?;
+    Ok(json_response(status, Bytes::from(body)))
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(token) = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+    else {
+        return false;
+    };
+    token
+        .trim()
+        .as_bytes()
+        .ct_eq(state.token.expose_secret().as_bytes())
+        .into()
+}
+
+async fn route(
+    state: &AdminState,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, AdminError> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let method = req.method().clone();
+    match (method.clone(), path.as_str()) {
+        (Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "text/plain", "ok\n")),
+        (Method::GET, "/readyz") => return Ok(readyz(state).await),
+        (Method::GET, "/metrics") => {
+            return Ok(text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.app.metrics.encode(),
+            ));
+        }
+        (Method::GET, "/admin/openapi.json") => {
+            return Ok(text(StatusCode::OK, "application/json", OPENAPI_JSON));
+        }
+        _ => {}
+    }
+    if !path.starts_with("/admin/") {
+        return Err(AdminError::NotFound);
+    }
+    if !authorized(state, &req) {
+        return Err(AdminError::Unauthorized);
+    }
+    let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let app = &state.app;
+    match (method, segments.as_slice()) {
+        (Method::GET, ["keys"]) => {
+            let tenant = param(&query, "tenant");
+            ok_json(StatusCode::OK, &keys::list(app, tenant).await?)
+        }
+        (Method::POST, ["keys"]) => {
+            let body: CreateKey = read_json(req).await?;
+            ok_json(StatusCode::CREATED, &keys::create(app, body).await?)
+        }
+        (Method::GET, ["keys", id]) => ok_json(StatusCode::OK, &keys::get(app, id).await?),
+        (Method::PATCH, ["keys", id]) => {
+            let id = (*id).to_owned();
+            let body: UpdateKey = read_json(req).await?;
+            ok_json(StatusCode::OK, &keys::update(app, &id, body).await?)
+        }
+        (Method::POST, ["keys", id, action]) => {
+            let (id, action) = ((*id).to_owned(), (*action).to_owned());
+            let body: ActionBody = read_json_or_default(req).await?;
+            match action.as_str() {
+                "suspend" => ok_json(StatusCode::OK, &keys::suspend(app, &id, body.reason).await?),
+                "resume" => ok_json(StatusCode::OK, &keys::resume(app, &id).await?),
+                "revoke" => ok_json(StatusCode::OK, &keys::revoke(app, &id, body.reason).await?),
+                "rotate" => {
+                    let grace = body
+                        .grace_seconds
+                        .map_or(keys::DEFAULT_ROTATION_GRACE, Duration::from_secs);
+                    ok_json(StatusCode::CREATED, &keys::rotate(app, &id, grace).await?)
+                }
+                _ => Err(AdminError::NotFound),
+            }
+        }
+        (Method::GET, ["events"]) => events(app, &query).await,
+        (_, ["keys"] | ["keys", _] | ["keys", _, _] | ["events"]) => {
+            Err(AdminError::MethodNotAllowed)
+        }
+        _ => Err(AdminError::NotFound),
+    }
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    grace_seconds: Option<u64>,
+}
+
+async fn read_bytes(req: Request<Incoming>) -> Result<Bytes, AdminError> {
+    let limits = crate::config::LimitsConfig {
+        max_request_body_bytes: MAX_ADMIN_BODY,
+        ..crate::config::LimitsConfig::default()
+    };
+    crate::forward::read_request_body(req.into_body(), &limits)
+        .await
+        .map_err(|_| {
+            AdminError::BadRequest(format!(
+                "body missing, unreadable or over {MAX_ADMIN_BODY} bytes"
+            ))
+        })
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, AdminError> {
+    let bytes = read_bytes(req).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+async fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    req: Request<Incoming>,
+) -> Result<T, AdminError> {
+    let bytes = read_bytes(req).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn readyz(state: &AdminState) -> Response<ProxyBody> {
+    let probe =
+        KeyId::new("000000000000").map(|id| async move { state.app.store.get_key(&id).await });
+    let ok = match probe {
+        Ok(fut) => tokio::time::timeout(Duration::from_secs(2), fut)
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        Err(_) => false,
+    };
+    if ok {
+        text(StatusCode::OK, "text/plain", "ready\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "store unavailable\n",
+        )
+    }
+}
+
+#[derive(serde::Serialize)]
+struct EventPage {
+    events: Vec<stormwall_types::UsageEvent>,
+    next_after: Option<String>,
+}
+
+async fn events(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+    let time_param = |name: &str| -> Result<Option<time::OffsetDateTime>, AdminError> {
+        param(query, name)
+            .map(|v| {
+                stormwall_types::timefmt::parse(&v).map_err(|_| {
+                    AdminError::BadRequest(format!("{name} must be an RFC 3339 timestamp"))
+                })
+            })
+            .transpose()
+    };
+    let limit = match param(query, "limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_EVENT_PAGE).contains(n))
+            .ok_or_else(|| AdminError::BadRequest(format!("limit must be 1..={MAX_EVENT_PAGE}")))?,
+        None => DEFAULT_EVENT_PAGE,
+    };
+    let key_id = param(query, "key")
+        .map(|k| {
+            KeyId::new(&k).map_err(|_| AdminError::BadRequest("key must be a public key id".into()))
+        })
+        .transpose()?;
+    let q = EventQuery {
+        key_id,
+        tenant: param(query, "tenant"),
+        since: time_param("since")?,
+        until: time_param("until")?,
+        after_id: param(query, "after"),
+        limit: Some(limit),
+    };
+    let events = app.store.query_events(&q).await.map_err(|e| {
+        tracing::error!(error = %e, "admin: event query failed");
+        AdminError::Internal
+    })?;
+    let next_after = (events.len() == limit)
+        .then(|| events.last().map(|e| e.id.clone()))
+        .flatten();
+    ok_json(StatusCode::OK, &EventPage { events, next_after })
+}

@@ -1,0 +1,387 @@
+//! Admission: per-key requests per minute, tokens per minute, in-flight concurrency and
+//! spend budgets, decided in memory in a few hundred nanoseconds. A granted request holds an
+//! [`Admission`] that reconciles tokens and spend with what the upstream reports, and frees
+//! the concurrency slot, exactly once, however the request ends.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Instant;
+
+use stormwall_types::{KeyScope, RejectReason};
+use time::OffsetDateTime;
+
+use crate::error::{ProxyError, RateLimitInfo};
+
+/// Length of a rate window.
+const WINDOW_SECS: f64 = 60.0;
+
+/// A sliding one-minute window approximated by two fixed buckets, weighted by overlap —
+/// the usual trade of exactness for constant memory per key.
+#[derive(Debug, Default)]
+struct Window {
+    minute: u64,
+    current: u64,
+    previous: u64,
+}
+
+impl Window {
+    fn roll(&mut self, minute: u64) {
+        if minute == self.minute {
+            return;
+        }
+        self.previous = if minute == self.minute + 1 {
+            self.current
+        } else {
+            0
+        };
+        self.current = 0;
+        self.minute = minute;
+    }
+
+    fn used(&self, frac: f64) -> u64 {
+        (self.previous as f64 * (1.0 - frac)).ceil() as u64 + self.current
+    }
+}
+
+/// Spend accrued in the current UTC day and month, plus reservations of in-flight requests.
+#[derive(Debug, Default)]
+struct Spend {
+    day: i32,
+    month: (i32, u8),
+    day_usd: f64,
+    month_usd: f64,
+    reserved_usd: f64,
+}
+
+impl Spend {
+    fn roll(&mut self, now: OffsetDateTime) {
+        let day = now.to_julian_day();
+        if day != self.day {
+            self.day = day;
+            self.day_usd = 0.0;
+        }
+        let month = (now.year(), u8::from(now.month()));
+        if month != self.month {
+            self.month = month;
+            self.month_usd = 0.0;
+        }
+    }
+}
+
+/// Live admission state of one key.
+#[derive(Debug, Default)]
+pub struct KeyState {
+    requests: Mutex<Window>,
+    tokens: Mutex<Window>,
+    inflight: AtomicU32,
+    spend: Mutex<Spend>,
+    spend_loaded: AtomicBool,
+}
+
+impl KeyState {
+    /// Requests in flight on this key.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Seeds spend from the store after a restart (day and month totals at `now`).
+    pub fn load_spend(&self, now: OffsetDateTime, day_usd: f64, month_usd: f64) {
+        let mut s = lock(&self.spend);
+        s.roll(now);
+        s.day_usd += day_usd;
+        s.month_usd += month_usd;
+        self.spend_loaded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether spend was seeded from the store.
+    pub fn spend_loaded(&self) -> bool {
+        self.spend_loaded.load(Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Counters stay meaningful after a panic elsewhere; never take the gateway down for it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The clock admission uses: a monotonic minute index and a wall clock for budgets.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock {
+    fn minute_and_frac(&self, now: Instant) -> (u64, f64) {
+        let secs = now.duration_since(self.origin).as_secs_f64();
+        let minute = (secs / WINDOW_SECS) as u64;
+        (minute + 1, (secs % WINDOW_SECS) / WINDOW_SECS)
+    }
+}
+
+/// What a request asks of its key's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Demand {
+    /// Estimated input tokens.
+    pub tokens: u64,
+    /// Worst-case cost, reserved against budgets until the real cost is known.
+    pub reserve_usd: f64,
+}
+
+/// A granted admission. Dropping it without [`Admission::settle`] releases its slot and
+/// reservation without recording tokens beyond the estimate.
+#[derive(Debug)]
+pub struct Admission {
+    state: std::sync::Arc<KeyState>,
+    clock: Clock,
+    estimated_tokens: u64,
+    reserved_usd: f64,
+    /// Headers to return to the client.
+    pub info: RateLimitInfo,
+    /// In-flight count including this request.
+    pub inflight: u32,
+    settled: bool,
+}
+
+impl Admission {
+    /// Records the real token count and cost, and releases the slot and reservation.
+    pub fn settle(mut self, actual_tokens: Option<u64>, cost_usd: f64) {
+        self.finish(actual_tokens, cost_usd);
+    }
+
+    fn finish(&mut self, actual_tokens: Option<u64>, cost_usd: f64) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        self.state.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(actual) = actual_tokens {
+            let (minute, _) = self.clock.minute_and_frac(Instant::now());
+            let mut w = lock(&self.state.tokens);
+            w.roll(minute);
+            // Reconcile the estimate charged at admission with what was really used.
+            if actual >= self.estimated_tokens {
+                w.current += actual - self.estimated_tokens;
+            } else {
+                w.current = w.current.saturating_sub(self.estimated_tokens - actual);
+            }
+        }
+        let mut s = lock(&self.state.spend);
+        s.roll(OffsetDateTime::now_utc());
+        s.reserved_usd = (s.reserved_usd - self.reserved_usd).max(0.0);
+        s.day_usd += cost_usd;
+        s.month_usd += cost_usd;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.finish(None, 0.0);
+    }
+}
+
+/// Checks a key's limits for one request and, when it fits, charges it.
+pub fn admit(
+    state: &std::sync::Arc<KeyState>,
+    scope: &KeyScope,
+    demand: Demand,
+    clock: Clock,
+) -> Result<Admission, ProxyError> {
+    let now = Instant::now();
+    let (minute, frac) = clock.minute_and_frac(now);
+    let until_next_minute = ((1.0 - frac) * WINDOW_SECS).max(0.001);
+    let retry_after = Some(until_next_minute.ceil().max(1.0) as u64);
+    let mut info = RateLimitInfo::default();
+    let reject = |reason, info: RateLimitInfo| ProxyError::Rejected {
+        reason,
+        limits: Some(info),
+        detail: None,
+    };
+
+    // Concurrency first: it is released on every exit path below.
+    let inflight = state.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+    let release = || {
+        state.inflight.fetch_sub(1, Ordering::Relaxed);
+    };
+    if let Some(max) = scope.max_concurrency
+        && inflight > max
+    {
+        release();
+        info.retry_after_secs = Some(1);
+        return Err(reject(RejectReason::ConcurrencyLimit, info));
+    }
+
+    // Budgets, with in-flight reservations counted, so concurrent requests cannot overrun.
+    if scope.budget_daily_usd.is_some() || scope.budget_monthly_usd.is_some() {
+        let mut s = lock(&state.spend);
+        s.roll(OffsetDateTime::now_utc());
+        let over = |spent: f64, budget: Option<f64>| {
+            budget.is_some_and(|b| spent >= b || spent + s.reserved_usd + demand.reserve_usd > b)
+        };
+        if over(s.day_usd, scope.budget_daily_usd) || over(s.month_usd, scope.budget_monthly_usd) {
+            drop(s);
+            release();
+            return Err(reject(RejectReason::BudgetExhausted, info));
+        }
+        s.reserved_usd += demand.reserve_usd;
+    }
+    let reserved_usd = if scope.budget_daily_usd.is_some() || scope.budget_monthly_usd.is_some() {
+        demand.reserve_usd
+    } else {
+        0.0
+    };
+    let unreserve = || {
+        if reserved_usd > 0.0 {
+            let mut s = lock(&state.spend);
+            s.reserved_usd = (s.reserved_usd - reserved_usd).max(0.0);
+        }
+    };
+
+    if let Some(rpm) = scope.rpm {
+        let mut w = lock(&state.requests);
+        w.roll(minute);
+        let used = w.used(frac);
+        info.limit_requests = Some(rpm);
+        if used >= u64::from(rpm) {
+            drop(w);
+            release();
+            unreserve();
+            info.remaining_requests = Some(0);
+            info.reset_requests_secs = Some(until_next_minute);
+            info.retry_after_secs = retry_after;
+            return Err(reject(RejectReason::RateLimitRequests, info));
+        }
+        w.current += 1;
+        info.remaining_requests = Some(rpm.saturating_sub(used as u32 + 1));
+        info.reset_requests_secs = Some(WINDOW_SECS / f64::from(rpm.max(1)));
+    }
+
+    if let Some(tpm) = scope.tpm {
+        let mut w = lock(&state.tokens);
+        w.roll(minute);
+        let used = w.used(frac);
+        info.limit_tokens = Some(tpm);
+        if used + demand.tokens > tpm {
+            drop(w);
+            // Give the request slot back: this request was never served.
+            if scope.rpm.is_some() {
+                let mut r = lock(&state.requests);
+                r.current = r.current.saturating_sub(1);
+            }
+            release();
+            unreserve();
+            info.remaining_tokens = Some(tpm.saturating_sub(used));
+            info.reset_tokens_secs = Some(until_next_minute);
+            info.retry_after_secs = retry_after;
+            return Err(reject(RejectReason::RateLimitTokens, info));
+        }
+        w.current += demand.tokens;
+        info.remaining_tokens = Some(tpm.saturating_sub(used + demand.tokens));
+        info.reset_tokens_secs = Some(until_next_minute);
+    }
+
+    Ok(Admission {
+        state: std::sync::Arc::clone(state),
+        clock,
+        estimated_tokens: if scope.tpm.is_some() {
+            demand.tokens
+        } else {
+            0
+        },
+        reserved_usd,
+        info,
+        inflight,
+        settled: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn demand(tokens: u64) -> Demand {
+        Demand {
+            tokens,
+            reserve_usd: 0.0,
+        }
+    }
+
+    #[test]
+    fn rpm_admits_exactly_the_limit() {
+        let st = Arc::new(KeyState::default());
+        let scope = KeyScope {
+            rpm: Some(5),
+            ..Default::default()
+        };
+        let clock = Clock::default();
+        let granted: Vec<_> = (0..8)
+            .filter_map(|_| admit(&st, &scope, demand(1), clock).ok())
+            .collect();
+        assert_eq!(granted.len(), 5);
+        let err = admit(&st, &scope, demand(1), clock).unwrap_err();
+        assert_eq!(err.reject_reason(), Some(RejectReason::RateLimitRequests));
+    }
+
+    #[test]
+    fn concurrency_slot_released_on_drop() {
+        let st = Arc::new(KeyState::default());
+        let scope = KeyScope {
+            max_concurrency: Some(1),
+            ..Default::default()
+        };
+        let clock = Clock::default();
+        let a = admit(&st, &scope, demand(1), clock).unwrap();
+        assert!(admit(&st, &scope, demand(1), clock).is_err());
+        drop(a);
+        assert!(admit(&st, &scope, demand(1), clock).is_ok());
+        assert_eq!(st.inflight(), 0);
+    }
+
+    #[test]
+    fn tpm_reconciles_with_actual_usage() {
+        let st = Arc::new(KeyState::default());
+        let scope = KeyScope {
+            tpm: Some(100),
+            ..Default::default()
+        };
+        let clock = Clock::default();
+        admit(&st, &scope, demand(10), clock)
+            .unwrap()
+            .settle(Some(95), 0.0);
+        let e = admit(&st, &scope, demand(10), clock).unwrap_err();
+        assert_eq!(e.reject_reason(), Some(RejectReason::RateLimitTokens));
+    }
+
+    #[test]
+    fn budget_counts_reservations() {
+        let st = Arc::new(KeyState::default());
+        let scope = KeyScope {
+            budget_daily_usd: Some(1.0),
+            ..Default::default()
+        };
+        let clock = Clock::default();
+        let d = Demand {
+            tokens: 1,
+            reserve_usd: 0.6,
+        };
+        let first = admit(&st, &scope, d, clock).unwrap();
+        assert!(
+            admit(&st, &scope, d, clock).is_err(),
+            "second reservation would overrun"
+        );
+        first.settle(None, 0.9);
+        assert!(
+            admit(&st, &scope, d, clock).is_err(),
+            "0.9 spent + 0.6 > 1.0"
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! Response bodies: a whole body, or a relay that passes upstream chunks to the client as
+//! they arrive (never buffering a stream whole), watches them for usage over borrowed
+//! slices, enforces the idle timeout between chunks, and reports how the stream ended
+//! exactly once — including when the client goes away, which drops the relay and with it
+//! the upstream connection, cancelling the upstream request.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use stormwall_types::StreamOutcome;
+use tokio::time::Sleep;
+
+/// Error type of [`ProxyBody`]; relays end streams cleanly instead of failing them.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Token usage reported by an upstream (chat/completions/embeddings or responses naming).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Usage {
+    /// Chat/completions input tokens.
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    /// Chat/completions output tokens.
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+    /// Responses API input tokens.
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    /// Responses API output tokens.
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    /// Total tokens.
+    #[serde(default)]
+    pub total_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Input tokens, whichever naming the upstream used.
+    pub fn input(&self) -> Option<u64> {
+        self.prompt_tokens.or(self.input_tokens)
+    }
+
+    /// Output tokens, whichever naming the upstream used (embeddings: 0).
+    pub fn output(&self) -> Option<u64> {
+        self.completion_tokens
+            .or(self.output_tokens)
+            .or_else(|| self.input().map(|_| 0))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct UsageCarrier {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    response: Option<Box<UsageCarrier>>,
+}
+
+/// Usage and model found in a JSON document (a whole body or one SSE event's data).
+pub fn usage_in_json(json: &[u8]) -> (Option<Usage>, Option<String>) {
+    match serde_json::from_slice::<UsageCarrier>(json) {
+        Ok(c) => {
+            let nested = c
+                .response
+                .map(|r| (r.usage, r.model))
+                .unwrap_or((None, None));
+            (c.usage.or(nested.0), c.model.or(nested.1))
+        }
+        Err(_) => (None, None),
+    }
+}
+
+/// Largest partial SSE event held while waiting for its end; past it, scanning stops
+/// (the relay goes on).
+const MAX_PARTIAL_EVENT: usize = 1024 * 1024;
+
+/// Watches an SSE stream for usage and counts content events, over borrowed slices.
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    partial: Vec<u8>,
+    overflowed: bool,
+    /// Usage from the final chunk, when the upstream sent one.
+    pub usage: Option<Usage>,
+    /// Model the upstream named.
+    pub model: Option<String>,
+    /// Data events seen (roughly one output token each, for when no usage arrives).
+    pub data_events: u64,
+}
+
+impl SseScanner {
+    /// Feeds one chunk.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        let mut rest = chunk;
+        if !self.partial.is_empty() {
+            // Finish the event that straddled the previous chunk boundary.
+            match find_event_end(&self.partial, rest) {
+                Some(end) => {
+                    let mut ev = std::mem::take(&mut self.partial);
+                    ev.extend_from_slice(&rest[..end]);
+                    self.event(&ev);
+                    rest = &rest[end..];
+                }
+                None => {
+                    self.stash(rest);
+                    return;
+                }
+            }
+        }
+        while let Some(pos) = memchr::memmem::find(rest, b"\n\n") {
+            self.event(&rest[..pos]);
+            rest = &rest[pos + 2..];
+        }
+        if !rest.is_empty() {
+            self.stash(rest);
+        }
+    }
+
+    fn stash(&mut self, bytes: &[u8]) {
+        if self.partial.len() + bytes.len() > MAX_PARTIAL_EVENT {
+            self.overflowed = true;
+            self.partial = Vec::new();
+        } else {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+
+    fn event(&mut self, ev: &[u8]) {
+        for line in ev.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            if data == b"[DONE]" {
+                continue;
+            }
+            self.data_events += 1;
+            if memchr::memmem::find(data, b"\"usage\"").is_some() {
+                let (usage, model) = usage_in_json(data);
+                if let Some(u) = usage.filter(|u| u.input().is_some()) {
+                    self.usage = Some(u);
+                }
+                if model.is_some() {
+                    self.model = model;
+                }
+            } else if self.model.is_none() && memchr::memmem::find(data, b"\"model\"").is_some() {
+                self.model = usage_in_json(data).1;
+            }
+        }
+    }
+}
+
+/// Where the end of the event begun in `partial` lies in `next`, as an index into `next`
+/// just past the blank line.
+fn find_event_end(partial: &[u8], next: &[u8]) -> Option<usize> {
+    // The "\n\n" may be split across the boundary.
+    if partial.last() == Some(&b'\n') && next.first() == Some(&b'\n') {
+        return Some(1);
+    }
+    memchr::memmem::find(next, b"\n\n").map(|p| p + 2)
+}
+
+/// How a relayed stream ended, with what was learned from it.
+#[derive(Debug)]
+pub struct StreamEnd {
+    /// Outcome.
+    pub outcome: StreamOutcome,
+    /// Usage and counters seen.
+    pub scanner: SseScanner,
+    /// Bytes relayed.
+    pub bytes: u64,
+}
+
+/// Called exactly once when a relay ends.
+pub type OnEnd = Box<dyn FnOnce(StreamEnd) + Send>;
+
+/// Where relayed chunks come from.
+pub enum Source {
+    /// A real upstream response body.
+    Upstream(Incoming),
+    /// Pre-built events (the built-in mock upstream).
+    Events(VecDeque<Bytes>),
+}
+
+/// A streaming relay.
+pub struct Relay {
+    source: Source,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    scanner: SseScanner,
+    bytes: u64,
+    on_end: Option<OnEnd>,
+    trailer: Option<Bytes>,
+    done: bool,
+}
+
+impl Relay {
+    /// Relays `source`, calling `on_end` when it ends for any reason.
+    pub fn new(source: Source, idle_timeout: Duration, on_end: OnEnd) -> Self {
+        Self {
+            source,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            scanner: SseScanner::default(),
+            bytes: 0,
+            on_end: Some(on_end),
+            trailer: None,
+            done: false,
+        }
+    }
+
+    fn end(&mut self, outcome: StreamOutcome) {
+        if let Some(f) = self.on_end.take() {
+            f(StreamEnd {
+                outcome,
+                scanner: std::mem::take(&mut self.scanner),
+                bytes: self.bytes,
+            });
+        }
+        if outcome != StreamOutcome::Completed {
+            let code = match outcome {
+                StreamOutcome::IdleTimeout => "upstream_timeout",
+                _ => "upstream_stream_interrupted",
+            };
+            let body = crate::error::error_body(
+                "The upstream stream ended unexpectedly.",
+                "api_error",
+                code,
+            );
+            let mut ev = Vec::with_capacity(body.len() + 8);
+            ev.extend_from_slice(b"data: ");
+            ev.extend_from_slice(&body);
+            ev.extend_from_slice(b"\n\n");
+            self.trailer = Some(Bytes::from(ev));
+        }
+        self.done = true;
+    }
+
+    fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.done {
+            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+        }
+        let polled = match &mut self.source {
+            Source::Events(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream(inc) => Pin::new(inc).poll_frame(cx),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.scanner.feed(data);
+                    self.bytes += data.len() as u64;
+                }
+                let deadline = tokio::time::Instant::now() + self.idle_timeout;
+                self.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.end(StreamOutcome::UpstreamCut);
+                Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))))
+            }
+            Poll::Ready(None) => {
+                self.end(StreamOutcome::Completed);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.end(StreamOutcome::IdleTimeout);
+                    Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away (or the server is shutting down).
+        if self.on_end.is_some() {
+            self.end(StreamOutcome::ClientDisconnected);
+        }
+    }
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Relay(Box<Relay>),
+}
+
+/// Every response body the gateway sends.
+pub struct ProxyBody {
+    inner: Inner,
+}
+
+impl ProxyBody {
+    /// A complete body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            inner: Inner::Full(Some(bytes.into())),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            inner: Inner::Full(None),
+        }
+    }
+
+    /// A streaming relay.
+    pub fn relay(relay: Relay) -> Self {
+        Self {
+            inner: Inner::Relay(Box::new(relay)),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Relay(r) => r.poll_relay(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(&self.inner, Inner::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Relay(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = "data: {\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":3,\"total_tokens\":14}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn finds_usage_at_any_chunking() {
+        for split in 1..STREAM.len() {
+            for step in [1, 7, split] {
+                let mut s = SseScanner::default();
+                for chunk in STREAM.as_bytes().chunks(step) {
+                    s.feed(chunk);
+                }
+                assert_eq!(s.usage.and_then(|u| u.input()), Some(11), "step {step}");
+                assert_eq!(s.usage.and_then(|u| u.output()), Some(3));
+                assert_eq!(s.model.as_deref(), Some("gpt-4o-mini"));
+                assert_eq!(s.data_events, 2);
+            }
+        }
+    }
+
+    #[test]
+    fn responses_usage_is_nested() {
+        let (u, m) = usage_in_json(br#"{"type":"response.completed","response":{"model":"m","usage":{"input_tokens":5,"output_tokens":2}}}"#);
+        assert_eq!(u.and_then(|u| u.input()), Some(5));
+        assert_eq!(m.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn huge_partial_event_stops_scanning_without_growing() {
+        let mut s = SseScanner::default();
+        let big = vec![b'a'; 600 * 1024];
+        s.feed(&big);
+        s.feed(&big);
+        assert!(s.partial.is_empty());
+        s.feed(b"data: {\"usage\":{\"prompt_tokens\":1}}\n\n");
+        assert!(s.usage.is_none());
+    }
+}

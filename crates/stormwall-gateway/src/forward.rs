@@ -1,0 +1,420 @@
+//! The forward, relay and account stages: send the request to its upstream (or the built-in
+//! mock), relay the answer — whole, or chunk by chunk for streams — and settle tokens and
+//! spend with what the upstream reports.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use stormwall_types::StreamOutcome;
+
+use crate::admit::Admission;
+use crate::body::{ProxyBody, Relay, Source, StreamEnd, Usage, usage_in_json};
+use crate::config::LimitsConfig;
+use crate::error::{ProxyError, apply_rate_limit_headers};
+use crate::keycache::CachedKey;
+use crate::metrics::UpstreamLabels;
+use crate::mock;
+use crate::pipeline::{json_response, set_request_id};
+use crate::recorder::Recorder;
+use crate::request::ParsedRequest;
+use crate::route::Route;
+use crate::state::AppState;
+use crate::upstream::{self, Upstream};
+
+/// Everything the forward stage needs about an admitted request.
+pub struct Call {
+    /// Route.
+    pub route: Route,
+    /// Routing model (or deployment) name.
+    pub model: String,
+    /// Parsed body fields.
+    pub parsed: ParsedRequest,
+    /// Upstream serving the model.
+    pub upstream: Arc<Upstream>,
+    /// Body as received.
+    pub body: Bytes,
+    /// The granted admission (settled when the response ends).
+    pub admission: Admission,
+    /// Client `Accept` header.
+    pub accept: Option<HeaderValue>,
+    /// Client `OpenAI-Beta` header.
+    pub openai_beta: Option<HeaderValue>,
+}
+
+/// Reads a request body within the size cap and read timeout.
+pub async fn read_request_body(body: Incoming, limits: &LimitsConfig) -> Result<Bytes, ProxyError> {
+    let deadline = Duration::from_secs(limits.body_read_timeout_secs);
+    match tokio::time::timeout(
+        deadline,
+        read_capped(body, limits.max_request_body_bytes, None),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(ReadError::TooLarge)) => Err(ProxyError::BodyTooLarge),
+        Ok(Err(_)) | Err(_) => Err(ProxyError::BodyUnreadable),
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    Broken,
+    Idle,
+}
+
+/// Reads a whole body up to `cap` bytes, optionally with an idle timeout between frames.
+/// The common single-frame body is returned without copying.
+async fn read_capped(
+    mut body: Incoming,
+    cap: usize,
+    idle: Option<Duration>,
+) -> Result<Bytes, ReadError> {
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        let next = match idle {
+            Some(d) => tokio::time::timeout(d, body.frame())
+                .await
+                .map_err(|_| ReadError::Idle)?,
+            None => body.frame().await,
+        };
+        let Some(frame) = next else { break };
+        let frame = frame.map_err(|_| ReadError::Broken)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + data.len();
+        if total > cap {
+            return Err(ReadError::TooLarge);
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Answers `GET /v1/models` locally with the models this key may use.
+pub fn list_models(state: &AppState, rec: &mut Recorder, key: &CachedKey) -> Response<ProxyBody> {
+    let allowed: Vec<&str> = state
+        .router
+        .models()
+        .iter()
+        .filter(|m| key.record.scope.allows_model(m))
+        .map(String::as_str)
+        .collect();
+    let mut resp = json_response(StatusCode::OK, mock::models_list(&allowed));
+    set_request_id(&mut resp, rec.id());
+    rec.take().finish(200);
+    resp
+}
+
+/// What came back from upstream, before relaying.
+struct UpstreamReply {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    retry_after: Option<HeaderValue>,
+    body: ReplyBody,
+}
+
+enum ReplyBody {
+    Incoming(Incoming),
+    Full(Bytes),
+    Events(VecDeque<Bytes>),
+}
+
+/// Sends an admitted request upstream and relays the answer.
+pub async fn forward(
+    state: &Arc<AppState>,
+    rec: &mut Recorder,
+    call: Call,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let up = &call.upstream;
+    {
+        let e = rec.event();
+        e.upstream = Some(up.name.to_string());
+        e.system = Some(up.system().to_owned());
+    }
+    let sent = Instant::now();
+    let reply = match upstream::target(up, call.route.endpoint, &call.model, call.route.flavor) {
+        None => mock_reply(&call),
+        Some(Err(_)) => return Err(ProxyError::UpstreamUnavailable),
+        Some(Ok(target)) => send(state, &call, target).await.inspect_err(|_| {
+            state
+                .metrics
+                .upstream_errors
+                .get_or_create(&UpstreamLabels {
+                    upstream: Arc::clone(&up.name),
+                })
+                .inc();
+        })?,
+    };
+    let ttfb = sent.elapsed();
+    state
+        .metrics
+        .upstream_duration
+        .get_or_create(&UpstreamLabels {
+            upstream: Arc::clone(&up.name),
+        })
+        .observe(ttfb.as_secs_f64());
+    rec.event().upstream_status = Some(reply.status.as_u16());
+    rec.event().upstream_ttfb_ms = Some(ttfb.as_secs_f64() * 1e3);
+
+    if matches!(
+        reply.status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        // The upstream refused *our* credential; its body may echo part of it.
+        return Err(ProxyError::UpstreamAuth);
+    }
+
+    let is_stream = reply
+        .content_type
+        .as_ref()
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut builder = Response::builder().status(reply.status);
+    if let Some(ct) = &reply.content_type {
+        builder = builder.header(header::CONTENT_TYPE, ct.clone());
+    }
+    if let Some(ra) = &reply.retry_after {
+        builder = builder.header(header::RETRY_AFTER, ra.clone());
+    }
+    let info = call.admission.info;
+    let success = reply.status.is_success();
+
+    let id = rec.id().to_owned();
+    if is_stream {
+        let source = match reply.body {
+            ReplyBody::Incoming(i) => Source::Upstream(i),
+            ReplyBody::Events(q) => Source::Events(q),
+            ReplyBody::Full(b) => Source::Events(VecDeque::from([b])),
+        };
+        let finisher = Finisher {
+            state: Arc::clone(state),
+            rec: rec.take(),
+            admission: call.admission,
+            model: call.model,
+            images: call.parsed.images,
+            estimated_input: call.parsed.estimated_input_tokens,
+            success,
+            status: reply.status.as_u16(),
+        };
+        let idle = Duration::from_millis(state.limits.upstream_idle_timeout_ms);
+        let relay = Relay::new(
+            source,
+            idle,
+            Box::new(move |end| finisher.stream_ended(end)),
+        );
+        let mut resp = builder
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(ProxyBody::relay(relay))
+            .map_err(|_| ProxyError::UpstreamUnavailable)?;
+        apply_rate_limit_headers(resp.headers_mut(), &info);
+        set_request_id(&mut resp, &id);
+        return Ok(resp);
+    }
+
+    let body = match reply.body {
+        ReplyBody::Full(b) => b,
+        ReplyBody::Events(q) => q.into_iter().flatten().collect::<Vec<u8>>().into(),
+        ReplyBody::Incoming(i) => {
+            let idle = Some(Duration::from_millis(state.limits.upstream_idle_timeout_ms));
+            match read_capped(i, state.limits.max_response_body_bytes, idle).await {
+                Ok(b) => b,
+                Err(ReadError::TooLarge) => return Err(ProxyError::UpstreamTooLarge),
+                Err(ReadError::Idle) => return Err(ProxyError::UpstreamTimeout),
+                Err(ReadError::Broken) => return Err(ProxyError::UpstreamUnavailable),
+            }
+        }
+    };
+    let (usage, response_model) = if success {
+        usage_in_json(&body)
+    } else {
+        (None, None)
+    };
+    let finisher = Finisher {
+        state: Arc::clone(state),
+        rec: rec.take(),
+        admission: call.admission,
+        model: call.model,
+        images: call.parsed.images,
+        estimated_input: call.parsed.estimated_input_tokens,
+        success,
+        status: reply.status.as_u16(),
+    };
+    finisher.settle(usage, response_model, None);
+    let mut resp = builder
+        .body(ProxyBody::full(body))
+        .map_err(|_| ProxyError::UpstreamUnavailable)?;
+    apply_rate_limit_headers(resp.headers_mut(), &info);
+    set_request_id(&mut resp, &id);
+    Ok(resp)
+}
+
+/// Settles a request when its response is complete.
+struct Finisher {
+    state: Arc<AppState>,
+    rec: Recorder,
+    admission: Admission,
+    model: String,
+    images: Option<u32>,
+    estimated_input: u64,
+    success: bool,
+    status: u16,
+}
+
+impl Finisher {
+    fn stream_ended(self, end: StreamEnd) {
+        let usage = end.scanner.usage.or_else(|| {
+            // No usage chunk (the client did not ask for one): count content events, about
+            // one token each, so TPM and spend still move.
+            Some(Usage {
+                prompt_tokens: Some(self.estimated_input),
+                completion_tokens: Some(end.scanner.data_events.saturating_sub(2)),
+                ..Usage::default()
+            })
+            .filter(|_| self.success)
+        });
+        let model = end.scanner.model;
+        self.settle(usage, model, Some(end.outcome));
+    }
+
+    fn settle(
+        mut self,
+        usage: Option<Usage>,
+        response_model: Option<String>,
+        outcome: Option<StreamOutcome>,
+    ) {
+        let input = usage.and_then(|u| u.input());
+        let output = usage.and_then(|u| u.output());
+        let images = if self.success {
+            self.images.unwrap_or(0)
+        } else {
+            0
+        };
+        let cost = if self.success {
+            self.state
+                .pricing
+                .cost(&self.model, input.unwrap_or(0), output.unwrap_or(0), images)
+        } else {
+            0.0
+        };
+        let total = match (input, output) {
+            (None, None) => None,
+            (i, o) => Some(i.unwrap_or(0) + o.unwrap_or(0)),
+        };
+        self.admission.settle(total, cost);
+        let e = self.rec.event();
+        e.input_tokens = input;
+        e.output_tokens = output;
+        e.cost_usd = cost;
+        e.response_model = response_model;
+        e.stream_outcome = outcome;
+        if matches!(
+            outcome,
+            Some(StreamOutcome::UpstreamCut | StreamOutcome::IdleTimeout)
+        ) {
+            e.error_code = Some("upstream_stream_interrupted".to_owned());
+        }
+        let status = if outcome == Some(StreamOutcome::ClientDisconnected) {
+            crate::recorder::CLIENT_CLOSED
+        } else {
+            self.status
+        };
+        self.rec.finish(status);
+    }
+}
+
+fn mock_reply(call: &Call) -> UpstreamReply {
+    let req = mock::MockRequest {
+        endpoint: call.route.endpoint,
+        model: &call.model,
+        stream: call.parsed.stream,
+        include_usage: call.parsed.include_usage,
+        prompt_tokens: call.parsed.estimated_input_tokens,
+        max_tokens: call.parsed.max_tokens,
+        inputs: call.parsed.inputs,
+        images: call.parsed.images.unwrap_or(1),
+    };
+    let reply = mock::respond(&req);
+    UpstreamReply {
+        status: StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
+        content_type: Some(HeaderValue::from_static(reply.content_type)),
+        retry_after: None,
+        body: match reply.body {
+            mock::MockBody::Full(b) => ReplyBody::Full(b),
+            mock::MockBody::Sse(events) => ReplyBody::Events(events.into()),
+        },
+    }
+}
+
+async fn send(
+    state: &AppState,
+    call: &Call,
+    target: upstream::Target,
+) -> Result<UpstreamReply, ProxyError> {
+    let body = match &target.set_model {
+        Some(model) => set_model(&call.body, model).ok_or(ProxyError::reject(
+            stormwall_types::RejectReason::BadRequest,
+        ))?,
+        None => call.body.clone(),
+    };
+    let mut req = Request::builder()
+        .method(http::Method::POST)
+        .uri(target.uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::USER_AGENT,
+            concat!("stormwall/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(target.auth.0, target.auth.1);
+    if let Some(org) = target.organization {
+        req = req.header("openai-organization", org);
+    }
+    if let Some(a) = &call.accept {
+        req = req.header(header::ACCEPT, a.clone());
+    }
+    if let Some(b) = &call.openai_beta {
+        req = req.header("openai-beta", b.clone());
+    }
+    let req = req
+        .body(Full::new(body))
+        .map_err(|_| ProxyError::UpstreamUnavailable)?;
+    let first_byte = Duration::from_millis(state.limits.upstream_first_byte_timeout_ms);
+    let resp = match tokio::time::timeout(first_byte, state.client.request(req)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upstream request failed");
+            return Err(ProxyError::UpstreamUnavailable);
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (parts, body) = resp.into_parts();
+    Ok(UpstreamReply {
+        status: parts.status,
+        content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+        retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
+        body: ReplyBody::Incoming(body),
+    })
+}
+
+/// Returns the body with `"model"` set (Azure-dialect clients name the deployment in the
+/// path; OpenAI-compatible upstreams need it in the body).
+fn set_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    map.insert(
+        "model".to_owned(),
+        serde_json::Value::String(model.to_owned()),
+    );
+    serde_json::to_vec(&map).ok().map(Bytes::from)
+}

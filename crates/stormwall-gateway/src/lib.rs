@@ -1,0 +1,35 @@
+//! Stormwall's gateway: an OpenAI- and Azure-OpenAI-compatible reverse proxy that issues its
+//! own keys and admits each request only within its key's scope, network, rate, budget and
+//! policy. Every request becomes exactly one `UsageEvent`.
+//!
+//! The request path is in [`pipeline`]; each stage has its own module, named after it:
+//! [`route`] → authenticate (in `pipeline`, over [`keycache`]) → authorize → [`request`]
+//! (body) → [`admit`] → [`forward`] (over [`upstream`] or [`mock`]) → [`body`] (relay) →
+//! account (in `forward`) → [`recorder`] (the event).
+//!
+//! Start a gateway with [`server::start`].
+
+pub mod admin;
+pub mod admit;
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod forward;
+pub mod ipdb;
+pub mod keycache;
+pub mod keys;
+pub mod metrics;
+pub mod mock;
+pub mod pipeline;
+pub mod pricing;
+pub mod recorder;
+pub mod request;
+pub mod route;
+pub mod server;
+pub mod state;
+pub mod upstream;
+
+pub use config::GatewayConfig;
+pub use server::{RunningGateway, StartError, check_config, start};

@@ -1,0 +1,180 @@
+//! Prometheus metrics served on the admin listener's `/metrics`: requests, latency
+//! histograms, upstream latency, rejections by reason, in-flight requests, and the event
+//! pipeline's accepted / written / dropped counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use stormwall_store::EventSinkStats;
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Endpoint name, or `unknown`.
+    pub endpoint: &'static str,
+    /// HTTP status the client got.
+    pub status: u16,
+}
+
+/// Labels of per-endpoint histograms.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Endpoint name, or `unknown`.
+    pub endpoint: &'static str,
+}
+
+/// Labels of the upstream histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Upstream name.
+    pub upstream: Arc<str>,
+}
+
+/// Labels of the rejection counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Rejection reason.
+    pub reason: &'static str,
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by endpoint and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request duration by endpoint.
+    pub request_duration: Family<EndpointLabels, Histogram>,
+    /// Upstream time to response headers by upstream.
+    pub upstream_duration: Family<UpstreamLabels, Histogram>,
+    /// Rejections by reason.
+    pub rejections: Family<ReasonLabels, Counter>,
+    /// Requests in flight through the proxy.
+    pub inflight: Gauge,
+    /// Upstream failures (unreachable, timeout, cut).
+    pub upstream_errors: Family<UpstreamLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~105 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+#[derive(Debug)]
+struct EventPipelineCollector {
+    stats: Arc<EventSinkStats>,
+    keys_cached: Arc<AtomicU64>,
+}
+
+impl Collector for EventPipelineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = [
+            (
+                "stormwall_events_accepted",
+                "Events queued for the store.",
+                &self.stats.accepted,
+            ),
+            (
+                "stormwall_events_dropped",
+                "Events dropped because the event channel was full or closed.",
+                &self.stats.dropped,
+            ),
+            (
+                "stormwall_events_written",
+                "Events written to the store.",
+                &self.stats.written,
+            ),
+            (
+                "stormwall_events_write_errors",
+                "Events lost to store write errors after retries.",
+                &self.stats.write_errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let c = ConstCounter::new(value.load(Ordering::Relaxed));
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
+        let g = ConstGauge::new(self.keys_cached.load(Ordering::Relaxed) as i64);
+        let m = encoder.encode_descriptor(
+            "stormwall_keys_cached",
+            "Keys held in the gateway's key cache.",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)?;
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Registers every metric; `keys_cached` is read at scrape time.
+    pub fn new(stats: Arc<EventSinkStats>, keys_cached: Arc<AtomicU64>) -> Self {
+        let mut registry = Registry::with_prefix("stormwall");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let upstream_duration = Family::<UpstreamLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        let inflight = Gauge::default();
+        registry.register(
+            "requests",
+            "Proxy requests by endpoint and status.",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request arrival to the last byte of the response.",
+            request_duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers.",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Requests refused by the gateway, by reason.",
+            rejections.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures: unreachable, timed out, or cut.",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "inflight_requests",
+            "Proxy requests in flight.",
+            inflight.clone(),
+        );
+        registry.register_collector(Box::new(EventPipelineCollector { stats, keys_cached }));
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            rejections,
+            inflight,
+            upstream_errors,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

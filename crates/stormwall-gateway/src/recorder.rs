@@ -1,0 +1,158 @@
+//! Turns each request into exactly one `UsageEvent`: started on arrival, filled in by the
+//! stages, and handed to the event sink when the response ends — or when the request is
+//! dropped half-way because the client went away.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+use stormwall_types::{RejectReason, StreamOutcome, UsageEvent};
+
+use crate::error::{ProxyError, error_code};
+use crate::metrics::{EndpointLabels, ReasonLabels, RequestLabels};
+use crate::state::AppState;
+
+/// Status recorded when the client closed the connection before the response (nginx's 499).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The event of one request in flight.
+pub struct Recorder {
+    state: Arc<AppState>,
+    event: UsageEvent,
+    started: Instant,
+    done: bool,
+}
+
+impl Recorder {
+    /// Starts an event for a request that just arrived.
+    pub fn start(
+        state: &Arc<AppState>,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Self {
+        let mut event = UsageEvent::new(
+            uuid::Uuid::now_v7().to_string(),
+            time::OffsetDateTime::now_utc(),
+            peer.ip(),
+            method,
+            path,
+        );
+        crate::client::describe_client(
+            &mut event,
+            peer,
+            headers,
+            &state.trusted_proxies,
+            &state.ipdb,
+        );
+        state.metrics.inflight.inc();
+        Self {
+            state: Arc::clone(state),
+            event,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// The event being filled in.
+    pub fn event(&mut self) -> &mut UsageEvent {
+        &mut self.event
+    }
+
+    /// Moves the open event into a new recorder (for a relay that outlives the handler);
+    /// this one is left finished, so it records nothing.
+    pub fn take(&mut self) -> Recorder {
+        let blank = UsageEvent::new(
+            String::new(),
+            self.event.timestamp,
+            self.event.source_ip,
+            "",
+            "",
+        );
+        let moved = Recorder {
+            state: Arc::clone(&self.state),
+            event: std::mem::replace(&mut self.event, blank),
+            started: self.started,
+            done: self.done,
+        };
+        self.done = true;
+        moved
+    }
+
+    /// The event id (also sent to the client as `x-request-id`).
+    pub fn id(&self) -> &str {
+        &self.event.id
+    }
+
+    /// Records a failure and finishes.
+    pub fn fail(mut self, err: &ProxyError, status: u16) {
+        if let Some(reason) = err.reject_reason() {
+            self.event.deny(reason);
+        }
+        self.event.error_code = Some(error_code(err).to_owned());
+        self.close(status);
+    }
+
+    /// Finishes the event with the client's status and sends it to the sink.
+    pub fn finish(mut self, status: u16) {
+        self.close(status);
+    }
+
+    fn close(&mut self, status: u16) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let blank = UsageEvent::new(
+            String::new(),
+            self.event.timestamp,
+            self.event.source_ip,
+            "",
+            "",
+        );
+        let mut event = std::mem::replace(&mut self.event, blank);
+        event.status = status;
+        let elapsed = self.started.elapsed();
+        event.duration_ms = elapsed.as_secs_f64() * 1e3;
+        let m = &self.state.metrics;
+        let endpoint = event.endpoint.map_or("unknown", |e| e.as_str());
+        m.inflight.dec();
+        m.requests
+            .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+        m.request_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(elapsed.as_secs_f64());
+        if let Some(reason) = event.reject_reason {
+            m.rejections
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+                .inc();
+        }
+        self.state.sink.record(event);
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.done {
+            // The handler was dropped mid-way: the client disconnected before a response.
+            self.event
+                .stream_outcome
+                .get_or_insert(StreamOutcome::ClientDisconnected);
+            self.event
+                .error_code
+                .get_or_insert_with(|| "client_closed_request".to_owned());
+            self.close(CLIENT_CLOSED);
+        }
+    }
+}
+
+/// Marks a rejection on a recorder's event (helper for stages).
+pub fn deny(rec: &mut Recorder, reason: RejectReason) -> ProxyError {
+    rec.event().deny(reason);
+    ProxyError::reject(reason)
+}

@@ -1,0 +1,324 @@
+//! Reads what the gateway needs from a request body — model, stream flag, token limits,
+//! end-user id, and the prompt text for estimates and digests — without keeping the body
+//! as a tree. Unknown fields are skipped; the body itself is forwarded untouched.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use stormwall_types::Endpoint;
+
+use crate::digest::{PromptDigest, PromptDigester};
+
+/// Why a body cannot be proxied. Fixed messages only: never echo client input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Not JSON, or a field has the wrong type.
+    #[error("The request body is not valid JSON for this endpoint.")]
+    InvalidJson,
+    /// `model` is required on OpenAI paths.
+    #[error("The request body must name a model.")]
+    MissingModel,
+}
+
+/// The fields of a request body the pipeline uses.
+#[derive(Debug, Default)]
+pub struct ParsedRequest {
+    /// `model` (OpenAI paths; Azure carries the deployment in the path instead).
+    pub model: Option<String>,
+    /// `stream`.
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// The largest of `max_tokens`, `max_completion_tokens`, `max_output_tokens`.
+    pub max_tokens: Option<u64>,
+    /// `user` or `safety_identifier`.
+    pub end_user: Option<String>,
+    /// `n` for image generations.
+    pub images: Option<u32>,
+    /// Number of embedding inputs.
+    pub inputs: usize,
+    /// Input tokens estimated from the text seen.
+    pub estimated_input_tokens: u64,
+    /// Digests of the prompt (never the text).
+    pub digest: PromptDigest,
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    safety_identifier: Option<Cow<'a, str>>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(borrow, default)]
+    messages: Option<Vec<Message<'a>>>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    instructions: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextOrParts<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Parts(#[serde(borrow)] Vec<Part<'a>>),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+}
+
+/// Longest end-user id kept on an event.
+const MAX_END_USER_LEN: usize = 256;
+
+/// Parses a JSON request body for `endpoint`.
+pub fn parse(
+    body: &[u8],
+    endpoint: Endpoint,
+    digester: &PromptDigester,
+) -> Result<ParsedRequest, BodyError> {
+    if body.is_empty() {
+        return Err(BodyError::InvalidJson);
+    }
+    let f: Fields<'_> = serde_json::from_slice(body).map_err(|_| BodyError::InvalidJson)?;
+    let mut texts = PromptTexts::default();
+    if let Some(messages) = &f.messages {
+        for m in messages {
+            let role = m.role.as_deref().unwrap_or("user");
+            if let Some(c) = m.content {
+                collect_text(c, role, &mut texts, 0);
+            }
+            texts.messages += 1;
+        }
+    }
+    if let Some(instr) = &f.instructions {
+        texts.push("system", instr);
+    }
+    if let Some(p) = f.prompt {
+        collect_text(p, "user", &mut texts, 0);
+    }
+    let mut inputs = 0;
+    if let Some(i) = f.input {
+        inputs = count_inputs(i);
+        collect_text(i, "user", &mut texts, 0);
+    }
+    let max_tokens = [f.max_tokens, f.max_completion_tokens, f.max_output_tokens]
+        .into_iter()
+        .flatten()
+        .max();
+    let end_user = f
+        .user
+        .or(f.safety_identifier)
+        .map(|u| truncate(&u, MAX_END_USER_LEN).to_owned());
+    let digest = digester.digest(texts.system.as_deref(), &texts.root, &texts.all);
+    Ok(ParsedRequest {
+        model: f.model.map(Cow::into_owned),
+        stream: f.stream.unwrap_or(false),
+        include_usage: f
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        max_tokens,
+        end_user,
+        images: (endpoint == Endpoint::ImagesGenerations).then(|| f.n.unwrap_or(1)),
+        inputs,
+        estimated_input_tokens: estimate_tokens(texts.chars, texts.messages),
+        digest: PromptDigest {
+            chars: texts.chars,
+            messages: texts.messages,
+            ..digest
+        },
+    })
+}
+
+/// Rough token estimate: ~4 bytes a token plus a few tokens of framing per message.
+/// Reconciled from the upstream's usage after the call, so it only needs to be close.
+pub fn estimate_tokens(chars: u64, messages: u32) -> u64 {
+    chars.div_ceil(4) + u64::from(messages) * 4
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[derive(Default)]
+struct PromptTexts {
+    system: Option<String>,
+    root: String,
+    all: String,
+    chars: u64,
+    messages: u32,
+}
+
+impl PromptTexts {
+    /// Longest text kept for digests: enough to fingerprint a prompt's style.
+    const DIGEST_CAP: usize = 16 * 1024;
+
+    fn push(&mut self, role: &str, text: &str) {
+        self.chars += text.len() as u64;
+        if matches!(role, "system" | "developer") {
+            if self.system.is_none() {
+                self.system = Some(text.to_owned());
+            }
+            return;
+        }
+        if self.root.is_empty() && role == "user" {
+            self.root.push_str(truncate(text, Self::DIGEST_CAP));
+        }
+        if self.all.len() < Self::DIGEST_CAP {
+            let room = Self::DIGEST_CAP - self.all.len();
+            self.all.push_str(truncate(text, room));
+            self.all.push('\n');
+        }
+    }
+}
+
+/// Deepest nesting followed when collecting text (responses input items nest one level).
+const MAX_DEPTH: u8 = 3;
+
+fn collect_text(raw: &RawValue, role: &str, texts: &mut PromptTexts, depth: u8) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match serde_json::from_str::<TextOrParts<'_>>(raw.get()) {
+        Ok(TextOrParts::Text(t)) => texts.push(role, &t),
+        Ok(TextOrParts::Parts(parts)) => {
+            for p in parts {
+                let role = p.role.as_deref().unwrap_or(role);
+                if let Some(t) = &p.text {
+                    texts.push(role, t);
+                }
+                if let Some(c) = p.content {
+                    collect_text(c, role, texts, depth + 1);
+                }
+            }
+        }
+        Ok(TextOrParts::Other(_)) | Err(_) => {}
+    }
+}
+
+fn count_inputs(raw: &RawValue) -> usize {
+    let s = raw.get().trim_start();
+    if s.starts_with('[') {
+        serde_json::from_str::<Vec<serde::de::IgnoredAny>>(s).map_or(1, |v| v.len())
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(body: &str, e: Endpoint) -> Result<ParsedRequest, BodyError> {
+        parse(body.as_bytes(), e, &PromptDigester::default())
+    }
+
+    #[test]
+    fn chat_fields() {
+        let r = p(
+            r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":50,"user":"u-1",
+               "messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":[{"type":"text","text":"Hello there"}]}]}"#,
+            Endpoint::ChatCompletions,
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("gpt-4o-mini"));
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.max_tokens, Some(50));
+        assert_eq!(r.end_user.as_deref(), Some("u-1"));
+        assert_eq!(r.digest.messages, 2);
+        assert!(r.digest.system_hash.is_some());
+        assert!(r.estimated_input_tokens > 0);
+    }
+
+    #[test]
+    fn embeddings_count_inputs() {
+        let r = p(
+            r#"{"model":"e","input":["a","b","c"]}"#,
+            Endpoint::Embeddings,
+        )
+        .unwrap();
+        assert_eq!(r.inputs, 3);
+        let r = p(r#"{"model":"e","input":"a"}"#, Endpoint::Embeddings).unwrap();
+        assert_eq!(r.inputs, 1);
+    }
+
+    #[test]
+    fn images_default_n() {
+        let r = p(
+            r#"{"model":"dall-e-3","prompt":"a lighthouse"}"#,
+            Endpoint::ImagesGenerations,
+        )
+        .unwrap();
+        assert_eq!(r.images, Some(1));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for b in [
+            "",
+            "{",
+            "[]",
+            "null",
+            r#"{"model":5}"#,
+            r#"{"messages":"x"}"#,
+        ] {
+            assert!(p(b, Endpoint::ChatCompletions).is_err(), "{b}");
+        }
+    }
+
+    #[test]
+    fn odd_content_shapes_are_tolerated() {
+        let r = p(
+            r#"{"model":"m","messages":[{"role":"user","content":null},{"role":"user","content":{"x":1}},{"role":"tool"}]}"#,
+            Endpoint::ChatCompletions,
+        )
+        .unwrap();
+        assert_eq!(r.digest.messages, 3);
+    }
+}

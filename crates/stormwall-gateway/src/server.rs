@@ -1,0 +1,329 @@
+//! Start-up and shutdown: validate config, load keys and the IP database, start the event
+//! writer, bind the proxy and admin listeners, refresh the key cache, and on shutdown drain
+//! connections up to a deadline and flush every queued event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use secrecy::SecretString;
+use stormwall_store::{BatchWriter, EventsConfig, KeyFilter, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::admit::Clock;
+use crate::config::{GatewayConfig, LimitsConfig};
+use crate::digest::PromptDigester;
+use crate::ipdb::{IpDb, IpDbError};
+use crate::keycache::KeyCache;
+use crate::metrics::Metrics;
+use crate::pipeline;
+use crate::pricing::Pricing;
+use crate::state::AppState;
+use crate::upstream::{self, Router, UpstreamConfigError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `[[upstreams]]` is invalid.
+    #[error(transparent)]
+    Upstreams(#[from] UpstreamConfigError),
+    /// `[ipdb]` could not be loaded.
+    #[error(transparent)]
+    IpDb(#[from] IpDbError),
+    /// The store failed while loading keys.
+    #[error("cannot load keys: {0}")]
+    Store(#[from] stormwall_store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// No upstream is configured.
+    #[error("no [[upstreams]] configured")]
+    NoUpstreams,
+}
+
+/// Validates the gateway's config sections without starting anything (`config check`).
+pub fn check_config(
+    config: &GatewayConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), StartError> {
+    if config.upstreams.is_empty() {
+        return Err(StartError::NoUpstreams);
+    }
+    Router::from_config(&config.upstreams, env)?;
+    IpDb::load(&config.ipdb)?;
+    Ok(())
+}
+
+/// A running gateway.
+pub struct RunningGateway {
+    /// Bound proxy address.
+    pub proxy_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// Shared state (tests and embedding programs inspect it).
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    refresher: JoinHandle<()>,
+    writer: BatchWriter,
+    grace: Duration,
+}
+
+impl RunningGateway {
+    /// Stops accepting, lets in-flight requests and streams finish up to the grace period,
+    /// then flushes queued events.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.refresher.abort();
+        for s in self.servers {
+            let _ = s.await;
+        }
+        match self
+            .writer
+            .shutdown(self.grace.max(Duration::from_secs(5)))
+            .await
+        {
+            Ok(snap) => tracing::info!(
+                written = snap.written,
+                dropped = snap.dropped,
+                "event writer flushed"
+            ),
+            Err(e) => tracing::error!(error = %e, "event writer did not flush cleanly"),
+        }
+    }
+}
+
+/// Starts the gateway on `config`, with keys and events in `store`.
+pub async fn start(
+    config: GatewayConfig,
+    store: Arc<dyn Store>,
+    events: &EventsConfig,
+    admin_token: SecretString,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunningGateway, StartError> {
+    if config.upstreams.is_empty() {
+        return Err(StartError::NoUpstreams);
+    }
+    let router = Router::from_config(&config.upstreams, env)?;
+    let ipdb = IpDb::load(&config.ipdb)?;
+    let keys = KeyCache::default();
+    keys.replace_all(store.list_keys(&KeyFilter::default()).await?);
+    let (sink, writer) = BatchWriter::spawn(
+        Arc::clone(&store) as Arc<dyn stormwall_store::EventStore>,
+        events,
+    );
+    let metrics = Metrics::new(Arc::clone(sink.stats()), keys.len_counter());
+    let state = Arc::new(AppState {
+        client: upstream::http_client(&config.limits),
+        limits: config.limits.clone(),
+        trusted_proxies: config.server.trusted_proxies.clone(),
+        keys,
+        router,
+        ipdb,
+        digester: PromptDigester::default(),
+        pricing: Pricing::new(&config.pricing),
+        sink,
+        metrics,
+        clock: Clock::default(),
+        store,
+    });
+    load_spend(&state).await;
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let proxy_listener = bind(config.server.listen).await?;
+    let admin_listener = bind(config.server.admin_listen).await?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.server.admin_listen,
+            source,
+        })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+
+    let proxy_state = Arc::clone(&state);
+    let proxy = serve(
+        proxy_listener,
+        shutdown_rx.clone(),
+        grace,
+        config.limits.clone(),
+        move |req, peer| {
+            let st = Arc::clone(&proxy_state);
+            async move { Ok::<_, std::convert::Infallible>(pipeline::handle(st, req, peer).await) }
+        },
+    );
+    let admin_state = Arc::new(AdminState {
+        app: Arc::clone(&state),
+        token: admin_token,
+    });
+    let admin = serve(
+        admin_listener,
+        shutdown_rx.clone(),
+        grace,
+        config.limits.clone(),
+        move |req, _peer| admin::handle(Arc::clone(&admin_state), req),
+    );
+    let refresher = spawn_refresher(
+        Arc::clone(&state),
+        Duration::from_secs(config.server.key_refresh_secs.max(1)),
+        shutdown_rx,
+    );
+    tracing::info!(%proxy_addr, %admin_addr, keys = state.keys.len(), "stormwall gateway listening");
+    Ok(RunningGateway {
+        proxy_addr,
+        admin_addr,
+        state,
+        shutdown,
+        servers: vec![proxy, admin],
+        refresher,
+        writer,
+        grace,
+    })
+}
+
+/// Seeds today's and this month's spend for keys with budgets, so a restart does not reset them.
+async fn load_spend(state: &AppState) {
+    let now = time::OffsetDateTime::now_utc();
+    let day_start = now.replace_time(time::Time::MIDNIGHT);
+    let month_start = day_start.replace_day(1).unwrap_or(day_start);
+    let budgeted: Vec<_> = state
+        .store
+        .list_keys(&KeyFilter::default())
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| k.scope.budget_daily_usd.is_some() || k.scope.budget_monthly_usd.is_some())
+        .collect();
+    for k in budgeted {
+        let Some(cached) = state.keys.get(k.id.as_str()) else {
+            continue;
+        };
+        if cached.state.spend_loaded() {
+            continue;
+        }
+        let day = state
+            .store
+            .spend_since(&k.id, day_start)
+            .await
+            .unwrap_or(0.0);
+        let month = state
+            .store
+            .spend_since(&k.id, month_start)
+            .await
+            .unwrap_or(0.0);
+        cached.state.load_spend(now, day, month);
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
+fn spawn_refresher(
+    state: Arc<AppState>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let seen = state.keys.version();
+            match state.store.list_keys(&KeyFilter::default()).await {
+                Ok(records) => {
+                    // Skip this round if the admin API changed a key meanwhile: the list may
+                    // predate that change, and a stale revoked key must never come back.
+                    if !state.keys.replace_all_if_unchanged(records, seen) {
+                        tracing::debug!("key refresh raced an update; retrying next tick");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "key refresh failed; serving from cache"),
+            }
+        }
+    })
+}
+
+#[allow(clippy::disallowed_methods)] // accept loop and per-connection tasks, tracked by GracefulShutdown
+fn serve<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    limits: LimitsConfig,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<
+            Output = Result<hyper::Response<crate::body::ProxyBody>, std::convert::Infallible>,
+        > + Send
+        + 'static,
+{
+    tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually EMFILE: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => break,
+            };
+            // A small reply held back by Nagle + delayed ACK costs 40 ms.
+            let _ = stream.set_nodelay(true);
+            let h = handler.clone();
+            let svc = service_fn(move |req| h(req, peer));
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with error");
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "shutdown grace period over; closing remaining connections"
+            );
+        }
+    })
+}

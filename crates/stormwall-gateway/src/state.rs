@@ -1,0 +1,44 @@
+//! What every request handler shares: validated config, the key cache, the router and
+//! upstream client, enrichment, pricing, the event sink and metrics.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use stormwall_store::{EventSink, Store};
+
+use crate::admit::Clock;
+use crate::config::LimitsConfig;
+use crate::digest::PromptDigester;
+use crate::ipdb::IpDb;
+use crate::keycache::KeyCache;
+use crate::metrics::Metrics;
+use crate::pricing::Pricing;
+use crate::upstream::{HttpClient, Router};
+
+/// Shared gateway state.
+pub struct AppState {
+    /// Size caps and timeouts.
+    pub limits: LimitsConfig,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Keys by public id.
+    pub keys: KeyCache,
+    /// Model → upstream.
+    pub router: Router,
+    /// Pooled upstream client.
+    pub client: HttpClient,
+    /// Client-network enrichment.
+    pub ipdb: IpDb,
+    /// Prompt digests.
+    pub digester: PromptDigester,
+    /// Prices.
+    pub pricing: Pricing,
+    /// Where events go (never awaited).
+    pub sink: EventSink,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Admission clock.
+    pub clock: Clock,
+    /// The backing store (admin API and key refresh only; never on the request path).
+    pub store: Arc<dyn Store>,
+}

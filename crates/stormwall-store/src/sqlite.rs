@@ -1,0 +1,734 @@
+//! The embedded SQLite backend: one file, WAL mode, one writer connection and a few
+//! readers, every call run on Tokio's blocking pool so the async runtime never waits on disk.
+//!
+//! The schema lives in plain `.sql` files under `migrations/sqlite/`, embedded at build time
+//! and applied in order; `PRAGMA user_version` records how many have run, so reopening a
+//! database applies nothing twice.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::Value;
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, ffi, params,
+    params_from_iter,
+};
+use stormwall_types::{
+    Decision, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, UsageEvent,
+};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, UtcOffset};
+
+use crate::{EventQuery, EventStore, KeyFilter, KeyStore, StoreError};
+
+/// Migration files in the order they apply; the position (1-based) is the schema version.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../migrations/sqlite/0001_init.sql"),
+)];
+
+/// Schema version a database has once every embedded migration has run.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// How long a connection waits for another process's lock before reporting busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections per file store: reads proceed while the writer holds a long batch.
+const READERS: usize = 2;
+/// Prepared statements kept per connection (event queries vary by which filters are set).
+const STATEMENT_CACHE: usize = 64;
+
+/// Key timestamps as fixed-width UTC RFC 3339, so `ORDER BY created_at` is time order.
+const KEY_TIME_FORMAT: &[time::format_description::FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
+
+const KEY_COLUMNS: &str = "id, tenant, kind, status, hash_hex, last4, label, scope_json, \
+     created_at, updated_at, status_reason, rotated_from, rotated_to";
+
+const INSERT_KEY: &str = "INSERT INTO keys (id, tenant, kind, status, hash_hex, last4, label, \
+     scope_json, created_at, updated_at, status_reason, rotated_from, rotated_to) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+const UPDATE_KEY: &str = "UPDATE keys SET status = ?2, status_reason = ?3, scope_json = ?4, \
+     label = ?5, rotated_from = ?6, rotated_to = ?7, updated_at = ?8 WHERE id = ?1";
+
+const INSERT_EVENT: &str = "INSERT OR IGNORE INTO events (id, ts_unix_ms, key_id, tenant, \
+     decision, reject_reason, status, cost_usd, body_json) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Keys and events in one SQLite database. Cheap to clone: clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// SQLite allows one writer at a time; a mutex makes writers queue here instead of
+    /// spinning on `SQLITE_BUSY`.
+    writer: Mutex<Connection>,
+    /// Empty for in-memory databases, whose data only the writer connection can see.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("readers", &self.inner.readers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) a database file and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        run_blocking(move || {
+            let open_err =
+                |e: rusqlite::Error| StoreError::Open(format!("{}: {e}", path.display()));
+            let mut writer = Connection::open(&path).map_err(open_err)?;
+            configure_writer(&writer).map_err(open_err)?;
+            migrate(&mut writer)?;
+            let mut readers = Vec::with_capacity(READERS);
+            for _ in 0..READERS {
+                let reader =
+                    Connection::open_with_flags(&path, OpenFlags::default()).map_err(open_err)?;
+                configure_reader(&reader).map_err(open_err)?;
+                readers.push(Mutex::new(reader));
+            }
+            Ok(Self::from_parts(writer, readers))
+        })
+        .await
+    }
+
+    /// Opens a private, empty in-memory database (for tests and `stormwall demo`).
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        run_blocking(|| {
+            let open_err = |e: rusqlite::Error| StoreError::Open(e.to_string());
+            let mut writer = Connection::open_in_memory().map_err(open_err)?;
+            configure_writer(&writer).map_err(open_err)?;
+            migrate(&mut writer)?;
+            Ok(Self::from_parts(writer, Vec::new()))
+        })
+        .await
+    }
+
+    /// The schema version recorded in the database (`PRAGMA user_version`).
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.read(|conn| user_version(conn).map_err(db)).await
+    }
+
+    fn from_parts(writer: Connection, readers: Vec<Mutex<Connection>>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Runs `f` on the writer connection, on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || f(&mut lock(&inner.writer))).await
+    }
+
+    /// Runs `f` on a reader connection (the writer for in-memory stores), on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || {
+            if inner.readers.is_empty() {
+                return f(&lock(&inner.writer));
+            }
+            // Prefer an idle reader; otherwise queue on the next one in turn.
+            for reader in &inner.readers {
+                if let Ok(conn) = reader.try_lock() {
+                    return f(&conn);
+                }
+            }
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            match inner.readers.get(i) {
+                Some(reader) => f(&lock(reader)),
+                None => f(&lock(&inner.writer)),
+            }
+        })
+        .await
+    }
+}
+
+/// Runs blocking database work off the async runtime.
+async fn run_blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(StoreError::Database("database task panicked".to_owned())),
+        Err(_) => Err(StoreError::Database(
+            "database task was cancelled".to_owned(),
+        )),
+    }
+}
+
+/// Locks a connection, recovering from poisoning: a panic elsewhere cannot leave a
+/// transaction open (rusqlite rolls back on drop), so the connection is still usable.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn configure_common(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
+    configure_common(conn)?;
+    // WAL lets readers run beside the writer; in-memory databases answer "memory" and
+    // keep working, so the answer is informational only.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode; readers will wait for writers");
+    }
+    // With WAL, NORMAL stays consistent after a crash and may lose only the last commits
+    // on power loss, which usage events tolerate far better than per-commit fsyncs.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
+    configure_common(conn)?;
+    // Reader connections must never write, even by a future bug.
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Applies every migration newer than the database's `user_version`, each in its own
+/// transaction together with the version bump, so a failure leaves the previous version.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open(e.to_string());
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
+        let version = u32::try_from(index + 1)
+            .map_err(|_| StoreError::Open("too many migrations".to_owned()))?;
+        // IMMEDIATE takes the write lock first, so two processes opening the same file
+        // cannot both decide to apply the same migration.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(open_err)?;
+        let current = user_version(&tx).map_err(open_err)?;
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::Open(format!(
+                "database schema version {current} is newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        if current >= version {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Open(format!("migration {name}: {e}")))?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(open_err)?;
+        tx.commit().map_err(open_err)?;
+        tracing::debug!(migration = name, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+/// Maps a rusqlite error. Its messages name tables and columns, never bound values, so
+/// neither key hashes nor event bodies can leak through them.
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == ErrorCode::ConstraintViolation
+                && (f.extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || f.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE)
+    )
+}
+
+fn format_key_time(t: OffsetDateTime) -> Result<String, StoreError> {
+    t.to_offset(UtcOffset::UTC)
+        .format(KEY_TIME_FORMAT)
+        .map_err(|_| StoreError::Corrupt("key timestamp out of range".to_owned()))
+}
+
+fn parse_key_time(s: &str, id: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| StoreError::Corrupt(format!("key {id}: bad timestamp")))
+}
+
+/// Unix milliseconds, rounded toward the past so `since`/`until` bounds stay consistent.
+fn unix_ms(t: OffsetDateTime) -> Result<i64, StoreError> {
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
+        .map_err(|_| StoreError::Corrupt("event timestamp out of range".to_owned()))
+}
+
+fn kind_from_str(s: &str) -> Option<KeyKind> {
+    [KeyKind::Normal, KeyKind::Canary]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+}
+
+fn status_from_str(s: &str) -> Option<KeyStatus> {
+    [KeyStatus::Active, KeyStatus::Suspended, KeyStatus::Revoked]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+}
+
+fn decision_str(d: Decision) -> &'static str {
+    match d {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+    }
+}
+
+/// A key's columns ready to bind; built before moving to the blocking pool.
+struct KeyColumns {
+    id: String,
+    tenant: String,
+    kind: &'static str,
+    status: &'static str,
+    hash_hex: String,
+    last4: String,
+    label: Option<String>,
+    scope_json: String,
+    created_at: String,
+    updated_at: String,
+    status_reason: Option<String>,
+    rotated_from: Option<String>,
+    rotated_to: Option<String>,
+}
+
+impl KeyColumns {
+    fn from_record(r: &KeyRecord) -> Result<Self, StoreError> {
+        let scope_json = serde_json::to_string(&r.scope)
+            .map_err(|_| StoreError::Corrupt(format!("key {}: scope does not encode", r.id)))?;
+        Ok(Self {
+            id: r.id.as_str().to_owned(),
+            tenant: r.tenant.clone(),
+            kind: r.kind.as_str(),
+            status: r.status.as_str(),
+            hash_hex: r.hash.to_hex(),
+            last4: r.last4.clone(),
+            label: r.label.clone(),
+            scope_json,
+            created_at: format_key_time(r.created_at)?,
+            updated_at: format_key_time(r.updated_at)?,
+            status_reason: r.status_reason.clone(),
+            rotated_from: r.rotated_from.as_ref().map(|k| k.as_str().to_owned()),
+            rotated_to: r.rotated_to.as_ref().map(|k| k.as_str().to_owned()),
+        })
+    }
+}
+
+/// A key row as read, before validation (row callbacks can only return rusqlite errors).
+struct KeyRow {
+    id: String,
+    tenant: String,
+    kind: String,
+    status: String,
+    hash_hex: String,
+    last4: String,
+    label: Option<String>,
+    scope_json: String,
+    created_at: String,
+    updated_at: String,
+    status_reason: Option<String>,
+    rotated_from: Option<String>,
+    rotated_to: Option<String>,
+}
+
+impl KeyRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            tenant: row.get(1)?,
+            kind: row.get(2)?,
+            status: row.get(3)?,
+            hash_hex: row.get(4)?,
+            last4: row.get(5)?,
+            label: row.get(6)?,
+            scope_json: row.get(7)?,
+            created_at: row.get(8)?,
+            updated_at: row.get(9)?,
+            status_reason: row.get(10)?,
+            rotated_from: row.get(11)?,
+            rotated_to: row.get(12)?,
+        })
+    }
+
+    /// Validates a row into a record. Errors name the key id (public) and never the hash.
+    fn into_record(self) -> Result<KeyRecord, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("key {}: {what}", self.id));
+        let id =
+            KeyId::new(&self.id).map_err(|_| StoreError::Corrupt("malformed key id".to_owned()))?;
+        let kind = kind_from_str(&self.kind).ok_or_else(|| corrupt("unknown kind"))?;
+        let status = status_from_str(&self.status).ok_or_else(|| corrupt("unknown status"))?;
+        let hash = KeyHash::from_hex(&self.hash_hex).ok_or_else(|| corrupt("malformed hash"))?;
+        let scope: KeyScope =
+            serde_json::from_str(&self.scope_json).map_err(|_| corrupt("scope does not decode"))?;
+        let link = |s: Option<String>| -> Result<Option<KeyId>, StoreError> {
+            s.map(|s| KeyId::new(&s).map_err(|_| corrupt("malformed rotation link")))
+                .transpose()
+        };
+        Ok(KeyRecord {
+            created_at: parse_key_time(&self.created_at, &self.id)?,
+            updated_at: parse_key_time(&self.updated_at, &self.id)?,
+            rotated_from: link(self.rotated_from)?,
+            rotated_to: link(self.rotated_to)?,
+            id,
+            tenant: self.tenant,
+            kind,
+            status,
+            hash,
+            last4: self.last4,
+            label: self.label,
+            scope,
+            status_reason: self.status_reason,
+        })
+    }
+}
+
+/// Inserts one event with the cached statement. The indexed columns copy fields of the
+/// body; a non-finite cost is stored as 0 in the summed column so one bad price cannot
+/// poison `spend_since` or fail the batch on the NOT NULL constraint.
+fn insert_event(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    e: &UsageEvent,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_string(e)
+        .map_err(|_| StoreError::Corrupt(format!("event {} does not encode", e.id)))?;
+    let cost = if e.cost_usd.is_finite() {
+        e.cost_usd
+    } else {
+        0.0
+    };
+    stmt.execute(params![
+        e.id,
+        unix_ms(e.timestamp)?,
+        e.key_id.as_ref().map(KeyId::as_str),
+        e.tenant,
+        decision_str(e.decision),
+        e.reject_reason.map(|r| r.as_str()),
+        i64::from(e.status),
+        cost,
+        body,
+    ])
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Builds the SQL and arguments for an event query. `after_id` is a keyset cursor over
+/// (timestamp, id): the events after that event in query order. An id the store does not
+/// hold falls back to plain id order, which is the same thing for UUIDv7 ids.
+fn build_event_query(
+    conn: &Connection,
+    q: &EventQuery,
+) -> Result<(String, Vec<Value>), StoreError> {
+    let mut sql = String::from("SELECT id, body_json FROM events WHERE 1 = 1");
+    let mut args = Vec::new();
+    if let Some(key_id) = &q.key_id {
+        sql.push_str(" AND key_id = ?");
+        args.push(Value::Text(key_id.as_str().to_owned()));
+    }
+    if let Some(tenant) = &q.tenant {
+        sql.push_str(" AND tenant = ?");
+        args.push(Value::Text(tenant.clone()));
+    }
+    if let Some(since) = q.since {
+        sql.push_str(" AND ts_unix_ms >= ?");
+        args.push(Value::Integer(unix_ms(since)?));
+    }
+    if let Some(until) = q.until {
+        sql.push_str(" AND ts_unix_ms < ?");
+        args.push(Value::Integer(unix_ms(until)?));
+    }
+    if let Some(after) = &q.after_id {
+        let cursor_ts: Option<i64> = conn
+            .prepare_cached("SELECT ts_unix_ms FROM events WHERE id = ?1")
+            .map_err(db)?
+            .query_row([after], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        match cursor_ts {
+            Some(ts) => {
+                sql.push_str(" AND (ts_unix_ms > ? OR (ts_unix_ms = ? AND id > ?))");
+                args.push(Value::Integer(ts));
+                args.push(Value::Integer(ts));
+                args.push(Value::Text(after.clone()));
+            }
+            None => {
+                sql.push_str(" AND id > ?");
+                args.push(Value::Text(after.clone()));
+            }
+        }
+    }
+    sql.push_str(" ORDER BY ts_unix_ms, id");
+    if let Some(limit) = q.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+    }
+    Ok((sql, args))
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let c = KeyColumns::from_record(record)?;
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(INSERT_KEY).map_err(db)?;
+            let result = stmt.execute(params![
+                c.id,
+                c.tenant,
+                c.kind,
+                c.status,
+                c.hash_hex,
+                c.last4,
+                c.label,
+                c.scope_json,
+                c.created_at,
+                c.updated_at,
+                c.status_reason,
+                c.rotated_from,
+                c.rotated_to,
+            ]);
+            match result {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate),
+                Err(e) => Err(db(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |conn| {
+            let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1");
+            let row = conn
+                .prepare_cached(&sql)
+                .map_err(db)?
+                .query_row([&id], KeyRow::read)
+                .optional()
+                .map_err(db)?;
+            row.map(KeyRow::into_record).transpose()
+        })
+        .await
+    }
+
+    async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+        let tenant = filter.tenant.clone();
+        self.read(move |conn| {
+            let (sql, args) = match tenant {
+                Some(t) => (
+                    format!(
+                        "SELECT {KEY_COLUMNS} FROM keys WHERE tenant = ?1 ORDER BY created_at, id"
+                    ),
+                    vec![Value::Text(t)],
+                ),
+                None => (
+                    format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id"),
+                    Vec::new(),
+                ),
+            };
+            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(params_from_iter(args.iter()), KeyRow::read)
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(db)?.into_record()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let c = KeyColumns::from_record(record)?;
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(UPDATE_KEY)
+                .map_err(db)?
+                .execute(params![
+                    c.id,
+                    c.status,
+                    c.status_reason,
+                    c.scope_json,
+                    c.label,
+                    c.rotated_from,
+                    c.rotated_to,
+                    c.updated_at,
+                ])
+                .map_err(db)?;
+            if changed == 0 {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn insert_events(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Cloning is cheaper than serializing, and keeps the serialization work off the
+        // async runtime along with the writes.
+        let events = events.to_vec();
+        self.write(move |conn| {
+            // IMMEDIATE takes the write lock up front instead of upgrading mid-batch, which
+            // could fail with SQLITE_BUSY when another process writes the same file.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            {
+                let mut stmt = tx.prepare_cached(INSERT_EVENT).map_err(db)?;
+                for e in &events {
+                    insert_event(&mut stmt, e)?;
+                }
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn query_events(&self, query: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| {
+            let (sql, args) = build_event_query(conn, &query)?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(params_from_iter(args.iter()), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, body) = row.map_err(db)?;
+                // serde_json's message can quote the body, so only the (public) id is kept.
+                let event = serde_json::from_str(&body).map_err(|_| {
+                    StoreError::Corrupt(format!("event {id}: body does not decode"))
+                })?;
+                out.push(event);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn spend_since(&self, key_id: &KeyId, since: OffsetDateTime) -> Result<f64, StoreError> {
+        let key_id = key_id.as_str().to_owned();
+        let since = unix_ms(since)?;
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT COALESCE(SUM(cost_usd), 0.0) FROM events WHERE key_id = ?1 AND ts_unix_ms >= ?2",
+            )
+            .map_err(db)?
+            .query_row(params![key_id, since], |r| r.get(0))
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn count_events(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM events")
+                .map_err(db)?
+                .query_row([], |r| r.get(0))
+                .map_err(db)?;
+            u64::try_from(n).map_err(|_| StoreError::Corrupt("negative event count".to_owned()))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_time_format_sorts_as_time() {
+        let a = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let b = a + time::Duration::milliseconds(500);
+        let (fa, fb) = (format_key_time(a).unwrap(), format_key_time(b).unwrap());
+        assert!(fa < fb, "{fa} !< {fb}");
+        assert_eq!(parse_key_time(&fb, "x").unwrap(), b);
+    }
+
+    #[test]
+    fn key_time_is_stored_in_utc() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000)
+            .unwrap()
+            .to_offset(UtcOffset::from_hms(5, 30, 0).unwrap());
+        let s = format_key_time(t).unwrap();
+        assert!(s.ends_with('Z'));
+        assert_eq!(parse_key_time(&s, "x").unwrap(), t);
+    }
+
+    #[test]
+    fn unix_ms_rounds_toward_the_past() {
+        let t = OffsetDateTime::UNIX_EPOCH - time::Duration::microseconds(1);
+        assert_eq!(unix_ms(t).unwrap(), -1);
+        let t = OffsetDateTime::UNIX_EPOCH + time::Duration::microseconds(1_999);
+        assert_eq!(unix_ms(t).unwrap(), 1);
+    }
+
+    #[test]
+    fn enum_names_round_trip() {
+        for k in [KeyKind::Normal, KeyKind::Canary] {
+            assert_eq!(kind_from_str(k.as_str()), Some(k));
+        }
+        for s in [KeyStatus::Active, KeyStatus::Suspended, KeyStatus::Revoked] {
+            assert_eq!(status_from_str(s.as_str()), Some(s));
+        }
+        for d in [Decision::Allow, Decision::Deny] {
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(json, format!("\"{}\"", decision_str(d)));
+        }
+    }
+
+    #[test]
+    fn migrations_apply_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
+        migrate(&mut conn).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::Open(_))));
+    }
+}

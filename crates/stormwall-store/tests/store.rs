@@ -1,0 +1,791 @@
+//! The store's one integration-test binary: a backend-neutral suite run against SQLite
+//! (a PostgreSQL backend adds one `backend_suite!` invocation), then the batch writer.
+
+// `allow-unwrap-in-tests` covers `#[test]` functions only; the shared suite and fixtures
+// here are test code too, where a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use stormwall_store::{
+    BatchWriter, EventQuery, EventStore, EventsConfig, KeyFilter, ShutdownError, SqliteStore,
+    Store, StoreError,
+};
+use stormwall_types::{
+    ApiKey, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, RejectReason, SafetyVerdict,
+    UsageEvent,
+};
+use time::{OffsetDateTime, UtcOffset};
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+/// A base instant with sub-millisecond digits, so precision loss would show.
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap()
+}
+
+fn ms(n: i64) -> time::Duration {
+    time::Duration::milliseconds(n)
+}
+
+fn key_id(n: u32) -> KeyId {
+    KeyId::new(&format!("k{n:011}")).unwrap()
+}
+
+fn key(n: u32, tenant: &str, created_at: OffsetDateTime) -> KeyRecord {
+    let api = ApiKey::generate();
+    KeyRecord {
+        id: key_id(n),
+        tenant: tenant.to_owned(),
+        kind: KeyKind::Normal,
+        status: KeyStatus::Active,
+        hash: api.hash(),
+        last4: api.last4().to_owned(),
+        label: Some(format!("key {n}")),
+        scope: KeyScope {
+            models: vec!["gpt-4o-mini".to_owned()],
+            cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            expires_at: Some(created_at + time::Duration::days(30)),
+            rpm: Some(60),
+            budget_daily_usd: Some(1.5),
+            ..Default::default()
+        },
+        created_at,
+        updated_at: created_at,
+        status_reason: None,
+        rotated_from: None,
+        rotated_to: None,
+    }
+}
+
+/// An event with many optional fields set, so the body round trip is exercised.
+fn event(
+    id: &str,
+    ts: OffsetDateTime,
+    key: Option<u32>,
+    tenant: Option<&str>,
+    cost: f64,
+) -> UsageEvent {
+    let mut e = UsageEvent::new(
+        id.to_owned(),
+        ts,
+        "127.0.0.1".parse().unwrap(),
+        "POST",
+        "/v1/chat/completions",
+    );
+    e.key_id = key.map(key_id);
+    e.tenant = tenant.map(str::to_owned);
+    e.cost_usd = cost;
+    e.status = 200;
+    e.model = Some("gpt-4o-mini".to_owned());
+    e.input_tokens = Some(12);
+    e.output_tokens = Some(34);
+    e.prompt_minhash = vec![1, 2, 3];
+    e.header_names = vec!["authorization".to_owned(), "content-type".to_owned()];
+    e.safety = vec![SafetyVerdict {
+        category: "jailbreak".to_owned(),
+        action: "log".to_owned(),
+        score: 0.25,
+        stage: "input".to_owned(),
+    }];
+    e
+}
+
+fn denied(id: &str, ts: OffsetDateTime) -> UsageEvent {
+    let mut e = event(id, ts, None, None, 0.0);
+    e.deny(RejectReason::UnknownKey);
+    e.status = 401;
+    e
+}
+
+fn ids(events: &[UsageEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.id.as_str()).collect()
+}
+
+/// Polls `check` until it holds; the generous limit only matters when something is broken.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..1_000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Backend-neutral suite: every function takes a fresh, empty store.
+// ---------------------------------------------------------------------------------------
+
+mod suite {
+    use super::*;
+
+    pub async fn key_insert_get(store: Arc<dyn Store>) {
+        let utc = key(1, "acme", t0());
+        // A non-UTC offset must come back as the same instant.
+        let offset = key(
+            2,
+            "acme",
+            t0().to_offset(UtcOffset::from_hms(5, 30, 0).unwrap()),
+        );
+        store.insert_key(&utc).await.unwrap();
+        store.insert_key(&offset).await.unwrap();
+        assert_eq!(store.get_key(&utc.id).await.unwrap(), Some(utc.clone()));
+        let got = store.get_key(&offset.id).await.unwrap().unwrap();
+        assert_eq!(got, offset);
+        // KeyRecord's PartialEq covers the hash too, but say it explicitly.
+        assert!(got.hash.ct_eq(&offset.hash));
+        assert_eq!(store.get_key(&key_id(99)).await.unwrap(), None);
+    }
+
+    pub async fn key_duplicate(store: Arc<dyn Store>) {
+        let first = key(1, "acme", t0());
+        store.insert_key(&first).await.unwrap();
+        let mut again = key(1, "other", t0() + ms(5));
+        again.label = None;
+        let err = store.insert_key(&again).await.unwrap_err();
+        assert!(matches!(err, StoreError::Duplicate), "{err:?}");
+        assert_eq!(store.get_key(&first.id).await.unwrap(), Some(first));
+    }
+
+    pub async fn key_list(store: Arc<dyn Store>) {
+        // Inserted out of creation order; one creation time has no fractional second so
+        // text ordering of timestamps would be wrong if they were not fixed-width.
+        let whole_second = OffsetDateTime::from_unix_timestamp(1_700_000_001).unwrap();
+        let a = key(3, "acme", t0());
+        let b = key(1, "beta", whole_second);
+        let c = key(2, "acme", t0() + ms(500));
+        for k in [&b, &c, &a] {
+            store.insert_key(k).await.unwrap();
+        }
+        let all = store.list_keys(&KeyFilter::default()).await.unwrap();
+        assert_eq!(all, vec![a.clone(), c.clone(), b.clone()]);
+        let acme = store
+            .list_keys(&KeyFilter {
+                tenant: Some("acme".to_owned()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(acme, vec![a, c]);
+        let none = store
+            .list_keys(&KeyFilter {
+                tenant: Some("nobody".to_owned()),
+            })
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    pub async fn key_update(store: Arc<dyn Store>) {
+        let original = key(1, "acme", t0());
+        let successor = key(2, "acme", t0() + ms(10));
+        store.insert_key(&original).await.unwrap();
+        store.insert_key(&successor).await.unwrap();
+
+        let mut changed = original.clone();
+        changed.status = KeyStatus::Suspended;
+        changed.status_reason = Some("detector: credential stuffing".to_owned());
+        changed.scope.models.push("gpt-4o".to_owned());
+        changed.scope.rpm = None;
+        changed.label = None;
+        changed.rotated_to = Some(successor.id.clone());
+        changed.updated_at = t0() + time::Duration::hours(1);
+        store.update_key(&changed).await.unwrap();
+        assert_eq!(
+            store.get_key(&original.id).await.unwrap(),
+            Some(changed.clone())
+        );
+
+        // Identity fields are not "mutable fields": an update leaves them alone.
+        let mut tampered = changed.clone();
+        tampered.tenant = "evil".to_owned();
+        tampered.kind = KeyKind::Canary;
+        tampered.hash = KeyHash([7; 32]);
+        tampered.created_at = t0() - time::Duration::days(1);
+        store.update_key(&tampered).await.unwrap();
+        assert_eq!(store.get_key(&original.id).await.unwrap(), Some(changed));
+
+        let missing = key(9, "acme", t0());
+        let err = store.update_key(&missing).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    }
+
+    pub async fn event_round_trip_and_order(store: Arc<dyn Store>) {
+        // Ids deliberately do not sort like timestamps: order must be (timestamp, id).
+        let events = vec![
+            event("c", t0() + ms(20), Some(1), Some("acme"), 0.5),
+            event("z", t0(), Some(1), Some("acme"), 0.25),
+            denied("a", t0() + ms(20)),
+            event("m", t0() + ms(10), Some(2), Some("beta"), 1.0),
+        ];
+        store.insert_events(&events).await.unwrap();
+        store.insert_events(&[]).await.unwrap();
+        assert_eq!(store.count_events().await.unwrap(), 4);
+        let all = store.query_events(&EventQuery::default()).await.unwrap();
+        assert_eq!(ids(&all), ["z", "m", "a", "c"]);
+        // The body round trip is exact, nanoseconds included.
+        let by_id = |id: &str| events.iter().find(|e| e.id == id).unwrap().clone();
+        for got in &all {
+            assert_eq!(got, &by_id(&got.id));
+        }
+    }
+
+    pub async fn event_filters(store: Arc<dyn Store>) {
+        let events = vec![
+            event("e1", t0(), Some(1), Some("acme"), 0.1),
+            event("e2", t0() + ms(10), Some(2), Some("acme"), 0.2),
+            event("e3", t0() + ms(20), Some(1), Some("acme"), 0.3),
+            event("e4", t0() + ms(30), Some(3), Some("beta"), 0.4),
+            denied("e5", t0() + ms(40)),
+        ];
+        store.insert_events(&events).await.unwrap();
+        let q = |query: EventQuery| {
+            let store = Arc::clone(&store);
+            async move { store.query_events(&query).await.unwrap() }
+        };
+
+        let by_key = q(EventQuery {
+            key_id: Some(key_id(1)),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids(&by_key), ["e1", "e3"]);
+        let by_tenant = q(EventQuery {
+            tenant: Some("acme".to_owned()),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids(&by_tenant), ["e1", "e2", "e3"]);
+        // `since` is inclusive, `until` exclusive.
+        let window = q(EventQuery {
+            since: Some(t0() + ms(10)),
+            until: Some(t0() + ms(30)),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids(&window), ["e2", "e3"]);
+        let since = q(EventQuery {
+            since: Some(t0() + ms(30)),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids(&since), ["e4", "e5"]);
+        let until = q(EventQuery {
+            until: Some(t0() + ms(10)),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids(&until), ["e1"]);
+        let combined = q(EventQuery {
+            key_id: Some(key_id(1)),
+            tenant: Some("acme".to_owned()),
+            since: Some(t0() + ms(5)),
+            until: Some(t0() + ms(100)),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids(&combined), ["e3"]);
+        let nothing = q(EventQuery {
+            tenant: Some("nobody".to_owned()),
+            ..Default::default()
+        })
+        .await;
+        assert!(nothing.is_empty());
+    }
+
+    pub async fn event_paging(store: Arc<dyn Store>) {
+        // Ids in reverse time order, two sharing a timestamp: a cursor that compared ids
+        // alone would skip or repeat events.
+        let events: Vec<UsageEvent> = (0..10)
+            .map(|i| {
+                event(
+                    &format!("id{:02}", 20 - i),
+                    t0() + ms(i64::from(i / 2) * 10),
+                    Some(1),
+                    Some("acme"),
+                    0.0,
+                )
+            })
+            .collect();
+        store.insert_events(&events).await.unwrap();
+        let all = store.query_events(&EventQuery::default()).await.unwrap();
+        assert_eq!(all.len(), 10);
+
+        let mut paged = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .query_events(&EventQuery {
+                    after_id: cursor.clone(),
+                    limit: Some(3),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert!(page.len() <= 3);
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id.clone());
+            paged.extend(page);
+        }
+        assert_eq!(ids(&paged), ids(&all));
+
+        // Paging composes with filters.
+        let filtered = store
+            .query_events(&EventQuery {
+                key_id: Some(key_id(1)),
+                after_id: Some(all[4].id.clone()),
+                limit: Some(2),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&filtered), ids(&all[5..7]));
+
+        let zero = store
+            .query_events(&EventQuery {
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(zero.is_empty());
+
+        // An unknown cursor falls back to id order.
+        let unknown = store
+            .query_events(&EventQuery {
+                after_id: Some("id185".to_owned()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let expected: Vec<&str> = ids(&all).into_iter().filter(|id| *id > "id185").collect();
+        assert_eq!(expected, ["id19", "id20"]);
+        assert_eq!(ids(&unknown), expected);
+    }
+
+    pub async fn event_reinsert_is_idempotent(store: Arc<dyn Store>) {
+        let batch = vec![
+            event("e1", t0(), Some(1), Some("acme"), 1.0),
+            event("e2", t0() + ms(1), Some(1), Some("acme"), 2.0),
+        ];
+        store.insert_events(&batch).await.unwrap();
+        store.insert_events(&batch).await.unwrap();
+        assert_eq!(store.count_events().await.unwrap(), 2);
+        // An overlapping batch adds only what is new, and the first copy wins.
+        let mut changed = batch[1].clone();
+        changed.cost_usd = 100.0;
+        let overlap = vec![
+            changed,
+            event("e3", t0() + ms(2), Some(1), Some("acme"), 3.0),
+        ];
+        store.insert_events(&overlap).await.unwrap();
+        assert_eq!(store.count_events().await.unwrap(), 3);
+        let spent = store.spend_since(&key_id(1), t0()).await.unwrap();
+        assert!((spent - 6.0).abs() < 1e-9, "{spent}");
+    }
+
+    pub async fn spend_since(store: Arc<dyn Store>) {
+        let events = vec![
+            event("e1", t0(), Some(1), Some("acme"), 0.5),
+            event("e2", t0() + ms(10), Some(1), Some("acme"), 0.25),
+            event("e3", t0() + ms(20), Some(1), Some("acme"), 0.125),
+            event("e4", t0() + ms(20), Some(2), Some("acme"), 8.0),
+            event("e5", t0() + ms(30), Some(1), Some("acme"), f64::NAN),
+        ];
+        store.insert_events(&events).await.unwrap();
+        let spent = |key: u32, since: OffsetDateTime| {
+            let store = Arc::clone(&store);
+            async move { store.spend_since(&key_id(key), since).await.unwrap() }
+        };
+        assert!((spent(1, t0()).await - 0.875).abs() < 1e-9);
+        assert!((spent(1, t0() + ms(10)).await - 0.375).abs() < 1e-9);
+        assert!((spent(2, t0()).await - 8.0).abs() < 1e-9);
+        assert_eq!(spent(1, t0() + ms(1_000)).await, 0.0);
+        assert_eq!(spent(7, t0()).await, 0.0);
+    }
+
+    /// Data written through one store handle is there after closing and reopening.
+    pub async fn reopen_persists<F, Fut>(open: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Arc<dyn Store>>,
+    {
+        let k = key(1, "acme", t0());
+        let e = event("e1", t0(), Some(1), Some("acme"), 0.5);
+        {
+            let store = open().await;
+            store.insert_key(&k).await.unwrap();
+            store.insert_events(std::slice::from_ref(&e)).await.unwrap();
+        }
+        for _ in 0..2 {
+            let store = open().await;
+            assert_eq!(store.get_key(&k.id).await.unwrap(), Some(k.clone()));
+            assert_eq!(
+                store.query_events(&EventQuery::default()).await.unwrap(),
+                vec![e.clone()]
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------
+
+/// Runs every suite function that takes a fresh store against one backend.
+macro_rules! backend_suite {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use super::*;
+            backend_suite!(@tests $open;
+                key_insert_get, key_duplicate, key_list, key_update,
+                event_round_trip_and_order, event_filters, event_paging,
+                event_reinsert_is_idempotent, spend_since);
+        }
+    };
+    (@tests $open:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let dir = tempfile::tempdir().unwrap();
+                let store: Arc<dyn Store> = $open(dir.path()).await;
+                suite::$name(store).await;
+            }
+        )*
+    };
+}
+
+async fn open_sqlite(dir: &Path) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open(&dir.join("stormwall.db")).await.unwrap())
+}
+
+backend_suite!(sqlite, open_sqlite);
+
+#[tokio::test]
+async fn sqlite_reopen_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    suite::reopen_persists(|| open_sqlite(&path)).await;
+}
+
+#[tokio::test]
+async fn sqlite_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stormwall.db");
+    for _ in 0..3 {
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            stormwall_store::sqlite::SCHEMA_VERSION
+        );
+    }
+    // The same through the config entry point.
+    let store = stormwall_store::open(&stormwall_store::StoreConfig::Sqlite { path })
+        .await
+        .unwrap();
+    assert_eq!(store.count_events().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_works() {
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        stormwall_store::sqlite::SCHEMA_VERSION
+    );
+    suite::event_filters(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn sqlite_open_reports_bad_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SqliteStore::open(&dir.path().join("missing/dir/x.db"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Open(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reads_while_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_sqlite(dir.path()).await;
+    let writer = {
+        let store = Arc::clone(&store);
+        async move {
+            for b in 0..20 {
+                let batch: Vec<UsageEvent> = (0..200)
+                    .map(|i| {
+                        event(
+                            &format!("b{b:02}-{i:03}"),
+                            t0() + ms(i64::from(b)),
+                            Some(1),
+                            Some("acme"),
+                            0.01,
+                        )
+                    })
+                    .collect();
+                store.insert_events(&batch).await.unwrap();
+            }
+        }
+    };
+    let reader = {
+        let store = Arc::clone(&store);
+        async move {
+            let mut last = 0;
+            for _ in 0..50 {
+                let n = store.count_events().await.unwrap();
+                // Batches are atomic: a reader sees whole batches only.
+                assert_eq!(n % 200, 0);
+                assert!(n >= last);
+                last = n;
+            }
+        }
+    };
+    tokio::join!(writer, reader);
+    assert_eq!(store.count_events().await.unwrap(), 4_000);
+}
+
+// ---------------------------------------------------------------------------------------
+// Batch writer
+// ---------------------------------------------------------------------------------------
+
+fn events_config(
+    channel_capacity: usize,
+    batch_max: usize,
+    flush_interval_ms: u64,
+) -> EventsConfig {
+    EventsConfig {
+        channel_capacity,
+        batch_max,
+        flush_interval_ms,
+    }
+}
+
+fn numbered(n: u32) -> UsageEvent {
+    event(
+        &format!("evt{n:05}"),
+        t0() + ms(i64::from(n)),
+        Some(1),
+        Some("acme"),
+        0.0,
+    )
+}
+
+#[tokio::test]
+async fn batch_events_reach_the_store_after_flush() {
+    // Held the way the gateway holds it: the writer takes it upcast to `dyn EventStore`.
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(1_000, 10, 20));
+    for i in 0..25 {
+        sink.clone().record(numbered(i));
+    }
+    eventually("25 events stored", || {
+        let store = Arc::clone(&store);
+        async move { store.count_events().await.unwrap() == 25 }
+    })
+    .await;
+    let stats = sink.stats().snapshot();
+    assert_eq!((stats.accepted, stats.written, stats.dropped), (25, 25, 0));
+    assert!(stats.batches >= 3, "{stats:?}");
+    let stored = store.query_events(&EventQuery::default()).await.unwrap();
+    assert_eq!(stored.len(), 25);
+    assert_eq!(stored[0], numbered(0));
+    writer.shutdown(Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test]
+async fn batch_shutdown_flushes_everything_queued() {
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    // An hour-long flush interval: only shutdown can write these.
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(1_000, 7, 3_600_000));
+    let held_by_gateway = sink.clone();
+    for i in 0..50 {
+        sink.record(numbered(i));
+    }
+    let stats = writer.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        (stats.accepted, stats.written, stats.lost, stats.pending()),
+        (50, 50, 0, 0)
+    );
+    assert_eq!(store.count_events().await.unwrap(), 50);
+    // Sinks that outlive the writer count their events as dropped instead of queueing.
+    held_by_gateway.record(numbered(99));
+    assert_eq!(held_by_gateway.stats().snapshot().dropped, 1);
+}
+
+#[tokio::test]
+async fn batch_writer_ends_when_every_sink_is_dropped() {
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(100, 100, 3_600_000));
+    sink.record(numbered(1));
+    drop(sink);
+    let stats = writer.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(stats.written, 1);
+    assert_eq!(store.count_events().await.unwrap(), 1);
+}
+
+/// An event store whose writes wait on a gate, fail on demand, and keep what they get.
+struct FakeStore {
+    gate: tokio::sync::Semaphore,
+    calls: AtomicU64,
+    fail_next: AtomicU32,
+    reject_id: Option<String>,
+    events: Mutex<Vec<UsageEvent>>,
+}
+
+impl FakeStore {
+    /// A store whose gate is shut: every write waits until permits are added.
+    fn stalled() -> Self {
+        Self {
+            gate: tokio::sync::Semaphore::new(0),
+            calls: AtomicU64::new(0),
+            fail_next: AtomicU32::new(0),
+            reject_id: None,
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A store whose writes go straight through.
+    fn open() -> Self {
+        let s = Self::stalled();
+        s.gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+        s
+    }
+
+    fn stored(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl EventStore for FakeStore {
+    async fn insert_events(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let _permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Database("gate closed".into()))?;
+        if self.fail_next.load(Ordering::SeqCst) > 0 {
+            self.fail_next.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::Database("disk on fire".into()));
+        }
+        if let Some(bad) = &self.reject_id
+            && events.iter().any(|e| &e.id == bad)
+        {
+            return Err(StoreError::Corrupt("unencodable".into()));
+        }
+        self.events.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+
+    async fn query_events(&self, _query: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
+        Ok(self.events.lock().unwrap().clone())
+    }
+
+    async fn spend_since(
+        &self,
+        _key_id: &KeyId,
+        _since: OffsetDateTime,
+    ) -> Result<f64, StoreError> {
+        Ok(0.0)
+    }
+
+    async fn count_events(&self) -> Result<u64, StoreError> {
+        Ok(self.stored() as u64)
+    }
+}
+
+#[tokio::test]
+async fn batch_full_channel_counts_drops_instead_of_blocking() {
+    let store = Arc::new(FakeStore::stalled()); // gate closed: every write stalls
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(4, 1, 1));
+    for i in 0..10 {
+        sink.record(numbered(i));
+    }
+    // The writer takes an event and stalls in the store; the channel then fills.
+    eventually("writer stalled in the store", || {
+        let store = Arc::clone(&store);
+        async move { store.calls.load(Ordering::SeqCst) >= 1 }
+    })
+    .await;
+    for i in 10..1_000 {
+        sink.record(numbered(i));
+    }
+    let stats = sink.stats().snapshot();
+    assert_eq!(stats.accepted + stats.dropped, 1_000);
+    assert!(stats.dropped >= 990, "{stats:?}");
+    assert!(stats.accepted <= 10, "{stats:?}");
+
+    store.gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    let stats = writer.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(stats.written, stats.accepted);
+    assert_eq!(store.stored() as u64, stats.accepted);
+}
+
+#[tokio::test]
+async fn batch_shutdown_gives_up_at_the_deadline() {
+    let store = Arc::new(FakeStore::stalled()); // never opens
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(16, 4, 1));
+    for i in 0..3 {
+        sink.record(numbered(i));
+    }
+    let err = writer
+        .shutdown(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(err, ShutdownError::Deadline { unwritten: 3 });
+}
+
+#[tokio::test]
+async fn batch_write_retries_transient_errors() {
+    let store = Arc::new(FakeStore::open());
+    store.fail_next.store(2, Ordering::SeqCst);
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(16, 16, 1));
+    for i in 0..3 {
+        sink.record(numbered(i));
+    }
+    let stats = writer.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((stats.written, stats.write_errors, stats.lost), (3, 0, 0));
+    assert_eq!(store.stored(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_write_gives_up_after_retries() {
+    let store = Arc::new(FakeStore::open());
+    store.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(16, 16, 1));
+    for i in 0..3 {
+        sink.record(numbered(i));
+    }
+    let stats = writer.shutdown(Duration::from_secs(600)).await.unwrap();
+    assert_eq!((stats.written, stats.write_errors, stats.lost), (0, 1, 3));
+    assert!(store.calls.load(Ordering::SeqCst) > 1, "no retry happened");
+}
+
+#[tokio::test]
+async fn batch_isolates_an_unencodable_event() {
+    let store = Arc::new(FakeStore {
+        reject_id: Some(numbered(1).id),
+        ..FakeStore::open()
+    });
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(16, 16, 1));
+    for i in 0..3 {
+        sink.record(numbered(i));
+    }
+    let stats = writer.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((stats.written, stats.write_errors, stats.lost), (2, 1, 1));
+    assert_eq!(store.stored(), 2);
+}

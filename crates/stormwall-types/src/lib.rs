@@ -1,0 +1,23 @@
+//! Stormwall's shared vocabulary: the API-key format, key records and scopes, and the
+//! `UsageEvent` every request (and every parsed cloud-log record) becomes.
+//!
+//! This crate does no I/O and depends on no other workspace crate, so every other crate
+//! can speak it, and detectors can run over events regardless of where they came from.
+//!
+//! ```
+//! use stormwall_types::key::ApiKey;
+//! let key = ApiKey::generate();
+//! let parsed = ApiKey::parse(key.expose()).unwrap();
+//! assert_eq!(parsed.id(), key.id());
+//! ```
+
+pub mod endpoint;
+pub mod event;
+pub mod key;
+pub mod record;
+pub mod timefmt;
+
+pub use endpoint::{ApiFlavor, Endpoint};
+pub use event::{Decision, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};
+pub use key::{ApiKey, KeyFormatError, KeyHash, KeyId};
+pub use record::{KeyKind, KeyRecord, KeyScope, KeyStatus};

@@ -1,0 +1,46 @@
+//! `stormwall config check`: parse and validate a config file without starting anything.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{FileConfig, env_var};
+
+/// Config commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file: syntax, unknown keys, upstreams and their secrets, IP database.
+    Check {
+        /// Config file.
+        #[arg(
+            long,
+            short = 'c',
+            env = "STORMWALL_CONFIG",
+            default_value = "stormwall.toml"
+        )]
+        config: PathBuf,
+    },
+}
+
+/// Runs a config command.
+pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ConfigCommand::Check { config } => {
+            let file = FileConfig::load(&config)?;
+            stormwall_gateway::check_config(&file.gateway(), &env_var)?;
+            if env_var(&file.server.admin_token_env).is_none_or(|t| t.is_empty()) {
+                eprintln!(
+                    "warning: {} is not set; `stormwall serve` needs it",
+                    file.server.admin_token_env
+                );
+            }
+            println!(
+                "{}: ok ({} upstreams, proxy {}, admin {})",
+                config.display(),
+                file.upstreams.len(),
+                file.server.listen,
+                file.server.admin_listen
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

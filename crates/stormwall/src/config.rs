@@ -1,0 +1,89 @@
+//! `stormwall.toml`: one file, one section per crate, each owned and documented by the crate
+//! that reads it. Unknown keys are errors, so a typo never silently disables a control.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use stormwall_gateway::config::{
+    IpDbConfig, LimitsConfig, ModelPrice, ServerConfig, UpstreamConfig,
+};
+use stormwall_store::{EventsConfig, StoreConfig};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[server]` (gateway).
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[limits]` (gateway).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `[ipdb]` (gateway).
+    #[serde(default)]
+    pub ipdb: IpDbConfig,
+    /// `[[upstreams]]` (gateway).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// `[pricing]` (gateway).
+    #[serde(default)]
+    pub pricing: BTreeMap<String, ModelPrice>,
+    /// `[store]` (store).
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[events]` (store).
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The gateway's part.
+    pub fn gateway(&self) -> stormwall_gateway::GatewayConfig {
+        stormwall_gateway::GatewayConfig {
+            server: self.server.clone(),
+            limits: self.limits.clone(),
+            ipdb: self.ipdb.clone(),
+            upstreams: self.upstreams.clone(),
+            pricing: self.pricing.clone(),
+        }
+    }
+}
+
+/// Reads an environment variable (the one place the binary reads secrets from).
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_examples_parse() {
+        for f in ["local.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples")
+                .join(f);
+            FileConfig::load(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = FileConfig::parse("[server]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+    }
+}

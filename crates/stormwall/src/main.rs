@@ -1,0 +1,89 @@
+//! The `stormwall` binary: one command per verb, each in its own module (`cmd_*.rs`).
+#![allow(clippy::print_stdout)] // the binary is the one place that prints to stdout
+
+mod admin_client;
+mod cmd_config;
+mod cmd_demo;
+mod cmd_events;
+mod cmd_keys;
+mod cmd_serve;
+mod config;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Stormwall: a gateway and toolkit that defends generative-AI APIs against credential
+/// theft, resale and misuse.
+#[derive(Debug, Parser)]
+#[command(name = "stormwall", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (proxy and admin listeners).
+    Serve(cmd_serve::Args),
+    /// Manage keys through a running gateway's admin API.
+    #[command(subcommand)]
+    Keys(cmd_keys::KeysCommand),
+    /// Read events from the store.
+    #[command(subcommand)]
+    Events(cmd_events::EventsCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(cmd_config::ConfigCommand),
+    /// Run a self-contained demonstration: gateway, mock upstream, a key, some requests.
+    Demo(cmd_demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match try_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => cmd_serve::run(a).await,
+            Command::Keys(c) => cmd_keys::run(c).await,
+            Command::Events(c) => cmd_events::run(c).await,
+            Command::Config(c) => cmd_config::run(c),
+            Command::Demo(a) => cmd_demo::run(a).await,
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("STORMWALL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
