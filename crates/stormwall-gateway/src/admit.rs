@@ -41,6 +41,29 @@ impl Window {
     fn used(&self, frac: f64) -> u64 {
         (self.previous as f64 * (1.0 - frac)).ceil() as u64 + self.current
     }
+
+    /// Seconds until `need` more units fit under `limit`, as the previous bucket's weight
+    /// decays and, if that is not enough, as the current bucket becomes the previous one.
+    fn wait_secs(&self, limit: u64, need: u64, frac: f64) -> f64 {
+        if need > limit {
+            return WINDOW_SECS;
+        }
+        let room = (limit - need) as f64;
+        // Within this minute: previous * (1 - f) + current <= room.
+        if self.previous > 0 && (self.current as f64) <= room {
+            let f = 1.0 - (room - self.current as f64) / self.previous as f64;
+            if f < 1.0 {
+                return ((f - frac) * WINDOW_SECS).max(0.001);
+            }
+        }
+        // After the roll: current * (1 - g) <= room.
+        let g = if self.current == 0 {
+            0.0
+        } else {
+            (1.0 - room / self.current as f64).max(0.0)
+        };
+        ((1.0 - frac) + g) * WINDOW_SECS
+    }
 }
 
 /// Spend accrued in the current UTC day and month, plus reservations of in-flight requests.
@@ -197,7 +220,6 @@ pub fn admit(
     let now = Instant::now();
     let (minute, frac) = clock.minute_and_frac(now);
     let until_next_minute = ((1.0 - frac) * WINDOW_SECS).max(0.001);
-    let retry_after = Some(until_next_minute.ceil().max(1.0) as u64);
     let mut info = RateLimitInfo::default();
     let reject = |reason, info: RateLimitInfo| ProxyError::Rejected {
         reason,
@@ -250,12 +272,13 @@ pub fn admit(
         let used = w.used(frac);
         info.limit_requests = Some(rpm);
         if used >= u64::from(rpm) {
+            let wait = w.wait_secs(u64::from(rpm), 1, frac);
             drop(w);
             release();
             unreserve();
             info.remaining_requests = Some(0);
-            info.reset_requests_secs = Some(until_next_minute);
-            info.retry_after_secs = retry_after;
+            info.reset_requests_secs = Some(wait);
+            info.retry_after_secs = Some(wait.ceil().max(1.0) as u64);
             return Err(reject(RejectReason::RateLimitRequests, info));
         }
         w.current += 1;
@@ -269,6 +292,7 @@ pub fn admit(
         let used = w.used(frac);
         info.limit_tokens = Some(tpm);
         if used + demand.tokens > tpm {
+            let wait = w.wait_secs(tpm, demand.tokens, frac);
             drop(w);
             // Give the request slot back: this request was never served.
             if scope.rpm.is_some() {
@@ -278,8 +302,8 @@ pub fn admit(
             release();
             unreserve();
             info.remaining_tokens = Some(tpm.saturating_sub(used));
-            info.reset_tokens_secs = Some(until_next_minute);
-            info.retry_after_secs = retry_after;
+            info.reset_tokens_secs = Some(wait);
+            info.retry_after_secs = Some(wait.ceil().max(1.0) as u64);
             return Err(reject(RejectReason::RateLimitTokens, info));
         }
         w.current += demand.tokens;
@@ -329,6 +353,26 @@ mod tests {
         assert_eq!(granted.len(), 5);
         let err = admit(&st, &scope, demand(1), clock).unwrap_err();
         assert_eq!(err.reject_reason(), Some(RejectReason::RateLimitRequests));
+    }
+
+    #[test]
+    fn wait_accounts_for_the_sliding_window() {
+        // Two used in the previous minute, none now, limit 2: room for one more once the
+        // previous minute's weight falls to 1, i.e. half-way through this minute.
+        let w = Window {
+            minute: 1,
+            current: 0,
+            previous: 2,
+        };
+        assert!((w.wait_secs(2, 1, 0.0) - 30.0).abs() < 1e-9);
+        assert!((w.wait_secs(2, 1, 0.25) - 15.0).abs() < 1e-9);
+        // Full in the current minute: wait for the roll, then for half of the next minute.
+        let w = Window {
+            minute: 1,
+            current: 2,
+            previous: 0,
+        };
+        assert!((w.wait_secs(2, 1, 0.5) - 60.0).abs() < 1e-9);
     }
 
     #[test]

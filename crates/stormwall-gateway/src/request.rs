@@ -92,6 +92,7 @@ struct Message<'a> {
 #[serde(untagged)]
 enum TextOrParts<'a> {
     Text(#[serde(borrow)] Cow<'a, str>),
+    Strings(#[serde(borrow)] Vec<Cow<'a, str>>),
     Parts(#[serde(borrow)] Vec<Part<'a>>),
     Other(serde::de::IgnoredAny),
 }
@@ -115,7 +116,8 @@ pub fn parse(
     endpoint: Endpoint,
     digester: &PromptDigester,
 ) -> Result<ParsedRequest, BodyError> {
-    if body.is_empty() {
+    // serde would also accept a JSON array for a struct (fields by position): require an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(BodyError::InvalidJson);
     }
     let f: Fields<'_> = serde_json::from_slice(body).map_err(|_| BodyError::InvalidJson)?;
@@ -227,6 +229,7 @@ fn collect_text(raw: &RawValue, role: &str, texts: &mut PromptTexts, depth: u8) 
     }
     match serde_json::from_str::<TextOrParts<'_>>(raw.get()) {
         Ok(TextOrParts::Text(t)) => texts.push(role, &t),
+        Ok(TextOrParts::Strings(list)) => list.iter().for_each(|t| texts.push(role, t)),
         Ok(TextOrParts::Parts(parts)) => {
             for p in parts {
                 let role = p.role.as_deref().unwrap_or(role);
@@ -284,6 +287,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.inputs, 3);
+        assert!(r.estimated_input_tokens > 0);
         let r = p(r#"{"model":"e","input":"a"}"#, Endpoint::Embeddings).unwrap();
         assert_eq!(r.inputs, 1);
     }

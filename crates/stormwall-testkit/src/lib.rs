@@ -35,9 +35,7 @@ mod upstream;
 
 pub use client::{StreamingResponse, TestClient, TestResponse, http_request, http_stream};
 pub use sse::{SseEvent, SseParser, parse_sse};
-// TEMP-DEV: until the gateway lib exports `mock`.
-#[path = "../../stormwall-gateway/src/mock.rs"]
-pub mod mock;
+pub use stormwall_gateway::mock;
 pub use upstream::{Fault, MockConfig, MockUpstream, RecordedRequest};
 
 /// Errors from the test clients.

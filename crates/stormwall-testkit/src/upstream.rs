@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use crate::mock::{self, MockBody, MockRequest};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
@@ -28,6 +27,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use stormwall_gateway::mock::{self, MockBody, MockRequest};
 use stormwall_types::Endpoint;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

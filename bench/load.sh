@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# Stormwall load benchmark: the same load sent straight to a mock upstream ("direct") and
+# through the gateway ("gateway"), interleaved scenario by scenario so drift on the machine
+# hits both sides alike. Optional third column: LiteLLM's proxy against the same mock.
+# See bench/README.md for what each column means.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bench/load.sh [options]
+  --duration SECS       measured seconds per run (default 5)
+  --warmup SECS         unmeasured warm-up per run (default 1)
+  --concurrency "LIST"  concurrency levels (default "1 16 64")
+  --prompt-bytes N      prompt size (default 1024)
+  --keys N              API keys created in the gateway's SQLite store (default 10000)
+  --rounds N            repeat the whole interleaved sequence N times (default 1)
+  --gateway-cpus LIST   pin the gateway with taskset -c LIST (e.g. 0)
+  --load-cpus LIST      pin mock, loadgen and LiteLLM with taskset -c LIST (e.g. 1)
+  --litellm             also benchmark LiteLLM's proxy (best-effort pip install into bench/out)
+  --direct-only         only the direct runs (no gateway; checks mock and loadgen)
+  --skip-build          use the binaries already in target/release
+  -h, --help            this text
+EOF
+}
+
+DURATION=5
+WARMUP=1
+CONCURRENCIES="1 16 64"
+PROMPT_BYTES=1024
+KEYS=10000
+ROUNDS=1
+GATEWAY_CPUS=""
+LOAD_CPUS=""
+LITELLM=0
+DIRECT_ONLY=0
+SKIP_BUILD=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --duration) DURATION="$2"; shift 2 ;;
+    --warmup) WARMUP="$2"; shift 2 ;;
+    --concurrency) CONCURRENCIES="$2"; shift 2 ;;
+    --prompt-bytes) PROMPT_BYTES="$2"; shift 2 ;;
+    --keys) KEYS="$2"; shift 2 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    --gateway-cpus) GATEWAY_CPUS="$2"; shift 2 ;;
+    --load-cpus) LOAD_CPUS="$2"; shift 2 ;;
+    --litellm) LITELLM=1; shift ;;
+    --direct-only) DIRECT_ONLY=1; shift ;;
+    --skip-build) SKIP_BUILD=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$ROOT/target/release"
+OUT="$ROOT/bench/out"
+STAMP="$(date +%Y%m%d-%H%M%S)"
+RUN="$OUT/run-$STAMP"
+REPORT="$OUT/load-$STAMP.txt"
+mkdir -p "$RUN"
+
+# Secrets for this run only; the mock accepts any upstream key.
+ADMIN_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+MOCK_KEY="sk-mock-bench"
+LITELLM_MASTER_KEY="sk-litellm-bench"
+
+log() { echo "[load.sh] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# `taskset -c LIST` prefix when pinning was asked for.
+pin() {
+  if [[ -n "$1" ]]; then
+    echo "taskset -c $1"
+  fi
+}
+
+# A currently free loopback port (racy in theory, fine for a benchmark).
+free_port() {
+  local port
+  for _ in $(seq 1 200); do
+    port=$((20000 + RANDOM % 30000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# Waits until URL answers any HTTP status, while PID is alive.
+wait_http() {
+  local url="$1" pid="$2" secs="$3" log_file="$4" code
+  for _ in $(seq 1 $((secs * 10))); do
+    kill -0 "$pid" 2>/dev/null || { tail -n 30 "$log_file" >&2 || true; die "process $pid exited (log: $log_file)"; }
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)"
+    if [[ "$code" != "000" && -n "$code" ]]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 30 "$log_file" >&2 || true
+  die "$url did not answer within ${secs}s (log: $log_file)"
+}
+
+# utime+stime of PID in clock ticks (fields 14 and 15 of /proc/PID/stat, after the
+# parenthesised command name, which may itself contain spaces).
+cpu_ticks() {
+  local stat
+  stat="$(cat "/proc/$1/stat")"
+  stat="${stat##*) }"
+  # After the name, field 3 is index 0 here, so utime (14) is index 11 and stime (15) index 12.
+  read -r -a f <<<"$stat"
+  echo $((f[11] + f[12]))
+}
+
+rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+hwm_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+CLK_TCK="$(getconf CLK_TCK)"
+
+# ---- build --------------------------------------------------------------------------------
+if [[ $SKIP_BUILD -eq 0 ]]; then
+  log "building release binaries"
+  if [[ $DIRECT_ONLY -eq 1 ]]; then
+    (cd "$ROOT" && cargo build --release -p stormwall-testkit)
+  else
+    (cd "$ROOT" && cargo build --release -p stormwall -p stormwall-testkit)
+  fi
+fi
+[[ -x "$BIN/stormwall-mock" && -x "$BIN/stormwall-loadgen" ]] || die "missing testkit binaries in $BIN"
+if [[ $DIRECT_ONLY -eq 0 ]]; then
+  [[ -x "$BIN/stormwall" ]] || die "missing $BIN/stormwall (build it, or use --direct-only)"
+fi
+
+# ---- mock upstream ------------------------------------------------------------------------
+log "starting stormwall-mock"
+# shellcheck disable=SC2046
+$(pin "$LOAD_CPUS") "$BIN/stormwall-mock" --listen 127.0.0.1:0 >"$RUN/mock.out" 2>"$RUN/mock.err" &
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+MOCK_URL=""
+for _ in $(seq 1 100); do
+  MOCK_URL="$(awk '/^listening on / {print $3; exit}' "$RUN/mock.out" 2>/dev/null || true)"
+  [[ -n "$MOCK_URL" ]] && break
+  kill -0 "$MOCK_PID" 2>/dev/null || die "stormwall-mock exited: $(cat "$RUN/mock.err")"
+  sleep 0.1
+done
+[[ -n "$MOCK_URL" ]] || die "stormwall-mock did not report its address"
+log "mock at $MOCK_URL"
+
+# ---- gateway ------------------------------------------------------------------------------
+GW_URL=""
+GW_PID=""
+RSS_BASE="-"
+RSS_KEYS="-"
+if [[ $DIRECT_ONLY -eq 0 ]]; then
+  GW_PORT="$(free_port)"
+  ADMIN_PORT="$(free_port)"
+  while [[ "$ADMIN_PORT" == "$GW_PORT" ]]; do ADMIN_PORT="$(free_port)"; done
+  cat >"$RUN/stormwall.toml" <<EOF
+# Generated by bench/load.sh for one benchmark run.
+[server]
+listen = "127.0.0.1:$GW_PORT"
+admin_listen = "127.0.0.1:$ADMIN_PORT"
+admin_token_env = "STORMWALL_ADMIN_TOKEN"
+
+[store]
+backend = "sqlite"
+path = "$RUN/stormwall.db"
+
+[ipdb]
+path = "$ROOT/tests/data/ip2asn-test.tsv"
+
+[[upstreams]]
+name = "mock"
+kind = "openai"
+base_url = "$MOCK_URL/v1"
+api_key_env = "MOCK_UPSTREAM_KEY"
+models = ["gpt-4o-mini"]
+EOF
+  log "starting stormwall serve (config $RUN/stormwall.toml)"
+  # Per-request logging would measure the terminal, not the gateway: warnings only.
+  # shellcheck disable=SC2046
+  env STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" RUST_LOG="${RUST_LOG:-warn}" \
+    $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall.toml" >"$RUN/gateway.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$GW_PID" 30 "$RUN/gateway.log"
+  wait_http "http://127.0.0.1:$GW_PORT/v1/models" "$GW_PID" 30 "$RUN/gateway.log"
+  GW_URL="http://127.0.0.1:$GW_PORT"
+  RSS_BASE="$(rss_mib "$GW_PID")"
+
+  log "creating $KEYS keys through the admin API"
+  STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/stormwall-loadgen" --create-keys "$KEYS" \
+    --url "http://127.0.0.1:$ADMIN_PORT" --tenant bench --keys-out "$RUN/keys.txt" --concurrency 8
+  [[ "$(wc -l <"$RUN/keys.txt")" -ge "$KEYS" ]] || die "expected $KEYS keys in $RUN/keys.txt"
+  # One authenticated request per key would take minutes; a short pass over the store warms
+  # whatever the gateway caches, then RSS is read.
+  $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$GW_URL" --keys-file "$RUN/keys.txt" \
+    --requests "$KEYS" --warmup 0 --concurrency 16 --prompt-bytes 64 --tsv >/dev/null
+  RSS_KEYS="$(rss_mib "$GW_PID")"
+  log "gateway RSS: ${RSS_BASE} MiB at start, ${RSS_KEYS} MiB after $KEYS keys created and used once"
+fi
+
+# ---- LiteLLM (optional, best-effort) ------------------------------------------------------
+LL_URL=""
+if [[ $LITELLM -eq 1 ]]; then
+  VENV="$OUT/litellm-venv"
+  if [[ ! -x "$VENV/bin/litellm" ]]; then
+    log "installing litellm[proxy] into $VENV (best-effort)"
+    if ! { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q 'litellm[proxy]'; } >"$RUN/litellm-install.log" 2>&1; then
+      log "SKIPPING LiteLLM: install failed (see $RUN/litellm-install.log)"
+      LITELLM=0
+    fi
+  fi
+  if [[ $LITELLM -eq 1 ]]; then
+    LL_PORT="$(free_port)"
+    cat >"$RUN/litellm.yaml" <<EOF
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: $MOCK_URL/v1
+      api_key: $MOCK_KEY
+general_settings:
+  master_key: $LITELLM_MASTER_KEY
+EOF
+    log "starting LiteLLM proxy on port $LL_PORT"
+    # shellcheck disable=SC2046
+    $(pin "$LOAD_CPUS") "$VENV/bin/litellm" --config "$RUN/litellm.yaml" --host 127.0.0.1 --port "$LL_PORT" \
+      >"$RUN/litellm.log" 2>&1 &
+    LL_PID=$!
+    PIDS+=("$LL_PID")
+    if ( wait_http "http://127.0.0.1:$LL_PORT/health/liveliness" "$LL_PID" 120 "$RUN/litellm.log" ); then
+      LL_URL="http://127.0.0.1:$LL_PORT"
+    else
+      log "SKIPPING LiteLLM: proxy did not start (see $RUN/litellm.log)"
+      LITELLM=0
+    fi
+  fi
+fi
+
+# ---- runs ---------------------------------------------------------------------------------
+# One loadgen run; prints its TSV line: rps p50 p90 p99 errors sent ok ttfb_p50 ttfb_p99.
+loadgen() {
+  local out
+  # shellcheck disable=SC2046
+  if ! out="$($(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" "$@" --duration "$DURATION" --warmup "$WARMUP" \
+    --prompt-bytes "$PROMPT_BYTES" --tsv 2>>"$RUN/loadgen.err")"; then
+    log "loadgen failed: $* (see $RUN/loadgen.err)"
+    out="0	0	0	0	-1	0	0	0	0"
+  fi
+  echo "$out"
+}
+
+fmt_row() { printf '%-12s %9s %7s %7s %9s %7s %7s %8s %9s %7s' "$@"; }
+fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
+
+{
+  echo "Stormwall load benchmark, $(date -Iseconds)"
+  echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty)')"
+  echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS}, rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', load cpus '${LOAD_CPUS:-any}'"
+  if [[ $DIRECT_ONLY -eq 0 ]]; then
+    echo "gateway RSS: ${RSS_BASE} MiB at start, ${RSS_KEYS} MiB after ${KEYS} keys"
+  fi
+  echo "latency in ms (full body read); rps = successful requests per second"
+  echo
+  header="$(fmt_row scenario "direct/s" p50 p99 "gw/s" p50 p99 "+p50" "cpu_ms/r" "err d/g")"
+  if [[ $LITELLM -eq 1 ]]; then header+="$(fmt_ll "litellm/s" p50 p99 err)"; fi
+  echo "$header"
+} | tee "$REPORT"
+
+for round in $(seq 1 "$ROUNDS"); do
+  for c in $CONCURRENCIES; do
+    for mode in plain stream; do
+      stream_flag=()
+      [[ $mode == stream ]] && stream_flag=(--stream)
+      label="c=$c $mode"
+      [[ $ROUNDS -gt 1 ]] && label="r$round $label"
+      log "running $label"
+
+      read -r d_rps d_p50 _ d_p99 d_err _ <<<"$(loadgen --url "$MOCK_URL" --key "$MOCK_KEY" --concurrency "$c" "${stream_flag[@]}")"
+
+      g_rps="-" g_p50="-" g_p99="-" g_err="-" added="-" cpu="-"
+      if [[ -n "$GW_URL" ]]; then
+        before="$(cpu_ticks "$GW_PID")"
+        read -r g_rps g_p50 _ g_p99 g_err g_sent _ <<<"$(loadgen --url "$GW_URL" --keys-file "$RUN/keys.txt" --concurrency "$c" "${stream_flag[@]}")"
+        after="$(cpu_ticks "$GW_PID")"
+        # CPU per request over every request sent, warm-up included, since the CPU counter
+        # covers the warm-up too.
+        cpu="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$g_sent" 'BEGIN { if (n > 0) printf "%.3f", t * 1000 / hz / n; else print "-" }')"
+        added="$(awk -v g="$g_p50" -v d="$d_p50" 'BEGIN { printf "%+.3f", g - d }')"
+      fi
+      row="$(fmt_row "$label" "$d_rps" "$d_p50" "$d_p99" "$g_rps" "$g_p50" "$g_p99" "$added" "$cpu" "$d_err/$g_err")"
+
+      if [[ $LITELLM -eq 1 ]]; then
+        read -r l_rps l_p50 _ l_p99 l_err _ <<<"$(loadgen --url "$LL_URL" --key "$LITELLM_MASTER_KEY" --concurrency "$c" "${stream_flag[@]}")"
+        row+="$(fmt_ll "$l_rps" "$l_p50" "$l_p99" "$l_err")"
+      fi
+      echo "$row" | tee -a "$REPORT"
+    done
+  done
+done
+
+if [[ -n "$GW_PID" ]]; then
+  echo "gateway RSS after the runs: $(rss_mib "$GW_PID") MiB (peak $(hwm_mib "$GW_PID") MiB)" | tee -a "$REPORT"
+fi
+echo "report: $REPORT (logs in $RUN)" | tee -a "$REPORT"

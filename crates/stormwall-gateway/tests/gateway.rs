@@ -1,0 +1,1207 @@
+//! The gateway end to end: the real server on loopback sockets, a real SQLite store, and the
+//! testkit's mock upstream that can stream, stall, cut and rate-limit. One test binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use stormwall_gateway::config::{GatewayConfig, IpDbConfig, ServerConfig, UpstreamConfig};
+use stormwall_gateway::{RunningGateway, start};
+use stormwall_store::{
+    EventQuery, EventStore, EventsConfig, KeyFilter, KeyStore, SqliteStore, Store, StoreError,
+};
+use stormwall_testkit::{Fault, MockUpstream, TestClient, TestResponse, http_request, http_stream};
+use stormwall_types::{KeyId, KeyRecord, RejectReason, StreamOutcome, UsageEvent};
+
+const ADMIN_TOKEN: &str = "test-admin-token";
+const UPSTREAM_KEY: &str = "sk-upstream-secret-for-tests";
+const AZURE_KEY: &str = "azure-upstream-secret-for-tests";
+
+/// Counts store calls, to prove the request path never touches the store.
+struct CountingStore {
+    inner: SqliteStore,
+    key_reads: AtomicU64,
+}
+
+#[async_trait]
+impl KeyStore for CountingStore {
+    async fn insert_key(&self, r: &KeyRecord) -> Result<(), StoreError> {
+        self.inner.insert_key(r).await
+    }
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.key_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_key(id).await
+    }
+    async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+        self.key_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.list_keys(f).await
+    }
+    async fn update_key(&self, r: &KeyRecord) -> Result<(), StoreError> {
+        self.inner.update_key(r).await
+    }
+}
+
+#[async_trait]
+impl EventStore for CountingStore {
+    async fn insert_events(&self, e: &[UsageEvent]) -> Result<(), StoreError> {
+        self.inner.insert_events(e).await
+    }
+    async fn query_events(&self, q: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
+        self.inner.query_events(q).await
+    }
+    async fn spend_since(&self, k: &KeyId, s: time::OffsetDateTime) -> Result<f64, StoreError> {
+        self.inner.spend_since(k, s).await
+    }
+    async fn count_events(&self) -> Result<u64, StoreError> {
+        self.inner.count_events().await
+    }
+}
+
+struct Harness {
+    gw: Option<RunningGateway>,
+    upstream: MockUpstream,
+    store: Arc<CountingStore>,
+    proxy: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "UP_KEY" => Some(UPSTREAM_KEY.to_owned()),
+        "AZ_KEY" => Some(AZURE_KEY.to_owned()),
+        _ => None,
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+async fn harness_with(customize: impl FnOnce(&mut GatewayConfig)) -> Harness {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore {
+        inner: SqliteStore::open(&dir.path().join("gw.db")).await.unwrap(),
+        key_reads: AtomicU64::new(0),
+    });
+    let mut deployments = BTreeMap::new();
+    deployments.insert("azure-mini".to_owned(), "mini-deployment".to_owned());
+    let mut config = GatewayConfig {
+        server: ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            shutdown_grace_secs: 10,
+            ..Default::default()
+        },
+        ipdb: IpDbConfig {
+            path: Some(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../tests/data/ip2asn-test.tsv"
+                )
+                .into(),
+            ),
+            extra_paths: vec![],
+        },
+        upstreams: vec![
+            UpstreamConfig::Openai {
+                name: "openai-mock".into(),
+                base_url: format!("{}/v1", upstream.url()),
+                api_key_env: "UP_KEY".into(),
+                models: [
+                    "gpt-4o-mini",
+                    "gpt-4o",
+                    "text-embedding-3-small",
+                    "dall-e-3",
+                ]
+                .map(String::from)
+                .to_vec(),
+                organization: None,
+            },
+            UpstreamConfig::Azure {
+                name: "azure-mock".into(),
+                endpoint: upstream.url(),
+                api_version: "2024-10-21".into(),
+                api_key_env: "AZ_KEY".into(),
+                deployments,
+            },
+            UpstreamConfig::Mock {
+                name: "builtin".into(),
+                models: vec!["builtin-model".into()],
+            },
+        ],
+        ..Default::default()
+    };
+    config.limits.upstream_idle_timeout_ms = 400;
+    customize(&mut config);
+    let events = EventsConfig {
+        flush_interval_ms: 10,
+        ..Default::default()
+    };
+    let gw = start(
+        config,
+        Arc::clone(&store) as Arc<dyn Store>,
+        &events,
+        SecretString::from(ADMIN_TOKEN),
+        &env,
+    )
+    .await
+    .unwrap();
+    Harness {
+        proxy: format!("http://{}", gw.proxy_addr),
+        admin: format!("http://{}", gw.admin_addr),
+        gw: Some(gw),
+        upstream,
+        store,
+        _dir: dir,
+    }
+}
+
+fn chat_body(model: &str, stream: bool) -> String {
+    json!({
+        "model": model,
+        "stream": stream,
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant for a bakery."},
+            {"role": "user", "content": "What bread goes well with soup?"}
+        ]
+    })
+    .to_string()
+}
+
+impl Harness {
+    async fn admin_call(&self, method: &str, path: &str, body: Value) -> TestResponse {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        http_request(
+            method,
+            &format!("{}{path}", self.admin),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Creates a key; returns (secret, id).
+    async fn key(&self, body: Value) -> (String, String) {
+        let r = self.admin_call("POST", "/admin/keys", body).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let v = r.json().unwrap();
+        (
+            v["key"].as_str().unwrap().to_owned(),
+            v["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn post(&self, path: &str, key: &str, body: &str, from: Option<IpAddr>) -> TestResponse {
+        let auth = format!("Bearer {key}");
+        http_request(
+            "POST",
+            &format!("{}{path}", self.proxy),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.to_owned(),
+            from,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn chat(&self, key: &str, model: &str) -> TestResponse {
+        self.post("/v1/chat/completions", key, &chat_body(model, false), None)
+            .await
+    }
+
+    /// Waits until the store holds `n` events and returns them.
+    async fn events(&self, n: usize) -> Vec<UsageEvent> {
+        for _ in 0..500 {
+            let events = self
+                .store
+                .query_events(&EventQuery::default())
+                .await
+                .unwrap();
+            if events.len() >= n {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = self
+            .store
+            .query_events(&EventQuery::default())
+            .await
+            .unwrap();
+        panic!("expected {n} events, store has {}: {got:#?}", got.len());
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(gw) = self.gw.take() {
+            gw.shutdown().await;
+        }
+    }
+}
+
+fn code(r: &TestResponse) -> String {
+    r.json()
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_openai_endpoint_is_proxied_with_the_gateway_credential() {
+    let h = harness().await;
+    let (key, id) = h.key(json!({"tenant": "bakery"})).await;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            chat_body("gpt-4o-mini", false),
+            "chat.completion",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-4o-mini", "prompt": "Say hi"}).to_string(),
+            "text_completion",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": ["a", "b"]}).to_string(),
+            "list",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "dall-e-3", "prompt": "a lighthouse at dawn"}).to_string(),
+            "",
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "Hello"}).to_string(),
+            "response",
+        ),
+    ];
+    for (path, body, object) in &cases {
+        let r = h.post(path, &key, body, None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert!(r.header("x-request-id").is_some());
+        let v = r.json().unwrap();
+        if !object.is_empty() {
+            assert_eq!(v["object"], *object, "{path}");
+        }
+        let seen = h.upstream.last_request().unwrap();
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+        );
+        assert!(!String::from_utf8_lossy(&seen.body).contains(&key));
+    }
+    let auth = format!("Bearer {key}");
+    let models = http_request(
+        "GET",
+        &format!("{}/v1/models", h.proxy),
+        &[("authorization", &auth)],
+        "",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(models.status, 200);
+    let ids: Vec<String> = models.json().unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(ids.contains(&"gpt-4o-mini".to_owned()) && ids.contains(&"builtin-model".to_owned()));
+
+    let events = h.events(6).await;
+    assert_eq!(events.len(), 6);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.key_id.as_ref().map(KeyId::as_str) == Some(id.as_str()))
+    );
+    assert!(events.iter().all(|e| e.tenant.as_deref() == Some("bakery")));
+    let chat = &events[0];
+    assert_eq!(chat.model.as_deref(), Some("gpt-4o-mini"));
+    assert!(chat.input_tokens.unwrap() > 0 && chat.output_tokens.unwrap() > 0);
+    assert!(chat.cost_usd > 0.0);
+    assert!(chat.system_prompt_hash.is_some() && chat.prompt_simhash.is_some());
+    assert_eq!(chat.source_asn, Some(64500));
+    assert_eq!(chat.upstream.as_deref(), Some("openai-mock"));
+    let image = &events[3];
+    assert_eq!(image.images, Some(1));
+    assert!((image.cost_usd - 0.04).abs() < 1e-9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_dialect_reaches_openai_and_azure_upstreams() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let body = json!({"messages": [{"role": "user", "content": "hi"}]}).to_string();
+    // Azure client → OpenAI-compatible upstream: the deployment becomes the body's model.
+    let r = http_request(
+        "POST",
+        &format!(
+            "{}/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21",
+            h.proxy
+        ),
+        &[("api-key", &key), ("content-type", "application/json")],
+        body.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.json().unwrap()["model"], "gpt-4o-mini");
+
+    // OpenAI client → Azure upstream: deployment map, api-version and api-key upstream.
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat_body("azure-mini", false),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(
+        seen.path,
+        "/openai/deployments/mini-deployment/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(seen.header("api-key"), Some(AZURE_KEY));
+    assert!(seen.header("authorization").is_none());
+
+    let events = h.events(2).await;
+    assert_eq!(events[0].api_version.as_deref(), Some("2024-10-21"));
+    assert_eq!(events[1].system.as_deref(), Some("az.ai.openai"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_relayed_with_usage_from_the_final_chunk() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let body =
+        json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "Tell me about rye."}]})
+        .to_string();
+    let r = h.post("/v1/chat/completions", &key, &body, None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = stormwall_testkit::parse_sse(&r.body);
+    assert!(events.last().unwrap().is_done());
+    let usage = events
+        .iter()
+        .rev()
+        .find_map(|e| e.json().ok().filter(|v| v["usage"].is_object()))
+        .unwrap();
+    let recorded = &h.events(1).await[0];
+    assert_eq!(
+        recorded.input_tokens,
+        usage["usage"]["prompt_tokens"].as_u64()
+    );
+    assert_eq!(
+        recorded.output_tokens,
+        usage["usage"]["completion_tokens"].as_u64()
+    );
+    assert_eq!(recorded.stream_outcome, Some(StreamOutcome::Completed));
+    assert!(recorded.stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_is_relayed_then_ended_by_the_idle_timeout() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    h.upstream.push_fault(Fault::Stall { after_events: 2 });
+    let auth = format!("Bearer {key}");
+    let mut s = http_stream(
+        "POST",
+        &format!("{}/v1/chat/completions", h.proxy),
+        &[("authorization", &auth)],
+        chat_body("gpt-4o-mini", true),
+        None,
+    )
+    .await
+    .unwrap();
+    // The first events arrive while the upstream is still "generating": no whole-body buffering.
+    let first = s.next_event().await.unwrap().unwrap();
+    assert!(first.json().is_ok());
+    let mut rest = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(5), s.next_event())
+        .await
+        .unwrap()
+    {
+        rest.push(ev.unwrap());
+    }
+    let last = rest.last().unwrap().json().unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout");
+    let e = &h.events(1).await[0];
+    assert_eq!(e.stream_outcome, Some(StreamOutcome::IdleTimeout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_upstream_stream_ends_with_an_error_event() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    h.upstream.push_fault(Fault::Cut { after_events: 2 });
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat_body("gpt-4o-mini", true),
+            None,
+        )
+        .await;
+    let events = stormwall_testkit::parse_sse(&r.body);
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(
+        events[2].json().unwrap()["error"]["code"],
+        "upstream_stream_interrupted"
+    );
+    let e = &h.events(1).await[0];
+    assert_eq!(e.stream_outcome, Some(StreamOutcome::UpstreamCut));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_the_upstream_request() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    h.upstream
+        .push_fault(Fault::ChunkDelay(Duration::from_millis(150)));
+    let auth = format!("Bearer {key}");
+    let mut s = http_stream(
+        "POST",
+        &format!("{}/v1/chat/completions", h.proxy),
+        &[("authorization", &auth)],
+        chat_body("gpt-4o-mini", true),
+        None,
+    )
+    .await
+    .unwrap();
+    s.next_event().await.unwrap().unwrap();
+    drop(s);
+    assert!(
+        h.upstream
+            .wait_for_cancelled_streams(1, Duration::from_secs(5))
+            .await
+    );
+    let e = &h.events(1).await[0];
+    assert_eq!(e.stream_outcome, Some(StreamOutcome::ClientDisconnected));
+    assert_eq!(e.status, 499);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_pass_through_and_credential_failures_do_not() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    h.upstream.push_fault(Fault::rate_limited());
+    let r = h.chat(&key, "gpt-4o-mini").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    h.upstream.push_fault(Fault::server_error());
+    assert_eq!(h.chat(&key, "gpt-4o-mini").await.status, 500);
+    // A 401 from upstream means the gateway's own credential failed: never relay its body,
+    // which may echo part of the provider key.
+    h.upstream.push_fault(Fault::Status(
+        401,
+        json!({"error": {"message": "Incorrect API key provided: sk-upst****ests"}}).to_string(),
+    ));
+    let r = h.chat(&key, "gpt-4o-mini").await;
+    assert_eq!(r.status, 502);
+    assert!(!r.text().contains("sk-upst"));
+    let events = h.events(3).await;
+    assert_eq!(events[0].upstream_status, Some(429));
+    assert_eq!(
+        events[2].error_code.as_deref(),
+        Some("upstream_auth_failed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_or_slow_upstream_is_a_clean_error() {
+    let h = harness_with(|c| {
+        c.limits.upstream_first_byte_timeout_ms = 300;
+        c.upstreams.push(UpstreamConfig::Openai {
+            name: "dead".into(),
+            base_url: "http://127.0.0.1:9/v1".into(),
+            api_key_env: "UP_KEY".into(),
+            models: vec!["dead-model".into()],
+            organization: None,
+        });
+    })
+    .await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let r = h.chat(&key, "dead-model").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(code(&r), "upstream_unavailable");
+    h.upstream
+        .push_fault(Fault::SlowFirstByte(Duration::from_secs(3)));
+    let r = h.chat(&key, "gpt-4o-mini").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(code(&r), "upstream_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_limits_models_endpoints_and_the_model_list() {
+    let h = harness().await;
+    let (key, _) = h
+        .key(json!({"tenant": "t", "scope": {"models": ["gpt-4o-mini"], "endpoints": ["chat_completions", "models"]}}))
+        .await;
+    assert_eq!(h.chat(&key, "gpt-4o-mini").await.status, 200);
+    let r = h.chat(&key, "gpt-4o").await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (403, "model_not_allowed")
+    );
+    let r = h
+        .post(
+            "/v1/embeddings",
+            &key,
+            r#"{"model":"gpt-4o-mini","input":"x"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (403, "endpoint_not_allowed")
+    );
+    let r = h.chat(&key, "no-such-model").await;
+    assert_eq!(
+        r.status, 403,
+        "scope is checked before routing, so nothing leaks about routes"
+    );
+    let auth = format!("Bearer {key}");
+    let models = http_request(
+        "GET",
+        &format!("{}/v1/models", h.proxy),
+        &[("authorization", &auth)],
+        "",
+        None,
+    )
+    .await
+    .unwrap();
+    let data = models.json().unwrap()["data"].as_array().unwrap().clone();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["id"], "gpt-4o-mini");
+    let (open, _) = h.key(json!({"tenant": "t"})).await;
+    let r = h.chat(&open, "no-such-model").await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (404, "model_not_found")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cidr_binding_admits_only_the_bound_network() {
+    let h = harness().await;
+    let (key, _) = h
+        .key(json!({"tenant": "t", "scope": {"cidrs": ["127.0.1.0/24"]}}))
+        .await;
+    let inside: IpAddr = "127.0.1.5".parse().unwrap();
+    let outside: IpAddr = "127.0.2.5".parse().unwrap();
+    let body = chat_body("gpt-4o-mini", false);
+    assert_eq!(
+        h.post("/v1/chat/completions", &key, &body, Some(inside))
+            .await
+            .status,
+        200
+    );
+    let r = h
+        .post("/v1/chat/completions", &key, &body, Some(outside))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (403, "ip_not_allowed")
+    );
+    let events = h.events(2).await;
+    assert_eq!(events[0].source_ip, inside);
+    assert_eq!(
+        (events[0].source_asn, events[0].source_country.as_deref()),
+        (Some(64501), Some("DE"))
+    );
+    assert_eq!(events[1].source_ip, outside);
+    assert_eq!(events[1].source_asn, Some(64502));
+    assert_eq!(
+        events[1].reject_reason,
+        Some(RejectReason::NetworkNotAllowed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_count_only_from_trusted_proxies() {
+    let h =
+        harness_with(|c| c.server.trusted_proxies = vec!["127.0.0.9/32".parse().unwrap()]).await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let auth = format!("Bearer {key}");
+    let send = |from: &str| {
+        let from: IpAddr = from.parse().unwrap();
+        let url = format!("{}/v1/chat/completions", h.proxy);
+        let auth = auth.clone();
+        async move {
+            http_request(
+                "POST",
+                &url,
+                &[("authorization", &auth), ("x-forwarded-for", "127.0.4.4")],
+                chat_body("gpt-4o-mini", false),
+                Some(from),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    send("127.0.0.9").await;
+    send("127.0.0.8").await;
+    let events = h.events(2).await;
+    assert_eq!(events[0].source_ip.to_string(), "127.0.4.4");
+    assert_eq!(events[0].source_country.as_deref(), Some("BR"));
+    assert_eq!(events[1].source_ip.to_string(), "127.0.0.8");
+    assert!(events[1].forwarded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_token_rate_limits_answer_429_with_openai_headers() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t", "scope": {"rpm": 3}})).await;
+    for i in 0..3 {
+        let r = h.chat(&key, "gpt-4o-mini").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+        assert_eq!(
+            r.header("x-ratelimit-remaining-requests"),
+            Some((2 - i).to_string().as_str())
+        );
+    }
+    let r = h.chat(&key, "gpt-4o-mini").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(code(&r), "rate_limit_exceeded");
+    assert_eq!(r.json().unwrap()["error"]["type"], "requests");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=120).contains(&retry));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+
+    let (tkey, _) = h.key(json!({"tenant": "t", "scope": {"tpm": 60}})).await;
+    assert_eq!(h.chat(&tkey, "gpt-4o-mini").await.status, 200);
+    // The first call's real usage (from upstream) was reconciled in: the window is now full.
+    let r = h.chat(&tkey, "gpt-4o-mini").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json().unwrap()["error"]["type"], "tokens");
+    assert_eq!(h.upstream.request_count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_refuses_the_request_over_the_limit() {
+    let h = harness().await;
+    let (key, _) = h
+        .key(json!({"tenant": "t", "scope": {"max_concurrency": 1}}))
+        .await;
+    h.upstream
+        .push_fault(Fault::SlowFirstByte(Duration::from_millis(600)));
+    let slow = {
+        let proxy = h.proxy.clone();
+        let key = key.clone();
+        async move {
+            http_request(
+                "POST",
+                &format!("{proxy}/v1/chat/completions"),
+                &[("authorization", &format!("Bearer {key}"))],
+                chat_body("gpt-4o-mini", false),
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let fast = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        h.chat(&key, "gpt-4o-mini").await
+    };
+    let (a, b) = tokio::join!(slow, fast);
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        (b.status.as_u16(), code(&b).as_str()),
+        (429, "concurrency_limit_exceeded")
+    );
+    assert_eq!(
+        h.chat(&key, "gpt-4o-mini").await.status,
+        200,
+        "slot released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_stops_a_key_that_has_spent_its_allowance() {
+    let h = harness().await;
+    // One image costs $0.04: a $0.05 daily budget allows one, not two.
+    let (key, _) = h
+        .key(json!({"tenant": "t", "scope": {"budget_daily_usd": 0.05}}))
+        .await;
+    let img = json!({"model": "dall-e-3", "prompt": "a quiet harbour"}).to_string();
+    assert_eq!(
+        h.post("/v1/images/generations", &key, &img, None)
+            .await
+            .status,
+        200
+    );
+    let r = h.post("/v1/images/generations", &key, &img, None).await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (429, "insufficient_quota")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_the_old_key_valid_for_the_grace_period() {
+    let h = harness().await;
+    let (old, old_id) = h.key(json!({"tenant": "t", "label": "svc"})).await;
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{old_id}/rotate"),
+            json!({"grace_seconds": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json().unwrap();
+    let new = v["key"].as_str().unwrap().to_owned();
+    assert_eq!(v["rotated_from"], old_id.as_str());
+    assert_eq!(v["label"], "svc");
+    assert_eq!(h.chat(&old, "gpt-4o-mini").await.status, 200);
+    assert_eq!(h.chat(&new, "gpt-4o-mini").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(h.chat(&old, "gpt-4o-mini").await.status, 401);
+    assert_eq!(h.chat(&new, "gpt-4o-mini").await.status, 200);
+    let events = h.events(4).await;
+    assert_eq!(events[2].reject_reason, Some(RejectReason::ExpiredKey));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_canary_and_unknown_keys_look_the_same_and_trip_wires() {
+    let h = harness().await;
+    let (revoked, revoked_id) = h.key(json!({"tenant": "victim"})).await;
+    let (canary, canary_id) = h.key(json!({"tenant": "victim", "kind": "canary"})).await;
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{revoked_id}/revoke"),
+            json!({"reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let unknown = stormwall_types::ApiKey::generate();
+    let body = chat_body("gpt-4o-mini", false);
+    let from: IpAddr = "127.0.2.7".parse().unwrap();
+    let mut bodies = Vec::new();
+    for k in [revoked.as_str(), canary.as_str(), unknown.expose()] {
+        let r = h.post("/v1/chat/completions", k, &body, Some(from)).await;
+        assert_eq!(r.status, 401);
+        assert!(!r.text().contains(k));
+        bodies.push(r.json().unwrap());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+    assert_eq!(h.upstream.request_count(), 0, "never served");
+    let events = h.events(3).await;
+    let revoked_ev = &events[0];
+    assert_eq!(revoked_ev.reject_reason, Some(RejectReason::RevokedKey));
+    assert_eq!(revoked_ev.key_id.as_ref().unwrap().as_str(), revoked_id);
+    assert_eq!(revoked_ev.tenant.as_deref(), Some("victim"));
+    assert_eq!(revoked_ev.source_ip, from);
+    assert_eq!(revoked_ev.source_asn, Some(64502));
+    // Full capture of what the thief asked for (digests, never text).
+    assert_eq!(revoked_ev.model.as_deref(), Some("gpt-4o-mini"));
+    assert!(revoked_ev.system_prompt_hash.is_some());
+    assert_eq!(events[1].reject_reason, Some(RejectReason::CanaryKey));
+    assert_eq!(events[1].key_id.as_ref().unwrap().as_str(), canary_id);
+    assert_eq!(events[2].reject_reason, Some(RejectReason::UnknownKey));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unknown_keys_never_reach_the_store() {
+    let h = harness().await;
+    let (key, id) = h.key(json!({"tenant": "t"})).await;
+    let reads_before = h.store.key_reads.load(Ordering::SeqCst);
+    let mut bad = key.clone();
+    bad.replace_range(10..11, if &key[10..11] == "A" { "B" } else { "A" });
+    for k in [
+        bad.as_str(),
+        "sk-proj-not-ours",
+        "",
+        "swk_short",
+        &stormwall_types::ApiKey::generate().expose().to_owned(),
+    ] {
+        let r = h.chat(k, "gpt-4o-mini").await;
+        assert_eq!(r.status, 401, "{k}");
+    }
+    let r = http_request(
+        "POST",
+        &format!("{}/v1/chat/completions", h.proxy),
+        &[],
+        chat_body("x", false),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (401, "missing_api_key")
+    );
+    assert_eq!(h.store.key_reads.load(Ordering::SeqCst), reads_before);
+    let events = h.events(6).await;
+    assert_eq!(events[0].reject_reason, Some(RejectReason::MalformedKey));
+    assert!(
+        events[0].key_id.is_none(),
+        "a malformed key's id is not trusted"
+    );
+    assert_ne!(
+        events[0].key_id.as_ref().map(KeyId::as_str),
+        Some(id.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_shaped_errors() {
+    let h = harness_with(|c| c.limits.max_request_body_bytes = 4096).await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let r = h
+        .post("/v1/chat/completions", &key, "{not json", None)
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (400, "invalid_request")
+    );
+    let r = h
+        .post("/v1/chat/completions", &key, r#"{"messages":[]}"#, None)
+        .await;
+    assert_eq!(r.status, 400);
+    let big = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(10_000)}]}).to_string();
+    let r = h.post("/v1/chat/completions", &key, &big, None).await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (413, "request_too_large")
+    );
+    let r = h.post("/v1/nope", &key, "{}", None).await;
+    assert_eq!((r.status.as_u16(), code(&r).as_str()), (404, "unknown_url"));
+    assert_eq!(
+        h.events(4).await.len(),
+        4,
+        "every request becomes one event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume_take_effect_on_the_next_request() {
+    let h = harness().await;
+    let (key, id) = h.key(json!({"tenant": "t"})).await;
+    assert_eq!(
+        h.admin_call("POST", &format!("/admin/keys/{id}/suspend"), Value::Null)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(h.chat(&key, "gpt-4o-mini").await.status, 401);
+    assert_eq!(
+        h.admin_call("POST", &format!("/admin/keys/{id}/resume"), Value::Null)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(h.chat(&key, "gpt-4o-mini").await.status, 200);
+    assert_eq!(
+        h.admin_call("POST", &format!("/admin/keys/{id}/revoke"), Value::Null)
+            .await
+            .status,
+        200
+    );
+    let r = h
+        .admin_call("POST", &format!("/admin/keys/{id}/resume"), Value::Null)
+        .await;
+    assert_eq!(r.status, 409, "revocation is final");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_requires_the_token_and_serves_keys_events_metrics() {
+    let h = harness().await;
+    let r = http_request("GET", &format!("{}/admin/keys", h.admin), &[], "", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let r = http_request(
+        "GET",
+        &format!("{}/admin/keys", h.admin),
+        &[("authorization", "Bearer wrong")],
+        "",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    let (key, id) = h
+        .key(json!({"tenant": "acme", "label": "l1", "scope": {"rpm": 10}}))
+        .await;
+    let r = h
+        .admin_call("GET", "/admin/keys?tenant=acme", Value::Null)
+        .await;
+    let list = r.json().unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(
+        !r.text().contains(&key),
+        "secrets are shown only at creation"
+    );
+    assert!(list[0].get("hash").is_none());
+    let r = h
+        .admin_call(
+            "PATCH",
+            &format!("/admin/keys/{id}"),
+            json!({"label": "l2"}),
+        )
+        .await;
+    assert_eq!(r.json().unwrap()["label"], "l2");
+    let r = h
+        .admin_call("POST", "/admin/keys", json!({"tenant": "bad tenant!"}))
+        .await;
+    assert_eq!(r.status, 400);
+    let r = h
+        .admin_call(
+            "POST",
+            "/admin/keys",
+            json!({"tenant": "t", "scope": {"modles": []}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "unknown scope fields are refused");
+    assert_eq!(
+        h.admin_call("GET", "/admin/keys/000000000000", Value::Null)
+            .await
+            .status,
+        404
+    );
+    for _ in 0..3 {
+        h.chat(&key, "gpt-4o-mini").await;
+    }
+    h.events(3).await;
+    let r = h
+        .admin_call(
+            "GET",
+            &format!("/admin/events?key={id}&limit=2"),
+            Value::Null,
+        )
+        .await;
+    let page = r.json().unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    let after = page["next_after"].as_str().unwrap().to_owned();
+    let r = h
+        .admin_call(
+            "GET",
+            &format!("/admin/events?key={id}&limit=2&after={after}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.json().unwrap()["events"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        h.admin_call("GET", "/admin/events?since=yesterday", Value::Null)
+            .await
+            .status,
+        400
+    );
+
+    let m = http_request("GET", &format!("{}/metrics", h.admin), &[], "", None)
+        .await
+        .unwrap();
+    let text = m.text();
+    for needle in [
+        "stormwall_requests_total{endpoint=\"chat_completions\",status=\"200\"} 3",
+        "stormwall_request_duration_seconds_bucket",
+        "stormwall_upstream_duration_seconds_bucket",
+        "stormwall_events_dropped_total 0",
+        "stormwall_keys_cached 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            http_request("GET", &format!("{}{path}", h.admin), &[], "", None)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let doc = http_request(
+        "GET",
+        &format!("{}/admin/openapi.json", h.admin),
+        &[],
+        "",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(doc.status, 200);
+    doc.json().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_streams_and_flushes_events() {
+    let mut h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    h.upstream
+        .push_fault(Fault::ChunkDelay(Duration::from_millis(40)));
+    let auth = format!("Bearer {key}");
+    let mut s = http_stream(
+        "POST",
+        &format!("{}/v1/chat/completions", h.proxy),
+        &[("authorization", &auth)],
+        chat_body("gpt-4o-mini", true),
+        None,
+    )
+    .await
+    .unwrap();
+    s.next_event().await.unwrap().unwrap();
+    let reader = async {
+        let mut last = None;
+        while let Some(ev) = s.next_event().await {
+            last = Some(ev.unwrap());
+        }
+        last
+    };
+    let (last, ()) = tokio::join!(reader, h.shutdown());
+    assert!(last.unwrap().is_done(), "the in-flight stream finished");
+    let events = h.store.query_events(&EventQuery::default()).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].stream_outcome, Some(StreamOutcome::Completed));
+    assert!(
+        http_request("GET", &format!("{}/v1/models", h.proxy), &[], "", None)
+            .await
+            .is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_answers_a_small_request_without_a_delayed_ack_stall() {
+    // Not a benchmark: a missing TCP_NODELAY on either leg shows up as ~40 ms per request
+    // (Nagle + delayed ACK); the bound is several times what a working gateway needs.
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let client = TestClient::new(None);
+    let auth = format!("Bearer {key}");
+    let url = format!("{}/v1/chat/completions", h.proxy);
+    let mut times = Vec::new();
+    for _ in 0..21 {
+        let t = std::time::Instant::now();
+        let r = client
+            .request(
+                "POST",
+                &url,
+                &[("authorization", &auth)],
+                chat_body("gpt-4o-mini", false),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    assert!(
+        times[10] < Duration::from_millis(35),
+        "median {:?}",
+        times[10]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_mock_upstream_serves_without_a_network() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let r = h.chat(&key, "builtin-model").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.upstream.request_count(), 0);
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat_body("builtin-model", true),
+            None,
+        )
+        .await;
+    assert!(
+        stormwall_testkit::parse_sse(&r.body)
+            .last()
+            .unwrap()
+            .is_done()
+    );
+    let events = h.events(2).await;
+    assert_eq!(events[1].system.as_deref(), Some("mock"));
+    assert_eq!(events[1].stream_outcome, Some(StreamOutcome::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_or_prompt_text_reaches_the_logs() {
+    use std::io::Write;
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let h = harness().await;
+    let (key, id) = h.key(json!({"tenant": "t", "kind": "canary"})).await;
+    let (normal, nid) = h.key(json!({"tenant": "t", "scope": {"rpm": 1}})).await;
+    let secret_prompt = "my-private-prompt-text-7731";
+    let body =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": secret_prompt}]})
+            .to_string();
+    for k in [key.as_str(), normal.as_str(), normal.as_str()] {
+        h.post("/v1/chat/completions", k, &body, None).await;
+    }
+    h.admin_call("POST", &format!("/admin/keys/{nid}/revoke"), Value::Null)
+        .await;
+    h.post("/v1/chat/completions", &normal, &body, None).await;
+    h.events(4).await;
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains(&id),
+        "tripwire use is logged by key id:\n{logs}"
+    );
+    for secret in [
+        key.as_str(),
+        normal.as_str(),
+        secret_prompt,
+        UPSTREAM_KEY,
+        ADMIN_TOKEN,
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into logs");
+    }
+}
