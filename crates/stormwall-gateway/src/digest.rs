@@ -43,38 +43,68 @@ impl Default for PromptDigester {
 impl PromptDigester {
     /// Digests a system prompt, the conversation root, and all text.
     pub fn digest(&self, system: Option<&str>, root: &str, all: &str) -> PromptDigest {
+        let sim = simhash(all);
         PromptDigest {
             system_hash: system.map(system_hash),
-            simhash: (!all.trim().is_empty()).then(|| format!("{:016x}", simhash(all))),
+            simhash: sim.map(|h| format!("{h:016x}")),
             minhash: self.minhash(root),
             chars: 0,
             messages: 0,
         }
     }
 
-    /// MinHash of word 3-shingles (single words for very short text).
+    /// MinHash of word 3-shingles (single words for very short text), by one-permutation
+    /// hashing: one hash per shingle, binned by its top bits, the minimum kept per bin, and
+    /// empty bins filled from their neighbours — the same estimator as k hashes at 1/k the cost.
     pub fn minhash(&self, text: &str) -> Vec<u32> {
-        let words: Vec<u64> = words(text).map(hash_word).collect();
-        if words.is_empty() {
-            return Vec::new();
-        }
         let mut mins = [u64::MAX; MINHASH_LEN];
+        let mut window = [0u64; 3];
+        let mut n = 0usize;
         let mut feed = |h: u64| {
-            for (m, seed) in mins.iter_mut().zip(&self.seeds) {
-                let v = splitmix64(h ^ seed);
-                if v < *m {
-                    *m = v;
-                }
+            let h = splitmix64(h ^ self.seeds[0]);
+            let bin = (h >> 60) as usize % MINHASH_LEN;
+            let v = h & 0x0fff_ffff_ffff_ffff;
+            if v < mins[bin] {
+                mins[bin] = v;
             }
         };
-        if words.len() < 3 {
-            words.iter().for_each(|&w| feed(w));
-        } else {
-            for w in words.windows(3) {
-                feed(w[0].rotate_left(1) ^ w[1].rotate_left(17) ^ w[2].rotate_left(33));
+        for_each_word_hash(text, |w| {
+            window = [window[1], window[2], w];
+            n += 1;
+            if n >= 3 {
+                feed(
+                    window[0].rotate_left(1)
+                        ^ window[1].rotate_left(17)
+                        ^ window[2].rotate_left(33),
+                );
             }
+        });
+        match n {
+            0 => return Vec::new(),
+            1 | 2 => window[3 - n..].iter().for_each(|&w| feed(w)),
+            _ => {}
         }
-        mins.iter().map(|&m| (m >> 32) as u32).collect()
+        densify(&mut mins, &self.seeds);
+        mins.iter().map(|&m| (m >> 28) as u32).collect()
+    }
+}
+
+/// Fills empty bins from the next non-empty one (rotation densification), mixing in the
+/// bin's seed so filled bins stay distinct.
+fn densify(mins: &mut [u64; MINHASH_LEN], seeds: &[u64; MINHASH_LEN]) {
+    if mins.iter().all(|&m| m == u64::MAX) {
+        return;
+    }
+    let original = *mins;
+    for i in 0..MINHASH_LEN {
+        if original[i] != u64::MAX {
+            continue;
+        }
+        let mut j = (i + 1) % MINHASH_LEN;
+        while original[j] == u64::MAX {
+            j = (j + 1) % MINHASH_LEN;
+        }
+        mins[i] = splitmix64(original[j] ^ seeds[i]) & 0x0fff_ffff_ffff_ffff;
     }
 }
 
@@ -84,37 +114,48 @@ pub fn system_hash(text: &str) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Charikar SimHash over lowercased words.
-pub fn simhash(text: &str) -> u64 {
+/// Charikar SimHash over lowercased words; `None` when the text has no words.
+pub fn simhash(text: &str) -> Option<u64> {
     let mut v = [0i32; 64];
-    for w in words(text) {
-        let h = hash_word(w);
+    let mut words = 0u32;
+    for_each_word_hash(text, |h| {
+        words += 1;
+        // Branch-free, so the loop vectorises.
         for (i, slot) in v.iter_mut().enumerate() {
-            if h >> i & 1 == 1 {
-                *slot += 1;
-            } else {
-                *slot -= 1;
-            }
+            *slot += ((h >> i) & 1) as i32;
+        }
+    });
+    if words == 0 {
+        return None;
+    }
+    // A bit is set when more than half of the words had it set.
+    let half = words as i32;
+    Some(v.iter().enumerate().fold(
+        0u64,
+        |acc, (i, &c)| if 2 * c > half { acc | 1 << i } else { acc },
+    ))
+}
+
+/// Calls `f` with a hash of each word: a run of ASCII letters and digits, or of any
+/// non-ASCII bytes (so UTF-8 text stays whole), lowercased. One pass, no allocation.
+fn for_each_word_hash(text: &str, mut f: impl FnMut(u64)) {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = FNV_OFFSET;
+    let mut in_word = false;
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || b >= 0x80 {
+            h ^= u64::from(b.to_ascii_lowercase());
+            h = h.wrapping_mul(0x0100_0000_01b3);
+            in_word = true;
+        } else if in_word {
+            f(splitmix64(h));
+            h = FNV_OFFSET;
+            in_word = false;
         }
     }
-    v.iter()
-        .enumerate()
-        .fold(0u64, |acc, (i, &c)| if c > 0 { acc | 1 << i } else { acc })
-}
-
-fn words(text: &str) -> impl Iterator<Item = &str> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-}
-
-fn hash_word(w: &str) -> u64 {
-    // FNV-1a over ASCII-lowercased bytes, then a finaliser for avalanche.
-    let mut h = 0xcbf2_9ce4_8422_2325_u64;
-    for b in w.bytes() {
-        h ^= u64::from(b.to_ascii_lowercase());
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    if in_word {
+        f(splitmix64(h));
     }
-    splitmix64(h)
 }
 
 fn splitmix64(mut x: u64) -> u64 {
@@ -130,9 +171,12 @@ mod tests {
 
     #[test]
     fn similar_texts_have_close_simhash() {
-        let a = simhash("please summarise the quarterly sales report for the north region");
-        let b = simhash("please summarise the quarterly sales report for the south region");
-        let c = simhash("write a limerick about a cat who sails across the ocean at night");
+        let a =
+            simhash("please summarise the quarterly sales report for the north region").unwrap();
+        let b =
+            simhash("please summarise the quarterly sales report for the south region").unwrap();
+        let c =
+            simhash("write a limerick about a cat who sails across the ocean at night").unwrap();
         assert!((a ^ b).count_ones() < (a ^ c).count_ones());
     }
 
@@ -146,5 +190,17 @@ mod tests {
             PromptDigester::default().minhash("ONE two three four five")
         );
         assert!(d.minhash("  ").is_empty());
+        assert_eq!(simhash(" ,. "), None);
+    }
+
+    #[test]
+    fn minhash_estimates_similarity() {
+        let d = PromptDigester::default();
+        let same = |a: &[u32], b: &[u32]| a.iter().zip(b).filter(|(x, y)| x == y).count();
+        let base = "you are a friendly barista who recommends coffee drinks to customers based on their taste and mood today";
+        let near = "you are a friendly barista who recommends coffee drinks to customers based on their taste and mood tonight";
+        let far = "translate the following legal contract clause from german into plain english for a small business owner";
+        let (a, b, c) = (d.minhash(base), d.minhash(near), d.minhash(far));
+        assert!(same(&a, &b) > same(&a, &c), "{a:?} {b:?} {c:?}");
     }
 }
