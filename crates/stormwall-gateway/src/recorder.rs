@@ -34,7 +34,7 @@ impl Recorder {
         peer: SocketAddr,
     ) -> Self {
         let mut event = UsageEvent::new(
-            uuid::Uuid::now_v7().to_string(),
+            event_id(),
             time::OffsetDateTime::now_utc(),
             peer.ip(),
             method,
@@ -136,6 +136,20 @@ impl Recorder {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_ids_are_unique_and_time_ordered() {
+        let a = super::event_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = super::event_id();
+        assert!(a < b, "{a} {b}");
+        let many: std::collections::HashSet<_> = (0..1000).map(|_| super::event_id()).collect();
+        assert_eq!(many.len(), 1000);
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
+    }
+}
+
 impl Drop for Recorder {
     fn drop(&mut self) {
         if !self.done {
@@ -149,6 +163,47 @@ impl Drop for Recorder {
             self.close(CLIENT_CLOSED);
         }
     }
+}
+
+/// A UUIDv7 event id (time-ordered). The random part comes from a per-thread generator seeded
+/// once from the OS, so minting an id costs no system call on the request path; ids need
+/// uniqueness, not secrecy.
+pub fn event_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            // A failed OS random source still leaves thread-distinct, time-varying seeds.
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed) ^ (std::ptr::addr_of!(seed) as u64) ^ now_nanos()
+        });
+    }
+    let (a, b) = STATE.with(|s| {
+        let a = splitmix(s);
+        (a, splitmix(s))
+    });
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&a.to_le_bytes());
+    random[8..].copy_from_slice(&b.to_le_bytes()[..2]);
+    let millis = (now_nanos() / 1_000_000) as u64;
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn splitmix(state: &std::cell::Cell<u64>) -> u64 {
+    let x = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+    state.set(x);
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Marks a rejection on a recorder's event (helper for stages).
