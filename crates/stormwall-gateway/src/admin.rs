@@ -318,3 +318,96 @@ async fn events(app: &AppState, query: &str) -> Result<Response<ProxyBody>, Admi
         .flatten();
     ok_json(StatusCode::OK, &EventPage { events, next_after })
 }
+
+#[cfg(test)]
+mod openapi_tests {
+    use super::OPENAPI_JSON;
+
+    /// Every route `route()` serves, as (OpenAPI method, OpenAPI path).
+    const ROUTES: &[(&str, &str)] = &[
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/admin/openapi.json"),
+        ("get", "/admin/keys"),
+        ("post", "/admin/keys"),
+        ("get", "/admin/keys/{id}"),
+        ("patch", "/admin/keys/{id}"),
+        ("post", "/admin/keys/{id}/suspend"),
+        ("post", "/admin/keys/{id}/resume"),
+        ("post", "/admin/keys/{id}/revoke"),
+        ("post", "/admin/keys/{id}/rotate"),
+        ("get", "/admin/events"),
+    ];
+    /// Routes served without the bearer token.
+    const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/admin/openapi.json"];
+    const METHODS: &[&str] = &[
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    fn check_refs(doc: &serde_json::Value, v: &serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                    let ptr = r
+                        .strip_prefix('#')
+                        .unwrap_or_else(|| panic!("external $ref {r}"));
+                    assert!(doc.pointer(ptr).is_some(), "dangling $ref {r}");
+                }
+                m.values().for_each(|c| check_refs(doc, c));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|c| check_refs(doc, c)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI_JSON).expect("openapi.json is not valid JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().expect("openapi.json has no paths");
+        for (method, path) in ROUTES {
+            let op = paths
+                .get(*path)
+                .and_then(|p| p.get(*method))
+                .unwrap_or_else(|| panic!("{} {path} is not documented", method.to_uppercase()));
+            let public = op
+                .get("security")
+                .is_some_and(|s| s == &serde_json::json!([]));
+            assert_eq!(
+                public,
+                PUBLIC.contains(path),
+                "{} {path}: wrong security",
+                method.to_uppercase()
+            );
+        }
+        // Nothing documented that the router does not serve.
+        for (path, item) in paths {
+            for method in METHODS {
+                if item.get(*method).is_some() {
+                    assert!(
+                        ROUTES.contains(&(*method, path.as_str())),
+                        "{} {path} is documented but not served",
+                        method.to_uppercase()
+                    );
+                }
+            }
+        }
+        for schema in [
+            "KeyRecord",
+            "KeyScope",
+            "CreateKey",
+            "CreatedKey",
+            "UpdateKey",
+            "UsageEvent",
+            "Error",
+        ] {
+            assert!(
+                doc["components"]["schemas"].get(schema).is_some(),
+                "schema {schema} missing"
+            );
+        }
+        check_refs(&doc, &doc);
+    }
+}

@@ -38,8 +38,14 @@ impl Window {
         self.minute = minute;
     }
 
-    fn used(&self, frac: f64) -> u64 {
-        (self.previous as f64 * (1.0 - frac)).ceil() as u64 + self.current
+    /// Weighted use of the sliding window (fractional: the previous minute decays linearly).
+    fn used(&self, frac: f64) -> f64 {
+        self.previous as f64 * (1.0 - frac) + self.current as f64
+    }
+
+    /// Whether `need` more units fit under `limit` now.
+    fn fits(&self, limit: u64, need: u64, frac: f64) -> bool {
+        self.used(frac) + need as f64 <= limit as f64 + 1e-9
     }
 
     /// Seconds until `need` more units fit under `limit`, as the previous bucket's weight
@@ -47,6 +53,9 @@ impl Window {
     fn wait_secs(&self, limit: u64, need: u64, frac: f64) -> f64 {
         if need > limit {
             return WINDOW_SECS;
+        }
+        if self.fits(limit, need, frac) {
+            return 0.0;
         }
         let room = (limit - need) as f64;
         // Within this minute: previous * (1 - f) + current <= room.
@@ -219,7 +228,6 @@ pub fn admit(
 ) -> Result<Admission, ProxyError> {
     let now = Instant::now();
     let (minute, frac) = clock.minute_and_frac(now);
-    let until_next_minute = ((1.0 - frac) * WINDOW_SECS).max(0.001);
     let mut info = RateLimitInfo::default();
     let reject = |reason, info: RateLimitInfo| ProxyError::Rejected {
         reason,
@@ -250,6 +258,13 @@ pub fn admit(
         if over(s.day_usd, scope.budget_daily_usd) || over(s.month_usd, scope.budget_monthly_usd) {
             drop(s);
             release();
+            // Budgets reset at the next UTC day (or month); retrying sooner cannot help.
+            let now = OffsetDateTime::now_utc();
+            let next_day = (now.date() + time::Duration::days(1))
+                .midnight()
+                .assume_utc();
+            info.retry_after_secs = Some((next_day - now).whole_seconds().max(1) as u64);
+            info.never_fits = true;
             return Err(reject(RejectReason::BudgetExhausted, info));
         }
         s.reserved_usd += demand.reserve_usd;
@@ -269,30 +284,32 @@ pub fn admit(
     if let Some(rpm) = scope.rpm {
         let mut w = lock(&state.requests);
         w.roll(minute);
-        let used = w.used(frac);
         info.limit_requests = Some(rpm);
-        if used >= u64::from(rpm) {
+        if !w.fits(u64::from(rpm), 1, frac) {
             let wait = w.wait_secs(u64::from(rpm), 1, frac);
+            let reset = w.wait_secs(u64::from(rpm), u64::from(rpm), frac);
             drop(w);
             release();
             unreserve();
             info.remaining_requests = Some(0);
-            info.reset_requests_secs = Some(wait);
+            info.reset_requests_secs = Some(reset);
             info.retry_after_secs = Some(wait.ceil().max(1.0) as u64);
             return Err(reject(RejectReason::RateLimitRequests, info));
         }
         w.current += 1;
-        info.remaining_requests = Some(rpm.saturating_sub(used as u32 + 1));
-        info.reset_requests_secs = Some(WINDOW_SECS / f64::from(rpm.max(1)));
+        info.remaining_requests = Some((f64::from(rpm) - w.used(frac)).floor().max(0.0) as u32);
+        // Until the window is back to its initial state, as OpenAI's header means.
+        info.reset_requests_secs = Some(w.wait_secs(u64::from(rpm), u64::from(rpm), frac));
     }
 
     if let Some(tpm) = scope.tpm {
         let mut w = lock(&state.tokens);
         w.roll(minute);
-        let used = w.used(frac);
         info.limit_tokens = Some(tpm);
-        if used + demand.tokens > tpm {
+        if !w.fits(tpm, demand.tokens, frac) {
             let wait = w.wait_secs(tpm, demand.tokens, frac);
+            let used = w.used(frac).ceil() as u64;
+            let reset = w.wait_secs(tpm, tpm, frac);
             drop(w);
             // Give the request slot back: this request was never served.
             if scope.rpm.is_some() {
@@ -302,13 +319,15 @@ pub fn admit(
             release();
             unreserve();
             info.remaining_tokens = Some(tpm.saturating_sub(used));
-            info.reset_tokens_secs = Some(wait);
+            info.reset_tokens_secs = Some(reset);
             info.retry_after_secs = Some(wait.ceil().max(1.0) as u64);
+            // A request larger than the whole limit can never fit: tell SDKs not to retry.
+            info.never_fits = demand.tokens > tpm;
             return Err(reject(RejectReason::RateLimitTokens, info));
         }
         w.current += demand.tokens;
-        info.remaining_tokens = Some(tpm.saturating_sub(used + demand.tokens));
-        info.reset_tokens_secs = Some(until_next_minute);
+        info.remaining_tokens = Some((tpm as f64 - w.used(frac)).floor().max(0.0) as u64);
+        info.reset_tokens_secs = Some(w.wait_secs(tpm, tpm, frac));
     }
 
     Ok(Admission {

@@ -26,6 +26,8 @@ pub struct RateLimitInfo {
     pub reset_tokens_secs: Option<f64>,
     /// Seconds the client should wait (`Retry-After`).
     pub retry_after_secs: Option<u64>,
+    /// Retrying the same request cannot succeed soon (`x-should-retry: false`).
+    pub never_fits: bool,
 }
 
 /// A failure of the proxy path, with the side it belongs to.
@@ -274,6 +276,10 @@ pub fn apply_rate_limit_headers(headers: &mut http::HeaderMap, info: &RateLimitI
     }
     if let Some(v) = info.retry_after_secs {
         put(headers, "retry-after", v.to_string());
+    }
+    if info.never_fits {
+        // Honoured by the official SDKs, which otherwise retry every 429.
+        headers.insert("x-should-retry", HeaderValue::from_static("false"));
     }
 }
 

@@ -28,7 +28,7 @@ pub struct NetworkInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum IpDbError {
     /// The file could not be read.
-    #[error("cannot read IP database {path}: {source}")]
+    #[error("cannot read IP database {path}")]
     Io {
         /// File.
         path: PathBuf,

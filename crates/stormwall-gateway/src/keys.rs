@@ -11,6 +11,8 @@ use crate::state::AppState;
 
 /// Default grace period during which a rotated key still works.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3600);
+/// Longest grace period a rotation may give the old key (30 days).
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest tenant name.
 const MAX_TENANT_LEN: usize = 128;
 /// Longest label or reason.
@@ -240,6 +242,17 @@ pub async fn revoke(
 /// Replaces a key with a new one of the same tenant and scope; the old key keeps working
 /// for `grace`, then expires.
 pub async fn rotate(state: &AppState, id: &str, grace: Duration) -> Result<CreatedKey, KeyError> {
+    if grace > MAX_ROTATION_GRACE {
+        return Err(KeyError::Invalid(format!(
+            "grace period must be at most {} seconds",
+            MAX_ROTATION_GRACE.as_secs()
+        )));
+    }
+    // Checked before anything is written, so a bad request leaves no half-rotated key.
+    let grace_end = time::Duration::try_from(grace)
+        .ok()
+        .and_then(|g| OffsetDateTime::now_utc().checked_add(g))
+        .ok_or_else(|| KeyError::Invalid("grace period out of range".into()))?;
     let mut old = get(state, id).await?;
     if old.status != KeyStatus::Active {
         return Err(KeyError::Conflict("only an active key can be rotated"));
@@ -264,7 +277,6 @@ pub async fn rotate(state: &AppState, id: &str, grace: Duration) -> Result<Creat
         Some(old.id.clone()),
     )
     .await?;
-    let grace_end = OffsetDateTime::now_utc() + grace;
     old.scope.expires_at = Some(old.scope.expires_at.map_or(grace_end, |e| e.min(grace_end)));
     old.rotated_to = Some(created.record.id.clone());
     save(state, old).await?;

@@ -77,23 +77,23 @@ impl Collector for EventPipelineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let counters = [
             (
-                "stormwall_events_accepted",
-                "Events queued for the store.",
+                "events_accepted",
+                "Events queued for the store",
                 &self.stats.accepted,
             ),
             (
-                "stormwall_events_dropped",
-                "Events dropped because the event channel was full or closed.",
+                "events_dropped",
+                "Events dropped because the event channel was full or closed",
                 &self.stats.dropped,
             ),
             (
-                "stormwall_events_written",
-                "Events written to the store.",
+                "events_written",
+                "Events written to the store",
                 &self.stats.written,
             ),
             (
-                "stormwall_events_write_errors",
-                "Events lost to store write errors after retries.",
+                "events_write_errors",
+                "Events lost to store write errors after retries",
                 &self.stats.write_errors,
             ),
         ];
@@ -104,8 +104,8 @@ impl Collector for EventPipelineCollector {
         }
         let g = ConstGauge::new(self.keys_cached.load(Ordering::Relaxed) as i64);
         let m = encoder.encode_descriptor(
-            "stormwall_keys_cached",
-            "Keys held in the gateway's key cache.",
+            "keys_cached",
+            "Keys held in the gateway's key cache",
             None,
             g.metric_type(),
         )?;
@@ -130,32 +130,32 @@ impl Metrics {
         let inflight = Gauge::default();
         registry.register(
             "requests",
-            "Proxy requests by endpoint and status.",
+            "Proxy requests by endpoint and status",
             requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
-            "Time from request arrival to the last byte of the response.",
+            "Time from request arrival to the last byte of the response",
             request_duration.clone(),
         );
         registry.register(
             "upstream_duration_seconds",
-            "Time from sending a request upstream to its response headers.",
+            "Time from sending a request upstream to its response headers",
             upstream_duration.clone(),
         );
         registry.register(
             "rejections",
-            "Requests refused by the gateway, by reason.",
+            "Requests refused by the gateway, by reason",
             rejections.clone(),
         );
         registry.register(
             "upstream_errors",
-            "Upstream failures: unreachable, timed out, or cut.",
+            "Upstream failures: unreachable, timed out, or cut",
             upstream_errors.clone(),
         );
         registry.register(
             "inflight_requests",
-            "Proxy requests in flight.",
+            "Proxy requests in flight",
             inflight.clone(),
         );
         registry.register_collector(Box::new(EventPipelineCollector { stats, keys_cached }));

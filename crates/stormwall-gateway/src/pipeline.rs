@@ -138,11 +138,10 @@ async fn proxy(
             parsed.images.unwrap_or(0),
         ),
     };
-    let admission = admit::admit(&key.state, scope, demand, state.clock).map_err(|e| {
+    let admission = admit::admit(&key.state, scope, demand, state.clock).inspect_err(|e| {
         if let Some(r) = e.reject_reason() {
             rec.event().deny(r);
         }
-        e
     })?;
     rec.event().inflight = admission.inflight;
 
@@ -258,7 +257,7 @@ async fn capture_tripwire(state: &AppState, rec: &mut Recorder, route: &Route, b
 
 fn note_route(rec: &mut Recorder, route: &Route) {
     let e = rec.event();
-    e.endpoint = Some(route.endpoint);
+    e.set_endpoint(route.endpoint);
     e.flavor = Some(route.flavor);
     e.api_version = route.api_version.clone();
 }

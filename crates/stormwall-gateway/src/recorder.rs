@@ -140,13 +140,12 @@ impl Recorder {
 mod tests {
     #[test]
     fn event_ids_are_unique_and_time_ordered() {
-        let a = super::event_id();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = super::event_id();
-        assert!(a < b, "{a} {b}");
+        let ids: Vec<String> = (0..5000).map(|_| super::event_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase even within a millisecond");
+        let a = &ids[0];
         let many: std::collections::HashSet<_> = (0..1000).map(|_| super::event_id()).collect();
         assert_eq!(many.len(), 1000);
-        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 7);
+        assert_eq!(uuid::Uuid::parse_str(a).unwrap().get_version_num(), 7);
     }
 }
 
@@ -165,11 +164,14 @@ impl Drop for Recorder {
     }
 }
 
-/// A UUIDv7 event id (time-ordered). The random part comes from a per-thread generator seeded
-/// once from the OS, so minting an id costs no system call on the request path; ids need
-/// uniqueness, not secrecy.
+/// A UUIDv7 event id, strictly increasing within the process (so events sort in arrival
+/// order even within one millisecond): 48 bits of milliseconds, a 12-bit sequence, and 62
+/// random bits from a per-thread generator seeded once from the OS — no system call on the
+/// request path; ids need uniqueness and order, not secrecy.
 pub fn event_id() -> String {
     use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             let mut seed = [0u8; 8];
@@ -178,15 +180,16 @@ pub fn event_id() -> String {
             u64::from_le_bytes(seed) ^ (std::ptr::addr_of!(seed) as u64) ^ now_nanos()
         });
     }
-    let (a, b) = STATE.with(|s| {
-        let a = splitmix(s);
-        (a, splitmix(s))
-    });
-    let mut random = [0u8; 10];
-    random[..8].copy_from_slice(&a.to_le_bytes());
-    random[8..].copy_from_slice(&b.to_le_bytes()[..2]);
-    let millis = (now_nanos() / 1_000_000) as u64;
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+    let now = (now_nanos() / 1_000_000) << 12;
+    // ms << 12 | sequence, never going backwards (a clock step back keeps counting up).
+    let stamp = match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1))) {
+        Ok(last) | Err(last) => now.max(last + 1),
+    };
+    let random = STATE.with(splitmix);
+    let mut bytes = [0u8; 10];
+    bytes[..2].copy_from_slice(&((stamp & 0x0fff) as u16).to_be_bytes());
+    bytes[2..].copy_from_slice(&random.to_be_bytes());
+    uuid::Builder::from_unix_timestamp_millis(stamp >> 12, &bytes)
         .into_uuid()
         .hyphenated()
         .to_string()

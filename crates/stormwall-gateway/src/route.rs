@@ -44,6 +44,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Option<Rout
     if let Some(rest) = path.strip_prefix("/openai/deployments/") {
         let (deployment, op) = rest.split_once('/')?;
         let valid = !deployment.is_empty()
+            && !deployment.bytes().all(|b| b == b'.')
             && deployment.len() <= MAX_DEPLOYMENT_LEN
             && deployment
                 .bytes()

@@ -38,10 +38,10 @@ pub enum StartError {
     #[error(transparent)]
     IpDb(#[from] IpDbError),
     /// The store failed while loading keys.
-    #[error("cannot load keys: {0}")]
+    #[error("cannot load keys")]
     Store(#[from] stormwall_store::StoreError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// Address.
         addr: SocketAddr,

@@ -791,6 +791,26 @@ async fn rotation_keeps_the_old_key_valid_for_the_grace_period() {
     assert_eq!(v["label"], "svc");
     assert_eq!(h.chat(&old, "gpt-4o-mini").await.status, 200);
     assert_eq!(h.chat(&new, "gpt-4o-mini").await.status, 200);
+    // An absurd grace period is refused before anything is written (it used to overflow).
+    let (_, other) = h.key(json!({"tenant": "t"})).await;
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{other}/rotate"),
+            json!({"grace_seconds": u64::MAX}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let listed = h
+        .admin_call("GET", "/admin/keys", Value::Null)
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        3,
+        "no half-rotated key left behind"
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(h.chat(&old, "gpt-4o-mini").await.status, 401);
     assert_eq!(h.chat(&new, "gpt-4o-mini").await.status, 200);

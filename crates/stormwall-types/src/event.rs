@@ -231,13 +231,12 @@ pub struct UsageEvent {
         skip_serializing_if = "Option::is_none"
     )]
     pub api_version: Option<String>,
-    /// Operation.
-    #[serde(
-        rename = "gen_ai.operation.name",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Endpoint called (Stormwall's name, e.g. `chat_completions`).
+    #[serde(rename = "api.endpoint", default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// OpenTelemetry `gen_ai.operation.name` (`chat`, `embeddings`, …) of that endpoint.
+    #[serde(rename = "gen_ai.operation.name", default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<std::borrow::Cow<'static, str>>,
     /// Provider system (`openai`, `az.ai.openai`, `mock`).
     #[serde(
         rename = "gen_ai.system",
@@ -384,6 +383,12 @@ pub struct UsageEvent {
 }
 
 impl UsageEvent {
+    /// Sets the endpoint and its OpenTelemetry operation name together.
+    pub fn set_endpoint(&mut self, endpoint: Endpoint) {
+        self.endpoint = Some(endpoint);
+        self.operation = Some(std::borrow::Cow::Borrowed(endpoint.otel_operation()));
+    }
+
     /// A blank event for a request that just arrived.
     pub fn new(
         id: String,
@@ -417,6 +422,7 @@ impl UsageEvent {
             flavor: None,
             api_version: None,
             endpoint: None,
+            operation: None,
             system: None,
             model: None,
             response_model: None,

@@ -33,10 +33,11 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                     file.server.admin_token_env
                 );
             }
+            let n = file.upstreams.len();
             println!(
-                "{}: ok ({} upstreams, proxy {}, admin {})",
+                "{}: ok ({n} upstream{}, proxy {}, admin {})",
                 config.display(),
-                file.upstreams.len(),
+                if n == 1 { "" } else { "s" },
                 file.server.listen,
                 file.server.admin_listen
             );

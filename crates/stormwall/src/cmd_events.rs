@@ -86,8 +86,17 @@ pub async fn run(cmd: EventsCommand) -> anyhow::Result<ExitCode> {
     loop {
         let page = store.query_events(&query).await?;
         for e in &page {
-            serde_json::to_writer(&mut out, e)?;
-            out.write_all(b"\n")?;
+            let written = serde_json::to_writer(&mut out, e)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            match written {
+                Ok(()) => {}
+                // `events export | head` is a normal way to stop reading.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         total += page.len();
         match page.last() {
@@ -95,7 +104,10 @@ pub async fn run(cmd: EventsCommand) -> anyhow::Result<ExitCode> {
             _ => break,
         }
     }
-    out.flush()?;
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    }
     if output.is_some() {
         eprintln!("exported {total} events");
     }

@@ -1,4 +1,4 @@
-//! `stormwall keys create|list|show|suspend|resume|rotate|revoke|update`: key lifecycle
+//! `stormwall keys create|list|show|suspend|resume|rotate|revoke`: key lifecycle
 //! through a running gateway's admin API, so the gateway's cache changes at once.
 
 use std::process::ExitCode;

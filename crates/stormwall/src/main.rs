@@ -2,6 +2,8 @@
 #![allow(clippy::print_stdout)] // the binary is the one place that prints to stdout
 
 mod admin_client;
+#[cfg(test)]
+mod architecture;
 mod cmd_config;
 mod cmd_demo;
 mod cmd_events;

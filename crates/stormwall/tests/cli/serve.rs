@@ -1,0 +1,316 @@
+//! `serve`, `keys`, `events export`, `config check` and `demo` through the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use stormwall_testkit::http_request;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stormwall");
+const TOKEN: &str = "cli-test-admin-token";
+
+fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("stormwall.toml");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[store]
+backend = "sqlite"
+path = "{db}"
+
+[ipdb]
+path = "{ipdb}"
+
+[[upstreams]]
+name = "mock"
+kind = "mock"
+models = ["gpt-4o-mini", "text-embedding-3-small", "dall-e-3"]
+"#,
+        db = dir.join("sw.db").display(),
+        ipdb = repo_root().join("tests/data/ip2asn-test.tsv").display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Server {
+    child: Child,
+    proxy: String,
+    admin: String,
+}
+
+fn serve(config: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("STORMWALL_ADMIN_TOKEN", TOKEN)
+        .env("STORMWALL_LOG", "warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    // The first line names the bound addresses: "stormwall: proxy on http://A  admin on http://B".
+    let line = lines.next().unwrap().unwrap();
+    let mut urls = line.split_whitespace().filter(|w| w.starts_with("http://"));
+    let proxy = urls.next().unwrap().to_owned();
+    let admin = urls.next().unwrap().to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        proxy,
+        admin,
+    }
+}
+
+fn stormwall(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("STORMWALL_ADMIN_TOKEN", TOKEN)
+        .env("STORMWALL_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("stormwall serve did not exit after SIGTERM");
+}
+
+/// Replaces values that change from run to run, so the rest can be snapshotted.
+fn normalize(v: &mut Value) {
+    const VOLATILE: &[&str] = &[
+        "@timestamp",
+        "event.id",
+        "key.id",
+        "key.last4",
+        "source.port",
+        "event.duration_ms",
+        "upstream.ttfb_ms",
+        "prompt.minhash",
+        "created_at",
+        "updated_at",
+        "id",
+        "key",
+        "last4",
+    ];
+    if let Value::Object(map) = v {
+        for (k, val) in map.iter_mut() {
+            if VOLATILE.contains(&k.as_str()) {
+                *val = Value::String("[volatile]".into());
+            } else {
+                normalize(val);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keys_requests_shutdown_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let check = stormwall(&["config", "check", "--config", config.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let mut server = serve(&config);
+    let out = stormwall(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--model",
+        "gpt-4o-mini",
+        "--rpm",
+        "5",
+        "--json",
+        "--admin-url",
+        &server.admin,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("swk_") && key.contains(&id));
+    let mut snap = created.clone();
+    normalize(&mut snap);
+    insta::assert_json_snapshot!("keys_create_json", snap);
+
+    let auth = format!("Bearer {key}");
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello"}]}"#;
+    let r = http_request(
+        "POST",
+        &format!("{}/v1/chat/completions", server.proxy),
+        &[("authorization", &auth), ("user-agent", "cli-test/1.0")],
+        body,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let list = stormwall(&["keys", "list", "--json", "--admin-url", &server.admin]);
+    let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&key),
+        "the secret is shown only at creation"
+    );
+    for verb in ["suspend", "resume", "show"] {
+        let o = stormwall(&["keys", verb, &id, "--json", "--admin-url", &server.admin]);
+        assert!(
+            o.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let rotated = stormwall(&[
+        "keys",
+        "rotate",
+        &id,
+        "--grace-secs",
+        "60",
+        "--json",
+        "--admin-url",
+        &server.admin,
+    ]);
+    let rotated: Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(rotated["rotated_from"], id.as_str());
+    let revoked = stormwall(&[
+        "keys",
+        "revoke",
+        &id,
+        "--reason",
+        "test",
+        "--json",
+        "--admin-url",
+        &server.admin,
+    ]);
+    let revoked: Value = serde_json::from_slice(&revoked.stdout).unwrap();
+    assert_eq!(revoked["status"], "revoked");
+    let missing = stormwall(&["keys", "show", "000000000000", "--admin-url", &server.admin]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+
+    let status = sigterm(&mut server.child);
+    assert!(status.success(), "graceful exit: {status:?}");
+
+    let exported = dir.path().join("events.jsonl");
+    let out = stormwall(&[
+        "events",
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "one request, one event");
+    let mut event = events[0].clone();
+    assert_eq!(event["key.id"], id.as_str());
+    assert!(
+        !text.contains("Be brief") && !text.contains(&key),
+        "no prompt text or key in events"
+    );
+    normalize(&mut event);
+    insta::assert_json_snapshot!("exported_event", event);
+    // Lines read back as the event type: the export is the detectors' input format.
+    let _: stormwall_types::UsageEvent =
+        serde_json::from_str(text.lines().next().unwrap()).unwrap();
+}
+
+#[test]
+fn config_check_reports_clear_errors_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nlisten = \"nope\"\n", "listen"),
+        ("[serverx]\n", "unknown field"),
+        (
+            "[[upstreams]]\nname = \"o\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\napi_key_env = \"SW_TEST_UNSET_VAR\"\nmodels = [\"m\"]\n",
+            "SW_TEST_UNSET_VAR",
+        ),
+        ("", "no [[upstreams]]"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = stormwall(&["config", "check", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(needle), "{text}: expected {needle:?} in {err}");
+    }
+    let out = stormwall(&["config", "check", "--config", "/nonexistent/stormwall.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let local = repo_root().join("examples/local.toml");
+    let out = Command::new(BIN)
+        .current_dir(repo_root())
+        .args(["config", "check", "--config"])
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "examples/local.toml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn demo_runs_on_the_embedded_default() {
+    let out = Command::new(BIN)
+        .current_dir(repo_root())
+        .arg("demo")
+        .env("STORMWALL_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "Chat completion: 200",
+        "outside its scope): 403",
+        "429",
+        "revoked",
+        "Canary key used: 401",
+        "Events recorded (10)",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
+    }
+}
