@@ -196,6 +196,7 @@ pub struct Relay {
     source: Source,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    last_frame: tokio::time::Instant,
     scanner: SseScanner,
     bytes: u64,
     on_end: Option<OnEnd>,
@@ -210,6 +211,7 @@ impl Relay {
             source,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            last_frame: tokio::time::Instant::now(),
             scanner: SseScanner::default(),
             bytes: 0,
             on_end: Some(on_end),
@@ -262,8 +264,9 @@ impl Relay {
                     self.scanner.feed(data);
                     self.bytes += data.len() as u64;
                 }
-                let deadline = tokio::time::Instant::now() + self.idle_timeout;
-                self.idle.as_mut().reset(deadline);
+                // Re-arming the timer on every frame would take the timer wheel's lock per
+                // chunk; instead note the time, and push the deadline back only when it fires.
+                self.last_frame = tokio::time::Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => {
@@ -274,12 +277,20 @@ impl Relay {
                 self.end(StreamOutcome::Completed);
                 Poll::Ready(None)
             }
-            Poll::Pending => match self.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.end(StreamOutcome::IdleTimeout);
-                    Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))))
+            Poll::Pending => loop {
+                match self.idle.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        let deadline = self.last_frame + self.idle_timeout;
+                        if deadline > tokio::time::Instant::now() {
+                            // Chunks arrived since the timer was set: wait out the rest.
+                            self.idle.as_mut().reset(deadline);
+                            continue;
+                        }
+                        self.end(StreamOutcome::IdleTimeout);
+                        return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+                    }
                 }
-                Poll::Pending => Poll::Pending,
             },
         }
     }

@@ -116,25 +116,61 @@ pub fn system_hash(text: &str) -> String {
 
 /// Charikar SimHash over lowercased words; `None` when the text has no words.
 pub fn simhash(text: &str) -> Option<u64> {
-    let mut v = [0i32; 64];
+    // Bit-sliced counting: each byte of a word's hash is spread by a table into eight byte
+    // lanes of a u64, so one add counts eight bit positions at once. Lanes hold at most 255,
+    // so they are drained into wide counters every 255 words.
+    let mut lanes = [0u64; 8];
+    let mut wide = [0u32; 64];
+    let mut in_lanes = 0u32;
     let mut words = 0u32;
+    let drain = |lanes: &mut [u64; 8], wide: &mut [u32; 64]| {
+        for (j, lane) in lanes.iter_mut().enumerate() {
+            for (k, count) in lane.to_le_bytes().iter().enumerate() {
+                wide[j * 8 + k] += u32::from(*count);
+            }
+            *lane = 0;
+        }
+    };
     for_each_word_hash(text, |h| {
+        for (j, lane) in lanes.iter_mut().enumerate() {
+            *lane += SPREAD[((h >> (j * 8)) & 0xff) as usize];
+        }
         words += 1;
-        // Branch-free, so the loop vectorises.
-        for (i, slot) in v.iter_mut().enumerate() {
-            *slot += ((h >> i) & 1) as i32;
+        in_lanes += 1;
+        if in_lanes == 255 {
+            drain(&mut lanes, &mut wide);
+            in_lanes = 0;
         }
     });
     if words == 0 {
         return None;
     }
+    drain(&mut lanes, &mut wide);
     // A bit is set when more than half of the words had it set.
-    let half = words as i32;
-    Some(v.iter().enumerate().fold(
+    Some(wide.iter().enumerate().fold(
         0u64,
-        |acc, (i, &c)| if 2 * c > half { acc | 1 << i } else { acc },
+        |acc, (i, &c)| if 2 * c > words { acc | 1 << i } else { acc },
     ))
 }
+
+/// Byte → eight byte lanes holding its bits (bit k of the byte → 0x01 in byte k).
+static SPREAD: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut v = 0u64;
+        let mut k = 0;
+        while k < 8 {
+            if b >> k & 1 == 1 {
+                v |= 1 << (k * 8);
+            }
+            k += 1;
+        }
+        table[b] = v;
+        b += 1;
+    }
+    table
+};
 
 /// Calls `f` with a hash of each word: a run of ASCII letters and digits, or of any
 /// non-ASCII bytes (so UTF-8 text stays whole), lowercased. One pass, no allocation.
@@ -178,6 +214,27 @@ mod tests {
         let c =
             simhash("write a limerick about a cat who sails across the ocean at night").unwrap();
         assert!((a ^ b).count_ones() < (a ^ c).count_ones());
+    }
+
+    #[test]
+    fn simhash_matches_the_plain_definition() {
+        let text = (0..600)
+            .map(|i| format!("w{} ", i % 97))
+            .collect::<String>();
+        let mut counts = [0i64; 64];
+        let mut n = 0;
+        for_each_word_hash(&text, |h| {
+            n += 1;
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c += ((h >> i) & 1) as i64;
+            }
+        });
+        let plain =
+            counts.iter().enumerate().fold(
+                0u64,
+                |acc, (i, &c)| if 2 * c > n { acc | 1 << i } else { acc },
+            );
+        assert_eq!(simhash(&text), Some(plain));
     }
 
     #[test]

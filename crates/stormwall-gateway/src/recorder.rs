@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn event_ids_are_unique_and_time_ordered() {
         let ids: Vec<String> = (0..5000).map(|_| super::event_id()).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase even within a millisecond");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids increase even within a millisecond"
+        );
         let a = &ids[0];
         let many: std::collections::HashSet<_> = (0..1000).map(|_| super::event_id()).collect();
         assert_eq!(many.len(), 1000);
@@ -182,7 +185,9 @@ pub fn event_id() -> String {
     }
     let now = (now_nanos() / 1_000_000) << 12;
     // ms << 12 | sequence, never going backwards (a clock step back keeps counting up).
-    let stamp = match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1))) {
+    let stamp = match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+        Some(now.max(last + 1))
+    }) {
         Ok(last) | Err(last) => now.max(last + 1),
     };
     let random = STATE.with(splitmix);

@@ -232,10 +232,18 @@ pub struct UsageEvent {
     )]
     pub api_version: Option<String>,
     /// Endpoint called (Stormwall's name, e.g. `chat_completions`).
-    #[serde(rename = "api.endpoint", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "api.endpoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub endpoint: Option<Endpoint>,
     /// OpenTelemetry `gen_ai.operation.name` (`chat`, `embeddings`, …) of that endpoint.
-    #[serde(rename = "gen_ai.operation.name", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "gen_ai.operation.name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub operation: Option<std::borrow::Cow<'static, str>>,
     /// Provider system (`openai`, `az.ai.openai`, `mock`).
     #[serde(
