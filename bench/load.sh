@@ -192,9 +192,10 @@ api_key_env = "MOCK_UPSTREAM_KEY"
 models = ["gpt-4o-mini"]
 EOF
   log "starting stormwall serve (config $RUN/stormwall.toml)"
-  # Per-request logging would measure the terminal, not the gateway: warnings only.
+  # Logging at info is per-event, not per-request, so the default level is what users run;
+  # override with STORMWALL_LOG.
   # shellcheck disable=SC2046
-  env STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" RUST_LOG="${RUST_LOG:-warn}" \
+  env STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
     $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall.toml" >"$RUN/gateway.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")

@@ -170,4 +170,6 @@ pub struct GatewayConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[pricing]`: model name → price; merged over built-in defaults.
     pub pricing: BTreeMap<String, ModelPrice>,
+    /// `[leak_reports]`: the leaked-key report endpoint.
+    pub leak_reports: crate::leak_report::LeakReportsConfig,
 }

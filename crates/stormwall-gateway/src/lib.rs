@@ -20,6 +20,7 @@ pub mod forward;
 pub mod ipdb;
 pub mod keycache;
 pub mod keys;
+pub mod leak_report;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;

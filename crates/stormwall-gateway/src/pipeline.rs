@@ -59,6 +59,13 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
 
+    if let Some((path, verifier)) = &state.leak_reports
+        && parts.method == http::Method::POST
+        && parts.uri.path() == path
+    {
+        return leak_report(state, rec, verifier, &parts.headers, body).await;
+    }
+
     // 1. route
     let route = route::classify(&parts.method, parts.uri.path(), parts.uri.query())
         .ok_or_else(|| deny(rec, RejectReason::NotFound))?;
@@ -161,6 +168,62 @@ async fn proxy(
         },
     )
     .await
+}
+
+/// Handles a signed leaked-key report (see [`crate::leak_report`]).
+async fn leak_report(
+    state: &Arc<AppState>,
+    rec: &mut Recorder,
+    verifier: &crate::leak_report::ReportVerifier,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    use crate::leak_report::{self as lr, ReportError};
+    let limits = crate::config::LimitsConfig {
+        max_request_body_bytes: lr::MAX_REPORT_BYTES,
+        ..state.limits.clone()
+    };
+    let bytes = forward::read_request_body(body, &limits).await?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let refuse = |rec: &mut Recorder, status: http::StatusCode, err: ReportError| {
+        rec.event()
+            .deny(if status == http::StatusCode::UNAUTHORIZED {
+                RejectReason::UnknownKey
+            } else {
+                RejectReason::BadRequest
+            });
+        let code = if status == http::StatusCode::UNAUTHORIZED {
+            "invalid_signature"
+        } else {
+            "invalid_request"
+        };
+        let mut resp = json_response(
+            status,
+            crate::error::error_body(&err.to_string(), "invalid_request_error", code),
+        );
+        set_request_id(&mut resp, rec.id());
+        rec.event().error_code = Some(code.to_owned());
+        rec.take().finish(status.as_u16());
+        Ok(resp)
+    };
+    let reporter = match verifier.verify(
+        header(lr::KEY_ID_HEADER),
+        header(lr::SIGNATURE_HEADER),
+        &bytes,
+    ) {
+        Ok(r) => r,
+        Err(e) => return refuse(rec, http::StatusCode::UNAUTHORIZED, e),
+    };
+    let tokens = match lr::parse_report(&bytes) {
+        Ok(t) => t,
+        Err(e) => return refuse(rec, http::StatusCode::BAD_REQUEST, e),
+    };
+    let labels = lr::handle_report(state, &reporter, tokens).await;
+    let body = serde_json::to_vec(&labels).map_err(|_| ProxyError::BodyUnreadable)?;
+    let mut resp = json_response(http::StatusCode::OK, Bytes::from(body));
+    set_request_id(&mut resp, rec.id());
+    rec.take().finish(200);
+    Ok(resp)
 }
 
 /// Why authentication failed, and whether the key is a tripwire worth capturing.

@@ -51,6 +51,9 @@ pub enum StartError {
     /// No upstream is configured.
     #[error("no [[upstreams]] configured")]
     NoUpstreams,
+    /// `[leak_reports]` is invalid.
+    #[error(transparent)]
+    LeakReports(#[from] crate::leak_report::KeyConfigError),
 }
 
 /// Validates the gateway's config sections without starting anything (`config check`).
@@ -63,6 +66,9 @@ pub fn check_config(
     }
     Router::from_config(&config.upstreams, env)?;
     IpDb::load(&config.ipdb)?;
+    if config.leak_reports.enabled {
+        crate::leak_report::ReportVerifier::new(&config.leak_reports)?;
+    }
     Ok(())
 }
 
@@ -118,6 +124,12 @@ pub async fn start(
     }
     let router = Router::from_config(&config.upstreams, env)?;
     let ipdb = IpDb::load(&config.ipdb)?;
+    let leak_reports = if config.leak_reports.enabled {
+        let verifier = crate::leak_report::ReportVerifier::new(&config.leak_reports)?;
+        Some((config.leak_reports.path.clone(), verifier))
+    } else {
+        None
+    };
     let keys = KeyCache::default();
     keys.replace_all(store.list_keys(&KeyFilter::default()).await?);
     let (sink, writer) = BatchWriter::spawn(
@@ -138,6 +150,7 @@ pub async fn start(
         metrics,
         clock: Clock::default(),
         store,
+        leak_reports,
     });
     load_spend(&state).await;
 

@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Admission clock.
     pub clock: Clock,
-    /// The backing store (admin API and key refresh only; never on the request path).
+    /// The backing store (admin API, key refresh and leaked-key reports; never on the proxy path).
     pub store: Arc<dyn Store>,
+    /// The leaked-key report endpoint, when enabled: its path and signature verifier.
+    pub leak_reports: Option<(String, crate::leak_report::ReportVerifier)>,
 }

@@ -1225,3 +1225,211 @@ async fn no_key_or_prompt_text_reaches_the_logs() {
         assert!(!logs.contains(secret), "{secret} leaked into logs");
     }
 }
+
+mod leak_reports {
+    use super::*;
+    use base64::Engine as _;
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    use sha2::{Digest, Sha256};
+    use stormwall_gateway::leak_report::{LeakReportsConfig, ReporterKey};
+
+    const SPKI_PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+
+    struct Reporter {
+        pair: EcdsaKeyPair,
+        rng: SystemRandom,
+    }
+
+    impl Reporter {
+        fn new() -> Self {
+            let rng = SystemRandom::new();
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+                    .unwrap();
+            Self { pair, rng }
+        }
+        fn public_key_b64(&self) -> String {
+            let mut spki = SPKI_PREFIX.to_vec();
+            spki.extend_from_slice(self.pair.public_key().as_ref());
+            base64::engine::general_purpose::STANDARD.encode(spki)
+        }
+        fn sign(&self, body: &[u8]) -> String {
+            base64::engine::general_purpose::STANDARD
+                .encode(self.pair.sign(&self.rng, body).unwrap())
+        }
+    }
+
+    async fn gateway(reporter: &Reporter) -> Harness {
+        let key = reporter.public_key_b64();
+        harness_with(move |c| {
+            c.leak_reports = LeakReportsConfig {
+                enabled: true,
+                keys: vec![ReporterKey {
+                    identifier: "test-key-1".into(),
+                    public_key: key,
+                    reporter: "github".into(),
+                }],
+                ..Default::default()
+            };
+        })
+        .await
+    }
+
+    async fn report(h: &Harness, body: &str, signature: &str) -> TestResponse {
+        http_request(
+            "POST",
+            &format!("{}/stormwall/leaked-keys", h.proxy),
+            &[
+                ("content-type", "application/json"),
+                ("github-public-key-identifier", "test-key-1"),
+                ("github-public-key-signature", signature),
+            ],
+            body.to_owned(),
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_signed_report_revokes_our_keys_and_labels_every_token() {
+        let reporter = Reporter::new();
+        let h = gateway(&reporter).await;
+        let (leaked, leaked_id) = h.key(json!({"tenant": "victim"})).await;
+        let (safe, _) = h.key(json!({"tenant": "victim"})).await;
+        let stranger = stormwall_types::ApiKey::generate();
+        let body = json!([
+            {"token": leaked, "type": "stormwall_api_key", "url": "https://example.invalid/repo/blob/main/.env", "source": "content"},
+            {"token": stranger.expose(), "type": "stormwall_api_key", "url": "https://example.invalid/x", "source": "commit"},
+            {"token": "sk-not-ours", "type": "other", "url": "https://example.invalid/y", "source": "content"}
+        ])
+        .to_string();
+        let r = report(&h, &body, &reporter.sign(body.as_bytes())).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            !r.text().contains(&leaked) && !r.text().contains(stranger.expose()),
+            "never echo a token"
+        );
+        let labels = r.json().unwrap();
+        let hash = |t: &str| {
+            Sha256::digest(t.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        assert_eq!(
+            labels[0],
+            json!({"token_hash": hash(&leaked), "token_type": "stormwall_api_key", "label": "true_positive"})
+        );
+        assert_eq!(labels[1]["label"], "false_positive");
+        assert_eq!(labels[2]["label"], "false_positive");
+        // Revoked at once, kept as a tripwire, with the exposure recorded.
+        assert_eq!(h.chat(&leaked, "gpt-4o-mini").await.status, 401);
+        assert_eq!(h.chat(&safe, "gpt-4o-mini").await.status, 200);
+        let rec = h
+            .admin_call("GET", &format!("/admin/keys/{leaked_id}"), Value::Null)
+            .await
+            .json()
+            .unwrap();
+        assert_eq!(rec["status"], "revoked");
+        assert!(
+            rec["status_reason"]
+                .as_str()
+                .unwrap()
+                .contains("https://example.invalid/repo/blob/main/.env")
+        );
+        let events = h.events(3).await;
+        assert_eq!(
+            events[0].path, "/stormwall/leaked-keys",
+            "the report itself is an event"
+        );
+        assert_eq!(events[1].reject_reason, Some(RejectReason::RevokedKey));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_signature_revokes_nothing() {
+        let reporter = Reporter::new();
+        let impostor = Reporter::new();
+        let h = gateway(&reporter).await;
+        let (leaked, _) = h.key(json!({"tenant": "victim"})).await;
+        let body =
+            json!([{"token": leaked, "type": "t", "url": "u", "source": "content"}]).to_string();
+        let r = report(&h, &body, &impostor.sign(body.as_bytes())).await;
+        assert_eq!(r.status, 401);
+        // Signed, then altered by one byte in transit.
+        let sig = reporter.sign(body.as_bytes());
+        let altered = body.replacen("content", "kontent", 1);
+        assert_eq!(report(&h, &altered, &sig).await.status, 401);
+        let r = http_request(
+            "POST",
+            &format!("{}/stormwall/leaked-keys", h.proxy),
+            &[],
+            body.clone(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 401, "unsigned");
+        assert_eq!(
+            h.chat(&leaked, "gpt-4o-mini").await.status,
+            200,
+            "still active"
+        );
+        let r = report(
+            &h,
+            "{\"not\":\"an array\"}",
+            &reporter.sign(b"{\"not\":\"an array\"}"),
+        )
+        .await;
+        assert_eq!(r.status, 400);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_of_many_tokens_is_handled_in_one_call() {
+        let reporter = Reporter::new();
+        let h = gateway(&reporter).await;
+        let mut ours = Vec::new();
+        for _ in 0..100 {
+            ours.push(h.key(json!({"tenant": "bulk"})).await.0);
+        }
+        let mut tokens: Vec<Value> = ours
+            .iter()
+            .map(|k| json!({"token": k, "type": "t", "url": "u", "source": "content"}))
+            .collect();
+        for _ in 0..1900 {
+            tokens.push(json!({"token": stormwall_types::ApiKey::generate().expose(), "type": "t", "url": "u", "source": "content"}));
+        }
+        let body = Value::Array(tokens).to_string();
+        let r = report(&h, &body, &reporter.sign(body.as_bytes())).await;
+        assert_eq!(r.status, 200);
+        let labels = r.json().unwrap();
+        assert_eq!(labels.as_array().unwrap().len(), 2000);
+        assert_eq!(
+            labels
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| l["label"] == "true_positive")
+                .count(),
+            100
+        );
+        let listed = h
+            .admin_call("GET", "/admin/keys?tenant=bulk", Value::Null)
+            .await
+            .json()
+            .unwrap();
+        assert!(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k["status"] == "revoked")
+        );
+    }
+}

@@ -1,12 +1,21 @@
 //! Stormwall's storage, split by concern: [`KeyStore`] for key records, [`EventStore`] for
-//! usage events. The gateway holds them as trait objects so the backend is a config choice
-//! (`[store]` in `stormwall.toml`): SQLite embedded by default.
+//! usage events, [`Counters`] for the admission state replicas share. The gateway holds them
+//! as trait objects so the backend is a config choice: `[store]` in `stormwall.toml` picks
+//! SQLite (embedded, the default) or PostgreSQL (several replicas); `[counters]` picks
+//! in-process counters (the default) or Redis.
 //!
 //! The request path never awaits a database write: events go through the bounded channel
 //! of an [`EventSink`] to a [`batch`] writer task; a full channel is counted, never silent.
 
 pub mod batch;
+mod codec;
 pub mod config;
+pub mod counters;
+mod fallback;
+mod hll;
+mod local;
+pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -16,7 +25,16 @@ use stormwall_types::{KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
 
 pub use batch::{BatchWriter, EventSink, EventSinkSnapshot, EventSinkStats, ShutdownError};
-pub use config::{EventsConfig, StoreConfig};
+pub use config::{CountersConfig, EventsConfig, PostgresConfig, RedisConfig, StoreConfig};
+pub use counters::{
+    BudgetDecision, BudgetPeriod, BudgetRequest, BudgetReservation, BudgetUsage, CounterError,
+    Counters, CountersHealth, KeyChange, KeyChanges, RateCharge, RateDecision, RateLimited,
+    RateRequest, SlotDecision, SlotLease, WindowState, open_counters, open_counters_with_env,
+};
+pub use fallback::FallbackCounters;
+pub use local::LocalCounters;
+pub use postgres::PostgresStore;
+pub use redis::RedisCounters;
 pub use sqlite::SqliteStore;
 
 /// A storage failure. Messages never contain key secrets or prompt text.
@@ -95,9 +113,45 @@ pub trait EventStore: Send + Sync {
 pub trait Store: KeyStore + EventStore {}
 impl<T: KeyStore + EventStore> Store for T {}
 
-/// Opens the backend a config names, applying migrations.
+/// What a migration run did (`stormwall migrate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Names of the migrations applied by this run, in order (empty: already current).
+    pub applied: Vec<String>,
+    /// The schema version now.
+    pub version: u32,
+}
+
+/// Opens the backend a config names, applying migrations (PostgreSQL: when
+/// `migrate_on_start` is set). Connection URLs named by `url_env` are read from the process
+/// environment.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    open_with_env(config, &|name| std::env::var(name).ok()).await
+}
+
+/// [`open`] with the environment passed in.
+pub async fn open_with_env(
+    config: &StoreConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Store>, StoreError> {
     match config {
         StoreConfig::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
+        StoreConfig::Postgres(pg) => Ok(Arc::new(
+            postgres::PostgresStore::open_with_env(pg, env).await?,
+        )),
+    }
+}
+
+/// Applies pending migrations to the backend a config names, reading URL variables
+/// through `env`. Idempotent; safe to run from several processes at once.
+pub async fn migrate(
+    config: &StoreConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<MigrationReport, StoreError> {
+    match config {
+        StoreConfig::Sqlite { path } => sqlite::SqliteStore::migrate_file(path).await,
+        StoreConfig::Postgres(pg) => postgres::migrate(pg, env).await,
     }
 }

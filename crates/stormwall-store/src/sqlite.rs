@@ -16,14 +16,14 @@ use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, ffi, params,
     params_from_iter,
 };
-use stormwall_types::{
-    Decision, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, UsageEvent,
-};
-use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
-use time::{OffsetDateTime, UtcOffset};
+use stormwall_types::{KeyId, KeyRecord, UsageEvent};
+use time::OffsetDateTime;
 
-use crate::{EventQuery, EventStore, KeyFilter, KeyStore, StoreError};
+use crate::codec::{
+    KEY_COLUMNS, KeyColumns, KeyRow, decision_str, decode_event, encode_event, summable_cost,
+    unix_ms,
+};
+use crate::{EventQuery, EventStore, KeyFilter, KeyStore, MigrationReport, StoreError};
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
 const MIGRATIONS: &[(&str, &str)] = &[(
@@ -40,13 +40,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READERS: usize = 2;
 /// Prepared statements kept per connection (event queries vary by which filters are set).
 const STATEMENT_CACHE: usize = 64;
-
-/// Key timestamps as fixed-width UTC RFC 3339, so `ORDER BY created_at` is time order.
-const KEY_TIME_FORMAT: &[time::format_description::FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
-
-const KEY_COLUMNS: &str = "id, tenant, kind, status, hash_hex, last4, label, scope_json, \
-     created_at, updated_at, status_reason, rotated_from, rotated_to";
 
 const INSERT_KEY: &str = "INSERT INTO keys (id, tenant, kind, status, hash_hex, last4, label, \
      scope_json, created_at, updated_at, status_reason, rotated_from, rotated_to) \
@@ -112,6 +105,25 @@ impl SqliteStore {
             configure_writer(&writer).map_err(open_err)?;
             migrate(&mut writer)?;
             Ok(Self::from_parts(writer, Vec::new()))
+        })
+        .await
+    }
+
+    /// Creates the file if missing and applies pending migrations, reporting what ran
+    /// (`stormwall migrate`).
+    pub async fn migrate_file(path: &Path) -> Result<MigrationReport, StoreError> {
+        let path = path.to_owned();
+        run_blocking(move || {
+            let open_err =
+                |e: rusqlite::Error| StoreError::Open(format!("{}: {e}", path.display()));
+            let mut conn = Connection::open(&path).map_err(open_err)?;
+            configure_writer(&conn).map_err(open_err)?;
+            let applied = migrate(&mut conn)?;
+            Ok(MigrationReport {
+                backend: "sqlite",
+                applied: applied.into_iter().map(str::to_owned).collect(),
+                version: user_version(&conn).map_err(open_err)?,
+            })
         })
         .await
     }
@@ -223,8 +235,10 @@ fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
 
 /// Applies every migration newer than the database's `user_version`, each in its own
 /// transaction together with the version bump, so a failure leaves the previous version.
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Returns the names of the migrations it applied.
+fn migrate(conn: &mut Connection) -> Result<Vec<&'static str>, StoreError> {
     let open_err = |e: rusqlite::Error| StoreError::Open(e.to_string());
+    let mut applied = Vec::new();
     for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
         let version = u32::try_from(index + 1)
             .map_err(|_| StoreError::Open("too many migrations".to_owned()))?;
@@ -248,8 +262,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             .map_err(open_err)?;
         tx.commit().map_err(open_err)?;
         tracing::debug!(migration = name, "applied SQLite migration");
+        applied.push(*name);
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// Maps a rusqlite error. Its messages name tables and columns, never bound values, so
@@ -268,147 +283,22 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn format_key_time(t: OffsetDateTime) -> Result<String, StoreError> {
-    t.to_offset(UtcOffset::UTC)
-        .format(KEY_TIME_FORMAT)
-        .map_err(|_| StoreError::Corrupt("key timestamp out of range".to_owned()))
-}
-
-fn parse_key_time(s: &str, id: &str) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|_| StoreError::Corrupt(format!("key {id}: bad timestamp")))
-}
-
-/// Unix milliseconds, rounded toward the past so `since`/`until` bounds stay consistent.
-fn unix_ms(t: OffsetDateTime) -> Result<i64, StoreError> {
-    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
-        .map_err(|_| StoreError::Corrupt("event timestamp out of range".to_owned()))
-}
-
-fn kind_from_str(s: &str) -> Option<KeyKind> {
-    [KeyKind::Normal, KeyKind::Canary]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-}
-
-fn status_from_str(s: &str) -> Option<KeyStatus> {
-    [KeyStatus::Active, KeyStatus::Suspended, KeyStatus::Revoked]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-}
-
-fn decision_str(d: Decision) -> &'static str {
-    match d {
-        Decision::Allow => "allow",
-        Decision::Deny => "deny",
-    }
-}
-
-/// A key's columns ready to bind; built before moving to the blocking pool.
-struct KeyColumns {
-    id: String,
-    tenant: String,
-    kind: &'static str,
-    status: &'static str,
-    hash_hex: String,
-    last4: String,
-    label: Option<String>,
-    scope_json: String,
-    created_at: String,
-    updated_at: String,
-    status_reason: Option<String>,
-    rotated_from: Option<String>,
-    rotated_to: Option<String>,
-}
-
-impl KeyColumns {
-    fn from_record(r: &KeyRecord) -> Result<Self, StoreError> {
-        let scope_json = serde_json::to_string(&r.scope)
-            .map_err(|_| StoreError::Corrupt(format!("key {}: scope does not encode", r.id)))?;
-        Ok(Self {
-            id: r.id.as_str().to_owned(),
-            tenant: r.tenant.clone(),
-            kind: r.kind.as_str(),
-            status: r.status.as_str(),
-            hash_hex: r.hash.to_hex(),
-            last4: r.last4.clone(),
-            label: r.label.clone(),
-            scope_json,
-            created_at: format_key_time(r.created_at)?,
-            updated_at: format_key_time(r.updated_at)?,
-            status_reason: r.status_reason.clone(),
-            rotated_from: r.rotated_from.as_ref().map(|k| k.as_str().to_owned()),
-            rotated_to: r.rotated_to.as_ref().map(|k| k.as_str().to_owned()),
-        })
-    }
-}
-
-/// A key row as read, before validation (row callbacks can only return rusqlite errors).
-struct KeyRow {
-    id: String,
-    tenant: String,
-    kind: String,
-    status: String,
-    hash_hex: String,
-    last4: String,
-    label: Option<String>,
-    scope_json: String,
-    created_at: String,
-    updated_at: String,
-    status_reason: Option<String>,
-    rotated_from: Option<String>,
-    rotated_to: Option<String>,
-}
-
-impl KeyRow {
-    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: row.get(0)?,
-            tenant: row.get(1)?,
-            kind: row.get(2)?,
-            status: row.get(3)?,
-            hash_hex: row.get(4)?,
-            last4: row.get(5)?,
-            label: row.get(6)?,
-            scope_json: row.get(7)?,
-            created_at: row.get(8)?,
-            updated_at: row.get(9)?,
-            status_reason: row.get(10)?,
-            rotated_from: row.get(11)?,
-            rotated_to: row.get(12)?,
-        })
-    }
-
-    /// Validates a row into a record. Errors name the key id (public) and never the hash.
-    fn into_record(self) -> Result<KeyRecord, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("key {}: {what}", self.id));
-        let id =
-            KeyId::new(&self.id).map_err(|_| StoreError::Corrupt("malformed key id".to_owned()))?;
-        let kind = kind_from_str(&self.kind).ok_or_else(|| corrupt("unknown kind"))?;
-        let status = status_from_str(&self.status).ok_or_else(|| corrupt("unknown status"))?;
-        let hash = KeyHash::from_hex(&self.hash_hex).ok_or_else(|| corrupt("malformed hash"))?;
-        let scope: KeyScope =
-            serde_json::from_str(&self.scope_json).map_err(|_| corrupt("scope does not decode"))?;
-        let link = |s: Option<String>| -> Result<Option<KeyId>, StoreError> {
-            s.map(|s| KeyId::new(&s).map_err(|_| corrupt("malformed rotation link")))
-                .transpose()
-        };
-        Ok(KeyRecord {
-            created_at: parse_key_time(&self.created_at, &self.id)?,
-            updated_at: parse_key_time(&self.updated_at, &self.id)?,
-            rotated_from: link(self.rotated_from)?,
-            rotated_to: link(self.rotated_to)?,
-            id,
-            tenant: self.tenant,
-            kind,
-            status,
-            hash,
-            last4: self.last4,
-            label: self.label,
-            scope,
-            status_reason: self.status_reason,
-        })
-    }
+fn read_key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok(KeyRow {
+        id: row.get(0)?,
+        tenant: row.get(1)?,
+        kind: row.get(2)?,
+        status: row.get(3)?,
+        hash_hex: row.get(4)?,
+        last4: row.get(5)?,
+        label: row.get(6)?,
+        scope_json: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+        status_reason: row.get(10)?,
+        rotated_from: row.get(11)?,
+        rotated_to: row.get(12)?,
+    })
 }
 
 /// Inserts one event with the cached statement. The indexed columns copy fields of the
@@ -418,13 +308,8 @@ fn insert_event(
     stmt: &mut rusqlite::CachedStatement<'_>,
     e: &UsageEvent,
 ) -> Result<(), StoreError> {
-    let body = serde_json::to_string(e)
-        .map_err(|_| StoreError::Corrupt(format!("event {} does not encode", e.id)))?;
-    let cost = if e.cost_usd.is_finite() {
-        e.cost_usd
-    } else {
-        0.0
-    };
+    let body = encode_event(e)?;
+    let cost = summable_cost(e);
     stmt.execute(params![
         e.id,
         unix_ms(e.timestamp)?,
@@ -530,7 +415,7 @@ impl KeyStore for SqliteStore {
             let row = conn
                 .prepare_cached(&sql)
                 .map_err(db)?
-                .query_row([&id], KeyRow::read)
+                .query_row([&id], read_key_row)
                 .optional()
                 .map_err(db)?;
             row.map(KeyRow::into_record).transpose()
@@ -555,7 +440,7 @@ impl KeyStore for SqliteStore {
             };
             let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
             let rows = stmt
-                .query_map(params_from_iter(args.iter()), KeyRow::read)
+                .query_map(params_from_iter(args.iter()), read_key_row)
                 .map_err(db)?;
             let mut out = Vec::new();
             for row in rows {
@@ -632,11 +517,7 @@ impl EventStore for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let (id, body) = row.map_err(db)?;
-                // serde_json's message can quote the body, so only the (public) id is kept.
-                let event = serde_json::from_str(&body).map_err(|_| {
-                    StoreError::Corrupt(format!("event {id}: body does not decode"))
-                })?;
-                out.push(event);
+                out.push(decode_event(&id, &body)?);
             }
             Ok(out)
         })
@@ -673,47 +554,6 @@ impl EventStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_time_format_sorts_as_time() {
-        let a = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        let b = a + time::Duration::milliseconds(500);
-        let (fa, fb) = (format_key_time(a).unwrap(), format_key_time(b).unwrap());
-        assert!(fa < fb, "{fa} !< {fb}");
-        assert_eq!(parse_key_time(&fb, "x").unwrap(), b);
-    }
-
-    #[test]
-    fn key_time_is_stored_in_utc() {
-        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000)
-            .unwrap()
-            .to_offset(UtcOffset::from_hms(5, 30, 0).unwrap());
-        let s = format_key_time(t).unwrap();
-        assert!(s.ends_with('Z'));
-        assert_eq!(parse_key_time(&s, "x").unwrap(), t);
-    }
-
-    #[test]
-    fn unix_ms_rounds_toward_the_past() {
-        let t = OffsetDateTime::UNIX_EPOCH - time::Duration::microseconds(1);
-        assert_eq!(unix_ms(t).unwrap(), -1);
-        let t = OffsetDateTime::UNIX_EPOCH + time::Duration::microseconds(1_999);
-        assert_eq!(unix_ms(t).unwrap(), 1);
-    }
-
-    #[test]
-    fn enum_names_round_trip() {
-        for k in [KeyKind::Normal, KeyKind::Canary] {
-            assert_eq!(kind_from_str(k.as_str()), Some(k));
-        }
-        for s in [KeyStatus::Active, KeyStatus::Suspended, KeyStatus::Revoked] {
-            assert_eq!(status_from_str(s.as_str()), Some(s));
-        }
-        for d in [Decision::Allow, Decision::Deny] {
-            let json = serde_json::to_string(&d).unwrap();
-            assert_eq!(json, format!("\"{}\"", decision_str(d)));
-        }
-    }
 
     #[test]
     fn migrations_apply_once() {

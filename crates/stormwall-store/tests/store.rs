@@ -1,5 +1,7 @@
-//! The store's one integration-test binary: a backend-neutral suite run against SQLite
-//! (a PostgreSQL backend adds one `backend_suite!` invocation), then the batch writer.
+//! The store's integration tests: a backend-neutral suite run against SQLite always and
+//! against PostgreSQL when `STORMWALL_TEST_POSTGRES_URL` is set (each test in a schema of
+//! its own, so tests run in parallel; a set variable with an unreachable server fails), then
+//! the batch writer.
 
 // `allow-unwrap-in-tests` covers `#[test]` functions only; the shared suite and fixtures
 // here are test code too, where a panic is the failure report.
@@ -13,8 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stormwall_store::{
-    BatchWriter, EventQuery, EventStore, EventsConfig, KeyFilter, ShutdownError, SqliteStore,
-    Store, StoreError,
+    BatchWriter, EventQuery, EventStore, EventsConfig, KeyFilter, PostgresConfig, PostgresStore,
+    ShutdownError, SqliteStore, Store, StoreConfig, StoreError,
 };
 use stormwall_types::{
     ApiKey, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, RejectReason, SafetyVerdict,
@@ -416,6 +418,43 @@ mod suite {
         assert_eq!(spent(7, t0()).await, 0.0);
     }
 
+    /// Batches are atomic: a reader running beside the writer sees whole batches only.
+    pub async fn reads_while_writing(store: Arc<dyn Store>) {
+        let writer = {
+            let store = Arc::clone(&store);
+            async move {
+                for b in 0..20 {
+                    let batch: Vec<UsageEvent> = (0..200)
+                        .map(|i| {
+                            event(
+                                &format!("b{b:02}-{i:03}"),
+                                t0() + ms(i64::from(b)),
+                                Some(1),
+                                Some("acme"),
+                                0.01,
+                            )
+                        })
+                        .collect();
+                    store.insert_events(&batch).await.unwrap();
+                }
+            }
+        };
+        let reader = {
+            let store = Arc::clone(&store);
+            async move {
+                let mut last = 0;
+                for _ in 0..50 {
+                    let n = store.count_events().await.unwrap();
+                    assert_eq!(n % 200, 0);
+                    assert!(n >= last);
+                    last = n;
+                }
+            }
+        };
+        tokio::join!(writer, reader);
+        assert_eq!(store.count_events().await.unwrap(), 4_000);
+    }
+
     /// Data written through one store handle is there after closing and reopening.
     pub async fn reopen_persists<F, Fut>(open: F)
     where
@@ -444,7 +483,32 @@ mod suite {
 // Backends
 // ---------------------------------------------------------------------------------------
 
-/// Runs every suite function that takes a fresh store against one backend.
+/// A fresh store for one test, and how to clean up after it.
+struct Backend {
+    store: Arc<dyn Store>,
+    /// PostgreSQL: (URL, schema) to drop when the test passed.
+    schema: Option<(String, String)>,
+}
+
+impl Backend {
+    async fn cleanup(self) {
+        drop(self.store);
+        if let Some((url, schema)) = self.schema {
+            drop_schema(&url, &schema).await;
+        }
+    }
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    pg_admin(url)
+        .await
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+/// Runs every suite function that takes a fresh store against one backend. The opener
+/// returns `None` to skip (a backend whose test variable is unset).
 macro_rules! backend_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -452,16 +516,19 @@ macro_rules! backend_suite {
             backend_suite!(@tests $open;
                 key_insert_get, key_duplicate, key_list, key_update,
                 event_round_trip_and_order, event_filters, event_paging,
-                event_reinsert_is_idempotent, spend_since);
+                event_reinsert_is_idempotent, spend_since, reads_while_writing);
         }
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
         $(
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let dir = tempfile::tempdir().unwrap();
-                let store: Arc<dyn Store> = $open(dir.path()).await;
-                suite::$name(store).await;
+                let Some(backend): Option<Backend> = $open(dir.path()).await else {
+                    return;
+                };
+                suite::$name(Arc::clone(&backend.store)).await;
+                backend.cleanup().await;
             }
         )*
     };
@@ -471,7 +538,209 @@ async fn open_sqlite(dir: &Path) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(&dir.join("stormwall.db")).await.unwrap())
 }
 
-backend_suite!(sqlite, open_sqlite);
+async fn sqlite_backend(dir: &Path) -> Option<Backend> {
+    Some(Backend {
+        store: open_sqlite(dir).await,
+        schema: None,
+    })
+}
+
+backend_suite!(sqlite, sqlite_backend);
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------
+
+/// The test server's URL: `None` (skip) when the variable is unset.
+fn pg_url() -> Option<String> {
+    match std::env::var("STORMWALL_TEST_POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: STORMWALL_TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
+/// A direct connection for set-up and clean-up. Panics (fails the test) when the server
+/// named by the variable cannot be reached: a set variable is a promise of a server.
+async fn pg_admin(url: &str) -> tokio_postgres::Client {
+    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("STORMWALL_TEST_POSTGRES_URL is set but PostgreSQL did not answer")
+        })
+        .unwrap_or_else(|e| {
+            panic!("STORMWALL_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}")
+        });
+    // The connection task ends when the client is dropped.
+    #[allow(clippy::disallowed_methods)]
+    tokio::spawn(connection);
+    client
+}
+
+/// A schema name no other test (or test process) uses.
+fn unique_schema() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "swt_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn pg_config(url: &str, schema: &str) -> PostgresConfig {
+    let mut config = PostgresConfig::from_url(url);
+    config.schema = Some(schema.to_owned());
+    config.pool_size = 4;
+    config
+}
+
+async fn open_pg(url: &str, schema: &str) -> Arc<dyn Store> {
+    let store = PostgresStore::open(&pg_config(url, schema))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("STORMWALL_TEST_POSTGRES_URL is set but the store does not open: {e}")
+        });
+    Arc::new(store)
+}
+
+async fn postgres_backend(_dir: &Path) -> Option<Backend> {
+    let url = pg_url()?;
+    pg_admin(&url).await; // fail loudly if unreachable
+    let schema = unique_schema();
+    Some(Backend {
+        store: open_pg(&url, &schema).await,
+        schema: Some((url, schema)),
+    })
+}
+
+backend_suite!(postgres, postgres_backend);
+
+#[tokio::test]
+async fn postgres_reopen_persists() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    suite::reopen_persists(|| open_pg(&url, &schema)).await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_migrations_apply_once() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let config = StoreConfig::Postgres(pg_config(&url, &schema));
+    let env = |_: &str| None;
+    // Replicas starting at once: every run succeeds, and each migration is applied once.
+    let runs =
+        futures_util::future::join_all((0..4).map(|_| stormwall_store::migrate(&config, &env)))
+            .await;
+    let mut applied = Vec::new();
+    for run in runs {
+        let report = run.unwrap();
+        assert_eq!(report.backend, "postgres");
+        assert_eq!(report.version, stormwall_store::postgres::SCHEMA_VERSION);
+        applied.extend(report.applied);
+    }
+    assert_eq!(
+        applied.len(),
+        stormwall_store::postgres::SCHEMA_VERSION as usize,
+        "{applied:?}"
+    );
+    let again = stormwall_store::migrate(&config, &env).await.unwrap();
+    assert!(again.applied.is_empty());
+    let admin = pg_admin(&url).await;
+    let rows = admin
+        .query_one(
+            &format!("SELECT COUNT(*) FROM {schema}.stormwall_migrations"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.get::<_, i64>(0),
+        i64::from(stormwall_store::postgres::SCHEMA_VERSION)
+    );
+    let store = PostgresStore::open(&pg_config(&url, &schema))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        stormwall_store::postgres::SCHEMA_VERSION
+    );
+    drop(store);
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test]
+async fn postgres_without_migrate_on_start_refuses_an_old_schema() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let mut config = pg_config(&url, &schema);
+    config.migrate_on_start = false;
+    let err = PostgresStore::open(&config).await.unwrap_err();
+    assert!(matches!(err, StoreError::Open(_)), "{err:?}");
+    assert!(err.to_string().contains("stormwall migrate"), "{err}");
+    // `stormwall migrate` then lets it open.
+    stormwall_store::migrate(&StoreConfig::Postgres(config.clone()), &|_| None)
+        .await
+        .unwrap();
+    let store = PostgresStore::open(&config).await.unwrap();
+    assert_eq!(store.count_events().await.unwrap(), 0);
+    drop(store);
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batch_writer_commits_what_it_counts() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let store = open_pg(&url, &schema).await;
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &events_config(1_000, 64, 20));
+    for i in 0..500 {
+        sink.record(numbered(i));
+    }
+    let stats = writer.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((stats.written, stats.lost), (500, 0));
+    // Read back through a separate connection: what the writer counted is committed.
+    let admin = pg_admin(&url).await;
+    let n: i64 = admin
+        .query_one(&format!("SELECT COUNT(*) FROM {schema}.events"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 500);
+    drop(store);
+    drop_schema(&url, &schema).await;
+}
+
+/// Needs no server: an unreachable database is an error naming no secret, within the
+/// connect timeout.
+#[tokio::test]
+async fn postgres_unreachable_is_an_error_without_secrets() {
+    let mut config = PostgresConfig::from_env_var("PG_URL_FOR_TEST");
+    config.connect_timeout_secs = 2;
+    let env = |name: &str| {
+        (name == "PG_URL_FOR_TEST").then(|| "postgres://sw:hunter2@127.0.0.1:1/db".to_owned())
+    };
+    let started = std::time::Instant::now();
+    let err = PostgresStore::open_with_env(&config, &env)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(err, StoreError::Open(_)), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+    // An unset variable is named in the error.
+    let err = PostgresStore::open_with_env(&config, &|_| None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("PG_URL_FOR_TEST"), "{err}");
+}
 
 #[tokio::test]
 async fn sqlite_reopen_persists() {
@@ -520,41 +789,7 @@ async fn sqlite_open_reports_bad_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_reads_while_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_sqlite(dir.path()).await;
-    let writer = {
-        let store = Arc::clone(&store);
-        async move {
-            for b in 0..20 {
-                let batch: Vec<UsageEvent> = (0..200)
-                    .map(|i| {
-                        event(
-                            &format!("b{b:02}-{i:03}"),
-                            t0() + ms(i64::from(b)),
-                            Some(1),
-                            Some("acme"),
-                            0.01,
-                        )
-                    })
-                    .collect();
-                store.insert_events(&batch).await.unwrap();
-            }
-        }
-    };
-    let reader = {
-        let store = Arc::clone(&store);
-        async move {
-            let mut last = 0;
-            for _ in 0..50 {
-                let n = store.count_events().await.unwrap();
-                // Batches are atomic: a reader sees whole batches only.
-                assert_eq!(n % 200, 0);
-                assert!(n >= last);
-                last = n;
-            }
-        }
-    };
-    tokio::join!(writer, reader);
-    assert_eq!(store.count_events().await.unwrap(), 4_000);
+    suite::reads_while_writing(open_sqlite(dir.path()).await).await;
 }
 
 // ---------------------------------------------------------------------------------------

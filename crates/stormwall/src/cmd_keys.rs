@@ -13,7 +13,7 @@ use crate::admin_client::{AdminClient, AdminTarget};
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCommand {
     /// Create a key; prints the secret once.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List keys.
     List {
         #[command(flatten)]
@@ -120,7 +120,7 @@ pub struct CreateArgs {
 /// Runs a key command.
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        KeysCommand::Create(a) => create(a).await,
+        KeysCommand::Create(a) => create(*a).await,
         KeysCommand::List {
             target,
             tenant,

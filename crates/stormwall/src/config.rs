@@ -8,7 +8,7 @@ use anyhow::Context;
 use stormwall_gateway::config::{
     IpDbConfig, LimitsConfig, ModelPrice, ServerConfig, UpstreamConfig,
 };
-use stormwall_store::{EventsConfig, StoreConfig};
+use stormwall_store::{CountersConfig, EventsConfig, StoreConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -29,12 +29,22 @@ pub struct FileConfig {
     /// `[pricing]` (gateway).
     #[serde(default)]
     pub pricing: BTreeMap<String, ModelPrice>,
+    /// `[leak_reports]` (gateway).
+    #[serde(default)]
+    pub leak_reports: stormwall_gateway::leak_report::LeakReportsConfig,
     /// `[store]` (store).
     #[serde(default)]
     pub store: StoreConfig,
     /// `[events]` (store).
     #[serde(default)]
     pub events: EventsConfig,
+    /// `[counters]` (store): shared rate, concurrency and budget counters.
+    #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "parsed and validated now; `serve` reads it once the gateway uses shared counters"
+    )]
+    pub counters: CountersConfig,
 }
 
 impl FileConfig {
@@ -58,6 +68,7 @@ impl FileConfig {
             ipdb: self.ipdb.clone(),
             upstreams: self.upstreams.clone(),
             pricing: self.pricing.clone(),
+            leak_reports: self.leak_reports.clone(),
         }
     }
 }
@@ -73,7 +84,7 @@ mod tests {
 
     #[test]
     fn shipped_examples_parse() {
-        for f in ["local.toml"] {
+        for f in ["local.toml", "scaled.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../examples")
                 .join(f);

@@ -8,6 +8,8 @@ mod cmd_config;
 mod cmd_demo;
 mod cmd_events;
 mod cmd_keys;
+mod cmd_leak_reports;
+mod cmd_migrate;
 mod cmd_serve;
 mod config;
 
@@ -43,9 +45,14 @@ enum Command {
     /// Read events from the store.
     #[command(subcommand)]
     Events(cmd_events::EventsCommand),
+    /// Apply pending schema migrations to the configured store (SQLite or PostgreSQL).
+    Migrate(cmd_migrate::Args),
     /// Configuration tools.
     #[command(subcommand)]
     Config(cmd_config::ConfigCommand),
+    /// Leaked-key reports: refresh the reporters' signing keys.
+    #[command(subcommand)]
+    LeakReports(cmd_leak_reports::LeakReportsCommand),
     /// Run a self-contained demonstration: gateway, mock upstream, a key, some requests.
     Demo(cmd_demo::Args),
 }
@@ -71,7 +78,9 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(a) => cmd_serve::run(a).await,
             Command::Keys(c) => cmd_keys::run(c).await,
             Command::Events(c) => cmd_events::run(c).await,
+            Command::Migrate(a) => cmd_migrate::run(a).await,
             Command::Config(c) => cmd_config::run(c),
+            Command::LeakReports(c) => cmd_leak_reports::run(c).await,
             Command::Demo(a) => cmd_demo::run(a).await,
         }
     })

@@ -43,7 +43,7 @@ const DEFAULT_DURATION_SECS: f64 = 5.0;
 /// TSV output (--tsv) is one line: rps, p50_ms, p90_ms, p99_ms, errors, sent, ok,
 /// ttfb_p50_ms, ttfb_p99_ms.
 #[derive(Debug, Parser)]
-#[command(name = "stormwall-loadgen", version, about, long_about = None)]
+#[command(name = "stormwall-loadgen", version)]
 struct Args {
     /// Base URL of the server under test, e.g. http://127.0.0.1:8080 (a path prefix is kept).
     #[arg(long)]

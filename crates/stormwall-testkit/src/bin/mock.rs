@@ -15,7 +15,7 @@ use stormwall_testkit::{MockConfig, MockUpstream};
 
 /// Runs a mock OpenAI / Azure OpenAI upstream (no request recording, so memory stays flat).
 #[derive(Debug, Parser)]
-#[command(name = "stormwall-mock", version, about)]
+#[command(name = "stormwall-mock", version)]
 struct Args {
     /// Address to listen on; port 0 picks a free port (printed on the first stdout line).
     #[arg(long, default_value = "127.0.0.1:0")]

@@ -314,3 +314,54 @@ fn demo_runs_on_the_embedded_default() {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leak_reports_refresh_keys_writes_a_checked_key_file() {
+    use stormwall_testkit::{Fault, MockUpstream};
+    let doc = serde_json::json!({"public_keys": [{
+        "key_identifier": "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a",
+        "key": "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9MJJHnMfn2+H4xL4YaPDA4RpJqUq\nkCmRCBnYERxZanmcpzQSXs1X/AljlKkbJ8qpVIW4clayyef9gWhFbNHWAA==\n-----END PUBLIC KEY-----\n",
+        "is_current": true
+    }]});
+    let server = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("keys.json");
+    let fetch = |body: String| {
+        server.push_fault(Fault::Response {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+        });
+        let url = format!("{}/v1/models", server.url());
+        let out = out.clone();
+        tokio::task::spawn_blocking(move || {
+            stormwall(&[
+                "leak-reports",
+                "refresh-keys",
+                "--url",
+                &url,
+                "--out",
+                out.to_str().unwrap(),
+            ])
+        })
+    };
+    let ok = fetch(doc.to_string()).await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(
+        written["public_keys"][0]["key_identifier"],
+        doc["public_keys"][0]["key_identifier"]
+    );
+    // A document with a key that is not P-256 is refused and the old file kept.
+    let bad = serde_json::json!({"public_keys": [{"key_identifier": "x", "key": "AAAA", "is_current": true}]});
+    let refused = fetch(bad.to_string()).await.unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&out).unwrap()).unwrap(),
+        written
+    );
+}

@@ -1,0 +1,763 @@
+//! The PostgreSQL backend, for several gateway replicas sharing one database: a pool of
+//! connections per replica, the same tables and row encoding as SQLite, and the schema in
+//! plain `.sql` files under `migrations/postgres/`.
+//!
+//! Migrations are tracked in the `stormwall_migrations` table and applied by [`migrate`]
+//! under a PostgreSQL advisory lock, on a connection of their own: when several replicas
+//! start at once, one applies the pending files (each in its own transaction, together with
+//! its row in the tracking table) while the others wait, then find nothing left to do. The
+//! lock belongs to the session, so a migrator that dies releases it with its connection.
+//!
+//! Writes are durable when they return: every session runs with `synchronous_commit = on`,
+//! whatever the server's default, because the batch writer counts a batch as written (and
+//! the gateway may be killed) as soon as `insert_events` returns.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use stormwall_types::{KeyId, KeyRecord, UsageEvent};
+use time::OffsetDateTime;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use crate::codec::{
+    KEY_COLUMNS, KeyColumns, KeyRow, decision_str, decode_event, encode_event, summable_cost,
+    unix_ms,
+};
+use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
+use crate::{EventQuery, EventStore, KeyFilter, KeyStore, MigrationReport, StoreError};
+
+/// Migration files in the order they apply; the position (1-based) is the schema version.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../migrations/postgres/0001_init.sql"),
+)];
+
+/// Schema version a database has once every embedded migration has run.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Table recording applied migrations (created by [`migrate`] itself, not by a file).
+const TRACKING_TABLE: &str = "CREATE TABLE IF NOT EXISTS stormwall_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)";
+
+/// Longest a migrator waits for another one to finish before giving up.
+const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(120);
+/// How often a waiting migrator retries the lock.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
+/// Longest schema name PostgreSQL keeps whole.
+const MAX_SCHEMA_LEN: usize = 63;
+
+const INSERT_KEY: &str = "INSERT INTO keys (id, tenant, kind, status, hash_hex, last4, label, \
+     scope_json, created_at, updated_at, status_reason, rotated_from, rotated_to) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+const UPDATE_KEY: &str = "UPDATE keys SET status = $2, status_reason = $3, scope_json = $4, \
+     label = $5, rotated_from = $6, rotated_to = $7, updated_at = $8 WHERE id = $1";
+
+/// One statement per batch: arrays of column values unnested into rows. A re-delivered
+/// event keeps its first copy, as in SQLite's `INSERT OR IGNORE`.
+const INSERT_EVENTS: &str = "INSERT INTO events (id, ts_unix_ms, key_id, tenant, decision, \
+     reject_reason, status, cost_usd, body_json) \
+     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+     $6::text[], $7::int4[], $8::float8[], $9::text[]) \
+     ON CONFLICT (id) DO NOTHING";
+
+/// Keys and events in PostgreSQL. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("PostgresStore")
+            .field("pool_size", &status.size)
+            .field("pool_max", &status.max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects as `config` says, reading the URL's variable from the process environment;
+    /// applies pending migrations when `migrate_on_start` is set, and otherwise refuses a
+    /// database whose schema is not current.
+    pub async fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
+        Self::open_with_env(config, &process_env).await
+    }
+
+    /// [`PostgresStore::open`] with the environment passed in (tests, embedding programs).
+    pub async fn open_with_env(
+        config: &PostgresConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, StoreError> {
+        let target = Target::from_config(config, env)?;
+        if config.migrate_on_start {
+            migrate_target(&target).await?;
+        }
+        let store = Self {
+            pool: target.pool()?,
+        };
+        let version = store.schema_version().await.map_err(|e| match e {
+            StoreError::Database(m) => StoreError::Open(m),
+            other => other,
+        })?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Open(format!(
+                "database schema version {version}, this build needs {SCHEMA_VERSION}: \
+                 run `stormwall migrate` with this build"
+            )));
+        }
+        Ok(store)
+    }
+
+    /// The highest migration applied (0 for an empty database).
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        let client = self.client().await?;
+        schema_version(&client).await
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+}
+
+/// Applies pending migrations to the database `config` names (`stormwall migrate`), reading
+/// the URL's variable through `env`. Safe to run from several processes at once.
+pub async fn migrate(
+    config: &PostgresConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<MigrationReport, StoreError> {
+    migrate_target(&Target::from_config(config, env)?).await
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Connection settings resolved from a config.
+struct Target {
+    pg: tokio_postgres::Config,
+    schema: Option<String>,
+    pool_size: usize,
+    timeout: Duration,
+    statement_timeout: Option<Duration>,
+}
+
+impl Target {
+    fn from_config(
+        config: &PostgresConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, StoreError> {
+        let url = resolve_url(
+            config.url.as_ref(),
+            config.url_env.as_deref(),
+            DEFAULT_POSTGRES_URL_ENV,
+            env,
+        )
+        .map_err(|m| StoreError::Open(format!("PostgreSQL: {m}")))?;
+        // The parser's messages can quote the string, which may hold a password.
+        let pg: tokio_postgres::Config = url.parse().map_err(|_| {
+            StoreError::Open("PostgreSQL: the connection URL is not valid".to_owned())
+        })?;
+        if let Some(schema) = &config.schema {
+            validate_schema(schema)?;
+        }
+        Ok(Self {
+            pg,
+            schema: config.schema.clone(),
+            pool_size: config.pool_size.max(1),
+            timeout: Duration::from_secs(config.connect_timeout_secs.max(1)),
+            statement_timeout: (config.statement_timeout_secs > 0)
+                .then(|| Duration::from_secs(config.statement_timeout_secs)),
+        })
+    }
+
+    /// Session settings: the schema, durable commits, and (for pooled connections) the
+    /// statement timeout. Options already in the URL are kept.
+    fn session(&self, statement_timeout: Option<Duration>) -> tokio_postgres::Config {
+        let mut pg = self.pg.clone();
+        let mut options = pg.get_options().unwrap_or_default().to_owned();
+        let mut set = |setting: String| {
+            if !options.is_empty() {
+                options.push(' ');
+            }
+            options.push_str("-c ");
+            options.push_str(&setting);
+        };
+        if let Some(schema) = &self.schema {
+            set(format!("search_path={schema}"));
+        }
+        set("synchronous_commit=on".to_owned());
+        if let Some(t) = statement_timeout {
+            set(format!("statement_timeout={}", t.as_millis()));
+        }
+        pg.options(options);
+        pg.connect_timeout(self.timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("stormwall");
+        }
+        pg
+    }
+
+    fn pool(&self) -> Result<Pool, StoreError> {
+        let manager = Manager::from_config(
+            self.session(self.statement_timeout),
+            NoTls,
+            ManagerConfig {
+                // A broken connection is noticed by `is_closed`; a test query per checkout
+                // would add a round trip to every call.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(self.timeout))
+            .create_timeout(Some(self.timeout))
+            .recycle_timeout(Some(self.timeout))
+            .build()
+            .map_err(|e| StoreError::Open(format!("PostgreSQL pool: {e}")))
+    }
+
+    /// The advisory-lock id that serializes migrators of one schema.
+    fn lock_id(&self) -> i64 {
+        let name = format!("stormwall-migrate:{}", self.schema.as_deref().unwrap_or(""));
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        i64::from_ne_bytes(h.to_ne_bytes())
+    }
+}
+
+fn validate_schema(s: &str) -> Result<(), StoreError> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_SCHEMA_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && !s.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Open(format!(
+            "PostgreSQL schema must be 1-{MAX_SCHEMA_LEN} characters of a-z 0-9 _, \
+             not starting with a digit or pg_"
+        )))
+    }
+}
+
+/// Connects one session outside the pool, runs `work` on it, and closes it. Closing ends
+/// the session, which releases any advisory lock it still holds.
+async fn with_session<T, F>(target: &Target, work: F) -> Result<T, StoreError>
+where
+    F: AsyncFnOnce(&mut tokio_postgres::Client) -> Result<T, StoreError>,
+{
+    // No statement timeout: a migration may rebuild an index on a large table.
+    let (mut client, connection) = target.session(None).connect(NoTls).await.map_err(|e| {
+        StoreError::Open(format!("cannot connect to PostgreSQL: {}", pg_message(&e)))
+    })?;
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = work(&mut client) => result,
+        ended = &mut connection => Err(StoreError::Open(match ended {
+            Ok(()) => "PostgreSQL closed the connection".to_owned(),
+            Err(e) => format!("PostgreSQL connection failed: {}", pg_message(&e)),
+        })),
+    }
+}
+
+async fn migrate_target(target: &Target) -> Result<MigrationReport, StoreError> {
+    let lock_id = target.lock_id();
+    let schema = target.schema.clone();
+    with_session(target, async move |client| {
+        let open = |e: tokio_postgres::Error| StoreError::Open(pg_message(&e));
+        let deadline = tokio::time::Instant::now() + MIGRATION_LOCK_WAIT;
+        loop {
+            let row = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_id])
+                .await
+                .map_err(open)?;
+            if row.try_get::<_, bool>(0).map_err(open)? {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Open(format!(
+                    "another process held the migration lock for {} s",
+                    MIGRATION_LOCK_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+        }
+        let result = apply_pending(client, schema.as_deref()).await;
+        // Closing the session would release the lock too; unlocking keeps it short when the
+        // connection is slow to close.
+        let _ = client
+            .query_one("SELECT pg_advisory_unlock($1)", &[&lock_id])
+            .await;
+        result
+    })
+    .await
+}
+
+/// Applies pending migrations; the caller holds the migration lock.
+async fn apply_pending(
+    client: &mut tokio_postgres::Client,
+    schema: Option<&str>,
+) -> Result<MigrationReport, StoreError> {
+    let open = |e: tokio_postgres::Error| StoreError::Open(pg_message(&e));
+    if let Some(schema) = schema {
+        // Validated as a plain lower-case identifier, so it needs no quoting.
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .map_err(open)?;
+    }
+    client.batch_execute(TRACKING_TABLE).await.map_err(open)?;
+    let rows = client
+        .query(
+            "SELECT version, name FROM stormwall_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(open)?;
+    let mut current = 0u32;
+    for row in rows {
+        let version: i32 = row.try_get(0).map_err(open)?;
+        let name: String = row.try_get(1).map_err(open)?;
+        let version = u32::try_from(version)
+            .map_err(|_| StoreError::Open(format!("bad migration version {version}")))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Open(format!(
+                "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        let expected = usize::try_from(version)
+            .ok()
+            .and_then(|v| v.checked_sub(1))
+            .and_then(|i| MIGRATIONS.get(i))
+            .map(|(n, _)| *n);
+        if expected != Some(name.as_str()) {
+            return Err(StoreError::Open(format!(
+                "migration {version} is recorded as {name:?}, which this build does not know"
+            )));
+        }
+        current = current.max(version);
+    }
+    let mut applied = Vec::new();
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
+        let version = i32::try_from(index + 1)
+            .map_err(|_| StoreError::Open("too many migrations".to_owned()))?;
+        if u32::try_from(version).unwrap_or(u32::MAX) <= current {
+            continue;
+        }
+        let tx = client.transaction().await.map_err(open)?;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| StoreError::Open(format!("migration {name}: {}", pg_message(&e))))?;
+        tx.execute(
+            "INSERT INTO stormwall_migrations (version, name) VALUES ($1, $2)",
+            &[&version, name],
+        )
+        .await
+        .map_err(open)?;
+        tx.commit().await.map_err(open)?;
+        tracing::info!(migration = name, "applied PostgreSQL migration");
+        applied.push((*name).to_owned());
+    }
+    Ok(MigrationReport {
+        backend: "postgres",
+        applied,
+        version: SCHEMA_VERSION,
+    })
+}
+
+async fn schema_version(client: &tokio_postgres::Client) -> Result<u32, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('stormwall_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    if !row.try_get::<_, bool>(0).map_err(db)? {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM stormwall_migrations",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let v: i32 = row.try_get(0).map_err(db)?;
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("bad schema version {v}")))
+}
+
+/// A driver error as text: the SQLSTATE and the server's primary message, without the
+/// DETAIL line, which can quote row values.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => {
+            // The driver's own messages name the failure kind and the I/O cause only.
+            match std::error::Error::source(e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }
+        }
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Database(pg_message(&e))
+}
+
+fn pool_err(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => db(e),
+        PoolError::Timeout(_) => {
+            StoreError::Database("timed out waiting for a PostgreSQL connection".to_owned())
+        }
+        other => StoreError::Database(format!("PostgreSQL pool: {other}")),
+    }
+}
+
+/// Text columns cannot hold NUL; an event that would put one there is refused as corrupt
+/// so the batch writer isolates it instead of losing its whole batch.
+fn no_nul(s: Option<&str>, id: &str) -> Result<(), StoreError> {
+    if s.is_some_and(|s| s.contains('\0')) {
+        return Err(StoreError::Corrupt(format!(
+            "event {id}: indexed column contains NUL"
+        )));
+    }
+    Ok(())
+}
+
+fn key_row(row: &tokio_postgres::Row) -> Result<KeyRow, StoreError> {
+    Ok(KeyRow {
+        id: row.try_get(0).map_err(db)?,
+        tenant: row.try_get(1).map_err(db)?,
+        kind: row.try_get(2).map_err(db)?,
+        status: row.try_get(3).map_err(db)?,
+        hash_hex: row.try_get(4).map_err(db)?,
+        last4: row.try_get(5).map_err(db)?,
+        label: row.try_get(6).map_err(db)?,
+        scope_json: row.try_get(7).map_err(db)?,
+        created_at: row.try_get(8).map_err(db)?,
+        updated_at: row.try_get(9).map_err(db)?,
+        status_reason: row.try_get(10).map_err(db)?,
+        rotated_from: row.try_get(11).map_err(db)?,
+        rotated_to: row.try_get(12).map_err(db)?,
+    })
+}
+
+/// Query parameters of mixed types, in placeholder order.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn as_refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    async fn insert_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let c = KeyColumns::from_record(record)?;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(INSERT_KEY).await.map_err(db)?;
+        let result = client
+            .execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.tenant,
+                    &c.kind,
+                    &c.status,
+                    &c.hash_hex,
+                    &c.last4,
+                    &c.label,
+                    &c.scope_json,
+                    &c.created_at,
+                    &c.updated_at,
+                    &c.status_reason,
+                    &c.rotated_from,
+                    &c.rotated_to,
+                ],
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::Duplicate),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
+            .await
+            .map_err(db)?;
+        let row = client.query_opt(&stmt, &[&id.as_str()]).await.map_err(db)?;
+        row.map(|r| key_row(&r)?.into_record()).transpose()
+    }
+
+    async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = match &filter.tenant {
+            Some(t) => {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLUMNS} FROM keys WHERE tenant = $1 ORDER BY created_at, id"
+                    ))
+                    .await
+                    .map_err(db)?;
+                client.query(&stmt, &[t]).await.map_err(db)?
+            }
+            None => {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id"
+                    ))
+                    .await
+                    .map_err(db)?;
+                client.query(&stmt, &[]).await.map_err(db)?
+            }
+        };
+        rows.iter()
+            .map(|r| key_row(r)?.into_record())
+            .collect::<Result<Vec<_>, _>>()
+    }
+
+    async fn update_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let c = KeyColumns::from_record(record)?;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(UPDATE_KEY).await.map_err(db)?;
+        let changed = client
+            .execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.status,
+                    &c.status_reason,
+                    &c.scope_json,
+                    &c.label,
+                    &c.rotated_from,
+                    &c.rotated_to,
+                    &c.updated_at,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if changed == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn insert_events(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let n = events.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut ts = Vec::with_capacity(n);
+        let mut key_ids = Vec::with_capacity(n);
+        let mut tenants = Vec::with_capacity(n);
+        let mut decisions = Vec::with_capacity(n);
+        let mut reasons = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut costs = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        for e in events {
+            no_nul(Some(&e.id), &e.id)?;
+            no_nul(e.tenant.as_deref(), &e.id)?;
+            bodies.push(encode_event(e)?);
+            ids.push(e.id.as_str());
+            ts.push(unix_ms(e.timestamp)?);
+            key_ids.push(e.key_id.as_ref().map(KeyId::as_str));
+            tenants.push(e.tenant.as_deref());
+            decisions.push(decision_str(e.decision));
+            reasons.push(e.reject_reason.map(|r| r.as_str()));
+            statuses.push(i32::from(e.status));
+            costs.push(summable_cost(e));
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(INSERT_EVENTS).await.map_err(db)?;
+        // One statement is one implicit transaction: the batch is committed whole, durably
+        // (synchronous_commit is on for every session), before this returns.
+        client
+            .execute(
+                &stmt,
+                &[
+                    &ids, &ts, &key_ids, &tenants, &decisions, &reasons, &statuses, &costs, &bodies,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn query_events(&self, q: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
+        let client = self.client().await?;
+        let mut sql = String::from("SELECT id, body_json FROM events WHERE TRUE");
+        let mut params: Params = Vec::new();
+        let mut push = |sql: &mut String, clause: &str, p: Box<dyn ToSql + Sync + Send>| {
+            params.push(p);
+            sql.push_str(&clause.replace('?', &format!("${}", params.len())));
+        };
+        if let Some(key_id) = &q.key_id {
+            push(
+                &mut sql,
+                " AND key_id = ?",
+                Box::new(key_id.as_str().to_owned()),
+            );
+        }
+        if let Some(tenant) = &q.tenant {
+            push(&mut sql, " AND tenant = ?", Box::new(tenant.clone()));
+        }
+        if let Some(since) = q.since {
+            push(&mut sql, " AND ts_unix_ms >= ?", Box::new(unix_ms(since)?));
+        }
+        if let Some(until) = q.until {
+            push(&mut sql, " AND ts_unix_ms < ?", Box::new(unix_ms(until)?));
+        }
+        if let Some(after) = &q.after_id {
+            // A keyset cursor over (timestamp, id), as in SQLite; an id the store does not
+            // hold falls back to plain id order (the same thing for UUIDv7 ids).
+            let stmt = client
+                .prepare_cached("SELECT ts_unix_ms FROM events WHERE id = $1")
+                .await
+                .map_err(db)?;
+            let cursor = client.query_opt(&stmt, &[after]).await.map_err(db)?;
+            match cursor {
+                Some(row) => {
+                    let ts: i64 = row.try_get(0).map_err(db)?;
+                    push(&mut sql, " AND (ts_unix_ms, id) > (?", Box::new(ts));
+                    push(&mut sql, ", ?)", Box::new(after.clone()));
+                }
+                None => push(&mut sql, " AND id > ?", Box::new(after.clone())),
+            }
+        }
+        sql.push_str(" ORDER BY ts_unix_ms, id");
+        if let Some(limit) = q.limit {
+            push(
+                &mut sql,
+                " LIMIT ?",
+                Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
+            );
+        }
+        let stmt = client.prepare_cached(&sql).await.map_err(db)?;
+        let rows = client.query(&stmt, &as_refs(&params)).await.map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0).map_err(db)?;
+            let body: String = row.try_get(1).map_err(db)?;
+            out.push(decode_event(&id, &body)?);
+        }
+        Ok(out)
+    }
+
+    async fn spend_since(&self, key_id: &KeyId, since: OffsetDateTime) -> Result<f64, StoreError> {
+        let since = unix_ms(since)?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT COALESCE(SUM(cost_usd), 0)::float8 FROM events \
+                 WHERE key_id = $1 AND ts_unix_ms >= $2",
+            )
+            .await
+            .map_err(db)?;
+        let row = client
+            .query_one(&stmt, &[&key_id.as_str(), &since])
+            .await
+            .map_err(db)?;
+        row.try_get(0).map_err(db)
+    }
+
+    async fn count_events(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT COUNT(*) FROM events")
+            .await
+            .map_err(db)?;
+        let row = client.query_one(&stmt, &[]).await.map_err(db)?;
+        let n: i64 = row.try_get(0).map_err(db)?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("negative event count".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for ok in ["stormwall", "sw_test_12", "_x"] {
+            assert!(validate_schema(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Stormwall",
+            "a-b",
+            "a;drop",
+            "1abc",
+            "pg_catalog",
+            &"x".repeat(64),
+        ] {
+            assert!(validate_schema(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_do_not_echo_the_url() {
+        let cfg = PostgresConfig::from_url("postgres://u:hunter2@h:notaport/db");
+        let err = Target::from_config(&cfg, &|_| None).err().unwrap();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn session_options_keep_url_options() {
+        let mut cfg = PostgresConfig::from_url("postgres://h/db?options=-c%20work_mem%3D8MB");
+        cfg.schema = Some("sw".to_owned());
+        let t = Target::from_config(&cfg, &|_| None).unwrap();
+        let options = t
+            .session(Some(Duration::from_secs(2)))
+            .get_options()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            options,
+            "-c work_mem=8MB -c search_path=sw -c synchronous_commit=on -c statement_timeout=2000"
+        );
+    }
+
+    #[test]
+    fn lock_ids_differ_by_schema() {
+        let a =
+            Target::from_config(&PostgresConfig::from_url("postgres://h/db"), &|_| None).unwrap();
+        let mut cfg = PostgresConfig::from_url("postgres://h/db");
+        cfg.schema = Some("other".to_owned());
+        let b = Target::from_config(&cfg, &|_| None).unwrap();
+        assert_ne!(a.lock_id(), b.lock_id());
+        assert_eq!(a.lock_id(), a.lock_id());
+    }
+}
