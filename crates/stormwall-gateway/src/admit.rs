@@ -219,6 +219,40 @@ impl Drop for Admission {
     }
 }
 
+/// Everything a granted request holds: the local admission (always: it counts in-flight
+/// requests for events and detectors, and enforces limits on one node) and, with shared
+/// counters, the shared one that enforces limits across replicas.
+#[derive(Debug)]
+pub struct Grant {
+    /// The in-process admission.
+    pub local: Admission,
+    /// The cross-replica admission, when shared counters are configured.
+    pub shared: Option<crate::shared_admit::SharedAdmission>,
+}
+
+impl Grant {
+    /// Rate-limit headers for the client.
+    pub fn info(&self) -> RateLimitInfo {
+        self.shared.as_ref().map_or(self.local.info, |s| s.info)
+    }
+
+    /// Requests in flight on the key, this one included.
+    pub fn inflight(&self) -> u32 {
+        self.shared
+            .as_ref()
+            .and_then(|s| s.inflight)
+            .unwrap_or(self.local.inflight)
+    }
+
+    /// Settles every part with the real token count and cost.
+    pub fn settle(self, actual_tokens: Option<u64>, cost_usd: f64) {
+        if let Some(s) = self.shared {
+            s.settle(actual_tokens, cost_usd);
+        }
+        self.local.settle(actual_tokens, cost_usd);
+    }
+}
+
 /// Checks a key's limits for one request and, when it fits, charges it.
 pub fn admit(
     state: &std::sync::Arc<KeyState>,

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use stormwall_types::StreamOutcome;
 
-use crate::admit::Admission;
+use crate::admit::Grant;
 use crate::body::{ProxyBody, Relay, Source, StreamEnd, Usage, usage_in_json};
 use crate::config::LimitsConfig;
 use crate::error::{ProxyError, apply_rate_limit_headers};
@@ -39,7 +39,7 @@ pub struct Call {
     /// Body as received.
     pub body: Bytes,
     /// The granted admission (settled when the response ends).
-    pub admission: Admission,
+    pub admission: Grant,
     /// Client `Accept` header.
     pub accept: Option<HeaderValue>,
     /// Client `OpenAI-Beta` header.
@@ -189,7 +189,7 @@ pub async fn forward(
     if let Some(ra) = &reply.retry_after {
         builder = builder.header(header::RETRY_AFTER, ra.clone());
     }
-    let info = call.admission.info;
+    let info = call.admission.info();
     let success = reply.status.is_success();
 
     let id = rec.id().to_owned();
@@ -265,7 +265,7 @@ pub async fn forward(
 struct Finisher {
     state: Arc<AppState>,
     rec: Recorder,
-    admission: Admission,
+    admission: Grant,
     model: String,
     images: Option<u32>,
     estimated_input: u64,

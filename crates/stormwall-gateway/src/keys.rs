@@ -167,6 +167,7 @@ async fn mint(
         match state.store.insert_key(&record).await {
             Ok(()) => {
                 state.keys.upsert(record.clone());
+                announce(state, &record.id).await;
                 return Ok(CreatedKey {
                     key: key.expose().to_owned(),
                     record,
@@ -194,7 +195,18 @@ async fn save(state: &AppState, mut record: KeyRecord) -> Result<KeyRecord, KeyE
     record.updated_at = OffsetDateTime::now_utc();
     state.store.update_key(&record).await?;
     state.keys.upsert(record.clone());
+    announce(state, &record.id).await;
     Ok(record)
+}
+
+/// Tells the other replicas a key changed (they re-read it from the shared store). A failure
+/// is logged: their periodic refresh still picks the change up.
+async fn announce(state: &AppState, id: &KeyId) {
+    if let Some((counters, _)) = &state.counters
+        && let Err(e) = counters.publish_key_change(id).await
+    {
+        tracing::warn!(key_id = %id, error = %e, "cannot announce a key change to other replicas");
+    }
 }
 
 /// Suspends an active key (reversible).

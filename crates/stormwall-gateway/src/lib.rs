@@ -29,8 +29,9 @@ pub mod recorder;
 pub mod request;
 pub mod route;
 pub mod server;
+pub mod shared_admit;
 pub mod state;
 pub mod upstream;
 
 pub use config::GatewayConfig;
-pub use server::{RunningGateway, StartError, check_config, start};
+pub use server::{RunningGateway, StartError, check_config, start, start_with};

@@ -67,10 +67,16 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 21))
 }
 
-#[derive(Debug)]
 struct EventPipelineCollector {
     stats: Arc<EventSinkStats>,
     keys_cached: Arc<AtomicU64>,
+    counters: Option<(Arc<dyn stormwall_store::Counters>, Arc<AtomicU64>)>,
+}
+
+impl std::fmt::Debug for EventPipelineCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventPipelineCollector")
+    }
 }
 
 impl Collector for EventPipelineCollector {
@@ -110,13 +116,44 @@ impl Collector for EventPipelineCollector {
             g.metric_type(),
         )?;
         g.encode(m)?;
+        if let Some((counters, settle_dropped)) = &self.counters {
+            let h = counters.health();
+            let up = ConstGauge::new(i64::from(h.available));
+            let m = encoder.encode_descriptor(
+                "counters_up",
+                "Whether the shared counters backend answered its last call (0: local limits in force)",
+                None,
+                up.metric_type(),
+            )?;
+            up.encode(m)?;
+            let failures = ConstCounter::new(h.failures);
+            let m = encoder.encode_descriptor(
+                "counters_failures",
+                "Calls to the shared counters that failed because the backend was unavailable",
+                None,
+                failures.metric_type(),
+            )?;
+            failures.encode(m)?;
+            let dropped = ConstCounter::new(settle_dropped.load(Ordering::Relaxed));
+            let m = encoder.encode_descriptor(
+                "counters_settlements_dropped",
+                "Settlements dropped because their queue was full (leases expire them)",
+                None,
+                dropped.metric_type(),
+            )?;
+            dropped.encode(m)?;
+        }
         Ok(())
     }
 }
 
 impl Metrics {
     /// Registers every metric; `keys_cached` is read at scrape time.
-    pub fn new(stats: Arc<EventSinkStats>, keys_cached: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        stats: Arc<EventSinkStats>,
+        keys_cached: Arc<AtomicU64>,
+        counters: Option<(Arc<dyn stormwall_store::Counters>, Arc<AtomicU64>)>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("stormwall");
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
@@ -158,7 +195,11 @@ impl Metrics {
             "Proxy requests in flight",
             inflight.clone(),
         );
-        registry.register_collector(Box::new(EventPipelineCollector { stats, keys_cached }));
+        registry.register_collector(Box::new(EventPipelineCollector {
+            stats,
+            keys_cached,
+            counters,
+        }));
         Self {
             registry,
             requests,

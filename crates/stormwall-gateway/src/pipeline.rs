@@ -145,12 +145,12 @@ async fn proxy(
             parsed.images.unwrap_or(0),
         ),
     };
-    let admission = admit::admit(&key.state, scope, demand, state.clock).inspect_err(|e| {
+    let admission = admit_request(state, &key, demand).await.inspect_err(|e| {
         if let Some(r) = e.reject_reason() {
             rec.event().deny(r);
         }
     })?;
-    rec.event().inflight = admission.inflight;
+    rec.event().inflight = admission.inflight();
 
     // 6–8. forward, relay, account
     forward::forward(
@@ -224,6 +224,38 @@ async fn leak_report(
     set_request_id(&mut resp, rec.id());
     rec.take().finish(200);
     Ok(resp)
+}
+
+/// Admits a request locally and, with shared counters, across replicas.
+async fn admit_request(
+    state: &AppState,
+    key: &CachedKey,
+    demand: Demand,
+) -> Result<admit::Grant, ProxyError> {
+    static NO_LIMITS: std::sync::LazyLock<stormwall_types::KeyScope> =
+        std::sync::LazyLock::new(Default::default);
+    let scope = &key.record.scope;
+    match &state.counters {
+        None => Ok(admit::Grant {
+            local: admit::admit(&key.state, scope, demand, state.clock)?,
+            shared: None,
+        }),
+        Some((counters, settler)) => {
+            // The shared counters enforce the limits; the local admission only counts.
+            let shared = crate::shared_admit::admit(
+                counters.as_ref(),
+                settler,
+                &key.record.id,
+                scope,
+                demand,
+            )
+            .await?;
+            Ok(admit::Grant {
+                local: admit::admit(&key.state, &NO_LIMITS, demand, state.clock)?,
+                shared: Some(shared),
+            })
+        }
+    }
 }
 
 /// Why authentication failed, and whether the key is a tripwire worth capturing.

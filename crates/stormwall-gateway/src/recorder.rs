@@ -136,22 +136,6 @@ impl Recorder {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn event_ids_are_unique_and_time_ordered() {
-        let ids: Vec<String> = (0..5000).map(|_| super::event_id()).collect();
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "ids increase even within a millisecond"
-        );
-        let a = &ids[0];
-        let many: std::collections::HashSet<_> = (0..1000).map(|_| super::event_id()).collect();
-        assert_eq!(many.len(), 1000);
-        assert_eq!(uuid::Uuid::parse_str(a).unwrap().get_version_num(), 7);
-    }
-}
-
 impl Drop for Recorder {
     fn drop(&mut self) {
         if !self.done {
@@ -218,4 +202,20 @@ fn splitmix(state: &std::cell::Cell<u64>) -> u64 {
 pub fn deny(rec: &mut Recorder, reason: RejectReason) -> ProxyError {
     rec.event().deny(reason);
     ProxyError::reject(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_ids_are_unique_and_time_ordered() {
+        let ids: Vec<String> = (0..5000).map(|_| super::event_id()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids increase even within a millisecond"
+        );
+        let a = &ids[0];
+        let many: std::collections::HashSet<_> = (0..1000).map(|_| super::event_id()).collect();
+        assert_eq!(many.len(), 1000);
+        assert_eq!(uuid::Uuid::parse_str(a).unwrap().get_version_num(), 7);
+    }
 }

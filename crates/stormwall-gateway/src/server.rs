@@ -82,7 +82,7 @@ pub struct RunningGateway {
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
-    refresher: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
     writer: BatchWriter,
     grace: Duration,
 }
@@ -92,9 +92,12 @@ impl RunningGateway {
     /// then flushes queued events.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        self.refresher.abort();
         for s in self.servers {
             let _ = s.await;
+        }
+        // After the servers: every request has ended, so its settlement is queued.
+        for task in self.background {
+            task.abort();
         }
         match self
             .writer
@@ -111,10 +114,24 @@ impl RunningGateway {
     }
 }
 
-/// Starts the gateway on `config`, with keys and events in `store`.
+/// Starts a single-node gateway on `config`, with keys and events in `store` and limits
+/// counted in this process.
 pub async fn start(
     config: GatewayConfig,
     store: Arc<dyn Store>,
+    events: &EventsConfig,
+    admin_token: SecretString,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunningGateway, StartError> {
+    start_with(config, store, None, events, admin_token, env).await
+}
+
+/// Starts the gateway; with `counters`, limits are shared with every replica using the same
+/// counters, and key changes announced by any replica reach this one's cache.
+pub async fn start_with(
+    config: GatewayConfig,
+    store: Arc<dyn Store>,
+    counters: Option<Arc<dyn stormwall_store::Counters>>,
     events: &EventsConfig,
     admin_token: SecretString,
     env: &dyn Fn(&str) -> Option<String>,
@@ -130,13 +147,37 @@ pub async fn start(
     } else {
         None
     };
+    // Subscribe before the first load, so no change falls between the two.
+    let key_changes = match &counters {
+        Some(c) => match c.subscribe_key_changes().await {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to key changes; relying on periodic refresh");
+                None
+            }
+        },
+        None => None,
+    };
     let keys = KeyCache::default();
     keys.replace_all(store.list_keys(&KeyFilter::default()).await?);
+    let (counters, settle_task) = match counters {
+        Some(c) => {
+            let (settler, task) = crate::shared_admit::Settler::spawn(Arc::clone(&c));
+            (Some((c, settler)), Some(task))
+        }
+        None => (None, None),
+    };
     let (sink, writer) = BatchWriter::spawn(
         Arc::clone(&store) as Arc<dyn stormwall_store::EventStore>,
         events,
     );
-    let metrics = Metrics::new(Arc::clone(sink.stats()), keys.len_counter());
+    let metrics = Metrics::new(
+        Arc::clone(sink.stats()),
+        keys.len_counter(),
+        counters
+            .as_ref()
+            .map(|(c, s)| (Arc::clone(c), Arc::clone(&s.dropped))),
+    );
     let state = Arc::new(AppState {
         client: upstream::http_client(&config.limits),
         limits: config.limits.clone(),
@@ -151,6 +192,7 @@ pub async fn start(
         clock: Clock::default(),
         store,
         leak_reports,
+        counters,
     });
     load_spend(&state).await;
 
@@ -198,11 +240,15 @@ pub async fn start(
         config.limits.clone(),
         move |req, _peer| admin::handle(Arc::clone(&admin_state), req),
     );
-    let refresher = spawn_refresher(
+    let mut background = vec![spawn_refresher(
         Arc::clone(&state),
         Duration::from_secs(config.server.key_refresh_secs.max(1)),
-        shutdown_rx,
-    );
+        shutdown_rx.clone(),
+    )];
+    if let Some(sub) = key_changes {
+        background.push(spawn_change_listener(Arc::clone(&state), sub, shutdown_rx));
+    }
+    background.extend(settle_task);
     tracing::info!(%proxy_addr, %admin_addr, keys = state.keys.len(), "stormwall gateway listening");
     Ok(RunningGateway {
         proxy_addr,
@@ -210,7 +256,7 @@ pub async fn start(
         state,
         shutdown,
         servers: vec![proxy, admin],
-        refresher,
+        background,
         writer,
         grace,
     })
@@ -274,6 +320,44 @@ fn spawn_refresher(
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "key refresh failed; serving from cache"),
+            }
+        }
+    })
+}
+
+/// Applies key changes announced by other replicas (revocations reach every cache in well
+/// under a second); a `Resync` reloads every key.
+#[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
+fn spawn_change_listener(
+    state: Arc<AppState>,
+    mut changes: stormwall_store::KeyChanges,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                c = changes.recv() => c,
+                _ = stop.changed() => return,
+            };
+            match change {
+                None => return,
+                Some(stormwall_store::KeyChange::Key(id)) => match state.store.get_key(&id).await {
+                    Ok(Some(record)) => {
+                        state.keys.upsert(record);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(key_id = %id, error = %e, "cannot re-read a changed key")
+                    }
+                },
+                Some(stormwall_store::KeyChange::Resync) => {
+                    match state.store.list_keys(&KeyFilter::default()).await {
+                        Ok(records) => state.keys.replace_all(records),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "key resync failed; serving from cache")
+                        }
+                    }
+                }
             }
         }
     })

@@ -41,6 +41,11 @@ pub struct AppState {
     pub clock: Clock,
     /// The backing store (admin API, key refresh and leaked-key reports; never on the proxy path).
     pub store: Arc<dyn Store>,
+    /// Shared counters and their settlement queue, when replicas share limits.
+    pub counters: Option<(
+        Arc<dyn stormwall_store::Counters>,
+        crate::shared_admit::Settler,
+    )>,
     /// The leaked-key report endpoint, when enabled: its path and signature verifier.
     pub leak_reports: Option<(String, crate::leak_report::ReportVerifier)>,
 }

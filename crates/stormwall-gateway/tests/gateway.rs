@@ -870,7 +870,7 @@ async fn malformed_and_unknown_keys_never_reach_the_store() {
         "sk-proj-not-ours",
         "",
         "swk_short",
-        &stormwall_types::ApiKey::generate().expose().to_owned(),
+        stormwall_types::ApiKey::generate().expose(),
     ] {
         let r = h.chat(k, "gpt-4o-mini").await;
         assert_eq!(r.status, 401, "{k}");
@@ -1431,5 +1431,350 @@ mod leak_reports {
                 .iter()
                 .all(|k| k["status"] == "revoked")
         );
+    }
+}
+
+/// Several replicas on one PostgreSQL and one Redis. Runs when `STORMWALL_TEST_POSTGRES_URL`
+/// and `STORMWALL_TEST_REDIS_URL` are set (as `.ci/run` does), and then fails if either
+/// service is unreachable; skips only when they are unset.
+mod scale_out {
+    use super::*;
+    use stormwall_store::{CountersConfig, PostgresConfig, PostgresStore, RedisConfig};
+
+    fn urls() -> Option<(String, String)> {
+        let pg = std::env::var("STORMWALL_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let redis = std::env::var("STORMWALL_TEST_REDIS_URL")
+            .ok()
+            .filter(|s| !s.is_empty());
+        match (pg, redis) {
+            (Some(p), Some(r)) => Some((p, r)),
+            _ => {
+                eprintln!(
+                    "skipped: STORMWALL_TEST_POSTGRES_URL and STORMWALL_TEST_REDIS_URL are not both set"
+                );
+                None
+            }
+        }
+    }
+
+    fn unique(prefix: &str) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!(
+            "{prefix}_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    struct Cluster {
+        replicas: Vec<RunningGateway>,
+        proxies: Vec<String>,
+        admins: Vec<String>,
+        pg_url: String,
+        schema: String,
+        _upstream: MockUpstream,
+    }
+
+    impl Cluster {
+        async fn start(n: usize, redis_url: &str) -> Option<Self> {
+            let (pg_url, default_redis) = urls()?;
+            let redis_url = if redis_url.is_empty() {
+                default_redis
+            } else {
+                redis_url.to_owned()
+            };
+            let upstream = MockUpstream::start().await.unwrap();
+            let schema = unique("swgw");
+            let prefix = format!("{}:", unique("swgw"));
+            let mut replicas = Vec::new();
+            for _ in 0..n {
+                let mut pg = PostgresConfig::from_url(&pg_url);
+                pg.schema = Some(schema.clone());
+                pg.pool_size = 4;
+                let store: Arc<dyn Store> =
+                    Arc::new(PostgresStore::open(&pg).await.unwrap_or_else(|e| {
+                        panic!("STORMWALL_TEST_POSTGRES_URL is set but PostgreSQL is unusable: {e}")
+                    }));
+                let mut rc = RedisConfig::from_url(&redis_url);
+                rc.prefix = prefix.clone();
+                rc.retry_interval_ms = 200;
+                let counters = stormwall_store::open_counters(&CountersConfig::Redis(rc))
+                    .await
+                    .unwrap();
+                let config = GatewayConfig {
+                    server: ServerConfig {
+                        listen: "127.0.0.1:0".parse().unwrap(),
+                        admin_listen: "127.0.0.1:0".parse().unwrap(),
+                        key_refresh_secs: 3600, // only pub/sub may spread changes in these tests
+                        ..Default::default()
+                    },
+                    upstreams: vec![UpstreamConfig::Openai {
+                        name: "openai-mock".into(),
+                        base_url: format!("{}/v1", upstream.url()),
+                        api_key_env: "UP_KEY".into(),
+                        models: vec!["gpt-4o-mini".into()],
+                        organization: None,
+                    }],
+                    ..Default::default()
+                };
+                let events = EventsConfig {
+                    flush_interval_ms: 10,
+                    ..Default::default()
+                };
+                let gw = stormwall_gateway::start_with(
+                    config,
+                    store,
+                    Some(counters),
+                    &events,
+                    SecretString::from(ADMIN_TOKEN),
+                    &env,
+                )
+                .await
+                .unwrap();
+                replicas.push(gw);
+            }
+            Some(Self {
+                proxies: replicas
+                    .iter()
+                    .map(|g| format!("http://{}", g.proxy_addr))
+                    .collect(),
+                admins: replicas
+                    .iter()
+                    .map(|g| format!("http://{}", g.admin_addr))
+                    .collect(),
+                replicas,
+                pg_url,
+                schema,
+                _upstream: upstream,
+            })
+        }
+
+        async fn key(&self, replica: usize, body: Value) -> (String, String) {
+            let r = http_request(
+                "POST",
+                &format!("{}/admin/keys", self.admins[replica]),
+                &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+                body.to_string(),
+                None,
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 201, "{}", r.text());
+            let v = r.json().unwrap();
+            (
+                v["key"].as_str().unwrap().to_owned(),
+                v["id"].as_str().unwrap().to_owned(),
+            )
+        }
+
+        async fn chat(&self, replica: usize, key: &str) -> u16 {
+            http_request(
+                "POST",
+                &format!("{}/v1/chat/completions", self.proxies[replica]),
+                &[("authorization", &format!("Bearer {key}"))],
+                chat_body("gpt-4o-mini", false),
+                None,
+            )
+            .await
+            .unwrap()
+            .status
+            .as_u16()
+        }
+
+        async fn stop(self) -> Vec<UsageEvent> {
+            let store = PostgresStore::open(&{
+                let mut pg = PostgresConfig::from_url(&self.pg_url);
+                pg.schema = Some(self.schema.clone());
+                pg
+            })
+            .await
+            .unwrap();
+            for r in self.replicas {
+                r.shutdown().await;
+            }
+            let events = store.query_events(&EventQuery::default()).await.unwrap();
+            let (client, conn) = tokio_postgres::connect(&self.pg_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            #[allow(clippy::disallowed_methods)]
+            let task = tokio::spawn(conn);
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+                .await
+                .unwrap();
+            drop(client);
+            let _ = task.await;
+            events
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_limit_is_exact_across_replicas() {
+        let Some(c) = Cluster::start(3, "").await else {
+            return;
+        };
+        let (key, _) = c.key(0, json!({"tenant": "t", "scope": {"rpm": 30}})).await;
+        // Every replica must know the key (pub/sub) before the burst.
+        for i in 0..3 {
+            for _ in 0..100 {
+                if c.replicas[i].state.keys.get(&key[4..16]).is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let mut tasks = Vec::new();
+        for n in 0..90 {
+            let url = format!("{}/v1/chat/completions", c.proxies[n % 3]);
+            let key = key.clone();
+            tasks.push(async move {
+                http_request(
+                    "POST",
+                    &url,
+                    &[("authorization", &format!("Bearer {key}"))],
+                    chat_body("gpt-4o-mini", false),
+                    None,
+                )
+                .await
+                .unwrap()
+                .status
+                .as_u16()
+            });
+        }
+        let statuses = futures_util::future::join_all(tasks).await;
+        let ok = statuses.iter().filter(|&&s| s == 200).count();
+        let limited = statuses.iter().filter(|&&s| s == 429).count();
+        assert_eq!((ok, limited), (30, 60), "{statuses:?}");
+        let events = c.stop().await;
+        assert_eq!(
+            events.len(),
+            90,
+            "every request of every replica is one event in the shared store"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_revoked_on_one_replica_is_refused_by_the_others_within_a_second() {
+        let Some(c) = Cluster::start(3, "").await else {
+            return;
+        };
+        let (key, id) = c.key(0, json!({"tenant": "t"})).await;
+        for i in 1..3 {
+            let mut status = 0;
+            for _ in 0..100 {
+                status = c.chat(i, &key).await;
+                if status == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(status, 200, "replica {i} learned of the new key");
+        }
+        let r = http_request(
+            "POST",
+            &format!("{}/admin/keys/{id}/revoke", c.admins[0]),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            "",
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+        let revoked_at = std::time::Instant::now();
+        for i in 1..3 {
+            loop {
+                if c.chat(i, &key).await == 401 {
+                    break;
+                }
+                assert!(
+                    revoked_at.elapsed() < Duration::from_secs(1),
+                    "replica {i} still serves a revoked key"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        c.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_outage_falls_back_to_local_limits_and_recovers() {
+        if urls().is_none() {
+            return;
+        }
+        // A private Redis we can stop and start.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let start_redis = || {
+            std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is needed for the outage test")
+        };
+        let mut redis = start_redis();
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = Cluster::start(2, &url).await.unwrap();
+        let (key, _) = c
+            .key(0, json!({"tenant": "t", "scope": {"rpm": 1000}}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(c.chat(0, &key).await, 200);
+        redis.kill().unwrap();
+        let _ = redis.wait();
+        // Served throughout, on local limits.
+        for i in 0..10 {
+            assert_eq!(
+                c.chat(i % 2, &key).await,
+                200,
+                "request {i} during the outage"
+            );
+        }
+        let metrics = http_request("GET", &format!("{}/metrics", c.admins[0]), &[], "", None)
+            .await
+            .unwrap()
+            .text();
+        assert!(metrics.contains("stormwall_counters_up 0"), "{metrics}");
+        let mut redis = start_redis();
+        let mut up = false;
+        for _ in 0..100 {
+            c.chat(0, &key).await;
+            let m = http_request("GET", &format!("{}/metrics", c.admins[0]), &[], "", None)
+                .await
+                .unwrap()
+                .text();
+            if m.contains("stormwall_counters_up 1") {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(up, "counters back on Redis after it returned");
+        let events = c.stop().await;
+        assert!(events.len() >= 12);
+        redis.kill().unwrap();
+        let _ = redis.wait();
     }
 }

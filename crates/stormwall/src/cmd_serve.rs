@@ -48,9 +48,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = stormwall_store::open(&file.store)
         .await
         .context("cannot open the store")?;
-    let running = stormwall_gateway::start(
+    let counters = match &file.counters {
+        stormwall_store::CountersConfig::Local => None,
+        shared => Some(
+            stormwall_store::open_counters(shared)
+                .await
+                .context("cannot set up the shared counters")?,
+        ),
+    };
+    let running = stormwall_gateway::start_with(
         file.gateway(),
         store,
+        counters,
         &file.events,
         SecretString::from(token),
         &env_var,

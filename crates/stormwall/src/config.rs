@@ -40,10 +40,6 @@ pub struct FileConfig {
     pub events: EventsConfig,
     /// `[counters]` (store): shared rate, concurrency and budget counters.
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "parsed and validated now; `serve` reads it once the gateway uses shared counters"
-    )]
     pub counters: CountersConfig,
 }
 
