@@ -21,8 +21,11 @@ use tokio::time::Instant;
 
 use crate::{EventStore, EventsConfig, StoreError};
 
-/// Attempts per batch before it is counted as a write error.
+/// Attempts per batch before it may be counted as a write error (with `retry_for_secs`,
+/// retries go on until that much time has passed).
 const WRITE_ATTEMPTS: u32 = 4;
+/// Longest wait between two retries during an outage.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Wait before the first retry; each further retry waits four times longer.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// After the first drop, one warning per this many drops, so a stalled store cannot
@@ -174,6 +177,7 @@ impl BatchWriter {
             stats: Arc::clone(&stats),
             batch_max: config.batch_max.max(1),
             flush_interval: Duration::from_millis(config.flush_interval_ms),
+            retry_for: Duration::from_secs(config.retry_for_secs),
         };
         // A single long-lived background task started once at startup, owned and joined by
         // `BatchWriter::shutdown`: not the detached request-path spawn the lint guards against.
@@ -212,6 +216,7 @@ struct WriterLoop {
     stats: Arc<EventSinkStats>,
     batch_max: usize,
     flush_interval: Duration,
+    retry_for: Duration,
 }
 
 impl WriterLoop {
@@ -267,6 +272,7 @@ impl WriterLoop {
     async fn write(&self, batch: &mut Vec<UsageEvent>) {
         let mut delay = FIRST_RETRY_DELAY;
         let mut attempt = 1;
+        let started = Instant::now();
         loop {
             match self.store.insert_events(batch).await {
                 Ok(()) => {
@@ -279,10 +285,14 @@ impl WriterLoop {
                     self.write_individually(batch).await;
                     break;
                 }
-                Err(e) if attempt < WRITE_ATTEMPTS => {
-                    tracing::debug!(error = %e, attempt, "event batch write failed; retrying");
+                Err(e) if attempt < WRITE_ATTEMPTS || started.elapsed() < self.retry_for => {
+                    if attempt == WRITE_ATTEMPTS {
+                        tracing::warn!(error = %e, "event store unavailable; retrying while events queue");
+                    } else {
+                        tracing::debug!(error = %e, attempt, "event batch write failed; retrying");
+                    }
                     tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(4);
+                    delay = delay.saturating_mul(4).min(MAX_RETRY_DELAY);
                     attempt += 1;
                 }
                 Err(e) => {

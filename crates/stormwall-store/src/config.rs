@@ -115,6 +115,10 @@ pub struct EventsConfig {
     pub batch_max: usize,
     /// Longest an event waits in a partial batch, in milliseconds.
     pub flush_interval_ms: u64,
+    /// How long a failing batch is retried (the store is down) before it is abandoned and
+    /// counted as lost. Meanwhile new events queue in the channel, and past its capacity
+    /// they are counted as dropped: an outage costs bounded memory and is always counted.
+    pub retry_for_secs: u64,
 }
 
 impl Default for EventsConfig {
@@ -123,6 +127,7 @@ impl Default for EventsConfig {
             channel_capacity: 65_536,
             batch_max: 1_024,
             flush_interval_ms: 100,
+            retry_for_secs: 300,
         }
     }
 }

@@ -805,6 +805,8 @@ fn events_config(
         channel_capacity,
         batch_max,
         flush_interval_ms,
+        // Give up after the minimum attempts, so tests of abandonment finish quickly.
+        retry_for_secs: 0,
     }
 }
 
@@ -826,9 +828,11 @@ async fn batch_events_reach_the_store_after_flush() {
     for i in 0..25 {
         sink.clone().record(numbered(i));
     }
-    eventually("25 events stored", || {
+    // The writer counts a batch after the store returns, so wait for both.
+    eventually("25 events stored and counted", || {
         let store = Arc::clone(&store);
-        async move { store.count_events().await.unwrap() == 25 }
+        let stats = Arc::clone(sink.stats());
+        async move { store.count_events().await.unwrap() == 25 && stats.snapshot().written == 25 }
     })
     .await;
     let stats = sink.stats().snapshot();
@@ -993,6 +997,25 @@ async fn batch_write_retries_transient_errors() {
         sink.record(numbered(i));
     }
     let stats = writer.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((stats.written, stats.write_errors, stats.lost), (3, 0, 0));
+    assert_eq!(store.stored(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_write_keeps_retrying_through_an_outage() {
+    // The store fails for a while, then recovers: nothing is lost, as long as the outage is
+    // shorter than `retry_for_secs`.
+    let store = Arc::new(FakeStore::open());
+    store.fail_next.store(6, Ordering::SeqCst);
+    let config = EventsConfig {
+        retry_for_secs: 60,
+        ..events_config(16, 16, 1)
+    };
+    let (sink, writer) = BatchWriter::spawn(store.clone(), &config);
+    for i in 0..3 {
+        sink.record(numbered(i));
+    }
+    let stats = writer.shutdown(Duration::from_secs(600)).await.unwrap();
     assert_eq!((stats.written, stats.write_errors, stats.lost), (3, 0, 0));
     assert_eq!(store.stored(), 3);
 }
