@@ -1483,6 +1483,11 @@ mod scale_out {
 
     impl Cluster {
         async fn start(n: usize, redis_url: &str) -> Option<Self> {
+            Self::start_via(n, redis_url, None).await
+        }
+
+        /// Starts replicas whose PostgreSQL connections go through `pg_via` (a URL) when given.
+        async fn start_via(n: usize, redis_url: &str, pg_via: Option<&str>) -> Option<Self> {
             let (pg_url, default_redis) = urls()?;
             let redis_url = if redis_url.is_empty() {
                 default_redis
@@ -1494,7 +1499,7 @@ mod scale_out {
             let prefix = format!("{}:", unique("swgw"));
             let mut replicas = Vec::new();
             for _ in 0..n {
-                let mut pg = PostgresConfig::from_url(&pg_url);
+                let mut pg = PostgresConfig::from_url(pg_via.unwrap_or(&pg_url));
                 pg.schema = Some(schema.clone());
                 pg.pool_size = 4;
                 let store: Arc<dyn Store> =
@@ -1776,5 +1781,93 @@ mod scale_out {
         assert!(events.len() >= 12);
         redis.kill().unwrap();
         let _ = redis.wait();
+    }
+
+    /// A TCP relay to PostgreSQL that a test can cut and restore.
+    struct Relay {
+        addr: std::net::SocketAddr,
+        up: Arc<std::sync::atomic::AtomicBool>,
+        conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    }
+
+    impl Relay {
+        #[allow(clippy::disallowed_methods)]
+        async fn start(target: String) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (u, c) = (Arc::clone(&up), Arc::clone(&conns));
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !u.load(Ordering::SeqCst) {
+                        continue; // refused: dropped at once
+                    }
+                    let target = target.clone();
+                    c.lock().unwrap().push(tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    }));
+                }
+            });
+            Self { addr, up, conns }
+        }
+
+        fn cut(&self) {
+            self.up.store(false, Ordering::SeqCst);
+            for t in self.conns.lock().unwrap().drain(..) {
+                t.abort();
+            }
+        }
+
+        fn restore(&self) {
+            self.up.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_outage_keeps_serving_from_cache_and_loses_no_event() {
+        let Some((pg_url, _)) = urls() else { return };
+        let cfg: tokio_postgres::Config = pg_url.parse().unwrap();
+        let host = match &cfg.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[allow(unreachable_patterns)]
+            _ => return eprintln!("skipped: PostgreSQL test URL is not TCP"),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let relay = Relay::start(format!("{host}:{port}")).await;
+        let via = pg_url.replacen(&format!("{host}:{port}"), &relay.addr.to_string(), 1);
+        assert_ne!(via, pg_url, "test URL must name host:port explicitly");
+        let c = Cluster::start_via(1, "", Some(&via)).await.unwrap();
+        let (key, _) = c.key(0, json!({"tenant": "t"})).await;
+        assert_eq!(c.chat(0, &key).await, 200);
+        relay.cut();
+        let mut served = 0;
+        for _ in 0..20 {
+            if c.chat(0, &key).await == 200 {
+                served += 1;
+            }
+        }
+        assert_eq!(
+            served, 20,
+            "keys are served from the cache while PostgreSQL is down"
+        );
+        let dropped_during =
+            http_request("GET", &format!("{}/metrics", c.admins[0]), &[], "", None)
+                .await
+                .unwrap()
+                .text();
+        assert!(
+            dropped_during.contains("stormwall_events_dropped_total 0"),
+            "queued, not dropped"
+        );
+        relay.restore();
+        let events = c.stop().await;
+        assert_eq!(
+            events.len(),
+            21,
+            "every request recorded once PostgreSQL returned"
+        );
     }
 }
