@@ -15,6 +15,7 @@ usage: bench/load.sh [options]
   --keys N              API keys created in the gateway's SQLite store (default 10000)
   --rounds N            repeat the whole interleaved sequence N times (default 1)
   --gateway-cpus LIST   pin the gateway with taskset -c LIST (e.g. 0)
+  --gateway-workers N   the gateway's [server] worker_threads (default 0: one per core)
   --load-cpus LIST      pin mock, loadgen and LiteLLM with taskset -c LIST (e.g. 1)
   --litellm             also benchmark LiteLLM's proxy (best-effort pip install into bench/out)
   --direct-only         only the direct runs (no gateway; checks mock and loadgen)
@@ -30,6 +31,7 @@ PROMPT_BYTES=1024
 KEYS=10000
 ROUNDS=1
 GATEWAY_CPUS=""
+GATEWAY_WORKERS=0
 LOAD_CPUS=""
 LITELLM=0
 DIRECT_ONLY=0
@@ -43,6 +45,7 @@ while [[ $# -gt 0 ]]; do
     --keys) KEYS="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --gateway-cpus) GATEWAY_CPUS="$2"; shift 2 ;;
+    --gateway-workers) GATEWAY_WORKERS="$2"; shift 2 ;;
     --load-cpus) LOAD_CPUS="$2"; shift 2 ;;
     --litellm) LITELLM=1; shift ;;
     --direct-only) DIRECT_ONLY=1; shift ;;
@@ -176,6 +179,7 @@ if [[ $DIRECT_ONLY -eq 0 ]]; then
 listen = "127.0.0.1:$GW_PORT"
 admin_listen = "127.0.0.1:$ADMIN_PORT"
 admin_token_env = "STORMWALL_ADMIN_TOKEN"
+worker_threads = $GATEWAY_WORKERS
 
 [store]
 backend = "sqlite"
@@ -274,7 +278,7 @@ fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
   echo "Stormwall load benchmark, $(date -Iseconds)"
   echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS}, rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', load cpus '${LOAD_CPUS:-any}'"
+  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS}, rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}'"
   if [[ $DIRECT_ONLY -eq 0 ]]; then
     echo "gateway RSS: ${RSS_BASE} MiB at start, ${RSS_KEYS} MiB after ${KEYS} keys"
   fi

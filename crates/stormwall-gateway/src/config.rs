@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Seconds between full reloads of the key cache from the store (picks up other writers).
     pub key_refresh_secs: u64,
+    /// Threads serving requests; 0: one per CPU core. On a machine shared with other busy
+    /// processes, fewer threads than cores spend less CPU per request.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +39,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 30,
             key_refresh_secs: 30,
+            worker_threads: 0,
         }
     }
 }

@@ -28,6 +28,15 @@ pub struct Args {
     pub admin_listen: Option<SocketAddr>,
 }
 
+/// The `[server] worker_threads` the config asks for, read before the runtime is built
+/// (`None`: one per core; an unreadable config is reported later by `run`).
+pub fn worker_threads(args: &Args) -> Option<usize> {
+    FileConfig::load(&args.config)
+        .ok()
+        .map(|f| f.server.worker_threads)
+        .filter(|&n| n > 0)
+}
+
 /// Runs the gateway.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut file = FileConfig::load(&args.config)?;
