@@ -365,3 +365,153 @@ async fn leak_reports_refresh_keys_writes_a_checked_key_file() {
         written
     );
 }
+
+/// Two replicas on PostgreSQL and Redis; one is SIGKILLed mid-load. The other keeps serving,
+/// and every event the store holds is whole and unique. Runs when the test services' URLs
+/// are set (as `.ci/run` does); skips when they are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_load_does_not_stop_the_other() {
+    let (Ok(pg), Ok(redis)) = (
+        std::env::var("STORMWALL_TEST_POSTGRES_URL"),
+        std::env::var("STORMWALL_TEST_REDIS_URL"),
+    ) else {
+        eprintln!("skipped: STORMWALL_TEST_POSTGRES_URL / STORMWALL_TEST_REDIS_URL not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!(
+        "swkill_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let config = dir.path().join("scaled.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[store]
+backend = "postgres"
+url_env = "STORMWALL_TEST_POSTGRES_URL"
+schema = "{schema}"
+[counters]
+backend = "redis"
+url_env = "STORMWALL_TEST_REDIS_URL"
+prefix = "{schema}:"
+[events]
+flush_interval_ms = 20
+[[upstreams]]
+name = "mock"
+kind = "mock"
+models = ["gpt-4o-mini"]
+"#
+        ),
+    )
+    .unwrap();
+    let _ = (&pg, &redis);
+    let mut a = serve(&config);
+    let mut b = serve(&config);
+    let out = stormwall(&[
+        "keys",
+        "create",
+        "--tenant",
+        "t",
+        "--rpm",
+        "100000",
+        "--json",
+        "--admin-url",
+        &a.admin,
+    ]);
+    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let auth = format!("Bearer {key}");
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let (mut sent, mut served, mut refused) = (0u32, 0u32, 0u32);
+    let mut served_by_b = 0u32;
+    for i in 0..200 {
+        if i == 100 {
+            a.child.kill().unwrap(); // SIGKILL: no drain, no flush
+            let _ = a.child.wait();
+        }
+        for (name, server) in [("a", &a), ("b", &b)] {
+            sent += 1;
+            match http_request(
+                "POST",
+                &format!("{}/v1/chat/completions", server.proxy),
+                &[("authorization", &auth)],
+                body,
+                None,
+            )
+            .await
+            {
+                Ok(r) if r.status == 200 => {
+                    served += 1;
+                    if name == "b" {
+                        served_by_b += 1;
+                    }
+                }
+                _ => refused += 1,
+            }
+        }
+    }
+    assert_eq!(
+        served_by_b, 200,
+        "the surviving replica served every request sent to it"
+    );
+    assert!(sigterm(&mut b.child).success());
+    let exported = dir.path().join("events.jsonl");
+    let o = Command::new(BIN)
+        .args([
+            "events",
+            "export",
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            exported.to_str().unwrap(),
+        ])
+        .env("STORMWALL_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let ids: std::collections::HashSet<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<stormwall_types::UsageEvent>(l)
+                .unwrap()
+                .id
+        })
+        .collect();
+    let stored = ids.len() as u32;
+    eprintln!("sent {sent}, served {served}, refused {refused}, events stored {stored}");
+    assert_eq!(
+        stored as usize,
+        text.lines().count(),
+        "no event stored twice"
+    );
+    assert!(
+        stored >= served_by_b,
+        "every request the survivor served (and flushed at SIGTERM) is stored"
+    );
+    assert!(stored <= served, "no event without a request");
+    // Drop the test schema.
+    let (client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = task.await;
+}
