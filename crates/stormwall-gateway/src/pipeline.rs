@@ -112,6 +112,7 @@ async fn proxy(
         }
     })?;
     note_request(rec, &parsed);
+    rec.event().prompt_credentials = credentials_in(state, &body);
     let model = route
         .deployment
         .clone()
@@ -369,6 +370,22 @@ fn note_request(rec: &mut Recorder, parsed: &ParsedRequest) {
     e.prompt_minhash = parsed.digest.minhash.clone();
     e.prompt_chars = parsed.digest.chars;
     e.prompt_messages = parsed.digest.messages;
+}
+
+/// Rule ids of credentials a body contains (a leaked key pasted into a prompt, or a model
+/// echoing one), deduplicated; the secrets themselves are never kept.
+pub fn credentials_in(state: &AppState, body: &[u8]) -> Vec<String> {
+    let Some(matcher) = &state.secrets else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = matcher
+        .find(body)
+        .iter()
+        .map(|m| m.rule().id().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// Sets `x-request-id` (the event id) on a response.

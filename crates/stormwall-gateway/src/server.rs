@@ -185,6 +185,13 @@ pub async fn start_with(
         keys,
         router,
         ipdb,
+        secrets: match stormwall_scan::Matcher::builtin() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "built-in credential rules failed to load; bodies are not scanned");
+                None
+            }
+        },
         digester: PromptDigester::default(),
         pricing: Pricing::new(&config.pricing),
         sink,

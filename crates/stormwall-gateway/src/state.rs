@@ -29,6 +29,8 @@ pub struct AppState {
     pub client: HttpClient,
     /// Client-network enrichment.
     pub ipdb: IpDb,
+    /// Credential matcher run over request and response bodies (detector E2).
+    pub secrets: Option<stormwall_scan::Matcher>,
     /// Prompt digests.
     pub digester: PromptDigester,
     /// Prices.

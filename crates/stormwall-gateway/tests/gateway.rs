@@ -1871,3 +1871,31 @@ mod scale_out {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_prompts_are_flagged_by_rule_never_kept() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    // A made-up Stormwall key (valid checksum, never issued) pasted into a prompt.
+    let leaked = stormwall_types::ApiKey::generate();
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("why does {} fail?", leaked.expose())}]}).to_string();
+    assert_eq!(
+        h.post("/v1/chat/completions", &key, &body, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(h.chat(&key, "gpt-4o-mini").await.status, 200);
+    let events = h.events(2).await;
+    assert!(
+        !events[0].prompt_credentials.is_empty(),
+        "{:?}",
+        events[0].prompt_credentials
+    );
+    assert!(events[1].prompt_credentials.is_empty());
+    let stored = serde_json::to_string(&events[0]).unwrap();
+    assert!(
+        !stored.contains(leaked.expose()),
+        "the secret is never recorded"
+    );
+}

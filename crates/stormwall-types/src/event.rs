@@ -337,6 +337,20 @@ pub struct UsageEvent {
     /// Number of chat messages (or input items).
     #[serde(rename = "prompt.messages", default)]
     pub prompt_messages: u32,
+    /// Rule ids of credentials found in the request body (detector E2); never the secret.
+    #[serde(
+        rename = "prompt.credentials",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub prompt_credentials: Vec<String>,
+    /// Rule ids of credentials found in a non-streamed response body; never the secret.
+    #[serde(
+        rename = "output.credentials",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub output_credentials: Vec<String>,
     /// Safety verdicts recorded for the request and its response.
     #[serde(
         rename = "content_filter",
@@ -447,6 +461,8 @@ impl UsageEvent {
             prompt_minhash: Vec::new(),
             prompt_chars: 0,
             prompt_messages: 0,
+            prompt_credentials: Vec::new(),
+            output_credentials: Vec::new(),
             safety: Vec::new(),
             upstream: None,
             upstream_status: None,

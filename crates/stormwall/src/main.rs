@@ -10,6 +10,7 @@ mod cmd_events;
 mod cmd_keys;
 mod cmd_leak_reports;
 mod cmd_migrate;
+mod cmd_scan;
 mod cmd_serve;
 mod config;
 
@@ -53,6 +54,8 @@ enum Command {
     /// Leaked-key reports: refresh the reporters' signing keys.
     #[command(subcommand)]
     LeakReports(cmd_leak_reports::LeakReportsCommand),
+    /// Find AI-provider credentials in files, archives, git history or stdin (exit 1 on findings).
+    Scan(cmd_scan::Args),
     /// Run a self-contained demonstration: gateway, mock upstream, a key, some requests.
     Demo(cmd_demo::Args),
 }
@@ -86,6 +89,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Config(c) => cmd_config::run(c),
             Command::LeakReports(c) => cmd_leak_reports::run(c).await,
             Command::Demo(a) => cmd_demo::run(a).await,
+            Command::Scan(a) => cmd_scan::run(a).await,
         }
     })
 }
