@@ -226,6 +226,20 @@ impl Harness {
         .unwrap()
     }
 
+    /// Starts a streamed chat completion and returns as soon as the headers arrive.
+    async fn stream_chat(&self, key: &str) -> stormwall_testkit::StreamingResponse {
+        let auth = format!("Bearer {key}");
+        http_stream(
+            "POST",
+            &format!("{}/v1/chat/completions", self.proxy),
+            &[("authorization", &auth)],
+            chat_body("gpt-4o-mini", true),
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
     async fn chat(&self, key: &str, model: &str) -> TestResponse {
         self.post("/v1/chat/completions", key, &chat_body(model, false), None)
             .await
@@ -437,16 +451,7 @@ async fn a_stalled_stream_is_relayed_then_ended_by_the_idle_timeout() {
     let h = harness().await;
     let (key, _) = h.key(json!({"tenant": "t"})).await;
     h.upstream.push_fault(Fault::Stall { after_events: 2 });
-    let auth = format!("Bearer {key}");
-    let mut s = http_stream(
-        "POST",
-        &format!("{}/v1/chat/completions", h.proxy),
-        &[("authorization", &auth)],
-        chat_body("gpt-4o-mini", true),
-        None,
-    )
-    .await
-    .unwrap();
+    let mut s = h.stream_chat(&key).await;
     // The first events arrive while the upstream is still "generating": no whole-body buffering.
     let first = s.next_event().await.unwrap().unwrap();
     assert!(first.json().is_ok());
@@ -492,16 +497,7 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     let (key, _) = h.key(json!({"tenant": "t"})).await;
     h.upstream
         .push_fault(Fault::ChunkDelay(Duration::from_millis(150)));
-    let auth = format!("Bearer {key}");
-    let mut s = http_stream(
-        "POST",
-        &format!("{}/v1/chat/completions", h.proxy),
-        &[("authorization", &auth)],
-        chat_body("gpt-4o-mini", true),
-        None,
-    )
-    .await
-    .unwrap();
+    let mut s = h.stream_chat(&key).await;
     s.next_event().await.unwrap().unwrap();
     drop(s);
     assert!(
@@ -1087,16 +1083,7 @@ async fn shutdown_drains_streams_and_flushes_events() {
     let (key, _) = h.key(json!({"tenant": "t"})).await;
     h.upstream
         .push_fault(Fault::ChunkDelay(Duration::from_millis(40)));
-    let auth = format!("Bearer {key}");
-    let mut s = http_stream(
-        "POST",
-        &format!("{}/v1/chat/completions", h.proxy),
-        &[("authorization", &auth)],
-        chat_body("gpt-4o-mini", true),
-        None,
-    )
-    .await
-    .unwrap();
+    let mut s = h.stream_chat(&key).await;
     s.next_event().await.unwrap().unwrap();
     let reader = async {
         let mut last = None;
