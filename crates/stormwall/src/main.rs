@@ -10,6 +10,7 @@ mod cmd_events;
 mod cmd_keys;
 mod cmd_leak_reports;
 mod cmd_migrate;
+mod cmd_safety;
 mod cmd_scan;
 mod cmd_serve;
 mod config;
@@ -56,6 +57,9 @@ enum Command {
     LeakReports(cmd_leak_reports::LeakReportsCommand),
     /// Find AI-provider credentials in files, archives, git history or stdin (exit 1 on findings).
     Scan(cmd_scan::Args),
+    /// Content safety: screen a text, evaluate on labelled sets, train the model.
+    #[command(subcommand)]
+    Safety(cmd_safety::SafetyCommand),
     /// Run a self-contained demonstration: gateway, mock upstream, a key, some requests.
     Demo(cmd_demo::Args),
 }
@@ -90,6 +94,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::LeakReports(c) => cmd_leak_reports::run(c).await,
             Command::Demo(a) => cmd_demo::run(a).await,
             Command::Scan(a) => cmd_scan::run(a).await,
+            Command::Safety(c) => cmd_safety::run(c),
         }
     })
 }

@@ -1,0 +1,593 @@
+//! A small linear model over hashed character n-grams and word n-grams, one head per
+//! category, for vocabulary the lexicons do not spell out.
+//!
+//! Features are hashed (with a sign bit, so collisions cancel rather than pile up) into
+//! `2^bits` buckets; each bucket holds one `i8` weight per head, interleaved so one feature
+//! costs one cache line. Scoring a kilobyte is a few thousand multiply-adds. Training is
+//! logistic regression with AdaGrad, deterministic for a given input order and seed, so
+//! `stormwall safety train` reproduces the shipped `data/model.bin` byte for byte.
+
+use crate::category::{CATEGORY_COUNT, Category};
+
+/// First bytes of a model file.
+pub const MAGIC: &[u8; 4] = b"SWM1";
+/// Smallest and largest hash-table sizes accepted (log2 of the bucket count).
+pub const BITS_RANGE: std::ops::RangeInclusive<u8> = 10..=22;
+/// Character n-gram lengths used.
+const CHAR_NGRAMS: std::ops::RangeInclusive<usize> = 3..=5;
+const SEED_CHAR: u32 = 0x811c_9dc5;
+const SEED_WORD: u32 = 0x9e37_79b9;
+const SEED_BIGRAM: u32 = 0x7f4a_7c15;
+const SIGN_BIT: u32 = 1 << 31;
+
+/// A model file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// Not a model file, or a version this build does not read.
+    #[error("model: bad magic or version")]
+    Magic,
+    /// The header is inconsistent or the file is cut short.
+    #[error("model: {0}")]
+    Corrupt(&'static str),
+}
+
+/// A trained model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    bits: u8,
+    heads: Vec<Head>,
+    /// `weights[bucket * heads.len() + head]`.
+    weights: Vec<i8>,
+}
+
+/// One output of the model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Head {
+    category: Category,
+    bias: f32,
+    scale: f32,
+    /// Probability mapped to score 0.5, so profile thresholds mean the same for every head.
+    pivot: f32,
+}
+
+#[inline]
+fn fnv(h: u32, b: u8) -> u32 {
+    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+}
+
+/// Bucket and sign of a feature hash by Fibonacci hashing: one multiply, and the bucket
+/// comes from the high bits, which depend on every input byte.
+#[inline]
+fn bucket(h: u32, bits: u8) -> u32 {
+    let x = h.wrapping_mul(0x9E37_79B1);
+    let idx = x >> (32 - u32::from(bits));
+    let sign = (x >> (31 - u32::from(bits))) & 1;
+    idx | (sign << 31)
+}
+
+/// Reusable buffers for feature extraction, so scoring does not allocate per call.
+#[derive(Debug, Default, Clone)]
+pub struct Scratch {
+    feats: Vec<u32>,
+    seen: Vec<u64>,
+    padded: Vec<u8>,
+}
+
+/// Hashes the features of a folded text into `scratch`: each distinct bucket once (binary
+/// features, so repeating a phrase does not inflate the score), with the sign in bit 31.
+pub fn features(text: &str, bits: u8, scratch: &mut Scratch) {
+    raw_features(text, bits, &mut scratch.feats, &mut scratch.padded);
+    let words = (1usize << bits).div_ceil(64);
+    scratch.seen.clear();
+    scratch.seen.resize(words, 0);
+    let mask = (1u32 << bits) - 1;
+    let seen = &mut scratch.seen;
+    scratch.feats.retain(|&f| {
+        let b = (f & mask) as usize;
+        let (w, bit) = (b / 64, 1u64 << (b % 64));
+        match seen.get_mut(w) {
+            Some(word) if *word & bit == 0 => {
+                *word |= bit;
+                true
+            }
+            _ => false,
+        }
+    });
+}
+
+fn raw_features(text: &str, bits: u8, out: &mut Vec<u32>, padded: &mut Vec<u8>) {
+    out.clear();
+    // Spaces around the text make word-initial and word-final n-grams.
+    padded.clear();
+    padded.push(b' ');
+    padded.extend_from_slice(text.as_bytes());
+    padded.push(b' ');
+    let (lo, hi) = (*CHAR_NGRAMS.start(), *CHAR_NGRAMS.end());
+    for i in 0..padded.len() {
+        let Some(win) = padded.get(i..(i + hi).min(padded.len())) else {
+            break;
+        };
+        let mut h = SEED_CHAR;
+        for (k, &c) in win.iter().enumerate() {
+            h = fnv(h, c);
+            let n = k + 1;
+            if n >= lo {
+                out.push(bucket(h ^ n as u32, bits));
+            }
+        }
+    }
+    let push = |out: &mut Vec<u32>, h: u32| out.push(bucket(h, bits));
+    let mut prev: Option<u32> = None;
+    for w in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let wh = w.bytes().fold(SEED_WORD, fnv);
+        push(out, wh);
+        if let Some(p) = prev {
+            push(out, fnv(p.wrapping_mul(31) ^ wh, 0) ^ SEED_BIGRAM);
+        }
+        prev = Some(wh);
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Maps a probability so that `pivot` lands on 0.5, keeping 0 and 1 in place.
+fn calibrate(p: f32, pivot: f32) -> f32 {
+    let pivot = pivot.clamp(1e-4, 1.0 - 1e-4);
+    if p < pivot {
+        0.5 * p / pivot
+    } else {
+        0.5 + 0.5 * (p - pivot) / (1.0 - pivot)
+    }
+}
+
+impl Model {
+    /// Reads a model file.
+    pub fn from_bytes(b: &[u8]) -> Result<Model, ModelError> {
+        let rest = b.strip_prefix(MAGIC.as_slice()).ok_or(ModelError::Magic)?;
+        let (&bits, rest) = rest
+            .split_first()
+            .ok_or(ModelError::Corrupt("short header"))?;
+        let (&nheads, mut rest) = rest
+            .split_first()
+            .ok_or(ModelError::Corrupt("short header"))?;
+        if !BITS_RANGE.contains(&bits) {
+            return Err(ModelError::Corrupt("bucket bits out of range"));
+        }
+        if nheads == 0 || usize::from(nheads) > CATEGORY_COUNT {
+            return Err(ModelError::Corrupt("head count out of range"));
+        }
+        let f32_at = |rest: &mut &[u8]| -> Result<f32, ModelError> {
+            let (v, r) = rest
+                .split_first_chunk::<4>()
+                .ok_or(ModelError::Corrupt("short head table"))?;
+            *rest = r;
+            Ok(f32::from_le_bytes(*v))
+        };
+        let mut heads = Vec::with_capacity(usize::from(nheads));
+        for _ in 0..nheads {
+            let (&ci, r) = rest
+                .split_first()
+                .ok_or(ModelError::Corrupt("short head table"))?;
+            rest = r;
+            let category = *Category::ALL
+                .get(usize::from(ci))
+                .ok_or(ModelError::Corrupt("unknown category"))?;
+            let bias = f32_at(&mut rest)?;
+            let scale = f32_at(&mut rest)?;
+            let pivot = f32_at(&mut rest)?;
+            if !(bias.is_finite() && scale.is_finite() && pivot.is_finite()) {
+                return Err(ModelError::Corrupt("non-finite head parameter"));
+            }
+            heads.push(Head {
+                category,
+                bias,
+                scale,
+                pivot,
+            });
+        }
+        let want = (1usize << bits) * heads.len();
+        if rest.len() != want {
+            return Err(ModelError::Corrupt("weight table has the wrong length"));
+        }
+        let weights = rest.iter().map(|&x| x as i8).collect();
+        Ok(Model {
+            bits,
+            heads,
+            weights,
+        })
+    }
+
+    /// Writes the model file format read by [`Model::from_bytes`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(6 + self.heads.len() * 13 + self.weights.len());
+        out.extend_from_slice(MAGIC);
+        out.push(self.bits);
+        out.push(self.heads.len() as u8);
+        for h in &self.heads {
+            out.push(h.category.index() as u8);
+            out.extend_from_slice(&h.bias.to_le_bytes());
+            out.extend_from_slice(&h.scale.to_le_bytes());
+            out.extend_from_slice(&h.pivot.to_le_bytes());
+        }
+        out.extend(self.weights.iter().map(|&w| w as u8));
+        out
+    }
+
+    /// The categories this model scores.
+    pub fn categories(&self) -> impl Iterator<Item = Category> + '_ {
+        self.heads.iter().map(|h| h.category)
+    }
+
+    /// log2 of the bucket count.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    /// Scores a folded text, raising `out[category]` to each head's calibrated score.
+    /// `scratch` is reused across calls to avoid allocating.
+    pub fn score_into(&self, text: &str, scratch: &mut Scratch, out: &mut [f32; CATEGORY_COUNT]) {
+        features(text, self.bits, scratch);
+        let scratch = &scratch.feats;
+        if scratch.is_empty() {
+            return;
+        }
+        let nh = self.heads.len();
+        let mut acc = [0i32; CATEGORY_COUNT];
+        let mask = (1u32 << self.bits) - 1;
+        for &f in scratch.iter() {
+            let base = (f & mask) as usize * nh;
+            let Some(row) = self.weights.get(base..base + nh) else {
+                continue;
+            };
+            if f & SIGN_BIT == 0 {
+                for (a, &w) in acc.iter_mut().zip(row) {
+                    *a += i32::from(w);
+                }
+            } else {
+                for (a, &w) in acc.iter_mut().zip(row) {
+                    *a -= i32::from(w);
+                }
+            }
+        }
+        let inv = 1.0 / (scratch.len() as f32).sqrt();
+        for (h, a) in self.heads.iter().zip(acc) {
+            let p = sigmoid(h.bias + a as f32 * h.scale * inv);
+            let s = calibrate(p, h.pivot);
+            let slot = &mut out[h.category.index()];
+            *slot = slot.max(s);
+        }
+    }
+}
+
+/// One training text and the categories it belongs to (empty for a benign text).
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// Folded text (the plain view).
+    pub text: String,
+    /// Its categories.
+    pub labels: Vec<Category>,
+    /// A disguised copy made for training only; left out of calibration, which must
+    /// reflect real traffic.
+    pub augmented: bool,
+}
+
+/// Training settings; the defaults produce the shipped model.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// log2 of the bucket count.
+    pub bits: u8,
+    /// Passes over the data.
+    pub epochs: u32,
+    /// AdaGrad base learning rate.
+    pub learning_rate: f32,
+    /// L2 penalty on touched weights.
+    pub l2: f32,
+    /// Shuffle seed.
+    pub seed: u64,
+    /// False-positive rate on held-back benign texts that calibrates each head to score 0.5.
+    pub target_fpr: f32,
+    /// Share of examples held back (by position after a seeded shuffle) for calibration.
+    pub calibration_share: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            bits: 15,
+            epochs: 8,
+            learning_rate: 0.4,
+            l2: 1e-6,
+            seed: 0x5eed_5a1e,
+            target_fpr: 0.002,
+            calibration_share: 0.2,
+        }
+    }
+}
+
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+fn shuffle<T>(v: &mut [T], rng: &mut Xorshift) {
+    for i in (1..v.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+struct Dense {
+    bits: u8,
+    heads: Vec<Category>,
+    w: Vec<f32>,
+    g2: Vec<f32>,
+    bias: Vec<f32>,
+    bias_g2: Vec<f32>,
+}
+
+impl Dense {
+    fn new(bits: u8, heads: &[Category]) -> Dense {
+        let n = (1usize << bits) * heads.len();
+        Dense {
+            bits,
+            heads: heads.to_vec(),
+            w: vec![0.0; n],
+            g2: vec![0.0; n],
+            bias: vec![0.0; heads.len()],
+            bias_g2: vec![0.0; heads.len()],
+        }
+    }
+
+    fn logits(&self, feats: &[u32], out: &mut [f32]) {
+        let nh = self.heads.len();
+        let mask = (1u32 << self.bits) - 1;
+        let inv = 1.0 / (feats.len().max(1) as f32).sqrt();
+        out.copy_from_slice(&self.bias);
+        for &f in feats {
+            let base = (f & mask) as usize * nh;
+            let sign = if f & SIGN_BIT == 0 { inv } else { -inv };
+            for (o, w) in out.iter_mut().zip(&self.w[base..base + nh]) {
+                *o += sign * w;
+            }
+        }
+    }
+
+    fn step(&mut self, feats: &[u32], labels: u32, pos_weight: &[f32], cfg: &TrainConfig) {
+        let nh = self.heads.len();
+        let mut z = vec![0.0f32; nh];
+        self.logits(feats, &mut z);
+        let grads: Vec<f32> = (0..nh)
+            .map(|h| {
+                let y = labels >> h & 1 == 1;
+                let p = sigmoid(z[h]);
+                if y { (p - 1.0) * pos_weight[h] } else { p }
+            })
+            .collect();
+        let mask = (1u32 << self.bits) - 1;
+        let inv = 1.0 / (feats.len().max(1) as f32).sqrt();
+        for &f in feats {
+            let base = (f & mask) as usize * nh;
+            let sign = if f & SIGN_BIT == 0 { inv } else { -inv };
+            for (h, &gh) in grads.iter().enumerate() {
+                let i = base + h;
+                let g = gh * sign + cfg.l2 * self.w[i];
+                self.g2[i] += g * g;
+                self.w[i] -= cfg.learning_rate * g / (self.g2[i].sqrt() + 1e-6);
+            }
+        }
+        for (h, &g) in grads.iter().enumerate() {
+            self.bias_g2[h] += g * g;
+            self.bias[h] -= cfg.learning_rate * g / (self.bias_g2[h].sqrt() + 1e-6);
+        }
+    }
+}
+
+fn label_mask(labels: &[Category], heads: &[Category]) -> u32 {
+    heads
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| labels.contains(h))
+        .fold(0, |m, (i, _)| m | 1 << i)
+}
+
+fn fit(data: &[(Vec<u32>, u32)], heads: &[Category], cfg: &TrainConfig) -> Dense {
+    let mut d = Dense::new(cfg.bits, heads);
+    let pos_weight: Vec<f32> = (0..heads.len())
+        .map(|h| {
+            let pos = data.iter().filter(|(_, m)| m >> h & 1 == 1).count().max(1) as f32;
+            let neg = (data.len() as f32 - pos).max(1.0);
+            (neg / pos).sqrt().clamp(1.0, 8.0)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut rng = Xorshift(cfg.seed | 1);
+    for _ in 0..cfg.epochs {
+        shuffle(&mut order, &mut rng);
+        for &i in &order {
+            let (f, m) = &data[i];
+            d.step(f, *m, &pos_weight, cfg);
+        }
+    }
+    d
+}
+
+/// Trains a model with one head per category in `heads`.
+///
+/// Each head is calibrated on a held-back share of the examples (its score is 0.5 at
+/// `target_fpr` on the held-back texts without that label), then the model is refitted on
+/// every example.
+pub fn train(examples: &[Example], heads: &[Category], cfg: &TrainConfig) -> Model {
+    let bits = cfg.bits.clamp(*BITS_RANGE.start(), *BITS_RANGE.end());
+    let cfg = TrainConfig {
+        bits,
+        ..cfg.clone()
+    };
+    let heads: Vec<Category> = heads.iter().copied().take(CATEGORY_COUNT).collect();
+    let mut data: Vec<(Vec<u32>, u32, bool)> = examples
+        .iter()
+        .map(|e| {
+            let mut sc = Scratch::default();
+            features(&e.text, bits, &mut sc);
+            (sc.feats, label_mask(&e.labels, &heads), e.augmented)
+        })
+        .collect();
+    let mut rng = Xorshift(cfg.seed.rotate_left(17) | 1);
+    shuffle(&mut data, &mut rng);
+    let (data, calibration_len): (Vec<(Vec<u32>, u32)>, usize) = {
+        let cut = ((data.len() as f32) * cfg.calibration_share.clamp(0.0, 0.9)) as usize;
+        // Held-back examples first; augmented ones among them only train the final fit.
+        let mut held: Vec<(Vec<u32>, u32)> = Vec::new();
+        let mut rest: Vec<(Vec<u32>, u32)> = Vec::new();
+        let mut extra: Vec<(Vec<u32>, u32)> = Vec::new();
+        for (i, (f, m, aug)) in data.into_iter().enumerate() {
+            match (i < cut, aug) {
+                (true, false) => held.push((f, m)),
+                (true, true) => extra.push((f, m)),
+                (false, _) => rest.push((f, m)),
+            }
+        }
+        let n_held = held.len();
+        held.extend(rest);
+        held.extend(extra);
+        (held, n_held)
+    };
+    let (held, fit_part) = data.split_at(calibration_len);
+    let pivots: Vec<f32> = if held.is_empty() {
+        vec![0.5; heads.len()]
+    } else {
+        let d = fit(fit_part, &heads, &cfg);
+        let mut z = vec![0.0f32; heads.len()];
+        let mut neg: Vec<Vec<f32>> = vec![Vec::new(); heads.len()];
+        for (f, m) in held {
+            d.logits(f, &mut z);
+            for h in 0..heads.len() {
+                if m >> h & 1 == 0 {
+                    neg[h].push(sigmoid(z[h]));
+                }
+            }
+        }
+        neg.into_iter()
+            .map(|mut v| {
+                if v.is_empty() {
+                    return 0.5;
+                }
+                v.sort_by(f32::total_cmp);
+                let k = ((v.len() as f32) * (1.0 - cfg.target_fpr)) as usize;
+                v[k.min(v.len() - 1)].clamp(0.05, 0.95)
+            })
+            .collect()
+    };
+    let d = fit(&data, &heads, &cfg);
+    quantize(&d, &pivots)
+}
+
+fn quantize(d: &Dense, pivots: &[f32]) -> Model {
+    let nh = d.heads.len();
+    let mut scale = vec![0.0f32; nh];
+    for (i, w) in d.w.iter().enumerate() {
+        let h = i % nh;
+        scale[h] = scale[h].max(w.abs());
+    }
+    let scale: Vec<f32> = scale
+        .into_iter()
+        .map(|m| if m > 0.0 { m / 127.0 } else { 1e-9 })
+        .collect();
+    let weights =
+        d.w.iter()
+            .enumerate()
+            .map(|(i, w)| (w / scale[i % nh]).round().clamp(-127.0, 127.0) as i8)
+            .collect();
+    let heads = d
+        .heads
+        .iter()
+        .enumerate()
+        .map(|(h, &category)| Head {
+            category,
+            bias: d.bias[h],
+            scale: scale[h],
+            pivot: pivots.get(h).copied().unwrap_or(0.5),
+        })
+        .collect();
+    Model {
+        bits: d.bits,
+        heads,
+        weights,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> Vec<Example> {
+        let mut v = Vec::new();
+        for i in 0..60 {
+            v.push(Example {
+                text: format!("a purple zorblax number {i}"),
+                labels: vec![Category::Violence],
+                augmented: false,
+            });
+            v.push(Example {
+                text: format!("a calm garden number {i}"),
+                labels: vec![],
+                augmented: false,
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn trains_separates_and_round_trips() {
+        let cfg = TrainConfig {
+            bits: 12,
+            ..TrainConfig::default()
+        };
+        let m = train(&toy(), &[Category::Violence], &cfg);
+        let mut scratch = Scratch::default();
+        let mut hot = [0.0; CATEGORY_COUNT];
+        m.score_into("purple zorblax", &mut scratch, &mut hot);
+        let mut cold = [0.0; CATEGORY_COUNT];
+        m.score_into("calm garden", &mut scratch, &mut cold);
+        let v = Category::Violence.index();
+        assert!(hot[v] > 0.5 && cold[v] < 0.5, "{} {}", hot[v], cold[v]);
+        // Repetition does not inflate a score.
+        let mut rep = [0.0; CATEGORY_COUNT];
+        m.score_into(&"calm garden ".repeat(500), &mut scratch, &mut rep);
+        assert!((rep[v] - cold[v]).abs() < 0.2, "{} {}", rep[v], cold[v]);
+        let bytes = m.to_bytes();
+        assert_eq!(Model::from_bytes(&bytes).unwrap(), m);
+        // Deterministic: the same data and seed give the same bytes.
+        assert_eq!(train(&toy(), &[Category::Violence], &cfg).to_bytes(), bytes);
+    }
+
+    #[test]
+    fn rejects_corrupt_files() {
+        assert_eq!(Model::from_bytes(b"nope"), Err(ModelError::Magic));
+        assert!(Model::from_bytes(b"SWM1\x10\x01").is_err());
+        assert!(Model::from_bytes(b"SWM1\x30\x01").is_err());
+        let m = train(
+            &toy(),
+            &[Category::Violence],
+            &TrainConfig {
+                bits: 10,
+                ..Default::default()
+            },
+        );
+        let mut b = m.to_bytes();
+        b.pop();
+        assert!(Model::from_bytes(&b).is_err());
+    }
+}

@@ -1,0 +1,482 @@
+//! The screener: normalize → match → score, then a profile turns scores into a verdict.
+
+use std::ops::Range;
+
+use crate::category::{CATEGORY_COUNT, Category, Kind};
+use crate::lexicon::{Feature, Hit, Lexicon, LexiconError, LexiconFile};
+use crate::model::{Model, ModelError};
+use crate::normalize::{Signals, View, ViewKind, normalize};
+use crate::policy::{Action, Profile, ProfileError};
+use crate::stream::OutputScreener;
+use crate::verdict::{CategoryScore, Detector, Evidence, REPORT_FLOOR, Verdict};
+
+/// The shipped model (`stormwall safety train` writes it); empty means no model.
+const BUILTIN_MODEL: &[u8] = include_bytes!("../data/model.bin");
+/// Texts longer than this are screened in overlapping windows, so work and memory stay
+/// linear and bounded per window whatever the input.
+pub const MAX_WINDOW: usize = 16 * 1024;
+/// Overlap between windows: longer than any lexicon phrase.
+pub const WINDOW_OVERLAP: usize = 512;
+/// Factor on the model's score for a category whose lexicon matched an exception phrase.
+const EXCEPTION_DISCOUNT: f32 = 0.5;
+/// A category found only in an obfuscated view, at least this strongly, is evasion.
+const EVASION_MIN: f32 = 0.6;
+
+/// Building a screener failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetyError {
+    /// A lexicon or gazetteer was invalid.
+    #[error(transparent)]
+    Lexicon(#[from] LexiconError),
+    /// The model file was invalid.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A profile was invalid.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+}
+
+/// Scores per category before any policy: what the gateway may cache by prompt hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    scores: [f32; CATEGORY_COUNT],
+    detectors: [Detector; CATEGORY_COUNT],
+    evidence: [Option<Evidence>; CATEGORY_COUNT],
+    /// Obfuscation counts from normalization.
+    pub signals: Signals,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Analysis {
+            scores: [0.0; CATEGORY_COUNT],
+            detectors: [Detector::Lexicon; CATEGORY_COUNT],
+            evidence: Default::default(),
+            signals: Signals::default(),
+        }
+    }
+}
+
+impl Analysis {
+    /// A category's score in 0..=1.
+    pub fn score(&self, c: Category) -> f32 {
+        self.scores[c.index()]
+    }
+
+    /// Where a category's evidence is, if it scored.
+    pub fn evidence(&self, c: Category) -> Option<&Evidence> {
+        self.evidence[c.index()].as_ref()
+    }
+
+    fn set(&mut self, c: Category, score: f32, det: Detector, ev: Option<Evidence>) {
+        let i = c.index();
+        if score > self.scores[i] {
+            self.scores[i] = score.clamp(0.0, 1.0);
+            self.detectors[i] = det;
+            self.evidence[i] = ev;
+        }
+    }
+
+    /// Folds another analysis (a later window) in, shifting its spans by `offset`.
+    pub fn merge_shifted(&mut self, other: Analysis, offset: usize) {
+        for c in Category::ALL {
+            let i = c.index();
+            let ev = other.evidence[i].clone().map(|mut e| {
+                e.span = e.span.start + offset..e.span.end + offset;
+                e
+            });
+            self.set(c, other.scores[i], other.detectors[i], ev);
+        }
+        self.signals.add(&other.signals);
+    }
+
+    /// Applies a profile for an endpoint kind.
+    pub fn decide(&self, kind: Kind, profile: &Profile) -> Verdict {
+        let categories = Category::ALL
+            .into_iter()
+            .filter(|c| self.scores[c.index()] > 0.0)
+            .map(|c| CategoryScore {
+                category: c,
+                score: self.scores[c.index()],
+                action: Action::Allow,
+                detector: self.detectors[c.index()],
+                source: None,
+                evidence: self.evidence[c.index()].clone(),
+            })
+            .filter(|c| {
+                c.score >= REPORT_FLOOR || profile.action(kind, c.category, c.score) > Action::Allow
+            })
+            .collect();
+        let mut v = Verdict {
+            action: Action::Allow,
+            kind,
+            categories,
+            signals: self.signals,
+        };
+        v.reapply(profile);
+        v
+    }
+}
+
+/// The screener: compiled lexicons and an optional model. Cheap to share (`&self` only).
+#[derive(Debug, Clone)]
+pub struct Screener {
+    lexicon: Lexicon,
+    model: Option<Model>,
+}
+
+/// Builds a [`Screener`] with a gazetteer, extra lexicons or another model.
+#[derive(Debug, Default)]
+pub struct ScreenerBuilder {
+    files: Vec<LexiconFile>,
+    model: Option<Option<Model>>,
+}
+
+impl ScreenerBuilder {
+    /// Adds a person gazetteer (TOML `[[person]]` tables with `name` and `aliases`).
+    pub fn gazetteer_toml(mut self, label: &str, text: &str) -> Result<Self, SafetyError> {
+        self.files
+            .push(LexiconFile::gazetteer_from_toml(label, text)?);
+        Ok(self)
+    }
+
+    /// Adds a lexicon file in the built-in format.
+    pub fn lexicon_toml(mut self, label: &str, text: &str) -> Result<Self, SafetyError> {
+        self.files.push(LexiconFile::from_toml(label, text)?);
+        Ok(self)
+    }
+
+    /// Uses this model instead of the shipped one (`None`: rules only).
+    pub fn model(mut self, model: Option<Model>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// Compiles the screener.
+    pub fn build(self) -> Result<Screener, SafetyError> {
+        let mut files = Vec::new();
+        for (label, text) in crate::lexicon::BUILTIN_LEXICONS {
+            files.push(LexiconFile::from_toml(label, text)?);
+        }
+        files.extend(self.files);
+        let model = match self.model {
+            Some(m) => m,
+            None => builtin_model()?,
+        };
+        Ok(Screener {
+            lexicon: Lexicon::compile(files)?,
+            model,
+        })
+    }
+}
+
+/// The shipped model, if one is shipped.
+pub fn builtin_model() -> Result<Option<Model>, ModelError> {
+    if BUILTIN_MODEL.is_empty() {
+        return Ok(None);
+    }
+    Model::from_bytes(BUILTIN_MODEL).map(Some)
+}
+
+/// Per-slot lexicon evidence: hits as (weight, original span, view kind, clean?).
+#[derive(Default)]
+struct Slot {
+    hits: Vec<(f32, Range<usize>, ViewKind, bool)>,
+}
+
+impl Slot {
+    /// Noisy-OR of the strongest hit per overlapping group, and the best hit.
+    fn score(&mut self, clean_only: bool) -> (f32, Option<Evidence>) {
+        self.hits
+            .sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.start.cmp(&b.1.start)));
+        let mut taken: Vec<Range<usize>> = Vec::new();
+        let mut keep = 1.0f32;
+        let mut best = None;
+        for (w, span, view, clean) in &self.hits {
+            if clean_only && !clean {
+                continue;
+            }
+            if taken
+                .iter()
+                .any(|t| t.start < span.end && span.start < t.end)
+            {
+                continue;
+            }
+            taken.push(span.clone());
+            keep *= 1.0 - w;
+            if best.is_none() {
+                best = Some(Evidence {
+                    view: *view,
+                    span: span.clone(),
+                });
+            }
+        }
+        (1.0 - keep, best)
+    }
+}
+
+fn join(a: &Option<Evidence>, b: &Option<Evidence>) -> Option<Evidence> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Evidence {
+            view: if a.view == ViewKind::Text {
+                b.view
+            } else {
+                a.view
+            },
+            span: a.span.start.min(b.span.start)..a.span.end.max(b.span.end),
+        }),
+        (Some(a), None) => Some(a.clone()),
+        (None, b) => b.clone(),
+    }
+}
+
+fn combo(a: f32, b: f32) -> f32 {
+    if a <= 0.0 || b <= 0.0 {
+        0.0
+    } else {
+        (a * b).sqrt()
+    }
+}
+
+impl Screener {
+    /// The built-in lexicons and shipped model, no gazetteer.
+    pub fn builtin() -> Result<Screener, SafetyError> {
+        ScreenerBuilder::default().build()
+    }
+
+    /// A builder for a screener with a gazetteer or other additions.
+    pub fn builder() -> ScreenerBuilder {
+        ScreenerBuilder::default()
+    }
+
+    /// The compiled lexicons.
+    pub fn lexicon(&self) -> &Lexicon {
+        &self.lexicon
+    }
+
+    /// The model, if any.
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_ref()
+    }
+
+    /// Screens a text for an endpoint kind under a profile.
+    pub fn screen(&self, text: &str, kind: Kind, profile: &Profile) -> Verdict {
+        self.analyze(text).decide(kind, profile)
+    }
+
+    /// A stateful screener for a streamed output.
+    pub fn output_screener<'a>(&'a self, kind: Kind, profile: &'a Profile) -> OutputScreener<'a> {
+        OutputScreener::new(self, kind, profile)
+    }
+
+    /// Scores a text without applying a profile.
+    pub fn analyze(&self, text: &str) -> Analysis {
+        if text.len() <= MAX_WINDOW {
+            return self.analyze_window(text);
+        }
+        let mut out = Analysis::default();
+        let mut start = 0;
+        while start < text.len() {
+            let mut end = (start + MAX_WINDOW).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let Some(w) = text.get(start..end) else { break };
+            out.merge_shifted(self.analyze_window(w), start);
+            if end == text.len() {
+                break;
+            }
+            let mut next = end.saturating_sub(WINDOW_OVERLAP).max(start + 1);
+            while !text.is_char_boundary(next) {
+                next += 1;
+            }
+            start = next;
+        }
+        out
+    }
+
+    fn analyze_window(&self, text: &str) -> Analysis {
+        let norm = normalize(text);
+        let mut hits: Vec<Hit> = Vec::new();
+        self.lexicon.find(&norm.views, &mut hits);
+        let mut a = Analysis {
+            signals: norm.signals,
+            ..Analysis::default()
+        };
+
+        // Lexicon evidence per category and per combining feature.
+        let mut cats: Vec<Slot> = (0..CATEGORY_COUNT).map(|_| Slot::default()).collect();
+        let (mut minor, mut person, mut named, mut likeness) = (
+            Slot::default(),
+            Slot::default(),
+            Slot::default(),
+            Slot::default(),
+        );
+        let mut excepted = [false; CATEGORY_COUNT];
+        for h in &hits {
+            let (Some(t), Some(view)) = (
+                self.lexicon.terms().get(h.term as usize),
+                norm.views.get(h.view as usize),
+            ) else {
+                continue;
+            };
+            let clean = is_clean(view);
+            let entry = (
+                t.weight,
+                view.original_span(h.range.clone()),
+                view.kind(),
+                clean,
+            );
+            match t.feature {
+                Feature::Category(c) => cats[c.index()].hits.push(entry),
+                Feature::Minor => minor.hits.push(entry),
+                Feature::PersonDescriptor => person.hits.push(entry),
+                Feature::Person => {
+                    named.hits.push(entry.clone());
+                    person.hits.push(entry);
+                }
+                Feature::Likeness => likeness.hits.push(entry),
+                Feature::Exception => {
+                    if let Some(c) = self.lexicon.file_category(t.file) {
+                        excepted[c.index()] = true;
+                    }
+                }
+            }
+        }
+        let mut clean = [0.0f32; CATEGORY_COUNT];
+        for c in Category::ALL {
+            let slot = &mut cats[c.index()];
+            if slot.hits.is_empty() {
+                continue;
+            }
+            let (s, ev) = slot.score(false);
+            clean[c.index()] = slot.score(true).0;
+            a.set(c, s, Detector::Lexicon, ev);
+        }
+
+        // The model reads every view; the plain view's scores are kept apart so a category
+        // seen only once a trick is undone counts as evasion.
+        if let Some(m) = &self.model {
+            let mut scratch = crate::model::Scratch::default();
+            for v in &norm.views {
+                let mut out = [0.0f32; CATEGORY_COUNT];
+                m.score_into(v.text(), &mut scratch, &mut out);
+                let is_c = is_clean(v);
+                for c in m.categories() {
+                    // A known benign sense of the category's words ("sex education",
+                    // "naked eye") discounts the model, which cannot see exceptions.
+                    let s = if excepted[c.index()] {
+                        out[c.index()] * EXCEPTION_DISCOUNT
+                    } else {
+                        out[c.index()]
+                    };
+                    if is_c {
+                        clean[c.index()] = clean[c.index()].max(s);
+                    }
+                    a.set(
+                        c,
+                        s,
+                        Detector::Model,
+                        Some(Evidence {
+                            view: v.kind(),
+                            span: v.whole_span(),
+                        }),
+                    );
+                }
+            }
+        }
+
+        // Evasion: a category that only shows once a trick is undone, or hidden channels.
+        let mut evasion = 0.0f32;
+        let mut evasion_ev = None;
+        for c in Category::ALL {
+            // Combinations are judged through their parts, which are scored by now.
+            if matches!(
+                c,
+                Category::FilterEvasion
+                    | Category::SexualMinors
+                    | Category::RealPersonSexual
+                    | Category::PublicFigureLikeness
+            ) {
+                continue;
+            }
+            let (s, cl) = (a.score(c), clean[c.index()]);
+            // The evasion score is the hidden category's own: disguise does not make a
+            // borderline text worse, it only stops the disguise from lowering the score.
+            if s >= EVASION_MIN && s - cl >= 0.25 && s > evasion {
+                evasion = s;
+                evasion_ev = a.evidence(c).cloned();
+            }
+        }
+        a.set(
+            Category::FilterEvasion,
+            evasion,
+            Detector::Combination,
+            evasion_ev,
+        );
+
+        // Combinations: sexual intent with a minor, or with a named or described person.
+        let sexual = a.score(Category::Sexual);
+        let sexual_ev = a.evidence(Category::Sexual).cloned();
+        let (minor_s, minor_ev) = minor.score(false);
+        let (person_s, person_ev) = person.score(false);
+        let (named_s, named_ev) = named.score(false);
+        let (like_s, _) = likeness.score(false);
+        if sexual >= 0.4 {
+            a.set(
+                Category::SexualMinors,
+                combo(sexual, minor_s),
+                Detector::Combination,
+                join(&sexual_ev, &minor_ev),
+            );
+            a.set(
+                Category::RealPersonSexual,
+                combo(sexual, person_s),
+                Detector::Combination,
+                join(&sexual_ev, &person_ev),
+            );
+        }
+        if named_s > 0.0 {
+            a.set(
+                Category::PublicFigureLikeness,
+                named_s * (0.6 + 0.4 * like_s),
+                Detector::Combination,
+                named_ev,
+            );
+        } else if person_s > 0.0 && like_s > 0.0 {
+            a.set(
+                Category::PublicFigureLikeness,
+                0.5 * person_s * like_s,
+                Detector::Combination,
+                person_ev,
+            );
+        }
+
+        let sig = &a.signals;
+        // Obfuscation with nothing harmful under it stays below the default flag
+        // thresholds: it is recorded (and counted for the evasion detector), not refused.
+        let signal_score = [
+            (sig.hidden_bytes >= 4, 0.45),
+            (sig.ignorables_in_words >= 3, 0.4),
+            (sig.mixed_script_words >= 2, 0.45),
+            (sig.mixed_script_words == 1, 0.3),
+            (sig.bidi_controls >= 2, 0.3),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, s)| s)
+        .fold(0.0f32, f32::max);
+        a.set(
+            Category::FilterEvasion,
+            signal_score,
+            Detector::Signals,
+            None,
+        );
+        a
+    }
+}
+
+/// Whether a view is the plain text (no trick undone).
+fn is_clean(v: &View) -> bool {
+    v.kind() == ViewKind::Text && v.depth() == 0
+}

@@ -1,0 +1,375 @@
+//! `stormwall safety`: screen a text (`check`), measure the screener on labelled sets
+//! (`eval`), and train the small built-in model (`train`).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use stormwall_safety::eval::{Evaluator, Record};
+use stormwall_safety::model::{self, Example, Model, TrainConfig};
+use stormwall_safety::{Action, Category, Kind, Profile, Screener, Transform};
+
+/// Largest text `check` reads from stdin.
+const MAX_CHECK_BYTES: u64 = 16 * 1024 * 1024;
+/// Disguises of benign texts added as benign training examples.
+const AUGMENT: &[Transform] = &[
+    Transform::Base64,
+    Transform::Rot13,
+    Transform::Homoglyph,
+    Transform::Leetspeak,
+    Transform::Diacritics,
+    Transform::Spacing,
+];
+/// Categories the shipped model has a head for.
+const MODEL_HEADS: &[Category] = &[
+    Category::Sexual,
+    Category::Violence,
+    Category::Hate,
+    Category::Harassment,
+    Category::SelfHarm,
+    Category::Illicit,
+    Category::Jailbreak,
+    Category::PublicFigureLikeness,
+];
+
+/// Safety commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum SafetyCommand {
+    /// Screen one text from stdin and print the verdict (exit 1 when it blocks).
+    Check {
+        /// Endpoint kind the text is for.
+        #[arg(long, default_value = "chat", value_parser = parse_kind)]
+        kind: Kind,
+        #[command(flatten)]
+        screen: ScreenArgs,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate on JSON-lines records (`text`, `kind`, `harmful`, `source`).
+    Eval {
+        /// Record files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        screen: ScreenArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Skip the evasion transforms (faster).
+        #[arg(long)]
+        no_evasion: bool,
+        /// Split records into this many folds by a stable hash of their id...
+        #[arg(long, requires = "fold")]
+        folds: Option<u32>,
+        /// ...and evaluate only this fold (held out from `train --holdout`).
+        #[arg(long, requires = "folds")]
+        fold: Option<u32>,
+    },
+    /// Train the hashed n-gram model from a directory of JSON-lines records.
+    Train {
+        /// Directory of `*.jsonl` files.
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the model.
+        #[arg(long)]
+        out: PathBuf,
+        /// log2 of the hash-table size.
+        #[arg(long, default_value_t = TrainConfig::default().bits)]
+        bits: u8,
+        /// Passes over the data.
+        #[arg(long, default_value_t = TrainConfig::default().epochs)]
+        epochs: u32,
+        /// Per-head false-positive rate (on held-back benign texts) that scores 0.5.
+        #[arg(long, default_value_t = TrainConfig::default().target_fpr)]
+        target_fpr: f32,
+        /// Split records into this many folds by a stable hash of their id...
+        #[arg(long, requires = "holdout")]
+        folds: Option<u32>,
+        /// ...and leave this fold out of training.
+        #[arg(long, requires = "folds")]
+        holdout: Option<u32>,
+    },
+}
+
+/// What the screener is built from.
+#[derive(Debug, clap::Args)]
+pub struct ScreenArgs {
+    /// Built-in profile name (default, strict, permissive) or a profile TOML file.
+    #[arg(long, default_value = "default")]
+    profile: String,
+    /// Person gazetteer TOML (`[[person]]` with `name` and `aliases`).
+    #[arg(long)]
+    gazetteer: Option<PathBuf>,
+    /// Model file to use instead of the shipped one.
+    #[arg(long, conflicts_with = "no_model")]
+    model: Option<PathBuf>,
+    /// Rules only: no statistical model.
+    #[arg(long)]
+    no_model: bool,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    s.parse()
+        .map_err(|_| format!("expected chat or image, got {s:?}"))
+}
+
+impl ScreenArgs {
+    fn profile(&self) -> anyhow::Result<Profile> {
+        if let Some(p) = Profile::builtin(&self.profile) {
+            return Ok(p);
+        }
+        let path = Path::new(&self.profile);
+        if !path.exists() {
+            let names: Vec<_> = Profile::builtin_names().collect();
+            bail!(
+                "no built-in profile {:?} (have {}) and no such file",
+                self.profile,
+                names.join(", ")
+            );
+        }
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("reading profile {}", path.display()))?;
+        Profile::from_toml(&text).with_context(|| format!("profile {}", path.display()))
+    }
+
+    fn screener(&self) -> anyhow::Result<Screener> {
+        let mut b = Screener::builder();
+        if let Some(g) = &self.gazetteer {
+            let text = fs::read_to_string(g)
+                .with_context(|| format!("reading gazetteer {}", g.display()))?;
+            b = b.gazetteer_toml(&g.display().to_string(), &text)?;
+        }
+        if self.no_model {
+            b = b.model(None);
+        } else if let Some(m) = &self.model {
+            let bytes = fs::read(m).with_context(|| format!("reading model {}", m.display()))?;
+            b = b.model(Some(Model::from_bytes(&bytes)?));
+        }
+        Ok(b.build()?)
+    }
+}
+
+/// Runs a safety command.
+pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SafetyCommand::Check { kind, screen, json } => check(kind, &screen, json),
+        SafetyCommand::Eval {
+            files,
+            screen,
+            json,
+            no_evasion,
+            folds,
+            fold,
+        } => eval(&files, &screen, json, no_evasion, folds.zip(fold)),
+        SafetyCommand::Train {
+            data,
+            out,
+            bits,
+            epochs,
+            target_fpr,
+            folds,
+            holdout,
+        } => {
+            let cfg = TrainConfig {
+                bits,
+                epochs,
+                target_fpr,
+                ..TrainConfig::default()
+            };
+            train(&data, &out, &cfg, folds.zip(holdout))
+        }
+    }
+}
+
+fn check(kind: Kind, args: &ScreenArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let profile = args.profile()?;
+    let screener = args.screener()?;
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(MAX_CHECK_BYTES + 1)
+        .read_to_end(&mut buf)
+        .context("reading stdin")?;
+    if buf.len() as u64 > MAX_CHECK_BYTES {
+        bail!("input is larger than {MAX_CHECK_BYTES} bytes");
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let verdict = screener.screen(&text, kind, &profile);
+    if json {
+        println!("{}", serde_json::to_string(&verdict)?);
+    } else {
+        println!("{} ({kind}, profile {})", verdict.action, profile.name());
+        for c in &verdict.categories {
+            let at = c
+                .evidence
+                .as_ref()
+                .map(|e| {
+                    format!(
+                        ", {} view, bytes {}..{}",
+                        e.view.as_str(),
+                        e.span.start,
+                        e.span.end
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "  {:<24} {:.2}  {:<5}  ({:?}{at})",
+                c.category.as_str(),
+                c.score,
+                c.action.as_str(),
+                c.detector
+            );
+        }
+    }
+    Ok(if verdict.action == Action::Block {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Reads JSON-lines records; blank lines are skipped, a bad line is an error naming it.
+fn read_records(path: &Path, mut each: impl FnMut(Record)) -> anyhow::Result<()> {
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // The error names the line, never its text: records hold prompts.
+        let r: Record = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), i + 1, e.classify_name()))?;
+        each(r);
+    }
+    Ok(())
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "not valid JSON",
+            serde_json::error::Category::Data => "missing or mistyped field (need text, harmful)",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+fn eval(
+    files: &[PathBuf],
+    args: &ScreenArgs,
+    json: bool,
+    no_evasion: bool,
+    fold: Option<(u32, u32)>,
+) -> anyhow::Result<ExitCode> {
+    let profile = args.profile()?;
+    let screener = args.screener()?;
+    let transforms: &[Transform] = if no_evasion { &[] } else { &Transform::ALL };
+    let mut ev = Evaluator::new(&screener, &profile, transforms);
+    for f in files {
+        read_records(f, |r| {
+            if fold.is_none_or(|(n, k)| r.fold(n) == k) {
+                ev.add(&r);
+            }
+        })?;
+    }
+    let report = ev.report();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("profile {}, {} records", report.profile, report.records);
+    println!(
+        "{:<24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6}",
+        "source", "tp", "fp", "tn", "fn", "prec", "recall", "f1", "fpr"
+    );
+    let overall = "overall".to_owned();
+    let rows = report
+        .by_source
+        .iter()
+        .chain(report.by_kind.iter())
+        .chain(std::iter::once((&overall, &report.overall)));
+    for (name, m) in rows {
+        println!(
+            "{:<24} {:>5} {:>5} {:>5} {:>5} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
+            name, m.tp, m.fp, m.tn, m.fn_, m.precision, m.recall, m.f1, m.fpr
+        );
+    }
+    if !report.evasion.is_empty() {
+        println!("\n{:<24} {:>8} {:>8}", "evasion", "recall", "fpr");
+        for (name, d) in &report.evasion {
+            println!("{:<24} {:>8.3} {:>8.3}", name, d.recall, d.fpr);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train(
+    dir: &Path,
+    out: &Path,
+    cfg: &TrainConfig,
+    holdout: Option<(u32, u32)>,
+) -> anyhow::Result<ExitCode> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    // Sorted so the same directory always trains the same model.
+    files.sort();
+    if files.is_empty() {
+        bail!("no .jsonl files in {}", dir.display());
+    }
+    let mut examples = Vec::new();
+    let mut skipped = 0usize;
+    for f in &files {
+        read_records(f, |r| {
+            if holdout.is_some_and(|(n, k)| r.fold(n) == k) {
+                return;
+            }
+            let labels = r.mapped_categories();
+            // Harmful records whose labels we have no category for (copyright, expert
+            // advice) would teach the model that harm looks benign; leave them out.
+            if r.harmful && labels.is_empty() {
+                skipped += 1;
+                return;
+            }
+            // Benign texts are also learned in their encoded and disguised forms: the
+            // plain view of an encoded prompt is gibberish, and gibberish alone is not
+            // harm (the decoded views carry whatever is underneath).
+            if !r.harmful {
+                let seed = stormwall_safety::eval::stable_hash(&r.id);
+                for t in AUGMENT {
+                    examples.push(Example {
+                        text: stormwall_safety::normalize::fold(&t.apply(&r.text, seed)),
+                        labels: Vec::new(),
+                        augmented: true,
+                    });
+                }
+            }
+            examples.push(Example {
+                text: stormwall_safety::normalize::fold(&r.text),
+                labels,
+                augmented: false,
+            });
+        })?;
+    }
+    let m = model::train(&examples, MODEL_HEADS, cfg);
+    let bytes = m.to_bytes();
+    fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "trained on {} records ({} harmful without a mapped category skipped), {} heads, {} bytes -> {}",
+        examples.len(),
+        skipped,
+        MODEL_HEADS.len(),
+        bytes.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
