@@ -11,12 +11,16 @@
 //! assert_eq!(parsed.id(), key.id());
 //! ```
 
+pub mod alert;
 pub mod endpoint;
 pub mod event;
 pub mod key;
 pub mod record;
 pub mod timefmt;
 
+pub use alert::{
+    Action, ActionKind, Alert, AlertFeature, AlertSubject, DetectorId, Severity, Stage,
+};
 pub use endpoint::{ApiFlavor, Endpoint};
 pub use event::{Decision, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyId};

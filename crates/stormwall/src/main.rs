@@ -6,6 +6,7 @@ mod admin_client;
 mod architecture;
 mod cmd_config;
 mod cmd_demo;
+mod cmd_detect;
 mod cmd_events;
 mod cmd_keys;
 mod cmd_leak_reports;
@@ -13,6 +14,7 @@ mod cmd_migrate;
 mod cmd_safety;
 mod cmd_scan;
 mod cmd_serve;
+mod cmd_simulate;
 mod config;
 
 use std::process::ExitCode;
@@ -60,6 +62,10 @@ enum Command {
     /// Content safety: screen a text, evaluate on labelled sets, train the model.
     #[command(subcommand)]
     Safety(cmd_safety::SafetyCommand),
+    /// Run the detectors offline over exported events (JSON lines).
+    Detect(cmd_detect::Args),
+    /// Simulate labelled legitimate and attack traffic; write events; evaluate detection.
+    Simulate(cmd_simulate::Args),
     /// Run a self-contained demonstration: gateway, mock upstream, a key, some requests.
     Demo(cmd_demo::Args),
 }
@@ -93,6 +99,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Config(c) => cmd_config::run(c),
             Command::LeakReports(c) => cmd_leak_reports::run(c).await,
             Command::Demo(a) => cmd_demo::run(a).await,
+            Command::Detect(a) => cmd_detect::run(a),
+            Command::Simulate(a) => cmd_simulate::run(a),
             Command::Scan(a) => cmd_scan::run(a).await,
             Command::Safety(c) => cmd_safety::run(c),
         }

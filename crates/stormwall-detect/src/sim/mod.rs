@@ -1,0 +1,1628 @@
+//! A labelled traffic simulator and evaluator.
+//!
+//! It builds a population of legitimate tenants (server apps with steady egress and diurnal
+//! load, and noisy-but-legitimate shapes: CI jobs, a mobile app with many client addresses,
+//! a company behind a VPN, nightly batches, image and role-play apps, a medical app that
+//! trips filters, developers testing from home) and attack scenarios that follow the kill
+//! chain (leak → probe → proxy → resale → abuse → evasion; canary hits; retries after
+//! revocation; a relay moving to another key). It runs them through a model of the gateway
+//! and the [`Engine`] in event-time order, **closing the loop**: an action the engine
+//! decides (throttle, suspend, revoke) changes how the gateway answers the next request.
+//! Every event is labelled, so the evaluator can count precision, recall, false
+//! suspensions and the attacker requests served after abuse began.
+//!
+//! Everything is deterministic for a seed: no clock, no I/O.
+
+pub mod actors;
+pub mod world;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use stormwall_types::{
+    Action, ActionKind, Alert, ApiFlavor, Endpoint, KeyId, KeyKind, KeyStatus, RejectReason,
+    Severity, UsageEvent,
+};
+use time::OffsetDateTime;
+
+use crate::engine::{Engine, EngineStats};
+use crate::sketch::mix64;
+use actors::{Attack, Client, GatewayView, HOUR_MS, Legit, Profile, RelayMix, Req, Seg};
+use world::{Kind, Net, Rng};
+
+/// The attack scenarios, by index.
+pub const SCENARIOS: [&str; 12] = [
+    "leak_proxy_resale",
+    "stealth_resale",
+    "checker_then_resale",
+    "mobile_extracted",
+    "vpn_company_leak",
+    "ci_leak",
+    "canary_harvest",
+    "revoked_retry",
+    "key_swap",
+    "travel_rotation",
+    "image_abuse",
+    "exposure_reported",
+];
+
+/// What to simulate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Seed: the same seed gives the same traffic.
+    pub seed: u64,
+    /// Legitimate keys (keys no attacker ever touches).
+    pub legit_keys: usize,
+    /// Days of event time.
+    pub days: u32,
+    /// Days before the first attack (the baselines' warm-up).
+    pub warmup_days: u32,
+    /// Instances of each attack scenario.
+    pub attacks_per_scenario: usize,
+    /// Scale of legitimate request rates (1.0: realistic small-app volumes).
+    pub rate_scale: f64,
+    /// First instant of the simulation (RFC 3339); default 2025-03-03T00:00:00Z, a Monday.
+    pub start: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            legit_keys: 200,
+            days: 7,
+            warmup_days: 2,
+            attacks_per_scenario: 3,
+            rate_scale: 1.0,
+            start: "2025-03-03T00:00:00Z".to_owned(),
+        }
+    }
+}
+
+/// A simulation that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A parameter is out of range.
+    #[error("simulator: {0}")]
+    Invalid(&'static str),
+}
+
+/// Truth about one simulated key.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// Key id.
+    pub id: KeyId,
+    /// Tenant.
+    pub tenant: Arc<str>,
+    /// Canary key.
+    pub canary: bool,
+    /// Profile of the tenant.
+    pub profile: &'static str,
+    /// Attack scenario that used this key, if any.
+    pub scenario: Option<usize>,
+}
+
+/// The label of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Label {
+    /// Attack scenario that sent it (`None`: legitimate traffic).
+    pub scenario: Option<usize>,
+    /// Part of an attack's abuse phase.
+    pub abuse: bool,
+}
+
+enum Actor {
+    Legit(Box<Legit>),
+    Attack(Box<Attack>),
+    Exposure { key: usize },
+    OperatorRevoke { key: usize },
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct GwKey {
+    status: Option<KeyStatus>,
+    throttle_rpm: Option<u32>,
+    minute: i64,
+    count: u32,
+    canary: bool,
+}
+
+struct Gateway {
+    keys: Vec<GwKey>,
+}
+
+impl GatewayView for Gateway {
+    fn stopped(&self, key: usize) -> bool {
+        self.keys.get(key).is_some_and(|k| {
+            k.canary || matches!(k.status, Some(KeyStatus::Suspended | KeyStatus::Revoked))
+        })
+    }
+}
+
+/// Per-detector figures.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct DetectorFigures {
+    /// Alerts raised.
+    pub alerts: u64,
+    /// Alerts whose evidence includes attacker events.
+    pub true_alerts: u64,
+    /// `true_alerts / alerts`.
+    pub precision: Option<f64>,
+    /// Attack keys it raised a true alert on.
+    pub attack_keys: usize,
+    /// `attack_keys / all attack keys`.
+    pub recall: f64,
+    /// Keys it raised an alert on from legitimate traffic only.
+    pub legit_keys: usize,
+}
+
+/// Per-scenario figures.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ScenarioFigures {
+    /// Attack keys.
+    pub keys: usize,
+    /// Detected (a true alert at or above the evaluation severity).
+    pub detected: usize,
+    /// Stopped (suspended or revoked, or never served: canary, already revoked).
+    pub stopped: usize,
+    /// Median attacker requests served after abuse began (keys with an abuse phase).
+    pub median_served: Option<f64>,
+    /// Most attacker requests served after abuse began.
+    pub max_served: Option<u64>,
+    /// Detectors with true alerts on these keys.
+    pub detectors: Vec<String>,
+}
+
+/// The evaluation: the JSON contract of `stormwall simulate --evaluate --json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Report {
+    /// Seed.
+    pub seed: u64,
+    /// Days simulated.
+    pub days: u32,
+    /// Tenants.
+    pub tenants: usize,
+    /// Keys no attacker touched.
+    pub legit_keys: usize,
+    /// Keys an attacker used (leaked keys, canaries, revoked keys).
+    pub attack_keys: usize,
+    /// Events.
+    pub events: u64,
+    /// Events sent by attackers.
+    pub attacker_events: u64,
+    /// Alerts.
+    pub alerts: u64,
+    /// Minimum severity an alert needs to count as a detection.
+    pub min_severity: Severity,
+    /// Attack keys detected / attack keys.
+    pub recall: f64,
+    /// Detected attack keys / (detected attack keys + legitimate keys alerted).
+    pub precision: f64,
+    /// Legitimate keys with an alert at or above the evaluation severity.
+    pub legit_keys_alerted: usize,
+    /// Keys suspended or revoked while only their legitimate owner used them.
+    pub false_suspensions: usize,
+    /// Legitimate keys throttled.
+    pub false_throttles: usize,
+    /// Attack keys stopped (suspended/revoked by the engine, or never served).
+    pub attack_keys_stopped: usize,
+    /// Attack keys with an abuse phase on an active key (the population of the median).
+    pub keys_with_abuse_phase: usize,
+    /// Median of attacker requests served after the abuse began, per such key.
+    pub median_attacker_requests_served: f64,
+    /// 90th percentile of the same.
+    pub p90_attacker_requests_served: f64,
+    /// Largest of the same.
+    pub max_attacker_requests_served: u64,
+    /// Median seconds from the first attacker request to the first detection.
+    pub median_seconds_to_detect: Option<f64>,
+    /// Median seconds from the abuse start to the key being stopped.
+    pub median_seconds_to_stop: Option<f64>,
+    /// Per detector.
+    pub per_detector: BTreeMap<String, DetectorFigures>,
+    /// Per scenario.
+    pub per_scenario: BTreeMap<String, ScenarioFigures>,
+    /// Engine state at the end.
+    pub engine: EngineStats,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            days: 0,
+            tenants: 0,
+            legit_keys: 0,
+            attack_keys: 0,
+            events: 0,
+            attacker_events: 0,
+            alerts: 0,
+            min_severity: Severity::Medium,
+            recall: 0.0,
+            precision: 0.0,
+            legit_keys_alerted: 0,
+            false_suspensions: 0,
+            false_throttles: 0,
+            attack_keys_stopped: 0,
+            keys_with_abuse_phase: 0,
+            median_attacker_requests_served: 0.0,
+            p90_attacker_requests_served: 0.0,
+            max_attacker_requests_served: 0,
+            median_seconds_to_detect: None,
+            median_seconds_to_stop: None,
+            per_detector: BTreeMap::new(),
+            per_scenario: BTreeMap::new(),
+            engine: EngineStats::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct KeyOutcome {
+    first_attack: Option<i64>,
+    abuse_start: Option<i64>,
+    active_at_abuse: bool,
+    detected_at: Option<i64>,
+    stopped_at: Option<i64>,
+    stopped_before_attack: bool,
+    throttled: bool,
+    served_after_abuse: u64,
+    legit_alerted: bool,
+    detectors: HashSet<usize>,
+    false_detectors: HashSet<usize>,
+}
+
+/// A built simulation, ready to run.
+pub struct Simulation {
+    cfg: SimConfig,
+    start_ms: i64,
+    end_ms: i64,
+    rng: Rng,
+    keys: Vec<KeyInfo>,
+    tenants: usize,
+    actors: Vec<Actor>,
+    heap: BinaryHeap<Reverse<(i64, u64, usize)>>,
+    nets: Vec<Net>,
+    home_cc: String,
+}
+
+impl Simulation {
+    /// Builds the population and the attacks.
+    pub fn new(cfg: SimConfig) -> Result<Self, SimError> {
+        if cfg.days == 0 || cfg.days > 60 {
+            return Err(SimError::Invalid("days must be 1..=60"));
+        }
+        if cfg.warmup_days + 1 >= cfg.days && cfg.attacks_per_scenario > 0 {
+            return Err(SimError::Invalid(
+                "warmup_days must leave at least two days for attacks",
+            ));
+        }
+        if cfg.legit_keys > 100_000 {
+            return Err(SimError::Invalid("legit_keys must be at most 100000"));
+        }
+        if !(cfg.rate_scale.is_finite() && cfg.rate_scale > 0.0 && cfg.rate_scale <= 100.0) {
+            return Err(SimError::Invalid("rate_scale must be in (0, 100]"));
+        }
+        let start = crate::sim::parse_start(&cfg.start)?;
+        let start_ms = start * 1000;
+        let end_ms = start_ms + i64::from(cfg.days) * 24 * HOUR_MS;
+        let mut sim = Simulation {
+            rng: Rng::new(cfg.seed),
+            cfg,
+            start_ms,
+            end_ms,
+            keys: Vec::new(),
+            tenants: 0,
+            actors: Vec::new(),
+            heap: BinaryHeap::new(),
+            nets: world::networks(),
+            home_cc: "US".to_owned(),
+        };
+        sim.build();
+        Ok(sim)
+    }
+
+    /// The keys and their truth.
+    pub fn keys(&self) -> &[KeyInfo] {
+        &self.keys
+    }
+
+    /// The simulated IP database as TSV (with egress flags), for offline replays.
+    pub fn ipdb_tsv(&self) -> String {
+        world::ipdb_tsv(&self.nets)
+    }
+
+    /// The egress list implied by the simulated networks.
+    pub fn egress(&self) -> crate::egress::EgressList {
+        world::egress_list(&self.nets)
+    }
+
+    fn key_id(&mut self) -> KeyId {
+        const B62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        loop {
+            let mut s = String::with_capacity(12);
+            for _ in 0..12 {
+                let i = self.rng.range(0, 62) as usize;
+                s.push(char::from(B62.get(i).copied().unwrap_or(b'0')));
+            }
+            if let Ok(id) = KeyId::new(&s) {
+                return id;
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: i64, actor: Actor) {
+        let idx = self.actors.len();
+        self.actors.push(actor);
+        let seq = self.rng.next_u64();
+        self.heap.push(Reverse((at, seq, idx)));
+    }
+
+    fn add_key(&mut self, tenant: &Arc<str>, profile: Profile, canary: bool) -> usize {
+        let id = self.key_id();
+        self.keys.push(KeyInfo {
+            id,
+            tenant: Arc::clone(tenant),
+            canary,
+            profile: profile.as_str(),
+            scenario: None,
+        });
+        self.keys.len() - 1
+    }
+
+    /// Builds tenants until the legitimate key count is reached, then the attacks, whose
+    /// victims are extra keys of existing tenants (so the legitimate count is exact).
+    fn build(&mut self) {
+        let weights: [(Profile, u32); 10] = [
+            (Profile::ServerCloud, 30),
+            (Profile::ServerCorp, 18),
+            (Profile::SupportBot, 10),
+            (Profile::Mobile, 7),
+            (Profile::Ci, 8),
+            (Profile::VpnCompany, 7),
+            (Profile::Batch, 5),
+            (Profile::ImageStudio, 5),
+            (Profile::Roleplay, 4),
+            (Profile::Medical, 6),
+        ];
+        let total: u32 = weights.iter().map(|w| w.1).sum();
+        let mut templates: Vec<(Arc<str>, Legit)> = Vec::new();
+        let mut legit = 0usize;
+        // Make sure every profile exists at least once, then draw by weight.
+        let mut order: Vec<Profile> = weights.iter().map(|w| w.0).collect();
+        while legit < self.cfg.legit_keys {
+            let profile = if let Some(p) = order.pop() {
+                p
+            } else {
+                let mut x = self.rng.range(0, u64::from(total)) as u32;
+                let mut chosen = Profile::ServerCloud;
+                for (p, w) in weights {
+                    if x < w {
+                        chosen = p;
+                        break;
+                    }
+                    x -= w;
+                }
+                chosen
+            };
+            let t = self.tenants;
+            self.tenants += 1;
+            let tenant: Arc<str> = Arc::from(format!("t{t:04}-{}", profile.as_str()).as_str());
+            let template = self.tenant_template(t, profile);
+            let home_cc = self.home_cc.clone();
+            let n = match profile {
+                Profile::Mobile | Profile::Ci | Profile::Batch => 1,
+                _ => self.rng.range(1, 4) as usize,
+            }
+            .min(self.cfg.legit_keys - legit);
+            for k in 0..n {
+                let key = self.add_key(&tenant, profile, false);
+                let mut a = template.clone();
+                a.key = key;
+                a.peak *= self.rng.uniform(0.5, 1.5);
+                // Some keys are created during the week: young keys judged on the tenant prior.
+                if k > 0 && self.rng.chance(0.15) {
+                    a.start_ms = self.start_ms
+                        + (self.rng.uniform(1.5, f64::from(self.cfg.days) - 1.0)
+                            * 24.0
+                            * HOUR_MS as f64) as i64;
+                }
+                // A developer tries the key from home once (curl, model list, a probe).
+                if matches!(profile, Profile::ServerCloud | Profile::ServerCorp)
+                    && self.rng.chance(0.15)
+                {
+                    let at = self.start_ms
+                        + (self
+                            .rng
+                            .uniform(f64::from(self.cfg.warmup_days), f64::from(self.cfg.days))
+                            * 24.0
+                            * HOUR_MS as f64) as i64;
+                    let home = self.residential(&home_cc);
+                    a.dev_session = Some((at, 0));
+                    a.dev_client = Some((home, world::program(Kind::Curl, self.rng.next_u64())));
+                }
+                let first = a.start_ms + self.rng.range(0, 600_000) as i64;
+                self.schedule(first, Actor::Legit(Box::new(a)));
+                legit += 1;
+            }
+            templates.push((tenant, template));
+        }
+        if self.cfg.attacks_per_scenario > 0 {
+            for s in 0..SCENARIOS.len() {
+                for _ in 0..self.cfg.attacks_per_scenario {
+                    self.build_attack(s, &templates);
+                }
+            }
+        }
+    }
+
+    fn residential(&self, cc: &str) -> Net {
+        let by_cc = [
+            ("US", 64506),
+            ("DE", 64507),
+            ("BR", 64504),
+            ("IN", 64508),
+            ("VN", 64511),
+            ("GB", 65543),
+            ("IE", 65544),
+        ];
+        let asn = by_cc
+            .iter()
+            .find(|(c, _)| *c == cc)
+            .map_or(64506, |(_, a)| *a);
+        let cc = if by_cc.iter().any(|(c, _)| *c == cc) {
+            cc
+        } else {
+            "US"
+        };
+        world::net(&self.nets, asn, cc).unwrap_or_else(|| world::corporate_net(0, "US"))
+    }
+
+    fn find(&self, asn: u32, cc: &str) -> Net {
+        world::net(&self.nets, asn, cc).unwrap_or_else(|| world::corporate_net(0, "US"))
+    }
+
+    fn tenant_template(&mut self, t: usize, profile: Profile) -> Legit {
+        let rng = &mut self.rng;
+        let home_cc = *rng
+            .pick(&["US", "US", "DE", "GB", "IE", "US"])
+            .unwrap_or(&"US");
+        self.home_cc = home_cc.to_owned();
+        let rng = &mut self.rng;
+        let sdk = if rng.chance(0.6) {
+            Kind::OpenaiPython
+        } else {
+            Kind::OpenaiNode
+        };
+        let v = rng.next_u64();
+        let sys: Vec<u64> = (0..rng.range(1, 4)).map(|_| rng.next_u64()).collect();
+        let scale = self.cfg.rate_scale;
+        let mut l = Legit {
+            key: 0,
+            profile,
+            tz: match home_cc {
+                "US" => -5,
+                "DE" => 1,
+                _ => 0,
+            },
+            peak: 20.0 * scale,
+            nets: Vec::new(),
+            hosts: (0..rng.range(1, 4))
+                .map(|_| rng.range(1, 65_000) as u16)
+                .collect(),
+            programs: vec![world::program(sdk, v)],
+            sys,
+            dynamic_sys: false,
+            end_users: 0,
+            models: vec!["gpt-4o-mini", "gpt-4o-mini", "gpt-4o"],
+            image_share: 0.0,
+            embed_share: if rng.chance(0.3) { 0.15 } else { 0.0 },
+            roleplay_share: 0.0,
+            hit_share: 0.0,
+            probe_share: 0.0,
+            lists_models: rng.chance(0.2),
+            api_version: None,
+            start_ms: self.start_ms,
+            burst_left: 0,
+            burst_host: 0,
+            dev_session: None,
+            dev_client: None,
+        };
+        // Cloud apps run in the region nearest their company.
+        let cloud = |s: &Simulation, rng: &mut Rng| {
+            let asn = if rng.chance(0.6) { 64496 } else { 64497 };
+            let cc = match (asn, home_cc) {
+                (_, "US") => "US",
+                (64496, "GB" | "IE") => "IE",
+                _ => "DE",
+            };
+            world::net(&s.nets, asn, cc).unwrap_or_else(|| world::corporate_net(0, "US"))
+        };
+        match profile {
+            Profile::ServerCloud => {
+                l.nets = vec![cloud(self, &mut self.rng.clone())];
+                let n = self.rng.next_u64();
+                if n.is_multiple_of(5) {
+                    // A second region of the same provider.
+                    let mut r2 = self.rng.fork();
+                    l.nets.push(cloud(self, &mut r2));
+                }
+                l.peak = self.rng.uniform(8.0, 80.0) * scale;
+            }
+            Profile::ServerCorp => {
+                l.nets = vec![world::corporate_net(t, home_cc)];
+                l.peak = self.rng.uniform(5.0, 50.0) * scale;
+                if self.rng.chance(0.3) {
+                    l.programs = vec![world::program(Kind::Azure, v)];
+                    l.api_version = Some("2024-10-21");
+                }
+            }
+            Profile::SupportBot => {
+                l.nets = vec![cloud(self, &mut self.rng.clone())];
+                l.end_users = 5_000;
+                l.dynamic_sys = self.rng.chance(0.5);
+                l.peak = self.rng.uniform(20.0, 90.0) * scale;
+            }
+            Profile::Mobile => {
+                l.nets = vec![
+                    self.find(64501, "DE"),
+                    self.find(64501, "DE"),
+                    self.find(65540, "AT"),
+                    self.find(65541, "CH"),
+                    self.find(64507, "DE"),
+                ];
+                if self.rng.chance(0.5) {
+                    l.nets.push(self.find(65542, "US"));
+                }
+                l.hosts = Vec::new();
+                l.programs = vec![
+                    world::program(Kind::Okhttp, v),
+                    world::program(Kind::CfNetwork, v),
+                ];
+                l.end_users = 50_000;
+                l.peak = self.rng.uniform(40.0, 150.0) * scale;
+                l.tz = 1;
+            }
+            Profile::Ci => {
+                l.nets = vec![self.find(64497, "US")];
+                l.hosts = Vec::new();
+                l.programs = vec![
+                    world::program(Kind::Requests, v),
+                    world::program(Kind::Curl, v),
+                ];
+                l.peak = self.rng.uniform(3.0, 10.0) * scale;
+                l.probe_share = 0.2;
+                l.lists_models = true;
+            }
+            Profile::VpnCompany => {
+                l.nets = vec![
+                    self.find(64503, "SG"),
+                    self.find(64503, "US"),
+                    self.find(64503, "DE"),
+                ];
+                l.hosts = (0..40).map(|i| 10 + i).collect();
+                l.peak = self.rng.uniform(10.0, 40.0) * scale;
+            }
+            Profile::Batch => {
+                l.nets = vec![cloud(self, &mut self.rng.clone())];
+                l.peak = self.rng.uniform(5.0, 15.0) * scale;
+                l.models = vec!["gpt-4o"];
+            }
+            Profile::ImageStudio => {
+                l.nets = vec![cloud(self, &mut self.rng.clone())];
+                l.image_share = 0.6;
+                l.peak = self.rng.uniform(10.0, 40.0) * scale;
+                l.models = vec!["gpt-4o-mini"];
+                l.hit_share = 0.005;
+            }
+            Profile::Roleplay => {
+                l.nets = vec![cloud(self, &mut self.rng.clone())];
+                l.roleplay_share = 0.4;
+                l.image_share = 0.1;
+                l.end_users = 20_000;
+                l.dynamic_sys = true;
+                l.peak = self.rng.uniform(30.0, 100.0) * scale;
+                l.hit_share = 0.01;
+            }
+            Profile::Medical => {
+                l.nets = vec![world::corporate_net(t, home_cc)];
+                l.hit_share = 0.01;
+                l.peak = self.rng.uniform(10.0, 40.0) * scale;
+            }
+        }
+        l
+    }
+
+    /// An extra key of a tenant of one of the given profiles, with its owner's traffic.
+    fn victim(&mut self, templates: &[(Arc<str>, Legit)], profiles: &[Profile], s: usize) -> usize {
+        let candidates: Vec<usize> = templates
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, l))| profiles.contains(&l.profile))
+            .map(|(i, _)| i)
+            .collect();
+        let pick = if candidates.is_empty() {
+            self.rng.range(0, templates.len() as u64) as usize
+        } else {
+            candidates
+                .get(self.rng.range(0, candidates.len() as u64) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        let Some((tenant, template)) = templates.get(pick).cloned() else {
+            let t: Arc<str> = Arc::from("t-orphan");
+            return self.add_key(&t, Profile::ServerCloud, false);
+        };
+        let key = self.add_key(&tenant, template.profile, false);
+        if let Some(k) = self.keys.get_mut(key) {
+            k.scenario = Some(s);
+        }
+        let mut a = template;
+        a.key = key;
+        let first = self.start_ms + self.rng.range(0, 600_000) as i64;
+        self.schedule(first, Actor::Legit(Box::new(a)));
+        key
+    }
+
+    fn relay_mix(&mut self) -> RelayMix {
+        let rng = &mut self.rng;
+        let n = rng.range(30, 60);
+        RelayMix {
+            rate: rng.uniform(60.0, 200.0),
+            sys: Arc::new((0..n).map(|_| rng.next_u64()).collect()),
+            image: 0.1,
+            hit: 0.05,
+            evasion: 0.03,
+            roleplay: 0.35,
+            inflight: (2, 20),
+        }
+    }
+
+    fn vps(&mut self, kind: Kind) -> Client {
+        let choices = [(64502, "NL"), (64499, "RO"), (64510, "RU")];
+        let (asn, cc) = *self.rng.pick(&choices).unwrap_or(&(64502, "NL"));
+        Client {
+            nets: vec![self.find(asn, cc)],
+            host: self.rng.range(1, 60_000) as u16,
+            program: world::program(kind, self.rng.next_u64()),
+        }
+    }
+
+    fn checker(&mut self) -> Client {
+        let choices = [(64499, "RO"), (64510, "RU"), (64509, "NL"), (64503, "SG")];
+        let (asn, cc) = *self.rng.pick(&choices).unwrap_or(&(64499, "RO"));
+        let kind = if self.rng.chance(0.5) {
+            Kind::Requests
+        } else {
+            Kind::Aiohttp
+        };
+        Client {
+            nets: vec![self.find(asn, cc)],
+            host: self.rng.range(1, 60_000) as u16,
+            program: world::program(kind, self.rng.next_u64()),
+        }
+    }
+
+    fn build_attack(&mut self, s: usize, templates: &[(Arc<str>, Legit)]) {
+        use Profile::*;
+        let servers = [ServerCloud, ServerCorp];
+        let lo = f64::from(self.cfg.warmup_days);
+        let hi = (f64::from(self.cfg.days) - 1.5).max(lo + 0.1);
+        let t0 = self.start_ms + (self.rng.uniform(lo, hi) * 24.0 * HOUR_MS as f64) as i64;
+        let wait =
+            |rng: &mut Rng, lo_h: f64, hi_h: f64| (rng.uniform(lo_h, hi_h) * HOUR_MS as f64) as i64;
+        let mut mix = self.relay_mix();
+        let mut clients = Vec::new();
+        let script: Vec<Seg>;
+        match SCENARIOS.get(s).copied().unwrap_or("") {
+            "leak_proxy_resale" => {
+                let v = self.victim(templates, &servers, s);
+                clients.push(self.checker());
+                clients.push(self.vps(Kind::AxiosRelay));
+                script = vec![
+                    Seg::Probe {
+                        key: v,
+                        client: 0,
+                        listing: true,
+                        tiny: 2,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 0.5, 6.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "stealth_resale" => {
+                let v = self.victim(templates, &[ServerCloud, ServerCorp, SupportBot], s);
+                let home = templates
+                    .iter()
+                    .find(|(t, _)| self.keys.get(v).is_some_and(|k| k.tenant == *t))
+                    .map(|(_, l)| {
+                        (
+                            l.nets.first().map_or("US", |n| n.cc),
+                            l.programs.first().cloned(),
+                        )
+                    });
+                let (cc, program) = home.unwrap_or(("US", None));
+                let net = self.residential(cc);
+                clients.push(Client {
+                    nets: vec![net],
+                    host: self.rng.range(1, 60_000) as u16,
+                    program: program.unwrap_or_else(|| world::program(Kind::OpenaiPython, 0)),
+                });
+                mix.roleplay = 0.0;
+                mix.evasion = 0.0;
+                mix.image = 0.15;
+                mix.hit = 0.04;
+                mix.inflight = (1, 4);
+                mix.rate = self.rng.uniform(30.0, 60.0);
+                script = vec![Seg::Relay {
+                    key: v,
+                    client: 0,
+                    hours: 36.0,
+                    persistent: false,
+                }];
+            }
+            "checker_then_resale" => {
+                let v = self.victim(templates, &servers, s);
+                let mut c = self.checker();
+                c.nets = vec![self.find(64503, "SG")];
+                clients.push(c);
+                clients.push(self.vps(Kind::AxiosRelay));
+                let count = self.rng.range(40, 120) as u32;
+                script = vec![
+                    Seg::Checker {
+                        key: v,
+                        client: 0,
+                        period: 180.0,
+                        count,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 1.0, 4.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "mobile_extracted" => {
+                let v = self.victim(templates, &[Mobile], s);
+                let mut c = self.vps(Kind::Aiohttp);
+                clients.push(c.clone());
+                c.program = world::program(Kind::AxiosRelay, self.rng.next_u64());
+                clients.push(c);
+                script = vec![
+                    Seg::Probe {
+                        key: v,
+                        client: 0,
+                        listing: false,
+                        tiny: 1,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 1.0, 3.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "vpn_company_leak" => {
+                let v = self.victim(templates, &[VpnCompany], s);
+                clients.push(Client {
+                    nets: vec![self.find(64505, "RO")],
+                    host: self.rng.range(1, 60_000) as u16,
+                    program: world::program(Kind::Requests, self.rng.next_u64()),
+                });
+                clients.push(self.vps(Kind::AxiosRelay));
+                script = vec![
+                    Seg::Probe {
+                        key: v,
+                        client: 0,
+                        listing: true,
+                        tiny: 1,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 0.5, 4.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "ci_leak" => {
+                let v = self.victim(templates, &[Ci], s);
+                clients.push(Client {
+                    nets: vec![self.find(64510, "RU")],
+                    host: self.rng.range(1, 60_000) as u16,
+                    program: world::program(Kind::Requests, self.rng.next_u64()),
+                });
+                let mut relay = self.vps(Kind::Aiohttp);
+                relay.nets = vec![self.find(64499, "RO")];
+                clients.push(relay);
+                script = vec![
+                    Seg::Probe {
+                        key: v,
+                        client: 0,
+                        listing: true,
+                        tiny: 1,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 0.5, 4.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "canary_harvest" => {
+                let (tenant, _) = templates
+                    .get(self.rng.range(0, templates.len() as u64) as usize)
+                    .cloned()
+                    .unwrap_or_else(|| (Arc::from("t-canary"), Legit::placeholder()));
+                let canary = self.add_key(&tenant, ServerCloud, true);
+                if let Some(k) = self.keys.get_mut(canary) {
+                    k.scenario = Some(s);
+                }
+                let v = self.victim(templates, &servers, s);
+                let mut crawler = self.checker();
+                crawler.nets = vec![self.find(64510, "RU")];
+                clients.push(crawler);
+                clients.push(self.vps(Kind::AxiosRelay));
+                script = vec![
+                    Seg::Probe {
+                        key: canary,
+                        client: 0,
+                        listing: true,
+                        tiny: 1,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 0.03, 0.2)),
+                    Seg::Probe {
+                        key: v,
+                        client: 0,
+                        listing: true,
+                        tiny: 1,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 1.0, 4.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "revoked_retry" => {
+                let v = self.victim(templates, &servers, s);
+                clients.push(self.vps(Kind::AxiosRelay));
+                self.schedule(t0, Actor::OperatorRevoke { key: v });
+                script = vec![
+                    Seg::Wait(wait(&mut self.rng, 0.2, 1.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 0,
+                        hours: 12.0,
+                        persistent: true,
+                    },
+                ];
+            }
+            "key_swap" => {
+                let v1 = self.victim(templates, &servers, s);
+                let v2 = self.victim(templates, &[ServerCloud, ServerCorp, SupportBot], s);
+                let v3 = self.victim(templates, &servers, s);
+                clients.push(self.checker());
+                clients.push(self.vps(Kind::AxiosRelay));
+                script = vec![
+                    Seg::Probe {
+                        key: v1,
+                        client: 0,
+                        listing: true,
+                        tiny: 1,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 0.5, 2.0)),
+                    Seg::Relay {
+                        key: v1,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                    Seg::Relay {
+                        key: v2,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                    Seg::Relay {
+                        key: v3,
+                        client: 1,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "travel_rotation" => {
+                let v = self.victim(templates, &servers, s);
+                let nets = ["BR", "IN", "VN", "US", "DE", "GB"]
+                    .iter()
+                    .map(|cc| self.residential(cc))
+                    .collect();
+                clients.push(Client {
+                    nets,
+                    host: 1,
+                    program: world::program(Kind::ForgedPython, self.rng.next_u64()),
+                });
+                mix.rate = 80.0;
+                mix.roleplay = 0.2;
+                script = vec![
+                    Seg::Probe {
+                        key: v,
+                        client: 0,
+                        listing: false,
+                        tiny: 1,
+                    },
+                    Seg::Wait(wait(&mut self.rng, 0.2, 2.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 0,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "image_abuse" => {
+                let v = self.victim(templates, &servers, s);
+                clients.push(Client {
+                    nets: vec![self.find(64509, "NL")],
+                    host: self.rng.range(1, 60_000) as u16,
+                    program: world::program(Kind::OpenaiNode, self.rng.next_u64()),
+                });
+                mix.image = 0.8;
+                mix.hit = 0.3;
+                mix.evasion = 0.2;
+                mix.roleplay = 0.1;
+                mix.rate = 30.0;
+                mix.inflight = (1, 3);
+                script = vec![Seg::Relay {
+                    key: v,
+                    client: 0,
+                    hours: 36.0,
+                    persistent: false,
+                }];
+            }
+            _ => {
+                // exposure_reported
+                let v = self.victim(templates, &servers, s);
+                clients.push(self.vps(Kind::AxiosRelay));
+                self.schedule(t0, Actor::Exposure { key: v });
+                script = vec![
+                    Seg::Wait(wait(&mut self.rng, 0.3, 2.0)),
+                    Seg::Relay {
+                        key: v,
+                        client: 0,
+                        hours: 36.0,
+                        persistent: false,
+                    },
+                ];
+            }
+        }
+        let attack = Attack {
+            scenario: s,
+            clients,
+            mix,
+            script,
+            pos: 0,
+            done: 0,
+            seg_start: t0,
+            retries: 0,
+        };
+        self.schedule(t0, Actor::Attack(Box::new(attack)));
+    }
+
+    /// Runs the simulation through `engine`, calling `sink` with every event and its label
+    /// (e.g. to write an event file), and returns the evaluation.
+    pub fn run(
+        mut self,
+        engine: &mut Engine,
+        min_severity: Severity,
+        mut sink: impl FnMut(&UsageEvent, Label, &[Alert], &[Action]),
+    ) -> Report {
+        let mut gw = Gateway {
+            keys: self
+                .keys
+                .iter()
+                .map(|k| GwKey {
+                    canary: k.canary,
+                    ..GwKey::default()
+                })
+                .collect(),
+        };
+        let n = self.keys.len();
+        let mut outcome: Vec<KeyOutcome> = vec![KeyOutcome::default(); n];
+        let key_index: HashMap<KeyId, usize> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.id.clone(), i))
+            .collect();
+        let mut attacker_ids: HashSet<String> = HashSet::new();
+        let mut per_det: Vec<(u64, u64, HashSet<usize>, HashSet<usize>)> =
+            vec![(0, 0, HashSet::new(), HashSet::new()); stormwall_types::DetectorId::ALL.len()];
+        let mut report = Report {
+            seed: self.cfg.seed,
+            days: self.cfg.days,
+            tenants: self.tenants,
+            min_severity,
+            ..Report::default()
+        };
+        let mut seq: u64 = 0;
+        let mut alerts: Vec<Alert> = Vec::new();
+        let mut actions: Vec<Action> = Vec::new();
+        while let Some(Reverse((t, _, idx))) = self.heap.pop() {
+            if t >= self.end_ms {
+                continue;
+            }
+            let Some(actor) = self.actors.get_mut(idx) else {
+                continue;
+            };
+            let (req, label, next) = match actor {
+                Actor::Legit(l) => {
+                    // An owner whose key was revoked by an operator has rotated to a new one.
+                    if gw
+                        .keys
+                        .get(l.key)
+                        .is_some_and(|g| g.status == Some(KeyStatus::Revoked))
+                    {
+                        continue;
+                    }
+                    let (r, next) = l.step(t, &mut self.rng);
+                    (
+                        r,
+                        Label {
+                            scenario: None,
+                            abuse: false,
+                        },
+                        Some(next),
+                    )
+                }
+                Actor::Attack(a) => {
+                    let s = a.scenario;
+                    let (r, next) = a.step(t, &mut self.rng, &gw);
+                    match r {
+                        Some(ar) => (
+                            Some(ar.req),
+                            Label {
+                                scenario: Some(s),
+                                abuse: ar.abuse,
+                            },
+                            next,
+                        ),
+                        None => (
+                            None,
+                            Label {
+                                scenario: Some(s),
+                                abuse: false,
+                            },
+                            next,
+                        ),
+                    }
+                }
+                Actor::Exposure { key } => {
+                    let k = *key;
+                    if let Some(info) = self.keys.get(k) {
+                        let at = to_time(t);
+                        let alert = engine.note_exposure(
+                            &info.id,
+                            Some(&info.tenant),
+                            at,
+                            "simulated leak report",
+                        );
+                        alerts.clear();
+                        actions.clear();
+                        if let Some(action) = engine.decide(&alert) {
+                            apply(&mut gw, k, &action, &mut outcome, t);
+                            actions.push(action);
+                        }
+                        alerts.push(alert);
+                        count_alerts(
+                            &alerts,
+                            &attacker_ids,
+                            &key_index,
+                            &self.keys,
+                            &mut outcome,
+                            &mut per_det,
+                            min_severity,
+                            t,
+                        );
+                        report.alerts += 1;
+                    }
+                    (
+                        None,
+                        Label {
+                            scenario: None,
+                            abuse: false,
+                        },
+                        None,
+                    )
+                }
+                Actor::OperatorRevoke { key } => {
+                    let k = *key;
+                    if let (Some(info), Some(g)) = (self.keys.get(k), gw.keys.get_mut(k)) {
+                        g.status = Some(KeyStatus::Revoked);
+                        engine.key_status(&info.id, KeyStatus::Revoked, to_time(t));
+                        if let Some(o) = outcome.get_mut(k) {
+                            o.stopped_at.get_or_insert(t);
+                        }
+                    }
+                    (
+                        None,
+                        Label {
+                            scenario: None,
+                            abuse: false,
+                        },
+                        None,
+                    )
+                }
+            };
+            if let Some(next) = next {
+                let s = self.rng.next_u64();
+                self.heap.push(Reverse((next.max(t + 1), s, idx)));
+            }
+            let Some(req) = req else {
+                continue;
+            };
+            seq += 1;
+            let Some(info) = self.keys.get(req.key) else {
+                continue;
+            };
+            let mut e = build_event(&req, info, t, seq);
+            gateway_apply(&mut gw, req.key, &mut e, t);
+            report.events += 1;
+            let o = &mut outcome[req.key.min(n - 1)];
+            if label.scenario.is_some() {
+                report.attacker_events += 1;
+                attacker_ids.insert(e.id.clone());
+                o.first_attack.get_or_insert(t);
+                if label.abuse && o.abuse_start.is_none() {
+                    o.abuse_start = Some(t);
+                    o.active_at_abuse = e.decision == stormwall_types::Decision::Allow
+                        || e.reject_reason == Some(RejectReason::RateLimitRequests);
+                }
+                if o.abuse_start.is_some() && e.decision == stormwall_types::Decision::Allow {
+                    o.served_after_abuse += 1;
+                }
+            }
+            alerts.clear();
+            actions.clear();
+            engine.observe_into(&e, &mut alerts);
+            report.alerts += alerts.len() as u64;
+            for a in &alerts {
+                if let Some(action) = engine.decide(a) {
+                    let k = action.key_id.clone();
+                    if let Some(&ki) = key_index.get(&k) {
+                        apply(&mut gw, ki, &action, &mut outcome, t);
+                    }
+                    actions.push(action);
+                }
+            }
+            count_alerts(
+                &alerts,
+                &attacker_ids,
+                &key_index,
+                &self.keys,
+                &mut outcome,
+                &mut per_det,
+                min_severity,
+                t,
+            );
+            sink(&e, label, &alerts, &actions);
+        }
+        finish_report(&mut report, &self.keys, &outcome, &per_det);
+        report.engine = engine.stats();
+        report
+    }
+}
+
+impl Legit {
+    /// A harmless placeholder (only used when a population is empty).
+    fn placeholder() -> Self {
+        Legit {
+            key: 0,
+            profile: Profile::ServerCloud,
+            tz: 0,
+            peak: 1.0,
+            nets: Vec::new(),
+            hosts: Vec::new(),
+            programs: Vec::new(),
+            sys: Vec::new(),
+            dynamic_sys: false,
+            end_users: 0,
+            models: Vec::new(),
+            image_share: 0.0,
+            embed_share: 0.0,
+            roleplay_share: 0.0,
+            hit_share: 0.0,
+            probe_share: 0.0,
+            lists_models: false,
+            api_version: None,
+            start_ms: 0,
+            burst_left: 0,
+            burst_host: 0,
+            dev_session: None,
+            dev_client: None,
+        }
+    }
+}
+
+fn parse_start(s: &str) -> Result<i64, SimError> {
+    stormwall_types::timefmt::parse(s)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| SimError::Invalid("start must be an RFC 3339 timestamp"))
+}
+
+fn to_time(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn apply(gw: &mut Gateway, key: usize, action: &Action, outcome: &mut [KeyOutcome], t: i64) {
+    let Some(g) = gw.keys.get_mut(key) else {
+        return;
+    };
+    let Some(o) = outcome.get_mut(key) else {
+        return;
+    };
+    match action.kind {
+        ActionKind::Alert => {}
+        ActionKind::Throttle => {
+            if g.status.is_none() {
+                g.throttle_rpm = action.throttle_rpm;
+                o.throttled = true;
+            }
+        }
+        ActionKind::Suspend | ActionKind::Revoke => {
+            if g.status != Some(KeyStatus::Revoked) {
+                g.status = Some(if action.kind == ActionKind::Revoke {
+                    KeyStatus::Revoked
+                } else {
+                    KeyStatus::Suspended
+                });
+            }
+            if o.stopped_at.is_none() {
+                o.stopped_at = Some(t);
+                if o.first_attack.is_none() {
+                    o.stopped_before_attack = true;
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn count_alerts(
+    alerts: &[Alert],
+    attacker_ids: &HashSet<String>,
+    key_index: &HashMap<KeyId, usize>,
+    keys: &[KeyInfo],
+    outcome: &mut [KeyOutcome],
+    per_det: &mut [(u64, u64, HashSet<usize>, HashSet<usize>)],
+    min_severity: Severity,
+    t: i64,
+) {
+    for a in alerts {
+        let Some(ki) = a.key_id.as_ref().and_then(|k| key_index.get(k)).copied() else {
+            continue;
+        };
+        let is_attack_key = keys.get(ki).is_some_and(|k| k.scenario.is_some());
+        let true_alert = a.evidence.iter().any(|id| attacker_ids.contains(id))
+            || a.detector == stormwall_types::DetectorId::E1 && is_attack_key;
+        let d = a.detector.index();
+        if let Some(pd) = per_det.get_mut(d) {
+            pd.0 += 1;
+            if true_alert {
+                pd.1 += 1;
+                pd.2.insert(ki);
+            } else {
+                pd.3.insert(ki);
+            }
+        }
+        let Some(o) = outcome.get_mut(ki) else {
+            continue;
+        };
+        if a.severity >= min_severity {
+            if true_alert {
+                o.detected_at.get_or_insert(t);
+                o.detectors.insert(d);
+            } else {
+                o.legit_alerted = true;
+                o.false_detectors.insert(d);
+            }
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied()
+}
+
+fn finish_report(
+    r: &mut Report,
+    keys: &[KeyInfo],
+    outcome: &[KeyOutcome],
+    per_det: &[(u64, u64, HashSet<usize>, HashSet<usize>)],
+) {
+    let mut served = Vec::new();
+    let mut detect_secs = Vec::new();
+    let mut stop_secs = Vec::new();
+    let mut detected = 0usize;
+    let mut scen: BTreeMap<String, (ScenarioFigures, Vec<f64>, HashSet<usize>)> = BTreeMap::new();
+    for (k, o) in keys.iter().zip(outcome) {
+        match k.scenario {
+            None => {
+                r.legit_keys += 1;
+                if o.legit_alerted {
+                    r.legit_keys_alerted += 1;
+                }
+                if o.stopped_at.is_some() {
+                    r.false_suspensions += 1;
+                }
+                if o.throttled {
+                    r.false_throttles += 1;
+                }
+            }
+            Some(s) => {
+                let name = SCENARIOS.get(s).copied().unwrap_or("?").to_owned();
+                let entry = scen.entry(name).or_default();
+                r.attack_keys += 1;
+                entry.0.keys += 1;
+                if o.stopped_before_attack {
+                    r.false_suspensions += 1;
+                }
+                let is_detected = o.detected_at.is_some();
+                if is_detected {
+                    detected += 1;
+                    entry.0.detected += 1;
+                    entry.2.extend(o.detectors.iter().copied());
+                    if let (Some(d), Some(f)) = (o.detected_at, o.first_attack) {
+                        detect_secs.push((d - f) as f64 / 1000.0);
+                    }
+                }
+                let never_served = k.canary || !o.active_at_abuse && o.abuse_start.is_some();
+                if o.stopped_at.is_some() || never_served {
+                    r.attack_keys_stopped += 1;
+                    entry.0.stopped += 1;
+                }
+                if let Some(a) = o.abuse_start
+                    && o.active_at_abuse
+                    && !k.canary
+                {
+                    served.push(o.served_after_abuse as f64);
+                    entry.1.push(o.served_after_abuse as f64);
+                    if let Some(s) = o.stopped_at {
+                        stop_secs.push(((s - a).max(0)) as f64 / 1000.0);
+                    }
+                }
+            }
+        }
+    }
+    r.keys_with_abuse_phase = served.len();
+    r.recall = if r.attack_keys == 0 {
+        0.0
+    } else {
+        detected as f64 / r.attack_keys as f64
+    };
+    let flagged = detected + r.legit_keys_alerted;
+    r.precision = if flagged == 0 {
+        0.0
+    } else {
+        detected as f64 / flagged as f64
+    };
+    r.max_attacker_requests_served = served.iter().fold(0.0f64, |a, &b| a.max(b)) as u64;
+    r.p90_attacker_requests_served = percentile(&mut served, 0.9).unwrap_or(0.0);
+    r.median_attacker_requests_served = median(&mut served).unwrap_or(0.0);
+    r.median_seconds_to_detect = median(&mut detect_secs);
+    r.median_seconds_to_stop = median(&mut stop_secs);
+    for (name, (mut f, mut s, dets)) in scen {
+        f.median_served = median(&mut s);
+        f.max_served = s.iter().copied().reduce(f64::max).map(|m| m as u64);
+        let mut d: Vec<String> = dets
+            .into_iter()
+            .filter_map(|i| stormwall_types::DetectorId::ALL.get(i))
+            .map(|d| d.as_str().to_owned())
+            .collect();
+        d.sort();
+        f.detectors = d;
+        r.per_scenario.insert(name, f);
+    }
+    for d in stormwall_types::DetectorId::ALL {
+        let Some((alerts, true_alerts, atk, legit)) = per_det.get(d.index()) else {
+            continue;
+        };
+        r.per_detector.insert(
+            d.as_str().to_owned(),
+            DetectorFigures {
+                alerts: *alerts,
+                true_alerts: *true_alerts,
+                precision: (*alerts > 0).then(|| *true_alerts as f64 / *alerts as f64),
+                attack_keys: atk.len(),
+                recall: if r.attack_keys == 0 {
+                    0.0
+                } else {
+                    atk.len() as f64 / r.attack_keys as f64
+                },
+                legit_keys: legit.len(),
+            },
+        );
+    }
+}
+
+/// The gateway model: canary, revoked and suspended keys are refused; a throttled key gets
+/// its requests-per-minute limit; everything else is served.
+fn gateway_apply(gw: &mut Gateway, key: usize, e: &mut UsageEvent, t: i64) {
+    let Some(g) = gw.keys.get_mut(key) else {
+        return;
+    };
+    let refuse = |e: &mut UsageEvent, reason: RejectReason, status: u16| {
+        e.deny(reason);
+        e.status = status;
+        e.input_tokens = None;
+        e.output_tokens = None;
+        e.cost_usd = 0.0;
+        e.upstream = None;
+        e.upstream_status = None;
+        e.error_code = Some(if status == 401 {
+            "invalid_api_key".to_owned()
+        } else {
+            "rate_limit_exceeded".to_owned()
+        });
+    };
+    if g.canary {
+        e.key_kind = Some(KeyKind::Canary);
+        refuse(e, RejectReason::CanaryKey, 401);
+        return;
+    }
+    match g.status {
+        Some(KeyStatus::Revoked) => return refuse(e, RejectReason::RevokedKey, 401),
+        Some(KeyStatus::Suspended) => return refuse(e, RejectReason::SuspendedKey, 401),
+        _ => {}
+    }
+    if let Some(rpm) = g.throttle_rpm {
+        let minute = t.div_euclid(60_000);
+        if minute != g.minute {
+            g.minute = minute;
+            g.count = 0;
+        }
+        g.count += 1;
+        if g.count > rpm {
+            refuse(e, RejectReason::RateLimitRequests, 429);
+        }
+    }
+}
+
+fn hex128(seed: u64) -> String {
+    format!("{:016x}{:016x}", mix64(seed), mix64(seed ^ 0xa5a5))
+}
+
+fn price(model: &str, input: u64, output: u64, images: u32) -> f64 {
+    let (i, o) = match model {
+        "gpt-4o" => (2.5, 10.0),
+        "text-embedding-3-small" => (0.02, 0.0),
+        "dall-e-3" => return 0.04 * f64::from(images.max(1)),
+        _ => (0.15, 0.6),
+    };
+    (input as f64 * i + output as f64 * o) / 1e6
+}
+
+/// Turns a request into the event the gateway would record.
+fn build_event(r: &Req, info: &KeyInfo, t_ms: i64, seq: u64) -> UsageEvent {
+    let ip = r.net.ip(r.host);
+    let (method, path) = match r.endpoint {
+        Endpoint::Models => ("GET", "/v1/models".to_owned()),
+        ep => ("POST", format!("/v1/{}", ep.path_suffix())),
+    };
+    let path = match r.api_version {
+        Some(_) if r.endpoint != Endpoint::Models => {
+            format!(
+                "/openai/deployments/{}/{}",
+                r.model,
+                r.endpoint.path_suffix()
+            )
+        }
+        _ => path,
+    };
+    let mut e = UsageEvent::new(
+        format!("{t_ms:013}-{seq:08x}"),
+        to_time(t_ms),
+        ip,
+        method,
+        &path,
+    );
+    e.dataset = "simulator".to_owned();
+    e.tenant = Some(info.tenant.to_string());
+    e.key_id = Some(info.id.clone());
+    e.key_kind = Some(if info.canary {
+        KeyKind::Canary
+    } else {
+        KeyKind::Normal
+    });
+    e.source_port = 40_000 + (seq % 20_000) as u16;
+    e.source_asn = Some(r.net.asn);
+    e.source_as_org = Some(r.net.org.to_owned());
+    e.source_country = Some(r.net.cc.to_owned());
+    e.user_agent = Some(r.program.ua.to_string());
+    e.header_names = (*r.program.headers).clone();
+    if r.program.empty_origin {
+        e.origin = Some(String::new());
+        e.referer = Some(String::new());
+    }
+    e.forwarded = r.program.forwarded;
+    e.flavor = Some(if r.api_version.is_some() {
+        ApiFlavor::Azure
+    } else {
+        ApiFlavor::Openai
+    });
+    e.api_version = r.api_version.map(str::to_owned);
+    e.endpoint = Some(r.endpoint);
+    e.system = Some("openai".to_owned());
+    if r.endpoint != Endpoint::Models {
+        e.model = Some(r.model.to_owned());
+        e.response_model = Some(r.model.to_owned());
+    }
+    e.max_tokens = r.max_tokens;
+    e.end_user = r.end_user.map(|u| format!("u-{u:x}"));
+    e.estimated_input_tokens = r.in_tok;
+    if r.endpoint == Endpoint::ImagesGenerations {
+        e.images = Some(1);
+    }
+    e.system_prompt_hash = r.sys.map(hex128);
+    if let Some(root) = r.root {
+        e.prompt_minhash = (0..16u64).map(|i| (mix64(root ^ i) >> 36) as u32).collect();
+        e.prompt_simhash = Some(format!("{:016x}", mix64(root ^ 0x51)));
+    }
+    e.prompt_chars = r.prompt_chars;
+    e.prompt_messages = if r.sys.is_some() { 2 } else { 1 };
+    e.safety = r.verdicts.clone();
+    e.inflight = r.inflight;
+    e.upstream = Some("mock".to_owned());
+    e.upstream_status = Some(200);
+    e.status = 200;
+    if r.endpoint != Endpoint::Models {
+        e.input_tokens = Some(r.in_tok);
+        e.output_tokens = Some(r.out_tok);
+        e.cost_usd = price(r.model, r.in_tok, r.out_tok, 1);
+    }
+    if r.verdicts.iter().any(|v| v.action == "block") {
+        e.deny(RejectReason::ContentPolicy);
+        e.status = 400;
+        e.error_code = Some("content_policy_violation".to_owned());
+        e.output_tokens = Some(0);
+        e.cost_usd = 0.0;
+    }
+    e.duration_ms = 50.0 + (r.out_tok as f64) * 2.0;
+    e
+}

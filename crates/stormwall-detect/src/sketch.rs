@@ -1,0 +1,251 @@
+//! Small, bounded data structures for per-key state: exact sets that stop growing at a cap,
+//! a HyperLogLog for distinct counts that can grow without bound, and a count-min sketch for
+//! "have we seen this value on this key before, and how often".
+//!
+//! They are hand-written because each is a few dozen lines and the detectors need fixed,
+//! predictable memory per key more than they need a general-purpose library.
+
+/// A 64-bit mix (splitmix64 finaliser): spreads any input over all bits.
+pub fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// FNV-1a over bytes, then mixed: a fast, stable (across runs and machines) hash of a string.
+pub fn hash_str(s: &str) -> u64 {
+    hash_bytes(s.as_bytes())
+}
+
+/// FNV-1a over bytes, then mixed.
+pub fn hash_bytes(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &c in b {
+        h ^= u64::from(c);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix64(h)
+}
+
+/// An exact set of 64-bit values that stops accepting new values at `cap`; past that it
+/// only counts how many insertions it refused, so memory stays bounded per key.
+#[derive(Debug, Clone, Default)]
+pub struct CappedSet {
+    items: Vec<u64>,
+    cap: u16,
+    overflow: u32,
+}
+
+impl CappedSet {
+    /// An empty set holding at most `cap` values.
+    pub fn new(cap: u16) -> Self {
+        Self {
+            items: Vec::new(),
+            cap,
+            overflow: 0,
+        }
+    }
+
+    /// Whether the value is in the set.
+    pub fn contains(&self, v: u64) -> bool {
+        self.items.contains(&v)
+    }
+
+    /// Inserts; returns `true` when the value is new (also when it was refused at the cap,
+    /// since it is new all the same).
+    pub fn insert(&mut self, v: u64) -> bool {
+        if self.items.contains(&v) {
+            return false;
+        }
+        if self.items.len() < usize::from(self.cap) {
+            self.items.push(v);
+        } else {
+            self.overflow = self.overflow.saturating_add(1);
+        }
+        true
+    }
+
+    /// Number of distinct values held (refused ones excluded).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether values were refused at the cap (the set is then a lower bound).
+    pub fn saturated(&self) -> bool {
+        self.overflow > 0
+    }
+
+    /// Distinct values seen, counting refused insertions (an upper bound past the cap).
+    pub fn count(&self) -> usize {
+        self.items.len() + self.overflow as usize
+    }
+
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.overflow = 0;
+    }
+
+    /// The values held.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.items.iter().copied()
+    }
+}
+
+/// Number of HyperLogLog registers (2^8): 256 bytes, about 6.5 % standard error.
+const HLL_REGISTERS: usize = 256;
+
+/// A HyperLogLog distinct counter with 256 one-byte registers.
+#[derive(Debug, Clone)]
+pub struct Hll {
+    regs: Box<[u8; HLL_REGISTERS]>,
+}
+
+impl Default for Hll {
+    fn default() -> Self {
+        Self {
+            regs: Box::new([0; HLL_REGISTERS]),
+        }
+    }
+}
+
+impl Hll {
+    /// Adds a (pre-hashed) value.
+    pub fn add(&mut self, hash: u64) {
+        let h = mix64(hash);
+        let idx = (h >> 56) as usize;
+        let rest = h << 8 | 0x80; // a sentinel bit bounds the rank
+        let rank = rest.leading_zeros() as u8 + 1;
+        if let Some(r) = self.regs.get_mut(idx)
+            && rank > *r
+        {
+            *r = rank;
+        }
+    }
+
+    /// Estimated number of distinct values added.
+    pub fn estimate(&self) -> f64 {
+        let m = HLL_REGISTERS as f64;
+        let mut sum = 0.0;
+        let mut zeros = 0u32;
+        for &r in self.regs.iter() {
+            sum += 1.0 / f64::from(1u32 << r.min(31));
+            if r == 0 {
+                zeros += 1;
+            }
+        }
+        let alpha = 0.7213 / (1.0 + 1.079 / m);
+        let raw = alpha * m * m / sum;
+        if raw <= 2.5 * m && zeros > 0 {
+            // Linear counting is far better for small cardinalities.
+            m * (m / f64::from(zeros)).ln()
+        } else {
+            raw
+        }
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.regs.fill(0);
+    }
+}
+
+/// Rows of the count-min sketch.
+const CM_DEPTH: usize = 3;
+/// Counters per row.
+const CM_WIDTH: usize = 128;
+
+/// A count-min sketch of 3 × 128 saturating 16-bit counters (768 bytes): frequency of a
+/// value on one key, never under-counted, rarely over-counted.
+#[derive(Debug, Clone)]
+pub struct CountMin {
+    rows: Box<[[u16; CM_WIDTH]; CM_DEPTH]>,
+}
+
+impl Default for CountMin {
+    fn default() -> Self {
+        Self {
+            rows: Box::new([[0; CM_WIDTH]; CM_DEPTH]),
+        }
+    }
+}
+
+impl CountMin {
+    fn slots(hash: u64) -> [usize; CM_DEPTH] {
+        let h = mix64(hash);
+        [
+            (h & 0x7f) as usize,
+            ((h >> 21) & 0x7f) as usize,
+            ((h >> 42) & 0x7f) as usize,
+        ]
+    }
+
+    /// Adds `n` occurrences of a (pre-hashed) value.
+    pub fn add(&mut self, hash: u64, n: u16) {
+        for (row, slot) in self.rows.iter_mut().zip(Self::slots(hash)) {
+            if let Some(c) = row.get_mut(slot) {
+                *c = c.saturating_add(n);
+            }
+        }
+    }
+
+    /// Estimated occurrences (an upper bound).
+    pub fn estimate(&self, hash: u64) -> u16 {
+        self.rows
+            .iter()
+            .zip(Self::slots(hash))
+            .map(|(row, slot)| row.get(slot).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_set_stops_growing() {
+        let mut s = CappedSet::new(3);
+        for v in 0..10 {
+            assert!(s.insert(v));
+        }
+        assert!(!s.insert(1));
+        assert_eq!(s.len(), 3);
+        assert!(s.saturated());
+        assert_eq!(s.count(), 10);
+    }
+
+    #[test]
+    fn hll_is_close() {
+        let mut h = Hll::default();
+        for i in 0..5_000u64 {
+            h.add(i);
+            h.add(i);
+        }
+        let e = h.estimate();
+        assert!((e - 5_000.0).abs() < 5_000.0 * 0.2, "{e}");
+        let mut small = Hll::default();
+        for i in 0..10u64 {
+            small.add(i);
+        }
+        assert!((small.estimate() - 10.0).abs() < 2.0);
+    }
+
+    #[test]
+    fn count_min_never_undercounts() {
+        let mut c = CountMin::default();
+        for i in 0..500u64 {
+            c.add(i, 1);
+        }
+        c.add(7, 5);
+        assert!(c.estimate(7) >= 6);
+        assert!(c.estimate(10_000) <= 20);
+    }
+}

@@ -1,0 +1,860 @@
+//! Bounded state per key, per tenant and per client address, and the baselines that learn
+//! from it.
+//!
+//! A key's baseline learns at the end of each hour of event time, and only from hours in
+//! which the key's risk stayed low: an attacker's traffic must not become the "normal" it
+//! is judged against. A key too young to have a baseline is judged against its tenant's
+//! (the tenant-wide prior); a tenant too young for that is in its learning period, during
+//! which novelty signals stay silent.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use stormwall_types::{ActionKind, DetectorId, KeyId, Severity, Stage};
+
+use crate::egress::EgressFlag;
+use crate::features::{UaFamily, hour_of_day, hour_of_week};
+use crate::sketch::{CappedSet, CountMin, Hll};
+
+/// Number of detectors (size of per-detector arrays).
+pub const DETECTORS: usize = DetectorId::ALL.len();
+/// Hours in a week.
+const HOW: usize = 168;
+/// Decay applied to running peaks at every hour roll-over (a slow "p99").
+const PEAK_DECAY: f32 = 0.995;
+/// Weight of the newest day in per-day running averages.
+const DAY_EWMA: f32 = 0.3;
+/// Most alerts kept in a key's risk ledger.
+const MAX_LEDGER: usize = 64;
+/// Most suspect fingerprints kept per key.
+const MAX_SUSPECTS: usize = 8;
+/// Most safety-hit timestamps kept per key.
+const MAX_HITS: usize = 16;
+/// Most micro-request timestamps kept per key.
+const MAX_MICRO: usize = 16;
+
+/// Quiet-hour gate: a key's hour is learned only while its risk stays below this.
+pub const LEARN_MAX_RISK: f64 = 50.0;
+
+/// What a key normally looks like, learned from its quiet hours.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// Requests per hour-of-week, summed over the weeks seen.
+    pub how_req: Box<[f32; HOW]>,
+    /// Tokens per hour-of-week, summed.
+    pub how_tok: Box<[f32; HOW]>,
+    /// US dollars per hour-of-week, summed.
+    pub how_cost: Box<[f32; HOW]>,
+    /// Running peak of distinct ASNs in an hour.
+    pub peak_asns_h: f32,
+    /// Running peak of distinct /24s in an hour.
+    pub peak_nets_h: f32,
+    /// Running peak of distinct countries in an hour.
+    pub peak_countries_h: f32,
+    /// Running peak of in-flight requests.
+    pub peak_inflight: f32,
+    /// Running peak of requests in a minute.
+    pub peak_rpm: f32,
+    /// Running peak of calls to one model in an hour.
+    pub peak_model_calls_h: f32,
+    /// Running peak of user-agent families in a day.
+    pub peak_families_day: f32,
+    /// Average new system prompts per day.
+    pub new_sys_day: f32,
+    /// Average new conversation-root clusters per day.
+    pub new_clusters_day: f32,
+    /// Days folded into the per-day averages.
+    pub days_folded: u32,
+    /// Known ASNs.
+    pub asns: CappedSet,
+    /// Known countries.
+    pub countries: CappedSet,
+    /// Known user-agent families.
+    pub families: CappedSet,
+    /// Known header shapes.
+    pub shapes: CappedSet,
+    /// Known Azure `api-version`s.
+    pub api_versions: CappedSet,
+    /// Known system-prompt hashes.
+    pub sys: CappedSet,
+    /// Frequency of conversation-root clusters.
+    pub clusters: CountMin,
+    /// Egress flags seen (bits of [`EgressFlag::bit`]).
+    pub flags: u8,
+    /// Calls per endpoint (index: `Endpoint::ALL` position).
+    pub endpoints: [f32; 6],
+    /// Calls per model hash (a few models at most; the rest pooled in the last slot).
+    pub models: Vec<(u64, f32)>,
+    /// Inference calls learned.
+    pub inference: u64,
+    /// Requests learned.
+    pub requests: u64,
+    /// Probe-shaped calls learned.
+    pub probes: u64,
+    /// Model listings learned.
+    pub listings: u64,
+    /// Image generations learned.
+    pub images: u64,
+    /// Requests with forwarding headers learned.
+    pub forwarded: u64,
+    /// Requests with role-play markers or jailbreak verdicts learned.
+    pub roleplay: u64,
+    /// Micro-requests learned.
+    pub micro: u64,
+    /// Requests with content-safety hits learned.
+    pub hits: u64,
+    /// Requests from SDK clients learned.
+    pub sdk: u64,
+    /// Requests from generic HTTP libraries learned.
+    pub generic: u64,
+    /// Hours learned.
+    pub hours: u32,
+}
+
+impl Default for Baseline {
+    fn default() -> Self {
+        Self {
+            how_req: Box::new([0.0; HOW]),
+            how_tok: Box::new([0.0; HOW]),
+            how_cost: Box::new([0.0; HOW]),
+            peak_asns_h: 0.0,
+            peak_nets_h: 0.0,
+            peak_countries_h: 0.0,
+            peak_inflight: 0.0,
+            peak_rpm: 0.0,
+            peak_model_calls_h: 0.0,
+            peak_families_day: 0.0,
+            new_sys_day: 0.0,
+            new_clusters_day: 0.0,
+            days_folded: 0,
+            asns: CappedSet::new(64),
+            countries: CappedSet::new(32),
+            families: CappedSet::new(16),
+            shapes: CappedSet::new(32),
+            api_versions: CappedSet::new(8),
+            sys: CappedSet::new(256),
+            clusters: CountMin::default(),
+            flags: 0,
+            endpoints: [0.0; 6],
+            models: Vec::new(),
+            inference: 0,
+            requests: 0,
+            probes: 0,
+            listings: 0,
+            images: 0,
+            forwarded: 0,
+            roleplay: 0,
+            micro: 0,
+            hits: 0,
+            sdk: 0,
+            generic: 0,
+            hours: 0,
+        }
+    }
+}
+
+/// Most models tracked per key before pooling.
+const MAX_MODELS: usize = 8;
+
+impl Baseline {
+    /// Usual requests in the hour containing `secs`, given `days` of history: the
+    /// hour-of-week profile once there are `how_min_days` of it, else hour-of-day.
+    pub fn expected(&self, arr: &[f32; HOW], secs: i64, days: f32, how_min_days: f32) -> f32 {
+        if days < 1.0 {
+            return 0.0;
+        }
+        if days >= how_min_days {
+            let weeks = (days / 7.0).max(1.0);
+            return arr[hour_of_week(secs)] / weeks;
+        }
+        let hod = hour_of_day(secs);
+        let sum: f32 = (0..7).map(|d| arr[d * 24 + hod]).sum();
+        sum / days
+    }
+
+    /// Usual daily total of an hour-of-week array.
+    pub fn daily(arr: &[f32; HOW], days: f32) -> f32 {
+        if days < 1.0 {
+            return 0.0;
+        }
+        arr.iter().sum::<f32>() / days
+    }
+
+    /// Adds model calls to the mix.
+    pub fn add_model(&mut self, model: u64, n: f32) {
+        if let Some(m) = self.models.iter_mut().find(|m| m.0 == model) {
+            m.1 += n;
+        } else if self.models.len() < MAX_MODELS {
+            self.models.push((model, n));
+        } else if let Some(last) = self.models.last_mut() {
+            last.1 += n;
+        }
+    }
+
+    /// Whether a model has been used before.
+    pub fn knows_model(&self, model: u64) -> bool {
+        self.models.iter().any(|m| m.0 == model)
+    }
+}
+
+/// Counters of the current hour of one key.
+#[derive(Debug, Clone)]
+pub struct HourWindow {
+    /// Hour number (unix seconds / 3600).
+    pub hour: i64,
+    /// Requests.
+    pub req: u32,
+    /// Tokens.
+    pub tok: u64,
+    /// US dollars.
+    pub cost: f64,
+    /// Distinct ASNs.
+    pub asns: CappedSet,
+    /// Distinct /24s.
+    pub nets: CappedSet,
+    /// Distinct countries.
+    pub countries: CappedSet,
+    /// User-agent families.
+    pub families: CappedSet,
+    /// Header shapes.
+    pub shapes: CappedSet,
+    /// Azure api-versions.
+    pub api_versions: CappedSet,
+    /// System-prompt hashes.
+    pub sys: CappedSet,
+    /// Conversation-root clusters.
+    pub clusters: CappedSet,
+    /// Egress flags.
+    pub flags: u8,
+    /// Calls per endpoint.
+    pub endpoints: [u32; 6],
+    /// Calls per model (hash, count).
+    pub models: Vec<(u64, u32)>,
+    /// Peak in-flight.
+    pub peak_inflight: u32,
+    /// Peak requests in a minute.
+    pub peak_rpm: u32,
+    /// Inference calls.
+    pub inference: u32,
+    /// Images.
+    pub images: u32,
+    /// Probes.
+    pub probes: u32,
+    /// Listings.
+    pub listings: u32,
+    /// Requests with forwarding headers.
+    pub forwarded: u32,
+    /// Role-play or jailbreak markers.
+    pub roleplay: u32,
+    /// Requests with safety hits.
+    pub hits: u32,
+    /// Obfuscated prompts.
+    pub evasions: u32,
+    /// Micro-requests.
+    pub micro: u32,
+    /// Requests from SDK clients.
+    pub sdk: u32,
+    /// Requests from generic HTTP libraries.
+    pub generic: u32,
+    /// Event ids that introduced a new ASN or country this hour (evidence for P1).
+    pub spread_evidence: Vec<String>,
+    /// Whether R4 already fired this hour.
+    pub r4_fired: bool,
+}
+
+impl HourWindow {
+    fn new(hour: i64) -> Self {
+        Self {
+            hour,
+            req: 0,
+            tok: 0,
+            cost: 0.0,
+            asns: CappedSet::new(32),
+            nets: CappedSet::new(64),
+            countries: CappedSet::new(16),
+            families: CappedSet::new(8),
+            shapes: CappedSet::new(8),
+            api_versions: CappedSet::new(4),
+            sys: CappedSet::new(64),
+            clusters: CappedSet::new(128),
+            flags: 0,
+            endpoints: [0; 6],
+            models: Vec::new(),
+            peak_inflight: 0,
+            peak_rpm: 0,
+            inference: 0,
+            images: 0,
+            probes: 0,
+            listings: 0,
+            forwarded: 0,
+            roleplay: 0,
+            hits: 0,
+            evasions: 0,
+            micro: 0,
+            sdk: 0,
+            generic: 0,
+            spread_evidence: Vec::new(),
+            r4_fired: false,
+        }
+    }
+
+    /// Counts a model call; returns the hour's count for it.
+    pub fn add_model(&mut self, model: u64) -> u32 {
+        if let Some(m) = self.models.iter_mut().find(|m| m.0 == model) {
+            m.1 += 1;
+            return m.1;
+        }
+        if self.models.len() < MAX_MODELS {
+            self.models.push((model, 1));
+        }
+        1
+    }
+}
+
+/// Counters of the current day of one key.
+#[derive(Debug, Clone)]
+pub struct DayWindow {
+    /// Day number (unix seconds / 86400).
+    pub day: i64,
+    /// New system prompts seen today.
+    pub new_sys: CappedSet,
+    /// New conversation-root clusters today.
+    pub new_clusters: u32,
+    /// Distinct end users today.
+    pub end_users: Hll,
+    /// User-agent families today.
+    pub families: CappedSet,
+    /// Tokens today.
+    pub tok: u64,
+}
+
+impl DayWindow {
+    fn new(day: i64) -> Self {
+        Self {
+            day,
+            new_sys: CappedSet::new(128),
+            new_clusters: 0,
+            end_users: Hll::default(),
+            families: CappedSet::new(16),
+            tok: 0,
+        }
+    }
+}
+
+/// A client fingerprint: enough to recognise the same relay on another key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Hash of the exact user agent.
+    pub ua: u64,
+    /// Header shape.
+    pub shape: u64,
+    /// Client /24.
+    pub net: u64,
+    /// System-prompt hash, when there was one.
+    pub sys: Option<u64>,
+}
+
+/// One alert counted in a key's risk score.
+#[derive(Debug, Clone)]
+pub struct LedgerEntry {
+    /// Event time.
+    pub at: i64,
+    /// Detector.
+    pub detector: DetectorId,
+    /// Stage.
+    pub stage: Stage,
+    /// Severity.
+    pub severity: Severity,
+    /// Points.
+    pub points: f64,
+    /// Alert id.
+    pub alert_id: String,
+}
+
+/// Everything the engine keeps about one key.
+#[derive(Debug, Clone)]
+pub struct KeyState {
+    /// The key.
+    pub key: KeyId,
+    /// Its tenant.
+    pub tenant: Option<Arc<str>>,
+    /// Canary key.
+    pub canary: bool,
+    /// Known to be revoked.
+    pub revoked: bool,
+    /// First event time.
+    pub first_seen: i64,
+    /// Latest event time.
+    pub last_seen: i64,
+    /// Events observed.
+    pub events: u64,
+    /// The learned baseline.
+    pub base: Baseline,
+    /// The current hour.
+    pub hour: HourWindow,
+    /// The current day.
+    pub day: DayWindow,
+    /// Current minute number.
+    pub minute: i64,
+    /// Requests this minute.
+    pub minute_req: u32,
+    /// Probes this minute.
+    pub minute_probes: u32,
+    /// Previous event's place: (time, country hash, asn, country code).
+    pub last_place: Option<(i64, u64, Option<u32>, [u8; 2])>,
+    /// Latest model listing: (time, event id, from a new source).
+    pub last_listing: Option<(i64, String, bool)>,
+    /// Micro-request arrivals from the tracked address: (address id, times, ids).
+    pub micro: Option<(u64, VecDeque<i64>, VecDeque<String>)>,
+    /// Recent safety hits (time, event id).
+    pub hits: VecDeque<(i64, String)>,
+    /// Recent obfuscated prompts this hour (event ids).
+    pub evasions: Vec<String>,
+    /// Last alert time per detector.
+    pub last_alert: [i64; DETECTORS],
+    /// Last alert severity per detector.
+    pub last_sev: [Option<Severity>; DETECTORS],
+    /// False-positive feedback per detector (each step doubles the thresholds).
+    pub sensitivity: [u8; DETECTORS],
+    /// Alerts in the risk window.
+    pub ledger: Vec<LedgerEntry>,
+    /// Strongest action proposed, and when.
+    pub level: Option<(ActionKind, i64)>,
+    /// Fingerprints of events that raised alerts (burned when the key is stopped).
+    pub suspects: Vec<Fingerprint>,
+    /// When the key was reported exposed.
+    pub exposed_at: Option<i64>,
+}
+
+impl KeyState {
+    /// Fresh state for a key first seen at `t`.
+    pub fn new(key: KeyId, tenant: Option<Arc<str>>, t: i64) -> Self {
+        Self {
+            key,
+            tenant,
+            canary: false,
+            revoked: false,
+            first_seen: t,
+            last_seen: t,
+            events: 0,
+            base: Baseline::default(),
+            hour: HourWindow::new(t.div_euclid(3600)),
+            day: DayWindow::new(t.div_euclid(86_400)),
+            minute: t.div_euclid(60),
+            minute_req: 0,
+            minute_probes: 0,
+            last_place: None,
+            last_listing: None,
+            micro: None,
+            hits: VecDeque::new(),
+            evasions: Vec::new(),
+            last_alert: [i64::MIN; DETECTORS],
+            last_sev: [None; DETECTORS],
+            sensitivity: [0; DETECTORS],
+            ledger: Vec::new(),
+            level: None,
+            suspects: Vec::new(),
+            exposed_at: None,
+        }
+    }
+
+    /// Days of history, in event time.
+    pub fn days(&self) -> f32 {
+        ((self.last_seen - self.first_seen) as f32 / 86_400.0).max(0.0)
+    }
+
+    /// Whether the key has enough history to be judged against itself.
+    pub fn mature(&self, min_hours: u32, min_events: u32) -> bool {
+        self.last_seen - self.first_seen >= i64::from(min_hours) * 3600
+            && self.base.requests >= u64::from(min_events)
+    }
+
+    /// Threshold multiplier after false-positive feedback on a detector.
+    pub fn factor(&self, d: DetectorId) -> f64 {
+        f64::from(1u32 << self.sensitivity[d.index()].min(4))
+    }
+
+    /// Whether an alert of `d` may be raised now (cooldown), and records it if so.
+    pub fn may_alert(&mut self, d: DetectorId, t: i64, sev: Severity, cooldown: i64) -> bool {
+        let i = d.index();
+        let escalates = self.last_sev[i].is_none_or(|s| sev > s);
+        let cooled = self.last_alert[i] == i64::MIN || t - self.last_alert[i] >= cooldown;
+        if escalates || cooled {
+            self.last_alert[i] = t;
+            self.last_sev[i] = Some(if cooled {
+                sev
+            } else {
+                sev.max(self.last_sev[i].unwrap_or(sev))
+            });
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Risk score over the window ending at `now`: per detector, its strongest alert plus
+    /// a quarter of the others, capped at twice the strongest — so one chatty detector
+    /// cannot reach an action on its own by repetition.
+    pub fn risk(&self, now: i64, window: i64) -> f64 {
+        let mut best = [0.0f64; DETECTORS];
+        let mut rest = [0.0f64; DETECTORS];
+        for e in self.ledger.iter().filter(|e| e.at > now - window) {
+            let i = e.detector.index();
+            if e.points > best[i] {
+                rest[i] += best[i];
+                best[i] = e.points;
+            } else {
+                rest[i] += e.points;
+            }
+        }
+        best.iter()
+            .zip(rest.iter())
+            .map(|(b, r)| (b + r * 0.25).min(b * 2.0))
+            .sum()
+    }
+
+    /// Stages with a medium-or-worse alert in the window.
+    pub fn stages(&self, now: i64, window: i64) -> Vec<Stage> {
+        let mut s: Vec<Stage> = self
+            .ledger
+            .iter()
+            .filter(|e| e.at > now - window && e.severity >= Severity::Medium)
+            .map(|e| e.stage)
+            .collect();
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    /// Adds an alert to the ledger (idempotent by alert id), dropping expired entries.
+    pub fn record(&mut self, entry: LedgerEntry, window: i64) {
+        if self.ledger.iter().any(|e| e.alert_id == entry.alert_id) {
+            return;
+        }
+        let now = entry.at.max(self.last_seen);
+        self.ledger.retain(|e| e.at > now - window);
+        if self.ledger.len() >= MAX_LEDGER {
+            // Drop the weakest, oldest entry: the strongest evidence must survive.
+            if let Some(pos) = self
+                .ledger
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.points.total_cmp(&b.1.points))
+                .map(|(i, _)| i)
+            {
+                self.ledger.remove(pos);
+            }
+        }
+        self.ledger.push(entry);
+    }
+
+    /// Remembers a fingerprint that raised an alert.
+    pub fn suspect(&mut self, fp: Fingerprint) {
+        if !self.suspects.contains(&fp) {
+            if self.suspects.len() >= MAX_SUSPECTS {
+                self.suspects.remove(0);
+            }
+            self.suspects.push(fp);
+        }
+    }
+
+    /// Notes a safety hit.
+    pub fn push_hit(&mut self, t: i64, id: &str) {
+        if self.hits.len() >= MAX_HITS {
+            self.hits.pop_front();
+        }
+        self.hits.push_back((t, id.to_owned()));
+    }
+
+    /// Notes a micro-request from an address; returns the arrival times tracked.
+    pub fn push_micro(
+        &mut self,
+        addr: u64,
+        t: i64,
+        id: &str,
+    ) -> (&VecDeque<i64>, &VecDeque<String>) {
+        let reset = self.micro.as_ref().is_none_or(|m| m.0 != addr);
+        if reset {
+            self.micro = Some((addr, VecDeque::new(), VecDeque::new()));
+        }
+        let m = self
+            .micro
+            .get_or_insert_with(|| (addr, VecDeque::new(), VecDeque::new()));
+        if m.1.len() >= MAX_MICRO {
+            m.1.pop_front();
+            m.2.pop_front();
+        }
+        m.1.push_back(t);
+        m.2.push_back(id.to_owned());
+        (&m.1, &m.2)
+    }
+
+    /// Moves the clock to `t`: closes the minute, hour and day when they end, folding a
+    /// quiet hour into the baseline (and the tenant prior).
+    pub fn advance(&mut self, t: i64, risk_now: f64, tenant: Option<&mut TenantState>) {
+        let minute = t.div_euclid(60);
+        if minute > self.minute {
+            self.minute = minute;
+            self.minute_req = 0;
+            self.minute_probes = 0;
+        }
+        let hour = t.div_euclid(3600);
+        if hour > self.hour.hour {
+            let old = std::mem::replace(&mut self.hour, HourWindow::new(hour));
+            if risk_now < LEARN_MAX_RISK {
+                self.fold_hour(&old, tenant);
+            }
+            self.evasions.clear();
+            let decay = PEAK_DECAY.powi((hour - old.hour).clamp(1, 24 * 30) as i32);
+            let b = &mut self.base;
+            b.peak_asns_h *= decay;
+            b.peak_nets_h *= decay;
+            b.peak_countries_h *= decay;
+            b.peak_inflight *= decay;
+            b.peak_rpm *= decay;
+            b.peak_model_calls_h *= decay;
+        }
+        let day = t.div_euclid(86_400);
+        if day > self.day.day {
+            let old = std::mem::replace(&mut self.day, DayWindow::new(day));
+            if risk_now < LEARN_MAX_RISK {
+                let b = &mut self.base;
+                let w = if b.days_folded == 0 { 1.0 } else { DAY_EWMA };
+                b.new_sys_day = (1.0 - w) * b.new_sys_day + w * old.new_sys.count() as f32;
+                b.new_clusters_day = (1.0 - w) * b.new_clusters_day + w * old.new_clusters as f32;
+                b.peak_families_day = b.peak_families_day.max(old.families.count() as f32);
+                b.days_folded += 1;
+            }
+        }
+        if t > self.last_seen {
+            self.last_seen = t;
+        }
+    }
+
+    fn fold_hour(&mut self, h: &HourWindow, tenant: Option<&mut TenantState>) {
+        if h.req == 0 {
+            return;
+        }
+        let b = &mut self.base;
+        let secs = h.hour * 3600;
+        let i = hour_of_week(secs);
+        b.how_req[i] += h.req as f32;
+        b.how_tok[i] += h.tok as f32;
+        b.how_cost[i] += h.cost as f32;
+        b.peak_asns_h = b.peak_asns_h.max(h.asns.count() as f32);
+        b.peak_nets_h = b.peak_nets_h.max(h.nets.count() as f32);
+        b.peak_countries_h = b.peak_countries_h.max(h.countries.count() as f32);
+        b.peak_inflight = b.peak_inflight.max(h.peak_inflight as f32);
+        b.peak_rpm = b.peak_rpm.max(h.peak_rpm as f32);
+        for v in h.asns.iter() {
+            b.asns.insert(v);
+        }
+        for v in h.countries.iter() {
+            b.countries.insert(v);
+        }
+        for v in h.families.iter() {
+            b.families.insert(v);
+        }
+        for v in h.shapes.iter() {
+            b.shapes.insert(v);
+        }
+        for v in h.api_versions.iter() {
+            b.api_versions.insert(v);
+        }
+        for v in h.sys.iter() {
+            b.sys.insert(v);
+        }
+        for v in h.clusters.iter() {
+            b.clusters.add(v, 1);
+        }
+        b.flags |= h.flags;
+        for (slot, n) in b.endpoints.iter_mut().zip(h.endpoints) {
+            *slot += n as f32;
+        }
+        for &(m, n) in &h.models {
+            b.add_model(m, n as f32);
+            b.peak_model_calls_h = b.peak_model_calls_h.max(n as f32);
+        }
+        b.requests += u64::from(h.req);
+        b.inference += u64::from(h.inference);
+        b.images += u64::from(h.images);
+        b.probes += u64::from(h.probes);
+        b.listings += u64::from(h.listings);
+        b.forwarded += u64::from(h.forwarded);
+        b.roleplay += u64::from(h.roleplay);
+        b.micro += u64::from(h.micro);
+        b.hits += u64::from(h.hits);
+        b.sdk += u64::from(h.sdk);
+        b.generic += u64::from(h.generic);
+        b.hours += 1;
+        if let Some(t) = tenant {
+            t.fold(h, secs);
+        }
+    }
+}
+
+/// The tenant-wide prior: what any key of the tenant normally looks like.
+#[derive(Debug, Clone)]
+pub struct TenantState {
+    /// First event time.
+    pub first_seen: i64,
+    /// Latest event time.
+    pub last_seen: i64,
+    /// Requests learned.
+    pub requests: u64,
+    /// Known ASNs.
+    pub asns: CappedSet,
+    /// Known countries.
+    pub countries: CappedSet,
+    /// Known user-agent families.
+    pub families: CappedSet,
+    /// Known header shapes.
+    pub shapes: CappedSet,
+    /// Known system-prompt hashes.
+    pub sys: CappedSet,
+    /// Egress flags seen.
+    pub flags: u8,
+    /// Peak distinct ASNs per key-hour.
+    pub peak_asns_h: f32,
+    /// Peak distinct countries per key-hour.
+    pub peak_countries_h: f32,
+    /// Requests per hour-of-week over all keys, summed.
+    pub how_req: Box<[f32; HOW]>,
+    /// Key-hours learned (to turn sums into a per-key prior).
+    pub key_hours: u32,
+    /// Image generations learned.
+    pub images: u64,
+    /// Role-play markers learned.
+    pub roleplay: u64,
+    /// Probes learned.
+    pub probes: u64,
+    /// Listings learned.
+    pub listings: u64,
+}
+
+impl TenantState {
+    /// Fresh tenant state.
+    pub fn new(t: i64) -> Self {
+        Self {
+            first_seen: t,
+            last_seen: t,
+            requests: 0,
+            asns: CappedSet::new(128),
+            countries: CappedSet::new(64),
+            families: CappedSet::new(32),
+            shapes: CappedSet::new(64),
+            sys: CappedSet::new(256),
+            flags: 0,
+            peak_asns_h: 0.0,
+            peak_countries_h: 0.0,
+            how_req: Box::new([0.0; HOW]),
+            key_hours: 0,
+            images: 0,
+            roleplay: 0,
+            probes: 0,
+            listings: 0,
+        }
+    }
+
+    /// Whether the tenant has enough history to serve as a prior.
+    pub fn mature(&self, min_hours: u32, min_events: u32) -> bool {
+        self.last_seen - self.first_seen >= i64::from(min_hours) * 3600
+            && self.requests >= u64::from(min_events)
+    }
+
+    fn fold(&mut self, h: &HourWindow, secs: i64) {
+        self.requests += u64::from(h.req);
+        for v in h.asns.iter() {
+            self.asns.insert(v);
+        }
+        for v in h.countries.iter() {
+            self.countries.insert(v);
+        }
+        for v in h.families.iter() {
+            self.families.insert(v);
+        }
+        for v in h.shapes.iter() {
+            self.shapes.insert(v);
+        }
+        for v in h.sys.iter() {
+            self.sys.insert(v);
+        }
+        self.flags |= h.flags;
+        self.peak_asns_h = self.peak_asns_h.max(h.asns.count() as f32);
+        self.peak_countries_h = self.peak_countries_h.max(h.countries.count() as f32);
+        self.how_req[hour_of_week(secs)] += h.req as f32;
+        self.key_hours += 1;
+        self.images += u64::from(h.images);
+        self.roleplay += u64::from(h.roleplay);
+        self.probes += u64::from(h.probes);
+        self.listings += u64::from(h.listings);
+    }
+}
+
+/// What one client address has done across keys in the current day (detector P6).
+#[derive(Debug, Clone)]
+pub struct NetState {
+    /// Day number.
+    pub day: i64,
+    /// Tenants seen.
+    pub tenants: CappedSet,
+}
+
+impl NetState {
+    /// Fresh state.
+    pub fn new(day: i64) -> Self {
+        Self {
+            day,
+            tenants: CappedSet::new(16),
+        }
+    }
+}
+
+/// A fingerprint burned by a stopped key (detector D2).
+#[derive(Debug, Clone)]
+pub struct Burned {
+    /// The key it was burned on.
+    pub origin: KeyId,
+    /// When.
+    pub at: i64,
+    /// Client /24s seen with it.
+    pub nets: CappedSet,
+    /// System prompts seen with it.
+    pub sys: CappedSet,
+    /// The exact user agent hash.
+    pub ua: u64,
+    /// The header shape.
+    pub shape: u64,
+}
+
+/// The reference sets a key is judged against: its own once mature, else its tenant's.
+#[derive(Debug, Clone, Copy)]
+pub enum Reference {
+    /// Neither the key nor the tenant has history: novelty is not judged.
+    Learning,
+    /// The key's own baseline.
+    Key,
+    /// The tenant prior (the key is young).
+    Tenant,
+}
+
+impl UaFamily {
+    /// Whether the family is a client a person types into (used for P4's "generic library
+    /// on an SDK key" artefact).
+    pub fn is_sdk(self) -> bool {
+        matches!(
+            self,
+            UaFamily::OpenaiPython
+                | UaFamily::OpenaiNode
+                | UaFamily::AzureSdk
+                | UaFamily::Framework
+                | UaFamily::Okhttp
+                | UaFamily::CfNetwork
+        )
+    }
+}
+
+/// Tests a flag bit set.
+pub fn has_flag(bits: u8, f: EgressFlag) -> bool {
+    bits & f.bit() != 0
+}

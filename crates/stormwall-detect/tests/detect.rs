@@ -1,0 +1,1313 @@
+//! Detector tests over small hand-built event sequences: for each detector a positive case
+//! and a negative one (including the noisy-but-legitimate shapes), plus the risk score,
+//! the response policy, feedback, replay determinism and robustness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::IpAddr;
+
+use stormwall_detect::sim::{SimConfig, Simulation};
+use stormwall_detect::{
+    DetectConfig, EgressFlag, Engine, EngineConfig, PolicyRule, ResponseConfig,
+};
+use stormwall_types::{
+    ActionKind, Alert, DetectorId, Endpoint, KeyId, KeyKind, KeyStatus, RejectReason,
+    SafetyVerdict, Severity, UsageEvent,
+};
+use time::{Duration, OffsetDateTime, macros::datetime};
+
+const T0: OffsetDateTime = datetime!(2025-03-03 00:00 UTC);
+
+const SDK_HEADERS: &[&str] = &[
+    "host",
+    "accept-encoding",
+    "connection",
+    "accept",
+    "content-type",
+    "user-agent",
+    "x-stainless-lang",
+    "x-stainless-package-version",
+    "x-stainless-os",
+    "x-stainless-arch",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "authorization",
+    "x-stainless-retry-count",
+    "content-length",
+];
+
+/// A client: where requests come from and what they look like.
+#[derive(Clone)]
+struct Client {
+    ip: &'static str,
+    asn: u32,
+    cc: &'static str,
+    ua: &'static str,
+    headers: Vec<String>,
+    empty_origin: bool,
+}
+
+fn corp() -> Client {
+    Client {
+        ip: "198.51.100.10",
+        asn: 64500,
+        cc: "US",
+        ua: "OpenAI/Python 1.51.0",
+        headers: SDK_HEADERS.iter().map(|s| (*s).to_owned()).collect(),
+        empty_origin: false,
+    }
+}
+
+fn client(
+    ip: &'static str,
+    asn: u32,
+    cc: &'static str,
+    ua: &'static str,
+    headers: &[&str],
+) -> Client {
+    Client {
+        ip,
+        asn,
+        cc,
+        ua,
+        headers: headers.iter().map(|s| (*s).to_owned()).collect(),
+        empty_origin: false,
+    }
+}
+
+fn relay() -> Client {
+    Client {
+        empty_origin: true,
+        ..client(
+            "203.0.113.50",
+            64502,
+            "NL",
+            "axios/1.6.8",
+            &[
+                "accept",
+                "content-type",
+                "authorization",
+                "user-agent",
+                "host",
+                "origin",
+                "referer",
+            ],
+        )
+    }
+}
+
+fn key(s: &str) -> KeyId {
+    KeyId::new(s).unwrap()
+}
+
+/// Builds events with increasing ids.
+struct Gen {
+    n: u64,
+}
+
+impl Gen {
+    fn new() -> Self {
+        Gen { n: 0 }
+    }
+
+    fn chat(&mut self, k: &str, tenant: &str, at: OffsetDateTime, c: &Client) -> UsageEvent {
+        self.n += 1;
+        let ip: IpAddr = c.ip.parse().unwrap();
+        let mut e = UsageEvent::new(
+            format!("ev{:08}", self.n),
+            at,
+            ip,
+            "POST",
+            "/v1/chat/completions",
+        );
+        e.tenant = Some(tenant.to_owned());
+        e.key_id = Some(key(k));
+        e.key_kind = Some(KeyKind::Normal);
+        e.source_asn = Some(c.asn);
+        e.source_country = Some(c.cc.to_owned());
+        e.user_agent = Some(c.ua.to_owned());
+        e.header_names = c.headers.clone();
+        if c.empty_origin {
+            e.origin = Some(String::new());
+            e.referer = Some(String::new());
+        }
+        e.endpoint = Some(Endpoint::ChatCompletions);
+        e.model = Some("gpt-4o-mini".into());
+        e.max_tokens = Some(512);
+        e.prompt_chars = 800;
+        e.system_prompt_hash = Some("00112233445566778899aabbccddeeff".into());
+        e.prompt_minhash = vec![(self.n % 7) as u32, 1, 2, 3];
+        e.input_tokens = Some(200);
+        e.output_tokens = Some(300);
+        e.cost_usd = 0.0003;
+        e.status = 200;
+        e.inflight = 1;
+        e
+    }
+}
+
+fn engine() -> Engine {
+    let mut cfg = EngineConfig::new(DetectConfig::default(), ResponseConfig::default()).unwrap();
+    cfg.egress.add_asn(64502, EgressFlag::Hosting);
+    cfg.egress.add_asn(64496, EgressFlag::Hosting);
+    cfg.egress.add_asn(64503, EgressFlag::Vpn);
+    cfg.egress.add_asn(64505, EgressFlag::Tor);
+    Engine::new(cfg)
+}
+
+/// Feeds events; returns all alerts.
+fn feed(engine: &mut Engine, events: &[UsageEvent]) -> Vec<Alert> {
+    let mut all = Vec::new();
+    for e in events {
+        all.extend(engine.observe(e));
+    }
+    all
+}
+
+/// Two days of steady business traffic: one request every 10 minutes from `c`.
+fn warm(g: &mut Gen, k: &str, tenant: &str, c: &Client, days: i64) -> Vec<UsageEvent> {
+    let mut v = Vec::new();
+    let mut t = T0;
+    while t < T0 + Duration::days(days) {
+        v.push(g.chat(k, tenant, t, c));
+        t += Duration::minutes(10);
+    }
+    v
+}
+
+fn end(days: i64) -> OffsetDateTime {
+    T0 + Duration::days(days) + Duration::minutes(5)
+}
+
+fn fired(alerts: &[Alert], d: DetectorId) -> bool {
+    alerts.iter().any(|a| a.detector == d)
+}
+
+fn warmed(k: &str, c: &Client) -> (Engine, Gen) {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let w = warm(&mut g, k, "acme", c, 2);
+    let alerts = feed(&mut e, &w);
+    assert!(alerts.is_empty(), "steady traffic raised {alerts:?}");
+    (e, g)
+}
+
+// ---------------------------------------------------------------- tripwires
+
+#[test]
+fn h1_canary_use_is_critical_and_only_notified() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let mut ev = g.chat("CanaryKey001", "acme", T0, &relay());
+    ev.key_kind = Some(KeyKind::Canary);
+    ev.deny(RejectReason::CanaryKey);
+    let alerts = e.observe(&ev);
+    assert_eq!(alerts.len(), 1);
+    let a = &alerts[0];
+    assert_eq!(
+        (a.detector, a.severity),
+        (DetectorId::H1, Severity::Critical)
+    );
+    assert_eq!(a.evidence, vec![ev.id.clone()]);
+    assert!(a.explanation.contains("Canary key CanaryKey001"));
+    let action = e.decide(a).unwrap();
+    assert_eq!(
+        action.kind,
+        ActionKind::Alert,
+        "a canary is never served; nothing to stop"
+    );
+}
+
+#[test]
+fn h1_does_not_fire_on_normal_keys() {
+    let (mut e, mut g) = warmed("NormalKey001", &corp());
+    let ev = g.chat("NormalKey001", "acme", end(2), &corp());
+    assert!(!fired(&e.observe(&ev), DetectorId::H1));
+}
+
+#[test]
+fn d1_revoked_retries_and_d2_reappearance_on_another_key() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    // Tenant B's key has its own steady history.
+    let w = warm(&mut g, "OtherKey0001", "beta", &corp(), 2);
+    feed(&mut e, &w);
+    let mut retry = g.chat("BurntKey0001", "acme", end(2), &relay());
+    retry.system_prompt_hash = Some("feedfacefeedfacefeedfacefeedface".into());
+    retry.deny(RejectReason::RevokedKey);
+    let alerts = e.observe(&retry);
+    assert!(fired(&alerts, DetectorId::D1));
+    assert_eq!(e.decide(&alerts[0]).unwrap().kind, ActionKind::Alert);
+    // The same relay now uses tenant B's key: same UA, shape, /24 and a system prompt.
+    let mut again = g.chat(
+        "OtherKey0001",
+        "beta",
+        end(2) + Duration::minutes(5),
+        &relay(),
+    );
+    again.ip_octet(51);
+    again.system_prompt_hash = Some("feedfacefeedfacefeedfacefeedface".into());
+    let alerts = e.observe(&again);
+    let d2 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::D2)
+        .expect("D2");
+    assert!(d2.features[0].value >= 0.8, "{d2:?}");
+    assert!(
+        d2.subjects
+            .iter()
+            .any(|s| s.kind == "burned_on_key" && s.value == "BurntKey0001")
+    );
+}
+
+#[test]
+fn d2_ignores_unrelated_clients() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let mut retry = g.chat("BurntKey0001", "acme", T0, &relay());
+    retry.deny(RejectReason::RevokedKey);
+    e.observe(&retry);
+    let other = client(
+        "192.0.2.7",
+        64504,
+        "BR",
+        "curl/8.5.0",
+        &["host", "user-agent", "accept"],
+    );
+    let ev = g.chat("OtherKey0001", "beta", T0 + Duration::minutes(1), &other);
+    assert!(!fired(&e.observe(&ev), DetectorId::D2));
+}
+
+trait IpOctet {
+    fn ip_octet(&mut self, last: u8);
+}
+impl IpOctet for UsageEvent {
+    fn ip_octet(&mut self, last: u8) {
+        if let IpAddr::V4(v4) = self.source_ip {
+            let o = v4.octets();
+            self.source_ip = IpAddr::from([o[0], o[1], o[2], last]);
+        }
+    }
+}
+
+#[test]
+fn h2_and_the_kill_chain_suspend_an_exposed_key() {
+    let (mut e, mut g) = warmed("LeakedKey001", &corp());
+    let exposure = e.note_exposure(&key("LeakedKey001"), Some("acme"), end(2), "public repo");
+    assert_eq!(exposure.detector, DetectorId::E1);
+    let a = e.decide(&exposure).unwrap();
+    assert!(
+        a.kind < ActionKind::Suspend,
+        "a report alone does not stop a key"
+    );
+    let ev = g.chat(
+        "LeakedKey001",
+        "acme",
+        end(2) + Duration::minutes(30),
+        &relay(),
+    );
+    let alerts = e.observe(&ev);
+    assert!(fired(&alerts, DetectorId::H2));
+    assert!(fired(&alerts, DetectorId::P3));
+    let actions: Vec<_> = alerts.iter().filter_map(|a| e.decide(a)).collect();
+    let strongest = actions.iter().max_by_key(|a| a.kind).unwrap();
+    assert_eq!(strongest.kind, ActionKind::Suspend);
+    assert!(strongest.kill_chain);
+    assert!(strongest.contributing_alerts.contains(&exposure.id));
+}
+
+// ---------------------------------------------------------------- validation
+
+fn probe(g: &mut Gen, k: &str, at: OffsetDateTime, c: &Client) -> UsageEvent {
+    let mut ev = g.chat(k, "acme", at, c);
+    ev.max_tokens = Some(1);
+    ev.prompt_chars = 2;
+    ev.system_prompt_hash = None;
+    ev.input_tokens = Some(8);
+    ev.output_tokens = Some(1);
+    ev
+}
+
+fn listing(g: &mut Gen, k: &str, at: OffsetDateTime, c: &Client) -> UsageEvent {
+    let mut ev = g.chat(k, "acme", at, c);
+    ev.endpoint = Some(Endpoint::Models);
+    ev.path = "/v1/models".into();
+    ev.method = "GET".into();
+    ev.model = None;
+    ev.max_tokens = None;
+    ev.prompt_chars = 0;
+    ev.system_prompt_hash = None;
+    ev.prompt_minhash.clear();
+    ev.input_tokens = None;
+    ev.output_tokens = None;
+    ev
+}
+
+#[test]
+fn v1_probe_from_a_new_far_network_is_high() {
+    let (mut e, mut g) = warmed("ProbedKey001", &corp());
+    let checker = client(
+        "203.0.113.9",
+        64502,
+        "NL",
+        "python-requests/2.32.3",
+        &["host", "user-agent"],
+    );
+    let alerts = e.observe(&probe(&mut g, "ProbedKey001", end(2), &checker));
+    let v1 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::V1)
+        .expect("V1");
+    assert_eq!(v1.severity, Severity::High);
+}
+
+#[test]
+fn v1_is_quiet_for_ci_smoke_tests_from_their_usual_network() {
+    let ci = client(
+        "100.67.0.9",
+        64496,
+        "US",
+        "python-requests/2.32.3",
+        &["host", "user-agent", "accept"],
+    );
+    let mut e = engine();
+    let mut g = Gen::new();
+    let mut events = Vec::new();
+    let mut t = T0;
+    while t < T0 + Duration::days(2) {
+        events.push(if events.len() % 3 == 0 {
+            probe(&mut g, "CiKey0000001", t, &ci)
+        } else {
+            g.chat("CiKey0000001", "ci", t, &ci)
+        });
+        t += Duration::minutes(10);
+    }
+    feed(&mut e, &events);
+    let burst: Vec<_> = (0..5)
+        .map(|i| {
+            probe(
+                &mut g,
+                "CiKey0000001",
+                end(2) + Duration::seconds(i * 5),
+                &ci,
+            )
+        })
+        .collect();
+    let alerts = feed(&mut e, &burst);
+    assert!(!fired(&alerts, DetectorId::V1), "{alerts:?}");
+}
+
+#[test]
+fn v2_enumerate_then_invoke_from_a_new_source() {
+    let (mut e, mut g) = warmed("EnumKey00001", &corp());
+    let checker = client(
+        "203.0.113.9",
+        64502,
+        "NL",
+        "python-requests/2.32.3",
+        &["host", "user-agent"],
+    );
+    let l = listing(&mut g, "EnumKey00001", end(2), &checker);
+    let p = probe(
+        &mut g,
+        "EnumKey00001",
+        end(2) + Duration::seconds(40),
+        &checker,
+    );
+    let alerts = feed(&mut e, &[l.clone(), p]);
+    let v2 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::V2)
+        .expect("V2");
+    assert!(v2.evidence.contains(&l.id), "the listing is evidence");
+}
+
+#[test]
+fn v2_quiet_for_sdks_that_list_models_at_start_up() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let mut events = Vec::new();
+    let mut t = T0;
+    while t < T0 + Duration::days(2) {
+        events.push(listing(&mut g, "ListKey00001", t, &corp()));
+        events.push(g.chat("ListKey00001", "acme", t + Duration::seconds(2), &corp()));
+        t += Duration::minutes(20);
+    }
+    let alerts = feed(&mut e, &events);
+    assert!(!fired(&alerts, DetectorId::V2), "{alerts:?}");
+}
+
+#[test]
+fn v4_periodic_checker_from_a_new_network() {
+    let (mut e, mut g) = warmed("CheckKey0001", &corp());
+    let vpn = client(
+        "203.0.113.77",
+        64503,
+        "SG",
+        "Python/3.11 aiohttp/3.9.1",
+        &["host", "user-agent"],
+    );
+    let events: Vec<_> = (0..8)
+        .map(|i| {
+            let mut p = probe(
+                &mut g,
+                "CheckKey0001",
+                end(2) + Duration::seconds(180 * i + (i % 2)),
+                &vpn,
+            );
+            p.max_tokens = Some(5);
+            p
+        })
+        .collect();
+    let alerts = feed(&mut e, &events);
+    let v4 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::V4)
+        .expect("V4");
+    assert!(v4.evidence.len() >= 7);
+}
+
+#[test]
+fn v4_quiet_for_irregular_micro_requests() {
+    let (mut e, mut g) = warmed("CheckKey0002", &corp());
+    let vpn = client(
+        "203.0.113.77",
+        64503,
+        "SG",
+        "Python/3.11 aiohttp/3.9.1",
+        &["host", "user-agent"],
+    );
+    let gaps = [60, 400, 95, 700, 130, 300, 1000, 75];
+    let mut t = end(2);
+    let mut events = Vec::new();
+    for gap in gaps {
+        t += Duration::seconds(gap);
+        events.push(probe(&mut g, "CheckKey0002", t, &vpn));
+    }
+    assert!(!fired(&feed(&mut e, &events), DetectorId::V4));
+}
+
+// ---------------------------------------------------------------- proxy
+
+#[test]
+fn p1_many_networks_in_one_hour() {
+    let (mut e, mut g) = warmed("SpreadKey001", &corp());
+    let nets = [
+        client(
+            "203.0.113.1",
+            64504,
+            "BR",
+            "OpenAI/Python 1.51.0",
+            SDK_HEADERS,
+        ),
+        client(
+            "192.0.2.1",
+            64508,
+            "IN",
+            "OpenAI/Python 1.51.0",
+            SDK_HEADERS,
+        ),
+        client(
+            "198.18.0.1",
+            64511,
+            "VN",
+            "OpenAI/Python 1.51.0",
+            SDK_HEADERS,
+        ),
+    ];
+    let mut events = vec![g.chat("SpreadKey001", "acme", end(2), &corp())];
+    for (i, c) in nets.iter().enumerate() {
+        events.push(g.chat(
+            "SpreadKey001",
+            "acme",
+            end(2) + Duration::minutes(i as i64 + 1),
+            c,
+        ));
+    }
+    let alerts = feed(&mut e, &events);
+    let p1 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::P1)
+        .expect("P1");
+    assert!(!p1.evidence.is_empty());
+}
+
+#[test]
+fn p1_quiet_for_a_mobile_app_with_dispersed_clients() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let carriers = [
+        client(
+            "100.82.1.1",
+            64501,
+            "DE",
+            "okhttp/4.12.0",
+            &["authorization", "host", "user-agent"],
+        ),
+        client(
+            "100.83.1.1",
+            65540,
+            "AT",
+            "okhttp/4.12.0",
+            &["authorization", "host", "user-agent"],
+        ),
+        client(
+            "100.84.1.1",
+            65541,
+            "CH",
+            "okhttp/4.12.0",
+            &["authorization", "host", "user-agent"],
+        ),
+        client(
+            "100.79.1.1",
+            64507,
+            "DE",
+            "okhttp/4.12.0",
+            &["authorization", "host", "user-agent"],
+        ),
+    ];
+    let mut events = Vec::new();
+    let mut t = T0;
+    let mut i = 0;
+    while t < T0 + Duration::days(3) {
+        events.push(g.chat("MobileKey001", "mobile", t, &carriers[i % 4]));
+        i += 1;
+        t += Duration::minutes(4);
+    }
+    let alerts = feed(&mut e, &events);
+    assert!(!fired(&alerts, DetectorId::P1), "{alerts:?}");
+    assert!(!fired(&alerts, DetectorId::P2), "{alerts:?}");
+}
+
+#[test]
+fn p2_impossible_travel() {
+    let (mut e, mut g) = warmed("TravelKey001", &corp());
+    let ro = client(
+        "203.0.113.5",
+        64499,
+        "RO",
+        "OpenAI/Python 1.51.0",
+        SDK_HEADERS,
+    );
+    let a = g.chat("TravelKey001", "acme", end(2), &corp());
+    let b = g.chat("TravelKey001", "acme", end(2) + Duration::seconds(90), &ro);
+    let alerts = feed(&mut e, &[a, b]);
+    let p2 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::P2)
+        .expect("P2");
+    assert!(p2.features[0].value > 900.0);
+}
+
+#[test]
+fn p2_quiet_for_a_vpn_switching_exits_of_one_provider() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let exits = [
+        client(
+            "100.72.0.10",
+            64503,
+            "SG",
+            "OpenAI/Python 1.51.0",
+            SDK_HEADERS,
+        ),
+        client(
+            "100.73.0.10",
+            64503,
+            "US",
+            "OpenAI/Python 1.51.0",
+            SDK_HEADERS,
+        ),
+        client(
+            "100.74.0.10",
+            64503,
+            "DE",
+            "OpenAI/Python 1.51.0",
+            SDK_HEADERS,
+        ),
+    ];
+    let mut events = Vec::new();
+    let mut t = T0;
+    let mut i = 0;
+    while t < T0 + Duration::days(3) {
+        events.push(g.chat("VpnKey000001", "vpnco", t, &exits[i % 3]));
+        i += 1;
+        t += Duration::minutes(7);
+    }
+    let alerts = feed(&mut e, &events);
+    assert!(!fired(&alerts, DetectorId::P2), "{alerts:?}");
+    assert!(!fired(&alerts, DetectorId::P3), "{alerts:?}");
+}
+
+#[test]
+fn p3_hosting_egress_new_to_a_corporate_key() {
+    let (mut e, mut g) = warmed("CorpKey00001", &corp());
+    let hosted = Client {
+        ip: "203.0.113.60",
+        asn: 64502,
+        cc: "US",
+        ..corp()
+    };
+    let alerts = e.observe(&g.chat("CorpKey00001", "acme", end(2), &hosted));
+    let p3 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::P3)
+        .expect("P3");
+    assert_eq!(p3.severity, Severity::High);
+    assert!(
+        p3.subjects
+            .iter()
+            .any(|s| s.kind == "egress_flag" && s.value == "hosting")
+    );
+}
+
+#[test]
+fn p3_quiet_for_a_cloud_app_on_its_provider() {
+    let cloud = client(
+        "100.64.3.3",
+        64496,
+        "US",
+        "OpenAI/Python 1.51.0",
+        SDK_HEADERS,
+    );
+    let (mut e, mut g) = warmed("CloudKey0001", &cloud);
+    let other_host = Client {
+        ip: "100.64.9.9",
+        ..cloud
+    };
+    assert!(!fired(
+        &e.observe(&g.chat("CloudKey0001", "acme", end(2), &other_host)),
+        DetectorId::P3
+    ));
+}
+
+#[test]
+fn p4_relay_artefacts() {
+    let (mut e, mut g) = warmed("RelayKey0001", &corp());
+    let alerts = e.observe(&g.chat("RelayKey0001", "acme", end(2), &relay()));
+    let p4 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::P4)
+        .expect("P4");
+    assert!(p4.features[0].value >= 3.0, "{p4:?}");
+    // A forged SDK user agent without the SDK's headers is an artefact even from home.
+    let forged = client(
+        "198.51.100.10",
+        64500,
+        "US",
+        "OpenAI/Python 1.51.0",
+        &["host", "user-agent"],
+    );
+    let alerts = e.observe(&g.chat("RelayKey0001", "acme", end(2) + Duration::hours(2), &forged));
+    assert!(fired(&alerts, DetectorId::P4), "{alerts:?}");
+}
+
+#[test]
+fn p4_quiet_for_the_keys_own_client() {
+    let (mut e, mut g) = warmed("OwnKey000001", &corp());
+    assert!(
+        e.observe(&g.chat("OwnKey000001", "acme", end(2), &corp()))
+            .is_empty()
+    );
+}
+
+#[test]
+fn p5_new_user_agent_family() {
+    let (mut e, mut g) = warmed("UaKey0000001", &corp());
+    let node = client(
+        "198.51.100.10",
+        64500,
+        "US",
+        "OpenAI/JS 4.67.1",
+        &["accept", "x-stainless-lang"],
+    );
+    let alerts = e.observe(&g.chat("UaKey0000001", "acme", end(2), &node));
+    let p5 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::P5)
+        .expect("P5");
+    assert_eq!(p5.severity, Severity::Low, "near source: low");
+}
+
+#[test]
+fn p6_one_address_across_three_tenants() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let r = relay();
+    let a = g.chat("PoolKey00001", "t1", T0, &r);
+    let b = g.chat("PoolKey00002", "t2", T0 + Duration::minutes(1), &r);
+    assert!(
+        !fired(&feed(&mut e, &[a, b]), DetectorId::P6),
+        "two tenants are not a pool"
+    );
+    let c = g.chat("PoolKey00003", "t3", T0 + Duration::minutes(2), &r);
+    assert!(fired(&e.observe(&c), DetectorId::P6));
+}
+
+// ---------------------------------------------------------------- resale
+
+#[test]
+fn r1_many_new_system_prompts() {
+    let (mut e, mut g) = warmed("ResoldKey001", &corp());
+    let events: Vec<_> = (0..8)
+        .map(|i| {
+            let mut ev = g.chat(
+                "ResoldKey001",
+                "acme",
+                end(2) + Duration::minutes(i),
+                &corp(),
+            );
+            ev.system_prompt_hash = Some(format!("{i:032x}"));
+            ev
+        })
+        .collect();
+    let alerts = feed(&mut e, &events);
+    assert!(fired(&alerts, DetectorId::R1), "{alerts:?}");
+}
+
+#[test]
+fn r1_quiet_for_per_user_system_prompts_once_learned() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let mut events = Vec::new();
+    let mut t = T0;
+    let mut i = 0u64;
+    while t < T0 + Duration::days(3) {
+        let mut ev = g.chat("DynKey000001", "bot", t, &corp());
+        ev.system_prompt_hash = Some(format!("{i:032x}"));
+        events.push(ev);
+        i += 1;
+        t += Duration::minutes(5);
+    }
+    let alerts = feed(&mut e, &events);
+    assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
+}
+
+fn with_verdict(mut ev: UsageEvent, category: &str, action: &str) -> UsageEvent {
+    ev.safety.push(SafetyVerdict {
+        category: category.into(),
+        action: action.into(),
+        score: 0.9,
+        stage: "input".into(),
+    });
+    ev
+}
+
+#[test]
+fn r2_roleplay_markers_on_a_business_key() {
+    let (mut e, mut g) = warmed("BizKey000001", &corp());
+    let ev = with_verdict(
+        g.chat("BizKey000001", "acme", end(2), &corp()),
+        "roleplay_markers",
+        "log",
+    );
+    assert!(fired(&e.observe(&ev), DetectorId::R2));
+}
+
+#[test]
+fn r2_quiet_for_a_roleplay_app() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let mut events = warm(&mut g, "RpKey0000001", "rp", &corp(), 2);
+    for (i, ev) in events.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            *ev = with_verdict(ev.clone(), "roleplay_markers", "log");
+        }
+    }
+    feed(&mut e, &events);
+    let ev = with_verdict(
+        g.chat("RpKey0000001", "rp", end(2), &corp()),
+        "roleplay_markers",
+        "log",
+    );
+    assert!(!fired(&e.observe(&ev), DetectorId::R2));
+}
+
+#[test]
+fn r3_concurrency_spike() {
+    let (mut e, mut g) = warmed("BusyKey00001", &corp());
+    let mut ev = g.chat("BusyKey00001", "acme", end(2), &corp());
+    ev.inflight = 25;
+    assert!(fired(&e.observe(&ev), DetectorId::R3));
+    let mut calm = g.chat("BusyKey00001", "acme", end(2) + Duration::hours(1), &corp());
+    calm.inflight = 2;
+    assert!(!fired(&e.observe(&calm), DetectorId::R3));
+}
+
+/// Business-hours traffic for `days` (09:00–17:00 UTC, every 5 minutes).
+fn business(g: &mut Gen, k: &str, days: i64, night_batch: bool) -> Vec<UsageEvent> {
+    let mut v = Vec::new();
+    for d in 0..days {
+        if night_batch {
+            for m in 0..100 {
+                let mut ev = g.chat(
+                    k,
+                    "acme",
+                    T0 + Duration::days(d) + Duration::hours(2) + Duration::seconds(m * 30),
+                    &corp(),
+                );
+                ev.input_tokens = Some(2_000);
+                v.push(ev);
+            }
+        }
+        for m in (9 * 60..17 * 60).step_by(5) {
+            v.push(g.chat(
+                k,
+                "acme",
+                T0 + Duration::days(d) + Duration::minutes(m),
+                &corp(),
+            ));
+        }
+    }
+    v
+}
+
+#[test]
+fn r4_off_hours_burst() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    feed(&mut e, &business(&mut g, "DayKey000001", 4, false));
+    let night = T0 + Duration::days(4) + Duration::hours(3);
+    let burst: Vec<_> = (0..60)
+        .map(|i| {
+            let mut ev = g.chat(
+                "DayKey000001",
+                "acme",
+                night + Duration::seconds(i * 20),
+                &corp(),
+            );
+            ev.input_tokens = Some(3_000);
+            ev
+        })
+        .collect();
+    assert!(fired(&feed(&mut e, &burst), DetectorId::R4));
+}
+
+#[test]
+fn r4_quiet_for_a_nightly_batch_in_the_baseline() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let all = business(&mut g, "BatchKey0001", 6, true);
+    let alerts = feed(&mut e, &all);
+    let late: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.at > T0 + Duration::days(4) && a.detector == DetectorId::R4)
+        .collect();
+    assert!(late.is_empty(), "{late:?}");
+}
+
+#[test]
+fn r5_spend_far_above_the_usual() {
+    let (mut e, mut g) = warmed("SpendKey0001", &corp());
+    let events: Vec<_> = (0..40)
+        .map(|i| {
+            let mut ev = g.chat(
+                "SpendKey0001",
+                "acme",
+                end(2) + Duration::seconds(i * 30),
+                &corp(),
+            );
+            ev.model = Some("gpt-4o".into());
+            ev.cost_usd = 0.25;
+            ev
+        })
+        .collect();
+    let alerts = feed(&mut e, &events);
+    assert!(fired(&alerts, DetectorId::R5), "{alerts:?}");
+}
+
+fn image(mut ev: UsageEvent) -> UsageEvent {
+    ev.endpoint = Some(Endpoint::ImagesGenerations);
+    ev.model = Some("dall-e-3".into());
+    ev.images = Some(1);
+    ev
+}
+
+#[test]
+fn r6_first_image_generation_on_a_chat_key() {
+    let (mut e, mut g) = warmed("ChatKey00001", &corp());
+    let alerts = e.observe(&image(g.chat("ChatKey00001", "acme", end(2), &corp())));
+    assert!(fired(&alerts, DetectorId::R6));
+}
+
+#[test]
+fn r6_quiet_for_an_image_studio() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let events: Vec<_> = warm(&mut g, "StudioKey001", "studio", &corp(), 2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, ev)| if i % 2 == 0 { image(ev) } else { ev })
+        .collect();
+    feed(&mut e, &events);
+    let alerts = e.observe(&image(g.chat("StudioKey001", "studio", end(2), &corp())));
+    assert!(!fired(&alerts, DetectorId::R6), "{alerts:?}");
+}
+
+// ---------------------------------------------------------------- abuse
+
+#[test]
+fn a1_repeated_safety_hits() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let events: Vec<_> = (0..3)
+        .map(|i| {
+            with_verdict(
+                g.chat("AbuseKey0001", "acme", T0 + Duration::minutes(i), &corp()),
+                "real_person_sexual",
+                "block",
+            )
+        })
+        .collect();
+    let alerts = feed(&mut e, &events);
+    let a1 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::A1)
+        .expect("A1");
+    assert_eq!(a1.severity, Severity::High);
+    assert_eq!(a1.evidence.len(), 3);
+}
+
+#[test]
+fn a1_quiet_for_an_occasional_flag() {
+    let (mut e, mut g) = warmed("MedKey000001", &corp());
+    let ev = with_verdict(
+        g.chat("MedKey000001", "acme", end(2), &corp()),
+        "sexual",
+        "flag",
+    );
+    assert!(!fired(&e.observe(&ev), DetectorId::A1));
+}
+
+#[test]
+fn a4_obfuscated_prompts() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let one = with_verdict(
+        g.chat("ObfKey000001", "acme", T0, &corp()),
+        "filter_evasion",
+        "flag",
+    );
+    assert!(
+        !fired(&e.observe(&one), DetectorId::A4),
+        "one is not a pattern"
+    );
+    let two = with_verdict(
+        g.chat("ObfKey000001", "acme", T0 + Duration::minutes(3), &corp()),
+        "filter_evasion",
+        "flag",
+    );
+    assert!(fired(&e.observe(&two), DetectorId::A4));
+}
+
+// ---------------------------------------------------------------- policy, feedback, robustness
+
+#[test]
+fn a_developer_testing_from_home_is_not_suspended() {
+    let (mut e, mut g) = warmed("DevKey000001", &corp());
+    let home = client(
+        "192.0.2.44",
+        64506,
+        "US",
+        "curl/8.5.0",
+        &["host", "user-agent", "accept", "authorization"],
+    );
+    let t = end(2);
+    let events = vec![
+        listing(&mut g, "DevKey000001", t, &home),
+        probe(&mut g, "DevKey000001", t + Duration::seconds(30), &home),
+        g.chat("DevKey000001", "acme", t + Duration::seconds(90), &home),
+        g.chat("DevKey000001", "acme", t + Duration::seconds(150), &home),
+    ];
+    let mut kinds = Vec::new();
+    for ev in &events {
+        for a in e.observe(ev) {
+            if let Some(act) = e.decide(&a) {
+                kinds.push(act.kind);
+            }
+        }
+    }
+    assert!(kinds.iter().all(|k| *k < ActionKind::Suspend), "{kinds:?}");
+}
+
+#[test]
+fn a_stolen_key_behind_a_relay_is_suspended_within_a_few_requests() {
+    let (mut e, mut g) = warmed("StolenKey001", &corp());
+    let checker = client(
+        "203.0.113.9",
+        64499,
+        "RO",
+        "python-requests/2.32.3",
+        &["host", "user-agent"],
+    );
+    let t = end(2);
+    let mut events = vec![
+        listing(&mut g, "StolenKey001", t, &checker),
+        probe(&mut g, "StolenKey001", t + Duration::seconds(20), &checker),
+    ];
+    for i in 0..5 {
+        let mut ev = g.chat(
+            "StolenKey001",
+            "acme",
+            t + Duration::hours(1) + Duration::seconds(i * 10),
+            &relay(),
+        );
+        ev.system_prompt_hash = Some(format!("{i:032x}"));
+        events.push(ev);
+    }
+    let mut stopped_at = None;
+    for (i, ev) in events.iter().enumerate() {
+        for a in e.observe(ev) {
+            if e.decide(&a)
+                .is_some_and(|act| act.kind >= ActionKind::Suspend)
+            {
+                stopped_at.get_or_insert(i);
+            }
+        }
+    }
+    assert!(
+        stopped_at.is_some_and(|i| i <= 3),
+        "stopped at {stopped_at:?}"
+    );
+}
+
+#[test]
+fn response_rules_are_configurable() {
+    let text = r#"
+        [detect]
+        disabled = ["P5"]
+        [detect.thresholds]
+        a1_hits = 2
+        [response]
+        throttle_rpm = 3
+        [[response.rules]]
+        min_severity = "high"
+        detectors = ["A1"]
+        action = "revoke"
+    "#;
+    #[derive(serde::Deserialize)]
+    struct File {
+        detect: DetectConfig,
+        response: ResponseConfig,
+    }
+    let f: File = toml::from_str(text).unwrap();
+    assert_eq!(
+        f.response.rules,
+        vec![PolicyRule {
+            min_severity: Some(Severity::High),
+            detectors: vec![DetectorId::A1],
+            ..PolicyRule::new(ActionKind::Revoke)
+        }]
+    );
+    let mut e = Engine::new(EngineConfig::new(f.detect, f.response).unwrap());
+    let mut g = Gen::new();
+    let events: Vec<_> = (0..2)
+        .map(|i| {
+            with_verdict(
+                g.chat("RuleKey00001", "acme", T0 + Duration::minutes(i), &corp()),
+                "sexual",
+                "block",
+            )
+        })
+        .collect();
+    let alerts = feed(&mut e, &events);
+    let a1 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::A1)
+        .unwrap();
+    assert_eq!(e.decide(a1).unwrap().kind, ActionKind::Revoke);
+    // Unknown keys in a section are errors.
+    assert!(toml::from_str::<File>("[detect]\nthreshold = 1\n[response]\n").is_err());
+    assert!(
+        toml::from_str::<File>("[detect]\n[response]\n[[response.rules]]\naction = \"explode\"\n")
+            .is_err()
+    );
+}
+
+#[test]
+fn false_positive_feedback_teaches_the_baseline() {
+    let (mut e, mut g) = warmed("FpKey0000001", &corp());
+    let office2 = Client {
+        ip: "203.0.113.60",
+        asn: 64502,
+        cc: "US",
+        ..corp()
+    };
+    let alerts = e.observe(&g.chat("FpKey0000001", "acme", end(2), &office2));
+    let p3 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::P3)
+        .unwrap()
+        .clone();
+    let before = e.risk(&key("FpKey0000001"));
+    assert!(e.false_positive(&p3));
+    assert!(e.risk(&key("FpKey0000001")) < before);
+    let later = g.chat(
+        "FpKey0000001",
+        "acme",
+        end(2) + Duration::hours(3),
+        &office2,
+    );
+    assert!(
+        !fired(&e.observe(&later), DetectorId::P3),
+        "the new office network is learned"
+    );
+}
+
+#[test]
+fn resuming_a_key_clears_its_risk() {
+    let (mut e, mut g) = warmed("ResumeKey001", &corp());
+    for a in e.observe(&g.chat("ResumeKey001", "acme", end(2), &relay())) {
+        e.decide(&a);
+    }
+    assert!(e.risk(&key("ResumeKey001")) > 0.0);
+    e.key_status(&key("ResumeKey001"), KeyStatus::Active, end(2));
+    assert_eq!(e.risk(&key("ResumeKey001")), 0.0);
+}
+
+#[test]
+fn replaying_the_same_events_gives_the_same_alerts() {
+    let sim = Simulation::new(SimConfig {
+        legit_keys: 12,
+        days: 4,
+        warmup_days: 2,
+        attacks_per_scenario: 1,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut events = Vec::new();
+    let egress = sim.egress();
+    let cfg = EngineConfig {
+        egress: egress.clone(),
+        ..EngineConfig::default()
+    };
+    let mut live = Engine::new(cfg);
+    let mut live_alerts = Vec::new();
+    sim.run(&mut live, Severity::Medium, |e, _, alerts, _| {
+        events.push(e.clone());
+        // H2 depends on exposure reports, which are not events: a replay of the file alone
+        // cannot know them.
+        live_alerts.extend(
+            alerts
+                .iter()
+                .filter(|a| a.detector != DetectorId::H2)
+                .map(|a| a.id.clone()),
+        );
+    });
+    for _ in 0..2 {
+        let cfg = EngineConfig {
+            egress: egress.clone(),
+            ..EngineConfig::default()
+        };
+        let mut replay = Engine::new(cfg);
+        let mut ids = Vec::new();
+        for e in &events {
+            for a in replay.observe(e) {
+                replay.decide(&a);
+                ids.push(a.id);
+            }
+        }
+        assert_eq!(ids, live_alerts);
+    }
+}
+
+#[test]
+fn odd_events_never_panic() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let mut ev = g.chat("OddKey000001", "", T0, &corp());
+    ev.source_ip = "::1".parse().unwrap();
+    ev.source_country = Some("ÄÖ".into());
+    ev.user_agent = Some(String::new());
+    ev.prompt_minhash = vec![1];
+    ev.cost_usd = f64::NAN;
+    ev.max_tokens = Some(u64::MAX);
+    ev.inflight = u32::MAX;
+    ev.endpoint = None;
+    e.observe(&ev);
+    // Time going backwards, far past, far future.
+    for t in [T0 - Duration::days(400), T0 + Duration::days(3650), T0] {
+        let mut x = g.chat("OddKey000001", "acme", t, &relay());
+        x.input_tokens = Some(u64::MAX / 2);
+        x.output_tokens = Some(u64::MAX / 2);
+        e.observe(&x);
+    }
+    let mut keyless = g.chat("OddKey000001", "acme", T0, &corp());
+    keyless.key_id = None;
+    assert!(e.observe(&keyless).is_empty());
+    let mut alert = e.observe(&with_verdict(
+        g.chat("OddKey000002", "acme", T0, &corp()),
+        "filter_evasion",
+        "flag",
+    ));
+    alert.extend(e.observe(&with_verdict(
+        g.chat("OddKey000002", "acme", T0, &corp()),
+        "filter_evasion",
+        "flag",
+    )));
+    for a in &mut alert {
+        a.subjects.push(stormwall_types::AlertSubject {
+            kind: "asn".into(),
+            value: "not a number".into(),
+        });
+        e.false_positive(a);
+    }
+}
+
+#[test]
+fn state_stays_bounded() {
+    let cfg = DetectConfig {
+        max_keys: 10,
+        max_networks: 5,
+        ..DetectConfig::default()
+    };
+    let mut e = Engine::new(EngineConfig::new(cfg, ResponseConfig::default()).unwrap());
+    let mut g = Gen::new();
+    for i in 0..50 {
+        let k = format!("Bounded{i:05}");
+        e.observe(&g.chat(&k, &format!("t{i}"), T0 + Duration::seconds(i), &corp()));
+    }
+    let s = e.stats();
+    assert_eq!(s.keys, 10);
+    assert_eq!(s.untracked_events, 40);
+    assert!(s.networks <= 5);
+}
+
+#[test]
+fn simulator_evaluates_deterministically_at_small_scale() {
+    let cfg = SimConfig {
+        legit_keys: 30,
+        days: 4,
+        warmup_days: 2,
+        attacks_per_scenario: 1,
+        ..SimConfig::default()
+    };
+    let run = || {
+        let sim = Simulation::new(cfg.clone()).unwrap();
+        let ec = EngineConfig {
+            egress: sim.egress(),
+            ..EngineConfig::default()
+        };
+        let mut engine = Engine::new(ec);
+        sim.run(&mut engine, Severity::Medium, |_, _, _, _| {})
+    };
+    let a = run();
+    let b = run();
+    assert_eq!(a, b);
+    assert_eq!(a.legit_keys, 30);
+    assert!(a.attack_keys >= 12, "{}", a.attack_keys);
+    assert!(a.events > 1_000);
+    assert!(a.recall > 0.5, "{a:#?}");
+    assert_eq!(a.false_suspensions, 0, "{a:#?}");
+    let json = serde_json::to_value(&a).unwrap();
+    for field in [
+        "attack_keys",
+        "legit_keys",
+        "recall",
+        "precision",
+        "false_suspensions",
+        "median_attacker_requests_served",
+        "per_detector",
+    ] {
+        assert!(json.get(field).is_some(), "missing {field}");
+    }
+}
