@@ -10,7 +10,9 @@ usage() {
 usage: bench/scan/run.sh [options]
   --corpus-mb N      size of the real-source corpus copied from ~/.cargo/registry/src (default 400)
   --planted N        synthetic keys planted in it (default 130)
-  --ds-mb N          size of the subset detect-secrets scans (it is ~1000x slower; default 16)
+  --ds-mb N          size of the subset the slow tools scan (planted files + crates; default 16)
+  --secretlint-full  also run secretlint on the whole corpus (tens of minutes on 2 cores)
+  --tool-timeout S   stop an external tool after S seconds (default 1800; exit 124)
   --skip-build       use target/release/stormwall as it is
   --skip-others      only stormwall (no pip/npm installs)
   -h, --help         this text
@@ -22,6 +24,8 @@ PLANTED=130
 DS_MB=16
 SKIP_BUILD=0
 SKIP_OTHERS=0
+SECRETLINT_FULL=0
+TOOL_TIMEOUT=1800
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --corpus-mb) CORPUS_MB="$2"; shift 2 ;;
@@ -29,6 +33,8 @@ while [[ $# -gt 0 ]]; do
     --ds-mb) DS_MB="$2"; shift 2 ;;
     --skip-build) SKIP_BUILD=1; shift ;;
     --skip-others) SKIP_OTHERS=1; shift ;;
+    --secretlint-full) SECRETLINT_FULL=1; shift ;;
+    --tool-timeout) TOOL_TIMEOUT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option $1" >&2; usage; exit 2 ;;
   esac
@@ -136,15 +142,18 @@ done
 
 if [[ $SKIP_OTHERS -eq 0 ]]; then
   warm "$SUBSET"
-  m=$(cd "$SUBSET" && measure "$OUT/detect-secrets-small.json" -- "$OUT/venv/bin/detect-secrets" scan --all-files .)
+  m=$(cd "$SUBSET" && measure "$OUT/detect-secrets-small.json" -- timeout "$TOOL_TIMEOUT" \
+      "$OUT/venv/bin/detect-secrets" scan --all-files .)
   record detect-secrets small "$SUBSET" "$m"
 
-  for pair in "full:$CORPUS" "small:$SUBSET"; do
+  secretlint_runs="small:$SUBSET"
+  [[ $SECRETLINT_FULL -eq 1 ]] && secretlint_runs="full:$CORPUS $secretlint_runs"
+  for pair in $secretlint_runs; do
     label=${pair%%:*}; dir=${pair#*:}
     cp "$CORPUS/.secretlintrc.json" "$dir/.secretlintrc.json" 2>/dev/null || true
     warm "$dir"
     m=$(cd "$dir" && NODE_OPTIONS=--max-old-space-size=16384 measure "$OUT/secretlint-$label.json" -- \
-        "$OUT/node/node_modules/.bin/secretlint" "**/*" --format json --no-color)
+        timeout "$TOOL_TIMEOUT" "$OUT/node/node_modules/.bin/secretlint" "**/*" --format json --no-color)
     record secretlint "$label" "$dir" "$m"
   done
 fi
