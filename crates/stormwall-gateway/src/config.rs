@@ -176,4 +176,6 @@ pub struct GatewayConfig {
     pub pricing: BTreeMap<String, ModelPrice>,
     /// `[leak_reports]`: the leaked-key report endpoint.
     pub leak_reports: crate::leak_report::LeakReportsConfig,
+    /// `[alerts]`: where the gateway's own alerts go.
+    pub alerts: crate::alerts::AlertsConfig,
 }

@@ -299,10 +299,12 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-/// Revokes every reported Stormwall key and labels each token.
+/// Revokes every reported Stormwall key, raises an E1 alert for each, and labels each token.
+/// `report_event` is the id of the report request's event (the alert's evidence).
 pub async fn handle_report(
     state: &AppState,
     reporter: &str,
+    report_event: &str,
     tokens: Vec<ReportedToken>,
 ) -> Vec<TokenLabel> {
     let mut out = Vec::with_capacity(tokens.len());
@@ -328,7 +330,11 @@ pub async fn handle_report(
                     match crate::keys::revoke(state, id.as_str(), Some(truncate(&reason, 500)))
                         .await
                     {
-                        Ok(_) => tracing::warn!(key_id = %id, reporter, "leaked key revoked"),
+                        Ok(record) => {
+                            state
+                                .alerts
+                                .raise(&exposure_alert(&record, reporter, report_event, &t))
+                        }
                         Err(e) => {
                             tracing::error!(key_id = %id, error = %e, "revoking a reported key failed")
                         }
@@ -345,6 +351,52 @@ pub async fn handle_report(
         });
     }
     out
+}
+
+/// The E1 alert for a reported key: exposure, critical, revoked at once.
+fn exposure_alert(
+    record: &stormwall_types::KeyRecord,
+    reporter: &str,
+    report_event: &str,
+    t: &ReportedToken,
+) -> stormwall_types::Alert {
+    use stormwall_types::{Alert, AlertSubject, DetectorId, Severity, Stage};
+    let mut subjects = vec![AlertSubject {
+        kind: "reporter".to_owned(),
+        value: reporter.to_owned(),
+    }];
+    if let Some(url) = &t.url {
+        subjects.push(AlertSubject {
+            kind: "url".to_owned(),
+            value: truncate(url, 500),
+        });
+    }
+    if let Some(source) = &t.source {
+        subjects.push(AlertSubject {
+            kind: "source".to_owned(),
+            value: truncate(source, 100),
+        });
+    }
+    Alert {
+        id: format!("{report_event}-E1-{}", record.id),
+        detector: DetectorId::E1,
+        stage: Stage::Exposure,
+        severity: Severity::Critical,
+        at: time::OffsetDateTime::now_utc(),
+        key_id: Some(record.id.clone()),
+        tenant: Some(record.tenant.clone()),
+        source_ip: None,
+        features: Vec::new(),
+        subjects,
+        explanation: format!(
+            "Key {} of tenant {} was reported leaked by {reporter} ({}); it was revoked at once and is kept as a tripwire.",
+            record.id,
+            record.tenant,
+            t.url.as_deref().unwrap_or("no location given"),
+        ),
+        evidence: vec![report_event.to_owned()],
+        score: 100.0,
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

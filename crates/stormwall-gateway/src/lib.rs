@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod admit;
+pub mod alerts;
 pub mod body;
 pub mod client;
 pub mod config;

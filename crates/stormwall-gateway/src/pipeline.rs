@@ -219,7 +219,8 @@ async fn leak_report(
         Ok(t) => t,
         Err(e) => return refuse(rec, http::StatusCode::BAD_REQUEST, e),
     };
-    let labels = lr::handle_report(state, &reporter, tokens).await;
+    let report_event = rec.id().to_owned();
+    let labels = lr::handle_report(state, &reporter, &report_event, tokens).await;
     let body = serde_json::to_vec(&labels).map_err(|_| ProxyError::BodyUnreadable)?;
     let mut resp = json_response(http::StatusCode::OK, Bytes::from(body));
     set_request_id(&mut resp, rec.id());

@@ -51,6 +51,9 @@ pub enum StartError {
     /// No upstream is configured.
     #[error("no [[upstreams]] configured")]
     NoUpstreams,
+    /// The alerts file cannot be opened.
+    #[error("cannot open the alerts file")]
+    Alerts(#[source] std::io::Error),
     /// `[leak_reports]` is invalid.
     #[error(transparent)]
     LeakReports(#[from] crate::leak_report::KeyConfigError),
@@ -158,6 +161,7 @@ pub async fn start_with(
         },
         None => None,
     };
+    let alerts = crate::alerts::AlertSink::open(&config.alerts).map_err(StartError::Alerts)?;
     let keys = KeyCache::default();
     keys.replace_all(store.list_keys(&KeyFilter::default()).await?);
     let (counters, settle_task) = match counters {
@@ -200,6 +204,7 @@ pub async fn start_with(
         store,
         leak_reports,
         counters,
+        alerts,
     });
     load_spend(&state).await;
 

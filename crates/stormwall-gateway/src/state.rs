@@ -48,6 +48,8 @@ pub struct AppState {
         Arc<dyn stormwall_store::Counters>,
         crate::shared_admit::Settler,
     )>,
+    /// Where the gateway's own alerts go.
+    pub alerts: crate::alerts::AlertSink,
     /// The leaked-key report endpoint, when enabled: its path and signature verifier.
     pub leak_reports: Option<(String, crate::leak_report::ReportVerifier)>,
 }

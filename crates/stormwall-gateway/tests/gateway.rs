@@ -66,6 +66,7 @@ impl EventStore for CountingStore {
 
 struct Harness {
     gw: Option<RunningGateway>,
+    alerts_path: Option<std::path::PathBuf>,
     upstream: MockUpstream,
     store: Arc<CountingStore>,
     proxy: String,
@@ -142,6 +143,7 @@ async fn harness_with(customize: impl FnOnce(&mut GatewayConfig)) -> Harness {
     };
     config.limits.upstream_idle_timeout_ms = 400;
     customize(&mut config);
+    let alerts_path = config.alerts.jsonl_path.clone();
     let events = EventsConfig {
         flush_interval_ms: 10,
         ..Default::default()
@@ -156,6 +158,7 @@ async fn harness_with(customize: impl FnOnce(&mut GatewayConfig)) -> Harness {
     .await
     .unwrap();
     Harness {
+        alerts_path,
         proxy: format!("http://{}", gw.proxy_addr),
         admin: format!("http://{}", gw.admin_addr),
         gw: Some(gw),
@@ -1254,7 +1257,12 @@ mod leak_reports {
 
     async fn gateway(reporter: &Reporter) -> Harness {
         let key = reporter.public_key_b64();
+        let alerts = std::env::temp_dir().join(format!(
+            "stormwall-alerts-{}.jsonl",
+            stormwall_types::ApiKey::generate().id_str()
+        ));
         harness_with(move |c| {
+            c.alerts.jsonl_path = Some(alerts);
             c.leak_reports = LeakReportsConfig {
                 enabled: true,
                 keys: vec![ReporterKey {
@@ -1337,6 +1345,19 @@ mod leak_reports {
             "the report itself is an event"
         );
         assert_eq!(events[1].reject_reason, Some(RejectReason::RevokedKey));
+        // One E1 alert, with the report event as evidence and no token in it.
+        let path = h.alerts_path.clone().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let alerts: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(alerts.len(), 1, "{text}");
+        assert_eq!(alerts[0]["detector"], "E1");
+        assert_eq!(alerts[0]["key_id"], leaked_id.as_str());
+        assert_eq!(alerts[0]["evidence"][0], events[0].id.as_str());
+        assert!(!text.contains(&leaked), "no token in alerts");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

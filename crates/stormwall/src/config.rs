@@ -32,6 +32,9 @@ pub struct FileConfig {
     /// `[leak_reports]` (gateway).
     #[serde(default)]
     pub leak_reports: stormwall_gateway::leak_report::LeakReportsConfig,
+    /// `[alerts]` (gateway).
+    #[serde(default)]
+    pub alerts: stormwall_gateway::alerts::AlertsConfig,
     /// `[store]` (store).
     #[serde(default)]
     pub store: StoreConfig,
@@ -65,6 +68,7 @@ impl FileConfig {
             upstreams: self.upstreams.clone(),
             pricing: self.pricing.clone(),
             leak_reports: self.leak_reports.clone(),
+            alerts: self.alerts.clone(),
         }
     }
 }
