@@ -253,6 +253,16 @@ impl Grant {
     }
 }
 
+/// Fills the headers of a budget refusal: budgets reset at the next UTC day (or month), so
+/// the client should wait at least until midnight and not retry sooner.
+pub fn budget_spent(info: &mut RateLimitInfo, now: OffsetDateTime) {
+    let next_day = (now.date() + time::Duration::days(1))
+        .midnight()
+        .assume_utc();
+    info.retry_after_secs = Some((next_day - now).whole_seconds().max(1) as u64);
+    info.never_fits = true;
+}
+
 /// Checks a key's limits for one request and, when it fits, charges it.
 pub fn admit(
     state: &std::sync::Arc<KeyState>,
@@ -292,13 +302,7 @@ pub fn admit(
         if over(s.day_usd, scope.budget_daily_usd) || over(s.month_usd, scope.budget_monthly_usd) {
             drop(s);
             release();
-            // Budgets reset at the next UTC day (or month); retrying sooner cannot help.
-            let now = OffsetDateTime::now_utc();
-            let next_day = (now.date() + time::Duration::days(1))
-                .midnight()
-                .assume_utc();
-            info.retry_after_secs = Some((next_day - now).whole_seconds().max(1) as u64);
-            info.never_fits = true;
+            budget_spent(&mut info, OffsetDateTime::now_utc());
             return Err(reject(RejectReason::BudgetExhausted, info));
         }
         s.reserved_usd += demand.reserve_usd;

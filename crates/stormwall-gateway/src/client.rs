@@ -45,11 +45,7 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| {
         let s = String::from_utf8_lossy(v.as_bytes());
-        let mut end = s.len().min(MAX_HEADER_VALUE_LEN);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s[..end].to_owned()
+        crate::request::truncate(&s, MAX_HEADER_VALUE_LEN).to_owned()
     })
 }
 

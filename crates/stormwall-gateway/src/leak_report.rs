@@ -400,11 +400,7 @@ fn exposure_alert(
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    crate::request::truncate(s, max).to_owned()
 }
 
 #[cfg(test)]

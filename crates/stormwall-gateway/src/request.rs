@@ -177,7 +177,8 @@ pub fn estimate_tokens(chars: u64, messages: u32) -> u64 {
     chars.div_ceil(4) + u64::from(messages) * 4
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

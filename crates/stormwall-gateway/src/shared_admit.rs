@@ -184,11 +184,7 @@ pub async fn admit(
             Ok(BudgetDecision::Granted(r)) => pending.budget = Some(r),
             Ok(BudgetDecision::Denied { .. }) => {
                 give_back(pending);
-                let next_day = (now.date() + time::Duration::days(1))
-                    .midnight()
-                    .assume_utc();
-                info.retry_after_secs = Some((next_day - now).whole_seconds().max(1) as u64);
-                info.never_fits = true;
+                crate::admit::budget_spent(&mut info, now);
                 return Err(reject(RejectReason::BudgetExhausted, info));
             }
             Err(e) => {
