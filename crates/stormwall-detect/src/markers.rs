@@ -39,5 +39,6 @@ pub fn roleplay_verdict() -> SafetyVerdict {
         action: "log".to_owned(),
         score: 1.0,
         stage: "input".to_owned(),
+        ..Default::default()
     }
 }

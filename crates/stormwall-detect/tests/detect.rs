@@ -788,6 +788,7 @@ fn with_verdict(mut ev: UsageEvent, category: &str, action: &str) -> UsageEvent 
         action: action.into(),
         score: 0.9,
         stage: "input".into(),
+        ..Default::default()
     });
     ev
 }

@@ -96,6 +96,10 @@ fn event(
         action: "log".to_owned(),
         score: 0.25,
         stage: "input".to_owned(),
+        view: Some("leet".to_owned()),
+        span: Some("ignore previous".to_owned()),
+        source: Some("judge".to_owned()),
+        ..Default::default()
     }];
     e
 }

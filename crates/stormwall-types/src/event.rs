@@ -108,10 +108,12 @@ pub enum StreamOutcome {
     IdleTimeout,
     /// The response exceeded the size cap.
     TooLarge,
+    /// The gateway cut the stream because its output broke the content policy.
+    ContentBlocked,
 }
 
 /// One content-safety finding recorded on an event (filled by the safety stage).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SafetyVerdict {
     /// Category, e.g. `sexual`, `real_person_sexual`, `jailbreak`.
     pub category: String,
@@ -121,6 +123,20 @@ pub struct SafetyVerdict {
     pub score: f32,
     /// `input` or `output`.
     pub stage: String,
+    /// Normalisation view the match was made in (`text`, or the trick undone: `base64`,
+    /// `leet`, ...), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+    /// The matched text (at most about 64 bytes), when a term or combination matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<String>,
+    /// The whole screened text: only when the key's profile keeps evidence and the action
+    /// is `flag` or `block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    /// External classifier that produced the score, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// One request through the gateway, or one parsed cloud-log record.
@@ -502,5 +518,21 @@ mod tests {
         assert!(s.contains("\"decision.reason\":\"rate_limit_requests\""));
         let back: UsageEvent = serde_json::from_str(&s).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn safety_verdicts_without_evidence_fields_still_parse() {
+        let old = r#"{"category":"jailbreak","action":"log","score":0.5,"stage":"input"}"#;
+        let v: SafetyVerdict = serde_json::from_str(old).unwrap();
+        assert_eq!(v.view, None);
+        assert_eq!(serde_json::to_string(&v).unwrap(), old);
+        let new = SafetyVerdict {
+            view: Some("base64".into()),
+            span: Some("abc".into()),
+            ..v
+        };
+        let back: SafetyVerdict =
+            serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
     }
 }

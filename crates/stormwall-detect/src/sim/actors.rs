@@ -54,6 +54,7 @@ fn verdict(category: &str, action: &str, score: f32) -> SafetyVerdict {
         action: action.to_owned(),
         score,
         stage: "input".to_owned(),
+        ..Default::default()
     }
 }
 
