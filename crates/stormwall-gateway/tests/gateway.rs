@@ -15,14 +15,16 @@ use serde_json::{Value, json};
 use stormwall_gateway::config::{GatewayConfig, IpDbConfig, ServerConfig, UpstreamConfig};
 use stormwall_gateway::{RunningGateway, start};
 use stormwall_store::{
-    EventQuery, EventStore, EventsConfig, KeyFilter, KeyStore, SqliteStore, Store, StoreError,
+    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, EventQuery, EventStore,
+    EventsConfig, KeyFilter, KeyStore, SqliteStore, Store, StoreError, StoredAlert,
 };
 use stormwall_testkit::{Fault, MockUpstream, TestClient, TestResponse, http_request, http_stream};
-use stormwall_types::{KeyId, KeyRecord, RejectReason, StreamOutcome, UsageEvent};
+use stormwall_types::{Alert, KeyId, KeyRecord, RejectReason, StreamOutcome, UsageEvent};
 
 const ADMIN_TOKEN: &str = "test-admin-token";
 const UPSTREAM_KEY: &str = "sk-upstream-secret-for-tests";
 const AZURE_KEY: &str = "azure-upstream-secret-for-tests";
+const HOOK_SECRET: &str = "webhook-hmac-secret-for-tests";
 
 /// Counts store calls, to prove the request path never touches the store.
 struct CountingStore {
@@ -64,6 +66,34 @@ impl EventStore for CountingStore {
     }
 }
 
+#[async_trait]
+impl AlertStore for CountingStore {
+    async fn insert_alert(&self, a: &Alert, incident: &str) -> Result<bool, StoreError> {
+        self.inner.insert_alert(a, incident).await
+    }
+    async fn get_alert(&self, id: &str) -> Result<Option<StoredAlert>, StoreError> {
+        self.inner.get_alert(id).await
+    }
+    async fn list_alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
+        self.inner.list_alerts(q).await
+    }
+    async fn set_alert_status(
+        &self,
+        id: &str,
+        status: AlertStatus,
+        note: Option<&str>,
+        at: time::OffsetDateTime,
+    ) -> Result<StoredAlert, StoreError> {
+        self.inner.set_alert_status(id, status, note, at).await
+    }
+    async fn record_action(&self, r: &ActionRecord) -> Result<(), StoreError> {
+        self.inner.record_action(r).await
+    }
+    async fn list_actions(&self, q: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError> {
+        self.inner.list_actions(q).await
+    }
+}
+
 struct Harness {
     gw: Option<RunningGateway>,
     alerts_path: Option<std::path::PathBuf>,
@@ -78,6 +108,7 @@ fn env(name: &str) -> Option<String> {
     match name {
         "UP_KEY" => Some(UPSTREAM_KEY.to_owned()),
         "AZ_KEY" => Some(AZURE_KEY.to_owned()),
+        "HOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
         _ => None,
     }
 }
@@ -1215,6 +1246,8 @@ async fn no_key_or_prompt_text_reaches_the_logs() {
         assert!(!logs.contains(secret), "{secret} leaked into logs");
     }
 }
+
+mod detection;
 
 mod leak_reports {
     use super::*;

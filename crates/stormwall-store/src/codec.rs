@@ -2,13 +2,13 @@
 //! PostgreSQL store byte-for-byte the same values and refuse the same corrupt rows.
 
 use stormwall_types::{
-    Decision, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, UsageEvent,
+    Alert, Decision, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, UsageEvent,
 };
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::StoreError;
+use crate::{ActionRecord, AlertStatus, StoreError, StoredAlert};
 
 /// Key timestamps as fixed-width UTC RFC 3339 with nine fractional digits, so text order
 /// is time order and nanoseconds survive the round trip (PostgreSQL's `timestamptz` keeps
@@ -167,6 +167,159 @@ impl KeyRow {
             status_reason: self.status_reason,
         })
     }
+}
+
+/// The alert columns in the order both backends select them (read by [`AlertRow`]).
+pub(crate) const ALERT_COLUMNS: &str = "id, body_json, status, note, created_at, updated_at";
+
+/// Refuses text a PostgreSQL TEXT column cannot hold (NUL), in both backends, so that the
+/// two accept the same records. JSON bodies escape NUL and need no check.
+fn no_nul(what: &str, s: Option<&str>) -> Result<(), StoreError> {
+    if s.is_some_and(|s| s.contains('\0')) {
+        return Err(StoreError::Corrupt(format!("{what} contains NUL")));
+    }
+    Ok(())
+}
+
+/// Refuses numbers JSON cannot carry: serde_json writes NaN and infinities as `null`, which
+/// would then fail to decode and make every listing that reaches the row fail.
+fn finite(what: &str, values: impl IntoIterator<Item = f64>) -> Result<(), StoreError> {
+    if values.into_iter().all(f64::is_finite) {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!("{what}: non-finite number")))
+    }
+}
+
+/// A new alert's columns ready to bind.
+pub(crate) struct AlertColumns {
+    pub(crate) id: String,
+    pub(crate) incident: String,
+    pub(crate) detector: &'static str,
+    pub(crate) severity: &'static str,
+    pub(crate) key_id: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) at_unix_ms: i64,
+    pub(crate) status: &'static str,
+    pub(crate) created_at: String,
+    pub(crate) body_json: String,
+}
+
+impl AlertColumns {
+    /// Columns of a new (`open`) alert stored at `now`.
+    pub(crate) fn new(a: &Alert, incident: &str, now: OffsetDateTime) -> Result<Self, StoreError> {
+        no_nul("alert id", Some(&a.id))?;
+        let what = format!("alert {}", a.id);
+        no_nul(&format!("{what}: incident"), Some(incident))?;
+        no_nul(&format!("{what}: tenant"), a.tenant.as_deref())?;
+        finite(
+            &what,
+            std::iter::once(a.score).chain(
+                a.features
+                    .iter()
+                    .flat_map(|f| std::iter::once(f.value).chain(f.threshold)),
+            ),
+        )?;
+        let body_json = serde_json::to_string(a)
+            .map_err(|_| StoreError::Corrupt(format!("{what} does not encode")))?;
+        Ok(Self {
+            id: a.id.clone(),
+            incident: incident.to_owned(),
+            detector: a.detector.as_str(),
+            severity: a.severity.as_str(),
+            key_id: a.key_id.as_ref().map(|k| k.as_str().to_owned()),
+            tenant: a.tenant.clone(),
+            at_unix_ms: unix_ms(a.at)?,
+            status: AlertStatus::Open.as_str(),
+            created_at: format_key_time(now)?,
+            body_json,
+        })
+    }
+}
+
+/// Checks an operator's note before it is bound.
+pub(crate) fn alert_note(id: &str, note: Option<&str>) -> Result<Option<String>, StoreError> {
+    no_nul(&format!("alert {id}: note"), note)?;
+    Ok(note.map(str::to_owned))
+}
+
+/// An alert row as read, before validation (in [`ALERT_COLUMNS`] order).
+pub(crate) struct AlertRow {
+    pub(crate) id: String,
+    pub(crate) body_json: String,
+    pub(crate) status: String,
+    pub(crate) note: Option<String>,
+    pub(crate) created_at: String,
+    pub(crate) updated_at: String,
+}
+
+impl AlertRow {
+    /// Validates a row. serde_json's messages can quote the body, so errors keep the id only.
+    pub(crate) fn into_stored(self) -> Result<StoredAlert, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("alert {}: {what}", self.id));
+        let alert: Alert =
+            serde_json::from_str(&self.body_json).map_err(|_| corrupt("body does not decode"))?;
+        let status = AlertStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?;
+        let time =
+            |s: &str| OffsetDateTime::parse(s, &Rfc3339).map_err(|_| corrupt("bad timestamp"));
+        Ok(StoredAlert {
+            created_at: time(&self.created_at)?,
+            updated_at: time(&self.updated_at)?,
+            alert,
+            status,
+            note: self.note,
+        })
+    }
+}
+
+/// An action record's columns ready to bind.
+pub(crate) struct ActionColumns {
+    pub(crate) id: String,
+    pub(crate) key_id: String,
+    pub(crate) alert_id: String,
+    pub(crate) kind: &'static str,
+    pub(crate) outcome: &'static str,
+    pub(crate) applied_at: String,
+    pub(crate) body_json: String,
+    /// The action's `alert_id` and its `contributing_alerts`, without repeats: the rows of
+    /// `action_alerts`.
+    pub(crate) alert_ids: Vec<String>,
+}
+
+impl ActionColumns {
+    pub(crate) fn from_record(r: &ActionRecord) -> Result<Self, StoreError> {
+        no_nul("action id", Some(&r.id))?;
+        let what = format!("action {}", r.id);
+        no_nul(&format!("{what}: alert id"), Some(&r.action.alert_id))?;
+        for a in &r.action.contributing_alerts {
+            no_nul(&format!("{what}: contributing alert id"), Some(a))?;
+        }
+        finite(&what, [r.action.risk_score])?;
+        let body_json = serde_json::to_string(r)
+            .map_err(|_| StoreError::Corrupt(format!("{what} does not encode")))?;
+        let mut alert_ids = Vec::with_capacity(1 + r.action.contributing_alerts.len());
+        for a in std::iter::once(&r.action.alert_id).chain(&r.action.contributing_alerts) {
+            if !alert_ids.contains(a) {
+                alert_ids.push(a.clone());
+            }
+        }
+        Ok(Self {
+            id: r.id.clone(),
+            key_id: r.action.key_id.as_str().to_owned(),
+            alert_id: r.action.alert_id.clone(),
+            kind: r.action.kind.as_str(),
+            outcome: r.outcome.as_str(),
+            applied_at: format_key_time(r.applied_at)?,
+            body_json,
+            alert_ids,
+        })
+    }
+}
+
+/// Decodes a stored action body, naming only the (public) id on failure.
+pub(crate) fn decode_action(id: &str, body: &str) -> Result<ActionRecord, StoreError> {
+    serde_json::from_str(body)
+        .map_err(|_| StoreError::Corrupt(format!("action {id}: body does not decode")))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use stormwall_types::{KeyId, KeyRecord, UsageEvent};
+use stormwall_types::{Action, Alert, DetectorId, KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
 
 pub use batch::{BatchWriter, EventSink, EventSinkSnapshot, EventSinkStats, ShutdownError};
@@ -109,9 +109,158 @@ pub trait EventStore: Send + Sync {
     async fn count_events(&self) -> Result<u64, StoreError>;
 }
 
+/// Where an alert stands with the operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    /// Not yet looked at.
+    Open,
+    /// Looked at; the alert stands.
+    Acknowledged,
+    /// Looked at; the alert was wrong (the key's baseline learns from it).
+    FalsePositive,
+}
+
+impl AlertStatus {
+    /// Stable snake_case name, as stored and as the API and CLI print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Open => "open",
+            AlertStatus::Acknowledged => "acknowledged",
+            AlertStatus::FalsePositive => "false_positive",
+        }
+    }
+
+    /// Parses [`AlertStatus::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(AlertStatus::Open),
+            "acknowledged" => Some(AlertStatus::Acknowledged),
+            "false_positive" => Some(AlertStatus::FalsePositive),
+            _ => None,
+        }
+    }
+}
+
+/// An alert as stored: the detector's output plus what operators did with it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredAlert {
+    /// The alert itself.
+    #[serde(flatten)]
+    pub alert: Alert,
+    /// Operator status.
+    pub status: AlertStatus,
+    /// Free-text note left with the last status change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Wall-clock time the alert was stored.
+    #[serde(with = "stormwall_types::timefmt::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Wall-clock time of the last status change (`created_at` if none).
+    #[serde(with = "stormwall_types::timefmt::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// Filters for listing alerts, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AlertQuery {
+    /// Only alerts about this key.
+    pub key_id: Option<KeyId>,
+    /// Only alerts of this tenant.
+    pub tenant: Option<String>,
+    /// Only alerts of this detector.
+    pub detector: Option<DetectorId>,
+    /// Only alerts with this status.
+    pub status: Option<AlertStatus>,
+    /// Alerts whose event time is at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// Alerts whose event time is before this instant.
+    pub until: Option<OffsetDateTime>,
+    /// At most this many alerts (`None`: no limit).
+    pub limit: Option<usize>,
+}
+
+/// What became of an action when the gateway applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOutcome {
+    /// The key's record was changed (or the notification sent).
+    Applied,
+    /// Nothing to do: the key was already in that state or stricter (e.g. another replica
+    /// acted first).
+    AlreadyInEffect,
+    /// The action could not be applied (the message says why).
+    Failed,
+}
+
+impl ActionOutcome {
+    /// Stable snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionOutcome::Applied => "applied",
+            ActionOutcome::AlreadyInEffect => "already_in_effect",
+            ActionOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One response action, recorded with the alert that caused it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActionRecord {
+    /// Record id (UUIDv7 text).
+    pub id: String,
+    /// The action as the response policy decided it.
+    pub action: Action,
+    /// What happened when it was applied.
+    pub outcome: ActionOutcome,
+    /// Error text for `Failed` (never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Wall-clock time it was applied.
+    #[serde(with = "stormwall_types::timefmt::rfc3339")]
+    pub applied_at: OffsetDateTime,
+}
+
+/// Filters for listing actions, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ActionQuery {
+    /// Only actions on this key.
+    pub key_id: Option<KeyId>,
+    /// Only actions caused by this alert (as `alert_id` or among `contributing_alerts`).
+    pub alert_id: Option<String>,
+    /// At most this many (`None`: no limit).
+    pub limit: Option<usize>,
+}
+
+/// Alerts and the actions taken because of them.
+#[async_trait]
+pub trait AlertStore: Send + Sync {
+    /// Stores a new alert with status `open`. `incident` names the incident the alert
+    /// belongs to (e.g. detector, key and hour); an alert whose id or incident is already
+    /// stored is not stored again and `Ok(false)` is returned, so replicas that see the same
+    /// incident raise it once.
+    async fn insert_alert(&self, alert: &Alert, incident: &str) -> Result<bool, StoreError>;
+    /// Reads one alert.
+    async fn get_alert(&self, id: &str) -> Result<Option<StoredAlert>, StoreError>;
+    /// Lists alerts matching a query, newest event time first (ties by id descending).
+    async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError>;
+    /// Sets an alert's status and note; `StoreError::NotFound` if absent.
+    async fn set_alert_status(
+        &self,
+        id: &str,
+        status: AlertStatus,
+        note: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<StoredAlert, StoreError>;
+    /// Appends an action record.
+    async fn record_action(&self, record: &ActionRecord) -> Result<(), StoreError>;
+    /// Lists action records matching a query, newest first.
+    async fn list_actions(&self, query: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError>;
+}
+
 /// Everything the gateway needs from a backend.
-pub trait Store: KeyStore + EventStore {}
-impl<T: KeyStore + EventStore> Store for T {}
+pub trait Store: KeyStore + EventStore + AlertStore {}
+impl<T: KeyStore + EventStore + AlertStore> Store for T {}
 
 /// What a migration run did (`stormwall migrate`).
 #[derive(Debug, Clone, PartialEq, Eq)]

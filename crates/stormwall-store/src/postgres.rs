@@ -19,24 +19,34 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use stormwall_types::{KeyId, KeyRecord, UsageEvent};
+use stormwall_types::{Alert, KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::codec::{
-    KEY_COLUMNS, KeyColumns, KeyRow, decision_str, decode_event, encode_event, summable_cost,
-    unix_ms,
+    ALERT_COLUMNS, ActionColumns, AlertColumns, AlertRow, KEY_COLUMNS, KeyColumns, KeyRow,
+    alert_note, decision_str, decode_action, decode_event, encode_event, format_key_time,
+    summable_cost, unix_ms,
 };
 use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
-use crate::{EventQuery, EventStore, KeyFilter, KeyStore, MigrationReport, StoreError};
+use crate::{
+    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, EventQuery, EventStore,
+    KeyFilter, KeyStore, MigrationReport, StoreError, StoredAlert,
+};
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        "0002_alerts",
+        include_str!("../migrations/postgres/0002_alerts.sql"),
+    ),
+];
 
 /// Schema version a database has once every embedded migration has run.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -70,7 +80,22 @@ const INSERT_EVENTS: &str = "INSERT INTO events (id, ts_unix_ms, key_id, tenant,
      $6::text[], $7::int4[], $8::float8[], $9::text[]) \
      ON CONFLICT (id) DO NOTHING";
 
-/// Keys and events in PostgreSQL. Cheap to clone: clones share the pool.
+/// A conflict on the id or on the incident inserts nothing: replicas that raise the same
+/// incident at once store it once, and the losers learn it from the row count.
+const INSERT_ALERT: &str = "INSERT INTO alerts (id, incident, detector, severity, key_id, \
+     tenant, at_unix_ms, status, note, created_at, updated_at, body_json) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $9, $10) ON CONFLICT DO NOTHING";
+
+/// The action and its alert links in one statement, so one implicit transaction: a
+/// re-recorded id inserts nothing, links included.
+const INSERT_ACTION: &str = "WITH inserted AS (\
+     INSERT INTO actions (id, key_id, alert_id, kind, outcome, applied_at, body_json) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING RETURNING id) \
+     INSERT INTO action_alerts (alert_id, action_id) \
+     SELECT linked.alert_id, inserted.id FROM inserted, UNNEST($8::text[]) AS linked(alert_id) \
+     ON CONFLICT DO NOTHING";
+
+/// Keys, events, alerts and actions in PostgreSQL. Cheap to clone: clones share the pool.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
@@ -473,6 +498,47 @@ fn as_refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
         .collect()
 }
 
+fn alert_row(row: &tokio_postgres::Row) -> Result<AlertRow, StoreError> {
+    Ok(AlertRow {
+        id: row.try_get(0).map_err(db)?,
+        body_json: row.try_get(1).map_err(db)?,
+        status: row.try_get(2).map_err(db)?,
+        note: row.try_get(3).map_err(db)?,
+        created_at: row.try_get(4).map_err(db)?,
+        updated_at: row.try_get(5).map_err(db)?,
+    })
+}
+
+/// Builds a query from optional clauses: each `?` in a clause becomes the next `$n`.
+struct QueryBuilder {
+    sql: String,
+    params: Params,
+}
+
+impl QueryBuilder {
+    fn new(sql: &str) -> Self {
+        Self {
+            sql: sql.to_owned(),
+            params: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, clause: &str, p: Box<dyn ToSql + Sync + Send>) {
+        self.params.push(p);
+        self.sql
+            .push_str(&clause.replace('?', &format!("${}", self.params.len())));
+    }
+
+    fn limit(&mut self, limit: Option<usize>) {
+        if let Some(limit) = limit {
+            self.push(
+                " LIMIT ?",
+                Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
+            );
+        }
+    }
+}
+
 #[async_trait]
 impl KeyStore for PostgresStore {
     async fn insert_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
@@ -702,6 +768,149 @@ impl EventStore for PostgresStore {
         let row = client.query_one(&stmt, &[]).await.map_err(db)?;
         let n: i64 = row.try_get(0).map_err(db)?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("negative event count".to_owned()))
+    }
+}
+
+#[async_trait]
+impl AlertStore for PostgresStore {
+    async fn insert_alert(&self, alert: &Alert, incident: &str) -> Result<bool, StoreError> {
+        let c = AlertColumns::new(alert, incident, OffsetDateTime::now_utc())?;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(INSERT_ALERT).await.map_err(db)?;
+        let inserted = client
+            .execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.incident,
+                    &c.detector,
+                    &c.severity,
+                    &c.key_id,
+                    &c.tenant,
+                    &c.at_unix_ms,
+                    &c.status,
+                    &c.created_at,
+                    &c.body_json,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(inserted == 1)
+    }
+
+    async fn get_alert(&self, id: &str) -> Result<Option<StoredAlert>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"))
+            .await
+            .map_err(db)?;
+        let row = client.query_opt(&stmt, &[&id]).await.map_err(db)?;
+        row.map(|r| alert_row(&r)?.into_stored()).transpose()
+    }
+
+    async fn list_alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
+        let mut b = QueryBuilder::new(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE TRUE"));
+        if let Some(key_id) = &q.key_id {
+            b.push(" AND key_id = ?", Box::new(key_id.as_str().to_owned()));
+        }
+        if let Some(tenant) = &q.tenant {
+            b.push(" AND tenant = ?", Box::new(tenant.clone()));
+        }
+        if let Some(detector) = q.detector {
+            b.push(" AND detector = ?", Box::new(detector.as_str()));
+        }
+        if let Some(status) = q.status {
+            b.push(" AND status = ?", Box::new(status.as_str()));
+        }
+        if let Some(since) = q.since {
+            b.push(" AND at_unix_ms >= ?", Box::new(unix_ms(since)?));
+        }
+        if let Some(until) = q.until {
+            b.push(" AND at_unix_ms < ?", Box::new(unix_ms(until)?));
+        }
+        b.sql.push_str(" ORDER BY at_unix_ms DESC, id DESC");
+        b.limit(q.limit);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&b.sql).await.map_err(db)?;
+        let rows = client.query(&stmt, &as_refs(&b.params)).await.map_err(db)?;
+        rows.iter()
+            .map(|r| alert_row(r)?.into_stored())
+            .collect::<Result<Vec<_>, _>>()
+    }
+
+    async fn set_alert_status(
+        &self,
+        id: &str,
+        status: AlertStatus,
+        note: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<StoredAlert, StoreError> {
+        let note = alert_note(id, note)?;
+        let at = format_key_time(at)?;
+        let client = self.client().await?;
+        // RETURNING reads the row as this statement left it, whatever runs beside it.
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE alerts SET status = $2, note = $3, updated_at = $4 WHERE id = $1 \
+                 RETURNING {ALERT_COLUMNS}"
+            ))
+            .await
+            .map_err(db)?;
+        let row = client
+            .query_opt(&stmt, &[&id, &status.as_str(), &note, &at])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        alert_row(&row)?.into_stored()
+    }
+
+    async fn record_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        let c = ActionColumns::from_record(record)?;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(INSERT_ACTION).await.map_err(db)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.key_id,
+                    &c.alert_id,
+                    &c.kind,
+                    &c.outcome,
+                    &c.applied_at,
+                    &c.body_json,
+                    &c.alert_ids,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_actions(&self, q: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut b = QueryBuilder::new("SELECT id, body_json FROM actions WHERE TRUE");
+        if let Some(key_id) = &q.key_id {
+            b.push(" AND key_id = ?", Box::new(key_id.as_str().to_owned()));
+        }
+        if let Some(alert_id) = &q.alert_id {
+            // action_alerts holds the action's own alert and every contributing one.
+            b.push(
+                " AND id IN (SELECT action_id FROM action_alerts WHERE alert_id = ?)",
+                Box::new(alert_id.clone()),
+            );
+        }
+        b.sql.push_str(" ORDER BY applied_at DESC, id DESC");
+        b.limit(q.limit);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&b.sql).await.map_err(db)?;
+        let rows = client.query(&stmt, &as_refs(&b.params)).await.map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0).map_err(db)?;
+            let body: String = row.try_get(1).map_err(db)?;
+            out.push(decode_action(&id, &body)?);
+        }
+        Ok(out)
     }
 }
 

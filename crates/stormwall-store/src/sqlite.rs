@@ -16,20 +16,30 @@ use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, ffi, params,
     params_from_iter,
 };
-use stormwall_types::{KeyId, KeyRecord, UsageEvent};
+use stormwall_types::{Alert, KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
 
 use crate::codec::{
-    KEY_COLUMNS, KeyColumns, KeyRow, decision_str, decode_event, encode_event, summable_cost,
-    unix_ms,
+    ALERT_COLUMNS, ActionColumns, AlertColumns, AlertRow, KEY_COLUMNS, KeyColumns, KeyRow,
+    alert_note, decision_str, decode_action, decode_event, encode_event, format_key_time,
+    summable_cost, unix_ms,
 };
-use crate::{EventQuery, EventStore, KeyFilter, KeyStore, MigrationReport, StoreError};
+use crate::{
+    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, EventQuery, EventStore,
+    KeyFilter, KeyStore, MigrationReport, StoreError, StoredAlert,
+};
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        "0002_alerts",
+        include_str!("../migrations/sqlite/0002_alerts.sql"),
+    ),
+];
 
 /// Schema version a database has once every embedded migration has run.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -52,7 +62,19 @@ const INSERT_EVENT: &str = "INSERT OR IGNORE INTO events (id, ts_unix_ms, key_id
      decision, reject_reason, status, cost_usd, body_json) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-/// Keys and events in one SQLite database. Cheap to clone: clones share the connections.
+/// Ignores only uniqueness conflicts (id or incident), unlike `INSERT OR IGNORE`, which
+/// would also hide a NOT NULL violation.
+const INSERT_ALERT: &str = "INSERT INTO alerts (id, incident, detector, severity, key_id, \
+     tenant, at_unix_ms, status, note, created_at, updated_at, body_json) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?9, ?10) ON CONFLICT DO NOTHING";
+
+const INSERT_ACTION: &str = "INSERT INTO actions (id, key_id, alert_id, kind, outcome, \
+     applied_at, body_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
+
+const INSERT_ACTION_ALERT: &str = "INSERT INTO action_alerts (alert_id, action_id) \
+     VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+
+/// Keys, events, alerts and actions in one SQLite database. Cheap to clone: clones share the connections.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -378,6 +400,88 @@ fn build_event_query(
     Ok((sql, args))
 }
 
+fn read_alert_row(row: &Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
+        id: row.get(0)?,
+        body_json: row.get(1)?,
+        status: row.get(2)?,
+        note: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
+    })
+}
+
+fn get_alert(conn: &Connection, id: &str) -> Result<Option<StoredAlert>, StoreError> {
+    let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1");
+    let row = conn
+        .prepare_cached(&sql)
+        .map_err(db)?
+        .query_row([id], read_alert_row)
+        .optional()
+        .map_err(db)?;
+    row.map(AlertRow::into_stored).transpose()
+}
+
+/// `LIMIT ?` argument; `usize` beyond `i64` means no limit anyway.
+fn limit_value(limit: usize) -> Value {
+    Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX))
+}
+
+fn build_alert_query(q: &AlertQuery) -> Result<(String, Vec<Value>), StoreError> {
+    let mut sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE 1 = 1");
+    let mut args = Vec::new();
+    if let Some(key_id) = &q.key_id {
+        sql.push_str(" AND key_id = ?");
+        args.push(Value::Text(key_id.as_str().to_owned()));
+    }
+    if let Some(tenant) = &q.tenant {
+        sql.push_str(" AND tenant = ?");
+        args.push(Value::Text(tenant.clone()));
+    }
+    if let Some(detector) = q.detector {
+        sql.push_str(" AND detector = ?");
+        args.push(Value::Text(detector.as_str().to_owned()));
+    }
+    if let Some(status) = q.status {
+        sql.push_str(" AND status = ?");
+        args.push(Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(since) = q.since {
+        sql.push_str(" AND at_unix_ms >= ?");
+        args.push(Value::Integer(unix_ms(since)?));
+    }
+    if let Some(until) = q.until {
+        sql.push_str(" AND at_unix_ms < ?");
+        args.push(Value::Integer(unix_ms(until)?));
+    }
+    sql.push_str(" ORDER BY at_unix_ms DESC, id DESC");
+    if let Some(limit) = q.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(limit_value(limit));
+    }
+    Ok((sql, args))
+}
+
+fn build_action_query(q: &ActionQuery) -> (String, Vec<Value>) {
+    let mut sql = String::from("SELECT id, body_json FROM actions WHERE 1 = 1");
+    let mut args = Vec::new();
+    if let Some(key_id) = &q.key_id {
+        sql.push_str(" AND key_id = ?");
+        args.push(Value::Text(key_id.as_str().to_owned()));
+    }
+    if let Some(alert_id) = &q.alert_id {
+        // action_alerts holds the action's own alert and every contributing one.
+        sql.push_str(" AND id IN (SELECT action_id FROM action_alerts WHERE alert_id = ?)");
+        args.push(Value::Text(alert_id.clone()));
+    }
+    sql.push_str(" ORDER BY applied_at DESC, id DESC");
+    if let Some(limit) = q.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(limit_value(limit));
+    }
+    (sql, args)
+}
+
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn insert_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
@@ -551,6 +655,139 @@ impl EventStore for SqliteStore {
     }
 }
 
+#[async_trait]
+impl AlertStore for SqliteStore {
+    async fn insert_alert(&self, alert: &Alert, incident: &str) -> Result<bool, StoreError> {
+        let c = AlertColumns::new(alert, incident, OffsetDateTime::now_utc())?;
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(INSERT_ALERT)
+                .map_err(db)?
+                .execute(params![
+                    c.id,
+                    c.incident,
+                    c.detector,
+                    c.severity,
+                    c.key_id,
+                    c.tenant,
+                    c.at_unix_ms,
+                    c.status,
+                    c.created_at,
+                    c.body_json,
+                ])
+                .map_err(db)?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn get_alert(&self, id: &str) -> Result<Option<StoredAlert>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| get_alert(conn, &id)).await
+    }
+
+    async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
+        let (sql, args) = build_alert_query(query)?;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(params_from_iter(args.iter()), read_alert_row)
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(db)?.into_stored()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_alert_status(
+        &self,
+        id: &str,
+        status: AlertStatus,
+        note: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<StoredAlert, StoreError> {
+        let id = id.to_owned();
+        let note = alert_note(&id, note)?;
+        let at = format_key_time(at)?;
+        self.write(move |conn| {
+            // Update and read back in one transaction, so the answer is the row as this
+            // call left it.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE alerts SET status = ?2, note = ?3, updated_at = ?4 WHERE id = ?1",
+                )
+                .map_err(db)?
+                .execute(params![id, status.as_str(), note, at])
+                .map_err(db)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound);
+            }
+            let stored = get_alert(&tx, &id)?.ok_or(StoreError::NotFound)?;
+            tx.commit().map_err(db)?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn record_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
+        let c = ActionColumns::from_record(record)?;
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            {
+                let inserted = tx
+                    .prepare_cached(INSERT_ACTION)
+                    .map_err(db)?
+                    .execute(params![
+                        c.id,
+                        c.key_id,
+                        c.alert_id,
+                        c.kind,
+                        c.outcome,
+                        c.applied_at,
+                        c.body_json,
+                    ])
+                    .map_err(db)?;
+                // A re-recorded id keeps its first copy, links included.
+                if inserted == 1 {
+                    let mut link = tx.prepare_cached(INSERT_ACTION_ALERT).map_err(db)?;
+                    for alert_id in &c.alert_ids {
+                        link.execute(params![alert_id, c.id]).map_err(db)?;
+                    }
+                }
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn list_actions(&self, query: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError> {
+        let (sql, args) = build_action_query(query);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(params_from_iter(args.iter()), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, body) = row.map_err(db)?;
+                out.push(decode_action(&id, &body)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,6 +799,32 @@ mod tests {
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         migrate(&mut conn).unwrap();
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn upgrade_from_0001_keeps_rows_and_adds_alerts() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0].1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO events (id, ts_unix_ms, decision, status, cost_usd, body_json) \
+             VALUES ('e1', 1, 'allow', 200, 0.0, '{}')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), vec!["0002_alerts"]);
+        assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        for table in ["alerts", "actions", "action_alerts"] {
+            let n: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0);
+        }
+        assert!(migrate(&mut conn).unwrap().is_empty());
     }
 
     #[test]

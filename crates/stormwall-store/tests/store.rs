@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stormwall_store::{
-    BatchWriter, EventQuery, EventStore, EventsConfig, KeyFilter, PostgresConfig, PostgresStore,
-    ShutdownError, SqliteStore, Store, StoreConfig, StoreError,
+    ActionOutcome, ActionQuery, ActionRecord, AlertQuery, AlertStatus, BatchWriter, EventQuery,
+    EventStore, EventsConfig, KeyFilter, PostgresConfig, PostgresStore, ShutdownError, SqliteStore,
+    Store, StoreConfig, StoreError, StoredAlert,
 };
 use stormwall_types::{
-    ApiKey, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, RejectReason, SafetyVerdict,
-    UsageEvent,
+    Action, ActionKind, Alert, AlertFeature, AlertSubject, ApiKey, DetectorId, KeyHash, KeyId,
+    KeyKind, KeyRecord, KeyScope, KeyStatus, RejectReason, SafetyVerdict, Severity, UsageEvent,
 };
 use time::{OffsetDateTime, UtcOffset};
 
@@ -109,6 +110,81 @@ fn denied(id: &str, ts: OffsetDateTime) -> UsageEvent {
     e.deny(RejectReason::UnknownKey);
     e.status = 401;
     e
+}
+
+/// An alert with every optional field set, so the body round trip is exercised.
+fn alert(
+    id: &str,
+    detector: DetectorId,
+    at: OffsetDateTime,
+    key: Option<u32>,
+    tenant: Option<&str>,
+) -> Alert {
+    Alert {
+        id: id.to_owned(),
+        detector,
+        stage: detector.stage(),
+        severity: Severity::High,
+        at,
+        key_id: key.map(key_id),
+        tenant: tenant.map(str::to_owned),
+        source_ip: Some("2001:db8::7".parse().unwrap()),
+        features: vec![
+            AlertFeature {
+                name: "distinct_asns_hour".to_owned(),
+                value: 7.0,
+                threshold: Some(3.5),
+            },
+            AlertFeature {
+                name: "first_seen".to_owned(),
+                value: 1.0,
+                threshold: None,
+            },
+        ],
+        subjects: vec![AlertSubject {
+            kind: "asn".to_owned(),
+            value: "64502".to_owned(),
+        }],
+        explanation: format!("{detector} fired on {id}"),
+        evidence: vec![format!("{id}-e1"), format!("{id}-e2")],
+        score: 42.5,
+    }
+}
+
+fn alert_ids(alerts: &[StoredAlert]) -> Vec<&str> {
+    alerts.iter().map(|a| a.alert.id.as_str()).collect()
+}
+
+/// An action record with every optional field set.
+fn action(
+    id: &str,
+    key: u32,
+    alert_id: &str,
+    contributing: &[&str],
+    applied_at: OffsetDateTime,
+) -> ActionRecord {
+    ActionRecord {
+        id: id.to_owned(),
+        action: Action {
+            kind: ActionKind::Throttle,
+            key_id: key_id(key),
+            tenant: Some("acme".to_owned()),
+            at: applied_at - ms(250),
+            throttle_rpm: Some(10),
+            alert_id: alert_id.to_owned(),
+            contributing_alerts: contributing.iter().map(|s| (*s).to_owned()).collect(),
+            risk_score: 71.25,
+            kill_chain: true,
+            reason: format!("risk 71 from {alert_id}"),
+        },
+        outcome: ActionOutcome::Applied,
+        message: None,
+        applied_at,
+    }
+}
+
+fn action_ids(actions: &[ActionRecord]) -> Vec<&str> {
+    actions.iter().map(|a| a.id.as_str()).collect()
 }
 
 fn ids(events: &[UsageEvent]) -> Vec<&str> {
@@ -459,6 +535,391 @@ mod suite {
         assert_eq!(store.count_events().await.unwrap(), 4_000);
     }
 
+    pub async fn alert_insert_get(store: Arc<dyn Store>) {
+        let full = alert("a1", DetectorId::P3, t0(), Some(1), Some("acme"));
+        let before = OffsetDateTime::now_utc();
+        assert!(store.insert_alert(&full, "P3:k1:h0").await.unwrap());
+        let after = OffsetDateTime::now_utc();
+        let got = store.get_alert("a1").await.unwrap().unwrap();
+        assert_eq!(got.alert, full);
+        assert_eq!(got.status, AlertStatus::Open);
+        assert_eq!(got.note, None);
+        assert!(before <= got.created_at && got.created_at <= after);
+        assert_eq!(got.updated_at, got.created_at);
+
+        // Every optional field empty, and a non-UTC offset that must come back as the same
+        // instant.
+        let bare = Alert {
+            key_id: None,
+            tenant: None,
+            source_ip: None,
+            features: Vec::new(),
+            subjects: Vec::new(),
+            evidence: Vec::new(),
+            severity: Severity::Info,
+            ..alert(
+                "a2",
+                DetectorId::E1,
+                t0().to_offset(UtcOffset::from_hms(-3, 0, 0).unwrap()),
+                None,
+                None,
+            )
+        };
+        assert!(store.insert_alert(&bare, "E1:h0").await.unwrap());
+        assert_eq!(store.get_alert("a2").await.unwrap().unwrap().alert, bare);
+        assert_eq!(store.get_alert("nope").await.unwrap(), None);
+    }
+
+    pub async fn alert_duplicates(store: Arc<dyn Store>) {
+        let first = alert("a1", DetectorId::R3, t0(), Some(1), Some("acme"));
+        assert!(store.insert_alert(&first, "R3:k1:h0").await.unwrap());
+        // The same id under another incident.
+        let mut same_id = first.clone();
+        same_id.explanation = "a replay".to_owned();
+        assert!(!store.insert_alert(&same_id, "R3:k1:h1").await.unwrap());
+        // Another id for the same incident (another replica's alert).
+        let same_incident = alert("a2", DetectorId::R3, t0() + ms(3), Some(1), Some("acme"));
+        assert!(
+            !store
+                .insert_alert(&same_incident, "R3:k1:h0")
+                .await
+                .unwrap()
+        );
+        let all = store.list_alerts(&AlertQuery::default()).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].alert, first);
+        assert_eq!(store.get_alert("a2").await.unwrap(), None);
+
+        // Replicas racing on one incident: exactly one stores it.
+        let racers = (0..8).map(|i| {
+            let store = Arc::clone(&store);
+            async move {
+                let a = alert(&format!("race{i}"), DetectorId::P1, t0(), Some(2), None);
+                store.insert_alert(&a, "P1:k2:h0").await.unwrap()
+            }
+        });
+        let won = futures_util::future::join_all(racers).await;
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        let k2 = store
+            .list_alerts(&AlertQuery {
+                key_id: Some(key_id(2)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(k2.len(), 1);
+    }
+
+    /// Records neither backend can store faithfully are refused, and nothing is stored.
+    pub async fn alert_refuses_unstorable(store: Arc<dyn Store>) {
+        let mut nan = alert("a1", DetectorId::R5, t0(), Some(1), None);
+        nan.features[0].value = f64::NAN;
+        let err = store.insert_alert(&nan, "R5:k1").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        let ok = alert("a2", DetectorId::R5, t0(), Some(1), None);
+        let err = store.insert_alert(&ok, "R5\0k1").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(
+            store
+                .list_alerts(&AlertQuery::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let mut bad = action("r1", 1, "a1", &[], t0());
+        bad.action.risk_score = f64::INFINITY;
+        let err = store.record_action(&bad).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(
+            store
+                .list_actions(&ActionQuery::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    pub async fn alert_list_filters(store: Arc<dyn Store>) {
+        let a1 = alert("a1", DetectorId::P3, t0(), Some(1), Some("acme"));
+        let a2 = alert("a2", DetectorId::R3, t0() + ms(10), Some(2), Some("acme"));
+        let a3 = alert("a3", DetectorId::P3, t0() + ms(20), Some(3), Some("beta"));
+        // Same event time as a3: the tie goes to the larger id first.
+        let a4 = alert("a4", DetectorId::P3, t0() + ms(20), Some(1), Some("acme"));
+        let a5 = alert("a5", DetectorId::E1, t0() + ms(30), None, None);
+        for a in [&a3, &a1, &a5, &a2, &a4] {
+            assert!(
+                store
+                    .insert_alert(a, &format!("inc-{}", a.id))
+                    .await
+                    .unwrap()
+            );
+        }
+        store
+            .set_alert_status("a2", AlertStatus::Acknowledged, None, t0() + ms(99))
+            .await
+            .unwrap();
+        let list = |q: AlertQuery| {
+            let store = Arc::clone(&store);
+            async move {
+                let got = store.list_alerts(&q).await.unwrap();
+                alert_ids(&got)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            list(AlertQuery::default()).await,
+            ["a5", "a4", "a3", "a2", "a1"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                key_id: Some(key_id(1)),
+                ..Default::default()
+            })
+            .await,
+            ["a4", "a1"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                tenant: Some("acme".to_owned()),
+                ..Default::default()
+            })
+            .await,
+            ["a4", "a2", "a1"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                detector: Some(DetectorId::P3),
+                ..Default::default()
+            })
+            .await,
+            ["a4", "a3", "a1"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                status: Some(AlertStatus::Open),
+                ..Default::default()
+            })
+            .await,
+            ["a5", "a4", "a3", "a1"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                status: Some(AlertStatus::Acknowledged),
+                ..Default::default()
+            })
+            .await,
+            ["a2"]
+        );
+        // Bounds compare at millisecond precision: `since` at an alert's own instant (with
+        // sub-millisecond digits) includes it, `until` there excludes it.
+        assert_eq!(
+            list(AlertQuery {
+                since: Some(a2.at),
+                ..Default::default()
+            })
+            .await,
+            ["a5", "a4", "a3", "a2"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                until: Some(a3.at),
+                ..Default::default()
+            })
+            .await,
+            ["a2", "a1"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                since: Some(a2.at),
+                until: Some(a5.at),
+                ..Default::default()
+            })
+            .await,
+            ["a4", "a3", "a2"]
+        );
+        // Filters are AND-ed.
+        assert_eq!(
+            list(AlertQuery {
+                key_id: Some(key_id(1)),
+                tenant: Some("acme".to_owned()),
+                detector: Some(DetectorId::P3),
+                status: Some(AlertStatus::Open),
+                since: Some(t0() + ms(1)),
+                until: Some(t0() + ms(25)),
+                limit: None,
+            })
+            .await,
+            ["a4"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                tenant: Some("beta".to_owned()),
+                detector: Some(DetectorId::R3),
+                ..Default::default()
+            })
+            .await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            list(AlertQuery {
+                limit: Some(2),
+                ..Default::default()
+            })
+            .await,
+            ["a5", "a4"]
+        );
+        assert_eq!(
+            list(AlertQuery {
+                tenant: Some("acme".to_owned()),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await,
+            ["a4"]
+        );
+        assert!(
+            list(AlertQuery {
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await
+            .is_empty()
+        );
+    }
+
+    pub async fn alert_status(store: Arc<dyn Store>) {
+        let a = alert("a1", DetectorId::P5, t0(), Some(1), Some("acme"));
+        store.insert_alert(&a, "P5:k1").await.unwrap();
+        let created = store.get_alert("a1").await.unwrap().unwrap().created_at;
+        // A non-UTC offset and sub-millisecond digits: wall-clock times keep nanoseconds.
+        let at = (t0() + time::Duration::hours(2)).to_offset(UtcOffset::from_hms(2, 0, 0).unwrap());
+        let acked = store
+            .set_alert_status("a1", AlertStatus::Acknowledged, Some("seen, paging"), at)
+            .await
+            .unwrap();
+        assert_eq!(acked.alert, a);
+        assert_eq!(acked.status, AlertStatus::Acknowledged);
+        assert_eq!(acked.note.as_deref(), Some("seen, paging"));
+        assert_eq!(acked.created_at, created);
+        assert_eq!(acked.updated_at, at);
+        assert_eq!(store.get_alert("a1").await.unwrap(), Some(acked));
+
+        // A later change replaces the note, clearing it when none is given.
+        let fp = store
+            .set_alert_status("a1", AlertStatus::FalsePositive, None, at + ms(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            (fp.status, fp.note.as_deref()),
+            (AlertStatus::FalsePositive, None)
+        );
+        assert_eq!(fp.updated_at, at + ms(1));
+        assert_eq!(store.get_alert("a1").await.unwrap(), Some(fp));
+
+        let err = store
+            .set_alert_status("missing", AlertStatus::Acknowledged, None, at)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound), "{err:?}");
+        let err = store
+            .set_alert_status("a1", AlertStatus::Open, Some("bad\0note"), at)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    }
+
+    pub async fn actions_record_list(store: Arc<dyn Store>) {
+        let r1 = action("r1", 1, "a1", &["a0", "a1"], t0());
+        let mut r2 = action("r2", 1, "a2", &["a1", "a2"], t0() + ms(10));
+        r2.outcome = ActionOutcome::AlreadyInEffect;
+        r2.action.kind = ActionKind::Suspend;
+        r2.action.throttle_rpm = None;
+        let mut r3 = action("r3", 2, "a3", &[], t0() + ms(20));
+        r3.outcome = ActionOutcome::Failed;
+        r3.message = Some("key not found".to_owned());
+        r3.action.tenant = None;
+        for r in [&r2, &r3, &r1] {
+            store.record_action(r).await.unwrap();
+        }
+        let list = |q: ActionQuery| {
+            let store = Arc::clone(&store);
+            async move { store.list_actions(&q).await.unwrap() }
+        };
+        // Newest first, and every field survives.
+        assert_eq!(
+            list(ActionQuery::default()).await,
+            vec![r3.clone(), r2.clone(), r1.clone()]
+        );
+        let by_key = |k: u32| ActionQuery {
+            key_id: Some(key_id(k)),
+            ..Default::default()
+        };
+        let by_alert = |a: &str| ActionQuery {
+            alert_id: Some(a.to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(action_ids(&list(by_key(1)).await), ["r2", "r1"]);
+        assert_eq!(action_ids(&list(by_key(2)).await), ["r3"]);
+        assert!(list(by_key(9)).await.is_empty());
+        // By the causing alert or by a contributing one.
+        assert_eq!(action_ids(&list(by_alert("a1")).await), ["r2", "r1"]);
+        assert_eq!(action_ids(&list(by_alert("a0")).await), ["r1"]);
+        assert_eq!(action_ids(&list(by_alert("a2")).await), ["r2"]);
+        assert_eq!(action_ids(&list(by_alert("a3")).await), ["r3"]);
+        assert!(list(by_alert("a9")).await.is_empty());
+        assert_eq!(
+            action_ids(
+                &list(ActionQuery {
+                    key_id: Some(key_id(1)),
+                    alert_id: Some("a2".to_owned()),
+                    limit: None,
+                })
+                .await
+            ),
+            ["r2"]
+        );
+        assert!(
+            list(ActionQuery {
+                key_id: Some(key_id(2)),
+                alert_id: Some("a1".to_owned()),
+                limit: None,
+            })
+            .await
+            .is_empty()
+        );
+        assert_eq!(
+            action_ids(
+                &list(ActionQuery {
+                    limit: Some(1),
+                    ..Default::default()
+                })
+                .await
+            ),
+            ["r3"]
+        );
+        assert_eq!(
+            action_ids(
+                &list(ActionQuery {
+                    alert_id: Some("a1".to_owned()),
+                    limit: Some(1),
+                    ..Default::default()
+                })
+                .await
+            ),
+            ["r2"]
+        );
+        // Recording an id again (a retry) keeps the first copy.
+        let mut retried = r1.clone();
+        retried.outcome = ActionOutcome::Failed;
+        retried.action.contributing_alerts = vec!["a7".to_owned()];
+        store.record_action(&retried).await.unwrap();
+        assert_eq!(list(by_alert("a0")).await, vec![r1]);
+        assert!(list(by_alert("a7")).await.is_empty());
+        assert_eq!(list(ActionQuery::default()).await.len(), 3);
+    }
+
     /// Data written through one store handle is there after closing and reopening.
     pub async fn reopen_persists<F, Fut>(open: F)
     where
@@ -520,7 +981,9 @@ macro_rules! backend_suite {
             backend_suite!(@tests $open;
                 key_insert_get, key_duplicate, key_list, key_update,
                 event_round_trip_and_order, event_filters, event_paging,
-                event_reinsert_is_idempotent, spend_since, reads_while_writing);
+                event_reinsert_is_idempotent, spend_since, reads_while_writing,
+                alert_insert_get, alert_duplicates, alert_refuses_unstorable,
+                alert_list_filters, alert_status, actions_record_list);
         }
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -681,6 +1144,40 @@ async fn postgres_concurrent_migrations_apply_once() {
     drop_schema(&url, &schema).await;
 }
 
+/// A database at 0001 (written by the previous build) gets 0002 only, once, keeping its rows.
+#[tokio::test]
+async fn postgres_upgrade_from_0001_applies_0002_once() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let admin = pg_admin(&url).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; SET search_path TO {schema};
+             {init}
+             CREATE TABLE stormwall_migrations (
+                 version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO stormwall_migrations (version, name) VALUES (1, '0001_init');
+             INSERT INTO events (id, ts_unix_ms, decision, status, cost_usd, body_json)
+                 VALUES ('old', 1, 'allow', 200, 0, '{{}}');",
+            init = include_str!("../migrations/postgres/0001_init.sql"),
+        ))
+        .await
+        .unwrap();
+    let config = StoreConfig::Postgres(pg_config(&url, &schema));
+    let report = stormwall_store::migrate(&config, &|_| None).await.unwrap();
+    assert_eq!(report.applied, ["0002_alerts"]);
+    assert_eq!(report.version, stormwall_store::postgres::SCHEMA_VERSION);
+    let again = stormwall_store::migrate(&config, &|_| None).await.unwrap();
+    assert!(again.applied.is_empty(), "{again:?}");
+    let store = open_pg(&url, &schema).await;
+    assert_eq!(store.count_events().await.unwrap(), 1);
+    let a = alert("a1", DetectorId::H1, t0(), Some(1), Some("acme"));
+    assert!(store.insert_alert(&a, "H1:k1").await.unwrap());
+    drop(store);
+    drop_schema(&url, &schema).await;
+}
+
 #[tokio::test]
 async fn postgres_without_migrate_on_start_refuses_an_old_schema() {
     let Some(url) = pg_url() else { return };
@@ -769,6 +1266,26 @@ async fn sqlite_migrations_are_idempotent() {
         .await
         .unwrap();
     assert_eq!(store.count_events().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_migrate_reports_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::Sqlite {
+        path: dir.path().join("stormwall.db"),
+    };
+    let first = stormwall_store::migrate(&config, &|_| None).await.unwrap();
+    assert_eq!(first.backend, "sqlite");
+    assert_eq!(first.applied, ["0001_init", "0002_alerts"]);
+    assert_eq!(first.version, stormwall_store::sqlite::SCHEMA_VERSION);
+    for _ in 0..2 {
+        let again = stormwall_store::migrate(&config, &|_| None).await.unwrap();
+        assert!(again.applied.is_empty(), "{again:?}");
+        assert_eq!(again.version, stormwall_store::sqlite::SCHEMA_VERSION);
+    }
+    let store = stormwall_store::open(&config).await.unwrap();
+    let a = alert("a1", DetectorId::H1, t0(), Some(1), Some("acme"));
+    assert!(store.insert_alert(&a, "H1:k1").await.unwrap());
 }
 
 #[tokio::test]
