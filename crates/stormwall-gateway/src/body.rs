@@ -80,7 +80,8 @@ pub fn usage_in_json(json: &[u8]) -> (Option<Usage>, Option<String>) {
 /// (the relay goes on).
 const MAX_PARTIAL_EVENT: usize = 1024 * 1024;
 
-/// Watches an SSE stream for usage and counts content events, over borrowed slices.
+/// Watches an SSE stream for usage and counts content events, over borrowed slices; with
+/// `collect_text`, also gathers the output text deltas for the safety stage.
 #[derive(Debug, Default)]
 pub struct SseScanner {
     partial: Vec<u8>,
@@ -91,6 +92,64 @@ pub struct SseScanner {
     pub model: Option<String>,
     /// Data events seen (roughly one output token each, for when no usage arrives).
     pub data_events: u64,
+    /// Gather `choices[].delta.content`, `choices[].text` and responses
+    /// `response.output_text.delta` text into [`SseScanner::text`].
+    pub collect_text: bool,
+    /// Output text gathered since the caller last drained it.
+    pub text: String,
+}
+
+/// The text-carrying fields of one streamed chunk (chat, completions, responses).
+#[derive(serde::Deserialize)]
+struct TextChunk<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<TextChoice<'a>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct TextChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<TextDelta<'a>>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TextDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Appends the output text of one SSE data payload to `out`.
+pub fn text_in_chunk(data: &[u8], out: &mut String) {
+    // Most chunks carry text; the cheap test skips role-only and usage-only chunks.
+    if memchr::memmem::find(data, b"\"content\"").is_none()
+        && memchr::memmem::find(data, b"\"text\"").is_none()
+        && memchr::memmem::find(data, b"\"delta\"").is_none()
+    {
+        return;
+    }
+    let Ok(chunk) = serde_json::from_slice::<TextChunk<'_>>(data) else {
+        return;
+    };
+    for c in &chunk.choices {
+        if let Some(t) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
+            out.push_str(t);
+        }
+        if let Some(t) = c.text.as_deref() {
+            out.push_str(t);
+        }
+    }
+    if chunk.kind.as_deref() == Some("response.output_text.delta")
+        && let Some(raw) = chunk.delta
+        && let Ok(t) = serde_json::from_str::<std::borrow::Cow<'_, str>>(raw.get())
+    {
+        out.push_str(&t);
+    }
 }
 
 impl SseScanner {
@@ -144,6 +203,9 @@ impl SseScanner {
                 continue;
             }
             self.data_events += 1;
+            if self.collect_text {
+                text_in_chunk(data, &mut self.text);
+            }
             if memchr::memmem::find(data, b"\"usage\"").is_some() {
                 let (usage, model) = usage_in_json(data);
                 if let Some(u) = usage.filter(|u| u.input().is_some()) {
@@ -178,6 +240,11 @@ pub struct StreamEnd {
     pub scanner: SseScanner,
     /// Bytes relayed.
     pub bytes: u64,
+    /// The output's safety verdict and what to record, when the output was screened.
+    pub output_safety: Option<(
+        stormwall_safety::Verdict,
+        Vec<stormwall_types::SafetyVerdict>,
+    )>,
 }
 
 /// Called exactly once when a relay ends.
@@ -202,6 +269,7 @@ pub struct Relay {
     on_end: Option<OnEnd>,
     trailer: Option<Bytes>,
     done: bool,
+    guard: Option<crate::safety::StreamGuard>,
 }
 
 impl Relay {
@@ -217,18 +285,41 @@ impl Relay {
             on_end: Some(on_end),
             trailer: None,
             done: false,
+            guard: None,
         }
+    }
+
+    /// Screens the output as it passes: once the guard blocks, the chunk that tipped it is
+    /// withheld, the upstream is dropped (cancelling it) and the stream ends with an
+    /// OpenAI-shaped error event and `[DONE]`.
+    pub fn with_guard(mut self, guard: crate::safety::StreamGuard) -> Self {
+        self.scanner.collect_text = true;
+        self.guard = Some(guard);
+        self
     }
 
     fn end(&mut self, outcome: StreamOutcome) {
         if let Some(f) = self.on_end.take() {
+            let output_safety = self.guard.as_mut().map(|g| g.finish());
             f(StreamEnd {
                 outcome,
                 scanner: std::mem::take(&mut self.scanner),
                 bytes: self.bytes,
+                output_safety,
             });
         }
-        if outcome != StreamOutcome::Completed {
+        if outcome == StreamOutcome::ContentBlocked {
+            let body = crate::error::error_body(
+                "The response was stopped by the content policy.",
+                "invalid_request_error",
+                "content_policy_violation",
+            );
+            let mut ev = Vec::with_capacity(body.len() + 24);
+            ev.extend_from_slice(b"data: ");
+            ev.extend_from_slice(&body);
+            ev.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+            self.trailer = Some(Bytes::from(ev));
+        } else if outcome != StreamOutcome::Completed {
             let code = match outcome {
                 StreamOutcome::IdleTimeout => "upstream_timeout",
                 _ => "upstream_stream_interrupted",
@@ -262,6 +353,16 @@ impl Relay {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.scanner.feed(data);
+                    if let Some(g) = &mut self.guard {
+                        let blocked = g.push(&self.scanner.text);
+                        self.scanner.text.clear();
+                        if blocked {
+                            // Dropping the upstream body cancels the upstream request.
+                            self.source = Source::Events(VecDeque::new());
+                            self.end(StreamOutcome::ContentBlocked);
+                            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+                        }
+                    }
                     self.bytes += data.len() as u64;
                 }
                 // Re-arming the timer on every frame would take the timer wheel's lock per
@@ -387,6 +488,29 @@ data: [DONE]\n\n";
                 assert_eq!(s.data_events, 2);
             }
         }
+    }
+
+    #[test]
+    fn collects_output_text_at_any_chunking() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n\
+data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+data: {\"choices\":[{\"text\":\"lo\"}]}\n\n\
+data: {\"type\":\"response.output_text.delta\",\"delta\":\" w\\u00f6rld\"}\n\n\
+data: {\"type\":\"response.function_call_arguments.delta\",\"delta\":\"{}\"}\n\n\
+data: [DONE]\n\n";
+        for step in [1, 5, stream.len()] {
+            let mut s = SseScanner {
+                collect_text: true,
+                ..SseScanner::default()
+            };
+            for chunk in stream.as_bytes().chunks(step) {
+                s.feed(chunk);
+            }
+            assert_eq!(s.text, "Hello wörld", "step {step}");
+        }
+        let mut off = SseScanner::default();
+        off.feed(stream.as_bytes());
+        assert!(off.text.is_empty());
     }
 
     #[test]

@@ -178,4 +178,6 @@ pub struct GatewayConfig {
     pub leak_reports: crate::leak_report::LeakReportsConfig,
     /// `[alerts]`: where the gateway's own alerts go.
     pub alerts: crate::alerts::AlertsConfig,
+    /// `[safety]`: content screening of prompts and outputs.
+    pub safety: crate::safety::SafetyConfig,
 }

@@ -44,6 +44,8 @@ pub struct Call {
     pub accept: Option<HeaderValue>,
     /// Client `OpenAI-Beta` header.
     pub openai_beta: Option<HeaderValue>,
+    /// The screened request's safety context (`None`: not screened).
+    pub safety: Option<crate::safety::RequestSafety>,
 }
 
 /// Reads a request body within the size cap and read timeout.
@@ -61,7 +63,7 @@ pub async fn read_request_body(body: Incoming, limits: &LimitsConfig) -> Result<
     }
 }
 
-enum ReadError {
+pub(crate) enum ReadError {
     TooLarge,
     Broken,
     Idle,
@@ -69,7 +71,7 @@ enum ReadError {
 
 /// Reads a whole body up to `cap` bytes, optionally with an idle timeout between frames.
 /// The common single-frame body is returned without copying.
-async fn read_capped(
+pub(crate) async fn read_capped(
     mut body: Incoming,
     cap: usize,
     idle: Option<Duration>,
@@ -137,7 +139,7 @@ enum ReplyBody {
 pub async fn forward(
     state: &Arc<AppState>,
     rec: &mut Recorder,
-    call: Call,
+    mut call: Call,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let up = &call.upstream;
     {
@@ -199,6 +201,11 @@ pub async fn forward(
             ReplyBody::Events(q) => Source::Events(q),
             ReplyBody::Full(b) => Source::Events(VecDeque::from([b])),
         };
+        let guard = call
+            .safety
+            .as_ref()
+            .filter(|_| success)
+            .and_then(crate::safety::RequestSafety::stream_guard);
         let finisher = Finisher {
             state: Arc::clone(state),
             rec: rec.take(),
@@ -208,13 +215,17 @@ pub async fn forward(
             estimated_input: call.parsed.estimated_input_tokens,
             success,
             status: reply.status.as_u16(),
+            pending: call.safety.and_then(|s| s.pending),
         };
         let idle = Duration::from_millis(state.limits.upstream_idle_timeout_ms);
-        let relay = Relay::new(
+        let mut relay = Relay::new(
             source,
             idle,
             Box::new(move |end| finisher.stream_ended(end)),
         );
+        if let Some(g) = guard {
+            relay = relay.with_guard(g);
+        }
         let mut resp = builder
             .header(header::CACHE_CONTROL, "no-cache")
             .body(ProxyBody::relay(relay))
@@ -242,7 +253,14 @@ pub async fn forward(
     } else {
         (None, None)
     };
-    let finisher = Finisher {
+    let output_blocked = match &call.safety {
+        Some(s) if success && s.stage.screens_output() => {
+            screen_output(state, rec, s, call.route.endpoint, &body).await
+        }
+        _ => false,
+    };
+    let pending = call.safety.take().and_then(|s| s.pending);
+    let mut finisher = Finisher {
         state: Arc::clone(state),
         rec: rec.take(),
         admission: call.admission,
@@ -251,7 +269,21 @@ pub async fn forward(
         estimated_input: call.parsed.estimated_input_tokens,
         success,
         status: reply.status.as_u16(),
+        pending,
     };
+    if output_blocked {
+        // The upstream was paid for the answer; the client gets an error instead of it.
+        let err = ProxyError::reject(stormwall_types::RejectReason::ContentPolicy);
+        let mut resp = crate::error::into_response(&err);
+        let e = finisher.rec.event();
+        e.deny(stormwall_types::RejectReason::ContentPolicy);
+        e.error_code = Some(crate::error::error_code(&err).to_owned());
+        finisher.status = resp.status().as_u16();
+        finisher.settle(usage, response_model, None);
+        apply_rate_limit_headers(resp.headers_mut(), &info);
+        set_request_id(&mut resp, &id);
+        return Ok(resp);
+    }
     finisher.settle(usage, response_model, None);
     let mut resp = builder
         .body(ProxyBody::full(body))
@@ -271,10 +303,46 @@ struct Finisher {
     estimated_input: u64,
     success: bool,
     status: u16,
+    /// Flag-mode classifiers still annotating the event.
+    pending: Option<tokio::task::JoinHandle<Vec<stormwall_types::SafetyVerdict>>>,
+}
+
+/// Screens a non-streamed answer (chat, completions and responses text; images'
+/// `revised_prompt`) and records the verdicts; `true` when it must be withheld.
+async fn screen_output(
+    state: &Arc<AppState>,
+    rec: &mut Recorder,
+    s: &crate::safety::RequestSafety,
+    endpoint: stormwall_types::Endpoint,
+    body: &[u8],
+) -> bool {
+    let Some((text, kind)) = crate::safety::output_text(endpoint, body) else {
+        return false;
+    };
+    let text: Arc<str> = text.into();
+    let verdict = s
+        .stage
+        .analyze(Arc::clone(&text))
+        .await
+        .decide(kind, &s.profile);
+    crate::safety::count(&state.metrics, "output", &verdict);
+    rec.event().safety.extend(crate::safety::record(
+        &verdict, "output", &text, 0, &s.profile,
+    ));
+    verdict.is_blocked()
 }
 
 impl Finisher {
-    fn stream_ended(self, end: StreamEnd) {
+    fn stream_ended(mut self, end: StreamEnd) {
+        if let Some((verdict, notes)) = &end.output_safety {
+            crate::safety::count(&self.state.metrics, "output", verdict);
+            let e = self.rec.event();
+            e.safety.extend(notes.iter().cloned());
+            if end.outcome == StreamOutcome::ContentBlocked {
+                e.deny(stormwall_types::RejectReason::ContentPolicy);
+                e.error_code = Some("content_policy_violation".to_owned());
+            }
+        }
         let usage = end.scanner.usage.or_else(|| {
             // No usage chunk (the client did not ask for one): count content events, about
             // one token each, so TPM and spend still move.
@@ -331,7 +399,7 @@ impl Finisher {
         } else {
             self.status
         };
-        self.rec.finish(status);
+        crate::safety::finish_event(self.rec, status, self.pending);
     }
 }
 

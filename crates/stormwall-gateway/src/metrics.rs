@@ -60,6 +60,8 @@ pub struct Metrics {
     pub inflight: Gauge,
     /// Upstream failures (unreachable, timeout, cut).
     pub upstream_errors: Family<UpstreamLabels, Counter>,
+    /// Content-safety counters.
+    pub safety: Arc<SafetyMetrics>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -195,6 +197,7 @@ impl Metrics {
             "Proxy requests in flight",
             inflight.clone(),
         );
+        let safety = Arc::new(SafetyMetrics::register(&mut registry));
         registry.register_collector(Box::new(EventPipelineCollector {
             stats,
             keys_cached,
@@ -208,6 +211,7 @@ impl Metrics {
             rejections,
             inflight,
             upstream_errors,
+            safety,
         }
     }
 
@@ -217,5 +221,107 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Labels of the safety screening counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `input` or `output`.
+    pub stage: &'static str,
+}
+
+/// Labels of the safety action counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SafetyActionLabels {
+    /// `input` or `output`.
+    pub stage: &'static str,
+    /// Category name.
+    pub category: &'static str,
+    /// `log`, `flag` or `block`.
+    pub action: &'static str,
+}
+
+/// Labels of the classifier counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassifierLabels {
+    /// Classifier name.
+    pub classifier: Arc<str>,
+    /// `ok`, `cached`, `timeout` or `error`.
+    pub result: &'static str,
+}
+
+/// Content-safety counters: texts screened per stage, actions per stage and category,
+/// classifier calls by result.
+#[derive(Debug)]
+pub struct SafetyMetrics {
+    /// Texts screened, by stage.
+    pub screened: Family<StageLabels, Counter>,
+    /// Categories acted on (log, flag, block), by stage, category and action.
+    pub actions: Family<SafetyActionLabels, Counter>,
+    /// External classifier calls, by classifier and result.
+    pub classifier_calls: Family<ClassifierLabels, Counter>,
+}
+
+impl SafetyMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = SafetyMetrics {
+            screened: Family::default(),
+            actions: Family::default(),
+            classifier_calls: Family::default(),
+        };
+        registry.register(
+            "safety_screened",
+            "Texts screened by the content-safety stage, by stage (input, output)",
+            m.screened.clone(),
+        );
+        registry.register(
+            "safety_actions",
+            "Categories the content policy acted on, by stage, category and action (log, flag, block)",
+            m.actions.clone(),
+        );
+        registry.register(
+            "safety_classifier_calls",
+            "External classifier results, by classifier and result (ok, cached, timeout, error)",
+            m.classifier_calls.clone(),
+        );
+        m
+    }
+
+    /// Counts one screened text.
+    pub fn screened(&self, stage: &'static str) {
+        self.screened.get_or_create(&StageLabels { stage }).inc();
+    }
+
+    /// Counts one category acted on.
+    pub fn action(&self, stage: &'static str, category: &'static str, action: &'static str) {
+        self.actions
+            .get_or_create(&SafetyActionLabels {
+                stage,
+                category,
+                action,
+            })
+            .inc();
+    }
+
+    /// Counts one classifier result.
+    pub fn classifier_call(
+        &self,
+        classifier: &Arc<str>,
+        outcome: &crate::classify::Outcome,
+        cached: bool,
+    ) {
+        let result = match outcome {
+            Ok(_) if cached => "cached",
+            Ok(_) => "ok",
+            Err(crate::classify::Failure::Timeout) => "timeout",
+            Err(crate::classify::Failure::Error(_)) => "error",
+        };
+        self.classifier_calls
+            .get_or_create(&ClassifierLabels {
+                classifier: Arc::clone(classifier),
+                result,
+            })
+            .inc();
     }
 }

@@ -113,6 +113,11 @@ async fn proxy(
     })?;
     note_request(rec, &parsed);
     rec.event().prompt_credentials = credentials_in(state, &body);
+    if stormwall_detect::markers::roleplay_markers(&parsed.prompt_text) {
+        rec.event()
+            .safety
+            .push(stormwall_detect::markers::roleplay_verdict());
+    }
     let model = route
         .deployment
         .clone()
@@ -153,7 +158,10 @@ async fn proxy(
     })?;
     rec.event().inflight = admission.inflight();
 
-    // 6–8. forward, relay, account
+    // 6. screen the request (a refusal drops the admission, which settles it)
+    let safety = screen_request(state, rec, &key, route.endpoint, &parsed).await?;
+
+    // 7–9. forward (screening the response), relay, account
     forward::forward(
         state,
         rec,
@@ -166,9 +174,88 @@ async fn proxy(
             admission,
             accept: parts.headers.get(header::ACCEPT).cloned(),
             openai_beta: parts.headers.get("openai-beta").cloned(),
+            safety,
         },
     )
     .await
+}
+
+/// The screen-request stage: the prompt under the key's profile, then the enforce-mode
+/// classifiers; a block refuses the request with `content_policy_violation` before any
+/// upstream call. Verdicts (never the prompt, unless the profile keeps evidence) go on the
+/// event. Flag-mode classifiers start here and run alongside the upstream call.
+async fn screen_request(
+    state: &Arc<AppState>,
+    rec: &mut Recorder,
+    key: &CachedKey,
+    endpoint: Endpoint,
+    parsed: &ParsedRequest,
+) -> Result<Option<crate::safety::RequestSafety>, ProxyError> {
+    let Some(stage) = &state.safety else {
+        return Ok(None);
+    };
+    let Some(kind) = crate::safety::input_kind(endpoint) else {
+        return Ok(None);
+    };
+    let (profile, known) = stage.profile_for(
+        &key.record.tenant,
+        key.record.scope.policy_profile.as_deref(),
+        kind,
+    );
+    if !known {
+        tracing::warn!(
+            key_id = key.record.id.as_str(),
+            "key names an unknown policy profile; screening with its tenant's"
+        );
+    }
+    let text: Arc<str> = Arc::from(parsed.prompt_text.as_str());
+    let mut verdict = if text.is_empty() {
+        stormwall_safety::Verdict::allow(kind)
+    } else {
+        stage
+            .analyze(Arc::clone(&text))
+            .await
+            .decide(kind, &profile)
+    };
+    let mut notes = Vec::new();
+    let mut fail_closed = false;
+    if !verdict.is_blocked() && !text.is_empty() {
+        fail_closed = stage
+            .enforce(
+                &state.client,
+                &state.metrics,
+                &text,
+                &mut verdict,
+                &profile,
+                &mut notes,
+            )
+            .await;
+    }
+    crate::safety::count(&state.metrics, "input", &verdict);
+    let e = rec.event();
+    e.safety
+        .extend(crate::safety::record(&verdict, "input", &text, 0, &profile));
+    e.safety.extend(notes);
+    if verdict.is_blocked() || fail_closed {
+        return Err(deny(rec, RejectReason::ContentPolicy));
+    }
+    let pending = if text.is_empty() {
+        None
+    } else {
+        stage.spawn_flag(
+            &state.client,
+            Arc::clone(&state.metrics.safety),
+            text,
+            verdict,
+            Arc::clone(&profile),
+        )
+    };
+    Ok(Some(crate::safety::RequestSafety {
+        stage: Arc::clone(stage),
+        profile,
+        kind,
+        pending,
+    }))
 }
 
 /// Handles a signed leaked-key report (see [`crate::leak_report`]).

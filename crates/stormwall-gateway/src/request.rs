@@ -42,6 +42,10 @@ pub struct ParsedRequest {
     pub estimated_input_tokens: u64,
     /// Digests of the prompt (never the text).
     pub digest: PromptDigest,
+    /// The whole prompt text for the safety stage — system and developer messages, every
+    /// message, instructions, the completions or images prompt, responses input — one part
+    /// a line. Empty for embeddings, whose input is not screened. Never logged or stored.
+    pub prompt_text: String,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +125,10 @@ pub fn parse(
         return Err(BodyError::InvalidJson);
     }
     let f: Fields<'_> = serde_json::from_slice(body).map_err(|_| BodyError::InvalidJson)?;
-    let mut texts = PromptTexts::default();
+    let mut texts = PromptTexts {
+        full: (endpoint != Endpoint::Embeddings).then(String::new),
+        ..PromptTexts::default()
+    };
     if let Some(messages) = &f.messages {
         for m in messages {
             let role = m.role.as_deref().unwrap_or("user");
@@ -168,6 +175,7 @@ pub fn parse(
             messages: texts.messages,
             ..digest
         },
+        prompt_text: texts.full.unwrap_or_default(),
     })
 }
 
@@ -196,6 +204,8 @@ struct PromptTexts {
     all: String,
     chars: u64,
     messages: u32,
+    /// Every text, for screening (`None`: not kept).
+    full: Option<String>,
 }
 
 impl PromptTexts {
@@ -204,6 +214,12 @@ impl PromptTexts {
 
     fn push(&mut self, role: &str, text: &str) {
         self.chars += text.len() as u64;
+        if let Some(full) = &mut self.full {
+            if !full.is_empty() {
+                full.push('\n');
+            }
+            full.push_str(text);
+        }
         if matches!(role, "system" | "developer") {
             if self.system.is_none() {
                 self.system = Some(text.to_owned());
@@ -278,6 +294,7 @@ mod tests {
         assert_eq!(r.digest.messages, 2);
         assert!(r.digest.system_hash.is_some());
         assert!(r.estimated_input_tokens > 0);
+        assert_eq!(r.prompt_text, "You are helpful.\nHello there");
     }
 
     #[test]
@@ -291,6 +308,7 @@ mod tests {
         assert!(r.estimated_input_tokens > 0);
         let r = p(r#"{"model":"e","input":"a"}"#, Endpoint::Embeddings).unwrap();
         assert_eq!(r.inputs, 1);
+        assert!(r.prompt_text.is_empty(), "embeddings input is not screened");
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub enum StartError {
     /// `[leak_reports]` is invalid.
     #[error(transparent)]
     LeakReports(#[from] crate::leak_report::KeyConfigError),
+    /// `[safety]` is invalid.
+    #[error(transparent)]
+    Safety(#[from] crate::safety::SafetyConfigError),
 }
 
 /// Validates the gateway's config sections without starting anything (`config check`).
@@ -72,6 +75,7 @@ pub fn check_config(
     if config.leak_reports.enabled {
         crate::leak_report::ReportVerifier::new(&config.leak_reports)?;
     }
+    crate::safety::SafetyStage::from_config(&config.safety, env)?;
     Ok(())
 }
 
@@ -162,6 +166,7 @@ pub async fn start_with(
         None => None,
     };
     let alerts = crate::alerts::AlertSink::open(&config.alerts).map_err(StartError::Alerts)?;
+    let safety = crate::safety::SafetyStage::from_config(&config.safety, env)?.map(Arc::new);
     let keys = KeyCache::default();
     keys.replace_all(store.list_keys(&KeyFilter::default()).await?);
     let (counters, settle_task) = match counters {
@@ -203,6 +208,7 @@ pub async fn start_with(
         clock: Clock::default(),
         store,
         leak_reports,
+        safety,
         counters,
         alerts,
     });

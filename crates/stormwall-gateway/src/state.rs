@@ -50,6 +50,8 @@ pub struct AppState {
     )>,
     /// Where the gateway's own alerts go.
     pub alerts: crate::alerts::AlertSink,
+    /// The content-safety stage (`None`: `[safety] enabled = false`).
+    pub safety: Option<Arc<crate::safety::SafetyStage>>,
     /// The leaked-key report endpoint, when enabled: its path and signature verifier.
     pub leak_reports: Option<(String, crate::leak_report::ReportVerifier)>,
 }

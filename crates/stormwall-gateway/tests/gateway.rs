@@ -1940,3 +1940,6 @@ async fn credentials_in_prompts_are_flagged_by_rule_never_kept() {
         "the secret is never recorded"
     );
 }
+
+#[path = "gateway/safety.rs"]
+mod safety;

@@ -77,6 +77,19 @@ pub enum Fault {
     SlowFirstByte(Duration),
     /// Wait this long between consecutive SSE events.
     ChunkDelay(Duration),
+    /// Answer with this status and content type, sending `chunks` one body frame each with
+    /// `delay` between them (e.g. a scripted SSE stream whose text a test chooses). A body
+    /// dropped before its last chunk counts as a cancelled stream.
+    Script {
+        /// HTTP status code.
+        status: u16,
+        /// `content-type`, e.g. `text/event-stream`.
+        content_type: String,
+        /// Body frames, in order.
+        chunks: Vec<String>,
+        /// Pause between frames.
+        delay: Option<Duration>,
+    },
 }
 
 impl Fault {
@@ -673,6 +686,20 @@ async fn handle(
         Some(Fault::Stall { after_events }) => limit = Some((after_events, BodyEnd::Stall)),
         Some(Fault::Cut { after_events }) => limit = Some((after_events, BodyEnd::Cut)),
         Some(Fault::ChunkDelay(wait)) => delay = Some(wait),
+        Some(Fault::Script {
+            status,
+            content_type,
+            chunks,
+            delay,
+        }) => {
+            return Ok(scripted_response(
+                status,
+                &content_type,
+                chunks,
+                delay,
+                &shared,
+            ));
+        }
         None => {}
     }
 
@@ -718,6 +745,38 @@ async fn handle(
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     Ok(response)
+}
+
+fn scripted_response(
+    status: u16,
+    content_type: &str,
+    chunks: Vec<String>,
+    delay: Option<Duration>,
+    shared: &Arc<Shared>,
+) -> Response<MockResponseBody> {
+    let body = MockResponseBody {
+        events: chunks.into_iter().map(Bytes::from).collect(),
+        sent: 0,
+        exact_len: None,
+        limit: None,
+        delay,
+        sleep: None,
+        stall: None,
+        shared: shared.clone(),
+        cut_armed: false,
+        finished: false,
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    headers.insert("x-request-id", request_id(shared));
+    response
 }
 
 fn request_id(shared: &Shared) -> HeaderValue {

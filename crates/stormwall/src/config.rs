@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// `[counters]` (store): shared rate, concurrency and budget counters.
     #[serde(default)]
     pub counters: CountersConfig,
+    /// `[safety]` (gateway): content screening of prompts and outputs.
+    #[serde(default)]
+    pub safety: stormwall_gateway::safety::SafetyConfig,
 }
 
 impl FileConfig {
@@ -69,6 +72,7 @@ impl FileConfig {
             pricing: self.pricing.clone(),
             leak_reports: self.leak_reports.clone(),
             alerts: self.alerts.clone(),
+            safety: self.safety.clone(),
         }
     }
 }

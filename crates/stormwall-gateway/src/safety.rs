@@ -1,0 +1,940 @@
+//! The screen stages: prompts are screened after admission and before forwarding, outputs
+//! while they are relayed. The screener (`stormwall-safety`) is pure; this module picks the
+//! profile for a key, records verdicts on the event (category, action, score, view and the
+//! matched span — the whole prompt only when the profile keeps evidence), runs external
+//! classifiers ([`crate::classify`]) and screens streamed output incrementally.
+//!
+//! Profiles: the key's `policy_profile`, else the tenant's from `[safety] tenant_profiles`,
+//! else `default_profile`. Image endpoints are also held to `image_profile` (the built-in
+//! `default`, strict on images, unless configured otherwise): the stricter tier wins.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stormwall_safety::{
+    Action, Analysis, Category, CategoryScore, Detector, ExternalScore, Kind, Profile,
+    ProfileError, Rule, SafetyError, Screener, Verdict,
+};
+use stormwall_types::{Endpoint, SafetyVerdict};
+
+use crate::classify::{
+    ClassifierConfig, ClassifierConfigError, ExternalClassifier, Failure, Mode, ScoreCache,
+};
+use crate::metrics::Metrics;
+use crate::upstream::HttpClient;
+
+/// Longest matched span kept on an event, in bytes.
+pub const MAX_SPAN_BYTES: usize = 64;
+/// Prompts longer than this are screened on the blocking pool, so one huge prompt cannot
+/// stall a runtime worker.
+const INLINE_SCREEN_BYTES: usize = 64 * 1024;
+
+/// `[safety]`: content screening of prompts and outputs.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// Screen at all.
+    pub enabled: bool,
+    /// Profile for keys with no `policy_profile` and tenants not in `tenant_profiles`.
+    pub default_profile: String,
+    /// Tenant → profile name.
+    pub tenant_profiles: BTreeMap<String, String>,
+    /// Image endpoints are held to this profile as well as the key's (the stricter tier
+    /// wins); `""` uses the key's profile alone.
+    pub image_profile: String,
+    /// Directory of extra profile files (`*.toml`, the `stormwall-safety` profile format).
+    pub profiles_dir: Option<PathBuf>,
+    /// Extra profiles inline (`[[safety.profiles]]`, same format as a profile file).
+    pub profiles: Vec<toml::Table>,
+    /// Person gazetteer the operator supplies (`[[person]] name, aliases`), for the
+    /// real-person and likeness categories.
+    pub gazetteer_path: Option<PathBuf>,
+    /// Screen non-streamed and streamed outputs (chat, completions, responses; images'
+    /// `revised_prompt`).
+    pub screen_output: bool,
+    /// External classifiers.
+    pub classifiers: Vec<ClassifierConfig>,
+    /// Classifier results cached (by SHA-256 of the text).
+    pub cache_entries: usize,
+    /// Seconds a cached classifier result lives.
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        SafetyConfig {
+            enabled: true,
+            default_profile: "default".to_owned(),
+            tenant_profiles: BTreeMap::new(),
+            image_profile: "default".to_owned(),
+            profiles_dir: None,
+            profiles: Vec::new(),
+            gazetteer_path: None,
+            screen_output: true,
+            classifiers: Vec::new(),
+            cache_entries: 10_000,
+            cache_ttl_secs: 600,
+        }
+    }
+}
+
+/// An invalid `[safety]` section.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetyConfigError {
+    /// A name that is no built-in profile and no configured one.
+    #[error(
+        "[safety] {field}: unknown profile {name:?} (known: {known}); add it to profiles_dir or [[safety.profiles]]"
+    )]
+    UnknownProfile {
+        /// The field naming it.
+        field: String,
+        /// The name.
+        name: String,
+        /// Known names, comma-separated.
+        known: String,
+    },
+    /// A profile file or inline profile is invalid.
+    #[error("[safety] profile {origin}: {source}")]
+    Profile {
+        /// File path or `[[safety.profiles]] #N`.
+        origin: String,
+        /// Cause.
+        source: ProfileError,
+    },
+    /// Two profiles share a name.
+    #[error("[safety] two profiles are named {0:?}")]
+    DuplicateProfile(String),
+    /// A file or directory could not be read.
+    #[error("[safety] cannot read {path}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The gazetteer or the built-in lexicons did not load.
+    #[error("[safety] screener: {0}")]
+    Screener(#[from] SafetyError),
+    /// An inline profile could not be turned back into TOML.
+    #[error("[safety] profile {0}: cannot be encoded")]
+    Encode(String),
+    /// A classifier entry is invalid.
+    #[error(transparent)]
+    Classifier(#[from] ClassifierConfigError),
+}
+
+/// A profile ready for both endpoint kinds: chat uses it as is, image with `image_profile`'s
+/// tiers added.
+#[derive(Debug)]
+struct Resolved {
+    chat: Arc<Profile>,
+    image: Arc<Profile>,
+}
+
+impl Resolved {
+    fn for_kind(&self, kind: Kind) -> &Arc<Profile> {
+        match kind {
+            Kind::Chat => &self.chat,
+            Kind::Image => &self.image,
+        }
+    }
+}
+
+/// The running safety stage: screener, profiles, classifiers and their cache.
+pub struct SafetyStage {
+    screener: Arc<Screener>,
+    profiles: HashMap<String, Resolved>,
+    default_profile: String,
+    tenant_profiles: HashMap<String, String>,
+    screen_output: bool,
+    classifiers: Vec<Arc<ExternalClassifier>>,
+    cache: ScoreCache,
+}
+
+impl std::fmt::Debug for SafetyStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetyStage")
+            .field("profiles", &self.profiles.keys().collect::<Vec<_>>())
+            .field("classifiers", &self.classifiers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String, SafetyConfigError> {
+    std::fs::read_to_string(path).map_err(|source| SafetyConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes rule tiers as a TOML inline array.
+fn tiers_toml(rules: &[Rule]) -> String {
+    let items: Vec<String> = rules
+        .iter()
+        .map(|r| {
+            format!(
+                "{{ action = \"{}\", threshold = {:?} }}",
+                r.action.as_str(),
+                r.threshold
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// `base` with `floor`'s image tiers added: per score, the stricter action of the two.
+fn with_image_floor(base: &Profile, floor: &Profile) -> Result<Profile, ProfileError> {
+    let mut text = format!(
+        "name = {:?}\nkeep_evidence = {}\n[chat]\n",
+        base.name(),
+        base.keep_evidence()
+    );
+    for c in Category::ALL {
+        let r = base.rules(Kind::Chat, c);
+        if !r.is_empty() {
+            text.push_str(&format!("{} = {}\n", c.as_str(), tiers_toml(r)));
+        }
+    }
+    text.push_str("[image]\n");
+    for c in Category::ALL {
+        let mut r = base.rules(Kind::Image, c).to_vec();
+        r.extend_from_slice(floor.rules(Kind::Image, c));
+        if !r.is_empty() {
+            text.push_str(&format!("{} = {}\n", c.as_str(), tiers_toml(&r)));
+        }
+    }
+    Profile::from_toml(&text)
+}
+
+impl SafetyStage {
+    /// Builds the stage (`None` when `enabled = false`). Unknown profile names, bad profile
+    /// files, an unreadable gazetteer and bad classifier entries are errors here, at start-up.
+    pub fn from_config(
+        c: &SafetyConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<SafetyStage>, SafetyConfigError> {
+        if !c.enabled {
+            return Ok(None);
+        }
+        let mut raw: BTreeMap<String, Profile> = BTreeMap::new();
+        for name in Profile::builtin_names() {
+            if let Some(p) = Profile::builtin(name) {
+                raw.insert(name.to_owned(), p);
+            }
+        }
+        let mut add = |origin: String, text: &str| -> Result<(), SafetyConfigError> {
+            let p = Profile::from_toml(text)
+                .map_err(|source| SafetyConfigError::Profile { origin, source })?;
+            if raw.contains_key(p.name()) {
+                return Err(SafetyConfigError::DuplicateProfile(p.name().to_owned()));
+            }
+            raw.insert(p.name().to_owned(), p);
+            Ok(())
+        };
+        if let Some(dir) = &c.profiles_dir {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|source| SafetyConfigError::Read {
+                    path: dir.clone(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            for f in files {
+                add(f.display().to_string(), &read(&f)?)?;
+            }
+        }
+        for (i, table) in c.profiles.iter().enumerate() {
+            let origin = format!("[[safety.profiles]] #{}", i + 1);
+            let text =
+                toml::to_string(table).map_err(|_| SafetyConfigError::Encode(origin.clone()))?;
+            add(origin, &text)?;
+        }
+        let known = raw.keys().cloned().collect::<Vec<_>>().join(", ");
+        let check = |field: String, name: &str| {
+            if raw.contains_key(name) {
+                Ok(())
+            } else {
+                Err(SafetyConfigError::UnknownProfile {
+                    field,
+                    name: name.to_owned(),
+                    known: known.clone(),
+                })
+            }
+        };
+        check("default_profile".to_owned(), &c.default_profile)?;
+        for (tenant, name) in &c.tenant_profiles {
+            check(format!("tenant_profiles.{tenant}"), name)?;
+        }
+        let floor = if c.image_profile.is_empty() {
+            None
+        } else {
+            check("image_profile".to_owned(), &c.image_profile)?;
+            raw.get(&c.image_profile).cloned()
+        };
+        let mut profiles = HashMap::new();
+        for (name, p) in raw {
+            let image = match &floor {
+                Some(f) => {
+                    with_image_floor(&p, f).map_err(|source| SafetyConfigError::Profile {
+                        origin: name.clone(),
+                        source,
+                    })?
+                }
+                None => p.clone(),
+            };
+            profiles.insert(
+                name,
+                Resolved {
+                    chat: Arc::new(p),
+                    image: Arc::new(image),
+                },
+            );
+        }
+        let mut builder = Screener::builder();
+        if let Some(path) = &c.gazetteer_path {
+            builder = builder.gazetteer_toml("gazetteer", &read(path)?)?;
+        }
+        let screener = Arc::new(builder.build()?);
+        let mut classifiers: Vec<Arc<ExternalClassifier>> = Vec::new();
+        for cc in &c.classifiers {
+            let cl = ExternalClassifier::from_config(cc, env)?;
+            if classifiers.iter().any(|x| x.name == cl.name) {
+                return Err(ClassifierConfigError::DuplicateName(cl.name.to_string()).into());
+            }
+            classifiers.push(Arc::new(cl));
+        }
+        Ok(Some(SafetyStage {
+            screener,
+            profiles,
+            default_profile: c.default_profile.clone(),
+            tenant_profiles: c
+                .tenant_profiles
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            screen_output: c.screen_output,
+            classifiers,
+            cache: ScoreCache::new(c.cache_entries, Duration::from_secs(c.cache_ttl_secs)),
+        }))
+    }
+
+    /// Adds a classifier (tests and embedding programs with their own adapters).
+    pub fn push_classifier(&mut self, c: ExternalClassifier) {
+        self.classifiers.push(Arc::new(c));
+    }
+
+    /// The screener.
+    pub fn screener(&self) -> &Arc<Screener> {
+        &self.screener
+    }
+
+    /// The classifier result cache.
+    pub fn cache(&self) -> &ScoreCache {
+        &self.cache
+    }
+
+    /// The profile for a key: its `policy_profile`, else its tenant's, else the default.
+    /// A key naming an unknown profile (keys change at run time) gets its tenant's profile
+    /// and the second value is `false`.
+    pub fn profile_for(
+        &self,
+        tenant: &str,
+        key_profile: Option<&str>,
+        kind: Kind,
+    ) -> (Arc<Profile>, bool) {
+        let fallback = self
+            .tenant_profiles
+            .get(tenant)
+            .and_then(|n| self.profiles.get(n))
+            .or_else(|| self.profiles.get(&self.default_profile));
+        let (resolved, known) = match key_profile {
+            Some(name) => match self.profiles.get(name) {
+                Some(r) => (Some(r), true),
+                None => (fallback, false),
+            },
+            None => (fallback, true),
+        };
+        let profile = resolved.map_or_else(
+            || Arc::new(Profile::default()),
+            |r| Arc::clone(r.for_kind(kind)),
+        );
+        (profile, known)
+    }
+
+    /// Scores a text (on the blocking pool when it is long).
+    pub async fn analyze(self: &Arc<Self>, text: Arc<str>) -> Analysis {
+        if text.len() <= INLINE_SCREEN_BYTES {
+            return self.screener.analyze(&text);
+        }
+        let screener = Arc::clone(&self.screener);
+        let t = Arc::clone(&text);
+        match tokio::task::spawn_blocking(move || screener.analyze(&t)).await {
+            Ok(a) => a,
+            // The blocking pool is gone (shutdown): screen inline rather than skip.
+            Err(_) => self.screener.analyze(&text),
+        }
+    }
+
+    /// Whether outputs are screened.
+    pub fn screens_output(&self) -> bool {
+        self.screen_output
+    }
+
+    /// Classifiers in a mode.
+    pub fn classifiers(&self, mode: Mode) -> impl Iterator<Item = &Arc<ExternalClassifier>> {
+        self.classifiers.iter().filter(move |c| c.mode == mode)
+    }
+
+    /// Runs the enforce-mode classifiers concurrently and merges their scores into
+    /// `verdict`. A failure records a `classifier_timeout` / `classifier_error` verdict and,
+    /// when the classifier fails closed for this text, blocks.
+    pub async fn enforce(
+        &self,
+        client: &HttpClient,
+        metrics: &Metrics,
+        text: &str,
+        verdict: &mut Verdict,
+        profile: &Profile,
+        notes: &mut Vec<SafetyVerdict>,
+    ) -> bool {
+        let set: Vec<&Arc<ExternalClassifier>> = self.classifiers(Mode::Enforce).collect();
+        if set.is_empty() {
+            return false;
+        }
+        let runs = set
+            .iter()
+            .map(|c| crate::classify::run_one(c, client, &self.cache, text));
+        let results = futures_util::future::join_all(runs).await;
+        let local = verdict.clone();
+        let mut fail_closed = false;
+        let mut scores: Vec<ExternalScore> = Vec::new();
+        for (c, (outcome, hit)) in set.iter().zip(results) {
+            metrics.safety.classifier_call(&c.name, &outcome, hit);
+            match outcome {
+                Ok(s) => scores.extend(s.iter().cloned()),
+                Err(f) => {
+                    let closed = c.fails_closed(&local);
+                    fail_closed |= closed;
+                    notes.push(failure_verdict(&c.name, f, closed));
+                }
+            }
+        }
+        verdict.merge_external(&scores, profile);
+        fail_closed
+    }
+
+    /// Starts the flag-mode classifiers alongside the upstream call; the handle yields the
+    /// verdicts to annotate the event with. `None` when there are none.
+    #[allow(clippy::disallowed_methods)] // bounded by each classifier's timeout; joined by the request's finisher
+    pub fn spawn_flag(
+        self: &Arc<Self>,
+        client: &HttpClient,
+        metrics_hook: Arc<crate::metrics::SafetyMetrics>,
+        text: Arc<str>,
+        local: Verdict,
+        profile: Arc<Profile>,
+    ) -> Option<tokio::task::JoinHandle<Vec<SafetyVerdict>>> {
+        self.classifiers(Mode::Flag).next()?;
+        let stage = Arc::clone(self);
+        let client = client.clone();
+        Some(tokio::spawn(async move {
+            let set: Vec<&Arc<ExternalClassifier>> = stage.classifiers(Mode::Flag).collect();
+            let runs = set
+                .iter()
+                .map(|c| crate::classify::run_one(c, &client, &stage.cache, &text));
+            let results = futures_util::future::join_all(runs).await;
+            let mut notes = Vec::new();
+            let mut scores = Vec::new();
+            for (c, (outcome, hit)) in set.iter().zip(results) {
+                metrics_hook.classifier_call(&c.name, &outcome, hit);
+                match outcome {
+                    Ok(s) => scores.extend(s.iter().cloned()),
+                    Err(f) => notes.push(failure_verdict(&c.name, f, false)),
+                }
+            }
+            // Only what the classifiers changed: the local verdict is recorded already.
+            let mut merged = local.clone();
+            merged.merge_external(&scores, &profile);
+            for c in &merged.categories {
+                if c.detector != Detector::External || c.action == Action::Allow {
+                    continue;
+                }
+                // Flag mode never blocked anything: record at most `flag`.
+                let mut cs = c.clone();
+                cs.action = cs.action.min(Action::Flag);
+                notes.push(record_one(&cs, "input", None, None, false));
+            }
+            notes
+        }))
+    }
+}
+
+/// What the later stages need from a screened request: the profile for its output, and
+/// the flag-mode classifiers still running.
+pub struct RequestSafety {
+    /// The stage.
+    pub stage: Arc<SafetyStage>,
+    /// The key's profile for this endpoint kind.
+    pub profile: Arc<Profile>,
+    /// Kind the output is screened as.
+    pub kind: Kind,
+    /// Flag-mode classifiers running alongside the upstream call.
+    pub pending: Option<tokio::task::JoinHandle<Vec<SafetyVerdict>>>,
+}
+
+impl RequestSafety {
+    /// A guard for the streamed output, when outputs are screened.
+    pub fn stream_guard(&self) -> Option<StreamGuard> {
+        self.stage
+            .screens_output()
+            .then(|| StreamGuard::new(&self.stage, Arc::clone(&self.profile), self.kind))
+    }
+}
+
+/// Finishes an event once the flag-mode classifiers have annotated it. Usually they are
+/// done by the time the response is; otherwise the event waits for them (each is bounded
+/// by its timeout) off the response path.
+pub fn finish_event(
+    mut rec: crate::recorder::Recorder,
+    status: u16,
+    pending: Option<tokio::task::JoinHandle<Vec<SafetyVerdict>>>,
+) {
+    use futures_util::FutureExt;
+    let Some(handle) = pending else {
+        rec.finish(status);
+        return;
+    };
+    if handle.is_finished() {
+        if let Some(Ok(notes)) = handle.now_or_never() {
+            rec.event().safety.extend(notes);
+        }
+        rec.finish(status);
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                if let Ok(notes) = handle.await {
+                    rec.event().safety.extend(notes);
+                }
+                rec.finish(status);
+            });
+        }
+        Err(_) => {
+            handle.abort();
+            rec.finish(status);
+        }
+    }
+}
+
+/// The verdict recorded when a classifier failed.
+fn failure_verdict(name: &str, f: Failure, closed: bool) -> SafetyVerdict {
+    SafetyVerdict {
+        category: f.category().to_owned(),
+        action: if closed { "block" } else { "log" }.to_owned(),
+        score: 1.0,
+        stage: "input".to_owned(),
+        source: Some(name.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The screened text of an endpoint's request, if it is screened at all.
+pub fn input_kind(endpoint: Endpoint) -> Option<Kind> {
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses => Some(Kind::Chat),
+        Endpoint::ImagesGenerations => Some(Kind::Image),
+        _ => None,
+    }
+}
+
+fn record_one(
+    c: &CategoryScore,
+    stage: &str,
+    text: Option<&str>,
+    evidence: Option<&str>,
+    with_span: bool,
+) -> SafetyVerdict {
+    let span = match (&c.evidence, text) {
+        // A model score covers a whole view: its "span" would be the prompt's start.
+        (Some(ev), Some(t))
+            if with_span && !matches!(c.detector, Detector::Model | Detector::Signals) =>
+        {
+            t.get(ev.span.clone())
+                .map(|s| crate::request::truncate(s, MAX_SPAN_BYTES).to_owned())
+        }
+        _ => None,
+    };
+    SafetyVerdict {
+        category: c.category.as_str().to_owned(),
+        action: c.action.as_str().to_owned(),
+        score: c.score,
+        stage: stage.to_owned(),
+        view: c.evidence.as_ref().map(|e| e.view.as_str().to_owned()),
+        span,
+        evidence: evidence.map(str::to_owned),
+        source: c.source.clone(),
+    }
+}
+
+/// The verdicts to record for a screened text: every category the profile acted on (log,
+/// flag, block), with its view and matched span; the whole text, on the decisive one only,
+/// when the profile keeps evidence and the action is flag or block. `offset` is where `text`
+/// starts in the spans' coordinates (streams screen a window of the output).
+pub fn record(
+    verdict: &Verdict,
+    stage: &str,
+    text: &str,
+    offset: usize,
+    profile: &Profile,
+) -> Vec<SafetyVerdict> {
+    let keep = profile.keep_evidence() && verdict.action >= Action::Flag;
+    let mut out = Vec::new();
+    for (i, c) in verdict
+        .categories
+        .iter()
+        .filter(|c| c.action > Action::Allow)
+        .enumerate()
+    {
+        let mut shifted = c.clone();
+        if let Some(ev) = &mut shifted.evidence {
+            if ev.span.start < offset {
+                shifted.evidence = None;
+            } else {
+                ev.span = ev.span.start - offset..ev.span.end - offset;
+            }
+        }
+        let evidence = (keep && i == 0).then_some(text);
+        let mut v = record_one(&shifted, stage, Some(text), evidence, true);
+        if shifted.evidence.is_none() {
+            v.view = c.evidence.as_ref().map(|e| e.view.as_str().to_owned());
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// Counts verdicts in the metrics.
+pub fn count(metrics: &Metrics, stage: &'static str, verdict: &Verdict) {
+    metrics.safety.screened(stage);
+    for c in verdict
+        .categories
+        .iter()
+        .filter(|c| c.action > Action::Allow)
+    {
+        metrics
+            .safety
+            .action(stage, c.category.as_str(), c.action.as_str());
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct OutputDoc<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<OutputChoice<'a>>,
+    #[serde(borrow, default)]
+    output: Vec<OutputItem<'a>>,
+    #[serde(borrow, default)]
+    data: Vec<ImageDatum<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputChoice<'a> {
+    #[serde(borrow, default)]
+    message: Option<OutputMessage<'a>>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputMessage<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputItem<'a> {
+    #[serde(borrow, default)]
+    content: Vec<OutputPart<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputPart<'a> {
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ImageDatum<'a> {
+    #[serde(borrow, default)]
+    revised_prompt: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The text of a non-streamed response to screen, and the kind to screen it as: chat and
+/// completions choices, responses output text, and images' `revised_prompt` (what the
+/// model drew). `None` when there is nothing to screen.
+pub fn output_text(endpoint: Endpoint, body: &[u8]) -> Option<(String, Kind)> {
+    let kind = input_kind(endpoint)?;
+    let doc: OutputDoc<'_> = serde_json::from_slice(body).ok()?;
+    let mut text = String::new();
+    let mut push = |t: &str| {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(t);
+    };
+    for c in &doc.choices {
+        if let Some(t) = c.message.as_ref().and_then(|m| m.content.as_deref()) {
+            push(t);
+        }
+        if let Some(t) = c.text.as_deref() {
+            push(t);
+        }
+    }
+    for item in &doc.output {
+        for p in &item.content {
+            if let Some(t) = p.text.as_deref() {
+                push(t);
+            }
+        }
+    }
+    for d in &doc.data {
+        if let Some(t) = d.revised_prompt.as_deref() {
+            push(t);
+        }
+    }
+    (!text.is_empty()).then_some((text, kind))
+}
+
+/// Screens a streamed output incrementally: deltas are appended to a window that is
+/// screened every [`stormwall_safety::stream::STREAM_STEP`] new bytes and trimmed to the
+/// last [`stormwall_safety::stream::STREAM_OVERLAP`] bytes past
+/// [`stormwall_safety::stream::STREAM_WINDOW`], as `OutputScreener` does — but owning its
+/// screener and profile, so a relay that outlives the handler can hold it.
+#[derive(Debug)]
+pub struct StreamGuard {
+    screener: Arc<Screener>,
+    profile: Arc<Profile>,
+    kind: Kind,
+    buf: String,
+    base: usize,
+    unscreened: usize,
+    verdict: Verdict,
+    recorded: Vec<SafetyVerdict>,
+}
+
+impl StreamGuard {
+    /// A guard for one streamed response.
+    pub fn new(stage: &SafetyStage, profile: Arc<Profile>, kind: Kind) -> Self {
+        StreamGuard {
+            screener: Arc::clone(&stage.screener),
+            profile,
+            kind,
+            buf: String::new(),
+            base: 0,
+            unscreened: 0,
+            verdict: Verdict::allow(kind),
+            recorded: Vec::new(),
+        }
+    }
+
+    /// Adds a delta; `true` once the output is blocked.
+    pub fn push(&mut self, delta: &str) -> bool {
+        use stormwall_safety::stream::STREAM_STEP;
+        if self.verdict.is_blocked() {
+            return true;
+        }
+        if delta.is_empty() {
+            return false;
+        }
+        self.buf.push_str(delta);
+        self.unscreened += delta.len();
+        if self.unscreened >= STREAM_STEP {
+            self.screen_buffer();
+        }
+        self.verdict.is_blocked()
+    }
+
+    /// Screens what is left; the verdicts to record for the whole output.
+    pub fn finish(&mut self) -> (Verdict, Vec<SafetyVerdict>) {
+        if self.unscreened > 0 && !self.verdict.is_blocked() {
+            self.screen_buffer();
+        }
+        (self.verdict.clone(), std::mem::take(&mut self.recorded))
+    }
+
+    fn screen_buffer(&mut self) {
+        use stormwall_safety::stream::{STREAM_OVERLAP, STREAM_WINDOW};
+        let mut analysis = Analysis::default();
+        analysis.merge_shifted(self.screener.analyze(&self.buf), self.base);
+        let v = analysis.decide(self.kind, &self.profile);
+        // Spans are in this window now; after trimming they could not be read back.
+        let before = self.verdict.action;
+        self.verdict.merge(&v, &self.profile);
+        if v.action > Action::Allow && (v.action > before || self.recorded.is_empty()) {
+            self.recorded = record(&v, "output", &self.buf, self.base, &self.profile);
+        }
+        self.unscreened = 0;
+        if self.buf.len() > STREAM_WINDOW {
+            let mut cut = self.buf.len() - STREAM_OVERLAP;
+            while !self.buf.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.buf.drain(..cut);
+            self.base += cut;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(c: &SafetyConfig) -> Result<Option<SafetyStage>, SafetyConfigError> {
+        SafetyStage::from_config(c, &|_| None)
+    }
+
+    #[test]
+    fn unknown_profiles_are_config_errors() {
+        let mut c = SafetyConfig {
+            default_profile: "nope".into(),
+            ..Default::default()
+        };
+        let e = stage(&c).unwrap_err().to_string();
+        assert!(e.contains("default_profile") && e.contains("nope"), "{e}");
+        c.default_profile = "default".into();
+        c.tenant_profiles.insert("acme".into(), "stirct".into());
+        assert!(
+            stage(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("tenant_profiles.acme")
+        );
+        c.tenant_profiles.clear();
+        c.image_profile = "x".into();
+        assert!(stage(&c).is_err());
+        c.image_profile = String::new();
+        assert!(stage(&c).unwrap().is_some());
+        c.enabled = false;
+        assert!(stage(&c).unwrap().is_none());
+    }
+
+    #[test]
+    fn inline_profiles_and_resolution() {
+        let mut table = toml::Table::new();
+        table.insert("name".into(), "kids".into());
+        table.insert("extends".into(), "strict".into());
+        let c = SafetyConfig {
+            profiles: vec![table],
+            tenant_profiles: [("school".to_owned(), "kids".to_owned())].into(),
+            ..Default::default()
+        };
+        let s = stage(&c).unwrap().unwrap();
+        assert_eq!(s.profile_for("school", None, Kind::Chat).0.name(), "kids");
+        assert_eq!(s.profile_for("other", None, Kind::Chat).0.name(), "default");
+        assert_eq!(
+            s.profile_for("other", Some("permissive"), Kind::Chat)
+                .0
+                .name(),
+            "permissive"
+        );
+        let (p, known) = s.profile_for("school", Some("missing"), Kind::Chat);
+        assert!(!known);
+        assert_eq!(p.name(), "kids");
+        // Image: the permissive profile is held to the default image tiers.
+        let (img, _) = s.profile_for("x", Some("permissive"), Kind::Image);
+        assert_eq!(
+            img.action(Kind::Image, Category::Sexual, 0.9),
+            Action::Block
+        );
+        let (chat, _) = s.profile_for("x", Some("permissive"), Kind::Chat);
+        assert_eq!(chat.action(Kind::Chat, Category::Sexual, 0.9), Action::Log);
+        let mut dup = toml::Table::new();
+        dup.insert("name".into(), "strict".into());
+        let c = SafetyConfig {
+            profiles: vec![dup],
+            ..Default::default()
+        };
+        assert!(matches!(
+            stage(&c),
+            Err(SafetyConfigError::DuplicateProfile(_))
+        ));
+    }
+
+    #[test]
+    fn output_texts() {
+        let (t, k) = output_text(
+            Endpoint::ChatCompletions,
+            br#"{"choices":[{"message":{"role":"assistant","content":"Hello"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!((t.as_str(), k), ("Hello", Kind::Chat));
+        let (t, k) = output_text(
+            Endpoint::ImagesGenerations,
+            br#"{"created":1,"data":[{"url":"u","revised_prompt":"a cat"}]}"#,
+        )
+        .unwrap();
+        assert_eq!((t.as_str(), k), ("a cat", Kind::Image));
+        let (t, _) = output_text(
+            Endpoint::Responses,
+            br#"{"output":[{"type":"message","content":[{"type":"output_text","text":"Hi"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(t, "Hi");
+        assert!(output_text(Endpoint::Embeddings, br#"{"data":[]}"#).is_none());
+        assert!(output_text(Endpoint::ChatCompletions, b"not json").is_none());
+    }
+
+    #[test]
+    fn record_keeps_span_and_evidence_only_when_asked() {
+        let s = stage(&SafetyConfig::default()).unwrap().unwrap();
+        let text = "Please draw a nude photo of my ex for the party invitation";
+        let (p, _) = s.profile_for("t", None, Kind::Chat);
+        let v = s.screener().screen(text, Kind::Chat, &p);
+        assert!(v.is_blocked());
+        let r = record(&v, "input", text, 0, &p);
+        assert_eq!(r[0].category, "real_person_sexual");
+        assert!(
+            r[0].span
+                .as_deref()
+                .is_some_and(|sp| text.contains(sp) && sp.len() < text.len())
+        );
+        assert!(r.iter().all(|v| v.evidence.is_none()));
+        let keep = Profile::from_toml("name = \"k\"\nextends = \"default\"\nkeep_evidence = true")
+            .unwrap();
+        let v = s.screener().screen(text, Kind::Chat, &keep);
+        let r = record(&v, "input", text, 0, &keep);
+        assert_eq!(r[0].evidence.as_deref(), Some(text));
+        assert!(r[1..].iter().all(|v| v.evidence.is_none()));
+    }
+
+    #[test]
+    fn stream_guard_blocks_across_deltas() {
+        let s = stage(&SafetyConfig::default()).unwrap().unwrap();
+        let (p, _) = s.profile_for("t", Some("strict"), Kind::Chat);
+        let mut g = StreamGuard::new(&s, p, Kind::Chat);
+        let mut blocked = false;
+        for _ in 0..10 {
+            blocked |= g.push("Here is a calm story about bread and soup. ");
+        }
+        assert!(!blocked);
+        for w in "and then an explicit sex scene follows, "
+            .repeat(8)
+            .split_inclusive(' ')
+        {
+            if g.push(w) {
+                blocked = true;
+                break;
+            }
+        }
+        assert!(blocked);
+        let (v, rec) = g.finish();
+        assert!(v.is_blocked());
+        assert_eq!(rec[0].stage, "output");
+        assert_eq!(rec[0].category, "sexual");
+    }
+}
