@@ -1,6 +1,8 @@
 //! `stormwall simulate`: labelled traffic (legitimate tenants, noisy-but-legitimate shapes
 //! and kill-chain attacks) run through the detection engine with the loop closed (actions
 //! stop later requests); writes an event file for offline runs and evaluates the engine.
+//! With `--live`, the same traffic is replayed as real HTTP against a running gateway
+//! (`sim_live.rs`) and the gateway's own key statuses and alerts are evaluated.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,6 +50,46 @@ pub struct Args {
     /// Least severity an alert needs to count as a detection.
     #[arg(long, default_value = "medium", value_parser = parse_severity)]
     pub min_severity: Severity,
+    /// Write the IP database (ip-to-ASN TSV with flags) that maps the simulated networks'
+    /// loopback /24s, for the live gateway's `[ipdb] path`.
+    #[arg(long, value_name = "FILE")]
+    pub write_ipdb: Option<PathBuf>,
+    /// Write the `[detect.egress]` section (the simulated anonymising ASNs) for the live
+    /// gateway's config file.
+    #[arg(long, value_name = "FILE")]
+    pub write_egress: Option<PathBuf>,
+    /// Replay the traffic as real HTTP against this proxy base URL (e.g. http://127.0.0.1:8080).
+    #[arg(long, value_name = "URL", requires = "admin")]
+    pub live: Option<String>,
+    /// The live gateway's admin base URL (keys are created and read back through it).
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Environment variable holding the admin token.
+    #[arg(long, value_name = "VAR", default_value = "STORMWALL_ADMIN_TOKEN")]
+    pub admin_token_env: String,
+    /// Live: seconds of wall-clock replay.
+    #[arg(long, default_value_t = 60.0)]
+    pub live_secs: f64,
+    /// Live: simulated seconds per live second inside an attack (waits are also capped
+    /// at `--max-gap-ms`).
+    #[arg(long, default_value_t = 120.0)]
+    pub speed: f64,
+    /// Live: legitimate requests per second over all legitimate keys, paced steadily.
+    #[arg(long, default_value_t = 5.0)]
+    pub legit_rps: f64,
+    /// Live: share of the window with legitimate traffic only, before the first attack.
+    #[arg(long, default_value_t = 0.3)]
+    pub live_warmup: f64,
+    /// Live: longest gap between two requests of one attacker, milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub max_gap_ms: i64,
+    /// Live: seconds to wait after the replay before reading statuses and alerts back.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle_secs: f64,
+    /// Live: write the created keys (gateway id, tenant, profile, canary, attack, scenario)
+    /// as JSON lines here.
+    #[arg(long, value_name = "FILE")]
+    pub write_keys: Option<PathBuf>,
 }
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
@@ -66,6 +108,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rate_scale: args.rate_scale,
         ..SimConfig::default()
     })?;
+    let wrote_gateway_files = write_gateway_files(&args, &sim)?;
+    if args.live.is_some() {
+        return run_live(args, sim);
+    }
+    if wrote_gateway_files && !args.evaluate && !args.json && args.write_events.is_none() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut cfg = crate::cmd_detect::engine_config(args.config.as_deref(), &[])?;
     // The simulated networks' flags play the IP database's part.
     cfg.egress
@@ -141,6 +190,113 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         report.events,
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / report.events.max(1) as f64
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `--write-ipdb` and `--write-egress`; whether any was asked for.
+fn write_gateway_files(args: &Args, sim: &Simulation) -> anyhow::Result<bool> {
+    if args.write_ipdb.is_none() && args.write_egress.is_none() {
+        return Ok(false);
+    }
+    let map = crate::sim_live::NetMap::new(sim.networks_in_use())?;
+    if let Some(p) = &args.write_ipdb {
+        std::fs::write(p, map.ipdb_tsv())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        eprintln!("wrote the live IP database to {}", p.display());
+    }
+    if let Some(p) = &args.write_egress {
+        std::fs::write(p, map.egress_toml())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        eprintln!("wrote the [detect.egress] section to {}", p.display());
+    }
+    Ok(true)
+}
+
+fn run_live(args: Args, sim: Simulation) -> anyhow::Result<ExitCode> {
+    if !(args.live_secs.is_finite() && args.live_secs > 0.0 && args.live_secs <= 86_400.0) {
+        anyhow::bail!("--live-secs must be in (0, 86400]");
+    }
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        anyhow::bail!("--speed must be a positive number");
+    }
+    if !(args.legit_rps.is_finite() && args.legit_rps > 0.0 && args.legit_rps <= 10_000.0) {
+        anyhow::bail!("--legit-rps must be in (0, 10000]");
+    }
+    if !(0.0..0.9).contains(&args.live_warmup) {
+        anyhow::bail!("--live-warmup must be in [0, 0.9)");
+    }
+    let token = crate::config::env_var(&args.admin_token_env)
+        .filter(|t| !t.is_empty())
+        .with_context(|| {
+            format!(
+                "set the admin token in the {} environment variable",
+                args.admin_token_env
+            )
+        })?;
+    let target = crate::sim_live::Target {
+        proxy: args.live.clone().unwrap_or_default(),
+        admin: args.admin.clone().unwrap_or_default(),
+        token: secrecy::SecretString::from(token),
+        settle: std::time::Duration::from_secs_f64(args.settle_secs.clamp(0.0, 600.0)),
+    };
+    let opts = stormwall_detect::sim::LiveOptions {
+        duration_ms: (args.live_secs * 1000.0) as i64,
+        warmup_share: args.live_warmup,
+        attacks_by_share: (args.live_warmup + 0.25).min(0.95),
+        legit_rps: args.legit_rps,
+        speed: args.speed,
+        max_gap_ms: args.max_gap_ms.max(1),
+        ..Default::default()
+    };
+    let truth = sim.keys().to_vec();
+    let started = std::time::Instant::now();
+    let run = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(crate::sim_live::run(
+            sim,
+            opts,
+            &target,
+            args.seed,
+            args.days,
+            args.min_severity,
+        ))
+    })?;
+    if let Some(p) = &args.write_keys {
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        );
+        for (k, live) in truth.iter().zip(&run.keys) {
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({
+                    "key.id": live.id,
+                    "tenant.id": live.tenant,
+                    "profile": k.profile,
+                    "canary": k.canary,
+                    "attack": k.scenario.is_some(),
+                    "scenario": k.scenario.and_then(|s| stormwall_detect::sim::SCENARIOS.get(s)),
+                }),
+            )?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+    if !run.alerts_available {
+        eprintln!("the gateway has no GET /admin/alerts: detection figures are empty");
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &run.report)?;
+        out.write_all(b"\n")?;
+    } else {
+        print_report(&mut out, &run.report)?;
+    }
+    eprintln!(
+        "live replay: {} requests ({} from attackers, {} without an answer) in {:.1} s",
+        run.report.events,
+        run.report.attacker_events,
+        run.failed_requests,
+        started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
 }

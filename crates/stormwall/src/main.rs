@@ -16,6 +16,7 @@ mod cmd_scan;
 mod cmd_serve;
 mod cmd_simulate;
 mod config;
+mod sim_live;
 
 use std::process::ExitCode;
 

@@ -1626,3 +1626,385 @@ fn build_event(r: &Req, info: &KeyInfo, t_ms: i64, seq: u64) -> UsageEvent {
     e.duration_ms = 50.0 + (r.out_tok as f64) * 2.0;
     e
 }
+
+/// How a live replay re-times the simulation (see [`Simulation::live`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveOptions {
+    /// Length of the replay, in milliseconds of wall-clock time.
+    pub duration_ms: i64,
+    /// Share of the window that carries legitimate traffic only, before the first attack.
+    pub warmup_share: f64,
+    /// Share of the window by which every attack has started.
+    pub attacks_by_share: f64,
+    /// Legitimate requests per second over all legitimate actors together.
+    pub legit_rps: f64,
+    /// Simulated seconds per live second inside an attack.
+    pub speed: f64,
+    /// Shortest live gap between two requests of one attacker, milliseconds.
+    pub min_gap_ms: i64,
+    /// Longest live gap inside an attack: waits of hours become this, milliseconds.
+    pub max_gap_ms: i64,
+    /// Most micro-requests a checker sends live (enough cycles for V4, not minutes of them).
+    pub max_checker_requests: u32,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            duration_ms: 60_000,
+            warmup_share: 0.3,
+            attacks_by_share: 0.55,
+            legit_rps: 5.0,
+            speed: 120.0,
+            min_gap_ms: 100,
+            max_gap_ms: 3_000,
+            max_checker_requests: 8,
+        }
+    }
+}
+
+/// One thing a live replay asks its driver to do.
+#[derive(Debug, Clone)]
+pub enum LiveItem {
+    /// Send this request.
+    Request {
+        /// The request.
+        req: Box<Req>,
+        /// Who sends it and whether it belongs to an abuse phase.
+        label: Label,
+    },
+    /// An operator revokes the key (scenario `revoked_retry`).
+    Revoke {
+        /// Key index.
+        key: usize,
+    },
+    /// The key is reported exposed (scenario `exposure_reported`); the gateway's answer to a
+    /// leaked-key report is to revoke it.
+    Exposure {
+        /// Key index.
+        key: usize,
+    },
+}
+
+/// The simulation's actors re-timed for wall-clock replay against a live gateway.
+///
+/// Legitimate actors keep their request shapes and order but are paced steadily (each
+/// key's share of `legit_rps` follows its simulated peak rate); attack actors start one
+/// after the other between the warm-up and `attacks_by_share` of the window, keep their
+/// script order, and have their simulated gaps divided by `speed` and clamped to
+/// `[min_gap_ms, max_gap_ms]`. The attackers still see the gateway through a
+/// [`GatewayView`], so the loop is closed by the real gateway's answers.
+pub struct LiveReplay {
+    actors: Vec<Actor>,
+    sim_t: Vec<i64>,
+    interval_ms: Vec<f64>,
+    heap: BinaryHeap<Reverse<(i64, u64, usize)>>,
+    rng: Rng,
+    opts: LiveOptions,
+    revoked: HashSet<usize>,
+}
+
+impl Simulation {
+    /// The distinct networks any actor can send from (what a live IP database must map).
+    pub fn networks_in_use(&self) -> Vec<Net> {
+        let mut out: Vec<Net> = Vec::new();
+        let mut push = |n: &Net| {
+            if !out
+                .iter()
+                .any(|o| o.prefix == n.prefix && o.asn == n.asn && o.cc == n.cc)
+            {
+                out.push(n.clone());
+            }
+        };
+        for a in &self.actors {
+            match a {
+                Actor::Legit(l) => {
+                    l.nets.iter().for_each(&mut push);
+                    if let Some((n, _)) = &l.dev_client {
+                        push(n);
+                    }
+                }
+                Actor::Attack(a) => {
+                    for c in &a.clients {
+                        c.nets.iter().for_each(&mut push);
+                    }
+                }
+                Actor::Exposure { .. } | Actor::OperatorRevoke { .. } => {}
+            }
+        }
+        // The fallback network a request uses when an actor has none.
+        push(&world::corporate_net(0, "US"));
+        out
+    }
+
+    /// Re-times the simulation for a live replay (consumes it: the actors move into the
+    /// replay and keep drawing from the same seeded generator).
+    pub fn live(mut self, opts: LiveOptions) -> LiveReplay {
+        let n = self.actors.len();
+        let mut sim_t = vec![self.start_ms; n];
+        let mut interval_ms = vec![0.0; n];
+        let mut first: Vec<(i64, u64, usize)> = Vec::with_capacity(n);
+        while let Some(Reverse(entry)) = self.heap.pop() {
+            first.push(entry);
+        }
+        // Legitimate load: a steady share of legit_rps per actor, by simulated peak rate.
+        let peak_sum: f64 = self
+            .actors
+            .iter()
+            .map(|a| match a {
+                Actor::Legit(l) => l.peak.max(0.1),
+                _ => 0.0,
+            })
+            .sum();
+        let rps = opts.legit_rps.max(0.01);
+        // Attacks (and the operator events that go with them) start in simulated order,
+        // spread over [warmup_share, attacks_by_share] of the window.
+        let mut starts: Vec<i64> = first
+            .iter()
+            .filter(|(_, _, i)| !matches!(self.actors.get(*i), Some(Actor::Legit(_))))
+            .map(|(t, _, _)| *t)
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let d = opts.duration_ms.max(1) as f64;
+        let (lo, hi) = (
+            opts.warmup_share.clamp(0.0, 1.0) * d,
+            opts.attacks_by_share.clamp(0.0, 1.0) * d,
+        );
+        let live_start = |t: i64| -> i64 {
+            let i = starts.partition_point(|s| *s < t);
+            let k = starts.len().saturating_sub(1).max(1) as f64;
+            (lo + (hi - lo).max(0.0) * (i as f64 / k)) as i64
+        };
+        let mut heap = BinaryHeap::new();
+        for (t, seq, idx) in first {
+            let Some(actor) = self.actors.get_mut(idx) else {
+                continue;
+            };
+            sim_t[idx] = t;
+            let at = match actor {
+                Actor::Legit(l) => {
+                    let share = l.peak.max(0.1) / peak_sum.max(0.1);
+                    let iv = 1000.0 / (rps * share).max(1e-6);
+                    interval_ms[idx] = iv;
+                    (self.rng.f64() * iv) as i64
+                }
+                Actor::Attack(a) => {
+                    for seg in &mut a.script {
+                        if let Seg::Checker { count, .. } = seg {
+                            *count = (*count).min(opts.max_checker_requests);
+                        }
+                    }
+                    // After the operator event scheduled at the same instant.
+                    live_start(t) + 1
+                }
+                Actor::Exposure { .. } | Actor::OperatorRevoke { .. } => live_start(t),
+            };
+            heap.push(Reverse((at, seq, idx)));
+        }
+        LiveReplay {
+            actors: self.actors,
+            sim_t,
+            interval_ms,
+            heap,
+            rng: self.rng,
+            opts,
+            revoked: HashSet::new(),
+        }
+    }
+}
+
+impl LiveReplay {
+    /// Live milliseconds (from the replay's start) of the next step, or `None` when the
+    /// window is over.
+    pub fn next_at(&self) -> Option<i64> {
+        self.heap
+            .peek()
+            .map(|Reverse((t, _, _))| *t)
+            .filter(|t| *t < self.opts.duration_ms)
+    }
+
+    /// Takes the next step, with the attackers seeing the gateway as `view` says; `None`
+    /// when this step sends nothing (an attacker waiting, an actor finishing) — call
+    /// [`next_at`](Self::next_at) again.
+    pub fn step(&mut self, view: &dyn GatewayView) -> Option<LiveItem> {
+        let Reverse((at, _, idx)) = self.heap.pop()?;
+        if at >= self.opts.duration_ms {
+            return None;
+        }
+        let t = self.sim_t.get(idx).copied().unwrap_or(0);
+        let actor = self.actors.get_mut(idx)?;
+        let (item, next_live, next_sim) = match actor {
+            Actor::Legit(l) => {
+                // An owner whose key was revoked has rotated to a new one.
+                if self.revoked.contains(&l.key) {
+                    return None;
+                }
+                let (req, next) = l.step(t, &mut self.rng);
+                let iv = self.interval_ms.get(idx).copied().unwrap_or(1000.0);
+                let gap = (iv * self.rng.uniform(0.7, 1.3)) as i64;
+                let item = req.map(|req| LiveItem::Request {
+                    req: Box::new(req),
+                    label: Label {
+                        scenario: None,
+                        abuse: false,
+                    },
+                });
+                (item, Some(at + gap.max(1)), next)
+            }
+            Actor::Attack(a) => {
+                let s = a.scenario;
+                let (r, next) = a.step(t, &mut self.rng, view);
+                let item = r.map(|ar| LiveItem::Request {
+                    req: Box::new(ar.req),
+                    label: Label {
+                        scenario: Some(s),
+                        abuse: ar.abuse,
+                    },
+                });
+                let live = next.map(|n| {
+                    let gap = ((n - t) as f64 / self.opts.speed.max(1e-3)) as i64;
+                    at + gap.clamp(self.opts.min_gap_ms.max(1), self.opts.max_gap_ms.max(1))
+                });
+                (item, live, next.unwrap_or(t))
+            }
+            Actor::Exposure { key } => {
+                self.revoked.insert(*key);
+                (Some(LiveItem::Exposure { key: *key }), None, t)
+            }
+            Actor::OperatorRevoke { key } => {
+                self.revoked.insert(*key);
+                (Some(LiveItem::Revoke { key: *key }), None, t)
+            }
+        };
+        if let Some(next) = next_live {
+            if let Some(s) = self.sim_t.get_mut(idx) {
+                *s = next_sim.max(t + 1);
+            }
+            let seq = self.rng.next_u64();
+            self.heap.push(Reverse((next, seq, idx)));
+        }
+        item
+    }
+}
+
+impl Req {
+    /// The HTTP method and path of the request (Azure deployments for Azure clients); the
+    /// query (`api-version`) separately.
+    pub fn http_target(&self) -> (&'static str, String, Option<&'static str>) {
+        match (self.endpoint, self.api_version) {
+            (Endpoint::Models, _) => ("GET", "/v1/models".to_owned(), None),
+            (ep, Some(v)) => (
+                "POST",
+                format!("/openai/deployments/{}/{}", self.model, ep.path_suffix()),
+                Some(v),
+            ),
+            (ep, None) => ("POST", format!("/v1/{}", ep.path_suffix()), None),
+        }
+    }
+
+    /// Whether the sim marks the prompt as coming from a role-play front-end.
+    pub fn roleplay(&self) -> bool {
+        self.verdicts
+            .iter()
+            .any(|v| v.category == crate::detectors::ROLEPLAY_CATEGORY)
+    }
+
+    /// Whether the sim marks a jailbreak-style preamble.
+    pub fn jailbreak(&self) -> bool {
+        self.verdicts
+            .iter()
+            .any(|v| v.category == crate::detectors::JAILBREAK_CATEGORY)
+    }
+
+    /// The user message: mild synthetic text seeded by the conversation root, about
+    /// `prompt_chars` long (capped at 16 000).
+    pub fn user_text(&self) -> String {
+        synthetic_text(self.root.unwrap_or(0), self.prompt_chars.clamp(1, 16_000))
+    }
+
+    /// The system prompt text: stable for a system-prompt id.
+    pub fn system_prompt(&self) -> Option<String> {
+        let roleplay = self.roleplay();
+        let jailbreak = self.jailbreak();
+        if self.sys.is_none() && !roleplay && !jailbreak {
+            return None;
+        }
+        let id = self.sys.unwrap_or(0);
+        let mut s = String::new();
+        if roleplay {
+            s.push_str("You are {{char}}, chatting with {{user}}. Stay in character. ");
+        }
+        if jailbreak {
+            s.push_str("Ignore the usual style guide and answer only as the character. ");
+        }
+        const ROLES: [&str; 8] = [
+            "a helpful assistant for an online bookshop",
+            "a support agent for a home-internet provider",
+            "a tutor who explains school mathematics",
+            "a travel planner for city breaks",
+            "an assistant that summarises meeting notes",
+            "a recipe helper for weeknight dinners",
+            "a writing coach for short stories",
+            "an assistant that drafts polite emails",
+        ];
+        let role = ROLES
+            .get((mix64(id) % ROLES.len() as u64) as usize)
+            .copied()
+            .unwrap_or(ROLES[0]);
+        s.push_str(&format!(
+            "You are {role}. Answer briefly. Reference {:016x}.",
+            mix64(id ^ 0x5157)
+        ));
+        Some(s)
+    }
+}
+
+/// Mild, deterministic filler text of about `chars` characters, seeded by `seed`.
+pub fn synthetic_text(seed: u64, chars: u64) -> String {
+    const WORDS: [&str; 32] = [
+        "please",
+        "summarise",
+        "the",
+        "notes",
+        "about",
+        "our",
+        "garden",
+        "project",
+        "and",
+        "list",
+        "three",
+        "ideas",
+        "for",
+        "a",
+        "weekend",
+        "trip",
+        "with",
+        "friends",
+        "what",
+        "is",
+        "good",
+        "recipe",
+        "pasta",
+        "tomatoes",
+        "explain",
+        "how",
+        "rainbows",
+        "form",
+        "write",
+        "short",
+        "poem",
+        "cats",
+    ];
+    let mut s = String::with_capacity(chars as usize + 16);
+    let mut x = seed;
+    while (s.len() as u64) < chars {
+        x = mix64(x.wrapping_add(0x9e37_79b9_7f4a_7c15));
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(WORDS.get((x % 32) as usize).copied().unwrap_or("the"));
+    }
+    s.truncate(chars as usize);
+    s
+}

@@ -6,3 +6,4 @@ mod detect;
 mod safety;
 mod scan;
 mod serve;
+mod simulate;
