@@ -72,6 +72,11 @@ pub struct DetectConfig {
     pub thresholds: Thresholds,
     /// Anonymising egress networks for detector P3.
     pub egress: EgressConfig,
+    /// Hours of stored events the gateway replays into the detectors when it starts, so a
+    /// restart or a new replica keeps the keys' baselines (0: start from nothing).
+    pub warm_start_hours: u32,
+    /// Most events replayed at start-up; past this the replay stops (and the log says so).
+    pub warm_start_max_events: u64,
 }
 
 impl Default for DetectConfig {
@@ -89,6 +94,8 @@ impl Default for DetectConfig {
             risk_window_hours: 24,
             thresholds: Thresholds::default(),
             egress: EgressConfig::default(),
+            warm_start_hours: 7 * 24,
+            warm_start_max_events: 2_000_000,
         }
     }
 }

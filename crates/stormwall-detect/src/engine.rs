@@ -38,6 +38,18 @@ pub struct EngineStats {
     pub alerts: u64,
 }
 
+/// Counts for the key of the event being observed, as every replica together saw them this
+/// hour (from the shared counters). `None`: unknown (one replica, or the counters are down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GlobalView {
+    /// Distinct client ASNs using the key this hour.
+    pub asns_hour: Option<u64>,
+    /// Distinct client countries this hour.
+    pub countries_hour: Option<u64>,
+    /// Distinct client /24 (or /48) networks this hour.
+    pub nets_hour: Option<u64>,
+}
+
 /// The detection engine. Not thread-safe by design: feed it from one task (or behind a
 /// mutex); each call is short and does no I/O.
 #[derive(Debug)]
@@ -100,6 +112,13 @@ impl Engine {
 
     /// Like [`Engine::observe`], appending to a caller-owned vector.
     pub fn observe_into(&mut self, e: &UsageEvent, out: &mut Vec<Alert>) {
+        self.observe_with(e, &GlobalView::default(), out);
+    }
+
+    /// Like [`Engine::observe_into`], with counts from every replica (the shared counters):
+    /// a detector judges the larger of its own and the global figure, so an attack spread
+    /// over several gateways is seen whole.
+    pub fn observe_with(&mut self, e: &UsageEvent, global: &GlobalView, out: &mut Vec<Alert>) {
         if !self.cfg.detect.enabled {
             return;
         }
@@ -173,6 +192,7 @@ impl Engine {
             Reference::Learning
         };
         let ctx = Ctx {
+            global,
             cfg: detect,
             points: &cfg.response.severity_points,
             disabled,

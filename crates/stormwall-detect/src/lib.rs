@@ -41,4 +41,4 @@ pub mod state;
 
 pub use config::{ConfigError, DetectConfig, EngineConfig, PolicyRule, ResponseConfig, Thresholds};
 pub use egress::{EgressFlag, EgressList};
-pub use engine::{Engine, EngineStats};
+pub use engine::{Engine, EngineStats, GlobalView};

@@ -197,9 +197,25 @@ async fn route(
             }
         }
         (Method::GET, ["events"]) => events(app, &query).await,
-        (_, ["keys"] | ["keys", _] | ["keys", _, _] | ["events"]) => {
-            Err(AdminError::MethodNotAllowed)
+        (Method::GET, ["alerts"]) => alerts(app, &query).await,
+        (Method::GET, ["alerts", id]) => alert(app, id).await,
+        (Method::POST, ["alerts", id, action]) => {
+            let (id, action) = ((*id).to_owned(), (*action).to_owned());
+            let body: NoteBody = read_json_or_default(req).await?;
+            alert_status(app, &id, &action, body.note).await
         }
+        (Method::GET, ["actions"]) => actions(app, &query).await,
+        (
+            _,
+            ["keys"]
+            | ["keys", _]
+            | ["keys", _, _]
+            | ["events"]
+            | ["alerts"]
+            | ["alerts", _]
+            | ["alerts", _, _]
+            | ["actions"],
+        ) => Err(AdminError::MethodNotAllowed),
         _ => Err(AdminError::NotFound),
     }
 }
@@ -272,6 +288,164 @@ async fn readyz(state: &AdminState) -> Response<ProxyBody> {
     }
 }
 
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// Longest operator note on an alert.
+const MAX_NOTE: usize = 2_000;
+/// Default and largest page of alerts or actions.
+const DEFAULT_ALERT_PAGE: usize = 100;
+const MAX_ALERT_PAGE: usize = 10_000;
+
+fn store_error(e: stormwall_store::StoreError) -> AdminError {
+    match e {
+        stormwall_store::StoreError::NotFound => AdminError::NotFound,
+        e => {
+            tracing::error!(error = %e, "admin: store error");
+            AdminError::Internal
+        }
+    }
+}
+
+fn time_param(query: &str, name: &str) -> Result<Option<time::OffsetDateTime>, AdminError> {
+    param(query, name)
+        .map(|v| {
+            stormwall_types::timefmt::parse(&v).map_err(|_| {
+                AdminError::BadRequest(format!("{name} must be an RFC 3339 timestamp"))
+            })
+        })
+        .transpose()
+}
+
+fn limit_param(query: &str, default: usize, max: usize) -> Result<usize, AdminError> {
+    match param(query, "limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| AdminError::BadRequest(format!("limit must be 1..={max}"))),
+        None => Ok(default),
+    }
+}
+
+fn key_param(query: &str) -> Result<Option<KeyId>, AdminError> {
+    param(query, "key")
+        .or_else(|| param(query, "key_id"))
+        .map(|k| {
+            KeyId::new(&k).map_err(|_| AdminError::BadRequest("key must be a public key id".into()))
+        })
+        .transpose()
+}
+
+#[derive(serde::Serialize)]
+struct AlertPage {
+    alerts: Vec<stormwall_store::StoredAlert>,
+}
+
+async fn alerts(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+    let detector = param(query, "detector")
+        .map(|d| {
+            d.parse::<stormwall_types::DetectorId>()
+                .map_err(|_| AdminError::BadRequest(format!("unknown detector {d:?}")))
+        })
+        .transpose()?;
+    let status = param(query, "status")
+        .map(|s| {
+            stormwall_store::AlertStatus::parse(&s).ok_or_else(|| {
+                AdminError::BadRequest("status must be open, acknowledged or false_positive".into())
+            })
+        })
+        .transpose()?;
+    let q = stormwall_store::AlertQuery {
+        key_id: key_param(query)?,
+        tenant: param(query, "tenant"),
+        detector,
+        status,
+        since: time_param(query, "since")?,
+        until: time_param(query, "until")?,
+        limit: Some(limit_param(query, DEFAULT_ALERT_PAGE, MAX_ALERT_PAGE)?),
+    };
+    let alerts = app.store.list_alerts(&q).await.map_err(store_error)?;
+    ok_json(StatusCode::OK, &AlertPage { alerts })
+}
+
+#[derive(serde::Serialize)]
+struct AlertDetail {
+    #[serde(flatten)]
+    alert: stormwall_store::StoredAlert,
+    actions: Vec<stormwall_store::ActionRecord>,
+}
+
+async fn alert(app: &AppState, id: &str) -> Result<Response<ProxyBody>, AdminError> {
+    let alert = app
+        .store
+        .get_alert(id)
+        .await
+        .map_err(store_error)?
+        .ok_or(AdminError::NotFound)?;
+    let actions = app
+        .store
+        .list_actions(&stormwall_store::ActionQuery {
+            alert_id: Some(id.to_owned()),
+            ..Default::default()
+        })
+        .await
+        .map_err(store_error)?;
+    ok_json(StatusCode::OK, &AlertDetail { alert, actions })
+}
+
+async fn alert_status(
+    app: &AppState,
+    id: &str,
+    action: &str,
+    note: Option<String>,
+) -> Result<Response<ProxyBody>, AdminError> {
+    if note
+        .as_deref()
+        .is_some_and(|n| n.len() > MAX_NOTE || n.chars().any(|c| c.is_control() && c != '\n'))
+    {
+        return Err(AdminError::BadRequest(format!(
+            "note must be at most {MAX_NOTE} bytes without control characters"
+        )));
+    }
+    let stored = match action {
+        "ack" => app
+            .store
+            .set_alert_status(
+                id,
+                stormwall_store::AlertStatus::Acknowledged,
+                note.as_deref(),
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+            .map_err(store_error)?,
+        "false-positive" => crate::detection::mark_false_positive(app, id, note.as_deref())
+            .await
+            .map_err(store_error)?,
+        _ => return Err(AdminError::NotFound),
+    };
+    ok_json(StatusCode::OK, &stored)
+}
+
+#[derive(serde::Serialize)]
+struct ActionPage {
+    actions: Vec<stormwall_store::ActionRecord>,
+}
+
+async fn actions(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+    let q = stormwall_store::ActionQuery {
+        key_id: key_param(query)?,
+        alert_id: param(query, "alert"),
+        limit: Some(limit_param(query, DEFAULT_ALERT_PAGE, MAX_ALERT_PAGE)?),
+    };
+    let actions = app.store.list_actions(&q).await.map_err(store_error)?;
+    ok_json(StatusCode::OK, &ActionPage { actions })
+}
+
 #[derive(serde::Serialize)]
 struct EventPage {
     events: Vec<stormwall_types::UsageEvent>,
@@ -338,6 +512,11 @@ mod openapi_tests {
         ("post", "/admin/keys/{id}/revoke"),
         ("post", "/admin/keys/{id}/rotate"),
         ("get", "/admin/events"),
+        ("get", "/admin/alerts"),
+        ("get", "/admin/alerts/{id}"),
+        ("post", "/admin/alerts/{id}/ack"),
+        ("post", "/admin/alerts/{id}/false-positive"),
+        ("get", "/admin/actions"),
     ];
     /// Routes served without the bearer token.
     const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/admin/openapi.json"];

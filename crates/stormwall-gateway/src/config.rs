@@ -176,8 +176,12 @@ pub struct GatewayConfig {
     pub pricing: BTreeMap<String, ModelPrice>,
     /// `[leak_reports]`: the leaked-key report endpoint.
     pub leak_reports: crate::leak_report::LeakReportsConfig,
-    /// `[alerts]`: where the gateway's own alerts go.
+    /// `[alerts]`: where alerts go (JSON lines, webhook).
     pub alerts: crate::alerts::AlertsConfig,
     /// `[safety]`: content screening of prompts and outputs.
     pub safety: crate::safety::SafetyConfig,
+    /// `[detect]`: the detectors (the same section `stormwall detect -c` reads).
+    pub detect: stormwall_detect::DetectConfig,
+    /// `[response]`: what alerts make the gateway do to keys.
+    pub response: stormwall_detect::ResponseConfig,
 }

@@ -196,6 +196,9 @@ async fn save(state: &AppState, mut record: KeyRecord) -> Result<KeyRecord, KeyE
     state.store.update_key(&record).await?;
     state.keys.upsert(record.clone());
     announce(state, &record.id).await;
+    if let Some(d) = &state.detection {
+        d.key_status(&record.id, record.status);
+    }
     Ok(record)
 }
 

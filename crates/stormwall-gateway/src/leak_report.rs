@@ -331,9 +331,11 @@ pub async fn handle_report(
                         .await
                     {
                         Ok(record) => {
-                            state
-                                .alerts
-                                .raise(&exposure_alert(&record, reporter, report_event, &t))
+                            let alert = exposure_alert(&record, reporter, report_event, &t);
+                            match &state.detection {
+                                Some(d) => d.exposure(alert).await,
+                                None => state.alerts.raise(&alert),
+                            }
                         }
                         Err(e) => {
                             tracing::error!(key_id = %id, error = %e, "revoking a reported key failed")

@@ -16,6 +16,7 @@ pub mod body;
 pub mod classify;
 pub mod client;
 pub mod config;
+pub mod detection;
 pub mod digest;
 pub mod error;
 pub mod forward;
@@ -35,6 +36,7 @@ pub mod server;
 pub mod shared_admit;
 pub mod state;
 pub mod upstream;
+pub mod webhook;
 
 pub use config::GatewayConfig;
 pub use server::{RunningGateway, StartError, check_config, start, start_with};

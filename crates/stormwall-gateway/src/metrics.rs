@@ -44,6 +44,73 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the alert counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// Detector id, e.g. `P1`.
+    pub detector: &'static str,
+    /// Severity name.
+    pub severity: &'static str,
+}
+
+/// Labels of the response-action counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// `alert`, `throttle`, `suspend` or `revoke`.
+    pub kind: &'static str,
+    /// `applied`, `already_in_effect` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Detection's own counters, read at scrape time.
+#[derive(Debug)]
+struct DetectionCollector {
+    dropped: Arc<AtomicU64>,
+    webhook: Option<Arc<crate::webhook::WebhookStats>>,
+}
+
+impl Collector for DetectionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = ConstCounter::new(self.dropped.load(Ordering::Relaxed));
+        let m = encoder.encode_descriptor(
+            "detect_events_dropped",
+            "Events that skipped detection because its queue was full",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)?;
+        if let Some(w) = &self.webhook {
+            for (name, help, v) in [
+                (
+                    "webhook_delivered",
+                    "Webhook notifications delivered",
+                    &w.delivered,
+                ),
+                (
+                    "webhook_retried",
+                    "Webhook attempts that failed and were retried",
+                    &w.retried,
+                ),
+                (
+                    "webhook_failed",
+                    "Webhook notifications given up",
+                    &w.failed,
+                ),
+                (
+                    "webhook_dropped",
+                    "Webhook notifications dropped because the queue was full",
+                    &w.dropped,
+                ),
+            ] {
+                let c = ConstCounter::new(v.load(Ordering::Relaxed));
+                let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+                c.encode(m)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -62,6 +129,10 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     /// Content-safety counters.
     pub safety: Arc<SafetyMetrics>,
+    /// Alerts stored (after de-duplication), by detector and severity.
+    pub alerts: Family<AlertLabels, Counter>,
+    /// Response actions, by kind and outcome.
+    pub actions: Family<ActionLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -197,6 +268,18 @@ impl Metrics {
             "Proxy requests in flight",
             inflight.clone(),
         );
+        let alerts = Family::<AlertLabels, Counter>::default();
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alerts raised (one per incident), by detector and severity",
+            alerts.clone(),
+        );
+        registry.register(
+            "actions",
+            "Response actions on keys, by kind and outcome",
+            actions.clone(),
+        );
         let safety = Arc::new(SafetyMetrics::register(&mut registry));
         registry.register_collector(Box::new(EventPipelineCollector {
             stats,
@@ -212,7 +295,19 @@ impl Metrics {
             inflight,
             upstream_errors,
             safety,
+            alerts,
+            actions,
         }
+    }
+
+    /// Adds detection's scrape-time counters (queue drops, webhook deliveries).
+    pub fn register_detection(
+        &mut self,
+        dropped: Arc<AtomicU64>,
+        webhook: Option<Arc<crate::webhook::WebhookStats>>,
+    ) {
+        self.registry
+            .register_collector(Box::new(DetectionCollector { dropped, webhook }));
     }
 
     /// Prometheus text exposition.

@@ -132,6 +132,9 @@ impl Recorder {
                 })
                 .inc();
         }
+        if let Some(d) = &self.state.detection {
+            d.offer(&event);
+        }
         self.state.sink.record(event);
     }
 }

@@ -60,6 +60,12 @@ pub enum StartError {
     /// `[safety]` is invalid.
     #[error(transparent)]
     Safety(#[from] crate::safety::SafetyConfigError),
+    /// `[detect]` or `[response]` is invalid.
+    #[error(transparent)]
+    Detect(#[from] stormwall_detect::ConfigError),
+    /// The `[alerts]` webhook is misconfigured.
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookConfigError),
 }
 
 /// Validates the gateway's config sections without starting anything (`config check`).
@@ -76,6 +82,20 @@ pub fn check_config(
         crate::leak_report::ReportVerifier::new(&config.leak_reports)?;
     }
     crate::safety::SafetyStage::from_config(&config.safety, env)?;
+    crate::detection::engine_config(&config.detect, &config.response, &config.ipdb)?;
+    if let Some(url) = &config.alerts.webhook_url {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            return Err(crate::webhook::WebhookConfigError::Url.into());
+        }
+        if let Some(name) = &config.alerts.webhook_secret_env
+            && env(name).is_none_or(|s| s.is_empty())
+        {
+            return Err(crate::webhook::WebhookConfigError::Secret(name.clone()).into());
+        }
+    }
     Ok(())
 }
 
@@ -167,6 +187,14 @@ pub async fn start_with(
     };
     let alerts = crate::alerts::AlertSink::open(&config.alerts).map_err(StartError::Alerts)?;
     let safety = crate::safety::SafetyStage::from_config(&config.safety, env)?.map(Arc::new);
+    let detection = if config.detect.enabled {
+        let cfg = crate::detection::engine_config(&config.detect, &config.response, &config.ipdb)?;
+        Some(crate::detection::Detection::new(cfg))
+    } else {
+        None
+    };
+    let client = upstream::http_client(&config.limits);
+    let webhook = crate::webhook::Webhook::start(&config.alerts, client.clone(), env)?;
     let keys = KeyCache::default();
     keys.replace_all(store.list_keys(&KeyFilter::default()).await?);
     let (counters, settle_task) = match counters {
@@ -180,15 +208,25 @@ pub async fn start_with(
         Arc::clone(&store) as Arc<dyn stormwall_store::EventStore>,
         events,
     );
-    let metrics = Metrics::new(
+    let mut metrics = Metrics::new(
         Arc::clone(sink.stats()),
         keys.len_counter(),
         counters
             .as_ref()
             .map(|(c, s)| (Arc::clone(c), Arc::clone(&s.dropped))),
     );
+    if let Some((d, _)) = &detection {
+        metrics.register_detection(
+            Arc::clone(d.dropped()),
+            webhook.as_ref().map(|w| Arc::clone(w.stats())),
+        );
+    }
+    let (detection, inbox) = match detection {
+        Some((d, inbox)) => (Some(d), Some(inbox)),
+        None => (None, None),
+    };
     let state = Arc::new(AppState {
-        client: upstream::http_client(&config.limits),
+        client,
         limits: config.limits.clone(),
         trusted_proxies: config.server.trusted_proxies.clone(),
         keys,
@@ -211,6 +249,8 @@ pub async fn start_with(
         safety,
         counters,
         alerts,
+        detection,
+        webhook,
     });
     load_spend(&state).await;
 
@@ -267,6 +307,9 @@ pub async fn start_with(
         background.push(spawn_change_listener(Arc::clone(&state), sub, shutdown_rx));
     }
     background.extend(settle_task);
+    if let Some(inbox) = inbox {
+        background.push(crate::detection::spawn(Arc::clone(&state), inbox));
+    }
     tracing::info!(%proxy_addr, %admin_addr, keys = state.keys.len(), "stormwall gateway listening");
     Ok(RunningGateway {
         proxy_addr,

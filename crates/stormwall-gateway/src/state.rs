@@ -50,6 +50,10 @@ pub struct AppState {
     )>,
     /// Where the gateway's own alerts go.
     pub alerts: crate::alerts::AlertSink,
+    /// The detection engine's inbox (`None`: `[detect] enabled = false`).
+    pub detection: Option<crate::detection::Detection>,
+    /// The alert and action webhook, when configured.
+    pub webhook: Option<crate::webhook::Webhook>,
     /// The content-safety stage (`None`: `[safety] enabled = false`).
     pub safety: Option<Arc<crate::safety::SafetyStage>>,
     /// The leaked-key report endpoint, when enabled: its path and signature verifier.

@@ -96,6 +96,7 @@ impl AlertStore for CountingStore {
 
 struct Harness {
     gw: Option<RunningGateway>,
+    config: GatewayConfig,
     alerts_path: Option<std::path::PathBuf>,
     upstream: MockUpstream,
     store: Arc<CountingStore>,
@@ -180,7 +181,7 @@ async fn harness_with(customize: impl FnOnce(&mut GatewayConfig)) -> Harness {
         ..Default::default()
     };
     let gw = start(
-        config,
+        config.clone(),
         Arc::clone(&store) as Arc<dyn Store>,
         &events,
         SecretString::from(ADMIN_TOKEN),
@@ -189,6 +190,7 @@ async fn harness_with(customize: impl FnOnce(&mut GatewayConfig)) -> Harness {
     .await
     .unwrap();
     Harness {
+        config,
         alerts_path,
         proxy: format!("http://{}", gw.proxy_addr),
         admin: format!("http://{}", gw.admin_addr),
@@ -1247,6 +1249,7 @@ async fn no_key_or_prompt_text_reaches_the_logs() {
     }
 }
 
+#[path = "gateway/detection.rs"]
 mod detection;
 
 mod leak_reports {
@@ -1378,14 +1381,24 @@ mod leak_reports {
             "the report itself is an event"
         );
         assert_eq!(events[1].reject_reason, Some(RejectReason::RevokedKey));
-        // One E1 alert, with the report event as evidence and no token in it.
+        // One E1 alert, with the report event as evidence and no token in it (and D1 for
+        // the retry with the revoked key).
         let path = h.alerts_path.clone().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
+        let mut text = String::new();
+        for _ in 0..200 {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let _ = std::fs::remove_file(&path);
-        let alerts: Vec<Value> = text
+        let all: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        assert!(all.iter().any(|a| a["detector"] == "D1"), "{text}");
+        let alerts: Vec<&Value> = all.iter().filter(|a| a["detector"] == "E1").collect();
         assert_eq!(alerts.len(), 1, "{text}");
         assert_eq!(alerts[0]["detector"], "E1");
         assert_eq!(alerts[0]["key_id"], leaked_id.as_str());
@@ -1529,6 +1542,16 @@ mod scale_out {
 
         /// Starts replicas whose PostgreSQL connections go through `pg_via` (a URL) when given.
         async fn start_via(n: usize, redis_url: &str, pg_via: Option<&str>) -> Option<Self> {
+            Self::start_in(n, redis_url, pg_via, unique("swgw")).await
+        }
+
+        /// Starts replicas on an existing (or new) schema.
+        async fn start_in(
+            n: usize,
+            redis_url: &str,
+            pg_via: Option<&str>,
+            schema: String,
+        ) -> Option<Self> {
             let (pg_url, default_redis) = urls()?;
             let redis_url = if redis_url.is_empty() {
                 default_redis
@@ -1536,7 +1559,6 @@ mod scale_out {
                 redis_url.to_owned()
             };
             let upstream = MockUpstream::start().await.unwrap();
-            let schema = unique("swgw");
             let prefix = format!("{}:", unique("swgw"));
             let mut replicas = Vec::new();
             for _ in 0..n {
@@ -1559,6 +1581,16 @@ mod scale_out {
                         admin_listen: "127.0.0.1:0".parse().unwrap(),
                         key_refresh_secs: 3600, // only pub/sub may spread changes in these tests
                         ..Default::default()
+                    },
+                    ipdb: IpDbConfig {
+                        path: Some(
+                            concat!(
+                                env!("CARGO_MANIFEST_DIR"),
+                                "/../../tests/data/ip2asn-test.tsv"
+                            )
+                            .into(),
+                        ),
+                        extra_paths: vec![],
                     },
                     upstreams: vec![UpstreamConfig::Openai {
                         name: "openai-mock".into(),
@@ -1658,6 +1690,114 @@ mod scale_out {
             let _ = task.await;
             events
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spread_over_replicas_is_seen_whole_and_raised_once() {
+        let Some((pg_url, _)) = urls() else {
+            return;
+        };
+        // A key with a week of office history, stored before the replicas start: their
+        // warm start gives each the key's baseline (one network, one country).
+        let schema = unique("swgw");
+        let mut pg = PostgresConfig::from_url(&pg_url);
+        pg.schema = Some(schema.clone());
+        let store = PostgresStore::open(&pg).await.unwrap();
+        let key = stormwall_types::ApiKey::generate();
+        let now = time::OffsetDateTime::now_utc();
+        let record = KeyRecord {
+            id: key.id(),
+            tenant: "acme".into(),
+            kind: stormwall_types::KeyKind::Normal,
+            status: stormwall_types::KeyStatus::Active,
+            hash: key.hash(),
+            last4: key.last4().to_owned(),
+            label: None,
+            scope: Default::default(),
+            created_at: now - time::Duration::days(7),
+            updated_at: now - time::Duration::days(7),
+            status_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+        };
+        store.insert_key(&record).await.unwrap();
+        let history: Vec<UsageEvent> = (0..200)
+            .map(|i| {
+                // Ends two hours ago, so the current hour holds only the relay's requests.
+                let at = now - time::Duration::hours(2) - time::Duration::minutes(30 * (200 - i));
+                let mut e = UsageEvent::new(
+                    format!("00000000-0000-7000-8000-{i:012}"),
+                    at,
+                    "127.0.0.10".parse().unwrap(),
+                    "POST",
+                    "/v1/chat/completions",
+                );
+                e.key_id = Some(record.id.clone());
+                e.tenant = Some("acme".into());
+                e.source_asn = Some(64500);
+                e.source_country = Some("US".into());
+                e.user_agent = Some("OpenAI/Python 1.51.0".into());
+                e.endpoint = Some(stormwall_types::Endpoint::ChatCompletions);
+                e.model = Some("gpt-4o-mini".into());
+                e.status = 200;
+                e
+            })
+            .collect();
+        store.insert_events(&history).await.unwrap();
+        let Some(c) = Cluster::start_in(2, "", None, schema).await else {
+            return;
+        };
+        let secret = key.expose().to_owned();
+        let p1 = || async {
+            store
+                .list_alerts(&AlertQuery {
+                    key_id: Some(record.id.clone()),
+                    detector: Some(stormwall_types::DetectorId::P1),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        };
+        // A relay's clients in three countries. Replica 1 sees one network of its own
+        // (under P1's threshold of two countries an hour); only the shared count shows two.
+        // Then replica 0 sees a second country itself: the same incident, not a new alert.
+        let sources = [("127.0.1.7", 0), ("127.0.2.7", 1), ("127.0.3.7", 0)];
+        for (n, (src, replica)) in sources.into_iter().enumerate() {
+            let r = http_request(
+                "POST",
+                &format!("{}/v1/chat/completions", c.proxies[replica]),
+                &[("authorization", &format!("Bearer {secret}"))],
+                chat_body("gpt-4o-mini", false),
+                Some(src.parse().unwrap()),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            // Each replica's detection task takes the event before the next request.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if n == 1 {
+                let mut found = Vec::new();
+                for _ in 0..100 {
+                    found = p1().await;
+                    if !found.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(found.len(), 1, "P1 from the global view: {found:#?}");
+                let countries = found[0]
+                    .alert
+                    .features
+                    .iter()
+                    .find(|f| f.name == "distinct_countries_hour")
+                    .unwrap();
+                assert!(countries.value >= 2.0, "{:?}", found[0].alert.features);
+                assert!(found[0].alert.explanation.contains("every gateway replica"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(p1().await.len(), 1, "one P1 alert for the incident");
+        c.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! A small client for a running gateway's admin API, used by the `keys` commands.
+//! A small client for a running gateway's admin API, used by the `keys` and `alerts` commands.
 
 use std::path::PathBuf;
 
@@ -111,4 +111,22 @@ impl AdminClient {
         }
         Ok(json)
     }
+}
+
+/// A string field of a JSON object, or `""`.
+pub fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
+    v.get(k).and_then(serde_json::Value::as_str).unwrap_or("")
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

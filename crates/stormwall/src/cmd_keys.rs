@@ -7,7 +7,7 @@ use anyhow::Context;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::admin_client::{AdminClient, AdminTarget};
+use crate::admin_client::{AdminClient, AdminTarget, encode, field as s};
 
 /// Key commands.
 #[derive(Debug, clap::Subcommand)]
@@ -255,20 +255,4 @@ async fn simple(
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

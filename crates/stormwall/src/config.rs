@@ -47,6 +47,12 @@ pub struct FileConfig {
     /// `[safety]` (gateway): content screening of prompts and outputs.
     #[serde(default)]
     pub safety: stormwall_gateway::safety::SafetyConfig,
+    /// `[detect]` (detection, live in `serve` and offline in `detect`).
+    #[serde(default)]
+    pub detect: stormwall_detect::DetectConfig,
+    /// `[response]` (detection): what alerts make the gateway do to keys.
+    #[serde(default)]
+    pub response: stormwall_detect::ResponseConfig,
 }
 
 impl FileConfig {
@@ -73,6 +79,8 @@ impl FileConfig {
             leak_reports: self.leak_reports.clone(),
             alerts: self.alerts.clone(),
             safety: self.safety.clone(),
+            detect: self.detect.clone(),
+            response: self.response.clone(),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod admin_client;
 #[cfg(test)]
 mod architecture;
+mod cmd_alerts;
 mod cmd_config;
 mod cmd_demo;
 mod cmd_detect;
@@ -47,6 +48,9 @@ enum Command {
     /// Manage keys through a running gateway's admin API.
     #[command(subcommand)]
     Keys(cmd_keys::KeysCommand),
+    /// Detection alerts through a running gateway's admin API: list, show, ack, false-positive.
+    #[command(subcommand)]
+    Alerts(cmd_alerts::AlertsCommand),
     /// Read events from the store.
     #[command(subcommand)]
     Events(cmd_events::EventsCommand),
@@ -95,6 +99,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Serve(a) => cmd_serve::run(a).await,
             Command::Keys(c) => cmd_keys::run(c).await,
+            Command::Alerts(c) => cmd_alerts::run(c).await,
             Command::Events(c) => cmd_events::run(c).await,
             Command::Migrate(a) => cmd_migrate::run(a).await,
             Command::Config(c) => cmd_config::run(c),

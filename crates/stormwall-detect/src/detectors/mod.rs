@@ -166,6 +166,8 @@ impl Obs {
 
 /// What a detector needs besides the key's state.
 pub struct Ctx<'a> {
+    /// Counts from every replica, when the gateway shares counters.
+    pub global: &'a crate::engine::GlobalView,
     /// `[detect]`.
     pub cfg: &'a DetectConfig,
     /// Points per severity.

@@ -31,8 +31,9 @@ pub fn p1_dispersion(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let thr_cc = (f64::from(th.p1_countries_per_hour))
         .max((th.p1_baseline_factor * f64::from(peak_cc)).ceil())
         * f;
-    let asns = ks.hour.asns.count() as f64;
-    let ccs = ks.hour.countries.count() as f64;
+    let g = ctx.global;
+    let asns = (ks.hour.asns.count() as u64).max(g.asns_hour.unwrap_or(0)) as f64;
+    let ccs = (ks.hour.countries.count() as u64).max(g.countries_hour.unwrap_or(0)) as f64;
     if asns < thr_asn && ccs < thr_cc {
         return;
     }
@@ -41,14 +42,19 @@ pub fn p1_dispersion(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     } else {
         Severity::Medium
     };
-    let nets = ks.hour.nets.count() as f64;
+    let nets = (ks.hour.nets.count() as u64).max(g.nets_hour.unwrap_or(0)) as f64;
     ctx.emit(ks, out, DetectorId::P1, sev, |ks| Finding {
         explanation: format!(
             "Key {} was used from {asns:.0} networks (ASNs) in {ccs:.0} countries and {nets:.0} \
              /24s within one hour; it usually peaks at {peak_asn:.0} ASNs and {peak_cc:.0} \
              countries. One key spread over many networks is what a shared relay or a key \
-             shared among many people looks like.",
-            ks.key
+             shared among many people looks like.{}",
+            ks.key,
+            if g.asns_hour.is_some() {
+                " Counts are over every gateway replica."
+            } else {
+                ""
+            }
         ),
         features: vec![
             feat("distinct_asns_hour", asns, Some(thr_asn)),

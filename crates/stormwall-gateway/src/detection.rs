@@ -1,0 +1,563 @@
+//! Detection in the gateway: every closed event is offered to one task that owns the
+//! detection [`Engine`] (the same code `stormwall detect` runs offline), stores the alerts it
+//! raises, and applies the response policy's actions to keys through the store and the key
+//! cache — so the attacker's next request is refused.
+//!
+//! The request path only clones the event into a bounded channel (`try_send`); a full
+//! channel drops the event for detection (counted), never delays a request. Alerts carry an
+//! incident name (detector, subject, cooldown window) the store de-duplicates on, so
+//! replicas that each see part of an attack raise it once; actions check the key's current
+//! status first, so a key another replica already suspended is not suspended again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use stormwall_detect::{
+    ConfigError, DetectConfig, Engine, EngineConfig, GlobalView, ResponseConfig,
+};
+use stormwall_store::{ActionOutcome, ActionRecord, AlertStatus, StoredAlert};
+use stormwall_types::{Action, ActionKind, Alert, KeyId, KeyStatus, UsageEvent};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{ActionLabels, AlertLabels};
+use crate::state::AppState;
+
+/// Events waiting for the detection task; past this, events skip detection (counted).
+const EVENT_QUEUE: usize = 65_536;
+/// Operator and lifecycle notices waiting for the detection task.
+const CONTROL_QUEUE: usize = 1_024;
+
+/// Builds the engine's configuration from `[detect]`, `[response]` and the gateway's
+/// ip-to-ASN TSV files (their `hosting`/`vpn`/`tor` flags feed detector P3).
+pub fn engine_config(
+    detect: &DetectConfig,
+    response: &ResponseConfig,
+    ipdb: &crate::config::IpDbConfig,
+) -> Result<EngineConfig, ConfigError> {
+    let mut cfg = EngineConfig::new(detect.clone(), response.clone())?;
+    for path in ipdb.path.iter().chain(ipdb.extra_paths.iter()) {
+        let is_tsv = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("tsv") || e.eq_ignore_ascii_case("txt"));
+        if !is_tsv {
+            continue;
+        }
+        // Unreadable files are reported by the IP database loader, which runs first.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            cfg.egress.add_tsv(&text)?;
+        }
+    }
+    Ok(cfg)
+}
+
+enum Control {
+    Exposure(Box<Alert>),
+    KeyStatus {
+        key: KeyId,
+        status: KeyStatus,
+        at: OffsetDateTime,
+    },
+    FalsePositive {
+        alert: Box<Alert>,
+        done: oneshot::Sender<bool>,
+    },
+}
+
+/// The request path's handle on detection.
+#[derive(Debug)]
+pub struct Detection {
+    events: mpsc::Sender<UsageEvent>,
+    control: mpsc::Sender<Control>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+/// The detection task's side of the channels, handed to [`spawn`].
+pub struct DetectionInbox {
+    engine: Engine,
+    events: mpsc::Receiver<UsageEvent>,
+    control: mpsc::Receiver<Control>,
+}
+
+impl Detection {
+    /// Creates the handle and the inbox its task will read.
+    pub fn new(cfg: EngineConfig) -> (Self, DetectionInbox) {
+        let (etx, erx) = mpsc::channel(EVENT_QUEUE);
+        let (ctx, crx) = mpsc::channel(CONTROL_QUEUE);
+        (
+            Self {
+                events: etx,
+                control: ctx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            DetectionInbox {
+                engine: Engine::new(cfg),
+                events: erx,
+                control: crx,
+            },
+        )
+    }
+
+    /// Offers a closed event to the detectors without waiting.
+    pub fn offer(&self, event: &UsageEvent) {
+        if self.events.try_send(event.clone()).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events that skipped detection because its queue was full.
+    pub fn dropped(&self) -> &Arc<AtomicU64> {
+        &self.dropped
+    }
+
+    /// Tells the engine a key's status changed outside it (operator, leak report). Never
+    /// waits: the detection task itself changes keys, and must not wait on its own inbox.
+    pub fn key_status(&self, key: &KeyId, status: KeyStatus) {
+        let notice = Control::KeyStatus {
+            key: key.clone(),
+            status,
+            at: OffsetDateTime::now_utc(),
+        };
+        if self.control.try_send(notice).is_err() {
+            tracing::warn!(key_id = %key, "detection inbox full; key status change not noted");
+        }
+    }
+
+    /// Records an exposure (E1 alert about a key, e.g. from a leaked-key report): the
+    /// engine arms H2 and counts it in the key's risk, and the alert is stored and sent.
+    pub async fn exposure(&self, alert: Alert) {
+        let _ = self.control.send(Control::Exposure(Box::new(alert))).await;
+    }
+
+    /// Operator feedback: the alert was wrong; the key's baseline learns from it. Returns
+    /// whether the engine held state for the key.
+    pub async fn false_positive(&self, alert: Alert) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self
+            .control
+            .send(Control::FalsePositive {
+                alert: Box::new(alert),
+                done,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// The incident an alert belongs to: one per detector, subject and cooldown window, so
+/// replicas that each see part of one attack store one alert.
+pub fn incident(alert: &Alert, window_secs: u32) -> String {
+    let subject = match (&alert.key_id, alert.source_ip) {
+        (Some(k), _) => k.as_str().to_owned(),
+        (None, Some(ip)) => ip.to_string(),
+        (None, None) => alert.id.clone(),
+    };
+    let bucket = alert.at.unix_timestamp() / i64::from(window_secs.max(1));
+    format!("{}:{subject}:{bucket}", alert.detector.as_str())
+}
+
+/// Runs the detection task until the handle is dropped.
+#[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
+pub fn spawn(state: Arc<AppState>, inbox: DetectionInbox) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(state, inbox))
+}
+
+async fn run(state: Arc<AppState>, inbox: DetectionInbox) {
+    let DetectionInbox {
+        mut engine,
+        mut events,
+        mut control,
+    } = inbox;
+    let window = engine.config().detect.alert_cooldown_secs;
+    warm_start(&state, &mut engine).await;
+    let mut alerts = Vec::new();
+    let mut shared = SharedView::default();
+    loop {
+        tokio::select! {
+            biased;
+            c = control.recv() => match c {
+                Some(c) => on_control(&state, &mut engine, window, c).await,
+                None => return,
+            },
+            e = events.recv() => match e {
+                Some(e) => {
+                    alerts.clear();
+                    let global = shared.view(&state, &e).await;
+                    engine.observe_with(&e, &global, &mut alerts);
+                    for alert in alerts.drain(..) {
+                        handle_alert(&state, &mut engine, window, alert).await;
+                    }
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Most (key, hour, network) entries remembered before the memory is cleared early.
+const MAX_SEEN: usize = 1_000_000;
+
+/// Per-key counts across replicas, from the shared counters' distinct-count sketches. Each
+/// replica adds a key's client network to the shared sketch the first time it sees it in
+/// an hour, and only then re-reads the counts — so the steady state costs no round trip,
+/// and whichever replica sees the network that completes a spread reads the whole of it.
+#[derive(Default)]
+struct SharedView {
+    hour: i64,
+    seen: std::collections::HashSet<(KeyId, u8, String)>,
+    views: std::collections::HashMap<KeyId, GlobalView>,
+}
+
+/// Sketch names in the shared counters, one per kind of network.
+const SETS: [&str; 3] = ["p1_asn", "p1_country", "p1_net"];
+
+impl SharedView {
+    async fn view(&mut self, state: &AppState, e: &UsageEvent) -> GlobalView {
+        let (Some((counters, _)), Some(key)) = (&state.counters, &e.key_id) else {
+            return GlobalView::default();
+        };
+        if !counters.health().available {
+            return GlobalView::default();
+        }
+        let hour = e.timestamp.unix_timestamp().div_euclid(3600);
+        if hour != self.hour || self.seen.len() > MAX_SEEN {
+            self.hour = hour;
+            self.seen.clear();
+            self.views.clear();
+        }
+        let net = match e.source_ip {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+            }
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            }
+        };
+        let items = [
+            e.source_asn.map(|a| a.to_string()),
+            e.source_country.clone(),
+            Some(net),
+        ];
+        let mut added = false;
+        for (i, item) in items.into_iter().enumerate() {
+            let Some(item) = item else { continue };
+            if !self.seen.insert((key.clone(), i as u8, item.clone())) {
+                continue;
+            }
+            added = true;
+            if let Err(e) = counters
+                .distinct_add(SETS[i], key, e.timestamp, &[item.as_str()])
+                .await
+            {
+                tracing::debug!(error = %e, "cannot add to a shared distinct count");
+                return GlobalView::default();
+            }
+        }
+        if !added {
+            return self.views.get(key).copied().unwrap_or_default();
+        }
+        let mut counts = [None; 3];
+        for (i, set) in SETS.iter().enumerate() {
+            counts[i] = counters
+                .distinct_count(set, key, e.timestamp, e.timestamp)
+                .await
+                .ok();
+        }
+        let view = GlobalView {
+            asns_hour: counts[0],
+            countries_hour: counts[1],
+            nets_hour: counts[2],
+        };
+        self.views.insert(key.clone(), view);
+        view
+    }
+}
+
+/// Events read per store query while warming up.
+const WARM_PAGE: usize = 5_000;
+
+/// Replays recent stored events into the engine so baselines survive a restart and a new
+/// replica starts with what the others learned. Alerts the replay raises are history (they
+/// were raised when the events happened): they shape the risk scores but are not acted on.
+async fn warm_start(state: &AppState, engine: &mut Engine) {
+    let hours = engine.config().detect.warm_start_hours;
+    let max = engine.config().detect.warm_start_max_events;
+    if hours == 0 || max == 0 {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let since = OffsetDateTime::now_utc() - time::Duration::hours(i64::from(hours));
+    let mut query = stormwall_store::EventQuery {
+        since: Some(since),
+        limit: Some(WARM_PAGE),
+        ..Default::default()
+    };
+    let mut replayed: u64 = 0;
+    let mut scratch = Vec::new();
+    loop {
+        let page = match state.store.query_events(&query).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, replayed, "detection warm start stopped: cannot read events");
+                break;
+            }
+        };
+        for e in &page {
+            scratch.clear();
+            engine.observe_into(e, &mut scratch);
+            // Decisions update the keys' levels the way they did live; actions were applied then.
+            for a in &scratch {
+                let _ = engine.decide(a);
+            }
+            replayed += 1;
+        }
+        let full = page.len() == WARM_PAGE;
+        match page.last() {
+            Some(last) if full && replayed < max => query.after_id = Some(last.id.clone()),
+            _ => break,
+        }
+        tokio::task::yield_now().await;
+    }
+    if replayed >= max {
+        tracing::warn!(
+            replayed,
+            "detection warm start hit warm_start_max_events; older baselines are partial"
+        );
+    }
+    tracing::info!(
+        replayed,
+        hours,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "detection warmed from stored events"
+    );
+}
+
+async fn on_control(state: &AppState, engine: &mut Engine, window: u32, c: Control) {
+    match c {
+        Control::KeyStatus { key, status, at } => engine.key_status(&key, status, at),
+        Control::Exposure(reported) => {
+            let Some(key) = reported.key_id.clone() else {
+                return;
+            };
+            let source = reported
+                .subjects
+                .iter()
+                .find(|s| s.kind == "reporter")
+                .map_or("exposure report", |s| s.value.as_str())
+                .to_owned();
+            let engine_alert =
+                engine.note_exposure(&key, reported.tenant.as_deref(), reported.at, &source);
+            // The report's own description, under the id the engine's risk ledger knows.
+            let alert = Alert {
+                id: engine_alert.id,
+                ..*reported
+            };
+            handle_alert(state, engine, window, alert).await;
+        }
+        Control::FalsePositive { alert, done } => {
+            let _ = done.send(engine.false_positive(&alert));
+        }
+    }
+}
+
+/// Stores, announces and acts on one alert.
+async fn handle_alert(state: &AppState, engine: &mut Engine, window: u32, alert: Alert) {
+    let fresh = match state
+        .store
+        .insert_alert(&alert, &incident(&alert, window))
+        .await
+    {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            // Announce anyway: losing the record is better than losing the alert.
+            tracing::error!(alert_id = %alert.id, error = %e, "cannot store an alert");
+            true
+        }
+    };
+    if fresh {
+        state
+            .metrics
+            .alerts
+            .get_or_create(&AlertLabels {
+                detector: alert.detector.as_str(),
+                severity: alert.severity.as_str(),
+            })
+            .inc();
+        state.alerts.raise(&alert);
+        if let Some(hook) = &state.webhook {
+            hook.send_alert(&alert);
+        }
+    }
+    let Some(action) = engine.decide(&alert) else {
+        return;
+    };
+    let record = apply(state, &action).await;
+    state
+        .metrics
+        .actions
+        .get_or_create(&ActionLabels {
+            kind: action.kind.as_str(),
+            outcome: outcome_name(record.outcome),
+        })
+        .inc();
+    if record.outcome == ActionOutcome::Applied && action.kind != ActionKind::Alert {
+        tracing::warn!(
+            key_id = %action.key_id,
+            action = %action.kind,
+            alert_id = %action.alert_id,
+            risk_score = action.risk_score,
+            reason = %action.reason,
+            "response action applied"
+        );
+        if let Some(hook) = &state.webhook {
+            hook.send_action(&record);
+        }
+    }
+    if let Err(e) = state.store.record_action(&record).await {
+        tracing::error!(key_id = %action.key_id, error = %e, "cannot record an action");
+    }
+}
+
+fn outcome_name(o: ActionOutcome) -> &'static str {
+    match o {
+        ActionOutcome::Applied => "applied",
+        ActionOutcome::AlreadyInEffect => "already_in_effect",
+        ActionOutcome::Failed => "failed",
+    }
+}
+
+/// Applies an action to its key and says what happened.
+async fn apply(state: &AppState, action: &Action) -> ActionRecord {
+    let (outcome, message) = match apply_inner(state, action).await {
+        Ok(o) => (o, None),
+        Err(e) => (ActionOutcome::Failed, Some(e.to_string())),
+    };
+    ActionRecord {
+        id: crate::recorder::event_id(),
+        action: action.clone(),
+        outcome,
+        message,
+        applied_at: OffsetDateTime::now_utc(),
+    }
+}
+
+async fn apply_inner(
+    state: &AppState,
+    action: &Action,
+) -> Result<ActionOutcome, crate::keys::KeyError> {
+    let id = action.key_id.as_str();
+    let reason = Some(truncate_reason(&action.reason));
+    match action.kind {
+        ActionKind::Alert => Ok(ActionOutcome::Applied),
+        ActionKind::Throttle => {
+            let record = crate::keys::get(state, id).await?;
+            let rpm = action.throttle_rpm.unwrap_or(1).max(1);
+            if record.status != KeyStatus::Active || record.scope.rpm.is_some_and(|r| r <= rpm) {
+                return Ok(ActionOutcome::AlreadyInEffect);
+            }
+            let mut scope = record.scope.clone();
+            scope.rpm = Some(rpm);
+            crate::keys::update(
+                state,
+                id,
+                crate::keys::UpdateKey {
+                    label: None,
+                    scope: Some(scope),
+                },
+            )
+            .await?;
+            Ok(ActionOutcome::Applied)
+        }
+        ActionKind::Suspend => {
+            let record = crate::keys::get(state, id).await?;
+            if record.status != KeyStatus::Active {
+                return Ok(ActionOutcome::AlreadyInEffect);
+            }
+            crate::keys::suspend(state, id, reason).await?;
+            Ok(ActionOutcome::Applied)
+        }
+        ActionKind::Revoke => {
+            let record = crate::keys::get(state, id).await?;
+            if record.status == KeyStatus::Revoked {
+                return Ok(ActionOutcome::AlreadyInEffect);
+            }
+            crate::keys::revoke(state, id, reason).await?;
+            Ok(ActionOutcome::Applied)
+        }
+    }
+}
+
+fn truncate_reason(s: &str) -> String {
+    crate::request::truncate(s, 500).to_owned()
+}
+
+/// Marks an alert false-positive in the store and teaches the engine.
+pub async fn mark_false_positive(
+    state: &AppState,
+    id: &str,
+    note: Option<&str>,
+) -> Result<StoredAlert, stormwall_store::StoreError> {
+    let stored = state
+        .store
+        .set_alert_status(
+            id,
+            AlertStatus::FalsePositive,
+            note,
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    if let Some(d) = &state.detection {
+        d.false_positive(stored.alert.clone()).await;
+    }
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stormwall_types::{DetectorId, Severity, Stage};
+
+    fn alert(at: i64, key: Option<&str>) -> Alert {
+        Alert {
+            id: format!("a{at}"),
+            detector: DetectorId::P1,
+            stage: Stage::Proxy,
+            severity: Severity::High,
+            at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
+            key_id: key.map(|k| KeyId::new(k).unwrap()),
+            tenant: None,
+            source_ip: Some("127.0.0.1".parse().unwrap()),
+            features: Vec::new(),
+            subjects: Vec::new(),
+            explanation: String::new(),
+            evidence: Vec::new(),
+            score: 1.0,
+        }
+    }
+
+    #[test]
+    fn incidents_group_by_detector_subject_and_window() {
+        let k = "abcdefghijkl";
+        assert_eq!(
+            incident(&alert(600, Some(k)), 600),
+            incident(&alert(1199, Some(k)), 600)
+        );
+        assert_ne!(
+            incident(&alert(1199, Some(k)), 600),
+            incident(&alert(1200, Some(k)), 600)
+        );
+        assert_eq!(incident(&alert(5, None), 0), "P1:127.0.0.1:5");
+    }
+}

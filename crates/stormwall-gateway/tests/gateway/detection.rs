@@ -1,0 +1,396 @@
+//! Detection live in the gateway: events reach the engine, alerts are stored with their
+//! evidence, actions stop keys on their next request, operators review alerts, and the
+//! webhook delivers signed notifications with retries.
+
+use super::*;
+use stormwall_testkit::Fault;
+
+const CORP: &str = "127.0.0.10";
+const HOSTING: &str = "127.0.2.20";
+
+/// The office network's client, as the events of the key's past weeks recorded it.
+fn office_event(key: &str, tenant: &str, at: time::OffsetDateTime, n: usize) -> UsageEvent {
+    let mut e = UsageEvent::new(
+        format!("00000000-0000-7000-8000-{n:012}"),
+        at,
+        CORP.parse().unwrap(),
+        "POST",
+        "/v1/chat/completions",
+    );
+    e.key_id = Some(KeyId::new(key).unwrap());
+    e.tenant = Some(tenant.to_owned());
+    e.source_asn = Some(64500);
+    e.source_country = Some("US".into());
+    e.user_agent = Some("OpenAI/Python 1.51.0".into());
+    e.header_names = ["host", "content-type", "authorization", "user-agent"]
+        .map(String::from)
+        .to_vec();
+    e.endpoint = Some(stormwall_types::Endpoint::ChatCompletions);
+    e.model = Some("gpt-4o-mini".into());
+    e.system_prompt_hash = Some("5a1c0ffee5a1c0ffee5a1c0ffee5a1c0".into());
+    e.prompt_messages = 2;
+    e.prompt_chars = 200;
+    e.input_tokens = Some(60);
+    e.output_tokens = Some(120);
+    e.status = 200;
+    e
+}
+
+/// Three days of a key's office traffic (every 20 minutes in working hours), stored as
+/// the gateway would have recorded it.
+async fn office_history(h: &Harness, key: &str, tenant: &str, first_id: usize) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut events = Vec::new();
+    for i in 0..(3 * 24 * 3) {
+        let at = now - time::Duration::minutes(20 * (3 * 24 * 3 - i as i64));
+        events.push(office_event(key, tenant, at, first_id + i));
+    }
+    h.store.insert_events(&events).await.unwrap();
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+fn chat_with(system: &str, user: &str) -> String {
+    json!({
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user}
+        ]
+    })
+    .to_string()
+}
+
+impl Harness {
+    /// A chat request from `from` with the given user agent.
+    async fn chat_as(&self, key: &str, from: &str, ua: &str, body: &str) -> TestResponse {
+        let auth = format!("Bearer {key}");
+        http_request(
+            "POST",
+            &format!("{}/v1/chat/completions", self.proxy),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+                ("user-agent", ua),
+            ],
+            body.to_owned(),
+            ip(from),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn alerts(&self, query: &str) -> Vec<Value> {
+        let r = self
+            .admin_call("GET", &format!("/admin/alerts{query}"), Value::Null)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json().unwrap()["alerts"].as_array().unwrap().clone()
+    }
+
+    /// Waits until the alert list for `query` has at least `n` entries.
+    async fn wait_alerts(&self, query: &str, n: usize) -> Vec<Value> {
+        for _ in 0..300 {
+            let a = self.alerts(query).await;
+            if a.len() >= n {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "fewer than {n} alerts for {query}: {:#?}",
+            self.alerts("").await
+        );
+    }
+
+    /// Stops the gateway and starts a new one on the same store and config.
+    async fn restart(&mut self) {
+        self.shutdown().await;
+        let gw = start(
+            self.config.clone(),
+            Arc::clone(&self.store) as Arc<dyn Store>,
+            &EventsConfig {
+                flush_interval_ms: 10,
+                ..Default::default()
+            },
+            SecretString::from(ADMIN_TOKEN),
+            &env,
+        )
+        .await
+        .unwrap();
+        self.proxy = format!("http://{}", gw.proxy_addr);
+        self.admin = format!("http://{}", gw.admin_addr);
+        self.gw = Some(gw);
+    }
+
+    async fn key_status(&self, id: &str) -> String {
+        let r = self
+            .admin_call("GET", &format!("/admin/keys/{id}"), Value::Null)
+            .await;
+        r.json().unwrap()["status"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_use_raises_a_stored_alert_with_its_event_as_evidence() {
+    let mut h = harness().await;
+    let (canary, canary_id) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;
+    let r = h.chat(&canary, "gpt-4o-mini").await;
+    assert_eq!(r.status, 401);
+    let event_id = r.header("x-request-id").unwrap().to_owned();
+    let alerts = h.wait_alerts(&format!("?key={canary_id}"), 1).await;
+    let a = &alerts[0];
+    assert_eq!(a["detector"], "H1");
+    assert_eq!(a["severity"], "critical");
+    assert_eq!(a["status"], "open");
+    assert_eq!(a["tenant"], "acme");
+    assert!(
+        a["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == &json!(event_id)),
+        "{a:#}"
+    );
+    assert!(!a["explanation"].as_str().unwrap().is_empty());
+    // Filters: by detector and tenant; a detector with no alerts gives none.
+    assert_eq!(h.alerts("?detector=H1&tenant=acme").await.len(), 1);
+    assert!(h.alerts("?detector=P1").await.is_empty());
+    assert!(h.alerts("?tenant=other").await.is_empty());
+    let bad = h
+        .admin_call("GET", "/admin/alerts?detector=Z9", Value::Null)
+        .await;
+    assert_eq!(bad.status, 400);
+    // The alert shows its actions (a canary is only ever notified about).
+    let id = a["id"].as_str().unwrap();
+    let detail = h
+        .admin_call("GET", &format!("/admin/alerts/{id}"), Value::Null)
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(detail["id"], a["id"]);
+    for act in detail["actions"].as_array().unwrap() {
+        assert_eq!(act["action"]["kind"], "alert");
+    }
+    let metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
+    assert!(
+        metrics.contains(r#"stormwall_alerts_total{detector="H1",severity="critical"} 1"#),
+        "{metrics}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_key_is_not() {
+    let mut h = harness().await;
+    let (stolen, stolen_id) = h.key(json!({"tenant": "acme"})).await;
+    let (legit, legit_id) = h.key(json!({"tenant": "acme"})).await;
+    // The owners' past days: one office network, the SDK, one system prompt. A restart
+    // replays them into the detectors (warm start), as after any deployment.
+    office_history(&h, &stolen_id, "acme", 0).await;
+    office_history(&h, &legit_id, "acme", 10_000).await;
+    h.restart().await;
+    let sdk = "OpenAI/Python 1.51.0";
+    let system = "You are the support assistant of Acme Hardware.";
+    for key in [&stolen, &legit] {
+        let r = h
+            .chat_as(key, CORP, sdk, &chat_with(system, "Opening hours?"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The thief: a rented server, another client, a role-play front-end's prompts.
+    let mut served = 0;
+    for i in 0..12 {
+        let body = chat_with(
+            &format!("You are {{{{char}}}} number {i}. Stay in character with {{{{user}}}}."),
+            "Hello there",
+        );
+        let r = h.chat_as(&stolen, HOSTING, "axios/1.6.8", &body).await;
+        if r.status == 200 {
+            served += 1;
+        } else {
+            assert_eq!(r.status, 401, "{}", r.text());
+        }
+        if h.key_status(&stolen_id).await != "active" {
+            break;
+        }
+        // Give the detection task its turn, as real traffic's pacing would.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut status = h.key_status(&stolen_id).await;
+    for _ in 0..100 {
+        if status != "active" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = h.key_status(&stolen_id).await;
+    }
+    assert_eq!(status, "suspended", "{:#?}", h.alerts("").await);
+    assert!(served <= 5, "the attacker was served {served} requests");
+    // Stopped on the very next request.
+    let r = h
+        .chat_as(&stolen, HOSTING, "axios/1.6.8", &chat_with(system, "again"))
+        .await;
+    assert_eq!(r.status, 401);
+    // The record explains itself: the action, the alert that caused it, its evidence.
+    let key = h
+        .admin_call("GET", &format!("/admin/keys/{stolen_id}"), Value::Null)
+        .await
+        .json()
+        .unwrap();
+    assert!(!key["status_reason"].as_str().unwrap_or("").is_empty());
+    let actions = h
+        .admin_call(
+            "GET",
+            &format!("/admin/actions?key={stolen_id}"),
+            Value::Null,
+        )
+        .await
+        .json()
+        .unwrap();
+    let suspend = actions["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"]["kind"] == "suspend")
+        .expect("a suspend action is recorded")
+        .clone();
+    assert_eq!(suspend["outcome"], "applied");
+    let cause = suspend["action"]["alert_id"].as_str().unwrap();
+    let alert = h
+        .admin_call("GET", &format!("/admin/alerts/{cause}"), Value::Null)
+        .await
+        .json()
+        .unwrap();
+    let events = h.events(1).await;
+    for ev in alert["evidence"].as_array().unwrap() {
+        assert!(
+            events.iter().any(|e| json!(e.id) == *ev),
+            "evidence {ev} is a stored event"
+        );
+    }
+    // The owners' other key carries on.
+    assert_eq!(h.key_status(&legit_id).await, "active");
+    let r = h
+        .chat_as(&legit, CORP, sdk, &chat_with(system, "Still fine?"))
+        .await;
+    assert_eq!(r.status, 200);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_ack_and_mark_false_positives() {
+    let mut h = harness().await;
+    let (canary, canary_id) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;
+    h.chat(&canary, "gpt-4o-mini").await;
+    let id = h.wait_alerts(&format!("?key={canary_id}"), 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/alerts/{id}/ack"),
+            json!({"note": "seen by on-call"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["status"], "acknowledged");
+    assert_eq!(r.json().unwrap()["note"], "seen by on-call");
+    assert_eq!(h.alerts("?status=acknowledged").await.len(), 1);
+    assert!(h.alerts("?status=open").await.is_empty());
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/alerts/{id}/false-positive"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.json().unwrap()["status"], "false_positive");
+    // Unknown alerts and actions are 404; bad notes are 400.
+    let r = h
+        .admin_call("POST", "/admin/alerts/nope/ack", Value::Null)
+        .await;
+    assert_eq!(r.status, 404);
+    let r = h
+        .admin_call("POST", &format!("/admin/alerts/{id}/other"), Value::Null)
+        .await;
+    assert_eq!(r.status, 404);
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/alerts/{id}/ack"),
+            json!({"note": "x".repeat(3000)}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_gets_signed_notifications_and_retries_failures() {
+    let receiver = MockUpstream::start().await.unwrap();
+    receiver.push_fault(Fault::server_error());
+    receiver.push_fault(Fault::Response {
+        status: 200,
+        headers: Vec::new(),
+        body: "ok".into(),
+    });
+    let url = format!("{}/hooks/stormwall", receiver.url());
+    let mut h = harness_with(move |c| {
+        c.alerts.webhook_url = Some(url);
+        c.alerts.webhook_secret_env = Some("HOOK_SECRET".into());
+        c.alerts.webhook_backoff_ms = 10;
+    })
+    .await;
+    let (canary, _) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;
+    h.chat(&canary, "gpt-4o-mini").await;
+    assert!(
+        receiver
+            .wait_until(Duration::from_secs(10), |r| r.request_count() >= 2)
+            .await,
+        "the webhook was called {} times",
+        receiver.request_count()
+    );
+    let calls = receiver.requests();
+    assert_eq!(
+        calls[0].body, calls[1].body,
+        "a retry resends the same body"
+    );
+    let last = &calls[1];
+    assert_eq!(last.path, "/hooks/stormwall");
+    assert_eq!(last.header("x-stormwall-event"), Some("alert"));
+    let sig = last.header("x-stormwall-signature").unwrap();
+    let t: i64 = sig
+        .strip_prefix("t=")
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        sig,
+        stormwall_gateway::webhook::signature(HOOK_SECRET.as_bytes(), t, &last.body)
+    );
+    let body: Value = last.json().unwrap();
+    assert_eq!(body["type"], "alert");
+    assert_eq!(body["alert"]["detector"], "H1");
+    let metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
+    assert!(
+        metrics.contains("stormwall_webhook_retried_total 1"),
+        "{metrics}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_can_be_switched_off() {
+    let mut h = harness_with(|c| c.detect.enabled = false).await;
+    let (canary, _) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;
+    h.chat(&canary, "gpt-4o-mini").await;
+    h.events(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h.alerts("").await.is_empty());
+    h.shutdown().await;
+}
