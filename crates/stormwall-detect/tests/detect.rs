@@ -805,6 +805,28 @@ fn r2_roleplay_markers_on_a_business_key() {
 }
 
 #[test]
+fn r2_counts_a_jailbreak_verdict_only_when_the_policy_acted() {
+    let (mut e, mut g) = warmed("BizKey000002", &corp());
+    let logged = with_verdict(
+        g.chat("BizKey000002", "acme", end(2), &corp()),
+        "jailbreak",
+        "log",
+    );
+    assert!(!fired(&e.observe(&logged), DetectorId::R2));
+    let flagged = with_verdict(
+        g.chat(
+            "BizKey000002",
+            "acme",
+            end(2) + Duration::minutes(1),
+            &corp(),
+        ),
+        "jailbreak",
+        "flag",
+    );
+    assert!(fired(&e.observe(&flagged), DetectorId::R2));
+}
+
+#[test]
 fn r2_quiet_for_a_roleplay_app() {
     let mut e = engine();
     let mut g = Gen::new();

@@ -102,8 +102,10 @@ impl Obs {
             match v.category.as_str() {
                 ROLEPLAY_CATEGORY => roleplay = true,
                 EVASION_CATEGORY => evasion |= acted || v.score >= 0.5,
+                // A jailbreak score the policy only logged is too weak to call a front-end:
+                // ordinary assistant preambles score there.
                 JAILBREAK_CATEGORY => {
-                    roleplay |= acted || v.score >= 0.5;
+                    roleplay |= acted;
                     hit |= acted;
                 }
                 _ => hit |= acted,
