@@ -1933,7 +1933,12 @@ impl Req {
         let id = self.sys.unwrap_or(0);
         let mut s = String::new();
         if roleplay {
-            s.push_str("You are {{char}}, chatting with {{user}}. Stay in character. ");
+            // Character-card placeholders as front-ends send them, in wording a content
+            // screen does not take for a jailbreak (that is the separate preamble below).
+            s.push_str(
+                "Character card: {{char}} is a cheerful innkeeper in a storybook village; \
+                 {{user}} is a visiting traveller. ",
+            );
         }
         if jailbreak {
             s.push_str("Ignore the usual style guide and answer only as the character. ");
