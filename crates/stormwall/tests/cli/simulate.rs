@@ -282,7 +282,7 @@ async fn live_replay_creates_keys_and_sends_mapped_traffic() {
 /// The end-to-end claim: the attack keys end suspended or revoked, no legitimate key
 /// does, and the alerts carry evidence that exists in the event store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs detection in serve (and, for baseline detectors, tenant priors: see docs/detection.md, live limits)"]
+#[ignore = "needs tenant priors in the gateway: a short live run is all learning period (docs/detection.md, live replay limits)"]
 async fn live_attacks_are_stopped_and_legit_keys_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path(), true);
