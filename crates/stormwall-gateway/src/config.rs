@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Seconds between full reloads of the key cache from the store (picks up other writers).
     pub key_refresh_secs: u64,
+    /// Seconds the key cache may serve without a successful reload from the store; past
+    /// that, requests get 503 until the store answers again, because revocations made
+    /// meanwhile cannot be seen. 0: serve from the cache however long the store is down.
+    pub key_cache_max_stale_secs: u64,
     /// Threads serving requests; 0: one per CPU core. On a machine shared with other busy
     /// processes, fewer threads than cores spend less CPU per request.
     pub worker_threads: usize,
@@ -39,6 +43,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 30,
             key_refresh_secs: 30,
+            key_cache_max_stale_secs: 900,
             worker_threads: 0,
         }
     }

@@ -176,6 +176,12 @@ fn describe(err: &ProxyError) -> (StatusCode, &'static str, &'static str, &'stat
                 "content_policy_violation",
                 "Your request was rejected by the content policy.",
             ),
+            R::KeysUnverified => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                "service_unavailable",
+                "The gateway cannot verify API keys right now. Please retry later.",
+            ),
         },
         ProxyError::UpstreamUnavailable => (
             StatusCode::BAD_GATEWAY,

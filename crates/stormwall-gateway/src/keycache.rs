@@ -4,7 +4,7 @@
 //! database. Each entry carries the key's admission state, which survives record updates.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use stormwall_types::KeyRecord;
@@ -26,6 +26,8 @@ pub struct KeyCache {
     map: RwLock<HashMap<String, Arc<CachedKey>>>,
     len: Arc<AtomicU64>,
     version: AtomicU64,
+    /// Unix seconds of the last full load from the store (0: never).
+    synced_at: AtomicI64,
 }
 
 impl KeyCache {
@@ -65,6 +67,7 @@ impl KeyCache {
         }
         Self::fill(&mut map, records);
         self.len.store(map.len() as u64, Ordering::Relaxed);
+        self.mark_synced();
         true
     }
 
@@ -73,6 +76,7 @@ impl KeyCache {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         Self::fill(&mut map, records);
         self.len.store(map.len() as u64, Ordering::Relaxed);
+        self.mark_synced();
     }
 
     fn fill(map: &mut HashMap<String, Arc<CachedKey>>, records: Vec<KeyRecord>) {
@@ -86,6 +90,24 @@ impl KeyCache {
             next.insert(id, Arc::new(CachedKey { record, state }));
         }
         *map = next;
+    }
+
+    /// Records that the store just answered a full load.
+    pub fn mark_synced(&self) {
+        self.synced_at.store(
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether the last full load from the store is more than `max_secs` old (never, for 0).
+    pub fn is_stale(&self, max_secs: u64) -> bool {
+        if max_secs == 0 {
+            return false;
+        }
+        let synced = self.synced_at.load(Ordering::Relaxed);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        now.saturating_sub(synced) > i64::try_from(max_secs).unwrap_or(i64::MAX)
     }
 
     /// Number of keys cached.

@@ -395,6 +395,10 @@ fn authenticate(
     let event = rec.event();
     event.key_last4 = presented.get(presented.len() - 4..).map(str::to_owned);
     event.key_id = stormwall_types::KeyId::new(id).ok();
+    // Past the bound, a key revoked meanwhile on another replica might still be cached.
+    if state.keys.is_stale(state.key_max_stale_secs) {
+        return Err(AuthFailure::plain(RejectReason::KeysUnverified));
+    }
     let Some(cached) = state.keys.get(id) else {
         return Err(AuthFailure::plain(RejectReason::UnknownKey));
     };

@@ -60,6 +60,16 @@ pub enum StartError {
     /// `[safety]` is invalid.
     #[error(transparent)]
     Safety(#[from] crate::safety::SafetyConfigError),
+    /// The key cache could never be refreshed within its staleness bound.
+    #[error(
+        "[server] key_cache_max_stale_secs ({max}) must be 0 or more than key_refresh_secs ({refresh})"
+    )]
+    StaleBound {
+        /// `key_cache_max_stale_secs`.
+        max: u64,
+        /// `key_refresh_secs`.
+        refresh: u64,
+    },
     /// `[detect]` or `[response]` is invalid.
     #[error(transparent)]
     Detect(#[from] stormwall_detect::ConfigError),
@@ -76,6 +86,7 @@ pub fn check_config(
     if config.upstreams.is_empty() {
         return Err(StartError::NoUpstreams);
     }
+    check_stale_bound(&config.server)?;
     Router::from_config(&config.upstreams, env)?;
     IpDb::load(&config.ipdb)?;
     if config.leak_reports.enabled {
@@ -95,6 +106,17 @@ pub fn check_config(
         {
             return Err(crate::webhook::WebhookConfigError::Secret(name.clone()).into());
         }
+    }
+    Ok(())
+}
+
+fn check_stale_bound(server: &crate::config::ServerConfig) -> Result<(), StartError> {
+    let (max, refresh) = (
+        server.key_cache_max_stale_secs,
+        server.key_refresh_secs.max(1),
+    );
+    if max != 0 && refresh >= max {
+        return Err(StartError::StaleBound { max, refresh });
     }
     Ok(())
 }
@@ -166,6 +188,7 @@ pub async fn start_with(
     if config.upstreams.is_empty() {
         return Err(StartError::NoUpstreams);
     }
+    check_stale_bound(&config.server)?;
     let router = Router::from_config(&config.upstreams, env)?;
     let ipdb = IpDb::load(&config.ipdb)?;
     let leak_reports = if config.leak_reports.enabled {
@@ -228,6 +251,7 @@ pub async fn start_with(
     let state = Arc::new(AppState {
         client,
         limits: config.limits.clone(),
+        key_max_stale_secs: config.server.key_cache_max_stale_secs,
         trusted_proxies: config.server.trusted_proxies.clone(),
         keys,
         router,
@@ -377,6 +401,8 @@ fn spawn_refresher(
                     // Skip this round if the admin API changed a key meanwhile: the list may
                     // predate that change, and a stale revoked key must never come back.
                     if !state.keys.replace_all_if_unchanged(records, seen) {
+                        // The store answered: the cache is as fresh as the update that raced.
+                        state.keys.mark_synced();
                         tracing::debug!("key refresh raced an update; retrying next tick");
                     }
                 }

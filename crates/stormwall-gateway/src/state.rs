@@ -19,6 +19,8 @@ use crate::upstream::{HttpClient, Router};
 pub struct AppState {
     /// Size caps and timeouts.
     pub limits: LimitsConfig,
+    /// Seconds the key cache may go without a full reload before requests are refused.
+    pub key_max_stale_secs: u64,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Keys by public id.

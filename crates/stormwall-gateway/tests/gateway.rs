@@ -1542,15 +1542,16 @@ mod scale_out {
 
         /// Starts replicas whose PostgreSQL connections go through `pg_via` (a URL) when given.
         async fn start_via(n: usize, redis_url: &str, pg_via: Option<&str>) -> Option<Self> {
-            Self::start_in(n, redis_url, pg_via, unique("swgw")).await
+            Self::start_in(n, redis_url, pg_via, unique("swgw"), |_| {}).await
         }
 
-        /// Starts replicas on an existing (or new) schema.
+        /// Starts replicas on an existing (or new) schema, with a config tweak.
         async fn start_in(
             n: usize,
             redis_url: &str,
             pg_via: Option<&str>,
             schema: String,
+            tweak: fn(&mut GatewayConfig),
         ) -> Option<Self> {
             let (pg_url, default_redis) = urls()?;
             let redis_url = if redis_url.is_empty() {
@@ -1575,11 +1576,12 @@ mod scale_out {
                 let counters = stormwall_store::open_counters(&CountersConfig::Redis(rc))
                     .await
                     .unwrap();
-                let config = GatewayConfig {
+                let mut config = GatewayConfig {
                     server: ServerConfig {
                         listen: "127.0.0.1:0".parse().unwrap(),
                         admin_listen: "127.0.0.1:0".parse().unwrap(),
                         key_refresh_secs: 3600, // only pub/sub may spread changes in these tests
+                        key_cache_max_stale_secs: 0,
                         ..Default::default()
                     },
                     ipdb: IpDbConfig {
@@ -1601,6 +1603,7 @@ mod scale_out {
                     }],
                     ..Default::default()
                 };
+                tweak(&mut config);
                 let events = EventsConfig {
                     flush_interval_ms: 10,
                     ..Default::default()
@@ -1744,7 +1747,7 @@ mod scale_out {
             })
             .collect();
         store.insert_events(&history).await.unwrap();
-        let Some(c) = Cluster::start_in(2, "", None, schema).await else {
+        let Some(c) = Cluster::start_in(2, "", None, schema, |_| {}).await else {
             return;
         };
         let secret = key.expose().to_owned();
@@ -2049,6 +2052,68 @@ mod scale_out {
             events.len(),
             21,
             "every request recorded once PostgreSQL returned"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_are_trusted_from_the_cache_only_for_the_configured_time() {
+        let Some((pg_url, _)) = urls() else { return };
+        let cfg: tokio_postgres::Config = pg_url.parse().unwrap();
+        let host = match &cfg.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[allow(unreachable_patterns)]
+            _ => return eprintln!("skipped: PostgreSQL test URL is not TCP"),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let relay = Relay::start(format!("{host}:{port}")).await;
+        let via = pg_url.replacen(&format!("{host}:{port}"), &relay.addr.to_string(), 1);
+        let c = Cluster::start_in(1, "", Some(&via), unique("swgw"), |c| {
+            c.server.key_refresh_secs = 1;
+            c.server.key_cache_max_stale_secs = 3;
+        })
+        .await
+        .unwrap();
+        let (key, _) = c.key(0, json!({"tenant": "t"})).await;
+        assert_eq!(c.chat(0, &key).await, 200);
+        relay.cut();
+        let cut_at = std::time::Instant::now();
+        assert_eq!(c.chat(0, &key).await, 200, "served from the cache at first");
+        let mut sent = 2;
+        let mut refused_after = None;
+        while cut_at.elapsed() < Duration::from_secs(15) {
+            sent += 1;
+            if c.chat(0, &key).await == 503 {
+                refused_after = Some(cut_at.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let refused_after = refused_after.expect("refused once the cache is too old");
+        assert!(
+            refused_after >= Duration::from_secs(2),
+            "not before the bound: {refused_after:?}"
+        );
+        relay.restore();
+        let mut back = false;
+        for _ in 0..150 {
+            sent += 1;
+            if c.chat(0, &key).await == 200 {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(back, "served again once the store answers");
+        let events = c.stop().await;
+        assert_eq!(
+            events.len(),
+            sent,
+            "every request recorded, refused ones too"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reject_reason == Some(RejectReason::KeysUnverified))
         );
     }
 }

@@ -65,6 +65,9 @@ pub enum RejectReason {
     NoRoute,
     /// Blocked by content policy.
     ContentPolicy,
+    /// The key store has been unreachable for longer than the key cache may be trusted
+    /// (`[server] key_cache_max_stale_secs`), so no key can be verified.
+    KeysUnverified,
 }
 
 impl RejectReason {
@@ -90,6 +93,7 @@ impl RejectReason {
             RejectReason::NotFound => "not_found",
             RejectReason::NoRoute => "no_route",
             RejectReason::ContentPolicy => "content_policy",
+            RejectReason::KeysUnverified => "keys_unverified",
         }
     }
 }
