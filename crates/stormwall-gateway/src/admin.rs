@@ -197,6 +197,10 @@ async fn route(
             }
         }
         (Method::GET, ["events"]) => events(app, &query).await,
+        (Method::POST, ["events"]) => {
+            let body: ImportBody = read_json_limited(req, MAX_IMPORT_BODY).await?;
+            import_events(app, body).await
+        }
         (Method::GET, ["alerts"]) => alerts(app, &query).await,
         (Method::GET, ["alerts", id]) => alert(app, id).await,
         (Method::POST, ["alerts", id, action]) => {
@@ -230,17 +234,28 @@ struct ActionBody {
 }
 
 async fn read_bytes(req: Request<Incoming>) -> Result<Bytes, AdminError> {
+    read_bytes_limited(req, MAX_ADMIN_BODY).await
+}
+
+async fn read_bytes_limited(req: Request<Incoming>, max: usize) -> Result<Bytes, AdminError> {
     let limits = crate::config::LimitsConfig {
-        max_request_body_bytes: MAX_ADMIN_BODY,
+        max_request_body_bytes: max,
         ..crate::config::LimitsConfig::default()
     };
     crate::forward::read_request_body(req.into_body(), &limits)
         .await
         .map_err(|_| {
-            AdminError::BadRequest(format!(
-                "body missing, unreadable or over {MAX_ADMIN_BODY} bytes"
-            ))
+            AdminError::BadRequest(format!("body missing, unreadable or over {max} bytes"))
         })
+}
+
+async fn read_json_limited<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<T, AdminError> {
+    let bytes = read_bytes_limited(req, max).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
@@ -446,6 +461,59 @@ async fn actions(app: &AppState, query: &str) -> Result<Response<ProxyBody>, Adm
     ok_json(StatusCode::OK, &ActionPage { actions })
 }
 
+/// Largest event import body.
+const MAX_IMPORT_BODY: usize = 16 * 1024 * 1024;
+/// Most events in one import.
+const MAX_IMPORT_EVENTS: usize = 10_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    events: Vec<stormwall_types::UsageEvent>,
+}
+
+#[derive(serde::Serialize)]
+struct ImportResult {
+    imported: usize,
+}
+
+/// Stores events recorded elsewhere (another gateway, a migration, a simulator's history)
+/// and replays them into the detectors as history: they shape baselines and risk, and
+/// their alerts are not acted on.
+async fn import_events(
+    app: &AppState,
+    body: ImportBody,
+) -> Result<Response<ProxyBody>, AdminError> {
+    let mut events = body.events;
+    if events.len() > MAX_IMPORT_EVENTS {
+        return Err(AdminError::BadRequest(format!(
+            "at most {MAX_IMPORT_EVENTS} events per import"
+        )));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    if let Some(e) = events.iter().find(|e| e.id.is_empty() || e.timestamp > now) {
+        return Err(AdminError::BadRequest(format!(
+            "every event needs an id and a time not in the future (event {:?})",
+            e.id
+        )));
+    }
+    events.sort_by(|a, b| (a.timestamp, &a.id).cmp(&(b.timestamp, &b.id)));
+    app.store
+        .insert_events(&events)
+        .await
+        .map_err(|e| match e {
+            stormwall_store::StoreError::Duplicate => {
+                AdminError::Conflict("an event with one of these ids is already stored".into())
+            }
+            e => store_error(e),
+        })?;
+    let imported = events.len();
+    if let Some(d) = &app.detection {
+        d.history(events).await;
+    }
+    ok_json(StatusCode::OK, &ImportResult { imported })
+}
+
 #[derive(serde::Serialize)]
 struct EventPage {
     events: Vec<stormwall_types::UsageEvent>,
@@ -512,6 +580,7 @@ mod openapi_tests {
         ("post", "/admin/keys/{id}/revoke"),
         ("post", "/admin/keys/{id}/rotate"),
         ("get", "/admin/events"),
+        ("post", "/admin/events"),
         ("get", "/admin/alerts"),
         ("get", "/admin/alerts/{id}"),
         ("post", "/admin/alerts/{id}/ack"),

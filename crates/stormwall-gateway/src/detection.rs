@@ -62,6 +62,7 @@ enum Control {
         alert: Box<Alert>,
         done: oneshot::Sender<bool>,
     },
+    History(Vec<UsageEvent>),
 }
 
 /// The request path's handle on detection.
@@ -133,6 +134,12 @@ impl Detection {
     /// engine arms H2 and counts it in the key's risk, and the alert is stored and sent.
     pub async fn exposure(&self, alert: Alert) {
         let _ = self.control.send(Control::Exposure(Box::new(alert))).await;
+    }
+
+    /// Replays imported events into the detectors as history (in time order): baselines
+    /// and risk learn from them; their alerts are not stored or acted on.
+    pub async fn history(&self, events: Vec<UsageEvent>) {
+        let _ = self.control.send(Control::History(events)).await;
     }
 
     /// Operator feedback: the alert was wrong; the key's baseline learns from it. Returns
@@ -285,6 +292,16 @@ impl SharedView {
     }
 }
 
+/// Feeds one past event: decisions update the keys' levels the way they did when the event
+/// happened; the actions were applied (or not) then.
+fn replay(engine: &mut Engine, e: &UsageEvent, scratch: &mut Vec<Alert>) {
+    scratch.clear();
+    engine.observe_into(e, scratch);
+    for a in scratch.iter() {
+        let _ = engine.decide(a);
+    }
+}
+
 /// Events read per store query while warming up.
 const WARM_PAGE: usize = 5_000;
 
@@ -315,12 +332,7 @@ async fn warm_start(state: &AppState, engine: &mut Engine) {
             }
         };
         for e in &page {
-            scratch.clear();
-            engine.observe_into(e, &mut scratch);
-            // Decisions update the keys' levels the way they did live; actions were applied then.
-            for a in &scratch {
-                let _ = engine.decide(a);
-            }
+            replay(engine, e, &mut scratch);
             replayed += 1;
         }
         let full = page.len() == WARM_PAGE;
@@ -368,6 +380,12 @@ async fn on_control(state: &AppState, engine: &mut Engine, window: u32, c: Contr
         }
         Control::FalsePositive { alert, done } => {
             let _ = done.send(engine.false_positive(&alert));
+        }
+        Control::History(events) => {
+            let mut scratch = Vec::new();
+            for e in &events {
+                replay(engine, e, &mut scratch);
+            }
         }
     }
 }

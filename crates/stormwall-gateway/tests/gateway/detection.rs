@@ -38,14 +38,14 @@ fn office_event(key: &str, tenant: &str, at: time::OffsetDateTime, n: usize) -> 
 
 /// Three days of a key's office traffic (every 20 minutes in working hours), stored as
 /// the gateway would have recorded it.
-async fn office_history(h: &Harness, key: &str, tenant: &str, first_id: usize) {
+fn office_history(key: &str, tenant: &str, first_id: usize) -> Vec<UsageEvent> {
     let now = time::OffsetDateTime::now_utc();
-    let mut events = Vec::new();
-    for i in 0..(3 * 24 * 3) {
-        let at = now - time::Duration::minutes(20 * (3 * 24 * 3 - i as i64));
-        events.push(office_event(key, tenant, at, first_id + i));
-    }
-    h.store.insert_events(&events).await.unwrap();
+    (0..3 * 24 * 3)
+        .map(|i| {
+            let at = now - time::Duration::minutes(20 * (3 * 24 * 3 - i as i64));
+            office_event(key, tenant, at, first_id + i)
+        })
+        .collect()
 }
 
 fn ip(s: &str) -> Option<IpAddr> {
@@ -189,8 +189,9 @@ async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_ke
     let (legit, legit_id) = h.key(json!({"tenant": "acme"})).await;
     // The owners' past days: one office network, the SDK, one system prompt. A restart
     // replays them into the detectors (warm start), as after any deployment.
-    office_history(&h, &stolen_id, "acme", 0).await;
-    office_history(&h, &legit_id, "acme", 10_000).await;
+    let mut past = office_history(&stolen_id, "acme", 0);
+    past.extend(office_history(&legit_id, "acme", 10_000));
+    h.store.insert_events(&past).await.unwrap();
     h.restart().await;
     let sdk = "OpenAI/Python 1.51.0";
     let system = "You are the support assistant of Acme Hardware.";
@@ -392,5 +393,51 @@ async fn detection_can_be_switched_off() {
     h.events(1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(h.alerts("").await.is_empty());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_history_gives_a_new_key_its_baseline() {
+    let mut h = harness().await;
+    let (key, id) = h.key(json!({"tenant": "acme"})).await;
+    let events = office_history(&id, "acme", 20_000);
+    let n = events.len();
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "events": events }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["imported"], n);
+    // History raises nothing by itself.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h.alerts(&format!("?key={id}")).await.is_empty());
+    // With a baseline, a hosting network and a new client are novel at once.
+    let mut suspended = false;
+    for i in 0..8 {
+        let body = chat_with(&format!("Character card {i}: stay in character."), "Hi");
+        h.chat_as(&key, HOSTING, "axios/1.6.8", &body).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if h.key_status(&id).await == "suspended" {
+            suspended = true;
+            break;
+        }
+    }
+    assert!(suspended, "{:#?}", h.alerts("").await);
+    let p3 = h.alerts(&format!("?key={id}&detector=P3")).await;
+    assert_eq!(p3.len(), 1, "{p3:#?}");
+    // Bad imports are refused whole.
+    let future = office_event(
+        &id,
+        "acme",
+        time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        99_999,
+    );
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "events": [future] }))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "rows": [] }))
+        .await;
+    assert_eq!(r.status, 400);
     h.shutdown().await;
 }
