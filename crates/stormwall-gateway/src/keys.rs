@@ -56,6 +56,21 @@ fn default_kind() -> KeyKind {
     KeyKind::Normal
 }
 
+/// A key may only name a content-policy profile the gateway has: a typo would otherwise
+/// quietly screen the key with its tenant's profile.
+fn validate_profile(state: &AppState, s: &KeyScope) -> Result<(), KeyError> {
+    let (Some(name), Some(safety)) = (&s.policy_profile, &state.safety) else {
+        return Ok(());
+    };
+    if safety.knows_profile(name) {
+        return Ok(());
+    }
+    Err(KeyError::Invalid(format!(
+        "policy_profile {name:?} is not a configured profile (known: {})",
+        safety.profile_names().join(", ")
+    )))
+}
+
 /// A newly minted key: its record plus the secret, shown this once.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CreatedKey {
@@ -134,6 +149,7 @@ pub async fn create(state: &AppState, req: CreateKey) -> Result<CreatedKey, KeyE
     validate_tenant(&req.tenant)?;
     validate_text("label", req.label.as_deref())?;
     validate_scope(&req.scope)?;
+    validate_profile(state, &req.scope)?;
     mint(state, req.tenant, req.kind, req.label, req.scope, None).await
 }
 
@@ -303,6 +319,7 @@ pub async fn update(state: &AppState, id: &str, patch: UpdateKey) -> Result<KeyR
     validate_text("label", patch.label.as_deref())?;
     if let Some(s) = &patch.scope {
         validate_scope(s)?;
+        validate_profile(state, s)?;
     }
     let mut r = get(state, id).await?;
     if patch.label.is_some() {

@@ -337,6 +337,18 @@ impl SafetyStage {
         &self.cache
     }
 
+    /// Whether a profile of this name is configured (built-in or from `[safety]`).
+    pub fn knows_profile(&self, name: &str) -> bool {
+        self.profiles.contains_key(name)
+    }
+
+    /// Names of the configured profiles, sorted.
+    pub fn profile_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The profile for a key: its `policy_profile`, else its tenant's, else the default.
     /// A key naming an unknown profile (keys change at run time) gets its tenant's profile
     /// and the second value is `false`.

@@ -562,3 +562,30 @@ async fn a_flag_mode_classifier_runs_alongside_the_upstream_call() {
     assert_eq!(v.category, "violence");
     assert_eq!(v.action, "flag", "recorded, at most flagged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_cannot_name_a_profile_the_gateway_does_not_have() {
+    let h = harness().await;
+    let r = h
+        .admin_call(
+            "POST",
+            "/admin/keys",
+            json!({"tenant": "t", "scope": {"policy_profile": "stirct"}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("strict"),
+        "names the known profiles: {}",
+        r.text()
+    );
+    let (_, id) = h.key(json!({"tenant": "t"})).await;
+    let r = h
+        .admin_call(
+            "PATCH",
+            &format!("/admin/keys/{id}"),
+            json!({"scope": {"policy_profile": "nope"}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}
