@@ -515,3 +515,105 @@ models = ["gpt-4o-mini"]
     drop(client);
     let _ = task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_list_show_ack_and_false_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut server = serve(&config);
+    let admin = server.admin.clone();
+    let out = stormwall(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--kind",
+        "canary",
+        "--json",
+        "--admin-url",
+        &admin,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (key, id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    let r = http_request(
+        "POST",
+        &format!("{}/v1/chat/completions", server.proxy),
+        &[("authorization", &format!("Bearer {key}"))],
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    // The canary's use becomes an H1 alert (detection runs in serve by default).
+    let mut alerts = Value::Null;
+    for _ in 0..100 {
+        let o = stormwall(&[
+            "alerts",
+            "list",
+            "--key",
+            &id,
+            "--json",
+            "--admin-url",
+            &admin,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        alerts = serde_json::from_slice(&o.stdout).unwrap();
+        if !alerts["alerts"].as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let alert = &alerts["alerts"][0];
+    assert_eq!(alert["detector"], "H1", "{alerts:#}");
+    let alert_id = alert["id"].as_str().unwrap().to_owned();
+    // The table names the detector and the key; `show` explains and lists evidence.
+    let table = stormwall(&["alerts", "list", "--detector", "H1", "--admin-url", &admin]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("H1") && table.contains(&id), "{table}");
+    let shown = stormwall(&["alerts", "show", &alert_id, "--admin-url", &admin]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains("explanation:") && shown.contains("evidence:    1 event"),
+        "{shown}"
+    );
+    assert!(!shown.contains(&key), "no secret in the output");
+    for (verb, status) in [
+        ("ack", "acknowledged"),
+        ("false-positive", "false_positive"),
+    ] {
+        let o = stormwall(&[
+            "alerts",
+            verb,
+            &alert_id,
+            "--note",
+            "checked",
+            "--json",
+            "--admin-url",
+            &admin,
+        ]);
+        assert!(
+            o.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["status"], status);
+        assert_eq!(v["note"], "checked");
+    }
+    // Bad input is a clear error with exit code 2, not a panic.
+    let o = stormwall(&["alerts", "list", "--detector", "Z9", "--admin-url", &admin]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown detector"));
+    let o = stormwall(&["alerts", "show", "no-such-alert", "--admin-url", &admin]);
+    assert_eq!(o.status.code(), Some(2));
+    sigterm(&mut server.child);
+}
