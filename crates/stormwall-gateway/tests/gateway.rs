@@ -2010,19 +2010,30 @@ mod scale_out {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_postgres_outage_keeps_serving_from_cache_and_loses_no_event() {
-        let Some((pg_url, _)) = urls() else { return };
+    /// A relay in front of the test PostgreSQL, and the URL that goes through it.
+    async fn pg_relay() -> Option<(Relay, String)> {
+        let (pg_url, _) = urls()?;
         let cfg: tokio_postgres::Config = pg_url.parse().unwrap();
         let host = match &cfg.get_hosts()[0] {
             tokio_postgres::config::Host::Tcp(h) => h.clone(),
             #[allow(unreachable_patterns)]
-            _ => return eprintln!("skipped: PostgreSQL test URL is not TCP"),
+            _ => {
+                eprintln!("skipped: PostgreSQL test URL is not TCP");
+                return None;
+            }
         };
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         let relay = Relay::start(format!("{host}:{port}")).await;
         let via = pg_url.replacen(&format!("{host}:{port}"), &relay.addr.to_string(), 1);
         assert_ne!(via, pg_url, "test URL must name host:port explicitly");
+        Some((relay, via))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_outage_keeps_serving_from_cache_and_loses_no_event() {
+        let Some((relay, via)) = pg_relay().await else {
+            return;
+        };
         let c = Cluster::start_via(1, "", Some(&via)).await.unwrap();
         let (key, _) = c.key(0, json!({"tenant": "t"})).await;
         assert_eq!(c.chat(0, &key).await, 200);
@@ -2057,16 +2068,9 @@ mod scale_out {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_are_trusted_from_the_cache_only_for_the_configured_time() {
-        let Some((pg_url, _)) = urls() else { return };
-        let cfg: tokio_postgres::Config = pg_url.parse().unwrap();
-        let host = match &cfg.get_hosts()[0] {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            #[allow(unreachable_patterns)]
-            _ => return eprintln!("skipped: PostgreSQL test URL is not TCP"),
+        let Some((relay, via)) = pg_relay().await else {
+            return;
         };
-        let port = cfg.get_ports().first().copied().unwrap_or(5432);
-        let relay = Relay::start(format!("{host}:{port}")).await;
-        let via = pg_url.replacen(&format!("{host}:{port}"), &relay.addr.to_string(), 1);
         let c = Cluster::start_in(1, "", Some(&via), unique("swgw"), |c| {
             c.server.key_refresh_secs = 1;
             c.server.key_cache_max_stale_secs = 3;
