@@ -68,7 +68,9 @@ impl Record {
     }
 
     /// Stormwall categories for this record's dataset labels (empty for benign records, and
-    /// for harmful records whose labels have no counterpart, such as copyright).
+    /// for harmful records whose labels have no counterpart, such as expert advice).
+    /// Copyright infringement in image prompts (a named character's likeness) counts as
+    /// `public_figure_likeness`.
     pub fn mapped_categories(&self) -> Vec<Category> {
         let mut out = Vec::new();
         if !self.harmful {
@@ -85,7 +87,9 @@ impl Record {
                 | "hate/threatening"
                 | "contrast_discr"
                 | "contrast_historical_events" => &[Category::Hate],
-                "discrimination and disinformation" => &[Category::PublicFigureLikeness],
+                "discrimination and disinformation" | "copyright infringement" => {
+                    &[Category::PublicFigureLikeness]
+                }
                 "physical harm and violence"
                 | "violence"
                 | "violence/graphic"
@@ -382,6 +386,10 @@ mod tests {
             ],
             attack: None,
         };
-        assert_eq!(r.mapped_categories(), vec![Category::Sexual]);
+        // Copyrighted characters are a named figure's likeness.
+        assert_eq!(
+            r.mapped_categories(),
+            vec![Category::Sexual, Category::PublicFigureLikeness]
+        );
     }
 }

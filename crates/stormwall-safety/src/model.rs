@@ -9,6 +9,8 @@
 
 use crate::category::{CATEGORY_COUNT, Category};
 
+/// Category byte of the any-harm head in a model file.
+const ANY_HARM: u8 = 0xFF;
 /// First bytes of a model file.
 pub const MAGIC: &[u8; 4] = b"SWM1";
 /// Smallest and largest hash-table sizes accepted (log2 of the bucket count).
@@ -18,6 +20,7 @@ const CHAR_NGRAMS: std::ops::RangeInclusive<usize> = 3..=5;
 const SEED_CHAR: u32 = 0x811c_9dc5;
 const SEED_WORD: u32 = 0x9e37_79b9;
 const SEED_BIGRAM: u32 = 0x7f4a_7c15;
+const SEED_WORD2: u32 = 0x5bd1_e995;
 const SIGN_BIT: u32 = 1 << 31;
 
 /// A model file could not be read.
@@ -43,7 +46,8 @@ pub struct Model {
 /// One output of the model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Head {
-    category: Category,
+    /// `None` for the any-harm head.
+    category: Option<Category>,
     bias: f32,
     scale: f32,
     /// Probability mapped to score 0.5, so profile thresholds mean the same for every head.
@@ -117,16 +121,26 @@ fn raw_features(text: &str, bits: u8, out: &mut Vec<u32>, padded: &mut Vec<u8>) 
         }
     }
     let push = |out: &mut Vec<u32>, h: u32| out.push(bucket(h, bits));
-    let mut prev: Option<u32> = None;
+    let (mut prev, mut prev2): (Option<u32>, Option<u32>) = (None, None);
     for w in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
     {
         let wh = w.bytes().fold(SEED_WORD, fnv);
+        // Each word twice under two hashes: a word weighs as much as its character
+        // n-grams together do, which cross-validation preferred.
         push(out, wh);
+        push(out, wh ^ SEED_WORD2);
         if let Some(p) = prev {
             push(out, fnv(p.wrapping_mul(31) ^ wh, 0) ^ SEED_BIGRAM);
+            if let Some(p2) = prev2 {
+                push(
+                    out,
+                    fnv(p2.wrapping_mul(961) ^ p.wrapping_mul(31) ^ wh, 1) ^ SEED_BIGRAM,
+                );
+            }
         }
+        prev2 = prev;
         prev = Some(wh);
     }
 }
@@ -158,7 +172,7 @@ impl Model {
         if !BITS_RANGE.contains(&bits) {
             return Err(ModelError::Corrupt("bucket bits out of range"));
         }
-        if nheads == 0 || usize::from(nheads) > CATEGORY_COUNT {
+        if nheads == 0 || usize::from(nheads) > CATEGORY_COUNT + 1 {
             return Err(ModelError::Corrupt("head count out of range"));
         }
         let f32_at = |rest: &mut &[u8]| -> Result<f32, ModelError> {
@@ -174,9 +188,18 @@ impl Model {
                 .split_first()
                 .ok_or(ModelError::Corrupt("short head table"))?;
             rest = r;
-            let category = *Category::ALL
-                .get(usize::from(ci))
-                .ok_or(ModelError::Corrupt("unknown category"))?;
+            let category = if ci == ANY_HARM {
+                if heads.iter().any(|h: &Head| h.category.is_none()) {
+                    return Err(ModelError::Corrupt("two any-harm heads"));
+                }
+                None
+            } else {
+                Some(
+                    *Category::ALL
+                        .get(usize::from(ci))
+                        .ok_or(ModelError::Corrupt("unknown category"))?,
+                )
+            };
             let bias = f32_at(&mut rest)?;
             let scale = f32_at(&mut rest)?;
             let pivot = f32_at(&mut rest)?;
@@ -209,7 +232,7 @@ impl Model {
         out.push(self.bits);
         out.push(self.heads.len() as u8);
         for h in &self.heads {
-            out.push(h.category.index() as u8);
+            out.push(h.category.map_or(ANY_HARM, |c| c.index() as u8));
             out.extend_from_slice(&h.bias.to_le_bytes());
             out.extend_from_slice(&h.scale.to_le_bytes());
             out.extend_from_slice(&h.pivot.to_le_bytes());
@@ -220,7 +243,12 @@ impl Model {
 
     /// The categories this model scores.
     pub fn categories(&self) -> impl Iterator<Item = Category> + '_ {
-        self.heads.iter().map(|h| h.category)
+        self.heads.iter().filter_map(|h| h.category)
+    }
+
+    /// Whether the model has an any-harm head (whose score goes to the likeliest category).
+    pub fn has_any_harm_head(&self) -> bool {
+        self.heads.iter().any(|h| h.category.is_none())
     }
 
     /// log2 of the bucket count.
@@ -255,10 +283,26 @@ impl Model {
             }
         }
         let inv = 1.0 / (scratch.len() as f32).sqrt();
+        let mut any = None;
+        let mut likeliest: Option<(Category, f32)> = None;
         for (h, a) in self.heads.iter().zip(acc) {
             let p = sigmoid(h.bias + a as f32 * h.scale * inv);
             let s = calibrate(p, h.pivot);
-            let slot = &mut out[h.category.index()];
+            match h.category {
+                Some(c) => {
+                    let slot = &mut out[c.index()];
+                    *slot = slot.max(s);
+                    if likeliest.is_none_or(|(_, best)| s > best) {
+                        likeliest = Some((c, s));
+                    }
+                }
+                None => any = Some(s),
+            }
+        }
+        // The any-harm head says how likely harm is, the category heads what kind: its
+        // score goes to the category they rate likeliest.
+        if let (Some(s), Some((c, _))) = (any, likeliest) {
+            let slot = &mut out[c.index()];
             *slot = slot.max(s);
         }
     }
@@ -274,6 +318,62 @@ pub struct Example {
     /// A disguised copy made for training only; left out of calibration, which must
     /// reflect real traffic.
     pub augmented: bool,
+}
+
+/// Categories the shipped model has a head for (what `stormwall safety train` trains).
+pub const DEFAULT_HEADS: &[Category] = &[
+    Category::Sexual,
+    Category::Violence,
+    Category::Hate,
+    Category::Harassment,
+    Category::SelfHarm,
+    Category::Illicit,
+    Category::Jailbreak,
+    Category::PublicFigureLikeness,
+];
+
+/// Disguises of benign texts added as benign training examples: the plain view of an
+/// encoded prompt is gibberish, and gibberish alone is not harm (the decoded views carry
+/// whatever is underneath).
+pub const AUGMENT: &[crate::evasion::Transform] = &[
+    crate::evasion::Transform::Base64,
+    crate::evasion::Transform::Rot13,
+    crate::evasion::Transform::Homoglyph,
+    crate::evasion::Transform::Leetspeak,
+    crate::evasion::Transform::Diacritics,
+    crate::evasion::Transform::Spacing,
+];
+
+/// Training examples for labelled records, in record order: what `stormwall safety train`
+/// feeds [`train`]. Harmful records whose labels map to no category are left out (they
+/// would teach the model that harm looks benign); benign ones are added with their
+/// [`AUGMENT`] disguises.
+pub fn training_examples<'a>(
+    records: impl IntoIterator<Item = &'a crate::eval::Record>,
+) -> Vec<Example> {
+    let mut examples = Vec::new();
+    for r in records {
+        let labels = r.mapped_categories();
+        if r.harmful && labels.is_empty() {
+            continue;
+        }
+        if !r.harmful {
+            let seed = crate::eval::stable_hash(&r.id);
+            for t in AUGMENT {
+                examples.push(Example {
+                    text: crate::normalize::fold(&t.apply(&r.text, seed)),
+                    labels: Vec::new(),
+                    augmented: true,
+                });
+            }
+        }
+        examples.push(Example {
+            text: crate::normalize::fold(&r.text),
+            labels,
+            augmented: false,
+        });
+    }
+    examples
 }
 
 /// Training settings; the defaults produce the shipped model.
@@ -293,6 +393,9 @@ pub struct TrainConfig {
     pub target_fpr: f32,
     /// Share of examples held back (by position after a seeded shuffle) for calibration.
     pub calibration_share: f32,
+    /// Adds a head for "any category" whose score goes to the likeliest category: harm is
+    /// easier to tell from benign than one kind of harm from the rest.
+    pub any_harm_head: bool,
 }
 
 impl Default for TrainConfig {
@@ -305,6 +408,7 @@ impl Default for TrainConfig {
             seed: 0x5eed_5a1e,
             target_fpr: 0.002,
             calibration_share: 0.2,
+            any_harm_head: true,
         }
     }
 }
@@ -331,7 +435,7 @@ fn shuffle<T>(v: &mut [T], rng: &mut Xorshift) {
 
 struct Dense {
     bits: u8,
-    heads: Vec<Category>,
+    heads: Vec<Option<Category>>,
     w: Vec<f32>,
     g2: Vec<f32>,
     bias: Vec<f32>,
@@ -339,7 +443,7 @@ struct Dense {
 }
 
 impl Dense {
-    fn new(bits: u8, heads: &[Category]) -> Dense {
+    fn new(bits: u8, heads: &[Option<Category>]) -> Dense {
         let n = (1usize << bits) * heads.len();
         Dense {
             bits,
@@ -395,15 +499,18 @@ impl Dense {
     }
 }
 
-fn label_mask(labels: &[Category], heads: &[Category]) -> u32 {
+fn label_mask(labels: &[Category], heads: &[Option<Category>]) -> u32 {
     heads
         .iter()
         .enumerate()
-        .filter(|(_, h)| labels.contains(h))
+        .filter(|(_, h)| match h {
+            Some(c) => labels.contains(c),
+            None => !labels.is_empty(),
+        })
         .fold(0, |m, (i, _)| m | 1 << i)
 }
 
-fn fit(data: &[(Vec<u32>, u32)], heads: &[Category], cfg: &TrainConfig) -> Dense {
+fn fit(data: &[(Vec<u32>, u32)], heads: &[Option<Category>], cfg: &TrainConfig) -> Dense {
     let mut d = Dense::new(cfg.bits, heads);
     let pos_weight: Vec<f32> = (0..heads.len())
         .map(|h| {
@@ -435,7 +542,15 @@ pub fn train(examples: &[Example], heads: &[Category], cfg: &TrainConfig) -> Mod
         bits,
         ..cfg.clone()
     };
-    let heads: Vec<Category> = heads.iter().copied().take(CATEGORY_COUNT).collect();
+    let mut heads: Vec<Option<Category>> = heads
+        .iter()
+        .copied()
+        .take(CATEGORY_COUNT)
+        .map(Some)
+        .collect();
+    if cfg.any_harm_head && !heads.is_empty() {
+        heads.push(None);
+    }
     let mut data: Vec<(Vec<u32>, u32, bool)> = examples
         .iter()
         .map(|e| {
@@ -494,16 +609,28 @@ pub fn train(examples: &[Example], heads: &[Category], cfg: &TrainConfig) -> Mod
     quantize(&d, &pivots)
 }
 
+const QUANT_QUANTILE: f64 = 0.999;
+
 fn quantize(d: &Dense, pivots: &[f32]) -> Model {
     let nh = d.heads.len();
-    let mut scale = vec![0.0f32; nh];
-    for (i, w) in d.w.iter().enumerate() {
-        let h = i % nh;
-        scale[h] = scale[h].max(w.abs());
-    }
-    let scale: Vec<f32> = scale
-        .into_iter()
-        .map(|m| if m > 0.0 { m / 127.0 } else { 1e-9 })
+    // Per head, the scale maps a high quantile of |w| (not the maximum) to 127: a few
+    // outlying weights clip, and the bulk keeps its resolution.
+    let scale: Vec<f32> = (0..nh)
+        .map(|h| {
+            let mut a: Vec<f32> =
+                d.w.iter()
+                    .skip(h)
+                    .step_by(nh)
+                    .map(|w| w.abs())
+                    .filter(|w| *w > 0.0)
+                    .collect();
+            if a.is_empty() {
+                return 1e-9;
+            }
+            a.sort_by(f32::total_cmp);
+            let q = a[((a.len() as f64 * QUANT_QUANTILE) as usize).min(a.len() - 1)];
+            if q > 0.0 { q / 127.0 } else { 1e-9 }
+        })
         .collect();
     let weights =
         d.w.iter()
