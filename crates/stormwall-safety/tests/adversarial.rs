@@ -17,7 +17,7 @@ const VIEWS_PER_TEXT: usize = 8;
 
 fn screener() -> &'static Screener {
     static S: OnceLock<Screener> = OnceLock::new();
-    S.get_or_init(|| Screener::builtin().unwrap())
+    S.get_or_init(|| Screener::builtin().unwrap_or_else(|e| panic!("screener: {e}")))
 }
 
 /// Bytes of all views together: the work every later stage does is linear in this.
@@ -33,7 +33,12 @@ fn work_bound(input: usize) -> usize {
 
 fn check_verdict(v: &Verdict, text: &str) -> Result<(), TestCaseError> {
     for c in &v.categories {
-        prop_assert!((0.0..=1.0).contains(&c.score), "{}: {}", c.category, c.score);
+        prop_assert!(
+            (0.0..=1.0).contains(&c.score),
+            "{}: {}",
+            c.category,
+            c.score
+        );
         if let Some(e) = &c.evidence {
             prop_assert!(e.span.start <= e.span.end && e.span.end <= text.len());
             prop_assert!(text.get(e.span.clone()).is_some(), "{:?}", e.span);
@@ -55,10 +60,41 @@ fn nest(text: &str, depth: usize) -> String {
 fn hostile_char() -> impl Strategy<Value = char> {
     prop_oneof![
         prop::sample::select(vec![
-            '\u{200B}', '\u{200D}', '\u{00AD}', '\u{2060}', '\u{FEFF}', '\u{202E}', '\u{2066}',
-            '\u{FE0F}', '\u{FE01}', '\u{E0041}', '\u{E0061}', '\u{E007F}', '\u{0301}',
-            '\u{0336}', '\u{20DD}', 'ａ', 'Ｚ', 'а', 'е', 'ο', '𝐧', 'ﬁ', '\u{FDFA}', '%', '=',
-            '+', '/', ' ', '.', '4', '3', '0', '1', '$', '@',
+            '\u{200B}',
+            '\u{200D}',
+            '\u{00AD}',
+            '\u{2060}',
+            '\u{FEFF}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{FE0F}',
+            '\u{FE01}',
+            '\u{E0041}',
+            '\u{E0061}',
+            '\u{E007F}',
+            '\u{0301}',
+            '\u{0336}',
+            '\u{20DD}',
+            'ａ',
+            'Ｚ',
+            'а',
+            'е',
+            'ο',
+            '𝐧',
+            'ﬁ',
+            '\u{FDFA}',
+            '%',
+            '=',
+            '+',
+            '/',
+            ' ',
+            '.',
+            '4',
+            '3',
+            '0',
+            '1',
+            '$',
+            '@',
         ]),
         prop::char::range('a', 'z'),
         prop::char::range('A', 'F'),
