@@ -40,7 +40,7 @@ pub struct EngineStats {
 
 /// Counts for the key of the event being observed, as every replica together saw them this
 /// hour (from the shared counters). `None`: unknown (one replica, or the counters are down).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GlobalView {
     /// Distinct client ASNs using the key this hour.
     pub asns_hour: Option<u64>,
@@ -48,6 +48,10 @@ pub struct GlobalView {
     pub countries_hour: Option<u64>,
     /// Distinct client /24 (or /48) networks this hour.
     pub nets_hour: Option<u64>,
+    /// The key's spend this hour, in US dollars.
+    pub usd_hour: Option<f64>,
+    /// The key's requests this minute.
+    pub requests_minute: Option<u32>,
 }
 
 /// The detection engine. Not thread-safe by design: feed it from one task (or behind a

@@ -189,9 +189,12 @@ async fn run(state: Arc<AppState>, inbox: DetectionInbox) {
     warm_start(&state, &mut engine).await;
     let mut alerts = Vec::new();
     let mut shared = SharedView::default();
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
+            _ = flush.tick() => shared.flush(&state).await,
             c = control.recv() => match c {
                 Some(c) => on_control(&state, &mut engine, window, c).await,
                 None => return,
@@ -218,12 +221,35 @@ const MAX_SEEN: usize = 1_000_000;
 /// replica adds a key's client network to the shared sketch the first time it sees it in
 /// an hour, and only then re-reads the counts — so the steady state costs no round trip,
 /// and whichever replica sees the network that completes a spread reads the whole of it.
+///
+/// Volumes (spend per hour, requests per minute) change with every request, so they are
+/// batched: each replica adds what it saw since the last flush (every [`FLUSH_EVERY`]) in one
+/// pipelined call and gets the totals back; a detector judges the last totals plus what this
+/// replica saw since.
 #[derive(Default)]
 struct SharedView {
     hour: i64,
     seen: std::collections::HashSet<(KeyId, u8, String)>,
     views: std::collections::HashMap<KeyId, GlobalView>,
+    volume: std::collections::HashMap<KeyId, Volume>,
 }
+
+/// One key's volume: totals over every replica at the last flush, and this replica's
+/// amounts since.
+#[derive(Default, Clone, Copy)]
+struct Volume {
+    hour: i64,
+    minute: i64,
+    usd_nanos_total: i64,
+    requests_total: i64,
+    usd_nanos_pending: i64,
+    requests_pending: i64,
+}
+
+/// How often this replica's volume counts are added to the shared ones.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long shared volume counters live after their last change.
+const VOLUME_TTL: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
 /// Sketch names in the shared counters, one per kind of network.
 const SETS: [&str; 3] = ["p1_asn", "p1_country", "p1_net"];
@@ -236,6 +262,83 @@ impl SharedView {
         if !counters.health().available {
             return GlobalView::default();
         }
+        let mut view = self.networks(counters.as_ref(), key, e).await;
+        let v = self.volume.entry(key.clone()).or_default();
+        let t = e.timestamp.unix_timestamp();
+        let (hour, minute) = (t.div_euclid(3600), t.div_euclid(60));
+        if v.hour != hour {
+            (v.hour, v.usd_nanos_total, v.usd_nanos_pending) = (hour, 0, 0);
+        }
+        if v.minute != minute {
+            (v.minute, v.requests_total, v.requests_pending) = (minute, 0, 0);
+        }
+        // Whole nano-dollars: totals add up exactly across replicas.
+        v.usd_nanos_pending += (e.cost_usd.max(0.0) * 1e9) as i64;
+        v.requests_pending += 1;
+        view.usd_hour = Some((v.usd_nanos_total + v.usd_nanos_pending) as f64 / 1e9);
+        view.requests_minute =
+            Some(u32::try_from(v.requests_total + v.requests_pending).unwrap_or(u32::MAX));
+        view
+    }
+
+    /// Adds this replica's volume since the last flush to the shared counters and takes the
+    /// totals back.
+    async fn flush(&mut self, state: &AppState) {
+        let Some((counters, _)) = &state.counters else {
+            return;
+        };
+        let keys: Vec<KeyId> = self
+            .volume
+            .iter()
+            .filter(|(_, v)| v.usd_nanos_pending != 0 || v.requests_pending != 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let mut items = Vec::with_capacity(keys.len() * 2);
+        for k in &keys {
+            let v = &self.volume[k];
+            items.push(stormwall_store::Tally {
+                set: "usd_hour",
+                key: k,
+                bucket: v.hour,
+                amount: v.usd_nanos_pending,
+            });
+            items.push(stormwall_store::Tally {
+                set: "req_minute",
+                key: k,
+                bucket: v.minute,
+                amount: v.requests_pending,
+            });
+        }
+        match counters.tally(&items, VOLUME_TTL).await {
+            Ok(totals) => {
+                for (k, pair) in keys.iter().zip(totals.chunks(2)) {
+                    if let (Some(v), [usd, req]) = (self.volume.get_mut(k), pair) {
+                        (v.usd_nanos_total, v.usd_nanos_pending) = (*usd, 0);
+                        (v.requests_total, v.requests_pending) = (*req, 0);
+                    }
+                }
+            }
+            // Kept pending: added at the next flush once the counters answer.
+            Err(e) => tracing::debug!(error = %e, "cannot add volumes to the shared counters"),
+        }
+        // Keys idle past their buckets are forgotten.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.volume.retain(|_, v| {
+            v.usd_nanos_pending != 0
+                || v.requests_pending != 0
+                || v.hour >= now.div_euclid(3600) - 1
+        });
+    }
+
+    async fn networks(
+        &mut self,
+        counters: &dyn stormwall_store::Counters,
+        key: &KeyId,
+        e: &UsageEvent,
+    ) -> GlobalView {
         let hour = e.timestamp.unix_timestamp().div_euclid(3600);
         if hour != self.hour || self.seen.len() > MAX_SEEN {
             self.hour = hour;
@@ -286,6 +389,7 @@ impl SharedView {
             asns_hour: counts[0],
             countries_hour: counts[1],
             nets_hour: counts[2],
+            ..GlobalView::default()
         };
         self.views.insert(key.clone(), view);
         view

@@ -1695,13 +1695,11 @@ mod scale_out {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_spread_over_replicas_is_seen_whole_and_raised_once() {
-        let Some((pg_url, _)) = urls() else {
-            return;
-        };
-        // A key with a week of office history, stored before the replicas start: their
-        // warm start gives each the key's baseline (one network, one country).
+    /// Two replicas on a schema that already holds one key with a week of office history
+    /// (one network, one country, about two requests an hour, ending two hours ago), so the
+    /// replicas' warm start gives each the key's baseline and the current hour is empty.
+    async fn warm_pair() -> Option<(Cluster, PostgresStore, KeyRecord, String)> {
+        let (pg_url, _) = urls()?;
         let schema = unique("swgw");
         let mut pg = PostgresConfig::from_url(&pg_url);
         pg.schema = Some(schema.clone());
@@ -1747,20 +1745,31 @@ mod scale_out {
             })
             .collect();
         store.insert_events(&history).await.unwrap();
-        let Some(c) = Cluster::start_in(2, "", None, schema, |_| {}).await else {
+        let c = Cluster::start_in(2, "", None, schema, |_| {}).await?;
+        Some((c, store, record, key.expose().to_owned()))
+    }
+
+    async fn alerts_of(
+        store: &PostgresStore,
+        key: &KeyRecord,
+        detector: stormwall_types::DetectorId,
+    ) -> Vec<StoredAlert> {
+        store
+            .list_alerts(&AlertQuery {
+                key_id: Some(key.id.clone()),
+                detector: Some(detector),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spread_over_replicas_is_seen_whole_and_raised_once() {
+        let Some((c, store, record, secret)) = warm_pair().await else {
             return;
         };
-        let secret = key.expose().to_owned();
-        let p1 = || async {
-            store
-                .list_alerts(&AlertQuery {
-                    key_id: Some(record.id.clone()),
-                    detector: Some(stormwall_types::DetectorId::P1),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-        };
+        let p1 = || alerts_of(&store, &record, stormwall_types::DetectorId::P1);
         // A relay's clients in three countries. Replica 1 sees one network of its own
         // (under P1's threshold of two countries an hour); only the shared count shows two.
         // Then replica 0 sees a second country itself: the same incident, not a new alert.
@@ -1800,6 +1809,53 @@ mod scale_out {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(p1().await.len(), 1, "one P1 alert for the incident");
+        c.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_rate_spread_over_replicas_is_counted_whole() {
+        let Some((c, store, record, secret)) = warm_pair().await else {
+            return;
+        };
+        // One event-time minute: the burst takes about three seconds.
+        while time::OffsetDateTime::now_utc().second() > 52 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // 40 requests in the minute, 20 through each replica: each alone stays under R3's
+        // 30 a minute; the shared count shows 40.
+        for n in 0..40 {
+            let r = http_request(
+                "POST",
+                &format!("{}/v1/chat/completions", c.proxies[n % 2]),
+                &[("authorization", &format!("Bearer {secret}"))],
+                chat_body("gpt-4o-mini", false),
+                Some("127.0.0.10".parse().unwrap()),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let mut r3 = Vec::new();
+        for _ in 0..100 {
+            r3 = alerts_of(&store, &record, stormwall_types::DetectorId::R3).await;
+            if !r3.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(r3.len(), 1, "{r3:#?}");
+        let rpm = r3[0]
+            .alert
+            .features
+            .iter()
+            .find(|f| f.name == "requests_per_minute")
+            .unwrap();
+        assert!(
+            rpm.value > 20.0,
+            "more than one replica saw: {:?}",
+            r3[0].alert.features
+        );
         c.stop().await;
     }
 

@@ -399,6 +399,12 @@ pub trait Counters: Send + Sync {
         to: OffsetDateTime,
     ) -> Result<u64, CounterError>;
 
+    /// Adds amounts to per-key counters in caller-chosen time buckets (a key's spend this
+    /// hour, its requests this minute) and returns each counter's new total over every
+    /// replica, in order. A counter expires `ttl` after its last change. `set` is 1-32
+    /// characters of `a-z 0-9 _`.
+    async fn tally(&self, items: &[Tally<'_>], ttl: Duration) -> Result<Vec<i64>, CounterError>;
+
     /// Tells every subscriber (every replica) that the key's record changed.
     async fn publish_key_change(&self, key: &KeyId) -> Result<(), CounterError>;
 
@@ -408,6 +414,19 @@ pub trait Counters: Send + Sync {
 
     /// Whether the backend is usable right now. Never blocks.
     fn health(&self) -> CountersHealth;
+}
+
+/// One amount for [`Counters::tally`].
+#[derive(Debug, Clone, Copy)]
+pub struct Tally<'a> {
+    /// Counter family, e.g. `usd_hour`.
+    pub set: &'a str,
+    /// The key counted.
+    pub key: &'a KeyId,
+    /// Time bucket (e.g. the hour or minute index since the epoch).
+    pub bucket: i64,
+    /// Amount to add (may be 0 to read).
+    pub amount: i64,
 }
 
 /// Opens the counters `config` names, reading URL variables from the process environment.

@@ -8,6 +8,7 @@
 //! limit); when it answers again decisions go back to it at once, and the caller restores
 //! spend with [`Counters::reconcile_spend`] (it reaches both sides).
 
+use crate::counters::Tally;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,6 +222,10 @@ impl Counters for FallbackCounters {
         to: OffsetDateTime,
     ) -> Result<u64, CounterError> {
         either!(self.distinct_count(set, key, from, to))
+    }
+
+    async fn tally(&self, items: &[Tally<'_>], ttl: Duration) -> Result<Vec<i64>, CounterError> {
+        either!(self.tally(items, ttl))
     }
 
     async fn publish_key_change(&self, key: &KeyId) -> Result<(), CounterError> {

@@ -29,7 +29,8 @@ pub use config::{CountersConfig, EventsConfig, PostgresConfig, RedisConfig, Stor
 pub use counters::{
     BudgetDecision, BudgetPeriod, BudgetRequest, BudgetReservation, BudgetUsage, CounterError,
     Counters, CountersHealth, KeyChange, KeyChanges, RateCharge, RateDecision, RateLimited,
-    RateRequest, SlotDecision, SlotLease, WindowState, open_counters, open_counters_with_env,
+    RateRequest, SlotDecision, SlotLease, Tally, WindowState, open_counters,
+    open_counters_with_env,
 };
 pub use fallback::FallbackCounters;
 pub use local::LocalCounters;

@@ -2,6 +2,7 @@
 //! scripts, computed under one mutex: used on a single node, and as the fallback while Redis
 //! is unreachable.
 
+use crate::counters::Tally;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -91,6 +92,7 @@ struct State {
     periods: HashMap<(String, PeriodId), Totals>,
     reservations: HashMap<String, HashMap<String, Held>>,
     distinct: HashMap<(String, String, i64), (Hll, i64)>,
+    tallies: HashMap<(String, String, i64), (i64, i64)>,
     ops: u64,
 }
 
@@ -252,6 +254,7 @@ impl State {
         self.reservations.retain(|_, h| !h.is_empty());
         self.periods.retain(|_, t| t.expires > now);
         self.distinct.retain(|_, (_, expires)| *expires > now);
+        self.tallies.retain(|_, (_, expires)| *expires > now);
     }
 }
 
@@ -539,6 +542,28 @@ impl Counters for LocalCounters {
         let m = s.totals_mut(k, PeriodId::Month(month), now);
         m.spent = m.spent.max(usd_to_nanos(month_usd));
         Ok(())
+    }
+
+    async fn tally(&self, items: &[Tally<'_>], ttl: Duration) -> Result<Vec<i64>, CounterError> {
+        for t in items {
+            validate_set(t.set)?;
+        }
+        let now = self.now_ms();
+        let mut s = self.lock(now);
+        let mut out = Vec::with_capacity(items.len());
+        for t in items {
+            let entry = s
+                .tallies
+                .entry((t.set.to_owned(), t.key.as_str().to_owned(), t.bucket))
+                .or_insert((0, 0));
+            if entry.1 <= now {
+                entry.0 = 0;
+            }
+            entry.0 = entry.0.saturating_add(t.amount);
+            entry.1 = now + millis(ttl, 1);
+            out.push(entry.0);
+        }
+        Ok(out)
     }
 
     async fn distinct_add(

@@ -10,6 +10,7 @@
 //! calls fail at once with [`CounterError::Unavailable`] for `retry_interval_ms`, then one
 //! call probes with a fresh connection. No call ever waits on a reconnect loop.
 
+use crate::counters::Tally;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1006,6 +1007,29 @@ impl Counters for RedisCounters {
         })
         .await?;
         Ok(())
+    }
+
+    async fn tally(&self, items: &[Tally<'_>], ttl: Duration) -> Result<Vec<i64>, CounterError> {
+        for t in items {
+            validate_set(t.set)?;
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = items
+            .iter()
+            .map(|t| self.key("tally", t.key, &format!(":{}:{}", t.set, t.bucket)))
+            .collect();
+        let ttl_ms = millis(ttl, 1);
+        self.call(async |mut conn| {
+            let mut pipe = ::redis::pipe();
+            for (k, t) in keys.iter().zip(items) {
+                pipe.cmd("INCRBY").arg(k).arg(t.amount);
+                pipe.cmd("PEXPIRE").arg(k).arg(ttl_ms).ignore();
+            }
+            pipe.query_async::<Vec<i64>>(&mut conn).await
+        })
+        .await
     }
 
     async fn distinct_add(

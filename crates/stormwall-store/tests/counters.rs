@@ -623,6 +623,60 @@ mod suite {
         assert!((n - 5_000.0).abs() / 5_000.0 < 0.03, "{n}");
     }
 
+    /// Tallies add up over replicas, per set, key and bucket, and expire.
+    pub async fn tallies_add_up_across_replicas(h: &Harness) {
+        let a = h.replica().await;
+        let b = h.replica().await;
+        let ttl = Duration::from_secs(60);
+        let (k1, k2) = (key(1), key(2));
+        let t = |set, key, bucket, amount| stormwall_store::Tally {
+            set,
+            key,
+            bucket,
+            amount,
+        };
+        assert_eq!(
+            a.tally(
+                &[t("usd_hour", &k1, 7, 5), t("req_minute", &k1, 70, 1)],
+                ttl
+            )
+            .await
+            .unwrap(),
+            vec![5, 1]
+        );
+        assert_eq!(
+            b.tally(
+                &[
+                    t("usd_hour", &k1, 7, 3),
+                    t("usd_hour", &k1, 8, 2),
+                    t("usd_hour", &k2, 7, 1)
+                ],
+                ttl
+            )
+            .await
+            .unwrap(),
+            vec![8, 2, 1]
+        );
+        assert_eq!(
+            a.tally(&[t("usd_hour", &k1, 7, 0)], ttl).await.unwrap(),
+            vec![8]
+        );
+        assert!(a.tally(&[], ttl).await.unwrap().is_empty());
+        assert!(matches!(
+            a.tally(&[t("Bad Name", &k1, 7, 1)], ttl).await,
+            Err(CounterError::Invalid(_))
+        ));
+        // Expired counters start again.
+        b.tally(&[t("short", &k1, 1, 4)], Duration::from_millis(50))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            a.tally(&[t("short", &k1, 1, 1)], ttl).await.unwrap(),
+            vec![1]
+        );
+    }
+
     /// A change published by one replica reaches another's subscription within a second.
     pub async fn key_changes_reach_every_replica(h: &Harness) {
         let a = h.replica().await;
@@ -665,7 +719,7 @@ macro_rules! counters_suite {
                 slots_exact_across_replicas, budget_reserve_and_settle,
                 budget_days_and_months, budget_exact_across_replicas,
                 budget_reservations_expire, budget_spend_reconciles_upwards,
-                distinct_counts, key_changes_reach_every_replica);
+                distinct_counts, tallies_add_up_across_replicas, key_changes_reach_every_replica);
             counters_suite!(@tests $open, true; rate_window_slides);
         }
     };

@@ -111,7 +111,7 @@ pub fn r3_concurrency(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         .max(th.r3_rate_factor * expected_rpm.max(f64::from(ks.base.peak_rpm) / 2.0))
         * f;
     let inflight = f64::from(ctx.e.inflight);
-    let rpm = f64::from(ks.minute_req);
+    let rpm = f64::from(ks.minute_req.max(ctx.global.requests_minute.unwrap_or(0)));
     if inflight < thr_inflight && rpm < thr_rpm {
         return;
     }
@@ -187,7 +187,7 @@ pub fn r5_volume(ctx: &Ctx<'_>, ks: &mut KeyState, model_calls: u32, out: &mut V
         .r5_min_usd_hour
         .max(th.r5_cost_factor * usual_h.max(usual_avg))
         * f;
-    let cost = ks.hour.cost;
+    let cost = ks.hour.cost.max(ctx.global.usd_hour.unwrap_or(0.0));
     let thr_calls =
         f64::from(th.r5_calls_per_model_hour).max(3.0 * f64::from(ks.base.peak_model_calls_h)) * f;
     let calls = f64::from(model_calls);
