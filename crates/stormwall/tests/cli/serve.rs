@@ -309,7 +309,10 @@ fn demo_runs_on_the_embedded_default() {
         "429",
         "revoked",
         "Canary key used: 401",
-        "Events recorded (10)",
+        "content_policy_violation",
+        "Key status: suspended",
+        "alert P3 (high)",
+        "Events recorded (",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
