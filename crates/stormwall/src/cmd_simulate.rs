@@ -77,15 +77,21 @@ pub struct Args {
     /// Live: legitimate requests per second over all legitimate keys, paced steadily.
     #[arg(long, default_value_t = 5.0)]
     pub legit_rps: f64,
-    /// Live: share of the window with legitimate traffic only, before the first attack.
-    #[arg(long, default_value_t = 0.3)]
-    pub live_warmup: f64,
+    /// Live: share of the window with legitimate traffic only, before the first attack
+    /// (default 0.1 with imported history, 0.3 without).
+    #[arg(long)]
+    pub live_warmup: Option<f64>,
     /// Live: longest gap between two requests of one attacker, milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub max_gap_ms: i64,
     /// Live: seconds to wait after the replay before reading statuses and alerts back.
     #[arg(long, default_value_t = 3.0)]
     pub settle_secs: f64,
+    /// Live: days of legitimate history (the simulation's legitimate actors, attacked
+    /// keys' owners included) imported through `POST /admin/events` before the replay, so
+    /// the gateway's baselines know the tenants (0: none).
+    #[arg(long, default_value_t = 2)]
+    pub history_days: u32,
     /// Live: write the created keys (gateway id, tenant, profile, canary, attack, scenario)
     /// as JSON lines here.
     #[arg(long, value_name = "FILE")]
@@ -223,7 +229,10 @@ fn run_live(args: Args, sim: Simulation) -> anyhow::Result<ExitCode> {
     if !(args.legit_rps.is_finite() && args.legit_rps > 0.0 && args.legit_rps <= 10_000.0) {
         anyhow::bail!("--legit-rps must be in (0, 10000]");
     }
-    if !(0.0..0.9).contains(&args.live_warmup) {
+    let live_warmup = args
+        .live_warmup
+        .unwrap_or(if args.history_days > 0 { 0.1 } else { 0.3 });
+    if !(0.0..0.9).contains(&live_warmup) {
         anyhow::bail!("--live-warmup must be in [0, 0.9)");
     }
     let token = crate::config::env_var(&args.admin_token_env)
@@ -239,11 +248,12 @@ fn run_live(args: Args, sim: Simulation) -> anyhow::Result<ExitCode> {
         admin: args.admin.clone().unwrap_or_default(),
         token: secrecy::SecretString::from(token),
         settle: std::time::Duration::from_secs_f64(args.settle_secs.clamp(0.0, 600.0)),
+        history_days: args.history_days.min(args.days),
     };
     let opts = stormwall_detect::sim::LiveOptions {
         duration_ms: (args.live_secs * 1000.0) as i64,
-        warmup_share: args.live_warmup,
-        attacks_by_share: (args.live_warmup + 0.25).min(0.95),
+        warmup_share: live_warmup,
+        attacks_by_share: (live_warmup + 0.25).min(0.95),
         legit_rps: args.legit_rps,
         speed: args.speed,
         max_gap_ms: args.max_gap_ms.max(1),
@@ -265,7 +275,8 @@ fn run_live(args: Args, sim: Simulation) -> anyhow::Result<ExitCode> {
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         );
-        for (k, live) in truth.iter().zip(&run.keys) {
+        for (i, (k, live)) in truth.iter().zip(&run.keys).enumerate() {
+            let used = run.attacker_use.get(i).copied().unwrap_or_default();
             serde_json::to_writer(
                 &mut out,
                 &serde_json::json!({
@@ -275,6 +286,9 @@ fn run_live(args: Args, sim: Simulation) -> anyhow::Result<ExitCode> {
                     "canary": k.canary,
                     "attack": k.scenario.is_some(),
                     "scenario": k.scenario.and_then(|s| stormwall_detect::sim::SCENARIOS.get(s)),
+                    "attacker_requests": used.requests,
+                    "abuse_requests": used.abuse_requests,
+                    "abuse_served": used.abuse_served,
                 }),
             )?;
             out.write_all(b"\n")?;
@@ -292,10 +306,11 @@ fn run_live(args: Args, sim: Simulation) -> anyhow::Result<ExitCode> {
         print_report(&mut out, &run.report)?;
     }
     eprintln!(
-        "live replay: {} requests ({} from attackers, {} without an answer) in {:.1} s",
+        "live replay: {} requests ({} from attackers, {} without an answer) after {} events of imported history, in {:.1} s",
         run.report.events,
         run.report.attacker_events,
         run.failed_requests,
+        run.history_events,
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)

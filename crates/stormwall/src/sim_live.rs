@@ -35,6 +35,16 @@ const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
 const MAX_INFLIGHT: usize = 256;
 /// Per-request time limit.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time limit of one history import call (the gateway stores and replays the batch).
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most events per history import call (the gateway takes at most 10,000).
+const IMPORT_BATCH_EVENTS: usize = 5_000;
+/// Most bytes per history import call (the gateway takes at most 16 MiB).
+const IMPORT_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// How long before the start of the import the history ends.
+const HISTORY_END_MARGIN_MS: i64 = 5_000;
+/// `event.dataset` of imported history.
+const HISTORY_DATASET: &str = "simulated-history";
 /// Second octet of the first loopback /24 handed out (127.0.0.0/16 is left to other uses).
 const FIRST_OCTET: u16 = 10;
 
@@ -139,6 +149,8 @@ pub struct Target {
     pub token: SecretString,
     /// Seconds to wait after the replay for detection to finish before reading back.
     pub settle: Duration,
+    /// Days of legitimate history imported before the replay (0: none).
+    pub history_days: u32,
 }
 
 /// A key as created on the gateway.
@@ -162,6 +174,21 @@ pub struct LiveRun {
     pub failed_requests: u64,
     /// Whether `GET /admin/alerts` answered.
     pub alerts_available: bool,
+    /// What the attackers did with each key, in the simulation's order.
+    pub attacker_use: Vec<AttackerUse>,
+    /// Events of legitimate history imported before the replay.
+    pub history_events: u64,
+}
+
+/// What the attackers sent with one key during a live replay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttackerUse {
+    /// Attacker requests sent with the key.
+    pub requests: u64,
+    /// Attacker requests of an abuse phase sent with the key.
+    pub abuse_requests: u64,
+    /// Abuse-phase requests the gateway served (2xx).
+    pub abuse_served: u64,
 }
 
 #[derive(Debug, Default)]
@@ -209,6 +236,16 @@ impl Admin {
             Some(v) => Bytes::from(serde_json::to_vec(v)?),
             None => Bytes::new(),
         };
+        self.call_raw(method, path, bytes).await
+    }
+
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Bytes,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let method_is_import = method == Method::POST && path == "/admin/events";
         let req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -218,7 +255,12 @@ impl Admin {
             )
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(bytes))?;
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(req))
+        let limit = if method_is_import {
+            IMPORT_TIMEOUT
+        } else {
+            REQUEST_TIMEOUT
+        };
+        let resp = tokio::time::timeout(limit, self.http.request(req))
             .await
             .context("the admin API did not answer in time")?
             .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
@@ -410,6 +452,211 @@ async fn create_keys(admin: &Admin, keys: &[KeyInfo]) -> anyhow::Result<Vec<Live
     Ok(out)
 }
 
+/// A UUIDv7-shaped event id for an imported event at `ms`: unique per run through `salt`
+/// (the run's start) and `seq`.
+fn event_id(ms: i64, salt: u64, seq: u64) -> String {
+    use stormwall_detect::sketch::mix64;
+    let ms = u64::try_from(ms).unwrap_or(0) & 0xffff_ffff_ffff;
+    let a = mix64(salt ^ seq.rotate_left(17));
+    let b = mix64(a ^ seq);
+    format!(
+        "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+        ms >> 16,
+        ms & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 50),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// The header names the gateway records for `req`, in wire order: the ones the driver
+/// sets, then `host` and `content-length` where the HTTP client adds them.
+fn wire_header_names(req: &Request<Full<Bytes>>) -> Vec<String> {
+    let mut names: Vec<String> = req
+        .headers()
+        .keys()
+        .map(|n| n.as_str().to_owned())
+        .collect();
+    if !names.iter().any(|n| n == "host") {
+        names.push("host".to_owned());
+    }
+    let bodyless = req.method() == Method::GET || req.method() == Method::HEAD;
+    if !bodyless && !names.iter().any(|n| n == "content-length") {
+        names.push("content-length".to_owned());
+    }
+    names
+}
+
+/// How imported history maps onto the live world.
+struct HistoryMap {
+    keys: Vec<LiveKey>,
+    netmap: NetMap,
+    proxy: String,
+    digester: stormwall_gateway::digest::PromptDigester,
+    /// Simulated end of the history window, milliseconds.
+    sim_end: i64,
+    /// Unix milliseconds the history ends at.
+    end: i64,
+    /// Makes event ids unique per run.
+    salt: u64,
+}
+
+/// The event the live gateway would have recorded for `req` at simulated `sim_ms`: the
+/// simulated event rewritten to the live world — re-timed to end just before now, the
+/// gateway's key id and tenant, the loopback address of its network, and the request
+/// fields (header shape, prompt digests, role-play markers) computed the way the gateway
+/// computes them from the request the driver would send.
+fn history_event(
+    history: &stormwall_detect::sim::History,
+    map: &HistoryMap,
+    req: &Req,
+    sim_ms: i64,
+    seq: u64,
+) -> anyhow::Result<Option<stormwall_types::UsageEvent>> {
+    use stormwall_detect::detectors::{JAILBREAK_CATEGORY, ROLEPLAY_CATEGORY};
+    let Some(key) = map.keys.get(req.key) else {
+        return Ok(None);
+    };
+    let Some(mut e) = history.event(req, sim_ms, seq) else {
+        return Ok(None);
+    };
+    let ms = map.end - (map.sim_end - sim_ms);
+    e.id = event_id(ms, map.salt, seq);
+    e.timestamp = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .context("history time")?;
+    e.dataset = HISTORY_DATASET.to_owned();
+    e.key_id = Some(stormwall_types::KeyId::new(&key.id).context("gateway key id")?);
+    e.tenant = Some(key.tenant.clone());
+    e.source_ip = IpAddr::V4(map.netmap.addr(&req.net, req.host));
+    e.source_port = 32_768 + (seq % 28_000) as u16;
+    // A placeholder secret: only the request's shape is used; nothing is sent.
+    let http_req = build_request(&map.proxy, req, "sk-history-placeholder")?;
+    e.header_names = wire_header_names(&http_req);
+    // The gateway screens the rendered text itself: its role-play marker verdict replaces
+    // the simulator's label (simulated content hits stay, as a tenant's habit).
+    e.safety
+        .retain(|v| v.category != ROLEPLAY_CATEGORY && v.category != JAILBREAK_CATEGORY);
+    if let Some(body) = body_of(req) {
+        let bytes = serde_json::to_vec(&body)?;
+        if let Ok(parsed) = stormwall_gateway::request::parse(&bytes, req.endpoint, &map.digester) {
+            e.stream = parsed.stream;
+            e.max_tokens = parsed.max_tokens;
+            e.end_user = parsed.end_user.clone();
+            e.images = parsed.images;
+            e.estimated_input_tokens = parsed.estimated_input_tokens;
+            e.system_prompt_hash = parsed.digest.system_hash.clone();
+            e.prompt_simhash = parsed.digest.simhash.clone();
+            e.prompt_minhash = parsed.digest.minhash.clone();
+            e.prompt_chars = parsed.digest.chars;
+            e.prompt_messages = parsed.digest.messages;
+            if stormwall_detect::markers::roleplay_markers(&parsed.prompt_text) {
+                e.safety.push(stormwall_detect::markers::roleplay_verdict());
+            }
+        }
+    }
+    Ok(Some(e))
+}
+
+/// Renders the history as import bodies (`{"events": [...]}`, bounded in events and
+/// bytes), in time order, onto `tx`. Runs on a blocking thread so that rendering the next
+/// batch overlaps the gateway storing the last one.
+fn render_history(
+    mut history: stormwall_detect::sim::History,
+    map: &HistoryMap,
+    tx: &tokio::sync::mpsc::Sender<anyhow::Result<(u64, Bytes)>>,
+) -> anyhow::Result<()> {
+    let mut batch: Vec<u8> = Vec::with_capacity(IMPORT_BATCH_BYTES + 64 * 1024);
+    let mut in_batch = 0u64;
+    let mut seq = 0u64;
+    let send = |batch: &mut Vec<u8>, in_batch: &mut u64| -> anyhow::Result<()> {
+        if *in_batch == 0 {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(batch.len() + 16);
+        body.extend_from_slice(b"{\"events\":[");
+        body.extend_from_slice(batch);
+        body.extend_from_slice(b"]}");
+        batch.clear();
+        let n = std::mem::take(in_batch);
+        tx.blocking_send(Ok((n, Bytes::from(body))))
+            .map_err(|_| anyhow::anyhow!("history import stopped"))
+    };
+    while let Some((t, req)) = history.next() {
+        seq += 1;
+        let Some(e) = history_event(&history, map, &req, t, seq)? else {
+            continue;
+        };
+        if in_batch > 0 {
+            batch.push(b',');
+        }
+        serde_json::to_writer(&mut batch, &e)?;
+        in_batch += 1;
+        if in_batch >= IMPORT_BATCH_EVENTS as u64 || batch.len() >= IMPORT_BATCH_BYTES {
+            send(&mut batch, &mut in_batch)?;
+        }
+    }
+    send(&mut batch, &mut in_batch)
+}
+
+/// Gives the keys a past: the legitimate actors' traffic (stolen keys' owners included)
+/// over `days` of simulated time, re-timed to end just before now, rewritten to the live
+/// world and imported through `POST /admin/events` in time order, so the gateway's
+/// baselines know the tenants before the first attack. Returns the events imported.
+async fn import_history(
+    admin: &Admin,
+    sim: &Simulation,
+    keys: &[LiveKey],
+    netmap: &NetMap,
+    proxy: &str,
+    days: u32,
+) -> anyhow::Result<u64> {
+    if days == 0 {
+        return Ok(0);
+    }
+    let history = sim.history(days);
+    let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .context("clock")?;
+    let map = HistoryMap {
+        keys: keys.to_vec(),
+        netmap: netmap.clone(),
+        proxy: proxy.to_owned(),
+        digester: stormwall_gateway::digest::PromptDigester::default(),
+        sim_end: history.end_ms(),
+        end: now_ms - HISTORY_END_MARGIN_MS,
+        salt: now_ms.unsigned_abs(),
+    };
+    // Two batches in flight at most: one being stored, one being rendered.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let producer = tokio::task::spawn_blocking(move || {
+        if let Err(e) = render_history(history, &map, &tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let mut imported = 0u64;
+    while let Some(batch) = rx.recv().await {
+        let (n, body) = batch?;
+        post_history(admin, body).await?;
+        imported += n;
+    }
+    producer.await.context("history rendering")?;
+    Ok(imported)
+}
+
+async fn post_history(admin: &Admin, body: Bytes) -> anyhow::Result<()> {
+    let (status, json) = admin.call_raw(Method::POST, "/admin/events", body).await?;
+    if status == 404 || status == 405 {
+        bail!("the gateway cannot import history (no POST /admin/events): use --history-days 0");
+    }
+    if !(200..300).contains(&status) {
+        let msg = json
+            .pointer("/error/message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("no message");
+        bail!("admin API answered {status} for POST /admin/events: {msg}");
+    }
+    Ok(())
+}
+
 /// Runs the replay and evaluates it.
 pub async fn run(
     sim: Simulation,
@@ -427,6 +674,18 @@ pub async fn run(
         http: client_for(None),
     };
     let keys = create_keys(&admin, &truth).await?;
+    let proxy = target.proxy.trim_end_matches('/').to_owned();
+    let mut history_events = 0;
+    if target.history_days > 0 {
+        let began = Instant::now();
+        history_events =
+            import_history(&admin, &sim, &keys, &netmap, &proxy, target.history_days).await?;
+        eprintln!(
+            "imported {history_events} events of legitimate history ({} days) in {:.1} s",
+            target.history_days,
+            began.elapsed().as_secs_f64()
+        );
+    }
     eprintln!(
         "created {} keys ({} attack, {} canary); replaying for {:.0} s",
         keys.len(),
@@ -434,7 +693,6 @@ pub async fn run(
         truth.iter().filter(|k| k.canary).count(),
         opts.duration_ms as f64 / 1000.0
     );
-    let proxy = target.proxy.trim_end_matches('/').to_owned();
     let mut replay = sim.live(opts);
     let mut view = View::default();
     let mut clients: HashMap<Ipv4Addr, HttpClient> = HashMap::new();
@@ -565,6 +823,21 @@ pub async fn run(
             alerts.push((i, a));
         }
     }
+    let mut attacker_use = vec![AttackerUse::default(); keys.len()];
+    for o in &outcomes {
+        if o.label.scenario.is_none() {
+            continue;
+        }
+        if let Some(u) = attacker_use.get_mut(o.key) {
+            u.requests += 1;
+            if o.label.abuse {
+                u.abuse_requests += 1;
+                if (200..300).contains(&o.status) {
+                    u.abuse_served += 1;
+                }
+            }
+        }
+    }
     let report = evaluate(
         &truth,
         &keys,
@@ -580,6 +853,8 @@ pub async fn run(
         keys,
         failed_requests: failed,
         alerts_available,
+        attacker_use,
+        history_events,
     })
 }
 

@@ -1957,9 +1957,27 @@ impl Req {
             .get((mix64(id) % ROLES.len() as u64) as usize)
             .copied()
             .unwrap_or(ROLES[0]);
+        // The id as plain words: a hex tag reads as leet-speak to a content screen, and
+        // "You are …" as a persona instruction; both made a few percent of legitimate
+        // prompts score as jailbreaks on a gateway with the default safety profile.
+        const TAGS: [&str; 32] = [
+            "amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "harbor", "island",
+            "juniper", "kestrel", "lagoon", "meadow", "north", "orchard", "pebble", "quartz",
+            "river", "summit", "tundra", "upland", "valley", "willow", "yarrow", "zephyr", "acorn",
+            "brook", "canyon", "dune", "elm", "fern", "glade",
+        ];
+        let tag = mix64(id ^ 0x5157);
+        let word = |i: u32| {
+            TAGS.get(((tag >> (5 * i)) & 31) as usize)
+                .copied()
+                .unwrap_or("amber")
+        };
         s.push_str(&format!(
-            "You are {role}. Answer briefly. Reference {:016x}.",
-            mix64(id ^ 0x5157)
+            "House style for {role}: answer briefly and plainly. Desk {} {} {} {}.",
+            word(0),
+            word(1),
+            word(2),
+            word(3)
         ));
         Some(s)
     }
@@ -2012,4 +2030,132 @@ pub fn synthetic_text(seed: u64, chars: u64) -> String {
     }
     s.truncate(chars as usize);
     s
+}
+
+/// The legitimate actors' traffic over the first days of simulated time, in time order:
+/// the past a live replay imports into a gateway before its attacks (see
+/// [`Simulation::history`]).
+pub struct History {
+    keys: Vec<KeyInfo>,
+    actors: Vec<Legit>,
+    heap: BinaryHeap<Reverse<(i64, u64, usize)>>,
+    rng: Rng,
+    end_ms: i64,
+}
+
+impl Simulation {
+    /// The legitimate actors' requests (attacked keys' owners included) over the first
+    /// `days` of simulated time. Drawn from clones of the actors with a generator of its
+    /// own, so the simulation itself, its live replay and its figures are unchanged.
+    pub fn history(&self, days: u32) -> History {
+        let mut rng = Rng::new(mix64(self.cfg.seed ^ 0x4849_5354_4f52_5921));
+        let mut actors = Vec::new();
+        let mut heap = BinaryHeap::new();
+        for a in &self.actors {
+            if let Actor::Legit(l) = a {
+                let first = l.start_ms + rng.range(0, 600_000) as i64;
+                heap.push(Reverse((first, rng.next_u64(), actors.len())));
+                actors.push((**l).clone());
+            }
+        }
+        History {
+            keys: self.keys.clone(),
+            actors,
+            heap,
+            rng,
+            end_ms: self.start_ms + i64::from(days.min(self.cfg.days)) * 24 * HOUR_MS,
+        }
+    }
+
+    /// First instant of simulated time, milliseconds since the Unix epoch.
+    pub fn start_ms(&self) -> i64 {
+        self.start_ms
+    }
+}
+
+impl History {
+    /// End of the history window, milliseconds of simulated time (exclusive).
+    pub fn end_ms(&self) -> i64 {
+        self.end_ms
+    }
+
+    /// The event the simulated gateway records for `r` at `t_ms` (the `seq`-th event).
+    pub fn event(&self, r: &Req, t_ms: i64, seq: u64) -> Option<UsageEvent> {
+        let info = self.keys.get(r.key)?;
+        Some(build_event(r, info, t_ms, seq))
+    }
+}
+
+impl Iterator for History {
+    /// Simulated time in milliseconds and the request; the event is [`History::event`].
+    type Item = (i64, Req);
+
+    fn next(&mut self) -> Option<(i64, Req)> {
+        loop {
+            let Reverse((t, _, idx)) = self.heap.pop()?;
+            if t >= self.end_ms {
+                // Every later entry is later still.
+                self.heap.clear();
+                return None;
+            }
+            let actor = self.actors.get_mut(idx)?;
+            let (req, next) = actor.step(t, &mut self.rng);
+            let s = self.rng.next_u64();
+            self.heap.push(Reverse((next.max(t + 1), s, idx)));
+            if let Some(req) = req {
+                return Some((t, req));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    fn small() -> Simulation {
+        Simulation::new(SimConfig {
+            legit_keys: 8,
+            attacks_per_scenario: 1,
+            ..SimConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn history_is_ordered_bounded_legitimate_and_deterministic() {
+        let sim = small();
+        let h = sim.history(2);
+        let (start, end) = (sim.start_ms(), h.end_ms());
+        assert_eq!(end - start, 2 * 24 * HOUR_MS);
+        let a: Vec<(i64, usize)> = h.map(|(t, r)| (t, r.key)).collect();
+        assert!(a.len() > 1000, "{} requests", a.len());
+        assert!(a.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(a.iter().all(|(t, _)| (start..end).contains(t)));
+        // The owners of attacked keys have a past too; canaries have none.
+        let keys: HashSet<usize> = a.iter().map(|(_, k)| *k).collect();
+        assert!(keys.iter().any(|k| sim.keys()[*k].scenario.is_some()));
+        assert!(keys.iter().all(|k| !sim.keys()[*k].canary));
+        let b: Vec<(i64, usize)> = sim.history(2).map(|(t, r)| (t, r.key)).collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn history_leaves_the_simulation_unchanged() {
+        let run = |sim: Simulation| {
+            let mut engine = Engine::new(crate::EngineConfig::default());
+            let r = sim.run(&mut engine, Severity::Medium, |_, _, _, _| {});
+            (
+                r.events,
+                r.alerts,
+                r.attack_keys_stopped,
+                r.false_suspensions,
+            )
+        };
+        let plain = run(small());
+        let sim = small();
+        let n = sim.history(2).count();
+        assert!(n > 0);
+        assert_eq!(run(sim), plain);
+    }
 }
