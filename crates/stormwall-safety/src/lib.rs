@@ -27,6 +27,7 @@
 //! assert_eq!(v.action, Action::Allow);
 //! ```
 
+pub mod benign;
 pub mod category;
 pub mod decode;
 pub mod eval;

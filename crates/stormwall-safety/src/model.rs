@@ -315,8 +315,8 @@ pub struct Example {
     pub text: String,
     /// Its categories.
     pub labels: Vec<Category>,
-    /// A disguised copy made for training only; left out of calibration, which must
-    /// reflect real traffic.
+    /// Made for training only (a disguised copy, or a synthetic system prompt); left out
+    /// of calibration, which must reflect the labelled sets the profiles were tuned on.
     pub augmented: bool,
 }
 
@@ -344,10 +344,10 @@ pub const AUGMENT: &[crate::evasion::Transform] = &[
     crate::evasion::Transform::Spacing,
 ];
 
-/// Training examples for labelled records, in record order: what `stormwall safety train`
-/// feeds [`train`]. Harmful records whose labels map to no category are left out (they
-/// would teach the model that harm looks benign); benign ones are added with their
-/// [`AUGMENT`] disguises.
+/// Training examples for labelled records, in record order, then the synthetic benign
+/// system prompts of [`crate::benign`]: what `stormwall safety train` feeds [`train`].
+/// Harmful records whose labels map to no category are left out (they would teach the model
+/// that harm looks benign); benign ones are added with their [`AUGMENT`] disguises.
 pub fn training_examples<'a>(
     records: impl IntoIterator<Item = &'a crate::eval::Record>,
 ) -> Vec<Example> {
@@ -373,6 +373,14 @@ pub fn training_examples<'a>(
             augmented: false,
         });
     }
+    // The labelled sets hold almost no system prompts while their jailbreaks open with
+    // "You are …"; without these the model reads every assistant preamble as a jailbreak.
+    // They count as augmented so calibration stays on the labelled benign texts.
+    examples.extend(crate::benign::system_prompts().iter().map(|t| Example {
+        text: crate::normalize::fold(t),
+        labels: Vec::new(),
+        augmented: true,
+    }));
     examples
 }
 

@@ -8,32 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use stormwall_safety::eval::{Evaluator, Record};
-use stormwall_safety::model::{self, Example, Model, TrainConfig};
-use stormwall_safety::{Action, Category, Kind, Profile, Screener, Transform};
+use stormwall_safety::model::{self, Model, TrainConfig};
+use stormwall_safety::{Action, Kind, Profile, Screener, Transform};
 
 /// Largest text `check` reads from stdin.
 const MAX_CHECK_BYTES: u64 = 16 * 1024 * 1024;
-/// Disguises of benign texts added as benign training examples.
-const AUGMENT: &[Transform] = &[
-    Transform::Base64,
-    Transform::Rot13,
-    Transform::Homoglyph,
-    Transform::Leetspeak,
-    Transform::Diacritics,
-    Transform::Spacing,
-];
-/// Categories the shipped model has a head for.
-const MODEL_HEADS: &[Category] = &[
-    Category::Sexual,
-    Category::Violence,
-    Category::Hate,
-    Category::Harassment,
-    Category::SelfHarm,
-    Category::Illicit,
-    Category::Jailbreak,
-    Category::PublicFigureLikeness,
-];
-
 /// Safety commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum SafetyCommand {
@@ -326,48 +305,31 @@ fn train(
     if files.is_empty() {
         bail!("no .jsonl files in {}", dir.display());
     }
-    let mut examples = Vec::new();
-    let mut skipped = 0usize;
+    let mut records = Vec::new();
     for f in &files {
         read_records(f, |r| {
-            if holdout.is_some_and(|(n, k)| r.fold(n) == k) {
-                return;
+            if holdout.is_none_or(|(n, k)| r.fold(n) != k) {
+                records.push(r);
             }
-            let labels = r.mapped_categories();
-            // Harmful records whose labels we have no category for (copyright, expert
-            // advice) would teach the model that harm looks benign; leave them out.
-            if r.harmful && labels.is_empty() {
-                skipped += 1;
-                return;
-            }
-            // Benign texts are also learned in their encoded and disguised forms: the
-            // plain view of an encoded prompt is gibberish, and gibberish alone is not
-            // harm (the decoded views carry whatever is underneath).
-            if !r.harmful {
-                let seed = stormwall_safety::eval::stable_hash(&r.id);
-                for t in AUGMENT {
-                    examples.push(Example {
-                        text: stormwall_safety::normalize::fold(&t.apply(&r.text, seed)),
-                        labels: Vec::new(),
-                        augmented: true,
-                    });
-                }
-            }
-            examples.push(Example {
-                text: stormwall_safety::normalize::fold(&r.text),
-                labels,
-                augmented: false,
-            });
         })?;
     }
-    let m = model::train(&examples, MODEL_HEADS, cfg);
+    // Reported only: `training_examples` leaves out harmful records whose labels have no
+    // category (copyright, expert advice), which would teach the model that harm looks benign.
+    let skipped = records
+        .iter()
+        .filter(|r| r.harmful && r.mapped_categories().is_empty())
+        .count();
+    // The crate's own example builder and head list, so `cv` and `train` cannot drift.
+    let examples = model::training_examples(&records);
+    let m = model::train(&examples, model::DEFAULT_HEADS, cfg);
     let bytes = m.to_bytes();
     fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
-        "trained on {} records ({} harmful without a mapped category skipped), {} heads, {} bytes -> {}",
+        "trained on {} records as {} examples ({} harmful without a mapped category skipped), {} heads, {} bytes -> {}",
+        records.len() - skipped,
         examples.len(),
         skipped,
-        MODEL_HEADS.len(),
+        model::DEFAULT_HEADS.len(),
         bytes.len(),
         out.display()
     );
