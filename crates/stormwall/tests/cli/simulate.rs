@@ -297,13 +297,12 @@ const NOT_STOPPED_LIVE: &[(&str, &str)] = &[
         "stealth_resale",
         "copies the victim's client exactly: not stopped offline either",
     ),
-    // Throttled on the proxy signals (P1/P2/P3/P5), then the resale signals (R1, R3) that
-    // suspend it offline arrive — but the gateway clears a key's risk ledger when it applies
-    // the throttle (keys::update → save → detection key_status(Active) → Engine::key_status
-    // resets ledger and level as for a resumed key), so the escalation starts from zero.
+    // Throttled on the proxy signals (P1/P2/P3/P5, all one stage); the resale signals (R1,
+    // R6) that suspend it offline come over hours, and at 6 requests a minute the seconds
+    // left in a live run do not carry them.
     (
         "image_abuse",
-        "gateway resets risk on its own throttle; must end throttled",
+        "throttled on proxy signals; resale signals need more time; must end throttled",
     ),
 ];
 
