@@ -178,36 +178,61 @@ pub fn builtin_model() -> Result<Option<Model>, ModelError> {
     Model::from_bytes(BUILTIN_MODEL).map(Some)
 }
 
-/// Per-slot lexicon evidence: hits as (weight, original span, view kind, clean?).
+/// One lexicon hit as a slot keeps it.
+#[derive(Clone)]
+struct SlotHit {
+    weight: f32,
+    /// Byte range in the original text.
+    span: Range<usize>,
+    kind: ViewKind,
+    clean: bool,
+    /// Index of the view and byte range in it.
+    view: u16,
+    local: Range<usize>,
+}
+
+impl SlotHit {
+    /// Whether two hits are the same evidence. A decoded view maps every byte to the whole
+    /// encoded span, so within one view the view's own ranges tell distinct phrases apart
+    /// (as they are in plain text); across views the original span does, so a phrase seen
+    /// in several views counts once.
+    fn overlaps(&self, o: &SlotHit) -> bool {
+        let meet = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
+        meet(&self.span, &o.span) && (self.view != o.view || meet(&self.local, &o.local))
+    }
+}
+
+/// Per-slot lexicon evidence.
 #[derive(Default)]
 struct Slot {
-    hits: Vec<(f32, Range<usize>, ViewKind, bool)>,
+    hits: Vec<SlotHit>,
 }
 
 impl Slot {
     /// Noisy-OR of the strongest hit per overlapping group, and the best hit.
     fn score(&mut self, clean_only: bool) -> (f32, Option<Evidence>) {
-        self.hits
-            .sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.start.cmp(&b.1.start)));
-        let mut taken: Vec<Range<usize>> = Vec::new();
+        self.hits.sort_by(|a, b| {
+            b.weight
+                .total_cmp(&a.weight)
+                .then(a.span.start.cmp(&b.span.start))
+                .then(a.local.start.cmp(&b.local.start))
+        });
+        let mut taken: Vec<&SlotHit> = Vec::new();
         let mut keep = 1.0f32;
         let mut best = None;
-        for (w, span, view, clean) in &self.hits {
-            if clean_only && !clean {
+        for h in &self.hits {
+            if clean_only && !h.clean {
                 continue;
             }
-            if taken
-                .iter()
-                .any(|t| t.start < span.end && span.start < t.end)
-            {
+            if taken.iter().any(|t| t.overlaps(h)) {
                 continue;
             }
-            taken.push(span.clone());
-            keep *= 1.0 - w;
+            taken.push(h);
+            keep *= 1.0 - h.weight;
             if best.is_none() {
                 best = Some(Evidence {
-                    view: *view,
-                    span: span.clone(),
+                    view: h.kind,
+                    span: h.span.clone(),
                 });
             }
         }
@@ -321,12 +346,14 @@ impl Screener {
                 continue;
             };
             let clean = is_clean(view);
-            let entry = (
-                t.weight,
-                view.original_span(h.range.clone()),
-                view.kind(),
+            let entry = SlotHit {
+                weight: t.weight,
+                span: view.original_span(h.range.clone()),
+                kind: view.kind(),
                 clean,
-            );
+                view: h.view,
+                local: h.range.clone(),
+            };
             match t.feature {
                 Feature::Category(c) => cats[c.index()].hits.push(entry),
                 Feature::Minor => minor.hits.push(entry),
