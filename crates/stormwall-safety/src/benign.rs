@@ -1,12 +1,15 @@
-//! Synthetic benign system prompts and assistant preambles, generated here, for training.
+//! Synthetic benign system prompts and assistant preambles (and a few short everyday image
+//! prompts), generated here, for training.
 //!
 //! The development sets' jailbreak and role-play prompts mostly open with "You are …", while
 //! their benign texts hold almost no system prompts; a model trained on them alone learns
 //! that "You are a helpful assistant." is a jailbreak, and a chat gateway sees that line on
 //! nearly every request. These texts, written for the project from the templates below
 //! (never taken from a data set), are added to the benign training examples so the model
-//! learns that a persona, a tone or an output format is ordinary. The set is deterministic:
-//! the same build always trains the same model.
+//! learns that a persona, a tone or an output format is ordinary. Short image prompts of
+//! animals and objects are there for the same reason: with only a handful of words, "cute"
+//! or "tiny" alone tipped them into harm. The set is deterministic: the same build always
+//! trains the same model.
 
 /// Adjectives of a persona.
 const ADJECTIVES: &[&str] = &[
@@ -265,6 +268,70 @@ const FORMATS: &[&str] = &[
     "Respond with a single word.",
 ];
 
+/// Subjects of short everyday image prompts.
+const SUBJECTS: &[&str] = &[
+    "cat",
+    "dog",
+    "puppy",
+    "kitten",
+    "rabbit",
+    "fox",
+    "owl",
+    "penguin",
+    "hedgehog",
+    "horse",
+    "teapot",
+    "bicycle",
+    "lighthouse",
+    "sailboat",
+    "cottage",
+    "robot",
+    "dragon",
+    "bowl of soup",
+    "loaf of bread",
+    "vase of tulips",
+    "mountain lake",
+    "city street",
+    "treehouse",
+    "snowman",
+];
+
+/// What the subject is like or doing.
+const ATTRIBUTES: &[&str] = &[
+    "cute",
+    "tiny",
+    "fluffy",
+    "small",
+    "happy",
+    "sleepy",
+    "little",
+    "colorful",
+    "old",
+    "friendly",
+    "wearing a tiny hat",
+    "wearing a scarf",
+    "in the rain",
+    "at sunset",
+    "on a windowsill",
+    "in a garden",
+    "made of paper",
+    "in the snow",
+];
+
+/// Picture styles.
+const STYLES: &[&str] = &[
+    "",
+    "",
+    ", watercolor",
+    ", oil painting",
+    ", children's book illustration",
+    ", 3d render",
+    ", pixel art",
+    ", photo",
+    ", studio lighting",
+    ", cartoon",
+];
+
 /// splitmix64: a fixed, portable sequence, so the set never depends on the platform.
 fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -283,8 +350,11 @@ fn pick<'a>(list: &[&'a str], r: u64) -> &'a str {
 const PERSONAS: u64 = 360;
 /// Number of generated grounded question-answering prompts.
 const GROUNDED: u64 = 80;
+/// Number of generated short image prompts.
+const IMAGES: u64 = 100;
 
-/// The synthetic benign system prompts and preambles, in a fixed order, without duplicates.
+/// The synthetic benign system prompts and preambles, then short everyday image prompts,
+/// in a fixed order, without duplicates.
 pub fn system_prompts() -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for i in 0..PERSONAS {
@@ -335,10 +405,16 @@ pub fn system_prompts() -> Vec<String> {
             pick(SOURCES, r(3))
         );
         if r(4).is_multiple_of(2) {
+            let role = pick(ROLES, r(6));
+            let article = if !r(5).is_multiple_of(2) {
+                "the"
+            } else if role.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
             s = format!(
-                "You are {} {} for {}. {s}",
-                if r(5).is_multiple_of(2) { "a" } else { "the" },
-                pick(ROLES, r(6)),
+                "You are {article} {role} for {}. {s}",
                 pick(EMPLOYERS, r(7))
             );
         }
@@ -358,6 +434,41 @@ pub fn system_prompts() -> Vec<String> {
         if r.is_multiple_of(2) {
             out.push(format!("{p}\n{}", pick(USER_TURNS, r >> 8)));
         }
+    }
+    // Short image prompts: with few words each feature weighs more, and words such as
+    // "cute", "tiny" or "wearing" lean harmful in the image sets, so an everyday subject
+    // needs benign company.
+    for i in 0..IMAGES {
+        let r = |k: u64| mix(0x1AA6_0000_0000 + i.wrapping_mul(0x1_0000).wrapping_add(k));
+        let (a, b) = (pick(ATTRIBUTES, r(1)), pick(ATTRIBUTES, r(2)));
+        let subject = pick(SUBJECTS, r(3));
+        let (pre, post): (Vec<&str>, Vec<&str>) = [a, b]
+            .into_iter()
+            .filter(|x| !x.is_empty())
+            .partition(|x| !x.contains(' '));
+        let mut pre = pre;
+        pre.dedup();
+        let mut words = pre.join(" ");
+        if !words.is_empty() {
+            words.push(' ');
+        }
+        let article = if words.is_empty() {
+            subject
+        } else {
+            words.as_str()
+        };
+        let an = if article.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        let mut s = format!("{an} {words}{subject}");
+        if let Some(p) = post.first() {
+            s.push(' ');
+            s.push_str(p);
+        }
+        s.push_str(pick(STYLES, r(4)));
+        out.push(s);
     }
     let mut seen = std::collections::HashSet::new();
     out.retain(|s| seen.insert(s.clone()));
@@ -438,7 +549,7 @@ mod tests {
     #[test]
     fn a_few_hundred_distinct_and_deterministic() {
         let a = system_prompts();
-        assert!((250..=600).contains(&a.len()), "{}", a.len());
+        assert!((250..=800).contains(&a.len()), "{}", a.len());
         assert_eq!(a, system_prompts());
         assert!(a.iter().all(|s| !s.trim().is_empty()));
     }
