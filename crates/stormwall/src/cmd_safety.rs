@@ -2,7 +2,7 @@
 //! (`eval`), and train the small built-in model (`train`).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -176,10 +176,16 @@ fn check(kind: Kind, args: &ScreenArgs, json: bool) -> anyhow::Result<ExitCode> 
     }
     let text = String::from_utf8_lossy(&buf);
     let verdict = screener.screen(&text, kind, &profile);
+    let mut out = String::new();
     if json {
-        println!("{}", serde_json::to_string(&verdict)?);
+        out = serde_json::to_string(&verdict)?;
+        out.push('\n');
     } else {
-        println!("{} ({kind}, profile {})", verdict.action, profile.name());
+        out.push_str(&format!(
+            "{} ({kind}, profile {})\n",
+            verdict.action,
+            profile.name()
+        ));
         for c in &verdict.categories {
             let at = c
                 .evidence
@@ -193,14 +199,26 @@ fn check(kind: Kind, args: &ScreenArgs, json: bool) -> anyhow::Result<ExitCode> 
                     )
                 })
                 .unwrap_or_default();
-            println!(
-                "  {:<24} {:.2}  {:<5}  ({:?}{at})",
+            out.push_str(&format!(
+                "  {:<24} {:.2}  {:<5}  ({:?}{at})\n",
                 c.category.as_str(),
                 c.score,
                 c.action.as_str(),
                 c.detector
-            );
+            ));
         }
+    }
+    // A reader that stops early (`| head -1`) is not an error: the exit code still says
+    // whether the text was blocked. (`println!` would panic on the closed pipe.)
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("writing stdout");
+        }
+        _ => {}
     }
     Ok(if verdict.action == Action::Block {
         ExitCode::from(1)
