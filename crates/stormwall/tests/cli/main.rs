@@ -7,3 +7,59 @@ mod safety;
 mod scan;
 mod serve;
 mod simulate;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stormwall");
+
+/// A running `stormwall serve`, killed when dropped.
+struct Server {
+    child: Child,
+    proxy: String,
+    admin: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `stormwall serve --config CONFIG` with an admin token and waits for its listeners.
+fn serve_with(config: &Path, token: &str) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("STORMWALL_ADMIN_TOKEN", token)
+        .env("STORMWALL_LOG", "warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    // The first line names the bound addresses: "stormwall: proxy on http://A  admin on http://B".
+    let line = lines.next().unwrap().unwrap();
+    let mut urls = line.split_whitespace().filter(|w| w.starts_with("http://"));
+    let proxy = urls.next().unwrap().to_owned();
+    let admin = urls.next().unwrap().to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        proxy,
+        admin,
+    }
+}
+
+/// Runs the binary with an admin token in the environment.
+fn run_with(args: &[&str], token: &str) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("STORMWALL_ADMIN_TOKEN", token)
+        .env("STORMWALL_LOG", "warn")
+        .output()
+        .unwrap()
+}

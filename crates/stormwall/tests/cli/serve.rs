@@ -1,15 +1,23 @@
 //! `serve`, `keys`, `events export`, `config check` and `demo` through the real binary.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::Value;
 use stormwall_testkit::http_request;
 
-const BIN: &str = env!("CARGO_BIN_EXE_stormwall");
 const TOKEN: &str = "cli-test-admin-token";
+
+use crate::{BIN, Server};
+
+fn serve(config: &Path) -> Server {
+    crate::serve_with(config, TOKEN)
+}
+
+fn stormwall(args: &[&str]) -> std::process::Output {
+    crate::run_with(args, TOKEN)
+}
 
 fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
@@ -40,46 +48,6 @@ models = ["gpt-4o-mini", "text-embedding-3-small", "dall-e-3"]
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-struct Server {
-    child: Child,
-    proxy: String,
-    admin: String,
-}
-
-fn serve(config: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("STORMWALL_ADMIN_TOKEN", TOKEN)
-        .env("STORMWALL_LOG", "warn")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    // The first line names the bound addresses: "stormwall: proxy on http://A  admin on http://B".
-    let line = lines.next().unwrap().unwrap();
-    let mut urls = line.split_whitespace().filter(|w| w.starts_with("http://"));
-    let proxy = urls.next().unwrap().to_owned();
-    let admin = urls.next().unwrap().to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        proxy,
-        admin,
-    }
-}
-
-fn stormwall(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("STORMWALL_ADMIN_TOKEN", TOKEN)
-        .env("STORMWALL_LOG", "warn")
-        .output()
-        .unwrap()
 }
 
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {

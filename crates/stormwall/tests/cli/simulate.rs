@@ -3,15 +3,22 @@
 //! source addresses that the written IP database maps to ASNs and countries.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 use stormwall_testkit::http_request;
 
-const BIN: &str = env!("CARGO_BIN_EXE_stormwall");
 const TOKEN: &str = "sim-live-admin-token";
+
+use crate::Server;
+
+fn serve(config: &Path) -> Server {
+    crate::serve_with(config, TOKEN)
+}
+
+fn stormwall(args: &[&str]) -> std::process::Output {
+    crate::run_with(args, TOKEN)
+}
 /// A small population: 15 legitimate keys, one instance of each attack scenario.
 const POPULATION: &[&str] = &[
     "--seed",
@@ -21,28 +28,6 @@ const POPULATION: &[&str] = &[
     "--attacks-per-scenario",
     "1",
 ];
-
-struct Server {
-    child: Child,
-    proxy: String,
-    admin: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stormwall(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("STORMWALL_ADMIN_TOKEN", TOKEN)
-        .env("STORMWALL_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 fn assert_ok(out: &std::process::Output) {
     assert!(
@@ -94,31 +79,6 @@ models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "dall-e-3"]
     let path = dir.join("stormwall.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn serve(config: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("STORMWALL_ADMIN_TOKEN", TOKEN)
-        .env("STORMWALL_LOG", "warn")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    // The first line names the bound addresses: "stormwall: proxy on http://A  admin on http://B".
-    let line = lines.next().unwrap().unwrap();
-    let mut urls = line.split_whitespace().filter(|w| w.starts_with("http://"));
-    let proxy = urls.next().unwrap().to_owned();
-    let admin = urls.next().unwrap().to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        proxy,
-        admin,
-    }
 }
 
 /// Runs the live replay (after `history_days` of imported history); returns the JSON
