@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 use stormwall_gateway::config::{GatewayConfig, IpDbConfig, ServerConfig, UpstreamConfig};
 use stormwall_gateway::{RunningGateway, start};
 use stormwall_store::{
-    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, EventQuery, EventStore,
-    EventsConfig, KeyFilter, KeyStore, SqliteStore, Store, StoreError, StoredAlert,
+    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
+    AuditRecord, AuditStore, EventQuery, EventStore, EventsConfig, KeyFilter, KeyStore,
+    SqliteStore, Store, StoreError, StoredAlert,
 };
 use stormwall_testkit::{Fault, MockUpstream, TestClient, TestResponse, http_request, http_stream};
 use stormwall_types::{Alert, KeyId, KeyRecord, RejectReason, StreamOutcome, UsageEvent};
@@ -91,6 +92,16 @@ impl AlertStore for CountingStore {
     }
     async fn list_actions(&self, q: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError> {
         self.inner.list_actions(q).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for CountingStore {
+    async fn append_audit(&self, e: &AuditEntry) -> Result<AuditRecord, StoreError> {
+        self.inner.append_audit(e).await
+    }
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.list_audit(q).await
     }
 }
 

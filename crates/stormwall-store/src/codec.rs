@@ -8,7 +8,10 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::{ActionRecord, AlertStatus, StoreError, StoredAlert};
+use crate::{
+    AUDIT_GENESIS, ActionRecord, AlertStatus, AuditEntry, AuditRecord, StoreError, StoredAlert,
+    audit_hash,
+};
 
 /// Key timestamps as fixed-width UTC RFC 3339 with nine fractional digits, so text order
 /// is time order and nanoseconds survive the round trip (PostgreSQL's `timestamptz` keeps
@@ -322,6 +325,117 @@ pub(crate) fn decode_action(id: &str, body: &str) -> Result<ActionRecord, StoreE
         .map_err(|_| StoreError::Corrupt(format!("action {id}: body does not decode")))
 }
 
+/// The audit columns in the order both backends select them (read by [`AuditRow`]).
+pub(crate) const AUDIT_COLUMNS: &str = "seq, prev_hash, hash, body_json";
+
+/// A new audit entry, as it will be stored, and its columns ready to bind. The chain
+/// (`seq`, `prev_hash`, `hash`) is computed by the backend under its write lock.
+pub(crate) struct AuditColumns {
+    /// The entry as stored: `at` cut to milliseconds, decoded back from `body_json`.
+    pub(crate) entry: AuditEntry,
+    pub(crate) at_unix_ms: i64,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) target: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) body_json: String,
+}
+
+impl AuditColumns {
+    pub(crate) fn new(entry: &AuditEntry) -> Result<Self, StoreError> {
+        no_nul("audit entry: actor", Some(&entry.actor))?;
+        no_nul("audit entry: action", Some(&entry.action))?;
+        no_nul("audit entry: target", entry.target.as_deref())?;
+        no_nul("audit entry: tenant", entry.tenant.as_deref())?;
+        let mut entry = entry.clone();
+        // Cut before hashing, so the hash covers the time the `at_unix_ms` column holds.
+        entry.at = entry
+            .at
+            .replace_millisecond(entry.at.millisecond())
+            .map_err(|_| StoreError::Corrupt("audit entry: bad time".to_owned()))?;
+        let body_json = serde_json::to_string(&entry)
+            .map_err(|_| StoreError::Corrupt("audit entry does not encode".to_owned()))?;
+        // Readers verify by re-encoding the decoded body, so an entry is only storable if
+        // that gives back the same bytes (a float serde_json does not read back exactly, a
+        // detail nested deeper than it parses, a year RFC 3339 cannot write would not).
+        let stored: AuditEntry = serde_json::from_str(&body_json)
+            .map_err(|_| StoreError::Corrupt("audit entry does not decode".to_owned()))?;
+        if serde_json::to_string(&stored).ok().as_deref() != Some(body_json.as_str()) {
+            return Err(StoreError::Corrupt(
+                "audit entry does not encode the same after a round trip".to_owned(),
+            ));
+        }
+        Ok(Self {
+            at_unix_ms: unix_ms(stored.at)?,
+            actor: stored.actor.clone(),
+            action: stored.action.clone(),
+            target: stored.target.clone(),
+            tenant: stored.tenant.clone(),
+            entry: stored,
+            body_json,
+        })
+    }
+
+    /// The record that follows `last` (the chain's last `(seq, hash)`, `None` when empty).
+    pub(crate) fn next_record(
+        &self,
+        last: Option<(i64, String)>,
+    ) -> Result<AuditRecord, StoreError> {
+        let (seq, prev_hash) = match last {
+            None => (1, AUDIT_GENESIS.to_owned()),
+            Some((seq, hash)) => {
+                let next = u64::try_from(seq)
+                    .ok()
+                    .and_then(|s| s.checked_add(1))
+                    .filter(|s| i64::try_from(*s).is_ok())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("audit record {seq}: bad sequence number"))
+                    })?;
+                (next, hash)
+            }
+        };
+        Ok(AuditRecord {
+            seq,
+            hash: audit_hash(&prev_hash, seq, &self.entry),
+            prev_hash,
+            entry: self.entry.clone(),
+        })
+    }
+}
+
+/// A sequence number as bound to a BIGINT column; numbers beyond `i64` (which no stored
+/// record has) become `i64::MAX`.
+pub(crate) fn audit_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// An audit row as read, before validation (in [`AUDIT_COLUMNS`] order).
+pub(crate) struct AuditRow {
+    pub(crate) seq: i64,
+    pub(crate) prev_hash: String,
+    pub(crate) hash: String,
+    pub(crate) body_json: String,
+}
+
+impl AuditRow {
+    /// Decodes a row. Errors name the sequence number only: serde_json's messages can quote
+    /// the body.
+    pub(crate) fn into_record(self) -> Result<AuditRecord, StoreError> {
+        let seq = u64::try_from(self.seq).map_err(|_| {
+            StoreError::Corrupt(format!("audit record {}: bad sequence number", self.seq))
+        })?;
+        let entry = serde_json::from_str(&self.body_json).map_err(|_| {
+            StoreError::Corrupt(format!("audit record {seq}: body does not decode"))
+        })?;
+        Ok(AuditRecord {
+            seq,
+            entry,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +479,70 @@ mod tests {
             let json = serde_json::to_string(&d).unwrap();
             assert_eq!(json, format!("\"{}\"", decision_str(d)));
         }
+    }
+
+    fn audit_entry() -> AuditEntry {
+        AuditEntry {
+            at: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap(),
+            actor: "admin".to_owned(),
+            action: "key.suspend".to_owned(),
+            target: Some("k00000000001".to_owned()),
+            tenant: None,
+            detail: serde_json::json!({"reason": "leaked", "n": 3, "share": 0.1}),
+        }
+    }
+
+    #[test]
+    fn audit_columns_cut_time_to_milliseconds_before_hashing() {
+        let c = AuditColumns::new(&audit_entry()).unwrap();
+        assert_eq!(c.entry.at.nanosecond(), 123_000_000);
+        assert_eq!(c.at_unix_ms, 1_700_000_000_123);
+        assert_eq!(serde_json::to_string(&c.entry).unwrap(), c.body_json);
+        let first = c.next_record(None).unwrap();
+        assert_eq!((first.seq, first.prev_hash.as_str()), (1, AUDIT_GENESIS));
+        assert_eq!(first.hash, audit_hash(AUDIT_GENESIS, 1, &c.entry));
+        let second = c.next_record(Some((1, first.hash.clone()))).unwrap();
+        assert_eq!((second.seq, &second.prev_hash), (2, &first.hash));
+        assert!(c.next_record(Some((-1, first.hash.clone()))).is_err());
+        assert!(c.next_record(Some((i64::MAX, first.hash))).is_err());
+    }
+
+    #[test]
+    fn audit_columns_refuse_nul_and_unencodable_entries() {
+        for edit in [
+            (|e: &mut AuditEntry| e.actor.push('\0')) as fn(&mut AuditEntry),
+            |e| e.action.push('\0'),
+            |e| e.target = Some("a\0b".to_owned()),
+            |e| e.tenant = Some("\0".to_owned()),
+            // RFC 3339 cannot write a year before 0 or an offset with seconds.
+            |e| e.at = OffsetDateTime::from_unix_timestamp(-70_000_000_000).unwrap(),
+            |e| e.at = e.at.to_offset(UtcOffset::from_hms(1, 0, 30).unwrap()),
+        ] {
+            let mut e = audit_entry();
+            edit(&mut e);
+            assert!(
+                matches!(AuditColumns::new(&e), Err(StoreError::Corrupt(_))),
+                "{e:?}"
+            );
+        }
+        // NUL inside the detail is escaped in JSON and fine.
+        let mut e = audit_entry();
+        e.detail = serde_json::json!({"note": "a\u{0}b"});
+        assert!(AuditColumns::new(&e).is_ok());
+    }
+
+    #[test]
+    fn audit_rows_decode_or_name_only_the_seq() {
+        let c = AuditColumns::new(&audit_entry()).unwrap();
+        let row = |seq, body: &str| AuditRow {
+            seq,
+            prev_hash: AUDIT_GENESIS.to_owned(),
+            hash: "h".to_owned(),
+            body_json: body.to_owned(),
+        };
+        assert_eq!(row(1, &c.body_json).into_record().unwrap().entry, c.entry);
+        let err = row(2, "{\"secret-ish\": 1}").into_record().unwrap_err();
+        assert!(!err.to_string().contains("secret-ish"), "{err}");
+        assert!(row(-2, &c.body_json).into_record().is_err());
     }
 }

@@ -259,9 +259,127 @@ pub trait AlertStore: Send + Sync {
     async fn list_actions(&self, query: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError>;
 }
 
+/// One change to record in the audit log: who did what to which object.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    /// Wall-clock time of the change.
+    #[serde(with = "stormwall_types::timefmt::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Who: `admin` (the admin API's token holder), `detection`, `leak-report:<reporter>`.
+    pub actor: String,
+    /// What, e.g. `key.create`, `key.suspend`, `alert.false_positive`, `events.import`.
+    pub action: String,
+    /// The object changed (a key id, an alert id), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The tenant concerned, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Details (a reason, the alert that caused an action, counts); never a secret.
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// An audit entry as stored: its place in the log and the hash chain that makes any later
+/// change, removal or reordering of entries detectable.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    /// Hash of the previous record (`AUDIT_GENESIS` for the first).
+    pub prev_hash: String,
+    /// [`audit_hash`] of this record.
+    pub hash: String,
+}
+
+/// `prev_hash` of the first audit record.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// SHA-256 (hex) over the previous hash, the sequence number and the entry's canonical JSON
+/// (fields in declaration order, object keys sorted).
+pub fn audit_hash(prev_hash: &str, seq: u64, entry: &AuditEntry) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(seq.to_string().as_bytes());
+    h.update(b"\n");
+    // Serialising a struct of strings and a JSON value cannot fail.
+    h.update(serde_json::to_vec(entry).unwrap_or_default());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where an audit log stops being consistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit log broken at record {seq}: {reason}")]
+pub struct AuditBreak {
+    /// The first record that does not check.
+    pub seq: u64,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Checks records (in order, starting right after `prev_seq` whose hash is `prev_hash`):
+/// sequence without gaps, each `prev_hash` the hash before, each `hash` recomputed.
+pub fn verify_audit(
+    records: &[AuditRecord],
+    prev_seq: u64,
+    prev_hash: &str,
+) -> Result<(), AuditBreak> {
+    let (mut seq, mut prev) = (prev_seq, prev_hash.to_owned());
+    for r in records {
+        if r.seq != seq + 1 {
+            return Err(AuditBreak {
+                seq: r.seq,
+                reason: "a record is missing or out of order",
+            });
+        }
+        if r.prev_hash != prev {
+            return Err(AuditBreak {
+                seq: r.seq,
+                reason: "it does not follow the record before",
+            });
+        }
+        if audit_hash(&r.prev_hash, r.seq, &r.entry) != r.hash {
+            return Err(AuditBreak {
+                seq: r.seq,
+                reason: "its content was changed",
+            });
+        }
+        seq = r.seq;
+        prev = r.hash.clone();
+    }
+    Ok(())
+}
+
+/// Filters for reading the audit log, in sequence order.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only records after this sequence number.
+    pub after_seq: Option<u64>,
+    /// Only records about this object.
+    pub target: Option<String>,
+    /// At most this many (`None`: no limit).
+    pub limit: Option<usize>,
+}
+
+/// The audit log: append-only, hash-chained, one chain per store however many replicas
+/// write to it.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends an entry at the end of the chain — writers are serialised, so concurrent
+    /// appends from several replicas still form one chain — and returns the stored record.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord, StoreError>;
+    /// Reads records in sequence order.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
 /// Everything the gateway needs from a backend.
-pub trait Store: KeyStore + EventStore + AlertStore {}
-impl<T: KeyStore + EventStore + AlertStore> Store for T {}
+pub trait Store: KeyStore + EventStore + AlertStore + AuditStore {}
+impl<T: KeyStore + EventStore + AlertStore + AuditStore> Store for T {}
 
 /// What a migration run did (`stormwall migrate`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,5 +421,122 @@ pub async fn migrate(
     match config {
         StoreConfig::Sqlite { path } => sqlite::SqliteStore::migrate_file(path).await,
         StoreConfig::Postgres(pg) => postgres::migrate(pg, env).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u32) -> AuditEntry {
+        AuditEntry {
+            at: OffsetDateTime::from_unix_timestamp(1_700_000_000 + i64::from(n)).unwrap(),
+            actor: "admin".to_owned(),
+            action: "key.suspend".to_owned(),
+            target: Some(format!("k{n:011}")),
+            tenant: Some("acme".to_owned()),
+            detail: serde_json::json!({"reason": "test", "n": n}),
+        }
+    }
+
+    /// A valid chain of `n` records from genesis.
+    fn chain(n: u32) -> Vec<AuditRecord> {
+        let mut prev = AUDIT_GENESIS.to_owned();
+        (1..=n)
+            .map(|i| {
+                let seq = u64::from(i);
+                let e = entry(i);
+                let hash = audit_hash(&prev, seq, &e);
+                AuditRecord {
+                    seq,
+                    entry: e,
+                    prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                    hash,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_chain_verifies_whole_and_from_the_middle() {
+        let c = chain(5);
+        assert_eq!(verify_audit(&c, 0, AUDIT_GENESIS), Ok(()));
+        assert_eq!(verify_audit(&c[2..], 2, &c[1].hash), Ok(()));
+        assert_eq!(verify_audit(&[], 0, AUDIT_GENESIS), Ok(()));
+    }
+
+    #[test]
+    fn audit_hash_depends_on_every_input() {
+        let e = entry(1);
+        let h = audit_hash(AUDIT_GENESIS, 1, &e);
+        assert_eq!(h.len(), 64);
+        assert_ne!(h, audit_hash(AUDIT_GENESIS, 2, &e));
+        assert_ne!(h, audit_hash(&"1".repeat(64), 1, &e));
+        let mut other = e.clone();
+        other.detail = serde_json::json!({"reason": "test", "n": 2});
+        assert_ne!(h, audit_hash(AUDIT_GENESIS, 1, &other));
+    }
+
+    #[test]
+    fn a_gap_is_detected_at_the_record_after_it() {
+        let mut c = chain(5);
+        c.remove(2);
+        let err = verify_audit(&c, 0, AUDIT_GENESIS).unwrap_err();
+        assert_eq!(err.seq, 4);
+        assert!(err.reason.contains("missing"), "{err}");
+        // A chain that does not start right after the given point also has a gap.
+        assert_eq!(
+            verify_audit(&chain(3), 1, AUDIT_GENESIS).unwrap_err().seq,
+            1
+        );
+    }
+
+    #[test]
+    fn reordered_records_are_detected() {
+        let mut c = chain(5);
+        c.swap(1, 2);
+        assert_eq!(verify_audit(&c, 0, AUDIT_GENESIS).unwrap_err().seq, 3);
+        // Renumbering the swapped records to hide it breaks the links instead.
+        c[1].seq = 2;
+        c[2].seq = 3;
+        let err = verify_audit(&c, 0, AUDIT_GENESIS).unwrap_err();
+        assert_eq!(err.seq, 2);
+        assert!(err.reason.contains("follow"), "{err}");
+    }
+
+    #[test]
+    fn changed_content_is_detected() {
+        let edits: [fn(&mut AuditRecord); 5] = [
+            |r| r.entry.actor = "mallory".to_owned(),
+            |r| r.entry.target = None,
+            |r| r.entry.detail = serde_json::json!({}),
+            |r| r.entry.at += time::Duration::milliseconds(1),
+            |r| r.hash = "f".repeat(64),
+        ];
+        for edit in edits {
+            let mut c = chain(4);
+            edit(&mut c[3]);
+            let err = verify_audit(&c, 0, AUDIT_GENESIS).unwrap_err();
+            assert_eq!(err.seq, 4);
+            assert!(err.reason.contains("changed"), "{err}");
+        }
+        // Rewriting a record's hash too (a forger without the rest) breaks the next link.
+        let mut c = chain(4);
+        c[1].entry.actor = "mallory".to_owned();
+        c[1].hash = audit_hash(&c[1].prev_hash, 2, &c[1].entry);
+        let err = verify_audit(&c, 0, AUDIT_GENESIS).unwrap_err();
+        assert_eq!(err.seq, 3);
+        assert!(err.reason.contains("follow"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_prev_hash_is_detected() {
+        let mut c = chain(3);
+        c[0].prev_hash = "1".repeat(64);
+        assert_eq!(verify_audit(&c, 0, AUDIT_GENESIS).unwrap_err().seq, 1);
+        let c = chain(3);
+        let err = verify_audit(&c[1..], 1, AUDIT_GENESIS).unwrap_err();
+        assert_eq!(err.seq, 2);
+        assert!(err.reason.contains("follow"), "{err}");
     }
 }

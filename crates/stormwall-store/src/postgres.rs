@@ -21,19 +21,21 @@ use deadpool_postgres::{
 };
 use stormwall_types::{Alert, KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
+use tokio_postgres::IsolationLevel;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::codec::{
-    ALERT_COLUMNS, ActionColumns, AlertColumns, AlertRow, KEY_COLUMNS, KeyColumns, KeyRow,
-    alert_note, decision_str, decode_action, decode_event, encode_event, format_key_time,
-    summable_cost, unix_ms,
+    ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
+    KEY_COLUMNS, KeyColumns, KeyRow, alert_note, audit_seq, decision_str, decode_action,
+    decode_event, encode_event, format_key_time, summable_cost, unix_ms,
 };
 use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
 use crate::{
-    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, EventQuery, EventStore,
-    KeyFilter, KeyStore, MigrationReport, StoreError, StoredAlert,
+    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
+    AuditRecord, AuditStore, EventQuery, EventStore, KeyFilter, KeyStore, MigrationReport,
+    StoreError, StoredAlert,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -45,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_alerts",
         include_str!("../migrations/postgres/0002_alerts.sql"),
+    ),
+    (
+        "0003_audit",
+        include_str!("../migrations/postgres/0003_audit.sql"),
     ),
 ];
 
@@ -95,7 +101,17 @@ const INSERT_ACTION: &str = "WITH inserted AS (\
      SELECT linked.alert_id, inserted.id FROM inserted, UNNEST($8::text[]) AS linked(alert_id) \
      ON CONFLICT DO NOTHING";
 
-/// Keys, events, alerts and actions in PostgreSQL. Cheap to clone: clones share the pool.
+/// Transaction-scoped advisory lock that serialises audit appends ("SWAUDIT" in ASCII, then 1).
+/// One constant for every schema of a database: stores in different schemas then also
+/// take turns, which costs a little waiting and nothing else. Migration locks are FNV-1a
+/// hashes of their schema name, so they cannot be expected to meet this value.
+const AUDIT_LOCK_ID: i64 = 0x5357_4155_4449_5401;
+
+const INSERT_AUDIT: &str = "INSERT INTO audit (seq, at_unix_ms, actor, action, target, tenant, \
+     prev_hash, hash, body_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Keys, events, alerts, actions and the audit log in PostgreSQL. Cheap to clone: clones
+/// share the pool.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
@@ -509,6 +525,15 @@ fn alert_row(row: &tokio_postgres::Row) -> Result<AlertRow, StoreError> {
     })
 }
 
+fn audit_row(row: &tokio_postgres::Row) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        seq: row.try_get(0).map_err(db)?,
+        prev_hash: row.try_get(1).map_err(db)?,
+        hash: row.try_get(2).map_err(db)?,
+        body_json: row.try_get(3).map_err(db)?,
+    })
+}
+
 /// Builds a query from optional clauses: each `?` in a clause becomes the next `$n`.
 struct QueryBuilder {
     sql: String,
@@ -911,6 +936,78 @@ impl AlertStore for PostgresStore {
             out.push(decode_action(&id, &body)?);
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl AuditStore for PostgresStore {
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord, StoreError> {
+        let c = AuditColumns::new(entry)?;
+        let mut client = self.client().await?;
+        // READ COMMITTED whatever the server's default: each statement then sees what was
+        // committed before it began, so the read below, made once the lock is ours, sees
+        // the previous holder's row. (Under REPEATABLE READ the snapshot would date from
+        // the lock statement, before that row committed.)
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(db)?;
+        // Held until commit or rollback (a dropped transaction rolls back), so replicas
+        // append one at a time and extend one chain.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK_ID])
+            .await
+            .map_err(db)?;
+        let stmt = tx
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .await
+            .map_err(db)?;
+        let last = match tx.query_opt(&stmt, &[]).await.map_err(db)? {
+            Some(row) => Some((
+                row.try_get::<_, i64>(0).map_err(db)?,
+                row.try_get::<_, String>(1).map_err(db)?,
+            )),
+            None => None,
+        };
+        let record = c.next_record(last)?;
+        let stmt = tx.prepare_cached(INSERT_AUDIT).await.map_err(db)?;
+        tx.execute(
+            &stmt,
+            &[
+                &audit_seq(record.seq),
+                &c.at_unix_ms,
+                &c.actor,
+                &c.action,
+                &c.target,
+                &c.tenant,
+                &record.prev_hash,
+                &record.hash,
+                &c.body_json,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut b = QueryBuilder::new(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE TRUE"));
+        if let Some(after) = q.after_seq {
+            b.push(" AND seq > ?", Box::new(audit_seq(after)));
+        }
+        if let Some(target) = &q.target {
+            b.push(" AND target = ?", Box::new(target.clone()));
+        }
+        b.sql.push_str(" ORDER BY seq");
+        b.limit(q.limit);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&b.sql).await.map_err(db)?;
+        let rows = client.query(&stmt, &as_refs(&b.params)).await.map_err(db)?;
+        rows.iter()
+            .map(|r| audit_row(r)?.into_record())
+            .collect::<Result<Vec<_>, _>>()
     }
 }
 

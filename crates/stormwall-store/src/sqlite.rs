@@ -20,13 +20,14 @@ use stormwall_types::{Alert, KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
 
 use crate::codec::{
-    ALERT_COLUMNS, ActionColumns, AlertColumns, AlertRow, KEY_COLUMNS, KeyColumns, KeyRow,
-    alert_note, decision_str, decode_action, decode_event, encode_event, format_key_time,
-    summable_cost, unix_ms,
+    ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
+    KEY_COLUMNS, KeyColumns, KeyRow, alert_note, audit_seq, decision_str, decode_action,
+    decode_event, encode_event, format_key_time, summable_cost, unix_ms,
 };
 use crate::{
-    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, EventQuery, EventStore,
-    KeyFilter, KeyStore, MigrationReport, StoreError, StoredAlert,
+    ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
+    AuditRecord, AuditStore, EventQuery, EventStore, KeyFilter, KeyStore, MigrationReport,
+    StoreError, StoredAlert,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -38,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_alerts",
         include_str!("../migrations/sqlite/0002_alerts.sql"),
+    ),
+    (
+        "0003_audit",
+        include_str!("../migrations/sqlite/0003_audit.sql"),
     ),
 ];
 
@@ -71,10 +76,14 @@ const INSERT_ALERT: &str = "INSERT INTO alerts (id, incident, detector, severity
 const INSERT_ACTION: &str = "INSERT INTO actions (id, key_id, alert_id, kind, outcome, \
      applied_at, body_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
 
+const INSERT_AUDIT: &str = "INSERT INTO audit (seq, at_unix_ms, actor, action, target, tenant, \
+     prev_hash, hash, body_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
 const INSERT_ACTION_ALERT: &str = "INSERT INTO action_alerts (alert_id, action_id) \
      VALUES (?1, ?2) ON CONFLICT DO NOTHING";
 
-/// Keys, events, alerts and actions in one SQLite database. Cheap to clone: clones share the connections.
+/// Keys, events, alerts, actions and the audit log in one SQLite database. Cheap to clone:
+/// clones share the connections.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -482,6 +491,34 @@ fn build_action_query(q: &ActionQuery) -> (String, Vec<Value>) {
     (sql, args)
 }
 
+fn read_audit_row(row: &Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        seq: row.get(0)?,
+        prev_hash: row.get(1)?,
+        hash: row.get(2)?,
+        body_json: row.get(3)?,
+    })
+}
+
+fn build_audit_query(q: &AuditQuery) -> (String, Vec<Value>) {
+    let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1 = 1");
+    let mut args = Vec::new();
+    if let Some(after) = q.after_seq {
+        sql.push_str(" AND seq > ?");
+        args.push(Value::Integer(audit_seq(after)));
+    }
+    if let Some(target) = &q.target {
+        sql.push_str(" AND target = ?");
+        args.push(Value::Text(target.clone()));
+    }
+    sql.push_str(" ORDER BY seq");
+    if let Some(limit) = q.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(limit_value(limit));
+    }
+    (sql, args)
+}
+
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn insert_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
@@ -788,6 +825,61 @@ impl AlertStore for SqliteStore {
     }
 }
 
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord, StoreError> {
+        let c = AuditColumns::new(entry)?;
+        self.write(move |conn| {
+            // IMMEDIATE takes the file's write lock before reading the chain's end, so
+            // another process cannot append between that read and this insert: every
+            // writer of the file extends one chain.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let last = tx
+                .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .map_err(db)?
+                .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .optional()
+                .map_err(db)?;
+            let record = c.next_record(last)?;
+            tx.prepare_cached(INSERT_AUDIT)
+                .map_err(db)?
+                .execute(params![
+                    audit_seq(record.seq),
+                    c.at_unix_ms,
+                    c.actor,
+                    c.action,
+                    c.target,
+                    c.tenant,
+                    record.prev_hash,
+                    record.hash,
+                    c.body_json,
+                ])
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let (sql, args) = build_audit_query(query);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(params_from_iter(args.iter()), read_audit_row)
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(db)?.into_record()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -812,18 +904,33 @@ mod tests {
             [],
         )
         .unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), vec!["0002_alerts"]);
+        assert_eq!(
+            migrate(&mut conn).unwrap(),
+            vec!["0002_alerts", "0003_audit"]
+        );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         let n: i64 = conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
-        for table in ["alerts", "actions", "action_alerts"] {
+        for table in ["alerts", "actions", "action_alerts", "audit"] {
             let n: i64 = conn
                 .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
                 .unwrap();
             assert_eq!(n, 0);
         }
+        assert!(migrate(&mut conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn upgrade_from_0002_adds_the_audit_log_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for (_, sql) in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), vec!["0003_audit"]);
+        assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         assert!(migrate(&mut conn).unwrap().is_empty());
     }
 

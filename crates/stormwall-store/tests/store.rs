@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stormwall_store::{
-    ActionOutcome, ActionQuery, ActionRecord, AlertQuery, AlertStatus, BatchWriter, EventQuery,
-    EventStore, EventsConfig, KeyFilter, PostgresConfig, PostgresStore, ShutdownError, SqliteStore,
-    Store, StoreConfig, StoreError, StoredAlert,
+    AUDIT_GENESIS, ActionOutcome, ActionQuery, ActionRecord, AlertQuery, AlertStatus, AuditEntry,
+    AuditQuery, AuditRecord, BatchWriter, EventQuery, EventStore, EventsConfig, KeyFilter,
+    PostgresConfig, PostgresStore, ShutdownError, SqliteStore, Store, StoreConfig, StoreError,
+    StoredAlert, verify_audit,
 };
 use stormwall_types::{
     Action, ActionKind, Alert, AlertFeature, AlertSubject, ApiKey, DetectorId, KeyHash, KeyId,
@@ -185,6 +186,22 @@ fn action(
 
 fn action_ids(actions: &[ActionRecord]) -> Vec<&str> {
     actions.iter().map(|a| a.id.as_str()).collect()
+}
+
+fn audit_entry(action: &str, target: Option<&str>, at: OffsetDateTime) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: "admin".to_owned(),
+        action: action.to_owned(),
+        target: target.map(str::to_owned),
+        tenant: Some("acme".to_owned()),
+        // A float, a nested object and keys out of order: all must hash the same when read.
+        detail: serde_json::json!({"reason": "rotation", "share": 0.1, "z": {"b": 2, "a": [1.5]}}),
+    }
+}
+
+fn seqs(records: &[AuditRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.seq).collect()
 }
 
 fn ids(events: &[UsageEvent]) -> Vec<&str> {
@@ -920,6 +937,187 @@ mod suite {
         assert_eq!(list(ActionQuery::default()).await.len(), 3);
     }
 
+    pub async fn audit_append_list(store: Arc<dyn Store>) {
+        let list = |q: AuditQuery| {
+            let store = Arc::clone(&store);
+            async move { store.list_audit(&q).await.unwrap() }
+        };
+        assert!(list(AuditQuery::default()).await.is_empty());
+        let entries = [
+            audit_entry("key.create", Some("k1"), t0()),
+            // A non-UTC offset is kept as given (it is part of the hashed text).
+            audit_entry(
+                "key.suspend",
+                Some("k2"),
+                (t0() + ms(1)).to_offset(UtcOffset::from_hms(5, 30, 0).unwrap()),
+            ),
+            audit_entry("events.import", None, t0() + ms(2)),
+            audit_entry("key.revoke", Some("k1"), t0() + ms(3)),
+            audit_entry("key.rotate", Some("k1"), t0() + ms(4)),
+        ];
+        let mut appended = Vec::new();
+        for e in &entries {
+            appended.push(store.append_audit(e).await.unwrap());
+        }
+        assert_eq!(seqs(&appended), [1, 2, 3, 4, 5]);
+        assert_eq!(appended[0].prev_hash, AUDIT_GENESIS);
+        for (r, e) in appended.iter().zip(&entries) {
+            // Stored at millisecond precision, everything else as given.
+            let mut want = e.clone();
+            want.at = e.at.replace_millisecond(e.at.millisecond()).unwrap();
+            assert_eq!(r.entry, want);
+            assert_eq!(r.entry.at.offset(), e.at.offset());
+        }
+        let all = list(AuditQuery::default()).await;
+        assert_eq!(all, appended);
+        assert_eq!(verify_audit(&all, 0, AUDIT_GENESIS), Ok(()));
+
+        let after = list(AuditQuery {
+            after_seq: Some(2),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(seqs(&after), [3, 4, 5]);
+        // A tail verifies from the record before it.
+        assert_eq!(verify_audit(&after, 2, &all[1].hash), Ok(()));
+        let k1 = list(AuditQuery {
+            target: Some("k1".to_owned()),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(seqs(&k1), [1, 4, 5]);
+        let page = list(AuditQuery {
+            target: Some("k1".to_owned()),
+            after_seq: Some(1),
+            limit: Some(1),
+        })
+        .await;
+        assert_eq!(seqs(&page), [4]);
+        assert_eq!(
+            seqs(
+                &list(AuditQuery {
+                    limit: Some(2),
+                    ..Default::default()
+                })
+                .await
+            ),
+            [1, 2]
+        );
+        assert!(
+            list(AuditQuery {
+                after_seq: Some(u64::MAX),
+                ..Default::default()
+            })
+            .await
+            .is_empty()
+        );
+        assert!(
+            list(AuditQuery {
+                target: Some("nope".to_owned()),
+                ..Default::default()
+            })
+            .await
+            .is_empty()
+        );
+
+        // Entries PostgreSQL cannot store are refused by both backends, and take no seq.
+        let mut nul = audit_entry("key.create", Some("k\0"), t0());
+        let err = store.append_audit(&nul).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        nul.target = None;
+        nul.actor = "ad\0min".to_owned();
+        assert!(matches!(
+            store.append_audit(&nul).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        // NUL inside the JSON detail is escaped and fine.
+        nul.actor = "admin".to_owned();
+        nul.detail = serde_json::json!({"note": "a\u{0}b"});
+        assert_eq!(store.append_audit(&nul).await.unwrap().seq, 6);
+        let all = list(AuditQuery::default()).await;
+        assert_eq!(seqs(&all), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(verify_audit(&all, 0, AUDIT_GENESIS), Ok(()));
+    }
+
+    /// Appends from several handles on one database at once form one gap-free chain.
+    pub async fn audit_concurrent_appends(stores: Vec<Arc<dyn Store>>) {
+        let tasks: Vec<_> = (0..16usize)
+            .map(|i| {
+                let store = Arc::clone(&stores[i % stores.len()]);
+                let e = audit_entry("key.create", Some(&format!("k{i}")), t0() + ms(i as i64));
+                #[allow(clippy::disallowed_methods)]
+                tokio::spawn(async move { store.append_audit(&e).await.unwrap() })
+            })
+            .collect();
+        let mut returned = Vec::new();
+        for t in tasks {
+            returned.push(t.await.unwrap());
+        }
+        returned.sort_by_key(|r| r.seq);
+        assert_eq!(seqs(&returned), (1..=16).collect::<Vec<_>>());
+        for store in &stores {
+            let all = store.list_audit(&AuditQuery::default()).await.unwrap();
+            assert_eq!(all, returned);
+            assert_eq!(verify_audit(&all, 0, AUDIT_GENESIS), Ok(()));
+        }
+    }
+
+    /// Rows changed or removed behind the store's back (`exec` runs SQL on the database
+    /// directly) fail verification at the record concerned.
+    pub async fn audit_tampering_is_detected<F, Fut>(store: Arc<dyn Store>, exec: F)
+    where
+        F: Fn(&'static str) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        for i in 0..5 {
+            store
+                .append_audit(&audit_entry("key.suspend", Some("k1"), t0() + ms(i)))
+                .await
+                .unwrap();
+        }
+        let verify = || {
+            let store = Arc::clone(&store);
+            async move {
+                let all = store.list_audit(&AuditQuery::default()).await.unwrap();
+                verify_audit(&all, 0, AUDIT_GENESIS)
+            }
+        };
+        assert_eq!(verify().await, Ok(()));
+        exec(
+            "UPDATE audit SET body_json = REPLACE(body_json, '\"actor\":\"admin\"', \
+             '\"actor\":\"mallory\"') WHERE seq = 3",
+        )
+        .await;
+        let err = verify().await.unwrap_err();
+        assert_eq!(err.seq, 3, "{err}");
+        assert!(err.reason.contains("changed"), "{err}");
+        // Reads return the forged content as stored: only the chain tells.
+        let forged = store
+            .list_audit(&AuditQuery {
+                after_seq: Some(2),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(forged[0].entry.actor, "mallory");
+
+        // A removed row is a gap, reported at the first record after it.
+        exec("DELETE FROM audit WHERE seq = 3").await;
+        let err = verify().await.unwrap_err();
+        assert_eq!(err.seq, 4, "{err}");
+        assert!(err.reason.contains("missing"), "{err}");
+        // The records before the damage still verify on their own.
+        let head = store
+            .list_audit(&AuditQuery {
+                limit: Some(2),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(verify_audit(&head, 0, AUDIT_GENESIS), Ok(()));
+    }
+
     /// Data written through one store handle is there after closing and reopening.
     pub async fn reopen_persists<F, Fut>(open: F)
     where
@@ -932,9 +1130,21 @@ mod suite {
             let store = open().await;
             store.insert_key(&k).await.unwrap();
             store.insert_events(std::slice::from_ref(&e)).await.unwrap();
+            store
+                .append_audit(&audit_entry("key.create", Some("k1"), t0()))
+                .await
+                .unwrap();
         }
-        for _ in 0..2 {
+        for round in 0..2 {
             let store = open().await;
+            // The chain goes on where the last handle left it.
+            store
+                .append_audit(&audit_entry("key.suspend", Some("k1"), t0()))
+                .await
+                .unwrap();
+            let audit = store.list_audit(&AuditQuery::default()).await.unwrap();
+            assert_eq!(audit.len(), round + 2);
+            assert_eq!(verify_audit(&audit, 0, AUDIT_GENESIS), Ok(()));
             assert_eq!(store.get_key(&k.id).await.unwrap(), Some(k.clone()));
             assert_eq!(
                 store.query_events(&EventQuery::default()).await.unwrap(),
@@ -983,7 +1193,7 @@ macro_rules! backend_suite {
                 event_round_trip_and_order, event_filters, event_paging,
                 event_reinsert_is_idempotent, spend_since, reads_while_writing,
                 alert_insert_get, alert_duplicates, alert_refuses_unstorable,
-                alert_list_filters, alert_status, actions_record_list);
+                alert_list_filters, alert_status, actions_record_list, audit_append_list);
         }
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -1097,6 +1307,39 @@ async fn postgres_reopen_persists() {
     drop_schema(&url, &schema).await;
 }
 
+/// Four replicas (four pools on one schema) appending at once extend one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_audit_concurrent_appends() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(open_pg(&url, &schema).await);
+    }
+    suite::audit_concurrent_appends(stores).await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_audit_tampering_is_detected() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let store = open_pg(&url, &schema).await;
+    let admin = pg_admin(&url).await;
+    let exec = |sql: &'static str| {
+        let (admin, schema) = (&admin, &schema);
+        async move {
+            admin
+                .batch_execute(&format!("SET search_path TO {schema}; {sql}"))
+                .await
+                .unwrap();
+        }
+    };
+    suite::audit_tampering_is_detected(store, exec).await;
+    drop(admin);
+    drop_schema(&url, &schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_concurrent_migrations_apply_once() {
     let Some(url) = pg_url() else { return };
@@ -1144,7 +1387,8 @@ async fn postgres_concurrent_migrations_apply_once() {
     drop_schema(&url, &schema).await;
 }
 
-/// A database at 0001 (written by the previous build) gets 0002 only, once, keeping its rows.
+/// A database at 0001 (written by an older build) gets 0002 and 0003 only, once, keeping its
+/// rows.
 #[tokio::test]
 async fn postgres_upgrade_from_0001_applies_0002_once() {
     let Some(url) = pg_url() else { return };
@@ -1166,7 +1410,7 @@ async fn postgres_upgrade_from_0001_applies_0002_once() {
         .unwrap();
     let config = StoreConfig::Postgres(pg_config(&url, &schema));
     let report = stormwall_store::migrate(&config, &|_| None).await.unwrap();
-    assert_eq!(report.applied, ["0002_alerts"]);
+    assert_eq!(report.applied, ["0002_alerts", "0003_audit"]);
     assert_eq!(report.version, stormwall_store::postgres::SCHEMA_VERSION);
     let again = stormwall_store::migrate(&config, &|_| None).await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
@@ -1276,7 +1520,7 @@ async fn sqlite_migrate_reports_and_is_idempotent() {
     };
     let first = stormwall_store::migrate(&config, &|_| None).await.unwrap();
     assert_eq!(first.backend, "sqlite");
-    assert_eq!(first.applied, ["0001_init", "0002_alerts"]);
+    assert_eq!(first.applied, ["0001_init", "0002_alerts", "0003_audit"]);
     assert_eq!(first.version, stormwall_store::sqlite::SCHEMA_VERSION);
     for _ in 0..2 {
         let again = stormwall_store::migrate(&config, &|_| None).await.unwrap();
@@ -1286,6 +1530,32 @@ async fn sqlite_migrate_reports_and_is_idempotent() {
     let store = stormwall_store::open(&config).await.unwrap();
     let a = alert("a1", DetectorId::H1, t0(), Some(1), Some("acme"));
     assert!(store.insert_alert(&a, "H1:k1").await.unwrap());
+}
+
+/// Four handles on one file (as four processes would open it) appending at once extend one
+/// chain; opening them at once also runs the migrations concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_audit_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = futures_util::future::join_all((0..4).map(|_| open_sqlite(dir.path()))).await;
+    suite::audit_concurrent_appends(stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_audit_tampering_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stormwall.db");
+    let store = open_sqlite(dir.path()).await;
+    let exec = |sql: &'static str| {
+        let path = path.clone();
+        async move {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        }
+    };
+    suite::audit_tampering_is_detected(store, exec).await;
 }
 
 #[tokio::test]
