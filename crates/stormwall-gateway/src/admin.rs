@@ -172,29 +172,44 @@ async fn route(
         }
         (Method::POST, ["keys"]) => {
             let body: CreateKey = read_json(req).await?;
-            ok_json(StatusCode::CREATED, &keys::create(app, body).await?)
+            let created = keys::create(app, body).await?;
+            let r = &created.record;
+            let detail = serde_json::json!({"kind": r.kind, "label": r.label, "scope": r.scope});
+            audit_key(app, "key.create", r, detail).await;
+            ok_json(StatusCode::CREATED, &created)
         }
         (Method::GET, ["keys", id]) => ok_json(StatusCode::OK, &keys::get(app, id).await?),
         (Method::PATCH, ["keys", id]) => {
             let id = (*id).to_owned();
             let body: UpdateKey = read_json(req).await?;
-            ok_json(StatusCode::OK, &keys::update(app, &id, body).await?)
+            let record = keys::update(app, &id, body).await?;
+            let detail = serde_json::json!({"label": record.label, "scope": record.scope});
+            audit_key(app, "key.update", &record, detail).await;
+            ok_json(StatusCode::OK, &record)
         }
         (Method::POST, ["keys", id, action]) => {
             let (id, action) = ((*id).to_owned(), (*action).to_owned());
             let body: ActionBody = read_json_or_default(req).await?;
-            match action.as_str() {
-                "suspend" => ok_json(StatusCode::OK, &keys::suspend(app, &id, body.reason).await?),
-                "resume" => ok_json(StatusCode::OK, &keys::resume(app, &id).await?),
-                "revoke" => ok_json(StatusCode::OK, &keys::revoke(app, &id, body.reason).await?),
+            let reason = serde_json::json!({ "reason": body.reason });
+            let record = match action.as_str() {
+                "suspend" => keys::suspend(app, &id, body.reason).await?,
+                "resume" => keys::resume(app, &id).await?,
+                "revoke" => keys::revoke(app, &id, body.reason).await?,
                 "rotate" => {
                     let grace = body
                         .grace_seconds
                         .map_or(keys::DEFAULT_ROTATION_GRACE, Duration::from_secs);
-                    ok_json(StatusCode::CREATED, &keys::rotate(app, &id, grace).await?)
+                    let created = keys::rotate(app, &id, grace).await?;
+                    let detail = serde_json::json!({
+                        "rotated_from": id, "grace_seconds": grace.as_secs()
+                    });
+                    audit_key(app, "key.rotate", &created.record, detail).await;
+                    return ok_json(StatusCode::CREATED, &created);
                 }
-                _ => Err(AdminError::NotFound),
-            }
+                _ => return Err(AdminError::NotFound),
+            };
+            audit_key(app, &format!("key.{action}"), &record, reason).await;
+            ok_json(StatusCode::OK, &record)
         }
         (Method::GET, ["events"]) => events(app, &query).await,
         (Method::POST, ["events"]) => {
@@ -209,6 +224,8 @@ async fn route(
             alert_status(app, &id, &action, body.note).await
         }
         (Method::GET, ["actions"]) => actions(app, &query).await,
+        (Method::GET, ["audit"]) => audit_log(app, &query).await,
+        (Method::GET, ["audit", "verify"]) => audit_verify(app).await,
         (
             _,
             ["keys"]
@@ -218,10 +235,30 @@ async fn route(
             | ["alerts"]
             | ["alerts", _]
             | ["alerts", _, _]
-            | ["actions"],
+            | ["actions"]
+            | ["audit"]
+            | ["audit", "verify"],
         ) => Err(AdminError::MethodNotAllowed),
         _ => Err(AdminError::NotFound),
     }
+}
+
+/// Records an admin change to a key in the audit log.
+async fn audit_key(
+    app: &AppState,
+    action: &str,
+    record: &stormwall_types::KeyRecord,
+    detail: serde_json::Value,
+) {
+    crate::audit::record(
+        app,
+        crate::audit::ADMIN,
+        action,
+        Some(record.id.as_str()),
+        Some(&record.tenant),
+        detail,
+    )
+    .await;
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -443,6 +480,15 @@ async fn alert_status(
             .map_err(store_error)?,
         _ => return Err(AdminError::NotFound),
     };
+    crate::audit::record(
+        app,
+        crate::audit::ADMIN,
+        &format!("alert.{}", stored.status.as_str()),
+        Some(id),
+        stored.alert.tenant.as_deref(),
+        serde_json::json!({ "note": note, "key_id": stored.alert.key_id }),
+    )
+    .await;
     ok_json(StatusCode::OK, &stored)
 }
 
@@ -508,10 +554,111 @@ async fn import_events(
             e => store_error(e),
         })?;
     let imported = events.len();
+    let detail = serde_json::json!({
+        "events": imported,
+        "from": events.first().map(|e| stormwall_types::timefmt::format(e.timestamp)),
+        "to": events.last().map(|e| stormwall_types::timefmt::format(e.timestamp)),
+    });
+    crate::audit::record(
+        app,
+        crate::audit::ADMIN,
+        "events.import",
+        None,
+        None,
+        detail,
+    )
+    .await;
     if let Some(d) = &app.detection {
         d.history(events).await;
     }
     ok_json(StatusCode::OK, &ImportResult { imported })
+}
+
+#[derive(serde::Serialize)]
+struct AuditPage {
+    entries: Vec<stormwall_store::AuditRecord>,
+    next_after: Option<u64>,
+}
+
+async fn audit_log(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+    let after_seq = param(query, "after")
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| AdminError::BadRequest("after must be a sequence number".into()))
+        })
+        .transpose()?;
+    let limit = limit_param(query, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
+    let q = stormwall_store::AuditQuery {
+        after_seq,
+        target: param(query, "target"),
+        limit: Some(limit),
+    };
+    let entries = app.store.list_audit(&q).await.map_err(store_error)?;
+    let next_after = (entries.len() == limit)
+        .then(|| entries.last().map(|r| r.seq))
+        .flatten();
+    ok_json(
+        StatusCode::OK,
+        &AuditPage {
+            entries,
+            next_after,
+        },
+    )
+}
+
+#[derive(serde::Serialize)]
+struct AuditCheck {
+    ok: bool,
+    records: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broken_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+/// Walks the whole audit log, page by page, and checks its hash chain.
+async fn audit_verify(app: &AppState) -> Result<Response<ProxyBody>, AdminError> {
+    let (mut seq, mut head) = (0u64, stormwall_store::AUDIT_GENESIS.to_owned());
+    loop {
+        let page = app
+            .store
+            .list_audit(&stormwall_store::AuditQuery {
+                after_seq: Some(seq),
+                target: None,
+                limit: Some(MAX_EVENT_PAGE),
+            })
+            .await
+            .map_err(store_error)?;
+        if let Err(b) = stormwall_store::verify_audit(&page, seq, &head) {
+            return ok_json(
+                StatusCode::OK,
+                &AuditCheck {
+                    ok: false,
+                    records: seq,
+                    head: None,
+                    broken_at: Some(b.seq),
+                    reason: Some(b.reason),
+                },
+            );
+        }
+        let Some(last) = page.last() else { break };
+        (seq, head) = (last.seq, last.hash.clone());
+        if page.len() < MAX_EVENT_PAGE {
+            break;
+        }
+    }
+    ok_json(
+        StatusCode::OK,
+        &AuditCheck {
+            ok: true,
+            records: seq,
+            head: (seq > 0).then_some(head),
+            broken_at: None,
+            reason: None,
+        },
+    )
 }
 
 #[derive(serde::Serialize)]
@@ -586,6 +733,8 @@ mod openapi_tests {
         ("post", "/admin/alerts/{id}/ack"),
         ("post", "/admin/alerts/{id}/false-positive"),
         ("get", "/admin/actions"),
+        ("get", "/admin/audit"),
+        ("get", "/admin/audit/verify"),
     ];
     /// Routes served without the bearer token.
     const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/admin/openapi.json"];

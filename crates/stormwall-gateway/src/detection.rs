@@ -452,6 +452,22 @@ async fn warm_start(state: &AppState, engine: &mut Engine) {
             "detection warm start hit warm_start_max_events; older baselines are partial"
         );
     }
+    // Operators' false-positive verdicts (from any replica) teach this engine too.
+    let verdicts = stormwall_store::AlertQuery {
+        status: Some(AlertStatus::FalsePositive),
+        since: Some(since),
+        ..Default::default()
+    };
+    match state.store.list_alerts(&verdicts).await {
+        Ok(alerts) => {
+            for a in alerts.iter().rev() {
+                engine.false_positive(&a.alert);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read false-positive verdicts for the warm start")
+        }
+    }
     tracing::info!(
         replayed,
         hours,
@@ -535,6 +551,22 @@ async fn handle_alert(state: &AppState, engine: &mut Engine, window: u32, alert:
         })
         .inc();
     if record.outcome == ActionOutcome::Applied && action.kind != ActionKind::Alert {
+        crate::audit::record(
+            state,
+            crate::audit::DETECTION,
+            &format!("key.{}", action.kind.as_str()),
+            Some(action.key_id.as_str()),
+            action.tenant.as_deref(),
+            serde_json::json!({
+                "alert_id": action.alert_id,
+                "contributing_alerts": action.contributing_alerts,
+                "risk_score": action.risk_score,
+                "kill_chain": action.kill_chain,
+                "throttle_rpm": action.throttle_rpm,
+                "reason": action.reason,
+            }),
+        )
+        .await;
         tracing::warn!(
             key_id = %action.key_id,
             action = %action.kind,

@@ -331,6 +331,18 @@ pub async fn handle_report(
                         .await
                     {
                         Ok(record) => {
+                            crate::audit::record(
+                                state,
+                                &format!("leak-report:{reporter}"),
+                                "key.revoke",
+                                Some(record.id.as_str()),
+                                Some(&record.tenant),
+                                serde_json::json!({
+                                    "reason": record.status_reason,
+                                    "report_event": report_event,
+                                }),
+                            )
+                            .await;
                             let alert = exposure_alert(&record, reporter, report_event, &t);
                             match &state.detection {
                                 Some(d) => d.exposure(alert).await,

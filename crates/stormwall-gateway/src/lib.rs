@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod admit;
 pub mod alerts;
+pub mod audit;
 pub mod body;
 pub mod classify;
 pub mod client;

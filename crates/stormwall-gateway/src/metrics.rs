@@ -133,6 +133,8 @@ pub struct Metrics {
     pub alerts: Family<AlertLabels, Counter>,
     /// Response actions, by kind and outcome.
     pub actions: Family<ActionLabels, Counter>,
+    /// Audit entries that could not be written.
+    pub audit_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -281,6 +283,12 @@ impl Metrics {
             actions.clone(),
         );
         let safety = Arc::new(SafetyMetrics::register(&mut registry));
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_write_failures",
+            "Audit-log entries that could not be written (the change itself was made)",
+            audit_failures.clone(),
+        );
         registry.register_collector(Box::new(EventPipelineCollector {
             stats,
             keys_cached,
@@ -297,6 +305,7 @@ impl Metrics {
             safety,
             alerts,
             actions,
+            audit_failures,
         }
     }
 

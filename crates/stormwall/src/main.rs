@@ -5,6 +5,7 @@ mod admin_client;
 #[cfg(test)]
 mod architecture;
 mod cmd_alerts;
+mod cmd_audit;
 mod cmd_config;
 mod cmd_demo;
 mod cmd_detect;
@@ -51,6 +52,9 @@ enum Command {
     /// Detection alerts through a running gateway's admin API: list, show, ack, false-positive.
     #[command(subcommand)]
     Alerts(cmd_alerts::AlertsCommand),
+    /// The audit log of changes to keys and alerts: list, verify its hash chain.
+    #[command(subcommand)]
+    Audit(cmd_audit::AuditCommand),
     /// Read events from the store.
     #[command(subcommand)]
     Events(cmd_events::EventsCommand),
@@ -100,6 +104,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(a) => cmd_serve::run(a).await,
             Command::Keys(c) => cmd_keys::run(c).await,
             Command::Alerts(c) => cmd_alerts::run(c).await,
+            Command::Audit(c) => cmd_audit::run(c).await,
             Command::Events(c) => cmd_events::run(c).await,
             Command::Migrate(a) => cmd_migrate::run(a).await,
             Command::Config(c) => cmd_config::run(c),

@@ -272,6 +272,24 @@ async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_ke
             "evidence {ev} is a stored event"
         );
     }
+    // The audit log says who suspended it and why.
+    let audit = h
+        .admin_call(
+            "GET",
+            &format!("/admin/audit?target={stolen_id}"),
+            Value::Null,
+        )
+        .await
+        .json()
+        .unwrap();
+    let by_detection = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "key.suspend")
+        .expect("the suspension is audited");
+    assert_eq!(by_detection["actor"], "detection");
+    assert_eq!(by_detection["detail"]["alert_id"], json!(cause));
     // The owners' other key carries on.
     assert_eq!(h.key_status(&legit_id).await, "active");
     let r = h
@@ -493,5 +511,75 @@ async fn a_key_that_keeps_hitting_the_content_filter_is_stopped() {
     let a1 = h.alerts(&format!("?key={id}&detector=A1")).await;
     assert_eq!(a1.len(), 1, "{:#?}", h.alerts("").await);
     assert!(a1[0]["evidence"].as_array().unwrap().len() >= 3);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_in_the_audit_log_and_the_chain_verifies() {
+    let mut h = harness().await;
+    let (_, id) = h.key(json!({"tenant": "acme", "label": "billing"})).await;
+    for (action, body) in [
+        ("suspend", json!({"reason": "on-call check"})),
+        ("resume", Value::Null),
+        ("revoke", json!({"reason": "left the company"})),
+    ] {
+        let r = h
+            .admin_call("POST", &format!("/admin/keys/{id}/{action}"), body)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (canary, canary_id) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;
+    h.chat(&canary, "gpt-4o-mini").await;
+    let alert = h.wait_alerts(&format!("?key={canary_id}"), 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.admin_call("POST", &format!("/admin/alerts/{alert}/ack"), Value::Null)
+        .await;
+    let page = h
+        .admin_call("GET", "/admin/audit", Value::Null)
+        .await
+        .json()
+        .unwrap();
+    let entries = page["entries"].as_array().unwrap();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("key.create", "admin"),
+            ("key.suspend", "admin"),
+            ("key.resume", "admin"),
+            ("key.revoke", "admin"),
+            ("key.create", "admin"),
+            ("alert.acknowledged", "admin"),
+        ]
+    );
+    assert_eq!(entries[1]["target"], json!(id));
+    assert_eq!(entries[1]["detail"]["reason"], "on-call check");
+    assert_eq!(entries[0]["seq"], 1);
+    assert_eq!(entries[1]["prev_hash"], entries[0]["hash"]);
+    let only_key = h
+        .admin_call("GET", &format!("/admin/audit?target={id}"), Value::Null)
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(only_key["entries"].as_array().unwrap().len(), 4);
+    let check = h
+        .admin_call("GET", "/admin/audit/verify", Value::Null)
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["records"], 6);
+    assert_eq!(check["head"], entries[5]["hash"]);
+    // No secret in the log.
+    let text = h
+        .admin_call("GET", "/admin/audit", Value::Null)
+        .await
+        .text();
+    assert!(!text.contains(&canary));
     h.shutdown().await;
 }

@@ -586,5 +586,22 @@ async fn alerts_list_show_ack_and_false_positive() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown detector"));
     let o = stormwall(&["alerts", "show", "no-such-alert", "--admin-url", &admin]);
     assert_eq!(o.status.code(), Some(2));
+    // The changes are in the audit log, whose chain verifies.
+    let o = stormwall(&[
+        "audit",
+        "list",
+        "--object",
+        &alert_id,
+        "--admin-url",
+        &admin,
+    ]);
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        listed.contains("alert.acknowledged") && listed.contains("alert.false_positive"),
+        "{listed}"
+    );
+    let o = stormwall(&["audit", "verify", "--admin-url", &admin]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("audit log ok: 3 records"));
     sigterm(&mut server.child);
 }
