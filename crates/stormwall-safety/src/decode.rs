@@ -16,6 +16,9 @@ pub const MIN_PERCENT_ESCAPES: usize = 3;
 /// Most candidate spans examined in one text, so a text of many short runs stays cheap.
 pub const MAX_CANDIDATES: usize = 32;
 
+/// No candidate of any kind is shorter than this.
+const MIN_SHORTEST_SPAN: usize = 3 * MIN_PERCENT_ESCAPES;
+
 /// A span of the text that may be encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -44,6 +47,11 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
             i += 1;
         }
         let run = &bytes[start..i];
+        // Ordinary words are shorter than any span below could be (three `%XX` escapes at
+        // least): skip them without the per-byte tally.
+        if run.len() < MIN_SHORTEST_SPAN {
+            continue;
+        }
         // One pass over the run for everything the decisions below need.
         let (mut upper, mut lower, mut digit, mut all_hex, mut pct, mut pad) =
             (false, false, false, true, false, 0usize);

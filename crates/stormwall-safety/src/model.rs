@@ -80,34 +80,62 @@ pub struct Scratch {
 /// Hashes the features of a folded text into `scratch`: each distinct bucket once (binary
 /// features, so repeating a phrase does not inflate the score), with the sign in bit 31.
 pub fn features(text: &str, bits: u8, scratch: &mut Scratch) {
-    raw_features(text, bits, &mut scratch.feats, &mut scratch.padded);
     let words = (1usize << bits).div_ceil(64);
-    scratch.seen.clear();
-    scratch.seen.resize(words, 0);
     let mask = (1u32 << bits) - 1;
-    let seen = &mut scratch.seen;
-    scratch.feats.retain(|&f| {
-        let b = (f & mask) as usize;
-        let (w, bit) = (b / 64, 1u64 << (b % 64));
-        match seen.get_mut(w) {
-            Some(word) if *word & bit == 0 => {
-                *word |= bit;
-                true
+    let Scratch {
+        feats,
+        seen,
+        padded,
+    } = scratch;
+    if seen.len() == words {
+        // Clearing the previous call's bits is cheaper than zeroing the whole bitmap.
+        for &f in feats.iter() {
+            let b = (f & mask) as usize;
+            if let Some(word) = seen.get_mut(b / 64) {
+                *word &= !(1u64 << (b % 64));
             }
-            _ => false,
         }
-    });
-}
-
-fn raw_features(text: &str, bits: u8, out: &mut Vec<u32>, padded: &mut Vec<u8>) {
-    out.clear();
+    } else {
+        seen.clear();
+        seen.resize(words, 0);
+    }
+    feats.clear();
+    // At most three character n-grams per padded byte and four features per word, and
+    // never more than there are buckets: one allocation instead of repeated growth.
+    feats.reserve((5 * text.len() + 8).min(1usize << bits));
+    // Duplicates are dropped as they are made, keeping first occurrences in order.
+    let mut push = |h: u32| {
+        let f = bucket(h, bits);
+        let b = (f & mask) as usize;
+        if let Some(word) = seen.get_mut(b / 64) {
+            let bit = 1u64 << (b % 64);
+            if *word & bit == 0 {
+                *word |= bit;
+                feats.push(f);
+            }
+        }
+    };
     // Spaces around the text make word-initial and word-final n-grams.
     padded.clear();
     padded.push(b' ');
     padded.extend_from_slice(text.as_bytes());
     padded.push(b' ');
     let (lo, hi) = (*CHAR_NGRAMS.start(), *CHAR_NGRAMS.end());
-    for i in 0..padded.len() {
+    // Full windows (all but the last few positions) take an unrolled path: the same
+    // hashes in the same order as the general loop below, without its per-byte branches.
+    let full = if (lo, hi) == (3, 5) {
+        padded.len().saturating_sub(hi - 1)
+    } else {
+        0
+    };
+    for win in padded.windows(5).take(full) {
+        let h = fnv(fnv(fnv(SEED_CHAR, win[0]), win[1]), win[2]);
+        push(h ^ 3);
+        let h = fnv(h, win[3]);
+        push(h ^ 4);
+        push(fnv(h, win[4]) ^ 5);
+    }
+    for i in full..padded.len() {
         let Some(win) = padded.get(i..(i + hi).min(padded.len())) else {
             break;
         };
@@ -116,32 +144,42 @@ fn raw_features(text: &str, bits: u8, out: &mut Vec<u32>, padded: &mut Vec<u8>) 
             h = fnv(h, c);
             let n = k + 1;
             if n >= lo {
-                out.push(bucket(h ^ n as u32, bits));
+                push(h ^ n as u32);
             }
         }
     }
-    let push = |out: &mut Vec<u32>, h: u32| out.push(bucket(h, bits));
     let (mut prev, mut prev2): (Option<u32>, Option<u32>) = (None, None);
-    for w in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        let wh = w.bytes().fold(SEED_WORD, fnv);
+    let mut word = |w: &[u8]| {
+        let wh = w.iter().copied().fold(SEED_WORD, fnv);
         // Each word twice under two hashes: a word weighs as much as its character
         // n-grams together do, which cross-validation preferred.
-        push(out, wh);
-        push(out, wh ^ SEED_WORD2);
+        push(wh);
+        push(wh ^ SEED_WORD2);
         if let Some(p) = prev {
-            push(out, fnv(p.wrapping_mul(31) ^ wh, 0) ^ SEED_BIGRAM);
+            push(fnv(p.wrapping_mul(31) ^ wh, 0) ^ SEED_BIGRAM);
             if let Some(p2) = prev2 {
-                push(
-                    out,
-                    fnv(p2.wrapping_mul(961) ^ p.wrapping_mul(31) ^ wh, 1) ^ SEED_BIGRAM,
-                );
+                push(fnv(p2.wrapping_mul(961) ^ p.wrapping_mul(31) ^ wh, 1) ^ SEED_BIGRAM);
             }
         }
         prev2 = prev;
         prev = Some(wh);
+    };
+    if text.is_ascii() {
+        // ASCII text splits the same on bytes, without decoding characters.
+        for w in text
+            .as_bytes()
+            .split(|b| !b.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            word(w);
+        }
+    } else {
+        for w in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            word(w.as_bytes());
+        }
     }
 }
 

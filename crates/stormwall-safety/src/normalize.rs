@@ -841,7 +841,8 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
             // Extend: letter, spacer, letter, spacer, ...
             // One separator throughout: "a n.a.k.e.d" joins only the dotted word.
             let sep = units.get(i + 1).map(|u| u.c);
-            let mut letters = vec![i];
+            // The run's letters are at i, i + 2, ..., k: counted, not collected.
+            let mut letters = 1usize;
             let mut k = i;
             while units
                 .get(k + 1)
@@ -849,17 +850,17 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
                 && single_at(k + 2)
             {
                 k += 2;
-                letters.push(k);
+                letters += 1;
             }
             // A short run must stand alone: in "a n.a.k.e.d" the "a n" is no word.
-            let alone = letters.len() >= MIN_SPACED_RUN
+            let alone = letters >= MIN_SPACED_RUN
                 || units
                     .get(k + 1)
                     .is_none_or(|u| u.c.is_whitespace() || !is_spacer(u.c));
-            if letters.len() >= min_run && alone {
+            if letters >= min_run && alone {
                 runs += 1;
                 let s = out.len();
-                out.extend(letters.iter().map(|&l| units[l]));
+                out.extend((i..=k).step_by(2).filter_map(|l| units.get(l).copied()));
                 glued.push((s, out.len()));
                 i = k + 1;
                 // "n u d e ," : the separator before trailing punctuation was the spacing's.
