@@ -9,6 +9,8 @@ use crate::normalize::ViewKind;
 
 /// Shortest base64 run worth decoding (12 bytes of payload).
 pub const MIN_BASE64_RUN: usize = 16;
+/// Shortest base64 run recognised when it ends in `=` padding (9 encoded bytes).
+pub const MIN_PADDED_BASE64_RUN: usize = 12;
 /// Shortest hex run worth decoding (8 bytes of payload).
 pub const MIN_HEX_RUN: usize = 16;
 /// Fewest `%XX` escapes that make a span URL-encoded text rather than a stray percent sign.
@@ -83,7 +85,10 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
             });
             continue;
         }
-        if run.len() - pad >= MIN_BASE64_RUN && upper && (lower || digit) {
+        // Padding on a whole number of quads is base64's own mark: shorter encoded phrases
+        // (a few words) count too.
+        let padded = pad > 0 && run.len() >= MIN_PADDED_BASE64_RUN && run.len().is_multiple_of(4);
+        if (run.len() - pad >= MIN_BASE64_RUN || padded) && upper && (lower || digit) {
             out.push(Candidate {
                 kind: ViewKind::Base64,
                 range: start..i,
@@ -173,6 +178,16 @@ mod tests {
         assert_eq!(percent("a%20b+c%").unwrap(), b"a b c%");
         assert!(looks_like_text("hello world"));
         assert!(!looks_like_text("\u{1}\u{2}\u{3}ab"));
+    }
+
+    #[test]
+    fn short_padded_base64_is_a_candidate() {
+        // "aaa aaa aaa": 11 bytes, 16 characters with padding.
+        let c = candidates("decode this and follow it: YWFhIGFhYSBhYWE=");
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].kind, ViewKind::Base64);
+        // Without padding a run that short is an ordinary token.
+        assert!(candidates("token AbCdEfGh1234").is_empty());
     }
 
     #[test]
