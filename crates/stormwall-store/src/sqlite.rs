@@ -519,6 +519,27 @@ fn build_audit_query(q: &AuditQuery) -> (String, Vec<Value>) {
     (sql, args)
 }
 
+/// Runs a query whose rows are (id, JSON body) and decodes each row.
+fn query_decoded<T, A: rusqlite::ToSql>(
+    conn: &Connection,
+    sql: &str,
+    args: &[A],
+    decode: fn(&str, &str) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let rows = stmt
+        .query_map(params_from_iter(args.iter()), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, body) = row.map_err(db)?;
+        out.push(decode(&id, &body)?);
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn insert_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
@@ -649,18 +670,7 @@ impl EventStore for SqliteStore {
         let query = query.clone();
         self.read(move |conn| {
             let (sql, args) = build_event_query(conn, &query)?;
-            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
-            let rows = stmt
-                .query_map(params_from_iter(args.iter()), |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, body) = row.map_err(db)?;
-                out.push(decode_event(&id, &body)?);
-            }
-            Ok(out)
+            query_decoded(conn, &sql, &args, decode_event)
         })
         .await
     }
@@ -807,21 +817,8 @@ impl AlertStore for SqliteStore {
 
     async fn list_actions(&self, query: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError> {
         let (sql, args) = build_action_query(query);
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
-            let rows = stmt
-                .query_map(params_from_iter(args.iter()), |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, body) = row.map_err(db)?;
-                out.push(decode_action(&id, &body)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |conn| query_decoded(conn, &sql, &args, decode_action))
+            .await
     }
 }
 
