@@ -519,6 +519,25 @@ fn build_audit_query(q: &AuditQuery) -> (String, Vec<Value>) {
     (sql, args)
 }
 
+/// Runs a query, reads each row with `read` and turns it into a record with `finish`.
+fn query_all<A: rusqlite::ToSql, R, T>(
+    conn: &Connection,
+    sql: &str,
+    args: &[A],
+    read: fn(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    finish: impl Fn(R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let rows = stmt
+        .query_map(params_from_iter(args.iter()), read)
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(finish(row.map_err(db)?)?);
+    }
+    Ok(out)
+}
+
 /// Runs a query whose rows are (id, JSON body) and decodes each row.
 fn query_decoded<T, A: rusqlite::ToSql>(
     conn: &Connection,
@@ -526,18 +545,13 @@ fn query_decoded<T, A: rusqlite::ToSql>(
     args: &[A],
     decode: fn(&str, &str) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
-    let rows = stmt
-        .query_map(params_from_iter(args.iter()), |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })
-        .map_err(db)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, body) = row.map_err(db)?;
-        out.push(decode(&id, &body)?);
-    }
-    Ok(out)
+    query_all(
+        conn,
+        sql,
+        args,
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        |(id, body)| decode(&id, &body),
+    )
 }
 
 #[async_trait]
@@ -735,18 +749,8 @@ impl AlertStore for SqliteStore {
 
     async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
         let (sql, args) = build_alert_query(query)?;
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
-            let rows = stmt
-                .query_map(params_from_iter(args.iter()), read_alert_row)
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(row.map_err(db)?.into_stored()?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |conn| query_all(conn, &sql, &args, read_alert_row, |r| r.into_stored()))
+            .await
     }
 
     async fn set_alert_status(
@@ -862,18 +866,8 @@ impl AuditStore for SqliteStore {
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let (sql, args) = build_audit_query(query);
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
-            let rows = stmt
-                .query_map(params_from_iter(args.iter()), read_audit_row)
-                .map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(row.map_err(db)?.into_record()?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |conn| query_all(conn, &sql, &args, read_audit_row, |r| r.into_record()))
+            .await
     }
 }
 

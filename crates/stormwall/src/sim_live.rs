@@ -22,7 +22,7 @@ use stormwall_detect::sim::actors::{GatewayView, Req};
 use stormwall_detect::sim::world::Net;
 use stormwall_detect::sim::{
     DetectorFigures, KeyInfo, Label, LiveItem, LiveOptions, Report, SCENARIOS, ScenarioFigures,
-    Simulation,
+    Simulation, median, percentile,
 };
 use stormwall_types::{DetectorId, Severity};
 use time::OffsetDateTime;
@@ -868,28 +868,6 @@ fn detector_of(a: &serde_json::Value) -> Option<DetectorId> {
 
 fn time_of(a: &serde_json::Value, field: &str) -> Option<OffsetDateTime> {
     stormwall_types::timefmt::parse(a.get(field)?.as_str()?).ok()
-}
-
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    })
-}
-
-fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied()
 }
 
 /// The offline report's figures, from what the gateway answered and stored.

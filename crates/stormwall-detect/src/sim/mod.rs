@@ -1348,7 +1348,8 @@ fn count_alerts(
     }
 }
 
-fn median(v: &mut [f64]) -> Option<f64> {
+/// Median of the values (sorts them); `None` when empty.
+pub fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -1361,7 +1362,8 @@ fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
-fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
+/// Nearest-rank percentile `p` in 0..=1 of the values (sorts them); `None` when empty.
+pub fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
