@@ -63,6 +63,9 @@ enum Control {
         done: oneshot::Sender<bool>,
     },
     History(Vec<UsageEvent>),
+    /// Another replica (or this one) may have stored new false-positive verdicts: about
+    /// one key, or about any key after a resync.
+    Verdicts(Option<KeyId>),
 }
 
 /// The request path's handle on detection.
@@ -136,6 +139,21 @@ impl Detection {
         let _ = self.control.send(Control::Exposure(Box::new(alert))).await;
     }
 
+    /// Tells the engine that false-positive verdicts about `key` (any key with `None`) may
+    /// have been stored by another replica; it reads and learns those it has not applied.
+    /// Never waits.
+    pub fn verdicts_changed(&self, key: Option<&KeyId>) {
+        if self
+            .control
+            .try_send(Control::Verdicts(key.cloned()))
+            .is_err()
+        {
+            tracing::warn!(
+                "detection inbox full; false-positive verdicts will be read at the next change"
+            );
+        }
+    }
+
     /// Replays imported events into the detectors as history (in time order): baselines
     /// and risk learn from them; their alerts are not stored or acted on.
     pub async fn history(&self, events: Vec<UsageEvent>) {
@@ -186,7 +204,8 @@ async fn run(state: Arc<AppState>, inbox: DetectionInbox) {
         mut control,
     } = inbox;
     let window = engine.config().detect.alert_cooldown_secs;
-    warm_start(&state, &mut engine).await;
+    let mut verdicts = Verdicts::default();
+    warm_start(&state, &mut engine, &mut verdicts).await;
     let mut alerts = Vec::new();
     let mut shared = SharedView::default();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
@@ -196,7 +215,7 @@ async fn run(state: Arc<AppState>, inbox: DetectionInbox) {
             biased;
             _ = flush.tick() => shared.flush(&state).await,
             c = control.recv() => match c {
-                Some(c) => on_control(&state, &mut engine, window, c).await,
+                Some(c) => on_control(&state, &mut engine, &mut verdicts, window, c).await,
                 None => return,
             },
             e = events.recv() => match e {
@@ -412,7 +431,7 @@ const WARM_PAGE: usize = 5_000;
 /// Replays recent stored events into the engine so baselines survive a restart and a new
 /// replica starts with what the others learned. Alerts the replay raises are history (they
 /// were raised when the events happened): they shape the risk scores but are not acted on.
-async fn warm_start(state: &AppState, engine: &mut Engine) {
+async fn warm_start(state: &AppState, engine: &mut Engine, verdicts: &mut Verdicts) {
     let hours = engine.config().detect.warm_start_hours;
     let max = engine.config().detect.warm_start_max_events;
     if hours == 0 || max == 0 {
@@ -453,21 +472,7 @@ async fn warm_start(state: &AppState, engine: &mut Engine) {
         );
     }
     // Operators' false-positive verdicts (from any replica) teach this engine too.
-    let verdicts = stormwall_store::AlertQuery {
-        status: Some(AlertStatus::FalsePositive),
-        since: Some(since),
-        ..Default::default()
-    };
-    match state.store.list_alerts(&verdicts).await {
-        Ok(alerts) => {
-            for a in alerts.iter().rev() {
-                engine.false_positive(&a.alert);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read false-positive verdicts for the warm start")
-        }
-    }
+    verdicts.catch_up(state, engine, None).await;
     tracing::info!(
         replayed,
         hours,
@@ -476,7 +481,13 @@ async fn warm_start(state: &AppState, engine: &mut Engine) {
     );
 }
 
-async fn on_control(state: &AppState, engine: &mut Engine, window: u32, c: Control) {
+async fn on_control(
+    state: &AppState,
+    engine: &mut Engine,
+    verdicts: &mut Verdicts,
+    window: u32,
+    c: Control,
+) {
     match c {
         Control::KeyStatus { key, status, at } => engine.key_status(&key, status, at),
         Control::Exposure(reported) => {
@@ -499,13 +510,60 @@ async fn on_control(state: &AppState, engine: &mut Engine, window: u32, c: Contr
             handle_alert(state, engine, window, alert).await;
         }
         Control::FalsePositive { alert, done } => {
-            let _ = done.send(engine.false_positive(&alert));
+            let _ = done.send(verdicts.apply(engine, &alert));
         }
+        Control::Verdicts(key) => verdicts.catch_up(state, engine, key.as_ref()).await,
         Control::History(events) => {
             let mut scratch = Vec::new();
             for e in &events {
                 replay(engine, e, &mut scratch);
             }
+        }
+    }
+}
+
+/// The false-positive verdicts this engine has learned, by alert id: each verdict teaches
+/// the engine once (learning is not idempotent: it relaxes the detector's thresholds each
+/// time), whether it came from this replica's admin API, the warm start or another replica.
+#[derive(Default)]
+struct Verdicts {
+    applied: std::collections::HashSet<String>,
+}
+
+/// Most verdict ids remembered; past this the set starts over (verdicts older than the warm
+/// start window are not read again, so at worst a recent one is learned twice).
+const MAX_VERDICTS: usize = 100_000;
+
+impl Verdicts {
+    /// Teaches the engine one verdict unless it already learned it. Returns whether the
+    /// engine holds (or held) state for the alert's key.
+    fn apply(&mut self, engine: &mut Engine, alert: &Alert) -> bool {
+        if self.applied.len() >= MAX_VERDICTS {
+            self.applied.clear();
+        }
+        if !self.applied.insert(alert.id.clone()) {
+            return true;
+        }
+        engine.false_positive(alert)
+    }
+
+    /// Reads the stored verdicts of the warm start window (about one key, or all) and
+    /// applies those not yet learned, oldest first.
+    async fn catch_up(&mut self, state: &AppState, engine: &mut Engine, key: Option<&KeyId>) {
+        let hours = engine.config().detect.warm_start_hours;
+        let query = stormwall_store::AlertQuery {
+            status: Some(AlertStatus::FalsePositive),
+            key_id: key.cloned(),
+            since: Some(OffsetDateTime::now_utc() - time::Duration::hours(i64::from(hours))),
+            ..Default::default()
+        };
+        match state.store.list_alerts(&query).await {
+            Ok(alerts) => {
+                for a in alerts.iter().rev() {
+                    self.apply(engine, &a.alert);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read false-positive verdicts"),
         }
     }
 }
@@ -674,6 +732,11 @@ pub async fn mark_false_positive(
         .await?;
     if let Some(d) = &state.detection {
         d.false_positive(stored.alert.clone()).await;
+    }
+    // The other replicas' engines learn it too: a key change makes them re-read the key
+    // and its verdicts.
+    if let Some(key) = &stored.alert.key_id {
+        crate::keys::announce(state, key).await;
     }
     Ok(stored)
 }

@@ -225,7 +225,7 @@ async fn save(state: &AppState, mut record: KeyRecord) -> Result<KeyRecord, KeyE
 
 /// Tells the other replicas a key changed (they re-read it from the shared store). A failure
 /// is logged: their periodic refresh still picks the change up.
-async fn announce(state: &AppState, id: &KeyId) {
+pub(crate) async fn announce(state: &AppState, id: &KeyId) {
     if let Some((counters, _)) = &state.counters
         && let Err(e) = counters.publish_key_change(id).await
     {

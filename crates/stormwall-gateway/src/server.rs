@@ -428,21 +428,38 @@ fn spawn_change_listener(
             };
             match change {
                 None => return,
-                Some(stormwall_store::KeyChange::Key(id)) => match state.store.get_key(&id).await {
-                    Ok(Some(record)) => {
-                        state.keys.upsert(record);
+                Some(stormwall_store::KeyChange::Key(id)) => {
+                    match state.store.get_key(&id).await {
+                        Ok(Some(record)) => {
+                            let before = state.keys.get(id.as_str()).map(|c| c.record.status);
+                            let status = record.status;
+                            state.keys.upsert(record);
+                            // A suspension, resumption or revocation made on another replica
+                            // reaches this replica's detectors as if made here.
+                            if let Some(d) = &state.detection
+                                && before.is_some_and(|b| b != status)
+                            {
+                                d.key_status(&id, status);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(key_id = %id, error = %e, "cannot re-read a changed key")
+                        }
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(key_id = %id, error = %e, "cannot re-read a changed key")
+                    if let Some(d) = &state.detection {
+                        d.verdicts_changed(Some(&id));
                     }
-                },
+                }
                 Some(stormwall_store::KeyChange::Resync) => {
                     match state.store.list_keys(&KeyFilter::default()).await {
                         Ok(records) => state.keys.replace_all(records),
                         Err(e) => {
                             tracing::warn!(error = %e, "key resync failed; serving from cache")
                         }
+                    }
+                    if let Some(d) = &state.detection {
+                        d.verdicts_changed(None);
                     }
                 }
             }

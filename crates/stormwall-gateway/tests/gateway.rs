@@ -1665,6 +1665,21 @@ mod scale_out {
             )
         }
 
+        /// A chat request from `source`, whatever its status.
+        async fn chat_from_any(&self, replica: usize, key: &str, source: &str) -> u16 {
+            http_request(
+                "POST",
+                &format!("{}/v1/chat/completions", self.proxies[replica]),
+                &[("authorization", &format!("Bearer {key}"))],
+                chat_body("gpt-4o-mini", false),
+                Some(source.parse().unwrap()),
+            )
+            .await
+            .unwrap()
+            .status
+            .as_u16()
+        }
+
         async fn chat(&self, replica: usize, key: &str) -> u16 {
             http_request(
                 "POST",
@@ -1710,6 +1725,13 @@ mod scale_out {
     /// (one network, one country, about two requests an hour, ending two hours ago), so the
     /// replicas' warm start gives each the key's baseline and the current hour is empty.
     async fn warm_pair() -> Option<(Cluster, PostgresStore, KeyRecord, String)> {
+        warm_pair_with(|_| {}).await
+    }
+
+    /// [`warm_pair`] with a config tweak for both replicas.
+    async fn warm_pair_with(
+        tweak: fn(&mut GatewayConfig),
+    ) -> Option<(Cluster, PostgresStore, KeyRecord, String)> {
         let (pg_url, _) = urls()?;
         let schema = unique("swgw");
         let mut pg = PostgresConfig::from_url(&pg_url);
@@ -1756,7 +1778,7 @@ mod scale_out {
             })
             .collect();
         store.insert_events(&history).await.unwrap();
-        let c = Cluster::start_in(2, "", None, schema, |_| {}).await?;
+        let c = Cluster::start_in(2, "", None, schema, tweak).await?;
         Some((c, store, record, key.expose().to_owned()))
     }
 
@@ -1820,6 +1842,187 @@ mod scale_out {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(p1().await.len(), 1, "one P1 alert for the incident");
+        c.stop().await;
+    }
+
+    /// Two replicas like [`warm_pair`], with a one-second alert window and no automatic
+    /// actions, so a detector can alert again on the next second's traffic.
+    async fn warm_pair_alert_only() -> Option<(Cluster, PostgresStore, KeyRecord, String)> {
+        warm_pair_with(|c| {
+            c.detect.alert_cooldown_secs = 1;
+            c.response.rules.clear();
+        })
+        .await
+    }
+
+    async fn chat_from(c: &Cluster, replica: usize, secret: &str, source: &str) {
+        let r = http_request(
+            "POST",
+            &format!("{}/v1/chat/completions", c.proxies[replica]),
+            &[("authorization", &format!("Bearer {secret}"))],
+            chat_body("gpt-4o-mini", false),
+            Some(source.parse().unwrap()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_false_positive_marked_on_one_replica_teaches_the_others() {
+        let Some((c, store, record, secret)) = warm_pair_alert_only().await else {
+            return;
+        };
+        let p1 = || alerts_of(&store, &record, stormwall_types::DetectorId::P1);
+        // A team member travelling: the key used from Germany and Brazil within the hour,
+        // through replica 0, which raises P1 (two countries; the key usually has one).
+        for src in ["127.0.1.7", "127.0.4.7"] {
+            chat_from(&c, 0, &secret, src).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = p1().await;
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(found.len(), 1, "P1 on replica 0: {found:#?}");
+        // The operator says it was fine, through replica 0's admin API.
+        let r = http_request(
+            "POST",
+            &format!(
+                "{}/admin/alerts/{}/false-positive",
+                c.admins[0], found[0].alert.id
+            ),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            String::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Past the alert window, the same trip seen by replica 1 (new networks to it, the
+        // shared count says two countries): it learned the verdict, so no new alert.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for src in ["127.0.1.8", "127.0.4.8"] {
+            chat_from(&c, 1, &secret, src).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = p1().await;
+        assert_eq!(
+            after.len(),
+            1,
+            "replica 1 alerted again after the verdict: {after:#?}"
+        );
+        c.stop().await;
+    }
+
+    async fn key_status(store: &PostgresStore, key: &KeyRecord) -> stormwall_types::KeyStatus {
+        store.get_key(&key.id).await.unwrap().unwrap().status
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resume_on_one_replica_clears_the_risk_the_others_hold() {
+        // Suspend at 25 risk points (two medium alerts), actions repeatable after a second.
+        let Some((c, store, record, secret)) = warm_pair_with(|c| {
+            c.detect.alert_cooldown_secs = 1;
+            c.response.action_cooldown_secs = 1;
+            c.response.rules = vec![stormwall_detect::PolicyRule {
+                min_score: Some(25.0),
+                ..stormwall_detect::PolicyRule::new(stormwall_types::ActionKind::Suspend)
+            }];
+        })
+        .await
+        else {
+            return;
+        };
+        // Replica 1 sees the key jump from its usual US office to Germany and Brazil
+        // (impossible travel, then two countries in the hour) and suspends it.
+        for src in ["127.0.1.7", "127.0.4.7"] {
+            // The second may already be refused: the suspension can come at once.
+            c.chat_from_any(1, &secret, src).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for _ in 0..100 {
+            if key_status(&store, &record).await == stormwall_types::KeyStatus::Suspended {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            key_status(&store, &record).await,
+            stormwall_types::KeyStatus::Suspended
+        );
+        let raised = || async {
+            store
+                .list_alerts(&AlertQuery {
+                    key_id: Some(record.id.clone()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len()
+        };
+        let before = raised().await;
+        // The operator checks and resumes it on replica 0.
+        let r = http_request(
+            "POST",
+            &format!("{}/admin/keys/{}/resume", c.admins[0], record.id),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            String::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // One more medium alert on replica 1 (the unfamiliar client again). Its engine was
+        // told of the resumption, so the old points are gone and 15 stays under 25.
+        chat_from(&c, 1, &secret, "127.0.1.9").await;
+        for _ in 0..100 {
+            if raised().await > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(raised().await > before, "the last request raised an alert");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            key_status(&store, &record).await,
+            stormwall_types::KeyStatus::Active,
+            "replica 1 re-suspended the key on points from before the resumption"
+        );
+        c.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_verdict_the_other_replica_alerts_again() {
+        // The control for the test above: the same traffic with no verdict alerts twice,
+        // so the single alert there is the verdict's doing.
+        let Some((c, store, record, secret)) = warm_pair_alert_only().await else {
+            return;
+        };
+        for src in ["127.0.1.7", "127.0.4.7"] {
+            chat_from(&c, 0, &secret, src).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for src in ["127.0.1.8", "127.0.4.8"] {
+            chat_from(&c, 1, &secret, src).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = alerts_of(&store, &record, stormwall_types::DetectorId::P1).await;
+            if found.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(found.len(), 2, "{found:#?}");
         c.stop().await;
     }
 
