@@ -1808,27 +1808,11 @@ mod scale_out {
         // Then replica 0 sees a second country itself: the same incident, not a new alert.
         let sources = [("127.0.1.7", 0), ("127.0.2.7", 1), ("127.0.3.7", 0)];
         for (n, (src, replica)) in sources.into_iter().enumerate() {
-            let r = http_request(
-                "POST",
-                &format!("{}/v1/chat/completions", c.proxies[replica]),
-                &[("authorization", &format!("Bearer {secret}"))],
-                chat_body("gpt-4o-mini", false),
-                Some(src.parse().unwrap()),
-            )
-            .await
-            .unwrap();
-            assert_eq!(r.status, 200, "{}", r.text());
+            chat_from(&c, replica, &secret, src).await;
             // Each replica's detection task takes the event before the next request.
             tokio::time::sleep(Duration::from_millis(200)).await;
             if n == 1 {
-                let mut found = Vec::new();
-                for _ in 0..100 {
-                    found = p1().await;
-                    if !found.is_empty() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                let found = wait_alerts(&store, &record, stormwall_types::DetectorId::P1, 1).await;
                 assert_eq!(found.len(), 1, "P1 from the global view: {found:#?}");
                 let countries = found[0]
                     .alert
@@ -1856,16 +1840,29 @@ mod scale_out {
     }
 
     async fn chat_from(c: &Cluster, replica: usize, secret: &str, source: &str) {
-        let r = http_request(
-            "POST",
-            &format!("{}/v1/chat/completions", c.proxies[replica]),
-            &[("authorization", &format!("Bearer {secret}"))],
-            chat_body("gpt-4o-mini", false),
-            Some(source.parse().unwrap()),
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            c.chat_from_any(replica, secret, source).await,
+            200,
+            "{source}"
+        );
+    }
+
+    /// Polls (up to two seconds) until the key has at least `n` alerts of `detector`.
+    async fn wait_alerts(
+        store: &PostgresStore,
+        key: &KeyRecord,
+        detector: stormwall_types::DetectorId,
+        n: usize,
+    ) -> Vec<StoredAlert> {
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = alerts_of(store, key, detector).await;
+            if found.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        found
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1880,14 +1877,7 @@ mod scale_out {
             chat_from(&c, 0, &secret, src).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut found = Vec::new();
-        for _ in 0..100 {
-            found = p1().await;
-            if !found.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let found = wait_alerts(&store, &record, stormwall_types::DetectorId::P1, 1).await;
         assert_eq!(found.len(), 1, "P1 on replica 0: {found:#?}");
         // The operator says it was fine, through replica 0's admin API.
         let r = http_request(
@@ -2014,14 +2004,7 @@ mod scale_out {
             chat_from(&c, 1, &secret, src).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut found = Vec::new();
-        for _ in 0..100 {
-            found = alerts_of(&store, &record, stormwall_types::DetectorId::P1).await;
-            if found.len() >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let found = wait_alerts(&store, &record, stormwall_types::DetectorId::P1, 2).await;
         assert_eq!(found.len(), 2, "{found:#?}");
         c.stop().await;
     }
