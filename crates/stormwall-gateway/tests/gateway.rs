@@ -1665,6 +1665,20 @@ mod scale_out {
             )
         }
 
+        /// An admin POST without a body through one replica; it must succeed.
+        async fn admin_post(&self, replica: usize, path: &str) {
+            let r = http_request(
+                "POST",
+                &format!("{}{path}", self.admins[replica]),
+                &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+                String::new(),
+                None,
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+        }
+
         /// A chat request from `source`, whatever its status.
         async fn chat_from_any(&self, replica: usize, key: &str, source: &str) -> u16 {
             http_request(
@@ -1880,19 +1894,11 @@ mod scale_out {
         let found = wait_alerts(&store, &record, stormwall_types::DetectorId::P1, 1).await;
         assert_eq!(found.len(), 1, "P1 on replica 0: {found:#?}");
         // The operator says it was fine, through replica 0's admin API.
-        let r = http_request(
-            "POST",
-            &format!(
-                "{}/admin/alerts/{}/false-positive",
-                c.admins[0], found[0].alert.id
-            ),
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            String::new(),
-            None,
+        c.admin_post(
+            0,
+            &format!("/admin/alerts/{}/false-positive", found[0].alert.id),
         )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
+        .await;
         // Past the alert window, the same trip seen by replica 1 (new networks to it, the
         // shared count says two countries): it learned the verdict, so no new alert.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1958,16 +1964,8 @@ mod scale_out {
         };
         let before = raised().await;
         // The operator checks and resumes it on replica 0.
-        let r = http_request(
-            "POST",
-            &format!("{}/admin/keys/{}/resume", c.admins[0], record.id),
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            String::new(),
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
+        c.admin_post(0, &format!("/admin/keys/{}/resume", record.id))
+            .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         // One more medium alert on replica 1 (the unfamiliar client again). Its engine was
         // told of the resumption, so the old points are gone and 15 stays under 25.
