@@ -246,6 +246,14 @@ impl Harness {
         .unwrap()
     }
 
+    /// An admin GET's JSON body.
+    async fn admin_get(&self, path: &str) -> Value {
+        self.admin_call("GET", path, Value::Null)
+            .await
+            .json()
+            .unwrap()
+    }
+
     /// Creates a key; returns (secret, id).
     async fn key(&self, body: Value) -> (String, String) {
         let r = self.admin_call("POST", "/admin/keys", body).await;
@@ -844,11 +852,7 @@ async fn rotation_keeps_the_old_key_valid_for_the_grace_period() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.text());
-    let listed = h
-        .admin_call("GET", "/admin/keys", Value::Null)
-        .await
-        .json()
-        .unwrap();
+    let listed = h.admin_get("/admin/keys").await;
     assert_eq!(
         listed.as_array().unwrap().len(),
         3,
@@ -1374,11 +1378,7 @@ mod leak_reports {
         // Revoked at once, kept as a tripwire, with the exposure recorded.
         assert_eq!(h.chat(&leaked, "gpt-4o-mini").await.status, 401);
         assert_eq!(h.chat(&safe, "gpt-4o-mini").await.status, 200);
-        let rec = h
-            .admin_call("GET", &format!("/admin/keys/{leaked_id}"), Value::Null)
-            .await
-            .json()
-            .unwrap();
+        let rec = h.admin_get(&format!("/admin/keys/{leaked_id}")).await;
         assert_eq!(rec["status"], "revoked");
         assert!(
             rec["status_reason"]
@@ -1484,11 +1484,7 @@ mod leak_reports {
                 .count(),
             100
         );
-        let listed = h
-            .admin_call("GET", "/admin/keys?tenant=bulk", Value::Null)
-            .await
-            .json()
-            .unwrap();
+        let listed = h.admin_get("/admin/keys?tenant=bulk").await;
         assert!(
             listed
                 .as_array()
@@ -1679,14 +1675,15 @@ mod scale_out {
             assert_eq!(r.status, 200, "{path}: {}", r.text());
         }
 
-        /// A chat request from `source`, whatever its status.
-        async fn chat_from_any(&self, replica: usize, key: &str, source: &str) -> u16 {
+        /// A chat request from `source` (the default loopback address with `None`),
+        /// whatever its status.
+        async fn chat_from_any(&self, replica: usize, key: &str, source: Option<&str>) -> u16 {
             http_request(
                 "POST",
                 &format!("{}/v1/chat/completions", self.proxies[replica]),
                 &[("authorization", &format!("Bearer {key}"))],
                 chat_body("gpt-4o-mini", false),
-                Some(source.parse().unwrap()),
+                source.map(|s| s.parse().unwrap()),
             )
             .await
             .unwrap()
@@ -1695,17 +1692,7 @@ mod scale_out {
         }
 
         async fn chat(&self, replica: usize, key: &str) -> u16 {
-            http_request(
-                "POST",
-                &format!("{}/v1/chat/completions", self.proxies[replica]),
-                &[("authorization", &format!("Bearer {key}"))],
-                chat_body("gpt-4o-mini", false),
-                None,
-            )
-            .await
-            .unwrap()
-            .status
-            .as_u16()
+            self.chat_from_any(replica, key, None).await
         }
 
         async fn stop(self) -> Vec<UsageEvent> {
@@ -1855,7 +1842,7 @@ mod scale_out {
 
     async fn chat_from(c: &Cluster, replica: usize, secret: &str, source: &str) {
         assert_eq!(
-            c.chat_from_any(replica, secret, source).await,
+            c.chat_from_any(replica, secret, Some(source)).await,
             200,
             "{source}"
         );
@@ -1939,7 +1926,7 @@ mod scale_out {
         // (impossible travel, then two countries in the hour) and suspends it.
         for src in ["127.0.1.7", "127.0.4.7"] {
             // The second may already be refused: the suspension can come at once.
-            c.chat_from_any(1, &secret, src).await;
+            c.chat_from_any(1, &secret, Some(src)).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for _ in 0..100 {

@@ -165,11 +165,7 @@ async fn canary_use_raises_a_stored_alert_with_its_event_as_evidence() {
     assert_eq!(bad.status, 400);
     // The alert shows its actions (a canary is only ever notified about).
     let id = a["id"].as_str().unwrap();
-    let detail = h
-        .admin_call("GET", &format!("/admin/alerts/{id}"), Value::Null)
-        .await
-        .json()
-        .unwrap();
+    let detail = h.admin_get(&format!("/admin/alerts/{id}")).await;
     assert_eq!(detail["id"], a["id"]);
     for act in detail["actions"].as_array().unwrap() {
         assert_eq!(act["action"]["kind"], "alert");
@@ -236,21 +232,11 @@ async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_ke
         .await;
     assert_eq!(r.status, 401);
     // The record explains itself: the action, the alert that caused it, its evidence.
-    let key = h
-        .admin_call("GET", &format!("/admin/keys/{stolen_id}"), Value::Null)
-        .await
-        .json()
-        .unwrap();
+    let key = h.admin_get(&format!("/admin/keys/{stolen_id}")).await;
     assert!(!key["status_reason"].as_str().unwrap_or("").is_empty());
     let actions = h
-        .admin_call(
-            "GET",
-            &format!("/admin/actions?key={stolen_id}"),
-            Value::Null,
-        )
-        .await
-        .json()
-        .unwrap();
+        .admin_get(&format!("/admin/actions?key={stolen_id}"))
+        .await;
     let suspend = actions["actions"]
         .as_array()
         .unwrap()
@@ -260,11 +246,7 @@ async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_ke
         .clone();
     assert_eq!(suspend["outcome"], "applied");
     let cause = suspend["action"]["alert_id"].as_str().unwrap();
-    let alert = h
-        .admin_call("GET", &format!("/admin/alerts/{cause}"), Value::Null)
-        .await
-        .json()
-        .unwrap();
+    let alert = h.admin_get(&format!("/admin/alerts/{cause}")).await;
     let events = h.events(1).await;
     for ev in alert["evidence"].as_array().unwrap() {
         assert!(
@@ -274,14 +256,8 @@ async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_ke
     }
     // The audit log says who suspended it and why.
     let audit = h
-        .admin_call(
-            "GET",
-            &format!("/admin/audit?target={stolen_id}"),
-            Value::Null,
-        )
-        .await
-        .json()
-        .unwrap();
+        .admin_get(&format!("/admin/audit?target={stolen_id}"))
+        .await;
     let by_detection = audit["entries"]
         .as_array()
         .unwrap()
@@ -484,11 +460,7 @@ async fn a_key_that_keeps_hitting_the_content_filter_is_stopped() {
             refused += 1;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let record = h
-            .admin_call("GET", &format!("/admin/keys/{id}"), Value::Null)
-            .await
-            .json()
-            .unwrap();
+        let record = h.admin_get(&format!("/admin/keys/{id}")).await;
         if record["status"] != "active" || !record["scope"]["rpm"].is_null() {
             break;
         }
@@ -496,11 +468,7 @@ async fn a_key_that_keeps_hitting_the_content_filter_is_stopped() {
     assert!(refused >= 3, "the filter refused {refused}");
     let mut stopped = false;
     for _ in 0..100 {
-        let record = h
-            .admin_call("GET", &format!("/admin/keys/{id}"), Value::Null)
-            .await
-            .json()
-            .unwrap();
+        let record = h.admin_get(&format!("/admin/keys/{id}")).await;
         if record["status"] != "active" || !record["scope"]["rpm"].is_null() {
             stopped = true;
             break;
@@ -536,11 +504,7 @@ async fn every_change_is_in_the_audit_log_and_the_chain_verifies() {
         .to_owned();
     h.admin_call("POST", &format!("/admin/alerts/{alert}/ack"), Value::Null)
         .await;
-    let page = h
-        .admin_call("GET", "/admin/audit", Value::Null)
-        .await
-        .json()
-        .unwrap();
+    let page = h.admin_get("/admin/audit").await;
     let entries = page["entries"].as_array().unwrap();
     let actions: Vec<(&str, &str)> = entries
         .iter()
@@ -561,17 +525,9 @@ async fn every_change_is_in_the_audit_log_and_the_chain_verifies() {
     assert_eq!(entries[1]["detail"]["reason"], "on-call check");
     assert_eq!(entries[0]["seq"], 1);
     assert_eq!(entries[1]["prev_hash"], entries[0]["hash"]);
-    let only_key = h
-        .admin_call("GET", &format!("/admin/audit?target={id}"), Value::Null)
-        .await
-        .json()
-        .unwrap();
+    let only_key = h.admin_get(&format!("/admin/audit?target={id}")).await;
     assert_eq!(only_key["entries"].as_array().unwrap().len(), 4);
-    let check = h
-        .admin_call("GET", "/admin/audit/verify", Value::Null)
-        .await
-        .json()
-        .unwrap();
+    let check = h.admin_get("/admin/audit/verify").await;
     assert_eq!(check["ok"], true, "{check}");
     assert_eq!(check["records"], 6);
     assert_eq!(check["head"], entries[5]["hash"]);
