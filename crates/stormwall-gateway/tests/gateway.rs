@@ -145,16 +145,7 @@ async fn harness_with(customize: impl FnOnce(&mut GatewayConfig)) -> Harness {
             shutdown_grace_secs: 10,
             ..Default::default()
         },
-        ipdb: IpDbConfig {
-            path: Some(
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../../tests/data/ip2asn-test.tsv"
-                )
-                .into(),
-            ),
-            extra_paths: vec![],
-        },
+        ipdb: test_ipdb(),
         upstreams: vec![
             UpstreamConfig::Openai {
                 name: "openai-mock".into(),
@@ -222,6 +213,20 @@ fn chat_body(model: &str, stream: bool) -> String {
         ]
     })
     .to_string()
+}
+
+/// The synthetic IP database the tests' loopback source addresses are looked up in.
+fn test_ipdb() -> IpDbConfig {
+    IpDbConfig {
+        path: Some(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/data/ip2asn-test.tsv"
+            )
+            .into(),
+        ),
+        extra_paths: vec![],
+    }
 }
 
 impl Harness {
@@ -1591,16 +1596,7 @@ mod scale_out {
                         key_cache_max_stale_secs: 0,
                         ..Default::default()
                     },
-                    ipdb: IpDbConfig {
-                        path: Some(
-                            concat!(
-                                env!("CARGO_MANIFEST_DIR"),
-                                "/../../tests/data/ip2asn-test.tsv"
-                            )
-                            .into(),
-                        ),
-                        extra_paths: vec![],
-                    },
+                    ipdb: test_ipdb(),
                     upstreams: vec![UpstreamConfig::Openai {
                         name: "openai-mock".into(),
                         base_url: format!("{}/v1", upstream.url()),

@@ -54,6 +54,32 @@ fn serve_with(config: &Path, token: &str) -> Server {
     }
 }
 
+/// A gateway config on loopback with an SQLite store at `db`, the IP database at `ipdb`
+/// and the built-in mock upstream serving `models`.
+fn mock_gateway_config(db: &Path, ipdb: &Path, models: &[&str]) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[store]
+backend = "sqlite"
+path = "{db}"
+
+[ipdb]
+path = "{ipdb}"
+
+[[upstreams]]
+name = "mock"
+kind = "mock"
+models = {models:?}
+"#,
+        db = db.display(),
+        ipdb = ipdb.display(),
+    )
+}
+
 /// Runs the binary with an admin token in the environment.
 fn run_with(args: &[&str], token: &str) -> Output {
     Command::new(BIN)

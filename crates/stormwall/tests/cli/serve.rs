@@ -25,26 +25,10 @@ fn repo_root() -> &'static Path {
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("stormwall.toml");
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[store]
-backend = "sqlite"
-path = "{db}"
-
-[ipdb]
-path = "{ipdb}"
-
-[[upstreams]]
-name = "mock"
-kind = "mock"
-models = ["gpt-4o-mini", "text-embedding-3-small", "dall-e-3"]
-"#,
-        db = dir.join("sw.db").display(),
-        ipdb = repo_root().join("tests/data/ip2asn-test.tsv").display(),
+    let text = crate::mock_gateway_config(
+        &dir.join("sw.db"),
+        &repo_root().join("tests/data/ip2asn-test.tsv"),
+        &["gpt-4o-mini", "text-embedding-3-small", "dall-e-3"],
     );
     std::fs::write(&path, text).unwrap();
     path

@@ -52,26 +52,15 @@ fn setup(dir: &Path, detect: bool) -> PathBuf {
         egress.to_str().unwrap(),
     ]);
     assert_ok(&stormwall(&args));
-    let mut text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[store]
-backend = "sqlite"
-path = "{db}"
-
-[ipdb]
-path = "{ipdb}"
-
-[[upstreams]]
-name = "mock"
-kind = "mock"
-models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "dall-e-3"]
-"#,
-        db = dir.join("sw.db").display(),
-        ipdb = ipdb.display(),
+    let mut text = crate::mock_gateway_config(
+        &dir.join("sw.db"),
+        &ipdb,
+        &[
+            "gpt-4o-mini",
+            "gpt-4o",
+            "text-embedding-3-small",
+            "dall-e-3",
+        ],
     );
     if detect {
         text.push_str(&std::fs::read_to_string(&egress).unwrap());
