@@ -273,11 +273,12 @@ pub async fn forward(
     };
     if output_blocked {
         // The upstream was paid for the answer; the client gets an error instead of it.
-        let err = ProxyError::reject(stormwall_types::RejectReason::ContentPolicy);
+        let err = crate::recorder::deny(
+            &mut finisher.rec,
+            stormwall_types::RejectReason::ContentPolicy,
+        );
         let mut resp = crate::error::into_response(&err);
-        let e = finisher.rec.event();
-        e.deny(stormwall_types::RejectReason::ContentPolicy);
-        e.error_code = Some(crate::error::error_code(&err).to_owned());
+        finisher.rec.event().error_code = Some(crate::error::error_code(&err).to_owned());
         finisher.status = resp.status().as_u16();
         finisher.settle(usage, response_model, None);
         apply_rate_limit_headers(resp.headers_mut(), &info);
@@ -334,13 +335,15 @@ async fn screen_output(
 
 impl Finisher {
     fn stream_ended(mut self, end: StreamEnd) {
-        if let Some((verdict, notes)) = &end.output_safety {
-            crate::safety::count(&self.state.metrics, "output", verdict);
-            let e = self.rec.event();
-            e.safety.extend(notes.iter().cloned());
+        if let Some((verdict, notes)) = end.output_safety {
+            crate::safety::count(&self.state.metrics, "output", &verdict);
+            self.rec.event().safety.extend(notes);
             if end.outcome == StreamOutcome::ContentBlocked {
-                e.deny(stormwall_types::RejectReason::ContentPolicy);
-                e.error_code = Some("content_policy_violation".to_owned());
+                let err = crate::recorder::deny(
+                    &mut self.rec,
+                    stormwall_types::RejectReason::ContentPolicy,
+                );
+                self.rec.event().error_code = Some(crate::error::error_code(&err).to_owned());
             }
         }
         let usage = end.scanner.usage.or_else(|| {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use stormwall_types::KeyRecord;
+use stormwall_types::{KeyRecord, KeyStatus};
 
 use crate::admit::KeyState;
 
@@ -39,18 +39,20 @@ impl KeyCache {
         map.get(id).cloned()
     }
 
-    /// Inserts or replaces a record, keeping the key's admission state.
-    pub fn upsert(&self, record: KeyRecord) -> Arc<CachedKey> {
+    /// Inserts or replaces a record, keeping the key's admission state. Returns the status
+    /// the cache held before (`None` for a key it did not hold), so callers can tell a
+    /// status change from any other edit.
+    pub fn upsert(&self, record: KeyRecord) -> Option<KeyStatus> {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let state = map
             .get(record.id.as_str())
             .map(|c| Arc::clone(&c.state))
             .unwrap_or_else(|| Arc::new(KeyState::default()));
-        let entry = Arc::new(CachedKey { record, state });
-        map.insert(entry.record.id.as_str().to_owned(), Arc::clone(&entry));
+        let id = record.id.as_str().to_owned();
+        let before = map.insert(id, Arc::new(CachedKey { record, state }));
         self.version.fetch_add(1, Ordering::Relaxed);
         self.len.store(map.len() as u64, Ordering::Relaxed);
-        entry
+        before.map(|c| c.record.status)
     }
 
     /// Counter bumped by every single-key update.

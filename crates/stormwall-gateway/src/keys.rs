@@ -209,9 +209,8 @@ pub async fn list(state: &AppState, tenant: Option<String>) -> Result<Vec<KeyRec
 
 async fn save(state: &AppState, mut record: KeyRecord) -> Result<KeyRecord, KeyError> {
     record.updated_at = OffsetDateTime::now_utc();
-    let before = state.keys.get(record.id.as_str()).map(|c| c.record.status);
     state.store.update_key(&record).await?;
-    state.keys.upsert(record.clone());
+    let before = state.keys.upsert(record.clone());
     announce(state, &record.id).await;
     // Only a change of status concerns the detectors: a label or scope change (a throttle
     // among them) must not read as "resumed" and wipe the key's risk.

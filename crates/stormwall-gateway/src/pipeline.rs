@@ -111,13 +111,9 @@ async fn proxy(
             }),
         }
     })?;
-    note_request(rec, &parsed);
+    parsed.note_into(rec.event());
     rec.event().prompt_credentials = credentials_in(state, &body);
-    if stormwall_detect::markers::roleplay_markers(&parsed.prompt_text) {
-        rec.event()
-            .safety
-            .push(stormwall_detect::markers::roleplay_verdict());
-    }
+    rec.event().safety.extend(parsed.roleplay_verdict());
     let model = route
         .deployment
         .clone()
@@ -439,7 +435,7 @@ async fn capture_tripwire(state: &AppState, rec: &mut Recorder, route: &Route, b
         && let Ok(parsed) = request::parse(&bytes, route.endpoint, &state.digester)
     {
         rec.event().model = route.deployment.clone().or_else(|| parsed.model.clone());
-        note_request(rec, &parsed);
+        parsed.note_into(rec.event());
     }
 }
 
@@ -448,20 +444,6 @@ fn note_route(rec: &mut Recorder, route: &Route) {
     e.set_endpoint(route.endpoint);
     e.flavor = Some(route.flavor);
     e.api_version = route.api_version.clone();
-}
-
-fn note_request(rec: &mut Recorder, parsed: &ParsedRequest) {
-    let e = rec.event();
-    e.stream = parsed.stream;
-    e.max_tokens = parsed.max_tokens;
-    e.end_user = parsed.end_user.clone();
-    e.images = parsed.images;
-    e.estimated_input_tokens = parsed.estimated_input_tokens;
-    e.system_prompt_hash = parsed.digest.system_hash.clone();
-    e.prompt_simhash = parsed.digest.simhash.clone();
-    e.prompt_minhash = parsed.digest.minhash.clone();
-    e.prompt_chars = parsed.digest.chars;
-    e.prompt_messages = parsed.digest.messages;
 }
 
 /// Rule ids of credentials a body contains (a leaked key pasted into a prompt, or a model

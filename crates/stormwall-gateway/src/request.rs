@@ -48,6 +48,30 @@ pub struct ParsedRequest {
     pub prompt_text: String,
 }
 
+impl ParsedRequest {
+    /// Records what the request says about itself on its event: streaming and size fields
+    /// and the prompt's digests. The gateway and the simulator's imported history both use
+    /// this, so they cannot drift.
+    pub fn note_into(&self, e: &mut stormwall_types::UsageEvent) {
+        e.stream = self.stream;
+        e.max_tokens = self.max_tokens;
+        e.end_user = self.end_user.clone();
+        e.images = self.images;
+        e.estimated_input_tokens = self.estimated_input_tokens;
+        e.system_prompt_hash = self.digest.system_hash.clone();
+        e.prompt_simhash = self.digest.simhash.clone();
+        e.prompt_minhash = self.digest.minhash.clone();
+        e.prompt_chars = self.digest.chars;
+        e.prompt_messages = self.digest.messages;
+    }
+
+    /// The role-play marker verdict, when the prompt reads like a role-play front-end's.
+    pub fn roleplay_verdict(&self) -> Option<stormwall_types::SafetyVerdict> {
+        stormwall_detect::markers::roleplay_markers(&self.prompt_text)
+            .then(stormwall_detect::markers::roleplay_verdict)
+    }
+}
+
 #[derive(Deserialize)]
 struct Fields<'a> {
     #[serde(borrow, default)]

@@ -421,7 +421,6 @@ impl SafetyStage {
             .iter()
             .map(|c| crate::classify::run_one(c, client, &self.cache, text));
         let results = futures_util::future::join_all(runs).await;
-        let local = verdict.clone();
         let mut fail_closed = false;
         let mut scores: Vec<ExternalScore> = Vec::new();
         for (c, (outcome, hit)) in set.iter().zip(results) {
@@ -429,7 +428,8 @@ impl SafetyStage {
             match outcome {
                 Ok(s) => scores.extend(s.iter().cloned()),
                 Err(f) => {
-                    let closed = c.fails_closed(&local);
+                    // The local verdict: the external scores are merged only after the loop.
+                    let closed = c.fails_closed(verdict);
                     fail_closed |= closed;
                     notes.push(failure_verdict(&c.name, f, closed));
                 }
@@ -469,7 +469,7 @@ impl SafetyStage {
                 }
             }
             // Only what the classifiers changed: the local verdict is recorded already.
-            let mut merged = local.clone();
+            let mut merged = local;
             merged.merge_external(&scores, &profile);
             for c in &merged.categories {
                 if c.detector != Detector::External || c.action == Action::Allow {

@@ -431,9 +431,8 @@ fn spawn_change_listener(
                 Some(stormwall_store::KeyChange::Key(id)) => {
                     match state.store.get_key(&id).await {
                         Ok(Some(record)) => {
-                            let before = state.keys.get(id.as_str()).map(|c| c.record.status);
                             let status = record.status;
-                            state.keys.upsert(record);
+                            let before = state.keys.upsert(record);
                             // A suspension, resumption or revocation made on another replica
                             // reaches this replica's detectors as if made here.
                             if let Some(d) = &state.detection
