@@ -404,7 +404,7 @@ fn build_event_query(
     sql.push_str(" ORDER BY ts_unix_ms, id");
     if let Some(limit) = q.limit {
         sql.push_str(" LIMIT ?");
-        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        args.push(limit_value(limit));
     }
     Ok((sql, args))
 }

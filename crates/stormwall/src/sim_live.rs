@@ -369,8 +369,22 @@ fn body_of(r: &Req) -> Option<serde_json::Value> {
     }
 }
 
-/// Builds the HTTP request a simulated client sends: its header names in its order.
-fn build_request(proxy: &str, r: &Req, key: &str) -> anyhow::Result<Request<Full<Bytes>>> {
+/// The JSON body a simulated client sends (empty for a bodiless request).
+fn request_body(r: &Req) -> anyhow::Result<Bytes> {
+    Ok(match body_of(r) {
+        Some(v) => Bytes::from(serde_json::to_vec(&v)?),
+        None => Bytes::new(),
+    })
+}
+
+/// Builds the HTTP request a simulated client sends with `body` (from [`request_body`]):
+/// its header names in its order.
+fn build_request(
+    proxy: &str,
+    r: &Req,
+    key: &str,
+    body: Bytes,
+) -> anyhow::Result<Request<Full<Bytes>>> {
     let (method, path, api_version) = r.http_target();
     let url = match api_version {
         Some(v) => format!("{proxy}{path}?api-version={v}"),
@@ -378,10 +392,6 @@ fn build_request(proxy: &str, r: &Req, key: &str) -> anyhow::Result<Request<Full
     };
     let uri: http::Uri = url.parse().context("proxy URL")?;
     let authority = uri.authority().map_or("", |a| a.as_str()).to_owned();
-    let body = match body_of(r) {
-        Some(v) => Bytes::from(serde_json::to_vec(&v)?),
-        None => Bytes::new(),
-    };
     let mut req = Request::builder().method(method).uri(uri);
     let ua = &*r.program.ua;
     let mut has_auth = false;
@@ -530,29 +540,18 @@ fn history_event(
     e.source_ip = IpAddr::V4(map.netmap.addr(&req.net, req.host));
     e.source_port = 32_768 + (seq % 28_000) as u16;
     // A placeholder secret: only the request's shape is used; nothing is sent.
-    let http_req = build_request(&map.proxy, req, "sk-history-placeholder")?;
+    let body = request_body(req)?;
+    let http_req = build_request(&map.proxy, req, "sk-history-placeholder", body.clone())?;
     e.header_names = wire_header_names(&http_req);
     // The gateway screens the rendered text itself: its role-play marker verdict replaces
     // the simulator's label (simulated content hits stay, as a tenant's habit).
     e.safety
         .retain(|v| v.category != ROLEPLAY_CATEGORY && v.category != JAILBREAK_CATEGORY);
-    if let Some(body) = body_of(req) {
-        let bytes = serde_json::to_vec(&body)?;
-        if let Ok(parsed) = stormwall_gateway::request::parse(&bytes, req.endpoint, &map.digester) {
-            e.stream = parsed.stream;
-            e.max_tokens = parsed.max_tokens;
-            e.end_user = parsed.end_user.clone();
-            e.images = parsed.images;
-            e.estimated_input_tokens = parsed.estimated_input_tokens;
-            e.system_prompt_hash = parsed.digest.system_hash.clone();
-            e.prompt_simhash = parsed.digest.simhash.clone();
-            e.prompt_minhash = parsed.digest.minhash.clone();
-            e.prompt_chars = parsed.digest.chars;
-            e.prompt_messages = parsed.digest.messages;
-            if stormwall_detect::markers::roleplay_markers(&parsed.prompt_text) {
-                e.safety.push(stormwall_detect::markers::roleplay_verdict());
-            }
-        }
+    if !body.is_empty()
+        && let Ok(parsed) = stormwall_gateway::request::parse(&body, req.endpoint, &map.digester)
+    {
+        parsed.note_into(&mut e);
+        e.safety.extend(parsed.roleplay_verdict());
     }
     Ok(Some(e))
 }
@@ -738,7 +737,12 @@ pub async fn run(
                     .entry(ip)
                     .or_insert_with(|| client_for(Some(IpAddr::V4(ip))))
                     .clone();
-                let request = build_request(&proxy, &req, key.secret.expose_secret())?;
+                let request = build_request(
+                    &proxy,
+                    &req,
+                    key.secret.expose_secret(),
+                    request_body(&req)?,
+                )?;
                 let k = req.key;
                 tasks.spawn(async move {
                     let sent_at = OffsetDateTime::now_utc();

@@ -1543,20 +1543,7 @@ fn price(model: &str, input: u64, output: u64, images: u32) -> f64 {
 /// Turns a request into the event the gateway would record.
 fn build_event(r: &Req, info: &KeyInfo, t_ms: i64, seq: u64) -> UsageEvent {
     let ip = r.net.ip(r.host);
-    let (method, path) = match r.endpoint {
-        Endpoint::Models => ("GET", "/v1/models".to_owned()),
-        ep => ("POST", format!("/v1/{}", ep.path_suffix())),
-    };
-    let path = match r.api_version {
-        Some(_) if r.endpoint != Endpoint::Models => {
-            format!(
-                "/openai/deployments/{}/{}",
-                r.model,
-                r.endpoint.path_suffix()
-            )
-        }
-        _ => path,
-    };
+    let (method, path, _) = r.http_target();
     let mut e = UsageEvent::new(
         format!("{t_ms:013}-{seq:08x}"),
         to_time(t_ms),
