@@ -21,8 +21,8 @@ use secrecy::{ExposeSecret, SecretString};
 use stormwall_detect::sim::actors::{GatewayView, Req};
 use stormwall_detect::sim::world::Net;
 use stormwall_detect::sim::{
-    DetectorFigures, KeyInfo, Label, LiveItem, LiveOptions, Report, SCENARIOS, ScenarioFigures,
-    Simulation, median, percentile,
+    DetectorTally, KeyInfo, KeyOutcome, Label, LiveItem, LiveOptions, Report, Simulation,
+    finish_report,
 };
 use stormwall_types::{DetectorId, Severity};
 use time::OffsetDateTime;
@@ -208,14 +208,6 @@ struct Outcome {
     status: u16,
     event_id: Option<String>,
     sent_at: OffsetDateTime,
-}
-
-#[derive(Debug, Clone, Default)]
-struct KeyOutcome {
-    first_attack: Option<OffsetDateTime>,
-    abuse_start: Option<OffsetDateTime>,
-    active_at_abuse: bool,
-    served_after_abuse: u64,
 }
 
 /// Small JSON client for the admin API.
@@ -915,26 +907,24 @@ fn evaluate(
         if let Some(id) = &o.event_id {
             attacker_ids.insert(id);
         }
-        k.first_attack.get_or_insert(o.sent_at);
+        let at = unix_ms(o.sent_at);
+        k.first_attack.get_or_insert(at);
         if o.label.abuse && k.abuse_start.is_none() {
-            k.abuse_start = Some(o.sent_at);
+            k.abuse_start = Some(at);
             k.active_at_abuse = (200..300).contains(&o.status) || o.status == 429;
         }
         if k.abuse_start.is_some() && (200..300).contains(&o.status) {
             k.served_after_abuse += 1;
         }
     }
-    let stopped = |i: usize| {
-        keys.get(i)
-            .and_then(|k| status.get(&k.id))
-            .is_some_and(|s| s == "suspended" || s == "revoked")
-    };
+    // The gateway's key statuses at the end say which keys were stopped, not when.
+    for (o, k) in ko.iter_mut().zip(keys) {
+        o.stopped_untimed = status
+            .get(&k.id)
+            .is_some_and(|s| s == "suspended" || s == "revoked");
+    }
     // Per key: detected (true alert at or above the severity), first detection, detectors.
-    let mut detected_at: Vec<Option<OffsetDateTime>> = vec![None; n];
-    let mut detectors: Vec<HashSet<DetectorId>> = vec![HashSet::new(); n];
-    let mut legit_alerted = vec![false; n];
-    let mut per_det: BTreeMap<DetectorId, (u64, u64, HashSet<usize>, HashSet<usize>)> =
-        BTreeMap::new();
+    let mut per_det: Vec<DetectorTally> = vec![DetectorTally::default(); DetectorId::ALL.len()];
     for (i, a) in alerts {
         let Some(d) = detector_of(a) else {
             continue;
@@ -947,116 +937,33 @@ fn evaluate(
             .unwrap_or_default();
         let true_alert = evidence.iter().any(|id| attacker_ids.contains(id))
             || d == DetectorId::E1 && is_attack_key;
-        let pd = per_det.entry(d).or_default();
-        pd.0 += 1;
-        if true_alert {
-            pd.1 += 1;
-            pd.2.insert(*i);
-        } else {
-            pd.3.insert(*i);
+        if let Some(pd) = per_det.get_mut(d.index()) {
+            pd.0 += 1;
+            if true_alert {
+                pd.1 += 1;
+                pd.2.insert(*i);
+            } else {
+                pd.3.insert(*i);
+            }
         }
+        let Some(o) = ko.get_mut(*i) else {
+            continue;
+        };
         if severity_of(a).is_some_and(|s| s >= min_severity) {
             if true_alert {
-                let at = time_of(a, "at");
-                if let Some(slot) = detected_at.get_mut(*i) {
-                    *slot = match (*slot, at) {
-                        (Some(x), Some(y)) => Some(x.min(y)),
-                        (x, y) => x.or(y),
-                    };
+                if let Some(at) = time_of(a, "at").map(unix_ms) {
+                    o.detected_at = Some(o.detected_at.map_or(at, |x| x.min(at)));
                 }
-                if let Some(s) = detectors.get_mut(*i) {
-                    s.insert(d);
-                }
-            } else if let Some(l) = legit_alerted.get_mut(*i) {
-                *l = true;
+                o.detectors.insert(d.index());
+            } else {
+                o.legit_alerted = true;
             }
         }
     }
-    let mut served = Vec::new();
-    let mut detect_secs = Vec::new();
-    let mut detected = 0usize;
-    let mut scen: BTreeMap<String, (ScenarioFigures, Vec<f64>, HashSet<DetectorId>)> =
-        BTreeMap::new();
-    for (i, (k, o)) in truth.iter().zip(&ko).enumerate() {
-        let is_stopped = stopped(i);
-        match k.scenario {
-            None => {
-                r.legit_keys += 1;
-                if legit_alerted.get(i).copied().unwrap_or(false) {
-                    r.legit_keys_alerted += 1;
-                }
-                if is_stopped {
-                    r.false_suspensions += 1;
-                }
-            }
-            Some(s) => {
-                let name = SCENARIOS.get(s).copied().unwrap_or("?").to_owned();
-                let entry = scen.entry(name).or_default();
-                r.attack_keys += 1;
-                entry.0.keys += 1;
-                if let Some(at) = detected_at.get(i).copied().flatten() {
-                    detected += 1;
-                    entry.0.detected += 1;
-                    if let Some(ds) = detectors.get(i) {
-                        entry.2.extend(ds.iter().copied());
-                    }
-                    if let Some(f) = o.first_attack {
-                        detect_secs.push((at - f).as_seconds_f64().max(0.0));
-                    }
-                }
-                let never_served = k.canary || !o.active_at_abuse && o.abuse_start.is_some();
-                if is_stopped || never_served {
-                    r.attack_keys_stopped += 1;
-                    entry.0.stopped += 1;
-                }
-                if o.abuse_start.is_some() && o.active_at_abuse && !k.canary {
-                    served.push(o.served_after_abuse as f64);
-                    entry.1.push(o.served_after_abuse as f64);
-                }
-            }
-        }
-    }
-    r.keys_with_abuse_phase = served.len();
-    r.recall = if r.attack_keys == 0 {
-        0.0
-    } else {
-        detected as f64 / r.attack_keys as f64
-    };
-    let flagged = detected + r.legit_keys_alerted;
-    r.precision = if flagged == 0 {
-        0.0
-    } else {
-        detected as f64 / flagged as f64
-    };
-    r.max_attacker_requests_served = served.iter().fold(0.0f64, |a, &b| a.max(b)) as u64;
-    r.p90_attacker_requests_served = percentile(&mut served, 0.9).unwrap_or(0.0);
-    r.median_attacker_requests_served = median(&mut served).unwrap_or(0.0);
-    r.median_seconds_to_detect = median(&mut detect_secs);
-    for (name, (mut f, mut s, dets)) in scen {
-        f.median_served = median(&mut s);
-        f.max_served = s.iter().copied().reduce(f64::max).map(|m| m as u64);
-        let mut d: Vec<String> = dets.iter().map(|d| d.as_str().to_owned()).collect();
-        d.sort();
-        f.detectors = d;
-        r.per_scenario.insert(name, f);
-    }
-    for d in DetectorId::ALL {
-        let (alerts, true_alerts, atk, legit) = per_det.remove(&d).unwrap_or_default();
-        r.per_detector.insert(
-            d.as_str().to_owned(),
-            DetectorFigures {
-                alerts,
-                true_alerts,
-                precision: (alerts > 0).then(|| true_alerts as f64 / alerts as f64),
-                attack_keys: atk.len(),
-                recall: if r.attack_keys == 0 {
-                    0.0
-                } else {
-                    atk.len() as f64 / r.attack_keys as f64
-                },
-                legit_keys: legit.len(),
-            },
-        );
-    }
+    finish_report(&mut r, truth, &ko, &per_det);
     r
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
 }

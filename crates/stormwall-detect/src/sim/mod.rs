@@ -259,20 +259,46 @@ impl Default for Report {
     }
 }
 
+/// What an evaluation learned about one key (times in unix milliseconds): the input of
+/// [`finish_report`], filled by the offline run and by the live run over HTTP.
 #[derive(Debug, Clone, Default)]
-struct KeyOutcome {
-    first_attack: Option<i64>,
-    abuse_start: Option<i64>,
-    active_at_abuse: bool,
-    detected_at: Option<i64>,
-    stopped_at: Option<i64>,
-    stopped_before_attack: bool,
-    throttled: bool,
-    served_after_abuse: u64,
-    legit_alerted: bool,
-    detectors: HashSet<usize>,
-    false_detectors: HashSet<usize>,
+pub struct KeyOutcome {
+    /// The attacker's first request.
+    pub first_attack: Option<i64>,
+    /// The first abuse request (resale or prohibited content).
+    pub abuse_start: Option<i64>,
+    /// Whether the key still served requests when the abuse began.
+    pub active_at_abuse: bool,
+    /// The first true alert at or above the report's severity.
+    pub detected_at: Option<i64>,
+    /// When the key was suspended or revoked.
+    pub stopped_at: Option<i64>,
+    /// Suspended or revoked at a time the evaluation does not know (the live run reads the
+    /// keys' statuses at the end).
+    pub stopped_untimed: bool,
+    /// Stopped before the attacker's first request (counts as a false suspension).
+    pub stopped_before_attack: bool,
+    /// Throttled at some point.
+    pub throttled: bool,
+    /// Attacker requests served after the abuse began.
+    pub served_after_abuse: u64,
+    /// A legitimate key alerted at or above the report's severity.
+    pub legit_alerted: bool,
+    /// Indexes (in `DetectorId::ALL`) of the detectors with true alerts on the key.
+    pub detectors: HashSet<usize>,
+    /// Indexes of the detectors with false alerts on the key.
+    pub false_detectors: HashSet<usize>,
 }
+
+impl KeyOutcome {
+    fn stopped(&self) -> bool {
+        self.stopped_at.is_some() || self.stopped_untimed
+    }
+}
+
+/// Per detector (indexed as `DetectorId::ALL`): alerts, true alerts, attack keys with a
+/// true alert, legitimate keys with a false one.
+pub type DetectorTally = (u64, u64, HashSet<usize>, HashSet<usize>);
 
 /// A built simulation, ready to run.
 pub struct Simulation {
@@ -1053,7 +1079,7 @@ impl Simulation {
             .map(|(i, k)| (k.id.clone(), i))
             .collect();
         let mut attacker_ids: HashSet<String> = HashSet::new();
-        let mut per_det: Vec<(u64, u64, HashSet<usize>, HashSet<usize>)> =
+        let mut per_det: Vec<DetectorTally> =
             vec![(0, 0, HashSet::new(), HashSet::new()); stormwall_types::DetectorId::ALL.len()];
         let mut report = Report {
             seed: self.cfg.seed,
@@ -1312,7 +1338,7 @@ fn count_alerts(
     key_index: &HashMap<KeyId, usize>,
     keys: &[KeyInfo],
     outcome: &mut [KeyOutcome],
-    per_det: &mut [(u64, u64, HashSet<usize>, HashSet<usize>)],
+    per_det: &mut [DetectorTally],
     min_severity: Severity,
     t: i64,
 ) {
@@ -1349,7 +1375,7 @@ fn count_alerts(
 }
 
 /// Median of the values (sorts them); `None` when empty.
-pub fn median(v: &mut [f64]) -> Option<f64> {
+fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -1363,7 +1389,7 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
 }
 
 /// Nearest-rank percentile `p` in 0..=1 of the values (sorts them); `None` when empty.
-pub fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
+fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -1372,11 +1398,13 @@ pub fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
     v.get(i).copied()
 }
 
-fn finish_report(
+/// Fills the report's key, recall, precision, served, per-scenario and per-detector figures
+/// from each key's outcome (`outcome[i]` is `keys[i]`'s) and the detectors' tallies.
+pub fn finish_report(
     r: &mut Report,
     keys: &[KeyInfo],
     outcome: &[KeyOutcome],
-    per_det: &[(u64, u64, HashSet<usize>, HashSet<usize>)],
+    per_det: &[DetectorTally],
 ) {
     let mut served = Vec::new();
     let mut detect_secs = Vec::new();
@@ -1390,7 +1418,7 @@ fn finish_report(
                 if o.legit_alerted {
                     r.legit_keys_alerted += 1;
                 }
-                if o.stopped_at.is_some() {
+                if o.stopped() {
                     r.false_suspensions += 1;
                 }
                 if o.throttled {
@@ -1415,7 +1443,7 @@ fn finish_report(
                     }
                 }
                 let never_served = k.canary || !o.active_at_abuse && o.abuse_start.is_some();
-                if o.stopped_at.is_some() || never_served {
+                if o.stopped() || never_served {
                     r.attack_keys_stopped += 1;
                     entry.0.stopped += 1;
                 }
