@@ -668,40 +668,16 @@ struct EventPage {
 }
 
 async fn events(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
-    let time_param = |name: &str| -> Result<Option<time::OffsetDateTime>, AdminError> {
-        param(query, name)
-            .map(|v| {
-                stormwall_types::timefmt::parse(&v).map_err(|_| {
-                    AdminError::BadRequest(format!("{name} must be an RFC 3339 timestamp"))
-                })
-            })
-            .transpose()
-    };
-    let limit = match param(query, "limit") {
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_EVENT_PAGE).contains(n))
-            .ok_or_else(|| AdminError::BadRequest(format!("limit must be 1..={MAX_EVENT_PAGE}")))?,
-        None => DEFAULT_EVENT_PAGE,
-    };
-    let key_id = param(query, "key")
-        .map(|k| {
-            KeyId::new(&k).map_err(|_| AdminError::BadRequest("key must be a public key id".into()))
-        })
-        .transpose()?;
+    let limit = limit_param(query, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
     let q = EventQuery {
-        key_id,
+        key_id: key_param(query)?,
         tenant: param(query, "tenant"),
-        since: time_param("since")?,
-        until: time_param("until")?,
+        since: time_param(query, "since")?,
+        until: time_param(query, "until")?,
         after_id: param(query, "after"),
         limit: Some(limit),
     };
-    let events = app.store.query_events(&q).await.map_err(|e| {
-        tracing::error!(error = %e, "admin: event query failed");
-        AdminError::Internal
-    })?;
+    let events = app.store.query_events(&q).await.map_err(store_error)?;
     let next_after = (events.len() == limit)
         .then(|| events.last().map(|e| e.id.clone()))
         .flatten();

@@ -94,19 +94,7 @@ pub fn check_config(
     }
     crate::safety::SafetyStage::from_config(&config.safety, env)?;
     crate::detection::engine_config(&config.detect, &config.response, &config.ipdb)?;
-    if let Some(url) = &config.alerts.webhook_url {
-        let ok = url
-            .parse::<http::Uri>()
-            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
-        if !ok {
-            return Err(crate::webhook::WebhookConfigError::Url.into());
-        }
-        if let Some(name) = &config.alerts.webhook_secret_env
-            && env(name).is_none_or(|s| s.is_empty())
-        {
-            return Err(crate::webhook::WebhookConfigError::Secret(name.clone()).into());
-        }
-    }
+    crate::webhook::parse_config(&config.alerts, env)?;
     Ok(())
 }
 

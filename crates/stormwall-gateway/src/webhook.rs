@@ -80,6 +80,29 @@ struct Target {
     stats: Arc<WebhookStats>,
 }
 
+/// The webhook's URL and signing secret from `[alerts]` (`None` without a URL): what
+/// `stormwall config check` validates and [`Webhook::start`] uses.
+pub fn parse_config(
+    config: &AlertsConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<(http::Uri, SecretString)>, WebhookConfigError> {
+    let Some(url) = &config.webhook_url else {
+        return Ok(None);
+    };
+    let url: http::Uri = url.parse().map_err(|_| WebhookConfigError::Url)?;
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+        return Err(WebhookConfigError::Url);
+    }
+    let secret = match &config.webhook_secret_env {
+        Some(name) => env(name)
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from)
+            .ok_or_else(|| WebhookConfigError::Secret(name.clone()))?,
+        None => SecretString::from(String::new()),
+    };
+    Ok(Some((url, secret)))
+}
+
 impl Webhook {
     /// Starts the delivery task when `[alerts] webhook_url` is set.
     #[allow(clippy::disallowed_methods)] // delivery task lives as long as the gateway state
@@ -88,19 +111,8 @@ impl Webhook {
         client: HttpClient,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, WebhookConfigError> {
-        let Some(url) = &config.webhook_url else {
+        let Some((url, secret)) = parse_config(config, env)? else {
             return Ok(None);
-        };
-        let url: http::Uri = url.parse().map_err(|_| WebhookConfigError::Url)?;
-        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-            return Err(WebhookConfigError::Url);
-        }
-        let secret = match &config.webhook_secret_env {
-            Some(name) => env(name)
-                .filter(|s| !s.is_empty())
-                .map(SecretString::from)
-                .ok_or_else(|| WebhookConfigError::Secret(name.clone()))?,
-            None => SecretString::from(String::new()),
         };
         let stats = Arc::new(WebhookStats::default());
         let target = Arc::new(Target {
