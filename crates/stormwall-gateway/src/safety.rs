@@ -722,19 +722,16 @@ pub fn output_text(endpoint: Endpoint, body: &[u8]) -> Option<(String, Kind)> {
     (!text.is_empty()).then_some((text, kind))
 }
 
-/// Screens a streamed output incrementally: deltas are appended to a window that is
-/// screened every [`stormwall_safety::stream::STREAM_STEP`] new bytes and trimmed to the
-/// last [`stormwall_safety::stream::STREAM_OVERLAP`] bytes past
-/// [`stormwall_safety::stream::STREAM_WINDOW`], as `OutputScreener` does — but owning its
-/// screener and profile, so a relay that outlives the handler can hold it.
+/// Screens a streamed output incrementally over a
+/// [`StreamWindow`](stormwall_safety::stream::StreamWindow), as `OutputScreener` does — but
+/// owning its screener and profile, so a relay that outlives the handler can hold it, and
+/// keeping what to record from the window that decided.
 #[derive(Debug)]
 pub struct StreamGuard {
     screener: Arc<Screener>,
     profile: Arc<Profile>,
     kind: Kind,
-    buf: String,
-    base: usize,
-    unscreened: usize,
+    window: stormwall_safety::stream::StreamWindow,
     verdict: Verdict,
     recorded: Vec<SafetyVerdict>,
 }
@@ -746,9 +743,7 @@ impl StreamGuard {
             screener: Arc::clone(&stage.screener),
             profile,
             kind,
-            buf: String::new(),
-            base: 0,
-            unscreened: 0,
+            window: Default::default(),
             verdict: Verdict::allow(kind),
             recorded: Vec::new(),
         }
@@ -756,16 +751,10 @@ impl StreamGuard {
 
     /// Adds a delta; `true` once the output is blocked.
     pub fn push(&mut self, delta: &str) -> bool {
-        use stormwall_safety::stream::STREAM_STEP;
         if self.verdict.is_blocked() {
             return true;
         }
-        if delta.is_empty() {
-            return false;
-        }
-        self.buf.push_str(delta);
-        self.unscreened += delta.len();
-        if self.unscreened >= STREAM_STEP {
+        if self.window.push(delta) {
             self.screen_buffer();
         }
         self.verdict.is_blocked()
@@ -773,32 +762,22 @@ impl StreamGuard {
 
     /// Screens what is left; the verdicts to record for the whole output.
     pub fn finish(&mut self) -> (Verdict, Vec<SafetyVerdict>) {
-        if self.unscreened > 0 && !self.verdict.is_blocked() {
+        if self.window.has_unscreened() && !self.verdict.is_blocked() {
             self.screen_buffer();
         }
         (self.verdict.clone(), std::mem::take(&mut self.recorded))
     }
 
     fn screen_buffer(&mut self) {
-        use stormwall_safety::stream::{STREAM_OVERLAP, STREAM_WINDOW};
-        let mut analysis = Analysis::default();
-        analysis.merge_shifted(self.screener.analyze(&self.buf), self.base);
-        let v = analysis.decide(self.kind, &self.profile);
+        let v = self.window.screen(&self.screener, self.kind, &self.profile);
         // Spans are in this window now; after trimming they could not be read back.
         let before = self.verdict.action;
         self.verdict.merge(&v, &self.profile);
         if v.action > Action::Allow && (v.action > before || self.recorded.is_empty()) {
-            self.recorded = record(&v, "output", &self.buf, self.base, &self.profile);
+            let (text, base) = self.window.text();
+            self.recorded = record(&v, "output", text, base, &self.profile);
         }
-        self.unscreened = 0;
-        if self.buf.len() > STREAM_WINDOW {
-            let mut cut = self.buf.len() - STREAM_OVERLAP;
-            while !self.buf.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            self.buf.drain(..cut);
-            self.base += cut;
-        }
+        self.window.advance();
     }
 }
 

@@ -26,17 +26,80 @@ pub enum StreamDecision {
     Block(Box<Verdict>),
 }
 
+/// The sliding window over a stream's text: deltas are appended, the window is screened
+/// every [`STREAM_STEP`] new bytes and trimmed to its last [`STREAM_OVERLAP`] bytes once it
+/// passes [`STREAM_WINDOW`]. [`OutputScreener`] and the gateway's stream guard (which owns
+/// its screener and records each window's verdict) both keep one.
+#[derive(Debug)]
+pub struct StreamWindow {
+    buf: String,
+    /// Offset of `buf[0]` in the whole stream.
+    base: usize,
+    /// Bytes of `buf` not yet screened.
+    unscreened: usize,
+}
+
+impl Default for StreamWindow {
+    fn default() -> Self {
+        StreamWindow {
+            buf: String::with_capacity(STREAM_WINDOW + STREAM_STEP),
+            base: 0,
+            unscreened: 0,
+        }
+    }
+}
+
+impl StreamWindow {
+    /// Appends a delta; `true` when enough new text arrived to screen the window.
+    pub fn push(&mut self, delta: &str) -> bool {
+        self.buf.push_str(delta);
+        self.unscreened += delta.len();
+        self.unscreened >= STREAM_STEP
+    }
+
+    /// Whether text arrived since the last screening.
+    pub fn has_unscreened(&self) -> bool {
+        self.unscreened > 0
+    }
+
+    /// The window's verdict, spans as offsets in the whole stream.
+    pub fn screen(&self, screener: &Screener, kind: Kind, profile: &Profile) -> Verdict {
+        let mut analysis = crate::screen::Analysis::default();
+        analysis.merge_shifted(screener.analyze(&self.buf), self.base);
+        analysis.decide(kind, profile)
+    }
+
+    /// The window's text and the stream offset of its first byte.
+    pub fn text(&self) -> (&str, usize) {
+        (&self.buf, self.base)
+    }
+
+    /// Marks the window screened and trims it to the overlap once it is full.
+    pub fn advance(&mut self) {
+        self.unscreened = 0;
+        if self.buf.len() > STREAM_WINDOW {
+            let mut cut = self.buf.len() - STREAM_OVERLAP;
+            while !self.buf.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.buf.drain(..cut);
+            self.base += cut;
+        }
+    }
+
+    /// Total bytes seen.
+    pub fn bytes_seen(&self) -> usize {
+        self.base + self.buf.len()
+    }
+}
+
 /// A stateful screener for one streamed response.
 #[derive(Debug)]
 pub struct OutputScreener<'a> {
     screener: &'a Screener,
     kind: Kind,
     profile: &'a Profile,
-    buf: String,
-    /// Offset of `buf[0]` in the whole stream.
-    base: usize,
-    /// Bytes of `buf` not yet screened.
-    unscreened: usize,
+    window: StreamWindow,
     verdict: Verdict,
 }
 
@@ -47,9 +110,7 @@ impl<'a> OutputScreener<'a> {
             screener,
             kind,
             profile,
-            buf: String::with_capacity(STREAM_WINDOW + STREAM_STEP),
-            base: 0,
-            unscreened: 0,
+            window: StreamWindow::default(),
             verdict: Verdict::allow(kind),
         }
     }
@@ -59,9 +120,7 @@ impl<'a> OutputScreener<'a> {
         if self.verdict.is_blocked() {
             return self.decision();
         }
-        self.buf.push_str(delta);
-        self.unscreened += delta.len();
-        if self.unscreened >= STREAM_STEP {
+        if self.window.push(delta) {
             self.screen_buffer();
         }
         self.decision()
@@ -69,7 +128,7 @@ impl<'a> OutputScreener<'a> {
 
     /// Screens whatever is left and returns the verdict for the whole stream.
     pub fn finish(&mut self) -> Verdict {
-        if self.unscreened > 0 && !self.verdict.is_blocked() {
+        if self.window.has_unscreened() && !self.verdict.is_blocked() {
             self.screen_buffer();
         }
         self.verdict.clone()
@@ -82,7 +141,7 @@ impl<'a> OutputScreener<'a> {
 
     /// Total bytes seen.
     pub fn bytes_seen(&self) -> usize {
-        self.base + self.buf.len()
+        self.window.bytes_seen()
     }
 
     fn decision(&self) -> StreamDecision {
@@ -94,22 +153,12 @@ impl<'a> OutputScreener<'a> {
     }
 
     fn screen_buffer(&mut self) {
-        let mut analysis = crate::screen::Analysis::default();
-        analysis.merge_shifted(self.screener.analyze(&self.buf), self.base);
-        let v = analysis.decide(self.kind, self.profile);
+        let v = self.window.screen(self.screener, self.kind, self.profile);
         // Signals of the overlap would be counted twice; keep the larger per field instead.
         let mut signals = self.verdict.signals;
         signals.max(&v.signals);
         self.verdict.merge(&v, self.profile);
         self.verdict.signals = signals;
-        self.unscreened = 0;
-        if self.buf.len() > STREAM_WINDOW {
-            let mut cut = self.buf.len() - STREAM_OVERLAP;
-            while !self.buf.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            self.buf.drain(..cut);
-            self.base += cut;
-        }
+        self.window.advance();
     }
 }
