@@ -709,27 +709,18 @@ impl EventStore for PostgresStore {
 
     async fn query_events(&self, q: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
         let client = self.client().await?;
-        let mut sql = String::from("SELECT id, body_json FROM events WHERE TRUE");
-        let mut params: Params = Vec::new();
-        let mut push = |sql: &mut String, clause: &str, p: Box<dyn ToSql + Sync + Send>| {
-            params.push(p);
-            sql.push_str(&clause.replace('?', &format!("${}", params.len())));
-        };
+        let mut b = QueryBuilder::new("SELECT id, body_json FROM events WHERE TRUE");
         if let Some(key_id) = &q.key_id {
-            push(
-                &mut sql,
-                " AND key_id = ?",
-                Box::new(key_id.as_str().to_owned()),
-            );
+            b.push(" AND key_id = ?", Box::new(key_id.as_str().to_owned()));
         }
         if let Some(tenant) = &q.tenant {
-            push(&mut sql, " AND tenant = ?", Box::new(tenant.clone()));
+            b.push(" AND tenant = ?", Box::new(tenant.clone()));
         }
         if let Some(since) = q.since {
-            push(&mut sql, " AND ts_unix_ms >= ?", Box::new(unix_ms(since)?));
+            b.push(" AND ts_unix_ms >= ?", Box::new(unix_ms(since)?));
         }
         if let Some(until) = q.until {
-            push(&mut sql, " AND ts_unix_ms < ?", Box::new(unix_ms(until)?));
+            b.push(" AND ts_unix_ms < ?", Box::new(unix_ms(until)?));
         }
         if let Some(after) = &q.after_id {
             // A keyset cursor over (timestamp, id), as in SQLite; an id the store does not
@@ -742,20 +733,15 @@ impl EventStore for PostgresStore {
             match cursor {
                 Some(row) => {
                     let ts: i64 = row.try_get(0).map_err(db)?;
-                    push(&mut sql, " AND (ts_unix_ms, id) > (?", Box::new(ts));
-                    push(&mut sql, ", ?)", Box::new(after.clone()));
+                    b.push(" AND (ts_unix_ms, id) > (?", Box::new(ts));
+                    b.push(", ?)", Box::new(after.clone()));
                 }
-                None => push(&mut sql, " AND id > ?", Box::new(after.clone())),
+                None => b.push(" AND id > ?", Box::new(after.clone())),
             }
         }
-        sql.push_str(" ORDER BY ts_unix_ms, id");
-        if let Some(limit) = q.limit {
-            push(
-                &mut sql,
-                " LIMIT ?",
-                Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
-            );
-        }
+        b.sql.push_str(" ORDER BY ts_unix_ms, id");
+        b.limit(q.limit);
+        let (sql, params) = (b.sql, b.params);
         let stmt = client.prepare_cached(&sql).await.map_err(db)?;
         let rows = client.query(&stmt, &as_refs(&params)).await.map_err(db)?;
         let mut out = Vec::with_capacity(rows.len());
