@@ -27,6 +27,12 @@ fn chat_with(text: &str, stream: bool) -> String {
     .to_string()
 }
 
+/// A non-streamed chat completion with `text` as the user's message.
+async fn chat_text(h: &Harness, key: &str, text: &str) -> TestResponse {
+    h.post("/v1/chat/completions", key, &chat_with(text, false), None)
+        .await
+}
+
 fn image_with(text: &str) -> String {
     json!({"model": "dall-e-3", "prompt": text}).to_string()
 }
@@ -39,14 +45,7 @@ fn verdicts<'a>(e: &'a UsageEvent, stage: &str) -> Vec<&'a stormwall_types::Safe
 async fn a_blocked_prompt_never_reaches_the_upstream_and_the_event_keeps_no_prompt() {
     let h = harness().await;
     let (key, _) = h.key(json!({"tenant": "t"})).await;
-    let r = h
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &chat_with(BLOCKED_CHAT, false),
-            None,
-        )
-        .await;
+    let r = chat_text(&h, &key, BLOCKED_CHAT).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(code(&r), "content_policy_violation");
     assert_eq!(r.json().unwrap()["error"]["type"], "invalid_request_error");
@@ -75,14 +74,7 @@ async fn a_blocked_prompt_never_reaches_the_upstream_and_the_event_keeps_no_prom
     assert!(!stored.contains("party invitation"));
 
     // Benign prompts pass without verdicts; embeddings are not screened at all.
-    let r = h
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &chat_with(BENIGN, false),
-            None,
-        )
-        .await;
+    let r = chat_text(&h, &key, BENIGN).await;
     assert_eq!(r.status, 200);
     let body = json!({"model": "text-embedding-3-small", "input": [BLOCKED_CHAT]}).to_string();
     let r = h.post("/v1/embeddings", &key, &body, None).await;
@@ -107,14 +99,7 @@ async fn image_endpoints_are_stricter_and_flagged_chat_is_forwarded() {
         .key(json!({"tenant": "t", "scope": {"policy_profile": "permissive"}}))
         .await;
     // Chat: flagged and forwarded.
-    let r = h
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &chat_with(FLAGGED, false),
-            None,
-        )
-        .await;
+    let r = chat_text(&h, &key, FLAGGED).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(h.upstream.request_count(), 1);
     // The same text as an image prompt is refused, even for a permissive key: image
@@ -432,14 +417,7 @@ async fn a_classifier_timeout_fails_open_or_closed_as_configured() {
     let j = judge(slow.clone()).await;
     let h = with_judge(judge_config(&j, Mode::Enforce, FailMode::Open, 100)).await;
     let (key, _) = h.key(json!({"tenant": "t"})).await;
-    let r = h
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &chat_with(BENIGN, false),
-            None,
-        )
-        .await;
+    let r = chat_text(&h, &key, BENIGN).await;
     assert_eq!(r.status, 200, "fail-open lets it through: {}", r.text());
     let e = &h.events(1).await[0];
     let v = e
@@ -453,14 +431,7 @@ async fn a_classifier_timeout_fails_open_or_closed_as_configured() {
     let j = judge(slow).await;
     let h = with_judge(judge_config(&j, Mode::Enforce, FailMode::Closed, 100)).await;
     let (key, _) = h.key(json!({"tenant": "t"})).await;
-    let r = h
-        .post(
-            "/v1/chat/completions",
-            &key,
-            &chat_with(BENIGN, false),
-            None,
-        )
-        .await;
+    let r = chat_text(&h, &key, BENIGN).await;
     assert_eq!(r.status, 400, "fail-closed refuses: {}", r.text());
     assert_eq!(code(&r), "content_policy_violation");
     assert_eq!(h.upstream.request_count(), 0);
@@ -492,14 +463,7 @@ async fn an_enforcing_classifier_blocks_and_its_results_are_cached() {
         .key(json!({"tenant": "t", "scope": {"policy_profile": "strict"}}))
         .await;
     for _ in 0..2 {
-        let r = h
-            .post(
-                "/v1/chat/completions",
-                &strict,
-                &chat_with(BENIGN, false),
-                None,
-            )
-            .await;
+        let r = chat_text(&h, &strict, BENIGN).await;
         assert_eq!(r.status, 400, "S1 (violent crimes) blocks under strict");
     }
     assert_eq!(
