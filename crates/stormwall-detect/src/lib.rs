@@ -26,8 +26,8 @@
 //! assert_eq!(action.kind.as_str(), "alert"); // a canary is never served: notify only
 //! ```
 //!
-//! [`sim`] generates labelled traffic (legitimate tenants and kill-chain attacks) and
-//! evaluates the engine on it, closing the loop: actions stop the attacker's later requests.
+//! The simulator that evaluates the engine on labelled traffic is its own crate,
+//! `stormwall-sim`, so nothing that runs the detectors live depends on it.
 
 pub mod config;
 pub mod detectors;
@@ -35,7 +35,6 @@ pub mod egress;
 pub mod engine;
 pub mod features;
 pub mod markers;
-pub mod sim;
 pub mod sketch;
 pub mod state;
 

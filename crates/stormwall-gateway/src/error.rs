@@ -83,106 +83,56 @@ impl ProxyError {
     }
 }
 
-/// Status, `type` and `code` for an error, and the message the client sees.
-fn describe(err: &ProxyError) -> (StatusCode, &'static str, &'static str, &'static str) {
+/// The message the client sees for a refusal (a fixed text: never user input).
+fn rejection_message(reason: RejectReason, detail: Option<&'static str>) -> &'static str {
     use RejectReason as R;
     const AUTH: &str =
         "Incorrect API key provided. You can obtain a new key from your gateway operator.";
+    match reason {
+        R::MissingKey => {
+            "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or in the 'api-key' header."
+        }
+        // One body for every other authentication failure (see `RejectReason::openai_error`).
+        R::MalformedKey
+        | R::UnknownKey
+        | R::RevokedKey
+        | R::CanaryKey
+        | R::SuspendedKey
+        | R::ExpiredKey
+        | R::NotYetValidKey => AUTH,
+        R::ModelNotAllowed => "This API key is not allowed to use the requested model.",
+        R::EndpointNotAllowed => "This API key is not allowed to call this endpoint.",
+        R::NetworkNotAllowed => "This API key may not be used from your network.",
+        R::RateLimitRequests => {
+            "Rate limit reached for requests per minute on this key. Retry after the time in the Retry-After header."
+        }
+        R::RateLimitTokens => {
+            "Rate limit reached for tokens per minute on this key. Retry after the time in the Retry-After header."
+        }
+        R::ConcurrencyLimit => "Too many requests in flight on this key.",
+        R::BudgetExhausted => "This key has spent its budget for the current period.",
+        R::BadRequest => detail.unwrap_or("The request body is not valid JSON for this endpoint."),
+        R::NotFound => "Unknown request URL or method.",
+        R::NoRoute => "The model does not exist or is not served by this gateway.",
+        R::ContentPolicy => "Your request was rejected by the content policy.",
+        R::KeysUnverified => "The gateway cannot verify API keys right now. Please retry later.",
+    }
+}
+
+/// Status, `type` and `code` for an error, and the message the client sees.
+fn describe(err: &ProxyError) -> (StatusCode, &'static str, &'static str, &'static str) {
     match err {
-        ProxyError::Rejected { reason, detail, .. } => match reason {
-            R::MissingKey => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "missing_api_key",
-                "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or in the 'api-key' header.",
-            ),
-            // One body for every other authentication failure: a thief learns nothing about
-            // whether a key is revoked, a canary, suspended, expired or made up.
-            R::MalformedKey
-            | R::UnknownKey
-            | R::RevokedKey
-            | R::CanaryKey
-            | R::SuspendedKey
-            | R::ExpiredKey
-            | R::NotYetValidKey => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_api_key",
-                AUTH,
-            ),
-            R::ModelNotAllowed => (
-                StatusCode::FORBIDDEN,
-                "invalid_request_error",
-                "model_not_allowed",
-                "This API key is not allowed to use the requested model.",
-            ),
-            R::EndpointNotAllowed => (
-                StatusCode::FORBIDDEN,
-                "invalid_request_error",
-                "endpoint_not_allowed",
-                "This API key is not allowed to call this endpoint.",
-            ),
-            R::NetworkNotAllowed => (
-                StatusCode::FORBIDDEN,
-                "invalid_request_error",
-                "ip_not_allowed",
-                "This API key may not be used from your network.",
-            ),
-            R::RateLimitRequests => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                "rate_limit_exceeded",
-                "Rate limit reached for requests per minute on this key. Retry after the time in the Retry-After header.",
-            ),
-            R::RateLimitTokens => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "tokens",
-                "rate_limit_exceeded",
-                "Rate limit reached for tokens per minute on this key. Retry after the time in the Retry-After header.",
-            ),
-            R::ConcurrencyLimit => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                "concurrency_limit_exceeded",
-                "Too many requests in flight on this key.",
-            ),
-            R::BudgetExhausted => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "insufficient_quota",
-                "insufficient_quota",
-                "This key has spent its budget for the current period.",
-            ),
-            R::BadRequest => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-                detail.unwrap_or("The request body is not valid JSON for this endpoint."),
-            ),
-            R::NotFound => (
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "unknown_url",
-                "Unknown request URL or method.",
-            ),
-            R::NoRoute => (
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "model_not_found",
-                "The model does not exist or is not served by this gateway.",
-            ),
-            R::ContentPolicy => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "content_policy_violation",
-                "Your request was rejected by the content policy.",
-            ),
-            R::KeysUnverified => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "api_error",
-                "service_unavailable",
-                "The gateway cannot verify API keys right now. Please retry later.",
-            ),
-        },
+        ProxyError::Rejected { reason, detail, .. } => {
+            let e = reason.openai_error();
+            let status =
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (
+                status,
+                e.error_type,
+                e.code,
+                rejection_message(*reason, *detail),
+            )
+        }
         ProxyError::UpstreamUnavailable => (
             StatusCode::BAD_GATEWAY,
             "api_error",

@@ -96,6 +96,53 @@ impl RejectReason {
             RejectReason::KeysUnverified => "keys_unverified",
         }
     }
+
+    /// How an OpenAI-compatible API answers this refusal (status, error `type` and `code`),
+    /// so the official SDKs raise their usual exception class. The gateway's responses and
+    /// the simulator's model of them both read it here.
+    pub fn openai_error(self) -> OpenAiError {
+        use RejectReason as R;
+        let (status, error_type, code) = match self {
+            R::MissingKey => (401, "invalid_request_error", "missing_api_key"),
+            // One answer for every other authentication failure: a thief learns nothing about
+            // whether a key is revoked, a canary, suspended, expired or made up.
+            R::MalformedKey
+            | R::UnknownKey
+            | R::RevokedKey
+            | R::CanaryKey
+            | R::SuspendedKey
+            | R::ExpiredKey
+            | R::NotYetValidKey => (401, "invalid_request_error", "invalid_api_key"),
+            R::ModelNotAllowed => (403, "invalid_request_error", "model_not_allowed"),
+            R::EndpointNotAllowed => (403, "invalid_request_error", "endpoint_not_allowed"),
+            R::NetworkNotAllowed => (403, "invalid_request_error", "ip_not_allowed"),
+            R::RateLimitRequests => (429, "requests", "rate_limit_exceeded"),
+            R::RateLimitTokens => (429, "tokens", "rate_limit_exceeded"),
+            R::ConcurrencyLimit => (429, "requests", "concurrency_limit_exceeded"),
+            R::BudgetExhausted => (429, "insufficient_quota", "insufficient_quota"),
+            R::BadRequest => (400, "invalid_request_error", "invalid_request"),
+            R::NotFound => (404, "invalid_request_error", "unknown_url"),
+            R::NoRoute => (404, "invalid_request_error", "model_not_found"),
+            R::ContentPolicy => (400, "invalid_request_error", "content_policy_violation"),
+            R::KeysUnverified => (503, "api_error", "service_unavailable"),
+        };
+        OpenAiError {
+            status,
+            error_type,
+            code,
+        }
+    }
+}
+
+/// The OpenAI-shaped answer to a refusal: `{"error":{"type","code",…}}` with this status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenAiError {
+    /// HTTP status.
+    pub status: u16,
+    /// The error body's `type`.
+    pub error_type: &'static str,
+    /// The error body's `code`.
+    pub code: &'static str,
 }
 
 /// How a streamed response ended.

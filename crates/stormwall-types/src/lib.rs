@@ -22,6 +22,6 @@ pub use alert::{
     Action, ActionKind, Alert, AlertFeature, AlertSubject, DetectorId, Severity, Stage,
 };
 pub use endpoint::{ApiFlavor, Endpoint};
-pub use event::{Decision, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};
+pub use event::{Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyId};
 pub use record::{KeyKind, KeyRecord, KeyScope, KeyStatus};

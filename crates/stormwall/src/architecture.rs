@@ -89,18 +89,66 @@ fn only_the_binary_uses_anyhow_and_clap() {
     }
 }
 
+/// Every crate's layer: a crate may depend only on crates of lower layers, so the graph is a
+/// DAG that points one way (ARCHITECTURE.md, "Architecture invariants"). A new crate must be
+/// placed here before this test passes.
+const LAYERS: &[(&str, u8)] = &[
+    ("stormwall-types", 0),
+    ("stormwall-store", 1),
+    ("stormwall-scan", 1),
+    ("stormwall-safety", 1),
+    ("stormwall-detect", 1),
+    ("stormwall-gateway", 2),
+    ("stormwall-sim", 2),
+    ("stormwall-testkit", 3),
+    ("stormwall", 4),
+];
+
+fn layer_of(name: &str) -> Option<u8> {
+    LAYERS.iter().find(|(n, _)| *n == name).map(|(_, l)| *l)
+}
+
+/// The workspace crates a manifest's `[dependencies]` names.
+fn workspace_dependencies(name: &str) -> Vec<String> {
+    dependencies_section(&manifest(name))
+        .lines()
+        .filter_map(|l| {
+            let dep = l.split(['.', ' ', '=']).next()?.trim();
+            dep.starts_with("stormwall").then(|| dep.to_owned())
+        })
+        .collect()
+}
+
 #[test]
 fn dependency_graph_points_one_way() {
-    // types → store → gateway → stormwall: a lower layer never depends on a higher one.
-    let layers = ["stormwall-types", "stormwall-store", "stormwall-gateway"];
-    for (i, lower) in layers.iter().enumerate() {
-        let deps = dependencies_section(&manifest(lower));
-        for higher in &layers[i + 1..] {
+    let mut crates = library_crates();
+    crates.push("stormwall".to_owned());
+    for name in &crates {
+        let Some(layer) = layer_of(name) else {
+            panic!("{name} has no layer in architecture.rs LAYERS: place it");
+        };
+        for dep in workspace_dependencies(name) {
+            let dep_layer = layer_of(&dep).unwrap_or(u8::MAX);
             assert!(
-                !deps.lines().any(|l| l.starts_with(&format!("{higher}."))
-                    || l.starts_with(&format!("{higher} "))),
-                "{lower} depends on {higher}"
+                dep_layer < layer,
+                "{name} (layer {layer}) depends on {dep} (layer {dep_layer}): dependencies point down"
             );
         }
+    }
+}
+
+#[test]
+fn the_simulator_stays_out_of_the_gateway() {
+    // The gateway's request path must not link the traffic simulator, directly or not.
+    let mut seen = vec!["stormwall-gateway".to_owned()];
+    let mut i = 0;
+    while i < seen.len() {
+        for dep in workspace_dependencies(&seen[i]) {
+            assert_ne!(dep, "stormwall-sim", "{} depends on the simulator", seen[i]);
+            if !seen.contains(&dep) {
+                seen.push(dep);
+            }
+        }
+        i += 1;
     }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use stormwall_detect::Engine;
-use stormwall_detect::sim::{Report, SimConfig, Simulation};
+use stormwall_sim::{Report, SimConfig, Simulation};
 use stormwall_types::Severity;
 
 /// Arguments of `stormwall simulate`.
@@ -148,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "profile": k.profile,
                         "canary": k.canary,
                         "attack": k.scenario.is_some(),
-                        "scenario": k.scenario.and_then(|s| stormwall_detect::sim::SCENARIOS.get(s)),
+                        "scenario": k.scenario.and_then(|s| stormwall_sim::SCENARIOS.get(s)),
                     }),
                 )?;
                 keys_out.write_all(b"\n")?;
@@ -250,7 +250,7 @@ fn run_live(args: Args, sim: Simulation) -> anyhow::Result<ExitCode> {
         settle: std::time::Duration::from_secs_f64(args.settle_secs.clamp(0.0, 600.0)),
         history_days: args.history_days.min(args.days),
     };
-    let opts = stormwall_detect::sim::LiveOptions {
+    let opts = stormwall_sim::LiveOptions {
         duration_ms: (args.live_secs * 1000.0) as i64,
         warmup_share: live_warmup,
         attacks_by_share: (live_warmup + 0.25).min(0.95),
@@ -285,7 +285,7 @@ fn run_live(args: Args, sim: Simulation) -> anyhow::Result<ExitCode> {
                     "profile": k.profile,
                     "canary": k.canary,
                     "attack": k.scenario.is_some(),
-                    "scenario": k.scenario.and_then(|s| stormwall_detect::sim::SCENARIOS.get(s)),
+                    "scenario": k.scenario.and_then(|s| stormwall_sim::SCENARIOS.get(s)),
                     "attacker_requests": used.requests,
                     "abuse_requests": used.abuse_requests,
                     "abuse_served": used.abuse_served,

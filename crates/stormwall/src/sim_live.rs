@@ -18,9 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use secrecy::{ExposeSecret, SecretString};
-use stormwall_detect::sim::actors::{GatewayView, Req};
-use stormwall_detect::sim::world::Net;
-use stormwall_detect::sim::{
+use stormwall_sim::actors::{GatewayView, Req};
+use stormwall_sim::world::Net;
+use stormwall_sim::{
     DetectorTally, KeyInfo, KeyOutcome, Label, LiveItem, LiveOptions, Report, Simulation,
     finish_report,
 };
@@ -509,7 +509,7 @@ struct HistoryMap {
 /// fields (header shape, prompt digests, role-play markers) computed the way the gateway
 /// computes them from the request the driver would send.
 fn history_event(
-    history: &stormwall_detect::sim::History,
+    history: &stormwall_sim::History,
     map: &HistoryMap,
     req: &Req,
     sim_ms: i64,
@@ -552,7 +552,7 @@ fn history_event(
 /// bytes), in time order, onto `tx`. Runs on a blocking thread so that rendering the next
 /// batch overlaps the gateway storing the last one.
 fn render_history(
-    mut history: stormwall_detect::sim::History,
+    mut history: stormwall_sim::History,
     map: &HistoryMap,
     tx: &tokio::sync::mpsc::Sender<anyhow::Result<(u64, Bytes)>>,
 ) -> anyhow::Result<()> {

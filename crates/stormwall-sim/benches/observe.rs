@@ -10,8 +10,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use stormwall_detect::sim::{SimConfig, Simulation};
 use stormwall_detect::{Engine, EngineConfig};
+use stormwall_sim::{SimConfig, Simulation};
 use stormwall_types::{Severity, UsageEvent};
 
 fn events() -> (Vec<UsageEvent>, stormwall_detect::EgressList) {

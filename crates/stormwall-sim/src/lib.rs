@@ -26,9 +26,9 @@ use stormwall_types::{
 };
 use time::OffsetDateTime;
 
-use crate::engine::{Engine, EngineStats};
-use crate::sketch::mix64;
 use actors::{Attack, Client, GatewayView, HOUR_MS, Legit, Profile, RelayMix, Req, Seg};
+use stormwall_detect::sketch::mix64;
+use stormwall_detect::{Engine, EngineStats};
 use world::{Kind, Net, Rng};
 
 /// The attack scenarios, by index.
@@ -331,7 +331,7 @@ impl Simulation {
         if !(cfg.rate_scale.is_finite() && cfg.rate_scale > 0.0 && cfg.rate_scale <= 100.0) {
             return Err(SimError::Invalid("rate_scale must be in (0, 100]"));
         }
-        let start = crate::sim::parse_start(&cfg.start)?;
+        let start = crate::parse_start(&cfg.start)?;
         let start_ms = start * 1000;
         let end_ms = start_ms + i64::from(cfg.days) * 24 * HOUR_MS;
         let mut sim = Simulation {
@@ -361,7 +361,7 @@ impl Simulation {
     }
 
     /// The egress list implied by the simulated networks.
-    pub fn egress(&self) -> crate::egress::EgressList {
+    pub fn egress(&self) -> stormwall_detect::EgressList {
         world::egress_list(&self.nets)
     }
 
@@ -1517,28 +1517,25 @@ fn gateway_apply(gw: &mut Gateway, key: usize, e: &mut UsageEvent, t: i64) {
     let Some(g) = gw.keys.get_mut(key) else {
         return;
     };
-    let refuse = |e: &mut UsageEvent, reason: RejectReason, status: u16| {
+    let refuse = |e: &mut UsageEvent, reason: RejectReason| {
+        let answer = reason.openai_error();
         e.deny(reason);
-        e.status = status;
+        e.status = answer.status;
         e.input_tokens = None;
         e.output_tokens = None;
         e.cost_usd = 0.0;
         e.upstream = None;
         e.upstream_status = None;
-        e.error_code = Some(if status == 401 {
-            "invalid_api_key".to_owned()
-        } else {
-            "rate_limit_exceeded".to_owned()
-        });
+        e.error_code = Some(answer.code.to_owned());
     };
     if g.canary {
         e.key_kind = Some(KeyKind::Canary);
-        refuse(e, RejectReason::CanaryKey, 401);
+        refuse(e, RejectReason::CanaryKey);
         return;
     }
     match g.status {
-        Some(KeyStatus::Revoked) => return refuse(e, RejectReason::RevokedKey, 401),
-        Some(KeyStatus::Suspended) => return refuse(e, RejectReason::SuspendedKey, 401),
+        Some(KeyStatus::Revoked) => return refuse(e, RejectReason::RevokedKey),
+        Some(KeyStatus::Suspended) => return refuse(e, RejectReason::SuspendedKey),
         _ => {}
     }
     if let Some(rpm) = g.throttle_rpm {
@@ -1549,7 +1546,7 @@ fn gateway_apply(gw: &mut Gateway, key: usize, e: &mut UsageEvent, t: i64) {
         }
         g.count += 1;
         if g.count > rpm {
-            refuse(e, RejectReason::RateLimitRequests, 429);
+            refuse(e, RejectReason::RateLimitRequests);
         }
     }
 }
@@ -1634,9 +1631,10 @@ fn build_event(r: &Req, info: &KeyInfo, t_ms: i64, seq: u64) -> UsageEvent {
         e.cost_usd = price(r.model, r.in_tok, r.out_tok, 1);
     }
     if r.verdicts.iter().any(|v| v.action == "block") {
+        let answer = RejectReason::ContentPolicy.openai_error();
         e.deny(RejectReason::ContentPolicy);
-        e.status = 400;
-        e.error_code = Some("content_policy_violation".to_owned());
+        e.status = answer.status;
+        e.error_code = Some(answer.code.to_owned());
         e.output_tokens = Some(0);
         e.cost_usd = 0.0;
     }
@@ -1924,14 +1922,14 @@ impl Req {
     pub fn roleplay(&self) -> bool {
         self.verdicts
             .iter()
-            .any(|v| v.category == crate::detectors::ROLEPLAY_CATEGORY)
+            .any(|v| v.category == stormwall_detect::detectors::ROLEPLAY_CATEGORY)
     }
 
     /// Whether the sim marks a jailbreak-style preamble.
     pub fn jailbreak(&self) -> bool {
         self.verdicts
             .iter()
-            .any(|v| v.category == crate::detectors::JAILBREAK_CATEGORY)
+            .any(|v| v.category == stormwall_detect::detectors::JAILBREAK_CATEGORY)
     }
 
     /// The user message: mild synthetic text seeded by the conversation root, about
@@ -2160,7 +2158,7 @@ mod history_tests {
     #[test]
     fn history_leaves_the_simulation_unchanged() {
         let run = |sim: Simulation| {
-            let mut engine = Engine::new(crate::EngineConfig::default());
+            let mut engine = Engine::new(stormwall_detect::EngineConfig::default());
             let r = sim.run(&mut engine, Severity::Medium, |_, _, _, _| {});
             (
                 r.events,

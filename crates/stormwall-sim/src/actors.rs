@@ -6,7 +6,7 @@ use std::sync::Arc;
 use stormwall_types::{Endpoint, SafetyVerdict};
 
 use super::world::{Net, Program, Rng};
-use crate::detectors::{EVASION_CATEGORY, JAILBREAK_CATEGORY, ROLEPLAY_CATEGORY};
+use stormwall_detect::detectors::{EVASION_CATEGORY, JAILBREAK_CATEGORY, ROLEPLAY_CATEGORY};
 
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;

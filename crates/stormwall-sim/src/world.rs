@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use crate::egress::{EgressFlag, EgressList};
-use crate::sketch::mix64;
+use stormwall_detect::sketch::mix64;
+use stormwall_detect::{EgressFlag, EgressList};
 
 /// A small deterministic PRNG (splitmix64): the same seed gives the same traffic.
 #[derive(Debug, Clone)]
