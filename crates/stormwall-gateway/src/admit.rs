@@ -12,6 +12,9 @@ use time::OffsetDateTime;
 
 use crate::error::{ProxyError, RateLimitInfo};
 
+/// Output tokens reserved against a budget when a request sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_RESERVE_TOKENS: u64 = 1_024;
+
 /// Length of a rate window.
 const WINDOW_SECS: f64 = 60.0;
 

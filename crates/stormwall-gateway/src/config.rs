@@ -103,6 +103,16 @@ pub struct IpDbConfig {
     pub extra_paths: Vec<PathBuf>,
 }
 
+impl IpDbConfig {
+    /// Every configured file, `path` first.
+    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.path
+            .iter()
+            .chain(&self.extra_paths)
+            .map(PathBuf::as_path)
+    }
+}
+
 /// One `[[upstreams]]` entry.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -154,17 +164,7 @@ impl UpstreamConfig {
     }
 }
 
-/// Price of one model, in US dollars.
-#[derive(Debug, Clone, Copy, Default, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelPrice {
-    /// Per million input tokens.
-    pub input_per_mtok: f64,
-    /// Per million output tokens.
-    pub output_per_mtok: f64,
-    /// Per generated image.
-    pub per_image: f64,
-}
+pub use stormwall_types::pricing::ModelPrice;
 
 /// Everything the gateway reads from `stormwall.toml` (the binary assembles it).
 #[derive(Debug, Clone, Default)]

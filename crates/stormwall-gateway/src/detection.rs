@@ -16,7 +16,7 @@ use stormwall_detect::{
     ConfigError, DetectConfig, Engine, EngineConfig, GlobalView, ResponseConfig,
 };
 use stormwall_store::{ActionOutcome, ActionRecord, AlertStatus, StoredAlert};
-use stormwall_types::{Action, ActionKind, Alert, KeyId, KeyStatus, UsageEvent};
+use stormwall_types::{Action, ActionKind, Alert, KeyEffect, KeyId, KeyStatus, UsageEvent};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,25 +28,57 @@ const EVENT_QUEUE: usize = 65_536;
 /// Operator and lifecycle notices waiting for the detection task.
 const CONTROL_QUEUE: usize = 1_024;
 
-/// Builds the engine's configuration from `[detect]`, `[response]` and the gateway's
-/// ip-to-ASN TSV files (their `hosting`/`vpn`/`tor` flags feed detector P3).
-pub fn engine_config(
+/// Why the detection engine's configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineConfigError {
+    /// `[detect]` or `[response]` is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// An IP-database file could not be read.
+    #[error("cannot read IP database {}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// An ip-to-ASN table's flags are invalid.
+    #[error("invalid IP database {}", path.display())]
+    Table {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: stormwall_detect::egress::EgressParseError,
+    },
+}
+
+/// Whether an IP-database file is an ip-to-ASN table (`.tsv`, `.txt`), whose
+/// `hosting`/`vpn`/`tor` flags feed the egress list; MMDB files carry no such flags.
+fn is_asn_table(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("tsv") || e.eq_ignore_ascii_case("txt"))
+}
+
+/// Builds the engine's configuration from `[detect]`, `[response]` and the IP-database
+/// files' egress flags (detector P3). The one builder: `stormwall serve` and
+/// `stormwall detect` both call it, so the engine is configured the same live and offline.
+pub fn engine_config<'a>(
     detect: &DetectConfig,
     response: &ResponseConfig,
-    ipdb: &crate::config::IpDbConfig,
-) -> Result<EngineConfig, ConfigError> {
+    ipdb_files: impl IntoIterator<Item = &'a std::path::Path>,
+) -> Result<EngineConfig, EngineConfigError> {
     let mut cfg = EngineConfig::new(detect.clone(), response.clone())?;
-    for path in ipdb.path.iter().chain(ipdb.extra_paths.iter()) {
-        let is_tsv = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("tsv") || e.eq_ignore_ascii_case("txt"));
-        if !is_tsv {
-            continue;
-        }
-        // Unreadable files are reported by the IP database loader, which runs first.
-        if let Ok(text) = std::fs::read_to_string(path) {
-            cfg.egress.add_tsv(&text)?;
-        }
+    for path in ipdb_files.into_iter().filter(|p| is_asn_table(p)) {
+        let text = std::fs::read_to_string(path).map_err(|source| EngineConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        cfg.egress
+            .add_tsv(&text)
+            .map_err(|source| EngineConfigError::Table {
+                path: path.to_owned(),
+                source,
+            })?;
     }
     Ok(cfg)
 }
@@ -671,14 +703,14 @@ async fn apply_inner(
 ) -> Result<ActionOutcome, crate::keys::KeyError> {
     let id = action.key_id.as_str();
     let reason = Some(truncate_reason(&action.reason));
-    match action.kind {
-        ActionKind::Alert => Ok(ActionOutcome::Applied),
-        ActionKind::Throttle => {
-            let record = crate::keys::get(state, id).await?;
-            let rpm = action.throttle_rpm.unwrap_or(1).max(1);
-            if record.status != KeyStatus::Active || record.scope.rpm.is_some_and(|r| r <= rpm) {
-                return Ok(ActionOutcome::AlreadyInEffect);
-            }
+    if action.kind == ActionKind::Alert {
+        return Ok(ActionOutcome::Applied);
+    }
+    let record = crate::keys::get(state, id).await?;
+    match action.effect_on(record.status, record.scope.rpm) {
+        KeyEffect::Notify => {}
+        KeyEffect::AlreadyInEffect => return Ok(ActionOutcome::AlreadyInEffect),
+        KeyEffect::Throttle(rpm) => {
             let mut scope = record.scope.clone();
             scope.rpm = Some(rpm);
             crate::keys::update(
@@ -690,25 +722,15 @@ async fn apply_inner(
                 },
             )
             .await?;
-            Ok(ActionOutcome::Applied)
         }
-        ActionKind::Suspend => {
-            let record = crate::keys::get(state, id).await?;
-            if record.status != KeyStatus::Active {
-                return Ok(ActionOutcome::AlreadyInEffect);
-            }
+        KeyEffect::Suspend => {
             crate::keys::suspend(state, id, reason).await?;
-            Ok(ActionOutcome::Applied)
         }
-        ActionKind::Revoke => {
-            let record = crate::keys::get(state, id).await?;
-            if record.status == KeyStatus::Revoked {
-                return Ok(ActionOutcome::AlreadyInEffect);
-            }
+        KeyEffect::Revoke => {
             crate::keys::revoke(state, id, reason).await?;
-            Ok(ActionOutcome::Applied)
         }
     }
+    Ok(ActionOutcome::Applied)
 }
 
 fn truncate_reason(s: &str) -> String {

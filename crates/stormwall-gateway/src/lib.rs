@@ -28,7 +28,6 @@ pub mod leak_report;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
-pub mod pricing;
 pub mod recorder;
 pub mod request;
 pub mod route;

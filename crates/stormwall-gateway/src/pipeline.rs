@@ -15,12 +15,11 @@ use stormwall_types::key::{self, KEY_PREFIX};
 use stormwall_types::record::KeyRefusal;
 use stormwall_types::{Endpoint, KeyHash, RejectReason};
 
-use crate::admit::{self, Demand};
+use crate::admit::{self, DEFAULT_OUTPUT_RESERVE_TOKENS, Demand};
 use crate::body::ProxyBody;
 use crate::error::{ProxyError, into_response};
 use crate::forward;
 use crate::keycache::CachedKey;
-use crate::pricing::DEFAULT_OUTPUT_RESERVE_TOKENS;
 use crate::recorder::{Recorder, deny};
 use crate::request::{self, ParsedRequest};
 use crate::route::{self, Route};

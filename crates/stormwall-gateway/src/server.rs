@@ -24,9 +24,9 @@ use crate::ipdb::{IpDb, IpDbError};
 use crate::keycache::KeyCache;
 use crate::metrics::Metrics;
 use crate::pipeline;
-use crate::pricing::Pricing;
 use crate::state::AppState;
 use crate::upstream::{self, Router, UpstreamConfigError};
+use stormwall_types::pricing::Pricing;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +70,9 @@ pub enum StartError {
         /// `key_refresh_secs`.
         refresh: u64,
     },
-    /// `[detect]` or `[response]` is invalid.
+    /// `[detect]`, `[response]` or the IP databases' egress flags are invalid.
     #[error(transparent)]
-    Detect(#[from] stormwall_detect::ConfigError),
+    Detect(#[from] crate::detection::EngineConfigError),
     /// The `[alerts]` webhook is misconfigured.
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookConfigError),
@@ -93,7 +93,7 @@ pub fn check_config(
         crate::leak_report::ReportVerifier::new(&config.leak_reports)?;
     }
     crate::safety::SafetyStage::from_config(&config.safety, env)?;
-    crate::detection::engine_config(&config.detect, &config.response, &config.ipdb)?;
+    crate::detection::engine_config(&config.detect, &config.response, config.ipdb.files())?;
     crate::webhook::parse_config(&config.alerts, env)?;
     Ok(())
 }
@@ -199,7 +199,8 @@ pub async fn start_with(
     let alerts = crate::alerts::AlertSink::open(&config.alerts).map_err(StartError::Alerts)?;
     let safety = crate::safety::SafetyStage::from_config(&config.safety, env)?.map(Arc::new);
     let detection = if config.detect.enabled {
-        let cfg = crate::detection::engine_config(&config.detect, &config.response, &config.ipdb)?;
+        let cfg =
+            crate::detection::engine_config(&config.detect, &config.response, config.ipdb.files())?;
         Some(crate::detection::Detection::new(cfg))
     } else {
         None

@@ -12,8 +12,8 @@ use crate::digest::PromptDigester;
 use crate::ipdb::IpDb;
 use crate::keycache::KeyCache;
 use crate::metrics::Metrics;
-use crate::pricing::Pricing;
 use crate::upstream::{HttpClient, Router};
+use stormwall_types::pricing::Pricing;
 
 /// Shared gateway state.
 pub struct AppState {

@@ -20,9 +20,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
+use stormwall_types::pricing::Pricing;
 use stormwall_types::{
-    Action, ActionKind, Alert, ApiFlavor, Endpoint, KeyId, KeyKind, KeyStatus, RejectReason,
-    Severity, UsageEvent,
+    Action, ActionKind, Alert, ApiFlavor, Endpoint, KeyEffect, KeyId, KeyKind, KeyStatus,
+    RejectReason, Severity, UsageEvent,
 };
 use time::OffsetDateTime;
 
@@ -1305,28 +1306,21 @@ fn apply(gw: &mut Gateway, key: usize, action: &Action, outcome: &mut [KeyOutcom
     let Some(o) = outcome.get_mut(key) else {
         return;
     };
-    match action.kind {
-        ActionKind::Alert => {}
-        ActionKind::Throttle => {
-            if g.status.is_none() {
-                g.throttle_rpm = action.throttle_rpm;
-                o.throttled = true;
-            }
+    // The gateway's own rule for what an action changes on a key (a model of the store's
+    // record: no status is an active key).
+    match action.effect_on(g.status.unwrap_or(KeyStatus::Active), g.throttle_rpm) {
+        KeyEffect::Notify | KeyEffect::AlreadyInEffect => {}
+        KeyEffect::Throttle(rpm) => {
+            g.throttle_rpm = Some(rpm);
+            o.throttled = true;
         }
-        ActionKind::Suspend | ActionKind::Revoke => {
-            if g.status != Some(KeyStatus::Revoked) {
-                g.status = Some(if action.kind == ActionKind::Revoke {
-                    KeyStatus::Revoked
-                } else {
-                    KeyStatus::Suspended
-                });
-            }
-            if o.stopped_at.is_none() {
-                o.stopped_at = Some(t);
-                if o.first_attack.is_none() {
-                    o.stopped_before_attack = true;
-                }
-            }
+        KeyEffect::Suspend => g.status = Some(KeyStatus::Suspended),
+        KeyEffect::Revoke => g.status = Some(KeyStatus::Revoked),
+    }
+    if matches!(action.kind, ActionKind::Suspend | ActionKind::Revoke) && o.stopped_at.is_none() {
+        o.stopped_at = Some(t);
+        if o.first_attack.is_none() {
+            o.stopped_before_attack = true;
         }
     }
 }
@@ -1555,15 +1549,8 @@ fn hex128(seed: u64) -> String {
     format!("{:016x}{:016x}", mix64(seed), mix64(seed ^ 0xa5a5))
 }
 
-fn price(model: &str, input: u64, output: u64, images: u32) -> f64 {
-    let (i, o) = match model {
-        "gpt-4o" => (2.5, 10.0),
-        "text-embedding-3-small" => (0.02, 0.0),
-        "dall-e-3" => return 0.04 * f64::from(images.max(1)),
-        _ => (0.15, 0.6),
-    };
-    (input as f64 * i + output as f64 * o) / 1e6
-}
+/// The gateway's built-in price table (one table: `stormwall_types::pricing`).
+static PRICES: std::sync::LazyLock<Pricing> = std::sync::LazyLock::new(Pricing::default);
 
 /// Turns a request into the event the gateway would record.
 fn build_event(r: &Req, info: &KeyInfo, t_ms: i64, seq: u64) -> UsageEvent {
@@ -1628,7 +1615,7 @@ fn build_event(r: &Req, info: &KeyInfo, t_ms: i64, seq: u64) -> UsageEvent {
     if r.endpoint != Endpoint::Models {
         e.input_tokens = Some(r.in_tok);
         e.output_tokens = Some(r.out_tok);
-        e.cost_usd = price(r.model, r.in_tok, r.out_tok, 1);
+        e.cost_usd = PRICES.cost(r.model, r.in_tok, r.out_tok, 1);
     }
     if r.verdicts.iter().any(|v| v.action == "block") {
         let answer = RejectReason::ContentPolicy.openai_error();

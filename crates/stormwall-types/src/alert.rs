@@ -355,9 +355,101 @@ pub struct Action {
     pub reason: String,
 }
 
+/// What applying an [`Action`] changes on a key: the one rule the gateway applies to stored
+/// keys and the simulator applies to its model of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyEffect {
+    /// Nothing to change: notify only (an `alert` action).
+    Notify,
+    /// The key is already at least this restricted (suspended, revoked, or a limit as
+    /// tight); recorded as `already_in_effect`.
+    AlreadyInEffect,
+    /// Lower the key's requests-per-minute limit to this.
+    Throttle(u32),
+    /// Suspend the key.
+    Suspend,
+    /// Revoke the key.
+    Revoke,
+}
+
+impl Action {
+    /// What this action changes on a key that has `status` and requests-per-minute limit
+    /// `rpm`. An action never loosens a key: a throttle does not raise a tighter limit, a
+    /// suspension does not touch a key that is not active, a revocation is final.
+    pub fn effect_on(&self, status: crate::KeyStatus, rpm: Option<u32>) -> KeyEffect {
+        use crate::KeyStatus as S;
+        match self.kind {
+            ActionKind::Alert => KeyEffect::Notify,
+            ActionKind::Throttle => {
+                let limit = self.throttle_rpm.unwrap_or(1).max(1);
+                if status != S::Active || rpm.is_some_and(|r| r <= limit) {
+                    KeyEffect::AlreadyInEffect
+                } else {
+                    KeyEffect::Throttle(limit)
+                }
+            }
+            ActionKind::Suspend if status == S::Active => KeyEffect::Suspend,
+            ActionKind::Suspend => KeyEffect::AlreadyInEffect,
+            ActionKind::Revoke if status == S::Revoked => KeyEffect::AlreadyInEffect,
+            ActionKind::Revoke => KeyEffect::Revoke,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actions_never_loosen_a_key() {
+        use crate::KeyStatus as S;
+        let action = |kind, throttle_rpm| Action {
+            kind,
+            key_id: KeyId::new("AbCdEfGhIjKl").unwrap(),
+            tenant: None,
+            at: OffsetDateTime::UNIX_EPOCH,
+            throttle_rpm,
+            alert_id: String::new(),
+            contributing_alerts: Vec::new(),
+            risk_score: 0.0,
+            kill_chain: false,
+            reason: String::new(),
+        };
+        let throttle = action(ActionKind::Throttle, Some(5));
+        assert_eq!(throttle.effect_on(S::Active, None), KeyEffect::Throttle(5));
+        assert_eq!(
+            throttle.effect_on(S::Active, Some(60)),
+            KeyEffect::Throttle(5)
+        );
+        assert_eq!(
+            throttle.effect_on(S::Active, Some(2)),
+            KeyEffect::AlreadyInEffect
+        );
+        assert_eq!(
+            throttle.effect_on(S::Suspended, None),
+            KeyEffect::AlreadyInEffect
+        );
+        assert_eq!(
+            action(ActionKind::Throttle, Some(0)).effect_on(S::Active, None),
+            KeyEffect::Throttle(1)
+        );
+        let suspend = action(ActionKind::Suspend, None);
+        assert_eq!(suspend.effect_on(S::Active, Some(2)), KeyEffect::Suspend);
+        assert_eq!(
+            suspend.effect_on(S::Revoked, None),
+            KeyEffect::AlreadyInEffect
+        );
+        let revoke = action(ActionKind::Revoke, None);
+        assert_eq!(revoke.effect_on(S::Suspended, None), KeyEffect::Revoke);
+        assert_eq!(
+            revoke.effect_on(S::Revoked, None),
+            KeyEffect::AlreadyInEffect
+        );
+        assert_eq!(
+            action(ActionKind::Alert, None).effect_on(S::Revoked, None),
+            KeyEffect::Notify
+        );
+    }
 
     #[test]
     fn detector_ids_round_trip() {

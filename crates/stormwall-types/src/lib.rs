@@ -15,11 +15,12 @@ pub mod alert;
 pub mod endpoint;
 pub mod event;
 pub mod key;
+pub mod pricing;
 pub mod record;
 pub mod timefmt;
 
 pub use alert::{
-    Action, ActionKind, Alert, AlertFeature, AlertSubject, DetectorId, Severity, Stage,
+    Action, ActionKind, Alert, AlertFeature, AlertSubject, DetectorId, KeyEffect, Severity, Stage,
 };
 pub use endpoint::{ApiFlavor, Endpoint};
 pub use event::{Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};

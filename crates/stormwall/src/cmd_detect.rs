@@ -51,15 +51,11 @@ pub fn engine_config(config: Option<&Path>, ipdb: &[PathBuf]) -> anyhow::Result<
         }
         None => Sections::default(),
     };
-    let mut cfg = EngineConfig::new(sections.detect, sections.response)?;
-    for p in ipdb {
-        let text = std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read IP database {}", p.display()))?;
-        cfg.egress
-            .add_tsv(&text)
-            .with_context(|| format!("invalid IP database {}", p.display()))?;
-    }
-    Ok(cfg)
+    Ok(stormwall_gateway::detection::engine_config(
+        &sections.detect,
+        &sections.response,
+        ipdb.iter().map(PathBuf::as_path),
+    )?)
 }
 
 #[derive(serde::Serialize)]

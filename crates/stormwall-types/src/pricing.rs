@@ -1,13 +1,20 @@
 //! Model prices for cost accounting and budgets: built-in list prices for common models,
 //! overridden or extended by `[pricing]` in `stormwall.toml` (a `"*"` entry prices any model
-//! not listed).
+//! not listed). One table for the gateway's accounting and the simulator's model of it.
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::config::ModelPrice;
-
-/// Output tokens reserved against a budget when a request sets no `max_tokens`.
-pub const DEFAULT_OUTPUT_RESERVE_TOKENS: u64 = 1_024;
+/// Price of one model, in US dollars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Per million input tokens.
+    pub input_per_mtok: f64,
+    /// Per million output tokens.
+    pub output_per_mtok: f64,
+    /// Per generated image.
+    pub per_image: f64,
+}
 
 /// Model name → price.
 #[derive(Debug, Clone)]
@@ -72,6 +79,13 @@ impl Pricing {
         p.input_per_mtok * input_tokens as f64 / 1e6
             + p.output_per_mtok * output_tokens as f64 / 1e6
             + p.per_image * f64::from(images)
+    }
+}
+
+impl Default for Pricing {
+    /// The built-in list prices alone.
+    fn default() -> Self {
+        Self::new(&BTreeMap::new())
     }
 }
 
