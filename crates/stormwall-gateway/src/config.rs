@@ -180,11 +180,11 @@ pub struct GatewayConfig {
     /// `[pricing]`: model name → price; merged over built-in defaults.
     pub pricing: BTreeMap<String, ModelPrice>,
     /// `[leak_reports]`: the leaked-key report endpoint.
-    pub leak_reports: crate::leak_report::LeakReportsConfig,
+    pub leak_reports: crate::control::leak_report::LeakReportsConfig,
     /// `[alerts]`: where alerts go (JSON lines, webhook).
-    pub alerts: crate::alerts::AlertsConfig,
+    pub alerts: crate::control::alerts::AlertsConfig,
     /// `[safety]`: content screening of prompts and outputs.
-    pub safety: crate::safety::SafetyConfig,
+    pub safety: crate::data::safety::SafetyConfig,
     /// `[detect]`: the detectors (the same section `stormwall detect -c` reads).
     pub detect: stormwall_detect::DetectConfig,
     /// `[response]`: what alerts make the gateway do to keys.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use stormwall_types::RejectReason;
 
-use crate::body::ProxyBody;
+use crate::data::body::ProxyBody;
 
 /// Rate-limit figures for `x-ratelimit-*` and `Retry-After` headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

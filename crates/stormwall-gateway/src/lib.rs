@@ -2,41 +2,30 @@
 //! own keys and admits each request only within its key's scope, network, rate, budget and
 //! policy. Every request becomes exactly one `UsageEvent`.
 //!
-//! The request path is in [`pipeline`]; each stage has its own module, named after it:
-//! [`route`] → authenticate (in `pipeline`, over [`keycache`]) → authorize → [`request`]
-//! (body) → [`admit`] → [`forward`] (over [`upstream`] or [`mock`]) → [`body`] (relay) →
-//! account (in `forward`) → [`recorder`] (the event).
+//! Two planes, composed only by [`server`] (the entry point):
+//! - [`data`], the request path: [`data::pipeline`] calls the stages in the order they run —
+//!   [`data::route`] → authenticate and authorize (over [`data::keycache`]) →
+//!   [`data::request`] (body) → [`data::admit`] → screen ([`data::safety`]) →
+//!   [`data::forward`] (over [`upstream`] or [`mock`]) → relay ([`data::body`]) → account →
+//!   [`data::recorder`] (the event).
+//! - [`control`], everything that changes or watches the gateway: the admin API, the key
+//!   lifecycle, the detection runtime, alert delivery, leaked-key reports and the audit log.
+//!
+//! The data plane never names the control plane; the control plane reaches the request path
+//! only through the shared key cache and the store.
 //!
 //! Start a gateway with [`server::start`].
 
-pub mod admin;
-pub mod admit;
-pub mod alerts;
-pub mod audit;
-pub mod body;
-pub mod classify;
-pub mod client;
 pub mod config;
-pub mod detection;
-pub mod digest;
+pub mod control;
+pub mod data;
 pub mod error;
-pub mod forward;
-pub mod ipdb;
-pub mod keycache;
-pub mod keys;
-pub mod leak_report;
+pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod mock;
-pub mod pipeline;
-pub mod recorder;
-pub mod request;
-pub mod route;
-pub mod safety;
 pub mod server;
-pub mod shared_admit;
-pub mod state;
 pub mod upstream;
-pub mod webhook;
 
 pub use config::GatewayConfig;
 pub use server::{RunningGateway, StartError, check_config, start, start_with};

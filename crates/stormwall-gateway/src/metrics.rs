@@ -66,7 +66,7 @@ pub struct ActionLabels {
 #[derive(Debug)]
 struct DetectionCollector {
     dropped: Arc<AtomicU64>,
-    webhook: Option<Arc<crate::webhook::WebhookStats>>,
+    webhook: Option<Arc<crate::control::webhook::WebhookStats>>,
 }
 
 impl Collector for DetectionCollector {
@@ -313,7 +313,7 @@ impl Metrics {
     pub fn register_detection(
         &mut self,
         dropped: Arc<AtomicU64>,
-        webhook: Option<Arc<crate::webhook::WebhookStats>>,
+        webhook: Option<Arc<crate::control::webhook::WebhookStats>>,
     ) {
         self.registry
             .register_collector(Box::new(DetectionCollector { dropped, webhook }));
@@ -412,14 +412,14 @@ impl SafetyMetrics {
     pub fn classifier_call(
         &self,
         classifier: &Arc<str>,
-        outcome: &crate::classify::Outcome,
+        outcome: &crate::data::classify::Outcome,
         cached: bool,
     ) {
         let result = match outcome {
             Ok(_) if cached => "cached",
             Ok(_) => "ok",
-            Err(crate::classify::Failure::Timeout) => "timeout",
-            Err(crate::classify::Failure::Error(_)) => "error",
+            Err(crate::data::classify::Failure::Timeout) => "timeout",
+            Err(crate::data::classify::Failure::Error(_)) => "error",
         };
         self.classifier_calls
             .get_or_create(&ClassifierLabels {

@@ -16,15 +16,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminState};
-use crate::admit::Clock;
 use crate::config::{GatewayConfig, LimitsConfig};
-use crate::digest::PromptDigester;
-use crate::ipdb::{IpDb, IpDbError};
-use crate::keycache::KeyCache;
+use crate::control::ControlPlane;
+use crate::control::admin::{self, AdminState};
+use crate::control::leak_report;
+use crate::data::DataPlane;
+use crate::data::admit::Clock;
+use crate::data::digest::PromptDigester;
+use crate::data::ipdb::{IpDb, IpDbError};
+use crate::data::keycache::KeyCache;
+use crate::data::pipeline;
 use crate::metrics::Metrics;
-use crate::pipeline;
-use crate::state::AppState;
 use crate::upstream::{self, Router, UpstreamConfigError};
 use stormwall_types::pricing::Pricing;
 
@@ -56,10 +58,10 @@ pub enum StartError {
     Alerts(#[source] std::io::Error),
     /// `[leak_reports]` is invalid.
     #[error(transparent)]
-    LeakReports(#[from] crate::leak_report::KeyConfigError),
+    LeakReports(#[from] crate::control::leak_report::KeyConfigError),
     /// `[safety]` is invalid.
     #[error(transparent)]
-    Safety(#[from] crate::safety::SafetyConfigError),
+    Safety(#[from] crate::data::safety::SafetyConfigError),
     /// The key cache could never be refreshed within its staleness bound.
     #[error(
         "[server] key_cache_max_stale_secs ({max}) must be 0 or more than key_refresh_secs ({refresh})"
@@ -72,10 +74,10 @@ pub enum StartError {
     },
     /// `[detect]`, `[response]` or the IP databases' egress flags are invalid.
     #[error(transparent)]
-    Detect(#[from] crate::detection::EngineConfigError),
+    Detect(#[from] crate::control::detection::EngineConfigError),
     /// The `[alerts]` webhook is misconfigured.
     #[error(transparent)]
-    Webhook(#[from] crate::webhook::WebhookConfigError),
+    Webhook(#[from] crate::control::webhook::WebhookConfigError),
 }
 
 /// Validates the gateway's config sections without starting anything (`config check`).
@@ -90,11 +92,15 @@ pub fn check_config(
     Router::from_config(&config.upstreams, env)?;
     IpDb::load(&config.ipdb)?;
     if config.leak_reports.enabled {
-        crate::leak_report::ReportVerifier::new(&config.leak_reports)?;
+        crate::control::leak_report::ReportVerifier::new(&config.leak_reports)?;
     }
-    crate::safety::SafetyStage::from_config(&config.safety, env)?;
-    crate::detection::engine_config(&config.detect, &config.response, config.ipdb.files())?;
-    crate::webhook::parse_config(&config.alerts, env)?;
+    crate::data::safety::SafetyStage::from_config(&config.safety, env)?;
+    crate::control::detection::engine_config(
+        &config.detect,
+        &config.response,
+        config.ipdb.files(),
+    )?;
+    crate::control::webhook::parse_config(&config.alerts, env)?;
     Ok(())
 }
 
@@ -115,8 +121,10 @@ pub struct RunningGateway {
     pub proxy_addr: SocketAddr,
     /// Bound admin address.
     pub admin_addr: SocketAddr,
-    /// Shared state (tests and embedding programs inspect it).
-    pub state: Arc<AppState>,
+    /// The request path's state (tests and embedding programs inspect it).
+    pub data: Arc<DataPlane>,
+    /// The control plane's state.
+    pub control: Arc<ControlPlane>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -180,7 +188,7 @@ pub async fn start_with(
     let router = Router::from_config(&config.upstreams, env)?;
     let ipdb = IpDb::load(&config.ipdb)?;
     let leak_reports = if config.leak_reports.enabled {
-        let verifier = crate::leak_report::ReportVerifier::new(&config.leak_reports)?;
+        let verifier = crate::control::leak_report::ReportVerifier::new(&config.leak_reports)?;
         Some((config.leak_reports.path.clone(), verifier))
     } else {
         None
@@ -196,23 +204,27 @@ pub async fn start_with(
         },
         None => None,
     };
-    let alerts = crate::alerts::AlertSink::open(&config.alerts).map_err(StartError::Alerts)?;
-    let safety = crate::safety::SafetyStage::from_config(&config.safety, env)?.map(Arc::new);
+    let alerts =
+        crate::control::alerts::AlertSink::open(&config.alerts).map_err(StartError::Alerts)?;
+    let safety = crate::data::safety::SafetyStage::from_config(&config.safety, env)?.map(Arc::new);
     let detection = if config.detect.enabled {
-        let cfg =
-            crate::detection::engine_config(&config.detect, &config.response, config.ipdb.files())?;
-        Some(crate::detection::Detection::new(cfg))
+        let cfg = crate::control::detection::engine_config(
+            &config.detect,
+            &config.response,
+            config.ipdb.files(),
+        )?;
+        Some(crate::control::detection::Detection::new(cfg))
     } else {
         None
     };
     let client = upstream::http_client(&config.limits);
-    let webhook = crate::webhook::Webhook::start(&config.alerts, client.clone(), env)?;
-    let keys = KeyCache::default();
+    let webhook = crate::control::webhook::Webhook::start(&config.alerts, client.clone(), env)?;
+    let keys = Arc::new(KeyCache::default());
     keys.replace_all(store.list_keys(&KeyFilter::default()).await?);
-    let (counters, settle_task) = match counters {
+    let (shared, settle_task) = match &counters {
         Some(c) => {
-            let (settler, task) = crate::shared_admit::Settler::spawn(Arc::clone(&c));
-            (Some((c, settler)), Some(task))
+            let (settler, task) = crate::data::shared_admit::Settler::spawn(Arc::clone(c));
+            (Some((Arc::clone(c), settler)), Some(task))
         }
         None => (None, None),
     };
@@ -223,7 +235,7 @@ pub async fn start_with(
     let mut metrics = Metrics::new(
         Arc::clone(sink.stats()),
         keys.len_counter(),
-        counters
+        shared
             .as_ref()
             .map(|(c, s)| (Arc::clone(c), Arc::clone(&s.dropped))),
     );
@@ -233,16 +245,17 @@ pub async fn start_with(
             webhook.as_ref().map(|w| Arc::clone(w.stats())),
         );
     }
+    let metrics = Arc::new(metrics);
     let (detection, inbox) = match detection {
         Some((d, inbox)) => (Some(d), Some(inbox)),
         None => (None, None),
     };
-    let state = Arc::new(AppState {
-        client,
+    let data = Arc::new(DataPlane {
+        client: client.clone(),
         limits: config.limits.clone(),
         key_max_stale_secs: config.server.key_cache_max_stale_secs,
         trusted_proxies: config.server.trusted_proxies.clone(),
-        keys,
+        keys: Arc::clone(&keys),
         router,
         ipdb,
         secrets: match stormwall_scan::Matcher::builtin() {
@@ -255,17 +268,27 @@ pub async fn start_with(
         digester: PromptDigester::default(),
         pricing: Pricing::new(&config.pricing),
         sink,
-        metrics,
+        tap: detection
+            .as_ref()
+            .map(crate::control::detection::Detection::tap),
+        metrics: Arc::clone(&metrics),
         clock: Clock::default(),
+        counters: shared,
+        safety: safety.clone(),
+    });
+    let control = Arc::new(ControlPlane {
         store,
-        leak_reports,
-        safety,
+        keys,
         counters,
         alerts,
         detection,
         webhook,
+        safety,
+        metrics,
+        limits: config.limits.clone(),
+        leak_reports,
     });
-    load_spend(&state).await;
+    load_spend(&control).await;
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -289,19 +312,28 @@ pub async fn start_with(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
 
-    let proxy_state = Arc::clone(&state);
+    let (proxy_data, proxy_control) = (Arc::clone(&data), Arc::clone(&control));
     let proxy = serve(
         proxy_listener,
         shutdown_rx.clone(),
         grace,
         config.limits.clone(),
         move |req, peer| {
-            let st = Arc::clone(&proxy_state);
-            async move { Ok::<_, std::convert::Infallible>(pipeline::handle(st, req, peer).await) }
+            let (data, control) = (Arc::clone(&proxy_data), Arc::clone(&proxy_control));
+            async move {
+                // Leaked-key reports reach the proxy listener (reporters come from the
+                // internet) but belong to the control plane.
+                let resp = if leak_report::is_report(&control, req.method(), req.uri().path()) {
+                    leak_report::serve(&control, &data, req, peer).await
+                } else {
+                    pipeline::handle(data, req, peer).await
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         },
     );
     let admin_state = Arc::new(AdminState {
-        app: Arc::clone(&state),
+        control: Arc::clone(&control),
         token: admin_token,
     });
     let admin = serve(
@@ -312,22 +344,30 @@ pub async fn start_with(
         move |req, _peer| admin::handle(Arc::clone(&admin_state), req),
     );
     let mut background = vec![spawn_refresher(
-        Arc::clone(&state),
+        Arc::clone(&control),
         Duration::from_secs(config.server.key_refresh_secs.max(1)),
         shutdown_rx.clone(),
     )];
     if let Some(sub) = key_changes {
-        background.push(spawn_change_listener(Arc::clone(&state), sub, shutdown_rx));
+        background.push(spawn_change_listener(
+            Arc::clone(&control),
+            sub,
+            shutdown_rx,
+        ));
     }
     background.extend(settle_task);
     if let Some(inbox) = inbox {
-        background.push(crate::detection::spawn(Arc::clone(&state), inbox));
+        background.push(crate::control::detection::spawn(
+            Arc::clone(&control),
+            inbox,
+        ));
     }
-    tracing::info!(%proxy_addr, %admin_addr, keys = state.keys.len(), "stormwall gateway listening");
+    tracing::info!(%proxy_addr, %admin_addr, keys = data.keys.len(), "stormwall gateway listening");
     Ok(RunningGateway {
         proxy_addr,
         admin_addr,
-        state,
+        data,
+        control,
         shutdown,
         servers: vec![proxy, admin],
         background,
@@ -337,7 +377,7 @@ pub async fn start_with(
 }
 
 /// Seeds today's and this month's spend for keys with budgets, so a restart does not reset them.
-async fn load_spend(state: &AppState) {
+async fn load_spend(state: &ControlPlane) {
     let now = time::OffsetDateTime::now_utc();
     let day_start = now.replace_time(time::Time::MIDNIGHT);
     let month_start = day_start.replace_day(1).unwrap_or(day_start);
@@ -372,7 +412,7 @@ async fn load_spend(state: &AppState) {
 
 #[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
 fn spawn_refresher(
-    state: Arc<AppState>,
+    state: Arc<ControlPlane>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -405,7 +445,7 @@ fn spawn_refresher(
 /// under a second); a `Resync` reloads every key.
 #[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
 fn spawn_change_listener(
-    state: Arc<AppState>,
+    state: Arc<ControlPlane>,
     mut changes: stormwall_store::KeyChanges,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -466,7 +506,10 @@ fn serve<F, Fut>(
 where
     F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<
-            Output = Result<hyper::Response<crate::body::ProxyBody>, std::convert::Infallible>,
+            Output = Result<
+                hyper::Response<crate::data::body::ProxyBody>,
+                std::convert::Infallible,
+            >,
         > + Send
         + 'static,
 {

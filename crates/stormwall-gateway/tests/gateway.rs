@@ -1278,7 +1278,7 @@ mod leak_reports {
     use ring::rand::SystemRandom;
     use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
     use sha2::{Digest, Sha256};
-    use stormwall_gateway::leak_report::{LeakReportsConfig, ReporterKey};
+    use stormwall_gateway::control::leak_report::{LeakReportsConfig, ReporterKey};
 
     const SPKI_PREFIX: [u8; 26] = [
         0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
@@ -2046,7 +2046,7 @@ mod scale_out {
         // Every replica must know the key (pub/sub) before the burst.
         for i in 0..3 {
             for _ in 0..100 {
-                if c.replicas[i].state.keys.get(&key[4..16]).is_some() {
+                if c.replicas[i].data.keys.get(&key[4..16]).is_some() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -152,3 +152,58 @@ fn the_simulator_stays_out_of_the_gateway() {
         i += 1;
     }
 }
+
+/// Every `.rs` file below `dir`, with its text.
+fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            out.push((path, text));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_gateway_planes_point_one_way() {
+    // The data plane (the request path) never names the control plane or the entry point;
+    // the control plane never names the entry point; only the entry point (server.rs) builds
+    // the planes' state. So no module below the entry point reaches a shared hub.
+    let src = crates_dir().join("stormwall-gateway/src");
+    let data = sources(&src.join("data"));
+    let control = sources(&src.join("control"));
+    assert!(data.len() > 5 && control.len() > 5, "the planes moved?");
+    for (path, text) in &data {
+        for banned in ["crate::control", "crate::server", "ControlPlane"] {
+            assert!(
+                !text.contains(banned),
+                "{} (data plane) names {banned}",
+                path.display()
+            );
+        }
+    }
+    for (path, text) in &control {
+        assert!(
+            !text.contains("crate::server"),
+            "{} (control plane) names the entry point",
+            path.display()
+        );
+    }
+    for (path, text) in sources(&src) {
+        let is_entry = path.ends_with("server.rs");
+        for literal in ["DataPlane {", "ControlPlane {"] {
+            let built = text
+                .lines()
+                .any(|l| l.contains(literal) && !l.trim_start().starts_with("pub struct"));
+            assert!(
+                is_entry || !built,
+                "{} builds {literal}..}}: only server.rs composes the planes",
+                path.display()
+            );
+        }
+    }
+}

@@ -342,9 +342,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     relay_scenario(&d).await?;
 
-    let state = Arc::clone(&running.state);
+    let control = Arc::clone(&running.control);
     running.shutdown().await;
-    drop(state);
+    drop(control);
     let events: Vec<_> = store
         .query_events(&EventQuery::default())
         .await?

@@ -51,7 +51,7 @@ pub fn engine_config(config: Option<&Path>, ipdb: &[PathBuf]) -> anyhow::Result<
         }
         None => Sections::default(),
     };
-    Ok(stormwall_gateway::detection::engine_config(
+    Ok(stormwall_gateway::control::detection::engine_config(
         &sections.detect,
         &sections.response,
         ipdb.iter().map(PathBuf::as_path),

@@ -73,7 +73,7 @@ pub async fn run(cmd: LeakReportsCommand) -> anyhow::Result<ExitCode> {
         bail!("{url} lists no keys; keeping the old file");
     }
     for k in &doc.public_keys {
-        stormwall_gateway::leak_report::parse_public_key(&k.key_identifier, &k.key)?;
+        stormwall_gateway::control::leak_report::parse_public_key(&k.key_identifier, &k.key)?;
     }
     // Write beside the target and rename, so the gateway never reads a half-written file.
     let tmp = out.with_extension("tmp");

@@ -31,10 +31,10 @@ pub struct FileConfig {
     pub pricing: BTreeMap<String, ModelPrice>,
     /// `[leak_reports]` (gateway).
     #[serde(default)]
-    pub leak_reports: stormwall_gateway::leak_report::LeakReportsConfig,
+    pub leak_reports: stormwall_gateway::control::leak_report::LeakReportsConfig,
     /// `[alerts]` (gateway).
     #[serde(default)]
-    pub alerts: stormwall_gateway::alerts::AlertsConfig,
+    pub alerts: stormwall_gateway::control::alerts::AlertsConfig,
     /// `[store]` (store).
     #[serde(default)]
     pub store: StoreConfig,
@@ -46,7 +46,7 @@ pub struct FileConfig {
     pub counters: CountersConfig,
     /// `[safety]` (gateway): content screening of prompts and outputs.
     #[serde(default)]
-    pub safety: stormwall_gateway::safety::SafetyConfig,
+    pub safety: stormwall_gateway::data::safety::SafetyConfig,
     /// `[detect]` (detection, live in `serve` and offline in `detect`).
     #[serde(default)]
     pub detect: stormwall_detect::DetectConfig,

@@ -494,7 +494,7 @@ struct HistoryMap {
     keys: Vec<LiveKey>,
     netmap: NetMap,
     proxy: String,
-    digester: stormwall_gateway::digest::PromptDigester,
+    digester: stormwall_gateway::data::digest::PromptDigester,
     /// Simulated end of the history window, milliseconds.
     sim_end: i64,
     /// Unix milliseconds the history ends at.
@@ -540,7 +540,8 @@ fn history_event(
     e.safety
         .retain(|v| v.category != ROLEPLAY_CATEGORY && v.category != JAILBREAK_CATEGORY);
     if !body.is_empty()
-        && let Ok(parsed) = stormwall_gateway::request::parse(&body, req.endpoint, &map.digester)
+        && let Ok(parsed) =
+            stormwall_gateway::data::request::parse(&body, req.endpoint, &map.digester)
     {
         parsed.note_into(&mut e);
         e.safety.extend(parsed.roleplay_verdict());
@@ -611,7 +612,7 @@ async fn import_history(
         keys: keys.to_vec(),
         netmap: netmap.clone(),
         proxy: proxy.to_owned(),
-        digester: stormwall_gateway::digest::PromptDigester::default(),
+        digester: stormwall_gateway::data::digest::PromptDigester::default(),
         sim_end: history.end_ms(),
         end: now_ms - HISTORY_END_MARGIN_MS,
         salt: now_ms.unsigned_abs(),

@@ -366,7 +366,7 @@ async fn the_webhook_gets_signed_notifications_and_retries_failures() {
         .unwrap();
     assert_eq!(
         sig,
-        stormwall_gateway::webhook::signature(HOOK_SECRET.as_bytes(), t, &last.body)
+        stormwall_gateway::control::webhook::signature(HOOK_SECRET.as_bytes(), t, &last.body)
     );
     let body: Value = last.json().unwrap();
     assert_eq!(body["type"], "alert");

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use stormwall_types::UsageEvent;
 use stormwall_types::record::canonical_ip;
 
-use crate::ipdb::IpDb;
+use crate::data::ipdb::IpDb;
 
 /// Longest header value kept on an event.
 const MAX_HEADER_VALUE_LEN: usize = 256;
@@ -45,7 +45,7 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| {
         let s = String::from_utf8_lossy(v.as_bytes());
-        crate::request::truncate(&s, MAX_HEADER_VALUE_LEN).to_owned()
+        crate::data::request::truncate(&s, MAX_HEADER_VALUE_LEN).to_owned()
     })
 }
 

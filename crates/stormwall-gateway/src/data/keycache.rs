@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use stormwall_types::{KeyRecord, KeyStatus};
 
-use crate::admit::KeyState;
+use crate::data::admit::KeyState;
 
 /// A key record with its live admission state.
 #[derive(Debug)]

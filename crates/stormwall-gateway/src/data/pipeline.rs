@@ -8,26 +8,26 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{Request, Response, header};
 use hyper::body::Incoming;
 use stormwall_types::key::{self, KEY_PREFIX};
 use stormwall_types::record::KeyRefusal;
 use stormwall_types::{Endpoint, KeyHash, RejectReason};
 
-use crate::admit::{self, DEFAULT_OUTPUT_RESERVE_TOKENS, Demand};
-use crate::body::ProxyBody;
+use super::DataPlane;
+use crate::data::admit::{self, DEFAULT_OUTPUT_RESERVE_TOKENS, Demand};
+use crate::data::body::ProxyBody;
+use crate::data::forward;
+use crate::data::keycache::CachedKey;
+use crate::data::recorder::{Recorder, deny};
+use crate::data::request::{self, ParsedRequest};
+use crate::data::route::{self, Route};
 use crate::error::{ProxyError, into_response};
-use crate::forward;
-use crate::keycache::CachedKey;
-use crate::recorder::{Recorder, deny};
-use crate::request::{self, ParsedRequest};
-use crate::route::{self, Route};
-use crate::state::AppState;
+use crate::http::set_request_id;
 
 /// Handles one proxy request. Never fails: errors become OpenAI-shaped responses.
 pub async fn handle(
-    state: Arc<AppState>,
+    state: Arc<DataPlane>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -39,6 +39,15 @@ pub async fn handle(
         peer,
     );
     let result = proxy(&state, &mut rec, req).await;
+    answer(rec, result)
+}
+
+/// The response for a stage's result: an error becomes its OpenAI-shaped answer, recorded on
+/// the event with the status the client gets.
+pub fn answer(
+    rec: Recorder,
+    result: Result<Response<ProxyBody>, ProxyError>,
+) -> Response<ProxyBody> {
     match result {
         Ok(resp) => resp,
         Err(err) => {
@@ -52,18 +61,11 @@ pub async fn handle(
 }
 
 async fn proxy(
-    state: &Arc<AppState>,
+    state: &Arc<DataPlane>,
     rec: &mut Recorder,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
-
-    if let Some((path, verifier)) = &state.leak_reports
-        && parts.method == http::Method::POST
-        && parts.uri.path() == path
-    {
-        return leak_report(state, rec, verifier, &parts.headers, body).await;
-    }
 
     // 1. route
     let route = route::classify(&parts.method, parts.uri.path(), parts.uri.query())
@@ -180,16 +182,16 @@ async fn proxy(
 /// upstream call. Verdicts (never the prompt, unless the profile keeps evidence) go on the
 /// event. Flag-mode classifiers start here and run alongside the upstream call.
 async fn screen_request(
-    state: &Arc<AppState>,
+    state: &Arc<DataPlane>,
     rec: &mut Recorder,
     key: &CachedKey,
     endpoint: Endpoint,
     parsed: &ParsedRequest,
-) -> Result<Option<crate::safety::RequestSafety>, ProxyError> {
+) -> Result<Option<crate::data::safety::RequestSafety>, ProxyError> {
     let Some(stage) = &state.safety else {
         return Ok(None);
     };
-    let Some(kind) = crate::safety::input_kind(endpoint) else {
+    let Some(kind) = crate::data::safety::input_kind(endpoint) else {
         return Ok(None);
     };
     let (profile, known) = stage.profile_for(
@@ -226,10 +228,11 @@ async fn screen_request(
             )
             .await;
     }
-    crate::safety::count(&state.metrics, "input", &verdict);
+    crate::data::safety::count(&state.metrics, "input", &verdict);
     let e = rec.event();
-    e.safety
-        .extend(crate::safety::record(&verdict, "input", &text, 0, &profile));
+    e.safety.extend(crate::data::safety::record(
+        &verdict, "input", &text, 0, &profile,
+    ));
     e.safety.extend(notes);
     if verdict.is_blocked() || fail_closed {
         return Err(deny(rec, RejectReason::ContentPolicy));
@@ -245,7 +248,7 @@ async fn screen_request(
             Arc::clone(&profile),
         )
     };
-    Ok(Some(crate::safety::RequestSafety {
+    Ok(Some(crate::data::safety::RequestSafety {
         stage: Arc::clone(stage),
         profile,
         kind,
@@ -253,66 +256,9 @@ async fn screen_request(
     }))
 }
 
-/// Handles a signed leaked-key report (see [`crate::leak_report`]).
-async fn leak_report(
-    state: &Arc<AppState>,
-    rec: &mut Recorder,
-    verifier: &crate::leak_report::ReportVerifier,
-    headers: &http::HeaderMap,
-    body: Incoming,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    use crate::leak_report::{self as lr, ReportError};
-    let limits = crate::config::LimitsConfig {
-        max_request_body_bytes: lr::MAX_REPORT_BYTES,
-        ..state.limits.clone()
-    };
-    let bytes = forward::read_request_body(body, &limits).await?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let refuse = |rec: &mut Recorder, status: http::StatusCode, err: ReportError| {
-        rec.event()
-            .deny(if status == http::StatusCode::UNAUTHORIZED {
-                RejectReason::UnknownKey
-            } else {
-                RejectReason::BadRequest
-            });
-        let code = if status == http::StatusCode::UNAUTHORIZED {
-            "invalid_signature"
-        } else {
-            "invalid_request"
-        };
-        let mut resp = json_response(
-            status,
-            crate::error::error_body(&err.to_string(), "invalid_request_error", code),
-        );
-        set_request_id(&mut resp, rec.id());
-        rec.event().error_code = Some(code.to_owned());
-        rec.take().finish(status.as_u16());
-        Ok(resp)
-    };
-    let reporter = match verifier.verify(
-        header(lr::KEY_ID_HEADER),
-        header(lr::SIGNATURE_HEADER),
-        &bytes,
-    ) {
-        Ok(r) => r,
-        Err(e) => return refuse(rec, http::StatusCode::UNAUTHORIZED, e),
-    };
-    let tokens = match lr::parse_report(&bytes) {
-        Ok(t) => t,
-        Err(e) => return refuse(rec, http::StatusCode::BAD_REQUEST, e),
-    };
-    let report_event = rec.id().to_owned();
-    let labels = lr::handle_report(state, &reporter, &report_event, tokens).await;
-    let body = serde_json::to_vec(&labels).map_err(|_| ProxyError::BodyUnreadable)?;
-    let mut resp = json_response(http::StatusCode::OK, Bytes::from(body));
-    set_request_id(&mut resp, rec.id());
-    rec.take().finish(200);
-    Ok(resp)
-}
-
 /// Admits a request locally and, with shared counters, across replicas.
 async fn admit_request(
-    state: &AppState,
+    state: &DataPlane,
     key: &CachedKey,
     demand: Demand,
 ) -> Result<admit::Grant, ProxyError> {
@@ -326,7 +272,7 @@ async fn admit_request(
         }),
         Some((counters, settler)) => {
             // The shared counters enforce the limits; the local admission only counts.
-            let shared = crate::shared_admit::admit(
+            let shared = crate::data::shared_admit::admit(
                 counters.as_ref(),
                 settler,
                 &key.record.id,
@@ -376,7 +322,7 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
 
 /// Finds and checks the caller's key. A malformed key never reaches the cache or store.
 fn authenticate(
-    state: &AppState,
+    state: &DataPlane,
     headers: &http::HeaderMap,
     rec: &mut Recorder,
 ) -> Result<Arc<CachedKey>, AuthFailure> {
@@ -426,7 +372,7 @@ fn authenticate(
     }
 }
 
-async fn capture_tripwire(state: &AppState, rec: &mut Recorder, route: &Route, body: Incoming) {
+async fn capture_tripwire(state: &DataPlane, rec: &mut Recorder, route: &Route, body: Incoming) {
     if route.endpoint == Endpoint::Models {
         return;
     }
@@ -447,7 +393,7 @@ fn note_route(rec: &mut Recorder, route: &Route) {
 
 /// Rule ids of credentials a body contains (a leaked key pasted into a prompt, or a model
 /// echoing one), deduplicated; the secrets themselves are never kept.
-pub fn credentials_in(state: &AppState, body: &[u8]) -> Vec<String> {
+pub fn credentials_in(state: &DataPlane, body: &[u8]) -> Vec<String> {
     let Some(matcher) = &state.secrets else {
         return Vec::new();
     };
@@ -459,24 +405,6 @@ pub fn credentials_in(state: &AppState, body: &[u8]) -> Vec<String> {
     ids.sort();
     ids.dedup();
     ids
-}
-
-/// Sets `x-request-id` (the event id) on a response.
-pub fn set_request_id(resp: &mut Response<ProxyBody>, id: &str) {
-    if let Ok(v) = HeaderValue::from_str(id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-}
-
-/// A JSON response with the gateway's standard headers.
-pub fn json_response(status: http::StatusCode, body: Bytes) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 /// Whether a string looks like a Stormwall key at all (used to keep tokens out of logs).

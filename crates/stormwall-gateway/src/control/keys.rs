@@ -7,7 +7,7 @@ use stormwall_store::{KeyFilter, StoreError};
 use stormwall_types::{ApiKey, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus};
 use time::OffsetDateTime;
 
-use crate::state::AppState;
+use super::ControlPlane;
 
 /// Default grace period during which a rotated key still works.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(3600);
@@ -58,7 +58,7 @@ fn default_kind() -> KeyKind {
 
 /// A key may only name a content-policy profile the gateway has: a typo would otherwise
 /// quietly screen the key with its tenant's profile.
-fn validate_profile(state: &AppState, s: &KeyScope) -> Result<(), KeyError> {
+fn validate_profile(state: &ControlPlane, s: &KeyScope) -> Result<(), KeyError> {
     let (Some(name), Some(safety)) = (&s.policy_profile, &state.safety) else {
         return Ok(());
     };
@@ -145,7 +145,7 @@ fn validate_scope(s: &KeyScope) -> Result<(), KeyError> {
 }
 
 /// Creates a key.
-pub async fn create(state: &AppState, req: CreateKey) -> Result<CreatedKey, KeyError> {
+pub async fn create(state: &ControlPlane, req: CreateKey) -> Result<CreatedKey, KeyError> {
     validate_tenant(&req.tenant)?;
     validate_text("label", req.label.as_deref())?;
     validate_scope(&req.scope)?;
@@ -154,7 +154,7 @@ pub async fn create(state: &AppState, req: CreateKey) -> Result<CreatedKey, KeyE
 }
 
 async fn mint(
-    state: &AppState,
+    state: &ControlPlane,
     tenant: String,
     kind: KeyKind,
     label: Option<String>,
@@ -197,17 +197,20 @@ async fn mint(
 }
 
 /// Reads a key (from the store, the source of truth).
-pub async fn get(state: &AppState, id: &str) -> Result<KeyRecord, KeyError> {
+pub async fn get(state: &ControlPlane, id: &str) -> Result<KeyRecord, KeyError> {
     let id = KeyId::new(id).map_err(|_| KeyError::NotFound)?;
     state.store.get_key(&id).await?.ok_or(KeyError::NotFound)
 }
 
 /// Lists keys, optionally of one tenant.
-pub async fn list(state: &AppState, tenant: Option<String>) -> Result<Vec<KeyRecord>, KeyError> {
+pub async fn list(
+    state: &ControlPlane,
+    tenant: Option<String>,
+) -> Result<Vec<KeyRecord>, KeyError> {
     Ok(state.store.list_keys(&KeyFilter { tenant }).await?)
 }
 
-async fn save(state: &AppState, mut record: KeyRecord) -> Result<KeyRecord, KeyError> {
+async fn save(state: &ControlPlane, mut record: KeyRecord) -> Result<KeyRecord, KeyError> {
     record.updated_at = OffsetDateTime::now_utc();
     state.store.update_key(&record).await?;
     let before = state.keys.upsert(record.clone());
@@ -224,8 +227,8 @@ async fn save(state: &AppState, mut record: KeyRecord) -> Result<KeyRecord, KeyE
 
 /// Tells the other replicas a key changed (they re-read it from the shared store). A failure
 /// is logged: their periodic refresh still picks the change up.
-pub(crate) async fn announce(state: &AppState, id: &KeyId) {
-    if let Some((counters, _)) = &state.counters
+pub(crate) async fn announce(state: &ControlPlane, id: &KeyId) {
+    if let Some(counters) = &state.counters
         && let Err(e) = counters.publish_key_change(id).await
     {
         tracing::warn!(key_id = %id, error = %e, "cannot announce a key change to other replicas");
@@ -234,7 +237,7 @@ pub(crate) async fn announce(state: &AppState, id: &KeyId) {
 
 /// Suspends an active key (reversible).
 pub async fn suspend(
-    state: &AppState,
+    state: &ControlPlane,
     id: &str,
     reason: Option<String>,
 ) -> Result<KeyRecord, KeyError> {
@@ -250,7 +253,7 @@ pub async fn suspend(
 }
 
 /// Resumes a suspended key.
-pub async fn resume(state: &AppState, id: &str) -> Result<KeyRecord, KeyError> {
+pub async fn resume(state: &ControlPlane, id: &str) -> Result<KeyRecord, KeyError> {
     let mut r = get(state, id).await?;
     match r.status {
         KeyStatus::Revoked => return Err(KeyError::Conflict("a revoked key cannot be resumed")),
@@ -263,7 +266,7 @@ pub async fn resume(state: &AppState, id: &str) -> Result<KeyRecord, KeyError> {
 
 /// Revokes a key for good; it stays in the store as a tripwire.
 pub async fn revoke(
-    state: &AppState,
+    state: &ControlPlane,
     id: &str,
     reason: Option<String>,
 ) -> Result<KeyRecord, KeyError> {
@@ -276,7 +279,11 @@ pub async fn revoke(
 
 /// Replaces a key with a new one of the same tenant and scope; the old key keeps working
 /// for `grace`, then expires.
-pub async fn rotate(state: &AppState, id: &str, grace: Duration) -> Result<CreatedKey, KeyError> {
+pub async fn rotate(
+    state: &ControlPlane,
+    id: &str,
+    grace: Duration,
+) -> Result<CreatedKey, KeyError> {
     if grace > MAX_ROTATION_GRACE {
         return Err(KeyError::Invalid(format!(
             "grace period must be at most {} seconds",
@@ -319,7 +326,11 @@ pub async fn rotate(state: &AppState, id: &str, grace: Duration) -> Result<Creat
 }
 
 /// Changes a key's label or scope.
-pub async fn update(state: &AppState, id: &str, patch: UpdateKey) -> Result<KeyRecord, KeyError> {
+pub async fn update(
+    state: &ControlPlane,
+    id: &str,
+    patch: UpdateKey,
+) -> Result<KeyRecord, KeyError> {
     validate_text("label", patch.label.as_deref())?;
     if let Some(s) = &patch.scope {
         validate_scope(s)?;

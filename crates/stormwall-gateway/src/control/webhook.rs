@@ -14,7 +14,7 @@ use stormwall_store::ActionRecord;
 use stormwall_types::{Alert, Severity};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::alerts::AlertsConfig;
+use crate::control::alerts::AlertsConfig;
 use crate::upstream::HttpClient;
 
 /// Deliveries waiting to be sent; past this, new ones are dropped (counted).
@@ -208,7 +208,7 @@ enum Attempt {
 
 impl Target {
     async fn deliver(&self, d: Delivery) {
-        let delivery_id = crate::recorder::event_id();
+        let delivery_id = crate::ids::event_id();
         let mut backoff = self.first_backoff;
         for attempt in 1..=self.max_attempts {
             match self.attempt(&d, &delivery_id).await {
@@ -252,7 +252,7 @@ impl Target {
             let resp = self.client.request(req).await?;
             let status = resp.status();
             // Read the (small) body so the connection can be reused; cap what we accept.
-            let _ = crate::forward::read_capped(resp.into_body(), MAX_REPLY, None).await;
+            let _ = crate::http::read_capped(resp.into_body(), MAX_REPLY, None).await;
             Ok::<_, hyper_util::client::legacy::Error>(status)
         };
         match tokio::time::timeout(self.timeout, call).await {

@@ -10,7 +10,7 @@
 //! status first, so a key another replica already suspended is not suspended again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use stormwall_detect::{
     ConfigError, DetectConfig, Engine, EngineConfig, GlobalView, ResponseConfig,
@@ -20,8 +20,9 @@ use stormwall_types::{Action, ActionKind, Alert, KeyEffect, KeyId, KeyStatus, Us
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+use super::ControlPlane;
+use crate::data::recorder::EventTap;
 use crate::metrics::{ActionLabels, AlertLabels};
-use crate::state::AppState;
 
 /// Events waiting for the detection task; past this, events skip detection (counted).
 const EVENT_QUEUE: usize = 65_536;
@@ -140,11 +141,9 @@ impl Detection {
         )
     }
 
-    /// Offers a closed event to the detectors without waiting.
-    pub fn offer(&self, event: &UsageEvent) {
-        if self.events.try_send(event.clone()).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+    /// The data plane's tap into the event queue (see [`EventTap`]).
+    pub fn tap(&self) -> EventTap {
+        EventTap::new(self.events.clone(), Arc::clone(&self.dropped))
     }
 
     /// Events that skipped detection because its queue was full.
@@ -225,11 +224,11 @@ pub fn incident(alert: &Alert, window_secs: u32) -> String {
 
 /// Runs the detection task until the handle is dropped.
 #[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
-pub fn spawn(state: Arc<AppState>, inbox: DetectionInbox) -> tokio::task::JoinHandle<()> {
+pub fn spawn(state: Arc<ControlPlane>, inbox: DetectionInbox) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(state, inbox))
 }
 
-async fn run(state: Arc<AppState>, inbox: DetectionInbox) {
+async fn run(state: Arc<ControlPlane>, inbox: DetectionInbox) {
     let DetectionInbox {
         mut engine,
         mut events,
@@ -306,8 +305,8 @@ const VOLUME_TTL: std::time::Duration = std::time::Duration::from_secs(2 * 3600)
 const SETS: [&str; 3] = ["p1_asn", "p1_country", "p1_net"];
 
 impl SharedView {
-    async fn view(&mut self, state: &AppState, e: &UsageEvent) -> GlobalView {
-        let (Some((counters, _)), Some(key)) = (&state.counters, &e.key_id) else {
+    async fn view(&mut self, state: &ControlPlane, e: &UsageEvent) -> GlobalView {
+        let (Some(counters), Some(key)) = (&state.counters, &e.key_id) else {
             return GlobalView::default();
         };
         if !counters.health().available {
@@ -334,8 +333,8 @@ impl SharedView {
 
     /// Adds this replica's volume since the last flush to the shared counters and takes the
     /// totals back.
-    async fn flush(&mut self, state: &AppState) {
-        let Some((counters, _)) = &state.counters else {
+    async fn flush(&mut self, state: &ControlPlane) {
+        let Some(counters) = &state.counters else {
             return;
         };
         let keys: Vec<KeyId> = self
@@ -463,7 +462,7 @@ const WARM_PAGE: usize = 5_000;
 /// Replays recent stored events into the engine so baselines survive a restart and a new
 /// replica starts with what the others learned. Alerts the replay raises are history (they
 /// were raised when the events happened): they shape the risk scores but are not acted on.
-async fn warm_start(state: &AppState, engine: &mut Engine, verdicts: &mut Verdicts) {
+async fn warm_start(state: &ControlPlane, engine: &mut Engine, verdicts: &mut Verdicts) {
     let hours = engine.config().detect.warm_start_hours;
     let max = engine.config().detect.warm_start_max_events;
     if hours == 0 || max == 0 {
@@ -514,7 +513,7 @@ async fn warm_start(state: &AppState, engine: &mut Engine, verdicts: &mut Verdic
 }
 
 async fn on_control(
-    state: &AppState,
+    state: &ControlPlane,
     engine: &mut Engine,
     verdicts: &mut Verdicts,
     window: u32,
@@ -581,7 +580,7 @@ impl Verdicts {
 
     /// Reads the stored verdicts of the warm start window (about one key, or all) and
     /// applies those not yet learned, oldest first.
-    async fn catch_up(&mut self, state: &AppState, engine: &mut Engine, key: Option<&KeyId>) {
+    async fn catch_up(&mut self, state: &ControlPlane, engine: &mut Engine, key: Option<&KeyId>) {
         let hours = engine.config().detect.warm_start_hours;
         let query = stormwall_store::AlertQuery {
             status: Some(AlertStatus::FalsePositive),
@@ -601,7 +600,7 @@ impl Verdicts {
 }
 
 /// Stores, announces and acts on one alert.
-async fn handle_alert(state: &AppState, engine: &mut Engine, window: u32, alert: Alert) {
+async fn handle_alert(state: &ControlPlane, engine: &mut Engine, window: u32, alert: Alert) {
     let fresh = match state
         .store
         .insert_alert(&alert, &incident(&alert, window))
@@ -641,9 +640,9 @@ async fn handle_alert(state: &AppState, engine: &mut Engine, window: u32, alert:
         })
         .inc();
     if record.outcome == ActionOutcome::Applied && action.kind != ActionKind::Alert {
-        crate::audit::record(
+        crate::control::audit::record(
             state,
-            crate::audit::DETECTION,
+            crate::control::audit::DETECTION,
             &format!("key.{}", action.kind.as_str()),
             Some(action.key_id.as_str()),
             action.tenant.as_deref(),
@@ -683,13 +682,13 @@ fn outcome_name(o: ActionOutcome) -> &'static str {
 }
 
 /// Applies an action to its key and says what happened.
-async fn apply(state: &AppState, action: &Action) -> ActionRecord {
+async fn apply(state: &ControlPlane, action: &Action) -> ActionRecord {
     let (outcome, message) = match apply_inner(state, action).await {
         Ok(o) => (o, None),
         Err(e) => (ActionOutcome::Failed, Some(e.to_string())),
     };
     ActionRecord {
-        id: crate::recorder::event_id(),
+        id: crate::ids::event_id(),
         action: action.clone(),
         outcome,
         message,
@@ -698,25 +697,25 @@ async fn apply(state: &AppState, action: &Action) -> ActionRecord {
 }
 
 async fn apply_inner(
-    state: &AppState,
+    state: &ControlPlane,
     action: &Action,
-) -> Result<ActionOutcome, crate::keys::KeyError> {
+) -> Result<ActionOutcome, crate::control::keys::KeyError> {
     let id = action.key_id.as_str();
     let reason = Some(truncate_reason(&action.reason));
     if action.kind == ActionKind::Alert {
         return Ok(ActionOutcome::Applied);
     }
-    let record = crate::keys::get(state, id).await?;
+    let record = crate::control::keys::get(state, id).await?;
     match action.effect_on(record.status, record.scope.rpm) {
         KeyEffect::Notify => {}
         KeyEffect::AlreadyInEffect => return Ok(ActionOutcome::AlreadyInEffect),
         KeyEffect::Throttle(rpm) => {
             let mut scope = record.scope.clone();
             scope.rpm = Some(rpm);
-            crate::keys::update(
+            crate::control::keys::update(
                 state,
                 id,
-                crate::keys::UpdateKey {
+                crate::control::keys::UpdateKey {
                     label: None,
                     scope: Some(scope),
                 },
@@ -724,22 +723,22 @@ async fn apply_inner(
             .await?;
         }
         KeyEffect::Suspend => {
-            crate::keys::suspend(state, id, reason).await?;
+            crate::control::keys::suspend(state, id, reason).await?;
         }
         KeyEffect::Revoke => {
-            crate::keys::revoke(state, id, reason).await?;
+            crate::control::keys::revoke(state, id, reason).await?;
         }
     }
     Ok(ActionOutcome::Applied)
 }
 
 fn truncate_reason(s: &str) -> String {
-    crate::request::truncate(s, 500).to_owned()
+    crate::data::request::truncate(s, 500).to_owned()
 }
 
 /// Marks an alert false-positive in the store and teaches the engine.
 pub async fn mark_false_positive(
-    state: &AppState,
+    state: &ControlPlane,
     id: &str,
     note: Option<&str>,
 ) -> Result<StoredAlert, stormwall_store::StoreError> {
@@ -758,7 +757,7 @@ pub async fn mark_false_positive(
     // The other replicas' engines learn it too: a key change makes them re-read the key
     // and its verdicts.
     if let Some(key) = &stored.alert.key_id {
-        crate::keys::announce(state, key).await;
+        crate::control::keys::announce(state, key).await;
     }
     Ok(stored)
 }

@@ -269,7 +269,7 @@ pub struct Relay {
     on_end: Option<OnEnd>,
     trailer: Option<Bytes>,
     done: bool,
-    guard: Option<crate::safety::StreamGuard>,
+    guard: Option<crate::data::safety::StreamGuard>,
 }
 
 impl Relay {
@@ -292,7 +292,7 @@ impl Relay {
     /// Screens the output as it passes: once the guard blocks, the chunk that tipped it is
     /// withheld, the upstream is dropped (cancelling it) and the stream ends with an
     /// OpenAI-shaped error event and `[DONE]`.
-    pub fn with_guard(mut self, guard: crate::safety::StreamGuard) -> Self {
+    pub fn with_guard(mut self, guard: crate::data::safety::StreamGuard) -> Self {
         self.scanner.collect_text = true;
         self.guard = Some(guard);
         self

@@ -14,7 +14,21 @@ use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
 use stormwall_types::{KeyHash, KeyStatus, key};
 
-use crate::state::AppState;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use stormwall_types::RejectReason;
+
+use super::ControlPlane;
+use crate::data::DataPlane;
+use crate::data::body::ProxyBody;
+use crate::data::forward;
+use crate::data::recorder::Recorder;
+use crate::error::ProxyError;
+use crate::http::{json_response, set_request_id};
 
 /// Header naming the reporter's public key.
 pub const KEY_ID_HEADER: &str = "github-public-key-identifier";
@@ -302,7 +316,7 @@ fn sha256_hex(s: &str) -> String {
 /// Revokes every reported Stormwall key, raises an E1 alert for each, and labels each token.
 /// `report_event` is the id of the report request's event (the alert's evidence).
 pub async fn handle_report(
-    state: &AppState,
+    state: &ControlPlane,
     reporter: &str,
     report_event: &str,
     tokens: Vec<ReportedToken>,
@@ -327,11 +341,15 @@ pub async fn handle_report(
                         t.url.as_deref().unwrap_or("an unknown location"),
                         stormwall_types::timefmt::format(time::OffsetDateTime::now_utc()),
                     );
-                    match crate::keys::revoke(state, id.as_str(), Some(truncate(&reason, 500)))
-                        .await
+                    match crate::control::keys::revoke(
+                        state,
+                        id.as_str(),
+                        Some(truncate(&reason, 500)),
+                    )
+                    .await
                     {
                         Ok(record) => {
-                            crate::audit::record(
+                            crate::control::audit::record(
                                 state,
                                 &format!("leak-report:{reporter}"),
                                 "key.revoke",
@@ -414,7 +432,91 @@ fn exposure_alert(
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    crate::request::truncate(s, max).to_owned()
+    crate::data::request::truncate(s, max).to_owned()
+}
+
+/// Whether a request on the proxy listener is a leaked-key report (`POST` to the configured
+/// path); the entry point sends those here instead of the data plane's pipeline.
+pub fn is_report(control: &ControlPlane, method: &http::Method, path: &str) -> bool {
+    control
+        .leak_reports
+        .as_ref()
+        .is_some_and(|(p, _)| method == http::Method::POST && path == p)
+}
+
+/// Answers a leaked-key report arriving on the proxy listener. It is recorded as one event,
+/// like every request there.
+pub async fn serve(
+    control: &ControlPlane,
+    data: &Arc<DataPlane>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let mut rec = Recorder::start(
+        data,
+        req.method().as_str(),
+        req.uri().path(),
+        req.headers(),
+        peer,
+    );
+    let (parts, body) = req.into_parts();
+    let result = match &control.leak_reports {
+        Some((_, verifier)) => receive(control, &mut rec, verifier, &parts.headers, body).await,
+        None => Err(ProxyError::reject(RejectReason::NotFound)),
+    };
+    crate::data::pipeline::answer(rec, result)
+}
+
+/// Verifies, parses and acts on one report.
+async fn receive(
+    state: &ControlPlane,
+    rec: &mut Recorder,
+    verifier: &ReportVerifier,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let limits = crate::config::LimitsConfig {
+        max_request_body_bytes: MAX_REPORT_BYTES,
+        ..state.limits.clone()
+    };
+    let bytes = forward::read_request_body(body, &limits).await?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let refuse = |rec: &mut Recorder, status: http::StatusCode, err: ReportError| {
+        rec.event()
+            .deny(if status == http::StatusCode::UNAUTHORIZED {
+                RejectReason::UnknownKey
+            } else {
+                RejectReason::BadRequest
+            });
+        let code = if status == http::StatusCode::UNAUTHORIZED {
+            "invalid_signature"
+        } else {
+            "invalid_request"
+        };
+        let mut resp = json_response(
+            status,
+            crate::error::error_body(&err.to_string(), "invalid_request_error", code),
+        );
+        set_request_id(&mut resp, rec.id());
+        rec.event().error_code = Some(code.to_owned());
+        rec.take().finish(status.as_u16());
+        Ok(resp)
+    };
+    let reporter = match verifier.verify(header(KEY_ID_HEADER), header(SIGNATURE_HEADER), &bytes) {
+        Ok(r) => r,
+        Err(e) => return refuse(rec, http::StatusCode::UNAUTHORIZED, e),
+    };
+    let tokens = match parse_report(&bytes) {
+        Ok(t) => t,
+        Err(e) => return refuse(rec, http::StatusCode::BAD_REQUEST, e),
+    };
+    let report_event = rec.id().to_owned();
+    let labels = handle_report(state, &reporter, &report_event, tokens).await;
+    let body = serde_json::to_vec(&labels).map_err(|_| ProxyError::BodyUnreadable)?;
+    let mut resp = json_response(http::StatusCode::OK, Bytes::from(body));
+    set_request_id(&mut resp, rec.id());
+    rec.take().finish(200);
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -14,14 +14,14 @@ use stormwall_store::EventQuery;
 use stormwall_types::KeyId;
 use subtle::ConstantTimeEq;
 
-use crate::body::ProxyBody;
+use super::ControlPlane;
+use crate::control::keys::{self, CreateKey, KeyError, UpdateKey};
+use crate::data::body::ProxyBody;
 use crate::error::error_body;
-use crate::keys::{self, CreateKey, KeyError, UpdateKey};
-use crate::pipeline::json_response;
-use crate::state::AppState;
+use crate::http::json_response;
 
 /// The OpenAPI 3.1 description of this API.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
@@ -32,8 +32,8 @@ const MAX_EVENT_PAGE: usize = 10_000;
 
 /// Everything the admin handlers share.
 pub struct AdminState {
-    /// Gateway state.
-    pub app: Arc<AppState>,
+    /// The control plane.
+    pub control: Arc<ControlPlane>,
     /// Bearer token.
     pub token: SecretString,
 }
@@ -148,7 +148,7 @@ async fn route(
             return Ok(text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                state.app.metrics.encode(),
+                state.control.metrics.encode(),
             ));
         }
         (Method::GET, "/admin/openapi.json") => {
@@ -164,7 +164,7 @@ async fn route(
     }
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let app = &state.app;
+    let app = &state.control;
     match (method, segments.as_slice()) {
         (Method::GET, ["keys"]) => {
             let tenant = param(&query, "tenant");
@@ -245,14 +245,14 @@ async fn route(
 
 /// Records an admin change to a key in the audit log.
 async fn audit_key(
-    app: &AppState,
+    app: &ControlPlane,
     action: &str,
     record: &stormwall_types::KeyRecord,
     detail: serde_json::Value,
 ) {
-    crate::audit::record(
+    crate::control::audit::record(
         app,
-        crate::audit::ADMIN,
+        crate::control::audit::ADMIN,
         action,
         Some(record.id.as_str()),
         Some(&record.tenant),
@@ -279,7 +279,7 @@ async fn read_bytes_limited(req: Request<Incoming>, max: usize) -> Result<Bytes,
         max_request_body_bytes: max,
         ..crate::config::LimitsConfig::default()
     };
-    crate::forward::read_request_body(req.into_body(), &limits)
+    crate::data::forward::read_request_body(req.into_body(), &limits)
         .await
         .map_err(|_| {
             AdminError::BadRequest(format!("body missing, unreadable or over {max} bytes"))
@@ -322,7 +322,7 @@ fn param(query: &str, name: &str) -> Option<String> {
 
 async fn readyz(state: &AdminState) -> Response<ProxyBody> {
     let probe =
-        KeyId::new("000000000000").map(|id| async move { state.app.store.get_key(&id).await });
+        KeyId::new("000000000000").map(|id| async move { state.control.store.get_key(&id).await });
     let ok = match probe {
         Ok(fut) => tokio::time::timeout(Duration::from_secs(2), fut)
             .await
@@ -398,7 +398,7 @@ struct AlertPage {
     alerts: Vec<stormwall_store::StoredAlert>,
 }
 
-async fn alerts(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+async fn alerts(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
     let detector = param(query, "detector")
         .map(|d| {
             d.parse::<stormwall_types::DetectorId>()
@@ -432,7 +432,7 @@ struct AlertDetail {
     actions: Vec<stormwall_store::ActionRecord>,
 }
 
-async fn alert(app: &AppState, id: &str) -> Result<Response<ProxyBody>, AdminError> {
+async fn alert(app: &ControlPlane, id: &str) -> Result<Response<ProxyBody>, AdminError> {
     let alert = app
         .store
         .get_alert(id)
@@ -451,7 +451,7 @@ async fn alert(app: &AppState, id: &str) -> Result<Response<ProxyBody>, AdminErr
 }
 
 async fn alert_status(
-    app: &AppState,
+    app: &ControlPlane,
     id: &str,
     action: &str,
     note: Option<String>,
@@ -475,14 +475,16 @@ async fn alert_status(
             )
             .await
             .map_err(store_error)?,
-        "false-positive" => crate::detection::mark_false_positive(app, id, note.as_deref())
-            .await
-            .map_err(store_error)?,
+        "false-positive" => {
+            crate::control::detection::mark_false_positive(app, id, note.as_deref())
+                .await
+                .map_err(store_error)?
+        }
         _ => return Err(AdminError::NotFound),
     };
-    crate::audit::record(
+    crate::control::audit::record(
         app,
-        crate::audit::ADMIN,
+        crate::control::audit::ADMIN,
         &format!("alert.{}", stored.status.as_str()),
         Some(id),
         stored.alert.tenant.as_deref(),
@@ -497,7 +499,7 @@ struct ActionPage {
     actions: Vec<stormwall_store::ActionRecord>,
 }
 
-async fn actions(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+async fn actions(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
     let q = stormwall_store::ActionQuery {
         key_id: key_param(query)?,
         alert_id: param(query, "alert"),
@@ -527,7 +529,7 @@ struct ImportResult {
 /// and replays them into the detectors as history: they shape baselines and risk, and
 /// their alerts are not acted on.
 async fn import_events(
-    app: &AppState,
+    app: &ControlPlane,
     body: ImportBody,
 ) -> Result<Response<ProxyBody>, AdminError> {
     let mut events = body.events;
@@ -559,9 +561,9 @@ async fn import_events(
         "from": events.first().map(|e| stormwall_types::timefmt::format(e.timestamp)),
         "to": events.last().map(|e| stormwall_types::timefmt::format(e.timestamp)),
     });
-    crate::audit::record(
+    crate::control::audit::record(
         app,
-        crate::audit::ADMIN,
+        crate::control::audit::ADMIN,
         "events.import",
         None,
         None,
@@ -580,7 +582,7 @@ struct AuditPage {
     next_after: Option<u64>,
 }
 
-async fn audit_log(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+async fn audit_log(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
     let after_seq = param(query, "after")
         .map(|v| {
             v.parse::<u64>()
@@ -619,7 +621,7 @@ struct AuditCheck {
 }
 
 /// Walks the whole audit log, page by page, and checks its hash chain.
-async fn audit_verify(app: &AppState) -> Result<Response<ProxyBody>, AdminError> {
+async fn audit_verify(app: &ControlPlane) -> Result<Response<ProxyBody>, AdminError> {
     let (mut seq, mut head) = (0u64, stormwall_store::AUDIT_GENESIS.to_owned());
     loop {
         let page = app
@@ -667,7 +669,7 @@ struct EventPage {
     next_after: Option<String>,
 }
 
-async fn events(app: &AppState, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+async fn events(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
     let limit = limit_param(query, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
     let q = EventQuery {
         key_id: key_param(query)?,

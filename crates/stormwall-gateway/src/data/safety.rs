@@ -2,7 +2,7 @@
 //! while they are relayed. The screener (`stormwall-safety`) is pure; this module picks the
 //! profile for a key, records verdicts on the event (category, action, score, view and the
 //! matched span — the whole prompt only when the profile keeps evidence), runs external
-//! classifiers ([`crate::classify`]) and screens streamed output incrementally.
+//! classifiers ([`crate::data::classify`]) and screens streamed output incrementally.
 //!
 //! Profiles: the key's `policy_profile`, else the tenant's from `[safety] tenant_profiles`,
 //! else `default_profile`. Image endpoints are also held to `image_profile` (the built-in
@@ -19,7 +19,7 @@ use stormwall_safety::{
 };
 use stormwall_types::{Endpoint, SafetyVerdict};
 
-use crate::classify::{
+use crate::data::classify::{
     ClassifierConfig, ClassifierConfigError, ExternalClassifier, Failure, Mode, ScoreCache,
 };
 use crate::metrics::Metrics;
@@ -419,7 +419,7 @@ impl SafetyStage {
         }
         let runs = set
             .iter()
-            .map(|c| crate::classify::run_one(c, client, &self.cache, text));
+            .map(|c| crate::data::classify::run_one(c, client, &self.cache, text));
         let results = futures_util::future::join_all(runs).await;
         let mut fail_closed = false;
         let mut scores: Vec<ExternalScore> = Vec::new();
@@ -457,7 +457,7 @@ impl SafetyStage {
             let set: Vec<&Arc<ExternalClassifier>> = stage.classifiers(Mode::Flag).collect();
             let runs = set
                 .iter()
-                .map(|c| crate::classify::run_one(c, &client, &stage.cache, &text));
+                .map(|c| crate::data::classify::run_one(c, &client, &stage.cache, &text));
             let results = futures_util::future::join_all(runs).await;
             let mut notes = Vec::new();
             let mut scores = Vec::new();
@@ -511,7 +511,7 @@ impl RequestSafety {
 /// done by the time the response is; otherwise the event waits for them (each is bounded
 /// by its timeout) off the response path.
 pub fn finish_event(
-    mut rec: crate::recorder::Recorder,
+    mut rec: crate::data::recorder::Recorder,
     status: u16,
     pending: Option<tokio::task::JoinHandle<Vec<SafetyVerdict>>>,
 ) {
@@ -577,7 +577,7 @@ fn record_one(
             if with_span && !matches!(c.detector, Detector::Model | Detector::Signals) =>
         {
             t.get(ev.span.clone())
-                .map(|s| crate::request::truncate(s, MAX_SPAN_BYTES).to_owned())
+                .map(|s| crate::data::request::truncate(s, MAX_SPAN_BYTES).to_owned())
         }
         _ => None,
     };

@@ -230,7 +230,7 @@ pub struct Grant {
     /// The in-process admission.
     pub local: Admission,
     /// The cross-replica admission, when shared counters are configured.
-    pub shared: Option<crate::shared_admit::SharedAdmission>,
+    pub shared: Option<crate::data::shared_admit::SharedAdmission>,
 }
 
 impl Grant {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use stormwall_store::AuditEntry;
 use time::OffsetDateTime;
 
-use crate::state::AppState;
+use super::ControlPlane;
 
 /// Actor name for changes made through the admin API.
 pub const ADMIN: &str = "admin";
@@ -17,7 +17,7 @@ pub const DETECTION: &str = "detection";
 
 /// Appends one entry; a failure is logged (never with a secret) and counted.
 pub async fn record(
-    state: &AppState,
+    state: &ControlPlane,
     actor: &str,
     action: &str,
     target: Option<&str>,

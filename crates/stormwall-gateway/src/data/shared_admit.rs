@@ -1,4 +1,4 @@
-//! Admission across replicas: the same decisions as [`crate::admit`] — concurrency, budget,
+//! Admission across replicas: the same decisions as [`crate::data::admit`] — concurrency, budget,
 //! requests and tokens per minute — made in shared counters (Redis, falling back to local
 //! counters while Redis is unreachable), so a limit of 100 a minute admits 100 across every
 //! replica. Settling happens after the response, from code that cannot await (a relay's
@@ -16,7 +16,7 @@ use stormwall_types::{KeyId, KeyScope, RejectReason};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::admit::Demand;
+use crate::data::admit::Demand;
 use crate::error::{ProxyError, RateLimitInfo};
 
 /// How long a concurrency slot or budget reservation holds if its replica dies mid-request.
@@ -184,7 +184,7 @@ pub async fn admit(
             Ok(BudgetDecision::Granted(r)) => pending.budget = Some(r),
             Ok(BudgetDecision::Denied { .. }) => {
                 give_back(pending);
-                crate::admit::budget_spent(&mut info, now);
+                crate::data::admit::budget_spent(&mut info, now);
                 return Err(reject(RejectReason::BudgetExhausted, info));
             }
             Err(e) => {

@@ -401,7 +401,7 @@ pub async fn run_one(
     cache: &ScoreCache,
     text: &str,
 ) -> (Outcome, bool) {
-    let text = crate::request::truncate(text, c.max_bytes);
+    let text = crate::data::request::truncate(text, c.max_bytes);
     let key = ScoreCache::key(&c.name, text);
     if let Some(hit) = cache.get(&key) {
         return (Ok(hit), true);
@@ -527,7 +527,7 @@ async fn post_json(
     if !parts.status.is_success() {
         return Err(ClassifyError::Status(parts.status.as_u16()));
     }
-    crate::forward::read_capped(body, MAX_RESPONSE_BYTES, None)
+    crate::http::read_capped(body, MAX_RESPONSE_BYTES, None)
         .await
         .map_err(|_| ClassifyError::Body)
 }

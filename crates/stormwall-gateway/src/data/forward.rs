@@ -6,24 +6,24 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use stormwall_types::StreamOutcome;
 
-use crate::admit::Grant;
-use crate::body::{ProxyBody, Relay, Source, StreamEnd, Usage, usage_in_json};
+use super::DataPlane;
 use crate::config::LimitsConfig;
+use crate::data::admit::Grant;
+use crate::data::body::{ProxyBody, Relay, Source, StreamEnd, Usage, usage_in_json};
+use crate::data::keycache::CachedKey;
+use crate::data::recorder::Recorder;
+use crate::data::request::ParsedRequest;
+use crate::data::route::Route;
 use crate::error::{ProxyError, apply_rate_limit_headers};
-use crate::keycache::CachedKey;
+use crate::http::{ReadError, json_response, read_capped, set_request_id};
 use crate::metrics::UpstreamLabels;
 use crate::mock;
-use crate::pipeline::{json_response, set_request_id};
-use crate::recorder::Recorder;
-use crate::request::ParsedRequest;
-use crate::route::Route;
-use crate::state::AppState;
 use crate::upstream::{self, Upstream};
 
 /// Everything the forward stage needs about an admitted request.
@@ -45,7 +45,7 @@ pub struct Call {
     /// Client `OpenAI-Beta` header.
     pub openai_beta: Option<HeaderValue>,
     /// The screened request's safety context (`None`: not screened).
-    pub safety: Option<crate::safety::RequestSafety>,
+    pub safety: Option<crate::data::safety::RequestSafety>,
 }
 
 /// Reads a request body within the size cap and read timeout.
@@ -63,51 +63,8 @@ pub async fn read_request_body(body: Incoming, limits: &LimitsConfig) -> Result<
     }
 }
 
-pub(crate) enum ReadError {
-    TooLarge,
-    Broken,
-    Idle,
-}
-
-/// Reads a whole body up to `cap` bytes, optionally with an idle timeout between frames.
-/// The common single-frame body is returned without copying.
-pub(crate) async fn read_capped(
-    mut body: Incoming,
-    cap: usize,
-    idle: Option<Duration>,
-) -> Result<Bytes, ReadError> {
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    loop {
-        let next = match idle {
-            Some(d) => tokio::time::timeout(d, body.frame())
-                .await
-                .map_err(|_| ReadError::Idle)?,
-            None => body.frame().await,
-        };
-        let Some(frame) = next else { break };
-        let frame = frame.map_err(|_| ReadError::Broken)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + data.len();
-        if total > cap {
-            return Err(ReadError::TooLarge);
-        }
-        match first.take() {
-            None if buf.is_empty() => first = Some(data),
-            None => buf.extend_from_slice(&data),
-            Some(f) => {
-                buf.extend_from_slice(&f);
-                buf.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
-}
-
 /// Answers `GET /v1/models` locally with the models this key may use.
-pub fn list_models(state: &AppState, rec: &mut Recorder, key: &CachedKey) -> Response<ProxyBody> {
+pub fn list_models(state: &DataPlane, rec: &mut Recorder, key: &CachedKey) -> Response<ProxyBody> {
     let allowed: Vec<&str> = state
         .router
         .models()
@@ -137,7 +94,7 @@ enum ReplyBody {
 
 /// Sends an admitted request upstream and relays the answer.
 pub async fn forward(
-    state: &Arc<AppState>,
+    state: &Arc<DataPlane>,
     rec: &mut Recorder,
     mut call: Call,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -205,7 +162,7 @@ pub async fn forward(
             .safety
             .as_ref()
             .filter(|_| success)
-            .and_then(crate::safety::RequestSafety::stream_guard);
+            .and_then(crate::data::safety::RequestSafety::stream_guard);
         let finisher = Finisher {
             state: Arc::clone(state),
             rec: rec.take(),
@@ -273,7 +230,7 @@ pub async fn forward(
     };
     if output_blocked {
         // The upstream was paid for the answer; the client gets an error instead of it.
-        let err = crate::recorder::deny(
+        let err = crate::data::recorder::deny(
             &mut finisher.rec,
             stormwall_types::RejectReason::ContentPolicy,
         );
@@ -296,7 +253,7 @@ pub async fn forward(
 
 /// Settles a request when its response is complete.
 struct Finisher {
-    state: Arc<AppState>,
+    state: Arc<DataPlane>,
     rec: Recorder,
     admission: Grant,
     model: String,
@@ -311,13 +268,13 @@ struct Finisher {
 /// Screens a non-streamed answer (chat, completions and responses text; images'
 /// `revised_prompt`) and records the verdicts; `true` when it must be withheld.
 async fn screen_output(
-    state: &Arc<AppState>,
+    state: &Arc<DataPlane>,
     rec: &mut Recorder,
-    s: &crate::safety::RequestSafety,
+    s: &crate::data::safety::RequestSafety,
     endpoint: stormwall_types::Endpoint,
     body: &[u8],
 ) -> bool {
-    let Some((text, kind)) = crate::safety::output_text(endpoint, body) else {
+    let Some((text, kind)) = crate::data::safety::output_text(endpoint, body) else {
         return false;
     };
     let text: Arc<str> = text.into();
@@ -326,8 +283,8 @@ async fn screen_output(
         .analyze(Arc::clone(&text))
         .await
         .decide(kind, &s.profile);
-    crate::safety::count(&state.metrics, "output", &verdict);
-    rec.event().safety.extend(crate::safety::record(
+    crate::data::safety::count(&state.metrics, "output", &verdict);
+    rec.event().safety.extend(crate::data::safety::record(
         &verdict, "output", &text, 0, &s.profile,
     ));
     verdict.is_blocked()
@@ -336,10 +293,10 @@ async fn screen_output(
 impl Finisher {
     fn stream_ended(mut self, end: StreamEnd) {
         if let Some((verdict, notes)) = end.output_safety {
-            crate::safety::count(&self.state.metrics, "output", &verdict);
+            crate::data::safety::count(&self.state.metrics, "output", &verdict);
             self.rec.event().safety.extend(notes);
             if end.outcome == StreamOutcome::ContentBlocked {
-                let err = crate::recorder::deny(
+                let err = crate::data::recorder::deny(
                     &mut self.rec,
                     stormwall_types::RejectReason::ContentPolicy,
                 );
@@ -398,11 +355,11 @@ impl Finisher {
             e.error_code = Some("upstream_stream_interrupted".to_owned());
         }
         let status = if outcome == Some(StreamOutcome::ClientDisconnected) {
-            crate::recorder::CLIENT_CLOSED
+            crate::data::recorder::CLIENT_CLOSED
         } else {
             self.status
         };
-        crate::safety::finish_event(self.rec, status, self.pending);
+        crate::data::safety::finish_event(self.rec, status, self.pending);
     }
 }
 
@@ -430,7 +387,7 @@ fn mock_reply(call: &Call) -> UpstreamReply {
 }
 
 async fn send(
-    state: &AppState,
+    state: &DataPlane,
     call: &Call,
     target: upstream::Target,
 ) -> Result<UpstreamReply, ProxyError> {

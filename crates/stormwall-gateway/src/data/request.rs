@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use stormwall_types::Endpoint;
 
-use crate::digest::{PromptDigest, PromptDigester};
+use crate::data::digest::{PromptDigest, PromptDigester};
 
 /// Why a body cannot be proxied. Fixed messages only: never echo client input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
