@@ -253,6 +253,12 @@ pub async fn forward(
     } else {
         (None, None)
     };
+    // Images are charged for what the answer holds; the request's `n` only when the
+    // answer cannot be read (settle charges nothing for a failed call either way).
+    let images = match call.parsed.images {
+        Some(requested) if success => Some(images_in_json(&body).unwrap_or(requested)),
+        other => other,
+    };
     let output_blocked = match &call.safety {
         Some(s) if success && s.stage.screens_output() => {
             screen_output(state, rec, s, call.route.endpoint, &body).await
@@ -265,7 +271,7 @@ pub async fn forward(
         rec: rec.take(),
         admission: call.admission,
         model: call.model,
-        images: call.parsed.images,
+        images,
         estimated_input: call.parsed.estimated_input_tokens,
         success,
         status: reply.status.as_u16(),
@@ -292,6 +298,16 @@ pub async fn forward(
     apply_rate_limit_headers(resp.headers_mut(), &info);
     set_request_id(&mut resp, &id);
     Ok(resp)
+}
+
+/// How many images an images answer holds (its `data` entries), when it parses as one.
+fn images_in_json(body: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Images {
+        data: Vec<serde::de::IgnoredAny>,
+    }
+    let images: Images = serde_json::from_slice(body).ok()?;
+    Some(u32::try_from(images.data.len()).unwrap_or(u32::MAX))
 }
 
 /// Settles a request when its response is complete.

@@ -31,7 +31,7 @@ const REPLY_TOKENS: [&str; 12] = [
 
 /// The revised prompt attached to every generated image.
 const IMAGE_REVISED_PROMPT: &str =
-    "A plain grey square: a mock image from Stormwall's test upstream.";
+    "A plain grey square: a placeholder image from Stormwall's test upstream.";
 
 /// Length of every synthetic embedding vector; small so bodies stay cheap to build and parse.
 const EMBEDDING_DIMENSIONS: usize = 8;

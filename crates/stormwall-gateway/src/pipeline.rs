@@ -98,19 +98,8 @@ async fn proxy(
 
     // 4. read and parse the body
     let body = forward::read_request_body(body, &state.limits).await?;
-    let parsed = request::parse(&body, route.endpoint, &state.digester).map_err(|e| {
-        rec.event().deny(RejectReason::BadRequest);
-        ProxyError::Rejected {
-            reason: RejectReason::BadRequest,
-            limits: None,
-            detail: Some(match e {
-                request::BodyError::InvalidJson => {
-                    "The request body is not valid JSON for this endpoint."
-                }
-                request::BodyError::MissingModel => "The request body must name a model.",
-            }),
-        }
-    })?;
+    let parsed =
+        request::parse(&body, route.endpoint, &state.digester).map_err(|e| bad_request(rec, e))?;
     parsed.note_into(rec.event());
     rec.event().prompt_credentials = credentials_in(state, &body);
     rec.event().safety.extend(parsed.roleplay_verdict());
@@ -118,14 +107,7 @@ async fn proxy(
         .deployment
         .clone()
         .or_else(|| parsed.model.clone())
-        .ok_or_else(|| {
-            rec.event().deny(RejectReason::BadRequest);
-            ProxyError::Rejected {
-                reason: RejectReason::BadRequest,
-                limits: None,
-                detail: Some("The request body must name a model."),
-            }
-        })?;
+        .ok_or_else(|| bad_request(rec, request::BodyError::MissingModel))?;
     rec.event().model = Some(model.clone());
     if !scope.allows_model(&model) {
         return Err(deny(rec, RejectReason::ModelNotAllowed));
@@ -135,6 +117,9 @@ async fn proxy(
         .route(&model)
         .cloned()
         .ok_or_else(|| deny(rec, RejectReason::NoRoute))?;
+    parsed
+        .check_counts(route.endpoint, &model)
+        .map_err(|e| bad_request(rec, e))?;
 
     // 5. admit
     let output_reserve = parsed.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE_TOKENS);
@@ -174,6 +159,16 @@ async fn proxy(
         },
     )
     .await
+}
+
+/// Refuses a body the gateway cannot proxy: 400 with the error's fixed message.
+fn bad_request(rec: &mut Recorder, e: request::BodyError) -> ProxyError {
+    rec.event().deny(RejectReason::BadRequest);
+    ProxyError::Rejected {
+        reason: RejectReason::BadRequest,
+        limits: None,
+        detail: Some(e.message()),
+    }
 }
 
 /// The screen-request stage: the prompt under the key's profile, then the enforce-mode

@@ -984,6 +984,121 @@ async fn bad_requests_get_openai_shaped_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_counts_are_refused_naming_the_field_and_cost_nothing() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            "/v1/images/generations",
+            json!({"model": "dall-e-3", "prompt": "a lighthouse", "n": 2}),
+            "'n'",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "n": 129, "messages": hi}),
+            "'n'",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-4o-mini", "prompt": "hi", "best_of": 21}),
+            "'best_of'",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": vec!["x"; 2049]}),
+            "'input'",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "builtin-model", "prompt": "a lighthouse", "n": 0}),
+            "'n'",
+        ),
+        // The built-in mock would build two million images.
+        (
+            "/v1/images/generations",
+            json!({"model": "builtin-model", "prompt": "a lighthouse", "n": 2_000_000}),
+            "'n'",
+        ),
+    ];
+    for (path, body, field) in &cases {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            h.post(path, &key, &body.to_string(), None),
+        )
+        .await
+        .expect("answered");
+        assert_eq!(
+            (r.status.as_u16(), code(&r).as_str()),
+            (400, "invalid_request"),
+            "{path}: {}",
+            r.text()
+        );
+        let v = r.json().unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(h.upstream.request_count(), 0, "nothing reached an upstream");
+    // In range still passes; one token array is one embeddings input, however long.
+    let tokens = json!({"model": "text-embedding-3-small", "input": vec![1; 3000]});
+    let r = h
+        .post("/v1/embeddings", &key, &tokens.to_string(), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ten = json!({"model": "builtin-model", "prompt": "a lighthouse", "n": 10});
+    let r = h
+        .post("/v1/images/generations", &key, &ten.to_string(), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["data"].as_array().unwrap().len(), 10);
+    let events = h.events(cases.len() + 2).await;
+    for e in &events[..cases.len()] {
+        assert_eq!(e.status, 400);
+        assert_eq!(e.reject_reason, Some(RejectReason::BadRequest));
+        assert_eq!(e.cost_usd, 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_charged_for_what_the_answer_holds() {
+    let h = harness_with(|c| {
+        if let UpstreamConfig::Openai { models, .. } = &mut c.upstreams[0] {
+            models.push("dall-e-2".into());
+        }
+    })
+    .await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let three = json!({"model": "dall-e-2", "prompt": "a quiet harbour", "n": 3}).to_string();
+    // The upstream made one of the three images asked for ($0.02 each).
+    h.upstream.push_fault(Fault::Response {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: json!({"created": 1, "data": [{"url": "https://images.example/1.png"}]}).to_string(),
+    });
+    let r = h.post("/v1/images/generations", &key, &three, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // An upstream error serves nothing and costs nothing.
+    h.upstream.push_fault(Fault::server_error());
+    let r = h.post("/v1/images/generations", &key, &three, None).await;
+    assert_eq!(r.status, 500);
+    let r = h.post("/v1/images/generations", &key, &three, None).await;
+    assert_eq!(r.json().unwrap()["data"].as_array().unwrap().len(), 3);
+    let events = h.events(3).await;
+    assert!(
+        (events[0].cost_usd - 0.02).abs() < 1e-9,
+        "charged {}",
+        events[0].cost_usd
+    );
+    assert_eq!(events[0].images, Some(3), "the event keeps what was asked");
+    assert_eq!(events[1].cost_usd, 0.0);
+    assert!((events[2].cost_usd - 0.06).abs() < 1e-9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_and_resume_take_effect_on_the_next_request() {
     let h = harness().await;
     let (key, id) = h.key(json!({"tenant": "t"})).await;
