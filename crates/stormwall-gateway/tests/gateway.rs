@@ -984,6 +984,43 @@ async fn bad_requests_get_openai_shaped_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_over_the_cap_is_refused_before_the_body_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness_with(|c| c.limits.max_request_body_bytes = 4096).await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let mut conn = tokio::net::TcpStream::connect(h.proxy.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // Headers only: the promised gigabyte never comes.
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: 1000000000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Upper bound on the wait, far below the 60 s body read timeout.
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the body was still owed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let e = &h.events(1).await[0];
+    assert_eq!(e.status, 413);
+    assert_eq!(e.reject_reason, Some(RejectReason::BadRequest));
+    assert_eq!(e.error_code.as_deref(), Some("request_too_large"));
+    assert_eq!(h.upstream.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_range_counts_are_refused_naming_the_field_and_cost_nothing() {
     let h = harness().await;
     let (key, _) = h.key(json!({"tenant": "t"})).await;
