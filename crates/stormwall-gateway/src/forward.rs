@@ -127,6 +127,29 @@ pub fn list_models(state: &AppState, rec: &mut Recorder, key: &CachedKey) -> Res
     resp
 }
 
+/// Answers `GET /v1/models/{model}` locally: the model object when the routing table
+/// serves it and the key may use it; otherwise the same 404 `model_not_found` for both,
+/// so a key learns nothing about models outside its scope.
+pub fn retrieve_model(
+    state: &AppState,
+    rec: &mut Recorder,
+    key: &CachedKey,
+    id: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    rec.event().model = Some(id.to_owned());
+    if !key.record.scope.allows_model(id) || state.router.route(id).is_none() {
+        return Err(crate::recorder::deny(
+            rec,
+            stormwall_types::RejectReason::NoRoute,
+        ));
+    }
+    let body = mock::model_object(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
+    let mut resp = json_response(StatusCode::OK, body);
+    set_request_id(&mut resp, rec.id());
+    rec.take().finish(200);
+    Ok(resp)
+}
+
 /// What came back from upstream, before relaying.
 struct UpstreamReply {
     status: StatusCode,

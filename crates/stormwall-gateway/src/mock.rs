@@ -116,15 +116,29 @@ pub fn respond(req: &MockRequest<'_>) -> MockReply {
     })
 }
 
+/// One model object, as `GET /v1/models` lists it and `GET /v1/models/{model}` returns it.
+#[derive(Serialize)]
+struct Model<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
+impl<'a> Model<'a> {
+    fn new(id: &'a str) -> Self {
+        Model {
+            id,
+            object: "model",
+            // A fixed date, like the real API's per-model creation times.
+            created: 1_700_000_000,
+            owned_by: "system",
+        }
+    }
+}
+
 /// The `GET /v1/models` body listing `models`.
 pub fn models_list(models: &[&str]) -> Bytes {
-    #[derive(Serialize)]
-    struct Model<'a> {
-        id: &'a str,
-        object: &'static str,
-        created: i64,
-        owned_by: &'static str,
-    }
     #[derive(Serialize)]
     struct List<'a> {
         object: &'static str,
@@ -132,19 +146,15 @@ pub fn models_list(models: &[&str]) -> Bytes {
     }
     let list = List {
         object: "list",
-        data: models
-            .iter()
-            .map(|id| Model {
-                id,
-                object: "model",
-                // A fixed date, like the real API's per-model creation times.
-                created: 1_700_000_000,
-                owned_by: "system",
-            })
-            .collect(),
+        data: models.iter().map(|id| Model::new(id)).collect(),
     };
     // An empty list is still a valid answer should serialization ever fail.
     to_json(&list).unwrap_or_else(|_| Bytes::from_static(br#"{"object":"list","data":[]}"#))
+}
+
+/// The `GET /v1/models/{model}` body for `id`.
+pub fn model_object(id: &str) -> Built<Bytes> {
+    to_json(&Model::new(id))
 }
 
 fn json(body: Bytes) -> MockReply {
@@ -163,7 +173,8 @@ fn sse(events: Vec<Bytes>) -> MockReply {
     }
 }
 
-type Built<T> = Result<T, serde_json::Error>;
+/// A body built by serialization (which cannot fail for these plain structs).
+pub type Built<T> = Result<T, serde_json::Error>;
 
 fn to_json<T: Serialize>(value: &T) -> Built<Bytes> {
     serde_json::to_vec(value).map(Bytes::from)
@@ -1231,6 +1242,15 @@ mod tests {
         assert_eq!(done["usage"]["output_tokens"], 12);
         assert_eq!(done["usage"]["total_tokens"], 33);
         assert_eq!(done["output"][0]["content"][0]["text"], text);
+    }
+
+    #[test]
+    fn model_object_shape() {
+        let v: Value = serde_json::from_slice(&model_object("gpt-4o").unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "gpt-4o", "object": "model", "created": 1_700_000_000, "owned_by": "system"})
+        );
     }
 
     #[test]

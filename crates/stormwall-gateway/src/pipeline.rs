@@ -93,7 +93,10 @@ async fn proxy(
         return Err(deny(rec, RejectReason::NetworkNotAllowed));
     }
     if route.endpoint == Endpoint::Models {
-        return Ok(forward::list_models(state, rec, &key));
+        return match &route.model {
+            None => Ok(forward::list_models(state, rec, &key)),
+            Some(id) => forward::retrieve_model(state, rec, &key, id),
+        };
     }
 
     // 4. read and parse the body

@@ -15,6 +15,8 @@ pub struct Route {
     pub deployment: Option<String>,
     /// Azure `api-version`.
     pub api_version: Option<String>,
+    /// The model named in the path of `GET /v1/models/{model}` (percent-decoded).
+    pub model: Option<String>,
 }
 
 /// Longest deployment name accepted (Azure allows 64).
@@ -24,6 +26,15 @@ const MAX_DEPLOYMENT_LEN: usize = 64;
 pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Option<Route> {
     let path = path.strip_suffix('/').unwrap_or(path);
     if let Some(rest) = path.strip_prefix("/v1/") {
+        if let (&Method::GET, Some(id)) = (method, rest.strip_prefix("models/")) {
+            return Some(Route {
+                endpoint: Endpoint::Models,
+                flavor: ApiFlavor::Openai,
+                deployment: None,
+                api_version: None,
+                model: Some(model_id(id)?),
+            });
+        }
         let endpoint = match (method, rest) {
             (&Method::POST, "chat/completions") => Endpoint::ChatCompletions,
             (&Method::POST, "completions") => Endpoint::Completions,
@@ -38,6 +49,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Option<Rout
             flavor: ApiFlavor::Openai,
             deployment: None,
             api_version: None,
+            model: None,
         });
     }
     let api_version = query.and_then(api_version_param);
@@ -64,6 +76,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Option<Rout
             flavor: ApiFlavor::Azure,
             deployment: Some(deployment.to_owned()),
             api_version,
+            model: None,
         });
     }
     let endpoint = match (method, path) {
@@ -76,7 +89,35 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Option<Rout
         flavor: ApiFlavor::Azure,
         deployment: None,
         api_version,
+        model: None,
     })
+}
+
+/// Longest model id accepted in a path.
+const MAX_MODEL_ID_LEN: usize = 256;
+
+/// A model id from a path segment, percent-decoded (the SDKs encode `:` in fine-tuned
+/// ids); `None` when empty, too long, badly encoded, not UTF-8 or holding control characters.
+fn model_id(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let id = String::from_utf8(out).ok()?;
+    (!id.is_empty() && id.len() <= MAX_MODEL_ID_LEN && !id.chars().any(char::is_control))
+        .then_some(id)
 }
 
 fn api_version_param(query: &str) -> Option<String> {
@@ -105,6 +146,36 @@ mod tests {
         );
         assert!(classify(&Method::GET, "/v1/chat/completions", None).is_none());
         assert!(classify(&Method::POST, "/v2/chat/completions", None).is_none());
+    }
+
+    #[test]
+    fn model_retrieve_path() {
+        let r = classify(&Method::GET, "/v1/models/gpt-4o-mini", None).unwrap();
+        assert_eq!(r.endpoint, Endpoint::Models);
+        assert_eq!(r.model.as_deref(), Some("gpt-4o-mini"));
+        let r = classify(
+            &Method::GET,
+            "/v1/models/ft%3Agpt-4o-mini%3Aacme%3A%3Ax1",
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("ft:gpt-4o-mini:acme::x1"));
+        assert_eq!(
+            classify(&Method::GET, "/v1/models/", None).unwrap().model,
+            None
+        );
+        assert!(classify(&Method::POST, "/v1/models/gpt-4o", None).is_none());
+        for bad in [
+            "/v1/models//",
+            "/v1/models/%zz",
+            "/v1/models/%+f",
+            "/v1/models/%0a",
+            "/v1/models/%ff",
+        ] {
+            assert!(classify(&Method::GET, bad, None).is_none(), "{bad}");
+        }
+        let long = format!("/v1/models/{}", "m".repeat(257));
+        assert!(classify(&Method::GET, &long, None).is_none());
     }
 
     #[test]

@@ -672,6 +672,60 @@ async fn scope_limits_models_endpoints_and_the_model_list() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_is_retrieved_only_within_the_keys_scope() {
+    let h = harness().await;
+    let (key, _) = h
+        .key(json!({"tenant": "t", "scope": {"models": ["gpt-4o-mini", "builtin-model"]}}))
+        .await;
+    let get = |path: String, key: String| {
+        let url = format!("{}{path}", h.proxy);
+        async move {
+            let auth = format!("Bearer {key}");
+            http_request("GET", &url, &[("authorization", &auth)], "", None)
+                .await
+                .unwrap()
+        }
+    };
+    let r = get("/v1/models/gpt-4o-mini".into(), key.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json().unwrap();
+    assert_eq!(v["id"], "gpt-4o-mini");
+    assert_eq!(v["object"], "model");
+    assert!(v["created"].is_i64() && v["owned_by"].is_string());
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(
+        get("/v1/models/builtin-model".into(), key.clone())
+            .await
+            .status,
+        200
+    );
+    // Routed but out of scope, and not routed at all: one answer, as OpenAI gives.
+    let out_of_scope = get("/v1/models/gpt-4o".into(), key.clone()).await;
+    let unknown = get("/v1/models/no-such-model".into(), key.clone()).await;
+    for r in [&out_of_scope, &unknown] {
+        assert_eq!(
+            (r.status.as_u16(), code(r).as_str()),
+            (404, "model_not_found")
+        );
+        assert_eq!(r.json().unwrap()["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(out_of_scope.body, unknown.body);
+    let (listing_only, _) = h
+        .key(json!({"tenant": "t", "scope": {"endpoints": ["chat_completions"]}}))
+        .await;
+    let r = get("/v1/models/gpt-4o-mini".into(), listing_only).await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (403, "endpoint_not_allowed")
+    );
+    assert_eq!(h.upstream.request_count(), 0, "answered locally");
+    let events = h.events(5).await;
+    assert_eq!(events[0].model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(events[0].status, 200);
+    assert_eq!(events[2].reject_reason, Some(RejectReason::NoRoute));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cidr_binding_admits_only_the_bound_network() {
     let h = harness().await;
     let (key, _) = h
