@@ -461,6 +461,8 @@ fn mock_reply(call: &Call) -> UpstreamReply {
         max_tokens: call.parsed.max_tokens,
         inputs: call.parsed.inputs,
         images: call.parsed.images.unwrap_or(1),
+        base64: call.parsed.base64,
+        dimensions: call.parsed.dimensions,
     };
     let reply = mock::respond(&req);
     UpstreamReply {

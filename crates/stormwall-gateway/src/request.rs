@@ -81,6 +81,10 @@ pub struct ParsedRequest {
     pub n: Option<i64>,
     /// `best_of` as sent (completions).
     pub best_of: Option<i64>,
+    /// Embeddings `encoding_format: "base64"` (for the built-in mock's answer).
+    pub base64: bool,
+    /// Embeddings `dimensions`, when a whole number (for the built-in mock's answer).
+    pub dimensions: Option<u64>,
     /// Number of embedding inputs.
     pub inputs: usize,
     /// Input tokens estimated from the text seen.
@@ -176,6 +180,11 @@ struct Fields<'a> {
     n: Option<i64>,
     #[serde(default)]
     best_of: Option<i64>,
+    // Raw, so that an odd value is the upstream's to refuse, as before these were read.
+    #[serde(borrow, default)]
+    encoding_format: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dimensions: Option<&'a RawValue>,
     #[serde(borrow, default)]
     messages: Option<Vec<Message<'a>>>,
     #[serde(borrow, default)]
@@ -279,6 +288,8 @@ pub fn parse(
             .then(|| u32::try_from(f.n.unwrap_or(1).max(0)).unwrap_or(u32::MAX)),
         n: f.n,
         best_of: f.best_of,
+        base64: f.encoding_format.is_some_and(|v| v.get() == r#""base64""#),
+        dimensions: f.dimensions.and_then(|v| v.get().parse().ok()),
         inputs,
         estimated_input_tokens: estimate_tokens(texts.chars, texts.messages),
         digest: PromptDigest {
@@ -443,6 +454,24 @@ mod tests {
         let r = p(r#"{"model":"e","input":"a"}"#, Endpoint::Embeddings).unwrap();
         assert_eq!(r.inputs, 1);
         assert!(r.prompt_text.is_empty(), "embeddings input is not screened");
+    }
+
+    #[test]
+    fn embeddings_encoding_and_dimensions() {
+        let r = p(
+            r#"{"model":"e","input":"a","encoding_format":"base64","dimensions":256}"#,
+            Endpoint::Embeddings,
+        )
+        .unwrap();
+        assert!(r.base64);
+        assert_eq!(r.dimensions, Some(256));
+        let r = p(
+            r#"{"model":"e","input":"a","encoding_format":"float","dimensions":"x"}"#,
+            Endpoint::Embeddings,
+        )
+        .unwrap();
+        assert!(!r.base64);
+        assert_eq!(r.dimensions, None, "an odd value is left to the upstream");
     }
 
     #[test]

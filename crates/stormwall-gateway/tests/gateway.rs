@@ -1426,6 +1426,55 @@ async fn built_in_mock_upstream_serves_without_a_network() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_mock_embeddings_honour_base64_and_dimensions() {
+    use base64::Engine as _;
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let embed = |extra: Value| {
+        let mut body = json!({"model": "builtin-model", "input": ["first", "second"]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let key = key.clone();
+        let h = &h;
+        async move {
+            let r = h
+                .post("/v1/embeddings", &key, &body.to_string(), None)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json().unwrap()
+        }
+    };
+    let plain = embed(json!({})).await;
+    let as_floats = |v: &Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let floats = as_floats(&plain["data"][1]["embedding"]);
+    assert_eq!(floats.len(), 1536);
+    assert!(floats.iter().all(|x| *x != 0.0));
+    // What the npm SDK sends by default, and decodes as little-endian f32s.
+    let b64 = embed(json!({"encoding_format": "base64"})).await;
+    assert_eq!(b64["data"].as_array().unwrap().len(), 2);
+    let text = b64["data"][1]["embedding"]
+        .as_str()
+        .expect("a base64 string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(decoded, floats);
+    let explicit = embed(json!({"encoding_format": "float", "dimensions": 256})).await;
+    assert_eq!(as_floats(&explicit["data"][0]["embedding"]).len(), 256);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_or_prompt_text_reaches_the_logs() {
     use std::io::Write;
     #[derive(Clone, Default)]
