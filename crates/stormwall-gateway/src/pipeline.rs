@@ -67,9 +67,19 @@ async fn proxy(
     }
 
     // 1. route
-    let route = route::classify(&parts.method, parts.uri.path(), parts.uri.query())
+    let mut route = route::classify(&parts.method, parts.uri.path(), parts.uri.query())
         .ok_or_else(|| deny(rec, RejectReason::NotFound))?;
+    if route.api_version_error == Some(route::ApiVersionError::Missing)
+        && let Some(v) = &state.azure_default_api_version
+    {
+        route.api_version = Some(v.clone());
+        route.api_version_error = None;
+    }
     note_route(rec, &route);
+    if let Some(e) = route.api_version_error {
+        rec.event().deny(RejectReason::BadRequest);
+        return Err(ProxyError::ApiVersion(e));
+    }
 
     // 2. authenticate
     let key = match authenticate(state, &parts.headers, rec) {

@@ -70,6 +70,11 @@ pub enum StartError {
         /// `key_refresh_secs`.
         refresh: u64,
     },
+    /// `[server] azure_default_api_version` is not a dated version.
+    #[error(
+        "[server] azure_default_api_version ({0:?}) must be a dated version: YYYY-MM-DD, optionally followed by a suffix such as -preview"
+    )]
+    AzureApiVersion(String),
     /// `[detect]` or `[response]` is invalid.
     #[error(transparent)]
     Detect(#[from] stormwall_detect::ConfigError),
@@ -87,6 +92,7 @@ pub fn check_config(
         return Err(StartError::NoUpstreams);
     }
     check_stale_bound(&config.server)?;
+    check_default_api_version(&config.server)?;
     Router::from_config(&config.upstreams, env)?;
     IpDb::load(&config.ipdb)?;
     if config.leak_reports.enabled {
@@ -96,6 +102,15 @@ pub fn check_config(
     crate::detection::engine_config(&config.detect, &config.response, &config.ipdb)?;
     crate::webhook::parse_config(&config.alerts, env)?;
     Ok(())
+}
+
+fn check_default_api_version(server: &crate::config::ServerConfig) -> Result<(), StartError> {
+    match &server.azure_default_api_version {
+        Some(v) if !crate::route::is_dated_api_version(v) => {
+            Err(StartError::AzureApiVersion(v.clone()))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_stale_bound(server: &crate::config::ServerConfig) -> Result<(), StartError> {
@@ -177,6 +192,7 @@ pub async fn start_with(
         return Err(StartError::NoUpstreams);
     }
     check_stale_bound(&config.server)?;
+    check_default_api_version(&config.server)?;
     let router = Router::from_config(&config.upstreams, env)?;
     let ipdb = IpDb::load(&config.ipdb)?;
     let leak_reports = if config.leak_reports.enabled {
@@ -241,6 +257,7 @@ pub async fn start_with(
         limits: config.limits.clone(),
         key_max_stale_secs: config.server.key_cache_max_stale_secs,
         trusted_proxies: config.server.trusted_proxies.clone(),
+        azure_default_api_version: config.server.azure_default_api_version.clone(),
         keys,
         router,
         ipdb,

@@ -471,6 +471,104 @@ async fn azure_dialect_reaches_openai_and_azure_upstreams() {
     assert_eq!(events[1].system.as_deref(), Some("az.ai.openai"));
 }
 
+/// An Azure-dialect call with the `api-key` header.
+async fn azure_call(h: &Harness, key: &str, method: &str, path_and_query: &str) -> TestResponse {
+    let body = json!({"model": "gpt-4o-mini", "input": "hi",
+                      "messages": [{"role": "user", "content": "hi"}]});
+    http_request(
+        method,
+        &format!("{}{path_and_query}", h.proxy),
+        &[("api-key", key), ("content-type", "application/json")],
+        if method == "GET" {
+            String::new()
+        } else {
+            body.to_string()
+        },
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_dated_routes_refuse_a_missing_or_malformed_api_version() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let chat = "/openai/deployments/gpt-4o-mini/chat/completions";
+    let refused = [
+        ("POST", chat.to_owned()),
+        ("POST", format!("{chat}?api-version=")),
+        ("POST", format!("{chat}?api-version=latest-and-greatest")),
+        ("POST", format!("{chat}?api-version=2024-13-45")),
+        ("GET", "/openai/models".to_owned()),
+        ("GET", "/openai/deployments".to_owned()),
+        ("POST", "/openai/responses".to_owned()),
+        (
+            "POST",
+            "/openai/responses?api-version=%3Cscript%3E".to_owned(),
+        ),
+    ];
+    for (method, path) in &refused {
+        let r = azure_call(&h, &key, method, path).await;
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
+        let v = r.json().unwrap();
+        assert_eq!(v["error"]["code"], "BadRequest", "Azure's code");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("api-version"), "{message}");
+        assert!(!message.contains("script"), "the value is not echoed");
+    }
+    assert_eq!(h.upstream.request_count(), 0);
+    // A dated version passes, and the /openai/v1 surface takes none.
+    for (method, path) in [
+        ("POST", format!("{chat}?api-version=2025-04-01-preview")),
+        ("GET", "/openai/models?api-version=2024-10-21".to_owned()),
+        ("POST", "/openai/v1/responses".to_owned()),
+    ] {
+        let r = azure_call(&h, &key, method, &path).await;
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+    }
+    let events = h.events(refused.len() + 3).await;
+    for e in &events[..refused.len()] {
+        assert_eq!(e.status, 400);
+        assert_eq!(e.reject_reason, Some(RejectReason::BadRequest));
+        assert_eq!(e.error_code.as_deref(), Some("BadRequest"));
+        assert_eq!(e.api_version, None);
+    }
+    assert_eq!(
+        events[refused.len()].api_version.as_deref(),
+        Some("2025-04-01-preview")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_default_api_version_fills_in_a_missing_one() {
+    let h = harness_with(|c| {
+        c.server.azure_default_api_version = Some("2024-10-21".into());
+    })
+    .await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let chat = "/openai/deployments/gpt-4o-mini/chat/completions";
+    let r = azure_call(&h, &key, "POST", chat).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Only a missing one: a malformed version is still the client's error.
+    let r = azure_call(&h, &key, "POST", &format!("{chat}?api-version=v2")).await;
+    assert_eq!(r.status, 400);
+    let events = h.events(2).await;
+    assert_eq!(events[0].api_version.as_deref(), Some("2024-10-21"));
+
+    let mut config = h.config.clone();
+    for bad in ["", "2024-10", "yesterday", "2024-10-21 "] {
+        config.server.azure_default_api_version = Some(bad.into());
+        let err = stormwall_gateway::check_config(&config, &env).unwrap_err();
+        assert!(
+            err.to_string().contains("azure_default_api_version"),
+            "{bad:?}: {err}"
+        );
+    }
+    config.server.azure_default_api_version = Some("2025-04-01-preview".into());
+    stormwall_gateway::check_config(&config, &env).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_relayed_with_usage_from_the_final_chunk() {
     let h = harness().await;
