@@ -1438,6 +1438,74 @@ async fn admin_api_requires_the_token_and_serves_keys_events_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_events_refuse_a_malformed_after_cursor() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    h.chat(&key, "gpt-4o-mini").await;
+    h.events(1).await;
+    let long = "0".repeat(129);
+    for bad in [
+        "",
+        "%20",
+        "0194bd2e%207a1b",
+        "a%0Ab",
+        "caf%C3%A9",
+        long.as_str(),
+    ] {
+        let r = h
+            .admin_call("GET", &format!("/admin/events?after={bad}"), Value::Null)
+            .await;
+        assert_eq!(r.status, 400, "after={bad}: {}", r.text());
+        let v = r.json().unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("after "),
+            "{}",
+            r.text()
+        );
+    }
+    // Imported events keep their own ids; each is a valid cursor, so paging never refuses
+    // its own next_after.
+    let at = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let imported: Vec<UsageEvent> = ["hist-0001", "hist-0002"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            UsageEvent::new(
+                id.into(),
+                at + time::Duration::seconds(i as i64),
+                "127.0.0.9".parse().unwrap(),
+                "POST",
+                "/v1/chat/completions",
+            )
+        })
+        .collect();
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "events": imported }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = h.admin_get("/admin/events?limit=1").await;
+    assert_eq!(page["next_after"], "hist-0001");
+    let page = h.admin_get("/admin/events?limit=1&after=hist-0001").await;
+    assert_eq!(page["events"][0]["event.id"], "hist-0002", "{page}");
+    // An id no cursor could name is refused at import.
+    let spaced = UsageEvent::new(
+        "hist 0003".into(),
+        at,
+        "127.0.0.9".parse().unwrap(),
+        "POST",
+        "/v1/chat/completions",
+    );
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "events": [spaced] }))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_streams_and_flushes_events() {
     let mut h = harness().await;
     let (key, _) = h.key(json!({"tenant": "t"})).await;
