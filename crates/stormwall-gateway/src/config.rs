@@ -32,6 +32,9 @@ pub struct ServerConfig {
     /// Threads serving requests; 0: one per CPU core. On a machine shared with other busy
     /// processes, fewer threads than cores spend less CPU per request.
     pub worker_threads: usize,
+    /// `api-version` assumed for an Azure request that sends none (`None`: such requests
+    /// get 400, as a dated version is required on Azure's dated routes).
+    pub azure_default_api_version: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
             key_refresh_secs: 30,
             key_cache_max_stale_secs: 900,
             worker_threads: 0,
+            azure_default_api_version: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use stormwall_types::RejectReason;
 
 use crate::data::body::ProxyBody;
+use crate::data::route::ApiVersionError;
 
 /// Rate-limit figures for `x-ratelimit-*` and `Retry-After` headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -61,6 +62,9 @@ pub enum ProxyError {
     /// The client's body took too long to arrive or broke.
     #[error("request body could not be read")]
     BodyUnreadable,
+    /// An Azure route without a usable `api-version`.
+    #[error("azure api-version missing or malformed")]
+    ApiVersion(crate::data::route::ApiVersionError),
 }
 
 impl ProxyError {
@@ -77,7 +81,9 @@ impl ProxyError {
     pub fn reject_reason(&self) -> Option<RejectReason> {
         match self {
             ProxyError::Rejected { reason, .. } => Some(*reason),
-            ProxyError::BodyTooLarge | ProxyError::BodyUnreadable => Some(RejectReason::BadRequest),
+            ProxyError::BodyTooLarge | ProxyError::BodyUnreadable | ProxyError::ApiVersion(_) => {
+                Some(RejectReason::BadRequest)
+            }
             _ => None,
         }
     }
@@ -168,6 +174,19 @@ fn describe(err: &ProxyError) -> (StatusCode, &'static str, &'static str, &'stat
             "invalid_request_error",
             "invalid_request",
             "The request body could not be read.",
+        ),
+        // Azure's code and wording, in the OpenAI shape the SDKs parse.
+        ProxyError::ApiVersion(ApiVersionError::Missing) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "BadRequest",
+            "Missing required query parameter: api-version (a dated version such as 2024-10-21).",
+        ),
+        ProxyError::ApiVersion(ApiVersionError::Malformed) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "BadRequest",
+            "API version not supported: api-version must be a date, YYYY-MM-DD, optionally followed by a suffix such as -preview.",
         ),
     }
 }

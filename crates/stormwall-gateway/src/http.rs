@@ -45,6 +45,12 @@ pub async fn read_capped(
     cap: usize,
     idle: Option<Duration>,
 ) -> Result<Bytes, ReadError> {
+    // A declared length over the cap is refused before a byte is read: waiting for a body
+    // that will be refused anyway only holds the connection (and a client's slot) open.
+    let declared = hyper::body::Body::size_hint(&body).lower();
+    if usize::try_from(declared).map_or(true, |n| n > cap) {
+        return Err(ReadError::TooLarge);
+    }
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {

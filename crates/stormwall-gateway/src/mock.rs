@@ -31,10 +31,14 @@ const REPLY_TOKENS: [&str; 12] = [
 
 /// The revised prompt attached to every generated image.
 const IMAGE_REVISED_PROMPT: &str =
-    "A plain grey square: a mock image from Stormwall's test upstream.";
+    "A plain grey square: a placeholder image from Stormwall's test upstream.";
 
-/// Length of every synthetic embedding vector; small so bodies stay cheap to build and parse.
-const EMBEDDING_DIMENSIONS: usize = 8;
+/// Vector length of embeddings models other than `text-embedding-3-large` (the length of
+/// `text-embedding-3-small` and `text-embedding-ada-002`).
+const EMBEDDING_DIMENSIONS: usize = 1536;
+
+/// Vector length of `text-embedding-3-large`.
+const LARGE_EMBEDDING_DIMENSIONS: usize = 3072;
 
 /// Reported as `system_fingerprint`, as the real API does for chat and completions.
 const SYSTEM_FINGERPRINT: &str = "fp_stormwall_mock";
@@ -67,6 +71,11 @@ pub struct MockRequest<'a> {
     pub inputs: usize,
     /// Number of images requested (`n`; 0 is treated as 1).
     pub images: u32,
+    /// Embeddings `encoding_format: "base64"`: each vector as base64 of little-endian f32s
+    /// (what the SDKs ask for by default) instead of a float array.
+    pub base64: bool,
+    /// Embeddings `dimensions`: shortened vectors (the model's full length when `None`).
+    pub dimensions: Option<u64>,
 }
 
 /// A reply body: whole, or as a sequence of server-sent events to send one by one.
@@ -99,7 +108,10 @@ pub fn respond(req: &MockRequest<'_>) -> MockReply {
         Endpoint::Completions if req.stream => completions_stream(req).map(sse),
         Endpoint::Completions => completions_full(req).map(json),
         // Embeddings and images have no streaming form; the real API ignores `stream` there.
-        Endpoint::Embeddings => embeddings(req).map(json),
+        Endpoint::Embeddings => match embedding_dimensions(req) {
+            Some(dims) => embeddings(req, dims).map(json),
+            None => Ok(invalid_dimensions(req.model)),
+        },
         Endpoint::ImagesGenerations => images(req).map(json),
         Endpoint::Responses if req.stream => responses_stream(req).map(sse),
         Endpoint::Responses => responses_full(req).map(json),
@@ -116,15 +128,29 @@ pub fn respond(req: &MockRequest<'_>) -> MockReply {
     })
 }
 
+/// One model object, as `GET /v1/models` lists it and `GET /v1/models/{model}` returns it.
+#[derive(Serialize)]
+struct Model<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
+impl<'a> Model<'a> {
+    fn new(id: &'a str) -> Self {
+        Model {
+            id,
+            object: "model",
+            // A fixed date, like the real API's per-model creation times.
+            created: 1_700_000_000,
+            owned_by: "system",
+        }
+    }
+}
+
 /// The `GET /v1/models` body listing `models`.
 pub fn models_list(models: &[&str]) -> Bytes {
-    #[derive(Serialize)]
-    struct Model<'a> {
-        id: &'a str,
-        object: &'static str,
-        created: i64,
-        owned_by: &'static str,
-    }
     #[derive(Serialize)]
     struct List<'a> {
         object: &'static str,
@@ -132,19 +158,15 @@ pub fn models_list(models: &[&str]) -> Bytes {
     }
     let list = List {
         object: "list",
-        data: models
-            .iter()
-            .map(|id| Model {
-                id,
-                object: "model",
-                // A fixed date, like the real API's per-model creation times.
-                created: 1_700_000_000,
-                owned_by: "system",
-            })
-            .collect(),
+        data: models.iter().map(|id| Model::new(id)).collect(),
     };
     // An empty list is still a valid answer should serialization ever fail.
     to_json(&list).unwrap_or_else(|_| Bytes::from_static(br#"{"object":"list","data":[]}"#))
+}
+
+/// The `GET /v1/models/{model}` body for `id`.
+pub fn model_object(id: &str) -> Built<Bytes> {
+    to_json(&Model::new(id))
 }
 
 fn json(body: Bytes) -> MockReply {
@@ -163,7 +185,8 @@ fn sse(events: Vec<Bytes>) -> MockReply {
     }
 }
 
-type Built<T> = Result<T, serde_json::Error>;
+/// A body built by serialization (which cannot fail for these plain structs).
+pub type Built<T> = Result<T, serde_json::Error>;
 
 fn to_json<T: Serialize>(value: &T) -> Built<Bytes> {
     serde_json::to_vec(value).map(Bytes::from)
@@ -519,7 +542,17 @@ struct EmbeddingList<'a> {
 struct Embedding {
     object: &'static str,
     index: usize,
-    embedding: [f32; EMBEDDING_DIMENSIONS],
+    embedding: Vector,
+}
+
+/// One embedding as the client asked for it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Vector {
+    /// `encoding_format: "float"` (the API's default).
+    Floats(Vec<f32>),
+    /// `encoding_format: "base64"`: the little-endian f32 bytes, base64-encoded.
+    Base64(String),
 }
 
 #[derive(Serialize)]
@@ -528,19 +561,83 @@ struct EmbeddingUsage {
     total_tokens: u64,
 }
 
-/// A deterministic small vector per input index, so tests can compare exact values.
-fn embedding_vector(index: usize) -> [f32; EMBEDDING_DIMENSIONS] {
-    let mut out = [0.0f32; EMBEDDING_DIMENSIONS];
-    for (dim, value) in out.iter_mut().enumerate() {
-        // A small integer hash mapped onto [-0.5, 0.5) in steps of 1/1024: exact in f32,
-        // so the values print short and round-trip bit for bit.
-        let h = (index as u32).wrapping_mul(2_654_435_761) ^ (dim as u32).wrapping_mul(40_503);
-        *value = ((h >> 7) % 1024) as f32 / 1024.0 - 0.5;
+/// The vector length to answer with: the model's own, or the `dimensions` asked for when
+/// the model can shorten to it (`None`: out of range, which the real API refuses).
+fn embedding_dimensions(req: &MockRequest<'_>) -> Option<usize> {
+    let native = native_dimensions(req.model);
+    match req.dimensions {
+        None => Some(native),
+        Some(d) => usize::try_from(d).ok().filter(|d| (1..=native).contains(d)),
     }
-    out
 }
 
-fn embeddings(req: &MockRequest<'_>) -> Built<Bytes> {
+/// The full vector length of an embeddings model.
+fn native_dimensions(model: &str) -> usize {
+    if model.starts_with("text-embedding-3-large") {
+        LARGE_EMBEDDING_DIMENSIONS
+    } else {
+        EMBEDDING_DIMENSIONS
+    }
+}
+
+/// The real API's 400 for `dimensions` the model cannot produce.
+fn invalid_dimensions(model: &str) -> MockReply {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        error: Detail<'a>,
+    }
+    #[derive(Serialize)]
+    struct Detail<'a> {
+        message: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        param: &'static str,
+        code: Option<()>,
+    }
+    let message = format!(
+        "Invalid 'dimensions': this model makes vectors of 1 to {} dimensions.",
+        native_dimensions(model)
+    );
+    let body = to_json(&Error {
+        error: Detail {
+            message: &message,
+            kind: "invalid_request_error",
+            param: "dimensions",
+            code: None,
+        },
+    })
+    .unwrap_or_else(|_| Bytes::from_static(br#"{"error":{"message":"Invalid 'dimensions'.","type":"invalid_request_error","param":"dimensions","code":null}}"#));
+    MockReply {
+        status: 400,
+        content_type: CONTENT_TYPE_JSON,
+        body: MockBody::Full(body),
+    }
+}
+
+/// A deterministic unit-length vector per input index, with no zero component, so tests
+/// can compare exact values and similarity maths behaves as on real embeddings.
+fn embedding_vector(index: usize, dims: usize) -> Vec<f32> {
+    let raw: Vec<f32> = (0..dims)
+        .map(|dim| {
+            // A small integer hash mapped onto odd multiples of 1/2048 in (-0.5, 0.5).
+            let h = (index as u32).wrapping_mul(2_654_435_761) ^ (dim as u32).wrapping_mul(40_503);
+            ((h >> 7) % 1024) as f32 / 1024.0 - 0.5 + 1.0 / 2048.0
+        })
+        .collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+    raw.into_iter().map(|x| x / norm).collect()
+}
+
+fn encode_vector(v: Vec<f32>, base64: bool) -> Vector {
+    if !base64 {
+        return Vector::Floats(v);
+    }
+    use base64::Engine as _;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn embeddings(req: &MockRequest<'_>, dims: usize) -> Built<Bytes> {
     let inputs = req.inputs.max(1);
     to_json(&EmbeddingList {
         object: "list",
@@ -548,7 +645,7 @@ fn embeddings(req: &MockRequest<'_>) -> Built<Bytes> {
             .map(|index| Embedding {
                 object: "embedding",
                 index,
-                embedding: embedding_vector(index),
+                embedding: encode_vector(embedding_vector(index, dims), req.base64),
             })
             .collect(),
         model: req.model,
@@ -951,6 +1048,8 @@ mod tests {
             max_tokens: None,
             inputs: 0,
             images: 0,
+            base64: false,
+            dimensions: None,
         }
     }
 
@@ -1155,6 +1254,67 @@ mod tests {
         assert_eq!(full_json(&respond(&r))["data"].as_array().unwrap().len(), 1);
     }
 
+    fn floats(v: &Value) -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    }
+
+    #[test]
+    fn embeddings_look_real_and_honour_encoding_format_and_dimensions() {
+        use base64::Engine as _;
+        let mut r = req(Endpoint::Embeddings);
+        r.model = "text-embedding-3-small";
+        r.inputs = 2;
+        let v = full_json(&respond(&r));
+        let plain = floats(&v["data"][1]["embedding"]);
+        assert_eq!(plain.len(), 1536);
+        assert!(plain.iter().all(|x| *x != 0.0), "no zero component");
+        let norm: f32 = plain.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            (norm - 1.0).abs() < 1e-4,
+            "unit length, like real embeddings: {norm}"
+        );
+
+        r.base64 = true;
+        let v = full_json(&respond(&r));
+        let text = v["data"][1]["embedding"].as_str().expect("a base64 string");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap();
+        let decoded: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(decoded, plain, "the same vector, bit for bit");
+
+        r.base64 = false;
+        r.dimensions = Some(256);
+        assert_eq!(
+            floats(&full_json(&respond(&r))["data"][0]["embedding"]).len(),
+            256
+        );
+        r.model = "text-embedding-3-large";
+        r.dimensions = None;
+        assert_eq!(
+            floats(&full_json(&respond(&r))["data"][0]["embedding"]).len(),
+            3072
+        );
+        for bad in [0, 3073, u64::MAX] {
+            r.dimensions = Some(bad);
+            let reply = respond(&r);
+            assert_eq!(reply.status, 400, "{bad}");
+            let MockBody::Full(b) = &reply.body else {
+                panic!("expected a full body")
+            };
+            let e: Value = serde_json::from_slice(b).unwrap();
+            assert_eq!(e["error"]["param"], "dimensions");
+            assert_eq!(e["error"]["type"], "invalid_request_error");
+        }
+    }
+
     #[test]
     fn images_list_urls() {
         let mut r = req(Endpoint::ImagesGenerations);
@@ -1231,6 +1391,15 @@ mod tests {
         assert_eq!(done["usage"]["output_tokens"], 12);
         assert_eq!(done["usage"]["total_tokens"], 33);
         assert_eq!(done["output"][0]["content"][0]["text"], text);
+    }
+
+    #[test]
+    fn model_object_shape() {
+        let v: Value = serde_json::from_slice(&model_object("gpt-4o").unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "gpt-4o", "object": "model", "created": 1_700_000_000, "owned_by": "system"})
+        );
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub enum StartError {
         /// `key_refresh_secs`.
         refresh: u64,
     },
+    /// `[server] azure_default_api_version` is not a dated version.
+    #[error(
+        "[server] azure_default_api_version ({0:?}) must be a dated version: YYYY-MM-DD, optionally followed by a suffix such as -preview"
+    )]
+    AzureApiVersion(String),
     /// `[detect]`, `[response]` or the IP databases' egress flags are invalid.
     #[error(transparent)]
     Detect(#[from] crate::control::detection::EngineConfigError),
@@ -89,6 +94,7 @@ pub fn check_config(
         return Err(StartError::NoUpstreams);
     }
     check_stale_bound(&config.server)?;
+    check_default_api_version(&config.server)?;
     Router::from_config(&config.upstreams, env)?;
     IpDb::load(&config.ipdb)?;
     if config.leak_reports.enabled {
@@ -102,6 +108,15 @@ pub fn check_config(
     )?;
     crate::control::webhook::parse_config(&config.alerts, env)?;
     Ok(())
+}
+
+fn check_default_api_version(server: &crate::config::ServerConfig) -> Result<(), StartError> {
+    match &server.azure_default_api_version {
+        Some(v) if !crate::data::route::is_dated_api_version(v) => {
+            Err(StartError::AzureApiVersion(v.clone()))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_stale_bound(server: &crate::config::ServerConfig) -> Result<(), StartError> {
@@ -185,6 +200,7 @@ pub async fn start_with(
         return Err(StartError::NoUpstreams);
     }
     check_stale_bound(&config.server)?;
+    check_default_api_version(&config.server)?;
     let router = Router::from_config(&config.upstreams, env)?;
     let ipdb = IpDb::load(&config.ipdb)?;
     let leak_reports = if config.leak_reports.enabled {
@@ -255,6 +271,7 @@ pub async fn start_with(
         limits: config.limits.clone(),
         key_max_stale_secs: config.server.key_cache_max_stale_secs,
         trusted_proxies: config.server.trusted_proxies.clone(),
+        azure_default_api_version: config.server.azure_default_api_version.clone(),
         keys: Arc::clone(&keys),
         router,
         ipdb,

@@ -471,6 +471,104 @@ async fn azure_dialect_reaches_openai_and_azure_upstreams() {
     assert_eq!(events[1].system.as_deref(), Some("az.ai.openai"));
 }
 
+/// An Azure-dialect call with the `api-key` header.
+async fn azure_call(h: &Harness, key: &str, method: &str, path_and_query: &str) -> TestResponse {
+    let body = json!({"model": "gpt-4o-mini", "input": "hi",
+                      "messages": [{"role": "user", "content": "hi"}]});
+    http_request(
+        method,
+        &format!("{}{path_and_query}", h.proxy),
+        &[("api-key", key), ("content-type", "application/json")],
+        if method == "GET" {
+            String::new()
+        } else {
+            body.to_string()
+        },
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_dated_routes_refuse_a_missing_or_malformed_api_version() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let chat = "/openai/deployments/gpt-4o-mini/chat/completions";
+    let refused = [
+        ("POST", chat.to_owned()),
+        ("POST", format!("{chat}?api-version=")),
+        ("POST", format!("{chat}?api-version=latest-and-greatest")),
+        ("POST", format!("{chat}?api-version=2024-13-45")),
+        ("GET", "/openai/models".to_owned()),
+        ("GET", "/openai/deployments".to_owned()),
+        ("POST", "/openai/responses".to_owned()),
+        (
+            "POST",
+            "/openai/responses?api-version=%3Cscript%3E".to_owned(),
+        ),
+    ];
+    for (method, path) in &refused {
+        let r = azure_call(&h, &key, method, path).await;
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
+        let v = r.json().unwrap();
+        assert_eq!(v["error"]["code"], "BadRequest", "Azure's code");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("api-version"), "{message}");
+        assert!(!message.contains("script"), "the value is not echoed");
+    }
+    assert_eq!(h.upstream.request_count(), 0);
+    // A dated version passes, and the /openai/v1 surface takes none.
+    for (method, path) in [
+        ("POST", format!("{chat}?api-version=2025-04-01-preview")),
+        ("GET", "/openai/models?api-version=2024-10-21".to_owned()),
+        ("POST", "/openai/v1/responses".to_owned()),
+    ] {
+        let r = azure_call(&h, &key, method, &path).await;
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+    }
+    let events = h.events(refused.len() + 3).await;
+    for e in &events[..refused.len()] {
+        assert_eq!(e.status, 400);
+        assert_eq!(e.reject_reason, Some(RejectReason::BadRequest));
+        assert_eq!(e.error_code.as_deref(), Some("BadRequest"));
+        assert_eq!(e.api_version, None);
+    }
+    assert_eq!(
+        events[refused.len()].api_version.as_deref(),
+        Some("2025-04-01-preview")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_default_api_version_fills_in_a_missing_one() {
+    let h = harness_with(|c| {
+        c.server.azure_default_api_version = Some("2024-10-21".into());
+    })
+    .await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let chat = "/openai/deployments/gpt-4o-mini/chat/completions";
+    let r = azure_call(&h, &key, "POST", chat).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Only a missing one: a malformed version is still the client's error.
+    let r = azure_call(&h, &key, "POST", &format!("{chat}?api-version=v2")).await;
+    assert_eq!(r.status, 400);
+    let events = h.events(2).await;
+    assert_eq!(events[0].api_version.as_deref(), Some("2024-10-21"));
+
+    let mut config = h.config.clone();
+    for bad in ["", "2024-10", "yesterday", "2024-10-21 "] {
+        config.server.azure_default_api_version = Some(bad.into());
+        let err = stormwall_gateway::check_config(&config, &env).unwrap_err();
+        assert!(
+            err.to_string().contains("azure_default_api_version"),
+            "{bad:?}: {err}"
+        );
+    }
+    config.server.azure_default_api_version = Some("2025-04-01-preview".into());
+    stormwall_gateway::check_config(&config, &env).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_relayed_with_usage_from_the_final_chunk() {
     let h = harness().await;
@@ -669,6 +767,60 @@ async fn scope_limits_models_endpoints_and_the_model_list() {
         (r.status.as_u16(), code(&r).as_str()),
         (404, "model_not_found")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_is_retrieved_only_within_the_keys_scope() {
+    let h = harness().await;
+    let (key, _) = h
+        .key(json!({"tenant": "t", "scope": {"models": ["gpt-4o-mini", "builtin-model"]}}))
+        .await;
+    let get = |path: String, key: String| {
+        let url = format!("{}{path}", h.proxy);
+        async move {
+            let auth = format!("Bearer {key}");
+            http_request("GET", &url, &[("authorization", &auth)], "", None)
+                .await
+                .unwrap()
+        }
+    };
+    let r = get("/v1/models/gpt-4o-mini".into(), key.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json().unwrap();
+    assert_eq!(v["id"], "gpt-4o-mini");
+    assert_eq!(v["object"], "model");
+    assert!(v["created"].is_i64() && v["owned_by"].is_string());
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(
+        get("/v1/models/builtin-model".into(), key.clone())
+            .await
+            .status,
+        200
+    );
+    // Routed but out of scope, and not routed at all: one answer, as OpenAI gives.
+    let out_of_scope = get("/v1/models/gpt-4o".into(), key.clone()).await;
+    let unknown = get("/v1/models/no-such-model".into(), key.clone()).await;
+    for r in [&out_of_scope, &unknown] {
+        assert_eq!(
+            (r.status.as_u16(), code(r).as_str()),
+            (404, "model_not_found")
+        );
+        assert_eq!(r.json().unwrap()["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(out_of_scope.body, unknown.body);
+    let (listing_only, _) = h
+        .key(json!({"tenant": "t", "scope": {"endpoints": ["chat_completions"]}}))
+        .await;
+    let r = get("/v1/models/gpt-4o-mini".into(), listing_only).await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (403, "endpoint_not_allowed")
+    );
+    assert_eq!(h.upstream.request_count(), 0, "answered locally");
+    let events = h.events(5).await;
+    assert_eq!(events[0].model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(events[0].status, 200);
+    assert_eq!(events[2].reject_reason, Some(RejectReason::NoRoute));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -984,6 +1136,158 @@ async fn bad_requests_get_openai_shaped_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_over_the_cap_is_refused_before_the_body_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness_with(|c| c.limits.max_request_body_bytes = 4096).await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let mut conn = tokio::net::TcpStream::connect(h.proxy.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // Headers only: the promised gigabyte never comes.
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: 1000000000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Upper bound on the wait, far below the 60 s body read timeout.
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the body was still owed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let e = &h.events(1).await[0];
+    assert_eq!(e.status, 413);
+    assert_eq!(e.reject_reason, Some(RejectReason::BadRequest));
+    assert_eq!(e.error_code.as_deref(), Some("request_too_large"));
+    assert_eq!(h.upstream.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_counts_are_refused_naming_the_field_and_cost_nothing() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            "/v1/images/generations",
+            json!({"model": "dall-e-3", "prompt": "a lighthouse", "n": 2}),
+            "'n'",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "n": 129, "messages": hi}),
+            "'n'",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-4o-mini", "prompt": "hi", "best_of": 21}),
+            "'best_of'",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": vec!["x"; 2049]}),
+            "'input'",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "builtin-model", "prompt": "a lighthouse", "n": 0}),
+            "'n'",
+        ),
+        // The built-in mock would build two million images.
+        (
+            "/v1/images/generations",
+            json!({"model": "builtin-model", "prompt": "a lighthouse", "n": 2_000_000}),
+            "'n'",
+        ),
+    ];
+    for (path, body, field) in &cases {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            h.post(path, &key, &body.to_string(), None),
+        )
+        .await
+        .expect("answered");
+        assert_eq!(
+            (r.status.as_u16(), code(&r).as_str()),
+            (400, "invalid_request"),
+            "{path}: {}",
+            r.text()
+        );
+        let v = r.json().unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(h.upstream.request_count(), 0, "nothing reached an upstream");
+    // In range still passes; one token array is one embeddings input, however long.
+    let tokens = json!({"model": "text-embedding-3-small", "input": vec![1; 3000]});
+    let r = h
+        .post("/v1/embeddings", &key, &tokens.to_string(), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ten = json!({"model": "builtin-model", "prompt": "a lighthouse", "n": 10});
+    let r = h
+        .post("/v1/images/generations", &key, &ten.to_string(), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["data"].as_array().unwrap().len(), 10);
+    let events = h.events(cases.len() + 2).await;
+    for e in &events[..cases.len()] {
+        assert_eq!(e.status, 400);
+        assert_eq!(e.reject_reason, Some(RejectReason::BadRequest));
+        assert_eq!(e.cost_usd, 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_charged_for_what_the_answer_holds() {
+    let h = harness_with(|c| {
+        if let UpstreamConfig::Openai { models, .. } = &mut c.upstreams[0] {
+            models.push("dall-e-2".into());
+        }
+    })
+    .await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let three = json!({"model": "dall-e-2", "prompt": "a quiet harbour", "n": 3}).to_string();
+    // The upstream made one of the three images asked for ($0.02 each).
+    h.upstream.push_fault(Fault::Response {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: json!({"created": 1, "data": [{"url": "https://images.example/1.png"}]}).to_string(),
+    });
+    let r = h.post("/v1/images/generations", &key, &three, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // An upstream error serves nothing and costs nothing.
+    h.upstream.push_fault(Fault::server_error());
+    let r = h.post("/v1/images/generations", &key, &three, None).await;
+    assert_eq!(r.status, 500);
+    let r = h.post("/v1/images/generations", &key, &three, None).await;
+    assert_eq!(r.json().unwrap()["data"].as_array().unwrap().len(), 3);
+    let events = h.events(3).await;
+    assert!(
+        (events[0].cost_usd - 0.02).abs() < 1e-9,
+        "charged {}",
+        events[0].cost_usd
+    );
+    assert_eq!(events[0].images, Some(3), "the event keeps what was asked");
+    assert_eq!(events[1].cost_usd, 0.0);
+    assert!((events[2].cost_usd - 0.06).abs() < 1e-9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_and_resume_take_effect_on_the_next_request() {
     let h = harness().await;
     let (key, id) = h.key(json!({"tenant": "t"})).await;
@@ -1134,6 +1438,74 @@ async fn admin_api_requires_the_token_and_serves_keys_events_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_events_refuse_a_malformed_after_cursor() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    h.chat(&key, "gpt-4o-mini").await;
+    h.events(1).await;
+    let long = "0".repeat(129);
+    for bad in [
+        "",
+        "%20",
+        "0194bd2e%207a1b",
+        "a%0Ab",
+        "caf%C3%A9",
+        long.as_str(),
+    ] {
+        let r = h
+            .admin_call("GET", &format!("/admin/events?after={bad}"), Value::Null)
+            .await;
+        assert_eq!(r.status, 400, "after={bad}: {}", r.text());
+        let v = r.json().unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("after "),
+            "{}",
+            r.text()
+        );
+    }
+    // Imported events keep their own ids; each is a valid cursor, so paging never refuses
+    // its own next_after.
+    let at = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let imported: Vec<UsageEvent> = ["hist-0001", "hist-0002"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            UsageEvent::new(
+                id.into(),
+                at + time::Duration::seconds(i as i64),
+                "127.0.0.9".parse().unwrap(),
+                "POST",
+                "/v1/chat/completions",
+            )
+        })
+        .collect();
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "events": imported }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = h.admin_get("/admin/events?limit=1").await;
+    assert_eq!(page["next_after"], "hist-0001");
+    let page = h.admin_get("/admin/events?limit=1&after=hist-0001").await;
+    assert_eq!(page["events"][0]["event.id"], "hist-0002", "{page}");
+    // An id no cursor could name is refused at import.
+    let spaced = UsageEvent::new(
+        "hist 0003".into(),
+        at,
+        "127.0.0.9".parse().unwrap(),
+        "POST",
+        "/v1/chat/completions",
+    );
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "events": [spaced] }))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_streams_and_flushes_events() {
     let mut h = harness().await;
     let (key, _) = h.key(json!({"tenant": "t"})).await;
@@ -1217,6 +1589,55 @@ async fn built_in_mock_upstream_serves_without_a_network() {
     let events = h.events(2).await;
     assert_eq!(events[1].system.as_deref(), Some("mock"));
     assert_eq!(events[1].stream_outcome, Some(StreamOutcome::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_mock_embeddings_honour_base64_and_dimensions() {
+    use base64::Engine as _;
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    let embed = |extra: Value| {
+        let mut body = json!({"model": "builtin-model", "input": ["first", "second"]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let key = key.clone();
+        let h = &h;
+        async move {
+            let r = h
+                .post("/v1/embeddings", &key, &body.to_string(), None)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json().unwrap()
+        }
+    };
+    let plain = embed(json!({})).await;
+    let as_floats = |v: &Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let floats = as_floats(&plain["data"][1]["embedding"]);
+    assert_eq!(floats.len(), 1536);
+    assert!(floats.iter().all(|x| *x != 0.0));
+    // What the npm SDK sends by default, and decodes as little-endian f32s.
+    let b64 = embed(json!({"encoding_format": "base64"})).await;
+    assert_eq!(b64["data"].as_array().unwrap().len(), 2);
+    let text = b64["data"][1]["embedding"]
+        .as_str()
+        .expect("a base64 string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(decoded, floats);
+    let explicit = embed(json!({"encoding_format": "float", "dimensions": 256})).await;
+    assert_eq!(as_floats(&explicit["data"][0]["embedding"]).len(), 256);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

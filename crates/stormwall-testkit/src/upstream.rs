@@ -395,6 +395,9 @@ struct WireRequest<'a> {
     n: Option<u32>,
     #[serde(borrow)]
     input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    encoding_format: Option<Cow<'a, str>>,
+    dimensions: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -607,6 +610,8 @@ fn plan(
             .or(wire.max_output_tokens),
         inputs: count_inputs(wire.input),
         images: wire.n.unwrap_or(1),
+        base64: wire.encoding_format.as_deref() == Some("base64"),
+        dimensions: wire.dimensions,
     };
     Ok(mock::respond(&request))
 }

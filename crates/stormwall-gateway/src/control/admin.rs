@@ -539,10 +539,14 @@ async fn import_events(
         )));
     }
     let now = time::OffsetDateTime::now_utc();
-    if let Some(e) = events.iter().find(|e| e.id.is_empty() || e.timestamp > now) {
+    if let Some(e) = events
+        .iter()
+        .find(|e| !is_event_id(&e.id) || e.timestamp > now)
+    {
         return Err(AdminError::BadRequest(format!(
-            "every event needs an id and a time not in the future (event {:?})",
-            e.id
+            "every event needs an id of 1 to {MAX_EVENT_ID} printable ASCII characters (no spaces) and a time not in the future (event {:?})",
+            // An id that is refused for its length is not echoed whole.
+            crate::data::request::truncate(&e.id, MAX_EVENT_ID)
         )));
     }
     events.sort_by(|a, b| (a.timestamp, &a.id).cmp(&(b.timestamp, &b.id)));
@@ -669,6 +673,32 @@ struct EventPage {
     next_after: Option<String>,
 }
 
+/// Longest event id accepted: an imported event's, or a paging cursor.
+const MAX_EVENT_ID: usize = 128;
+
+/// Whether `id` can be an event id: the gateway's own UUIDv7s (`recorder::event_id`) and
+/// imported ids alike are 1 to 128 printable ASCII characters, so every stored id is a
+/// valid cursor, and a mangled cursor is refused instead of silently read as "after this
+/// text".
+fn is_event_id(id: &str) -> bool {
+    (1..=MAX_EVENT_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The `after` paging cursor: an event id, as a page's `next_after` gives it.
+fn after_param(query: &str) -> Result<Option<String>, AdminError> {
+    param(query, "after")
+        .map(|v| {
+            if is_event_id(&v) {
+                Ok(v)
+            } else {
+                Err(AdminError::BadRequest(format!(
+                    "after must be an event id (1 to {MAX_EVENT_ID} printable ASCII characters, no spaces), as a page's next_after gives it"
+                )))
+            }
+        })
+        .transpose()
+}
+
 async fn events(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
     let limit = limit_param(query, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
     let q = EventQuery {
@@ -676,7 +706,7 @@ async fn events(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, 
         tenant: param(query, "tenant"),
         since: time_param(query, "since")?,
         until: time_param(query, "until")?,
-        after_id: param(query, "after"),
+        after_id: after_param(query)?,
         limit: Some(limit),
     };
     let events = app.store.query_events(&q).await.map_err(store_error)?;

@@ -78,6 +78,29 @@ pub fn list_models(state: &DataPlane, rec: &mut Recorder, key: &CachedKey) -> Re
     resp
 }
 
+/// Answers `GET /v1/models/{model}` locally: the model object when the routing table
+/// serves it and the key may use it; otherwise the same 404 `model_not_found` for both,
+/// so a key learns nothing about models outside its scope.
+pub fn retrieve_model(
+    state: &DataPlane,
+    rec: &mut Recorder,
+    key: &CachedKey,
+    id: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    rec.event().model = Some(id.to_owned());
+    if !key.record.scope.allows_model(id) || state.router.route(id).is_none() {
+        return Err(crate::data::recorder::deny(
+            rec,
+            stormwall_types::RejectReason::NoRoute,
+        ));
+    }
+    let body = mock::model_object(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
+    let mut resp = json_response(StatusCode::OK, body);
+    set_request_id(&mut resp, rec.id());
+    rec.take().finish(200);
+    Ok(resp)
+}
+
 /// What came back from upstream, before relaying.
 struct UpstreamReply {
     status: StatusCode,
@@ -210,6 +233,12 @@ pub async fn forward(
     } else {
         (None, None)
     };
+    // Images are charged for what the answer holds; the request's `n` only when the
+    // answer cannot be read (settle charges nothing for a failed call either way).
+    let images = match call.parsed.images {
+        Some(requested) if success => Some(images_in_json(&body).unwrap_or(requested)),
+        other => other,
+    };
     let output_blocked = match &call.safety {
         Some(s) if success && s.stage.screens_output() => {
             screen_output(state, rec, s, call.route.endpoint, &body).await
@@ -222,7 +251,7 @@ pub async fn forward(
         rec: rec.take(),
         admission: call.admission,
         model: call.model,
-        images: call.parsed.images,
+        images,
         estimated_input: call.parsed.estimated_input_tokens,
         success,
         status: reply.status.as_u16(),
@@ -249,6 +278,16 @@ pub async fn forward(
     apply_rate_limit_headers(resp.headers_mut(), &info);
     set_request_id(&mut resp, &id);
     Ok(resp)
+}
+
+/// How many images an images answer holds (its `data` entries), when it parses as one.
+fn images_in_json(body: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Images {
+        data: Vec<serde::de::IgnoredAny>,
+    }
+    let images: Images = serde_json::from_slice(body).ok()?;
+    Some(u32::try_from(images.data.len()).unwrap_or(u32::MAX))
 }
 
 /// Settles a request when its response is complete.
@@ -373,6 +412,8 @@ fn mock_reply(call: &Call) -> UpstreamReply {
         max_tokens: call.parsed.max_tokens,
         inputs: call.parsed.inputs,
         images: call.parsed.images.unwrap_or(1),
+        base64: call.parsed.base64,
+        dimensions: call.parsed.dimensions,
     };
     let reply = mock::respond(&req);
     UpstreamReply {

@@ -40,6 +40,8 @@ pub struct DataPlane {
     pub key_max_stale_secs: u64,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// `api-version` assumed for Azure requests that send none.
+    pub azure_default_api_version: Option<String>,
     /// Keys by public id (shared with the control plane, which changes them).
     pub keys: Arc<KeyCache>,
     /// Model → upstream.

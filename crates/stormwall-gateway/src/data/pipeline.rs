@@ -68,9 +68,19 @@ async fn proxy(
     let (parts, body) = req.into_parts();
 
     // 1. route
-    let route = route::classify(&parts.method, parts.uri.path(), parts.uri.query())
+    let mut route = route::classify(&parts.method, parts.uri.path(), parts.uri.query())
         .ok_or_else(|| deny(rec, RejectReason::NotFound))?;
+    if route.api_version_error == Some(route::ApiVersionError::Missing)
+        && let Some(v) = &state.azure_default_api_version
+    {
+        route.api_version = Some(v.clone());
+        route.api_version_error = None;
+    }
     note_route(rec, &route);
+    if let Some(e) = route.api_version_error {
+        rec.event().deny(RejectReason::BadRequest);
+        return Err(ProxyError::ApiVersion(e));
+    }
 
     // 2. authenticate
     let key = match authenticate(state, &parts.headers, rec) {
@@ -94,24 +104,16 @@ async fn proxy(
         return Err(deny(rec, RejectReason::NetworkNotAllowed));
     }
     if route.endpoint == Endpoint::Models {
-        return Ok(forward::list_models(state, rec, &key));
+        return match &route.model {
+            None => Ok(forward::list_models(state, rec, &key)),
+            Some(id) => forward::retrieve_model(state, rec, &key, id),
+        };
     }
 
     // 4. read and parse the body
     let body = forward::read_request_body(body, &state.limits).await?;
-    let parsed = request::parse(&body, route.endpoint, &state.digester).map_err(|e| {
-        rec.event().deny(RejectReason::BadRequest);
-        ProxyError::Rejected {
-            reason: RejectReason::BadRequest,
-            limits: None,
-            detail: Some(match e {
-                request::BodyError::InvalidJson => {
-                    "The request body is not valid JSON for this endpoint."
-                }
-                request::BodyError::MissingModel => "The request body must name a model.",
-            }),
-        }
-    })?;
+    let parsed =
+        request::parse(&body, route.endpoint, &state.digester).map_err(|e| bad_request(rec, e))?;
     parsed.note_into(rec.event());
     rec.event().prompt_credentials = credentials_in(state, &body);
     rec.event().safety.extend(parsed.roleplay_verdict());
@@ -119,14 +121,7 @@ async fn proxy(
         .deployment
         .clone()
         .or_else(|| parsed.model.clone())
-        .ok_or_else(|| {
-            rec.event().deny(RejectReason::BadRequest);
-            ProxyError::Rejected {
-                reason: RejectReason::BadRequest,
-                limits: None,
-                detail: Some("The request body must name a model."),
-            }
-        })?;
+        .ok_or_else(|| bad_request(rec, request::BodyError::MissingModel))?;
     rec.event().model = Some(model.clone());
     if !scope.allows_model(&model) {
         return Err(deny(rec, RejectReason::ModelNotAllowed));
@@ -136,6 +131,9 @@ async fn proxy(
         .route(&model)
         .cloned()
         .ok_or_else(|| deny(rec, RejectReason::NoRoute))?;
+    parsed
+        .check_counts(route.endpoint, &model)
+        .map_err(|e| bad_request(rec, e))?;
 
     // 5. admit
     let output_reserve = parsed.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE_TOKENS);
@@ -175,6 +173,16 @@ async fn proxy(
         },
     )
     .await
+}
+
+/// Refuses a body the gateway cannot proxy: 400 with the error's fixed message.
+fn bad_request(rec: &mut Recorder, e: request::BodyError) -> ProxyError {
+    rec.event().deny(RejectReason::BadRequest);
+    ProxyError::Rejected {
+        reason: RejectReason::BadRequest,
+        limits: None,
+        detail: Some(e.message()),
+    }
 }
 
 /// The screen-request stage: the prompt under the key's profile, then the enforce-mode

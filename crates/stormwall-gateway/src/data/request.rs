@@ -12,13 +12,54 @@ use crate::data::digest::{PromptDigest, PromptDigester};
 
 /// Why a body cannot be proxied. Fixed messages only: never echo client input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum BodyError {
     /// Not JSON, or a field has the wrong type.
-    #[error("The request body is not valid JSON for this endpoint.")]
     InvalidJson,
     /// `model` is required on OpenAI paths.
-    #[error("The request body must name a model.")]
     MissingModel,
+    /// `n` outside 1..=10 on images/generations.
+    ImagesN,
+    /// `n` other than 1 for a model that makes one image per request (dall-e-3).
+    SingleImageN,
+    /// `n` outside 1..=128 on chat/completions or completions.
+    ChoicesN,
+    /// `best_of` outside 0..=20 on completions.
+    BestOf,
+    /// More than 2048 embeddings inputs.
+    TooManyInputs,
+}
+
+/// Most images one images/generations request may ask for (OpenAI's limit).
+const MAX_IMAGES: i64 = 10;
+/// Most choices one chat/completions or completions request may ask for.
+const MAX_CHOICES: i64 = 128;
+/// Largest `best_of` on completions.
+const MAX_BEST_OF: i64 = 20;
+/// Most inputs in one embeddings request.
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+impl BodyError {
+    /// The client's message: the same fixed text as `Display`, as a `'static` string.
+    pub fn message(self) -> &'static str {
+        match self {
+            BodyError::InvalidJson => "The request body is not valid JSON for this endpoint.",
+            BodyError::MissingModel => "The request body must name a model.",
+            BodyError::ImagesN => {
+                "Invalid 'n': images/generations accepts 1 to 10 images per request."
+            }
+            BodyError::SingleImageN => {
+                "Invalid 'n': this model generates one image per request; 'n' must be 1."
+            }
+            BodyError::ChoicesN => {
+                "Invalid 'n': chat/completions and completions accept 1 to 128 choices."
+            }
+            BodyError::BestOf => "Invalid 'best_of': completions accepts 0 to 20.",
+            BodyError::TooManyInputs => {
+                "Invalid 'input': embeddings accepts at most 2048 inputs per request."
+            }
+        }
+    }
 }
 
 /// The fields of a request body the pipeline uses.
@@ -34,8 +75,16 @@ pub struct ParsedRequest {
     pub max_tokens: Option<u64>,
     /// `user` or `safety_identifier`.
     pub end_user: Option<String>,
-    /// `n` for image generations.
+    /// `n` for image generations (requested; 1 when absent).
     pub images: Option<u32>,
+    /// `n` as sent (images, or choices for chat and completions), before any bound.
+    pub n: Option<i64>,
+    /// `best_of` as sent (completions).
+    pub best_of: Option<i64>,
+    /// Embeddings `encoding_format: "base64"` (for the built-in mock's answer).
+    pub base64: bool,
+    /// Embeddings `dimensions`, when a whole number (for the built-in mock's answer).
+    pub dimensions: Option<u64>,
     /// Number of embedding inputs.
     pub inputs: usize,
     /// Input tokens estimated from the text seen.
@@ -65,6 +114,41 @@ impl ParsedRequest {
         e.prompt_messages = self.digest.messages;
     }
 
+    /// Refuses counts the provider would refuse — `n`, `best_of`, embeddings inputs — before
+    /// they reach an upstream or a budget: an unbounded `n` costs the gateway memory and
+    /// time, and a reservation that no key could ever afford. `model` is the routing model
+    /// (Azure: the deployment name), for the one per-model rule (dall-e-3 makes one image).
+    pub fn check_counts(&self, endpoint: Endpoint, model: &str) -> Result<(), BodyError> {
+        let n = self.n.unwrap_or(1);
+        match endpoint {
+            Endpoint::ImagesGenerations => {
+                if !(1..=MAX_IMAGES).contains(&n) {
+                    return Err(BodyError::ImagesN);
+                }
+                if n != 1 && model.starts_with("dall-e-3") {
+                    return Err(BodyError::SingleImageN);
+                }
+            }
+            Endpoint::ChatCompletions | Endpoint::Completions => {
+                if !(1..=MAX_CHOICES).contains(&n) {
+                    return Err(BodyError::ChoicesN);
+                }
+                if endpoint == Endpoint::Completions
+                    && self
+                        .best_of
+                        .is_some_and(|b| !(0..=MAX_BEST_OF).contains(&b))
+                {
+                    return Err(BodyError::BestOf);
+                }
+            }
+            Endpoint::Embeddings if self.inputs > MAX_EMBEDDING_INPUTS => {
+                return Err(BodyError::TooManyInputs);
+            }
+            Endpoint::Embeddings | Endpoint::Responses | Endpoint::Models => {}
+        }
+        Ok(())
+    }
+
     /// The role-play marker verdict, when the prompt reads like a role-play front-end's.
     pub fn roleplay_verdict(&self) -> Option<stormwall_types::SafetyVerdict> {
         stormwall_detect::markers::roleplay_markers(&self.prompt_text)
@@ -90,8 +174,17 @@ struct Fields<'a> {
     user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     safety_identifier: Option<Cow<'a, str>>,
+    // Signed and wide, so that an out-of-range count gets a message naming the field
+    // rather than "not valid JSON".
     #[serde(default)]
-    n: Option<u32>,
+    n: Option<i64>,
+    #[serde(default)]
+    best_of: Option<i64>,
+    // Raw, so that an odd value is the upstream's to refuse, as before these were read.
+    #[serde(borrow, default)]
+    encoding_format: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dimensions: Option<&'a RawValue>,
     #[serde(borrow, default)]
     messages: Option<Vec<Message<'a>>>,
     #[serde(borrow, default)]
@@ -191,7 +284,12 @@ pub fn parse(
             .unwrap_or(false),
         max_tokens,
         end_user,
-        images: (endpoint == Endpoint::ImagesGenerations).then(|| f.n.unwrap_or(1)),
+        images: (endpoint == Endpoint::ImagesGenerations)
+            .then(|| u32::try_from(f.n.unwrap_or(1).max(0)).unwrap_or(u32::MAX)),
+        n: f.n,
+        best_of: f.best_of,
+        base64: f.encoding_format.is_some_and(|v| v.get() == r#""base64""#),
+        dimensions: f.dimensions.and_then(|v| v.get().parse().ok()),
         inputs,
         estimated_input_tokens: estimate_tokens(texts.chars, texts.messages),
         digest: PromptDigest {
@@ -286,13 +384,36 @@ fn collect_text(raw: &RawValue, role: &str, texts: &mut PromptTexts, depth: u8) 
     }
 }
 
+/// Number of embeddings inputs: a string or one token array is one input; an array of
+/// strings or of token arrays is one per item. Counted without collecting the items.
 fn count_inputs(raw: &RawValue) -> usize {
-    let s = raw.get().trim_start();
-    if s.starts_with('[') {
-        serde_json::from_str::<Vec<serde::de::IgnoredAny>>(s).map_or(1, |v| v.len())
-    } else {
-        1
+    struct Items;
+    impl<'de> serde::de::Visitor<'de> for Items {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+            let Some(first) = seq.next_element::<&RawValue>()? else {
+                return Ok(0);
+            };
+            let mut n = 1;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                n += 1;
+            }
+            // An array of token ids is a single input.
+            let tokens = first
+                .get()
+                .starts_with(|c: char| c == '-' || c.is_ascii_digit());
+            Ok(if tokens { 1 } else { n })
+        }
     }
+    let s = raw.get().trim_start();
+    if !s.starts_with('[') {
+        return 1;
+    }
+    let mut de = serde_json::Deserializer::from_str(s);
+    serde::Deserializer::deserialize_seq(&mut de, Items).unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -333,6 +454,78 @@ mod tests {
         let r = p(r#"{"model":"e","input":"a"}"#, Endpoint::Embeddings).unwrap();
         assert_eq!(r.inputs, 1);
         assert!(r.prompt_text.is_empty(), "embeddings input is not screened");
+    }
+
+    #[test]
+    fn embeddings_encoding_and_dimensions() {
+        let r = p(
+            r#"{"model":"e","input":"a","encoding_format":"base64","dimensions":256}"#,
+            Endpoint::Embeddings,
+        )
+        .unwrap();
+        assert!(r.base64);
+        assert_eq!(r.dimensions, Some(256));
+        let r = p(
+            r#"{"model":"e","input":"a","encoding_format":"float","dimensions":"x"}"#,
+            Endpoint::Embeddings,
+        )
+        .unwrap();
+        assert!(!r.base64);
+        assert_eq!(r.dimensions, None, "an odd value is left to the upstream");
+    }
+
+    #[test]
+    fn a_token_array_is_one_embeddings_input() {
+        let r = p(r#"{"model":"e","input":[1,2,3]}"#, Endpoint::Embeddings).unwrap();
+        assert_eq!(r.inputs, 1);
+        let r = p(r#"{"model":"e","input":[[1,2],[3]]}"#, Endpoint::Embeddings).unwrap();
+        assert_eq!(r.inputs, 2);
+        let r = p(r#"{"model":"e","input":[]}"#, Endpoint::Embeddings).unwrap();
+        assert_eq!(r.inputs, 0);
+    }
+
+    #[test]
+    fn counts_are_bounded_per_endpoint() {
+        let check =
+            |body: &str, e: Endpoint, model: &str| p(body, e).unwrap().check_counts(e, model);
+        let img = Endpoint::ImagesGenerations;
+        assert_eq!(check(r#"{"n":10}"#, img, "dall-e-2"), Ok(()));
+        assert_eq!(check(r#"{}"#, img, "dall-e-3"), Ok(()));
+        for n in ["0", "11", "-1", "2000000", "9223372036854775807"] {
+            let body = format!(r#"{{"n":{n}}}"#);
+            assert_eq!(
+                check(&body, img, "dall-e-2"),
+                Err(BodyError::ImagesN),
+                "{n}"
+            );
+        }
+        assert_eq!(
+            check(r#"{"n":2}"#, img, "dall-e-3"),
+            Err(BodyError::SingleImageN)
+        );
+        let chat = Endpoint::ChatCompletions;
+        assert_eq!(check(r#"{"n":128}"#, chat, "m"), Ok(()));
+        assert_eq!(check(r#"{"n":129}"#, chat, "m"), Err(BodyError::ChoicesN));
+        assert_eq!(check(r#"{"n":0}"#, chat, "m"), Err(BodyError::ChoicesN));
+        let cmpl = Endpoint::Completions;
+        assert_eq!(check(r#"{"n":3,"best_of":20}"#, cmpl, "m"), Ok(()));
+        assert_eq!(
+            check(r#"{"best_of":21}"#, cmpl, "m"),
+            Err(BodyError::BestOf)
+        );
+        assert_eq!(check(r#"{"n":129}"#, cmpl, "m"), Err(BodyError::ChoicesN));
+        let emb = Endpoint::Embeddings;
+        let inputs = |n: usize| format!(r#"{{"input":{}}}"#, serde_json::json!(vec!["x"; n]));
+        assert_eq!(check(&inputs(2048), emb, "e"), Ok(()));
+        assert_eq!(
+            check(&inputs(2049), emb, "e"),
+            Err(BodyError::TooManyInputs)
+        );
+        assert!(
+            BodyError::ImagesN.to_string().contains("'n'")
+                && BodyError::BestOf.to_string().contains("'best_of'")
+                && BodyError::TooManyInputs.to_string().contains("'input'")
+        );
     }
 
     #[test]
