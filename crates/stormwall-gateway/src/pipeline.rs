@@ -171,6 +171,7 @@ async fn proxy(
             accept: parts.headers.get(header::ACCEPT).cloned(),
             openai_beta: parts.headers.get("openai-beta").cloned(),
             safety,
+            key,
         },
     )
     .await

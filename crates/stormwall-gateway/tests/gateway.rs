@@ -570,6 +570,140 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     assert_eq!(e.status, 499);
 }
 
+/// Reads a stream to its end (bounded: a stream still open after `secs` fails the test);
+/// returns its events.
+async fn drain_within(
+    s: &mut stormwall_testkit::StreamingResponse,
+    secs: u64,
+) -> Vec<stormwall_testkit::SseEvent> {
+    let read = async {
+        let mut events = Vec::new();
+        while let Some(ev) = s.next_event().await {
+            events.push(ev.unwrap());
+        }
+        events
+    };
+    tokio::time::timeout(Duration::from_secs(secs), read)
+        .await
+        .expect("the stream did not end")
+}
+
+/// Asserts a stream was cut for its key: the last event is the 401 error a request with the
+/// key now gets, and no `[DONE]` claims the answer complete.
+fn assert_cut_for_the_key(events: &[stormwall_testkit::SseEvent]) {
+    assert!(events.iter().all(|e| !e.is_done()), "{events:?}");
+    let last = events.last().unwrap().json().unwrap();
+    assert_eq!(last["error"]["code"], "invalid_api_key", "{last}");
+    assert_eq!(last["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_ends_its_open_streams() {
+    // The idle timeout is far off: only the revocation can end these streams in time.
+    let h = harness_with(|c| c.limits.upstream_idle_timeout_ms = 120_000).await;
+    let (key, id) = h.key(json!({"tenant": "t"})).await;
+    // Slow streams, and one upstream that goes silent after its first event.
+    h.upstream
+        .set_default_fault(Some(Fault::ChunkDelay(Duration::from_secs(2))));
+    h.upstream.push_fault(Fault::Stall { after_events: 1 });
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut s = h.stream_chat(&key).await;
+        assert_eq!(s.status, 200);
+        assert!(s.next_event().await.unwrap().unwrap().json().is_ok());
+        streams.push(s);
+    }
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{id}/revoke"),
+            json!({"reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for s in &mut streams {
+        assert_cut_for_the_key(&drain_within(s, 5).await);
+    }
+    assert!(
+        h.upstream
+            .wait_for_cancelled_streams(4, Duration::from_secs(5))
+            .await,
+        "every upstream request was cancelled"
+    );
+    let events = h.events(4).await;
+    for e in &events {
+        assert_eq!(e.stream_outcome, Some(StreamOutcome::KeyRevoked), "{e:?}");
+        assert_eq!(e.error_code.as_deref(), Some("invalid_api_key"));
+        assert_eq!(e.key_id.as_ref().unwrap().as_str(), id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspending_a_key_here_or_on_another_replica_ends_its_open_streams() {
+    let h = harness_with(|c| {
+        c.limits.upstream_idle_timeout_ms = 120_000;
+        c.server.key_refresh_secs = 1;
+    })
+    .await;
+    let (here, here_id) = h.key(json!({"tenant": "t"})).await;
+    let (there, there_id) = h.key(json!({"tenant": "t"})).await;
+    h.upstream
+        .set_default_fault(Some(Fault::Stall { after_events: 1 }));
+    let mut open = Vec::new();
+    for k in [&here, &here, &there] {
+        let mut s = h.stream_chat(k).await;
+        assert!(s.next_event().await.unwrap().unwrap().json().is_ok());
+        open.push(s);
+    }
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{here_id}/suspend"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for s in &mut open[..2] {
+        assert_cut_for_the_key(&drain_within(s, 5).await);
+    }
+    // Another replica suspends the other key: this one learns it from the store, through
+    // the periodic refresh (the key-change announcement lands in the same cache update).
+    let mut record = h
+        .store
+        .inner
+        .get_key(&KeyId::new(&there_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    record.status = stormwall_types::KeyStatus::Suspended;
+    h.store.inner.update_key(&record).await.unwrap();
+    assert_cut_for_the_key(&drain_within(&mut open[2], 10).await);
+    assert!(
+        h.upstream
+            .wait_for_cancelled_streams(3, Duration::from_secs(5))
+            .await
+    );
+    let events = h.events(3).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.stream_outcome == Some(StreamOutcome::KeySuspended)),
+        "{events:#?}"
+    );
+    // Resumed, the key streams to the end again.
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{here_id}/resume"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    h.upstream.set_default_fault(None);
+    let mut s = h.stream_chat(&here).await;
+    assert!(drain_within(&mut s, 10).await.last().unwrap().is_done());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_pass_through_and_credential_failures_do_not() {
     let h = harness().await;
@@ -2123,6 +2257,44 @@ mod scale_out {
             }
         }
         c.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_revoked_on_one_replica_ends_its_streams_on_the_others() {
+        let Some(c) = Cluster::start(2, "").await else {
+            return;
+        };
+        let (key, id) = c.key(0, json!({"tenant": "t"})).await;
+        c._upstream
+            .set_default_fault(Some(Fault::Stall { after_events: 1 }));
+        let mut s = None;
+        for _ in 0..100 {
+            let r = http_stream(
+                "POST",
+                &format!("{}/v1/chat/completions", c.proxies[1]),
+                &[("authorization", &format!("Bearer {key}"))],
+                chat_body("gpt-4o-mini", true),
+                None,
+            )
+            .await
+            .unwrap();
+            if r.status == 200 {
+                s = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut s = s.expect("replica 1 learned of the new key");
+        assert!(s.next_event().await.unwrap().unwrap().json().is_ok());
+        c.admin_post(0, &format!("/admin/keys/{id}/revoke")).await;
+        assert_cut_for_the_key(&drain_within(&mut s, 5).await);
+        let events = c.stop().await;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.stream_outcome == Some(StreamOutcome::KeyRevoked)),
+            "{events:#?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,10 @@ pub enum StreamOutcome {
     TooLarge,
     /// The gateway cut the stream because its output broke the content policy.
     ContentBlocked,
+    /// The gateway cut the stream because its key was revoked while it ran.
+    KeyRevoked,
+    /// The gateway cut the stream because its key was suspended while it ran.
+    KeySuspended,
 }
 
 /// One content-safety finding recorded on an event (filled by the safety stage).
