@@ -1296,6 +1296,143 @@ async fn shutdown_drains_streams_and_flushes_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // collects the gateway's small replies, under a timeout
+async fn http2_with_prior_knowledge_serves_completions_and_streams() {
+    use http_body_util::{BodyExt, Full};
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    // Like `curl --http2-prior-knowledge`: HTTP/2 from the first byte, no upgrade.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let auth = format!("Bearer {key}");
+    let call = |body: String| {
+        let req = http::Request::post(format!("{}/v1/chat/completions", h.proxy))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                .await
+                .expect("no answer over HTTP/2")
+                .expect("HTTP/2 request failed");
+            let (parts, body) = resp.into_parts();
+            let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+                .await
+                .unwrap()
+                .unwrap()
+                .to_bytes();
+            (parts, body)
+        }
+    };
+    let (parts, body) = call(chat_body("gpt-4o-mini", false)).await;
+    assert_eq!(parts.version, http::Version::HTTP_2);
+    assert_eq!(parts.status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(parts.headers.contains_key("x-request-id"));
+
+    // A stream, relayed over the same connection.
+    let (parts, body) = call(chat_body("gpt-4o-mini", true)).await;
+    assert_eq!(parts.version, http::Version::HTTP_2);
+    assert_eq!(parts.status, 200);
+    assert!(
+        parts.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = stormwall_testkit::parse_sse(&body);
+    assert!(events.len() > 2, "{events:?}");
+    assert!(events.last().unwrap().is_done());
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e.json().unwrap()["object"] == "chat.completion.chunk")
+    );
+    // Refusals keep their shape too.
+    let req = http::Request::get(format!("{}/v1/models", h.proxy))
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = client.request(req).await.unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (http::Version::HTTP_2, 401)
+    );
+    // HTTP/2's header list is capped at `max_header_bytes`, as an HTTP/1 head is: under it
+    // is served (hyper's own default is far lower), over it is refused (by the server, or
+    // by the client honouring the limit the server announced).
+    let cap = h.config.limits.max_header_bytes;
+    let models = |filler: usize| {
+        http::Request::get(format!("{}/v1/models", h.proxy))
+            .header("authorization", &auth)
+            .header("x-filler", "f".repeat(filler))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let r = client.request(models(cap / 2)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    match client.request(models(cap + 1024)).await {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(!e.is_connect(), "{e}"),
+    }
+    let events = h.events(3).await;
+    assert_eq!(events[1].stream_outcome, Some(StreamOutcome::Completed));
+    assert_eq!(h.upstream.request_count(), 2);
+
+    // Shutting down lets an HTTP/2 stream in flight finish.
+    h.upstream
+        .push_fault(Fault::ChunkDelay(Duration::from_millis(40)));
+    let req = http::Request::post(format!("{}/v1/chat/completions", h.proxy))
+        .header("authorization", &auth)
+        .body(Full::new(bytes::Bytes::from(chat_body(
+            "gpt-4o-mini",
+            true,
+        ))))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let read = async {
+        tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes()
+    };
+    let mut h = h;
+    let (body, ()) = tokio::join!(read, h.shutdown());
+    let events = stormwall_testkit::parse_sse(&body);
+    assert!(
+        events.last().unwrap().is_done(),
+        "the in-flight stream finished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_no_request_is_closed_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness_with(|c| c.limits.header_read_timeout_secs = 1).await;
+    let addr = h.proxy.trim_start_matches("http://").to_owned();
+    // Silent; half an HTTP/2 preface; half an HTTP/1 request head.
+    for sent in [
+        &b""[..],
+        b"PRI * HTTP/2.0\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\n",
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(sent).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "connection that sent {:?} still open",
+            String::from_utf8_lossy(sent)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_connection_answers_a_small_request_without_a_delayed_ack_stall() {
     // Not a benchmark: a missing TCP_NODELAY on either leg shows up as ~40 ms per request
     // (Nagle + delayed ACK); the bound is several times what a working gateway needs.
