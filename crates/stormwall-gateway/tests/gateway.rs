@@ -1520,18 +1520,36 @@ async fn no_key_or_prompt_text_reaches_the_logs() {
     for k in [key.as_str(), normal.as_str(), normal.as_str()] {
         h.post("/v1/chat/completions", k, &body, None).await;
     }
+    // A canary beside a valid key is logged by id too, and neither secret is.
+    let (beside, _) = h.key(json!({"tenant": "t"})).await;
+    let auth = format!("Bearer {beside}");
+    http_request(
+        "POST",
+        &format!("{}/v1/chat/completions", h.proxy),
+        &[("authorization", &auth), ("api-key", &key)],
+        body.clone(),
+        None,
+    )
+    .await
+    .unwrap();
     h.admin_call("POST", &format!("/admin/keys/{nid}/revoke"), Value::Null)
         .await;
     h.post("/v1/chat/completions", &normal, &body, None).await;
-    h.events(4).await;
+    h.events(5).await;
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains(&id),
         "tripwire use is logged by key id:\n{logs}"
     );
+    assert_eq!(
+        logs.matches("tripwire key used").count(),
+        3,
+        "the canary twice, the revoked key once:\n{logs}"
+    );
     for secret in [
         key.as_str(),
         normal.as_str(),
+        beside.as_str(),
         secret_prompt,
         UPSTREAM_KEY,
         ADMIN_TOKEN,
