@@ -202,6 +202,17 @@ pub fn error_body(message: &str, kind: &str, code: &str) -> Bytes {
     Bytes::from(v.to_string())
 }
 
+/// The same error as one SSE event (`data: {...}`), for a stream that must end mid-way.
+pub fn sse_error_event(err: &ProxyError) -> Bytes {
+    let (_, kind, code, message) = describe(err);
+    let body = error_body(message, kind, code);
+    let mut ev = Vec::with_capacity(body.len() + 8);
+    ev.extend_from_slice(b"data: ");
+    ev.extend_from_slice(&body);
+    ev.extend_from_slice(b"\n\n");
+    Bytes::from(ev)
+}
+
 /// Turns a proxy error into the client's response. The only place that does.
 pub fn into_response(err: &ProxyError) -> Response<ProxyBody> {
     let (status, kind, code, message) = describe(err);

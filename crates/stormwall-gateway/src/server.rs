@@ -1,14 +1,16 @@
 //! Start-up and shutdown: validate config, load keys and the IP database, start the event
-//! writer, bind the proxy and admin listeners, refresh the key cache, and on shutdown drain
-//! connections up to a deadline and flush every queued event.
+//! writer, bind the proxy and admin listeners (HTTP/1.1 and HTTP/2 with prior knowledge on
+//! the same port), refresh the key cache, and on shutdown drain connections up to a deadline
+//! and flush every queued event.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use secrecy::SecretString;
 use stormwall_store::{BatchWriter, EventsConfig, KeyFilter, Store};
@@ -512,6 +514,39 @@ fn spawn_change_listener(
     })
 }
 
+/// Most requests in flight at once on one HTTP/2 connection (each is still admitted against
+/// its key's concurrency limit); more are refused with `REFUSED_STREAM`, which clients retry.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// How often an HTTP/2 connection is pinged, so one whose client vanished is closed (and its
+/// streams' upstream requests cancelled) instead of held open.
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long an HTTP/2 ping may go unanswered before the connection is closed.
+pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The connection builder both listeners use: HTTP/1.1, or HTTP/2 when the client opens with
+/// the HTTP/2 preface (prior knowledge; TLS and ALPN are terminated in front of the gateway).
+fn conn_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    // HTTP/2 has no header count or header read timeout in hyper: the decoded header list
+    // is capped at the same size as an HTTP/1 head (a count cap follows, each field costing
+    // at least 32 bytes of it), and `serve` bounds the wait for the first request.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    builder
+}
+
 #[allow(clippy::disallowed_methods)] // accept loop and per-connection tasks, tracked by GracefulShutdown
 fn serve<F, Fut>(
     listener: TcpListener,
@@ -532,13 +567,8 @@ where
 {
     tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_headers(limits.max_headers);
+        let builder = Arc::new(conn_builder(&limits));
+        let first_request = Duration::from_secs(limits.header_read_timeout_secs);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -555,11 +585,33 @@ where
             // A small reply held back by Nagle + delayed ACK costs 40 ms.
             let _ = stream.set_nodelay(true);
             let h = handler.clone();
-            let svc = service_fn(move |req| h(req, peer));
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let conn = graceful.watch(conn);
+            let started = Arc::new(AtomicBool::new(false));
+            let seen = Arc::clone(&started);
+            let svc = service_fn(move |req| {
+                seen.store(true, Ordering::Relaxed);
+                h(req, peer)
+            });
+            let builder = Arc::clone(&builder);
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                let mut conn = std::pin::pin!(conn);
+                // Telling HTTP/1 from HTTP/2 waits for the client's first bytes, and HTTP/2
+                // has no header read timeout: a client that sends no request within the
+                // header read timeout is closed, as HTTP/1 alone would close it.
+                let ended = tokio::select! {
+                    ended = &mut conn => Some(ended),
+                    () = tokio::time::sleep(first_request) => None,
+                };
+                let ended = match ended {
+                    Some(ended) => ended,
+                    None if !started.load(Ordering::Relaxed) => {
+                        tracing::debug!("no request within the header read timeout; closing");
+                        return;
+                    }
+                    None => conn.await,
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with error");
                 }
             });

@@ -668,6 +668,140 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     assert_eq!(e.status, 499);
 }
 
+/// Reads a stream to its end (bounded: a stream still open after `secs` fails the test);
+/// returns its events.
+async fn drain_within(
+    s: &mut stormwall_testkit::StreamingResponse,
+    secs: u64,
+) -> Vec<stormwall_testkit::SseEvent> {
+    let read = async {
+        let mut events = Vec::new();
+        while let Some(ev) = s.next_event().await {
+            events.push(ev.unwrap());
+        }
+        events
+    };
+    tokio::time::timeout(Duration::from_secs(secs), read)
+        .await
+        .expect("the stream did not end")
+}
+
+/// Asserts a stream was cut for its key: the last event is the 401 error a request with the
+/// key now gets, and no `[DONE]` claims the answer complete.
+fn assert_cut_for_the_key(events: &[stormwall_testkit::SseEvent]) {
+    assert!(events.iter().all(|e| !e.is_done()), "{events:?}");
+    let last = events.last().unwrap().json().unwrap();
+    assert_eq!(last["error"]["code"], "invalid_api_key", "{last}");
+    assert_eq!(last["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_ends_its_open_streams() {
+    // The idle timeout is far off: only the revocation can end these streams in time.
+    let h = harness_with(|c| c.limits.upstream_idle_timeout_ms = 120_000).await;
+    let (key, id) = h.key(json!({"tenant": "t"})).await;
+    // Slow streams, and one upstream that goes silent after its first event.
+    h.upstream
+        .set_default_fault(Some(Fault::ChunkDelay(Duration::from_secs(2))));
+    h.upstream.push_fault(Fault::Stall { after_events: 1 });
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut s = h.stream_chat(&key).await;
+        assert_eq!(s.status, 200);
+        assert!(s.next_event().await.unwrap().unwrap().json().is_ok());
+        streams.push(s);
+    }
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{id}/revoke"),
+            json!({"reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for s in &mut streams {
+        assert_cut_for_the_key(&drain_within(s, 5).await);
+    }
+    assert!(
+        h.upstream
+            .wait_for_cancelled_streams(4, Duration::from_secs(5))
+            .await,
+        "every upstream request was cancelled"
+    );
+    let events = h.events(4).await;
+    for e in &events {
+        assert_eq!(e.stream_outcome, Some(StreamOutcome::KeyRevoked), "{e:?}");
+        assert_eq!(e.error_code.as_deref(), Some("invalid_api_key"));
+        assert_eq!(e.key_id.as_ref().unwrap().as_str(), id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspending_a_key_here_or_on_another_replica_ends_its_open_streams() {
+    let h = harness_with(|c| {
+        c.limits.upstream_idle_timeout_ms = 120_000;
+        c.server.key_refresh_secs = 1;
+    })
+    .await;
+    let (here, here_id) = h.key(json!({"tenant": "t"})).await;
+    let (there, there_id) = h.key(json!({"tenant": "t"})).await;
+    h.upstream
+        .set_default_fault(Some(Fault::Stall { after_events: 1 }));
+    let mut open = Vec::new();
+    for k in [&here, &here, &there] {
+        let mut s = h.stream_chat(k).await;
+        assert!(s.next_event().await.unwrap().unwrap().json().is_ok());
+        open.push(s);
+    }
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{here_id}/suspend"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for s in &mut open[..2] {
+        assert_cut_for_the_key(&drain_within(s, 5).await);
+    }
+    // Another replica suspends the other key: this one learns it from the store, through
+    // the periodic refresh (the key-change announcement lands in the same cache update).
+    let mut record = h
+        .store
+        .inner
+        .get_key(&KeyId::new(&there_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    record.status = stormwall_types::KeyStatus::Suspended;
+    h.store.inner.update_key(&record).await.unwrap();
+    assert_cut_for_the_key(&drain_within(&mut open[2], 10).await);
+    assert!(
+        h.upstream
+            .wait_for_cancelled_streams(3, Duration::from_secs(5))
+            .await
+    );
+    let events = h.events(3).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.stream_outcome == Some(StreamOutcome::KeySuspended)),
+        "{events:#?}"
+    );
+    // Resumed, the key streams to the end again.
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{here_id}/resume"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    h.upstream.set_default_fault(None);
+    let mut s = h.stream_chat(&here).await;
+    assert!(drain_within(&mut s, 10).await.last().unwrap().is_done());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_pass_through_and_credential_failures_do_not() {
     let h = harness().await;
@@ -1534,6 +1668,143 @@ async fn shutdown_drains_streams_and_flushes_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // collects the gateway's small replies, under a timeout
+async fn http2_with_prior_knowledge_serves_completions_and_streams() {
+    use http_body_util::{BodyExt, Full};
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    // Like `curl --http2-prior-knowledge`: HTTP/2 from the first byte, no upgrade.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let auth = format!("Bearer {key}");
+    let call = |body: String| {
+        let req = http::Request::post(format!("{}/v1/chat/completions", h.proxy))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                .await
+                .expect("no answer over HTTP/2")
+                .expect("HTTP/2 request failed");
+            let (parts, body) = resp.into_parts();
+            let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+                .await
+                .unwrap()
+                .unwrap()
+                .to_bytes();
+            (parts, body)
+        }
+    };
+    let (parts, body) = call(chat_body("gpt-4o-mini", false)).await;
+    assert_eq!(parts.version, http::Version::HTTP_2);
+    assert_eq!(parts.status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(parts.headers.contains_key("x-request-id"));
+
+    // A stream, relayed over the same connection.
+    let (parts, body) = call(chat_body("gpt-4o-mini", true)).await;
+    assert_eq!(parts.version, http::Version::HTTP_2);
+    assert_eq!(parts.status, 200);
+    assert!(
+        parts.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = stormwall_testkit::parse_sse(&body);
+    assert!(events.len() > 2, "{events:?}");
+    assert!(events.last().unwrap().is_done());
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e.json().unwrap()["object"] == "chat.completion.chunk")
+    );
+    // Refusals keep their shape too.
+    let req = http::Request::get(format!("{}/v1/models", h.proxy))
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = client.request(req).await.unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (http::Version::HTTP_2, 401)
+    );
+    // HTTP/2's header list is capped at `max_header_bytes`, as an HTTP/1 head is: under it
+    // is served (hyper's own default is far lower), over it is refused (by the server, or
+    // by the client honouring the limit the server announced).
+    let cap = h.config.limits.max_header_bytes;
+    let models = |filler: usize| {
+        http::Request::get(format!("{}/v1/models", h.proxy))
+            .header("authorization", &auth)
+            .header("x-filler", "f".repeat(filler))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let r = client.request(models(cap / 2)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    match client.request(models(cap + 1024)).await {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(!e.is_connect(), "{e}"),
+    }
+    let events = h.events(3).await;
+    assert_eq!(events[1].stream_outcome, Some(StreamOutcome::Completed));
+    assert_eq!(h.upstream.request_count(), 2);
+
+    // Shutting down lets an HTTP/2 stream in flight finish.
+    h.upstream
+        .push_fault(Fault::ChunkDelay(Duration::from_millis(40)));
+    let req = http::Request::post(format!("{}/v1/chat/completions", h.proxy))
+        .header("authorization", &auth)
+        .body(Full::new(bytes::Bytes::from(chat_body(
+            "gpt-4o-mini",
+            true,
+        ))))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let read = async {
+        tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes()
+    };
+    let mut h = h;
+    let (body, ()) = tokio::join!(read, h.shutdown());
+    let events = stormwall_testkit::parse_sse(&body);
+    assert!(
+        events.last().unwrap().is_done(),
+        "the in-flight stream finished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_no_request_is_closed_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness_with(|c| c.limits.header_read_timeout_secs = 1).await;
+    let addr = h.proxy.trim_start_matches("http://").to_owned();
+    // Silent; half an HTTP/2 preface; half an HTTP/1 request head.
+    for sent in [
+        &b""[..],
+        b"PRI * HTTP/2.0\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\n",
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(sent).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "connection that sent {:?} still open",
+            String::from_utf8_lossy(sent)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_connection_answers_a_small_request_without_a_delayed_ack_stall() {
     // Not a benchmark: a missing TCP_NODELAY on either leg shows up as ~40 ms per request
     // (Nagle + delayed ACK); the bound is several times what a working gateway needs.
@@ -1670,18 +1941,36 @@ async fn no_key_or_prompt_text_reaches_the_logs() {
     for k in [key.as_str(), normal.as_str(), normal.as_str()] {
         h.post("/v1/chat/completions", k, &body, None).await;
     }
+    // A canary beside a valid key is logged by id too, and neither secret is.
+    let (beside, _) = h.key(json!({"tenant": "t"})).await;
+    let auth = format!("Bearer {beside}");
+    http_request(
+        "POST",
+        &format!("{}/v1/chat/completions", h.proxy),
+        &[("authorization", &auth), ("api-key", &key)],
+        body.clone(),
+        None,
+    )
+    .await
+    .unwrap();
     h.admin_call("POST", &format!("/admin/keys/{nid}/revoke"), Value::Null)
         .await;
     h.post("/v1/chat/completions", &normal, &body, None).await;
-    h.events(4).await;
+    h.events(5).await;
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains(&id),
         "tripwire use is logged by key id:\n{logs}"
     );
+    assert_eq!(
+        logs.matches("tripwire key used").count(),
+        3,
+        "the canary twice, the revoked key once:\n{logs}"
+    );
     for secret in [
         key.as_str(),
         normal.as_str(),
+        beside.as_str(),
         secret_prompt,
         UPSTREAM_KEY,
         ADMIN_TOKEN,
@@ -2544,6 +2833,44 @@ mod scale_out {
             }
         }
         c.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_revoked_on_one_replica_ends_its_streams_on_the_others() {
+        let Some(c) = Cluster::start(2, "").await else {
+            return;
+        };
+        let (key, id) = c.key(0, json!({"tenant": "t"})).await;
+        c._upstream
+            .set_default_fault(Some(Fault::Stall { after_events: 1 }));
+        let mut s = None;
+        for _ in 0..100 {
+            let r = http_stream(
+                "POST",
+                &format!("{}/v1/chat/completions", c.proxies[1]),
+                &[("authorization", &format!("Bearer {key}"))],
+                chat_body("gpt-4o-mini", true),
+                None,
+            )
+            .await
+            .unwrap();
+            if r.status == 200 {
+                s = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut s = s.expect("replica 1 learned of the new key");
+        assert!(s.next_event().await.unwrap().unwrap().json().is_ok());
+        c.admin_post(0, &format!("/admin/keys/{id}/revoke")).await;
+        assert_cut_for_the_key(&drain_within(&mut s, 5).await);
+        let events = c.stop().await;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.stream_outcome == Some(StreamOutcome::KeyRevoked)),
+            "{events:#?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

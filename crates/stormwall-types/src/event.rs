@@ -161,6 +161,10 @@ pub enum StreamOutcome {
     TooLarge,
     /// The gateway cut the stream because its output broke the content policy.
     ContentBlocked,
+    /// The gateway cut the stream because its key was revoked while it ran.
+    KeyRevoked,
+    /// The gateway cut the stream because its key was suspended while it ran.
+    KeySuspended,
 }
 
 /// One content-safety finding recorded on an event (filled by the safety stage).
@@ -224,6 +228,15 @@ pub struct UsageEvent {
     /// Last four characters of the presented key (checksum characters, not secret).
     #[serde(rename = "key.last4", default, skip_serializing_if = "Option::is_none")]
     pub key_last4: Option<String>,
+    /// Public id of a second Stormwall key (secret verified) presented in the same request —
+    /// the other of `Authorization: Bearer` and `api-key` — when the request is recorded as
+    /// the use of a tripwire key (`key.id`): whoever holds the tripwire likely holds it too.
+    #[serde(
+        rename = "key.other_id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub other_key_id: Option<KeyId>,
     /// Client address (socket peer, or from trusted proxies' forwarding headers).
     #[serde(rename = "source.ip")]
     pub source_ip: IpAddr,
@@ -496,6 +509,7 @@ impl UsageEvent {
             key_id: None,
             key_kind: None,
             key_last4: None,
+            other_key_id: None,
             source_ip,
             source_port: 0,
             source_asn: None,

@@ -2,7 +2,8 @@
 //! they arrive (never buffering a stream whole), watches them for usage over borrowed
 //! slices, enforces the idle timeout between chunks, and reports how the stream ended
 //! exactly once — including when the client goes away, which drops the relay and with it
-//! the upstream connection, cancelling the upstream request.
+//! the upstream connection, cancelling the upstream request, and when the key is suspended
+//! or revoked mid-stream, which ends the stream the same way.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -12,8 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use stormwall_types::StreamOutcome;
+use stormwall_types::{KeyStatus, StreamOutcome};
 use tokio::time::Sleep;
+
+use crate::data::keycache::StopWatch;
 
 /// Error type of [`ProxyBody`]; relays end streams cleanly instead of failing them.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -270,6 +273,7 @@ pub struct Relay {
     trailer: Option<Bytes>,
     done: bool,
     guard: Option<crate::data::safety::StreamGuard>,
+    stop: Option<StopWatch>,
 }
 
 impl Relay {
@@ -286,7 +290,16 @@ impl Relay {
             trailer: None,
             done: false,
             guard: None,
+            stop: None,
         }
+    }
+
+    /// Ends the stream as soon as its key is suspended or revoked — even while the upstream
+    /// is silent: the upstream is dropped (cancelling it) and the client gets the error a
+    /// request with the key would now get, without `[DONE]`.
+    pub fn with_stop(mut self, stop: StopWatch) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Screens the output as it passes: once the guard blocks, the chunk that tipped it is
@@ -319,6 +332,8 @@ impl Relay {
             ev.extend_from_slice(&body);
             ev.extend_from_slice(b"\n\ndata: [DONE]\n\n");
             self.trailer = Some(Bytes::from(ev));
+        } else if let Some(err) = key_stopped_error(outcome) {
+            self.trailer = Some(crate::error::sse_error_event(&err));
         } else if outcome != StreamOutcome::Completed {
             let code = match outcome {
                 StreamOutcome::IdleTimeout => "upstream_timeout",
@@ -343,6 +358,17 @@ impl Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.done {
+            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+        }
+        if let Some(stop) = &mut self.stop
+            && let Poll::Ready(status) = stop.poll_stopped(cx)
+        {
+            // Dropping the upstream body cancels the upstream request.
+            self.source = Source::Events(VecDeque::new());
+            self.end(match status {
+                KeyStatus::Suspended => StreamOutcome::KeySuspended,
+                _ => StreamOutcome::KeyRevoked,
+            });
             return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
         }
         let polled = match &mut self.source {
@@ -395,6 +421,16 @@ impl Relay {
             },
         }
     }
+}
+
+/// The error a stream cut because its key stopped ends with (and records), if it was.
+pub fn key_stopped_error(outcome: StreamOutcome) -> Option<crate::error::ProxyError> {
+    let reason = match outcome {
+        StreamOutcome::KeyRevoked => stormwall_types::RejectReason::RevokedKey,
+        StreamOutcome::KeySuspended => stormwall_types::RejectReason::SuspendedKey,
+        _ => return None,
+    };
+    Some(crate::error::ProxyError::reject(reason))
 }
 
 impl Drop for Relay {

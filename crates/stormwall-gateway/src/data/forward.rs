@@ -46,6 +46,8 @@ pub struct Call {
     pub openai_beta: Option<HeaderValue>,
     /// The screened request's safety context (`None`: not screened).
     pub safety: Option<crate::data::safety::RequestSafety>,
+    /// The key as authenticated (a stream watches it for suspension and revocation).
+    pub key: Arc<CachedKey>,
 }
 
 /// Reads a request body within the size cap and read timeout.
@@ -206,6 +208,7 @@ pub async fn forward(
         if let Some(g) = guard {
             relay = relay.with_guard(g);
         }
+        relay = relay.with_stop(call.key.stop_watch());
         let mut resp = builder
             .header(header::CACHE_CONTROL, "no-cache")
             .body(ProxyBody::relay(relay))
@@ -392,6 +395,11 @@ impl Finisher {
             Some(StreamOutcome::UpstreamCut | StreamOutcome::IdleTimeout)
         ) {
             e.error_code = Some("upstream_stream_interrupted".to_owned());
+        }
+        // The request was admitted with a serving key, so the decision stays `allow`; the
+        // outcome says the gateway cut it, and the code is what the client's stream ended with.
+        if let Some(err) = outcome.and_then(crate::data::body::key_stopped_error) {
+            e.error_code = Some(crate::error::error_code(&err).to_owned());
         }
         let status = if outcome == Some(StreamOutcome::ClientDisconnected) {
             crate::data::recorder::CLIENT_CLOSED

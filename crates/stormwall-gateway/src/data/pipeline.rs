@@ -170,6 +170,7 @@ async fn proxy(
             accept: parts.headers.get(header::ACCEPT).cloned(),
             openai_beta: parts.headers.get("openai-beta").cloned(),
             safety,
+            key,
         },
     )
     .await
@@ -311,32 +312,129 @@ impl AuthFailure {
     }
 }
 
-/// The key a client presented: `Authorization: Bearer` first, then Azure's `api-key`.
-fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
+/// The keys a client presented: the one that authenticates (`Authorization: Bearer` first,
+/// then Azure's `api-key`), and the `api-key` too when both headers carry one.
+fn presented_keys(headers: &http::HeaderMap) -> (Option<&str>, Option<&str>) {
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim());
-        }
-    }
-    headers
+        .map(str::trim)
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+        .map(|v| v[7..].trim());
+    let api_key = headers
         .get("api-key")
         .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+        .map(str::trim);
+    match bearer {
+        Some(b) => (Some(b), api_key.filter(|a| *a != b)),
+        None => (api_key, None),
+    }
 }
 
-/// Finds and checks the caller's key. A malformed key never reaches the cache or store.
+/// Finds and checks the caller's key, and the second key when both headers carry one.
 fn authenticate(
     state: &DataPlane,
     headers: &http::HeaderMap,
     rec: &mut Recorder,
 ) -> Result<Arc<CachedKey>, AuthFailure> {
-    let Some(presented) = presented_key(headers) else {
+    let (presented, other) = presented_keys(headers);
+    let Some(presented) = presented else {
         return Err(AuthFailure::plain(RejectReason::MissingKey));
     };
+    let first = authenticate_key(state, presented, rec);
+    match other {
+        // Not a Stormwall key (or none): nothing more to look at.
+        Some(other) if key::validate(other).is_ok() => {
+            check_other_key(state, rec, first, presented, other)
+        }
+        _ => first,
+    }
+}
+
+/// The cached key a presented string is, secret checked; `None` for a malformed key.
+fn verified(state: &DataPlane, presented: &str) -> Option<Arc<CachedKey>> {
+    key::validate(presented).ok()?;
+    let cached = state.keys.get(key::id_of(presented)?)?;
+    KeyHash::of(presented)
+        .ct_eq(&cached.record.hash)
+        .then_some(cached)
+}
+
+/// Why a key is a tripwire (canary or revoked), if it is one.
+fn tripwire_reason(cached: &CachedKey) -> Option<RejectReason> {
+    match cached.record.usable_at(time::OffsetDateTime::now_utc()) {
+        Err(KeyRefusal::Canary) => Some(RejectReason::CanaryKey),
+        Err(KeyRefusal::Revoked) => Some(RejectReason::RevokedKey),
+        _ => None,
+    }
+}
+
+/// A request carrying a Stormwall key in both `Authorization` and `api-key`. Only the first
+/// authenticates, but a tripwire in the other header must not go unseen: a client holding a
+/// canary or a revoked key is using harvested keys, whatever else it sends. Such a request
+/// is recorded as the tripwire's use (its key id, kind and tenant, so detection raises H1 or
+/// D1 on it) with the genuine key noted in `key.other_id`, and refused with the same 401 as
+/// an unknown key. Refusing is the safer choice: serving it would let a harvester test a
+/// batch of stolen keys at once and learn which works, and the 401 is the answer it would
+/// get with the tripwire alone — it learns nothing about either key.
+fn check_other_key(
+    state: &DataPlane,
+    rec: &mut Recorder,
+    first: Result<Arc<CachedKey>, AuthFailure>,
+    presented: &str,
+    other: &str,
+) -> Result<Arc<CachedKey>, AuthFailure> {
+    if matches!(
+        first,
+        Err(AuthFailure {
+            reason: RejectReason::KeysUnverified,
+            ..
+        })
+    ) {
+        return first;
+    }
+    let Some(second) = verified(state, other) else {
+        return first;
+    };
+    let second_trips = tripwire_reason(&second);
+    if let Some(reason) = second_trips {
+        tracing::warn!(
+            key_id = second.record.id.as_str(),
+            reason = reason.as_str(),
+            source_ip = %rec.event().source_ip,
+            "tripwire key used"
+        );
+    }
+    if matches!(first, Err(AuthFailure { tripwire: true, .. })) {
+        // Already the use of a tripwire: note the other key it came with.
+        rec.event().other_key_id = Some(second.record.id.clone());
+        return first;
+    }
+    let Some(reason) = second_trips else {
+        return first;
+    };
+    let first_id = match &first {
+        Ok(k) => Some(k.record.id.clone()),
+        Err(_) => verified(state, presented).map(|k| k.record.id.clone()),
+    };
+    let e = rec.event();
+    e.key_id = Some(second.record.id.clone());
+    e.key_last4 = other.get(other.len() - 4..).map(str::to_owned);
+    e.tenant = Some(second.record.tenant.clone());
+    e.key_kind = Some(second.record.kind);
+    e.other_key_id = first_id;
+    Err(AuthFailure {
+        reason,
+        tripwire: true,
+    })
+}
+
+/// Checks one presented key. A malformed key never reaches the cache or store.
+fn authenticate_key(
+    state: &DataPlane,
+    presented: &str,
+    rec: &mut Recorder,
+) -> Result<Arc<CachedKey>, AuthFailure> {
     if key::validate(presented).is_err() {
         return Err(AuthFailure::plain(RejectReason::MalformedKey));
     }

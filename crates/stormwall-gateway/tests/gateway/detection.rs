@@ -539,3 +539,81 @@ async fn every_change_is_in_the_audit_log_and_the_chain_verifies() {
     assert!(!text.contains(&canary));
     h.shutdown().await;
 }
+
+/// A chat request carrying `bearer` in `Authorization` and `api_key` in `api-key`.
+async fn chat_two_keys(h: &Harness, bearer: &str, api_key: &str) -> TestResponse {
+    let auth = format!("Bearer {bearer}");
+    http_request(
+        "POST",
+        &format!("{}/v1/chat/completions", h.proxy),
+        &[
+            ("authorization", &auth),
+            ("api-key", api_key),
+            ("content-type", "application/json"),
+        ],
+        chat_body("gpt-4o-mini", false),
+        ip(HOSTING),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tripwire_key_beside_a_valid_one_is_recorded_and_refused() {
+    let h = harness().await;
+    let (valid, valid_id) = h.key(json!({"tenant": "acme"})).await;
+    let (canary, canary_id) = h.key(json!({"tenant": "bait", "kind": "canary"})).await;
+    let (revoked, revoked_id) = h.key(json!({"tenant": "acme"})).await;
+    let r = h
+        .admin_call(
+            "POST",
+            &format!("/admin/keys/{revoked_id}/revoke"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let unknown = h
+        .chat(stormwall_types::ApiKey::generate().expose(), "gpt-4o-mini")
+        .await;
+    assert_eq!(unknown.status, 401);
+
+    // Valid Bearer + canary api-key; the canary first and the valid key second; valid +
+    // revoked. Each is refused exactly like an unknown key and never reaches the upstream.
+    for (bearer, api_key) in [(&valid, &canary), (&canary, &valid), (&valid, &revoked)] {
+        let r = chat_two_keys(&h, bearer, api_key).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json().unwrap(), unknown.json().unwrap());
+    }
+    assert_eq!(h.upstream.request_count(), 0);
+    let events = h.events(4).await;
+    let expect = [
+        (RejectReason::CanaryKey, &canary_id),
+        (RejectReason::CanaryKey, &canary_id),
+        (RejectReason::RevokedKey, &revoked_id),
+    ];
+    for (e, (reason, key_id)) in events[1..].iter().zip(expect) {
+        assert_eq!(e.reject_reason, Some(reason), "{e:#?}");
+        assert_eq!(e.key_id.as_ref().unwrap().as_str(), key_id.as_str());
+        assert_eq!(
+            e.other_key_id.as_ref().map(KeyId::as_str),
+            Some(valid_id.as_str())
+        );
+        // What the harvester asked for is captured (digests only), as for a tripwire alone.
+        assert!(e.system_prompt_hash.is_some());
+    }
+    assert_eq!(events[1].tenant.as_deref(), Some("bait"));
+    assert_eq!(events[1].key_kind, Some(stormwall_types::KeyKind::Canary));
+    // Detection sees the canary use.
+    let alerts = h.wait_alerts(&format!("?key={canary_id}"), 1).await;
+    assert_eq!(alerts[0]["detector"], "H1");
+
+    // Two keys neither of which is a tripwire: the first one serves, as before.
+    let (second, _) = h.key(json!({"tenant": "acme"})).await;
+    for api_key in [
+        second.as_str(),
+        stormwall_types::ApiKey::generate().expose(),
+        "sk-other",
+    ] {
+        assert_eq!(chat_two_keys(&h, &valid, api_key).await.status, 200);
+    }
+}
