@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 use actors::{Attack, Client, GatewayView, HOUR_MS, Legit, Profile, RelayMix, Req, Seg};
 use stormwall_detect::sketch::mix64;
 use stormwall_detect::{Engine, EngineStats};
+use stormwall_store::{KeyAdmission, RateDecision, RateRequest};
 use world::{Kind, Net, Rng};
 
 /// The attack scenarios, by index.
@@ -121,12 +122,12 @@ enum Actor {
     OperatorRevoke { key: usize },
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 struct GwKey {
     status: Option<KeyStatus>,
     throttle_rpm: Option<u32>,
-    minute: i64,
-    count: u32,
+    /// The gateway's admission engine for this key, on event time.
+    limits: KeyAdmission,
     canary: bool,
 }
 
@@ -1506,7 +1507,8 @@ pub fn finish_report(
 }
 
 /// The gateway model: canary, revoked and suspended keys are refused; a throttled key gets
-/// its requests-per-minute limit; everything else is served.
+/// its requests-per-minute limit, decided by the gateway's admission engine at the event's
+/// time; everything else is served.
 fn gateway_apply(gw: &mut Gateway, key: usize, e: &mut UsageEvent, t: i64) {
     let Some(g) = gw.keys.get_mut(key) else {
         return;
@@ -1533,13 +1535,13 @@ fn gateway_apply(gw: &mut Gateway, key: usize, e: &mut UsageEvent, t: i64) {
         _ => {}
     }
     if let Some(rpm) = g.throttle_rpm {
-        let minute = t.div_euclid(60_000);
-        if minute != g.minute {
-            g.minute = minute;
-            g.count = 0;
-        }
-        g.count += 1;
-        if g.count > rpm {
+        // The gateway's own sliding window (a key is counted from when it gets a limit).
+        let req = RateRequest {
+            rpm: Some(rpm),
+            tpm: None,
+            tokens: 0,
+        };
+        if let RateDecision::Denied { .. } = g.limits.check_rate(req, t) {
             refuse(e, RejectReason::RateLimitRequests);
         }
     }
@@ -2159,5 +2161,44 @@ mod history_tests {
         let n = sim.history(2).count();
         assert!(n > 0);
         assert_eq!(run(sim), plain);
+    }
+}
+
+#[cfg(test)]
+mod gateway_model_tests {
+    use super::*;
+
+    fn request(gw: &mut Gateway, t: i64) -> bool {
+        let mut e = UsageEvent::new(
+            "e".to_owned(),
+            to_time(t),
+            std::net::IpAddr::from([192, 0, 2, 1]),
+            "POST",
+            "/v1/chat/completions",
+        );
+        gateway_apply(gw, 0, &mut e, t);
+        e.decision == stormwall_types::Decision::Allow
+    }
+
+    #[test]
+    fn a_throttled_key_gets_the_gateways_sliding_window() {
+        let mut gw = Gateway {
+            keys: vec![GwKey {
+                throttle_rpm: Some(2),
+                ..GwKey::default()
+            }],
+        };
+        let t = 1_700_000_020_000; // 20 s before a minute boundary
+        assert!(request(&mut gw, t));
+        assert!(request(&mut gw, t + 500));
+        // Refused, and the refusals are not counted.
+        assert!(!request(&mut gw, t + 1_000));
+        assert!(!request(&mut gw, t + 2_000));
+        // A new clock minute frees nothing: the two served requests are still in the window.
+        assert!(!request(&mut gw, t + 30_000));
+        // A minute (and a bucket) after they were served, both slots are back.
+        assert!(request(&mut gw, t + 61_000));
+        assert!(request(&mut gw, t + 61_000));
+        assert!(!request(&mut gw, t + 61_000));
     }
 }

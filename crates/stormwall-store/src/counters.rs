@@ -13,8 +13,10 @@
 //!   every replica's key cache drops a revoked key at once.
 //!
 //! Two implementations share one test suite: [`LocalCounters`](crate::LocalCounters) (this
-//! process only: one node, and the fallback while Redis is unreachable) and
-//! [`RedisCounters`](crate::RedisCounters) (atomic Lua scripts on a shared Redis).
+//! process only: the fallback while Redis is unreachable, and tests), a thin async wrapper
+//! over the in-process admission engine ([`crate::admission`], which the gateway also calls
+//! directly on a single node), and [`RedisCounters`](crate::RedisCounters) (atomic Lua
+//! scripts on a shared Redis, with the same semantics).
 //!
 //! Handles returned by a grant ([`RateCharge`], [`SlotLease`], [`BudgetReservation`]) remember
 //! which implementation issued them, so [`FallbackCounters`](crate::FallbackCounters) can send
@@ -80,6 +82,33 @@ impl CounterError {
 pub(crate) enum Origin {
     Local,
     Redis,
+}
+
+/// The name of a slot or reservation in the implementation that issued it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Handle {
+    /// Issued in this process ([`crate::admission`]): a number, so granting allocates nothing.
+    Local(u64),
+    /// A member of a Redis set, unique across replicas.
+    Redis(String),
+}
+
+impl Handle {
+    /// Which implementation issued the handle.
+    pub(crate) fn origin(&self) -> Origin {
+        match self {
+            Handle::Local(_) => Origin::Local,
+            Handle::Redis(_) => Origin::Redis,
+        }
+    }
+
+    /// The Redis member it names; empty (names nothing) for a handle issued locally.
+    pub(crate) fn redis_member(&self) -> &str {
+        match self {
+            Handle::Local(_) => "",
+            Handle::Redis(m) => m,
+        }
+    }
 }
 
 /// What one request asks of its key's rate windows.
@@ -179,8 +208,7 @@ pub enum SlotDecision {
 /// outlives its lease (a long stream) renews it with [`Counters::renew_slot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotLease {
-    pub(crate) origin: Origin,
-    pub(crate) id: String,
+    pub(crate) id: Handle,
     /// Requests in flight on the key when the slot was taken, this one included.
     pub inflight: u32,
 }
@@ -237,8 +265,7 @@ pub enum BudgetDecision {
 /// A reserved cost, released (and replaced by the real cost) by [`Counters::settle_budget`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetReservation {
-    pub(crate) origin: Origin,
-    pub(crate) id: String,
+    pub(crate) id: Handle,
     pub(crate) nanos: i64,
     pub(crate) day: u32,
     pub(crate) month: u32,

@@ -117,14 +117,14 @@ impl Counters for FallbackCounters {
         slot: &SlotLease,
         lease: Duration,
     ) -> Result<bool, CounterError> {
-        match slot.origin {
+        match slot.id.origin() {
             Origin::Local => self.local.renew_slot(key, slot, lease).await,
             Origin::Redis => self.primary.renew_slot(key, slot, lease).await,
         }
     }
 
     async fn release_slot(&self, key: &KeyId, slot: SlotLease) -> Result<(), CounterError> {
-        match slot.origin {
+        match slot.id.origin() {
             Origin::Local => self.local.release_slot(key, slot).await,
             // If this fails the slot's lease frees it.
             Origin::Redis => self.primary.release_slot(key, slot).await,
@@ -151,7 +151,7 @@ impl Counters for FallbackCounters {
         cost_usd: f64,
         at: OffsetDateTime,
     ) -> Result<(), CounterError> {
-        match reservation.origin {
+        match reservation.id.origin() {
             Origin::Local => {
                 self.local
                     .settle_budget(key, reservation, cost_usd, at)

@@ -7,6 +7,7 @@
 //! The request path never awaits a database write: events go through the bounded channel
 //! of an [`EventSink`] to a [`batch`] writer task; a full channel is counted, never silent.
 
+pub mod admission;
 pub mod batch;
 mod codec;
 pub mod config;
@@ -24,6 +25,7 @@ use async_trait::async_trait;
 use stormwall_types::{Action, Alert, DetectorId, KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
 
+pub use admission::{AdmissionEngine, KeyAdmission, RateWindows};
 pub use batch::{BatchWriter, EventSink, EventSinkSnapshot, EventSinkStats, ShutdownError};
 pub use config::{CountersConfig, EventsConfig, PostgresConfig, RedisConfig, StoreConfig};
 pub use counters::{

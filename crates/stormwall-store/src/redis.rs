@@ -24,15 +24,16 @@ use time::OffsetDateTime;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::admission::{BUDGET_DAY_TTL, BUDGET_MONTH_TTL};
 use crate::config::{DEFAULT_REDIS_URL_ENV, RedisConfig, resolve_url};
 use crate::counters::{
     BudgetDecision, BudgetPeriod, BudgetRequest, BudgetReservation, BudgetUsage, CounterError,
-    Counters, CountersHealth, DISTINCT_RETENTION, KeyChange, KeyChanges, Origin, RATE_BUCKET,
-    RATE_WINDOW, RateCharge, RateDecision, RateLimited, RateRequest, SlotDecision, SlotLease,
-    WindowState, budget_nanos, from_millis, hour_span, millis, nanos_to_usd, new_handle_id,
-    periods, usd_to_nanos, usd_to_nanos_ceil, validate_set,
+    Counters, CountersHealth, DISTINCT_RETENTION, Handle, KeyChange, KeyChanges, Origin,
+    RATE_BUCKET, RATE_WINDOW, RateCharge, RateDecision, RateLimited, RateRequest, SlotDecision,
+    SlotLease, WindowState, budget_nanos, from_millis, hour_span, millis, nanos_to_usd,
+    new_handle_id, periods, usd_to_nanos, usd_to_nanos_ceil, validate_set,
 };
-use crate::local::{BUDGET_DAY_TTL, BUDGET_MONTH_TTL, CHANGES_CAPACITY};
+use crate::local::CHANGES_CAPACITY;
 
 /// Longest key prefix.
 const MAX_PREFIX: usize = 64;
@@ -782,8 +783,7 @@ impl Counters for RedisCounters {
         let inflight = u32::try_from(inflight).unwrap_or(u32::MAX);
         Ok(if granted == 1 {
             SlotDecision::Granted(SlotLease {
-                origin: Origin::Redis,
-                id,
+                id: Handle::Redis(id),
                 inflight,
             })
         } else {
@@ -803,7 +803,7 @@ impl Counters for RedisCounters {
                 self.scripts
                     .renew
                     .key(&slots)
-                    .arg(&slot.id)
+                    .arg(slot.id.redis_member())
                     .arg(millis(lease, 1))
                     .invoke_async(&mut conn)
                     .await
@@ -817,7 +817,7 @@ impl Counters for RedisCounters {
         self.call(async |mut conn| {
             ::redis::cmd("ZREM")
                 .arg(&slots)
-                .arg(&slot.id)
+                .arg(slot.id.redis_member())
                 .query_async::<i64>(&mut conn)
                 .await
         })
@@ -875,9 +875,8 @@ impl Counters for RedisCounters {
         };
         if granted == 1 {
             return Ok(BudgetDecision::Granted(BudgetReservation {
-                origin: Origin::Redis,
                 // The whole member names the reservation in the zset.
-                id: member,
+                id: Handle::Redis(member),
                 nanos: amount,
                 day,
                 month,
@@ -909,7 +908,7 @@ impl Counters for RedisCounters {
         let held = self.budget_keys(key, reservation.day, reservation.month);
         let now = self.budget_keys(key, day, month);
         let member = if reservation.nanos > 0 {
-            reservation.id.as_str()
+            reservation.id.redis_member()
         } else {
             ""
         };
@@ -944,8 +943,7 @@ impl Counters for RedisCounters {
         }
         let (day, month) = periods(at);
         let none = BudgetReservation {
-            origin: Origin::Redis,
-            id: String::new(),
+            id: Handle::Redis(String::new()),
             nanos: 0,
             day,
             month,

@@ -1,12 +1,21 @@
-//! Admission: per-key requests per minute, tokens per minute, in-flight concurrency and
-//! spend budgets, decided in memory in a few hundred nanoseconds. A granted request holds an
-//! [`Admission`] that reconciles tokens and spend with what the upstream reports, and frees
-//! the concurrency slot, exactly once, however the request ends.
+//! Admission: per-key requests and tokens per minute, in-flight concurrency and spend
+//! budgets. On one node the decisions are made by the store's admission engine
+//! ([`stormwall_store::KeyAdmission`], the Redis scripts' semantics) kept in each key-cache
+//! entry — one lock and no await on the request path; with shared counters
+//! ([`crate::data::shared_admit`]) the same engine's decisions come from Redis (or the local
+//! fallback), and this module only counts the key's requests in flight. Both paths turn
+//! decisions into headers and refusals here. A granted request holds an [`Admission`] that
+//! reconciles tokens and spend with what the upstream reports, and frees its slot and
+//! reservation, exactly once, however the request ends.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
+use stormwall_store::{
+    BudgetDecision, BudgetRequest, BudgetReservation, KeyAdmission, RateCharge, RateDecision,
+    RateLimited, RateRequest, SlotDecision, SlotLease, WindowState,
+};
 use stormwall_types::{KeyScope, RejectReason};
 use time::OffsetDateTime;
 
@@ -14,102 +23,17 @@ use crate::error::{ProxyError, RateLimitInfo};
 
 /// Output tokens reserved against a budget when a request sets no `max_tokens`.
 pub const DEFAULT_OUTPUT_RESERVE_TOKENS: u64 = 1_024;
-
-/// Length of a rate window.
-const WINDOW_SECS: f64 = 60.0;
-
-/// A sliding one-minute window approximated by two fixed buckets, weighted by overlap —
-/// the usual trade of exactness for constant memory per key.
-#[derive(Debug, Default)]
-struct Window {
-    minute: u64,
-    current: u64,
-    previous: u64,
-}
-
-impl Window {
-    fn roll(&mut self, minute: u64) {
-        if minute == self.minute {
-            return;
-        }
-        self.previous = if minute == self.minute + 1 {
-            self.current
-        } else {
-            0
-        };
-        self.current = 0;
-        self.minute = minute;
-    }
-
-    /// Weighted use of the sliding window (fractional: the previous minute decays linearly).
-    fn used(&self, frac: f64) -> f64 {
-        self.previous as f64 * (1.0 - frac) + self.current as f64
-    }
-
-    /// Whether `need` more units fit under `limit` now.
-    fn fits(&self, limit: u64, need: u64, frac: f64) -> bool {
-        self.used(frac) + need as f64 <= limit as f64 + 1e-9
-    }
-
-    /// Seconds until `need` more units fit under `limit`, as the previous bucket's weight
-    /// decays and, if that is not enough, as the current bucket becomes the previous one.
-    fn wait_secs(&self, limit: u64, need: u64, frac: f64) -> f64 {
-        if need > limit {
-            return WINDOW_SECS;
-        }
-        if self.fits(limit, need, frac) {
-            return 0.0;
-        }
-        let room = (limit - need) as f64;
-        // Within this minute: previous * (1 - f) + current <= room.
-        if self.previous > 0 && (self.current as f64) <= room {
-            let f = 1.0 - (room - self.current as f64) / self.previous as f64;
-            if f < 1.0 {
-                return ((f - frac) * WINDOW_SECS).max(0.001);
-            }
-        }
-        // After the roll: current * (1 - g) <= room.
-        let g = if self.current == 0 {
-            0.0
-        } else {
-            (1.0 - room / self.current as f64).max(0.0)
-        };
-        ((1.0 - frac) + g) * WINDOW_SECS
-    }
-}
-
-/// Spend accrued in the current UTC day and month, plus reservations of in-flight requests.
-#[derive(Debug, Default)]
-struct Spend {
-    day: i32,
-    month: (i32, u8),
-    day_usd: f64,
-    month_usd: f64,
-    reserved_usd: f64,
-}
-
-impl Spend {
-    fn roll(&mut self, now: OffsetDateTime) {
-        let day = now.to_julian_day();
-        if day != self.day {
-            self.day = day;
-            self.day_usd = 0.0;
-        }
-        let month = (now.year(), u8::from(now.month()));
-        if month != self.month {
-            self.month = month;
-            self.month_usd = 0.0;
-        }
-    }
-}
+/// How long a concurrency slot or budget reservation holds if it is never settled: a
+/// replica died mid-request (shared counters), or a request outlived it.
+pub const LEASE: Duration = Duration::from_secs(15 * 60);
 
 /// Live admission state of one key.
 #[derive(Debug, Default)]
 pub struct KeyState {
-    requests: Mutex<Window>,
-    tokens: Mutex<Window>,
+    /// Requests in flight, counted on every path (events and detectors read it).
     inflight: AtomicU32,
-    spend: Mutex<Spend>,
+    /// The engine's state of this key, used when limits are enforced on this node.
+    limits: Mutex<KeyAdmission>,
     spend_loaded: AtomicBool,
 }
 
@@ -119,12 +43,11 @@ impl KeyState {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Seeds spend from the store after a restart (day and month totals at `now`).
+    /// Seeds spend from the store after a restart (day and month totals at `now`); spend
+    /// already counted is never lowered.
     pub fn load_spend(&self, now: OffsetDateTime, day_usd: f64, month_usd: f64) {
-        let mut s = lock(&self.spend);
-        s.roll(now);
-        s.day_usd += day_usd;
-        s.month_usd += month_usd;
+        let now_ms = Clock::default().now_ms();
+        lock(&self.limits).reconcile_spend(now, day_usd, month_usd, now_ms);
         self.spend_loaded.store(true, Ordering::Relaxed);
     }
 
@@ -134,12 +57,14 @@ impl KeyState {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Counters stay meaningful after a panic elsewhere; never take the gateway down for it.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The clock admission uses: a monotonic minute index and a wall clock for budgets.
+/// The clock admission uses: monotonic milliseconds from one origin per process, so every
+/// key's windows and leases are on the same time line. Budget periods follow the UTC wall
+/// clock.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     origin: Instant,
@@ -147,17 +72,17 @@ pub struct Clock {
 
 impl Default for Clock {
     fn default() -> Self {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
         Self {
-            origin: Instant::now(),
+            origin: *ORIGIN.get_or_init(Instant::now),
         }
     }
 }
 
 impl Clock {
-    fn minute_and_frac(&self, now: Instant) -> (u64, f64) {
-        let secs = now.duration_since(self.origin).as_secs_f64();
-        let minute = (secs / WINDOW_SECS) as u64;
-        (minute + 1, (secs % WINDOW_SECS) / WINDOW_SECS)
+    /// Milliseconds since the origin.
+    pub fn now_ms(&self) -> i64 {
+        i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 }
 
@@ -170,14 +95,52 @@ pub struct Demand {
     pub reserve_usd: f64,
 }
 
+/// What a granted request holds in its key's engine.
+#[derive(Debug, Default)]
+struct Held {
+    slot: Option<SlotLease>,
+    budget: Option<BudgetReservation>,
+    charge: Option<RateCharge>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.slot.is_none() && self.budget.is_none() && self.charge.is_none()
+    }
+
+    /// Reconciles tokens, settles spend and frees the slot — the order the shared path
+    /// settles in. A refusal gives back what was taken with no tokens and no cost.
+    fn settle(
+        self,
+        k: &mut KeyAdmission,
+        actual_tokens: Option<u64>,
+        cost_usd: f64,
+        at: OffsetDateTime,
+        now: i64,
+    ) {
+        if let (Some(charge), Some(actual)) = (&self.charge, actual_tokens) {
+            k.reconcile_tokens(charge, actual, now);
+        }
+        match &self.budget {
+            Some(r) => k.settle_budget(r, cost_usd, at, now),
+            // Spend of a key without budgets still counts, should it get one later.
+            None => k.add_spend(cost_usd, at, now),
+        }
+        if let Some(slot) = &self.slot {
+            k.release_slot(slot);
+        }
+    }
+}
+
 /// A granted admission. Dropping it without [`Admission::settle`] releases its slot and
 /// reservation without recording tokens beyond the estimate.
 #[derive(Debug)]
 pub struct Admission {
-    state: std::sync::Arc<KeyState>,
+    state: Arc<KeyState>,
     clock: Clock,
-    estimated_tokens: u64,
-    reserved_usd: f64,
+    held: Held,
+    /// Whether spend is kept in this node's engine (not with shared counters).
+    keeps_spend: bool,
     /// Headers to return to the client.
     pub info: RateLimitInfo,
     /// In-flight count including this request.
@@ -197,22 +160,19 @@ impl Admission {
         }
         self.settled = true;
         self.state.inflight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(actual) = actual_tokens {
-            let (minute, _) = self.clock.minute_and_frac(Instant::now());
-            let mut w = lock(&self.state.tokens);
-            w.roll(minute);
-            // Reconcile the estimate charged at admission with what was really used.
-            if actual >= self.estimated_tokens {
-                w.current += actual - self.estimated_tokens;
-            } else {
-                w.current = w.current.saturating_sub(self.estimated_tokens - actual);
-            }
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() && !(self.keeps_spend && cost_usd > 0.0) {
+            return;
         }
-        let mut s = lock(&self.state.spend);
-        s.roll(OffsetDateTime::now_utc());
-        s.reserved_usd = (s.reserved_usd - self.reserved_usd).max(0.0);
-        s.day_usd += cost_usd;
-        s.month_usd += cost_usd;
+        let now = self.clock.now_ms();
+        let at = OffsetDateTime::now_utc();
+        held.settle(
+            &mut lock(&self.state.limits),
+            actual_tokens,
+            cost_usd,
+            at,
+            now,
+        );
     }
 }
 
@@ -266,130 +226,192 @@ pub fn budget_spent(info: &mut RateLimitInfo, now: OffsetDateTime) {
     info.never_fits = true;
 }
 
-/// Checks a key's limits for one request and, when it fits, charges it.
+fn refused(reason: RejectReason, info: RateLimitInfo) -> ProxyError {
+    ProxyError::Rejected {
+        reason,
+        limits: Some(info),
+        detail: None,
+    }
+}
+
+/// The refusal of a request over the key's concurrency limit.
+pub(crate) fn concurrency_refused(mut info: RateLimitInfo) -> ProxyError {
+    info.retry_after_secs = Some(1);
+    refused(RejectReason::ConcurrencyLimit, info)
+}
+
+/// The refusal of a request whose cost does not fit the key's budgets at `at`.
+pub(crate) fn budget_refused(mut info: RateLimitInfo, at: OffsetDateTime) -> ProxyError {
+    budget_spent(&mut info, at);
+    refused(RejectReason::BudgetExhausted, info)
+}
+
+/// What the request asks of the key's budgets, if it has any.
+pub(crate) fn budget_request(scope: &KeyScope, demand: &Demand) -> Option<BudgetRequest> {
+    (scope.budget_daily_usd.is_some() || scope.budget_monthly_usd.is_some()).then_some(
+        BudgetRequest {
+            daily_usd: scope.budget_daily_usd,
+            monthly_usd: scope.budget_monthly_usd,
+            reserve_usd: demand.reserve_usd,
+            lease: LEASE,
+        },
+    )
+}
+
+/// What the request asks of the key's rate windows, if it has any.
+pub(crate) fn rate_request(scope: &KeyScope, demand: &Demand) -> Option<RateRequest> {
+    (scope.rpm.is_some() || scope.tpm.is_some()).then_some(RateRequest {
+        rpm: scope.rpm,
+        tpm: scope.tpm,
+        tokens: demand.tokens,
+    })
+}
+
+/// Turns a rate decision into the client's `x-ratelimit-*` headers and, for a refusal, the
+/// error: `Retry-After` when the request would fit, and `x-should-retry: false` for a
+/// request larger than the whole tokens limit.
+pub(crate) fn rate_outcome(
+    decision: RateDecision,
+    scope: &KeyScope,
+    demand: &Demand,
+    info: &mut RateLimitInfo,
+) -> Result<RateCharge, ProxyError> {
+    let fill =
+        |info: &mut RateLimitInfo, requests: Option<WindowState>, tokens: Option<WindowState>| {
+            if let Some(w) = requests {
+                info.limit_requests = Some(u32::try_from(w.limit).unwrap_or(u32::MAX));
+                info.remaining_requests = Some(u32::try_from(w.remaining()).unwrap_or(u32::MAX));
+                info.reset_requests_secs = Some(w.reset_after.as_secs_f64());
+            }
+            if let Some(w) = tokens {
+                info.limit_tokens = Some(w.limit);
+                info.remaining_tokens = Some(w.remaining());
+                info.reset_tokens_secs = Some(w.reset_after.as_secs_f64());
+            }
+        };
+    match decision {
+        RateDecision::Granted {
+            charge,
+            requests,
+            tokens,
+        } => {
+            fill(info, requests, tokens);
+            Ok(charge)
+        }
+        RateDecision::Denied {
+            limit,
+            retry_after,
+            requests,
+            tokens,
+        } => {
+            fill(info, requests, tokens);
+            info.retry_after_secs = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+            let reason = match limit {
+                RateLimited::Requests => RejectReason::RateLimitRequests,
+                RateLimited::Tokens => {
+                    info.never_fits = scope.tpm.is_some_and(|t| demand.tokens > t);
+                    RejectReason::RateLimitTokens
+                }
+            };
+            Err(refused(reason, *info))
+        }
+    }
+}
+
+/// Checks a key's limits on this node for one request and, when it fits, charges it.
 pub fn admit(
-    state: &std::sync::Arc<KeyState>,
+    state: &Arc<KeyState>,
     scope: &KeyScope,
     demand: Demand,
     clock: Clock,
 ) -> Result<Admission, ProxyError> {
-    let now = Instant::now();
-    let (minute, frac) = clock.minute_and_frac(now);
+    admit_at(state, scope, demand, clock, clock.now_ms())
+}
+
+/// [`admit`] at `now` on the clock's time line.
+fn admit_at(
+    state: &Arc<KeyState>,
+    scope: &KeyScope,
+    demand: Demand,
+    clock: Clock,
+    now: i64,
+) -> Result<Admission, ProxyError> {
     let mut info = RateLimitInfo::default();
-    let reject = |reason, info: RateLimitInfo| ProxyError::Rejected {
-        reason,
-        limits: Some(info),
-        detail: None,
-    };
-
-    // Concurrency first: it is released on every exit path below.
-    let inflight = state.inflight.fetch_add(1, Ordering::Relaxed) + 1;
-    let release = || {
-        state.inflight.fetch_sub(1, Ordering::Relaxed);
-    };
-    if let Some(max) = scope.max_concurrency
-        && inflight > max
-    {
-        release();
-        info.retry_after_secs = Some(1);
-        return Err(reject(RejectReason::ConcurrencyLimit, info));
-    }
-
-    // Budgets, with in-flight reservations counted, so concurrent requests cannot overrun.
-    if scope.budget_daily_usd.is_some() || scope.budget_monthly_usd.is_some() {
-        let mut s = lock(&state.spend);
-        s.roll(OffsetDateTime::now_utc());
-        let over = |spent: f64, budget: Option<f64>| {
-            budget.is_some_and(|b| spent >= b || spent + s.reserved_usd + demand.reserve_usd > b)
-        };
-        if over(s.day_usd, scope.budget_daily_usd) || over(s.month_usd, scope.budget_monthly_usd) {
-            drop(s);
-            release();
-            budget_spent(&mut info, OffsetDateTime::now_utc());
-            return Err(reject(RejectReason::BudgetExhausted, info));
-        }
-        s.reserved_usd += demand.reserve_usd;
-    }
-    let reserved_usd = if scope.budget_daily_usd.is_some() || scope.budget_monthly_usd.is_some() {
-        demand.reserve_usd
+    let limited = scope.max_concurrency.is_some()
+        || scope.budget_daily_usd.is_some()
+        || scope.budget_monthly_usd.is_some()
+        || scope.rpm.is_some()
+        || scope.tpm.is_some();
+    let held = if limited {
+        check(&mut lock(&state.limits), scope, &demand, now, &mut info)?
     } else {
-        0.0
+        Held::default()
     };
-    let unreserve = || {
-        if reserved_usd > 0.0 {
-            let mut s = lock(&state.spend);
-            s.reserved_usd = (s.reserved_usd - reserved_usd).max(0.0);
-        }
-    };
-
-    if let Some(rpm) = scope.rpm {
-        let mut w = lock(&state.requests);
-        w.roll(minute);
-        info.limit_requests = Some(rpm);
-        if !w.fits(u64::from(rpm), 1, frac) {
-            let wait = w.wait_secs(u64::from(rpm), 1, frac);
-            let reset = w.wait_secs(u64::from(rpm), u64::from(rpm), frac);
-            drop(w);
-            release();
-            unreserve();
-            info.remaining_requests = Some(0);
-            info.reset_requests_secs = Some(reset);
-            info.retry_after_secs = Some(wait.ceil().max(1.0) as u64);
-            return Err(reject(RejectReason::RateLimitRequests, info));
-        }
-        w.current += 1;
-        info.remaining_requests = Some((f64::from(rpm) - w.used(frac)).floor().max(0.0) as u32);
-        // Until the window is back to its initial state, as OpenAI's header means.
-        info.reset_requests_secs = Some(w.wait_secs(u64::from(rpm), u64::from(rpm), frac));
-    }
-
-    if let Some(tpm) = scope.tpm {
-        let mut w = lock(&state.tokens);
-        w.roll(minute);
-        info.limit_tokens = Some(tpm);
-        if !w.fits(tpm, demand.tokens, frac) {
-            let wait = w.wait_secs(tpm, demand.tokens, frac);
-            let used = w.used(frac).ceil() as u64;
-            let reset = w.wait_secs(tpm, tpm, frac);
-            drop(w);
-            // Give the request slot back: this request was never served.
-            if scope.rpm.is_some() {
-                let mut r = lock(&state.requests);
-                r.current = r.current.saturating_sub(1);
-            }
-            release();
-            unreserve();
-            info.remaining_tokens = Some(tpm.saturating_sub(used));
-            info.reset_tokens_secs = Some(reset);
-            info.retry_after_secs = Some(wait.ceil().max(1.0) as u64);
-            // A request larger than the whole limit can never fit: tell SDKs not to retry.
-            info.never_fits = demand.tokens > tpm;
-            return Err(reject(RejectReason::RateLimitTokens, info));
-        }
-        w.current += demand.tokens;
-        info.remaining_tokens = Some((tpm as f64 - w.used(frac)).floor().max(0.0) as u64);
-        info.reset_tokens_secs = Some(w.wait_secs(tpm, tpm, frac));
-    }
-
     Ok(Admission {
-        state: std::sync::Arc::clone(state),
+        inflight: state.inflight.fetch_add(1, Ordering::Relaxed) + 1,
+        state: Arc::clone(state),
         clock,
-        estimated_tokens: if scope.tpm.is_some() {
-            demand.tokens
-        } else {
-            0
-        },
-        reserved_usd,
+        held,
+        keeps_spend: true,
         info,
-        inflight,
         settled: false,
     })
 }
 
+/// Concurrency, then budget, then the rate windows — the shared path's order — under the
+/// key's one lock; a refusal gives back whatever the earlier steps took.
+fn check(
+    k: &mut KeyAdmission,
+    scope: &KeyScope,
+    demand: &Demand,
+    now: i64,
+    info: &mut RateLimitInfo,
+) -> Result<Held, ProxyError> {
+    let at = OffsetDateTime::now_utc();
+    let mut held = Held::default();
+    if let Some(max) = scope.max_concurrency {
+        match k.acquire_slot(max, LEASE, now) {
+            SlotDecision::Granted(lease) => held.slot = Some(lease),
+            SlotDecision::Denied { .. } => return Err(concurrency_refused(*info)),
+        }
+    }
+    if let Some(req) = budget_request(scope, demand) {
+        match k.reserve_budget(req, at, now) {
+            BudgetDecision::Granted(r) => held.budget = Some(r),
+            BudgetDecision::Denied { .. } => {
+                held.settle(k, None, 0.0, at, now);
+                return Err(budget_refused(*info, at));
+            }
+        }
+    }
+    if let Some(req) = rate_request(scope, demand) {
+        match rate_outcome(k.check_rate(req, now), scope, demand, info) {
+            Ok(charge) => held.charge = Some(charge),
+            Err(e) => {
+                held.settle(k, None, 0.0, at, now);
+                return Err(e);
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// An admission that only counts the request in flight: the shared counters decide and
+/// keep spend.
+pub fn count(state: &Arc<KeyState>, clock: Clock) -> Admission {
+    Admission {
+        inflight: state.inflight.fetch_add(1, Ordering::Relaxed) + 1,
+        state: Arc::clone(state),
+        clock,
+        held: Held::default(),
+        keeps_spend: false,
+        info: RateLimitInfo::default(),
+        settled: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn demand(tokens: u64) -> Demand {
@@ -416,23 +438,35 @@ mod tests {
     }
 
     #[test]
-    fn wait_accounts_for_the_sliding_window() {
-        // Two used in the previous minute, none now, limit 2: room for one more once the
-        // previous minute's weight falls to 1, i.e. half-way through this minute.
-        let w = Window {
-            minute: 1,
-            current: 0,
-            previous: 2,
+    fn refusal_headers_follow_the_sliding_window() {
+        // Two requests in the 1-second bucket starting at T: they count for a minute plus a
+        // bucket, so 30 s later the next one fits in 31 s, and the window is empty then.
+        const T: i64 = 1_000_000;
+        let st = Arc::new(KeyState::default());
+        let scope = KeyScope {
+            rpm: Some(2),
+            ..Default::default()
         };
-        assert!((w.wait_secs(2, 1, 0.0) - 30.0).abs() < 1e-9);
-        assert!((w.wait_secs(2, 1, 0.25) - 15.0).abs() < 1e-9);
-        // Full in the current minute: wait for the roll, then for half of the next minute.
-        let w = Window {
-            minute: 1,
-            current: 2,
-            previous: 0,
+        let clock = Clock::default();
+        let a = admit_at(&st, &scope, demand(1), clock, T).unwrap();
+        assert_eq!(a.info.remaining_requests, Some(1));
+        admit_at(&st, &scope, demand(1), clock, T + 500).unwrap();
+        let e = admit_at(&st, &scope, demand(1), clock, T + 30_000).unwrap_err();
+        let ProxyError::Rejected {
+            reason,
+            limits: Some(info),
+            ..
+        } = e
+        else {
+            panic!("a rate refusal carries its limits");
         };
-        assert!((w.wait_secs(2, 1, 0.5) - 60.0).abs() < 1e-9);
+        assert_eq!(reason, RejectReason::RateLimitRequests);
+        assert_eq!(info.limit_requests, Some(2));
+        assert_eq!(info.remaining_requests, Some(0));
+        assert_eq!(info.retry_after_secs, Some(31));
+        assert_eq!(info.reset_requests_secs, Some(31.0));
+        assert!(!info.never_fits);
+        assert!(admit_at(&st, &scope, demand(1), clock, T + 61_000).is_ok());
     }
 
     #[test]
@@ -444,7 +478,9 @@ mod tests {
         };
         let clock = Clock::default();
         let a = admit(&st, &scope, demand(1), clock).unwrap();
-        assert!(admit(&st, &scope, demand(1), clock).is_err());
+        assert_eq!(a.inflight, 1);
+        let e = admit(&st, &scope, demand(1), clock).unwrap_err();
+        assert_eq!(e.reject_reason(), Some(RejectReason::ConcurrencyLimit));
         drop(a);
         assert!(admit(&st, &scope, demand(1), clock).is_ok());
         assert_eq!(st.inflight(), 0);
@@ -487,5 +523,87 @@ mod tests {
             admit(&st, &scope, d, clock).is_err(),
             "0.9 spent + 0.6 > 1.0"
         );
+    }
+
+    #[test]
+    fn a_refusal_gives_back_what_earlier_checks_took() {
+        let st = Arc::new(KeyState::default());
+        let scope = KeyScope {
+            max_concurrency: Some(1),
+            budget_daily_usd: Some(1.0),
+            tpm: Some(10),
+            ..Default::default()
+        };
+        let clock = Clock::default();
+        let big = Demand {
+            tokens: 11,
+            reserve_usd: 0.9,
+        };
+        let e = admit(&st, &scope, big, clock).unwrap_err();
+        let ProxyError::Rejected {
+            reason,
+            limits: Some(info),
+            ..
+        } = e
+        else {
+            panic!("a rate refusal carries its limits");
+        };
+        assert_eq!(reason, RejectReason::RateLimitTokens);
+        assert!(info.never_fits, "11 tokens never fit a limit of 10");
+        // The slot and the 0.9 reservation were given back: a request that fits is admitted.
+        let fits = Demand {
+            tokens: 10,
+            reserve_usd: 0.9,
+        };
+        assert!(admit(&st, &scope, fits, clock).is_ok());
+        assert_eq!(st.inflight(), 0);
+    }
+
+    #[test]
+    fn settlement_happens_once() {
+        let st = Arc::new(KeyState::default());
+        let scope = KeyScope {
+            budget_daily_usd: Some(1.0),
+            ..Default::default()
+        };
+        let clock = Clock::default();
+        let d = Demand {
+            tokens: 1,
+            reserve_usd: 0.1,
+        };
+        let mut a = admit(&st, &scope, d, clock).unwrap();
+        a.finish(None, 0.5);
+        drop(a); // the drop after a settlement records nothing more
+        assert_eq!(st.inflight(), 0);
+        // 0.5 spent once: 0.5 + 0.1 fits; had it counted twice, 1.0 would be spent.
+        assert!(admit(&st, &scope, d, clock).is_ok());
+    }
+
+    #[test]
+    fn spend_seeded_after_a_restart_counts_against_budgets() {
+        let st = Arc::new(KeyState::default());
+        st.load_spend(OffsetDateTime::now_utc(), 0.95, 0.95);
+        assert!(st.spend_loaded());
+        let scope = KeyScope {
+            budget_daily_usd: Some(1.0),
+            ..Default::default()
+        };
+        let d = Demand {
+            tokens: 1,
+            reserve_usd: 0.1,
+        };
+        let e = admit(&st, &scope, d, Clock::default()).unwrap_err();
+        assert_eq!(e.reject_reason(), Some(RejectReason::BudgetExhausted));
+    }
+
+    #[test]
+    fn counting_only_holds_nothing() {
+        let st = Arc::new(KeyState::default());
+        let a = count(&st, Clock::default());
+        assert_eq!((a.inflight, st.inflight()), (1, 1));
+        a.settle(Some(10), 5.0);
+        assert_eq!(st.inflight(), 0);
+        let usage = lock(&st.limits).budget_usage(OffsetDateTime::now_utc(), 0);
+        assert_eq!(usage.day_spent_usd, 0.0, "the shared counters keep spend");
     }
 }

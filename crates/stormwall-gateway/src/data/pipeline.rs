@@ -271,8 +271,6 @@ async fn admit_request(
     key: &CachedKey,
     demand: Demand,
 ) -> Result<admit::Grant, ProxyError> {
-    static NO_LIMITS: std::sync::LazyLock<stormwall_types::KeyScope> =
-        std::sync::LazyLock::new(Default::default);
     let scope = &key.record.scope;
     match &state.counters {
         None => Ok(admit::Grant {
@@ -290,7 +288,7 @@ async fn admit_request(
             )
             .await?;
             Ok(admit::Grant {
-                local: admit::admit(&key.state, &NO_LIMITS, demand, state.clock)?,
+                local: admit::count(&key.state, state.clock),
                 shared: Some(shared),
             })
         }

@@ -1,26 +1,22 @@
-//! Admission across replicas: the same decisions as [`crate::data::admit`] — concurrency, budget,
-//! requests and tokens per minute — made in shared counters (Redis, falling back to local
-//! counters while Redis is unreachable), so a limit of 100 a minute admits 100 across every
-//! replica. Settling happens after the response, from code that cannot await (a relay's
+//! Admission across replicas: the decisions of [`crate::data::admit`] — concurrency, budget,
+//! requests and tokens per minute, under the admission engine's rules — made in shared
+//! counters (Redis, falling back to the same engine in process while Redis is unreachable),
+//! so a limit of 100 a minute admits 100 across every replica. Settling happens after the response, from code that cannot await (a relay's
 //! end or drop), so settlements go through a bounded queue worked by one background task.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use stormwall_store::{
-    BudgetDecision, BudgetRequest, BudgetReservation, Counters, RateCharge, RateDecision,
-    RateLimited, RateRequest, SlotDecision, SlotLease,
+    BudgetDecision, BudgetReservation, Counters, RateCharge, SlotDecision, SlotLease,
 };
-use stormwall_types::{KeyId, KeyScope, RejectReason};
+use stormwall_types::{KeyId, KeyScope};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::data::admit::Demand;
+use crate::data::admit::{self, Demand, LEASE};
 use crate::error::{ProxyError, RateLimitInfo};
 
-/// How long a concurrency slot or budget reservation holds if its replica dies mid-request.
-pub const LEASE: Duration = Duration::from_secs(15 * 60);
 /// Settlements waiting for the background task; past this they are counted and dropped
 /// (leases then free slots and reservations on their own).
 pub const SETTLE_QUEUE: usize = 65_536;
@@ -129,7 +125,8 @@ fn unavailable(e: &stormwall_store::CounterError) -> ProxyError {
     ProxyError::UpstreamUnavailable
 }
 
-/// Checks a key's limits in the shared counters and charges them.
+/// Checks a key's limits in the shared counters and charges them: the steps of
+/// [`crate::data::admit`], each one call to the counters, answered the same way.
 pub async fn admit(
     counters: &dyn Counters,
     settler: &Settler,
@@ -138,11 +135,6 @@ pub async fn admit(
     demand: Demand,
 ) -> Result<SharedAdmission, ProxyError> {
     let mut info = RateLimitInfo::default();
-    let reject = |reason, info| ProxyError::Rejected {
-        reason,
-        limits: Some(info),
-        detail: None,
-    };
     let mut pending = Settlement {
         key: key.clone(),
         slot: None,
@@ -165,27 +157,17 @@ pub async fn admit(
                 inflight = Some(lease.inflight);
                 pending.slot = Some(lease);
             }
-            SlotDecision::Denied { .. } => {
-                info.retry_after_secs = Some(1);
-                return Err(reject(RejectReason::ConcurrencyLimit, info));
-            }
+            SlotDecision::Denied { .. } => return Err(admit::concurrency_refused(info)),
         }
     }
 
-    if scope.budget_daily_usd.is_some() || scope.budget_monthly_usd.is_some() {
-        let req = BudgetRequest {
-            daily_usd: scope.budget_daily_usd,
-            monthly_usd: scope.budget_monthly_usd,
-            reserve_usd: demand.reserve_usd,
-            lease: LEASE,
-        };
+    if let Some(req) = admit::budget_request(scope, &demand) {
         let now = OffsetDateTime::now_utc();
         match counters.reserve_budget(key, req, now).await {
             Ok(BudgetDecision::Granted(r)) => pending.budget = Some(r),
             Ok(BudgetDecision::Denied { .. }) => {
                 give_back(pending);
-                crate::data::admit::budget_spent(&mut info, now);
-                return Err(reject(RejectReason::BudgetExhausted, info));
+                return Err(admit::budget_refused(info, now));
             }
             Err(e) => {
                 give_back(pending);
@@ -194,12 +176,7 @@ pub async fn admit(
         }
     }
 
-    if scope.rpm.is_some() || scope.tpm.is_some() {
-        let req = RateRequest {
-            rpm: scope.rpm,
-            tpm: scope.tpm,
-            tokens: demand.tokens,
-        };
+    if let Some(req) = admit::rate_request(scope, &demand) {
         let decision = match counters.check_rate(key, req).await {
             Ok(d) => d,
             Err(e) => {
@@ -207,46 +184,11 @@ pub async fn admit(
                 return Err(unavailable(&e));
             }
         };
-        let fill = |info: &mut RateLimitInfo,
-                    requests: Option<stormwall_store::WindowState>,
-                    tokens: Option<stormwall_store::WindowState>| {
-            if let Some(w) = requests {
-                info.limit_requests = Some(w.limit as u32);
-                info.remaining_requests = Some(w.remaining() as u32);
-                info.reset_requests_secs = Some(w.reset_after.as_secs_f64());
-            }
-            if let Some(w) = tokens {
-                info.limit_tokens = Some(w.limit);
-                info.remaining_tokens = Some(w.remaining());
-                info.reset_tokens_secs = Some(w.reset_after.as_secs_f64());
-            }
-        };
-        match decision {
-            RateDecision::Granted {
-                charge,
-                requests,
-                tokens,
-            } => {
-                fill(&mut info, requests, tokens);
-                pending.charge = Some(charge);
-            }
-            RateDecision::Denied {
-                limit,
-                retry_after,
-                requests,
-                tokens,
-            } => {
-                fill(&mut info, requests, tokens);
+        match admit::rate_outcome(decision, scope, &demand, &mut info) {
+            Ok(charge) => pending.charge = Some(charge),
+            Err(e) => {
                 give_back(pending);
-                info.retry_after_secs = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
-                let reason = match limit {
-                    RateLimited::Requests => RejectReason::RateLimitRequests,
-                    RateLimited::Tokens => {
-                        info.never_fits = scope.tpm.is_some_and(|t| demand.tokens > t);
-                        RejectReason::RateLimitTokens
-                    }
-                };
-                return Err(reject(reason, info));
+                return Err(e);
             }
         }
     }
