@@ -326,9 +326,10 @@ async fn screen_output(
         .analyze(Arc::clone(&text))
         .await
         .decide(kind, &s.profile);
-    crate::safety::count(&state.metrics, "output", &verdict);
+    let output = stormwall_types::SafetyStage::Output;
+    crate::safety::count(&state.metrics, output, &verdict);
     rec.event().safety.extend(crate::safety::record(
-        &verdict, "output", &text, 0, &s.profile,
+        &verdict, output, &text, 0, &s.profile,
     ));
     verdict.is_blocked()
 }
@@ -336,7 +337,8 @@ async fn screen_output(
 impl Finisher {
     fn stream_ended(mut self, end: StreamEnd) {
         if let Some((verdict, notes)) = end.output_safety {
-            crate::safety::count(&self.state.metrics, "output", &verdict);
+            let output = stormwall_types::SafetyStage::Output;
+            crate::safety::count(&self.state.metrics, output, &verdict);
             self.rec.event().safety.extend(notes);
             if end.outcome == StreamOutcome::ContentBlocked {
                 let err = crate::recorder::deny(

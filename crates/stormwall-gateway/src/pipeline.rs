@@ -226,10 +226,11 @@ async fn screen_request(
             )
             .await;
     }
-    crate::safety::count(&state.metrics, "input", &verdict);
+    let input = stormwall_types::SafetyStage::Input;
+    crate::safety::count(&state.metrics, input, &verdict);
     let e = rec.event();
     e.safety
-        .extend(crate::safety::record(&verdict, "input", &text, 0, &profile));
+        .extend(crate::safety::record(&verdict, input, &text, 0, &profile));
     e.safety.extend(notes);
     if verdict.is_blocked() || fail_closed {
         return Err(deny(rec, RejectReason::ContentPolicy));

@@ -17,7 +17,7 @@ use stormwall_safety::{
     Action, Analysis, Category, CategoryScore, Detector, ExternalScore, Kind, Profile,
     ProfileError, Rule, SafetyError, Screener, Verdict,
 };
-use stormwall_types::{Endpoint, SafetyVerdict};
+use stormwall_types::{self as types, Endpoint, SafetyVerdict, VerdictCategory};
 
 use crate::classify::{
     ClassifierConfig, ClassifierConfigError, ExternalClassifier, Failure, Mode, ScoreCache,
@@ -478,7 +478,13 @@ impl SafetyStage {
                 // Flag mode never blocked anything: record at most `flag`.
                 let mut cs = c.clone();
                 cs.action = cs.action.min(Action::Flag);
-                notes.push(record_one(&cs, "input", None, None, false));
+                notes.push(record_one(
+                    &cs,
+                    types::SafetyStage::Input,
+                    None,
+                    None,
+                    false,
+                ));
             }
             notes
         }))
@@ -546,10 +552,10 @@ pub fn finish_event(
 /// The verdict recorded when a classifier failed.
 fn failure_verdict(name: &str, f: Failure, closed: bool) -> SafetyVerdict {
     SafetyVerdict {
-        category: f.category().to_owned(),
-        action: if closed { "block" } else { "log" }.to_owned(),
+        category: f.category(),
+        action: if closed { Action::Block } else { Action::Log },
         score: 1.0,
-        stage: "input".to_owned(),
+        stage: types::SafetyStage::Input,
         source: Some(name.to_owned()),
         ..Default::default()
     }
@@ -566,7 +572,7 @@ pub fn input_kind(endpoint: Endpoint) -> Option<Kind> {
 
 fn record_one(
     c: &CategoryScore,
-    stage: &str,
+    stage: types::SafetyStage,
     text: Option<&str>,
     evidence: Option<&str>,
     with_span: bool,
@@ -582,10 +588,10 @@ fn record_one(
         _ => None,
     };
     SafetyVerdict {
-        category: c.category.as_str().to_owned(),
-        action: c.action.as_str().to_owned(),
+        category: VerdictCategory::Content(c.category),
+        action: c.action,
         score: c.score,
-        stage: stage.to_owned(),
+        stage,
         view: c.evidence.as_ref().map(|e| e.view.as_str().to_owned()),
         span,
         evidence: evidence.map(str::to_owned),
@@ -599,7 +605,7 @@ fn record_one(
 /// starts in the spans' coordinates (streams screen a window of the output).
 pub fn record(
     verdict: &Verdict,
-    stage: &str,
+    stage: types::SafetyStage,
     text: &str,
     offset: usize,
     profile: &Profile,
@@ -631,8 +637,8 @@ pub fn record(
 }
 
 /// Counts verdicts in the metrics.
-pub fn count(metrics: &Metrics, stage: &'static str, verdict: &Verdict) {
-    metrics.safety.screened(stage);
+pub fn count(metrics: &Metrics, stage: types::SafetyStage, verdict: &Verdict) {
+    metrics.safety.screened(stage.as_str());
     for c in verdict
         .categories
         .iter()
@@ -640,7 +646,7 @@ pub fn count(metrics: &Metrics, stage: &'static str, verdict: &Verdict) {
     {
         metrics
             .safety
-            .action(stage, c.category.as_str(), c.action.as_str());
+            .action(stage.as_str(), c.category.as_str(), c.action.as_str());
     }
 }
 
@@ -775,7 +781,7 @@ impl StreamGuard {
         self.verdict.merge(&v, &self.profile);
         if v.action > Action::Allow && (v.action > before || self.recorded.is_empty()) {
             let (text, base) = self.window.text();
-            self.recorded = record(&v, "output", text, base, &self.profile);
+            self.recorded = record(&v, types::SafetyStage::Output, text, base, &self.profile);
         }
         self.window.advance();
     }
@@ -887,8 +893,8 @@ mod tests {
         let (p, _) = s.profile_for("t", None, Kind::Chat);
         let v = s.screener().screen(text, Kind::Chat, &p);
         assert!(v.is_blocked());
-        let r = record(&v, "input", text, 0, &p);
-        assert_eq!(r[0].category, "real_person_sexual");
+        let r = record(&v, types::SafetyStage::Input, text, 0, &p);
+        assert_eq!(r[0].category, Category::RealPersonSexual);
         assert!(
             r[0].span
                 .as_deref()
@@ -898,7 +904,7 @@ mod tests {
         let keep = Profile::from_toml("name = \"k\"\nextends = \"default\"\nkeep_evidence = true")
             .unwrap();
         let v = s.screener().screen(text, Kind::Chat, &keep);
-        let r = record(&v, "input", text, 0, &keep);
+        let r = record(&v, types::SafetyStage::Input, text, 0, &keep);
         assert_eq!(r[0].evidence.as_deref(), Some(text));
         assert!(r[1..].iter().all(|v| v.evidence.is_none()));
     }
@@ -925,7 +931,7 @@ mod tests {
         assert!(blocked);
         let (v, rec) = g.finish();
         assert!(v.is_blocked());
-        assert_eq!(rec[0].stage, "output");
-        assert_eq!(rec[0].category, "sexual");
+        assert_eq!(rec[0].stage, types::SafetyStage::Output);
+        assert_eq!(rec[0].category, Category::Sexual);
     }
 }

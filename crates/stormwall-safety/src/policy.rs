@@ -7,55 +7,13 @@
 //! `strict` and `permissive`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 
 use crate::category::{CATEGORY_COUNT, Category, Kind};
 
-/// What to do about a category that reached a threshold. Ordered from mildest to strictest.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Let it through, record nothing beyond the usual event.
-    #[default]
-    Allow,
-    /// Let it through and record the verdict.
-    Log,
-    /// Let it through, record the verdict and raise it for review and the detectors.
-    Flag,
-    /// Refuse the request (or cut the stream).
-    Block,
-}
-
-impl Action {
-    /// Stable name: `allow`, `log`, `flag` or `block`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Log => "log",
-            Action::Flag => "flag",
-            Action::Block => "block",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// Actions are recorded on events, so they are shared vocabulary in `stormwall-types`;
+// re-exported here so this crate's API keeps its paths.
+pub use stormwall_types::safety::Action;
 
 /// One tier of a rule: take `action` once the score reaches `threshold`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
