@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stormwall_safety::{
-    Action, Analysis, Category, CategoryScore, Detector, ExternalScore, Kind, Profile,
-    ProfileError, Rule, SafetyError, Screener, Verdict,
+    Action, Analysis, CategoryScore, Detector, ExternalScore, Kind, Profile, ProfileError,
+    SafetyError, Screener, Verdict,
 };
 use stormwall_types::{self as types, Endpoint, SafetyVerdict, VerdictCategory};
 
@@ -117,9 +117,6 @@ pub enum SafetyConfigError {
     /// The gazetteer or the built-in lexicons did not load.
     #[error("[safety] screener: {0}")]
     Screener(#[from] SafetyError),
-    /// An inline profile could not be turned back into TOML.
-    #[error("[safety] profile {0}: cannot be encoded")]
-    Encode(String),
     /// A classifier entry is invalid.
     #[error(transparent)]
     Classifier(#[from] ClassifierConfigError),
@@ -169,45 +166,6 @@ fn read(path: &std::path::Path) -> Result<String, SafetyConfigError> {
     })
 }
 
-/// Writes rule tiers as a TOML inline array.
-fn tiers_toml(rules: &[Rule]) -> String {
-    let items: Vec<String> = rules
-        .iter()
-        .map(|r| {
-            format!(
-                "{{ action = \"{}\", threshold = {:?} }}",
-                r.action.as_str(),
-                r.threshold
-            )
-        })
-        .collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// `base` with `floor`'s image tiers added: per score, the stricter action of the two.
-fn with_image_floor(base: &Profile, floor: &Profile) -> Result<Profile, ProfileError> {
-    let mut text = format!(
-        "name = {:?}\nkeep_evidence = {}\n[chat]\n",
-        base.name(),
-        base.keep_evidence()
-    );
-    for c in Category::ALL {
-        let r = base.rules(Kind::Chat, c);
-        if !r.is_empty() {
-            text.push_str(&format!("{} = {}\n", c.as_str(), tiers_toml(r)));
-        }
-    }
-    text.push_str("[image]\n");
-    for c in Category::ALL {
-        let mut r = base.rules(Kind::Image, c).to_vec();
-        r.extend_from_slice(floor.rules(Kind::Image, c));
-        if !r.is_empty() {
-            text.push_str(&format!("{} = {}\n", c.as_str(), tiers_toml(&r)));
-        }
-    }
-    Profile::from_toml(&text)
-}
-
 impl SafetyStage {
     /// Builds the stage (`None` when `enabled = false`). Unknown profile names, bad profile
     /// files, an unreadable gazetteer and bad classifier entries are errors here, at start-up.
@@ -224,9 +182,8 @@ impl SafetyStage {
                 raw.insert(name.to_owned(), p);
             }
         }
-        let mut add = |origin: String, text: &str| -> Result<(), SafetyConfigError> {
-            let p = Profile::from_toml(text)
-                .map_err(|source| SafetyConfigError::Profile { origin, source })?;
+        let mut add = |origin: String, p: Result<Profile, ProfileError>| {
+            let p = p.map_err(|source| SafetyConfigError::Profile { origin, source })?;
             if raw.contains_key(p.name()) {
                 return Err(SafetyConfigError::DuplicateProfile(p.name().to_owned()));
             }
@@ -244,14 +201,12 @@ impl SafetyStage {
                 .collect();
             files.sort();
             for f in files {
-                add(f.display().to_string(), &read(&f)?)?;
+                add(f.display().to_string(), Profile::from_toml(&read(&f)?))?;
             }
         }
         for (i, table) in c.profiles.iter().enumerate() {
             let origin = format!("[[safety.profiles]] #{}", i + 1);
-            let text =
-                toml::to_string(table).map_err(|_| SafetyConfigError::Encode(origin.clone()))?;
-            add(origin, &text)?;
+            add(origin, Profile::from_table(table.clone()))?;
         }
         let known = raw.keys().cloned().collect::<Vec<_>>().join(", ");
         let check = |field: String, name: &str| {
@@ -278,12 +233,7 @@ impl SafetyStage {
         let mut profiles = HashMap::new();
         for (name, p) in raw {
             let image = match &floor {
-                Some(f) => {
-                    with_image_floor(&p, f).map_err(|source| SafetyConfigError::Profile {
-                        origin: name.clone(),
-                        source,
-                    })?
-                }
+                Some(f) => p.with_floor(f, Kind::Image),
                 None => p.clone(),
             };
             profiles.insert(
@@ -790,6 +740,7 @@ impl StreamGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stormwall_safety::Category;
 
     fn stage(c: &SafetyConfig) -> Result<Option<SafetyStage>, SafetyConfigError> {
         SafetyStage::from_config(c, &|_| None)
@@ -860,6 +811,30 @@ mod tests {
             stage(&c),
             Err(SafetyConfigError::DuplicateProfile(_))
         ));
+    }
+
+    #[test]
+    fn image_floor_keeps_profiles_whatever_their_name() {
+        // A decomposed accent, as some keyboards type it: the profile must load and its
+        // image side still be held to the default image tiers.
+        let name = "cafe\u{301}";
+        let mut table = toml::Table::new();
+        table.insert("name".into(), name.into());
+        table.insert("extends".into(), "permissive".into());
+        let c = SafetyConfig {
+            profiles: vec![table],
+            ..Default::default()
+        };
+        let s = stage(&c).unwrap().unwrap();
+        let (img, known) = s.profile_for("t", Some(name), Kind::Image);
+        assert!(known);
+        assert_eq!(img.name(), name);
+        assert_eq!(
+            img.action(Kind::Image, Category::Sexual, 0.9),
+            Action::Block
+        );
+        let (chat, _) = s.profile_for("t", Some(name), Kind::Chat);
+        assert_eq!(chat.action(Kind::Chat, Category::Sexual, 0.9), Action::Log);
     }
 
     #[test]
