@@ -1,6 +1,6 @@
 //! Role-play front-end markers (detector R2), for the gateway to call on prompt text while
 //! it parses a request: events never carry the text, so the gateway records a finding as a
-//! safety verdict with category [`ROLEPLAY_CATEGORY`](crate::detectors::ROLEPLAY_CATEGORY).
+//! safety verdict with category [`VerdictCategory::RoleplayMarkers`].
 //!
 //! ```
 //! use stormwall_detect::markers::roleplay_markers;
@@ -8,7 +8,8 @@
 //! assert!(!roleplay_markers("Summarise the quarterly report."));
 //! ```
 
-use stormwall_types::SafetyVerdict;
+use stormwall_types::safety::Action;
+use stormwall_types::{SafetyStage, SafetyVerdict, VerdictCategory};
 
 /// Placeholders and headings that role-play front-ends (character-card tools) put in
 /// prompts. Matched case-insensitively.
@@ -35,10 +36,10 @@ pub fn roleplay_markers(text: &str) -> bool {
 /// The verdict the gateway records when [`roleplay_markers`] holds.
 pub fn roleplay_verdict() -> SafetyVerdict {
     SafetyVerdict {
-        category: crate::detectors::ROLEPLAY_CATEGORY.to_owned(),
-        action: "log".to_owned(),
+        category: VerdictCategory::RoleplayMarkers,
+        action: Action::Log,
         score: 1.0,
-        stage: "input".to_owned(),
+        stage: SafetyStage::Input,
         ..Default::default()
     }
 }

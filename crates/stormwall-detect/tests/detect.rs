@@ -8,9 +8,10 @@ use std::net::IpAddr;
 use stormwall_detect::{
     DetectConfig, EgressFlag, Engine, EngineConfig, PolicyRule, ResponseConfig,
 };
+use stormwall_types::safety::{Action as SafetyAction, Category};
 use stormwall_types::{
-    ActionKind, Alert, DetectorId, Endpoint, KeyId, KeyKind, KeyStatus, RejectReason,
-    SafetyVerdict, Severity, UsageEvent,
+    ActionKind, Alert, DetectorId, Endpoint, KeyId, KeyKind, KeyStatus, RejectReason, SafetyStage,
+    SafetyVerdict, Severity, UsageEvent, VerdictCategory,
 };
 use time::{Duration, OffsetDateTime, macros::datetime};
 
@@ -781,12 +782,16 @@ fn r1_quiet_for_per_user_system_prompts_once_learned() {
     assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
 }
 
-fn with_verdict(mut ev: UsageEvent, category: &str, action: &str) -> UsageEvent {
+fn with_verdict(
+    mut ev: UsageEvent,
+    category: impl Into<VerdictCategory>,
+    action: SafetyAction,
+) -> UsageEvent {
     ev.safety.push(SafetyVerdict {
         category: category.into(),
-        action: action.into(),
+        action,
         score: 0.9,
-        stage: "input".into(),
+        stage: SafetyStage::Input,
         ..Default::default()
     });
     ev
@@ -797,8 +802,8 @@ fn r2_roleplay_markers_on_a_business_key() {
     let (mut e, mut g) = warmed("BizKey000001", &corp());
     let ev = with_verdict(
         g.chat("BizKey000001", "acme", end(2), &corp()),
-        "roleplay_markers",
-        "log",
+        VerdictCategory::RoleplayMarkers,
+        SafetyAction::Log,
     );
     assert!(fired(&e.observe(&ev), DetectorId::R2));
 }
@@ -808,8 +813,8 @@ fn r2_counts_a_jailbreak_verdict_only_when_the_policy_acted() {
     let (mut e, mut g) = warmed("BizKey000002", &corp());
     let logged = with_verdict(
         g.chat("BizKey000002", "acme", end(2), &corp()),
-        "jailbreak",
-        "log",
+        Category::Jailbreak,
+        SafetyAction::Log,
     );
     assert!(!fired(&e.observe(&logged), DetectorId::R2));
     let flagged = with_verdict(
@@ -819,8 +824,8 @@ fn r2_counts_a_jailbreak_verdict_only_when_the_policy_acted() {
             end(2) + Duration::minutes(1),
             &corp(),
         ),
-        "jailbreak",
-        "flag",
+        Category::Jailbreak,
+        SafetyAction::Flag,
     );
     assert!(fired(&e.observe(&flagged), DetectorId::R2));
 }
@@ -832,14 +837,18 @@ fn r2_quiet_for_a_roleplay_app() {
     let mut events = warm(&mut g, "RpKey0000001", "rp", &corp(), 2);
     for (i, ev) in events.iter_mut().enumerate() {
         if i % 3 == 0 {
-            *ev = with_verdict(ev.clone(), "roleplay_markers", "log");
+            *ev = with_verdict(
+                ev.clone(),
+                VerdictCategory::RoleplayMarkers,
+                SafetyAction::Log,
+            );
         }
     }
     feed(&mut e, &events);
     let ev = with_verdict(
         g.chat("RpKey0000001", "rp", end(2), &corp()),
-        "roleplay_markers",
-        "log",
+        VerdictCategory::RoleplayMarkers,
+        SafetyAction::Log,
     );
     assert!(!fired(&e.observe(&ev), DetectorId::R2));
 }
@@ -975,8 +984,8 @@ fn a1_repeated_safety_hits() {
         .map(|i| {
             with_verdict(
                 g.chat("AbuseKey0001", "acme", T0 + Duration::minutes(i), &corp()),
-                "real_person_sexual",
-                "block",
+                Category::RealPersonSexual,
+                SafetyAction::Block,
             )
         })
         .collect();
@@ -994,8 +1003,8 @@ fn a1_quiet_for_an_occasional_flag() {
     let (mut e, mut g) = warmed("MedKey000001", &corp());
     let ev = with_verdict(
         g.chat("MedKey000001", "acme", end(2), &corp()),
-        "sexual",
-        "flag",
+        Category::Sexual,
+        SafetyAction::Flag,
     );
     assert!(!fired(&e.observe(&ev), DetectorId::A1));
 }
@@ -1006,8 +1015,8 @@ fn a4_obfuscated_prompts() {
     let mut g = Gen::new();
     let one = with_verdict(
         g.chat("ObfKey000001", "acme", T0, &corp()),
-        "filter_evasion",
-        "flag",
+        Category::FilterEvasion,
+        SafetyAction::Flag,
     );
     assert!(
         !fired(&e.observe(&one), DetectorId::A4),
@@ -1015,8 +1024,8 @@ fn a4_obfuscated_prompts() {
     );
     let two = with_verdict(
         g.chat("ObfKey000001", "acme", T0 + Duration::minutes(3), &corp()),
-        "filter_evasion",
-        "flag",
+        Category::FilterEvasion,
+        SafetyAction::Flag,
     );
     assert!(fired(&e.observe(&two), DetectorId::A4));
 }
@@ -1126,8 +1135,8 @@ fn response_rules_are_configurable() {
         .map(|i| {
             with_verdict(
                 g.chat("RuleKey00001", "acme", T0 + Duration::minutes(i), &corp()),
-                "sexual",
-                "block",
+                Category::Sexual,
+                SafetyAction::Block,
             )
         })
         .collect();
@@ -1212,13 +1221,13 @@ fn odd_events_never_panic() {
     assert!(e.observe(&keyless).is_empty());
     let mut alert = e.observe(&with_verdict(
         g.chat("OddKey000002", "acme", T0, &corp()),
-        "filter_evasion",
-        "flag",
+        Category::FilterEvasion,
+        SafetyAction::Flag,
     ));
     alert.extend(e.observe(&with_verdict(
         g.chat("OddKey000002", "acme", T0, &corp()),
-        "filter_evasion",
-        "flag",
+        Category::FilterEvasion,
+        SafetyAction::Flag,
     )));
     for a in &mut alert {
         a.subjects.push(stormwall_types::AlertSubject {

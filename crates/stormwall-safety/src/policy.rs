@@ -7,55 +7,13 @@
 //! `strict` and `permissive`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 
 use crate::category::{CATEGORY_COUNT, Category, Kind};
 
-/// What to do about a category that reached a threshold. Ordered from mildest to strictest.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Let it through, record nothing beyond the usual event.
-    #[default]
-    Allow,
-    /// Let it through and record the verdict.
-    Log,
-    /// Let it through, record the verdict and raise it for review and the detectors.
-    Flag,
-    /// Refuse the request (or cut the stream).
-    Block,
-}
-
-impl Action {
-    /// Stable name: `allow`, `log`, `flag` or `block`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Log => "log",
-            Action::Flag => "flag",
-            Action::Block => "block",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// Actions are recorded on events, so they are shared vocabulary in `stormwall-types`;
+// re-exported here so this crate's API keeps its paths.
+pub use stormwall_types::safety::Action;
 
 /// One tier of a rule: take `action` once the score reaches `threshold`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -153,7 +111,16 @@ impl Profile {
 
     /// Parses a profile; `extends` may name a built-in profile.
     pub fn from_toml(text: &str) -> Result<Profile, ProfileError> {
-        let raw: RawProfile = toml::from_str(text)?;
+        Profile::from_raw(toml::from_str(text)?)
+    }
+
+    /// Reads a profile from an already parsed TOML table (a profile inlined in a larger
+    /// config file): the same format, checks and errors as [`Profile::from_toml`].
+    pub fn from_table(table: toml::Table) -> Result<Profile, ProfileError> {
+        Profile::from_raw(table.try_into()?)
+    }
+
+    fn from_raw(raw: RawProfile) -> Result<Profile, ProfileError> {
         let mut p = match &raw.extends {
             None => Profile {
                 name: String::new(),
@@ -208,6 +175,27 @@ impl Profile {
             }
         }
         Ok(p)
+    }
+
+    /// This profile with `floor`'s tiers for `kind` added, so that for every category and
+    /// score the stricter action of the two applies. Everything else — name, description,
+    /// evidence setting, the other kind's rules — is this profile's.
+    ///
+    /// The gateway holds image endpoints to `image_profile` this way.
+    pub fn with_floor(&self, floor: &Profile, kind: Kind) -> Profile {
+        let mut p = self.clone();
+        for c in Category::ALL {
+            let extra = floor.rules(kind, c);
+            if extra.is_empty() {
+                continue;
+            }
+            let tiers = &mut p.table_mut(kind)[c.index()];
+            tiers.extend_from_slice(extra);
+            // Stable, as when a profile is parsed: `action` takes the strictest tier reached,
+            // so the order among equal thresholds never changes a decision.
+            tiers.sort_by(|a, b| a.threshold.total_cmp(&b.threshold));
+        }
+        p
     }
 
     fn table(&self, kind: Kind) -> &Table {
@@ -350,5 +338,168 @@ sexual = [{ action = "block", threshold = 0.9 }, { action = "log", threshold = 0
         );
         assert!(Profile::from_toml("name = \"x\"\nextends = \"nope\"").is_err());
         assert!(Profile::from_toml("name = \"x\"\nbogus = 1").is_err());
+    }
+
+    /// How the gateway used to combine profiles: write the combination as a profile and
+    /// parse it back. `with_floor` must give the same rules.
+    fn floor_by_text(base: &Profile, floor: &Profile, kind: Kind) -> Profile {
+        let tiers = |rules: &[Rule]| {
+            let items: Vec<String> = rules
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{{ action = \"{}\", threshold = {:?} }}",
+                        r.action, r.threshold
+                    )
+                })
+                .collect();
+            format!("[{}]", items.join(", "))
+        };
+        let mut text = format!(
+            "name = {:?}\nkeep_evidence = {}\n",
+            base.name(),
+            base.keep_evidence()
+        );
+        for k in [Kind::Chat, Kind::Image] {
+            text.push_str(&format!("[{k}]\n"));
+            for c in Category::ALL {
+                let mut r = base.rules(k, c).to_vec();
+                if k == kind {
+                    r.extend_from_slice(floor.rules(k, c));
+                }
+                if !r.is_empty() {
+                    text.push_str(&format!("{c} = {}\n", tiers(&r)));
+                }
+            }
+        }
+        Profile::from_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn with_floor_takes_the_stricter_action_at_every_score() {
+        let base = Profile::builtin("permissive").unwrap();
+        let floor = Profile::builtin("default").unwrap();
+        let p = base.with_floor(&floor, Kind::Image);
+        assert_eq!(p.name(), base.name());
+        assert_eq!(p.description(), base.description());
+        assert_eq!(p.keep_evidence(), base.keep_evidence());
+        for c in Category::ALL {
+            assert_eq!(p.rules(Kind::Chat, c), base.rules(Kind::Chat, c), "{c}");
+            let image = p.rules(Kind::Image, c);
+            assert!(image.windows(2).all(|w| w[0].threshold <= w[1].threshold));
+            for i in 0..=100u8 {
+                let score = f32::from(i) / 100.0;
+                let stricter =
+                    base.action(Kind::Image, c, score)
+                        .max(floor.action(Kind::Image, c, score));
+                assert_eq!(p.action(Kind::Image, c, score), stricter, "{c} {score}");
+            }
+        }
+        // The permissive profile only logs sexual images; the default's image tiers block.
+        assert_eq!(base.action(Kind::Image, Category::Sexual, 0.9), Action::Log);
+        assert_eq!(p.action(Kind::Image, Category::Sexual, 0.9), Action::Block);
+        // A floor with no tiers for the kind changes nothing.
+        assert_eq!(
+            base.with_floor(
+                &Profile::from_toml("name = \"empty\"").unwrap(),
+                Kind::Image
+            ),
+            base
+        );
+    }
+
+    #[test]
+    fn with_floor_gives_the_rules_the_text_round_trip_gave() {
+        let mut profiles: Vec<Profile> = Profile::builtin_names()
+            .filter_map(Profile::builtin)
+            .collect();
+        profiles.push(
+            Profile::from_toml(
+                r#"
+name = "tiers"
+keep_evidence = true
+[chat]
+violence = [{ action = "block", threshold = 0.9 }, { action = "log", threshold = 0.3 }]
+[image]
+sexual = [{ action = "flag", threshold = 0.35 }, { action = "log", threshold = 0.35 }]
+hate = { action = "block", threshold = 0.123456789 }
+"#,
+            )
+            .unwrap(),
+        );
+        for base in &profiles {
+            for floor in &profiles {
+                for kind in [Kind::Chat, Kind::Image] {
+                    let typed = base.with_floor(floor, kind);
+                    let text = floor_by_text(base, floor, kind);
+                    for k in [Kind::Chat, Kind::Image] {
+                        for c in Category::ALL {
+                            assert_eq!(
+                                typed.rules(k, c),
+                                text.rules(k, c),
+                                "{} + {} ({kind}): {k}.{c}",
+                                base.name(),
+                                floor.name()
+                            );
+                        }
+                    }
+                    assert_eq!(typed.name(), text.name());
+                    assert_eq!(typed.keep_evidence(), text.keep_evidence());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn from_table_reads_like_from_toml() {
+        let texts: Vec<&str> = BUILTIN_PROFILES
+            .iter()
+            .map(|(_, t)| *t)
+            .chain([
+                "name = \"mine\"\nextends = \"strict\"\nkeep_evidence = true\n[image]\nsexual = { action = \"log\", threshold = 1 }",
+            ])
+            .collect();
+        for text in texts {
+            let table: toml::Table = toml::from_str(text).unwrap();
+            assert_eq!(
+                Profile::from_table(table).unwrap(),
+                Profile::from_toml(text).unwrap()
+            );
+        }
+        let bad = |text: &str| {
+            let table: toml::Table = toml::from_str(text).unwrap();
+            (
+                Profile::from_table(table).unwrap_err(),
+                Profile::from_toml(text).unwrap_err(),
+            )
+        };
+        for text in [
+            "name = \"x\"\n[chat]\nsexual = { action = \"nuke\", threshold = 0.5 }",
+            "name = \"x\"\n[chat]\nnot_a_category = { action = \"block\", threshold = 0.5 }",
+            "name = \"x\"\nbogus = 1",
+            "description = \"no name\"",
+        ] {
+            let (from_table, from_text) = bad(text);
+            assert!(
+                matches!(from_table, ProfileError::Parse(_)),
+                "{text}: {from_table}"
+            );
+            assert!(
+                matches!(from_text, ProfileError::Parse(_)),
+                "{text}: {from_text}"
+            );
+        }
+        let (from_table, from_text) =
+            bad("name = \"x\"\n[chat]\nsexual = { action = \"block\", threshold = 1.5 }");
+        assert_eq!(from_table.to_string(), from_text.to_string());
+        assert!(matches!(from_table, ProfileError::Threshold { .. }));
+        let (from_table, from_text) = bad("name = \"x\"\nextends = \"nope\"");
+        assert_eq!(from_table.to_string(), from_text.to_string());
+        assert!(matches!(from_table, ProfileError::UnknownBase { .. }));
+        let (unknown_field, _) = bad("name = \"x\"\nbogus = 1");
+        assert!(
+            unknown_field.to_string().contains("bogus"),
+            "{unknown_field}"
+        );
     }
 }

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use stormwall_types::{Endpoint, SafetyVerdict};
+use stormwall_types::safety::{Action, Category};
+use stormwall_types::{Endpoint, SafetyStage, SafetyVerdict, VerdictCategory};
 
 use super::world::{Net, Program, Rng};
-use stormwall_detect::detectors::{EVASION_CATEGORY, JAILBREAK_CATEGORY, ROLEPLAY_CATEGORY};
 
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
@@ -48,12 +48,12 @@ pub struct Req {
     pub api_version: Option<&'static str>,
 }
 
-fn verdict(category: &str, action: &str, score: f32) -> SafetyVerdict {
+fn verdict(category: impl Into<VerdictCategory>, action: Action, score: f32) -> SafetyVerdict {
     SafetyVerdict {
-        category: category.to_owned(),
-        action: action.to_owned(),
+        category: category.into(),
+        action,
         score,
-        stage: "input".to_owned(),
+        stage: SafetyStage::Input,
         ..Default::default()
     }
 }
@@ -349,10 +349,12 @@ impl Legit {
             r.out_tok = 0;
         }
         if rng.chance(self.roleplay_share) {
-            r.verdicts.push(verdict(ROLEPLAY_CATEGORY, "log", 1.0));
+            r.verdicts
+                .push(verdict(VerdictCategory::RoleplayMarkers, Action::Log, 1.0));
         }
         if rng.chance(self.hit_share) {
-            r.verdicts.push(verdict("sexual", "flag", 0.7));
+            r.verdicts
+                .push(verdict(Category::Sexual, Action::Flag, 0.7));
         }
         r
     }
@@ -631,21 +633,22 @@ impl Attack {
         }
         if rng.chance(m.roleplay) {
             r.verdicts.push(if rng.chance(0.7) {
-                verdict(ROLEPLAY_CATEGORY, "log", 1.0)
+                verdict(VerdictCategory::RoleplayMarkers, Action::Log, 1.0)
             } else {
-                verdict(JAILBREAK_CATEGORY, "flag", 0.8)
+                verdict(Category::Jailbreak, Action::Flag, 0.8)
             });
         }
         if rng.chance(m.hit) {
             let cat = if r.endpoint == Endpoint::ImagesGenerations {
-                "real_person_sexual"
+                Category::RealPersonSexual
             } else {
-                "sexual"
+                Category::Sexual
             };
-            r.verdicts.push(verdict(cat, "block", 0.9));
+            r.verdicts.push(verdict(cat, Action::Block, 0.9));
         }
         if rng.chance(m.evasion) {
-            r.verdicts.push(verdict(EVASION_CATEGORY, "flag", 0.7));
+            r.verdicts
+                .push(verdict(Category::FilterEvasion, Action::Flag, 0.7));
         }
     }
 }

@@ -21,9 +21,10 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use stormwall_types::pricing::Pricing;
+use stormwall_types::safety::{self, Category};
 use stormwall_types::{
     Action, ActionKind, Alert, ApiFlavor, Endpoint, KeyEffect, KeyId, KeyKind, KeyStatus,
-    RejectReason, Severity, UsageEvent,
+    RejectReason, Severity, UsageEvent, VerdictCategory,
 };
 use time::OffsetDateTime;
 
@@ -1619,7 +1620,7 @@ fn build_event(r: &Req, info: &KeyInfo, t_ms: i64, seq: u64) -> UsageEvent {
         e.output_tokens = Some(r.out_tok);
         e.cost_usd = PRICES.cost(r.model, r.in_tok, r.out_tok, 1);
     }
-    if r.verdicts.iter().any(|v| v.action == "block") {
+    if r.verdicts.iter().any(|v| v.action == safety::Action::Block) {
         let answer = RejectReason::ContentPolicy.openai_error();
         e.deny(RejectReason::ContentPolicy);
         e.status = answer.status;
@@ -1911,14 +1912,14 @@ impl Req {
     pub fn roleplay(&self) -> bool {
         self.verdicts
             .iter()
-            .any(|v| v.category == stormwall_detect::detectors::ROLEPLAY_CATEGORY)
+            .any(|v| v.category == VerdictCategory::RoleplayMarkers)
     }
 
     /// Whether the sim marks a jailbreak-style preamble.
     pub fn jailbreak(&self) -> bool {
         self.verdicts
             .iter()
-            .any(|v| v.category == stormwall_detect::detectors::JAILBREAK_CATEGORY)
+            .any(|v| v.category == Category::Jailbreak)
     }
 
     /// The user message: mild synthetic text seeded by the conversation root, about

@@ -20,9 +20,11 @@ use stormwall_store::{
     PostgresConfig, PostgresStore, ShutdownError, SqliteStore, Store, StoreConfig, StoreError,
     StoredAlert, verify_audit,
 };
+use stormwall_types::safety::{Action as SafetyAction, Category};
 use stormwall_types::{
     Action, ActionKind, Alert, AlertFeature, AlertSubject, ApiKey, DetectorId, KeyHash, KeyId,
-    KeyKind, KeyRecord, KeyScope, KeyStatus, RejectReason, SafetyVerdict, Severity, UsageEvent,
+    KeyKind, KeyRecord, KeyScope, KeyStatus, RejectReason, SafetyStage, SafetyVerdict, Severity,
+    UsageEvent,
 };
 use time::{OffsetDateTime, UtcOffset};
 
@@ -94,10 +96,10 @@ fn event(
     e.prompt_minhash = vec![1, 2, 3];
     e.header_names = vec!["authorization".to_owned(), "content-type".to_owned()];
     e.safety = vec![SafetyVerdict {
-        category: "jailbreak".to_owned(),
-        action: "log".to_owned(),
+        category: Category::Jailbreak.into(),
+        action: SafetyAction::Log,
         score: 0.25,
-        stage: "input".to_owned(),
+        stage: SafetyStage::Input,
         view: Some("leet".to_owned()),
         span: Some("ignore previous".to_owned()),
         source: Some("judge".to_owned()),

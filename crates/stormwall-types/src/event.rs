@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::endpoint::{ApiFlavor, Endpoint};
 use crate::key::KeyId;
 use crate::record::KeyKind;
+use crate::safety::{Action, SafetyStage, VerdictCategory};
 use crate::timefmt::rfc3339;
 
 /// The gateway's admission decision.
@@ -170,14 +171,14 @@ pub enum StreamOutcome {
 /// One content-safety finding recorded on an event (filled by the safety stage).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SafetyVerdict {
-    /// Category, e.g. `sexual`, `real_person_sexual`, `jailbreak`.
-    pub category: String,
+    /// Category, e.g. `sexual`, `real_person_sexual`, `jailbreak`, `roleplay_markers`.
+    pub category: VerdictCategory,
     /// `allow`, `log`, `flag` or `block`.
-    pub action: String,
+    pub action: Action,
     /// Score in 0..=1.
     pub score: f32,
     /// `input` or `output`.
-    pub stage: String,
+    pub stage: SafetyStage,
     /// Normalisation view the match was made in (`text`, or the trick undone: `base64`,
     /// `leet`, ...), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -599,5 +600,42 @@ mod tests {
         let back: SafetyVerdict =
             serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
         assert_eq!(back, new);
+    }
+
+    #[test]
+    fn an_event_stored_before_typed_verdicts_reads_and_writes_back_the_same() {
+        // Written when category, action and stage were plain strings.
+        let old = r#"{"@timestamp":"2025-01-02T03:04:05Z","event.id":"0190","event.dataset":"gateway","decision":"deny","decision.reason":"content_policy","source.ip":"127.0.0.1","source.port":0,"http.request.method":"POST","url.path":"/v1/chat/completions","content_filter":[{"category":"real_person_sexual","action":"block","score":0.9,"stage":"input","view":"leet","span":"abc"},{"category":"roleplay_markers","action":"log","score":1.0,"stage":"input"},{"category":"classifier_timeout","action":"log","score":1.0,"stage":"input","source":"judge"},{"category":"classifier_error","action":"block","score":1.0,"stage":"input","source":"judge"},{"category":"Vendor/Thing","action":"flag","score":0.5,"stage":"output"}],"http.response.status_code":400}"#;
+        let e: UsageEvent = serde_json::from_str(old).unwrap();
+        let cats: Vec<&VerdictCategory> = e.safety.iter().map(|v| &v.category).collect();
+        assert!(matches!(
+            cats[..],
+            [
+                VerdictCategory::Content(crate::safety::Category::RealPersonSexual),
+                VerdictCategory::RoleplayMarkers,
+                VerdictCategory::ClassifierTimeout,
+                VerdictCategory::ClassifierError,
+                VerdictCategory::Other(_),
+            ]
+        ));
+        assert_eq!(e.safety[4].category.as_str(), "Vendor/Thing");
+        let actions: Vec<Action> = e.safety.iter().map(|v| v.action).collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Block,
+                Action::Log,
+                Action::Log,
+                Action::Block,
+                Action::Flag
+            ]
+        );
+        assert_eq!(e.safety[0].stage, SafetyStage::Input);
+        assert_eq!(e.safety[4].stage, SafetyStage::Output);
+        let old_value: serde_json::Value = serde_json::from_str(old).unwrap();
+        let written = serde_json::to_string(&e).unwrap();
+        let new_value: serde_json::Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(new_value["content_filter"], old_value["content_filter"]);
+        assert_eq!(serde_json::from_str::<UsageEvent>(&written).unwrap(), e);
     }
 }

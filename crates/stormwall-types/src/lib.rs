@@ -1,5 +1,6 @@
-//! Stormwall's shared vocabulary: the API-key format, key records and scopes, and the
-//! `UsageEvent` every request (and every parsed cloud-log record) becomes.
+//! Stormwall's shared vocabulary: the API-key format, key records and scopes, the
+//! `UsageEvent` every request (and every parsed cloud-log record) becomes, and the
+//! content-safety names its verdicts use ([`safety`]).
 //!
 //! This crate does no I/O and depends on no other workspace crate, so every other crate
 //! can speak it, and detectors can run over events regardless of where they came from.
@@ -17,6 +18,7 @@ pub mod event;
 pub mod key;
 pub mod pricing;
 pub mod record;
+pub mod safety;
 pub mod timefmt;
 
 pub use alert::{
@@ -26,3 +28,4 @@ pub use endpoint::{ApiFlavor, Endpoint};
 pub use event::{Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyId};
 pub use record::{KeyKind, KeyRecord, KeyScope, KeyStatus};
+pub use safety::{SafetyStage, VerdictCategory};

@@ -515,7 +515,8 @@ fn history_event(
     sim_ms: i64,
     seq: u64,
 ) -> anyhow::Result<Option<stormwall_types::UsageEvent>> {
-    use stormwall_detect::detectors::{JAILBREAK_CATEGORY, ROLEPLAY_CATEGORY};
+    use stormwall_types::VerdictCategory;
+    use stormwall_types::safety::Category;
     let Some(key) = map.keys.get(req.key) else {
         return Ok(None);
     };
@@ -537,8 +538,9 @@ fn history_event(
     e.header_names = wire_header_names(&http_req);
     // The gateway screens the rendered text itself: its role-play marker verdict replaces
     // the simulator's label (simulated content hits stay, as a tenant's habit).
-    e.safety
-        .retain(|v| v.category != ROLEPLAY_CATEGORY && v.category != JAILBREAK_CATEGORY);
+    e.safety.retain(|v| {
+        v.category != VerdictCategory::RoleplayMarkers && v.category != Category::Jailbreak
+    });
     if !body.is_empty()
         && let Ok(parsed) =
             stormwall_gateway::data::request::parse(&body, req.endpoint, &map.digester)

@@ -8,8 +8,9 @@ pub mod resale;
 pub mod tripwire;
 pub mod validation;
 
+use stormwall_types::safety::{Action, Category};
 use stormwall_types::{
-    Alert, AlertFeature, AlertSubject, DetectorId, Endpoint, Severity, UsageEvent,
+    Alert, AlertFeature, AlertSubject, DetectorId, Endpoint, Severity, UsageEvent, VerdictCategory,
 };
 
 use crate::config::{DetectConfig, Thresholds};
@@ -17,14 +18,6 @@ use crate::egress::EgressFlag;
 use crate::features::{self, UaFamily};
 use crate::sketch::{hash_str, mix64};
 use crate::state::{DETECTORS, Fingerprint, KeyState, Reference, TenantState, has_flag};
-
-/// Safety-verdict category the gateway records when a prompt carries role-play front-end
-/// markers (`{{char}}`, `{{user}}`, character cards); see [`crate::markers`].
-pub const ROLEPLAY_CATEGORY: &str = "roleplay_markers";
-/// Safety-verdict category for prompt obfuscation (the safety crate's `filter_evasion`).
-pub const EVASION_CATEGORY: &str = "filter_evasion";
-/// Safety-verdict category for jailbreak preambles.
-pub const JAILBREAK_CATEGORY: &str = "jailbreak";
 
 /// Everything computed once from an event, shared by the detectors.
 #[derive(Debug, Clone)]
@@ -98,13 +91,15 @@ impl Obs {
         let mut evasion = false;
         let mut roleplay = false;
         for v in &e.safety {
-            let acted = v.action == "block" || v.action == "flag";
-            match v.category.as_str() {
-                ROLEPLAY_CATEGORY => roleplay = true,
-                EVASION_CATEGORY => evasion |= acted || v.score >= 0.5,
+            let acted = v.action >= Action::Flag;
+            match v.category {
+                VerdictCategory::RoleplayMarkers => roleplay = true,
+                VerdictCategory::Content(Category::FilterEvasion) => {
+                    evasion |= acted || v.score >= 0.5;
+                }
                 // A jailbreak score the policy only logged is too weak to call a front-end:
                 // ordinary assistant preambles score there.
-                JAILBREAK_CATEGORY => {
+                VerdictCategory::Content(Category::Jailbreak) => {
                     roleplay |= acted;
                     hit |= acted;
                 }

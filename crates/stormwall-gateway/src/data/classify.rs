@@ -383,10 +383,10 @@ pub enum Failure {
 
 impl Failure {
     /// The verdict category recorded for it: `classifier_timeout` or `classifier_error`.
-    pub fn category(self) -> &'static str {
+    pub fn category(self) -> stormwall_types::VerdictCategory {
         match self {
-            Failure::Timeout => "classifier_timeout",
-            Failure::Error(_) => "classifier_error",
+            Failure::Timeout => stormwall_types::VerdictCategory::ClassifierTimeout,
+            Failure::Error(_) => stormwall_types::VerdictCategory::ClassifierError,
         }
     }
 }

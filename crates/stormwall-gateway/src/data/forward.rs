@@ -325,9 +325,10 @@ async fn screen_output(
         .analyze(Arc::clone(&text))
         .await
         .decide(kind, &s.profile);
-    crate::data::safety::count(&state.metrics, "output", &verdict);
+    let output = stormwall_types::SafetyStage::Output;
+    crate::data::safety::count(&state.metrics, output, &verdict);
     rec.event().safety.extend(crate::data::safety::record(
-        &verdict, "output", &text, 0, &s.profile,
+        &verdict, output, &text, 0, &s.profile,
     ));
     verdict.is_blocked()
 }
@@ -335,7 +336,8 @@ async fn screen_output(
 impl Finisher {
     fn stream_ended(mut self, end: StreamEnd) {
         if let Some((verdict, notes)) = end.output_safety {
-            crate::data::safety::count(&self.state.metrics, "output", &verdict);
+            let output = stormwall_types::SafetyStage::Output;
+            crate::data::safety::count(&self.state.metrics, output, &verdict);
             self.rec.event().safety.extend(notes);
             if end.outcome == StreamOutcome::ContentBlocked {
                 let err = crate::data::recorder::deny(

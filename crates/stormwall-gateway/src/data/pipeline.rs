@@ -237,10 +237,11 @@ async fn screen_request(
             )
             .await;
     }
-    crate::data::safety::count(&state.metrics, "input", &verdict);
+    let input = stormwall_types::SafetyStage::Input;
+    crate::data::safety::count(&state.metrics, input, &verdict);
     let e = rec.event();
     e.safety.extend(crate::data::safety::record(
-        &verdict, "input", &text, 0, &profile,
+        &verdict, input, &text, 0, &profile,
     ));
     e.safety.extend(notes);
     if verdict.is_blocked() || fail_closed {

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stormwall_safety::{
-    Action, Analysis, Category, CategoryScore, Detector, ExternalScore, Kind, Profile,
-    ProfileError, Rule, SafetyError, Screener, Verdict,
+    Action, Analysis, CategoryScore, Detector, ExternalScore, Kind, Profile, ProfileError,
+    SafetyError, Screener, Verdict,
 };
-use stormwall_types::{Endpoint, SafetyVerdict};
+use stormwall_types::{self as types, Endpoint, SafetyVerdict, VerdictCategory};
 
 use crate::data::classify::{
     ClassifierConfig, ClassifierConfigError, ExternalClassifier, Failure, Mode, ScoreCache,
@@ -117,9 +117,6 @@ pub enum SafetyConfigError {
     /// The gazetteer or the built-in lexicons did not load.
     #[error("[safety] screener: {0}")]
     Screener(#[from] SafetyError),
-    /// An inline profile could not be turned back into TOML.
-    #[error("[safety] profile {0}: cannot be encoded")]
-    Encode(String),
     /// A classifier entry is invalid.
     #[error(transparent)]
     Classifier(#[from] ClassifierConfigError),
@@ -169,45 +166,6 @@ fn read(path: &std::path::Path) -> Result<String, SafetyConfigError> {
     })
 }
 
-/// Writes rule tiers as a TOML inline array.
-fn tiers_toml(rules: &[Rule]) -> String {
-    let items: Vec<String> = rules
-        .iter()
-        .map(|r| {
-            format!(
-                "{{ action = \"{}\", threshold = {:?} }}",
-                r.action.as_str(),
-                r.threshold
-            )
-        })
-        .collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// `base` with `floor`'s image tiers added: per score, the stricter action of the two.
-fn with_image_floor(base: &Profile, floor: &Profile) -> Result<Profile, ProfileError> {
-    let mut text = format!(
-        "name = {:?}\nkeep_evidence = {}\n[chat]\n",
-        base.name(),
-        base.keep_evidence()
-    );
-    for c in Category::ALL {
-        let r = base.rules(Kind::Chat, c);
-        if !r.is_empty() {
-            text.push_str(&format!("{} = {}\n", c.as_str(), tiers_toml(r)));
-        }
-    }
-    text.push_str("[image]\n");
-    for c in Category::ALL {
-        let mut r = base.rules(Kind::Image, c).to_vec();
-        r.extend_from_slice(floor.rules(Kind::Image, c));
-        if !r.is_empty() {
-            text.push_str(&format!("{} = {}\n", c.as_str(), tiers_toml(&r)));
-        }
-    }
-    Profile::from_toml(&text)
-}
-
 impl SafetyStage {
     /// Builds the stage (`None` when `enabled = false`). Unknown profile names, bad profile
     /// files, an unreadable gazetteer and bad classifier entries are errors here, at start-up.
@@ -224,9 +182,8 @@ impl SafetyStage {
                 raw.insert(name.to_owned(), p);
             }
         }
-        let mut add = |origin: String, text: &str| -> Result<(), SafetyConfigError> {
-            let p = Profile::from_toml(text)
-                .map_err(|source| SafetyConfigError::Profile { origin, source })?;
+        let mut add = |origin: String, p: Result<Profile, ProfileError>| {
+            let p = p.map_err(|source| SafetyConfigError::Profile { origin, source })?;
             if raw.contains_key(p.name()) {
                 return Err(SafetyConfigError::DuplicateProfile(p.name().to_owned()));
             }
@@ -244,14 +201,12 @@ impl SafetyStage {
                 .collect();
             files.sort();
             for f in files {
-                add(f.display().to_string(), &read(&f)?)?;
+                add(f.display().to_string(), Profile::from_toml(&read(&f)?))?;
             }
         }
         for (i, table) in c.profiles.iter().enumerate() {
             let origin = format!("[[safety.profiles]] #{}", i + 1);
-            let text =
-                toml::to_string(table).map_err(|_| SafetyConfigError::Encode(origin.clone()))?;
-            add(origin, &text)?;
+            add(origin, Profile::from_table(table.clone()))?;
         }
         let known = raw.keys().cloned().collect::<Vec<_>>().join(", ");
         let check = |field: String, name: &str| {
@@ -278,12 +233,7 @@ impl SafetyStage {
         let mut profiles = HashMap::new();
         for (name, p) in raw {
             let image = match &floor {
-                Some(f) => {
-                    with_image_floor(&p, f).map_err(|source| SafetyConfigError::Profile {
-                        origin: name.clone(),
-                        source,
-                    })?
-                }
+                Some(f) => p.with_floor(f, Kind::Image),
                 None => p.clone(),
             };
             profiles.insert(
@@ -478,7 +428,13 @@ impl SafetyStage {
                 // Flag mode never blocked anything: record at most `flag`.
                 let mut cs = c.clone();
                 cs.action = cs.action.min(Action::Flag);
-                notes.push(record_one(&cs, "input", None, None, false));
+                notes.push(record_one(
+                    &cs,
+                    types::SafetyStage::Input,
+                    None,
+                    None,
+                    false,
+                ));
             }
             notes
         }))
@@ -546,10 +502,10 @@ pub fn finish_event(
 /// The verdict recorded when a classifier failed.
 fn failure_verdict(name: &str, f: Failure, closed: bool) -> SafetyVerdict {
     SafetyVerdict {
-        category: f.category().to_owned(),
-        action: if closed { "block" } else { "log" }.to_owned(),
+        category: f.category(),
+        action: if closed { Action::Block } else { Action::Log },
         score: 1.0,
-        stage: "input".to_owned(),
+        stage: types::SafetyStage::Input,
         source: Some(name.to_owned()),
         ..Default::default()
     }
@@ -566,7 +522,7 @@ pub fn input_kind(endpoint: Endpoint) -> Option<Kind> {
 
 fn record_one(
     c: &CategoryScore,
-    stage: &str,
+    stage: types::SafetyStage,
     text: Option<&str>,
     evidence: Option<&str>,
     with_span: bool,
@@ -582,10 +538,10 @@ fn record_one(
         _ => None,
     };
     SafetyVerdict {
-        category: c.category.as_str().to_owned(),
-        action: c.action.as_str().to_owned(),
+        category: VerdictCategory::Content(c.category),
+        action: c.action,
         score: c.score,
-        stage: stage.to_owned(),
+        stage,
         view: c.evidence.as_ref().map(|e| e.view.as_str().to_owned()),
         span,
         evidence: evidence.map(str::to_owned),
@@ -599,7 +555,7 @@ fn record_one(
 /// starts in the spans' coordinates (streams screen a window of the output).
 pub fn record(
     verdict: &Verdict,
-    stage: &str,
+    stage: types::SafetyStage,
     text: &str,
     offset: usize,
     profile: &Profile,
@@ -631,8 +587,8 @@ pub fn record(
 }
 
 /// Counts verdicts in the metrics.
-pub fn count(metrics: &Metrics, stage: &'static str, verdict: &Verdict) {
-    metrics.safety.screened(stage);
+pub fn count(metrics: &Metrics, stage: types::SafetyStage, verdict: &Verdict) {
+    metrics.safety.screened(stage.as_str());
     for c in verdict
         .categories
         .iter()
@@ -640,7 +596,7 @@ pub fn count(metrics: &Metrics, stage: &'static str, verdict: &Verdict) {
     {
         metrics
             .safety
-            .action(stage, c.category.as_str(), c.action.as_str());
+            .action(stage.as_str(), c.category.as_str(), c.action.as_str());
     }
 }
 
@@ -775,7 +731,7 @@ impl StreamGuard {
         self.verdict.merge(&v, &self.profile);
         if v.action > Action::Allow && (v.action > before || self.recorded.is_empty()) {
             let (text, base) = self.window.text();
-            self.recorded = record(&v, "output", text, base, &self.profile);
+            self.recorded = record(&v, types::SafetyStage::Output, text, base, &self.profile);
         }
         self.window.advance();
     }
@@ -784,6 +740,7 @@ impl StreamGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stormwall_safety::Category;
 
     fn stage(c: &SafetyConfig) -> Result<Option<SafetyStage>, SafetyConfigError> {
         SafetyStage::from_config(c, &|_| None)
@@ -857,6 +814,30 @@ mod tests {
     }
 
     #[test]
+    fn image_floor_keeps_profiles_whatever_their_name() {
+        // A decomposed accent, as some keyboards type it: the profile must load and its
+        // image side still be held to the default image tiers.
+        let name = "cafe\u{301}";
+        let mut table = toml::Table::new();
+        table.insert("name".into(), name.into());
+        table.insert("extends".into(), "permissive".into());
+        let c = SafetyConfig {
+            profiles: vec![table],
+            ..Default::default()
+        };
+        let s = stage(&c).unwrap().unwrap();
+        let (img, known) = s.profile_for("t", Some(name), Kind::Image);
+        assert!(known);
+        assert_eq!(img.name(), name);
+        assert_eq!(
+            img.action(Kind::Image, Category::Sexual, 0.9),
+            Action::Block
+        );
+        let (chat, _) = s.profile_for("t", Some(name), Kind::Chat);
+        assert_eq!(chat.action(Kind::Chat, Category::Sexual, 0.9), Action::Log);
+    }
+
+    #[test]
     fn output_texts() {
         let (t, k) = output_text(
             Endpoint::ChatCompletions,
@@ -887,8 +868,8 @@ mod tests {
         let (p, _) = s.profile_for("t", None, Kind::Chat);
         let v = s.screener().screen(text, Kind::Chat, &p);
         assert!(v.is_blocked());
-        let r = record(&v, "input", text, 0, &p);
-        assert_eq!(r[0].category, "real_person_sexual");
+        let r = record(&v, types::SafetyStage::Input, text, 0, &p);
+        assert_eq!(r[0].category, Category::RealPersonSexual);
         assert!(
             r[0].span
                 .as_deref()
@@ -898,7 +879,7 @@ mod tests {
         let keep = Profile::from_toml("name = \"k\"\nextends = \"default\"\nkeep_evidence = true")
             .unwrap();
         let v = s.screener().screen(text, Kind::Chat, &keep);
-        let r = record(&v, "input", text, 0, &keep);
+        let r = record(&v, types::SafetyStage::Input, text, 0, &keep);
         assert_eq!(r[0].evidence.as_deref(), Some(text));
         assert!(r[1..].iter().all(|v| v.evidence.is_none()));
     }
@@ -925,7 +906,7 @@ mod tests {
         assert!(blocked);
         let (v, rec) = g.finish();
         assert!(v.is_blocked());
-        assert_eq!(rec[0].stage, "output");
-        assert_eq!(rec[0].category, "sexual");
+        assert_eq!(rec[0].stage, types::SafetyStage::Output);
+        assert_eq!(rec[0].category, Category::Sexual);
     }
 }

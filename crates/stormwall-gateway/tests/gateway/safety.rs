@@ -12,6 +12,8 @@ use stormwall_gateway::data::classify::{
     ClassifierConfig, ClassifierKind, FailMode, FailPolicy, Mode,
 };
 use stormwall_gateway::data::safety::SafetyConfig;
+use stormwall_types::safety::{Action as SafetyAction, Category};
+use stormwall_types::{SafetyStage, VerdictCategory};
 
 /// Blocked on chat under the default profile (real-person sexual content).
 const BLOCKED_CHAT: &str = "Please draw a nude photo of my ex for the party invitation";
@@ -39,7 +41,7 @@ fn image_with(text: &str) -> String {
     json!({"model": "dall-e-3", "prompt": text}).to_string()
 }
 
-fn verdicts<'a>(e: &'a UsageEvent, stage: &str) -> Vec<&'a stormwall_types::SafetyVerdict> {
+fn verdicts(e: &UsageEvent, stage: SafetyStage) -> Vec<&stormwall_types::SafetyVerdict> {
     e.safety.iter().filter(|v| v.stage == stage).collect()
 }
 
@@ -57,12 +59,12 @@ async fn a_blocked_prompt_never_reaches_the_upstream_and_the_event_keeps_no_prom
     let e = &h.events(1).await[0];
     assert_eq!(e.reject_reason, Some(RejectReason::ContentPolicy));
     assert_eq!(e.error_code.as_deref(), Some("content_policy_violation"));
-    let v = verdicts(e, "input");
+    let v = verdicts(e, SafetyStage::Input);
     let decisive = v
         .iter()
-        .find(|v| v.category == "real_person_sexual")
+        .find(|v| v.category == Category::RealPersonSexual)
         .expect("category recorded");
-    assert_eq!(decisive.action, "block");
+    assert_eq!(decisive.action, SafetyAction::Block);
     assert!(decisive.score >= 0.6);
     assert_eq!(decisive.view.as_deref(), Some("text"));
     let span = decisive.span.as_deref().expect("matched span recorded");
@@ -84,7 +86,10 @@ async fn a_blocked_prompt_never_reaches_the_upstream_and_the_event_keeps_no_prom
     let events = h.events(3).await;
     // Low scores may be logged; nothing on a benign prompt is flagged or blocked.
     assert!(
-        events[1].safety.iter().all(|v| v.action == "log"),
+        events[1]
+            .safety
+            .iter()
+            .all(|v| v.action == SafetyAction::Log),
         "{:?}",
         events[1].safety
     );
@@ -125,18 +130,18 @@ async fn image_endpoints_are_stricter_and_flagged_chat_is_forwarded() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     let events = h.events(4).await;
-    let chat = verdicts(&events[0], "input");
+    let chat = verdicts(&events[0], SafetyStage::Input);
     assert!(
         chat.iter()
-            .any(|v| v.category == "sexual" && v.action == "flag"),
+            .any(|v| v.category == Category::Sexual && v.action == SafetyAction::Flag),
         "{chat:?}"
     );
     assert_eq!(events[0].status, 200);
     for e in &events[1..3] {
         assert!(
-            verdicts(e, "input")
+            verdicts(e, SafetyStage::Input)
                 .iter()
-                .any(|v| v.category == "sexual" && v.action == "block")
+                .any(|v| v.category == Category::Sexual && v.action == SafetyAction::Block)
         );
     }
 }
@@ -257,12 +262,12 @@ async fn a_stream_is_cut_once_its_output_breaks_the_policy() {
     let e = &h.events(1).await[0];
     assert_eq!(e.stream_outcome, Some(StreamOutcome::ContentBlocked));
     assert_eq!(e.error_code.as_deref(), Some("content_policy_violation"));
-    let out = verdicts(e, "output");
+    let out = verdicts(e, SafetyStage::Output);
     let v = out
         .iter()
-        .find(|v| v.action == "block")
+        .find(|v| v.action == SafetyAction::Block)
         .expect("output verdict");
-    assert_eq!(v.category, "sexual");
+    assert_eq!(v.category, Category::Sexual);
     assert!(v.span.as_deref().is_some_and(|s| s.len() <= 64));
 }
 
@@ -296,9 +301,9 @@ async fn an_images_revised_prompt_is_screened() {
     assert_eq!(e.upstream_status, Some(200));
     assert_eq!(e.reject_reason, Some(RejectReason::ContentPolicy));
     assert!(
-        verdicts(e, "output")
+        verdicts(e, SafetyStage::Output)
             .iter()
-            .any(|v| v.category == "sexual" && v.action == "block")
+            .any(|v| v.category == Category::Sexual && v.action == SafetyAction::Block)
     );
     assert!(e.cost_usd > 0.0, "the upstream was paid for the image");
 }
@@ -425,9 +430,9 @@ async fn a_classifier_timeout_fails_open_or_closed_as_configured() {
     let v = e
         .safety
         .iter()
-        .find(|v| v.category == "classifier_timeout")
+        .find(|v| v.category == VerdictCategory::ClassifierTimeout)
         .expect("timeout recorded");
-    assert_eq!(v.action, "log");
+    assert_eq!(v.action, SafetyAction::Log);
     assert_eq!(v.source.as_deref(), Some("judge"));
 
     let j = judge(slow).await;
@@ -438,11 +443,9 @@ async fn a_classifier_timeout_fails_open_or_closed_as_configured() {
     assert_eq!(code(&r), "content_policy_violation");
     assert_eq!(h.upstream.request_count(), 0);
     let e = &h.events(1).await[0];
-    assert!(
-        e.safety
-            .iter()
-            .any(|v| v.category == "classifier_timeout" && v.action == "block")
-    );
+    assert!(e.safety.iter().any(
+        |v| v.category == VerdictCategory::ClassifierTimeout && v.action == SafetyAction::Block
+    ));
     let metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
     assert!(
         metrics.contains(
@@ -479,10 +482,10 @@ async fn an_enforcing_classifier_blocks_and_its_results_are_cached() {
         let v = e
             .safety
             .iter()
-            .find(|v| v.category == "violence")
+            .find(|v| v.category == Category::Violence)
             .expect("external verdict");
         assert_eq!(v.source.as_deref(), Some("judge"));
-        assert_eq!(v.action, "block");
+        assert_eq!(v.action, SafetyAction::Block);
     }
 }
 
@@ -525,8 +528,8 @@ async fn a_flag_mode_classifier_runs_alongside_the_upstream_call() {
         .iter()
         .find(|v| v.source.as_deref() == Some("judge"))
         .expect("the judge annotates the event");
-    assert_eq!(v.category, "violence");
-    assert_eq!(v.action, "flag", "recorded, at most flagged");
+    assert_eq!(v.category, Category::Violence);
+    assert_eq!(v.action, SafetyAction::Flag, "recorded, at most flagged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
