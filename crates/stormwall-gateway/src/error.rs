@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use stormwall_types::RejectReason;
+use stormwall_types::{RejectReason, StreamOutcome};
 
 use crate::data::body::ProxyBody;
 use crate::data::route::ApiVersionError;
@@ -59,6 +59,15 @@ pub enum ProxyError {
     /// The client's body exceeded the size cap.
     #[error("request body too large")]
     BodyTooLarge,
+    /// A leaked-key report was refused: its signature (401 `invalid_signature`) or its body
+    /// (400 `invalid_request`).
+    #[error("leaked-key report refused: {message}")]
+    ReportRefused {
+        /// The signature, not the body, was at fault.
+        bad_signature: bool,
+        /// A fixed message for the reporter.
+        message: &'static str,
+    },
     /// The client's body took too long to arrive or broke.
     #[error("request body could not be read")]
     BodyUnreadable,
@@ -81,6 +90,11 @@ impl ProxyError {
     pub fn reject_reason(&self) -> Option<RejectReason> {
         match self {
             ProxyError::Rejected { reason, .. } => Some(*reason),
+            ProxyError::ReportRefused {
+                bad_signature: true,
+                ..
+            } => Some(RejectReason::UnknownKey),
+            ProxyError::ReportRefused { .. } => Some(RejectReason::BadRequest),
             ProxyError::BodyTooLarge | ProxyError::BodyUnreadable | ProxyError::ApiVersion(_) => {
                 Some(RejectReason::BadRequest)
             }
@@ -138,6 +152,23 @@ fn describe(err: &ProxyError) -> (StatusCode, &'static str, &'static str, &'stat
                 e.code,
                 rejection_message(*reason, *detail),
             )
+        }
+        ProxyError::ReportRefused {
+            bad_signature,
+            message,
+        } => {
+            if *bad_signature {
+                let status = StatusCode::UNAUTHORIZED;
+                (
+                    status,
+                    "invalid_request_error",
+                    "invalid_signature",
+                    *message,
+                )
+            } else {
+                let status = StatusCode::BAD_REQUEST;
+                (status, "invalid_request_error", "invalid_request", *message)
+            }
         }
         ProxyError::UpstreamUnavailable => (
             StatusCode::BAD_GATEWAY,
@@ -211,6 +242,55 @@ pub fn sse_error_event(err: &ProxyError) -> Bytes {
     ev.extend_from_slice(&body);
     ev.extend_from_slice(b"\n\n");
     Bytes::from(ev)
+}
+
+/// The error a stream cut because its key stopped ends with (and records), if it was.
+pub fn key_stopped_error(outcome: StreamOutcome) -> Option<ProxyError> {
+    let reason = match outcome {
+        StreamOutcome::KeyRevoked => RejectReason::RevokedKey,
+        StreamOutcome::KeySuspended => RejectReason::SuspendedKey,
+        _ => return None,
+    };
+    Some(ProxyError::reject(reason))
+}
+
+/// The SSE event a stream ends with when it did not complete (`None` when it did, or when
+/// the client left): every stream's error event is made here, beside the other error bodies.
+pub fn stream_end_event(outcome: StreamOutcome) -> Option<Bytes> {
+    if let Some(err) = key_stopped_error(outcome) {
+        return Some(sse_error_event(&err));
+    }
+    let (message, kind, code, done) = match outcome {
+        StreamOutcome::Completed | StreamOutcome::ClientDisconnected => return None,
+        StreamOutcome::ContentBlocked => (
+            "The response was stopped by the content policy.",
+            "invalid_request_error",
+            "content_policy_violation",
+            true,
+        ),
+        StreamOutcome::IdleTimeout => (
+            "The upstream stream ended unexpectedly.",
+            "api_error",
+            "upstream_timeout",
+            false,
+        ),
+        _ => (
+            "The upstream stream ended unexpectedly.",
+            "api_error",
+            "upstream_stream_interrupted",
+            false,
+        ),
+    };
+    let body = error_body(message, kind, code);
+    let mut ev = Vec::with_capacity(body.len() + 24);
+    ev.extend_from_slice(b"data: ");
+    ev.extend_from_slice(&body);
+    ev.extend_from_slice(b"\n\n");
+    if done {
+        // A content block is a clean end for the SDKs: they stop at `[DONE]`.
+        ev.extend_from_slice(b"data: [DONE]\n\n");
+    }
+    Some(Bytes::from(ev))
 }
 
 /// Turns a proxy error into the client's response. The only place that does.

@@ -8,7 +8,9 @@ use http::{HeaderValue, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::config::LimitsConfig;
 use crate::data::body::ProxyBody;
+use crate::error::ProxyError;
 
 /// Sets `x-request-id` (the event id) on a response.
 pub fn set_request_id(resp: &mut Response<ProxyBody>, id: &str) {
@@ -79,4 +81,19 @@ pub async fn read_capped(
         }
     }
     Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Reads a request body within the size cap and read timeout.
+pub async fn read_request_body(body: Incoming, limits: &LimitsConfig) -> Result<Bytes, ProxyError> {
+    let deadline = Duration::from_secs(limits.body_read_timeout_secs);
+    match tokio::time::timeout(
+        deadline,
+        read_capped(body, limits.max_request_body_bytes, None),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(ReadError::TooLarge)) => Err(ProxyError::BodyTooLarge),
+        Ok(Err(_)) | Err(_) => Err(ProxyError::BodyUnreadable),
+    }
 }

@@ -279,7 +279,7 @@ async fn read_bytes_limited(req: Request<Incoming>, max: usize) -> Result<Bytes,
         max_request_body_bytes: max,
         ..crate::config::LimitsConfig::default()
     };
-    crate::data::forward::read_request_body(req.into_body(), &limits)
+    crate::http::read_request_body(req.into_body(), &limits)
         .await
         .map_err(|_| {
             AdminError::BadRequest(format!("body missing, unreadable or over {max} bytes"))

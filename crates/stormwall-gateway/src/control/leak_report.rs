@@ -25,7 +25,6 @@ use stormwall_types::RejectReason;
 use super::ControlPlane;
 use crate::data::DataPlane;
 use crate::data::body::ProxyBody;
-use crate::data::forward;
 use crate::data::recorder::Recorder;
 use crate::error::ProxyError;
 use crate::http::{json_response, set_request_id};
@@ -171,6 +170,19 @@ pub enum ReportError {
     /// Too many tokens in one report.
     #[error("too many tokens in one report")]
     TooMany,
+}
+
+impl ReportError {
+    /// The fixed message the reporter is told (the same as `Display`).
+    pub fn message(self) -> &'static str {
+        match self {
+            ReportError::MissingHeaders => "missing signature headers",
+            ReportError::UnknownKey => "unknown public key identifier",
+            ReportError::BadSignature => "signature does not verify",
+            ReportError::BadBody => "body is not a JSON array of {token, type, url, source}",
+            ReportError::TooMany => "too many tokens in one report",
+        }
+    }
 }
 
 impl ReportVerifier {
@@ -479,36 +491,25 @@ async fn receive(
         max_request_body_bytes: MAX_REPORT_BYTES,
         ..state.limits.clone()
     };
-    let bytes = forward::read_request_body(body, &limits).await?;
+    let bytes = crate::http::read_request_body(body, &limits).await?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let refuse = |rec: &mut Recorder, status: http::StatusCode, err: ReportError| {
-        rec.event()
-            .deny(if status == http::StatusCode::UNAUTHORIZED {
-                RejectReason::UnknownKey
-            } else {
-                RejectReason::BadRequest
-            });
-        let code = if status == http::StatusCode::UNAUTHORIZED {
-            "invalid_signature"
-        } else {
-            "invalid_request"
-        };
-        let mut resp = json_response(
-            status,
-            crate::error::error_body(&err.to_string(), "invalid_request_error", code),
-        );
-        set_request_id(&mut resp, rec.id());
-        rec.event().error_code = Some(code.to_owned());
-        rec.take().finish(status.as_u16());
-        Ok(resp)
-    };
     let reporter = match verifier.verify(header(KEY_ID_HEADER), header(SIGNATURE_HEADER), &bytes) {
         Ok(r) => r,
-        Err(e) => return refuse(rec, http::StatusCode::UNAUTHORIZED, e),
+        Err(e) => {
+            return Err(ProxyError::ReportRefused {
+                bad_signature: true,
+                message: e.message(),
+            });
+        }
     };
     let tokens = match parse_report(&bytes) {
         Ok(t) => t,
-        Err(e) => return refuse(rec, http::StatusCode::BAD_REQUEST, e),
+        Err(e) => {
+            return Err(ProxyError::ReportRefused {
+                bad_signature: false,
+                message: e.message(),
+            });
+        }
     };
     let report_event = rec.id().to_owned();
     let labels = handle_report(state, &reporter, &report_event, tokens).await;

@@ -243,15 +243,27 @@ pub struct StreamEnd {
     pub scanner: SseScanner,
     /// Bytes relayed.
     pub bytes: u64,
-    /// The output's safety verdict and what to record, when the output was screened.
-    pub output_safety: Option<(
-        stormwall_safety::Verdict,
-        Vec<stormwall_types::SafetyVerdict>,
-    )>,
 }
 
-/// Called exactly once when a relay ends.
-pub type OnEnd = Box<dyn FnOnce(StreamEnd) + Send>;
+/// Watches a relayed stream for the stages after the relay (output screening, accounting):
+/// it may read each chunk's text and cut the stream, and it hears how the stream ended,
+/// exactly once. The transport knows nothing else about them.
+pub trait StreamObserver: Send {
+    /// Whether it reads the chunks' text (the relay then collects the deltas for it).
+    fn wants_text(&self) -> bool {
+        false
+    }
+
+    /// The text deltas of the chunk just received; `Some(outcome)` cuts the stream there:
+    /// the chunk is withheld, the upstream dropped (cancelling it) and the client gets the
+    /// error event for that outcome.
+    fn text(&mut self, _text: &str) -> Option<StreamOutcome> {
+        None
+    }
+
+    /// The stream ended, for whatever reason (called exactly once).
+    fn ended(&mut self, end: StreamEnd);
+}
 
 /// Where relayed chunks come from.
 pub enum Source {
@@ -269,27 +281,29 @@ pub struct Relay {
     last_frame: tokio::time::Instant,
     scanner: SseScanner,
     bytes: u64,
-    on_end: Option<OnEnd>,
+    observer: Option<Box<dyn StreamObserver>>,
     trailer: Option<Bytes>,
     done: bool,
-    guard: Option<crate::data::safety::StreamGuard>,
     stop: Option<StopWatch>,
 }
 
 impl Relay {
-    /// Relays `source`, calling `on_end` when it ends for any reason.
-    pub fn new(source: Source, idle_timeout: Duration, on_end: OnEnd) -> Self {
+    /// Relays `source` to `observer`, which hears when it ends for any reason.
+    pub fn new(source: Source, idle_timeout: Duration, observer: Box<dyn StreamObserver>) -> Self {
+        let scanner = SseScanner {
+            collect_text: observer.wants_text(),
+            ..SseScanner::default()
+        };
         Self {
             source,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             last_frame: tokio::time::Instant::now(),
-            scanner: SseScanner::default(),
+            scanner,
             bytes: 0,
-            on_end: Some(on_end),
+            observer: Some(observer),
             trailer: None,
             done: false,
-            guard: None,
             stop: None,
         }
     }
@@ -302,54 +316,15 @@ impl Relay {
         self
     }
 
-    /// Screens the output as it passes: once the guard blocks, the chunk that tipped it is
-    /// withheld, the upstream is dropped (cancelling it) and the stream ends with an
-    /// OpenAI-shaped error event and `[DONE]`.
-    pub fn with_guard(mut self, guard: crate::data::safety::StreamGuard) -> Self {
-        self.scanner.collect_text = true;
-        self.guard = Some(guard);
-        self
-    }
-
     fn end(&mut self, outcome: StreamOutcome) {
-        if let Some(f) = self.on_end.take() {
-            let output_safety = self.guard.as_mut().map(|g| g.finish());
-            f(StreamEnd {
+        if let Some(mut observer) = self.observer.take() {
+            observer.ended(StreamEnd {
                 outcome,
                 scanner: std::mem::take(&mut self.scanner),
                 bytes: self.bytes,
-                output_safety,
             });
         }
-        if outcome == StreamOutcome::ContentBlocked {
-            let body = crate::error::error_body(
-                "The response was stopped by the content policy.",
-                "invalid_request_error",
-                "content_policy_violation",
-            );
-            let mut ev = Vec::with_capacity(body.len() + 24);
-            ev.extend_from_slice(b"data: ");
-            ev.extend_from_slice(&body);
-            ev.extend_from_slice(b"\n\ndata: [DONE]\n\n");
-            self.trailer = Some(Bytes::from(ev));
-        } else if let Some(err) = key_stopped_error(outcome) {
-            self.trailer = Some(crate::error::sse_error_event(&err));
-        } else if outcome != StreamOutcome::Completed {
-            let code = match outcome {
-                StreamOutcome::IdleTimeout => "upstream_timeout",
-                _ => "upstream_stream_interrupted",
-            };
-            let body = crate::error::error_body(
-                "The upstream stream ended unexpectedly.",
-                "api_error",
-                code,
-            );
-            let mut ev = Vec::with_capacity(body.len() + 8);
-            ev.extend_from_slice(b"data: ");
-            ev.extend_from_slice(&body);
-            ev.extend_from_slice(b"\n\n");
-            self.trailer = Some(Bytes::from(ev));
-        }
+        self.trailer = crate::error::stream_end_event(outcome);
         self.done = true;
     }
 
@@ -379,13 +354,16 @@ impl Relay {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.scanner.feed(data);
-                    if let Some(g) = &mut self.guard {
-                        let blocked = g.push(&self.scanner.text);
+                    if self.scanner.collect_text {
+                        let cut = self
+                            .observer
+                            .as_mut()
+                            .and_then(|o| o.text(&self.scanner.text));
                         self.scanner.text.clear();
-                        if blocked {
+                        if let Some(outcome) = cut {
                             // Dropping the upstream body cancels the upstream request.
                             self.source = Source::Events(VecDeque::new());
-                            self.end(StreamOutcome::ContentBlocked);
+                            self.end(outcome);
                             return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
                         }
                     }
@@ -423,20 +401,10 @@ impl Relay {
     }
 }
 
-/// The error a stream cut because its key stopped ends with (and records), if it was.
-pub fn key_stopped_error(outcome: StreamOutcome) -> Option<crate::error::ProxyError> {
-    let reason = match outcome {
-        StreamOutcome::KeyRevoked => stormwall_types::RejectReason::RevokedKey,
-        StreamOutcome::KeySuspended => stormwall_types::RejectReason::SuspendedKey,
-        _ => return None,
-    };
-    Some(crate::error::ProxyError::reject(reason))
-}
-
 impl Drop for Relay {
     fn drop(&mut self) {
         // Dropped before the end: the client went away (or the server is shutting down).
-        if self.on_end.is_some() {
+        if self.observer.is_some() {
             self.end(StreamOutcome::ClientDisconnected);
         }
     }

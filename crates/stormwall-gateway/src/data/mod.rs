@@ -3,7 +3,9 @@
 //! names the control plane: the request path reaches detection only through an
 //! [`recorder::EventTap`] and learns key changes only through the shared [`keycache`].
 
+pub mod account;
 pub mod admit;
+pub mod authenticate;
 pub mod body;
 pub mod classify;
 pub mod client;
@@ -13,9 +15,11 @@ pub mod ipdb;
 pub mod keycache;
 pub mod pipeline;
 pub mod recorder;
+pub mod relay;
 pub mod request;
 pub mod route;
 pub mod safety;
+pub mod screen;
 pub mod shared_admit;
 
 use std::sync::Arc;

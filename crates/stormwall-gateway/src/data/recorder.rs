@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::HeaderMap;
-use stormwall_types::{RejectReason, StreamOutcome, UsageEvent};
+use stormwall_types::{StreamOutcome, UsageEvent};
 
 use super::DataPlane;
 use crate::error::{ProxyError, error_code};
@@ -87,12 +87,19 @@ impl Recorder {
         &self.event.id
     }
 
-    /// Records a failure and finishes.
-    pub fn fail(mut self, err: &ProxyError, status: u16) {
+    /// Records why the client was refused (reason and error code), once, without finishing:
+    /// every refusal is recorded here, whether the handler returns it or a later stage
+    /// (an output block) answers it.
+    pub fn refuse(&mut self, err: &ProxyError) {
         if let Some(reason) = err.reject_reason() {
             self.event.deny(reason);
         }
         self.event.error_code = Some(error_code(err).to_owned());
+    }
+
+    /// Records a failure and finishes.
+    pub fn fail(mut self, err: &ProxyError, status: u16) {
+        self.refuse(err);
         self.close(status);
     }
 
@@ -153,12 +160,6 @@ impl Drop for Recorder {
             self.close(CLIENT_CLOSED);
         }
     }
-}
-
-/// Marks a rejection on a recorder's event (helper for stages).
-pub fn deny(rec: &mut Recorder, reason: RejectReason) -> ProxyError {
-    rec.event().deny(reason);
-    ProxyError::reject(reason)
 }
 
 /// Where closed events go besides the store: the detection task's queue. Offering never

@@ -463,42 +463,6 @@ impl RequestSafety {
     }
 }
 
-/// Finishes an event once the flag-mode classifiers have annotated it. Usually they are
-/// done by the time the response is; otherwise the event waits for them (each is bounded
-/// by its timeout) off the response path.
-pub fn finish_event(
-    mut rec: crate::data::recorder::Recorder,
-    status: u16,
-    pending: Option<tokio::task::JoinHandle<Vec<SafetyVerdict>>>,
-) {
-    use futures_util::FutureExt;
-    let Some(handle) = pending else {
-        rec.finish(status);
-        return;
-    };
-    if handle.is_finished() {
-        if let Some(Ok(notes)) = handle.now_or_never() {
-            rec.event().safety.extend(notes);
-        }
-        rec.finish(status);
-        return;
-    }
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(async move {
-                if let Ok(notes) = handle.await {
-                    rec.event().safety.extend(notes);
-                }
-                rec.finish(status);
-            });
-        }
-        Err(_) => {
-            handle.abort();
-            rec.finish(status);
-        }
-    }
-}
-
 /// The verdict recorded when a classifier failed.
 fn failure_verdict(name: &str, f: Failure, closed: bool) -> SafetyVerdict {
     SafetyVerdict {
