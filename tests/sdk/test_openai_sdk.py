@@ -319,12 +319,14 @@ def test_azure_deployment_outside_scope_is_403(gateway: Gateway):
 # failures, as a reminder to drop the marker.
 
 
-@pytest.mark.xfail(strict=True, reason="mock ignores encoding_format=base64 (the SDK default)")
 def test_mock_embeddings_honour_base64(oai: OpenAI):
+    # The SDK's default: little-endian f32s in base64, which the SDK decodes to floats.
     raw = oai.embeddings.with_raw_response.create(
         model="text-embedding-3-small", input="x", encoding_format="base64"
     )
     assert isinstance(json.loads(raw.text)["data"][0]["embedding"], str)
+    vector = oai.embeddings.create(model="text-embedding-3-small", input="x").data[0].embedding
+    assert len(vector) == 1536 and any(v != 0.0 for v in vector)
 
 
 @pytest.mark.xfail(strict=True, reason="mock ignores response_format=b64_json")
