@@ -74,6 +74,33 @@ fn types_crate_depends_on_no_workspace_crate_and_does_no_io() {
 }
 
 #[test]
+fn the_mock_upstream_is_pure() {
+    // The gateway's built-in mock upstream and the test kit's server share one reply
+    // generator; it stays a function of the request (no runtime, no sockets, no files) so
+    // both can link it and its replies are tested without either.
+    let deps = dependencies_section(&manifest("stormwall-mock"));
+    assert!(!deps.is_empty(), "stormwall-mock moved?");
+    for line in deps.lines() {
+        let dep = line.split(['.', ' ', '=']).next().unwrap_or_default();
+        assert!(
+            !dep.starts_with("stormwall") || dep == "stormwall-types",
+            "stormwall-mock depends on {dep}; it may use only stormwall-types"
+        );
+        for banned in ["tokio", "hyper", "http", "rusqlite", "reqwest"] {
+            assert!(
+                !dep.starts_with(banned),
+                "stormwall-mock depends on {dep}; it must stay pure"
+            );
+        }
+    }
+    for (path, text) in sources(&crates_dir().join("stormwall-mock/src")) {
+        for io in ["std::fs", "std::net", "std::io::", "tokio::", "std::thread"] {
+            assert!(!text.contains(io), "{} uses {io}", path.display());
+        }
+    }
+}
+
+#[test]
 fn only_the_binary_uses_anyhow_and_clap() {
     for name in library_crates() {
         if name == "stormwall-testkit" {
@@ -98,9 +125,12 @@ const LAYERS: &[(&str, u8)] = &[
     ("stormwall-scan", 1),
     ("stormwall-safety", 1),
     ("stormwall-detect", 1),
+    ("stormwall-mock", 1),
     ("stormwall-gateway", 2),
     ("stormwall-sim", 2),
-    ("stormwall-testkit", 3),
+    // Beside the gateway, not above it: the test kit must not link the gateway it tests; it
+    // shares only the mock's reply generator.
+    ("stormwall-testkit", 2),
     ("stormwall", 4),
 ];
 

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use stormwall_mock as mock;
 use stormwall_types::StreamOutcome;
 
 use super::DataPlane;
@@ -17,13 +18,13 @@ use crate::config::LimitsConfig;
 use crate::data::admit::Grant;
 use crate::data::body::{ProxyBody, Relay, Source, StreamEnd, Usage, usage_in_json};
 use crate::data::keycache::CachedKey;
+use crate::data::models;
 use crate::data::recorder::Recorder;
 use crate::data::request::ParsedRequest;
 use crate::data::route::Route;
 use crate::error::{ProxyError, apply_rate_limit_headers};
 use crate::http::{ReadError, json_response, read_capped, set_request_id};
 use crate::metrics::UpstreamLabels;
-use crate::mock;
 use crate::upstream::{self, Upstream};
 
 /// Everything the forward stage needs about an admitted request.
@@ -74,7 +75,7 @@ pub fn list_models(state: &DataPlane, rec: &mut Recorder, key: &CachedKey) -> Re
         .filter(|m| key.record.scope.allows_model(m))
         .map(String::as_str)
         .collect();
-    let mut resp = json_response(StatusCode::OK, mock::models_list(&allowed));
+    let mut resp = json_response(StatusCode::OK, models::list_body(&allowed));
     set_request_id(&mut resp, rec.id());
     rec.take().finish(200);
     resp
@@ -96,7 +97,7 @@ pub fn retrieve_model(
             stormwall_types::RejectReason::NoRoute,
         ));
     }
-    let body = mock::model_object(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
+    let body = models::object_body(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
     let mut resp = json_response(StatusCode::OK, body);
     set_request_id(&mut resp, rec.id());
     rec.take().finish(200);
