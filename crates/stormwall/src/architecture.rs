@@ -237,3 +237,74 @@ fn the_gateway_planes_point_one_way() {
         }
     }
 }
+
+/// Whether `path` (`stormwall_gateway::module::…::item`) names a module, or an item defined
+/// in the module file the leading segments lead to.
+fn gateway_item_exists(path: &str) -> bool {
+    let mut dir = crates_dir().join("stormwall-gateway/src");
+    let mut file = dir.join("lib.rs");
+    let segments: Vec<&str> = path.split("::").skip(1).collect();
+    let mut rest = segments.as_slice();
+    while let Some((seg, tail)) = rest.split_first() {
+        let flat = dir.join(format!("{seg}.rs"));
+        let nested = dir.join(seg).join("mod.rs");
+        file = if flat.exists() {
+            flat
+        } else if nested.exists() {
+            nested
+        } else {
+            break;
+        };
+        dir = dir.join(seg);
+        rest = tail;
+    }
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    rest.iter().all(|item| {
+        ["fn", "struct", "enum", "trait", "type", "const", "static"]
+            .iter()
+            .any(|kw| {
+                [
+                    format!("{kw} {item}("),
+                    format!("{kw} {item}<"),
+                    format!("{kw} {item} "),
+                ]
+                .iter()
+                .any(|decl| text.contains(decl.as_str()))
+            })
+    })
+}
+
+#[test]
+fn clippy_bans_cover_every_spawn_and_name_real_helpers() {
+    let text = std::fs::read_to_string(crates_dir().join("../clippy.toml")).unwrap_or_default();
+    assert!(text.contains("disallowed-methods"), "clippy.toml moved?");
+    // `tokio::spawn` alone lets `Handle::current().spawn(..)` through.
+    for spawn in [
+        "tokio::spawn",
+        "tokio::task::spawn",
+        "tokio::runtime::Handle::spawn",
+        "tokio::runtime::Runtime::spawn",
+        "tokio::task::spawn_blocking",
+        "tokio::runtime::Handle::spawn_blocking",
+    ] {
+        assert!(
+            text.contains(&format!("path = \"{spawn}\"")),
+            "clippy.toml does not ban {spawn}"
+        );
+    }
+    // A reason that points at a helper must point at one that exists.
+    let mut named = 0;
+    for (at, _) in text.match_indices("stormwall_gateway::") {
+        let path: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        let path = path.trim_end_matches(':');
+        assert!(
+            gateway_item_exists(path),
+            "clippy.toml names {path}, which the gateway does not define"
+        );
+        named += 1;
+    }
+    assert!(named > 0, "clippy.toml's reasons name no helper");
+}

@@ -328,6 +328,7 @@ impl SafetyStage {
     }
 
     /// Scores a text (on the blocking pool when it is long).
+    #[allow(clippy::disallowed_methods)] // spawn_blocking awaited here; the text is within the body cap
     pub async fn analyze(self: &Arc<Self>, text: Arc<str>) -> Analysis {
         if text.len() <= INLINE_SCREEN_BYTES {
             return self.screener.analyze(&text);
@@ -466,6 +467,7 @@ impl RequestSafety {
 /// Finishes an event once the flag-mode classifiers have annotated it. Usually they are
 /// done by the time the response is; otherwise the event waits for them (each is bounded
 /// by its timeout) off the response path.
+#[allow(clippy::disallowed_methods)] // Handle::spawn: bounded by the classifiers' timeouts; the Recorder's Drop records the event if the runtime ends first
 pub fn finish_event(
     mut rec: crate::data::recorder::Recorder,
     status: u16,
