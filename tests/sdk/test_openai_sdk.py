@@ -313,7 +313,7 @@ def test_azure_deployment_outside_scope_is_403(gateway: Gateway):
 
 
 # --- built-in mock upstream fidelity ------------------------------------------------------
-# Known gaps of the mock (crates/stormwall-gateway/src/mock.rs), where it answers differently
+# Known gaps of the mock (crates/stormwall-mock/src/lib.rs), where it answers differently
 # from OpenAI. The SDK tolerates them, so the tests above pass, but the gateway's handling of
 # the real shapes is then not exercised here. Strict: fixing the mock turns these into
 # failures, as a reminder to drop the marker.

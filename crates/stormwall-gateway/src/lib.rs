@@ -6,7 +6,7 @@
 //! - [`data`], the request path: [`data::pipeline`] calls the stages in the order they run —
 //!   [`data::route`] → authenticate and authorize (over [`data::keycache`]) →
 //!   [`data::request`] (body) → [`data::admit`] → screen ([`data::safety`]) →
-//!   [`data::forward`] (over [`upstream`] or [`mock`]) → relay ([`data::body`]) → account →
+//!   [`data::forward`] (over [`upstream`] or the built-in mock, [`stormwall_mock`]) → relay ([`data::body`]) → account →
 //!   [`data::recorder`] (the event).
 //! - [`control`], everything that changes or watches the gateway: the admin API, the key
 //!   lifecycle, the detection runtime, alert delivery, leaked-key reports and the audit log.
@@ -23,7 +23,6 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod metrics;
-pub mod mock;
 pub mod server;
 pub mod upstream;
 

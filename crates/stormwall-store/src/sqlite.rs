@@ -217,7 +217,11 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
+    // Awaited, and never on the request path (it never awaits the store): rusqlite is
+    // synchronous, so the blocking pool is where its calls belong.
+    #[allow(clippy::disallowed_methods)]
+    let joined = tokio::task::spawn_blocking(f).await;
+    match joined {
         Ok(result) => result,
         Err(e) if e.is_panic() => Err(StoreError::Database("database task panicked".to_owned())),
         Err(_) => Err(StoreError::Database(

@@ -35,7 +35,8 @@ mod upstream;
 
 pub use client::{StreamingResponse, TestClient, TestResponse, http_request, http_stream};
 pub use sse::{SseEvent, SseParser, parse_sse};
-pub use stormwall_gateway::mock;
+/// The reply generator the mock server answers with (also the gateway's built-in mock).
+pub use stormwall_mock as mock;
 pub use upstream::{Fault, MockConfig, MockUpstream, RecordedRequest};
 
 /// Errors from the test clients.

@@ -27,7 +27,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use stormwall_gateway::mock::{self, MockBody, MockRequest};
+use stormwall_mock::{self as mock, MockBody, MockRequest};
 use stormwall_types::Endpoint;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

@@ -74,6 +74,33 @@ fn types_crate_depends_on_no_workspace_crate_and_does_no_io() {
 }
 
 #[test]
+fn the_mock_upstream_is_pure() {
+    // The gateway's built-in mock upstream and the test kit's server share one reply
+    // generator; it stays a function of the request (no runtime, no sockets, no files) so
+    // both can link it and its replies are tested without either.
+    let deps = dependencies_section(&manifest("stormwall-mock"));
+    assert!(!deps.is_empty(), "stormwall-mock moved?");
+    for line in deps.lines() {
+        let dep = line.split(['.', ' ', '=']).next().unwrap_or_default();
+        assert!(
+            !dep.starts_with("stormwall") || dep == "stormwall-types",
+            "stormwall-mock depends on {dep}; it may use only stormwall-types"
+        );
+        for banned in ["tokio", "hyper", "http", "rusqlite", "reqwest"] {
+            assert!(
+                !dep.starts_with(banned),
+                "stormwall-mock depends on {dep}; it must stay pure"
+            );
+        }
+    }
+    for (path, text) in sources(&crates_dir().join("stormwall-mock/src")) {
+        for io in ["std::fs", "std::net", "std::io::", "tokio::", "std::thread"] {
+            assert!(!text.contains(io), "{} uses {io}", path.display());
+        }
+    }
+}
+
+#[test]
 fn only_the_binary_uses_anyhow_and_clap() {
     for name in library_crates() {
         if name == "stormwall-testkit" {
@@ -98,9 +125,12 @@ const LAYERS: &[(&str, u8)] = &[
     ("stormwall-scan", 1),
     ("stormwall-safety", 1),
     ("stormwall-detect", 1),
+    ("stormwall-mock", 1),
     ("stormwall-gateway", 2),
     ("stormwall-sim", 2),
-    ("stormwall-testkit", 3),
+    // Beside the gateway, not above it: the test kit must not link the gateway it tests; it
+    // shares only the mock's reply generator.
+    ("stormwall-testkit", 2),
     ("stormwall", 4),
 ];
 
@@ -206,4 +236,75 @@ fn the_gateway_planes_point_one_way() {
             );
         }
     }
+}
+
+/// Whether `path` (`stormwall_gateway::module::…::item`) names a module, or an item defined
+/// in the module file the leading segments lead to.
+fn gateway_item_exists(path: &str) -> bool {
+    let mut dir = crates_dir().join("stormwall-gateway/src");
+    let mut file = dir.join("lib.rs");
+    let segments: Vec<&str> = path.split("::").skip(1).collect();
+    let mut rest = segments.as_slice();
+    while let Some((seg, tail)) = rest.split_first() {
+        let flat = dir.join(format!("{seg}.rs"));
+        let nested = dir.join(seg).join("mod.rs");
+        file = if flat.exists() {
+            flat
+        } else if nested.exists() {
+            nested
+        } else {
+            break;
+        };
+        dir = dir.join(seg);
+        rest = tail;
+    }
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    rest.iter().all(|item| {
+        ["fn", "struct", "enum", "trait", "type", "const", "static"]
+            .iter()
+            .any(|kw| {
+                [
+                    format!("{kw} {item}("),
+                    format!("{kw} {item}<"),
+                    format!("{kw} {item} "),
+                ]
+                .iter()
+                .any(|decl| text.contains(decl.as_str()))
+            })
+    })
+}
+
+#[test]
+fn clippy_bans_cover_every_spawn_and_name_real_helpers() {
+    let text = std::fs::read_to_string(crates_dir().join("../clippy.toml")).unwrap_or_default();
+    assert!(text.contains("disallowed-methods"), "clippy.toml moved?");
+    // `tokio::spawn` alone lets `Handle::current().spawn(..)` through.
+    for spawn in [
+        "tokio::spawn",
+        "tokio::task::spawn",
+        "tokio::runtime::Handle::spawn",
+        "tokio::runtime::Runtime::spawn",
+        "tokio::task::spawn_blocking",
+        "tokio::runtime::Handle::spawn_blocking",
+    ] {
+        assert!(
+            text.contains(&format!("path = \"{spawn}\"")),
+            "clippy.toml does not ban {spawn}"
+        );
+    }
+    // A reason that points at a helper must point at one that exists.
+    let mut named = 0;
+    for (at, _) in text.match_indices("stormwall_gateway::") {
+        let path: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        let path = path.trim_end_matches(':');
+        assert!(
+            gateway_item_exists(path),
+            "clippy.toml names {path}, which the gateway does not define"
+        );
+        named += 1;
+    }
+    assert!(named > 0, "clippy.toml's reasons name no helper");
 }

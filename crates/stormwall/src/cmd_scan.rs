@@ -96,6 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    #[allow(clippy::disallowed_methods)] // a CLI command, awaited at once: file and git reads block
     let (args, scanned, elapsed) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let started = Instant::now();
         let scanned = scan(&args)?;

@@ -621,6 +621,8 @@ async fn import_history(
     };
     // Two batches in flight at most: one being stored, one being rendered.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    #[allow(clippy::disallowed_methods)]
+    // a CLI command; joined below, and ends when `rx` is dropped
     let producer = tokio::task::spawn_blocking(move || {
         if let Err(e) = render_history(history, &map, &tx) {
             let _ = tx.blocking_send(Err(e));

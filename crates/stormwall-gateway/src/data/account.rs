@@ -175,6 +175,7 @@ impl StreamObserver for StreamAccount {
 /// Finishes an event once the flag-mode classifiers have annotated it. Usually they are
 /// done by the time the response is; otherwise the event waits for them (each is bounded
 /// by its timeout) off the response path.
+#[allow(clippy::disallowed_methods)] // Handle::spawn: bounded by the classifiers' timeouts; the Recorder's Drop records the event if the runtime ends first
 fn finish_event(
     mut rec: Recorder,
     status: u16,

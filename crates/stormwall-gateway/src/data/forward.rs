@@ -10,11 +10,13 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use stormwall_mock as mock;
 
 use super::DataPlane;
 use crate::data::admit::Grant;
 use crate::data::body::ProxyBody;
 use crate::data::keycache::CachedKey;
+use crate::data::models;
 use crate::data::recorder::Recorder;
 use crate::data::relay;
 use crate::data::request::ParsedRequest;
@@ -22,7 +24,6 @@ use crate::data::route::Route;
 use crate::error::ProxyError;
 use crate::http::{json_response, set_request_id};
 use crate::metrics::UpstreamLabels;
-use crate::mock;
 use crate::upstream::{self, Upstream};
 
 /// Everything the forward stage needs about an admitted request.
@@ -58,7 +59,7 @@ pub fn list_models(state: &DataPlane, rec: &mut Recorder, key: &CachedKey) -> Re
         .filter(|m| key.record.scope.allows_model(m))
         .map(String::as_str)
         .collect();
-    let mut resp = json_response(StatusCode::OK, mock::models_list(&allowed));
+    let mut resp = json_response(StatusCode::OK, models::list_body(&allowed));
     set_request_id(&mut resp, rec.id());
     rec.take().finish(200);
     resp
@@ -77,7 +78,7 @@ pub fn retrieve_model(
     if !key.record.scope.allows_model(id) || state.router.route(id).is_none() {
         return Err(ProxyError::reject(stormwall_types::RejectReason::NoRoute));
     }
-    let body = mock::model_object(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
+    let body = models::object_body(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
     let mut resp = json_response(StatusCode::OK, body);
     set_request_id(&mut resp, rec.id());
     rec.take().finish(200);

@@ -13,6 +13,7 @@ pub mod digest;
 pub mod forward;
 pub mod ipdb;
 pub mod keycache;
+pub mod models;
 pub mod pipeline;
 pub mod recorder;
 pub mod relay;

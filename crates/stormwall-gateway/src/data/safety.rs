@@ -328,6 +328,7 @@ impl SafetyStage {
     }
 
     /// Scores a text (on the blocking pool when it is long).
+    #[allow(clippy::disallowed_methods)] // spawn_blocking awaited here; the text is within the body cap
     pub async fn analyze(self: &Arc<Self>, text: Arc<str>) -> Analysis {
         if text.len() <= INLINE_SCREEN_BYTES {
             return self.screener.analyze(&text);

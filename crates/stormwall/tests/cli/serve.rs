@@ -281,6 +281,8 @@ async fn leak_reports_refresh_keys_writes_a_checked_key_file() {
     let server = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("keys.json");
+    #[allow(clippy::disallowed_methods)]
+    // test: runs the blocking CLI process, awaited by each caller
     let fetch = |body: String| {
         server.push_fault(Fault::Response {
             status: 200,

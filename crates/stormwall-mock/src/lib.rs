@@ -1,4 +1,7 @@
-//! Synthetic OpenAI-shaped responses for the built-in `mock` upstream and the testkit server.
+//! Synthetic OpenAI-shaped responses: the gateway's built-in `kind = "mock"` upstream and
+//! the testkit's mock HTTP server (and with it the `stormwall-mock` benchmark binary) both
+//! answer with [`respond`], so what the tests and the benchmark see is what the built-in
+//! upstream serves.
 //!
 //! Everything here is pure: no I/O, no async, no global state beyond an id counter. The
 //! bodies follow the public OpenAI wire format closely enough that the official SDKs parse
@@ -128,7 +131,7 @@ pub fn respond(req: &MockRequest<'_>) -> MockReply {
     })
 }
 
-/// One model object, as `GET /v1/models` lists it and `GET /v1/models/{model}` returns it.
+/// One model object, as an upstream's `GET /v1/models` lists it.
 #[derive(Serialize)]
 struct Model<'a> {
     id: &'a str,
@@ -149,7 +152,7 @@ impl<'a> Model<'a> {
     }
 }
 
-/// The `GET /v1/models` body listing `models`.
+/// The `GET /v1/models` body listing `models`, as the upstream answers it.
 pub fn models_list(models: &[&str]) -> Bytes {
     #[derive(Serialize)]
     struct List<'a> {
@@ -162,11 +165,6 @@ pub fn models_list(models: &[&str]) -> Bytes {
     };
     // An empty list is still a valid answer should serialization ever fail.
     to_json(&list).unwrap_or_else(|_| Bytes::from_static(br#"{"object":"list","data":[]}"#))
-}
-
-/// The `GET /v1/models/{model}` body for `id`.
-pub fn model_object(id: &str) -> Built<Bytes> {
-    to_json(&Model::new(id))
 }
 
 fn json(body: Bytes) -> MockReply {
@@ -186,7 +184,7 @@ fn sse(events: Vec<Bytes>) -> MockReply {
 }
 
 /// A body built by serialization (which cannot fail for these plain structs).
-pub type Built<T> = Result<T, serde_json::Error>;
+type Built<T> = Result<T, serde_json::Error>;
 
 fn to_json<T: Serialize>(value: &T) -> Built<Bytes> {
     serde_json::to_vec(value).map(Bytes::from)
@@ -1391,15 +1389,6 @@ mod tests {
         assert_eq!(done["usage"]["output_tokens"], 12);
         assert_eq!(done["usage"]["total_tokens"], 33);
         assert_eq!(done["output"][0]["content"][0]["text"], text);
-    }
-
-    #[test]
-    fn model_object_shape() {
-        let v: Value = serde_json::from_slice(&model_object("gpt-4o").unwrap()).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"id": "gpt-4o", "object": "model", "created": 1_700_000_000, "owned_by": "system"})
-        );
     }
 
     #[test]

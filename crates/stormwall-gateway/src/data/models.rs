@@ -1,0 +1,81 @@
+//! The bodies of the gateway's own model answers: `GET /v1/models` and
+//! `GET /v1/models/{model}` are answered locally, with the models a key may use, in the
+//! OpenAI wire shape, whatever kind of upstream (OpenAI, Azure, the built-in mock) serves
+//! them. They are the gateway's API, so they live here rather than with the mock upstream
+//! (`stormwall-mock`), which imitates a provider and may change with it.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// One model object, as `GET /v1/models` lists it and `GET /v1/models/{model}` returns it.
+#[derive(Serialize)]
+struct Model<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
+impl<'a> Model<'a> {
+    fn new(id: &'a str) -> Self {
+        Model {
+            id,
+            object: "model",
+            // The gateway does not know when a provider created a model; a fixed date keeps
+            // the field an integer as SDKs expect.
+            created: 1_700_000_000,
+            owned_by: "system",
+        }
+    }
+}
+
+/// The `GET /v1/models` body listing `models`.
+pub fn list_body(models: &[&str]) -> Bytes {
+    #[derive(Serialize)]
+    struct List<'a> {
+        object: &'static str,
+        data: Vec<Model<'a>>,
+    }
+    let list = List {
+        object: "list",
+        data: models.iter().map(|id| Model::new(id)).collect(),
+    };
+    // An empty list is still a valid answer should serialization ever fail.
+    serde_json::to_vec(&list)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| Bytes::from_static(br#"{"object":"list","data":[]}"#))
+}
+
+/// The `GET /v1/models/{model}` body for `id`.
+pub fn object_body(id: &str) -> Result<Bytes, serde_json::Error> {
+    serde_json::to_vec(&Model::new(id)).map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn model_object_shape() {
+        let v: Value = serde_json::from_slice(&object_body("gpt-4o").unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "gpt-4o", "object": "model", "created": 1_700_000_000, "owned_by": "system"})
+        );
+    }
+
+    #[test]
+    fn models_list_shape() {
+        let v: Value = serde_json::from_slice(&list_body(&["gpt-4o", "dall-e-3"])).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"object": "list", "data": [
+                {"id": "gpt-4o", "object": "model", "created": 1_700_000_000, "owned_by": "system"},
+                {"id": "dall-e-3", "object": "model", "created": 1_700_000_000, "owned_by": "system"},
+            ]})
+        );
+        let empty: Value = serde_json::from_slice(&list_body(&[])).unwrap();
+        assert_eq!(empty, serde_json::json!({"object": "list", "data": []}));
+    }
+}
