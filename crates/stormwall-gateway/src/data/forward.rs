@@ -1,6 +1,5 @@
 //! The forward stage: send an admitted request to its upstream (or the built-in mock), with
-//! the gateway's own provider credential, and hand the answer to [`relay`]. Also the
-//! answers the gateway gives locally without an upstream (`/v1/models`).
+//! the gateway's own provider credential, and hand the answer to [`relay`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,13 +15,11 @@ use super::DataPlane;
 use crate::data::admit::Grant;
 use crate::data::body::ProxyBody;
 use crate::data::keycache::CachedKey;
-use crate::data::models;
 use crate::data::recorder::Recorder;
 use crate::data::relay;
 use crate::data::request::ParsedRequest;
 use crate::data::route::Route;
 use crate::error::ProxyError;
-use crate::http::{json_response, set_request_id};
 use crate::metrics::UpstreamLabels;
 use crate::upstream::{self, Upstream};
 
@@ -48,41 +45,6 @@ pub struct Call {
     pub safety: Option<crate::data::safety::RequestSafety>,
     /// The key as authenticated (a stream watches it for suspension and revocation).
     pub key: Arc<CachedKey>,
-}
-
-/// Answers `GET /v1/models` locally with the models this key may use.
-pub fn list_models(state: &DataPlane, rec: &mut Recorder, key: &CachedKey) -> Response<ProxyBody> {
-    let allowed: Vec<&str> = state
-        .router
-        .models()
-        .iter()
-        .filter(|m| key.record.scope.allows_model(m))
-        .map(String::as_str)
-        .collect();
-    let mut resp = json_response(StatusCode::OK, models::list_body(&allowed));
-    set_request_id(&mut resp, rec.id());
-    rec.take().finish(200);
-    resp
-}
-
-/// Answers `GET /v1/models/{model}` locally: the model object when the routing table
-/// serves it and the key may use it; otherwise the same 404 `model_not_found` for both,
-/// so a key learns nothing about models outside its scope.
-pub fn retrieve_model(
-    state: &DataPlane,
-    rec: &mut Recorder,
-    key: &CachedKey,
-    id: &str,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    rec.event().model = Some(id.to_owned());
-    if !key.record.scope.allows_model(id) || state.router.route(id).is_none() {
-        return Err(ProxyError::reject(stormwall_types::RejectReason::NoRoute));
-    }
-    let body = models::object_body(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
-    let mut resp = json_response(StatusCode::OK, body);
-    set_request_id(&mut resp, rec.id());
-    rec.take().finish(200);
-    Ok(resp)
 }
 
 /// What came back from upstream, before relaying.

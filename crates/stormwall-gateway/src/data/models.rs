@@ -5,7 +5,15 @@
 //! (`stormwall-mock`), which imitates a provider and may change with it.
 
 use bytes::Bytes;
+use http::{Response, StatusCode};
 use serde::Serialize;
+
+use super::DataPlane;
+use crate::data::body::ProxyBody;
+use crate::data::keycache::CachedKey;
+use crate::data::recorder::Recorder;
+use crate::error::ProxyError;
+use crate::http::{json_response, set_request_id};
 
 /// One model object, as `GET /v1/models` lists it and `GET /v1/models/{model}` returns it.
 #[derive(Serialize)]
@@ -49,6 +57,41 @@ pub fn list_body(models: &[&str]) -> Bytes {
 /// The `GET /v1/models/{model}` body for `id`.
 pub fn object_body(id: &str) -> Result<Bytes, serde_json::Error> {
     serde_json::to_vec(&Model::new(id)).map(Bytes::from)
+}
+
+/// Answers `GET /v1/models` locally with the models this key may use.
+pub fn list_models(state: &DataPlane, rec: &mut Recorder, key: &CachedKey) -> Response<ProxyBody> {
+    let allowed: Vec<&str> = state
+        .router
+        .models()
+        .iter()
+        .filter(|m| key.record.scope.allows_model(m))
+        .map(String::as_str)
+        .collect();
+    let mut resp = json_response(StatusCode::OK, list_body(&allowed));
+    set_request_id(&mut resp, rec.id());
+    rec.take().finish(200);
+    resp
+}
+
+/// Answers `GET /v1/models/{model}` locally: the model object when the routing table
+/// serves it and the key may use it; otherwise the same 404 `model_not_found` for both,
+/// so a key learns nothing about models outside its scope.
+pub fn retrieve_model(
+    state: &DataPlane,
+    rec: &mut Recorder,
+    key: &CachedKey,
+    id: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    rec.event().model = Some(id.to_owned());
+    if !key.record.scope.allows_model(id) || state.router.route(id).is_none() {
+        return Err(ProxyError::reject(stormwall_types::RejectReason::NoRoute));
+    }
+    let body = object_body(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
+    let mut resp = json_response(StatusCode::OK, body);
+    set_request_id(&mut resp, rec.id());
+    rec.take().finish(200);
+    Ok(resp)
 }
 
 #[cfg(test)]

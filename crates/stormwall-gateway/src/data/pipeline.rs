@@ -25,7 +25,7 @@ use crate::data::keycache::CachedKey;
 use crate::data::recorder::Recorder;
 use crate::data::request;
 use crate::data::route::{self, Route};
-use crate::data::{authenticate, screen};
+use crate::data::{authenticate, models, screen};
 use crate::error::{ProxyError, into_response};
 use crate::http::set_request_id;
 
@@ -108,8 +108,8 @@ async fn proxy(
     }
     if route.endpoint == Endpoint::Models {
         return match &route.model {
-            None => Ok(forward::list_models(state, rec, &key)),
-            Some(id) => forward::retrieve_model(state, rec, &key, id),
+            None => Ok(models::list_models(state, rec, &key)),
+            Some(id) => models::retrieve_model(state, rec, &key, id),
         };
     }
 
