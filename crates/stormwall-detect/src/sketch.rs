@@ -101,18 +101,11 @@ impl CappedSet {
 /// Number of HyperLogLog registers (2^8): 256 bytes, about 6.5 % standard error.
 const HLL_REGISTERS: usize = 256;
 
-/// A HyperLogLog distinct counter with 256 one-byte registers.
-#[derive(Debug, Clone)]
+/// A HyperLogLog distinct counter with 256 one-byte registers, allocated at the first value
+/// (a day in which a key names no end user costs no registers).
+#[derive(Debug, Clone, Default)]
 pub struct Hll {
-    regs: Box<[u8; HLL_REGISTERS]>,
-}
-
-impl Default for Hll {
-    fn default() -> Self {
-        Self {
-            regs: Box::new([0; HLL_REGISTERS]),
-        }
-    }
+    regs: Option<Box<[u8; HLL_REGISTERS]>>,
 }
 
 impl Hll {
@@ -122,7 +115,10 @@ impl Hll {
         let idx = (h >> 56) as usize;
         let rest = h << 8 | 0x80; // a sentinel bit bounds the rank
         let rank = rest.leading_zeros() as u8 + 1;
-        if let Some(r) = self.regs.get_mut(idx)
+        let regs = self
+            .regs
+            .get_or_insert_with(|| Box::new([0; HLL_REGISTERS]));
+        if let Some(r) = regs.get_mut(idx)
             && rank > *r
         {
             *r = rank;
@@ -131,10 +127,13 @@ impl Hll {
 
     /// Estimated number of distinct values added.
     pub fn estimate(&self) -> f64 {
+        let Some(regs) = &self.regs else {
+            return 0.0;
+        };
         let m = HLL_REGISTERS as f64;
         let mut sum = 0.0;
         let mut zeros = 0u32;
-        for &r in self.regs.iter() {
+        for &r in regs.iter() {
             sum += 1.0 / f64::from(1u32 << r.min(31));
             if r == 0 {
                 zeros += 1;
@@ -152,7 +151,7 @@ impl Hll {
 
     /// Forgets everything.
     pub fn clear(&mut self) {
-        self.regs.fill(0);
+        self.regs = None;
     }
 }
 
@@ -161,19 +160,11 @@ const CM_DEPTH: usize = 3;
 /// Counters per row.
 const CM_WIDTH: usize = 128;
 
-/// A count-min sketch of 3 × 128 saturating 16-bit counters (768 bytes): frequency of a
-/// value on one key, never under-counted, rarely over-counted.
-#[derive(Debug, Clone)]
+/// A count-min sketch of 3 × 128 saturating 16-bit counters (768 bytes, allocated at the
+/// first value): frequency of a value on one key, never under-counted, rarely over-counted.
+#[derive(Debug, Clone, Default)]
 pub struct CountMin {
-    rows: Box<[[u16; CM_WIDTH]; CM_DEPTH]>,
-}
-
-impl Default for CountMin {
-    fn default() -> Self {
-        Self {
-            rows: Box::new([[0; CM_WIDTH]; CM_DEPTH]),
-        }
-    }
+    rows: Option<Box<[[u16; CM_WIDTH]; CM_DEPTH]>>,
 }
 
 impl CountMin {
@@ -188,7 +179,10 @@ impl CountMin {
 
     /// Adds `n` occurrences of a (pre-hashed) value.
     pub fn add(&mut self, hash: u64, n: u16) {
-        for (row, slot) in self.rows.iter_mut().zip(Self::slots(hash)) {
+        let rows = self
+            .rows
+            .get_or_insert_with(|| Box::new([[0; CM_WIDTH]; CM_DEPTH]));
+        for (row, slot) in rows.iter_mut().zip(Self::slots(hash)) {
             if let Some(c) = row.get_mut(slot) {
                 *c = c.saturating_add(n);
             }
@@ -197,8 +191,10 @@ impl CountMin {
 
     /// Estimated occurrences (an upper bound).
     pub fn estimate(&self, hash: u64) -> u16 {
-        self.rows
-            .iter()
+        let Some(rows) = &self.rows else {
+            return 0;
+        };
+        rows.iter()
             .zip(Self::slots(hash))
             .map(|(row, slot)| row.get(slot).copied().unwrap_or(0))
             .min()
