@@ -29,19 +29,48 @@ pub fn hash_bytes(b: &[u8]) -> u64 {
 }
 
 /// An exact set of 64-bit values that stops accepting new values at `cap`; past that it
-/// only counts how many insertions it refused, so memory stays bounded per key.
+/// only counts how many insertions it refused, so memory stays bounded per key. A set of
+/// one value (most sets of a key seen once in an hour) keeps it in place, on no heap.
 #[derive(Debug, Clone, Default)]
 pub struct CappedSet {
-    items: Vec<u64>,
+    items: Items,
     cap: u16,
     overflow: u32,
+}
+
+/// The values of a [`CappedSet`]: none or one in place, more on the heap. The same size as
+/// a `Vec` alone.
+#[derive(Debug, Clone, Default)]
+enum Items {
+    #[default]
+    None,
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Items {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Items::None => &[],
+            Items::One(v) => std::slice::from_ref(v),
+            Items::Many(vs) => vs,
+        }
+    }
+
+    fn push(&mut self, v: u64) {
+        match self {
+            Items::None => *self = Items::One(v),
+            Items::One(first) => *self = Items::Many(vec![*first, v]),
+            Items::Many(vs) => vs.push(v),
+        }
+    }
 }
 
 impl CappedSet {
     /// An empty set holding at most `cap` values.
     pub fn new(cap: u16) -> Self {
         Self {
-            items: Vec::new(),
+            items: Items::None,
             cap,
             overflow: 0,
         }
@@ -49,16 +78,16 @@ impl CappedSet {
 
     /// Whether the value is in the set.
     pub fn contains(&self, v: u64) -> bool {
-        self.items.contains(&v)
+        self.items.as_slice().contains(&v)
     }
 
     /// Inserts; returns `true` when the value is new (also when it was refused at the cap,
     /// since it is new all the same).
     pub fn insert(&mut self, v: u64) -> bool {
-        if self.items.contains(&v) {
+        if self.contains(v) {
             return false;
         }
-        if self.items.len() < usize::from(self.cap) {
+        if self.len() < usize::from(self.cap) {
             self.items.push(v);
         } else {
             self.overflow = self.overflow.saturating_add(1);
@@ -68,12 +97,12 @@ impl CappedSet {
 
     /// Number of distinct values held (refused ones excluded).
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.items.as_slice().len()
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len() == 0
     }
 
     /// Whether values were refused at the cap (the set is then a lower bound).
@@ -83,18 +112,18 @@ impl CappedSet {
 
     /// Distinct values seen, counting refused insertions (an upper bound past the cap).
     pub fn count(&self) -> usize {
-        self.items.len() + self.overflow as usize
+        self.len() + self.overflow as usize
     }
 
     /// Removes everything.
     pub fn clear(&mut self) {
-        self.items.clear();
+        self.items = Items::None;
         self.overflow = 0;
     }
 
     /// The values held.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.items.iter().copied()
+        self.items.as_slice().iter().copied()
     }
 }
 
@@ -205,6 +234,23 @@ impl CountMin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_of_one_value_keeps_it_in_place() {
+        assert_eq!(std::mem::size_of::<CappedSet>(), 32);
+        let mut s = CappedSet::new(4);
+        assert!(s.is_empty() && !s.contains(0));
+        assert!(s.insert(9));
+        assert!(matches!(s.items, Items::One(9)));
+        assert!(!s.insert(9));
+        assert!(s.insert(10));
+        assert_eq!(s.iter().collect::<Vec<_>>(), [9, 10]);
+        s.clear();
+        assert_eq!((s.len(), s.count()), (0, 0));
+        let mut zero = CappedSet::new(0);
+        assert!(zero.insert(1));
+        assert_eq!((zero.len(), zero.count()), (0, 1));
+    }
 
     #[test]
     fn capped_set_stops_growing() {
