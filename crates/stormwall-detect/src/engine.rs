@@ -60,7 +60,8 @@ pub struct GlobalView {
 pub struct Engine {
     cfg: EngineConfig,
     disabled: [bool; DETECTORS],
-    keys: HashMap<KeyId, KeyState>,
+    /// Boxed: a key's state is large next to a map slot, and the map grows by copying slots.
+    keys: HashMap<KeyId, Box<KeyState>>,
     tenants: HashMap<Arc<str>, TenantState>,
     nets: HashMap<u64, NetState>,
     burned: HashMap<u64, Burned>,
@@ -150,7 +151,10 @@ impl Engine {
                 return;
             }
             let tenant = e.tenant.as_deref().map(Arc::<str>::from);
-            keys.insert(key.clone(), KeyState::new(key.clone(), tenant, o.t));
+            keys.insert(
+                key.clone(),
+                Box::new(KeyState::new(key.clone(), tenant, o.t)),
+            );
         }
         let Some(ks) = keys.get_mut(key) else {
             return;
@@ -294,7 +298,7 @@ impl Engine {
         let ks = self
             .keys
             .entry(key.clone())
-            .or_insert_with(|| KeyState::new(key.clone(), tenant.map(Arc::from), t));
+            .or_insert_with(|| Box::new(KeyState::new(key.clone(), tenant.map(Arc::from), t)));
         ks.exposed_at = Some(t);
         let points = self.cfg.response.severity_points[Severity::High as usize];
         let alert = Alert {
@@ -367,7 +371,7 @@ impl Engine {
             return false;
         };
         ks.ledger.retain(|e| e.alert_id != alert.id);
-        let s = &mut ks.sensitivity[alert.detector.index()];
+        let s = &mut ks.alerts.sensitivity[alert.detector.index()];
         *s = (*s + 1).min(4);
         let b = &mut ks.base;
         for subject in &alert.subjects {

@@ -29,19 +29,48 @@ pub fn hash_bytes(b: &[u8]) -> u64 {
 }
 
 /// An exact set of 64-bit values that stops accepting new values at `cap`; past that it
-/// only counts how many insertions it refused, so memory stays bounded per key.
+/// only counts how many insertions it refused, so memory stays bounded per key. A set of
+/// one value (most sets of a key seen once in an hour) keeps it in place, on no heap.
 #[derive(Debug, Clone, Default)]
 pub struct CappedSet {
-    items: Vec<u64>,
+    items: Items,
     cap: u16,
     overflow: u32,
+}
+
+/// The values of a [`CappedSet`]: none or one in place, more on the heap. The same size as
+/// a `Vec` alone.
+#[derive(Debug, Clone, Default)]
+enum Items {
+    #[default]
+    None,
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Items {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Items::None => &[],
+            Items::One(v) => std::slice::from_ref(v),
+            Items::Many(vs) => vs,
+        }
+    }
+
+    fn push(&mut self, v: u64) {
+        match self {
+            Items::None => *self = Items::One(v),
+            Items::One(first) => *self = Items::Many(vec![*first, v]),
+            Items::Many(vs) => vs.push(v),
+        }
+    }
 }
 
 impl CappedSet {
     /// An empty set holding at most `cap` values.
     pub fn new(cap: u16) -> Self {
         Self {
-            items: Vec::new(),
+            items: Items::None,
             cap,
             overflow: 0,
         }
@@ -49,16 +78,16 @@ impl CappedSet {
 
     /// Whether the value is in the set.
     pub fn contains(&self, v: u64) -> bool {
-        self.items.contains(&v)
+        self.items.as_slice().contains(&v)
     }
 
     /// Inserts; returns `true` when the value is new (also when it was refused at the cap,
     /// since it is new all the same).
     pub fn insert(&mut self, v: u64) -> bool {
-        if self.items.contains(&v) {
+        if self.contains(v) {
             return false;
         }
-        if self.items.len() < usize::from(self.cap) {
+        if self.len() < usize::from(self.cap) {
             self.items.push(v);
         } else {
             self.overflow = self.overflow.saturating_add(1);
@@ -68,12 +97,12 @@ impl CappedSet {
 
     /// Number of distinct values held (refused ones excluded).
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.items.as_slice().len()
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len() == 0
     }
 
     /// Whether values were refused at the cap (the set is then a lower bound).
@@ -83,36 +112,29 @@ impl CappedSet {
 
     /// Distinct values seen, counting refused insertions (an upper bound past the cap).
     pub fn count(&self) -> usize {
-        self.items.len() + self.overflow as usize
+        self.len() + self.overflow as usize
     }
 
     /// Removes everything.
     pub fn clear(&mut self) {
-        self.items.clear();
+        self.items = Items::None;
         self.overflow = 0;
     }
 
     /// The values held.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.items.iter().copied()
+        self.items.as_slice().iter().copied()
     }
 }
 
 /// Number of HyperLogLog registers (2^8): 256 bytes, about 6.5 % standard error.
 const HLL_REGISTERS: usize = 256;
 
-/// A HyperLogLog distinct counter with 256 one-byte registers.
-#[derive(Debug, Clone)]
+/// A HyperLogLog distinct counter with 256 one-byte registers, allocated at the first value
+/// (a day in which a key names no end user costs no registers).
+#[derive(Debug, Clone, Default)]
 pub struct Hll {
-    regs: Box<[u8; HLL_REGISTERS]>,
-}
-
-impl Default for Hll {
-    fn default() -> Self {
-        Self {
-            regs: Box::new([0; HLL_REGISTERS]),
-        }
-    }
+    regs: Option<Box<[u8; HLL_REGISTERS]>>,
 }
 
 impl Hll {
@@ -122,7 +144,10 @@ impl Hll {
         let idx = (h >> 56) as usize;
         let rest = h << 8 | 0x80; // a sentinel bit bounds the rank
         let rank = rest.leading_zeros() as u8 + 1;
-        if let Some(r) = self.regs.get_mut(idx)
+        let regs = self
+            .regs
+            .get_or_insert_with(|| Box::new([0; HLL_REGISTERS]));
+        if let Some(r) = regs.get_mut(idx)
             && rank > *r
         {
             *r = rank;
@@ -131,10 +156,13 @@ impl Hll {
 
     /// Estimated number of distinct values added.
     pub fn estimate(&self) -> f64 {
+        let Some(regs) = &self.regs else {
+            return 0.0;
+        };
         let m = HLL_REGISTERS as f64;
         let mut sum = 0.0;
         let mut zeros = 0u32;
-        for &r in self.regs.iter() {
+        for &r in regs.iter() {
             sum += 1.0 / f64::from(1u32 << r.min(31));
             if r == 0 {
                 zeros += 1;
@@ -152,7 +180,7 @@ impl Hll {
 
     /// Forgets everything.
     pub fn clear(&mut self) {
-        self.regs.fill(0);
+        self.regs = None;
     }
 }
 
@@ -161,19 +189,11 @@ const CM_DEPTH: usize = 3;
 /// Counters per row.
 const CM_WIDTH: usize = 128;
 
-/// A count-min sketch of 3 × 128 saturating 16-bit counters (768 bytes): frequency of a
-/// value on one key, never under-counted, rarely over-counted.
-#[derive(Debug, Clone)]
+/// A count-min sketch of 3 × 128 saturating 16-bit counters (768 bytes, allocated at the
+/// first value): frequency of a value on one key, never under-counted, rarely over-counted.
+#[derive(Debug, Clone, Default)]
 pub struct CountMin {
-    rows: Box<[[u16; CM_WIDTH]; CM_DEPTH]>,
-}
-
-impl Default for CountMin {
-    fn default() -> Self {
-        Self {
-            rows: Box::new([[0; CM_WIDTH]; CM_DEPTH]),
-        }
-    }
+    rows: Option<Box<[[u16; CM_WIDTH]; CM_DEPTH]>>,
 }
 
 impl CountMin {
@@ -188,7 +208,10 @@ impl CountMin {
 
     /// Adds `n` occurrences of a (pre-hashed) value.
     pub fn add(&mut self, hash: u64, n: u16) {
-        for (row, slot) in self.rows.iter_mut().zip(Self::slots(hash)) {
+        let rows = self
+            .rows
+            .get_or_insert_with(|| Box::new([[0; CM_WIDTH]; CM_DEPTH]));
+        for (row, slot) in rows.iter_mut().zip(Self::slots(hash)) {
             if let Some(c) = row.get_mut(slot) {
                 *c = c.saturating_add(n);
             }
@@ -197,8 +220,10 @@ impl CountMin {
 
     /// Estimated occurrences (an upper bound).
     pub fn estimate(&self, hash: u64) -> u16 {
-        self.rows
-            .iter()
+        let Some(rows) = &self.rows else {
+            return 0;
+        };
+        rows.iter()
             .zip(Self::slots(hash))
             .map(|(row, slot)| row.get(slot).copied().unwrap_or(0))
             .min()
@@ -209,6 +234,23 @@ impl CountMin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_of_one_value_keeps_it_in_place() {
+        assert_eq!(std::mem::size_of::<CappedSet>(), 32);
+        let mut s = CappedSet::new(4);
+        assert!(s.is_empty() && !s.contains(0));
+        assert!(s.insert(9));
+        assert!(matches!(s.items, Items::One(9)));
+        assert!(!s.insert(9));
+        assert!(s.insert(10));
+        assert_eq!(s.iter().collect::<Vec<_>>(), [9, 10]);
+        s.clear();
+        assert_eq!((s.len(), s.count()), (0, 0));
+        let mut zero = CappedSet::new(0);
+        assert!(zero.insert(1));
+        assert_eq!((zero.len(), zero.count()), (0, 1));
+    }
 
     #[test]
     fn capped_set_stops_growing() {

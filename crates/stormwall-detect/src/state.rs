@@ -8,7 +8,8 @@
 //! which novelty signals stay silent.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, OnceLock};
 
 use stormwall_types::{ActionKind, DetectorId, KeyId, Severity, Stage};
 
@@ -35,6 +36,86 @@ const MAX_MICRO: usize = 16;
 
 /// Quiet-hour gate: a key's hour is learned only while its risk stays below this.
 pub const LEARN_MAX_RISK: f64 = 50.0;
+
+/// A part of a key's state most keys never need, allocated on first write: until then it
+/// reads as the part's empty value. With hundreds of thousands of keys, most seen in one hour
+/// only, this keeps a key's state to its current hour and day.
+#[derive(Debug, Clone, Default)]
+pub struct Lazy<T: Empty>(Option<Box<T>>);
+
+/// A type with a shared empty value, for [`Lazy`] to read before anything was written.
+pub trait Empty: Default + Sync + 'static {
+    /// The empty value.
+    fn empty() -> &'static Self;
+}
+
+impl<T: Empty> Lazy<T> {
+    /// The part, if it was ever written.
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
+    }
+
+    /// Whether the part was ever written (it then holds memory).
+    pub fn is_allocated(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl<T: Empty> Deref for Lazy<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match self.0.as_deref() {
+            Some(t) => t,
+            None => T::empty(),
+        }
+    }
+}
+
+impl<T: Empty> DerefMut for Lazy<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl Empty for Baseline {
+    fn empty() -> &'static Self {
+        static EMPTY: OnceLock<Baseline> = OnceLock::new();
+        EMPTY.get_or_init(Baseline::default)
+    }
+}
+
+/// Per detector: when it last alerted on the key, how strongly, and the operators'
+/// false-positive feedback.
+#[derive(Debug, Clone)]
+pub struct AlertMemory {
+    /// Last alert time per detector.
+    pub last_alert: [i64; DETECTORS],
+    /// Last alert severity per detector.
+    pub last_sev: [Option<Severity>; DETECTORS],
+    /// False-positive feedback per detector (each step doubles the thresholds).
+    pub sensitivity: [u8; DETECTORS],
+}
+
+impl Default for AlertMemory {
+    fn default() -> Self {
+        Self {
+            last_alert: [i64::MIN; DETECTORS],
+            last_sev: [None; DETECTORS],
+            sensitivity: [0; DETECTORS],
+        }
+    }
+}
+
+impl Empty for AlertMemory {
+    fn empty() -> &'static Self {
+        static EMPTY: OnceLock<AlertMemory> = OnceLock::new();
+        EMPTY.get_or_init(AlertMemory::default)
+    }
+}
+
+/// Micro-request arrivals from the tracked address: (address id, times, event ids).
+pub type MicroArrivals = (u64, VecDeque<i64>, VecDeque<String>);
 
 /// What a key normally looks like, learned from its quiet hours.
 #[derive(Debug, Clone)]
@@ -388,8 +469,8 @@ pub struct KeyState {
     pub last_seen: i64,
     /// Events observed.
     pub events: u64,
-    /// The learned baseline.
-    pub base: Baseline,
+    /// The learned baseline (allocated when the key first learns).
+    pub base: Lazy<Baseline>,
     /// The current hour.
     pub hour: HourWindow,
     /// The current day.
@@ -404,18 +485,15 @@ pub struct KeyState {
     pub last_place: Option<(i64, u64, Option<u32>, [u8; 2])>,
     /// Latest model listing: (time, event id, from a new source).
     pub last_listing: Option<(i64, String, bool)>,
-    /// Micro-request arrivals from the tracked address: (address id, times, ids).
-    pub micro: Option<(u64, VecDeque<i64>, VecDeque<String>)>,
+    /// Micro-request arrivals from the tracked address.
+    pub micro: Option<Box<MicroArrivals>>,
     /// Recent safety hits (time, event id).
     pub hits: VecDeque<(i64, String)>,
     /// Recent obfuscated prompts this hour (event ids).
     pub evasions: Vec<String>,
-    /// Last alert time per detector.
-    pub last_alert: [i64; DETECTORS],
-    /// Last alert severity per detector.
-    pub last_sev: [Option<Severity>; DETECTORS],
-    /// False-positive feedback per detector (each step doubles the thresholds).
-    pub sensitivity: [u8; DETECTORS],
+    /// Alert times, severities and feedback per detector (allocated at the first alert or
+    /// feedback).
+    pub alerts: Lazy<AlertMemory>,
     /// Alerts in the risk window.
     pub ledger: Vec<LedgerEntry>,
     /// Strongest action proposed, and when.
@@ -437,7 +515,7 @@ impl KeyState {
             first_seen: t,
             last_seen: t,
             events: 0,
-            base: Baseline::default(),
+            base: Lazy::default(),
             hour: HourWindow::new(t.div_euclid(3600)),
             day: DayWindow::new(t.div_euclid(86_400)),
             minute: t.div_euclid(60),
@@ -448,9 +526,7 @@ impl KeyState {
             micro: None,
             hits: VecDeque::new(),
             evasions: Vec::new(),
-            last_alert: [i64::MIN; DETECTORS],
-            last_sev: [None; DETECTORS],
-            sensitivity: [0; DETECTORS],
+            alerts: Lazy::default(),
             ledger: Vec::new(),
             level: None,
             suspects: Vec::new(),
@@ -471,20 +547,22 @@ impl KeyState {
 
     /// Threshold multiplier after false-positive feedback on a detector.
     pub fn factor(&self, d: DetectorId) -> f64 {
-        f64::from(1u32 << self.sensitivity[d.index()].min(4))
+        f64::from(1u32 << self.alerts.sensitivity[d.index()].min(4))
     }
 
     /// Whether an alert of `d` may be raised now (cooldown), and records it if so.
     pub fn may_alert(&mut self, d: DetectorId, t: i64, sev: Severity, cooldown: i64) -> bool {
         let i = d.index();
-        let escalates = self.last_sev[i].is_none_or(|s| sev > s);
-        let cooled = self.last_alert[i] == i64::MIN || t - self.last_alert[i] >= cooldown;
+        let m = &*self.alerts;
+        let escalates = m.last_sev[i].is_none_or(|s| sev > s);
+        let cooled = m.last_alert[i] == i64::MIN || t - m.last_alert[i] >= cooldown;
         if escalates || cooled {
-            self.last_alert[i] = t;
-            self.last_sev[i] = Some(if cooled {
+            let m = &mut *self.alerts;
+            m.last_alert[i] = t;
+            m.last_sev[i] = Some(if cooled {
                 sev
             } else {
-                sev.max(self.last_sev[i].unwrap_or(sev))
+                sev.max(m.last_sev[i].unwrap_or(sev))
             });
             true
         } else {
@@ -575,11 +653,11 @@ impl KeyState {
     ) -> (&VecDeque<i64>, &VecDeque<String>) {
         let reset = self.micro.as_ref().is_none_or(|m| m.0 != addr);
         if reset {
-            self.micro = Some((addr, VecDeque::new(), VecDeque::new()));
+            self.micro = Some(Box::new((addr, VecDeque::new(), VecDeque::new())));
         }
         let m = self
             .micro
-            .get_or_insert_with(|| (addr, VecDeque::new(), VecDeque::new()));
+            .get_or_insert_with(|| Box::new((addr, VecDeque::new(), VecDeque::new())));
         if m.1.len() >= MAX_MICRO {
             m.1.pop_front();
             m.2.pop_front();
@@ -606,13 +684,15 @@ impl KeyState {
             }
             self.evasions.clear();
             let decay = PEAK_DECAY.powi((hour - old.hour).clamp(1, 24 * 30) as i32);
-            let b = &mut self.base;
-            b.peak_asns_h *= decay;
-            b.peak_nets_h *= decay;
-            b.peak_countries_h *= decay;
-            b.peak_inflight *= decay;
-            b.peak_rpm *= decay;
-            b.peak_model_calls_h *= decay;
+            // Nothing to decay in a baseline that learned nothing yet.
+            if let Some(b) = self.base.get_mut() {
+                b.peak_asns_h *= decay;
+                b.peak_nets_h *= decay;
+                b.peak_countries_h *= decay;
+                b.peak_inflight *= decay;
+                b.peak_rpm *= decay;
+                b.peak_model_calls_h *= decay;
+            }
         }
         let day = t.div_euclid(86_400);
         if day > self.day.day {
@@ -857,4 +937,53 @@ impl UaFamily {
 /// Tests a flag bit set.
 pub fn has_flag(bits: u8, f: EgressFlag) -> bool {
     bits & f.bit() != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> KeyState {
+        KeyState::new(KeyId::new("k00000000001").unwrap(), None, 1_700_000_000)
+    }
+
+    /// Up to `max_keys` keys are tracked; most are seen in one hour only, so a key's state
+    /// before it learns anything is what bounds detection's memory.
+    #[test]
+    fn a_young_key_holds_no_baseline_or_alert_memory() {
+        assert!(
+            std::mem::size_of::<KeyState>() <= 816,
+            "KeyState is {} bytes",
+            std::mem::size_of::<KeyState>()
+        );
+        let mut ks = fresh();
+        let t = ks.first_seen;
+        ks.hour.req += 1;
+        ks.advance(t + 60, 0.0, None);
+        assert!(!ks.base.is_allocated());
+        assert!(!ks.alerts.is_allocated());
+        assert_eq!(ks.base.requests, 0);
+        assert_eq!(ks.factor(DetectorId::V1), 1.0);
+        // An alert remembers its time; a closed hour with traffic teaches the baseline.
+        assert!(ks.may_alert(DetectorId::V1, t + 60, Severity::Low, 600));
+        assert!(ks.alerts.is_allocated());
+        assert!(!ks.may_alert(DetectorId::V1, t + 61, Severity::Low, 600));
+        ks.advance(t + 3600, 0.0, None);
+        assert!(ks.base.is_allocated());
+        assert_eq!(ks.base.requests, 1);
+    }
+
+    #[test]
+    fn empty_sketches_read_as_empty() {
+        let mut h = Hll::default();
+        assert_eq!(h.estimate(), 0.0);
+        h.add(1);
+        assert!(h.estimate() > 0.0);
+        h.clear();
+        assert_eq!(h.estimate(), 0.0);
+        let mut c = CountMin::default();
+        assert_eq!(c.estimate(7), 0);
+        c.add(7, 2);
+        assert_eq!(c.estimate(7), 2);
+    }
 }

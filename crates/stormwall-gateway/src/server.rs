@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use secrecy::SecretString;
-use stormwall_store::{BatchWriter, EventsConfig, KeyFilter, Store};
+use stormwall_store::{BatchWriter, EventsConfig, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -238,7 +238,7 @@ pub async fn start_with(
     let client = upstream::http_client(&config.limits);
     let webhook = crate::control::webhook::Webhook::start(&config.alerts, client.clone(), env)?;
     let keys = Arc::new(KeyCache::default());
-    keys.replace_all(store.list_keys(&KeyFilter::default()).await?);
+    load_keys(store.as_ref(), &keys, None).await?;
     let (shared, settle_task) = match &counters {
         Some(c) => {
             let (settler, task) = crate::data::shared_admit::Settler::spawn(Arc::clone(c));
@@ -400,33 +400,48 @@ async fn load_spend(state: &ControlPlane) {
     let now = time::OffsetDateTime::now_utc();
     let day_start = now.replace_time(time::Time::MIDNIGHT);
     let month_start = day_start.replace_day(1).unwrap_or(day_start);
-    let budgeted: Vec<_> = state
-        .store
-        .list_keys(&KeyFilter::default())
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|k| k.scope.budget_daily_usd.is_some() || k.scope.budget_monthly_usd.is_some())
-        .collect();
-    for k in budgeted {
-        let Some(cached) = state.keys.get(k.id.as_str()) else {
-            continue;
-        };
+    for cached in state.keys.budgeted() {
         if cached.state.spend_loaded() {
             continue;
         }
-        let day = state
-            .store
-            .spend_since(&k.id, day_start)
-            .await
-            .unwrap_or(0.0);
+        let id = &cached.record.id;
+        let day = state.store.spend_since(id, day_start).await.unwrap_or(0.0);
         let month = state
             .store
-            .spend_since(&k.id, month_start)
+            .spend_since(id, month_start)
             .await
             .unwrap_or(0.0);
         cached.state.load_spend(now, day, month);
     }
+}
+
+/// Keys read from the store per page when the cache loads them all: a load holds one page
+/// of full records at a time, however many keys there are.
+const KEY_PAGE: usize = 10_000;
+
+/// Loads every key from the store into the cache, page by page. With `seen` (the cache's
+/// version before the load) the load gives up, returning `Ok(false)`, once a single-key
+/// update happened meanwhile (see [`KeyCache::sync_begin`]).
+async fn load_keys(
+    store: &dyn stormwall_store::Store,
+    keys: &KeyCache,
+    seen: Option<u64>,
+) -> Result<bool, stormwall_store::StoreError> {
+    let _one_at_a_time = keys.sync_lock().lock().await;
+    let mut sync = keys.sync_begin(seen);
+    let mut after: Option<stormwall_types::KeyId> = None;
+    loop {
+        let page = store.list_keys_page(after.as_ref(), KEY_PAGE).await?;
+        let last = page.len() < KEY_PAGE;
+        after = page.last().map(|r| r.id.clone());
+        if !keys.sync_page(&mut sync, page) {
+            return Ok(false);
+        }
+        if last {
+            break;
+        }
+    }
+    Ok(keys.sync_finish(sync))
 }
 
 #[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
@@ -444,11 +459,11 @@ fn spawn_refresher(
                 _ = stop.changed() => return,
             }
             let seen = state.keys.version();
-            match state.store.list_keys(&KeyFilter::default()).await {
-                Ok(records) => {
-                    // Skip this round if the admin API changed a key meanwhile: the list may
-                    // predate that change, and a stale revoked key must never come back.
-                    if !state.keys.replace_all_if_unchanged(records, seen) {
+            // Skip this round if the admin API changed a key meanwhile: the list may
+            // predate that change, and a stale revoked key must never come back.
+            match load_keys(state.store.as_ref(), &state.keys, Some(seen)).await {
+                Ok(replaced) => {
+                    if !replaced {
                         // The store answered: the cache is as fresh as the update that raced.
                         state.keys.mark_synced();
                         tracing::debug!("key refresh raced an update; retrying next tick");
@@ -499,8 +514,8 @@ fn spawn_change_listener(
                     }
                 }
                 Some(stormwall_store::KeyChange::Resync) => {
-                    match state.store.list_keys(&KeyFilter::default()).await {
-                        Ok(records) => state.keys.replace_all(records),
+                    match load_keys(state.store.as_ref(), &state.keys, None).await {
+                        Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "key resync failed; serving from cache")
                         }

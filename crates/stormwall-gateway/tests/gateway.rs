@@ -2562,7 +2562,7 @@ mod scale_out {
         n: usize,
     ) -> Vec<StoredAlert> {
         let mut found = Vec::new();
-        for _ in 0..100 {
+        for _ in 0..500 {
             found = alerts_of(store, key, detector).await;
             if found.len() >= n {
                 break;
@@ -2635,7 +2635,7 @@ mod scale_out {
             c.chat_from_any(1, &secret, Some(src)).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        for _ in 0..100 {
+        for _ in 0..500 {
             if key_status(&store, &record).await == stormwall_types::KeyStatus::Suspended {
                 break;
             }
@@ -2663,7 +2663,7 @@ mod scale_out {
         // One more medium alert on replica 1 (the unfamiliar client again). Its engine was
         // told of the resumption, so the old points are gone and 15 stays under 25.
         chat_from(&c, 1, &secret, "127.0.1.9").await;
-        for _ in 0..100 {
+        for _ in 0..500 {
             if raised().await > before {
                 break;
             }
@@ -2725,7 +2725,7 @@ mod scale_out {
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
         let mut r3 = Vec::new();
-        for _ in 0..100 {
+        for _ in 0..500 {
             r3 = alerts_of(&store, &record, stormwall_types::DetectorId::R3).await;
             if !r3.is_empty() {
                 break;
@@ -2901,7 +2901,7 @@ mod scale_out {
         };
         let mut redis = start_redis();
         let url = format!("redis://127.0.0.1:{port}");
-        for _ in 0..100 {
+        for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }

@@ -212,6 +212,10 @@ impl Periods {
         let i = match self.0.iter().position(|(id, _)| *id == p) {
             Some(i) => i,
             None => {
+                // A day and its month: most keys never hold more.
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(2);
+                }
                 self.0.push((p, Totals::default()));
                 self.0.len() - 1
             }
@@ -243,16 +247,35 @@ impl Periods {
 
 /// The admission state of one key, and the rules that decide on it. See the module
 /// documentation.
+///
+/// Small for a key that only records spend (the gateway keeps one per used key, a million
+/// keys or more): the rate windows, slots and reservations of a key with limits live in one
+/// allocation made on the first limit checked.
 #[derive(Debug, Default)]
 pub struct KeyAdmission {
     windows: RateWindows,
+    limits: Option<Box<Limits>>,
+    periods: Periods,
+}
+
+/// What only a key with limits holds.
+#[derive(Debug, Default)]
+struct Limits {
     requests: Window,
     tokens: Window,
     /// Slot handle → lease end.
     slots: HashMap<u64, i64>,
     /// Reservation handle → what it holds.
     reservations: HashMap<u64, Held>,
-    periods: Periods,
+}
+
+impl Limits {
+    fn is_empty(&self) -> bool {
+        self.requests.buckets.is_empty()
+            && self.tokens.buckets.is_empty()
+            && self.slots.is_empty()
+            && self.reservations.is_empty()
+    }
 }
 
 impl KeyAdmission {
@@ -264,15 +287,21 @@ impl KeyAdmission {
         }
     }
 
+    /// The state of a key with limits, created empty on first use.
+    fn limits(&mut self) -> &mut Limits {
+        self.limits.get_or_insert_with(Box::default)
+    }
+
     /// Checks the requests and tokens windows and, if both have room, charges one request
     /// and `req.tokens` tokens (see [`Counters::check_rate`](crate::Counters::check_rate)).
     pub fn check_rate(&mut self, req: RateRequest, now_ms: i64) -> RateDecision {
         let now = now_ms;
         let span = self.windows.span();
         let cur = self.windows.bucket_of(now);
-        self.requests.prune(now, span);
-        self.tokens.prune(now, span);
-        let (requests, tokens) = (&mut self.requests, &mut self.tokens);
+        let limits = self.limits();
+        limits.requests.prune(now, span);
+        limits.tokens.prune(now, span);
+        let (requests, tokens) = (&mut limits.requests, &mut limits.tokens);
         let r_used = requests.used();
         let t_used = tokens.used();
         let rpm = req.rpm.map(u64::from);
@@ -323,21 +352,20 @@ impl KeyAdmission {
             return;
         }
         let span = self.windows.span();
-        self.tokens.prune(now_ms, span);
+        let bucket = self.windows.bucket_of(now_ms);
+        let tokens = &mut self.limits().tokens;
+        tokens.prune(now_ms, span);
         if actual_tokens > charge.tokens {
-            self.tokens.charge(
-                self.windows.bucket_of(now_ms),
-                actual_tokens - charge.tokens,
-            );
+            tokens.charge(bucket, actual_tokens - charge.tokens);
         } else {
-            self.tokens
-                .refund(charge.bucket_ms, charge.tokens - actual_tokens);
+            tokens.refund(charge.bucket_ms, charge.tokens - actual_tokens);
         }
     }
 
     fn live_slots(&mut self, now: i64) -> &mut HashMap<u64, i64> {
-        self.slots.retain(|_, expires| *expires > now);
-        &mut self.slots
+        let slots = &mut self.limits().slots;
+        slots.retain(|_, expires| *expires > now);
+        slots
     }
 
     /// Takes one of `max` concurrency slots, held for `lease`.
@@ -372,20 +400,29 @@ impl KeyAdmission {
 
     /// Frees a slot (a no-op if its lease already ran out).
     pub fn release_slot(&mut self, slot: &SlotLease) {
-        if let Handle::Local(id) = slot.id {
-            self.slots.remove(&id);
+        if let Handle::Local(id) = slot.id
+            && let Some(limits) = self.limits.as_deref_mut()
+        {
+            limits.slots.remove(&id);
         }
     }
 
     /// Slots held now.
     pub fn inflight(&mut self, now_ms: i64) -> u32 {
-        u32::try_from(self.live_slots(now_ms).len()).unwrap_or(u32::MAX)
+        let Some(limits) = self.limits.as_deref_mut() else {
+            return 0;
+        };
+        limits.slots.retain(|_, expires| *expires > now_ms);
+        u32::try_from(limits.slots.len()).unwrap_or(u32::MAX)
     }
 
     /// Releases expired reservations.
     fn expire_reservations(&mut self, now: i64) {
+        let Some(limits) = self.limits.as_deref_mut() else {
+            return;
+        };
         let periods = &mut self.periods;
-        self.reservations.retain(|_, h| {
+        limits.reservations.retain(|_, h| {
             if h.expires > now {
                 return true;
             }
@@ -441,7 +478,7 @@ impl KeyAdmission {
                 let t = self.periods.get_mut(p, now);
                 t.reserved = t.reserved.saturating_add(amount);
             }
-            self.reservations.insert(
+            self.limits().reservations.insert(
                 id,
                 Held {
                     nanos: amount,
@@ -469,7 +506,8 @@ impl KeyAdmission {
         now_ms: i64,
     ) {
         if let Handle::Local(id) = reservation.id
-            && let Some(held) = self.reservations.remove(&id)
+            && let Some(limits) = self.limits.as_deref_mut()
+            && let Some(held) = limits.reservations.remove(&id)
         {
             self.periods.release(held, now_ms);
         }
@@ -513,16 +551,17 @@ impl KeyAdmission {
     /// Drops whatever has expired; true when nothing is left, so the state can go.
     fn sweep(&mut self, now: i64) -> bool {
         let span = self.windows.span();
-        self.requests.prune(now, span);
-        self.tokens.prune(now, span);
-        self.slots.retain(|_, e| *e > now);
         self.expire_reservations(now);
+        if let Some(limits) = self.limits.as_deref_mut() {
+            limits.requests.prune(now, span);
+            limits.tokens.prune(now, span);
+            limits.slots.retain(|_, e| *e > now);
+            if limits.is_empty() {
+                self.limits = None;
+            }
+        }
         self.periods.0.retain(|(_, t)| t.expires > now);
-        self.requests.buckets.is_empty()
-            && self.tokens.buckets.is_empty()
-            && self.slots.is_empty()
-            && self.reservations.is_empty()
-            && self.periods.0.is_empty()
+        self.limits.is_none() && self.periods.0.is_empty()
     }
 }
 
@@ -530,12 +569,7 @@ impl KeyAdmission {
 type KeyTag = [u8; ID_LEN];
 
 fn tag(key: &KeyId) -> KeyTag {
-    // A KeyId is always ID_LEN ASCII characters (checked when parsed).
-    let mut t = [0u8; ID_LEN];
-    for (d, s) in t.iter_mut().zip(key.as_str().bytes()) {
-        *d = s;
-    }
-    t
+    *key.as_bytes()
 }
 
 /// A [`KeyAdmission`] per key, created on first use and dropped once idle.
@@ -809,5 +843,32 @@ mod tests {
         }
         // The sweep dropped both idle keys; then b was asked for again.
         assert_eq!(e.len(), 1);
+    }
+
+    /// The gateway keeps one per used key; a key without limits only records spend, so
+    /// that is all it may cost.
+    #[test]
+    fn a_key_that_only_records_spend_holds_no_limits_state() {
+        assert!(
+            std::mem::size_of::<KeyAdmission>() <= 48,
+            "KeyAdmission is {} bytes",
+            std::mem::size_of::<KeyAdmission>()
+        );
+        let mut k = KeyAdmission::default();
+        k.add_spend(0.5, at(), T0);
+        assert!(k.limits.is_none());
+        assert_eq!(k.inflight(T0), 0);
+        assert_eq!(k.budget_usage(at(), T0).day_spent_usd, 0.5);
+        assert!(k.limits.is_none(), "reading usage allocates nothing");
+        // Limits come with the first one checked and go once nothing is left in them; the
+        // spend stays for its period.
+        assert!(matches!(
+            k.check_rate(rate(Some(1), None, 1), T0),
+            RateDecision::Granted { .. }
+        ));
+        assert!(k.limits.is_some());
+        assert!(!k.sweep(T0 + 2 * 60_000));
+        assert!(k.limits.is_none());
+        assert_eq!(k.budget_usage(at(), T0 + 2 * 60_000).day_spent_usd, 0.5);
     }
 }

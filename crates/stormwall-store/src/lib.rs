@@ -97,6 +97,28 @@ pub trait KeyStore: Send + Sync {
     /// Replaces a key's mutable fields (status, reason, scope, label, rotation links,
     /// updated_at); `StoreError::NotFound` if absent.
     async fn update_key(&self, record: &KeyRecord) -> Result<(), StoreError>;
+    /// Inserts new keys all or none (one transaction in the backends); `StoreError::Duplicate`
+    /// if any id exists. For bulk creation: the default inserts one by one.
+    async fn insert_keys(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+        for r in records {
+            self.insert_key(r).await?;
+        }
+        Ok(())
+    }
+    /// Up to `limit` keys in id order, after the id `after` (from the first key when
+    /// `None`): a full listing in pages, so a reader never holds every record at once. The
+    /// default pages over [`KeyStore::list_keys`]; the backends read only the page.
+    async fn list_keys_page(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut page = self.list_keys(&KeyFilter::default()).await?;
+        page.retain(|k| after.is_none_or(|a| k.id > *a));
+        page.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        page.truncate(limit);
+        Ok(page)
+    }
 }
 
 /// Usage events.

@@ -634,6 +634,68 @@ impl KeyStore for PostgresStore {
             .collect::<Result<Vec<_>, _>>()
     }
 
+    async fn insert_keys(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+        let rows = records
+            .iter()
+            .map(KeyColumns::from_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let stmt = tx.prepare_cached(INSERT_KEY).await.map_err(db)?;
+        for c in &rows {
+            let result = tx
+                .execute(
+                    &stmt,
+                    &[
+                        &c.id,
+                        &c.tenant,
+                        &c.kind,
+                        &c.status,
+                        &c.hash_hex,
+                        &c.last4,
+                        &c.label,
+                        &c.scope_json,
+                        &c.created_at,
+                        &c.updated_at,
+                        &c.status_reason,
+                        &c.rotated_from,
+                        &c.rotated_to,
+                    ],
+                )
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    return Err(StoreError::Duplicate);
+                }
+                Err(e) => return Err(db(e)),
+            }
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_keys_page(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let client = self.client().await?;
+        // Byte order, as `KeyId` sorts, whatever the database's default collation.
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys WHERE id COLLATE \"C\" > $1 \
+                 ORDER BY id COLLATE \"C\" LIMIT $2"
+            ))
+            .await
+            .map_err(db)?;
+        let after = after.map_or("", KeyId::as_str);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client.query(&stmt, &[&after, &limit]).await.map_err(db)?;
+        rows.iter()
+            .map(|r| key_row(r)?.into_record())
+            .collect::<Result<Vec<_>, _>>()
+    }
+
     async fn update_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
         let c = KeyColumns::from_record(record)?;
         let client = self.client().await?;

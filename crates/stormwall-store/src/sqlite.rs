@@ -631,6 +631,65 @@ impl KeyStore for SqliteStore {
         .await
     }
 
+    async fn insert_keys(&self, records: &[KeyRecord]) -> Result<(), StoreError> {
+        let rows = records
+            .iter()
+            .map(KeyColumns::from_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            {
+                let mut stmt = tx.prepare_cached(INSERT_KEY).map_err(db)?;
+                for c in &rows {
+                    let result = stmt.execute(params![
+                        c.id,
+                        c.tenant,
+                        c.kind,
+                        c.status,
+                        c.hash_hex,
+                        c.last4,
+                        c.label,
+                        c.scope_json,
+                        c.created_at,
+                        c.updated_at,
+                        c.status_reason,
+                        c.rotated_from,
+                        c.rotated_to,
+                    ]);
+                    match result {
+                        Ok(_) => {}
+                        Err(e) if is_unique_violation(&e) => return Err(StoreError::Duplicate),
+                        Err(e) => return Err(db(e)),
+                    }
+                }
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn list_keys_page(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let after = after.map_or_else(String::new, |a| a.as_str().to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id > ?1 ORDER BY id LIMIT ?2");
+            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(params![after, limit], read_key_row)
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(db)?.into_record()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn update_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
         let c = KeyColumns::from_record(record)?;
         self.write(move |conn| {

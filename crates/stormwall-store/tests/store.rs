@@ -288,6 +288,59 @@ mod suite {
         assert!(none.is_empty());
     }
 
+    pub async fn key_bulk_insert(store: Arc<dyn Store>) {
+        let batch: Vec<KeyRecord> = (1..=50)
+            .map(|n| key(n, "acme", t0() + ms(n.into())))
+            .collect();
+        store.insert_keys(&batch).await.unwrap();
+        let all = store.list_keys(&KeyFilter::default()).await.unwrap();
+        assert_eq!(all, batch);
+        // All or none: one duplicate id leaves nothing of its batch behind.
+        let clash = vec![key(51, "acme", t0()), key(7, "acme", t0())];
+        let err = store.insert_keys(&clash).await.unwrap_err();
+        assert!(matches!(err, StoreError::Duplicate), "{err:?}");
+        assert_eq!(store.get_key(&key_id(51)).await.unwrap(), None);
+        store.insert_keys(&[]).await.unwrap();
+    }
+
+    pub async fn key_list_pages(store: Arc<dyn Store>) {
+        // Ids in byte order, whatever the database's collation would say: `Z` < `a`.
+        let ids = [
+            "AAAAAAAAAAA1",
+            "Zzzzzzzzzzzz",
+            "aaaaaaaaaaaa",
+            "k00000000001",
+            "zzzzzzzzzzzz",
+        ];
+        let mut records = Vec::new();
+        for (n, id) in ids.iter().enumerate().rev() {
+            let mut r = key(0, "acme", t0() + ms(i64::try_from(n).unwrap()));
+            r.id = KeyId::new(id).unwrap();
+            store.insert_key(&r).await.unwrap();
+            records.push(r);
+        }
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut seen = Vec::new();
+        let mut after: Option<KeyId> = None;
+        loop {
+            let page = store.list_keys_page(after.as_ref(), 2).await.unwrap();
+            assert!(page.len() <= 2);
+            after = page.last().map(|r| r.id.clone());
+            let last = page.len() < 2;
+            seen.extend(page);
+            if last {
+                break;
+            }
+        }
+        assert_eq!(seen, records);
+        let tail = store
+            .list_keys_page(Some(&KeyId::new("Zzzzzzzzzzzz").unwrap()), 10)
+            .await
+            .unwrap();
+        let tail_ids: Vec<&str> = tail.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(tail_ids, ["aaaaaaaaaaaa", "k00000000001", "zzzzzzzzzzzz"]);
+    }
+
     pub async fn key_update(store: Arc<dyn Store>) {
         let original = key(1, "acme", t0());
         let successor = key(2, "acme", t0() + ms(10));
@@ -1191,7 +1244,8 @@ macro_rules! backend_suite {
         mod $backend {
             use super::*;
             backend_suite!(@tests $open;
-                key_insert_get, key_duplicate, key_list, key_update,
+                key_insert_get, key_duplicate, key_list, key_update, key_bulk_insert,
+                key_list_pages,
                 event_round_trip_and_order, event_filters, event_paging,
                 event_reinsert_is_idempotent, spend_since, reads_while_writing,
                 alert_insert_get, alert_duplicates, alert_refuses_unstorable,

@@ -41,25 +41,33 @@ pub enum KeyFormatError {
     Checksum,
 }
 
-/// The public, non-secret identifier of a key (12 base62 characters).
+/// The public, non-secret identifier of a key (12 base62 characters), kept inline: a
+/// million cached keys and every event that names one carry no heap string for it.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct KeyId(String);
+pub struct KeyId([u8; ID_LEN]);
 
 impl KeyId {
     /// Parses a public id, checking length and alphabet.
     pub fn new(s: &str) -> Result<Self, KeyFormatError> {
-        if s.len() != ID_LEN {
-            return Err(KeyFormatError::Length);
-        }
-        if !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let bytes: [u8; ID_LEN] = s
+            .as_bytes()
+            .try_into()
+            .map_err(|_| KeyFormatError::Length)?;
+        if !bytes.iter().all(u8::is_ascii_alphanumeric) {
             return Err(KeyFormatError::Charset);
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(bytes))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
+        // Only ASCII alphanumerics get in (checked by `new`), so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The id's 12 ASCII bytes, e.g. as a fixed-size map key.
+    pub fn as_bytes(&self) -> &[u8; ID_LEN] {
         &self.0
     }
 }
@@ -73,19 +81,19 @@ impl TryFrom<String> for KeyId {
 
 impl From<KeyId> for String {
     fn from(id: KeyId) -> String {
-        id.0
+        id.as_str().to_owned()
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({})", self.0)
+        write!(f, "KeyId({})", self.as_str())
     }
 }
 
@@ -169,7 +177,12 @@ impl ApiKey {
 
     /// The public id.
     pub fn id(&self) -> KeyId {
-        KeyId(self.id_str().to_owned())
+        let mut id = [0u8; ID_LEN];
+        // A parsed or generated key's id part is always ID_LEN base62 characters.
+        for (d, s) in id.iter_mut().zip(self.id_str().bytes()) {
+            *d = s;
+        }
+        KeyId(id)
     }
 
     /// The public id, borrowed.

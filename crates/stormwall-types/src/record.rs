@@ -168,22 +168,33 @@ pub enum KeyRefusal {
 impl KeyRecord {
     /// Checks kind, status and validity window at `now`.
     pub fn usable_at(&self, now: OffsetDateTime) -> Result<(), KeyRefusal> {
-        if self.kind == KeyKind::Canary {
-            return Err(KeyRefusal::Canary);
-        }
-        match self.status {
-            KeyStatus::Revoked => return Err(KeyRefusal::Revoked),
-            KeyStatus::Suspended => return Err(KeyRefusal::Suspended),
-            KeyStatus::Active => {}
-        }
-        if self.scope.not_before.is_some_and(|t| now < t) {
-            return Err(KeyRefusal::NotYetValid);
-        }
-        if self.scope.expires_at.is_some_and(|t| now >= t) {
-            return Err(KeyRefusal::Expired);
-        }
-        Ok(())
+        usable_at(self.kind, self.status, &self.scope, now)
     }
+}
+
+/// Checks a key's kind, status and validity window at `now` — [`KeyRecord::usable_at`] for
+/// callers that keep those parts without the whole record (the gateway's key cache).
+pub fn usable_at(
+    kind: KeyKind,
+    status: KeyStatus,
+    scope: &KeyScope,
+    now: OffsetDateTime,
+) -> Result<(), KeyRefusal> {
+    if kind == KeyKind::Canary {
+        return Err(KeyRefusal::Canary);
+    }
+    match status {
+        KeyStatus::Revoked => return Err(KeyRefusal::Revoked),
+        KeyStatus::Suspended => return Err(KeyRefusal::Suspended),
+        KeyStatus::Active => {}
+    }
+    if scope.not_before.is_some_and(|t| now < t) {
+        return Err(KeyRefusal::NotYetValid);
+    }
+    if scope.expires_at.is_some_and(|t| now >= t) {
+        return Err(KeyRefusal::Expired);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

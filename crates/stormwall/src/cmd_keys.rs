@@ -1,5 +1,6 @@
 //! `stormwall keys create|list|show|suspend|resume|rotate|revoke`: key lifecycle
-//! through a running gateway's admin API, so the gateway's cache changes at once.
+//! through a running gateway's admin API, so the gateway's cache changes at once; and
+//! `keys create-bulk`, which writes many keys straight into the store (see [`crate::keys_bulk`]).
 
 use std::process::ExitCode;
 
@@ -14,6 +15,9 @@ use crate::admin_client::{AdminClient, AdminTarget, encode, field as s};
 pub enum KeysCommand {
     /// Create a key; prints the secret once.
     Create(Box<CreateArgs>),
+    /// Create many keys straight in the store (migrations, large platforms); writes the
+    /// secrets once, to a new file.
+    CreateBulk(Box<crate::keys_bulk::CreateBulkArgs>),
     /// List keys.
     List {
         #[command(flatten)]
@@ -79,6 +83,16 @@ pub struct CreateArgs {
     /// Free-form label.
     #[arg(long)]
     label: Option<String>,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// Print one JSON object (`key` is the secret, `id` the public id).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A new key's scope options, shared by `keys create` and `keys create-bulk`.
+#[derive(Debug, Default, clap::Args)]
+pub struct ScopeArgs {
     /// Allowed model (repeat); none: every configured model.
     #[arg(long = "model")]
     models: Vec<String>,
@@ -112,15 +126,43 @@ pub struct CreateArgs {
     /// Content-policy profile.
     #[arg(long)]
     policy_profile: Option<String>,
-    /// Print one JSON object (`key` is the secret, `id` the public id).
-    #[arg(long)]
-    json: bool,
+}
+
+impl ScopeArgs {
+    /// The scope as the admin API's JSON: only the options given.
+    pub fn to_json(&self) -> serde_json::Map<String, Value> {
+        let mut scope = serde_json::Map::new();
+        let mut put = |k: &str, v: Value| {
+            if !v.is_null() {
+                scope.insert(k.to_owned(), v);
+            }
+        };
+        if !self.models.is_empty() {
+            put("models", json!(self.models));
+        }
+        if !self.endpoints.is_empty() {
+            put("endpoints", json!(self.endpoints));
+        }
+        if !self.cidrs.is_empty() {
+            put("cidrs", json!(self.cidrs));
+        }
+        put("not_before", json!(self.not_before));
+        put("expires_at", json!(self.expires_at));
+        put("rpm", json!(self.rpm));
+        put("tpm", json!(self.tpm));
+        put("max_concurrency", json!(self.max_concurrency));
+        put("budget_daily_usd", json!(self.budget_daily_usd));
+        put("budget_monthly_usd", json!(self.budget_monthly_usd));
+        put("policy_profile", json!(self.policy_profile));
+        scope
+    }
 }
 
 /// Runs a key command.
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KeysCommand::Create(a) => create(*a).await,
+        KeysCommand::CreateBulk(a) => crate::keys_bulk::run(*a).await,
         KeysCommand::List {
             target,
             tenant,
@@ -196,29 +238,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
 
 async fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(&a.target)?;
-    let mut scope = serde_json::Map::new();
-    let mut put = |k: &str, v: Value| {
-        if !v.is_null() {
-            scope.insert(k.to_owned(), v);
-        }
-    };
-    if !a.models.is_empty() {
-        put("models", json!(a.models));
-    }
-    if !a.endpoints.is_empty() {
-        put("endpoints", json!(a.endpoints));
-    }
-    if !a.cidrs.is_empty() {
-        put("cidrs", json!(a.cidrs));
-    }
-    put("not_before", json!(a.not_before));
-    put("expires_at", json!(a.expires_at));
-    put("rpm", json!(a.rpm));
-    put("tpm", json!(a.tpm));
-    put("max_concurrency", json!(a.max_concurrency));
-    put("budget_daily_usd", json!(a.budget_daily_usd));
-    put("budget_monthly_usd", json!(a.budget_monthly_usd));
-    put("policy_profile", json!(a.policy_profile));
+    let scope = a.scope.to_json();
     let body = json!({"tenant": a.tenant, "kind": a.kind, "label": a.label, "scope": scope});
     let v = client.call(Method::POST, "/admin/keys", Some(body)).await?;
     print_created(&v, a.json)?;

@@ -18,6 +18,7 @@ mod cmd_scan;
 mod cmd_serve;
 mod cmd_simulate;
 mod config;
+mod keys_bulk;
 mod sim_live;
 
 use std::process::ExitCode;

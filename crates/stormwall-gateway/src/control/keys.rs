@@ -146,11 +146,40 @@ fn validate_scope(s: &KeyScope) -> Result<(), KeyError> {
 
 /// Creates a key.
 pub async fn create(state: &ControlPlane, req: CreateKey) -> Result<CreatedKey, KeyError> {
-    validate_tenant(&req.tenant)?;
-    validate_text("label", req.label.as_deref())?;
-    validate_scope(&req.scope)?;
+    validate_new(&req)?;
     validate_profile(state, &req.scope)?;
     mint(state, req.tenant, req.kind, req.label, req.scope, None).await
+}
+
+/// Checks a new key's tenant, label and scope as [`create`] does — all but the policy
+/// profile's name, which needs the gateway's safety configuration. For bulk creation
+/// straight into the store (`stormwall keys create-bulk`).
+pub fn validate_new(req: &CreateKey) -> Result<(), KeyError> {
+    validate_tenant(&req.tenant)?;
+    validate_text("label", req.label.as_deref())?;
+    validate_scope(&req.scope)
+}
+
+/// A new active key for `req` (validated with [`validate_new`]) created at `now`: the record
+/// to store and the secret key, to be shown once.
+pub fn new_key(req: &CreateKey, now: OffsetDateTime) -> (ApiKey, KeyRecord) {
+    let key = ApiKey::generate();
+    let record = KeyRecord {
+        id: key.id(),
+        tenant: req.tenant.clone(),
+        kind: req.kind,
+        status: KeyStatus::Active,
+        hash: key.hash(),
+        last4: key.last4().to_owned(),
+        label: req.label.clone(),
+        scope: req.scope.clone(),
+        created_at: now,
+        updated_at: now,
+        status_reason: None,
+        rotated_from: None,
+        rotated_to: None,
+    };
+    (key, record)
 }
 
 async fn mint(

@@ -19,6 +19,7 @@ use stormwall_store::{
 use stormwall_types::{KeyScope, RejectReason};
 use time::OffsetDateTime;
 
+use crate::data::keycache::KeyStop;
 use crate::error::{ProxyError, RateLimitInfo};
 
 /// Output tokens reserved against a budget when a request sets no `max_tokens`.
@@ -27,15 +28,24 @@ pub const DEFAULT_OUTPUT_RESERVE_TOKENS: u64 = 1_024;
 /// replica died mid-request (shared counters), or a request outlived it.
 pub const LEASE: Duration = Duration::from_secs(15 * 60);
 
-/// Live admission state of one key.
+/// Live state of one key, shared by every version of its cached record: requests in flight,
+/// the admission engine's state and the stop signal. Small and fixed-size for the common key:
+/// the engine's state is allocated only once the key has a limit to check or a cost to
+/// record, so a million idle keys cost no admission state.
 #[derive(Debug, Default)]
 pub struct KeyState {
     /// Requests in flight, counted on every path (events and detectors read it).
     inflight: AtomicU32,
-    /// The engine's state of this key, used when limits are enforced on this node.
-    limits: Mutex<KeyAdmission>,
     spend_loaded: AtomicBool,
+    /// The engine's state of this key, used when limits are enforced on this node.
+    limits: Limits,
+    /// Fired when the key is suspended or revoked (see [`crate::data::keycache`]).
+    pub(crate) stop: KeyStop,
 }
+
+/// A key's admission engine state, allocated on first use.
+#[derive(Debug, Default)]
+struct Limits(OnceLock<Box<Mutex<KeyAdmission>>>);
 
 impl KeyState {
     /// Requests in flight on this key.
@@ -55,11 +65,21 @@ impl KeyState {
     pub fn spend_loaded(&self) -> bool {
         self.spend_loaded.load(Ordering::Relaxed)
     }
+
+    /// Whether the key holds admission state (it had a limit checked or a cost recorded).
+    pub fn has_limits_state(&self) -> bool {
+        self.limits.0.get().is_some()
+    }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// The key's engine state, created empty on first use.
+fn lock(limits: &Limits) -> MutexGuard<'_, KeyAdmission> {
     // Counters stay meaningful after a panic elsewhere; never take the gateway down for it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    limits
+        .0
+        .get_or_init(Box::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// The clock admission uses: monotonic milliseconds from one origin per process, so every

@@ -142,7 +142,7 @@ fn check_other_key(
     let e = rec.event();
     e.key_id = Some(second.record.id.clone());
     e.key_last4 = other.get(other.len() - 4..).map(str::to_owned);
-    e.tenant = Some(second.record.tenant.clone());
+    e.tenant = Some(second.record.tenant.to_string());
     e.key_kind = Some(second.record.kind);
     e.other_key_id = first_id;
     Err(AuthFailure {
@@ -175,7 +175,7 @@ fn authenticate_key(
     if !KeyHash::of(presented).ct_eq(&cached.record.hash) {
         return Err(AuthFailure::plain(RejectReason::UnknownKey));
     }
-    event.tenant = Some(cached.record.tenant.clone());
+    event.tenant = Some(cached.record.tenant.to_string());
     event.key_kind = Some(cached.record.kind);
     match cached.record.usable_at(time::OffsetDateTime::now_utc()) {
         Ok(()) => Ok(cached),
