@@ -299,7 +299,7 @@ impl Engine {
             .keys
             .entry(key.clone())
             .or_insert_with(|| Box::new(KeyState::new(key.clone(), tenant.map(Arc::from), t)));
-        ks.exposed_at = Some(t);
+        ks.notable.exposed_at = Some(t);
         let points = self.cfg.response.severity_points[Severity::High as usize];
         let alert = Alert {
             id: format!("exposure-{}-{t}-E1", key.as_str()),
@@ -335,19 +335,19 @@ impl Engine {
         match status {
             KeyStatus::Revoked => {
                 ks.revoked = true;
-                for fp in ks.suspects.clone() {
+                for fp in ks.notable.suspects.clone() {
                     burn(&mut self.burned, cap, key, at.unix_timestamp(), fp);
                 }
             }
             KeyStatus::Suspended => {
-                for fp in ks.suspects.clone() {
+                for fp in ks.notable.suspects.clone() {
                     burn(&mut self.burned, cap, key, at.unix_timestamp(), fp);
                 }
             }
             KeyStatus::Active => {
                 ks.revoked = false;
-                ks.level = None;
-                ks.ledger.clear();
+                ks.notable.level = None;
+                ks.notable.ledger.clear();
             }
         }
     }
@@ -370,7 +370,7 @@ impl Engine {
         let Some(ks) = self.keys.get_mut(key) else {
             return false;
         };
-        ks.ledger.retain(|e| e.alert_id != alert.id);
+        ks.notable.ledger.retain(|e| e.alert_id != alert.id);
         let s = &mut ks.alerts.sensitivity[alert.detector.index()];
         *s = (*s + 1).min(4);
         let b = &mut ks.base;
@@ -430,7 +430,7 @@ impl Engine {
         let now = ks.last_seen;
         let window = i64::from(self.cfg.detect.risk_window_hours) * 3600;
         if ks.risk(now, window) < crate::state::LEARN_MAX_RISK {
-            ks.level = None;
+            ks.notable.level = None;
         }
         true
     }
@@ -453,6 +453,7 @@ impl Engine {
         let stages = ks.stages(now, window);
         let kill_chain = kill_chain(ks, now, window);
         let detectors: Vec<DetectorId> = ks
+            .notable
             .ledger
             .iter()
             .filter(|e| e.at > now - window && e.severity >= Severity::Medium)
@@ -475,7 +476,7 @@ impl Engine {
         }
         if kind > ActionKind::Alert {
             let cooldown = i64::from(response.action_cooldown_secs);
-            if let Some((level, at)) = ks.level
+            if let Some((level, at)) = ks.notable.level
                 && kind <= level
                 && t - at < cooldown
             {
@@ -483,14 +484,15 @@ impl Engine {
             }
         }
         if kind > ActionKind::Alert {
-            ks.level = Some((kind, t));
+            ks.notable.level = Some((kind, t));
         }
         if kind >= ActionKind::Suspend {
-            for fp in ks.suspects.clone() {
+            for fp in ks.notable.suspects.clone() {
                 burn(&mut self.burned, cap, key, t, fp);
             }
         }
         let contributing: Vec<String> = ks
+            .notable
             .ledger
             .iter()
             .filter(|e| e.at > now - window)
@@ -556,11 +558,11 @@ fn finish(ks: &mut KeyState, out: &[Alert], before: usize, window: i64, stats: &
 /// or stopped relay's fingerprint) plus a medium-or-worse proxy or resale signal.
 fn kill_chain(ks: &KeyState, now: i64, window: i64) -> bool {
     let live = |e: &&LedgerEntry| e.at > now - window;
-    let harvest = ks.ledger.iter().filter(live).any(|e| {
+    let harvest = ks.notable.ledger.iter().filter(live).any(|e| {
         matches!(e.stage, Stage::Exposure | Stage::Harvest) || e.detector == DetectorId::D2
     });
     let relay =
-        ks.ledger.iter().filter(live).any(|e| {
+        ks.notable.ledger.iter().filter(live).any(|e| {
             matches!(e.stage, Stage::Proxy | Stage::Resale) && e.severity >= Severity::Medium
         });
     harvest && relay

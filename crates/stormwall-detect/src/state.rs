@@ -114,6 +114,33 @@ impl Empty for AlertMemory {
     }
 }
 
+/// What most keys never see: model listings, safety hits, obfuscated prompts, alerts,
+/// actions and exposure reports.
+#[derive(Debug, Clone, Default)]
+pub struct Notable {
+    /// Latest model listing: (time, event id, from a new source).
+    pub last_listing: Option<(i64, String, bool)>,
+    /// Recent safety hits (time, event id).
+    pub hits: VecDeque<(i64, String)>,
+    /// Recent obfuscated prompts this hour (event ids).
+    pub evasions: Vec<String>,
+    /// Alerts in the risk window.
+    pub ledger: Vec<LedgerEntry>,
+    /// Strongest action proposed, and when.
+    pub level: Option<(ActionKind, i64)>,
+    /// Fingerprints of events that raised alerts (burned when the key is stopped).
+    pub suspects: Vec<Fingerprint>,
+    /// When the key was reported exposed.
+    pub exposed_at: Option<i64>,
+}
+
+impl Empty for Notable {
+    fn empty() -> &'static Self {
+        static EMPTY: OnceLock<Notable> = OnceLock::new();
+        EMPTY.get_or_init(Notable::default)
+    }
+}
+
 /// Micro-request arrivals from the tracked address: (address id, times, event ids).
 pub type MicroArrivals = (u64, VecDeque<i64>, VecDeque<String>);
 
@@ -483,25 +510,14 @@ pub struct KeyState {
     pub minute_probes: u32,
     /// Previous event's place: (time, country hash, asn, country code).
     pub last_place: Option<(i64, u64, Option<u32>, [u8; 2])>,
-    /// Latest model listing: (time, event id, from a new source).
-    pub last_listing: Option<(i64, String, bool)>,
     /// Micro-request arrivals from the tracked address.
     pub micro: Option<Box<MicroArrivals>>,
-    /// Recent safety hits (time, event id).
-    pub hits: VecDeque<(i64, String)>,
-    /// Recent obfuscated prompts this hour (event ids).
-    pub evasions: Vec<String>,
     /// Alert times, severities and feedback per detector (allocated at the first alert or
     /// feedback).
     pub alerts: Lazy<AlertMemory>,
-    /// Alerts in the risk window.
-    pub ledger: Vec<LedgerEntry>,
-    /// Strongest action proposed, and when.
-    pub level: Option<(ActionKind, i64)>,
-    /// Fingerprints of events that raised alerts (burned when the key is stopped).
-    pub suspects: Vec<Fingerprint>,
-    /// When the key was reported exposed.
-    pub exposed_at: Option<i64>,
+    /// Listings, safety hits, obfuscations, alerts, actions and exposure (allocated at
+    /// the first).
+    pub notable: Lazy<Notable>,
 }
 
 impl KeyState {
@@ -522,15 +538,9 @@ impl KeyState {
             minute_req: 0,
             minute_probes: 0,
             last_place: None,
-            last_listing: None,
             micro: None,
-            hits: VecDeque::new(),
-            evasions: Vec::new(),
             alerts: Lazy::default(),
-            ledger: Vec::new(),
-            level: None,
-            suspects: Vec::new(),
-            exposed_at: None,
+            notable: Lazy::default(),
         }
     }
 
@@ -576,7 +586,7 @@ impl KeyState {
     pub fn risk(&self, now: i64, window: i64) -> f64 {
         let mut best = [0.0f64; DETECTORS];
         let mut rest = [0.0f64; DETECTORS];
-        for e in self.ledger.iter().filter(|e| e.at > now - window) {
+        for e in self.notable.ledger.iter().filter(|e| e.at > now - window) {
             let i = e.detector.index();
             if e.points > best[i] {
                 rest[i] += best[i];
@@ -594,6 +604,7 @@ impl KeyState {
     /// Stages with a medium-or-worse alert in the window.
     pub fn stages(&self, now: i64, window: i64) -> Vec<Stage> {
         let mut s: Vec<Stage> = self
+            .notable
             .ledger
             .iter()
             .filter(|e| e.at > now - window && e.severity >= Severity::Medium)
@@ -606,42 +617,48 @@ impl KeyState {
 
     /// Adds an alert to the ledger (idempotent by alert id), dropping expired entries.
     pub fn record(&mut self, entry: LedgerEntry, window: i64) {
-        if self.ledger.iter().any(|e| e.alert_id == entry.alert_id) {
+        if self
+            .notable
+            .ledger
+            .iter()
+            .any(|e| e.alert_id == entry.alert_id)
+        {
             return;
         }
         let now = entry.at.max(self.last_seen);
-        self.ledger.retain(|e| e.at > now - window);
-        if self.ledger.len() >= MAX_LEDGER {
+        self.notable.ledger.retain(|e| e.at > now - window);
+        if self.notable.ledger.len() >= MAX_LEDGER {
             // Drop the weakest, oldest entry: the strongest evidence must survive.
             if let Some(pos) = self
+                .notable
                 .ledger
                 .iter()
                 .enumerate()
                 .min_by(|a, b| a.1.points.total_cmp(&b.1.points))
                 .map(|(i, _)| i)
             {
-                self.ledger.remove(pos);
+                self.notable.ledger.remove(pos);
             }
         }
-        self.ledger.push(entry);
+        self.notable.ledger.push(entry);
     }
 
     /// Remembers a fingerprint that raised an alert.
     pub fn suspect(&mut self, fp: Fingerprint) {
-        if !self.suspects.contains(&fp) {
-            if self.suspects.len() >= MAX_SUSPECTS {
-                self.suspects.remove(0);
+        if !self.notable.suspects.contains(&fp) {
+            if self.notable.suspects.len() >= MAX_SUSPECTS {
+                self.notable.suspects.remove(0);
             }
-            self.suspects.push(fp);
+            self.notable.suspects.push(fp);
         }
     }
 
     /// Notes a safety hit.
     pub fn push_hit(&mut self, t: i64, id: &str) {
-        if self.hits.len() >= MAX_HITS {
-            self.hits.pop_front();
+        if self.notable.hits.len() >= MAX_HITS {
+            self.notable.hits.pop_front();
         }
-        self.hits.push_back((t, id.to_owned()));
+        self.notable.hits.push_back((t, id.to_owned()));
     }
 
     /// Notes a micro-request from an address; returns the arrival times tracked.
@@ -682,7 +699,9 @@ impl KeyState {
             if risk_now < LEARN_MAX_RISK {
                 self.fold_hour(&old, tenant);
             }
-            self.evasions.clear();
+            if let Some(n) = self.notable.get_mut() {
+                n.evasions.clear();
+            }
             let decay = PEAK_DECAY.powi((hour - old.hour).clamp(1, 24 * 30) as i32);
             // Nothing to decay in a baseline that learned nothing yet.
             if let Some(b) = self.base.get_mut() {
@@ -952,7 +971,7 @@ mod tests {
     #[test]
     fn a_young_key_holds_no_baseline_or_alert_memory() {
         assert!(
-            std::mem::size_of::<KeyState>() <= 816,
+            std::mem::size_of::<KeyState>() <= 648,
             "KeyState is {} bytes",
             std::mem::size_of::<KeyState>()
         );
@@ -962,13 +981,19 @@ mod tests {
         ks.advance(t + 60, 0.0, None);
         assert!(!ks.base.is_allocated());
         assert!(!ks.alerts.is_allocated());
+        assert!(!ks.notable.is_allocated());
         assert_eq!(ks.base.requests, 0);
+        assert_eq!(ks.risk(t + 60, 3600), 0.0);
         assert_eq!(ks.factor(DetectorId::V1), 1.0);
         // An alert remembers its time; a closed hour with traffic teaches the baseline.
         assert!(ks.may_alert(DetectorId::V1, t + 60, Severity::Low, 600));
         assert!(ks.alerts.is_allocated());
         assert!(!ks.may_alert(DetectorId::V1, t + 61, Severity::Low, 600));
         ks.advance(t + 3600, 0.0, None);
+        assert!(
+            !ks.notable.is_allocated(),
+            "an hour rolling over allocates nothing"
+        );
         assert!(ks.base.is_allocated());
         assert_eq!(ks.base.requests, 1);
     }

@@ -21,6 +21,7 @@ pub fn a1_safety(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let f = ks.factor(DetectorId::A1) * if habitual { 2.0 } else { 1.0 };
     let window = i64::from(th.a1_window_secs);
     let recent: Vec<String> = ks
+        .notable
         .hits
         .iter()
         .filter(|(t, _)| ctx.o.t - t <= window)
@@ -64,11 +65,11 @@ pub fn a4_obfuscation(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if !ctx.o.evasion {
         return;
     }
-    if ks.evasions.len() < 16 {
-        ks.evasions.push(ctx.e.id.clone());
+    if ks.notable.evasions.len() < 16 {
+        ks.notable.evasions.push(ctx.e.id.clone());
     }
     let thr = f64::from(ctx.th().a4_hits) * ks.factor(DetectorId::A4);
-    let n = ks.evasions.len() as f64;
+    let n = ks.notable.evasions.len() as f64;
     if n < thr {
         return;
     }
@@ -90,6 +91,6 @@ pub fn a4_obfuscation(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         ),
         features: vec![feat("obfuscated_prompts_hour", n, Some(thr))],
         subjects: ctx.source_subjects(),
-        evidence: ks.evasions.clone(),
+        evidence: ks.notable.evasions.clone(),
     });
 }

@@ -41,7 +41,7 @@ pub fn d1_revoked(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
 
 /// H2: a key reported exposed is used from a network it has never used, soon after.
 pub fn h2_after_exposure(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
-    let Some(exposed) = ks.exposed_at else {
+    let Some(exposed) = ks.notable.exposed_at else {
         return;
     };
     let window = i64::from(ctx.th().h2_window_hours) * 3600;

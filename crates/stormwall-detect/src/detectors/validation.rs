@@ -64,13 +64,13 @@ pub fn v1_probe(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
 pub fn v2_enumerate(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if ctx.o.listing {
         let new_source = !ctx.known_asn(ks) || ctx.far(ks);
-        ks.last_listing = Some((ctx.o.t, ctx.e.id.clone(), new_source));
+        ks.notable.last_listing = Some((ctx.o.t, ctx.e.id.clone(), new_source));
         return;
     }
     if !ctx.o.inference || matches!(ctx.reference, Reference::Learning) {
         return;
     }
-    let Some((at, _, new_source)) = ks.last_listing.as_ref() else {
+    let Some((at, _, new_source)) = ks.notable.last_listing.as_ref() else {
         return;
     };
     let gap = ctx.o.t - at;
@@ -90,7 +90,7 @@ pub fn v2_enumerate(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     } else {
         Severity::Medium
     };
-    let listing_id = ks.last_listing.take().map(|l| l.1);
+    let listing_id = ks.notable.last_listing.take().map(|l| l.1);
     ctx.emit(ks, out, DetectorId::V2, sev, |ks| Finding {
         explanation: format!(
             "Key {} listed the models and then called inference {gap} s later{}. \
