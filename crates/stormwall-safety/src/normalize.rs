@@ -431,6 +431,19 @@ fn variation_selector_byte(c: char) -> Option<u8> {
 }
 
 fn fold_units(text: &str, sig: &mut Signals, hidden: &mut Hidden) -> Vec<Unit> {
+    if text.is_ascii() {
+        // Most prompts: nothing to strip, decompose or extract, so no signal either; each
+        // byte is one lowercase unit. Same units as the loop below, without decoding chars.
+        return text
+            .bytes()
+            .zip(0u32..)
+            .map(|(b, i)| Unit {
+                c: char::from(b.to_ascii_lowercase()),
+                start: i,
+                end: i + 1,
+            })
+            .collect();
+    }
     let mut units = Vec::with_capacity(text.len());
     let mut pending_ignorable = 0u32;
     let mut prev_word = false;
@@ -566,7 +579,9 @@ fn emit(
     glued_units: &[(usize, usize)],
     fixed: Option<(u32, u32)>,
 ) -> View {
-    let mut text = String::with_capacity(units.len());
+    // Bytes rather than a String: pushing an ASCII byte needs no UTF-8 encoding step, and
+    // every byte pushed comes from a whole char, so the result is valid UTF-8.
+    let mut text: Vec<u8> = Vec::with_capacity(units.len());
     let mut starts = Vec::with_capacity(units.len());
     let mut ends = Vec::with_capacity(units.len());
     let mut glued = Vec::with_capacity(glued_units.len());
@@ -579,28 +594,31 @@ fn emit(
         {
             gstart = Some(text.len() + usize::from(pending_space.is_some()));
         }
-        if u.c.is_whitespace() {
+        if u.c.is_ascii() && !u.c.is_ascii_whitespace() && u.c != '\u{0B}' {
+            if let Some((s, e)) = pending_space.take() {
+                text.push(b' ');
+                starts.push(s);
+                ends.push(e);
+            }
+            text.push(u.c as u8);
+            starts.push(u.start);
+            ends.push(u.end);
+        } else if u.c.is_whitespace() {
             if !text.is_empty() && pending_space.is_none() {
                 pending_space = Some((u.start, u.end));
             }
         } else {
             if let Some((s, e)) = pending_space.take() {
-                text.push(' ');
+                text.push(b' ');
                 starts.push(s);
                 ends.push(e);
             }
-            if u.c.is_ascii() {
-                text.push(u.c);
+            let mut buf = [0u8; 4];
+            let enc = u.c.encode_utf8(&mut buf);
+            text.extend_from_slice(enc.as_bytes());
+            for _ in 0..enc.len() {
                 starts.push(u.start);
                 ends.push(u.end);
-            } else {
-                let mut buf = [0u8; 4];
-                let enc = u.c.encode_utf8(&mut buf);
-                text.push_str(enc);
-                for _ in 0..enc.len() {
-                    starts.push(u.start);
-                    ends.push(u.end);
-                }
             }
         }
         if let Some(&&(_, e)) = g.peek()
@@ -615,7 +633,8 @@ fn emit(
     View {
         kind,
         depth,
-        text,
+        text: String::from_utf8(text)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         starts,
         ends,
         fixed,
@@ -735,6 +754,13 @@ const MAX_LEET_DIGIT_WORD: usize = 3;
 
 /// One folding pass; `digit_words` also folds all-leet tokens up to that length.
 fn leet_pass(units: &[Unit], digit_words: Option<usize>, sig: &mut Signals) -> Option<Vec<Unit>> {
+    // Every fold below needs a leet character that is no letter; most texts have none.
+    if !units
+        .iter()
+        .any(|u| leet_letter(u.c).is_some() && !u.c.is_alphabetic())
+    {
+        return None;
+    }
     let is_tok = |c: char| c.is_alphanumeric() || leet_letter(c).is_some();
     let mut out: Option<Vec<Unit>> = None;
     let mut i = 0;
@@ -822,11 +848,12 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
             && (k == 0 || !units[k - 1].c.is_alphanumeric())
     };
     // Cheap look first: is there any "x y z" (letter, spacer, letter, spacer, letter)?
+    // The equality test first: it fails at almost every position of ordinary text.
     let any = units.windows(5).any(|w| {
-        w[0].c.is_alphanumeric()
+        w[3].c == w[1].c
             && is_spacer(w[1].c)
+            && w[0].c.is_alphanumeric()
             && w[2].c.is_alphanumeric()
-            && w[3].c == w[1].c
             && (w[4].c.is_alphanumeric() || min_run < MIN_SPACED_RUN)
     });
     if !any {
@@ -981,10 +1008,11 @@ fn rot13_view(text: &View, sig: &mut Signals) -> Option<View> {
     // Short prompts have few stopwords; vowels tell too: rot13 turns English's ~38% vowels
     // into ~21%, so a text that gains many vowels when rotated was rotated.
     let (vo, vr, letters) = vowel_shares(t);
+    // The share tests first: they settle ordinary text without another pass over it.
     let by_vowels = letters >= 8
-        && letters * 10 >= t.chars().filter(|c| c.is_alphabetic()).count() * 9
         && vr - vo > 0.1
-        && vr > 0.3;
+        && vr > 0.3
+        && letters * 10 >= t.chars().filter(|c| c.is_alphabetic()).count() * 9;
     if !(by_words || by_vowels) {
         return None;
     }

@@ -21,6 +21,8 @@ pub const WINDOW_OVERLAP: usize = 512;
 const EXCEPTION_DISCOUNT: f32 = 0.5;
 /// A category found only in an obfuscated view, at least this strongly, is evasion.
 const EVASION_MIN: f32 = 0.6;
+/// Texts up to this long leave their model buffers to the next text on the same thread.
+const KEEP_SCRATCH_BYTES: usize = 4 * 1024;
 
 /// Building a screener failed.
 #[derive(Debug, thiserror::Error)]
@@ -384,7 +386,14 @@ impl Screener {
         // The model reads every view; the plain view's scores are kept apart so a category
         // seen only once a trick is undone counts as evasion.
         if let Some(m) = &self.model {
-            let mut scratch = crate::model::Scratch::default();
+            // The feature buffers (a bitmap of every bucket and room for every feature) are
+            // kept per thread: allocating and zeroing them per text cost more than short
+            // texts' scoring itself.
+            thread_local! {
+                static SCRATCH: std::cell::Cell<crate::model::Scratch> =
+                    std::cell::Cell::new(crate::model::Scratch::default());
+            }
+            let mut scratch = SCRATCH.try_with(std::cell::Cell::take).unwrap_or_default();
             for v in &norm.views {
                 let mut out = [0.0f32; CATEGORY_COUNT];
                 m.score_into(v.text(), &mut scratch, &mut out);
@@ -410,6 +419,12 @@ impl Screener {
                         }),
                     );
                 }
+            }
+            // Kept only after ordinary texts, so a thread (the blocking pool has many) holds
+            // tens of kilobytes, not what one huge prompt needed. The thread-local is gone
+            // only while its thread exits; then the buffers are simply dropped.
+            if text.len() <= KEEP_SCRATCH_BYTES {
+                let _ = SCRATCH.try_with(|s| s.set(scratch));
             }
         }
 
