@@ -11,11 +11,11 @@
 //! writes what is queued, and exits.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use stormwall_types::UsageEvent;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -93,6 +93,19 @@ impl EventSinkSnapshot {
 pub struct EventSink {
     tx: mpsc::Sender<UsageEvent>,
     stats: Arc<EventSinkStats>,
+    /// The writer's wake-up for a full batch (`None`: no writer, see [`EventSink::channel`]).
+    full: Option<Arc<BatchReady>>,
+}
+
+/// Wakes the writer once its batch can be filled. While it gathers a batch the writer does
+/// not wait on the channel, which would wake it (and often the other worker thread) for
+/// every event; it sleeps until the batch's flush time or this signal.
+#[derive(Debug)]
+struct BatchReady {
+    /// Queued events that fill the writer's batch (the whole `batch_max` while it is idle
+    /// or writing).
+    at: AtomicUsize,
+    notify: Notify,
 }
 
 impl EventSink {
@@ -103,6 +116,7 @@ impl EventSink {
         let sink = Self {
             tx,
             stats: Arc::new(EventSinkStats::default()),
+            full: None,
         };
         (sink, rx)
     }
@@ -113,6 +127,11 @@ impl EventSink {
         match self.tx.try_send(event) {
             Ok(()) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(full) = &self.full
+                    && self.queued() >= full.at.load(Ordering::SeqCst)
+                {
+                    full.notify.notify_one();
+                }
             }
             Err(e) => {
                 let reason = match e {
@@ -169,12 +188,18 @@ impl BatchWriter {
     /// it reaches `batch_max` events or its first event has waited `flush_interval_ms`.
     /// Zero capacities are raised to 1. Must be called within a Tokio runtime.
     pub fn spawn(store: Arc<dyn EventStore>, config: &EventsConfig) -> (EventSink, BatchWriter) {
-        let (sink, rx) = EventSink::channel(config.channel_capacity);
+        let (mut sink, rx) = EventSink::channel(config.channel_capacity);
         let stats = Arc::clone(&sink.stats);
         let (close, close_rx) = oneshot::channel();
+        let full = Arc::new(BatchReady {
+            at: AtomicUsize::new(config.batch_max.max(1)),
+            notify: Notify::new(),
+        });
+        sink.full = Some(Arc::clone(&full));
         let task_loop = WriterLoop {
             store,
             stats: Arc::clone(&stats),
+            full,
             batch_max: config.batch_max.max(1),
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             retry_for: Duration::from_secs(config.retry_for_secs),
@@ -214,6 +239,7 @@ impl BatchWriter {
 struct WriterLoop {
     store: Arc<dyn EventStore>,
     stats: Arc<EventSinkStats>,
+    full: Arc<BatchReady>,
     batch_max: usize,
     flush_interval: Duration,
     retry_for: Duration,
@@ -237,19 +263,33 @@ impl WriterLoop {
                 }
             }
             let flush_at = Instant::now() + self.flush_interval;
-            while batch.len() < self.batch_max {
+            let mut due = false;
+            loop {
+                // What is queued already joins the batch without waiting.
+                while batch.len() < self.batch_max {
+                    match rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => break 'run,
+                    }
+                }
+                if due || batch.len() >= self.batch_max {
+                    break;
+                }
                 let room = self.batch_max - batch.len();
+                if self.full.at.swap(room, Ordering::SeqCst) != room {
+                    // Sinks compare the queue with `room` from now on; an event queued
+                    // while they still compared with the old figure is looked for once more.
+                    continue;
+                }
                 tokio::select! {
                     biased;
                     _ = &mut close => break 'run,
-                    n = rx.recv_many(&mut batch, room) => {
-                        if n == 0 {
-                            break 'run;
-                        }
-                    }
-                    () = tokio::time::sleep_until(flush_at) => break,
+                    () = self.full.notify.notified() => {}
+                    () = tokio::time::sleep_until(flush_at) => due = true,
                 }
             }
+            self.full.at.store(self.batch_max, Ordering::SeqCst);
             self.write(&mut batch).await;
         }
 
