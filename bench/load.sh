@@ -13,6 +13,13 @@ usage: bench/load.sh [options]
   --concurrency "LIST"  concurrency levels (default "1 16 64")
   --prompt-bytes N      prompt size (default 1024)
   --keys N              API keys created in the gateway's SQLite store (default 10000)
+  --keys-via HOW        admin: one by one through the admin API (the gateway running);
+                        store: in bulk with `stormwall keys create-bulk` before it starts;
+                        auto (default): admin up to 10000 keys, store above
+  --soak SECS           instead of the scenario table, one run of SECS at c=16 (plain)
+                        sampling the gateway's RSS every --soak-every seconds
+  --soak-every SECS     RSS sampling interval of --soak (default 30)
+  --soak-warmup SECS    samples before this are warm-up, left out of the flatness check (default 60)
   --rounds N            repeat the whole interleaved sequence N times (default 1)
   --gateway-cpus LIST   pin the gateway with taskset -c LIST (e.g. 0)
   --gateway-workers N   the gateway's [server] worker_threads (default 0: one per core)
@@ -29,6 +36,10 @@ WARMUP=1
 CONCURRENCIES="1 16 64"
 PROMPT_BYTES=1024
 KEYS=10000
+KEYS_VIA=auto
+SOAK=0
+SOAK_EVERY=30
+SOAK_WARMUP=60
 ROUNDS=1
 GATEWAY_CPUS=""
 GATEWAY_WORKERS=0
@@ -43,6 +54,10 @@ while [[ $# -gt 0 ]]; do
     --concurrency) CONCURRENCIES="$2"; shift 2 ;;
     --prompt-bytes) PROMPT_BYTES="$2"; shift 2 ;;
     --keys) KEYS="$2"; shift 2 ;;
+    --keys-via) KEYS_VIA="$2"; shift 2 ;;
+    --soak) SOAK="$2"; shift 2 ;;
+    --soak-every) SOAK_EVERY="$2"; shift 2 ;;
+    --soak-warmup) SOAK_WARMUP="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --gateway-cpus) GATEWAY_CPUS="$2"; shift 2 ;;
     --gateway-workers) GATEWAY_WORKERS="$2"; shift 2 ;;
@@ -54,6 +69,12 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
+
+case "$KEYS_VIA" in
+  admin|store) ;;
+  auto) if [[ $KEYS -gt 10000 ]]; then KEYS_VIA=store; else KEYS_VIA=admin; fi ;;
+  *) echo "--keys-via must be admin, store or auto" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/target/release"
@@ -169,6 +190,7 @@ GW_URL=""
 GW_PID=""
 RSS_BASE="-"
 RSS_KEYS="-"
+RSS_WHAT="-"
 if [[ $DIRECT_ONLY -eq 0 ]]; then
   GW_PORT="$(free_port)"
   ADMIN_PORT="$(free_port)"
@@ -195,6 +217,13 @@ base_url = "$MOCK_URL/v1"
 api_key_env = "MOCK_UPSTREAM_KEY"
 models = ["gpt-4o-mini"]
 EOF
+  if [[ $KEYS_VIA == store ]]; then
+    log "creating $KEYS keys in the store (stormwall keys create-bulk)"
+    started=$SECONDS
+    "$BIN/stormwall" keys create-bulk --config "$RUN/stormwall.toml" --count "$KEYS" --tenant bench \
+      --out "$RUN/keys.txt" --format keys >&2
+    log "created $KEYS keys in $((SECONDS - started)) s"
+  fi
   log "starting stormwall serve (config $RUN/stormwall.toml)"
   # Logging at info is per-event, not per-request, so the default level is what users run;
   # override with STORMWALL_LOG.
@@ -203,21 +232,42 @@ EOF
     $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall.toml" >"$RUN/gateway.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
-  wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$GW_PID" 30 "$RUN/gateway.log"
+  # A million keys take a few seconds to load at start.
+  wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$GW_PID" 300 "$RUN/gateway.log"
   wait_http "http://127.0.0.1:$GW_PORT/v1/models" "$GW_PID" 30 "$RUN/gateway.log"
   GW_URL="http://127.0.0.1:$GW_PORT"
   RSS_BASE="$(rss_mib "$GW_PID")"
 
-  log "creating $KEYS keys through the admin API"
-  STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/stormwall-loadgen" --create-keys "$KEYS" \
-    --url "http://127.0.0.1:$ADMIN_PORT" --tenant bench --keys-out "$RUN/keys.txt" --concurrency 8
+  if [[ $KEYS_VIA == admin ]]; then
+    log "creating $KEYS keys through the admin API"
+    STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/stormwall-loadgen" --create-keys "$KEYS" \
+      --url "http://127.0.0.1:$ADMIN_PORT" --tenant bench --keys-out "$RUN/keys.txt" --concurrency 8
+  fi
   [[ "$(wc -l <"$RUN/keys.txt")" -ge "$KEYS" ]] || die "expected $KEYS keys in $RUN/keys.txt"
-  # One authenticated request per key would take minutes; a short pass over the store warms
-  # whatever the gateway caches, then RSS is read.
+  # One request per key (loadgen rotates through the file), so every key has been used —
+  # admission and detection state included — when RSS is read.
+  log "using each of the $KEYS keys once"
+  started=$SECONDS
+  # shellcheck disable=SC2046
   $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$GW_URL" --keys-file "$RUN/keys.txt" \
     --requests "$KEYS" --warmup 0 --concurrency 16 --prompt-bytes 64 --tsv >/dev/null
+  log "used $KEYS keys in $((SECONDS - started)) s"
+  # The event writer and the detectors may still be working through that pass (a million
+  # events take a while): wait until the gateway is idle, so the runs and the RSS reading
+  # do not overlap them.
+  for _ in $(seq 1 300); do
+    before="$(cpu_ticks "$GW_PID")"
+    sleep 1
+    [[ $(($(cpu_ticks "$GW_PID") - before)) -le $((CLK_TCK / 20)) ]] && break
+  done
+  log "gateway idle $((SECONDS - started)) s after the pass began"
   RSS_KEYS="$(rss_mib "$GW_PID")"
-  log "gateway RSS: ${RSS_BASE} MiB at start, ${RSS_KEYS} MiB after $KEYS keys created and used once"
+  if [[ $KEYS_VIA == admin ]]; then
+    RSS_WHAT="${RSS_BASE} MiB at start, ${RSS_KEYS} MiB after $KEYS keys created and used once"
+  else
+    RSS_WHAT="${RSS_BASE} MiB at start with $KEYS keys loaded, ${RSS_KEYS} MiB after each was used once"
+  fi
+  log "gateway RSS: $RSS_WHAT"
 fi
 
 # ---- LiteLLM (optional, best-effort) ------------------------------------------------------
@@ -278,9 +328,9 @@ fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
   echo "Stormwall load benchmark, $(date -Iseconds)"
   echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS}, rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}'"
+  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}'"
   if [[ $DIRECT_ONLY -eq 0 ]]; then
-    echo "gateway RSS: ${RSS_BASE} MiB at start, ${RSS_KEYS} MiB after ${KEYS} keys"
+    echo "gateway RSS: $RSS_WHAT"
   fi
   echo "latency in ms (full body read); rps = successful requests per second"
   echo
@@ -288,6 +338,55 @@ fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
   if [[ $LITELLM -eq 1 ]]; then header+="$(fmt_ll "litellm/s" p50 p99 err)"; fi
   echo "$header"
 } | tee "$REPORT"
+
+# A soak: one long run at c=16 through the gateway, RSS sampled as it goes, instead of the
+# scenario table. "Flat" means every sample after the warm-up is within 10% of the smallest.
+soak() {
+  [[ -n "$GW_URL" ]] || die "--soak needs the gateway (not --direct-only)"
+  local samples="$RUN/soak-rss.tsv" lg_pid t rss
+  log "soak: ${SOAK}s at c=16, RSS every ${SOAK_EVERY}s (samples in $samples)"
+  echo "# seconds	rss_mib" >"$samples"
+  # shellcheck disable=SC2046
+  $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$GW_URL" --keys-file "$RUN/keys.txt" \
+    --concurrency 16 --duration "$SOAK" --warmup 0 --prompt-bytes "$PROMPT_BYTES" --tsv \
+    >"$RUN/soak-loadgen.tsv" 2>>"$RUN/loadgen.err" &
+  lg_pid=$!
+  PIDS+=("$lg_pid")
+  started=$SECONDS
+  while kill -0 "$lg_pid" 2>/dev/null; do
+    sleep "$SOAK_EVERY"
+    t=$((SECONDS - started))
+    rss="$(rss_mib "$GW_PID")"
+    printf '%s\t%s\n' "$t" "$rss" >>"$samples"
+    log "soak: ${t}s RSS ${rss} MiB"
+    # Thousands of events a second for minutes would fill the disk (~2 KB each): delete
+    # the stored ones at every sample, so SQLite reuses their pages. This touches only the
+    # database file, not the gateway's memory.
+    python3 - "$RUN/stormwall.db" <<'PY' 2>>"$RUN/soak-prune.err" || log "soak: could not prune stored events (see soak-prune.err)"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+db.execute("DELETE FROM events")
+db.commit()
+db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+db.close()
+PY
+  done
+  wait "$lg_pid" || log "soak loadgen failed (see $RUN/loadgen.err)"
+  read -r s_rps _ _ s_p99 s_err s_sent _ <"$RUN/soak-loadgen.tsv" || true
+  echo "soak: ${SOAK}s at c=16 plain: ${s_rps:-?} req/s, p99 ${s_p99:-?} ms, ${s_err:-?} errors of ${s_sent:-?}" | tee -a "$REPORT"
+  awk -v w="$SOAK_WARMUP" '
+    !/^#/ && $1 >= w { n++; if (n == 1 || $2 < min) min = $2; if ($2 > max) max = $2; first = first ? first : $2; last = $2 }
+    END {
+      if (n == 0) { print "soak RSS: no sample after the warm-up"; exit }
+      spread = (max - min) / min * 100
+      printf "soak RSS after %ds warm-up (%d samples): first %.1f, min %.1f, max %.1f, last %.1f MiB; spread %.1f%% (%s)\n", w, n, first, min, max, last, spread, (spread <= 10 ? "flat within 10%" : "NOT flat within 10%")
+    }' "$samples" | tee -a "$REPORT"
+}
+
+if [[ $SOAK -gt 0 ]]; then
+  ROUNDS=0
+  soak
+fi
 
 for round in $(seq 1 "$ROUNDS"); do
   for c in $CONCURRENCIES; do

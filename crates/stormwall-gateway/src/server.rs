@@ -416,8 +416,11 @@ async fn load_spend(state: &ControlPlane) {
 }
 
 /// Keys read from the store per page when the cache loads them all: a load holds one page
-/// of full records at a time, however many keys there are.
-const KEY_PAGE: usize = 10_000;
+/// of full records at a time, however many keys there are. Small, because each page is
+/// read on whichever blocking thread is free and glibc keeps what a thread freed in that
+/// thread's arena: with 10,000-key pages a gateway's RSS grew by ~10 MiB at every reload
+/// until each arena held a page's worth (see bench/README.md, "Memory").
+const KEY_PAGE: usize = 1_000;
 
 /// Loads every key from the store into the cache, page by page. With `seen` (the cache's
 /// version before the load) the load gives up, returning `Ok(false)`, once a single-key
