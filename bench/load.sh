@@ -19,7 +19,7 @@ usage: bench/load.sh [options]
   --soak SECS           instead of the scenario table, one run of SECS at c=16 (plain)
                         sampling the gateway's RSS every --soak-every seconds
   --soak-every SECS     RSS sampling interval of --soak (default 30)
-  --soak-warmup SECS    samples before this are warm-up, left out of the flatness check (default 60)
+  --soak-warmup SECS    samples before this are warm-up, left out of the flatness check (default 300)
   --rounds N            repeat the whole interleaved sequence N times (default 1)
   --gateway-cpus LIST   pin the gateway with taskset -c LIST (e.g. 0)
   --gateway-workers N   the gateway's [server] worker_threads (default 0: one per core)
@@ -39,7 +39,7 @@ KEYS=10000
 KEYS_VIA=auto
 SOAK=0
 SOAK_EVERY=30
-SOAK_WARMUP=60
+SOAK_WARMUP=300
 ROUNDS=1
 GATEWAY_CPUS=""
 GATEWAY_WORKERS=0
@@ -360,14 +360,15 @@ soak() {
     printf '%s\t%s\n' "$t" "$rss" >>"$samples"
     log "soak: ${t}s RSS ${rss} MiB"
     # Thousands of events a second for minutes would fill the disk (~2 KB each): delete
-    # the stored ones at every sample, so SQLite reuses their pages. This touches only the
-    # database file, not the gateway's memory.
+    # the stored ones at every sample, so SQLite reuses their pages. In small transactions,
+    # so the gateway's event writer is never held up long; this touches only the database
+    # file, not the gateway's memory.
     python3 - "$RUN/stormwall.db" <<'PY' 2>>"$RUN/soak-prune.err" || log "soak: could not prune stored events (see soak-prune.err)"
 import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], timeout=30)
-db.execute("DELETE FROM events")
-db.commit()
-db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+db = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+while db.execute("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events LIMIT 2000)").rowcount == 2000:
+    pass
+db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 db.close()
 PY
   done
