@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use stormwall_types::{KeyStatus, StreamOutcome};
@@ -273,9 +273,57 @@ pub enum Source {
     Events(VecDeque<Bytes>),
 }
 
+/// Most bytes held back to be sent as one frame.
+const MAX_COALESCED: usize = 64 * 1024;
+
+/// How many times the relay yields, holding what it has, for more chunks to arrive before
+/// it sends what it holds. Every frame costs the connection a write and a wake-up, and
+/// upstream chunks come in bursts; a few scheduler turns (microseconds) merge a burst into
+/// one frame, and a lone chunk is sent after them.
+const COALESCE_YIELDS: u8 = 4;
+
+/// Data chunks received and screened but not yet sent: the first one as it came (sent
+/// without a copy when nothing joins it), the rest appended to a buffer.
+#[derive(Default)]
+struct Held {
+    lone: Option<Bytes>,
+    joined: BytesMut,
+    yields: u8,
+}
+
+impl Held {
+    fn push(&mut self, data: Bytes) {
+        if self.joined.is_empty() && self.lone.is_none() {
+            self.lone = Some(data);
+            return;
+        }
+        if let Some(first) = self.lone.take() {
+            self.joined.reserve(first.len() + data.len());
+            self.joined.extend_from_slice(&first);
+        }
+        self.joined.extend_from_slice(&data);
+    }
+
+    fn len(&self) -> usize {
+        self.lone.as_ref().map_or(self.joined.len(), Bytes::len)
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        self.yields = 0;
+        match self.lone.take() {
+            Some(b) => Some(b),
+            None if self.joined.is_empty() => None,
+            None => Some(self.joined.split().freeze()),
+        }
+    }
+}
+
 /// A streaming relay.
 pub struct Relay {
     source: Source,
+    held: Held,
+    /// A non-data frame (trailers) that arrived while data was held; sent after it.
+    after_held: Option<Frame<Bytes>>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     last_frame: tokio::time::Instant,
@@ -296,6 +344,8 @@ impl Relay {
         };
         Self {
             source,
+            held: Held::default(),
+            after_held: None,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             last_frame: tokio::time::Instant::now(),
@@ -328,12 +378,23 @@ impl Relay {
         self.done = true;
     }
 
+    /// The frame to send once the stream has ended: what was held, then the trailer.
+    fn ended_frame(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(b) = self.held.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))))
+    }
+
     fn poll_relay(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.done {
-            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+            return self.ended_frame();
+        }
+        if let Some(frame) = self.after_held.take() {
+            return Poll::Ready(Some(Ok(frame)));
         }
         if let Some(stop) = &mut self.stop
             && let Poll::Ready(status) = stop.poll_stopped(cx)
@@ -344,16 +405,30 @@ impl Relay {
                 KeyStatus::Suspended => StreamOutcome::KeySuspended,
                 _ => StreamOutcome::KeyRevoked,
             });
-            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+            return self.ended_frame();
         }
-        let polled = match &mut self.source {
-            Source::Events(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream(inc) => Pin::new(inc).poll_frame(cx),
-        };
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.scanner.feed(data);
+        loop {
+            let polled = match &mut self.source {
+                Source::Events(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
+                Source::Upstream(inc) => Pin::new(inc).poll_frame(cx),
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Re-arming the timer on every frame would take the timer wheel's lock
+                    // per chunk; instead note the time, and push the deadline back only when
+                    // it fires.
+                    self.last_frame = tokio::time::Instant::now();
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => match self.held.take() {
+                            Some(held) => {
+                                self.after_held = Some(frame);
+                                return Poll::Ready(Some(Ok(Frame::data(held))));
+                            }
+                            None => return Poll::Ready(Some(Ok(frame))),
+                        },
+                    };
+                    self.scanner.feed(&data);
                     if self.scanner.collect_text {
                         let cut = self
                             .observer
@@ -361,42 +436,56 @@ impl Relay {
                             .and_then(|o| o.text(&self.scanner.text));
                         self.scanner.text.clear();
                         if let Some(outcome) = cut {
-                            // Dropping the upstream body cancels the upstream request.
+                            // Dropping the upstream body cancels the upstream request; what
+                            // was held passed screening and goes first.
                             self.source = Source::Events(VecDeque::new());
                             self.end(outcome);
-                            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+                            return self.ended_frame();
                         }
                     }
                     self.bytes += data.len() as u64;
-                }
-                // Re-arming the timer on every frame would take the timer wheel's lock per
-                // chunk; instead note the time, and push the deadline back only when it fires.
-                self.last_frame = tokio::time::Instant::now();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(_))) => {
-                self.end(StreamOutcome::UpstreamCut);
-                Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))))
-            }
-            Poll::Ready(None) => {
-                self.end(StreamOutcome::Completed);
-                Poll::Ready(None)
-            }
-            Poll::Pending => loop {
-                match self.idle.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(()) => {
-                        let deadline = self.last_frame + self.idle_timeout;
-                        if deadline > tokio::time::Instant::now() {
-                            // Chunks arrived since the timer was set: wait out the rest.
-                            self.idle.as_mut().reset(deadline);
-                            continue;
-                        }
-                        self.end(StreamOutcome::IdleTimeout);
-                        return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+                    self.held.push(data);
+                    if self.held.len() >= MAX_COALESCED {
+                        return Poll::Ready(self.held.take().map(|b| Ok(Frame::data(b))));
                     }
                 }
-            },
+                Poll::Ready(Some(Err(_))) => {
+                    self.end(StreamOutcome::UpstreamCut);
+                    return self.ended_frame();
+                }
+                Poll::Ready(None) => {
+                    self.end(StreamOutcome::Completed);
+                    return self.ended_frame();
+                }
+                Poll::Pending if self.held.len() > 0 => {
+                    if self.held.yields < COALESCE_YIELDS {
+                        self.held.yields += 1;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(self.held.take().map(|b| Ok(Frame::data(b))));
+                }
+                Poll::Pending => return self.poll_idle(cx),
+            }
+        }
+    }
+
+    /// Nothing arrived and nothing is held: wait, ending the stream at the idle timeout.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            match self.idle.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    let deadline = self.last_frame + self.idle_timeout;
+                    if deadline > tokio::time::Instant::now() {
+                        // Chunks arrived since the timer was set: wait out the rest.
+                        self.idle.as_mut().reset(deadline);
+                        continue;
+                    }
+                    self.end(StreamOutcome::IdleTimeout);
+                    return self.ended_frame();
+                }
+            }
         }
     }
 }
@@ -522,6 +611,101 @@ data: [DONE]\n\n";
         let (u, m) = usage_in_json(br#"{"type":"response.completed","response":{"model":"m","usage":{"input_tokens":5,"output_tokens":2}}}"#);
         assert_eq!(u.and_then(|u| u.input()), Some(5));
         assert_eq!(m.as_deref(), Some("m"));
+    }
+
+    /// Records how the stream ended; cuts it when the text contains `cut_on`.
+    struct Watch {
+        cut_on: Option<&'static str>,
+        ended: std::sync::Arc<std::sync::Mutex<Vec<(StreamOutcome, u64)>>>,
+    }
+
+    impl StreamObserver for Watch {
+        fn wants_text(&self) -> bool {
+            self.cut_on.is_some()
+        }
+
+        fn text(&mut self, text: &str) -> Option<StreamOutcome> {
+            self.cut_on
+                .filter(|c| text.contains(c))
+                .map(|_| StreamOutcome::ContentBlocked)
+        }
+
+        fn ended(&mut self, end: StreamEnd) {
+            self.ended.lock().unwrap().push((end.outcome, end.bytes));
+        }
+    }
+
+    fn chunk(text: &str) -> Bytes {
+        Bytes::from(format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
+        ))
+    }
+
+    /// Polls the relay to its end with a waker that does nothing, as a connection would.
+    fn drain(relay: &mut Relay) -> Vec<Bytes> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut frames = Vec::new();
+        for _ in 0..100 {
+            match relay.poll_relay(&mut cx) {
+                Poll::Ready(Some(Ok(f))) => frames.push(f.into_data().unwrap()),
+                Poll::Ready(None) => return frames,
+                Poll::Ready(Some(Err(e))) => panic!("{e}"),
+                Poll::Pending => {}
+            }
+        }
+        panic!("the relay never ended");
+    }
+
+    #[tokio::test]
+    async fn chunks_ready_together_go_out_as_one_frame() {
+        let ended = std::sync::Arc::default();
+        let chunks: VecDeque<Bytes> = ["a", "b", "c"].into_iter().map(chunk).collect();
+        let whole: Vec<u8> = chunks.iter().flatten().copied().collect();
+        let watch = Watch {
+            cut_on: None,
+            ended: std::sync::Arc::clone(&ended),
+        };
+        let mut relay = Relay::new(
+            Source::Events(chunks),
+            Duration::from_secs(5),
+            Box::new(watch),
+        );
+        let frames = drain(&mut relay);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0], whole);
+        assert_eq!(
+            *ended.lock().unwrap(),
+            vec![(StreamOutcome::Completed, whole.len() as u64)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_sends_what_passed_then_the_error_and_never_the_cut_chunk() {
+        let ended = std::sync::Arc::default();
+        let chunks: VecDeque<Bytes> = ["fine", "also fine", "BAD", "after"]
+            .into_iter()
+            .map(chunk)
+            .collect();
+        let passed: Vec<u8> = chunks.iter().take(2).flatten().copied().collect();
+        let watch = Watch {
+            cut_on: Some("BAD"),
+            ended: std::sync::Arc::clone(&ended),
+        };
+        let mut relay = Relay::new(
+            Source::Events(chunks),
+            Duration::from_secs(5),
+            Box::new(watch),
+        );
+        let frames = drain(&mut relay);
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames[0], passed);
+        let trailer = String::from_utf8_lossy(&frames[1]);
+        assert!(trailer.contains("error"), "{trailer}");
+        assert!(!trailer.contains("BAD") && !trailer.contains("after"));
+        assert_eq!(
+            *ended.lock().unwrap(),
+            vec![(StreamOutcome::ContentBlocked, passed.len() as u64)]
+        );
     }
 
     #[test]
