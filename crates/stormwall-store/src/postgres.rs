@@ -505,6 +505,34 @@ fn key_row(row: &tokio_postgres::Row) -> Result<KeyRow, StoreError> {
 }
 
 /// Query parameters of mixed types, in placeholder order.
+/// The parameters of [`INSERT_KEY`], in its column order.
+fn key_params(c: &KeyColumns) -> [&(dyn ToSql + Sync); 13] {
+    [
+        &c.id,
+        &c.tenant,
+        &c.kind,
+        &c.status,
+        &c.hash_hex,
+        &c.last4,
+        &c.label,
+        &c.scope_json,
+        &c.created_at,
+        &c.updated_at,
+        &c.status_reason,
+        &c.rotated_from,
+        &c.rotated_to,
+    ]
+}
+
+/// A key insert's result, a taken id being [`StoreError::Duplicate`].
+fn key_inserted(result: Result<u64, tokio_postgres::Error>) -> Result<(), StoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::Duplicate),
+        Err(e) => Err(db(e)),
+    }
+}
+
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 fn as_refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
@@ -570,31 +598,8 @@ impl KeyStore for PostgresStore {
         let c = KeyColumns::from_record(record)?;
         let client = self.client().await?;
         let stmt = client.prepare_cached(INSERT_KEY).await.map_err(db)?;
-        let result = client
-            .execute(
-                &stmt,
-                &[
-                    &c.id,
-                    &c.tenant,
-                    &c.kind,
-                    &c.status,
-                    &c.hash_hex,
-                    &c.last4,
-                    &c.label,
-                    &c.scope_json,
-                    &c.created_at,
-                    &c.updated_at,
-                    &c.status_reason,
-                    &c.rotated_from,
-                    &c.rotated_to,
-                ],
-            )
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::Duplicate),
-            Err(e) => Err(db(e)),
-        }
+        let result = client.execute(&stmt, &key_params(&c)).await;
+        key_inserted(result)
     }
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
@@ -643,33 +648,7 @@ impl KeyStore for PostgresStore {
         let tx = client.transaction().await.map_err(db)?;
         let stmt = tx.prepare_cached(INSERT_KEY).await.map_err(db)?;
         for c in &rows {
-            let result = tx
-                .execute(
-                    &stmt,
-                    &[
-                        &c.id,
-                        &c.tenant,
-                        &c.kind,
-                        &c.status,
-                        &c.hash_hex,
-                        &c.last4,
-                        &c.label,
-                        &c.scope_json,
-                        &c.created_at,
-                        &c.updated_at,
-                        &c.status_reason,
-                        &c.rotated_from,
-                        &c.rotated_to,
-                    ],
-                )
-                .await;
-            match result {
-                Ok(_) => {}
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    return Err(StoreError::Duplicate);
-                }
-                Err(e) => return Err(db(e)),
-            }
+            key_inserted(tx.execute(&stmt, &key_params(c)).await)?;
         }
         tx.commit().await.map_err(db)
     }
