@@ -127,6 +127,58 @@ struct TextDelta<'a> {
     content: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// The text of a chunk's one `delta.content` string, found without parsing the chunk.
+enum DeltaText<'a> {
+    /// No escapes: the text as it is.
+    Plain(&'a str),
+    /// The JSON string literal, quotes included, to be unescaped.
+    Escaped(&'a [u8]),
+}
+
+/// The common chat chunk — one choice whose delta carries a `"content":"…"` string, in the
+/// compact encoding every OpenAI-compatible upstream sends — read by scanning instead of
+/// parsing (most of a stream's relay cost was parsing each chunk). Anything else (several
+/// `content` keys, `text` or `type` fields, spaces after the colon, a chunk that is not
+/// well formed around the string) returns `None` and takes the full parse.
+fn lone_delta_content(data: &[u8]) -> Option<DeltaText<'_>> {
+    const KEY: &[u8] = b"\"content\":\"";
+    // A quote inside a JSON string is always escaped, so `"content":"` can only be a key.
+    let at = memchr::memmem::find(data, KEY)?;
+    let start = at + KEY.len();
+    if memchr::memmem::find(&data[start..], KEY).is_some()
+        || memchr::memmem::find(&data[..at], b"\"delta\":{").is_none()
+        || memchr::memmem::find(data, b"\"text\"").is_some()
+        || memchr::memmem::find(data, b"\"type\"").is_some()
+    {
+        return None;
+    }
+    let mut escaped = false;
+    let mut i = start;
+    loop {
+        let q = i + memchr::memchr2(b'"', b'\\', &data[i..])?;
+        if data[q] == b'\\' {
+            escaped = true;
+            // Skip the escaped byte (an escaped quote does not end the string).
+            i = q + 2;
+            if i > data.len() {
+                return None;
+            }
+            continue;
+        }
+        // The string must be followed by the end of the delta or another field.
+        if !matches!(data.get(q + 1), Some(b'}' | b',')) {
+            return None;
+        }
+        return if escaped {
+            Some(DeltaText::Escaped(&data[start - 1..=q]))
+        } else {
+            std::str::from_utf8(&data[start..q])
+                .ok()
+                .map(DeltaText::Plain)
+        };
+    }
+}
+
 /// Appends the output text of one SSE data payload to `out`.
 pub fn text_in_chunk(data: &[u8], out: &mut String) {
     // Most chunks carry text; the cheap test skips role-only and usage-only chunks.
@@ -134,6 +186,17 @@ pub fn text_in_chunk(data: &[u8], out: &mut String) {
         && memchr::memmem::find(data, b"\"text\"").is_none()
         && memchr::memmem::find(data, b"\"delta\"").is_none()
     {
+        return;
+    }
+    if let Some(text) = lone_delta_content(data) {
+        match text {
+            DeltaText::Plain(t) => out.push_str(t),
+            DeltaText::Escaped(raw) => {
+                if let Ok(t) = serde_json::from_slice::<std::borrow::Cow<'_, str>>(raw) {
+                    out.push_str(&t);
+                }
+            }
+        }
         return;
     }
     let Ok(chunk) = serde_json::from_slice::<TextChunk<'_>>(data) else {
@@ -604,6 +667,69 @@ data: [DONE]\n\n";
         let mut off = SseScanner::default();
         off.feed(stream.as_bytes());
         assert!(off.text.is_empty());
+    }
+
+    /// The full parse alone, for comparison with the scanning fast path.
+    fn parsed_text(data: &[u8]) -> String {
+        let mut out = String::new();
+        if let Ok(chunk) = serde_json::from_slice::<TextChunk<'_>>(data) {
+            for c in &chunk.choices {
+                if let Some(t) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                    out.push_str(t);
+                }
+                if let Some(t) = c.text.as_deref() {
+                    out.push_str(t);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn scanned_delta_text_matches_the_full_parse() {
+        let texts = [
+            "Hi",
+            "",
+            " w\\u00f6rld",
+            "say \\\"content\\\":\\\"x\\\"",
+            "tab\\there\\\\",
+            "caf\u{e9} \u{1f600}",
+            "ends in backslash \\\\",
+        ];
+        let shapes = [
+            |t: &str| {
+                format!(
+                    "{{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{t}\"}},\"finish_reason\":null}}]}}"
+                )
+            },
+            |t: &str| {
+                format!(
+                    "{{\"choices\":[{{\"delta\":{{\"role\":\"assistant\",\"content\":\"{t}\"}}}}]}}"
+                )
+            },
+            |t: &str| {
+                format!("{{\"choices\":[{{\"delta\":{{\"content\":\"{t}\",\"refusal\":null}}}}]}}")
+            },
+            |t: &str| format!("{{\"choices\":[{{\"delta\":{{\"content\": \"{t}\"}}}}]}}"),
+            |t: &str| {
+                format!(
+                    "{{\"choices\":[{{\"delta\":{{\"content\":\"{t}\"}}}},{{\"delta\":{{\"content\":\"{t}\"}}}}]}}"
+                )
+            },
+            |t: &str| format!("{{\"choices\":[{{\"delta\":{{\"content\":\"{t}\""),
+            |t: &str| format!("{{\"content\":\"{t}\",\"choices\":[]}}"),
+        ];
+        for text in texts {
+            for shape in shapes {
+                let data = shape(text);
+                let mut fast = String::new();
+                text_in_chunk(data.as_bytes(), &mut fast);
+                assert_eq!(fast, parsed_text(data.as_bytes()), "{data}");
+            }
+        }
+        let mut fast = String::new();
+        text_in_chunk(br#"{"choices":[{"delta":{"content":"a\"b"}}]}"#, &mut fast);
+        assert_eq!(fast, "a\"b");
     }
 
     #[test]
