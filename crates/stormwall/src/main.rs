@@ -92,12 +92,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Most threads in the gateway's blocking pool.
+const SERVE_BLOCKING_THREADS: usize = 8;
+
 fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(args) = &cli.command
-        && let Some(n) = cmd_serve::worker_threads(args)
-    {
-        builder.worker_threads(n);
+    if let Command::Serve(args) = &cli.command {
+        if let Some(n) = cmd_serve::worker_threads(args) {
+            builder.worker_threads(n);
+        }
+        // The blocking pool runs SQLite calls, which share three connections: more threads
+        // only wait on their locks, and glibc gives each new thread an arena it keeps (the
+        // soak's RSS grew with the pool to ~40 threads; bench/README.md "Memory").
+        builder.max_blocking_threads(SERVE_BLOCKING_THREADS);
     }
     let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
