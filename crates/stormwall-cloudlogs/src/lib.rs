@@ -36,6 +36,9 @@ pub use stormwall_types::{ControlEvent, UsageEvent};
 use time::OffsetDateTime;
 
 /// One parsed record.
+// Not boxed: records stream one at a time, and a box per usage event costs more than the
+// size difference.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// A data-plane call (inference, model listing).
@@ -277,7 +280,6 @@ pub fn for_each_record(
     per_source: &mut std::collections::BTreeMap<Source, u64>,
     sink: &mut dyn FnMut(Result<Record, BadRecord>),
 ) {
-    let mut last: Option<Source> = None;
     let mut one = |line: usize, text: &str| {
         let bad = |error| BadRecord {
             file: file.to_owned(),
@@ -294,9 +296,6 @@ pub fn for_each_record(
                 }
             },
         };
-        if last != Some(source) {
-            last = Some(source);
-        }
         *per_source.entry(source).or_default() += 1;
         match parse_record(source, text) {
             Ok(recs) => {
