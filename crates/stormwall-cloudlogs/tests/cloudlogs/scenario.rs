@@ -1,0 +1,1 @@
+//! End-to-end kill chains per cloud (filled in below).
