@@ -101,13 +101,9 @@ fn trail_principal(id: &Identity<'_>, bearer: bool, account: Option<&str>) -> Pr
     let key = id.access_key_id.as_deref().unwrap_or("");
     let arn = id.arn.as_deref();
     let user = id.user_name.as_deref().unwrap_or("");
-    let account = id
-        .account_id
-        .as_deref()
-        .or(account)
-        .map(str::to_owned);
-    let phantom = user.starts_with("BedrockAPIKey-")
-        || arn.is_some_and(|a| a.contains("/BedrockAPIKey-"));
+    let account = id.account_id.as_deref().or(account).map(str::to_owned);
+    let phantom =
+        user.starts_with("BedrockAPIKey-") || arn.is_some_and(|a| a.contains("/BedrockAPIKey-"));
     let (kind, ident) = if bearer || phantom {
         let ident = if key.is_empty() {
             arn.unwrap_or(user).to_owned()
@@ -216,11 +212,21 @@ fn is_invocation(name: &str) -> bool {
 
 /// Parses one CloudTrail record.
 pub fn cloudtrail(text: &str) -> Result<Record, ParseError> {
-    let r: Trail<'_> = serde_json::from_str(text)
-        .map_err(|e| ParseError::Shape("CloudTrail", e.to_string()))?;
-    let time = parse_time(r.event_time.as_deref().ok_or(ParseError::Missing("eventTime"))?)?;
-    let source = r.event_source.as_deref().ok_or(ParseError::Missing("eventSource"))?;
-    let name = r.event_name.as_deref().ok_or(ParseError::Missing("eventName"))?;
+    let r: Trail<'_> =
+        serde_json::from_str(text).map_err(|e| ParseError::Shape("CloudTrail", e.to_string()))?;
+    let time = parse_time(
+        r.event_time
+            .as_deref()
+            .ok_or(ParseError::Missing("eventTime"))?,
+    )?;
+    let source = r
+        .event_source
+        .as_deref()
+        .ok_or(ParseError::Missing("eventSource"))?;
+    let name = r
+        .event_name
+        .as_deref()
+        .ok_or(ParseError::Missing("eventName"))?;
     let id = r
         .event_id
         .as_deref()
@@ -281,7 +287,11 @@ pub fn cloudtrail(text: &str) -> Result<Record, ParseError> {
             e.model = (!model.is_empty()).then_some(model);
             e.stream = name.contains("Stream");
             // CloudTrail logs no prompt: a malformed-input refusal is the only probe it shows.
-            e.prompt_chars = if status == 400 { 0 } else { UNSEEN_PROMPT_CHARS };
+            e.prompt_chars = if status == 400 {
+                0
+            } else {
+                UNSEEN_PROMPT_CHARS
+            };
             e.estimated_input_tokens = e.prompt_chars / 4;
         }
         e.tenant = cloud.principal.account.clone();
@@ -370,7 +380,11 @@ pub fn invocation(text: &str) -> Result<Record, ParseError> {
             "schemaType is not ModelInvocationLog".into(),
         ));
     }
-    let time = parse_time(r.timestamp.as_deref().ok_or(ParseError::Missing("timestamp"))?)?;
+    let time = parse_time(
+        r.timestamp
+            .as_deref()
+            .ok_or(ParseError::Missing("timestamp"))?,
+    )?;
     let arn = r
         .identity
         .and_then(|i| i.arn)

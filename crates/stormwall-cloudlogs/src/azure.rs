@@ -18,7 +18,10 @@ use crate::{ParseError, Record};
 
 /// A field read under any of several names (diagnostic export, Log Analytics columns).
 fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
-    names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null())
+    names
+        .iter()
+        .find_map(|n| v.get(*n))
+        .filter(|x| !x.is_null())
 }
 
 fn text<'a>(v: &'a Value, names: &[&str]) -> Option<&'a str> {
@@ -99,7 +102,11 @@ pub fn diagnostics(raw: &str) -> Result<Record, ParseError> {
     let op = text(&v, &["operationName", "OperationName"]).unwrap_or("");
     let resource = text(&v, &["resourceId", "ResourceId", "_ResourceId"]).unwrap_or("");
     let props = properties(&v, &["properties", "properties_s", "Properties"]);
-    let ip = text(&v, &["callerIpAddress", "CallerIPAddress", "CallerIpAddress"]).and_then(parse_ip);
+    let ip = text(
+        &v,
+        &["callerIpAddress", "CallerIPAddress", "CallerIpAddress"],
+    )
+    .and_then(parse_ip);
     let id = text(&v, &["correlationId", "CorrelationId"])
         .map(|c| format!("az-{c}-{}", op.to_ascii_lowercase()))
         .unwrap_or_else(|| derived_id("az", raw));
@@ -128,7 +135,8 @@ pub fn diagnostics(raw: &str) -> Result<Record, ParseError> {
             .and_then(|a| a.rsplit(' ').next())
             .filter(|s| s.starts_with("20"))
             .map(str::to_owned);
-        e.stream = text(&props, &["streamType"]).is_some_and(|s| s.eq_ignore_ascii_case("Streaming"));
+        e.stream =
+            text(&props, &["streamType"]).is_some_and(|s| s.eq_ignore_ascii_case("Streaming"));
         e.status = status;
         e.upstream_status = Some(status);
         // Negative durations are logged (clock skew between stages): treat as unknown.
@@ -286,7 +294,10 @@ pub fn apim(raw: &str) -> Result<Record, ParseError> {
     e.api_version = api_version;
     e.model = util::azure_segment(&path, "deployments");
     let status = p(&["responseCode", "ResponseCode"])
-        .and_then(|x| x.as_f64().or_else(|| x.as_str().and_then(|s| s.parse().ok())))
+        .and_then(|x| {
+            x.as_f64()
+                .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+        })
         .map_or(200, |s| s.clamp(0.0, 999.0) as u16);
     e.status = status;
     e.upstream_status = p(&["backendResponseCode", "BackendResponseCode"])
@@ -295,7 +306,13 @@ pub fn apim(raw: &str) -> Result<Record, ParseError> {
     e.duration_ms = number(&v, &["durationMs", "TotalTime"]).map_or(0.0, |d| d.max(0.0));
     let req = body(p(&["backendRequestBody", "BackendRequestBody", "requestBody"]).as_ref());
     let resp = body(
-        p(&["backendResponseBody", "BackendResponseBody", "responseBody", "ResponseBody"]).as_ref(),
+        p(&[
+            "backendResponseBody",
+            "BackendResponseBody",
+            "responseBody",
+            "ResponseBody",
+        ])
+        .as_ref(),
     );
     e.prompt_chars = util::UNSEEN_PROMPT_CHARS;
     if let Some(req) = &req {
@@ -331,7 +348,11 @@ pub fn apim(raw: &str) -> Result<Record, ParseError> {
         e.stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
         e.end_user = req.get("user").and_then(Value::as_str).map(str::to_owned);
         if roleplay {
-            e.safety.push(verdict(VerdictCategory::RoleplayMarkers, Action::Log, SafetyStage::Input));
+            e.safety.push(verdict(
+                VerdictCategory::RoleplayMarkers,
+                Action::Log,
+                SafetyStage::Input,
+            ));
         }
     }
     if let Some(resp) = &resp {
@@ -366,10 +387,18 @@ pub fn apim(raw: &str) -> Result<Record, ParseError> {
             .and_then(Value::as_array)
             .is_some_and(|a| a.iter().any(|r| filtered(r.get("content_filter_results"))));
         if prompt_hit {
-            e.safety.push(verdict(VerdictCategory::Other("azure_content_filter".into()), Action::Block, SafetyStage::Input));
+            e.safety.push(verdict(
+                VerdictCategory::Other("azure_content_filter".into()),
+                Action::Block,
+                SafetyStage::Input,
+            ));
         }
         if output_hit {
-            e.safety.push(verdict(VerdictCategory::Other("azure_content_filter".into()), Action::Block, SafetyStage::Output));
+            e.safety.push(verdict(
+                VerdictCategory::Other("azure_content_filter".into()),
+                Action::Block,
+                SafetyStage::Output,
+            ));
         }
     }
     e.tenant = principal.account.clone();
@@ -443,7 +472,10 @@ pub fn activity(raw: &str) -> Result<Record, ParseError> {
         },
     };
     let ip = text(&v, &["callerIpAddress", "CallerIpAddress"])
-        .or_else(|| v.get("httpRequest").and_then(|h| text(h, &["clientIpAddress"])))
+        .or_else(|| {
+            v.get("httpRequest")
+                .and_then(|h| text(h, &["clientIpAddress"]))
+        })
         .or_else(|| text(&claims, &["ipaddr"]))
         .and_then(parse_ip);
     let status = text(&v, &["resultType", "ActivityStatusValue"])
@@ -473,7 +505,8 @@ pub fn activity(raw: &str) -> Result<Record, ParseError> {
         if upper.ends_with("/DELETE") {
             ControlAction::GuardrailDelete
         } else {
-            loosens = compact.contains("\"blocking\":false") || compact.contains("\"enabled\":false");
+            loosens =
+                compact.contains("\"blocking\":false") || compact.contains("\"enabled\":false");
             ControlAction::GuardrailUpdate
         }
     } else if upper.starts_with("MICROSOFT.INSIGHTS/DIAGNOSTICSETTINGS/DELETE") {
@@ -501,7 +534,13 @@ pub fn activity(raw: &str) -> Result<Record, ParseError> {
         ControlAction::Other
     };
     let id = text(&v, &["eventDataId", "correlationId", "CorrelationId"])
-        .map(|c| format!("arm-{c}-{}-{}", status.to_ascii_lowercase(), t.unix_timestamp()))
+        .map(|c| {
+            format!(
+                "arm-{c}-{}-{}",
+                status.to_ascii_lowercase(),
+                t.unix_timestamp()
+            )
+        })
         .unwrap_or_else(|| derived_id("arm", raw));
     Ok(Record::Control(ControlEvent {
         timestamp: t,

@@ -68,11 +68,10 @@ pub fn records(bytes: &[u8], f: &mut dyn FnMut(usize, &str)) -> Result<(), Conta
     };
     match text.as_bytes().get(first) {
         Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|e| ContainerError {
-                    line: e.line(),
-                    message: format!("JSON array: {e}"),
-                })?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| ContainerError {
+                line: e.line(),
+                message: format!("JSON array: {e}"),
+            })?;
             each_raw(text, &items, f);
             Ok(())
         }

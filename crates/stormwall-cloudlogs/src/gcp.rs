@@ -37,7 +37,9 @@ fn status_of(code: Option<i64>) -> u16 {
 pub fn vertex(raw: &str) -> Result<Record, ParseError> {
     let v: Value =
         serde_json::from_str(raw).map_err(|e| ParseError::Shape("Vertex audit", e.to_string()))?;
-    let p = v.get("protoPayload").ok_or(ParseError::Missing("protoPayload"))?;
+    let p = v
+        .get("protoPayload")
+        .ok_or(ParseError::Missing("protoPayload"))?;
     let t = parse_time(
         s(&v, &["timestamp"])
             .or_else(|| s(&v, &["receiveTimestamp"]))
@@ -70,13 +72,22 @@ pub fn vertex(raw: &str) -> Result<Record, ParseError> {
     };
     let ip = s(p, &["requestMetadata", "callerIp"]).and_then(parse_ip);
     let ua = s(p, &["requestMetadata", "callerSuppliedUserAgent"]).map(|u| {
-        u.trim_end_matches(",gzip(gfe)").chars().take(256).collect::<String>()
+        u.trim_end_matches(",gzip(gfe)")
+            .chars()
+            .take(256)
+            .collect::<String>()
     });
-    let code = p.get("status").and_then(|x| x.get("code")).and_then(Value::as_i64);
+    let code = p
+        .get("status")
+        .and_then(|x| x.get("code"))
+        .and_then(Value::as_i64);
     let denied = p
         .get("authorizationInfo")
         .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|x| x.get("granted").and_then(Value::as_bool) == Some(false)));
+        .is_some_and(|a| {
+            a.iter()
+                .any(|x| x.get("granted").and_then(Value::as_bool) == Some(false))
+        });
     let status = if denied { 403 } else { status_of(code) };
     let short = method.rsplit('.').next().unwrap_or(method);
     let region = util::azure_segment(resource_name, "locations");
@@ -108,9 +119,18 @@ pub fn vertex(raw: &str) -> Result<Record, ParseError> {
             | "ChatCompletions"
             | "ServerStreamingPredict"
     );
-    let listing = matches!(short, "ListPublisherModels" | "GetPublisherModel" | "ListModels" | "ListEndpoints");
+    let listing = matches!(
+        short,
+        "ListPublisherModels" | "GetPublisherModel" | "ListModels" | "ListEndpoints"
+    );
     if service == "aiplatform.googleapis.com" && (inference || listing) {
-        let mut e = util::usage(id, t, "gcp.vertex_audit", if listing { "GET" } else { "POST" }, "/v1/predict");
+        let mut e = util::usage(
+            id,
+            t,
+            "gcp.vertex_audit",
+            if listing { "GET" } else { "POST" },
+            "/v1/predict",
+        );
         if let Some((ip, _)) = ip {
             e.source_ip = ip;
         }
@@ -119,12 +139,19 @@ pub fn vertex(raw: &str) -> Result<Record, ParseError> {
         if listing {
             e.set_endpoint(Endpoint::Models);
         } else {
-            let model = resource_name.rsplit("/models/").next().filter(|m| *m != resource_name);
+            let model = resource_name
+                .rsplit("/models/")
+                .next()
+                .filter(|m| *m != resource_name);
             let model = model.map(|m| m.split([':', '/']).next().unwrap_or(m).to_owned());
             e.set_endpoint(util::endpoint_for_model(model.as_deref().unwrap_or("")));
             e.model = model;
             e.stream = short.starts_with("Stream");
-            e.prompt_chars = if status == 400 { 0 } else { util::UNSEEN_PROMPT_CHARS };
+            e.prompt_chars = if status == 400 {
+                0
+            } else {
+                util::UNSEEN_PROMPT_CHARS
+            };
             e.estimated_input_tokens = e.prompt_chars / 4;
         }
         e.status = status;

@@ -21,7 +21,9 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 
 fn time_of(v: &Value, key: &str) -> Result<time::OffsetDateTime, ParseError> {
     match v.get(key) {
-        Some(Value::Number(n)) => unix_time(n.as_i64().ok_or(ParseError::Field("time", n.to_string()))?),
+        Some(Value::Number(n)) => {
+            unix_time(n.as_i64().ok_or(ParseError::Field("time", n.to_string()))?)
+        }
         Some(Value::String(t)) => util::parse_time(t),
         _ => Err(ParseError::Missing("effective_at")),
     }
@@ -31,7 +33,9 @@ fn time_of(v: &Value, key: &str) -> Result<time::OffsetDateTime, ParseError> {
 pub fn audit(raw: &str) -> Result<Record, ParseError> {
     let v: Value =
         serde_json::from_str(raw).map_err(|e| ParseError::Shape("OpenAI audit", e.to_string()))?;
-    let kind = s(&v, &["type"]).ok_or(ParseError::Missing("type"))?.to_owned();
+    let kind = s(&v, &["type"])
+        .ok_or(ParseError::Missing("type"))?
+        .to_owned();
     let t = time_of(&v, "effective_at")?;
     let actor = v.get("actor").cloned().unwrap_or(Value::Null);
     let actor_type = s(&actor, &["type"]).unwrap_or("");
@@ -62,9 +66,17 @@ pub fn audit(raw: &str) -> Result<Record, ParseError> {
     let scopes: Vec<String> = payload
         .get("data")
         .and_then(|d| d.get("scopes"))
-        .or_else(|| payload.get("changes_requested").and_then(|c| c.get("scopes")))
+        .or_else(|| {
+            payload
+                .get("changes_requested")
+                .and_then(|c| c.get("scopes"))
+        })
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let action = match kind.as_str() {
         "api_key.created" | "service_account.created" => ControlAction::CreateKey,
@@ -141,7 +153,11 @@ pub fn usage(raw: &str) -> Result<Vec<Record>, ParseError> {
             account: s(r, &["project_id"]).map(str::to_owned),
             name: None,
         };
-        let n = r.get("num_model_requests").and_then(Value::as_u64).unwrap_or(1).max(1);
+        let n = r
+            .get("num_model_requests")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1);
         let mut e = util::usage(
             format!("{}-{i}", derived_id("oau", raw)),
             t,
@@ -162,7 +178,9 @@ pub fn usage(raw: &str) -> Result<Vec<Record>, ParseError> {
             .map(|x| u32::try_from(x).unwrap_or(u32::MAX));
         // An aggregate: its requests stand as concurrent calls, its prompt as the average.
         e.inflight = u32::try_from(n).unwrap_or(u32::MAX);
-        e.prompt_chars = e.input_tokens.map_or(util::UNSEEN_PROMPT_CHARS, |x| x * 4 / n);
+        e.prompt_chars = e
+            .input_tokens
+            .map_or(util::UNSEEN_PROMPT_CHARS, |x| x * 4 / n);
         e.status = 200;
         e.tenant = principal.account.clone();
         e.key_id = Some(principal.key_id());

@@ -14,7 +14,9 @@ use stormwall_types::{
 };
 
 use crate::config::EngineConfig;
-use crate::detectors::cloud::{CloudDetectors, CloudState, CloudThresholds, Recommendation, recommend};
+use crate::detectors::cloud::{
+    CloudDetectors, CloudState, CloudThresholds, Recommendation, recommend,
+};
 use crate::engine::Engine;
 
 /// Days of usage events a saved state keeps for the replay (the baseline window).
@@ -154,7 +156,9 @@ impl CloudRun {
                 .cloned()
                 .or_else(|| principal_of_alert(alert));
             let serious = alert.severity >= Severity::High
-                || action.as_ref().is_some_and(|a| a.kind >= ActionKind::Suspend);
+                || action
+                    .as_ref()
+                    .is_some_and(|a| a.kind >= ActionKind::Suspend);
             let recommendation = match (&principal, serious) {
                 (Some((p, resource)), true) => Some(recommend(p, resource.as_deref(), alert.at)),
                 _ => None,

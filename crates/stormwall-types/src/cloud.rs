@@ -299,7 +299,11 @@ pub struct ControlEvent {
     pub scopes: Vec<String>,
     /// The change opens access (public network enabled, default action Allow, local auth
     /// re-enabled, an allowlist removed) or weakens a safety control (a filter off).
-    #[serde(rename = "loosens", default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        rename = "loosens",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub loosens: bool,
     /// Count the record stands for (Azure Audit records aggregate, usage buckets count).
     #[serde(rename = "count", default = "one")]

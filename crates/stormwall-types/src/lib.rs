@@ -25,7 +25,9 @@ pub mod timefmt;
 pub use alert::{
     Action, ActionKind, Alert, AlertFeature, AlertSubject, DetectorId, KeyEffect, Severity, Stage,
 };
-pub use cloud::{CloudContext, CloudProvider, ControlAction, ControlEvent, CredentialKind, Principal};
+pub use cloud::{
+    CloudContext, CloudProvider, ControlAction, ControlEvent, CredentialKind, Principal,
+};
 pub use endpoint::{ApiFlavor, Endpoint};
 pub use event::{Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyId};

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 use stormwall_cloudlogs::{ParseError, Record, Source, parse_bytes, sniff};
-use stormwall_types::{ControlAction, CredentialKind, Endpoint, UsageEvent, ControlEvent};
+use stormwall_types::{ControlAction, ControlEvent, CredentialKind, Endpoint, UsageEvent};
 
 fn fixture(name: &str) -> (String, Vec<u8>) {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     (name.to_owned(), bytes)
 }
@@ -47,7 +49,10 @@ fn azure_diagnostics_object_and_string_properties_masked_ip_negative_duration() 
     assert!(c.ip_masked);
     assert_eq!(c.principal.kind, CredentialKind::AzureResourceKey);
     assert!(c.principal.id.ends_with("/accounts/contoso-aoai#key"));
-    assert_eq!(c.principal.account.as_deref(), Some("00000000-1111-2222-3333-444444444444"));
+    assert_eq!(
+        c.principal.account.as_deref(),
+        Some("00000000-1111-2222-3333-444444444444")
+    );
     assert_eq!(img.model.as_deref(), Some("dalle3-prod"));
     assert_eq!(img.api_version.as_deref(), Some("2024-02-01"));
     // properties as a JSON string; Entra identity; negative duration read as 0.
@@ -60,7 +65,10 @@ fn azure_diagnostics_object_and_string_properties_masked_ip_negative_duration() 
     assert_eq!(c.principal.kind, CredentialKind::AzureEntraIdentity);
     assert_eq!(c.principal.id, "oid:9a8b7c6d-1111-4e5f-8a9b-0c1d2e3f4a5b");
     assert_eq!(control(&out.records[2]).action, ControlAction::ListKeys);
-    assert_eq!(control(&out.records[3]).action, ControlAction::RegenerateKey);
+    assert_eq!(
+        control(&out.records[3]).action,
+        ControlAction::RegenerateKey
+    );
     // Trace is kept as a generic event.
     assert_eq!(control(&out.records[4]).action, ControlAction::Other);
     assert_eq!(usage(&out.records[5]).status, 200);
@@ -76,7 +84,11 @@ fn azure_apim_gateway_logs_bodies_and_filters() {
     assert_eq!(a.error_code.as_deref(), Some("content_filter"));
     assert_eq!(a.max_tokens, Some(800));
     assert!(a.system_prompt_hash.is_some());
-    assert!(a.safety.iter().any(|v| v.category == stormwall_types::VerdictCategory::RoleplayMarkers));
+    assert!(
+        a.safety
+            .iter()
+            .any(|v| v.category == stormwall_types::VerdictCategory::RoleplayMarkers)
+    );
     assert_eq!(a.model.as_deref(), Some("gpt4o-prod"));
     assert_eq!(a.api_version.as_deref(), Some("2024-06-01"));
     assert_eq!(a.source_ip.to_string(), "198.51.100.7");
@@ -116,8 +128,14 @@ fn azure_activity_both_shapes() {
         ]
     );
     let first = control(&out.records[0]);
-    assert_eq!(first.cloud.principal.id, "oid:11111111-aaaa-bbbb-cccc-000000000001");
-    assert_eq!(first.cloud.principal.name.as_deref(), Some("ops@example.com"));
+    assert_eq!(
+        first.cloud.principal.id,
+        "oid:11111111-aaaa-bbbb-cccc-000000000001"
+    );
+    assert_eq!(
+        first.cloud.principal.name.as_deref(),
+        Some("ops@example.com")
+    );
     assert_eq!(first.source_ip.unwrap().to_string(), "203.0.113.50");
     let second = control(&out.records[1]);
     assert_eq!(second.source_ip.unwrap().to_string(), "198.51.100.99");
@@ -132,7 +150,10 @@ fn cloudtrail_records_key_kinds_bearer_errors_generic() {
     assert_eq!(r.len(), 7);
     let probe = usage(&r[0]);
     assert_eq!(probe.status, 400);
-    assert_eq!(probe.prompt_chars, 0, "a malformed-input refusal is a probe");
+    assert_eq!(
+        probe.prompt_chars, 0,
+        "a malformed-input refusal is a probe"
+    );
     assert_eq!(probe.error_code.as_deref(), Some("ValidationException"));
     let c = probe.cloud.as_deref().unwrap();
     assert_eq!(c.principal.kind, CredentialKind::AwsLongTermKey);
@@ -141,8 +162,14 @@ fn cloudtrail_records_key_kinds_bearer_errors_generic() {
     let uc = control(&r[1]);
     assert_eq!(uc.action, ControlAction::ModelUseCase);
     assert_eq!(uc.cloud.principal.kind, CredentialKind::AwsSessionKey);
-    assert_eq!(uc.cloud.principal.id, "arn:aws:sts::111122223333:assumed-role/ml-role/session-1");
-    assert_eq!(uc.cloud.principal.name.as_deref(), Some("arn:aws:iam::111122223333:role/ml-role"));
+    assert_eq!(
+        uc.cloud.principal.id,
+        "arn:aws:sts::111122223333:assumed-role/ml-role/session-1"
+    );
+    assert_eq!(
+        uc.cloud.principal.name.as_deref(),
+        Some("arn:aws:iam::111122223333:role/ml-role")
+    );
     let del = control(&r[2]);
     assert_eq!(del.action, ControlAction::DeleteLogging);
     assert!(del.cloud.bearer);
@@ -151,7 +178,10 @@ fn cloudtrail_records_key_kinds_bearer_errors_generic() {
     assert_eq!(denied.status, 403);
     assert_eq!(denied.endpoint, Some(Endpoint::Embeddings));
     assert!(denied.stream);
-    assert!(denied.cloud.as_deref().unwrap().ip_missing, "a service name is not an address");
+    assert!(
+        denied.cloud.as_deref().unwrap().ip_missing,
+        "a service name is not an address"
+    );
     assert_eq!(control(&r[4]).action, ControlAction::Other);
     let ck = control(&r[5]);
     assert_eq!(ck.action, ControlAction::CreateKey);
@@ -197,13 +227,30 @@ fn bedrock_invocation_logs() {
     assert_eq!(a.input_tokens, Some(7412));
     assert_eq!(a.max_tokens, Some(1));
     assert!(a.system_prompt_hash.is_some());
-    assert!(a.safety.iter().any(|v| v.category == stormwall_types::VerdictCategory::RoleplayMarkers));
-    assert!(a.safety.iter().any(|v| v.category.as_str() == "guardrail_intervened"));
-    assert_eq!(a.cloud.as_deref().unwrap().region.as_deref(), Some("us-west-2"));
+    assert!(
+        a.safety
+            .iter()
+            .any(|v| v.category == stormwall_types::VerdictCategory::RoleplayMarkers)
+    );
+    assert!(
+        a.safety
+            .iter()
+            .any(|v| v.category.as_str() == "guardrail_intervened")
+    );
+    assert_eq!(
+        a.cloud.as_deref().unwrap().region.as_deref(),
+        Some("us-west-2")
+    );
     let b = usage(&out.records[1]);
     assert_eq!(b.endpoint, Some(Endpoint::Embeddings));
-    assert_eq!(b.cloud.as_deref().unwrap().principal.kind, CredentialKind::AwsSessionKey);
-    assert_eq!(b.prompt_chars, 48, "no body logged: judged by its token count");
+    assert_eq!(
+        b.cloud.as_deref().unwrap().principal.kind,
+        CredentialKind::AwsSessionKey
+    );
+    assert_eq!(
+        b.prompt_chars, 48,
+        "no body logged: judged by its token count"
+    );
 }
 
 #[test]
@@ -225,7 +272,11 @@ fn openai_audit_and_usage() {
 
     let out = parse("openai-usage.jsonl");
     assert!(out.bad.is_empty(), "{:?}", out.bad);
-    assert_eq!(out.records.len(), 3, "one event per result row; an empty bucket gives none");
+    assert_eq!(
+        out.records.len(),
+        3,
+        "one event per result row; an empty bucket gives none"
+    );
     let img = usage(&out.records[0]);
     assert_eq!(img.endpoint, Some(Endpoint::ImagesGenerations));
     assert_eq!(img.images, Some(48));
@@ -244,12 +295,21 @@ fn vertex_audit() {
     assert_eq!(a.user_agent.as_deref(), Some("axios/1.6.8"));
     let c = a.cloud.as_deref().unwrap();
     assert_eq!(c.principal.kind, CredentialKind::GcpServiceAccountKey);
-    assert_eq!(c.principal.id, "ml-runner@example-proj.iam.gserviceaccount.com/keys/0123abcd");
+    assert_eq!(
+        c.principal.id,
+        "ml-runner@example-proj.iam.gserviceaccount.com/keys/0123abcd"
+    );
     assert_eq!(c.region.as_deref(), Some("us-east5"));
     let d = usage(&out.records[1]);
     assert_eq!(d.status, 403);
-    assert_eq!(d.cloud.as_deref().unwrap().principal.kind, CredentialKind::GcpPrincipal);
-    assert_eq!(control(&out.records[2]).action, ControlAction::DeploymentWrite);
+    assert_eq!(
+        d.cloud.as_deref().unwrap().principal.kind,
+        CredentialKind::GcpPrincipal
+    );
+    assert_eq!(
+        control(&out.records[2]).action,
+        ControlAction::DeploymentWrite
+    );
 }
 
 #[test]
@@ -265,14 +325,22 @@ fn every_fixture_is_recognised_as_its_source() {
         ("vertex.jsonl", Source::VertexAudit),
     ] {
         let out = parse(file);
-        assert_eq!(out.per_source.keys().copied().collect::<Vec<_>>(), vec![source], "{file}");
+        assert_eq!(
+            out.per_source.keys().copied().collect::<Vec<_>>(),
+            vec![source],
+            "{file}"
+        );
     }
     assert_eq!(sniff("{\"hello\":1}"), None);
 }
 
 #[test]
 fn unrecognised_and_garbage_records_are_counted_with_lines() {
-    let out = parse_bytes("x.jsonl", b"{\"hello\":1}\nnot json at all\n\n{\"eventSource\":1,\"eventName\":2}\n", None);
+    let out = parse_bytes(
+        "x.jsonl",
+        b"{\"hello\":1}\nnot json at all\n\n{\"eventSource\":1,\"eventName\":2}\n",
+        None,
+    );
     assert!(out.records.is_empty());
     let lines: Vec<usize> = out.bad.iter().map(|b| b.line).collect();
     assert_eq!(lines, vec![1, 2, 4]);

@@ -456,7 +456,11 @@ impl CloudDetectors {
             explanation.clone(),
             vec![
                 feat("new_actor", f64::from(u8::from(new_actor)), Some(1.0)),
-                feat("records", f64::from(c.count), Some(f64::from(self.th.e3_bulk_list_keys))),
+                feat(
+                    "records",
+                    f64::from(c.count),
+                    Some(f64::from(self.th.e3_bulk_list_keys)),
+                ),
             ],
             subjects,
         );
@@ -685,7 +689,11 @@ impl CloudDetectors {
                 "{label} invoked a model {mins:.0} min after enabling model access ({op}) with \
                  the same credential: the LLMjacking preamble followed by use."
             ),
-            vec![feat("minutes_after_enablement", mins, Some(window as f64 / 60.0))],
+            vec![feat(
+                "minutes_after_enablement",
+                mins,
+                Some(window as f64 / 60.0),
+            )],
             Vec::new(),
         );
     }
@@ -713,7 +721,11 @@ impl CloudDetectors {
                 LLMJACKING_ACTIONS.len(),
                 share * 100.0
             ),
-            vec![feat("llmjacking_share", share, Some(self.th.v5_action_share))],
+            vec![feat(
+                "llmjacking_share",
+                share,
+                Some(self.th.v5_action_share),
+            )],
             Vec::new(),
         );
     }
@@ -766,7 +778,11 @@ impl CloudDetectors {
             format!(
                 "{label} was denied {} {count} time(s) in the last hour ({}): probing what a \
                  credential may do.",
-                if listing { "listing models" } else { "invoking models" },
+                if listing {
+                    "listing models"
+                } else {
+                    "invoking models"
+                },
                 s.cloud.error.as_deref().unwrap_or("denied")
             ),
             vec![feat("denied_hour", f64::from(count), Some(f64::from(th)))],
@@ -833,9 +849,17 @@ impl CloudDetectors {
                 principal.label(),
                 if delete { "deleted" } else { "changed" },
                 c.cloud.operation,
-                if c.loosens { ", switching filtering off" } else { "" }
+                if c.loosens {
+                    ", switching filtering off"
+                } else {
+                    ""
+                }
             ),
-            vec![feat("weakened", f64::from(u8::from(delete || c.loosens)), None)],
+            vec![feat(
+                "weakened",
+                f64::from(u8::from(delete || c.loosens)),
+                None,
+            )],
             Vec::new(),
         );
     }
@@ -1015,7 +1039,7 @@ pub fn recommend(p: &Principal, resource: Option<&str>, at: OffsetDateTime) -> R
             format!(
                 "az role assignment delete --assignee {} --scope {}",
                 p.id.trim_start_matches("oid:"),
-                resource.unwrap_or("/subscriptions/SUBSCRIPTION")
+                resource.map_or_else(|| "/subscriptions/SUBSCRIPTION".to_owned(), account_scope)
             ),
             "Removes the identity's access to the resource; also revoke its sessions (`az ad user revoke-sign-in-sessions` / reset the app's credentials).".to_owned(),
         ),
@@ -1060,11 +1084,30 @@ pub fn recommend(p: &Principal, resource: Option<&str>, at: OffsetDateTime) -> R
     }
 }
 
+/// The account-level scope of an Azure resource id (a deployment's or policy's resource id
+/// cut after `accounts/<name>`).
+fn account_scope(resource: &str) -> String {
+    let lower = resource.to_ascii_lowercase();
+    match lower.find("/accounts/") {
+        Some(i) => {
+            let after = i + "/accounts/".len();
+            let end = resource
+                .get(after..)
+                .and_then(|r| r.find('/'))
+                .map_or(resource.len(), |j| after + j);
+            resource.get(..end).unwrap_or(resource).to_owned()
+        }
+        None => resource.to_owned(),
+    }
+}
+
 fn azure_part(resource: &str, kind: &str) -> Option<String> {
     let mut it = resource.split('/');
     while let Some(x) = it.next() {
         if x.eq_ignore_ascii_case(kind) {
-            return it.next().map(|s| s.split('#').next().unwrap_or(s).to_owned());
+            return it
+                .next()
+                .map(|s| s.split('#').next().unwrap_or(s).to_owned());
         }
     }
     None
