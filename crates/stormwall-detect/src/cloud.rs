@@ -291,3 +291,75 @@ fn principal_of_alert(a: &Alert) -> Option<(Principal, Option<String>)> {
         resource,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use stormwall_types::{
+        CloudContext, CloudProvider, CredentialKind, Endpoint, Principal, UsageEvent,
+    };
+    use time::OffsetDateTime;
+
+    use super::{CloudRun, Snapshot};
+    use crate::config::EngineConfig;
+    use crate::detectors::cloud::CloudThresholds;
+
+    fn event(i: i64, region: &str) -> UsageEvent {
+        let p = Principal {
+            provider: CloudProvider::Aws,
+            kind: CredentialKind::AwsLongTermKey,
+            id: "AKIAEXAMPLE000000009".into(),
+            account: Some("111122223333".into()),
+            name: Some("arn:aws:iam::111122223333:user/app".into()),
+        };
+        let t = OffsetDateTime::from_unix_timestamp(1_740_000_000 + i * 60).unwrap();
+        let mut e = UsageEvent::new(
+            format!("e{i}"),
+            t,
+            "192.0.2.1".parse().unwrap(),
+            "POST",
+            "/model/invoke",
+        );
+        e.set_endpoint(Endpoint::ChatCompletions);
+        e.status = 200;
+        e.prompt_chars = 1000;
+        e.key_id = Some(p.key_id());
+        e.cloud = Some(Box::new(CloudContext {
+            principal: p,
+            operation: "InvokeModel".into(),
+            region: Some(region.into()),
+            resource: None,
+            ip_masked: false,
+            ip_missing: false,
+            error: None,
+            bearer: false,
+        }));
+        e
+    }
+
+    #[test]
+    fn a_resumed_run_skips_judged_events_and_keeps_cloud_state() {
+        let mut run = CloudRun::new(EngineConfig::default(), CloudThresholds::default());
+        let mut out = Vec::new();
+        run.observe_usage(event(0, "us-east-1"), &mut out);
+        run.observe_usage(event(1, "us-west-2"), &mut out);
+        let snap: Snapshot =
+            serde_json::from_str(&serde_json::to_string(&run.snapshot()).unwrap()).unwrap();
+        assert_eq!(snap.events.len(), 2);
+        let mut resumed =
+            CloudRun::resume(EngineConfig::default(), CloudThresholds::default(), snap);
+        let mut again = Vec::new();
+        resumed.observe_usage(event(1, "us-west-2"), &mut again);
+        assert_eq!(resumed.duplicates, 1);
+        assert!(again.is_empty());
+        // The regions of yesterday's run count: a third region now is P7.
+        resumed.observe_usage(event(2, "eu-west-1"), &mut again);
+        let p7 = again
+            .iter()
+            .find(|f| f.alert.detector == stormwall_types::DetectorId::P7);
+        let p7 = p7.expect("P7 after resume");
+        let rec = p7.recommendation.as_ref().expect("a high alert recommends");
+        assert!(rec.command.starts_with(
+            "aws iam update-access-key --user-name app --access-key-id AKIAEXAMPLE000000009"
+        ));
+    }
+}

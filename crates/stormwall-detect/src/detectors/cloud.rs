@@ -1112,3 +1112,589 @@ fn azure_part(resource: &str, kind: &str) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use stormwall_types::{
+        Alert, CloudContext, CloudProvider, ControlAction, ControlEvent, CredentialKind,
+        DetectorId, Endpoint, Principal, Severity, UsageEvent,
+    };
+    use time::OffsetDateTime;
+
+    use super::{CloudDetectors, CloudThresholds, recommend};
+
+    const DAY: i64 = 86_400;
+
+    fn t(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_740_000_000 + secs).unwrap()
+    }
+
+    fn det() -> CloudDetectors {
+        CloudDetectors::new(
+            CloudThresholds::default(),
+            Vec::new(),
+            [0.0, 5.0, 15.0, 30.0, 60.0],
+        )
+    }
+
+    fn aws(id: &str, kind: CredentialKind) -> Principal {
+        Principal {
+            provider: CloudProvider::Aws,
+            kind,
+            id: id.into(),
+            account: Some("111122223333".into()),
+            name: Some("arn:aws:iam::111122223333:user/ci".into()),
+        }
+    }
+
+    fn azure_actor(oid: &str) -> Principal {
+        Principal {
+            provider: CloudProvider::Azure,
+            kind: CredentialKind::AzureEntraIdentity,
+            id: format!("oid:{oid}"),
+            account: Some("sub-1".into()),
+            name: None,
+        }
+    }
+
+    const RES: &str = "/subscriptions/sub-1/resourcegroups/rg/providers/microsoft.cognitiveservices/accounts/acct";
+
+    fn ctx(p: Principal, op: &str, region: Option<&str>) -> CloudContext {
+        CloudContext {
+            principal: p,
+            operation: op.into(),
+            region: region.map(str::to_owned),
+            resource: Some(RES.into()),
+            ip_masked: false,
+            ip_missing: false,
+            error: None,
+            bearer: false,
+        }
+    }
+
+    fn control(at: i64, p: Principal, action: ControlAction, op: &str, ip: &str) -> ControlEvent {
+        ControlEvent {
+            timestamp: t(at),
+            id: format!("c{at}-{op}"),
+            dataset: "test".into(),
+            action,
+            success: true,
+            source_ip: Some(ip.parse().unwrap()),
+            user_agent: Some("Boto3/1.34".into()),
+            cloud: ctx(p, op, Some("us-east-1")),
+            service: Some("bedrock.amazonaws.com".into()),
+            target: None,
+            scopes: Vec::new(),
+            loosens: false,
+            count: 1,
+            response_bytes: None,
+        }
+    }
+
+    fn invoke(at: i64, p: Principal, ip: &str, region: &str, status: u16) -> UsageEvent {
+        let ip: IpAddr = ip.parse().unwrap();
+        let mut e = UsageEvent::new(
+            format!("u{at}-{region}"),
+            t(at),
+            ip,
+            "POST",
+            "/model/invoke",
+        );
+        e.set_endpoint(Endpoint::ChatCompletions);
+        e.status = status;
+        e.model = Some("anthropic.claude-v2".into());
+        e.key_id = Some(p.key_id());
+        e.cloud = Some(Box::new(ctx(p, "InvokeModel", Some(region))));
+        e
+    }
+
+    fn fired(out: &[Alert], d: DetectorId) -> Vec<Severity> {
+        out.iter()
+            .filter(|a| a.detector == d)
+            .map(|a| a.severity)
+            .collect()
+    }
+
+    #[test]
+    fn e3_new_key_reader_after_learning_is_high_and_arms_h2_on_the_resource_key() {
+        let mut d = det();
+        let mut out = Vec::new();
+        let admin = azure_actor("admin");
+        // Learning: the admin reads keys in the first week; nothing fires.
+        d.observe_control(
+            &control(
+                0,
+                admin.clone(),
+                ControlAction::ListKeys,
+                "LISTKEYS",
+                "192.0.2.1",
+            ),
+            &mut out,
+        );
+        let key = Principal {
+            provider: CloudProvider::Azure,
+            kind: CredentialKind::AzureResourceKey,
+            id: format!("{RES}#key"),
+            account: Some("sub-1".into()),
+            name: None,
+        };
+        d.observe_usage(
+            &invoke(100, key.clone(), "192.0.2.7", "eastus", 200),
+            &mut out,
+        );
+        assert!(out.iter().all(|a| a.detector == DetectorId::E4), "{out:?}");
+        out.clear();
+        // Later the known admin reads keys again: silent.
+        d.observe_control(
+            &control(
+                10 * DAY,
+                admin,
+                ControlAction::ListKeys,
+                "LISTKEYS",
+                "192.0.2.1",
+            ),
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // A new actor reads them: high, on the actor and on the resource key.
+        d.observe_control(
+            &control(
+                10 * DAY + 60,
+                azure_actor("intruder"),
+                ControlAction::ListKeys,
+                "LISTKEYS",
+                "203.0.113.9",
+            ),
+            &mut out,
+        );
+        assert_eq!(
+            fired(&out, DetectorId::E3),
+            vec![Severity::High, Severity::High]
+        );
+        assert_eq!(out[1].key_id, Some(key.key_id()));
+        out.clear();
+        // The key used from its own network: nothing; from a new one: H2.
+        d.observe_usage(
+            &invoke(10 * DAY + 120, key.clone(), "192.0.2.8", "eastus", 200),
+            &mut out,
+        );
+        assert!(fired(&out, DetectorId::H2).is_empty());
+        d.observe_usage(
+            &invoke(10 * DAY + 180, key.clone(), "198.51.100.4", "eastus", 200),
+            &mut out,
+        );
+        assert_eq!(fired(&out, DetectorId::H2), vec![Severity::High]);
+        out.clear();
+        // Past the window, a new network is not H2 any more.
+        d.observe_usage(
+            &invoke(14 * DAY, key, "203.0.113.200", "eastus", 200),
+            &mut out,
+        );
+        assert!(fired(&out, DetectorId::H2).is_empty());
+    }
+
+    #[test]
+    fn e3_bulk_reads_are_high_even_while_learning_and_openai_broad_keys_by_new_actors() {
+        let mut d = det();
+        let mut out = Vec::new();
+        let mut bulk = control(
+            0,
+            azure_actor("a"),
+            ControlAction::ListKeys,
+            "Audit/ListKey",
+            "192.0.2.1",
+        );
+        bulk.count = 150;
+        d.observe_control(&bulk, &mut out);
+        assert_eq!(fired(&out, DetectorId::E3)[0], Severity::High);
+        out.clear();
+        let user = Principal {
+            provider: CloudProvider::Openai,
+            kind: CredentialKind::OpenaiSession,
+            id: "user-1".into(),
+            account: None,
+            name: None,
+        };
+        d.observe_control(
+            &control(
+                0,
+                user.clone(),
+                ControlAction::Login,
+                "login.succeeded",
+                "192.0.2.1",
+            ),
+            &mut out,
+        );
+        let mut created = control(
+            8 * DAY,
+            user,
+            ControlAction::CreateKey,
+            "api_key.created",
+            "203.0.113.1",
+        );
+        created.scopes = vec!["all".into()];
+        created.target = Some("key_new".into());
+        d.observe_control(&created, &mut out);
+        let e3: Vec<&Alert> = out
+            .iter()
+            .filter(|a| a.detector == DetectorId::E3)
+            .collect();
+        assert_eq!(e3.len(), 2, "the creator and the created key");
+        assert!(e3[1].subjects.iter().any(|s| s.value == "openai:key_new"));
+    }
+
+    #[test]
+    fn e4_is_a_low_posture_finding_once_a_week() {
+        let mut d = det();
+        let mut out = Vec::new();
+        let k = aws("AKIAEXAMPLE000000001", CredentialKind::AwsLongTermKey);
+        for i in 0..5 {
+            d.observe_usage(
+                &invoke(i * 3600, k.clone(), "192.0.2.1", "us-east-1", 200),
+                &mut out,
+            );
+        }
+        assert_eq!(fired(&out, DetectorId::E4), vec![Severity::Low]);
+        d.observe_usage(&invoke(8 * DAY, k, "192.0.2.1", "us-east-1", 200), &mut out);
+        assert_eq!(fired(&out, DetectorId::E4).len(), 2);
+        let s = aws(
+            "arn:aws:sts::1:assumed-role/r/s",
+            CredentialKind::AwsSessionKey,
+        );
+        out.clear();
+        d.observe_usage(&invoke(0, s, "192.0.2.1", "us-east-1", 200), &mut out);
+        assert!(out.is_empty(), "a session is not long-lived");
+    }
+
+    #[test]
+    fn v3_logging_reads_by_non_admins_and_checkers() {
+        let mut d = det();
+        let mut out = Vec::new();
+        let s = aws(
+            "arn:aws:sts::1:assumed-role/app/s",
+            CredentialKind::AwsSessionKey,
+        );
+        d.observe_control(
+            &control(
+                0,
+                s.clone(),
+                ControlAction::GetLoggingConfig,
+                "GetModelInvocationLoggingConfiguration",
+                "192.0.2.1",
+            ),
+            &mut out,
+        );
+        assert_eq!(fired(&out, DetectorId::V3), vec![Severity::Medium]);
+        for i in 1..3 {
+            d.observe_control(
+                &control(
+                    i * 180,
+                    s.clone(),
+                    ControlAction::GetLoggingConfig,
+                    "GetModelInvocationLoggingConfiguration",
+                    "192.0.2.1",
+                ),
+                &mut out,
+            );
+        }
+        assert_eq!(
+            fired(&out, DetectorId::V3),
+            vec![Severity::Medium, Severity::High]
+        );
+        // An administrator of logging reads it without alert.
+        out.clear();
+        let admin = aws(
+            "arn:aws:sts::1:assumed-role/admin/s",
+            CredentialKind::AwsSessionKey,
+        );
+        d.observe_control(
+            &control(
+                0,
+                admin.clone(),
+                ControlAction::PutLoggingConfig,
+                "PutModelInvocationLoggingConfiguration",
+                "192.0.2.9",
+            ),
+            &mut out,
+        );
+        out.clear();
+        d.observe_control(
+            &control(
+                60,
+                admin,
+                ControlAction::GetLoggingConfig,
+                "GetModelInvocationLoggingConfiguration",
+                "192.0.2.9",
+            ),
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn v5_preamble_is_high_and_an_invocation_after_it_critical() {
+        let mut d = det();
+        let mut out = Vec::new();
+        let k = aws("AKIAEXAMPLE000000002", CredentialKind::AwsLongTermKey);
+        for (i, (a, op)) in [
+            (
+                ControlAction::ListAgreementOffers,
+                "ListFoundationModelAgreementOffers",
+            ),
+            (ControlAction::ModelUseCase, "PutUseCaseForModelAccess"),
+            (
+                ControlAction::ModelAgreement,
+                "CreateFoundationModelAgreement",
+            ),
+            (
+                ControlAction::ModelEntitlement,
+                "PutFoundationModelEntitlement",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            d.observe_control(
+                &control(i as i64 * 60, k.clone(), a, op, "203.0.113.7"),
+                &mut out,
+            );
+        }
+        let v5 = fired(&out, DetectorId::V5);
+        assert_eq!(v5[0], Severity::Medium);
+        assert!(v5.contains(&Severity::High));
+        out.clear();
+        d.observe_usage(&invoke(600, k, "203.0.113.7", "us-east-1", 200), &mut out);
+        assert!(fired(&out, DetectorId::V5).contains(&Severity::Critical));
+        // From the console, enabling models is the normal path.
+        out.clear();
+        let console = aws(
+            "arn:aws:sts::1:assumed-role/Admin/alice",
+            CredentialKind::AwsSessionKey,
+        );
+        let mut c = control(
+            0,
+            console,
+            ControlAction::ModelUseCase,
+            "PutUseCaseForModelAccess",
+            "192.0.2.5",
+        );
+        c.user_agent = Some("AWS Internal".into());
+        d.observe_control(&c, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn v6_denied_probing() {
+        let mut d = det();
+        let mut out = Vec::new();
+        let k = aws("AKIAEXAMPLE000000003", CredentialKind::AwsLongTermKey);
+        d.observe_usage(
+            &invoke(0, k.clone(), "203.0.113.7", "us-east-1", 403),
+            &mut out,
+        );
+        assert_eq!(fired(&out, DetectorId::V6), vec![Severity::Low]);
+        for i in 1..5 {
+            d.observe_usage(
+                &invoke(i * 10, k.clone(), "203.0.113.7", "us-east-1", 403),
+                &mut out,
+            );
+        }
+        assert!(fired(&out, DetectorId::V6).contains(&Severity::High));
+        out.clear();
+        let other = aws("AKIAEXAMPLE000000004", CredentialKind::AwsLongTermKey);
+        for i in 0..10 {
+            let mut e = invoke(i, other.clone(), "203.0.113.7", "us-east-1", 403);
+            e.set_endpoint(Endpoint::Models);
+            d.observe_usage(&e, &mut out);
+        }
+        assert_eq!(
+            fired(&out, DetectorId::V6),
+            vec![Severity::High],
+            "ten denied listings"
+        );
+    }
+
+    #[test]
+    fn x1_x2_x3_x4_tamper_and_loosening() {
+        let mut d = det();
+        let mut out = Vec::new();
+        let a = azure_actor("x");
+        d.observe_control(
+            &control(
+                0,
+                a.clone(),
+                ControlAction::DeleteLogging,
+                "DIAGNOSTICSETTINGS/DELETE",
+                "192.0.2.1",
+            ),
+            &mut out,
+        );
+        d.observe_control(
+            &control(
+                1,
+                a.clone(),
+                ControlAction::GuardrailDelete,
+                "DeleteGuardrail",
+                "192.0.2.1",
+            ),
+            &mut out,
+        );
+        let mut weak = control(
+            2,
+            a.clone(),
+            ControlAction::GuardrailUpdate,
+            "RAIPOLICIES/WRITE",
+            "192.0.2.1",
+        );
+        d.observe_control(&weak, &mut out);
+        weak.loosens = true;
+        weak.id = "w2".into();
+        weak.timestamp = t(3);
+        d.observe_control(&weak, &mut out);
+        let mut open = control(
+            4,
+            a.clone(),
+            ControlAction::NetworkChange,
+            "ACCOUNTS/WRITE",
+            "192.0.2.1",
+        );
+        d.observe_control(&open, &mut out);
+        open.loosens = true;
+        d.observe_control(&open, &mut out);
+        assert_eq!(fired(&out, DetectorId::X1), vec![Severity::High]);
+        assert_eq!(
+            fired(&out, DetectorId::X2),
+            vec![Severity::High],
+            "delete high; the plain update low is under the cooldown"
+        );
+        assert_eq!(
+            fired(&out, DetectorId::X3),
+            vec![Severity::High],
+            "only the loosening change"
+        );
+        out.clear();
+        let bearer = aws(
+            "arn:aws:iam::1:user/BedrockAPIKey-ab",
+            CredentialKind::AwsBedrockApiKey,
+        );
+        let mut del = control(
+            5,
+            bearer.clone(),
+            ControlAction::DeleteLogging,
+            "DeleteModelInvocationLoggingConfiguration",
+            "203.0.113.1",
+        );
+        del.cloud.bearer = true;
+        d.observe_control(&del, &mut out);
+        assert_eq!(fired(&out, DetectorId::X4), vec![Severity::High]);
+        out.clear();
+        let mut s3 = control(
+            7200,
+            bearer,
+            ControlAction::Other,
+            "ListBuckets",
+            "203.0.113.1",
+        );
+        s3.service = Some("s3.amazonaws.com".into());
+        d.observe_control(&s3, &mut out);
+        assert_eq!(
+            fired(&out, DetectorId::X4),
+            vec![Severity::High],
+            "outside Bedrock"
+        );
+    }
+
+    #[test]
+    fn p7_three_regions_in_an_hour() {
+        let mut d = det();
+        let mut out = Vec::new();
+        let k = aws(
+            "arn:aws:sts::1:assumed-role/r/s",
+            CredentialKind::AwsSessionKey,
+        );
+        d.observe_usage(
+            &invoke(0, k.clone(), "192.0.2.1", "us-east-1", 200),
+            &mut out,
+        );
+        d.observe_usage(
+            &invoke(60, k.clone(), "192.0.2.1", "us-west-2", 200),
+            &mut out,
+        );
+        d.observe_usage(
+            &invoke(4000, k.clone(), "192.0.2.1", "us-east-1", 200),
+            &mut out,
+        );
+        assert!(out.is_empty(), "two regions, then one an hour later");
+        d.observe_usage(
+            &invoke(4060, k.clone(), "192.0.2.1", "eu-west-1", 200),
+            &mut out,
+        );
+        d.observe_usage(&invoke(4120, k, "192.0.2.1", "ap-south-1", 200), &mut out);
+        assert_eq!(fired(&out, DetectorId::P7), vec![Severity::High]);
+    }
+
+    #[test]
+    fn switched_off_detectors_stay_silent() {
+        let mut d = CloudDetectors::new(CloudThresholds::default(), vec![DetectorId::X1], [0.0; 5]);
+        let mut out = Vec::new();
+        d.observe_control(
+            &control(
+                0,
+                azure_actor("x"),
+                ControlAction::DeleteLogging,
+                "DIAGNOSTICSETTINGS/DELETE",
+                "192.0.2.1",
+            ),
+            &mut out,
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn recommendations_name_the_exact_command() {
+        let at = t(0);
+        let r = recommend(
+            &aws("AKIAEXAMPLE7Q2R4T6Y8", CredentialKind::AwsLongTermKey),
+            None,
+            at,
+        );
+        assert_eq!(
+            r.command,
+            "aws iam update-access-key --user-name ci --access-key-id AKIAEXAMPLE7Q2R4T6Y8 --status Inactive"
+        );
+        let key = Principal {
+            provider: CloudProvider::Azure,
+            kind: CredentialKind::AzureResourceKey,
+            id: format!("{RES}#key"),
+            account: None,
+            name: None,
+        };
+        let r = recommend(&key, Some(RES), at);
+        assert!(r.command.starts_with("az cognitiveservices account keys regenerate --name acct --resource-group rg --key-name Key1"), "{}", r.command);
+        let sa = Principal {
+            provider: CloudProvider::Gcp,
+            kind: CredentialKind::GcpServiceAccountKey,
+            id: "ml@p.iam.gserviceaccount.com/keys/0123".into(),
+            account: None,
+            name: None,
+        };
+        assert_eq!(
+            recommend(&sa, None, at).command,
+            "gcloud iam service-accounts keys disable 0123 --iam-account ml@p.iam.gserviceaccount.com"
+        );
+        let role = Principal {
+            name: Some("arn:aws:iam::1:role/ml-role".into()),
+            ..aws(
+                "arn:aws:sts::1:assumed-role/ml-role/s",
+                CredentialKind::AwsSessionKey,
+            )
+        };
+        assert!(
+            recommend(&role, None, at)
+                .command
+                .contains("--role-name ml-role")
+        );
+    }
+}
