@@ -176,8 +176,7 @@ pub fn usage(raw: &str) -> Result<Vec<Record>, ParseError> {
             .get("images")
             .and_then(Value::as_u64)
             .map(|x| u32::try_from(x).unwrap_or(u32::MAX));
-        // An aggregate: its requests stand as concurrent calls, its prompt as the average.
-        e.inflight = u32::try_from(n).unwrap_or(u32::MAX);
+        // An aggregate: its prompt size is the average; concurrency is not known.
         e.prompt_chars = e
             .input_tokens
             .map_or(util::UNSEEN_PROMPT_CHARS, |x| x * 4 / n);
