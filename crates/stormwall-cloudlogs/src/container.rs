@@ -60,7 +60,10 @@ pub fn records(bytes: &[u8], f: &mut dyn FnMut(usize, &str)) -> Result<(), Conta
         return records(&plain, f);
     }
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
+    let text: Cow<'_, str> = match std::str::from_utf8(bytes) {
+        Ok(t) => Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(bytes),
+    };
     let text = text.as_ref();
     let first = text.bytes().position(|b| !b.is_ascii_whitespace());
     let Some(first) = first else {

@@ -171,9 +171,28 @@ pub enum ParseError {
     Container(String),
 }
 
+/// Orders records by event time, stably (files in order, then time), moving each record
+/// once: records are large, and logs mostly arrive in order already.
+pub fn sort_by_time(records: &mut Vec<Record>) {
+    if records.is_sorted_by_key(Record::timestamp) {
+        return;
+    }
+    let mut keys: Vec<(OffsetDateTime, usize)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.timestamp(), i))
+        .collect();
+    keys.sort_unstable();
+    let mut slots: Vec<Option<Record>> = records.drain(..).map(Some).collect();
+    records.extend(
+        keys.into_iter()
+            .filter_map(|(_, i)| slots.get_mut(i)?.take()),
+    );
+}
+
 /// Which source wrote a record, from cheap looks at its text (no full parse).
 pub fn sniff(text: &str) -> Option<Source> {
-    let has = |s: &str| text.contains(s);
+    let has = |s: &str| memchr::memmem::find(text.as_bytes(), s.as_bytes()).is_some();
     if has("\"eventSource\"") && has("\"eventName\"") {
         Some(Source::Cloudtrail)
     } else if has("ModelInvocationLog") && has("\"schemaType\"") {
@@ -203,15 +222,12 @@ fn operation_has_slash(text: &str) -> bool {
     let Some(i) = text.find("\"operationName\"") else {
         return false;
     };
-    let rest = text.get(i + 15..).unwrap_or("");
-    let value: String = rest.chars().take(120).collect();
-    value.contains("/ACTION")
-        || value.contains("/action")
-        || value.contains("/WRITE")
-        || value.contains("/write")
-        || value.contains("/DELETE")
-        || value.contains("/delete")
-        || value.to_ascii_lowercase().contains("microsoft.")
+    let rest = text.as_bytes().get(i + 15..).unwrap_or(&[]);
+    let value = rest.get(..rest.len().min(120)).unwrap_or(rest);
+    let lower = value.to_ascii_lowercase();
+    ["/action", "/write", "/delete", "microsoft."]
+        .iter()
+        .any(|n| memchr::memmem::find(&lower, n.as_bytes()).is_some())
 }
 
 /// Parses one record of a known source. Most records give one event; a usage bucket gives

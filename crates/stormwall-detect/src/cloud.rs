@@ -63,13 +63,23 @@ pub struct CloudRun {
     control_ids: VecDeque<(i64, String)>,
     watermark: Option<i64>,
     scratch: Vec<Alert>,
+    /// Whether recent events are kept for a snapshot (and re-read events skipped).
+    keep: bool,
     /// Events skipped because a saved state had already judged them.
     pub duplicates: u64,
 }
 
 impl CloudRun {
-    /// A fresh run.
+    /// A fresh run that keeps what a snapshot needs (see [`CloudRun::without_state`]).
     pub fn new(cfg: EngineConfig, th: CloudThresholds) -> Self {
+        let mut run = Self::without_state(cfg, th);
+        run.keep = true;
+        run
+    }
+
+    /// A fresh run that will not be saved: no events are kept (a one-off batch, the
+    /// benchmark), so memory stays at the detectors' state.
+    pub fn without_state(cfg: EngineConfig, th: CloudThresholds) -> Self {
         let cloud = CloudDetectors::new(
             th,
             cfg.detect.disabled.clone(),
@@ -84,6 +94,7 @@ impl CloudRun {
             control_ids: VecDeque::new(),
             watermark: None,
             scratch: Vec::new(),
+            keep: false,
             duplicates: 0,
         }
     }
@@ -123,13 +134,16 @@ impl CloudRun {
     fn remember(&mut self, e: UsageEvent) {
         if let Some(c) = e.cloud.as_deref()
             && let Some(k) = &e.key_id
+            && !self.principals.contains_key(k)
         {
             self.principals
-                .entry(k.clone())
-                .or_insert_with(|| (c.principal.clone(), c.resource.clone()));
+                .insert(k.clone(), (c.principal.clone(), c.resource.clone()));
         }
         let t = e.timestamp.unix_timestamp();
         self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+        if !self.keep {
+            return;
+        }
         self.seen.insert(e.id.clone());
         self.retained.push_back(e);
         let horizon = self.watermark.unwrap_or(t) - RETAIN_DAYS * 86_400;
@@ -175,7 +189,7 @@ impl CloudRun {
 
     /// Observes a usage event (from a cloud log or the gateway); appends its findings.
     pub fn observe_usage(&mut self, e: UsageEvent, out: &mut Vec<Finding>) {
-        if self.seen.contains(&e.id) {
+        if self.keep && self.seen.contains(&e.id) {
             self.duplicates += 1;
             return;
         }
@@ -197,14 +211,16 @@ impl CloudRun {
 
     /// Observes a management event; appends its findings.
     pub fn observe_control(&mut self, c: &ControlEvent, out: &mut Vec<Finding>) {
-        if self.seen.contains(&c.id) {
+        if self.keep && self.seen.contains(&c.id) {
             self.duplicates += 1;
             return;
         }
         let t = c.timestamp.unix_timestamp();
         self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
-        self.seen.insert(c.id.clone());
-        self.control_ids.push_back((t, c.id.clone()));
+        if self.keep {
+            self.control_ids.push_back((t, c.id.clone()));
+            self.seen.insert(c.id.clone());
+        }
         let horizon = self.watermark.unwrap_or(t) - RETAIN_DAYS * 86_400;
         while self.control_ids.front().is_some_and(|(x, _)| *x < horizon)
             || self.control_ids.len() > RETAIN_MAX
@@ -214,9 +230,10 @@ impl CloudRun {
             }
         }
         let key = c.cloud.principal.key_id();
-        self.principals
-            .entry(key)
-            .or_insert_with(|| (c.cloud.principal.clone(), c.cloud.resource.clone()));
+        if !self.principals.contains_key(&key) {
+            self.principals
+                .insert(key, (c.cloud.principal.clone(), c.cloud.resource.clone()));
+        }
         self.scratch.clear();
         let mut alerts = Vec::new();
         self.cloud.observe_control(c, &mut alerts);

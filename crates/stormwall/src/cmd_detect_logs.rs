@@ -120,7 +120,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{} is not a detect state file", p.display()))?;
             CloudRun::resume(cfg, th, snap)
         }
-        _ => CloudRun::new(cfg, th),
+        Some(_) => CloudRun::new(cfg, th),
+        None => CloudRun::without_state(cfg, th),
     };
 
     let mut records = Vec::new();
@@ -146,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
     // Detectors judge on event time: one ordered stream over every file and source.
-    records.sort_by_key(Record::timestamp);
+    stormwall_cloudlogs::sort_by_time(&mut records);
 
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut findings: Vec<Finding> = Vec::new();

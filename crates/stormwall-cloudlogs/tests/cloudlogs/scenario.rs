@@ -72,7 +72,7 @@ fn judge(text: &str) -> Outcome {
         &parsed.bad[..parsed.bad.len().min(3)]
     );
     let mut records = parsed.records;
-    records.sort_by_key(Record::timestamp);
+    stormwall_cloudlogs::sort_by_time(&mut records);
     let n = records.len();
     let mut run = CloudRun::new(EngineConfig::default(), CloudThresholds::default());
     let mut all: Vec<Finding> = Vec::new();

@@ -166,13 +166,20 @@ fn unix(t: OffsetDateTime) -> i64 {
 /// Whether a user agent is the provider's console (not an access key in a script).
 fn console_agent(ua: Option<&str>) -> bool {
     ua.is_some_and(|u| {
-        let l = u.to_ascii_lowercase();
-        l.contains("console.amazonaws.com") || l == "aws internal" || l.contains("aws-internal")
+        u.eq_ignore_ascii_case("aws internal")
+            || u.as_bytes()
+                .windows(14)
+                .any(|w| w.eq_ignore_ascii_case(b"console.amazon"))
+            || u.as_bytes()
+                .windows(12)
+                .any(|w| w.eq_ignore_ascii_case(b"aws-internal"))
     })
 }
 
 /// One event as the detectors see it.
 struct Seen<'a> {
+    /// The principal's label, computed once per event.
+    label: &'a str,
     t: i64,
     id: &'a str,
     at: OffsetDateTime,
@@ -208,19 +215,22 @@ impl CloudDetectors {
             .is_none_or(|f| t - f < i64::from(self.th.learn_days) * 86_400)
     }
 
-    fn begin(&mut self, s: &Seen<'_>) {
+    fn begin(&mut self, s: &Seen<'_>, label: &str) {
         if self.state.first.is_none_or(|f| s.t < f) {
             self.state.first = Some(s.t);
         }
-        let p = self
-            .state
-            .principals
-            .entry(s.cloud.principal.label())
-            .or_insert_with(|| PrincipalState {
-                first: s.t,
-                ..PrincipalState::default()
-            });
-        if console_agent(s.ua) {
+        if !self.state.principals.contains_key(label) {
+            self.state.principals.insert(
+                label.to_owned(),
+                PrincipalState {
+                    first: s.t,
+                    ..PrincipalState::default()
+                },
+            );
+        }
+        if console_agent(s.ua)
+            && let Some(p) = self.state.principals.get_mut(label)
+        {
             p.admin = true;
         }
     }
@@ -305,7 +315,9 @@ impl CloudDetectors {
             return;
         };
         let ip = (!cloud.ip_missing).then_some(e.source_ip);
+        let label = cloud.principal.label();
         let s = Seen {
+            label: &label,
             t: unix(e.timestamp),
             id: &e.id,
             at: e.timestamp,
@@ -313,8 +325,7 @@ impl CloudDetectors {
             ua: e.user_agent.as_deref(),
             cloud,
         };
-        self.begin(&s);
-        let label = cloud.principal.label();
+        self.begin(&s, &label);
         let principal = &cloud.principal;
         let new_net = self.new_net(&label, ip);
         let listing = e.endpoint == Some(stormwall_types::Endpoint::Models);
@@ -336,7 +347,9 @@ impl CloudDetectors {
 
     /// Observes a management event.
     pub fn observe_control(&mut self, c: &ControlEvent, out: &mut Vec<Alert>) {
+        let label = c.cloud.principal.label();
         let s = Seen {
+            label: &label,
             t: unix(c.timestamp),
             id: &c.id,
             at: c.timestamp,
@@ -344,9 +357,8 @@ impl CloudDetectors {
             ua: c.user_agent.as_deref(),
             cloud: &c.cloud,
         };
-        self.begin(&s);
         let principal = &c.cloud.principal;
-        let label = principal.label();
+        self.begin(&s, &label);
         let new_net = self.new_net(&label, c.source_ip);
         self.note_llmjacking(&s, &label);
         use ControlAction as A;
@@ -385,7 +397,12 @@ impl CloudDetectors {
         if LLMJACKING_ACTIONS.contains(&op)
             && let Some(p) = self.state.principals.get_mut(label)
         {
-            p.llmjacking.insert(op.to_owned(), s.t);
+            match p.llmjacking.get_mut(op) {
+                Some(t) => *t = s.t,
+                None => {
+                    p.llmjacking.insert(op.to_owned(), s.t);
+                }
+            }
         }
     }
 
@@ -397,11 +414,11 @@ impl CloudDetectors {
             return;
         }
         let principal = &c.cloud.principal;
-        let label = principal.label();
+        let label = s.label;
         let account = principal.account.clone().unwrap_or_default();
         let learning = self.learning(s.t);
         let acc = self.state.accounts.entry(account).or_default();
-        let new_actor = acc.key_actors.insert(label.clone());
+        let new_actor = acc.key_actors.insert(label.to_owned());
         let broad = c
             .scopes
             .iter()
@@ -527,8 +544,8 @@ impl CloudDetectors {
     /// H2: a credential whose keys were read or created by a new actor is used from a
     /// network it has never used.
     fn h2(&mut self, s: &Seen<'_>, principal: &Principal, new_net: bool, out: &mut Vec<Alert>) {
-        let label = principal.label();
-        let Some(exposed) = self.state.principals.get(&label).and_then(|p| p.exposed_at) else {
+        let label = s.label;
+        let Some(exposed) = self.state.principals.get(label).and_then(|p| p.exposed_at) else {
             return;
         };
         let window = i64::from(self.th.h2_window_hours) * 3600;
@@ -565,9 +582,9 @@ impl CloudDetectors {
         if !principal.kind.long_lived() {
             return;
         }
-        let label = principal.label();
+        let label = s.label;
         let repeat = i64::from(self.th.e4_repeat_days) * 86_400;
-        if let Some(p) = self.state.principals.get_mut(&label) {
+        if let Some(p) = self.state.principals.get_mut(label) {
             if p.e4_at.is_some_and(|at| s.t - at < repeat) {
                 return;
             }
@@ -592,9 +609,9 @@ impl CloudDetectors {
     /// V3: the invocation-logging configuration read by a principal that does not
     /// administer it; repeated reads at a steady pace are a key checker.
     fn v3(&mut self, s: &Seen<'_>, principal: &Principal, out: &mut Vec<Alert>) {
-        let label = principal.label();
+        let label = s.label;
         let th = self.th.v3_checker_reads;
-        let Some(p) = self.state.principals.get_mut(&label) else {
+        let Some(p) = self.state.principals.get_mut(label) else {
             return;
         };
         if p.admin || console_agent(s.ua) {
@@ -630,9 +647,9 @@ impl CloudDetectors {
     /// V5: model access enabled with an access key — use-case form, agreement, entitlement.
     fn v5(&mut self, c: &ControlEvent, s: &Seen<'_>, out: &mut Vec<Alert>) {
         let principal = &c.cloud.principal;
-        let label = principal.label();
+        let label = s.label;
         let console = console_agent(s.ua);
-        if let Some(p) = self.state.principals.get_mut(&label)
+        if let Some(p) = self.state.principals.get_mut(label)
             && c.action != ControlAction::ListAgreementOffers
         {
             p.enabled_at = Some((s.t, c.cloud.operation.clone()));
@@ -665,12 +682,12 @@ impl CloudDetectors {
 
     /// V5 (continued): an invocation after the preamble completes it — critical.
     fn v5_then_invoke(&mut self, s: &Seen<'_>, principal: &Principal, out: &mut Vec<Alert>) {
-        let label = principal.label();
+        let label = s.label;
         let window = i64::from(self.th.v5_window_hours) * 3600;
         let Some((at, op)) = self
             .state
             .principals
-            .get(&label)
+            .get(label)
             .and_then(|p| p.enabled_at.clone())
         else {
             return;
@@ -700,10 +717,13 @@ impl CloudDetectors {
 
     /// V5 (Prowler): one identity used a large share of the LLMjacking actions in 24 h.
     fn v5_share(&mut self, s: &Seen<'_>, principal: &Principal, out: &mut Vec<Alert>) {
-        let label = principal.label();
-        let Some(p) = self.state.principals.get_mut(&label) else {
+        let label = s.label;
+        let Some(p) = self.state.principals.get_mut(label) else {
             return;
         };
+        if p.llmjacking.len() < 2 {
+            return;
+        }
         p.llmjacking.retain(|_, &mut t| s.t - t <= 86_400);
         let share = p.llmjacking.len() as f64 / LLMJACKING_ACTIONS.len() as f64;
         if share < self.th.v5_action_share || p.admin {
@@ -739,9 +759,9 @@ impl CloudDetectors {
         model: u64,
         out: &mut Vec<Alert>,
     ) {
-        let label = principal.label();
+        let label = s.label;
         let (inv_th, list_th) = (self.th.v6_denied_invokes, self.th.v6_denied_listings);
-        let Some(p) = self.state.principals.get_mut(&label) else {
+        let Some(p) = self.state.principals.get_mut(label) else {
             return;
         };
         let (count, th) = if listing {
@@ -931,15 +951,20 @@ impl CloudDetectors {
         let Some(region) = s.cloud.region.as_deref() else {
             return;
         };
-        let label = principal.label();
+        let label = s.label;
         let th = self.th.p7_regions;
-        let Some(p) = self.state.principals.get_mut(&label) else {
+        let Some(p) = self.state.principals.get_mut(label) else {
             return;
         };
-        p.regions.retain(|(t, r)| s.t - *t <= 3600 && r != region);
-        p.regions.push_back((s.t, region.to_owned()));
-        while p.regions.len() > 32 {
-            p.regions.pop_front();
+        p.regions.retain(|(t, _)| s.t - *t <= 3600);
+        match p.regions.iter_mut().find(|(_, r)| r == region) {
+            Some(slot) => slot.0 = s.t,
+            None => {
+                if p.regions.len() >= 32 {
+                    p.regions.pop_front();
+                }
+                p.regions.push_back((s.t, region.to_owned()));
+            }
         }
         let n = p.regions.len() as u32;
         if n < th {
