@@ -362,16 +362,14 @@ impl CloudDetectors {
         let new_net = self.new_net(&label, c.source_ip);
         self.note_llmjacking(&s, &label);
         use ControlAction as A;
-        if c.success
+        // Judged first, learnt after: a principal's first logging change is not its own
+        // licence.
+        let administers = c.success
             && matches!(
                 c.action,
                 A::PutLoggingConfig | A::GuardrailCreate | A::DeploymentWrite
             )
-            && !c.loosens
-            && let Some(p) = self.state.principals.get_mut(&label)
-        {
-            p.admin = true;
-        }
+            && !c.loosens;
         match c.action {
             A::ListKeys | A::RegenerateKey | A::CreateKey | A::UpdateKey => {
                 self.e3(c, &s, new_net, out);
@@ -387,6 +385,9 @@ impl CloudDetectors {
         }
         self.x4(c, &s, out);
         self.v5_share(&s, principal, out);
+        if administers && let Some(p) = self.state.principals.get_mut(&label) {
+            p.admin = true;
+        }
     }
 
     fn note_llmjacking(&mut self, s: &Seen<'_>, label: &str) {
