@@ -230,10 +230,9 @@ impl CloudRun {
             }
         }
         let key = c.cloud.principal.key_id();
-        if !self.principals.contains_key(&key) {
-            self.principals
-                .insert(key, (c.cloud.principal.clone(), c.cloud.resource.clone()));
-        }
+        self.principals
+            .entry(key)
+            .or_insert_with(|| (c.cloud.principal.clone(), c.cloud.resource.clone()));
         self.scratch.clear();
         let mut alerts = Vec::new();
         self.cloud.observe_control(c, &mut alerts);

@@ -118,7 +118,7 @@ fn judge(text: &str) -> Outcome {
                 .entry(f.alert.detector.as_str())
                 .or_default() += 1;
         }
-        all.extend(out.drain(..));
+        all.append(&mut out);
     }
     Outcome {
         worst,
@@ -431,16 +431,17 @@ fn azure_records() -> (String, Vec<String>, Vec<String>) {
                     "ChatCompletions_Create"
                 };
                 let status = if rng.below(200) == 0 { 429 } else { 200 };
-                let ip = format!(
-                    "198.51.100.{}",
-                    if rng.below(2) == 0 { "***" } else { "***" }
-                );
+                let ip = if rng.below(2) == 0 {
+                    "198.51.100.***"
+                } else {
+                    "192.0.2.***"
+                };
                 let _ = a;
                 lines.push(diag(
                     t,
                     acct,
                     op,
-                    &ip,
+                    ip,
                     status,
                     "",
                     "gpt4o-prod",
