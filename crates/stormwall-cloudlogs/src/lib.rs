@@ -27,6 +27,7 @@ pub mod azure;
 pub mod container;
 pub mod gcp;
 pub mod openai;
+pub mod sigma;
 pub mod util;
 
 use std::fmt;

@@ -37,6 +37,10 @@ pub struct Args {
     /// the end (a daily batch continues yesterday's baselines).
     #[arg(long, requires = "logs")]
     pub state: Option<PathBuf>,
+    /// With `--logs`: also evaluate the Sigma rules (`.yml`) under this folder over the raw
+    /// records.
+    #[arg(long, requires = "logs")]
+    pub sigma: Option<PathBuf>,
     /// Config file whose `[detect]` and `[response]` sections are used (other sections are
     /// ignored here); defaults apply without one.
     #[arg(long, short = 'c')]

@@ -124,6 +124,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => CloudRun::without_state(cfg, th),
     };
 
+    let (rules, rule_errors) = match &args.sigma {
+        Some(dir) => stormwall_cloudlogs::sigma::load_dir(dir)
+            .with_context(|| format!("cannot read Sigma rules under {}", dir.display()))?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut sigma_hits: Vec<SigmaHit> = Vec::new();
     let mut records = Vec::new();
     let mut bad: Vec<BadRecord> = Vec::new();
     let mut per_source = BTreeMap::<Source, u64>::new();
@@ -145,6 +151,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Err(b) => bad.push(b),
             }
         });
+        if !rules.is_empty() {
+            sigma_file(
+                &rules,
+                &name,
+                &bytes,
+                forced,
+                (since, until),
+                &mut sigma_hits,
+            );
+        }
     }
     // Detectors judge on event time: one ordered stream over every file and source.
     stormwall_cloudlogs::sort_by_time(&mut records);
@@ -205,6 +221,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let mut sigma_counts = BTreeMap::<&str, u64>::new();
+    for h in &sigma_hits {
+        *sigma_counts.entry(h.rule.as_str()).or_default() += 1;
+        if args.json {
+            serde_json::to_writer(&mut out, &SigmaLine { sigma: h })?;
+            out.write_all(b"\n")?;
+        } else {
+            writeln!(
+                out,
+                "{}  {:<8} sigma {}  {}:{} ({})  {}",
+                h.at, h.level, h.rule, h.file, h.line, h.source, h.title
+            )?;
+        }
+    }
     out.flush()?;
     if let Some(p) = &args.state {
         let tmp = p.with_extension("tmp");
@@ -234,6 +264,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if bad.len() > MAX_LISTED_BAD {
         eprintln!("  … and {} more bad records", bad.len() - MAX_LISTED_BAD);
     }
+    if args.sigma.is_some() {
+        let counts: Vec<String> = sigma_counts
+            .iter()
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        eprintln!(
+            "sigma: {} rules loaded, {} skipped, {} matches [{}]",
+            rules.len(),
+            rule_errors.len(),
+            sigma_hits.len(),
+            counts.join(" ")
+        );
+        for e in &rule_errors {
+            eprintln!("  skipped rule {e}");
+        }
+    }
     let stats = run.engine().stats();
     eprintln!(
         "{} principals, {} alerts [{}]",
@@ -253,4 +299,62 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One Sigma rule matching one record.
+#[derive(Debug, serde::Serialize)]
+struct SigmaHit {
+    /// Rule id.
+    rule: String,
+    title: String,
+    level: String,
+    file: String,
+    line: usize,
+    source: &'static str,
+    /// Record time, when the record parses.
+    at: String,
+}
+
+#[derive(serde::Serialize)]
+struct SigmaLine<'a> {
+    sigma: &'a SigmaHit,
+}
+
+/// Evaluates the rules over a file's raw records (their own field names, as Sigma rules
+/// expect), within the time bounds.
+fn sigma_file(
+    rules: &[stormwall_cloudlogs::sigma::Rule],
+    file: &str,
+    bytes: &[u8],
+    forced: Option<Source>,
+    (since, until): (Option<OffsetDateTime>, Option<OffsetDateTime>),
+    hits: &mut Vec<SigmaHit>,
+) {
+    let _ = stormwall_cloudlogs::container::records(bytes, &mut |line, text| {
+        let Some(source) = forced.or_else(|| stormwall_cloudlogs::sniff(text)) else {
+            return;
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            return;
+        };
+        let at = stormwall_cloudlogs::parse_record(source, text)
+            .ok()
+            .and_then(|r| r.first().map(Record::timestamp));
+        if let Some(t) = at
+            && (since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u))
+        {
+            return;
+        }
+        for r in rules.iter().filter(|r| r.matches(source, &value, text)) {
+            hits.push(SigmaHit {
+                rule: r.id.clone(),
+                title: r.title.clone(),
+                level: r.level.clone(),
+                file: file.to_owned(),
+                line,
+                source: source.as_str(),
+                at: at.map(stormwall_types::timefmt::format).unwrap_or_default(),
+            });
+        }
+    });
 }

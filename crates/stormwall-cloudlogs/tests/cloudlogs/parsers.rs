@@ -434,3 +434,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_shipped_sigma_rules_all_load_and_name_sources() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sigma");
+    let (rules, errors) = stormwall_cloudlogs::sigma::load_dir(&dir).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(rules.len(), 9);
+    assert!(rules.iter().all(|r| !r.sources.is_empty()));
+}

@@ -91,3 +91,35 @@ fn detect_logs_filters_by_time_and_forced_source() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown log source"));
 }
+
+#[test]
+fn detect_logs_evaluates_the_shipped_sigma_rules() {
+    let rules = format!(
+        "{}/../stormwall-cloudlogs/sigma",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = run(&["detect", "--logs", &fixtures(), "--sigma", &rules, "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sigma: 9 rules loaded, 0 skipped, 7 matches"),
+        "{stderr}"
+    );
+    let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("sigma").is_some())
+        .collect();
+    let deleted = hits
+        .iter()
+        .find(|h| h["sigma"]["rule"] == "7f1b2c10-3d4e-4f50-8a61-000000000102")
+        .unwrap();
+    assert!(
+        deleted["sigma"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("cloudtrail.json")
+    );
+    assert_eq!(deleted["sigma"]["line"], 4);
+    assert_eq!(deleted["sigma"]["source"], "cloudtrail");
+}
