@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use stormwall_types::{
     CloudContext, CloudProvider, ControlAction, ControlEvent, CredentialKind, Endpoint, Principal,
-    SafetyVerdict, UsageEvent, VerdictCategory,
+    SafetyVerdict, VerdictCategory,
     safety::{Action, SafetyStage},
 };
 
@@ -542,11 +542,4 @@ fn scan_body(body: &serde_json::Value) -> BodyScan {
         max_tokens,
         roleplay,
     }
-}
-
-/// Whether a parsed usage event came from an AWS source with a long-lived key.
-pub fn is_long_lived(e: &UsageEvent) -> bool {
-    e.cloud
-        .as_ref()
-        .is_some_and(|c| c.principal.kind.long_lived())
 }
