@@ -29,6 +29,7 @@
 //! The simulator that evaluates the engine on labelled traffic is its own crate,
 //! `stormwall-sim`, so nothing that runs the detectors live depends on it.
 
+pub mod cloud;
 pub mod config;
 pub mod detectors;
 pub mod egress;

@@ -61,11 +61,31 @@ pub enum DetectorId {
     D1,
     /// Disruption: a burned fingerprint reappears on another key.
     D2,
+    /// Exposure: cloud resource keys listed or a credential created by a new actor.
+    E3,
+    /// Exposure: a long-lived cloud credential used for inference (posture finding).
+    E4,
+    /// Validation: invocation-logging configuration read by a non-admin principal.
+    V3,
+    /// Validation: model access enabled through an access key (the LLMjacking preamble).
+    V5,
+    /// Validation: denied model invocations or listings (probing).
+    V6,
+    /// Evasion: invocation logging or diagnostic settings removed or changed.
+    X1,
+    /// Evasion: a guardrail or content-filter policy removed or weakened.
+    X2,
+    /// Evasion: network or authentication access loosened.
+    X3,
+    /// Evasion: a bearer API key used for destructive or non-Bedrock calls.
+    X4,
+    /// Proxy: one cloud identity invoking models in many regions.
+    P7,
 }
 
 impl DetectorId {
     /// Every detector, in catalogue order.
-    pub const ALL: [DetectorId; 22] = [
+    pub const ALL: [DetectorId; 32] = [
         DetectorId::E1,
         DetectorId::H1,
         DetectorId::H2,
@@ -88,6 +108,16 @@ impl DetectorId {
         DetectorId::A4,
         DetectorId::D1,
         DetectorId::D2,
+        DetectorId::E3,
+        DetectorId::E4,
+        DetectorId::V3,
+        DetectorId::V5,
+        DetectorId::V6,
+        DetectorId::X1,
+        DetectorId::X2,
+        DetectorId::X3,
+        DetectorId::X4,
+        DetectorId::P7,
     ];
 
     /// The catalogue id, e.g. `"P3"`.
@@ -115,6 +145,16 @@ impl DetectorId {
             DetectorId::A4 => "A4",
             DetectorId::D1 => "D1",
             DetectorId::D2 => "D2",
+            DetectorId::E3 => "E3",
+            DetectorId::E4 => "E4",
+            DetectorId::V3 => "V3",
+            DetectorId::V5 => "V5",
+            DetectorId::V6 => "V6",
+            DetectorId::X1 => "X1",
+            DetectorId::X2 => "X2",
+            DetectorId::X3 => "X3",
+            DetectorId::X4 => "X4",
+            DetectorId::P7 => "P7",
         }
     }
 
@@ -122,10 +162,11 @@ impl DetectorId {
     pub fn stage(self) -> Stage {
         use DetectorId::*;
         match self {
-            E1 => Stage::Exposure,
+            E1 | E3 | E4 => Stage::Exposure,
             H1 | H2 => Stage::Harvest,
-            V1 | V2 | V4 => Stage::Validation,
-            P1 | P2 | P3 | P4 | P5 | P6 => Stage::Proxy,
+            V1 | V2 | V3 | V4 | V5 | V6 => Stage::Validation,
+            P1 | P2 | P3 | P4 | P5 | P6 | P7 => Stage::Proxy,
+            X1 | X2 | X3 | X4 => Stage::Evasion,
             R1 | R2 | R3 | R4 | R5 | R6 => Stage::Resale,
             A1 | A4 => Stage::Abuse,
             D1 | D2 => Stage::Disruption,
@@ -179,6 +220,8 @@ pub enum Stage {
     Abuse,
     /// After revocation: retries and reappearance elsewhere.
     Disruption,
+    /// Covering tracks: logging, guardrails or access controls weakened.
+    Evasion,
 }
 
 impl Stage {
@@ -192,6 +235,7 @@ impl Stage {
             Stage::Resale => "resale",
             Stage::Abuse => "abuse",
             Stage::Disruption => "disruption",
+            Stage::Evasion => "evasion",
         }
     }
 }

@@ -483,6 +483,10 @@ pub struct UsageEvent {
     /// Requests in flight on this key when this one was admitted (itself included).
     #[serde(rename = "inflight", default)]
     pub inflight: u32,
+    /// Cloud-log origin: the principal (credential) and operation, for events parsed from a
+    /// cloud's logs rather than seen by the gateway.
+    #[serde(rename = "cloud", default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<Box<crate::cloud::CloudContext>>,
 }
 
 impl UsageEvent {
@@ -554,6 +558,7 @@ impl UsageEvent {
             stream_outcome: None,
             duration_ms: 0.0,
             inflight: 0,
+            cloud: None,
         }
     }
 

@@ -60,6 +60,17 @@ impl KeyId {
         Ok(Self(bytes))
     }
 
+    /// An id from 12 bytes the caller made from the base62 alphabet (a derived cloud
+    /// principal id); any other byte is replaced by `0` so the id stays well formed.
+    pub(crate) fn from_alphanumeric(mut bytes: [u8; ID_LEN]) -> Self {
+        for b in &mut bytes {
+            if !b.is_ascii_alphanumeric() {
+                *b = b'0';
+            }
+        }
+        Self(bytes)
+    }
+
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         // Only ASCII alphanumerics get in (checked by `new`), so this never falls back.

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod alert;
+pub mod cloud;
 pub mod endpoint;
 pub mod event;
 pub mod key;
@@ -23,6 +24,9 @@ pub mod timefmt;
 
 pub use alert::{
     Action, ActionKind, Alert, AlertFeature, AlertSubject, DetectorId, KeyEffect, Severity, Stage,
+};
+pub use cloud::{
+    CloudContext, CloudProvider, ControlAction, ControlEvent, CredentialKind, Principal,
 };
 pub use endpoint::{ApiFlavor, Endpoint};
 pub use event::{Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};

@@ -1,6 +1,7 @@
 //! `stormwall detect --events FILE`: run the detectors offline over exported events
 //! (JSON lines, as `stormwall events export` writes them), on event time, so the same file
-//! always gives the same alerts and actions.
+//! always gives the same alerts and actions. `stormwall detect --logs PATH…` reads cloud
+//! logs instead (`cmd_detect_logs.rs`).
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,8 +18,29 @@ const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Events as JSON lines (`-` for stdin).
-    #[arg(long)]
-    pub events: PathBuf,
+    #[arg(long, required_unless_present = "logs", conflicts_with = "logs")]
+    pub events: Option<PathBuf>,
+    /// Cloud log files or folders (Azure, AWS, OpenAI, Google; gzip, JSON array, JSON lines,
+    /// CloudTrail `Records`): see docs/cloud-logs.md.
+    #[arg(long, num_args = 1..)]
+    pub logs: Vec<PathBuf>,
+    /// With `--logs`: the source of every record (`auto` recognises each record).
+    #[arg(long, default_value = "auto", requires = "logs")]
+    pub source: String,
+    /// With `--logs`: ignore records before this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, requires = "logs")]
+    pub since: Option<String>,
+    /// With `--logs`: ignore records at or after this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, requires = "logs")]
+    pub until: Option<String>,
+    /// With `--logs`: resume from this state file if it exists, and save the state there at
+    /// the end (a daily batch continues yesterday's baselines).
+    #[arg(long, requires = "logs")]
+    pub state: Option<PathBuf>,
+    /// With `--logs`: also evaluate the Sigma rules (`.yml`) under this folder over the raw
+    /// records.
+    #[arg(long, requires = "logs")]
+    pub sigma: Option<PathBuf>,
     /// Config file whose `[detect]` and `[response]` sections are used (other sections are
     /// ignored here); defaults apply without one.
     #[arg(long, short = 'c')]
@@ -66,14 +88,20 @@ struct Line<'a> {
 
 /// Runs `stormwall detect`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !args.logs.is_empty() {
+        return crate::cmd_detect_logs::run(args);
+    }
     let cfg = engine_config(args.config.as_deref(), &args.ipdb)?;
     let mut engine = Engine::new(cfg);
-    let input: Box<dyn BufRead> = if args.events.as_os_str() == "-" {
+    let Some(events) = args.events.clone() else {
+        anyhow::bail!("--events FILE or --logs PATH… is required");
+    };
+    let input: Box<dyn BufRead> = if events.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin().lock()))
     } else {
         Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.events)
-                .with_context(|| format!("cannot open {}", args.events.display()))?,
+            std::fs::File::open(&events)
+                .with_context(|| format!("cannot open {}", events.display()))?,
         ))
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -88,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let read = (&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut line)
-            .with_context(|| format!("cannot read {}", args.events.display()))?;
+            .with_context(|| format!("cannot read {}", events.display()))?;
         if read == 0 {
             break;
         }
@@ -140,7 +168,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_text(out: &mut impl Write, a: &Alert, action: Option<&Action>) -> std::io::Result<()> {
+pub(crate) fn write_text(
+    out: &mut impl Write,
+    a: &Alert,
+    action: Option<&Action>,
+) -> std::io::Result<()> {
     let key = a.key_id.as_ref().map_or("-", |k| k.as_str());
     writeln!(
         out,

@@ -9,6 +9,7 @@ mod cmd_audit;
 mod cmd_config;
 mod cmd_demo;
 mod cmd_detect;
+mod cmd_detect_logs;
 mod cmd_events;
 mod cmd_keys;
 mod cmd_leak_reports;

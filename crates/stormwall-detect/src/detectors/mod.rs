@@ -3,6 +3,7 @@
 //! applies the switch-off list and the per-key cooldown.
 
 pub mod abuse;
+pub mod cloud;
 pub mod proxy;
 pub mod resale;
 pub mod tripwire;

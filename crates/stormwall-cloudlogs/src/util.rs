@@ -1,0 +1,224 @@
+//! Small shared pieces of the parsers: time stamps, addresses (masked or with a port), event
+//! ids derived from record text, and fields that are sometimes an object and sometimes a
+//! JSON string holding one.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use stormwall_types::{Endpoint, UsageEvent};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ParseError;
+
+/// Parses an RFC 3339 time, also accepting a missing offset (taken as UTC) and a space
+/// instead of `T`, as some exports write.
+pub fn parse_time(s: &str) -> Result<OffsetDateTime, ParseError> {
+    let s = s.trim();
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let mut fixed = s.replace(' ', "T");
+    let has_offset = fixed.ends_with('Z')
+        || fixed.ends_with('z')
+        || fixed
+            .get(fixed.len().saturating_sub(6)..)
+            .is_some_and(|tail| tail.starts_with(['+', '-']) && tail.contains(':'));
+    if !has_offset {
+        fixed.push('Z');
+    }
+    OffsetDateTime::parse(&fixed, &Rfc3339).map_err(|_| ParseError::Field("time", short(s)))
+}
+
+/// A unix time in seconds.
+pub fn unix_time(secs: i64) -> Result<OffsetDateTime, ParseError> {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .map_err(|_| ParseError::Field("time", secs.to_string()))
+}
+
+/// The first 60 characters of a value, for error messages.
+pub fn short(s: &str) -> String {
+    s.chars().take(60).collect()
+}
+
+/// A caller address as logged: `203.0.113.9`, `203.0.113.9:443`, `[2001:db8::1]:443`, or
+/// masked `81.2.69.***` (then the /24 network and `true`). `None` when absent or not an
+/// address (a service name such as `bedrock.amazonaws.com`).
+pub fn parse_ip(s: &str) -> Option<(IpAddr, bool)> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some((ip, false));
+    }
+    if s.contains('*') || s.ends_with(".xxx") {
+        let cleaned: String = s.replace("***", "0").replace("xxx", "0").replace('*', "0");
+        if let Ok(ip) = cleaned.parse::<IpAddr>() {
+            return Some((mask24(ip), true));
+        }
+        return None;
+    }
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some((ip, _)) = rest.split_once(']')
+    {
+        return ip.parse().ok().map(|ip| (ip, false));
+    }
+    if let Some((ip, port)) = s.rsplit_once(':')
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(ip) = ip.parse::<Ipv4Addr>()
+    {
+        return Some((IpAddr::V4(ip), false));
+    }
+    None
+}
+
+fn mask24(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], 0))
+        }
+        v6 => v6,
+    }
+}
+
+/// An event id derived from the record's text (for sources without ids of their own):
+/// the same record always gets the same id, so a replay gives the same alert ids.
+pub fn derived_id(prefix: &str, text: &str) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    let mut s = String::with_capacity(prefix.len() + 33);
+    s.push_str(prefix);
+    s.push('-');
+    for b in d.iter().take(16) {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A 128-bit hex hash of a text (system-prompt hashes), never the text itself.
+pub fn hash128(text: &str) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    let mut s = String::with_capacity(32);
+    for b in d.iter().take(16) {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// A field that is a JSON object, or a JSON string holding one (Azure diagnostic
+/// `properties` come both ways). Absent, `null`, or an unreadable string give `None`.
+pub fn object_or_string<T: DeserializeOwned>(raw: Option<&RawValue>) -> Option<T> {
+    let raw = raw?;
+    let text = raw.get().trim_start();
+    if text.starts_with('"') {
+        let inner: String = serde_json::from_str(text).ok()?;
+        serde_json::from_str(&inner).ok()
+    } else if text.starts_with('{') {
+        serde_json::from_str(text).ok()
+    } else {
+        None
+    }
+}
+
+/// The Azure subscription id in a resource id (`/SUBSCRIPTIONS/<id>/…`), lower-cased.
+pub fn azure_subscription(resource_id: &str) -> Option<String> {
+    let lower = resource_id.to_ascii_lowercase();
+    let rest = lower.split("/subscriptions/").nth(1)?;
+    Some(rest.split('/').next().unwrap_or(rest).to_owned())
+}
+
+/// The segment after `/<kind>/` in an Azure resource id (e.g. `accounts` → the account
+/// name, `resourcegroups` → the group), as written.
+pub fn azure_segment(resource_id: &str, kind: &str) -> Option<String> {
+    let mut parts = resource_id.split('/');
+    while let Some(p) = parts.next() {
+        if p.eq_ignore_ascii_case(kind) {
+            return parts.next().map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// A fresh usage event for a cloud record (no gateway fields; `source.ip` unspecified until
+/// set).
+pub fn usage(id: String, t: OffsetDateTime, dataset: &str, method: &str, path: &str) -> UsageEvent {
+    let mut e = UsageEvent::new(id, t, IpAddr::V4(Ipv4Addr::UNSPECIFIED), method, path);
+    e.dataset = dataset.to_owned();
+    e
+}
+
+/// The endpoint a model name suggests for a generic invocation.
+pub fn endpoint_for_model(model: &str) -> Endpoint {
+    let m = model.to_ascii_lowercase();
+    if m.contains("embed") {
+        Endpoint::Embeddings
+    } else if m.contains("image")
+        || m.contains("stable-diffusion")
+        || m.contains("sd3")
+        || m.contains("titan-image")
+        || m.contains("nova-canvas")
+        || m.contains("imagen")
+        || m.contains("dall-e")
+    {
+        Endpoint::ImagesGenerations
+    } else {
+        Endpoint::ChatCompletions
+    }
+}
+
+/// Typical prompt size assumed for a source that logs calls but not their bodies, so the
+/// probe and micro-request detectors (which judge prompt size) stay silent unless the source
+/// itself shows a probe (a malformed-input error).
+pub const UNSEEN_PROMPT_CHARS: u64 = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_ip("81.2.69.***"),
+            Some(("81.2.69.0".parse().unwrap(), true))
+        );
+        assert_eq!(
+            parse_ip("203.0.113.9:443"),
+            Some(("203.0.113.9".parse().unwrap(), false))
+        );
+        assert_eq!(
+            parse_ip("[2001:db8::1]:443"),
+            Some(("2001:db8::1".parse().unwrap(), false))
+        );
+        assert_eq!(parse_ip("bedrock.amazonaws.com"), None);
+        assert_eq!(parse_ip(""), None);
+    }
+
+    #[test]
+    fn times() {
+        assert!(parse_time("2025-03-04T02:14:09.5120000Z").is_ok());
+        assert!(parse_time("2025-03-04T02:14:09").is_ok());
+        assert!(parse_time("2025-03-04 02:14:09+01:00").is_ok());
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn object_or_string_reads_both() {
+        #[derive(serde::Deserialize)]
+        struct P {
+            a: u8,
+        }
+        let obj = RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
+        let s = RawValue::from_string(r#""{\"a\":2}""#.into()).unwrap();
+        assert_eq!(object_or_string::<P>(Some(&obj)).unwrap().a, 1);
+        assert_eq!(object_or_string::<P>(Some(&s)).unwrap().a, 2);
+        let bad = RawValue::from_string("3".into()).unwrap();
+        assert!(object_or_string::<P>(Some(&bad)).is_none());
+    }
+}
