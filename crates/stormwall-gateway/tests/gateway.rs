@@ -225,7 +225,7 @@ fn test_ipdb() -> IpDbConfig {
             )
             .into(),
         ),
-        extra_paths: vec![],
+        ..IpDbConfig::default()
     }
 }
 
