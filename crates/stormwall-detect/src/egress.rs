@@ -72,7 +72,9 @@ pub struct ExternalEgress(Arc<dyn Fn(IpAddr, Option<u32>) -> Option<EgressFlag> 
 
 impl ExternalEgress {
     /// Wraps a look-up of an address and its AS number.
-    pub fn new(f: impl Fn(IpAddr, Option<u32>) -> Option<EgressFlag> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        f: impl Fn(IpAddr, Option<u32>) -> Option<EgressFlag> + Send + Sync + 'static,
+    ) -> Self {
         Self(Arc::new(f))
     }
 }
