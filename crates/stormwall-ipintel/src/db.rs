@@ -462,7 +462,11 @@ impl IpIntel {
                 .asn_list_names
                 .get(usize::from(i))
                 .map_or("ASN list", |(n, _)| n);
-            by.flags.push(format!("{list}: {f}"));
+            let said = format!("{list}: {f}");
+            // A TSV's flagged row also flags its ASN: name that file once.
+            if !by.flags.contains(&said) {
+                by.flags.push(said);
+            }
             info.flags = info.flags.union(f);
         }
         for l in &self.lists {

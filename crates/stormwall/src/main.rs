@@ -10,6 +10,7 @@ mod cmd_config;
 mod cmd_demo;
 mod cmd_detect;
 mod cmd_events;
+mod cmd_ip;
 mod cmd_keys;
 mod cmd_leak_reports;
 mod cmd_migrate;
@@ -78,6 +79,9 @@ enum Command {
     Simulate(cmd_simulate::Args),
     /// Run a self-contained demonstration: gateway, mock upstream, a key, some requests.
     Demo(cmd_demo::Args),
+    /// IP intelligence: what the gateway knows of an address.
+    #[command(subcommand)]
+    Ip(cmd_ip::IpCommand),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +119,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Simulate(a) => cmd_simulate::run(a),
             Command::Scan(a) => cmd_scan::run(a).await,
             Command::Safety(c) => cmd_safety::run(c),
+            Command::Ip(c) => cmd_ip::run(c),
         }
     })
 }

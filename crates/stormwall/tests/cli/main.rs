@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod detect;
+mod ip;
 mod keys_bulk;
 mod safety;
 mod scan;
