@@ -378,3 +378,12 @@ fn no_database_falls_back_to_prefixes_and_says_what_is_missing() {
     let json = serde_json::to_value(db.status()).unwrap();
     assert_eq!(json["databases"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn the_repositorys_test_database_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/ip2asn-test.tsv");
+    let db = IpIntel::load(&only(&[&path])).unwrap();
+    assert_eq!(db.lookup(ip("127.0.3.9")).asn, Some(64503));
+    assert!(db.lookup(ip("127.0.3.9")).flags.contains(Flags::VPN));
+    assert_eq!(db.lookup(ip("::1")).asn, Some(64500));
+}
