@@ -1,4 +1,4 @@
-//! `IpDb::from_tsv` on arbitrary text, then look-ups of addresses taken from the text and the
+//! `stormwall-ipintel`'s iptoasn TSV reader on arbitrary text, then look-ups of addresses taken from the text and the
 //! raw bytes: never panics; for a table whose ranges do not overlap, every look-up agrees
 //! with a linear scan.
 #![no_main]
@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use stormwall_gateway::ipdb::IpDb;
+use stormwall_ipintel::IpIntel;
 use stormwall_types::record::canonical_ip;
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -45,7 +45,7 @@ fn v6(x: u128) -> IpAddr {
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let Ok(db) = IpDb::from_tsv(&text) else {
+    let Ok(db) = IpIntel::builder().tsv("fuzz", &text).map(|b| b.build()) else {
         return;
     };
     let rs = ranges(&text);
@@ -74,8 +74,11 @@ fuzz_target!(|data: &[u8]| {
     for ip in probes {
         let info = db.lookup(ip);
         assert_ne!(info.asn, Some(0), "AS 0 must read as unknown");
-        for t in [&info.country, &info.as_org, &info.flags].into_iter().flatten() {
+        if let Some(t) = &info.as_org {
             assert!(!t.is_empty() && &**t != "None" && t.trim() == &**t);
+        }
+        if let Some(c) = info.country {
+            assert!(c.as_str().bytes().all(|b| b.is_ascii_uppercase()));
         }
         if disjoint {
             let x = to_u128(ip);

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use stormwall_types::record::canonical_ip;
@@ -63,11 +64,33 @@ pub struct EgressParseError {
     pub why: &'static str,
 }
 
+/// An outside source of egress flags, consulted after the configured lists: the
+/// gateway's and `stormwall detect`'s IP intelligence (the shipped hosting ASN list, Tor
+/// exit and VPN lists, flagged database rows), which reloads without rebuilding the engine.
+#[derive(Clone)]
+pub struct ExternalEgress(Arc<dyn Fn(IpAddr, Option<u32>) -> Option<EgressFlag> + Send + Sync>);
+
+impl ExternalEgress {
+    /// Wraps a look-up of an address and its AS number.
+    pub fn new(
+        f: impl Fn(IpAddr, Option<u32>) -> Option<EgressFlag> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for ExternalEgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExternalEgress")
+    }
+}
+
 /// Networks known to be anonymising egress.
 #[derive(Debug, Clone, Default)]
 pub struct EgressList {
     by_asn: HashMap<u32, EgressFlag>,
     ranges: Vec<(u128, u128, EgressFlag)>,
+    external: Option<ExternalEgress>,
 }
 
 impl EgressList {
@@ -128,24 +151,29 @@ impl EgressList {
         Ok(())
     }
 
-    /// The flag of an address or its ASN, if any.
+    /// Consults `external` after the configured ASNs and networks.
+    pub fn set_external(&mut self, external: ExternalEgress) {
+        self.external = Some(external);
+    }
+
+    /// The flag of an address or its ASN, if any: configured ASNs, configured networks,
+    /// then the external source.
     pub fn lookup(&self, ip: IpAddr, asn: Option<u32>) -> Option<EgressFlag> {
         if let Some(f) = asn.and_then(|a| self.by_asn.get(&a)) {
             return Some(*f);
         }
-        if self.ranges.is_empty() {
-            return None;
+        if !self.ranges.is_empty() {
+            let v = to_u128(ip);
+            if let Some(r) = self.ranges.iter().find(|(a, b, _)| (*a..=*b).contains(&v)) {
+                return Some(r.2);
+            }
         }
-        let v = to_u128(ip);
-        self.ranges
-            .iter()
-            .find(|(a, b, _)| (*a..=*b).contains(&v))
-            .map(|r| r.2)
+        self.external.as_ref().and_then(|f| (f.0)(ip, asn))
     }
 
     /// Whether the list knows nothing.
     pub fn is_empty(&self) -> bool {
-        self.by_asn.is_empty() && self.ranges.is_empty()
+        self.by_asn.is_empty() && self.ranges.is_empty() && self.external.is_none()
     }
 }
 
@@ -176,5 +204,17 @@ mod tests {
         assert_eq!(l.lookup("127.0.0.9".parse().unwrap(), Some(64500)), None);
         assert!(l.add_tsv("x\ty\t1\tUS\tA\thosting\n").is_err());
         assert!(l.add_tsv("1.0.0.0\t1.0.0.255\t1\tUS\tA\tweird\n").is_err());
+        // The external source answers what the configured lists do not.
+        l.set_external(ExternalEgress::new(|_, asn| {
+            (asn == Some(16509)).then_some(EgressFlag::Hosting)
+        }));
+        assert_eq!(
+            l.lookup("192.0.2.1".parse().unwrap(), Some(16509)),
+            Some(EgressFlag::Hosting)
+        );
+        assert_eq!(
+            l.lookup("127.0.5.1".parse().unwrap(), Some(16509)),
+            Some(EgressFlag::Tor)
+        );
     }
 }

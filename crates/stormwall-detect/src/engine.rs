@@ -665,7 +665,8 @@ fn update_windows(ctx: &Ctx<'_>, ks: &mut KeyState) -> Update {
     if e.cost_usd.is_finite() && e.cost_usd > 0.0 && e.cost_usd < 1e9 {
         h.cost += e.cost_usd;
     }
-    let asn_new = o.asn.is_some() && h.asns.insert(o.asn_h);
+    // Without an ASN the /16 prefix stands in (Obs::asn_h), so spread is still counted.
+    let asn_new = h.asns.insert(o.asn_h);
     let cc_new = o.country_h.is_some_and(|c| h.countries.insert(c));
     h.nets.insert(o.net);
     h.families.insert(o.family.id());

@@ -161,6 +161,16 @@ pub fn net_prefix(ip: IpAddr) -> u64 {
     }
 }
 
+/// The network id of an address whose AS number is unknown (no IP database): its /16 for
+/// IPv4, its /32 for IPv6 (an operator's typical allocation), hashed apart from AS-number
+/// ids. The detectors then tell networks apart by prefix instead of not at all.
+pub fn fallback_network(ip: IpAddr) -> u64 {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => mix64(u64::from(u32::from(v4) >> 16) | 1 << 36),
+        IpAddr::V6(v6) => mix64((u128::from(v6) >> 96) as u64 | 1 << 37),
+    }
+}
+
 /// A compact id of one client address.
 pub fn ip_id(ip: IpAddr) -> u64 {
     match canonical_ip(ip) {
@@ -383,6 +393,17 @@ mod tests {
         assert!(js_divergence(&[1.0, 0.0], &[0.0, 1.0]) > 0.99);
         assert!(js_divergence(&[1.0, 1.0], &[2.0, 2.0]) < 1e-9);
         assert_eq!(js_divergence(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn fallback_networks_are_slash16() {
+        let a = fallback_network("198.51.100.7".parse().unwrap());
+        assert_eq!(a, fallback_network("::ffff:198.51.3.1".parse().unwrap()));
+        assert_ne!(a, fallback_network("198.52.100.7".parse().unwrap()));
+        assert_eq!(
+            fallback_network("2001:db8:1::1".parse().unwrap()),
+            fallback_network("2001:db8:ffff::1".parse().unwrap())
+        );
     }
 
     #[test]

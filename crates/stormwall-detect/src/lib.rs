@@ -40,5 +40,5 @@ pub mod sketch;
 pub mod state;
 
 pub use config::{ConfigError, DetectConfig, EngineConfig, PolicyRule, ResponseConfig, Thresholds};
-pub use egress::{EgressFlag, EgressList};
+pub use egress::{EgressFlag, EgressList, ExternalEgress};
 pub use engine::{Engine, EngineStats, GlobalView};

@@ -1256,3 +1256,55 @@ fn state_stays_bounded() {
     assert_eq!(s.untracked_events, 40);
     assert!(s.networks <= 5);
 }
+
+// ---------------------------------------------------------------- no IP database
+
+/// Events as a gateway without an IP database records them: address only.
+fn bare(mut e: UsageEvent) -> UsageEvent {
+    e.source_asn = None;
+    e.source_as_org = None;
+    e.source_country = None;
+    e
+}
+
+#[test]
+fn without_an_ip_database_networks_are_told_apart_by_slash16() {
+    let (k, corp) = ("BareNetKey01", corp());
+    let mut e = engine();
+    let mut g = Gen::new();
+    let w: Vec<UsageEvent> = warm(&mut g, k, "acme", &corp, 2)
+        .into_iter()
+        .map(bare)
+        .collect();
+    assert!(feed(&mut e, &w).is_empty(), "steady traffic raised alerts");
+    // Neighbours in the key's own /16 are its own network: no spread.
+    let home = [
+        client("198.51.7.7", 0, "", "OpenAI/Python 1.51.0", SDK_HEADERS),
+        client("198.51.200.9", 0, "", "OpenAI/Python 1.51.0", SDK_HEADERS),
+        client("198.51.100.77", 0, "", "OpenAI/Python 1.51.0", SDK_HEADERS),
+    ];
+    let events: Vec<UsageEvent> = home
+        .iter()
+        .enumerate()
+        .map(|(i, c)| bare(g.chat(k, "acme", end(2) + Duration::minutes(i as i64), c)))
+        .collect();
+    let alerts = feed(&mut e, &events);
+    assert!(!fired(&alerts, DetectorId::P1), "{alerts:?}");
+    // Three other /16s within the hour: the key is being used from several networks.
+    let away = [
+        client("203.0.113.1", 0, "", "OpenAI/Python 1.51.0", SDK_HEADERS),
+        client("192.0.2.1", 0, "", "OpenAI/Python 1.51.0", SDK_HEADERS),
+        client("198.18.0.1", 0, "", "OpenAI/Python 1.51.0", SDK_HEADERS),
+    ];
+    let events: Vec<UsageEvent> = away
+        .iter()
+        .enumerate()
+        .map(|(i, c)| bare(g.chat(k, "acme", end(2) + Duration::minutes(10 + i as i64), c)))
+        .collect();
+    let alerts = feed(&mut e, &events);
+    let p1 = alerts
+        .iter()
+        .find(|a| a.detector == DetectorId::P1)
+        .expect("P1 from /16 prefixes");
+    assert!(!p1.evidence.is_empty());
+}

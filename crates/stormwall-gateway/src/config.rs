@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use ipnet::IpNet;
 
@@ -96,26 +95,9 @@ impl Default for LimitsConfig {
     }
 }
 
-/// `[ipdb]`: where client addresses get their ASN and country.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IpDbConfig {
-    /// One database file: MaxMind `.mmdb` (ASN or country or both) or an ip-to-ASN `.tsv`.
-    pub path: Option<PathBuf>,
-    /// More files, consulted in order after `path` for fields still unknown
-    /// (e.g. GeoLite2-ASN plus GeoLite2-Country).
-    pub extra_paths: Vec<PathBuf>,
-}
-
-impl IpDbConfig {
-    /// Every configured file, `path` first.
-    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
-        self.path
-            .iter()
-            .chain(&self.extra_paths)
-            .map(PathBuf::as_path)
-    }
-}
+/// `[ipdb]`: where client addresses get their network, country and egress flags (the
+/// section belongs to `stormwall-ipintel`; the name is kept for the gateway's callers).
+pub use stormwall_ipintel::IpIntelConfig as IpDbConfig;
 
 /// One `[[upstreams]]` entry.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]

@@ -103,11 +103,7 @@ pub fn check_config(
         crate::control::leak_report::ReportVerifier::new(&config.leak_reports)?;
     }
     crate::data::safety::SafetyStage::from_config(&config.safety, env)?;
-    crate::control::detection::engine_config(
-        &config.detect,
-        &config.response,
-        config.ipdb.files(),
-    )?;
+    crate::control::detection::engine_config(&config.detect, &config.response, None)?;
     crate::control::webhook::parse_config(&config.alerts, env)?;
     Ok(())
 }
@@ -204,7 +200,10 @@ pub async fn start_with(
     check_stale_bound(&config.server)?;
     check_default_api_version(&config.server)?;
     let router = Router::from_config(&config.upstreams, env)?;
-    let ipdb = IpDb::load(&config.ipdb)?;
+    let ipdb = Arc::new(IpDb::load(&config.ipdb)?);
+    for missing in ipdb.status().missing {
+        tracing::info!(%missing, "IP intelligence");
+    }
     let leak_reports = if config.leak_reports.enabled {
         let verifier = crate::control::leak_report::ReportVerifier::new(&config.leak_reports)?;
         Some((config.leak_reports.path.clone(), verifier))
@@ -229,7 +228,7 @@ pub async fn start_with(
         let cfg = crate::control::detection::engine_config(
             &config.detect,
             &config.response,
-            config.ipdb.files(),
+            Some(Arc::clone(&ipdb)),
         )?;
         Some(crate::control::detection::Detection::new(cfg))
     } else {
@@ -276,7 +275,7 @@ pub async fn start_with(
         azure_default_api_version: config.server.azure_default_api_version.clone(),
         keys: Arc::clone(&keys),
         router,
-        ipdb,
+        ipdb: Arc::clone(&ipdb),
         secrets: match stormwall_scan::Matcher::builtin() {
             Ok(m) => Some(m),
             Err(e) => {
@@ -306,6 +305,7 @@ pub async fn start_with(
         metrics,
         limits: config.limits.clone(),
         leak_reports,
+        ipintel: Arc::clone(&ipdb),
     });
     load_spend(&control).await;
 
@@ -367,6 +367,10 @@ pub async fn start_with(
         Duration::from_secs(config.server.key_refresh_secs.max(1)),
         shutdown_rx.clone(),
     )];
+    background.push(crate::control::ipintel::spawn_reloader(
+        Arc::clone(&ipdb),
+        shutdown_rx.clone(),
+    ));
     if let Some(sub) = key_changes {
         background.push(spawn_change_listener(
             Arc::clone(&control),

@@ -225,7 +225,7 @@ fn test_ipdb() -> IpDbConfig {
             )
             .into(),
         ),
-        extra_paths: vec![],
+        ..IpDbConfig::default()
     }
 }
 
@@ -3150,3 +3150,6 @@ async fn credentials_in_prompts_are_flagged_by_rule_never_kept() {
 
 #[path = "gateway/safety.rs"]
 mod safety;
+
+#[path = "gateway/ipintel.rs"]
+mod ipintel;

@@ -127,6 +127,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("stormwall-detect", 1),
     ("stormwall-mock", 1),
     ("stormwall-cloudlogs", 1),
+    ("stormwall-ipintel", 1),
     ("stormwall-gateway", 2),
     ("stormwall-sim", 2),
     // Beside the gateway, not above it: the test kit must not link the gateway it tests; it

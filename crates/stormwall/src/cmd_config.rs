@@ -33,6 +33,13 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                     file.server.admin_token_env
                 );
             }
+            // Missing IP data is not an error (detectors fall back on prefixes), but the
+            // operator should know what each missing piece costs.
+            if let Ok(intel) = stormwall_ipintel::IpIntel::load(&file.ipdb) {
+                for m in intel.missing() {
+                    eprintln!("note: {m}");
+                }
+            }
             let n = file.upstreams.len();
             println!(
                 "{}: ok ({n} upstream{}, proxy {}, admin {})",

@@ -144,7 +144,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         ipdb: IpDbConfig {
             path: ipdb.exists().then_some(ipdb),
-            extra_paths: vec![],
+            ..IpDbConfig::default()
         },
         upstreams: vec![UpstreamConfig::Mock {
             name: "mock".into(),

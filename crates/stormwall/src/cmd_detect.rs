@@ -7,8 +7,11 @@ use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use stormwall_detect::{DetectConfig, Engine, EngineConfig, ResponseConfig};
+use stormwall_ipintel::{IpIntelConfig, SharedIpIntel};
 use stormwall_types::{Action, Alert, UsageEvent};
 
 /// Longest event line accepted (a line past this is an error, not an allocation).
@@ -45,7 +48,9 @@ pub struct Args {
     /// ignored here); defaults apply without one.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
-    /// IP-database TSV(s) whose flags column (hosting, vpn, tor) feeds detector P3.
+    /// IP databases (`.mmdb`, ip-location-db `.csv`, iptoasn `.tsv`) consulted after the
+    /// config's `[ipdb]` files: they fill the network and country of events that lack them,
+    /// and their flags (with the config's ASN, Tor exit and VPN lists) feed detector P3.
     #[arg(long)]
     pub ipdb: Vec<PathBuf>,
     /// One JSON object per alert on stdout: `{"alert": …, "action": …}`.
@@ -61,10 +66,23 @@ struct Sections {
     detect: DetectConfig,
     #[serde(default)]
     response: ResponseConfig,
+    #[serde(default)]
+    ipdb: IpIntelConfig,
 }
 
 /// Builds the engine configuration from an optional config file and IP databases.
 pub fn engine_config(config: Option<&Path>, ipdb: &[PathBuf]) -> anyhow::Result<EngineConfig> {
+    let (cfg, _) = engine_and_intel(config, ipdb)?;
+    Ok(cfg)
+}
+
+/// The engine configuration and the IP intelligence the offline run enriches events with:
+/// the config file's `[ipdb]` section (when a config is given) plus `--ipdb` files, and the
+/// shipped hosting ASN list unless `[ipdb] builtin_hosting_asns = false`.
+fn engine_and_intel(
+    config: Option<&Path>,
+    ipdb: &[PathBuf],
+) -> anyhow::Result<(EngineConfig, Arc<SharedIpIntel>)> {
     let sections: Sections = match config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -73,11 +91,42 @@ pub fn engine_config(config: Option<&Path>, ipdb: &[PathBuf]) -> anyhow::Result<
         }
         None => Sections::default(),
     };
-    Ok(stormwall_gateway::control::detection::engine_config(
+    let mut intel_cfg = sections.ipdb;
+    // `--ipdb` files are consulted after the config's own, in the order given.
+    intel_cfg.reload_secs = 0;
+    for p in ipdb {
+        if intel_cfg.path.is_none() {
+            intel_cfg.path = Some(p.clone());
+        } else {
+            intel_cfg.extra_paths.push(p.clone());
+        }
+    }
+    let intel = Arc::new(SharedIpIntel::load(&intel_cfg)?);
+    let cfg = stormwall_gateway::control::detection::engine_config(
         &sections.detect,
         &sections.response,
-        ipdb.iter().map(PathBuf::as_path),
-    )?)
+        Some(Arc::clone(&intel)),
+    )?;
+    Ok((cfg, intel))
+}
+
+/// Fills the network fields an event lacks (recorded without an IP database, or read from
+/// another source) from the IP intelligence; fields it has are kept, so the file's own
+/// record of the request wins.
+fn enrich(event: &mut UsageEvent, intel: &SharedIpIntel) {
+    if event.source_asn.is_some() && event.source_country.is_some() {
+        return;
+    }
+    let net = intel.network(event.source_ip);
+    if event.source_asn.is_none() {
+        event.source_asn = net.asn;
+        if event.source_as_org.is_none() {
+            event.source_as_org = net.as_org.map(|s| s.to_string());
+        }
+    }
+    if event.source_country.is_none() {
+        event.source_country = net.country.map(|c| c.as_str().to_owned());
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -91,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.logs.is_empty() {
         return crate::cmd_detect_logs::run(args);
     }
-    let cfg = engine_config(args.config.as_deref(), &args.ipdb)?;
+    let (cfg, intel) = engine_and_intel(args.config.as_deref(), &args.ipdb)?;
     let mut engine = Engine::new(cfg);
     let Some(events) = args.events.clone() else {
         anyhow::bail!("--events FILE or --logs PATH… is required");
@@ -127,8 +176,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let event: UsageEvent = serde_json::from_slice(&line)
+        let mut event: UsageEvent = serde_json::from_slice(&line)
             .with_context(|| format!("line {n}: not a usage event"))?;
+        enrich(&mut event, &intel);
         alerts.clear();
         engine.observe_into(&event, &mut alerts);
         for alert in &alerts {

@@ -11,6 +11,7 @@ mod cmd_demo;
 mod cmd_detect;
 mod cmd_detect_logs;
 mod cmd_events;
+mod cmd_ip;
 mod cmd_keys;
 mod cmd_leak_reports;
 mod cmd_migrate;
@@ -79,6 +80,9 @@ enum Command {
     Simulate(cmd_simulate::Args),
     /// Run a self-contained demonstration: gateway, mock upstream, a key, some requests.
     Demo(cmd_demo::Args),
+    /// IP intelligence: what the gateway knows of an address.
+    #[command(subcommand)]
+    Ip(cmd_ip::IpCommand),
 }
 
 fn main() -> ExitCode {
@@ -123,6 +127,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Simulate(a) => cmd_simulate::run(a),
             Command::Scan(a) => cmd_scan::run(a).await,
             Command::Safety(c) => cmd_safety::run(c),
+            Command::Ip(c) => cmd_ip::run(c),
         }
     })
 }

@@ -31,7 +31,8 @@ pub struct Obs {
     pub net: u64,
     /// ASN.
     pub asn: Option<u32>,
-    /// Hash of the ASN (0 when unknown).
+    /// Network id: hash of the ASN, or of the /16 (IPv6 /32) prefix when no IP database
+    /// gave one ([`features::fallback_network`]).
     pub asn_h: u64,
     /// Hash of the country.
     pub country_h: Option<u64>,
@@ -115,7 +116,10 @@ impl Obs {
             ip: features::ip_id(e.source_ip),
             net: features::net_prefix(e.source_ip),
             asn: e.source_asn,
-            asn_h: e.source_asn.map_or(0, |a| mix64(u64::from(a) | 1 << 33)),
+            asn_h: e.source_asn.map_or_else(
+                || features::fallback_network(e.source_ip),
+                |a| mix64(u64::from(a) | 1 << 33),
+            ),
             country_h: cc.map(|c| mix64(u64::from(u16::from_be_bytes(c)) | 1 << 34)),
             cc,
             family,
@@ -270,11 +274,9 @@ impl Ctx<'_> {
                 .is_some_and(|t| t.shapes.contains(shape) && t.asns.contains(asn))
     }
 
-    /// Whether the reference knows the event's ASN (always true while learning).
+    /// Whether the reference knows the event's network — its ASN, or its /16 prefix when
+    /// the ASN is unknown (always true while learning).
     pub fn known_asn(&self, ks: &KeyState) -> bool {
-        let Some(_) = self.o.asn else {
-            return true;
-        };
         let h = self.o.asn_h;
         match self.reference {
             Reference::Learning => true,

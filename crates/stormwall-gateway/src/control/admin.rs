@@ -226,6 +226,17 @@ async fn route(
         (Method::GET, ["actions"]) => actions(app, &query).await,
         (Method::GET, ["audit"]) => audit_log(app, &query).await,
         (Method::GET, ["audit", "verify"]) => audit_verify(app).await,
+        (Method::POST, ["ipintel", "reload"]) => {
+            match crate::control::ipintel::reload_now(&app.ipintel).await {
+                Ok(r) => ok_json(StatusCode::OK, &r),
+                Err(crate::control::ipintel::ReloadError::Invalid(e)) => {
+                    Err(AdminError::BadRequest(e.to_string()))
+                }
+                Err(crate::control::ipintel::ReloadError::ShuttingDown) => {
+                    Err(AdminError::Internal)
+                }
+            }
+        }
         (
             _,
             ["keys"]
@@ -237,7 +248,8 @@ async fn route(
             | ["alerts", _, _]
             | ["actions"]
             | ["audit"]
-            | ["audit", "verify"],
+            | ["audit", "verify"]
+            | ["ipintel", "reload"],
         ) => Err(AdminError::MethodNotAllowed),
         _ => Err(AdminError::NotFound),
     }
@@ -330,7 +342,15 @@ async fn readyz(state: &AdminState) -> Response<ProxyBody> {
         Err(_) => false,
     };
     if ok {
-        text(StatusCode::OK, "text/plain", "ready\n")
+        // Missing IP data does not make the gateway unready (it still serves and detects,
+        // from prefixes), but the operator reading the probe learns what is missing.
+        let mut body = String::from("ready\n");
+        for m in state.control.ipintel.current().missing() {
+            body.push_str("missing: ");
+            body.push_str(&m);
+            body.push('\n');
+        }
+        text(StatusCode::OK, "text/plain", body)
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -743,6 +763,7 @@ mod openapi_tests {
         ("get", "/admin/actions"),
         ("get", "/admin/audit"),
         ("get", "/admin/audit/verify"),
+        ("post", "/admin/ipintel/reload"),
     ];
     /// Routes served without the bearer token.
     const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/admin/openapi.json"];

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use stormwall_detect::{
-    ConfigError, DetectConfig, Engine, EngineConfig, GlobalView, ResponseConfig,
+    ConfigError, DetectConfig, EgressFlag, Engine, EngineConfig, ExternalEgress, GlobalView,
+    ResponseConfig,
 };
 use stormwall_store::{ActionOutcome, ActionRecord, AlertStatus, StoredAlert};
 use stormwall_types::{Action, ActionKind, Alert, KeyEffect, KeyId, KeyStatus, UsageEvent};
@@ -35,51 +36,32 @@ pub enum EngineConfigError {
     /// `[detect]` or `[response]` is invalid.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
-    /// An IP-database file could not be read.
-    #[error("cannot read IP database {}", path.display())]
-    Read {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// An ip-to-ASN table's flags are invalid.
-    #[error("invalid IP database {}", path.display())]
-    Table {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Cause.
-        source: stormwall_detect::egress::EgressParseError,
-    },
 }
 
-/// Whether an IP-database file is an ip-to-ASN table (`.tsv`, `.txt`), whose
-/// `hosting`/`vpn`/`tor` flags feed the egress list; MMDB files carry no such flags.
-fn is_asn_table(path: &std::path::Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("tsv") || e.eq_ignore_ascii_case("txt"))
+/// Detector P3's view of the IP intelligence: the strongest flag of an address (Tor, then
+/// proxy, VPN, hosting), read from the data in force at each event, so a reload reaches
+/// the detectors without rebuilding the engine.
+pub fn egress_from(ipintel: Arc<stormwall_ipintel::SharedIpIntel>) -> ExternalEgress {
+    ExternalEgress::new(move |ip, asn| {
+        ipintel
+            .flags(ip, asn)
+            .strongest()
+            .and_then(EgressFlag::parse)
+    })
 }
 
-/// Builds the engine's configuration from `[detect]`, `[response]` and the IP-database
-/// files' egress flags (detector P3). The one builder: `stormwall serve` and
-/// `stormwall detect` both call it, so the engine is configured the same live and offline.
-pub fn engine_config<'a>(
+/// Builds the engine's configuration from `[detect]`, `[response]` and the IP
+/// intelligence's egress flags (detector P3: the shipped hosting ASN list, Tor exit and VPN
+/// lists, flagged database rows). The one builder: `stormwall serve` and `stormwall detect`
+/// both call it, so the engine is configured the same live and offline.
+pub fn engine_config(
     detect: &DetectConfig,
     response: &ResponseConfig,
-    ipdb_files: impl IntoIterator<Item = &'a std::path::Path>,
+    ipintel: Option<Arc<stormwall_ipintel::SharedIpIntel>>,
 ) -> Result<EngineConfig, EngineConfigError> {
     let mut cfg = EngineConfig::new(detect.clone(), response.clone())?;
-    for path in ipdb_files.into_iter().filter(|p| is_asn_table(p)) {
-        let text = std::fs::read_to_string(path).map_err(|source| EngineConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        cfg.egress
-            .add_tsv(&text)
-            .map_err(|source| EngineConfigError::Table {
-                path: path.to_owned(),
-                source,
-            })?;
+    if let Some(intel) = ipintel {
+        cfg.egress.set_external(egress_from(intel));
     }
     Ok(cfg)
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod alerts;
 pub mod audit;
 pub mod detection;
+pub mod ipintel;
 pub mod keys;
 pub mod leak_report;
 pub mod webhook;
@@ -43,4 +44,6 @@ pub struct ControlPlane {
     pub limits: LimitsConfig,
     /// The leaked-key report endpoint, when enabled: its path and signature verifier.
     pub leak_reports: Option<(String, leak_report::ReportVerifier)>,
+    /// The IP intelligence the data plane reads (reloaded through the admin API).
+    pub ipintel: Arc<stormwall_ipintel::SharedIpIntel>,
 }

@@ -60,10 +60,10 @@ pub fn describe_client(
     let ip = client_ip(peer, headers, trusted);
     event.source_ip = ip;
     event.source_port = peer.port();
-    let net = ipdb.lookup(ip);
+    let net = ipdb.network(ip);
     event.source_asn = net.asn;
     event.source_as_org = net.as_org.map(|s| s.to_string());
-    event.source_country = net.country.map(|s| s.to_string());
+    event.source_country = net.country.map(|c| c.as_str().to_owned());
     event.user_agent = header_text(headers, "user-agent");
     event.origin = header_text(headers, "origin");
     event.referer = header_text(headers, "referer");

@@ -53,8 +53,8 @@ pub struct DataPlane {
     pub router: Router,
     /// Pooled upstream client.
     pub client: HttpClient,
-    /// Client-network enrichment.
-    pub ipdb: IpDb,
+    /// Client-network enrichment (shared with the control plane, which reloads it).
+    pub ipdb: Arc<IpDb>,
     /// Credential matcher run over request and response bodies (detector E2).
     pub secrets: Option<stormwall_scan::Matcher>,
     /// Prompt digests.

@@ -4,6 +4,7 @@
 
 mod detect;
 mod detect_logs;
+mod ip;
 mod keys_bulk;
 mod safety;
 mod scan;
