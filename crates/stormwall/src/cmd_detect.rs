@@ -79,7 +79,7 @@ pub fn engine_config(config: Option<&Path>, ipdb: &[PathBuf]) -> anyhow::Result<
 /// The engine configuration and the IP intelligence the offline run enriches events with:
 /// the config file's `[ipdb]` section (when a config is given) plus `--ipdb` files, and the
 /// shipped hosting ASN list unless `[ipdb] builtin_hosting_asns = false`.
-fn engine_and_intel(
+pub(crate) fn engine_and_intel(
     config: Option<&Path>,
     ipdb: &[PathBuf],
 ) -> anyhow::Result<(EngineConfig, Arc<SharedIpIntel>)> {
@@ -113,7 +113,7 @@ fn engine_and_intel(
 /// Fills the network fields an event lacks (recorded without an IP database, or read from
 /// another source) from the IP intelligence; fields it has are kept, so the file's own
 /// record of the request wins.
-fn enrich(event: &mut UsageEvent, intel: &SharedIpIntel) {
+pub(crate) fn enrich(event: &mut UsageEvent, intel: &SharedIpIntel) {
     if event.source_asn.is_some() && event.source_country.is_some() {
         return;
     }

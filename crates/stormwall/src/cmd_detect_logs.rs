@@ -14,7 +14,7 @@ use anyhow::Context;
 use stormwall_cloudlogs::{BadRecord, Record, Source};
 use stormwall_detect::cloud::{CloudRun, Finding, Snapshot};
 use stormwall_detect::detectors::cloud::CloudThresholds;
-use stormwall_gateway::data::ipdb::IpDb;
+use stormwall_ipintel::SharedIpIntel;
 use stormwall_types::{Severity, UsageEvent};
 use time::OffsetDateTime;
 
@@ -63,20 +63,13 @@ fn bound(s: &str) -> anyhow::Result<OffsetDateTime> {
         .with_context(|| format!("{s:?} is not an RFC 3339 time or a YYYY-MM-DD date"))
 }
 
-/// Adds the client network's ASN and country from the IP databases (the logs carry only
-/// addresses; the proxy detectors judge networks).
-fn enrich(e: &mut UsageEvent, db: &IpDb) {
+/// Adds the client network's ASN and country from the IP intelligence (the logs carry only
+/// addresses; the proxy detectors judge networks), unless the source masked the address.
+fn enrich(e: &mut UsageEvent, intel: &SharedIpIntel) {
     if e.cloud.as_deref().is_some_and(|c| c.ip_missing) {
         return;
     }
-    let info = db.lookup(e.source_ip);
-    e.source_asn = e.source_asn.or(info.asn);
-    if e.source_as_org.is_none() {
-        e.source_as_org = info.as_org.as_deref().map(str::to_owned);
-    }
-    if e.source_country.is_none() {
-        e.source_country = info.country.as_deref().map(str::to_owned);
-    }
+    crate::cmd_detect::enrich(e, intel);
 }
 
 #[derive(serde::Serialize)]
@@ -89,28 +82,13 @@ struct Line<'a> {
 
 /// Runs `stormwall detect --logs`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let cfg = crate::cmd_detect::engine_config(args.config.as_deref(), &args.ipdb)?;
+    let (cfg, intel) = crate::cmd_detect::engine_and_intel(args.config.as_deref(), &args.ipdb)?;
     let forced = match args.source.as_str() {
         "auto" => None,
         s => Some(s.parse::<Source>()?),
     };
     let since = args.since.as_deref().map(bound).transpose()?;
     let until = args.until.as_deref().map(bound).transpose()?;
-    let mut tsv = String::new();
-    for p in args.ipdb.iter().filter(|p| {
-        p.extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("tsv") || e.eq_ignore_ascii_case("txt"))
-    }) {
-        tsv.push_str(
-            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-        );
-        tsv.push('\n');
-    }
-    let db = if tsv.is_empty() {
-        None
-    } else {
-        Some(IpDb::from_tsv(&tsv).context("invalid IP database")?)
-    };
 
     let th = CloudThresholds::default();
     let mut run = match &args.state {
@@ -175,9 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         findings.clear();
         match rec {
             Record::Usage(mut e) => {
-                if let Some(db) = &db {
-                    enrich(&mut e, db);
-                }
+                enrich(&mut e, &intel);
                 run.observe_usage(e, &mut findings);
             }
             Record::Control(c) => run.observe_control(&c, &mut findings),
