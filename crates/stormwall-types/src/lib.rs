@@ -25,7 +25,9 @@ pub use alert::{
     Action, ActionKind, Alert, AlertFeature, AlertSubject, DetectorId, KeyEffect, Severity, Stage,
 };
 pub use endpoint::{ApiFlavor, Endpoint};
-pub use event::{Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};
+pub use event::{
+    ByteRange, Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent,
+};
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyId};
 pub use record::{KeyKind, KeyRecord, KeyScope, KeyStatus};
 pub use safety::{SafetyStage, VerdictCategory};
