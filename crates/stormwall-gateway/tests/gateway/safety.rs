@@ -68,7 +68,8 @@ async fn a_blocked_prompt_never_reaches_the_upstream_and_the_event_keeps_no_prom
     assert!(decisive.score >= 0.6);
     assert_eq!(decisive.view.as_deref(), Some("text"));
     let range = decisive.range.expect("the match's byte range recorded");
-    assert!(range.start < range.end && (range.end as usize) <= BLOCKED_CHAT.len());
+    // In the screened text (the request's messages joined), so only its shape is checked.
+    assert!(range.start < range.end, "{range:?}");
     assert!(e.safety.iter().all(|v| v.evidence.is_none()));
     let stored = serde_json::to_string(e).unwrap();
     assert!(!stored.contains(BLOCKED_CHAT), "the prompt is not stored");
