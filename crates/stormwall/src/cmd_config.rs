@@ -33,6 +33,10 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                     file.server.admin_token_env
                 );
             }
+            println!(
+                "{}",
+                stormwall_gateway::data::safety::encoder_summary(&file.gateway().safety)
+            );
             let n = file.upstreams.len();
             println!(
                 "{}: ok ({n} upstream{}, proxy {}, admin {})",

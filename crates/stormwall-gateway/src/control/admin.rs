@@ -330,7 +330,12 @@ async fn readyz(state: &AdminState) -> Response<ProxyBody> {
         Err(_) => false,
     };
     if ok {
-        text(StatusCode::OK, "text/plain", "ready\n")
+        // The fast tier always screens; say whether the encoder tier has its model.
+        let body = match &state.control.safety {
+            Some(s) => format!("ready\n{}\n", s.encoder_summary()),
+            None => "ready\n".to_owned(),
+        };
+        text(StatusCode::OK, "text/plain", body)
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -59,6 +59,10 @@ pub struct SafetyConfig {
     pub cache_entries: usize,
     /// Seconds a cached classifier result lives.
     pub cache_ttl_secs: u64,
+    /// Directory of the encoder tier's sentence encoder (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`; `stormwall safety model fetch` fills it). Unset, or set without
+    /// the files, the fast tier screens alone (`config check` and `/readyz` say so).
+    pub encoder_dir: Option<PathBuf>,
 }
 
 impl Default for SafetyConfig {
@@ -75,6 +79,7 @@ impl Default for SafetyConfig {
             classifiers: Vec::new(),
             cache_entries: 10_000,
             cache_ttl_secs: 600,
+            encoder_dir: None,
         }
     }
 }
@@ -119,6 +124,27 @@ pub enum SafetyConfigError {
     /// A classifier entry is invalid.
     #[error(transparent)]
     Classifier(#[from] ClassifierConfigError),
+    /// The encoder model's files are there but do not load.
+    #[error("[safety] encoder_dir {path}: {source}")]
+    Encoder {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: stormwall_safety::encoder::EncoderError,
+    },
+}
+
+/// Whether the encoder tier has its model, in words for `config check` and `/readyz`.
+pub fn encoder_summary(c: &SafetyConfig) -> String {
+    match &c.encoder_dir {
+        _ if !c.enabled => "safety: off".to_owned(),
+        None => "safety: fast tier only (no [safety] encoder_dir)".to_owned(),
+        Some(d) if !stormwall_safety::encoder::has_model_files(d) => format!(
+            "safety: fast tier only (no encoder model in {}; run `stormwall safety model fetch`)",
+            d.display()
+        ),
+        Some(d) => format!("safety: encoder model in {}", d.display()),
+    }
 }
 
 /// A profile ready for both endpoint kinds: chat uses it as is, image with `image_profile`'s
@@ -147,6 +173,8 @@ pub struct SafetyStage {
     screen_output: bool,
     classifiers: Vec<Arc<ExternalClassifier>>,
     cache: ScoreCache,
+    encoder: Option<Arc<stormwall_safety::encoder::Encoder>>,
+    encoder_summary: String,
 }
 
 impl std::fmt::Debug for SafetyStage {
@@ -248,6 +276,18 @@ impl SafetyStage {
             builder = builder.gazetteer_toml("gazetteer", &read(path)?)?;
         }
         let screener = Arc::new(builder.build()?);
+        // A model that is there must load; a missing one leaves the fast tier alone.
+        let encoder = match &c.encoder_dir {
+            Some(d) if stormwall_safety::encoder::has_model_files(d) => Some(Arc::new(
+                stormwall_safety::encoder::Encoder::from_dir(d).map_err(|source| {
+                    SafetyConfigError::Encoder {
+                        path: d.clone(),
+                        source,
+                    }
+                })?,
+            )),
+            _ => None,
+        };
         let mut classifiers: Vec<Arc<ExternalClassifier>> = Vec::new();
         for cc in &c.classifiers {
             let cl = ExternalClassifier::from_config(cc, env)?;
@@ -268,12 +308,24 @@ impl SafetyStage {
             screen_output: c.screen_output,
             classifiers,
             cache: ScoreCache::new(c.cache_entries, Duration::from_secs(c.cache_ttl_secs)),
+            encoder,
+            encoder_summary: encoder_summary(c),
         }))
     }
 
     /// Adds a classifier (tests and embedding programs with their own adapters).
     pub fn push_classifier(&mut self, c: ExternalClassifier) {
         self.classifiers.push(Arc::new(c));
+    }
+
+    /// The encoder tier's sentence encoder, when its model loaded.
+    pub fn encoder(&self) -> Option<&Arc<stormwall_safety::encoder::Encoder>> {
+        self.encoder.as_ref()
+    }
+
+    /// Whether the encoder tier has its model, in words ([`encoder_summary`]).
+    pub fn encoder_summary(&self) -> &str {
+        &self.encoder_summary
     }
 
     /// The screener.
