@@ -24,7 +24,8 @@ fn bench(c: &mut Criterion) {
     };
     let enc =
         Encoder::from_dir(std::path::Path::new(&dir)).unwrap_or_else(|e| panic!("encoder: {e}"));
-    let mut ids = enc.tokenize(PROMPT);
+    let long = format!("{PROMPT}, {PROMPT}");
+    let mut ids = enc.tokenize(&long);
     assert!(ids.len() >= 64, "{} tokens", ids.len());
     // Exactly 64 tokens: 62 of the prompt between [CLS] and [SEP].
     let sep = ids[ids.len() - 1];
@@ -44,6 +45,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     for (name, input) in [("64 tokens", &ids), ("short", &short)] {
+        let cpu0 = thread_cpu_ns();
         let mut samples: Vec<Duration> = (0..200)
             .map(|_| {
                 let t = Instant::now();
@@ -51,6 +53,14 @@ fn bench(c: &mut Criterion) {
                 t.elapsed()
             })
             .collect();
+        // On a shared machine wall time includes waiting for a core; the thread's own CPU
+        // time (Linux schedstat, ns) is what one core spends per call.
+        if let (Some(a), Some(b)) = (cpu0, thread_cpu_ns()) {
+            eprintln!(
+                "encoder CPU time per call, {name}: {:?}",
+                Duration::from_nanos((b - a) / samples.len() as u64)
+            );
+        }
         samples.sort();
         let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
         eprintln!(
@@ -60,6 +70,16 @@ fn bench(c: &mut Criterion) {
             p(0.99)
         );
     }
+}
+
+/// This thread's CPU time so far, from `/proc/thread-self/schedstat` (Linux).
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 criterion_group! {
