@@ -2,8 +2,8 @@
 #![allow(clippy::print_stdout, missing_docs)]
 use std::io::BufRead;
 use stormwall_safety::{Category, Screener};
-fn main() {
-    let s = Screener::builtin().expect("screener");
+fn main() -> Result<(), stormwall_safety::SafetyError> {
+    let s = Screener::builtin()?;
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let a = s.analyze(&line);
         let top: Vec<String> = Category::ALL
@@ -13,4 +13,5 @@ fn main() {
             .collect();
         println!("{line:?}: {}", top.join(" "));
     }
+    Ok(())
 }

@@ -164,7 +164,7 @@ impl Bert {
         let config: Config = serde_json::from_str(config)
             .map_err(|e| EncoderError::Config(format!("config.json: {e}")))?;
         let c = &config;
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(EncoderError::Config(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 c.hidden_size, c.num_attention_heads
