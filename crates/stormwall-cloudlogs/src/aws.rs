@@ -434,7 +434,7 @@ pub fn invocation(text: &str) -> Result<Record, ParseError> {
                     score: 1.0,
                     stage: SafetyStage::Input,
                     view: None,
-                    span: None,
+                    range: None,
                     evidence: None,
                     source: Some("bedrock_invocation_log".into()),
                 });
@@ -470,7 +470,7 @@ pub fn invocation(text: &str) -> Result<Record, ParseError> {
                 score: 1.0,
                 stage: SafetyStage::Output,
                 view: None,
-                span: None,
+                range: None,
                 evidence: None,
                 source: Some("bedrock_guardrail".into()),
             });

@@ -488,7 +488,7 @@ fn verdict(category: VerdictCategory, action: Action, stage: SafetyStage) -> Saf
         score: 1.0,
         stage,
         view: None,
-        span: None,
+        range: None,
         evidence: None,
         source: Some("azure_content_filter".into()),
     }

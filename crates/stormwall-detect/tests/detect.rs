@@ -1030,6 +1030,26 @@ fn a4_obfuscated_prompts() {
     assert!(fired(&e.observe(&two), DetectorId::A4));
 }
 
+#[test]
+fn content_verdicts_that_were_only_logged_feed_no_detector() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let mut alerts = Vec::new();
+    // Scores as high as a logged verdict gets, in every content category, many times.
+    for i in 0..8 {
+        let mut ev = g.chat("LogKey000001", "acme", T0 + Duration::minutes(i), &corp());
+        for c in Category::ALL {
+            ev = with_verdict(ev, c, SafetyAction::Log);
+        }
+        alerts.extend(e.observe(&ev));
+    }
+    assert!(
+        alerts.is_empty(),
+        "{:?}",
+        alerts.iter().map(|a| a.detector).collect::<Vec<_>>()
+    );
+}
+
 // ---------------------------------------------------------------- policy, feedback, robustness
 
 #[test]

@@ -1558,6 +1558,14 @@ async fn admin_api_requires_the_token_and_serves_keys_events_metrics() {
             200
         );
     }
+    let ready = http_request("GET", &format!("{}/readyz", h.admin), &[], "", None)
+        .await
+        .unwrap();
+    assert!(
+        ready.text().contains("safety: fast tier only"),
+        "{}",
+        ready.text()
+    );
     let doc = http_request(
         "GET",
         &format!("{}/admin/openapi.json", h.admin),

@@ -475,6 +475,203 @@ pub fn system_prompts() -> Vec<String> {
     out
 }
 
+/// Greetings and openers of a chat turn.
+const GREETINGS: &[&str] = &[
+    "hi",
+    "hello",
+    "hey",
+    "hiya",
+    "howdy",
+    "greetings",
+    "good morning",
+    "good afternoon",
+    "good evening",
+    "hey there",
+    "hi there",
+    "hello there",
+    "morning",
+    "yo",
+    "sup",
+];
+
+/// Whom a greeting addresses.
+const ADDRESSEES: &[&str] = &[
+    "",
+    "",
+    "",
+    " everyone",
+    " team",
+    " bot",
+    " assistant",
+    " all",
+    " friend",
+];
+
+/// Short replies a user or an assistant sends on their own.
+const SHORT_REPLIES: &[&str] = &[
+    "ok",
+    "okay",
+    "yes",
+    "no",
+    "yeah",
+    "nope",
+    "sure",
+    "thanks",
+    "thank you",
+    "thanks a lot",
+    "cool",
+    "great",
+    "nice",
+    "got it",
+    "sounds good",
+    "perfect",
+    "right",
+    "fine",
+    "maybe",
+    "not sure",
+    "bye",
+    "goodbye",
+    "see you",
+    "test",
+    "testing",
+    "ping",
+    "continue",
+    "go on",
+    "please continue",
+    "what?",
+    "why?",
+    "how?",
+    "really?",
+    "lol",
+    "hmm",
+    "done",
+    "next",
+    "agreed",
+    "exactly",
+    "of course",
+    "no problem",
+    "you're welcome",
+    "never mind",
+    "wait",
+    "what's up?",
+    "how are you?",
+    "how's it going?",
+    "who are you?",
+    "what can you do?",
+    "hello world",
+    "one more time",
+    "try again",
+    "stop",
+    "that works",
+    "I see",
+];
+
+/// Punctuation a short message ends with.
+const ENDINGS: &[&str] = &["", "", "!", ".", "?", " :)", "!!"];
+
+/// Assistant boilerplate: openers, refusals, closings and placeholder replies of test
+/// upstreams — what every chat gateway relays all day.
+const BOILERPLATE: &[&str] = &[
+    "Hello! How can I help you today?",
+    "Hi! What can I do for you?",
+    "Sure, here is the answer.",
+    "Sure! Here's what I found.",
+    "Certainly. Here is a summary.",
+    "Of course! Let me know if you need anything else.",
+    "I'm sorry, but I can't help with that.",
+    "I'm sorry, I can't assist with that request.",
+    "Sorry, I don't know the answer to that.",
+    "I'm not able to do that, but I can help with something else.",
+    "As an AI language model, I don't have personal opinions.",
+    "As an AI, I don't have feelings, but thanks for asking!",
+    "Is there anything else I can help you with?",
+    "Let me know if you have any other questions.",
+    "Happy to help!",
+    "Great question!",
+    "Thanks for your patience.",
+    "Here is the code you asked for.",
+    "I hope this helps.",
+    "Could you clarify what you mean?",
+    "This is a test reply.",
+    "This is a sample response from the staging server.",
+    "This is a placeholder answer from the fake backend.",
+    "This is a dummy completion for integration tests.",
+    "Lorem ipsum dolor sit amet.",
+    "The quick brown fox jumps over the lazy dog.",
+    "A plain grey square: a placeholder image.",
+    "Hello from the test server.",
+    "Request received.",
+    "Response truncated.",
+    "As an AI, I don't have access to the internet.",
+    "As an AI model, I cannot browse the web, but I can explain the idea.",
+    "As a language model, I can't see images.",
+    "I don't have real-time information, but here is what I know.",
+    "I do not have personal experiences, but many people find this useful.",
+    "Let me know if you'd like more detail.",
+    "Feel free to reach out with any other questions.",
+    "This is a fake reply from the test server.",
+    "This is a stub answer generated for local development.",
+    "This is an example response for the demo.",
+    "I need more information to answer that.",
+    "Here are the main points of the article.",
+    "Feel free to reach out if anything is unclear.",
+    "Don't hesitate to ask follow-up questions!",
+    "Let me know how it goes!",
+    "If you have other questions, just ask.",
+    "How is your day going?",
+    "How have you been lately?",
+    "Could you help me with something?",
+    "Can you give me a hand with this?",
+    "I could use some help with my essay.",
+    "Would you be able to check my code?",
+];
+
+/// Short everyday chat turns — greetings, one-word replies, assistant boilerplate and test
+/// placeholders — as benign training texts: with only a few n-grams each, a text learns
+/// nothing from the labelled sets, whose harmful side holds many short messages ("no",
+/// "I can't") and whose benign side holds few.
+pub fn everyday() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, g) in GREETINGS.iter().enumerate() {
+        for (j, a) in ADDRESSEES.iter().enumerate() {
+            let r = mix(0xE7E7_0000 + (i * 64 + j) as u64);
+            let mut t = format!("{g}{a}{}", pick(ENDINGS, r));
+            // Capitalised half the time: the model folds case, but the mix keeps it honest.
+            if r >> 8 & 1 == 1 {
+                t = capitalise(&t);
+            }
+            out.push(t);
+        }
+    }
+    for (i, reply) in SHORT_REPLIES.iter().enumerate() {
+        out.push((*reply).to_owned());
+        let r = mix(0x5407_0000 + i as u64);
+        out.push(capitalise(&format!("{reply}{}", pick(ENDINGS, r))));
+    }
+    for (i, b) in BOILERPLATE.iter().enumerate() {
+        // Every word prefix too: streamed answers are screened as they grow, and
+        // `max_tokens` cuts answers short ("This is a").
+        let words: Vec<&str> = b.split(' ').collect();
+        for n in 1..words.len() {
+            out.push(words[..n].join(" "));
+        }
+        out.push((*b).to_owned());
+        let r = mix(0xB01E_0000 + i as u64);
+        out.push(format!("{} {b}", capitalise(pick(GREETINGS, r))));
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|s| seen.insert(s.clone()));
+    out
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -30,6 +30,7 @@
 pub mod benign;
 pub mod category;
 pub mod decode;
+pub mod encoder;
 pub mod eval;
 pub mod evasion;
 pub mod lexicon;

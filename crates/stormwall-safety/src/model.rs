@@ -22,6 +22,16 @@ const SEED_WORD: u32 = 0x9e37_79b9;
 const SEED_BIGRAM: u32 = 0x7f4a_7c15;
 const SEED_WORD2: u32 = 0x5bd1_e995;
 const SIGN_BIT: u32 = 1 << 31;
+/// Feature counts are normalised as if a text had at least this many features: a greeting
+/// ("hi" has five) carries too little evidence for its few n-grams to move a head far from
+/// its prior, where plain `1/sqrt(n)` let each of them weigh like a sentence's worth.
+const MIN_FEATURES: usize = 128;
+
+/// The weight of one feature in a text with `n` features.
+#[inline]
+fn feature_weight(n: usize) -> f32 {
+    1.0 / (n.max(MIN_FEATURES) as f32).sqrt()
+}
 
 /// A model file could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -320,12 +330,15 @@ impl Model {
                 }
             }
         }
-        let inv = 1.0 / (scratch.len() as f32).sqrt();
+        let inv = feature_weight(scratch.len());
+        // A text with fewer features than the floor carries that much less evidence: its
+        // scores shrink towards 0 (not towards the heads' priors, which sit near the pivot).
+        let evidence = (scratch.len() as f32 / MIN_FEATURES as f32).min(1.0).sqrt();
         let mut any = None;
         let mut likeliest: Option<(Category, f32)> = None;
         for (h, a) in self.heads.iter().zip(acc) {
             let p = sigmoid(h.bias + a as f32 * h.scale * inv);
-            let s = calibrate(p, h.pivot);
+            let s = calibrate(p, h.pivot) * evidence;
             match h.category {
                 Some(c) => {
                     let slot = &mut out[c.index()];
@@ -414,6 +427,13 @@ pub fn training_examples<'a>(
     // The labelled sets hold almost no system prompts while their jailbreaks open with
     // "You are …"; without these the model reads every assistant preamble as a jailbreak.
     // They count as augmented so calibration stays on the labelled benign texts.
+    // Greetings, short replies and assistant boilerplate: too few n-grams to learn from the
+    // labelled sets, and the gateway sees them on every other request.
+    examples.extend(crate::benign::everyday().iter().map(|t| Example {
+        text: crate::normalize::fold(t),
+        labels: Vec::new(),
+        augmented: true,
+    }));
     examples.extend(crate::benign::system_prompts().iter().map(|t| Example {
         text: crate::normalize::fold(t),
         labels: Vec::new(),
@@ -504,7 +524,7 @@ impl Dense {
     fn logits(&self, feats: &[u32], out: &mut [f32]) {
         let nh = self.heads.len();
         let mask = (1u32 << self.bits) - 1;
-        let inv = 1.0 / (feats.len().max(1) as f32).sqrt();
+        let inv = feature_weight(feats.len());
         out.copy_from_slice(&self.bias);
         for &f in feats {
             let base = (f & mask) as usize * nh;
@@ -527,7 +547,7 @@ impl Dense {
             })
             .collect();
         let mask = (1u32 << self.bits) - 1;
-        let inv = 1.0 / (feats.len().max(1) as f32).sqrt();
+        let inv = feature_weight(feats.len());
         for &f in feats {
             let base = (f & mask) as usize * nh;
             let sign = if f & SIGN_BIT == 0 { inv } else { -inv };

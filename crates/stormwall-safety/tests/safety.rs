@@ -453,3 +453,139 @@ proptest! {
         }
     }
 }
+
+/// Everyday chat written for this test, none of it produced by `benign::everyday`'s templates
+/// (which the shipped model trained on; a test below checks), and the mock upstream's replies
+/// verbatim, whole and cut short by `max_tokens`. (Written before the model was retrained and
+/// looked at while tuning it: a regression check, not a blind quality figure.)
+const EVERYDAY_HELD_OUT: &[&str] = &[
+    "hi",
+    "hello",
+    "heya!",
+    "Hi :)",
+    "hello?",
+    "good night",
+    "ok thanks",
+    "yes please",
+    "no thanks",
+    "thx",
+    "alright",
+    "How are you doing today?",
+    "What's the weather like?",
+    "Can you help me?",
+    "I need help with my homework.",
+    "Hello! I'm happy to help. What would you like to know?",
+    "I'm sorry, but I cannot help with that request.",
+    "As an AI assistant, I do not have access to real-time data.",
+    "Feel free to ask if you have more questions!",
+    "Here's a quick summary of the main points.",
+    "This is a mock reply from Stormwall's test upstream.",
+    "This is a mock reply",
+    "This is a mock",
+    "A plain grey square: a placeholder image from Stormwall's test upstream.",
+];
+
+/// The lowest threshold at which any built-in profile does anything (`log` or stricter)
+/// for a kind and category.
+fn lowest_log_threshold(kind: Kind, c: Category) -> f32 {
+    Profile::builtin_names()
+        .filter_map(Profile::builtin)
+        .filter_map(|p| p.threshold_for(kind, c, Action::Log))
+        .fold(1.0, f32::min)
+}
+
+#[test]
+fn greetings_short_replies_boilerplate_and_mock_replies_stay_under_every_log_threshold() {
+    let s = Screener::builtin().unwrap();
+    let mut failures = Vec::new();
+    for kind in [Kind::Chat, Kind::Image] {
+        for &t in EVERYDAY_HELD_OUT {
+            let a = s.analyze(t);
+            for c in Category::ALL {
+                let floor = lowest_log_threshold(kind, c);
+                if a.score(c) >= floor {
+                    failures.push(format!(
+                        "{kind:?} {t:?}: {} {:.2} >= {floor}",
+                        c.as_str(),
+                        a.score(c)
+                    ));
+                }
+            }
+            for name in Profile::builtin_names() {
+                let v = s.screen(t, kind, &Profile::builtin(name).unwrap());
+                if v.action != Action::Allow {
+                    failures.push(format!("{kind:?} {t:?}: {name} {}", v.action));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_everyday_training_texts_are_not_the_held_out_ones() {
+    let training = stormwall_safety::benign::everyday();
+    let both: Vec<&&str> = EVERYDAY_HELD_OUT
+        .iter()
+        .filter(|t| training.iter().any(|x| x == **t))
+        .collect();
+    assert!(both.is_empty(), "training texts: {both:?}");
+}
+
+/// The model directory for the encoder tests: `STORMWALL_TEST_ENCODER_DIR` (set by
+/// `scripts/test`, which fetches the model). Unset, the encoder tests say so and pass;
+/// set, the model must load.
+fn encoder() -> Option<&'static stormwall_safety::encoder::Encoder> {
+    static E: OnceLock<Option<stormwall_safety::encoder::Encoder>> = OnceLock::new();
+    E.get_or_init(|| {
+        let Some(dir) = std::env::var_os("STORMWALL_TEST_ENCODER_DIR") else {
+            eprintln!("STORMWALL_TEST_ENCODER_DIR unset: encoder parity not checked (scripts/test sets it)");
+            return None;
+        };
+        Some(stormwall_safety::encoder::Encoder::from_dir(std::path::Path::new(&dir)).unwrap())
+    })
+    .as_ref()
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    cases: Vec<ReferenceCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReferenceCase {
+    text: String,
+    ids: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+/// Made by `scripts/encoder-reference.py` (Hugging Face `tokenizers` and a numpy float64
+/// forward pass) from the same all-MiniLM-L6-v2 files.
+const REFERENCE: &str = include_str!("data/encoder-reference.json");
+
+#[test]
+fn the_encoder_matches_the_numpy_reference_token_for_token_and_vector_for_vector() {
+    let Some(e) = encoder() else { return };
+    let r: Reference = serde_json::from_str(REFERENCE).unwrap();
+    assert!(r.cases.len() >= 5);
+    for c in &r.cases {
+        assert_eq!(e.tokenize(&c.text), c.ids, "{:?}", c.text);
+        let v = e.embed(&c.text).unwrap();
+        assert_eq!(v.len(), c.embedding.len());
+        let cos: f32 = v.iter().zip(&c.embedding).map(|(a, b)| a * b).sum();
+        let worst = v
+            .iter()
+            .zip(&c.embedding)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            cos > 0.9999 && worst < 2e-4,
+            "{:?}: cos {cos}, max diff {worst}",
+            c.text
+        );
+    }
+    // Different sentences are different vectors: the comparison above is not vacuous.
+    let a = e.embed(&r.cases[1].text).unwrap();
+    let b = e.embed(&r.cases[4].text).unwrap();
+    assert!(a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>() < 0.9);
+}

@@ -101,7 +101,7 @@ fn event(
         score: 0.25,
         stage: SafetyStage::Input,
         view: Some("leet".to_owned()),
-        span: Some("ignore previous".to_owned()),
+        range: Some((4..19).into()),
         source: Some("judge".to_owned()),
         ..Default::default()
     }];

@@ -168,6 +168,24 @@ pub enum StreamOutcome {
     KeySuspended,
 }
 
+/// A byte range `[start, end)` of a screened text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl From<std::ops::Range<usize>> for ByteRange {
+    fn from(r: std::ops::Range<usize>) -> Self {
+        ByteRange {
+            start: r.start as u64,
+            end: r.end as u64,
+        }
+    }
+}
+
 /// One content-safety finding recorded on an event (filled by the safety stage).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SafetyVerdict {
@@ -183,9 +201,12 @@ pub struct SafetyVerdict {
     /// `leet`, ...), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<String>,
-    /// The matched text (at most about 64 bytes), when a term or combination matched.
+    /// Where the match was: a byte range of the screened text (the prompt, or the whole
+    /// output), when a term or combination matched. Never the matched text itself: events
+    /// written before this field carried `span` (up to 64 bytes of the prompt), which is
+    /// still read and dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub span: Option<String>,
+    pub range: Option<ByteRange>,
     /// The whole screened text: only when the key's profile keeps evidence and the action
     /// is `flag` or `block`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -599,7 +620,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&v).unwrap(), old);
         let new = SafetyVerdict {
             view: Some("base64".into()),
-            span: Some("abc".into()),
+            range: Some((3..9).into()),
             ..v
         };
         let back: SafetyVerdict =
@@ -637,8 +658,16 @@ mod tests {
         );
         assert_eq!(e.safety[0].stage, SafetyStage::Input);
         assert_eq!(e.safety[4].stage, SafetyStage::Output);
-        let old_value: serde_json::Value = serde_json::from_str(old).unwrap();
+        let mut old_value: serde_json::Value = serde_json::from_str(old).unwrap();
         let written = serde_json::to_string(&e).unwrap();
+        // The legacy `span` (matched prompt text) is read and dropped, never written back.
+        assert!(
+            !written.contains("\"span\"") && !written.contains("abc"),
+            "{written}"
+        );
+        if let Some(o) = old_value["content_filter"][0].as_object_mut() {
+            o.remove("span");
+        }
         let new_value: serde_json::Value = serde_json::from_str(&written).unwrap();
         assert_eq!(new_value["content_filter"], old_value["content_filter"]);
         assert_eq!(serde_json::from_str::<UsageEvent>(&written).unwrap(), e);

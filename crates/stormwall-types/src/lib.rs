@@ -29,7 +29,9 @@ pub use cloud::{
     CloudContext, CloudProvider, ControlAction, ControlEvent, CredentialKind, Principal,
 };
 pub use endpoint::{ApiFlavor, Endpoint};
-pub use event::{Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent};
+pub use event::{
+    ByteRange, Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent,
+};
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyId};
 pub use record::{KeyKind, KeyRecord, KeyScope, KeyStatus};
 pub use safety::{SafetyStage, VerdictCategory};

@@ -33,6 +33,10 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                     file.server.admin_token_env
                 );
             }
+            println!(
+                "{}",
+                stormwall_gateway::data::safety::encoder_summary(&file.gateway().safety)
+            );
             // Missing IP data is not an error (detectors fall back on prefixes), but the
             // operator should know what each missing piece costs.
             if let Ok(intel) = stormwall_ipintel::IpIntel::load(&file.ipdb) {

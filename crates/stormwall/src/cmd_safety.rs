@@ -71,6 +71,9 @@ pub enum SafetyCommand {
         #[arg(long, requires = "folds")]
         holdout: Option<u32>,
     },
+    /// The encoder tier's model (`fetch`).
+    #[command(subcommand)]
+    Model(crate::cmd_safety_model::ModelCommand),
 }
 
 /// What the screener is built from.
@@ -160,6 +163,7 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
             };
             train(&data, &out, &cfg, folds.zip(holdout))
         }
+        SafetyCommand::Model(m) => crate::cmd_safety_model::run(m),
     }
 }
 

@@ -16,6 +16,7 @@ mod cmd_keys;
 mod cmd_leak_reports;
 mod cmd_migrate;
 mod cmd_safety;
+mod cmd_safety_model;
 mod cmd_scan;
 mod cmd_serve;
 mod cmd_simulate;

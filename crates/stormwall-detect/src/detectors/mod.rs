@@ -96,9 +96,10 @@ impl Obs {
             let acted = v.action >= Action::Flag;
             match v.category {
                 VerdictCategory::RoleplayMarkers => roleplay = true,
-                VerdictCategory::Content(Category::FilterEvasion) => {
-                    evasion |= acted || v.score >= 0.5;
-                }
+                // Only what the policy acted on: a verdict that was only logged (obfuscation
+                // with nothing harmful under it, or an everyday text near a threshold) is
+                // a record, not evidence — two greetings once made an A4 alert.
+                VerdictCategory::Content(Category::FilterEvasion) => evasion |= acted,
                 // A jailbreak score the policy only logged is too weak to call a front-end:
                 // ordinary assistant preambles score there.
                 VerdictCategory::Content(Category::Jailbreak) => {

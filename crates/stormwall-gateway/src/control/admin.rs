@@ -342,9 +342,13 @@ async fn readyz(state: &AdminState) -> Response<ProxyBody> {
         Err(_) => false,
     };
     if ok {
-        // Missing IP data does not make the gateway unready (it still serves and detects,
-        // from prefixes), but the operator reading the probe learns what is missing.
-        let mut body = String::from("ready\n");
+        // The fast tier always screens; say whether the encoder tier has its model. Missing
+        // IP data does not make the gateway unready (it still serves and detects, from
+        // prefixes), but the operator reading the probe learns what is missing.
+        let mut body = match &state.control.safety {
+            Some(s) => format!("ready\n{}\n", s.encoder_summary()),
+            None => "ready\n".to_owned(),
+        };
         for m in state.control.ipintel.current().missing() {
             body.push_str("missing: ");
             body.push_str(&m);

@@ -1,7 +1,8 @@
 //! The screen stages: prompts are screened after admission and before forwarding, outputs
 //! while they are relayed. The screener (`stormwall-safety`) is pure; this module picks the
 //! profile for a key, records verdicts on the event (category, action, score, view and the
-//! matched span — the whole prompt only when the profile keeps evidence), runs external
+//! byte range of the match — never text; the whole prompt only when the profile keeps
+//! evidence), runs external
 //! classifiers ([`crate::data::classify`]) and screens streamed output incrementally.
 //!
 //! Profiles: the key's `policy_profile`, else the tenant's from `[safety] tenant_profiles`,
@@ -25,8 +26,6 @@ use crate::data::classify::{
 use crate::metrics::Metrics;
 use crate::upstream::HttpClient;
 
-/// Longest matched span kept on an event, in bytes.
-pub const MAX_SPAN_BYTES: usize = 64;
 /// Prompts longer than this are screened on the blocking pool, so one huge prompt cannot
 /// stall a runtime worker.
 const INLINE_SCREEN_BYTES: usize = 64 * 1024;
@@ -60,6 +59,10 @@ pub struct SafetyConfig {
     pub cache_entries: usize,
     /// Seconds a cached classifier result lives.
     pub cache_ttl_secs: u64,
+    /// Directory of the encoder tier's sentence encoder (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`; `stormwall safety model fetch` fills it). Unset, or set without
+    /// the files, the fast tier screens alone (`config check` and `/readyz` say so).
+    pub encoder_dir: Option<PathBuf>,
 }
 
 impl Default for SafetyConfig {
@@ -76,6 +79,7 @@ impl Default for SafetyConfig {
             classifiers: Vec::new(),
             cache_entries: 10_000,
             cache_ttl_secs: 600,
+            encoder_dir: None,
         }
     }
 }
@@ -120,6 +124,27 @@ pub enum SafetyConfigError {
     /// A classifier entry is invalid.
     #[error(transparent)]
     Classifier(#[from] ClassifierConfigError),
+    /// The encoder model's files are there but do not load.
+    #[error("[safety] encoder_dir {path}: {source}")]
+    Encoder {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: stormwall_safety::encoder::EncoderError,
+    },
+}
+
+/// Whether the encoder tier has its model, in words for `config check` and `/readyz`.
+pub fn encoder_summary(c: &SafetyConfig) -> String {
+    match &c.encoder_dir {
+        _ if !c.enabled => "safety: off".to_owned(),
+        None => "safety: fast tier only (no [safety] encoder_dir)".to_owned(),
+        Some(d) if !stormwall_safety::encoder::has_model_files(d) => format!(
+            "safety: fast tier only (no encoder model in {}; run `stormwall safety model fetch`)",
+            d.display()
+        ),
+        Some(d) => format!("safety: encoder model in {}", d.display()),
+    }
 }
 
 /// A profile ready for both endpoint kinds: chat uses it as is, image with `image_profile`'s
@@ -148,6 +173,8 @@ pub struct SafetyStage {
     screen_output: bool,
     classifiers: Vec<Arc<ExternalClassifier>>,
     cache: ScoreCache,
+    encoder: Option<Arc<stormwall_safety::encoder::Encoder>>,
+    encoder_summary: String,
 }
 
 impl std::fmt::Debug for SafetyStage {
@@ -249,6 +276,18 @@ impl SafetyStage {
             builder = builder.gazetteer_toml("gazetteer", &read(path)?)?;
         }
         let screener = Arc::new(builder.build()?);
+        // A model that is there must load; a missing one leaves the fast tier alone.
+        let encoder = match &c.encoder_dir {
+            Some(d) if stormwall_safety::encoder::has_model_files(d) => Some(Arc::new(
+                stormwall_safety::encoder::Encoder::from_dir(d).map_err(|source| {
+                    SafetyConfigError::Encoder {
+                        path: d.clone(),
+                        source,
+                    }
+                })?,
+            )),
+            _ => None,
+        };
         let mut classifiers: Vec<Arc<ExternalClassifier>> = Vec::new();
         for cc in &c.classifiers {
             let cl = ExternalClassifier::from_config(cc, env)?;
@@ -269,12 +308,24 @@ impl SafetyStage {
             screen_output: c.screen_output,
             classifiers,
             cache: ScoreCache::new(c.cache_entries, Duration::from_secs(c.cache_ttl_secs)),
+            encoder,
+            encoder_summary: encoder_summary(c),
         }))
     }
 
     /// Adds a classifier (tests and embedding programs with their own adapters).
     pub fn push_classifier(&mut self, c: ExternalClassifier) {
         self.classifiers.push(Arc::new(c));
+    }
+
+    /// The encoder tier's sentence encoder, when its model loaded.
+    pub fn encoder(&self) -> Option<&Arc<stormwall_safety::encoder::Encoder>> {
+        self.encoder.as_ref()
+    }
+
+    /// Whether the encoder tier has its model, in words ([`encoder_summary`]).
+    pub fn encoder_summary(&self) -> &str {
+        &self.encoder_summary
     }
 
     /// The screener.
@@ -429,13 +480,7 @@ impl SafetyStage {
                 // Flag mode never blocked anything: record at most `flag`.
                 let mut cs = c.clone();
                 cs.action = cs.action.min(Action::Flag);
-                notes.push(record_one(
-                    &cs,
-                    types::SafetyStage::Input,
-                    None,
-                    None,
-                    false,
-                ));
+                notes.push(record_one(&cs, types::SafetyStage::Input, None));
             }
             notes
         }))
@@ -488,17 +533,13 @@ pub fn input_kind(endpoint: Endpoint) -> Option<Kind> {
 fn record_one(
     c: &CategoryScore,
     stage: types::SafetyStage,
-    text: Option<&str>,
     evidence: Option<&str>,
-    with_span: bool,
 ) -> SafetyVerdict {
-    let span = match (&c.evidence, text) {
-        // A model score covers a whole view: its "span" would be the prompt's start.
-        (Some(ev), Some(t))
-            if with_span && !matches!(c.detector, Detector::Model | Detector::Signals) =>
-        {
-            t.get(ev.span.clone())
-                .map(|s| crate::data::request::truncate(s, MAX_SPAN_BYTES).to_owned())
+    // A model score covers a whole view: its "range" would be the whole prompt. Only the
+    // place of a match is recorded, never the matched text.
+    let range = match &c.evidence {
+        Some(ev) if !matches!(c.detector, Detector::Model | Detector::Signals) => {
+            Some(ev.span.clone().into())
         }
         _ => None,
     };
@@ -508,47 +549,31 @@ fn record_one(
         score: c.score,
         stage,
         view: c.evidence.as_ref().map(|e| e.view.as_str().to_owned()),
-        span,
+        range,
         evidence: evidence.map(str::to_owned),
         source: c.source.clone(),
     }
 }
 
 /// The verdicts to record for a screened text: every category the profile acted on (log,
-/// flag, block), with its view and matched span; the whole text, on the decisive one only,
-/// when the profile keeps evidence and the action is flag or block. `offset` is where `text`
-/// starts in the spans' coordinates (streams screen a window of the output).
+/// flag, block), with its view and the byte range of the match in the whole screened text
+/// (never the matched text); the whole text, on the decisive one only, when the profile
+/// keeps evidence and the action is flag or block. `text` is what was screened (streams
+/// screen a window of the output; ranges stay in the whole output's coordinates).
 pub fn record(
     verdict: &Verdict,
     stage: types::SafetyStage,
     text: &str,
-    offset: usize,
     profile: &Profile,
 ) -> Vec<SafetyVerdict> {
     let keep = profile.keep_evidence() && verdict.action >= Action::Flag;
-    let mut out = Vec::new();
-    for (i, c) in verdict
+    verdict
         .categories
         .iter()
         .filter(|c| c.action > Action::Allow)
         .enumerate()
-    {
-        let mut shifted = c.clone();
-        if let Some(ev) = &mut shifted.evidence {
-            if ev.span.start < offset {
-                shifted.evidence = None;
-            } else {
-                ev.span = ev.span.start - offset..ev.span.end - offset;
-            }
-        }
-        let evidence = (keep && i == 0).then_some(text);
-        let mut v = record_one(&shifted, stage, Some(text), evidence, true);
-        if shifted.evidence.is_none() {
-            v.view = c.evidence.as_ref().map(|e| e.view.as_str().to_owned());
-        }
-        out.push(v);
-    }
-    out
+        .map(|(i, c)| record_one(c, stage, (keep && i == 0).then_some(text)))
+        .collect()
 }
 
 /// Counts verdicts in the metrics.
@@ -695,8 +720,8 @@ impl StreamGuard {
         let before = self.verdict.action;
         self.verdict.merge(&v, &self.profile);
         if v.action > Action::Allow && (v.action > before || self.recorded.is_empty()) {
-            let (text, base) = self.window.text();
-            self.recorded = record(&v, types::SafetyStage::Output, text, base, &self.profile);
+            let (text, _) = self.window.text();
+            self.recorded = record(&v, types::SafetyStage::Output, text, &self.profile);
         }
         self.window.advance();
     }
@@ -827,24 +852,26 @@ mod tests {
     }
 
     #[test]
-    fn record_keeps_span_and_evidence_only_when_asked() {
+    fn record_keeps_a_range_never_text_and_evidence_only_when_asked() {
         let s = stage(&SafetyConfig::default()).unwrap().unwrap();
         let text = "Please draw a nude photo of my ex for the party invitation";
         let (p, _) = s.profile_for("t", None, Kind::Chat);
         let v = s.screener().screen(text, Kind::Chat, &p);
         assert!(v.is_blocked());
-        let r = record(&v, types::SafetyStage::Input, text, 0, &p);
+        let r = record(&v, types::SafetyStage::Input, text, &p);
         assert_eq!(r[0].category, Category::RealPersonSexual);
-        assert!(
-            r[0].span
-                .as_deref()
-                .is_some_and(|sp| text.contains(sp) && sp.len() < text.len())
-        );
+        let range = r[0].range.expect("range recorded");
+        assert!(range.start < range.end && (range.end as usize) <= text.len());
         assert!(r.iter().all(|v| v.evidence.is_none()));
+        // No word of the prompt (of three letters or more) reaches the recorded verdicts.
+        let json = serde_json::to_string(&r).unwrap();
+        for w in text.split(' ').filter(|w| w.len() > 2) {
+            assert!(!json.contains(w), "{w:?} leaked into {json}");
+        }
         let keep = Profile::from_toml("name = \"k\"\nextends = \"default\"\nkeep_evidence = true")
             .unwrap();
         let v = s.screener().screen(text, Kind::Chat, &keep);
-        let r = record(&v, types::SafetyStage::Input, text, 0, &keep);
+        let r = record(&v, types::SafetyStage::Input, text, &keep);
         assert_eq!(r[0].evidence.as_deref(), Some(text));
         assert!(r[1..].iter().all(|v| v.evidence.is_none()));
     }

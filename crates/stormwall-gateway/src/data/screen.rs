@@ -68,7 +68,7 @@ pub async fn screen_request(
     crate::data::safety::count(&state.metrics, input, &verdict);
     let e = rec.event();
     e.safety.extend(crate::data::safety::record(
-        &verdict, input, &text, 0, &profile,
+        &verdict, input, &text, &profile,
     ));
     e.safety.extend(notes);
     if verdict.is_blocked() || fail_closed {
@@ -114,7 +114,7 @@ pub async fn screen_output(
     let output = stormwall_types::SafetyStage::Output;
     crate::data::safety::count(&state.metrics, output, &verdict);
     rec.event().safety.extend(crate::data::safety::record(
-        &verdict, output, &text, 0, &s.profile,
+        &verdict, output, &text, &s.profile,
     ));
     verdict.is_blocked()
 }

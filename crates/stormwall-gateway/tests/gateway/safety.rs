@@ -67,15 +67,16 @@ async fn a_blocked_prompt_never_reaches_the_upstream_and_the_event_keeps_no_prom
     assert_eq!(decisive.action, SafetyAction::Block);
     assert!(decisive.score >= 0.6);
     assert_eq!(decisive.view.as_deref(), Some("text"));
-    let span = decisive.span.as_deref().expect("matched span recorded");
-    assert!(
-        BLOCKED_CHAT.contains(span) && span.len() < BLOCKED_CHAT.len(),
-        "{span}"
-    );
+    let range = decisive.range.expect("the match's byte range recorded");
+    // In the screened text (the request's messages joined), so only its shape is checked.
+    assert!(range.start < range.end, "{range:?}");
     assert!(e.safety.iter().all(|v| v.evidence.is_none()));
     let stored = serde_json::to_string(e).unwrap();
     assert!(!stored.contains(BLOCKED_CHAT), "the prompt is not stored");
-    assert!(!stored.contains("party invitation"));
+    // Not even the matched part: no word of the prompt reaches the event.
+    for w in BLOCKED_CHAT.split(' ').filter(|w| w.len() > 3) {
+        assert!(!stored.contains(w), "{w:?} of the prompt reached the event");
+    }
 
     // Benign prompts pass without verdicts; embeddings are not screened at all.
     let r = chat_text(&h, &key, BENIGN).await;
@@ -268,7 +269,8 @@ async fn a_stream_is_cut_once_its_output_breaks_the_policy() {
         .find(|v| v.action == SafetyAction::Block)
         .expect("output verdict");
     assert_eq!(v.category, Category::Sexual);
-    assert!(v.span.as_deref().is_some_and(|s| s.len() <= 64));
+    assert!(v.range.is_some_and(|r| r.start < r.end));
+    assert!(!serde_json::to_string(e).unwrap().contains("explicit"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,12 @@ async fn serve_keys_requests_shutdown_and_export() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // No [safety] encoder_dir: the fast tier screens alone, and the check says so.
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("safety: fast tier only"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     let mut server = serve(&config);
     let out = stormwall(&[
