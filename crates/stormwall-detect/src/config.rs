@@ -288,6 +288,12 @@ impl Default for ResponseConfig {
                     kill_chain: true,
                     ..PolicyRule::new(ActionKind::Suspend)
                 },
+                // Many buyers' system prompts from a network the key never used.
+                PolicyRule {
+                    min_severity: Some(Severity::High),
+                    detectors: vec![DetectorId::R1],
+                    ..PolicyRule::new(ActionKind::Suspend)
+                },
                 // A young key taken over: someone else is validating or reselling it.
                 PolicyRule {
                     min_severity: Some(Severity::High),

@@ -8,7 +8,7 @@
 //! the next alert opens a new incident.
 //!
 //! Severity combines signals (the policy `docs/detection.md` explains): an incident starts
-//! at its strongest alert's severity; weak signals from three or more detectors over two
+//! at its strongest alert's severity; weak signals from three or more detectors over three
 //! or more stages make it medium; medium-or-worse signals over three stages make it high;
 //! a suspended or revoked key makes it high (someone must confirm the stop today).
 
@@ -340,7 +340,7 @@ pub fn combine(timeline: &[TimelineEntry], action: Option<ActionKind>) -> (Sever
         .collect();
     weak_stages.sort();
     weak_stages.dedup();
-    if sev < Severity::Medium && weak_detectors.len() >= 3 && weak_stages.len() >= 2 {
+    if sev < Severity::Medium && weak_detectors.len() >= 3 && weak_stages.len() >= 3 {
         sev = Severity::Medium;
         reasons.push(format!(
             "{} weak signals combine over {} stages",

@@ -368,6 +368,8 @@ pub struct HourWindow {
     pub spread_evidence: Vec<String>,
     /// Whether R4 already fired this hour.
     pub r4_fired: bool,
+    /// System prompts new to the key this hour that came from a network new to it (R1).
+    pub new_sys_foreign: u16,
 }
 
 impl HourWindow {
@@ -403,6 +405,7 @@ impl HourWindow {
             generic: 0,
             spread_evidence: Vec::new(),
             r4_fired: false,
+            new_sys_foreign: 0,
         }
     }
 

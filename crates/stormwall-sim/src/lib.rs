@@ -168,6 +168,8 @@ pub struct DetectorFigures {
     pub recall: f64,
     /// Keys it raised an alert on from legitimate traffic only.
     pub legit_keys: usize,
+    /// Legitimate keys it raised an alert at or above the evaluation severity on.
+    pub legit_keys_at_severity: usize,
 }
 
 /// Per-scenario figures.
@@ -230,6 +232,9 @@ pub struct Report {
     pub legit_keys_with_medium_incident: usize,
     /// Notifications sent: one per incident opened plus one per escalation.
     pub notifications: usize,
+    /// Legitimate keys with an incident at or above the evaluation severity, per profile
+    /// of their tenant (where the remaining noise comes from).
+    pub legit_incidents_by_profile: BTreeMap<String, usize>,
     /// Keys suspended or revoked while only their legitimate owner used them.
     pub false_suspensions: usize,
     /// Legitimate keys throttled.
@@ -276,6 +281,7 @@ impl Default for Report {
             incidents_at_severity: 0,
             legit_keys_with_medium_incident: 0,
             notifications: 0,
+            legit_incidents_by_profile: BTreeMap::new(),
             false_suspensions: 0,
             false_throttles: 0,
             attack_keys_stopped: 0,
@@ -1895,6 +1901,13 @@ pub fn finish_report(
         .zip(outcome)
         .filter(|(k, o)| k.scenario.is_none() && o.legit_incident)
         .count();
+    for (k, o) in keys.iter().zip(outcome) {
+        if k.scenario.is_none() && o.legit_incident {
+            *r.legit_incidents_by_profile
+                .entry(k.profile.to_owned())
+                .or_default() += 1;
+        }
+    }
     let flagged = detected + r.legit_keys_with_medium_incident;
     r.precision = if flagged == 0 {
         0.0
@@ -1937,6 +1950,11 @@ pub fn finish_report(
                     atk.len() as f64 / r.attack_keys as f64
                 },
                 legit_keys: legit.len(),
+                legit_keys_at_severity: keys
+                    .iter()
+                    .zip(outcome)
+                    .filter(|(k, o)| k.scenario.is_none() && o.false_detectors.contains(&d.index()))
+                    .count(),
             },
         );
     }

@@ -21,9 +21,12 @@ pub fn v1_probe(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let habitual = share >= RARE_SHARE;
     let burst_thr = f64::from(ctx.th().v1_probes_per_min) * ks.factor(DetectorId::V1);
     let burst = f64::from(ks.minute_probes) >= burst_thr && !habitual;
-    let sev = if new_source && far {
+    // A probe from a new network nearby is a developer trying the key as often as a
+    // checker: low on its own (the incident combines it with what follows).
+    // From far away with the key's own client (its developer abroad) it is low too.
+    let sev = if new_source && far && !ctx.own_client_anywhere(ks) {
         Severity::High
-    } else if burst || new_source && !habitual {
+    } else if burst {
         Severity::Medium
     } else if new_source {
         Severity::Low
@@ -85,10 +88,12 @@ pub fn v2_enumerate(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if !new_source && !never_lists {
         return;
     }
-    let sev = if new_source && ctx.far(ks) {
+    // Nearby, listing then calling is what a developer's first session and SDK start-up
+    // look like: low unless it comes from far away.
+    let sev = if new_source && ctx.far(ks) && !ctx.own_client_anywhere(ks) {
         Severity::High
     } else {
-        Severity::Medium
+        Severity::Low
     };
     let listing_id = ks.notable.last_listing.take().map(|l| l.1);
     ctx.emit(ks, out, DetectorId::V2, sev, |ks| Finding {
