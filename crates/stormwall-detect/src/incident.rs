@@ -167,18 +167,18 @@ impl Grouper {
         });
         if inc.timeline.iter().any(|e| e.alert_id == alert.id) {
             // The same alert again (a replay): only a new action can change anything.
-            if let Some(a) = action.filter(|a| a.kind > ActionKind::Alert) {
-                if inc.action.is_none_or(|k| a.kind > k) {
-                    inc.action = Some(a.kind);
-                    let (sev, reasons) = combine(&inc.timeline, inc.action);
-                    inc.severity = sev;
-                    inc.reasons = reasons;
-                    inc.revision += 1;
-                    return Some(Update {
-                        change: Change::Escalated,
-                        incident: inc.clone(),
-                    });
-                }
+            if let Some(a) = action.filter(|a| a.kind > ActionKind::Alert)
+                && inc.action.is_none_or(|k| a.kind > k)
+            {
+                inc.action = Some(a.kind);
+                let (sev, reasons) = combine(&inc.timeline, inc.action);
+                inc.severity = sev;
+                inc.reasons = reasons;
+                inc.revision += 1;
+                return Some(Update {
+                    change: Change::Escalated,
+                    incident: inc.clone(),
+                });
             }
             return Some(Update {
                 change: Change::Appended,

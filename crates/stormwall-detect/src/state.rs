@@ -571,6 +571,8 @@ pub struct Takeover {
     pub kinds: u32,
     /// Distinct foreign /24s (up to 8).
     pub nets: Vec<u64>,
+    /// Distinct foreign ASNs (up to 8).
+    pub asns: Vec<u32>,
     /// Foreign requests this minute: (minute, count).
     pub minute: (i64, u32),
     /// Evidence event ids (up to 8).

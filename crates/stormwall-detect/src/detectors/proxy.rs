@@ -37,8 +37,12 @@ pub fn p1_dispersion(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if asns < thr_asn && ccs < thr_cc {
         return;
     }
+    // The owner's own client in a second country (a developer abroad, a phone roaming)
+    // is low; someone else's client spreading the key is medium.
     let sev = if asns >= 2.0 * thr_asn || ccs >= 2.0 * thr_cc {
         Severity::High
+    } else if ctx.own_client_anywhere(ks) {
+        Severity::Low
     } else {
         Severity::Medium
     };

@@ -205,8 +205,12 @@ pub fn r5_volume(ctx: &Ctx<'_>, ks: &mut KeyState, model_calls: u32, out: &mut V
     if cost < thr_cost && calls < thr_calls {
         return;
     }
+    // More spend from the owner's own client on its own network is a new app or a busy
+    // day: low unless it is extreme.
     let sev = if cost >= 3.0 * thr_cost {
         Severity::High
+    } else if ctx.own_client_anywhere(ks) && ctx.known_asn(ks) {
+        Severity::Low
     } else {
         Severity::Medium
     };

@@ -253,6 +253,9 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if tk.nets.len() < 8 && !tk.nets.contains(&o.net) {
         tk.nets.push(o.net);
     }
+    if tk.asns.len() < 8 && asn != 0 && !tk.asns.contains(&asn) {
+        tk.asns.push(asn);
+    }
     let mut kinds = 0u32;
     for (bit, on) in [
         (1 << 0, !asn_known),
@@ -263,7 +266,11 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         (1 << 5, o.listing),
         (1 << 6, o.roleplay && !roleplay_habit),
         (1 << 7, artefacts),
-        (1 << 8, tk.nets.len() >= 3 || tk.minute.1 >= 10),
+        // A cloud app's hosts are several /24s of one provider: spread means networks.
+        (
+            1 << 8,
+            tk.nets.len() >= 3 && tk.asns.len() >= 2 || tk.minute.1 >= 10,
+        ),
     ] {
         if on {
             kinds |= bit;
