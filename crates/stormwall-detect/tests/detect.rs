@@ -1287,7 +1287,7 @@ fn v7_a_young_key_taken_over_is_suspended_within_three_requests() {
         ],
     );
     let at = T0 + Duration::minutes(12);
-    let attack = vec![
+    let attack = [
         probe(&mut g, k, at, &taker),
         listing(&mut g, k, at + Duration::seconds(20), &taker),
         with_verdict(
