@@ -116,6 +116,8 @@ pub struct Thresholds {
     pub v4_max_cv: f64,
     /// V4: shortest mean interval, seconds (faster is traffic, not a checker).
     pub v4_min_period_secs: f64,
+    /// V7: takeover points (each signal kind once an hour) on a young key that fire.
+    pub v7_min_points: u32,
     /// P1: distinct ASNs per key-hour that fire (or twice the key's usual peak, if higher).
     pub p1_asns_per_hour: u32,
     /// P1: distinct countries per key-hour that fire (or twice the usual peak, if higher).
@@ -179,6 +181,7 @@ impl Default for Thresholds {
             v4_min_cycles: 6,
             v4_max_cv: 0.1,
             v4_min_period_secs: 60.0,
+            v7_min_points: 5,
             p1_asns_per_hour: 3,
             p1_countries_per_hour: 2,
             p1_baseline_factor: 2.0,
@@ -283,6 +286,18 @@ impl Default for ResponseConfig {
                 },
                 PolicyRule {
                     kill_chain: true,
+                    ..PolicyRule::new(ActionKind::Suspend)
+                },
+                // Many buyers' system prompts from a network the key never used.
+                PolicyRule {
+                    min_severity: Some(Severity::High),
+                    detectors: vec![DetectorId::R1],
+                    ..PolicyRule::new(ActionKind::Suspend)
+                },
+                // A young key taken over: someone else is validating or reselling it.
+                PolicyRule {
+                    min_severity: Some(Severity::High),
+                    detectors: vec![DetectorId::V7],
                     ..PolicyRule::new(ActionKind::Suspend)
                 },
             ],

@@ -265,6 +265,7 @@ impl Engine {
         validation::v1_probe(&ctx, ks, out);
         validation::v2_enumerate(&ctx, ks, out);
         validation::v4_periodic(&ctx, ks, out);
+        validation::v7_takeover(&ctx, ks, out);
         if u.spread {
             proxy::p1_dispersion(&ctx, ks, out);
         }

@@ -368,6 +368,8 @@ pub struct HourWindow {
     pub spread_evidence: Vec<String>,
     /// Whether R4 already fired this hour.
     pub r4_fired: bool,
+    /// System prompts new to the key this hour that came from a network new to it (R1).
+    pub new_sys_foreign: u16,
 }
 
 impl HourWindow {
@@ -403,6 +405,7 @@ impl HourWindow {
             generic: 0,
             spread_evidence: Vec::new(),
             r4_fired: false,
+            new_sys_foreign: 0,
         }
     }
 
@@ -518,6 +521,62 @@ pub struct KeyState {
     /// Listings, safety hits, obfuscations, alerts, actions and exposure (allocated at
     /// the first).
     pub notable: Lazy<Notable>,
+    /// While the key is young: who its owner is, from its first requests (detector V7).
+    pub owner: Owner,
+    /// Takeover signals from a client the owner and tenant never used (allocated at the
+    /// first such request of a young key).
+    pub takeover: Option<Box<Takeover>>,
+}
+
+/// A young key's owner, from its first requests: a few networks, countries, header shapes,
+/// client families and egress kinds (0: empty slot). Fixed, compact arrays: every key
+/// carries one, so it costs no allocation.
+#[derive(Debug, Clone, Default)]
+pub struct Owner {
+    /// ASNs.
+    pub asns: [u32; 4],
+    /// Country codes (`u16::from_be_bytes`).
+    pub countries: [u16; 2],
+    /// Header shapes (low 32 bits, never 0).
+    pub shapes: [u32; 4],
+    /// Client family bits (`1 << family id`).
+    pub families: u32,
+    /// Egress flag bits.
+    pub flags: u8,
+    /// Requests the owner was learned from.
+    pub requests: u16,
+}
+
+/// Whether `v` is in a slot array (0 is an empty slot, never a value).
+pub fn slot_has<T: PartialEq + Default + Copy>(slots: &[T], v: T) -> bool {
+    v != T::default() && slots.contains(&v)
+}
+
+/// Puts `v` in the first free slot (no-op when full or present).
+pub fn slot_put<T: PartialEq + Default + Copy>(slots: &mut [T], v: T) {
+    if v == T::default() || slots.contains(&v) {
+        return;
+    }
+    if let Some(s) = slots.iter_mut().find(|s| **s == T::default()) {
+        *s = v;
+    }
+}
+
+/// Takeover signals seen on a young key from clients its owner and tenant never used.
+#[derive(Debug, Clone, Default)]
+pub struct Takeover {
+    /// When the first foreign request came (signals older than an hour are forgotten).
+    pub since: i64,
+    /// Signal kinds seen (bits of the V7 signal table).
+    pub kinds: u32,
+    /// Distinct foreign /24s (up to 8).
+    pub nets: Vec<u64>,
+    /// Distinct foreign ASNs (up to 8).
+    pub asns: Vec<u32>,
+    /// Foreign requests this minute: (minute, count).
+    pub minute: (i64, u32),
+    /// Evidence event ids (up to 8).
+    pub evidence: Vec<String>,
 }
 
 impl KeyState {
@@ -541,6 +600,8 @@ impl KeyState {
             micro: None,
             alerts: Lazy::default(),
             notable: Lazy::default(),
+            owner: Owner::default(),
+            takeover: None,
         }
     }
 
@@ -971,7 +1032,8 @@ mod tests {
     #[test]
     fn a_young_key_holds_no_baseline_or_alert_memory() {
         assert!(
-            std::mem::size_of::<KeyState>() <= 648,
+            // 648 before a young key's owner (V7) joined: 56 bytes, no allocation.
+            std::mem::size_of::<KeyState>() <= 704,
             "KeyState is {} bytes",
             std::mem::size_of::<KeyState>()
         );

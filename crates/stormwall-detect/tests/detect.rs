@@ -1328,3 +1328,104 @@ fn without_an_ip_database_networks_are_told_apart_by_slash16() {
         .expect("P1 from /16 prefixes");
     assert!(!p1.evidence.is_empty());
 }
+
+// ---------------------------------------------------------------- young keys (V7)
+
+/// A key with minutes of history, then a client from a new network and family: a probe,
+/// a listing and role-play. The key is suspended within three attacker requests.
+#[test]
+fn v7_a_young_key_taken_over_is_suspended_within_three_requests() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let k = "YoungKey0001";
+    // The owner's first minutes, from its office with the SDK (a brand-new tenant).
+    let mut evs = Vec::new();
+    for m in 0..3 {
+        evs.push(g.chat(k, "newco", T0 + Duration::minutes(m * 3), &corp()));
+    }
+    assert!(feed(&mut e, &evs).is_empty());
+    let taker = client(
+        "192.0.2.77",
+        64599,
+        "RO",
+        "python-requests/2.31.0",
+        &[
+            "host",
+            "user-agent",
+            "accept-encoding",
+            "accept",
+            "connection",
+            "authorization",
+        ],
+    );
+    let at = T0 + Duration::minutes(12);
+    let attack = [
+        probe(&mut g, k, at, &taker),
+        listing(&mut g, k, at + Duration::seconds(20), &taker),
+        with_verdict(
+            g.chat(k, "newco", at + Duration::seconds(50), &taker),
+            VerdictCategory::RoleplayMarkers,
+            SafetyAction::Log,
+        ),
+    ];
+    let mut stopped_after = None;
+    for (i, ev) in attack.iter().enumerate() {
+        for a in e.observe(ev) {
+            if let Some(act) = e.decide(&a)
+                && act.kind == ActionKind::Suspend
+                && stopped_after.is_none()
+            {
+                assert_eq!(a.detector, DetectorId::V7);
+                assert_eq!(a.severity, Severity::High);
+                stopped_after = Some(i + 1);
+            }
+        }
+    }
+    let n = stopped_after.expect("the young key was not suspended");
+    assert!(n <= 3, "suspended after {n} attacker requests");
+}
+
+/// A new key of an existing tenant, used from the tenant's own network and client, probing
+/// and listing models as an SDK does at start-up: left alone.
+#[test]
+fn v7_quiet_for_a_new_key_on_the_tenants_own_network_and_client() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let w = warm(&mut g, "OldKey000001", "acme", &corp(), 2);
+    feed(&mut e, &w);
+    let k = "NewKey000001";
+    let at = end(2);
+    let evs = vec![
+        listing(&mut g, k, at, &corp()),
+        probe(&mut g, k, at + Duration::seconds(5), &corp()),
+        g.chat(k, "acme", at + Duration::seconds(30), &corp()),
+        g.chat(k, "acme", at + Duration::seconds(60), &corp()),
+    ];
+    let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+}
+
+/// A developer's first curl from home on a young key (a new network in the tenant's own
+/// country, a model listing and a probe) scores below the bar: no V7.
+#[test]
+fn v7_quiet_for_a_developer_trying_a_young_key_from_home() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let w = warm(&mut g, "OldKey000002", "acme", &corp(), 2);
+    feed(&mut e, &w);
+    let k = "NewKey000002";
+    let at = end(2);
+    let home = client(
+        "192.0.2.200",
+        64506,
+        "US",
+        "curl/8.5.0",
+        &["host", "user-agent", "accept", "authorization"],
+    );
+    let mut evs = vec![g.chat(k, "acme", at, &corp())];
+    evs.push(listing(&mut g, k, at + Duration::minutes(5), &home));
+    evs.push(probe(&mut g, k, at + Duration::minutes(6), &home));
+    evs.push(g.chat(k, "acme", at + Duration::minutes(7), &home));
+    let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+}

@@ -150,6 +150,33 @@ pub struct Legit {
     pub dev_session: Option<(i64, u8)>,
     /// The developer's network and program.
     pub dev_client: Option<(Net, Program)>,
+    /// Changes in the owner's own setup over the week (time, change), in time order: office
+    /// VPN changes, SDK upgrades, a new app onboarded on the key. Legitimate novelty.
+    pub changes: Vec<(i64, Change)>,
+    /// Runs a nightly batch besides its daytime traffic.
+    pub nightly: bool,
+}
+
+/// A change a legitimate owner makes to how a key is used.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// The egress moves (a new office VPN, a new cloud region, runners moved).
+    Nets(Vec<Net>),
+    /// One more network joins the usual ones.
+    AddNet(Net),
+    /// The client programs change (an SDK upgrade or a switch of SDK).
+    Programs(Vec<Program>),
+    /// A new app starts on the key: its program, system prompts and models join.
+    NewApp {
+        /// The new app's program.
+        program: Program,
+        /// Its system prompts.
+        sys: Vec<u64>,
+        /// Its model.
+        model: &'static str,
+        /// Its share of image generations.
+        image_share: f64,
+    },
 }
 
 fn diurnal(profile: Profile, local_hour: i64, weekday: i64) -> f64 {
@@ -186,8 +213,34 @@ impl Legit {
         self.peak * diurnal(self.profile, hours, weekday)
     }
 
+    fn apply_changes(&mut self, t_ms: i64) {
+        while let Some((at, _)) = self.changes.first() {
+            if *at > t_ms {
+                break;
+            }
+            let (_, c) = self.changes.remove(0);
+            match c {
+                Change::Nets(n) => self.nets = n,
+                Change::AddNet(n) => self.nets.push(n),
+                Change::Programs(p) => self.programs = p,
+                Change::NewApp {
+                    program,
+                    sys,
+                    model,
+                    image_share,
+                } => {
+                    self.programs.push(program);
+                    self.sys.extend(sys);
+                    self.models.push(model);
+                    self.image_share = self.image_share.max(image_share);
+                }
+            }
+        }
+    }
+
     /// The next request and the time of the one after.
     pub fn step(&mut self, t_ms: i64, rng: &mut Rng) -> (Option<Req>, i64) {
+        self.apply_changes(t_ms);
         if let Some(next) = self.dev_step(t_ms, rng) {
             return next;
         }
@@ -195,9 +248,10 @@ impl Legit {
         // Bursts: CI pipelines and the nightly batch.
         if self.burst_left > 0 {
             self.burst_left -= 1;
-            let gap = match self.profile {
-                Profile::Batch => rng.exp(6_000.0),
-                _ => rng.exp(5_000.0),
+            let gap = if self.nightly || self.profile == Profile::Batch {
+                rng.exp(6_000.0)
+            } else {
+                rng.exp(5_000.0)
             } as i64;
             return (Some(self.request(rng, true)), t_ms + gap.max(200));
         }
@@ -207,7 +261,7 @@ impl Legit {
             self.burst_left = rng.range(8, 30) as u32;
             self.burst_host = rng.range(0, 4000) as u16;
         }
-        if self.profile == Profile::Batch
+        if (self.profile == Profile::Batch || self.nightly)
             && local_hour == 2
             && self.burst_left == 0
             && rng.chance(0.5)
@@ -316,7 +370,7 @@ impl Legit {
             api_version: self.api_version,
         };
         r.in_tok = r.prompt_chars / 4 + 10;
-        if self.profile == Profile::Batch && burst {
+        if (self.profile == Profile::Batch || self.nightly) && burst {
             r.inflight = rng.range(3, 9) as u32;
         }
         if rng.chance(self.image_share) {
@@ -417,6 +471,18 @@ pub enum Seg {
         /// Requests.
         count: u32,
     },
+    /// A takeover of a young key: scripted steps from the attacker's client, every one of
+    /// them abuse (the key is in someone else's hands from the first request).
+    Sequence {
+        /// Key.
+        key: usize,
+        /// Client.
+        client: usize,
+        /// The steps, in order.
+        steps: Vec<Step>,
+        /// Gap between steps, milliseconds (low, high).
+        gap_ms: (u64, u64),
+    },
     /// Relay traffic of buyers (the abuse phase).
     Relay {
         /// Key.
@@ -428,6 +494,19 @@ pub enum Seg {
         /// Keeps retrying a refused key at a slow pace instead of giving up.
         persistent: bool,
     },
+}
+
+/// One step of a takeover sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A zero-cost probe (`max_tokens` 1, an almost empty prompt).
+    Probe,
+    /// A model listing.
+    Listing,
+    /// A role-play front end's request (character-card markers).
+    Roleplay,
+    /// An ordinary-looking chat request.
+    Chat,
 }
 
 /// An attacker, following its script.
@@ -530,6 +609,43 @@ impl Attack {
                             abuse: false,
                         }),
                         Some(t_ms + ((period + jitter) * 1000.0) as i64),
+                    );
+                }
+                Seg::Sequence {
+                    key,
+                    client,
+                    steps,
+                    gap_ms,
+                } => {
+                    let Some(step) = steps.get(self.done as usize).copied() else {
+                        self.advance(t_ms);
+                        continue;
+                    };
+                    let mut r = self.base_req(key, client, rng);
+                    match step {
+                        Step::Probe => make_probe(&mut r, rng),
+                        Step::Listing => make_listing(&mut r),
+                        Step::Roleplay => {
+                            self.relay_content(&mut r, rng);
+                            r.endpoint = Endpoint::ChatCompletions;
+                            r.model = "gpt-4o";
+                            r.verdicts =
+                                vec![verdict(VerdictCategory::RoleplayMarkers, Action::Log, 1.0)];
+                        }
+                        Step::Chat => {
+                            self.relay_content(&mut r, rng);
+                            r.endpoint = Endpoint::ChatCompletions;
+                            r.model = "gpt-4o";
+                            r.verdicts.clear();
+                        }
+                    }
+                    self.done += 1;
+                    return (
+                        Some(AttackReq {
+                            req: r,
+                            abuse: true,
+                        }),
+                        Some(t_ms + rng.range(gap_ms.0, gap_ms.1.max(gap_ms.0 + 1)) as i64),
                     );
                 }
                 Seg::Relay {

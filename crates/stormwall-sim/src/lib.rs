@@ -28,14 +28,16 @@ use stormwall_types::{
 };
 use time::OffsetDateTime;
 
-use actors::{Attack, Client, GatewayView, HOUR_MS, Legit, Profile, RelayMix, Req, Seg};
+use actors::{
+    Attack, Change, Client, GatewayView, HOUR_MS, Legit, Profile, RelayMix, Req, Seg, Step,
+};
 use stormwall_detect::sketch::mix64;
 use stormwall_detect::{Engine, EngineStats};
 use stormwall_store::{KeyAdmission, RateDecision, RateRequest};
 use world::{Kind, Net, Rng};
 
 /// The attack scenarios, by index.
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 14] = [
     "leak_proxy_resale",
     "stealth_resale",
     "checker_then_resale",
@@ -48,6 +50,8 @@ pub const SCENARIOS: [&str; 12] = [
     "travel_rotation",
     "image_abuse",
     "exposure_reported",
+    "young_takeover",
+    "young_resale",
 ];
 
 /// What to simulate.
@@ -68,6 +72,10 @@ pub struct SimConfig {
     pub rate_scale: f64,
     /// First instant of the simulation (RFC 3339); default 2025-03-03T00:00:00Z, a Monday.
     pub start: String,
+    /// Draw the young-key attack variants from the held-out parameter grid (other client
+    /// programs, networks, step orders and pacing than the development grid the detectors
+    /// were tuned on). Report quality figures on held-out seeds with this set.
+    pub holdout: bool,
 }
 
 impl Default for SimConfig {
@@ -80,6 +88,7 @@ impl Default for SimConfig {
             attacks_per_scenario: 3,
             rate_scale: 1.0,
             start: "2025-03-03T00:00:00Z".to_owned(),
+            holdout: false,
         }
     }
 }
@@ -159,6 +168,8 @@ pub struct DetectorFigures {
     pub recall: f64,
     /// Keys it raised an alert on from legitimate traffic only.
     pub legit_keys: usize,
+    /// Legitimate keys it raised an alert at or above the evaluation severity on.
+    pub legit_keys_at_severity: usize,
 }
 
 /// Per-scenario figures.
@@ -174,6 +185,10 @@ pub struct ScenarioFigures {
     pub median_served: Option<f64>,
     /// Most attacker requests served after abuse began.
     pub max_served: Option<u64>,
+    /// 90th percentile of the attacker requests served after abuse began.
+    pub p90_served: Option<f64>,
+    /// Attacker requests served after abuse began, per key with an abuse phase (sorted).
+    pub served: Vec<u64>,
     /// Detectors with true alerts on these keys.
     pub detectors: Vec<String>,
 }
@@ -205,6 +220,21 @@ pub struct Report {
     pub precision: f64,
     /// Legitimate keys with an alert at or above the evaluation severity.
     pub legit_keys_alerted: usize,
+    /// Detected attack keys / (detected attack keys + legitimate keys alerted): per alert,
+    /// the figure `precision` was before incidents.
+    pub alert_precision: f64,
+    /// Incidents (alerts grouped per key or source network and episode).
+    pub incidents: usize,
+    /// Incidents at or above the evaluation severity.
+    pub incidents_at_severity: usize,
+    /// Legitimate keys with an incident at or above the evaluation severity (what
+    /// `precision` counts against).
+    pub legit_keys_with_medium_incident: usize,
+    /// Notifications sent: one per incident opened plus one per escalation.
+    pub notifications: usize,
+    /// Legitimate keys with an incident at or above the evaluation severity, per profile
+    /// of their tenant (where the remaining noise comes from).
+    pub legit_incidents_by_profile: BTreeMap<String, usize>,
     /// Keys suspended or revoked while only their legitimate owner used them.
     pub false_suspensions: usize,
     /// Legitimate keys throttled.
@@ -246,6 +276,12 @@ impl Default for Report {
             recall: 0.0,
             precision: 0.0,
             legit_keys_alerted: 0,
+            alert_precision: 0.0,
+            incidents: 0,
+            incidents_at_severity: 0,
+            legit_keys_with_medium_incident: 0,
+            notifications: 0,
+            legit_incidents_by_profile: BTreeMap::new(),
             false_suspensions: 0,
             false_throttles: 0,
             attack_keys_stopped: 0,
@@ -287,6 +323,11 @@ pub struct KeyOutcome {
     pub served_after_abuse: u64,
     /// A legitimate key alerted at or above the report's severity.
     pub legit_alerted: bool,
+    /// A legitimate key with an incident at or above the report's severity.
+    pub legit_incident: bool,
+    /// An attack key with an incident at or above the report's severity that holds a true
+    /// alert.
+    pub attack_incident: bool,
     /// Indexes (in `DetectorId::ALL`) of the detectors with true alerts on the key.
     pub detectors: HashSet<usize>,
     /// Indexes of the detectors with false alerts on the key.
@@ -439,8 +480,18 @@ impl Simulation {
             let t = self.tenants;
             self.tenants += 1;
             let tenant: Arc<str> = Arc::from(format!("t{t:04}-{}", profile.as_str()).as_str());
-            let template = self.tenant_template(t, profile);
+            let mut template = self.tenant_template(t, profile);
             let home_cc = self.home_cc.clone();
+            // A tenant that signs up during the week: every key of it is young, and its
+            // developer tries the first key by hand before the app runs.
+            let signup = matches!(profile, Profile::ServerCloud | Profile::SupportBot)
+                && self.rng.chance(0.12);
+            if signup {
+                template.start_ms = self.start_ms
+                    + (self.rng.uniform(1.0, f64::from(self.cfg.days) - 1.0)
+                        * 24.0
+                        * HOUR_MS as f64) as i64;
+            }
             let n = match profile {
                 Profile::Mobile | Profile::Ci | Profile::Batch => 1,
                 _ => self.rng.range(1, 4) as usize,
@@ -472,6 +523,7 @@ impl Simulation {
                     a.dev_session = Some((at, 0));
                     a.dev_client = Some((home, world::program(Kind::Curl, self.rng.next_u64())));
                 }
+                self.enrich(&mut a, t, k, signup);
                 let first = a.start_ms + self.rng.range(0, 600_000) as i64;
                 self.schedule(first, Actor::Legit(Box::new(a)));
                 legit += 1;
@@ -485,6 +537,106 @@ impl Simulation {
                 }
             }
         }
+    }
+
+    /// Legitimate novelty an owner brings during the week: a developer travelling, CI
+    /// runners in several cloud regions, a phone roaming on a foreign carrier, an office VPN
+    /// change, an SDK upgrade, a night batch, a new app onboarded on an existing key, and a
+    /// new tenant's first minutes (a developer's curl, then the deployed app).
+    fn enrich(&mut self, a: &mut Legit, tenant: usize, k: usize, signup: bool) {
+        let day = 24.0 * HOUR_MS as f64;
+        let lo = f64::from(self.cfg.warmup_days).min(f64::from(self.cfg.days) - 1.0);
+        let hi = f64::from(self.cfg.days);
+        let when = |rng: &mut Rng| self.start_ms + (rng.uniform(lo, hi) * day) as i64;
+        let home_cc = a.nets.first().map_or("US", |n| n.cc);
+        let server = matches!(
+            a.profile,
+            Profile::ServerCloud | Profile::ServerCorp | Profile::SupportBot
+        );
+        if signup && k == 0 {
+            let home = self.residential(home_cc);
+            a.dev_session = Some((a.start_ms, 0));
+            a.dev_client = Some((home, world::program(Kind::Curl, self.rng.next_u64())));
+        }
+        if server && a.dev_session.is_none() && self.rng.chance(0.06) {
+            // A developer travelling: the app's own SDK, from a hotel abroad.
+            let abroad = *self
+                .rng
+                .pick(&["BR", "IN", "GB", "DE", "US", "IE"])
+                .unwrap_or(&"GB");
+            let net = self.residential(abroad);
+            let program = a
+                .programs
+                .first()
+                .cloned()
+                .unwrap_or_else(|| world::program(Kind::OpenaiPython, 0));
+            a.dev_session = Some((when(&mut self.rng), 0));
+            a.dev_client = Some((net, program));
+        }
+        match a.profile {
+            Profile::Ci => {
+                // Hosted runners: several regions of two clouds.
+                a.nets.push(self.find(64496, "US"));
+                if self.rng.chance(0.5) {
+                    a.nets.push(self.find(64496, "IE"));
+                }
+            }
+            Profile::Mobile if self.rng.chance(0.3) => {
+                let roam = *self.rng.pick(&["GB", "IE", "US"]).unwrap_or(&"GB");
+                let net = self.residential(roam);
+                a.changes.push((when(&mut self.rng), Change::AddNet(net)));
+            }
+            Profile::ServerCorp | Profile::Medical if self.rng.chance(0.12) => {
+                let net = world::corporate_net(tenant + 5_000, home_cc);
+                a.changes
+                    .push((when(&mut self.rng), Change::Nets(vec![net])));
+            }
+            Profile::VpnCompany if self.rng.chance(0.3) => {
+                let net = self.find(64509, "NL");
+                a.changes
+                    .push((when(&mut self.rng), Change::Nets(vec![net])));
+            }
+            _ => {}
+        }
+        if self.rng.chance(0.2) {
+            // An SDK upgrade (new version), now and then a switch of SDK.
+            let kind = if self.rng.chance(0.2) {
+                Kind::OpenaiNode
+            } else {
+                Kind::OpenaiPython
+            };
+            if a.programs.iter().all(|p| p.ua.starts_with("OpenAI/")) {
+                let p = world::program(kind, self.rng.next_u64());
+                a.changes
+                    .push((when(&mut self.rng), Change::Programs(vec![p])));
+            }
+        }
+        if server && self.rng.chance(0.1) {
+            a.nightly = true;
+        }
+        if server && self.rng.chance(0.1) {
+            let kind = if self.rng.chance(0.5) {
+                Kind::OpenaiNode
+            } else {
+                Kind::OpenaiPython
+            };
+            let program = world::program(kind, self.rng.next_u64());
+            let sys = (0..self.rng.range(1, 4))
+                .map(|_| self.rng.next_u64())
+                .collect();
+            let image_share = if self.rng.chance(0.3) { 0.15 } else { 0.0 };
+            let model = "gpt-4o";
+            a.changes.push((
+                when(&mut self.rng),
+                Change::NewApp {
+                    program,
+                    sys,
+                    model,
+                    image_share,
+                },
+            ));
+        }
+        a.changes.sort_by_key(|c| c.0);
     }
 
     fn residential(&self, cc: &str) -> Net {
@@ -558,6 +710,8 @@ impl Simulation {
             burst_host: 0,
             dev_session: None,
             dev_client: None,
+            changes: Vec::new(),
+            nightly: false,
         };
         // Cloud apps run in the region nearest their company.
         let cloud = |s: &Simulation, rng: &mut Rng| {
@@ -693,6 +847,111 @@ impl Simulation {
         let first = self.start_ms + self.rng.range(0, 600_000) as i64;
         self.schedule(first, Actor::Legit(Box::new(a)));
         key
+    }
+
+    /// A key with minutes of history: created `minutes` before `t0` and used by its owner
+    /// since then — as a new key of an existing tenant (from the tenant's own networks and
+    /// client) or as the only key of a tenant that just signed up.
+    fn young_victim(
+        &mut self,
+        templates: &[(Arc<str>, Legit)],
+        s: usize,
+        t0: i64,
+        new_tenant: bool,
+    ) -> usize {
+        let minutes = self.rng.uniform(3.0, 30.0);
+        let start = t0 - (minutes * 60_000.0) as i64;
+        let (tenant, mut a) = if new_tenant || templates.is_empty() {
+            let t = self.tenants;
+            self.tenants += 1;
+            let tenant: Arc<str> = Arc::from(format!("t{t:04}-signup").as_str());
+            let mut a = self.tenant_template(t, Profile::ServerCloud);
+            if self.rng.chance(0.5) {
+                // Still on the developer's laptop at home.
+                let cc = a.nets.first().map_or("US", |n| n.cc);
+                a.nets = vec![self.residential(cc)];
+            }
+            (tenant, a)
+        } else {
+            let servers = [
+                Profile::ServerCloud,
+                Profile::ServerCorp,
+                Profile::SupportBot,
+            ];
+            let pick: Vec<&(Arc<str>, Legit)> = templates
+                .iter()
+                .filter(|(_, l)| servers.contains(&l.profile))
+                .collect();
+            let i = self.rng.range(0, pick.len() as u64) as usize;
+            match pick.get(i) {
+                Some((t, l)) => (Arc::clone(t), l.clone()),
+                None => (Arc::from("t-orphan"), Legit::placeholder()),
+            }
+        };
+        let key = self.add_key(&tenant, a.profile, false);
+        if let Some(k) = self.keys.get_mut(key) {
+            k.scenario = Some(s);
+        }
+        a.key = key;
+        a.start_ms = start;
+        // The owner's first minutes are busy (setting the app up), then its usual pace.
+        a.peak = a.peak.max(30.0 * self.cfg.rate_scale);
+        self.schedule(start, Actor::Legit(Box::new(a)));
+        key
+    }
+
+    /// The attacker's client for a young-key scenario: `nets` networks drawn from the
+    /// grid of the development or the held-out set.
+    fn young_client(&mut self, nets: usize, resale: bool) -> Client {
+        let dev_kinds = [Kind::Requests, Kind::AxiosRelay, Kind::Curl, Kind::Aiohttp];
+        let hold_kinds = [
+            Kind::ForgedPython,
+            Kind::Aiohttp,
+            Kind::AxiosRelay,
+            Kind::Requests,
+        ];
+        let dev_nets = [
+            (64499, "RO"),
+            (64510, "RU"),
+            (64502, "NL"),
+            (64503, "SG"),
+            (64504, "BR"),
+            (64508, "IN"),
+        ];
+        let hold_nets = [
+            (64509, "NL"),
+            (64505, "RO"),
+            (64511, "VN"),
+            (64503, "DE"),
+            (64496, "DE"),
+            (64507, "DE"),
+            (64504, "BR"),
+        ];
+        let (kinds, grid): (&[Kind], &[(u32, &str)]) = if self.cfg.holdout {
+            (&hold_kinds, &hold_nets)
+        } else {
+            (&dev_kinds, &dev_nets)
+        };
+        let kind = if resale && self.rng.chance(0.4) {
+            Kind::AxiosRelay
+        } else {
+            *self.rng.pick(kinds).unwrap_or(&Kind::Requests)
+        };
+        let mut chosen = Vec::new();
+        for _ in 0..nets.max(1) {
+            let (asn, cc) = *self.rng.pick(grid).unwrap_or(&(64499, "RO"));
+            chosen.push(self.find(asn, cc));
+        }
+        // One network and one address, or every request from a new address.
+        if chosen.len() == 1 && self.rng.chance(0.4) {
+            let n = chosen[0].clone();
+            chosen.push(n);
+        }
+        Client {
+            nets: chosen,
+            host: self.rng.range(1, 60_000) as u16,
+            program: world::program(kind, self.rng.next_u64()),
+        }
     }
 
     fn relay_mix(&mut self) -> RelayMix {
@@ -1026,6 +1285,98 @@ impl Simulation {
                     persistent: false,
                 }];
             }
+            "young_takeover" => {
+                let fresh = self.rng.chance(0.5);
+                let v = self.young_victim(templates, s, t0, fresh);
+                let nets = self.rng.range(1, 3) as usize;
+                clients.push(self.young_client(nets, false));
+                let orders: [&[Step]; 4] = if self.cfg.holdout {
+                    [
+                        &[Step::Listing, Step::Probe, Step::Roleplay, Step::Roleplay],
+                        &[Step::Probe, Step::Chat, Step::Roleplay, Step::Listing],
+                        &[Step::Roleplay, Step::Probe, Step::Roleplay],
+                        &[Step::Chat, Step::Listing, Step::Roleplay, Step::Roleplay],
+                    ]
+                } else {
+                    [
+                        &[Step::Probe, Step::Listing, Step::Roleplay, Step::Roleplay],
+                        &[Step::Listing, Step::Probe, Step::Probe, Step::Roleplay],
+                        &[Step::Probe, Step::Roleplay, Step::Roleplay],
+                        &[Step::Roleplay, Step::Listing, Step::Roleplay],
+                    ]
+                };
+                let steps = self.rng.pick(&orders).copied().unwrap_or(&[]).to_vec();
+                let gap_ms = if self.cfg.holdout {
+                    *self
+                        .rng
+                        .pick(&[(1_000, 15_000), (120_000, 600_000)])
+                        .unwrap_or(&(1_000, 15_000))
+                } else {
+                    *self
+                        .rng
+                        .pick(&[(5_000, 60_000), (30_000, 240_000)])
+                        .unwrap_or(&(5_000, 60_000))
+                };
+                mix.roleplay = 0.6;
+                mix.image = 0.0;
+                mix.hit = 0.0;
+                mix.evasion = 0.0;
+                mix.inflight = (1, 3);
+                mix.rate = self.rng.uniform(20.0, 120.0);
+                script = vec![
+                    Seg::Sequence {
+                        key: v,
+                        client: 0,
+                        steps,
+                        gap_ms,
+                    },
+                    Seg::Relay {
+                        key: v,
+                        client: 0,
+                        hours: 12.0,
+                        persistent: false,
+                    },
+                ];
+            }
+            "young_resale" => {
+                let fresh = self.rng.chance(0.5);
+                let v = self.young_victim(templates, s, t0, fresh);
+                let nets = if self.cfg.holdout {
+                    self.rng.range(5, 9)
+                } else {
+                    self.rng.range(3, 6)
+                } as usize;
+                clients.push(self.young_client(nets, true));
+                mix.roleplay = self.rng.uniform(0.3, 0.6);
+                mix.image = 0.0;
+                mix.hit = 0.0;
+                mix.evasion = 0.0;
+                mix.inflight = (1, 6);
+                mix.rate = if self.cfg.holdout {
+                    self.rng.uniform(100.0, 400.0)
+                } else {
+                    self.rng.uniform(40.0, 200.0)
+                };
+                let first: Vec<Step> = if self.rng.chance(0.5) {
+                    vec![Step::Probe]
+                } else {
+                    Vec::new()
+                };
+                script = vec![
+                    Seg::Sequence {
+                        key: v,
+                        client: 0,
+                        steps: first,
+                        gap_ms: (2_000, 20_000),
+                    },
+                    Seg::Relay {
+                        key: v,
+                        client: 0,
+                        hours: 12.0,
+                        persistent: false,
+                    },
+                ];
+            }
             _ => {
                 // exposure_reported
                 let v = self.victim(templates, &servers, s);
@@ -1094,6 +1445,7 @@ impl Simulation {
         let mut seq: u64 = 0;
         let mut alerts: Vec<Alert> = Vec::new();
         let mut actions: Vec<Action> = Vec::new();
+        let mut incidents = Incidents::default();
         while let Some(Reverse((t, _, idx))) = self.heap.pop() {
             if t >= self.end_ms {
                 continue;
@@ -1159,6 +1511,7 @@ impl Simulation {
                             apply(&mut gw, k, &action, &mut outcome, t);
                             actions.push(action);
                         }
+                        incidents.add(&alert, actions.last(), true);
                         alerts.push(alert);
                         count_alerts(
                             &alerts,
@@ -1233,11 +1586,16 @@ impl Simulation {
             engine.observe_into(&e, &mut alerts);
             report.alerts += alerts.len() as u64;
             for a in &alerts {
-                if let Some(action) = engine.decide(a) {
+                let decided = engine.decide(a);
+                if let Some(action) = &decided {
                     let k = action.key_id.clone();
                     if let Some(&ki) = key_index.get(&k) {
-                        apply(&mut gw, ki, &action, &mut outcome, t);
+                        apply(&mut gw, ki, action, &mut outcome, t);
                     }
+                }
+                let truth = a.evidence.iter().any(|id| attacker_ids.contains(id));
+                incidents.add(a, decided.as_ref(), truth);
+                if let Some(action) = decided {
                     actions.push(action);
                 }
             }
@@ -1253,6 +1611,13 @@ impl Simulation {
             );
             sink(&e, label, &alerts, &actions);
         }
+        incidents.finish(
+            &mut report,
+            &key_index,
+            &self.keys,
+            &mut outcome,
+            min_severity,
+        );
         finish_report(&mut report, &self.keys, &outcome, &per_det);
         report.engine = engine.stats();
         report
@@ -1286,6 +1651,69 @@ impl Legit {
             burst_host: 0,
             dev_session: None,
             dev_client: None,
+            changes: Vec::new(),
+            nightly: false,
+        }
+    }
+}
+
+/// The incidents of a run: the grouper, the latest revision of every incident, and which
+/// incidents hold a true (attacker) alert.
+#[derive(Default)]
+struct Incidents {
+    grouper: stormwall_detect::Grouper,
+    all: HashMap<String, stormwall_types::Incident>,
+    true_ids: HashSet<String>,
+    notifications: usize,
+}
+
+impl Incidents {
+    fn add(&mut self, alert: &Alert, action: Option<&Action>, truth: bool) {
+        let Some(u) = self.grouper.add(alert, action) else {
+            return;
+        };
+        if u.notify() {
+            self.notifications += 1;
+        }
+        if truth {
+            self.true_ids.insert(u.incident.id.clone());
+        }
+        self.all.insert(u.incident.id.clone(), u.incident);
+    }
+
+    fn finish(
+        &self,
+        r: &mut Report,
+        key_index: &HashMap<KeyId, usize>,
+        keys: &[KeyInfo],
+        outcome: &mut [KeyOutcome],
+        min_severity: Severity,
+    ) {
+        r.incidents = self.all.len();
+        r.notifications = self.notifications;
+        for inc in self.all.values() {
+            if inc.severity < min_severity {
+                continue;
+            }
+            r.incidents_at_severity += 1;
+            let stormwall_types::IncidentSubject::Key(k) = &inc.subject else {
+                continue;
+            };
+            let Some(ki) = KeyId::new(k)
+                .ok()
+                .and_then(|id| key_index.get(&id).copied())
+            else {
+                continue;
+            };
+            let attack = keys.get(ki).is_some_and(|k| k.scenario.is_some());
+            let Some(o) = outcome.get_mut(ki) else {
+                continue;
+            };
+            if attack && self.true_ids.contains(&inc.id) {
+                o.attack_incident = true;
+            } else if !attack {
+                o.legit_incident = true;
+            }
         }
     }
 }
@@ -1429,7 +1857,7 @@ pub fn finish_report(
                 if o.stopped_before_attack {
                     r.false_suspensions += 1;
                 }
-                let is_detected = o.detected_at.is_some();
+                let is_detected = o.detected_at.is_some() || o.attack_incident;
                 if is_detected {
                     detected += 1;
                     entry.0.detected += 1;
@@ -1463,6 +1891,24 @@ pub fn finish_report(
         detected as f64 / r.attack_keys as f64
     };
     let flagged = detected + r.legit_keys_alerted;
+    r.alert_precision = if flagged == 0 {
+        0.0
+    } else {
+        detected as f64 / flagged as f64
+    };
+    r.legit_keys_with_medium_incident = keys
+        .iter()
+        .zip(outcome)
+        .filter(|(k, o)| k.scenario.is_none() && o.legit_incident)
+        .count();
+    for (k, o) in keys.iter().zip(outcome) {
+        if k.scenario.is_none() && o.legit_incident {
+            *r.legit_incidents_by_profile
+                .entry(k.profile.to_owned())
+                .or_default() += 1;
+        }
+    }
+    let flagged = detected + r.legit_keys_with_medium_incident;
     r.precision = if flagged == 0 {
         0.0
     } else {
@@ -1476,6 +1922,8 @@ pub fn finish_report(
     for (name, (mut f, mut s, dets)) in scen {
         f.median_served = median(&mut s);
         f.max_served = s.iter().copied().reduce(f64::max).map(|m| m as u64);
+        f.p90_served = percentile(&mut s, 0.9);
+        f.served = s.iter().map(|v| *v as u64).collect();
         let mut d: Vec<String> = dets
             .into_iter()
             .filter_map(|i| stormwall_types::DetectorId::ALL.get(i))
@@ -1502,6 +1950,11 @@ pub fn finish_report(
                     atk.len() as f64 / r.attack_keys as f64
                 },
                 legit_keys: legit.len(),
+                legit_keys_at_severity: keys
+                    .iter()
+                    .zip(outcome)
+                    .filter(|(k, o)| k.scenario.is_none() && o.false_detectors.contains(&d.index()))
+                    .count(),
             },
         );
     }

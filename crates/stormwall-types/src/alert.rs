@@ -29,6 +29,9 @@ pub enum DetectorId {
     V2,
     /// Validation: periodic micro-requests (a key checker).
     V4,
+    /// Validation: a young key taken over (a sequence of takeover signals from a client and
+    /// network its owner and tenant have never used).
+    V7,
     /// Proxy: source dispersion (IPs, ASNs, countries) per key-hour.
     P1,
     /// Proxy: impossible travel between consecutive requests.
@@ -85,13 +88,14 @@ pub enum DetectorId {
 
 impl DetectorId {
     /// Every detector, in catalogue order.
-    pub const ALL: [DetectorId; 32] = [
+    pub const ALL: [DetectorId; 33] = [
         DetectorId::E1,
         DetectorId::H1,
         DetectorId::H2,
         DetectorId::V1,
         DetectorId::V2,
         DetectorId::V4,
+        DetectorId::V7,
         DetectorId::P1,
         DetectorId::P2,
         DetectorId::P3,
@@ -129,6 +133,7 @@ impl DetectorId {
             DetectorId::V1 => "V1",
             DetectorId::V2 => "V2",
             DetectorId::V4 => "V4",
+            DetectorId::V7 => "V7",
             DetectorId::P1 => "P1",
             DetectorId::P2 => "P2",
             DetectorId::P3 => "P3",
@@ -164,7 +169,7 @@ impl DetectorId {
         match self {
             E1 | E3 | E4 => Stage::Exposure,
             H1 | H2 => Stage::Harvest,
-            V1 | V2 | V3 | V4 | V5 | V6 => Stage::Validation,
+            V1 | V2 | V3 | V4 | V5 | V6 | V7 => Stage::Validation,
             P1 | P2 | P3 | P4 | P5 | P6 | P7 => Stage::Proxy,
             X1 | X2 | X3 | X4 => Stage::Evasion,
             R1 | R2 | R3 | R4 | R5 | R6 => Stage::Resale,

@@ -16,6 +16,7 @@ pub mod alert;
 pub mod cloud;
 pub mod endpoint;
 pub mod event;
+pub mod incident;
 pub mod key;
 pub mod pricing;
 pub mod record;
@@ -32,6 +33,7 @@ pub use endpoint::{ApiFlavor, Endpoint};
 pub use event::{
     ByteRange, Decision, OpenAiError, RejectReason, SafetyVerdict, StreamOutcome, UsageEvent,
 };
+pub use incident::{Incident, IncidentStatus, IncidentSubject, TimelineEntry};
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyId};
 pub use record::{KeyKind, KeyRecord, KeyScope, KeyStatus};
 pub use safety::{SafetyStage, VerdictCategory};

@@ -34,6 +34,10 @@ pub struct Args {
     /// Scale of legitimate request rates.
     #[arg(long, default_value_t = 1.0)]
     pub rate_scale: f64,
+    /// Draw the young-key attack variants from the held-out grid (report figures on seeds
+    /// and variants the detectors were not tuned on).
+    #[arg(long)]
+    pub holdout: bool,
     /// Config file whose `[detect]` and `[response]` sections are used.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
@@ -112,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         warmup_days: args.warmup_days,
         attacks_per_scenario: args.attacks_per_scenario,
         rate_scale: args.rate_scale,
+        holdout: args.holdout,
         ..SimConfig::default()
     })?;
     let wrote_gateway_files = write_gateway_files(&args, &sim)?;

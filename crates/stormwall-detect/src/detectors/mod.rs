@@ -312,6 +312,18 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether the client (header shape or family) is the key's or its tenant's own, on any
+    /// network: the owner moving, not someone else arriving.
+    pub fn own_client_anywhere(&self, ks: &KeyState) -> bool {
+        let (shape, fam) = (self.o.shape, self.o.family.id());
+        ks.base.shapes.contains(shape)
+            || ks.base.families.contains(fam) && !self.o.family.is_generic_http()
+            || self.tenant.is_some_and(|t| {
+                t.shapes.contains(shape)
+                    || t.families.contains(fam) && !self.o.family.is_generic_http()
+            })
+    }
+
     /// Whether the reference knows a user-agent family.
     pub fn known_family(&self, ks: &KeyState) -> bool {
         let id = self.o.family.id();

@@ -37,8 +37,12 @@ pub fn p1_dispersion(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if asns < thr_asn && ccs < thr_cc {
         return;
     }
+    // The owner's own client in a second country (a developer abroad, a phone roaming)
+    // is low; someone else's client spreading the key is medium.
     let sev = if asns >= 2.0 * thr_asn || ccs >= 2.0 * thr_cc {
         Severity::High
+    } else if ctx.own_client_anywhere(ks) {
+        Severity::Low
     } else {
         Severity::Medium
     };
@@ -107,7 +111,14 @@ pub fn p2_travel(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         return;
     }
     let from = String::from_utf8_lossy(&cc0).into_owned();
-    ctx.emit(ks, out, DetectorId::P2, Severity::Medium, |ks| Finding {
+    // The app in its cloud and its developer abroad are two places at once too: on its own,
+    // with the key's own client family and no anonymising egress, that is low.
+    let sev = if o.flag.is_some() || !ctx.known_family(ks) {
+        Severity::Medium
+    } else {
+        Severity::Low
+    };
+    ctx.emit(ks, out, DetectorId::P2, sev, |ks| Finding {
         explanation: format!(
             "Key {} was used from {from} and then from {} {:.0} s later: {km:.0} km apart, \
              {kmh:.0} km/h. No traveller moves that fast; two parties are using the key.",
@@ -138,6 +149,9 @@ pub fn p3_egress(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         Reference::Learning if flag == EgressFlag::Tor => Severity::Low,
         Reference::Learning => return,
         _ if !has_flag(ctx.known_flags(ks), flag) => Severity::High,
+        // A new network of a kind the key uses: the owner's own client moving (a new region,
+        // a new VPN provider) is low; someone else's client there is medium.
+        _ if !ctx.known_asn(ks) && ctx.own_client_anywhere(ks) => Severity::Low,
         _ if !ctx.known_asn(ks) => Severity::Medium,
         _ => return,
     };
@@ -176,6 +190,9 @@ pub fn p4_artefacts(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if o.family.is_stainless_sdk() && !o.stainless {
         found.push("OpenAI SDK user agent without the SDK's x-stainless-* headers");
     }
+    // Artefacts only relays and forged clients produce; the others (a new shape, curl on an
+    // SDK key) are also a developer or an SDK change.
+    let mut strong = !found.is_empty();
     let learning = matches!(ctx.reference, Reference::Learning);
     if !learning {
         if o.family.is_generic_http() && ks.base.sdk > 0 && ks.base.generic == 0 {
@@ -190,6 +207,7 @@ pub fn p4_artefacts(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
             && ks.base.requests >= 50
         {
             found.push("forwarding headers on a key that never sends them");
+            strong = true;
         }
         if let Some(v) = o.api_version_h
             && !ks.base.api_versions.is_empty()
@@ -202,10 +220,10 @@ pub fn p4_artefacts(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if (found.len() as f64) < need {
         return;
     }
-    let sev = if ctx.far(ks) {
-        Severity::High
-    } else {
-        Severity::Medium
+    let sev = match (ctx.far(ks), strong) {
+        (true, true) => Severity::High,
+        (true, false) | (false, true) => Severity::Medium,
+        (false, false) => Severity::Low,
     };
     let shape = o.shape;
     ctx.emit(ks, out, DetectorId::P4, sev, |ks| Finding {

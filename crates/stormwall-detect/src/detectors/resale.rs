@@ -39,10 +39,19 @@ pub fn r1_styles(
     let thr_cl = (3.0 * f64::from(usual_clusters) + f64::from(th.r1_new_clusters)) * f;
     let sys = ks.day.new_sys.count() as f64;
     let cl = f64::from(ks.day.new_clusters);
-    if sys < thr_sys {
+    // Buyers' prompts arriving from a network the key never used, on a key with a handful
+    // of prompts of its own: the owner's client copied onto a reseller's line. A new app of
+    // the owner brings a few prompts from the owner's own networks.
+    let foreign = !ctx.known_asn(ks) && matches!(ctx.reference, Reference::Key);
+    if foreign && !ks.base.sys.saturated() {
+        ks.hour.new_sys_foreign = ks.hour.new_sys_foreign.saturating_add(1);
+    }
+    let foreign_thr = (f64::from(th.r1_new_system_prompts).min(3.0) * f).max(2.0);
+    let foreign_burst = foreign && f64::from(ks.hour.new_sys_foreign) >= foreign_thr;
+    if sys < thr_sys && !foreign_burst {
         return;
     }
-    let sev = if sys >= 2.0 * thr_sys || cl >= thr_cl {
+    let sev = if sys >= 2.0 * thr_sys || cl >= thr_cl || foreign_burst {
         Severity::High
     } else {
         Severity::Medium
@@ -153,7 +162,9 @@ pub fn r4_off_hours(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         return;
     }
     ks.hour.r4_fired = true;
-    ctx.emit(ks, out, DetectorId::R4, Severity::Medium, |ks| Finding {
+    // Night batches start and move: off-hours volume alone is low; with another resale or
+    // proxy signal the incident makes it more.
+    ctx.emit(ks, out, DetectorId::R4, Severity::Low, |ks| Finding {
         explanation: format!(
             "Key {} used {burst:.0} tokens this hour, {:.0} % of a usual day, in an hour that \
              normally carries {:.2} % of its traffic. Resold keys run around the clock.",
@@ -194,8 +205,12 @@ pub fn r5_volume(ctx: &Ctx<'_>, ks: &mut KeyState, model_calls: u32, out: &mut V
     if cost < thr_cost && calls < thr_calls {
         return;
     }
+    // More spend from the owner's own client on its own network is a new app or a busy
+    // day: low unless it is extreme.
     let sev = if cost >= 3.0 * thr_cost {
         Severity::High
+    } else if ctx.own_client_anywhere(ks) && ctx.known_asn(ks) {
+        Severity::Low
     } else {
         Severity::Medium
     };
@@ -236,8 +251,11 @@ pub fn r6_mix(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         if ks.hour.images > 1 {
             return;
         }
+        // The owner's own client starting images is a new app on the key: low.
         let sev = if ctx.far(ks) {
             Severity::High
+        } else if ctx.own_client_anywhere(ks) && ctx.known_asn(ks) {
+            Severity::Low
         } else {
             Severity::Medium
         };

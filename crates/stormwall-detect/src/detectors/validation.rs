@@ -3,7 +3,7 @@
 use stormwall_types::{Alert, DetectorId, Severity};
 
 use super::{Ctx, Finding, feat};
-use crate::state::{KeyState, Reference};
+use crate::state::{KeyState, Reference, has_flag};
 
 /// Share of a key's traffic below which a behaviour counts as "never".
 const RARE_SHARE: f64 = 0.01;
@@ -21,9 +21,12 @@ pub fn v1_probe(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let habitual = share >= RARE_SHARE;
     let burst_thr = f64::from(ctx.th().v1_probes_per_min) * ks.factor(DetectorId::V1);
     let burst = f64::from(ks.minute_probes) >= burst_thr && !habitual;
-    let sev = if new_source && far {
+    // A probe from a new network nearby is a developer trying the key as often as a
+    // checker: low on its own (the incident combines it with what follows).
+    // From far away with the key's own client (its developer abroad) it is low too.
+    let sev = if new_source && far && !ctx.own_client_anywhere(ks) {
         Severity::High
-    } else if burst || new_source && !habitual {
+    } else if burst {
         Severity::Medium
     } else if new_source {
         Severity::Low
@@ -85,10 +88,12 @@ pub fn v2_enumerate(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if !new_source && !never_lists {
         return;
     }
-    let sev = if new_source && ctx.far(ks) {
+    // Nearby, listing then calling is what a developer's first session and SDK start-up
+    // look like: low unless it comes from far away.
+    let sev = if new_source && ctx.far(ks) && !ctx.own_client_anywhere(ks) {
         Severity::High
     } else {
-        Severity::Medium
+        Severity::Low
     };
     let listing_id = ks.notable.last_listing.take().map(|l| l.1);
     ctx.emit(ks, out, DetectorId::V2, sev, |ks| Finding {
@@ -154,6 +159,162 @@ pub fn v4_periodic(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
             feat("period_secs", mean, Some(min_period)),
             feat("interval_cv", cv, Some(max_cv)),
             feat("cycles", cycles as f64, Some(cycles as f64)),
+        ],
+        subjects: ctx.source_subjects(),
+        evidence,
+    });
+}
+
+/// V7 signal kinds: (bit, weight, name). Each counts once per takeover window.
+const V7_SIGNALS: [(u32, u32, &str); 9] = [
+    (1 << 0, 1, "new_network"),
+    (1 << 1, 1, "new_country"),
+    (1 << 2, 1, "new_egress_kind"),
+    (1 << 3, 1, "new_client"),
+    (1 << 4, 1, "probe"),
+    (1 << 5, 1, "model_listing"),
+    (1 << 6, 2, "roleplay_markers"),
+    (1 << 7, 1, "relay_artefacts"),
+    (1 << 8, 1, "spread_or_rate_jump"),
+];
+/// Bits of the network signals (one of them must be present).
+const V7_NETWORK: u32 = 0b11;
+/// Bits of the intent signals (one of them must be present).
+const V7_INTENT: u32 = 0b1_1111_0000;
+/// Seconds a takeover window stays open after its first foreign request.
+const V7_WINDOW: i64 = 3_600;
+
+/// V7: a young key taken over. While a key has no baseline of its own, its owner is what
+/// its first requests looked like, and its tenant's other keys say which networks and
+/// clients the tenant uses. A request from a network **and** client neither knows is
+/// foreign; its takeover signals (a new network, country or egress kind, a new client,
+/// a zero-cost probe, a model listing, role-play markers, relay artefacts, many addresses or
+/// a jump in rate) add up over the next hour, each kind once. At `v7_min_points`, with a
+/// network signal and an intent signal among them, the key is being validated or resold
+/// by someone else: high. A new key used from the tenant's own networks and clients
+/// never gets here; a developer's first curl from home scores four at most.
+pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
+    use crate::state::{slot_has, slot_put};
+    if matches!(ctx.reference, Reference::Key) {
+        return;
+    }
+    let o = ctx.o;
+    let asn = o.asn.unwrap_or(0);
+    let cc = o.cc.map_or(0, u16::from_be_bytes);
+    let shape = (o.shape as u32) | 1;
+    let fam = 1u32 << (o.family.id() & 31);
+    let tenant = ctx.tenant;
+    let owner = &ks.owner;
+    let first = owner.requests == 0 && tenant.is_none_or(|t| t.asns.is_empty());
+    let asn_known =
+        asn == 0 || slot_has(&owner.asns, asn) || tenant.is_some_and(|t| t.asns.contains(o.asn_h));
+    let cc_known = cc == 0
+        || slot_has(&owner.countries, cc)
+        || o.country_h
+            .is_some_and(|h| tenant.is_some_and(|t| t.countries.contains(h)));
+    let client_known = slot_has(&owner.shapes, shape)
+        || owner.families & fam != 0
+        || tenant.is_some_and(|t| t.shapes.contains(o.shape) || t.families.contains(o.family.id()));
+    if first || asn_known && client_known {
+        // The owner (or the tenant's own client on its own network): learn it.
+        let owner = &mut ks.owner;
+        if asn != 0 {
+            slot_put(&mut owner.asns, asn);
+        }
+        slot_put(&mut owner.countries, cc);
+        slot_put(&mut owner.shapes, shape);
+        owner.families |= fam;
+        if let Some(f) = o.flag {
+            owner.flags |= f.bit();
+        }
+        owner.requests = owner.requests.saturating_add(1);
+        return;
+    }
+    let known_flags = ks.owner.flags | tenant.map_or(0, |t| t.flags) | ks.base.flags;
+    let new_flag = o.flag.is_some_and(|f| !has_flag(known_flags, f));
+    let roleplay_habit = ks.base.roleplay > 0 || tenant.is_some_and(|t| t.roleplay > 0);
+    let artefacts = ctx.e.origin.as_deref() == Some("")
+        || ctx.e.referer.as_deref() == Some("")
+        || ctx.e.forwarded
+        || o.family.is_stainless_sdk() && !o.stainless;
+    let tk = ks.takeover.get_or_insert_with(Box::default);
+    if tk.kinds == 0 || o.t - tk.since > V7_WINDOW {
+        **tk = crate::state::Takeover {
+            since: o.t,
+            ..Default::default()
+        };
+    }
+    let minute = o.t.div_euclid(60);
+    tk.minute = if tk.minute.0 == minute {
+        (minute, tk.minute.1 + 1)
+    } else {
+        (minute, 1)
+    };
+    if tk.nets.len() < 8 && !tk.nets.contains(&o.net) {
+        tk.nets.push(o.net);
+    }
+    if tk.asns.len() < 8 && asn != 0 && !tk.asns.contains(&asn) {
+        tk.asns.push(asn);
+    }
+    let mut kinds = 0u32;
+    for (bit, on) in [
+        (1 << 0, !asn_known),
+        (1 << 1, !cc_known),
+        (1 << 2, new_flag),
+        (1 << 3, !client_known),
+        (1 << 4, o.probe),
+        (1 << 5, o.listing),
+        (1 << 6, o.roleplay && !roleplay_habit),
+        (1 << 7, artefacts),
+        // A cloud app's hosts are several /24s of one provider: spread means networks.
+        (
+            1 << 8,
+            tk.nets.len() >= 3 && tk.asns.len() >= 2 || tk.minute.1 >= 10,
+        ),
+    ] {
+        if on {
+            kinds |= bit;
+        }
+    }
+    let added = kinds & !tk.kinds;
+    tk.kinds |= kinds;
+    if added != 0 && tk.evidence.len() < 8 {
+        tk.evidence.push(ctx.e.id.clone());
+    }
+    let all = tk.kinds;
+    let points: u32 = V7_SIGNALS
+        .iter()
+        .filter(|(b, _, _)| all & b != 0)
+        .map(|(_, w, _)| w)
+        .sum();
+    let min = f64::from(ctx.th().v7_min_points) * ks.factor(DetectorId::V7);
+    if f64::from(points) < min || all & V7_NETWORK == 0 || all & V7_INTENT == 0 {
+        return;
+    }
+    let names: Vec<&str> = V7_SIGNALS
+        .iter()
+        .filter(|(b, _, _)| all & b != 0)
+        .map(|(_, _, n)| *n)
+        .collect();
+    let evidence = ks
+        .takeover
+        .as_ref()
+        .map(|t| t.evidence.clone())
+        .unwrap_or_default();
+    let age_min = (o.t - ks.first_seen) / 60;
+    ctx.emit(ks, out, DetectorId::V7, Severity::High, |ks| Finding {
+        explanation: format!(
+            "Key {}, {age_min} minutes old, is being used from {} by a client neither its \
+             first requests nor its tenant's keys ever used, with takeover signals: {}. \
+             A young key validated or resold by someone else looks like this.",
+            ks.key,
+            ctx.source(),
+            names.join(", ")
+        ),
+        features: vec![
+            feat("takeover_points", f64::from(points), Some(min)),
+            feat("key_age_minutes", age_min as f64, None),
+            feat("owner_requests", f64::from(ks.owner.requests), None),
         ],
         subjects: ctx.source_subjects(),
         evidence,

@@ -1,0 +1,559 @@
+//! Incidents: alerts about one key (or, for alerts without a key, one source network)
+//! within an episode become one [`Incident`] — its timeline, the kill-chain stages covered,
+//! evidence events, a risk score and its reasons — so a person reads one thing per attack
+//! and a notifier sends one message per incident plus its updates, not one per alert.
+//!
+//! Pure: alerts (and the actions the policy took on them) in, incident changes out, on
+//! event time. An episode ends when its subject has had no alert for `episode_gap_secs`;
+//! the next alert opens a new incident.
+//!
+//! Severity combines signals (the policy `docs/detection.md` explains): an incident starts
+//! at its strongest alert's severity; weak signals from three or more detectors over three
+//! or more stages make it medium; medium-or-worse signals over three stages make it high;
+//! a suspended or revoked key makes it high (someone must confirm the stop today).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use stormwall_types::{
+    Action, ActionKind, Alert, DetectorId, Incident, IncidentStatus, IncidentSubject, Severity,
+    Stage, TimelineEntry,
+};
+use time::OffsetDateTime;
+
+/// How alerts are grouped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentConfig {
+    /// Seconds without an alert after which a subject's episode ends.
+    pub episode_gap_secs: u32,
+    /// Most timeline entries kept per incident (the first and the strongest survive).
+    pub max_timeline: usize,
+    /// Most evidence event ids kept per incident.
+    pub max_evidence: usize,
+    /// Most open incidents held; past it the oldest is closed.
+    pub max_open: usize,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        Self {
+            episode_gap_secs: 6 * 3600,
+            max_timeline: 64,
+            max_evidence: 32,
+            max_open: 100_000,
+        }
+    }
+}
+
+/// What an alert did to its incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// A new incident: notify.
+    Opened,
+    /// Severity, stages or action changed: notify an update.
+    Escalated,
+    /// One more alert on the timeline, nothing a person must hear about again.
+    Appended,
+}
+
+/// The result of adding one alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// What changed.
+    pub change: Change,
+    /// The incident after the change.
+    pub incident: Incident,
+}
+
+impl Update {
+    /// Whether a notification should go out (opened or escalated).
+    pub fn notify(&self) -> bool {
+        !matches!(self.change, Change::Appended)
+    }
+}
+
+/// Groups alerts into incidents.
+#[derive(Debug, Default)]
+pub struct Grouper {
+    cfg: IncidentConfig,
+    open: HashMap<IncidentSubject, Incident>,
+    /// Per open incident, per detector: (strongest points, sum of the others).
+    points: HashMap<String, [(f64, f64); DETECTORS]>,
+}
+
+const DETECTORS: usize = DetectorId::ALL.len();
+
+/// The subject of an alert: its key, else its source /24 (/48 for IPv6).
+pub fn subject_of(alert: &Alert) -> Option<IncidentSubject> {
+    if let Some(k) = &alert.key_id {
+        return Some(IncidentSubject::Key(k.as_str().to_owned()));
+    }
+    alert
+        .source_ip
+        .map(|ip| IncidentSubject::Network(network_of(ip)))
+}
+
+/// The /24 (IPv4) or /48 (IPv6) of an address, in CIDR notation.
+pub fn network_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
+fn summary(s: &str) -> String {
+    let end = s.find(". ").map_or(s.len(), |i| i + 1);
+    s.chars().take(end.min(200)).collect()
+}
+
+impl Grouper {
+    /// A grouper.
+    pub fn new(cfg: IncidentConfig) -> Self {
+        Self {
+            cfg,
+            open: HashMap::new(),
+            points: HashMap::new(),
+        }
+    }
+
+    /// Open incidents.
+    pub fn open(&self) -> impl Iterator<Item = &Incident> {
+        self.open.values()
+    }
+
+    /// Adds an alert (and the action the policy took on it, if any). `None` for an alert
+    /// with neither a key nor a source address.
+    pub fn add(&mut self, alert: &Alert, action: Option<&Action>) -> Option<Update> {
+        let subject = subject_of(alert)?;
+        let gap = i64::from(self.cfg.episode_gap_secs);
+        let t = alert.at.unix_timestamp();
+        let expired = self
+            .open
+            .get(&subject)
+            .is_some_and(|i| t - i.updated_at.unix_timestamp() > gap);
+        if expired && let Some(old) = self.open.remove(&subject) {
+            self.points.remove(&old.id);
+        }
+        if !self.open.contains_key(&subject) && self.open.len() >= self.cfg.max_open {
+            self.evict_oldest();
+        }
+        let mut change = Change::Appended;
+        let inc = self.open.entry(subject.clone()).or_insert_with(|| {
+            change = Change::Opened;
+            Incident {
+                id: format!("inc-{}-{}", subject.label().replace(['/', ':'], "_"), t),
+                subject,
+                tenant: alert.tenant.clone(),
+                opened_at: alert.at,
+                updated_at: alert.at,
+                severity: Severity::Info,
+                stages: Vec::new(),
+                risk_score: 0.0,
+                reasons: Vec::new(),
+                timeline: Vec::new(),
+                evidence: Vec::new(),
+                action: None,
+                status: IncidentStatus::Open,
+                revision: 0,
+            }
+        });
+        if inc.timeline.iter().any(|e| e.alert_id == alert.id) {
+            // The same alert again (a replay): only a new action can change anything.
+            if let Some(a) = action.filter(|a| a.kind > ActionKind::Alert)
+                && inc.action.is_none_or(|k| a.kind > k)
+            {
+                inc.action = Some(a.kind);
+                let (sev, reasons) = combine(&inc.timeline, inc.action);
+                inc.severity = sev;
+                inc.reasons = reasons;
+                inc.revision += 1;
+                return Some(Update {
+                    change: Change::Escalated,
+                    incident: inc.clone(),
+                });
+            }
+            return Some(Update {
+                change: Change::Appended,
+                incident: inc.clone(),
+            });
+        }
+        let before = (inc.severity, inc.stages.clone(), inc.action);
+        if alert.at > inc.updated_at {
+            inc.updated_at = alert.at;
+        }
+        if inc.tenant.is_none() {
+            inc.tenant.clone_from(&alert.tenant);
+        }
+        let acted = action.map(|a| a.kind).filter(|k| *k > ActionKind::Alert);
+        if let Some(k) = acted
+            && inc.action.is_none_or(|a| k > a)
+        {
+            inc.action = Some(k);
+        }
+        let entry = TimelineEntry {
+            at: alert.at,
+            alert_id: alert.id.clone(),
+            detector: alert.detector,
+            stage: alert.stage,
+            severity: alert.severity,
+            summary: summary(&alert.explanation),
+            action: acted,
+        };
+        if inc.timeline.len() >= self.cfg.max_timeline.max(2) {
+            // Keep the first entry and the strongest: drop the weakest later one.
+            if let Some(pos) = inc
+                .timeline
+                .iter()
+                .enumerate()
+                .skip(1)
+                .min_by_key(|(_, e)| e.severity)
+                .map(|(i, _)| i)
+            {
+                inc.timeline.remove(pos);
+            }
+        }
+        let pos = inc.timeline.partition_point(|e| e.at <= entry.at);
+        inc.timeline.insert(pos, entry);
+        for id in &alert.evidence {
+            if inc.evidence.len() >= self.cfg.max_evidence {
+                break;
+            }
+            if !inc.evidence.contains(id) {
+                inc.evidence.push(id.clone());
+            }
+        }
+        let pts = self
+            .points
+            .entry(inc.id.clone())
+            .or_insert([(0.0, 0.0); DETECTORS]);
+        if let Some(p) = pts.get_mut(alert.detector.index()) {
+            if alert.score > p.0 {
+                p.1 += p.0;
+                p.0 = alert.score;
+            } else {
+                p.1 += alert.score;
+            }
+        }
+        let mut stages: Vec<Stage> = inc.timeline.iter().map(|e| e.stage).collect();
+        stages.sort();
+        stages.dedup();
+        inc.stages = stages;
+        let base: f64 = pts.iter().map(|(b, r)| (b + r * 0.25).min(b * 2.0)).sum();
+        inc.risk_score = base + 10.0 * inc.stages.len().saturating_sub(1) as f64;
+        let (sev, reasons) = combine(&inc.timeline, inc.action);
+        inc.severity = sev;
+        inc.reasons = reasons;
+        if change == Change::Opened {
+            inc.revision = 1;
+        } else if (inc.severity, &inc.stages, inc.action) != (before.0, &before.1, before.2) {
+            change = Change::Escalated;
+            inc.revision += 1;
+            if inc.status == IncidentStatus::Closed {
+                inc.status = IncidentStatus::Open;
+            }
+        }
+        Some(Update {
+            change,
+            incident: inc.clone(),
+        })
+    }
+
+    /// Closes the episodes idle for longer than the gap at `now`, and returns them.
+    pub fn close_idle(&mut self, now: OffsetDateTime) -> Vec<Incident> {
+        let gap = i64::from(self.cfg.episode_gap_secs);
+        let t = now.unix_timestamp();
+        let idle: Vec<IncidentSubject> = self
+            .open
+            .iter()
+            .filter(|(_, i)| t - i.updated_at.unix_timestamp() > gap)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut out = Vec::new();
+        for s in idle {
+            if let Some(mut i) = self.open.remove(&s) {
+                self.points.remove(&i.id);
+                if i.status == IncidentStatus::Open {
+                    i.status = IncidentStatus::Closed;
+                }
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Closes every open incident and returns them (at the end of a replay).
+    pub fn drain(&mut self) -> Vec<Incident> {
+        self.points.clear();
+        let mut v: Vec<Incident> = self.open.drain().map(|(_, i)| i).collect();
+        v.sort_by(|a, b| a.opened_at.cmp(&b.opened_at).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(s) = self
+            .open
+            .iter()
+            .min_by_key(|(_, i)| i.updated_at)
+            .map(|(s, _)| s.clone())
+            && let Some(i) = self.open.remove(&s)
+        {
+            self.points.remove(&i.id);
+        }
+    }
+}
+
+/// The severity policy: an incident's severity from its timeline and the action taken,
+/// with the reasons a person reads.
+pub fn combine(timeline: &[TimelineEntry], action: Option<ActionKind>) -> (Severity, Vec<String>) {
+    let mut reasons = Vec::new();
+    let strongest = timeline
+        .iter()
+        .map(|e| e.severity)
+        .max()
+        .unwrap_or(Severity::Info);
+    let mut sev = strongest;
+    if let Some(top) = timeline.iter().find(|e| e.severity == strongest) {
+        reasons.push(format!(
+            "strongest signal: {} {} ({})",
+            top.detector, top.severity, top.summary
+        ));
+    }
+    let mut weak_detectors: Vec<DetectorId> = timeline
+        .iter()
+        .filter(|e| e.severity >= Severity::Low)
+        .map(|e| e.detector)
+        .collect();
+    weak_detectors.sort();
+    weak_detectors.dedup();
+    let mut weak_stages: Vec<Stage> = timeline
+        .iter()
+        .filter(|e| e.severity >= Severity::Low)
+        .map(|e| e.stage)
+        .collect();
+    weak_stages.sort();
+    weak_stages.dedup();
+    if sev < Severity::Medium && weak_detectors.len() >= 3 && weak_stages.len() >= 3 {
+        sev = Severity::Medium;
+        reasons.push(format!(
+            "{} weak signals combine over {} stages",
+            weak_detectors.len(),
+            weak_stages.len()
+        ));
+    }
+    let mut strong_stages: Vec<Stage> = timeline
+        .iter()
+        .filter(|e| e.severity >= Severity::Medium && e.stage != Stage::Disruption)
+        .map(|e| e.stage)
+        .collect();
+    strong_stages.sort();
+    strong_stages.dedup();
+    if strong_stages.len() >= 3 {
+        sev = sev.max(Severity::High);
+        reasons.push(format!(
+            "kill chain: {}",
+            strong_stages
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ));
+    }
+    match action {
+        Some(ActionKind::Suspend | ActionKind::Revoke) if sev < Severity::High => {
+            sev = Severity::High;
+            reasons.push("the key was stopped: confirm or resume it".to_owned());
+        }
+        Some(k @ (ActionKind::Suspend | ActionKind::Revoke)) => {
+            reasons.push(format!(
+                "the key was {}",
+                if k == ActionKind::Revoke {
+                    "revoked"
+                } else {
+                    "suspended"
+                }
+            ));
+        }
+        Some(ActionKind::Throttle) => {
+            if sev < Severity::Medium {
+                sev = Severity::Medium;
+            }
+            reasons.push("the key was throttled".to_owned());
+        }
+        _ => {}
+    }
+    (sev, reasons)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use stormwall_types::KeyId;
+    use time::Duration;
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2025-03-03 10:00 UTC);
+
+    fn alert(key: Option<&str>, d: DetectorId, sev: Severity, at: OffsetDateTime) -> Alert {
+        Alert {
+            id: format!("ev-{}-{}", at.unix_timestamp(), d.as_str()),
+            detector: d,
+            stage: d.stage(),
+            severity: sev,
+            at,
+            key_id: key.map(|k| KeyId::new(k).unwrap()),
+            tenant: Some("acme".into()),
+            source_ip: Some("203.0.113.9".parse().unwrap()),
+            features: Vec::new(),
+            subjects: Vec::new(),
+            explanation: format!("{d} fired. More words."),
+            evidence: vec![format!("ev-{}", at.unix_timestamp())],
+            score: 15.0,
+        }
+    }
+
+    fn action(kind: ActionKind, a: &Alert) -> Action {
+        Action {
+            kind,
+            key_id: a.key_id.clone().unwrap(),
+            tenant: None,
+            at: a.at,
+            throttle_rpm: None,
+            alert_id: a.id.clone(),
+            contributing_alerts: Vec::new(),
+            risk_score: 0.0,
+            kill_chain: false,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn alerts_of_one_key_in_an_episode_are_one_incident_with_stages_and_evidence() {
+        let mut g = Grouper::default();
+        let k = Some("AbCdEfGhIjKl");
+        let a1 = alert(k, DetectorId::V1, Severity::Medium, T0);
+        let a2 = alert(
+            k,
+            DetectorId::P4,
+            Severity::Medium,
+            T0 + Duration::minutes(5),
+        );
+        let a3 = alert(k, DetectorId::R2, Severity::High, T0 + Duration::minutes(9));
+        let u1 = g.add(&a1, None).unwrap();
+        assert_eq!(u1.change, Change::Opened);
+        let u2 = g.add(&a2, None).unwrap();
+        assert_eq!(u2.change, Change::Escalated, "a new stage is news");
+        let u3 = g.add(&a3, Some(&action(ActionKind::Suspend, &a3))).unwrap();
+        assert_eq!(u3.incident.id, u1.incident.id);
+        let inc = u3.incident;
+        assert_eq!(inc.timeline.len(), 3);
+        assert_eq!(
+            inc.stages,
+            vec![Stage::Validation, Stage::Proxy, Stage::Resale]
+        );
+        assert_eq!(inc.evidence.len(), 3);
+        assert_eq!(inc.action, Some(ActionKind::Suspend));
+        assert_eq!(inc.severity, Severity::High);
+        assert!(inc.risk_score > 45.0);
+        assert!(inc.reasons.iter().any(|r| r.contains("kill chain")));
+        // The same detector again at the same severity: appended, no new notification.
+        let a4 = alert(
+            k,
+            DetectorId::P4,
+            Severity::Medium,
+            T0 + Duration::minutes(12),
+        );
+        let u4 = g.add(&a4, None).unwrap();
+        assert_eq!(u4.change, Change::Appended);
+        assert!(!u4.notify());
+    }
+
+    #[test]
+    fn a_quiet_gap_ends_the_episode_and_other_keys_get_their_own() {
+        let mut g = Grouper::default();
+        let a = alert(Some("AbCdEfGhIjKl"), DetectorId::P3, Severity::Medium, T0);
+        let first = g.add(&a, None).unwrap().incident.id;
+        let other = alert(Some("ZyXwVuTsRqPo"), DetectorId::P3, Severity::Medium, T0);
+        assert_ne!(g.add(&other, None).unwrap().incident.id, first);
+        let later = alert(
+            Some("AbCdEfGhIjKl"),
+            DetectorId::P3,
+            Severity::Medium,
+            T0 + Duration::hours(7),
+        );
+        let u = g.add(&later, None).unwrap();
+        assert_eq!(u.change, Change::Opened);
+        assert_ne!(u.incident.id, first);
+    }
+
+    #[test]
+    fn alerts_without_a_key_group_by_source_network() {
+        let mut g = Grouper::default();
+        let a = alert(None, DetectorId::P6, Severity::High, T0);
+        let mut b = alert(
+            None,
+            DetectorId::P6,
+            Severity::High,
+            T0 + Duration::minutes(1),
+        );
+        b.source_ip = Some("203.0.113.200".parse().unwrap());
+        let ia = g.add(&a, None).unwrap().incident;
+        let ib = g.add(&b, None).unwrap().incident;
+        assert_eq!(ia.id, ib.id);
+        assert_eq!(
+            ib.subject,
+            IncidentSubject::Network("203.0.113.0/24".into())
+        );
+    }
+
+    #[test]
+    fn single_weak_signals_stay_low_and_combine_into_medium() {
+        let mut g = Grouper::default();
+        let k = Some("AbCdEfGhIjKl");
+        let u = g
+            .add(&alert(k, DetectorId::P5, Severity::Low, T0), None)
+            .unwrap();
+        assert_eq!(u.incident.severity, Severity::Low);
+        let u = g
+            .add(
+                &alert(k, DetectorId::V1, Severity::Low, T0 + Duration::minutes(1)),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            u.incident.severity,
+            Severity::Low,
+            "two weak signals are not enough"
+        );
+        let u = g
+            .add(
+                &alert(k, DetectorId::R6, Severity::Low, T0 + Duration::minutes(2)),
+                None,
+            )
+            .unwrap();
+        assert_eq!(u.incident.severity, Severity::Medium);
+        assert_eq!(u.change, Change::Escalated);
+    }
+
+    #[test]
+    fn close_idle_closes_only_ended_episodes() {
+        let mut g = Grouper::default();
+        g.add(
+            &alert(Some("AbCdEfGhIjKl"), DetectorId::P3, Severity::Medium, T0),
+            None,
+        );
+        assert!(g.close_idle(T0 + Duration::hours(1)).is_empty());
+        let closed = g.close_idle(T0 + Duration::hours(7));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].status, IncidentStatus::Closed);
+        assert_eq!(g.open().count(), 0);
+    }
+}
