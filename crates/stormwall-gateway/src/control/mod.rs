@@ -43,4 +43,6 @@ pub struct ControlPlane {
     pub limits: LimitsConfig,
     /// The leaked-key report endpoint, when enabled: its path and signature verifier.
     pub leak_reports: Option<(String, leak_report::ReportVerifier)>,
+    /// The write-ahead event journal, when on (`/readyz` reports its backlog and bound).
+    pub journal: Option<stormwall_store::Journal>,
 }

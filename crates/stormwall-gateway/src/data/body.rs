@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use stormwall_store::Durable;
 use stormwall_types::{KeyStatus, StreamOutcome};
 use tokio::time::Sleep;
 
@@ -95,6 +96,8 @@ pub struct SseScanner {
     pub model: Option<String>,
     /// Data events seen (roughly one output token each, for when no usage arrives).
     pub data_events: u64,
+    /// `data: [DONE]` was seen.
+    pub done: bool,
     /// Gather `choices[].delta.content`, `choices[].text` and responses
     /// `response.output_text.delta` text into [`SseScanner::text`].
     pub collect_text: bool,
@@ -203,6 +206,7 @@ impl SseScanner {
             };
             let data = data.strip_prefix(b" ").unwrap_or(data);
             if data == b"[DONE]" {
+                self.done = true;
                 continue;
             }
             self.data_events += 1;
@@ -261,8 +265,9 @@ pub trait StreamObserver: Send {
         None
     }
 
-    /// The stream ended, for whatever reason (called exactly once).
-    fn ended(&mut self, end: StreamEnd);
+    /// The stream ended, for whatever reason (called exactly once); the stream's last
+    /// bytes wait for the returned [`Durable`] (its event journaled).
+    fn ended(&mut self, end: StreamEnd) -> Durable;
 }
 
 /// Where relayed chunks come from.
@@ -285,6 +290,12 @@ pub struct Relay {
     trailer: Option<Bytes>,
     done: bool,
     stop: Option<StopWatch>,
+    /// Hold `[DONE]` and what follows until the event is journaled.
+    hold_done: bool,
+    /// Frames held back (from `[DONE]` on) until `durable` resolves.
+    held: VecDeque<Frame<Bytes>>,
+    /// The event of the ended stream, being journaled.
+    durable: Option<Durable>,
 }
 
 impl Relay {
@@ -305,7 +316,39 @@ impl Relay {
             trailer: None,
             done: false,
             stop: None,
+            hold_done: false,
+            held: VecDeque::new(),
+            durable: None,
         }
+    }
+
+    /// Holds `data: [DONE]` and everything after it until the stream has ended and its
+    /// event is journaled, so a client that saw the stream complete has its record.
+    pub fn hold_done(mut self) -> Self {
+        self.hold_done = true;
+        self
+    }
+
+    /// After the end: once the event is journaled, the held frames, then the trailer. An
+    /// event that could not be journaled (fail_closed) breaks the stream instead, so the
+    /// client never sees a complete answer without its record.
+    fn poll_after_end(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(durable) = &mut self.durable {
+            let written = std::task::ready!(Pin::new(durable).poll(cx));
+            self.durable = None;
+            if written.is_err() {
+                self.held.clear();
+                self.trailer = None;
+                return Poll::Ready(Some(Err("usage event not journaled".into())));
+            }
+        }
+        if let Some(frame) = self.held.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))))
     }
 
     /// Ends the stream as soon as its key is suspended or revoked — even while the upstream
@@ -318,11 +361,11 @@ impl Relay {
 
     fn end(&mut self, outcome: StreamOutcome) {
         if let Some(mut observer) = self.observer.take() {
-            observer.ended(StreamEnd {
+            self.durable = Some(observer.ended(StreamEnd {
                 outcome,
                 scanner: std::mem::take(&mut self.scanner),
                 bytes: self.bytes,
-            });
+            }));
         }
         self.trailer = crate::error::stream_end_event(outcome);
         self.done = true;
@@ -333,70 +376,77 @@ impl Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.done {
-            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+            return self.poll_after_end(cx);
         }
-        if let Some(stop) = &mut self.stop
-            && let Poll::Ready(status) = stop.poll_stopped(cx)
-        {
-            // Dropping the upstream body cancels the upstream request.
-            self.source = Source::Events(VecDeque::new());
-            self.end(match status {
-                KeyStatus::Suspended => StreamOutcome::KeySuspended,
-                _ => StreamOutcome::KeyRevoked,
-            });
-            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
-        }
-        let polled = match &mut self.source {
-            Source::Events(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream(inc) => Pin::new(inc).poll_frame(cx),
-        };
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.scanner.feed(data);
-                    if self.scanner.collect_text {
-                        let cut = self
-                            .observer
-                            .as_mut()
-                            .and_then(|o| o.text(&self.scanner.text));
-                        self.scanner.text.clear();
-                        if let Some(outcome) = cut {
-                            // Dropping the upstream body cancels the upstream request.
-                            self.source = Source::Events(VecDeque::new());
-                            self.end(outcome);
-                            return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
+        loop {
+            if let Some(stop) = &mut self.stop
+                && let Poll::Ready(status) = stop.poll_stopped(cx)
+            {
+                // Dropping the upstream body cancels the upstream request.
+                self.source = Source::Events(VecDeque::new());
+                self.end(match status {
+                    KeyStatus::Suspended => StreamOutcome::KeySuspended,
+                    _ => StreamOutcome::KeyRevoked,
+                });
+                return self.poll_after_end(cx);
+            }
+            let polled = match &mut self.source {
+                Source::Events(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
+                Source::Upstream(inc) => Pin::new(inc).poll_frame(cx),
+            };
+            return match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.scanner.feed(data);
+                        if self.scanner.collect_text {
+                            let cut = self
+                                .observer
+                                .as_mut()
+                                .and_then(|o| o.text(&self.scanner.text));
+                            self.scanner.text.clear();
+                            if let Some(outcome) = cut {
+                                // Dropping the upstream body cancels the upstream request.
+                                self.source = Source::Events(VecDeque::new());
+                                self.end(outcome);
+                                return self.poll_after_end(cx);
+                            }
+                        }
+                        self.bytes += data.len() as u64;
+                    }
+                    // Re-arming the timer on every frame would take the timer wheel's lock per
+                    // chunk; instead note the time, and push the deadline back only when it fires.
+                    self.last_frame = tokio::time::Instant::now();
+                    if self.hold_done && self.scanner.done {
+                        // The answer's end: held until its event is journaled (see `hold_done`).
+                        self.held.push_back(frame);
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    self.end(StreamOutcome::UpstreamCut);
+                    self.poll_after_end(cx)
+                }
+                Poll::Ready(None) => {
+                    self.end(StreamOutcome::Completed);
+                    self.poll_after_end(cx)
+                }
+                Poll::Pending => loop {
+                    match self.idle.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) => {
+                            let deadline = self.last_frame + self.idle_timeout;
+                            if deadline > tokio::time::Instant::now() {
+                                // Chunks arrived since the timer was set: wait out the rest.
+                                self.idle.as_mut().reset(deadline);
+                                continue;
+                            }
+                            self.end(StreamOutcome::IdleTimeout);
+                            return self.poll_after_end(cx);
                         }
                     }
-                    self.bytes += data.len() as u64;
-                }
-                // Re-arming the timer on every frame would take the timer wheel's lock per
-                // chunk; instead note the time, and push the deadline back only when it fires.
-                self.last_frame = tokio::time::Instant::now();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(_))) => {
-                self.end(StreamOutcome::UpstreamCut);
-                Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))))
-            }
-            Poll::Ready(None) => {
-                self.end(StreamOutcome::Completed);
-                Poll::Ready(None)
-            }
-            Poll::Pending => loop {
-                match self.idle.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(()) => {
-                        let deadline = self.last_frame + self.idle_timeout;
-                        if deadline > tokio::time::Instant::now() {
-                            // Chunks arrived since the timer was set: wait out the rest.
-                            self.idle.as_mut().reset(deadline);
-                            continue;
-                        }
-                        self.end(StreamOutcome::IdleTimeout);
-                        return Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))));
-                    }
-                }
-            },
+                },
+            };
         }
     }
 }
@@ -413,6 +463,8 @@ impl Drop for Relay {
 enum Inner {
     Full(Option<Bytes>),
     Relay(Box<Relay>),
+    /// A complete body whose bytes wait until the request's event is journaled.
+    After(Durable, Option<Bytes>),
 }
 
 /// Every response body the gateway sends.
@@ -441,6 +493,18 @@ impl ProxyBody {
             inner: Inner::Relay(Box::new(relay)),
         }
     }
+
+    /// This complete body, sent once `durable` resolves (the request's event journaled);
+    /// if the event could not be journaled, the body breaks instead of completing. A relay
+    /// waits for its own event (see [`Relay::hold_done`]) and is returned unchanged.
+    pub fn after(self, durable: Durable) -> Self {
+        match self.inner {
+            Inner::Full(b) => Self {
+                inner: Inner::After(durable, b),
+            },
+            inner => Self { inner },
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -451,9 +515,19 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match &mut self.get_mut().inner {
+        let this = self.get_mut();
+        match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Relay(r) => r.poll_relay(cx),
+            Inner::After(durable, b) => {
+                let written = std::task::ready!(Pin::new(durable).poll(cx));
+                if written.is_err() {
+                    return Poll::Ready(Some(Err("usage event not journaled".into())));
+                }
+                let b = b.take();
+                this.inner = Inner::Full(None);
+                Poll::Ready(b.map(|b| Ok(Frame::data(b))))
+            }
         }
     }
 
@@ -463,8 +537,8 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Full(Some(b)) | Inner::After(_, Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) | Inner::After(_, None) => SizeHint::with_exact(0),
             Inner::Relay(_) => SizeHint::default(),
         }
     }

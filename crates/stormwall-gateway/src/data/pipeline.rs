@@ -58,8 +58,8 @@ pub fn answer(
             let mut resp = into_response(&err);
             set_request_id(&mut resp, rec.id());
             let status = resp.status().as_u16();
-            rec.fail(&err, status);
-            resp
+            let durable = rec.fail(&err, status);
+            resp.map(|b| b.after(durable))
         }
     }
 }
@@ -70,6 +70,11 @@ async fn proxy(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
+
+    // 0. the journal: at its bound under fail_closed, no request is served unrecorded
+    if state.journal.as_ref().is_some_and(|j| j.refuses_requests()) {
+        return Err(ProxyError::JournalFull);
+    }
 
     // 1. route
     let mut route = route::classify(&parts.method, parts.uri.path(), parts.uri.query())

@@ -391,6 +391,12 @@ impl Durable {
     pub fn ready() -> Self {
         Durable(State::Ready(Ok(())))
     }
+
+    /// Settles when `rx` does (a hand-off: the event is appended later, by whoever holds
+    /// the sender); a dropped sender counts as not journaled.
+    pub fn after(rx: oneshot::Receiver<Result<(), NotJournaled>>) -> Self {
+        Durable(State::Waiting(rx))
+    }
 }
 
 impl Future for Durable {
