@@ -46,8 +46,8 @@ pub struct JournalConfig {
     /// from memory only and a crash loses those not yet written.
     pub enabled: bool,
     /// Directory of the segment files, one per gateway process (a lock file refuses a
-    /// second). Default: beside the SQLite file (`<file>-journal`), or `stormwall-journal`
-    /// in the working directory with PostgreSQL.
+    /// second). Default: beside the SQLite file (`<file>.event-journal`), or
+    /// `stormwall-journal` in the working directory with PostgreSQL.
     pub dir: Option<PathBuf>,
     /// Longest time written events wait for `fsync`, in milliseconds. 0: every batch is
     /// synced before its requests are answered (survives a machine crash; slower).
@@ -93,8 +93,9 @@ impl JournalConfig {
         }
         match store {
             crate::StoreConfig::Sqlite { path } => {
+                // Not `<file>-journal`: SQLite's own rollback journal has that name.
                 let mut name = path.file_name().unwrap_or_default().to_os_string();
-                name.push("-journal");
+                name.push(".event-journal");
                 path.with_file_name(name)
             }
             crate::StoreConfig::Postgres(_) => PathBuf::from("stormwall-journal"),
