@@ -142,7 +142,7 @@ fn load(
                 let mut i = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
-                    let stream = (i + w as u64) % 2 == 0;
+                    let stream = (i + w as u64).is_multiple_of(2);
                     let body = format!(
                         r#"{{"model":"gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
                     );
