@@ -378,75 +378,75 @@ impl Relay {
         if self.done {
             return self.poll_after_end(cx);
         }
-        loop {
-            if let Some(stop) = &mut self.stop
-                && let Poll::Ready(status) = stop.poll_stopped(cx)
-            {
-                // Dropping the upstream body cancels the upstream request.
-                self.source = Source::Events(VecDeque::new());
-                self.end(match status {
-                    KeyStatus::Suspended => StreamOutcome::KeySuspended,
-                    _ => StreamOutcome::KeyRevoked,
-                });
-                return self.poll_after_end(cx);
-            }
-            let polled = match &mut self.source {
-                Source::Events(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
-                Source::Upstream(inc) => Pin::new(inc).poll_frame(cx),
-            };
-            return match polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.scanner.feed(data);
-                        if self.scanner.collect_text {
-                            let cut = self
-                                .observer
-                                .as_mut()
-                                .and_then(|o| o.text(&self.scanner.text));
-                            self.scanner.text.clear();
-                            if let Some(outcome) = cut {
-                                // Dropping the upstream body cancels the upstream request.
-                                self.source = Source::Events(VecDeque::new());
-                                self.end(outcome);
-                                return self.poll_after_end(cx);
-                            }
-                        }
-                        self.bytes += data.len() as u64;
-                    }
-                    // Re-arming the timer on every frame would take the timer wheel's lock per
-                    // chunk; instead note the time, and push the deadline back only when it fires.
-                    self.last_frame = tokio::time::Instant::now();
-                    if self.hold_done && self.scanner.done {
-                        // The answer's end: held until its event is journaled (see `hold_done`).
-                        self.held.push_back(frame);
-                        continue;
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(_))) => {
-                    self.end(StreamOutcome::UpstreamCut);
-                    self.poll_after_end(cx)
-                }
-                Poll::Ready(None) => {
-                    self.end(StreamOutcome::Completed);
-                    self.poll_after_end(cx)
-                }
-                Poll::Pending => loop {
-                    match self.idle.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(()) => {
-                            let deadline = self.last_frame + self.idle_timeout;
-                            if deadline > tokio::time::Instant::now() {
-                                // Chunks arrived since the timer was set: wait out the rest.
-                                self.idle.as_mut().reset(deadline);
-                                continue;
-                            }
-                            self.end(StreamOutcome::IdleTimeout);
+        if let Some(stop) = &mut self.stop
+            && let Poll::Ready(status) = stop.poll_stopped(cx)
+        {
+            // Dropping the upstream body cancels the upstream request.
+            self.source = Source::Events(VecDeque::new());
+            self.end(match status {
+                KeyStatus::Suspended => StreamOutcome::KeySuspended,
+                _ => StreamOutcome::KeyRevoked,
+            });
+            return self.poll_after_end(cx);
+        }
+        let polled = match &mut self.source {
+            Source::Events(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream(inc) => Pin::new(inc).poll_frame(cx),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.scanner.feed(data);
+                    if self.scanner.collect_text {
+                        let cut = self
+                            .observer
+                            .as_mut()
+                            .and_then(|o| o.text(&self.scanner.text));
+                        self.scanner.text.clear();
+                        if let Some(outcome) = cut {
+                            // Dropping the upstream body cancels the upstream request.
+                            self.source = Source::Events(VecDeque::new());
+                            self.end(outcome);
                             return self.poll_after_end(cx);
                         }
                     }
-                },
-            };
+                    self.bytes += data.len() as u64;
+                }
+                // Re-arming the timer on every frame would take the timer wheel's lock per
+                // chunk; instead note the time, and push the deadline back only when it fires.
+                self.last_frame = tokio::time::Instant::now();
+                if self.hold_done && self.scanner.done {
+                    // The answer's end: held until its event is journaled (see `hold_done`);
+                    // polled again at once for the rest of the stream.
+                    self.held.push_back(frame);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.end(StreamOutcome::UpstreamCut);
+                self.poll_after_end(cx)
+            }
+            Poll::Ready(None) => {
+                self.end(StreamOutcome::Completed);
+                self.poll_after_end(cx)
+            }
+            Poll::Pending => loop {
+                match self.idle.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        let deadline = self.last_frame + self.idle_timeout;
+                        if deadline > tokio::time::Instant::now() {
+                            // Chunks arrived since the timer was set: wait out the rest.
+                            self.idle.as_mut().reset(deadline);
+                            continue;
+                        }
+                        self.end(StreamOutcome::IdleTimeout);
+                        return self.poll_after_end(cx);
+                    }
+                }
+            },
         }
     }
 }
