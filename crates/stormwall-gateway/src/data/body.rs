@@ -494,6 +494,15 @@ impl ProxyBody {
         }
     }
 
+    /// Waits until a body made by [`ProxyBody::after`] may be sent, so the handler returns
+    /// a body that is ready at once (hyper then writes it with the headers, in one write).
+    pub async fn settle(&mut self) {
+        if let Inner::After(durable, _) = &mut self.inner {
+            // The outcome stays in `durable`; polling the body reports it.
+            let _ = durable.await;
+        }
+    }
+
     /// This complete body, sent once `durable` resolves (the request's event journaled);
     /// if the event could not be journaled, the body breaks instead of completing. A relay
     /// waits for its own event (see [`Relay::hold_done`]) and is returned unchanged.

@@ -43,7 +43,11 @@ pub async fn handle(
         peer,
     );
     let result = proxy(&state, &mut rec, req).await;
-    answer(rec, result)
+    let mut resp = answer(rec, result);
+    // A whole answer waits for its event here rather than in the body, so its headers and
+    // body still leave together.
+    resp.body_mut().settle().await;
+    resp
 }
 
 /// The response for a stage's result: an error becomes its OpenAI-shaped answer, recorded on

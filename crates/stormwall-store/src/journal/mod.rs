@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use stormwall_types::UsageEvent;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{EventStore, EventsConfig};
 
@@ -227,8 +227,6 @@ struct Shared {
     ledger: Mutex<Ledger>,
     at_bound: AtomicBool,
     backlog_shipped: AtomicBool,
-    /// Wakes the shipper when records were written.
-    written: Notify,
 }
 
 impl Shared {
@@ -384,7 +382,6 @@ pub struct Durable(State);
 enum State {
     Ready(Result<(), NotJournaled>),
     Waiting(oneshot::Receiver<Result<(), NotJournaled>>),
-    Done,
 }
 
 impl Durable {
@@ -413,9 +410,9 @@ impl Future for Durable {
                 // The writer ended without answering: the event's fate is unknown.
                 Poll::Ready(Err(_)) => Err(NotJournaled),
             },
-            State::Done => Ok(()),
         };
-        this.0 = State::Done;
+        // Kept, so polling again (after an early wait) gives the same answer.
+        this.0 = State::Ready(out);
         Poll::Ready(out)
     }
 }
@@ -498,7 +495,6 @@ impl JournalService {
             ledger: Mutex::new(ledger),
             at_bound: AtomicBool::new(false),
             backlog_shipped: AtomicBool::new(seqs.is_empty()),
-            written: Notify::new(),
         });
         shared.refresh(&shared.ledger());
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity.max(1));

@@ -69,7 +69,8 @@ impl Shipper {
                         break;
                     }
                 }
-                () = self.shared.written.notified() => {}
+                // Not woken per write: a tick gathers what many groups wrote into one
+                // store transaction per `batch_max` events, as the in-memory writer does.
                 () = tokio::time::sleep(self.idle) => {}
             }
             self.shared.refresh(&self.shared.ledger());

@@ -150,7 +150,6 @@ impl Writer {
             let _ = ack.send(outcome);
         }
         self.buf.clear();
-        self.shared.written.notify_one();
         if self.dirty && self.last_sync.elapsed() >= self.sync_every {
             self.sync();
         }
@@ -194,7 +193,6 @@ impl Writer {
         }
         self.shared.refresh(&ledger);
         drop(ledger);
-        self.shared.written.notify_one();
     }
 
     /// Closes the open segment and starts the next one.
