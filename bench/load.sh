@@ -26,6 +26,10 @@ usage: bench/load.sh [options]
   --load-cpus LIST      pin mock, loadgen and LiteLLM with taskset -c LIST (e.g. 1)
   --litellm             also benchmark LiteLLM's proxy (best-effort pip install into bench/out)
   --direct-only         only the direct runs (no gateway; checks mock and loadgen)
+  --journal WHICH       on (default, the gateway's default), off ([journal] enabled = false),
+                        or both: a second gateway without the journal on the same store,
+                        run right after the first in every scenario, and the ratios of
+                        CPU per request and added p50 (journal on / off) at the end
   --skip-build          use the binaries already in target/release
   -h, --help            this text
 EOF
@@ -47,6 +51,7 @@ LOAD_CPUS=""
 LITELLM=0
 DIRECT_ONLY=0
 SKIP_BUILD=0
+JOURNAL=on
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
@@ -65,6 +70,7 @@ while [[ $# -gt 0 ]]; do
     --litellm) LITELLM=1; shift ;;
     --direct-only) DIRECT_ONLY=1; shift ;;
     --skip-build) SKIP_BUILD=1; shift ;;
+    --journal) JOURNAL="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -74,6 +80,10 @@ case "$KEYS_VIA" in
   admin|store) ;;
   auto) if [[ $KEYS -gt 10000 ]]; then KEYS_VIA=store; else KEYS_VIA=admin; fi ;;
   *) echo "--keys-via must be admin, store or auto" >&2; exit 2 ;;
+esac
+case "$JOURNAL" in
+  on|off|both) ;;
+  *) echo "--journal must be on, off or both" >&2; exit 2 ;;
 esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -188,6 +198,8 @@ log "mock at $MOCK_URL"
 # ---- gateway ------------------------------------------------------------------------------
 GW_URL=""
 GW_PID=""
+GW2_URL=""
+GW2_PID=""
 RSS_BASE="-"
 RSS_KEYS="-"
 RSS_WHAT="-"
@@ -206,6 +218,9 @@ worker_threads = $GATEWAY_WORKERS
 [store]
 backend = "sqlite"
 path = "$RUN/stormwall.db"
+
+[journal]
+enabled = $([[ $JOURNAL == off ]] && echo false || echo true)
 
 [ipdb]
 path = "$ROOT/tests/data/ip2asn-test.tsv"
@@ -268,6 +283,32 @@ EOF
     RSS_WHAT="${RSS_BASE} MiB at start with $KEYS keys loaded, ${RSS_KEYS} MiB after each was used once"
   fi
   log "gateway RSS: $RSS_WHAT"
+  if [[ $JOURNAL == both ]]; then
+    # The same store and keys, without the journal: the in-memory event path to compare with.
+    GW2_PORT="$(free_port)"
+    ADMIN2_PORT="$(free_port)"
+    sed -e "s/^listen = .*/listen = \"127.0.0.1:$GW2_PORT\"/" \
+      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$ADMIN2_PORT\"/" \
+      -e "s/^enabled = true/enabled = false/" "$RUN/stormwall.toml" >"$RUN/stormwall-nojournal.toml"
+    log "starting a second stormwall serve without the journal (config $RUN/stormwall-nojournal.toml)"
+    # shellcheck disable=SC2046
+    env STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
+      $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall-nojournal.toml" >"$RUN/gateway-nojournal.log" 2>&1 &
+    GW2_PID=$!
+    PIDS+=("$GW2_PID")
+    wait_http "http://127.0.0.1:$ADMIN2_PORT/healthz" "$GW2_PID" 300 "$RUN/gateway-nojournal.log"
+    wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-nojournal.log"
+    GW2_URL="http://127.0.0.1:$GW2_PORT"
+    # Warm it like the first: every key used once.
+    # shellcheck disable=SC2046
+    $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$GW2_URL" --keys-file "$RUN/keys.txt" \
+      --requests "$KEYS" --warmup 0 --concurrency 16 --prompt-bytes 64 --tsv >/dev/null
+    for _ in $(seq 1 300); do
+      before="$(cpu_ticks "$GW2_PID")"
+      sleep 1
+      [[ $(($(cpu_ticks "$GW2_PID") - before)) -le $((CLK_TCK / 20)) ]] && break
+    done
+  fi
 fi
 
 # ---- LiteLLM (optional, best-effort) ------------------------------------------------------
@@ -321,6 +362,19 @@ loadgen() {
   echo "$out"
 }
 
+# One gateway run at the scenario's settings; prints: rps p50 p99 errors +p50 cpu_ms/r.
+gw_run() {
+  local url="$1" pid="$2" before after g_rps g_p50 g_p99 g_err g_sent cpu added
+  before="$(cpu_ticks "$pid")"
+  read -r g_rps g_p50 _ g_p99 g_err g_sent _ <<<"$(loadgen --url "$url" --keys-file "$RUN/keys.txt" --concurrency "$c" "${stream_flag[@]}")"
+  after="$(cpu_ticks "$pid")"
+  # CPU per request over every request sent, warm-up included, since the CPU counter
+  # covers the warm-up too.
+  cpu="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$g_sent" 'BEGIN { if (n > 0) printf "%.3f", t * 1000 / hz / n; else print "-" }')"
+  added="$(awk -v g="$g_p50" -v d="$d_p50" 'BEGIN { printf "%+.3f", g - d }')"
+  echo "$g_rps $g_p50 $g_p99 $g_err $added $cpu"
+}
+
 fmt_row() { printf '%-12s %9s %7s %7s %9s %7s %7s %8s %9s %7s' "$@"; }
 fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
 
@@ -328,7 +382,7 @@ fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
   echo "Stormwall load benchmark, $(date -Iseconds)"
   echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}'"
+  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}', journal ${JOURNAL}"
   if [[ $DIRECT_ONLY -eq 0 ]]; then
     echo "gateway RSS: $RSS_WHAT"
   fi
@@ -402,24 +456,38 @@ for round in $(seq 1 "$ROUNDS"); do
 
       g_rps="-" g_p50="-" g_p99="-" g_err="-" added="-" cpu="-"
       if [[ -n "$GW_URL" ]]; then
-        before="$(cpu_ticks "$GW_PID")"
-        read -r g_rps g_p50 _ g_p99 g_err g_sent _ <<<"$(loadgen --url "$GW_URL" --keys-file "$RUN/keys.txt" --concurrency "$c" "${stream_flag[@]}")"
-        after="$(cpu_ticks "$GW_PID")"
-        # CPU per request over every request sent, warm-up included, since the CPU counter
-        # covers the warm-up too.
-        cpu="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$g_sent" 'BEGIN { if (n > 0) printf "%.3f", t * 1000 / hz / n; else print "-" }')"
-        added="$(awk -v g="$g_p50" -v d="$d_p50" 'BEGIN { printf "%+.3f", g - d }')"
+        read -r g_rps g_p50 g_p99 g_err added cpu <<<"$(gw_run "$GW_URL" "$GW_PID")"
       fi
-      row="$(fmt_row "$label" "$d_rps" "$d_p50" "$d_p99" "$g_rps" "$g_p50" "$g_p99" "$added" "$cpu" "$d_err/$g_err")"
+      jlabel="$label"
+      [[ $JOURNAL == both ]] && jlabel="$label jrnl"
+      row="$(fmt_row "$jlabel" "$d_rps" "$d_p50" "$d_p99" "$g_rps" "$g_p50" "$g_p99" "$added" "$cpu" "$d_err/$g_err")"
 
       if [[ $LITELLM -eq 1 ]]; then
         read -r l_rps l_p50 _ l_p99 l_err _ <<<"$(loadgen --url "$LL_URL" --key "$LITELLM_MASTER_KEY" --concurrency "$c" "${stream_flag[@]}")"
         row+="$(fmt_ll "$l_rps" "$l_p50" "$l_p99" "$l_err")"
       fi
       echo "$row" | tee -a "$REPORT"
+      if [[ $JOURNAL == both && -n "$GW2_URL" ]]; then
+        read -r m_rps m_p50 m_p99 m_err m_added m_cpu <<<"$(gw_run "$GW2_URL" "$GW2_PID")"
+        fmt_row "$label mem" "$d_rps" "$d_p50" "$d_p99" "$m_rps" "$m_p50" "$m_p99" "$m_added" "$m_cpu" "$d_err/$m_err" | tee -a "$REPORT"
+        echo | tee -a "$REPORT"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$cpu" "$m_cpu" "$added" "$m_added" >>"$RUN/journal-ab.tsv"
+      fi
     done
   done
 done
+
+if [[ -s "$RUN/journal-ab.tsv" ]]; then
+  {
+    echo
+    echo "journal on / off (same store and keys, runs back to back): CPU per request and added p50"
+    awk -F'\t' '{
+      cr = ($3 > 0) ? sprintf("%.2f", $2 / $3) : "-"
+      lr = ($5 > 0) ? sprintf("%.2f", $4 / $5) : "-"
+      printf "  %-16s cpu_ms/r %s / %s = %s   +p50 %s / %s = %s\n", $1, $2, $3, cr, $4, $5, lr
+    }' "$RUN/journal-ab.tsv"
+  } | tee -a "$REPORT"
+fi
 
 if [[ -n "$GW_PID" ]]; then
   echo "gateway RSS after the runs: $(rss_mib "$GW_PID") MiB (peak $(hwm_mib "$GW_PID") MiB)" | tee -a "$REPORT"

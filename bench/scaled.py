@@ -71,8 +71,12 @@ def serve(cfg, log):
     port, admin = free_port(), free_port()
     env = dict(os.environ, STORMWALL_ADMIN_TOKEN=TOKEN, MOCK_UPSTREAM_KEY="sk-mock", STORMWALL_LOG="warn",
                STORMWALL_POSTGRES_URL=PG, STORMWALL_REDIS_URL=REDIS)
+    # Each process in its own working directory: the default event journal directory
+    # (`stormwall-journal`) is per process.
+    cwd = os.path.join(os.path.dirname(os.path.abspath(cfg)), f"replica-{port}")
+    os.makedirs(cwd, exist_ok=True)
     p = subprocess.Popen([f"{BIN}/stormwall", "serve", "--config", cfg, "--listen", f"127.0.0.1:{port}",
-                          "--admin-listen", f"127.0.0.1:{admin}"], env=env, stdout=log, stderr=log)
+                          "--admin-listen", f"127.0.0.1:{admin}"], env=env, stdout=log, stderr=log, cwd=cwd)
     wait_http(f"http://127.0.0.1:{admin}/healthz", p)
     return p, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
 

@@ -175,4 +175,8 @@ pub struct GatewayConfig {
     pub detect: stormwall_detect::DetectConfig,
     /// `[response]`: what alerts make the gateway do to keys.
     pub response: stormwall_detect::ResponseConfig,
+    /// `[journal]`: the write-ahead event journal. Used when `enabled` and `dir` is set
+    /// (the binary always sets `dir`, defaulting it from `[store]`); otherwise events go
+    /// to the store from memory only.
+    pub journal: stormwall_store::JournalConfig,
 }

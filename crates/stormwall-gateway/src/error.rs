@@ -74,6 +74,10 @@ pub enum ProxyError {
     /// An Azure route without a usable `api-version`.
     #[error("azure api-version missing or malformed")]
     ApiVersion(crate::data::route::ApiVersionError),
+    /// The event journal is at its bound under `fail_closed`: no request is served that
+    /// could not be recorded.
+    #[error("event journal at its bound")]
+    JournalFull,
 }
 
 impl ProxyError {
@@ -205,6 +209,12 @@ fn describe(err: &ProxyError) -> (StatusCode, &'static str, &'static str, &'stat
             "invalid_request_error",
             "invalid_request",
             "The request body could not be read.",
+        ),
+        ProxyError::JournalFull => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "events_unrecordable",
+            "The gateway cannot record requests right now. Please retry later.",
         ),
         // Azure's code and wording, in the OpenAI shape the SDKs parse.
         ProxyError::ApiVersion(ApiVersionError::Missing) => (

@@ -111,6 +111,80 @@ impl Collector for DetectionCollector {
     }
 }
 
+/// The event journal's counters and gauges, read at scrape time.
+#[derive(Debug)]
+struct JournalCollector {
+    journal: stormwall_store::Journal,
+}
+
+impl Collector for JournalCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.journal.stats();
+        for (name, help, v) in [
+            (
+                "journal_events_appended",
+                "Events written to the journal",
+                &st.appended,
+            ),
+            (
+                "journal_events_shipped",
+                "Journaled events the store acknowledged (replays included)",
+                &st.shipped,
+            ),
+            (
+                "journal_events_refused",
+                "Events not journaled: at the bound under fail_open, a full queue, or a failed write",
+                &st.refused,
+            ),
+            (
+                "journal_ship_errors",
+                "Store writes from the journal that failed and were retried",
+                &st.ship_errors,
+            ),
+            (
+                "journal_torn_tails",
+                "Torn segment tails cut off at start (a crash interrupted an append)",
+                &st.torn_tails,
+            ),
+            (
+                "journal_corrupt_records",
+                "Damaged journal records found (kept in .bad files, not shipped)",
+                &st.corrupt,
+            ),
+        ] {
+            let c = ConstCounter::new(v.load(Ordering::Relaxed));
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
+        let bytes = st.unshipped_bytes.load(Ordering::Relaxed);
+        let g = ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let m = encoder.encode_descriptor(
+            "journal_bytes",
+            "Unshipped journal bytes on disk",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)?;
+        let g = ConstGauge::new(st.oldest_unshipped_seconds());
+        let m = encoder.encode_descriptor(
+            "journal_oldest_unshipped_seconds",
+            "Age of the oldest journaled event the store has not acknowledged",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)?;
+        let g = ConstGauge::new(i64::from(self.journal.at_bound()));
+        let m = encoder.encode_descriptor(
+            "journal_at_bound",
+            "Whether the journal is at its bound (bytes or age); the policy applies",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)?;
+        Ok(())
+    }
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -317,6 +391,12 @@ impl Metrics {
     ) {
         self.registry
             .register_collector(Box::new(DetectionCollector { dropped, webhook }));
+    }
+
+    /// Adds the event journal's scrape-time counters and gauges.
+    pub fn register_journal(&mut self, journal: stormwall_store::Journal) {
+        self.registry
+            .register_collector(Box::new(JournalCollector { journal }));
     }
 
     /// Prometheus text exposition.

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use secrecy::SecretString;
-use stormwall_store::{BatchWriter, EventsConfig, Store};
+use stormwall_store::{BatchWriter, EventsConfig, JournalService, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -55,6 +55,9 @@ pub enum StartError {
     /// No upstream is configured.
     #[error("no [[upstreams]] configured")]
     NoUpstreams,
+    /// The event journal cannot be opened.
+    #[error(transparent)]
+    Journal(stormwall_store::journal::JournalError),
     /// The alerts file cannot be opened.
     #[error("cannot open the alerts file")]
     Alerts(#[source] std::io::Error),
@@ -142,6 +145,7 @@ pub struct RunningGateway {
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     writer: BatchWriter,
+    journal: Option<JournalService>,
     grace: Duration,
 }
 
@@ -156,6 +160,12 @@ impl RunningGateway {
         // After the servers: every request has ended, so its settlement is queued.
         for task in self.background {
             task.abort();
+        }
+        if let Some(journal) = self.journal {
+            let left = journal
+                .shutdown(self.grace.max(Duration::from_secs(5)))
+                .await;
+            tracing::info!(unshipped_bytes = left, "event journal closed");
         }
         match self
             .writer
@@ -249,6 +259,20 @@ pub async fn start_with(
         Arc::clone(&store) as Arc<dyn stormwall_store::EventStore>,
         events,
     );
+    let journal = match (&config.journal.dir, config.journal.enabled) {
+        (Some(dir), true) => {
+            let (journal, service) = JournalService::start(
+                &config.journal,
+                dir,
+                Arc::clone(&store) as Arc<dyn stormwall_store::EventStore>,
+                events,
+            )
+            .map_err(StartError::Journal)?;
+            tracing::info!(dir = %dir.display(), policy = ?journal.policy(), "event journal open");
+            Some((journal, service))
+        }
+        _ => None,
+    };
     let mut metrics = Metrics::new(
         Arc::clone(sink.stats()),
         keys.len_counter(),
@@ -261,6 +285,9 @@ pub async fn start_with(
             Arc::clone(d.dropped()),
             webhook.as_ref().map(|w| Arc::clone(w.stats())),
         );
+    }
+    if let Some((j, _)) = &journal {
+        metrics.register_journal(j.clone());
     }
     let metrics = Arc::new(metrics);
     let (detection, inbox) = match detection {
@@ -286,6 +313,7 @@ pub async fn start_with(
         digester: PromptDigester::default(),
         pricing: Pricing::new(&config.pricing),
         sink,
+        journal: journal.as_ref().map(|(j, _)| j.clone()),
         tap: detection
             .as_ref()
             .map(crate::control::detection::Detection::tap),
@@ -306,6 +334,7 @@ pub async fn start_with(
         limits: config.limits.clone(),
         leak_reports,
         ipintel: Arc::clone(&ipdb),
+        journal: journal.as_ref().map(|(j, _)| j.clone()),
     });
     load_spend(&control).await;
 
@@ -395,6 +424,7 @@ pub async fn start_with(
         servers: vec![proxy, admin],
         background,
         writer,
+        journal: journal.map(|(_, service)| service),
         grace,
     })
 }

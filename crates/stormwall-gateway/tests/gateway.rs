@@ -176,6 +176,8 @@ async fn harness_with(customize: impl FnOnce(&mut GatewayConfig)) -> Harness {
         ..Default::default()
     };
     config.limits.upstream_idle_timeout_ms = 400;
+    // Every harness test runs with the event journal on, as the binary does by default.
+    config.journal.dir = Some(dir.path().join("journal"));
     customize(&mut config);
     let alerts_path = config.alerts.jsonl_path.clone();
     let events = EventsConfig {

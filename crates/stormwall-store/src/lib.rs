@@ -14,6 +14,7 @@ pub mod config;
 pub mod counters;
 mod fallback;
 mod hll;
+pub mod journal;
 mod local;
 pub mod postgres;
 pub mod redis;
@@ -35,6 +36,7 @@ pub use counters::{
     open_counters_with_env,
 };
 pub use fallback::FallbackCounters;
+pub use journal::{Durable, Journal, JournalConfig, JournalPolicy, JournalService};
 pub use local::LocalCounters;
 pub use postgres::PostgresStore;
 pub use redis::RedisCounters;

@@ -26,6 +26,9 @@ pub struct Args {
     /// Admin listen address (overrides `[server] admin_listen`).
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    /// Event journal directory (overrides `[journal] dir`; one per process).
+    #[arg(long)]
+    pub journal_dir: Option<PathBuf>,
 }
 
 /// The `[server] worker_threads` the config asks for, read before the runtime is built
@@ -45,6 +48,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(a) = args.admin_listen {
         file.server.admin_listen = a;
+    }
+    if let Some(d) = args.journal_dir {
+        file.journal.dir = Some(d);
     }
     let token = env_var(&file.server.admin_token_env)
         .filter(|t| !t.is_empty())

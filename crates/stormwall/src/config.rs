@@ -53,6 +53,9 @@ pub struct FileConfig {
     /// `[response]` (detection): what alerts make the gateway do to keys.
     #[serde(default)]
     pub response: stormwall_detect::ResponseConfig,
+    /// `[journal]` (store): the write-ahead event journal.
+    #[serde(default)]
+    pub journal: stormwall_store::JournalConfig,
 }
 
 impl FileConfig {
@@ -81,6 +84,10 @@ impl FileConfig {
             safety: self.safety.clone(),
             detect: self.detect.clone(),
             response: self.response.clone(),
+            journal: stormwall_store::JournalConfig {
+                dir: Some(self.journal.resolved_dir(&self.store)),
+                ..self.journal.clone()
+            },
         }
     }
 }

@@ -341,6 +341,29 @@ async fn readyz(state: &AdminState) -> Response<ProxyBody> {
             .is_ok_and(|r| r.is_ok()),
         Err(_) => false,
     };
+    if let Some(journal) = &state.control.journal {
+        if !journal.backlog_shipped() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "event journal: shipping what a previous run left\n",
+            );
+        }
+        if journal.at_bound() {
+            return match journal.policy() {
+                stormwall_store::JournalPolicy::FailClosed => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "event journal at its bound: refusing requests (fail_closed)\n",
+                ),
+                stormwall_store::JournalPolicy::FailOpen => text(
+                    StatusCode::OK,
+                    "text/plain",
+                    "ready; event journal at its bound: events are dropped (fail_open)\n",
+                ),
+            };
+        }
+    }
     if ok {
         // The fast tier always screens; say whether the encoder tier has its model. Missing
         // IP data does not make the gateway unready (it still serves and detects, from

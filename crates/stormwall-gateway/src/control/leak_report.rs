@@ -516,8 +516,8 @@ async fn receive(
     let body = serde_json::to_vec(&labels).map_err(|_| ProxyError::BodyUnreadable)?;
     let mut resp = json_response(http::StatusCode::OK, Bytes::from(body));
     set_request_id(&mut resp, rec.id());
-    rec.take().finish(200);
-    Ok(resp)
+    let durable = rec.take().finish(200);
+    Ok(resp.map(|b| b.after(durable)))
 }
 
 #[cfg(test)]

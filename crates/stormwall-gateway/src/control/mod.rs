@@ -46,4 +46,6 @@ pub struct ControlPlane {
     pub leak_reports: Option<(String, leak_report::ReportVerifier)>,
     /// The IP intelligence the data plane reads (reloaded through the admin API).
     pub ipintel: Arc<stormwall_ipintel::SharedIpIntel>,
+    /// The write-ahead event journal, when on (`/readyz` reports its backlog and bound).
+    pub journal: Option<stormwall_store::Journal>,
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
+use stormwall_store::Durable;
 use stormwall_types::{RejectReason, SafetyVerdict, StreamOutcome};
 
 use super::DataPlane;
@@ -59,7 +60,7 @@ impl Finisher {
         self.status = status.as_u16();
     }
 
-    fn stream_ended(self, end: StreamEnd) {
+    fn stream_ended(self, end: StreamEnd) -> Durable {
         let usage = end.scanner.usage.or_else(|| {
             // No usage chunk (the client did not ask for one): count content events, about
             // one token each, so TPM and spend still move.
@@ -71,16 +72,18 @@ impl Finisher {
             .filter(|_| self.success)
         });
         let model = end.scanner.model;
-        self.settle(usage, model, Some(end.outcome));
+        self.settle(usage, model, Some(end.outcome))
     }
 
-    /// Settles the admission with the usage the answer reported and finishes the event.
+    /// Settles the admission with the usage the answer reported and finishes the event;
+    /// the answer's last byte waits for the returned [`Durable`].
+    #[must_use = "the answer's last byte waits for the event to be journaled"]
     pub fn settle(
         mut self,
         usage: Option<Usage>,
         response_model: Option<String>,
         outcome: Option<StreamOutcome>,
-    ) {
+    ) -> Durable {
         let input = usage.and_then(|u| u.input());
         let output = usage.and_then(|u| u.output());
         let images = if self.success {
@@ -122,7 +125,7 @@ impl Finisher {
         } else {
             self.status
         };
-        finish_event(self.rec, status, self.pending);
+        finish_event(self.rec, status, self.pending)
     }
 }
 
@@ -153,9 +156,9 @@ impl StreamObserver for StreamAccount {
         guard.push(text).then_some(StreamOutcome::ContentBlocked)
     }
 
-    fn ended(&mut self, end: StreamEnd) {
+    fn ended(&mut self, end: StreamEnd) -> Durable {
         let Some(mut finisher) = self.finisher.take() else {
-            return;
+            return Durable::ready();
         };
         if let Some(guard) = &mut self.guard {
             let (verdict, notes) = guard.finish();
@@ -168,43 +171,44 @@ impl StreamObserver for StreamAccount {
                     .refuse(&ProxyError::reject(RejectReason::ContentPolicy));
             }
         }
-        finisher.stream_ended(end);
+        finisher.stream_ended(end)
     }
 }
 
 /// Finishes an event once the flag-mode classifiers have annotated it. Usually they are
 /// done by the time the response is; otherwise the event waits for them (each is bounded
-/// by its timeout) off the response path.
+/// by its timeout) off the response path; the answer's last byte then waits for them too,
+/// since it waits for the finished event to be journaled.
 #[allow(clippy::disallowed_methods)] // Handle::spawn: bounded by the classifiers' timeouts; the Recorder's Drop records the event if the runtime ends first
 fn finish_event(
     mut rec: Recorder,
     status: u16,
     pending: Option<tokio::task::JoinHandle<Vec<SafetyVerdict>>>,
-) {
+) -> Durable {
     use futures_util::FutureExt;
     let Some(handle) = pending else {
-        rec.finish(status);
-        return;
+        return rec.finish(status);
     };
     if handle.is_finished() {
         if let Some(Ok(notes)) = handle.now_or_never() {
             rec.event().safety.extend(notes);
         }
-        rec.finish(status);
-        return;
+        return rec.finish(status);
     }
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
             rt.spawn(async move {
                 if let Ok(notes) = handle.await {
                     rec.event().safety.extend(notes);
                 }
-                rec.finish(status);
+                let _ = tx.send(rec.finish(status).await);
             });
+            Durable::after(rx)
         }
         Err(_) => {
             handle.abort();
-            rec.finish(status);
+            rec.finish(status)
         }
     }
 }

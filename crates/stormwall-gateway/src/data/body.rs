@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use stormwall_store::Durable;
 use stormwall_types::{KeyStatus, StreamOutcome};
 use tokio::time::Sleep;
 
@@ -95,6 +96,8 @@ pub struct SseScanner {
     pub model: Option<String>,
     /// Data events seen (roughly one output token each, for when no usage arrives).
     pub data_events: u64,
+    /// `data: [DONE]` was seen.
+    pub done: bool,
     /// Gather `choices[].delta.content`, `choices[].text` and responses
     /// `response.output_text.delta` text into [`SseScanner::text`].
     pub collect_text: bool,
@@ -266,6 +269,7 @@ impl SseScanner {
             };
             let data = data.strip_prefix(b" ").unwrap_or(data);
             if data == b"[DONE]" {
+                self.done = true;
                 continue;
             }
             self.data_events += 1;
@@ -324,8 +328,9 @@ pub trait StreamObserver: Send {
         None
     }
 
-    /// The stream ended, for whatever reason (called exactly once).
-    fn ended(&mut self, end: StreamEnd);
+    /// The stream ended, for whatever reason (called exactly once); the stream's last
+    /// bytes wait for the returned [`Durable`] (its event journaled).
+    fn ended(&mut self, end: StreamEnd) -> Durable;
 }
 
 /// Where relayed chunks come from.
@@ -384,6 +389,7 @@ impl Held {
 /// A streaming relay.
 pub struct Relay {
     source: Source,
+    /// Screened chunks waiting to be sent together.
     held: Held,
     /// A non-data frame (trailers) that arrived while data was held; sent after it.
     after_held: Option<Frame<Bytes>>,
@@ -396,6 +402,12 @@ pub struct Relay {
     trailer: Option<Bytes>,
     done: bool,
     stop: Option<StopWatch>,
+    /// Hold `[DONE]` and what follows until the event is journaled.
+    hold_done: bool,
+    /// The chunks from `[DONE]` on, sent once `durable` resolves.
+    withheld: VecDeque<Bytes>,
+    /// The event of the ended stream, being journaled.
+    durable: Option<Durable>,
 }
 
 impl Relay {
@@ -418,7 +430,17 @@ impl Relay {
             trailer: None,
             done: false,
             stop: None,
+            hold_done: false,
+            withheld: VecDeque::new(),
+            durable: None,
         }
+    }
+
+    /// Holds `data: [DONE]` and everything after it until the stream has ended and its
+    /// event is journaled, so a client that saw the stream complete has its record.
+    pub fn hold_done(mut self) -> Self {
+        self.hold_done = true;
+        self
     }
 
     /// Ends the stream as soon as its key is suspended or revoked — even while the upstream
@@ -431,19 +453,37 @@ impl Relay {
 
     fn end(&mut self, outcome: StreamOutcome) {
         if let Some(mut observer) = self.observer.take() {
-            observer.ended(StreamEnd {
+            self.durable = Some(observer.ended(StreamEnd {
                 outcome,
                 scanner: std::mem::take(&mut self.scanner),
                 bytes: self.bytes,
-            });
+            }));
         }
         self.trailer = crate::error::stream_end_event(outcome);
         self.done = true;
     }
 
-    /// The frame to send once the stream has ended: what was held, then the trailer.
-    fn ended_frame(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    /// After the end: what was held (it came before `[DONE]`), then — once the event is
+    /// journaled — the withheld end of the stream and the trailer. An event that could not
+    /// be journaled (fail_closed) breaks the stream instead, so the client never sees a
+    /// complete answer without its record.
+    fn poll_after_end(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(b) = self.held.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if let Some(durable) = &mut self.durable {
+            let written = std::task::ready!(Pin::new(durable).poll(cx));
+            self.durable = None;
+            if written.is_err() {
+                self.withheld.clear();
+                self.trailer = None;
+                return Poll::Ready(Some(Err("usage event not journaled".into())));
+            }
+        }
+        if let Some(b) = self.withheld.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
         Poll::Ready(self.trailer.take().map(|b| Ok(Frame::data(b))))
@@ -454,7 +494,7 @@ impl Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.done {
-            return self.ended_frame();
+            return self.poll_after_end(cx);
         }
         if let Some(frame) = self.after_held.take() {
             return Poll::Ready(Some(Ok(frame)));
@@ -468,7 +508,7 @@ impl Relay {
                 KeyStatus::Suspended => StreamOutcome::KeySuspended,
                 _ => StreamOutcome::KeyRevoked,
             });
-            return self.ended_frame();
+            return self.poll_after_end(cx);
         }
         loop {
             let polled = match &mut self.source {
@@ -503,10 +543,16 @@ impl Relay {
                             // was held passed screening and goes first.
                             self.source = Source::Events(VecDeque::new());
                             self.end(outcome);
-                            return self.ended_frame();
+                            return self.poll_after_end(cx);
                         }
                     }
                     self.bytes += data.len() as u64;
+                    if self.hold_done && self.scanner.done {
+                        // The answer's end: withheld until its event is journaled (see
+                        // `hold_done`); polling goes on for the rest of the stream.
+                        self.withheld.push_back(data);
+                        continue;
+                    }
                     self.held.push(data);
                     if self.held.len() >= MAX_COALESCED {
                         return Poll::Ready(self.held.take().map(|b| Ok(Frame::data(b))));
@@ -514,11 +560,11 @@ impl Relay {
                 }
                 Poll::Ready(Some(Err(_))) => {
                     self.end(StreamOutcome::UpstreamCut);
-                    return self.ended_frame();
+                    return self.poll_after_end(cx);
                 }
                 Poll::Ready(None) => {
                     self.end(StreamOutcome::Completed);
-                    return self.ended_frame();
+                    return self.poll_after_end(cx);
                 }
                 Poll::Pending if self.held.len() > 0 => {
                     if self.held.yields < COALESCE_YIELDS {
@@ -546,7 +592,7 @@ impl Relay {
                         continue;
                     }
                     self.end(StreamOutcome::IdleTimeout);
-                    return self.ended_frame();
+                    return self.poll_after_end(cx);
                 }
             }
         }
@@ -565,6 +611,8 @@ impl Drop for Relay {
 enum Inner {
     Full(Option<Bytes>),
     Relay(Box<Relay>),
+    /// A complete body whose bytes wait until the request's event is journaled.
+    After(Durable, Option<Bytes>),
 }
 
 /// Every response body the gateway sends.
@@ -593,6 +641,27 @@ impl ProxyBody {
             inner: Inner::Relay(Box::new(relay)),
         }
     }
+
+    /// Waits until a body made by [`ProxyBody::after`] may be sent, so the handler returns
+    /// a body that is ready at once (hyper then writes it with the headers, in one write).
+    pub async fn settle(&mut self) {
+        if let Inner::After(durable, _) = &mut self.inner {
+            // The outcome stays in `durable`; polling the body reports it.
+            let _ = durable.await;
+        }
+    }
+
+    /// This complete body, sent once `durable` resolves (the request's event journaled);
+    /// if the event could not be journaled, the body breaks instead of completing. A relay
+    /// waits for its own event (see [`Relay::hold_done`]) and is returned unchanged.
+    pub fn after(self, durable: Durable) -> Self {
+        match self.inner {
+            Inner::Full(b) => Self {
+                inner: Inner::After(durable, b),
+            },
+            inner => Self { inner },
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -603,9 +672,19 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match &mut self.get_mut().inner {
+        let this = self.get_mut();
+        match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Relay(r) => r.poll_relay(cx),
+            Inner::After(durable, b) => {
+                let written = std::task::ready!(Pin::new(durable).poll(cx));
+                if written.is_err() {
+                    return Poll::Ready(Some(Err("usage event not journaled".into())));
+                }
+                let b = b.take();
+                this.inner = Inner::Full(None);
+                Poll::Ready(b.map(|b| Ok(Frame::data(b))))
+            }
         }
     }
 
@@ -615,8 +694,8 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Full(Some(b)) | Inner::After(_, Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) | Inner::After(_, None) => SizeHint::with_exact(0),
             Inner::Relay(_) => SizeHint::default(),
         }
     }
@@ -756,8 +835,9 @@ data: [DONE]\n\n";
                 .map(|_| StreamOutcome::ContentBlocked)
         }
 
-        fn ended(&mut self, end: StreamEnd) {
+        fn ended(&mut self, end: StreamEnd) -> Durable {
             self.ended.lock().unwrap().push((end.outcome, end.bytes));
+            Durable::ready()
         }
     }
 
@@ -803,6 +883,48 @@ data: [DONE]\n\n";
             *ended.lock().unwrap(),
             vec![(StreamOutcome::Completed, whole.len() as u64)]
         );
+    }
+
+    /// An observer whose event is journaled when the test says so.
+    struct Journaled(
+        Option<tokio::sync::oneshot::Receiver<Result<(), stormwall_store::journal::NotJournaled>>>,
+    );
+
+    impl StreamObserver for Journaled {
+        fn ended(&mut self, _end: StreamEnd) -> Durable {
+            self.0.take().map_or_else(Durable::ready, Durable::after)
+        }
+    }
+
+    #[tokio::test]
+    async fn done_waits_for_the_journal_and_what_came_before_it_does_not() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let chunks: VecDeque<Bytes> = [chunk("a"), chunk("b"), Bytes::from("data: [DONE]\n\n")]
+            .into_iter()
+            .collect();
+        let before: Vec<u8> = chunks.iter().take(2).flatten().copied().collect();
+        let mut relay = Relay::new(
+            Source::Events(chunks),
+            Duration::from_secs(5),
+            Box::new(Journaled(Some(rx))),
+        )
+        .hold_done();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let first = loop {
+            if let Poll::Ready(f) = relay.poll_relay(&mut cx) {
+                break f.unwrap().unwrap().into_data().unwrap();
+            }
+        };
+        assert_eq!(first, before);
+        for _ in 0..10 {
+            assert!(
+                relay.poll_relay(&mut cx).is_pending(),
+                "[DONE] before the journal"
+            );
+        }
+        tx.send(Ok(())).unwrap();
+        let rest = drain(&mut relay);
+        assert_eq!(rest, vec![Bytes::from("data: [DONE]\n\n")]);
     }
 
     #[tokio::test]

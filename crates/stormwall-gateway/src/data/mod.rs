@@ -61,8 +61,11 @@ pub struct DataPlane {
     pub digester: PromptDigester,
     /// Prices.
     pub pricing: Pricing,
-    /// Where events go (never awaited).
+    /// Where events go when there is no journal (never awaited).
     pub sink: EventSink,
+    /// The write-ahead event journal (`None`: off); when on, events go there instead of
+    /// `sink`, and each answer's last byte waits until its event is written.
+    pub journal: Option<stormwall_store::Journal>,
     /// Closed events offered to detection (`None`: `[detect] enabled = false`).
     pub tap: Option<recorder::EventTap>,
     /// Prometheus metrics.

@@ -70,8 +70,8 @@ pub fn list_models(state: &DataPlane, rec: &mut Recorder, key: &CachedKey) -> Re
         .collect();
     let mut resp = json_response(StatusCode::OK, list_body(&allowed));
     set_request_id(&mut resp, rec.id());
-    rec.take().finish(200);
-    resp
+    let durable = rec.take().finish(200);
+    resp.map(|b| b.after(durable))
 }
 
 /// Answers `GET /v1/models/{model}` locally: the model object when the routing table
@@ -90,8 +90,8 @@ pub fn retrieve_model(
     let body = object_body(id).map_err(|_| ProxyError::UpstreamUnavailable)?;
     let mut resp = json_response(StatusCode::OK, body);
     set_request_id(&mut resp, rec.id());
-    rec.take().finish(200);
-    Ok(resp)
+    let durable = rec.take().finish(200);
+    Ok(resp.map(|b| b.after(durable)))
 }
 
 #[cfg(test)]

@@ -43,7 +43,11 @@ pub async fn handle(
         peer,
     );
     let result = proxy(&state, &mut rec, req).await;
-    answer(rec, result)
+    let mut resp = answer(rec, result);
+    // A whole answer waits for its event here rather than in the body, so its headers and
+    // body still leave together.
+    resp.body_mut().settle().await;
+    resp
 }
 
 /// The response for a stage's result: an error becomes its OpenAI-shaped answer, recorded on
@@ -58,8 +62,8 @@ pub fn answer(
             let mut resp = into_response(&err);
             set_request_id(&mut resp, rec.id());
             let status = resp.status().as_u16();
-            rec.fail(&err, status);
-            resp
+            let durable = rec.fail(&err, status);
+            resp.map(|b| b.after(durable))
         }
     }
 }
@@ -70,6 +74,11 @@ async fn proxy(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
+
+    // 0. the journal: at its bound under fail_closed, no request is served unrecorded
+    if state.journal.as_ref().is_some_and(|j| j.refuses_requests()) {
+        return Err(ProxyError::JournalFull);
+    }
 
     // 1. route
     let mut route = route::classify(&parts.method, parts.uri.path(), parts.uri.query())

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::HeaderMap;
+use stormwall_store::Durable;
 use stormwall_types::{StreamOutcome, UsageEvent};
 
 use super::DataPlane;
@@ -97,20 +98,24 @@ impl Recorder {
         self.event.error_code = Some(error_code(err).to_owned());
     }
 
-    /// Records a failure and finishes.
-    pub fn fail(mut self, err: &ProxyError, status: u16) {
+    /// Records a failure and finishes; the error body's last byte waits for the returned
+    /// [`Durable`] (see [`Recorder::finish`]).
+    #[must_use = "the answer's last byte waits for the event to be journaled"]
+    pub fn fail(mut self, err: &ProxyError, status: u16) -> Durable {
         self.refuse(err);
-        self.close(status);
+        self.close(status)
     }
 
-    /// Finishes the event with the client's status and sends it to the sink.
-    pub fn finish(mut self, status: u16) {
-        self.close(status);
+    /// Finishes the event with the client's status and sends it to the journal (or the
+    /// sink); the answer's last byte waits for the returned [`Durable`].
+    #[must_use = "the answer's last byte waits for the event to be journaled"]
+    pub fn finish(mut self, status: u16) -> Durable {
+        self.close(status)
     }
 
-    fn close(&mut self, status: u16) {
+    fn close(&mut self, status: u16) -> Durable {
         if self.done {
-            return;
+            return Durable::ready();
         }
         self.done = true;
         let blank = UsageEvent::new(
@@ -143,7 +148,13 @@ impl Recorder {
         if let Some(tap) = &self.state.tap {
             tap.offer(&event);
         }
-        self.state.sink.record(event);
+        match &self.state.journal {
+            Some(journal) => journal.append(&event),
+            None => {
+                self.state.sink.record(event);
+                Durable::ready()
+            }
+        }
     }
 }
 
@@ -157,7 +168,8 @@ impl Drop for Recorder {
             self.event
                 .error_code
                 .get_or_insert_with(|| "client_closed_request".to_owned());
-            self.close(CLIENT_CLOSED);
+            // Nobody is left to answer: the event is journaled without anyone waiting.
+            drop(self.close(CLIENT_CLOSED));
         }
     }
 }

@@ -69,7 +69,10 @@ pub async fn relay(
             let stop = call.key.stop_watch();
             let finisher = Finisher::new(state, rec.take(), call, success, reply.status);
             let account = StreamAccount::new(finisher, guard);
-            let relay = Relay::new(source, idle, Box::new(account)).with_stop(stop);
+            let mut relay = Relay::new(source, idle, Box::new(account)).with_stop(stop);
+            if state.journal.is_some() {
+                relay = relay.hold_done();
+            }
             builder
                 .header(header::CACHE_CONTROL, "no-cache")
                 .body(ProxyBody::relay(relay))
@@ -98,12 +101,12 @@ pub async fn relay(
                 let err = ProxyError::reject(RejectReason::ContentPolicy);
                 let resp = crate::error::into_response(&err);
                 finisher.refuse(&err, resp.status());
-                finisher.settle(usage, response_model, None);
-                resp
+                let durable = finisher.settle(usage, response_model, None);
+                resp.map(|b| b.after(durable))
             } else {
-                finisher.settle(usage, response_model, None);
+                let durable = finisher.settle(usage, response_model, None);
                 builder
-                    .body(ProxyBody::full(body))
+                    .body(ProxyBody::full(body).after(durable))
                     .map_err(|_| ProxyError::UpstreamUnavailable)?
             }
         }

@@ -5,6 +5,7 @@
 mod detect;
 mod detect_logs;
 mod ip;
+mod journal;
 mod keys_bulk;
 mod safety;
 mod scan;
@@ -33,9 +34,15 @@ impl Drop for Server {
 
 /// Starts `stormwall serve --config CONFIG` with an admin token and waits for its listeners.
 fn serve_with(config: &Path, token: &str) -> Server {
+    serve_env(config, token, &[])
+}
+
+/// [`serve_with`] with extra environment variables.
+fn serve_env(config: &Path, token: &str, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .env("STORMWALL_ADMIN_TOKEN", token)
         .env("STORMWALL_LOG", "warn")
         .stderr(Stdio::piped())

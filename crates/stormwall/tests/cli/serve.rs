@@ -368,17 +368,29 @@ url_env = "STORMWALL_TEST_REDIS_URL"
 prefix = "{schema}:"
 [events]
 flush_interval_ms = 20
+[journal]
+dir = "{journal}"
 [[upstreams]]
 name = "mock"
 kind = "mock"
 models = ["gpt-4o-mini"]
-"#
+"#,
+            journal = dir.path().join("journal-a").display()
         ),
+    )
+    .unwrap();
+    // Each replica journals in its own directory.
+    let config_b = dir.path().join("scaled-b.toml");
+    std::fs::write(
+        &config_b,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("journal-a", "journal-b"),
     )
     .unwrap();
     let _ = (&pg, &redis);
     let mut a = serve(&config);
-    let mut b = serve(&config);
+    let mut b = serve(&config_b);
     let out = stormwall(&[
         "keys",
         "create",

@@ -1,0 +1,288 @@
+//! The shipper task: reads written records back from the segments, oldest first, inserts
+//! them into the store in batches (the store ignores an event id it already holds, so a
+//! replay never duplicates), moves its cursor only when the store acknowledged, and deletes
+//! a segment once it is closed and wholly acknowledged. A store outage only makes it retry
+//! (with backoff) while the journal grows on disk.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use stormwall_types::UsageEvent;
+use tokio::sync::watch;
+
+use super::{Shared, format, segments};
+use crate::EventStore;
+
+/// Most bytes read from a segment at once.
+const READ_MAX: u64 = 4 << 20;
+/// Longest wait between two retries while the store is down.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// What the shipper is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Ship as records are written.
+    Run,
+    /// The writer has stopped: ship what is left, then end.
+    Drain,
+}
+
+/// The shipper's state.
+pub(super) struct Shipper {
+    pub(super) shared: Arc<Shared>,
+    pub(super) store: Arc<dyn EventStore>,
+    pub(super) batch_max: usize,
+    pub(super) idle: Duration,
+}
+
+/// A batch read from the journal: events and where the cursor goes once they are stored.
+struct Batch {
+    seq: u64,
+    end: u64,
+    events: Vec<UsageEvent>,
+    next_ms: Option<u64>,
+}
+
+/// What the ledger says to do next.
+enum Next {
+    /// Read `[from, to)` of segment `seq`.
+    Read { seq: u64, from: u64, to: u64 },
+    /// Segment `seq` is closed and shipped: delete it.
+    Delete(u64),
+    /// Nothing written is unshipped.
+    Idle,
+}
+
+impl Shipper {
+    pub(super) async fn run(self, mut phase: watch::Receiver<Phase>) {
+        loop {
+            let draining = *phase.borrow() == Phase::Drain;
+            self.ship_available().await;
+            if draining {
+                break;
+            }
+            tokio::select! {
+                changed = phase.changed() => {
+                    if changed.is_err() {
+                        // The service is gone without a shutdown: nothing will drain us.
+                        break;
+                    }
+                }
+                // Not woken per write: a tick gathers what many groups wrote into one
+                // store transaction per `batch_max` events, as the in-memory writer does.
+                () = tokio::time::sleep(self.idle) => {}
+            }
+            self.shared.refresh(&self.shared.ledger());
+        }
+    }
+
+    /// Ships everything written so far.
+    async fn ship_available(&self) {
+        loop {
+            let next = self.next();
+            match next {
+                Next::Idle => return,
+                Next::Delete(seq) => self.delete(seq),
+                Next::Read { seq, from, to } => {
+                    let Some(batch) = self.read(seq, from, to) else {
+                        continue;
+                    };
+                    self.store_batch(&batch).await;
+                    let mut ledger = self.shared.ledger();
+                    if ledger.segments.front().is_some_and(|s| s.seq == batch.seq) {
+                        ledger.cursor = batch.end;
+                        ledger.cursor_ms = batch.next_ms;
+                    }
+                    self.shared.refresh(&ledger);
+                }
+            }
+        }
+    }
+
+    fn next(&self) -> Next {
+        let ledger = self.shared.ledger();
+        let Some(front) = ledger.segments.front() else {
+            return Next::Idle;
+        };
+        if ledger.cursor < front.len {
+            return Next::Read {
+                seq: front.seq,
+                from: ledger.cursor,
+                to: front.len.min(ledger.cursor + READ_MAX),
+            };
+        }
+        if front.closed {
+            Next::Delete(front.seq)
+        } else {
+            Next::Idle
+        }
+    }
+
+    fn delete(&self, seq: u64) {
+        if let Err(e) = segments::remove(&self.shared.dir, seq) {
+            tracing::warn!(error = %e, "journal: cannot delete a shipped segment");
+        }
+        let mut ledger = self.shared.ledger();
+        if ledger.segments.front().is_some_and(|s| s.seq == seq) {
+            ledger.segments.pop_front();
+            ledger.cursor = format::MAGIC.len() as u64;
+            ledger.cursor_ms = None;
+        }
+        self.shared.refresh(&ledger);
+    }
+
+    /// Reads and decodes up to `batch_max` records from `[from, to)` of segment `seq`;
+    /// `None` when the range held damage (reported, bytes kept, cursor moved past it).
+    fn read(&self, seq: u64, from: u64, to: u64) -> Option<Batch> {
+        let dir = &self.shared.dir;
+        let len = usize::try_from(to - from).unwrap_or(usize::MAX);
+        let mut bytes = match segments::read_range(dir, seq, from, len) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "journal: cannot read a segment");
+                return self.skip_damage(seq, from, to, None);
+            }
+        };
+        let (mut records, mut stop) = format::scan(&bytes, 0);
+        if records.is_empty() && matches!(stop, format::Stop::Torn { .. }) {
+            // A record longer than one read: read to the end of what is written.
+            let whole = self.shared.ledger().segments.front().map_or(to, |s| s.len);
+            if whole > to {
+                bytes = segments::read_range(
+                    dir,
+                    seq,
+                    from,
+                    usize::try_from(whole - from).unwrap_or(usize::MAX),
+                )
+                .ok()?;
+                (records, stop) = format::scan(&bytes, 0);
+            }
+        }
+        if records.is_empty() {
+            // Written, whole-sized and still not sound: damage on disk.
+            let why = match stop {
+                format::Stop::Corrupt { why, .. } => why,
+                _ => "record unreadable",
+            };
+            return self.skip_damage(seq, from, to, Some((why, bytes)));
+        }
+        let mut events = Vec::with_capacity(records.len().min(self.batch_max));
+        let mut end = from;
+        let mut next_ms = None;
+        for r in records {
+            if events.len() >= self.batch_max {
+                next_ms = Some(r.append_ms);
+                break;
+            }
+            match serde_json::from_slice::<UsageEvent>(r.body) {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    self.shared.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(segment = seq, offset = from + r.at as u64, error = %e, "journal: a sound record does not decode as an event; it is not shipped");
+                }
+            }
+            end = from + r.end as u64;
+        }
+        Some(Batch {
+            seq,
+            end,
+            events,
+            next_ms,
+        })
+    }
+
+    /// Reports damage found while shipping, keeps its bytes, and moves past the segment's
+    /// written part (nothing after a damaged record can be trusted to be framed).
+    fn skip_damage(
+        &self,
+        seq: u64,
+        from: u64,
+        to: u64,
+        found: Option<(&'static str, Vec<u8>)>,
+    ) -> Option<Batch> {
+        self.shared.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+        let mut ledger = self.shared.ledger();
+        let front = ledger.segments.front().copied()?;
+        let kept = found.as_ref().and_then(|(_, bytes)| {
+            let bad = self.shared.dir.join(format!("{seq:020}.swj.bad-{from}"));
+            std::fs::write(&bad, bytes).ok().map(|()| bad)
+        });
+        tracing::error!(
+            segment = seq,
+            offset = from,
+            bytes = to - from,
+            why = found.as_ref().map_or("read failed", |f| f.0),
+            kept_in = ?kept,
+            "journal: damaged records while shipping; moving past them"
+        );
+        if front.seq == seq {
+            ledger.cursor = to;
+            ledger.cursor_ms = None;
+        }
+        self.shared.refresh(&ledger);
+        None
+    }
+
+    /// Inserts a batch, retrying until the store acknowledges it; gives up only while
+    /// draining at shutdown (the batch stays in the journal for the next start).
+    async fn store_batch(&self, batch: &Batch) {
+        if batch.events.is_empty() {
+            return;
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.insert_events(&batch.events).await {
+                Ok(()) => {
+                    self.shared
+                        .stats
+                        .shipped
+                        .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+                Err(crate::StoreError::Corrupt(_)) => {
+                    // An event the store cannot encode fails every retry: store the batch
+                    // one by one, so only that event is refused (counted and logged).
+                    for event in &batch.events {
+                        loop {
+                            match self.store.insert_events(std::slice::from_ref(event)).await {
+                                Ok(()) => {
+                                    self.shared.stats.shipped.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(crate::StoreError::Corrupt(_)) => {
+                                    self.shared.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                                    tracing::error!(
+                                        "journal: the store refused an event as unencodable; it is not shipped"
+                                    );
+                                }
+                                Err(_) => {
+                                    self.shared
+                                        .stats
+                                        .ship_errors
+                                        .fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(MAX_RETRY_DELAY).await;
+                                    continue;
+                                }
+                            }
+                            break;
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let n = self
+                        .shared
+                        .stats
+                        .ship_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    if n.is_power_of_two() || n == 0 {
+                        tracing::warn!(error = %e, events = batch.events.len(), "journal: store write failed; retrying while the journal holds the events");
+                    }
+                    tokio::time::sleep(delay).await;
+                    self.shared.refresh(&self.shared.ledger());
+                    delay = delay.saturating_mul(2).min(MAX_RETRY_DELAY);
+                }
+            }
+        }
+    }
+}
