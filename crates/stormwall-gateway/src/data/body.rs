@@ -847,6 +847,23 @@ data: [DONE]\n\n";
         ))
     }
 
+    /// A relay of `chunks` to a [`Watch`] recording into `ended`.
+    fn watched(
+        chunks: VecDeque<Bytes>,
+        cut_on: Option<&'static str>,
+        ended: &std::sync::Arc<std::sync::Mutex<Vec<(StreamOutcome, u64)>>>,
+    ) -> Relay {
+        let watch = Watch {
+            cut_on,
+            ended: std::sync::Arc::clone(ended),
+        };
+        Relay::new(
+            Source::Events(chunks),
+            Duration::from_secs(5),
+            Box::new(watch),
+        )
+    }
+
     /// Polls the relay to its end with a waker that does nothing, as a connection would.
     fn drain(relay: &mut Relay) -> Vec<Bytes> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -867,16 +884,7 @@ data: [DONE]\n\n";
         let ended = std::sync::Arc::default();
         let chunks: VecDeque<Bytes> = ["a", "b", "c"].into_iter().map(chunk).collect();
         let whole: Vec<u8> = chunks.iter().flatten().copied().collect();
-        let watch = Watch {
-            cut_on: None,
-            ended: std::sync::Arc::clone(&ended),
-        };
-        let mut relay = Relay::new(
-            Source::Events(chunks),
-            Duration::from_secs(5),
-            Box::new(watch),
-        );
-        let frames = drain(&mut relay);
+        let frames = drain(&mut watched(chunks, None, &ended));
         assert_eq!(frames.len(), 1, "{frames:?}");
         assert_eq!(frames[0], whole);
         assert_eq!(
@@ -935,16 +943,7 @@ data: [DONE]\n\n";
             .map(chunk)
             .collect();
         let passed: Vec<u8> = chunks.iter().take(2).flatten().copied().collect();
-        let watch = Watch {
-            cut_on: Some("BAD"),
-            ended: std::sync::Arc::clone(&ended),
-        };
-        let mut relay = Relay::new(
-            Source::Events(chunks),
-            Duration::from_secs(5),
-            Box::new(watch),
-        );
-        let frames = drain(&mut relay);
+        let frames = drain(&mut watched(chunks, Some("BAD"), &ended));
         assert_eq!(frames.len(), 2, "{frames:?}");
         assert_eq!(frames[0], passed);
         let trailer = String::from_utf8_lossy(&frames[1]);
