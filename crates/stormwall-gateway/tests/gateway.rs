@@ -952,6 +952,16 @@ async fn a_model_is_retrieved_only_within_the_keys_scope() {
         (r.status.as_u16(), code(&r).as_str()),
         (403, "endpoint_not_allowed")
     );
+    // Azure's "Models - Get" gets the same answer, and wants its dated api-version.
+    let azure = get(
+        "/openai/models/gpt-4o-mini?api-version=2024-10-21".into(),
+        key.clone(),
+    )
+    .await;
+    assert_eq!(azure.status, 200, "{}", azure.text());
+    assert_eq!(azure.json().unwrap()["id"], "gpt-4o-mini");
+    let undated = get("/openai/models/gpt-4o-mini".into(), key.clone()).await;
+    assert_eq!(undated.status, 400, "{}", undated.text());
     assert_eq!(h.upstream.request_count(), 0, "answered locally");
     let events = h.events(5).await;
     assert_eq!(events[0].model.as_deref(), Some("gpt-4o-mini"));

@@ -150,6 +150,18 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Option<Rout
             api_version_error: None,
         });
     }
+    if let (&Method::GET, Some(id)) = (method, path.strip_prefix("/openai/models/")) {
+        // Azure's "Models - Get": the same local answer as `GET /v1/models/{model}`.
+        let (api_version, api_version_error) = dated_api_version(query);
+        return Some(Route {
+            endpoint: Endpoint::Models,
+            flavor: ApiFlavor::Azure,
+            deployment: None,
+            api_version,
+            model: Some(model_id(id)?),
+            api_version_error,
+        });
+    }
     let endpoint = match (method, path) {
         (&Method::GET, "/openai/models" | "/openai/deployments") => Endpoint::Models,
         (&Method::POST, "/openai/responses") => Endpoint::Responses,
@@ -284,7 +296,11 @@ mod tests {
                 "{path}"
             );
         }
-        for path in ["/openai/models", "/openai/deployments"] {
+        for path in [
+            "/openai/models",
+            "/openai/deployments",
+            "/openai/models/gpt-4o-mini",
+        ] {
             let r = classify(&Method::GET, path, Some("x=1&api-version=")).unwrap();
             assert_eq!(
                 r.api_version_error,
