@@ -2985,51 +2985,8 @@ mod scale_out {
         let _ = redis.wait();
     }
 
-    /// A TCP relay to PostgreSQL that a test can cut and restore.
-    struct Relay {
-        addr: std::net::SocketAddr,
-        up: Arc<std::sync::atomic::AtomicBool>,
-        conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    }
-
-    impl Relay {
-        #[allow(clippy::disallowed_methods)]
-        async fn start(target: String) -> Self {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-            let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let (u, c) = (Arc::clone(&up), Arc::clone(&conns));
-            tokio::spawn(async move {
-                while let Ok((mut client, _)) = listener.accept().await {
-                    if !u.load(Ordering::SeqCst) {
-                        continue; // refused: dropped at once
-                    }
-                    let target = target.clone();
-                    c.lock().unwrap().push(tokio::spawn(async move {
-                        if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    }));
-                }
-            });
-            Self { addr, up, conns }
-        }
-
-        fn cut(&self) {
-            self.up.store(false, Ordering::SeqCst);
-            for t in self.conns.lock().unwrap().drain(..) {
-                t.abort();
-            }
-        }
-
-        fn restore(&self) {
-            self.up.store(true, Ordering::SeqCst);
-        }
-    }
-
     /// A relay in front of the test PostgreSQL, and the URL that goes through it.
-    async fn pg_relay() -> Option<(Relay, String)> {
+    async fn pg_relay() -> Option<(stormwall_testkit::TcpRelay, String)> {
         let (pg_url, _) = urls()?;
         let cfg: tokio_postgres::Config = pg_url.parse().unwrap();
         let host = match &cfg.get_hosts()[0] {
@@ -3041,7 +2998,9 @@ mod scale_out {
             }
         };
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
-        let relay = Relay::start(format!("{host}:{port}")).await;
+        let relay = stormwall_testkit::TcpRelay::start(format!("{host}:{port}"))
+            .await
+            .unwrap();
         let via = pg_url.replacen(&format!("{host}:{port}"), &relay.addr.to_string(), 1);
         assert_ne!(via, pg_url, "test URL must name host:port explicitly");
         Some((relay, via))

@@ -30,10 +30,12 @@
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+mod relay;
 mod sse;
 mod upstream;
 
 pub use client::{StreamingResponse, TestClient, TestResponse, http_request, http_stream};
+pub use relay::TcpRelay;
 pub use sse::{SseEvent, SseParser, parse_sse};
 /// The reply generator the mock server answers with (also the gateway's built-in mock).
 pub use stormwall_mock as mock;

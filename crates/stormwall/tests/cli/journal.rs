@@ -329,50 +329,6 @@ async fn a_replica_killed_mid_load_and_restarted_loses_no_answered_event() {
     );
 }
 
-/// A TCP relay to PostgreSQL that the test cuts (every open connection dropped, new ones
-/// refused) and restores.
-struct PgRelay {
-    addr: std::net::SocketAddr,
-    up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl PgRelay {
-    #[allow(clippy::disallowed_methods)] // the relay lives as long as the test
-    async fn start(target: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let (u, c) = (Arc::clone(&up), Arc::clone(&conns));
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !u.load(Ordering::SeqCst) {
-                    continue; // refused: dropped at once
-                }
-                let target = target.clone();
-                c.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                }));
-            }
-        });
-        Self { addr, up, conns }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for t in self.conns.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
 /// Serves two replicas through a PostgreSQL relay that is cut for longer than a
 /// 32-event in-memory channel covers; returns (answers received with 200, events stored
 /// with 200, every stored 200 was received, journal bytes seen during the outage).
@@ -384,7 +340,9 @@ async fn outage_run(pg: &str, journal: bool) -> (usize, usize, bool, u64) {
         _ => panic!("the PostgreSQL test URL must be TCP"),
     };
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let relay = PgRelay::start(format!("{host}:{port}")).await;
+    let relay = stormwall_testkit::TcpRelay::start(format!("{host}:{port}"))
+        .await
+        .unwrap();
     let via = pg.replacen(&format!("{host}:{port}"), &relay.addr.to_string(), 1);
     assert_ne!(via, pg, "the PostgreSQL test URL must name host:port");
     let dir = tempfile::tempdir().unwrap();
