@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use serde::Serialize;
 use stormwall_types::Endpoint;
+use stormwall_types::model::ModelList;
 
 /// The reply text, pre-split into "tokens" so streams and `max_tokens` truncation are cheap.
 const REPLY_TOKENS: [&str; 12] = [
@@ -131,40 +132,11 @@ pub fn respond(req: &MockRequest<'_>) -> MockReply {
     })
 }
 
-/// One model object, as an upstream's `GET /v1/models` lists it.
-#[derive(Serialize)]
-struct Model<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: i64,
-    owned_by: &'static str,
-}
-
-impl<'a> Model<'a> {
-    fn new(id: &'a str) -> Self {
-        Model {
-            id,
-            object: "model",
-            // A fixed date, like the real API's per-model creation times.
-            created: 1_700_000_000,
-            owned_by: "system",
-        }
-    }
-}
-
 /// The `GET /v1/models` body listing `models`, as the upstream answers it.
 pub fn models_list(models: &[&str]) -> Bytes {
-    #[derive(Serialize)]
-    struct List<'a> {
-        object: &'static str,
-        data: Vec<Model<'a>>,
-    }
-    let list = List {
-        object: "list",
-        data: models.iter().map(|id| Model::new(id)).collect(),
-    };
     // An empty list is still a valid answer should serialization ever fail.
-    to_json(&list).unwrap_or_else(|_| Bytes::from_static(br#"{"object":"list","data":[]}"#))
+    to_json(&ModelList::new(models))
+        .unwrap_or_else(|_| Bytes::from_static(stormwall_types::model::EMPTY_MODEL_LIST))
 }
 
 fn json(body: Bytes) -> MockReply {

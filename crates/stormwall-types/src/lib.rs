@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod event;
 pub mod incident;
 pub mod key;
+pub mod model;
 pub mod pricing;
 pub mod record;
 pub mod safety;

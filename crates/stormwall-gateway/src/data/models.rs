@@ -2,11 +2,12 @@
 //! `GET /v1/models/{model}` are answered locally, with the models a key may use, in the
 //! OpenAI wire shape, whatever kind of upstream (OpenAI, Azure, the built-in mock) serves
 //! them. They are the gateway's API, so they live here rather than with the mock upstream
-//! (`stormwall-mock`), which imitates a provider and may change with it.
+//! (`stormwall-mock`), which imitates a provider; both build the wire shape from
+//! `stormwall_types::model`.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use serde::Serialize;
+use stormwall_types::model::{EMPTY_MODEL_LIST, ModelList, ModelObject};
 
 use super::DataPlane;
 use crate::data::body::ProxyBody;
@@ -15,48 +16,17 @@ use crate::data::recorder::Recorder;
 use crate::error::ProxyError;
 use crate::http::{json_response, set_request_id};
 
-/// One model object, as `GET /v1/models` lists it and `GET /v1/models/{model}` returns it.
-#[derive(Serialize)]
-struct Model<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: i64,
-    owned_by: &'static str,
-}
-
-impl<'a> Model<'a> {
-    fn new(id: &'a str) -> Self {
-        Model {
-            id,
-            object: "model",
-            // The gateway does not know when a provider created a model; a fixed date keeps
-            // the field an integer as SDKs expect.
-            created: 1_700_000_000,
-            owned_by: "system",
-        }
-    }
-}
-
 /// The `GET /v1/models` body listing `models`.
 pub fn list_body(models: &[&str]) -> Bytes {
-    #[derive(Serialize)]
-    struct List<'a> {
-        object: &'static str,
-        data: Vec<Model<'a>>,
-    }
-    let list = List {
-        object: "list",
-        data: models.iter().map(|id| Model::new(id)).collect(),
-    };
     // An empty list is still a valid answer should serialization ever fail.
-    serde_json::to_vec(&list)
+    serde_json::to_vec(&ModelList::new(models))
         .map(Bytes::from)
-        .unwrap_or_else(|_| Bytes::from_static(br#"{"object":"list","data":[]}"#))
+        .unwrap_or_else(|_| Bytes::from_static(EMPTY_MODEL_LIST))
 }
 
 /// The `GET /v1/models/{model}` body for `id`.
 pub fn object_body(id: &str) -> Result<Bytes, serde_json::Error> {
-    serde_json::to_vec(&Model::new(id)).map(Bytes::from)
+    serde_json::to_vec(&ModelObject::new(id)).map(Bytes::from)
 }
 
 /// Answers `GET /v1/models` locally with the models this key may use.
