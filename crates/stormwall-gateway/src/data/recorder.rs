@@ -145,12 +145,21 @@ impl Recorder {
                 })
                 .inc();
         }
-        if let Some(tap) = &self.state.tap {
-            tap.offer(&event);
-        }
+        // The journal reads the event and the sink owns it: detection gets the event itself
+        // after the journal, and a copy only when the sink needs the original.
+        let tap = self.state.tap.as_ref();
         match &self.state.journal {
-            Some(journal) => journal.append(&event),
+            Some(journal) => {
+                let durable = journal.append(&event);
+                if let Some(tap) = tap {
+                    tap.offer(event);
+                }
+                durable
+            }
             None => {
+                if let Some(tap) = tap {
+                    tap.offer(event.clone());
+                }
                 self.state.sink.record(event);
                 Durable::ready()
             }
@@ -189,9 +198,9 @@ impl EventTap {
         Self { tx, dropped }
     }
 
-    /// Offers a copy of a closed event.
-    pub fn offer(&self, event: &UsageEvent) {
-        if self.tx.try_send(event.clone()).is_err() {
+    /// Offers a closed event.
+    pub fn offer(&self, event: UsageEvent) {
+        if self.tx.try_send(event).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
