@@ -37,6 +37,7 @@ pub mod engine;
 pub mod features;
 pub mod incident;
 pub mod markers;
+pub mod profile;
 pub mod sketch;
 pub mod state;
 

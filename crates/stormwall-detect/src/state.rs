@@ -15,12 +15,11 @@ use stormwall_types::{ActionKind, DetectorId, KeyId, Severity, Stage};
 
 use crate::egress::EgressFlag;
 use crate::features::{UaFamily, hour_of_day, hour_of_week};
+use crate::profile::{Measure, WeekProfile};
 use crate::sketch::{CappedSet, CountMin, Hll};
 
 /// Number of detectors (size of per-detector arrays).
 pub const DETECTORS: usize = DetectorId::ALL.len();
-/// Hours in a week.
-const HOW: usize = 168;
 /// Decay applied to running peaks at every hour roll-over (a slow "p99").
 const PEAK_DECAY: f32 = 0.995;
 /// Weight of the newest day in per-day running averages.
@@ -147,12 +146,8 @@ pub type MicroArrivals = (u64, VecDeque<i64>, VecDeque<String>);
 /// What a key normally looks like, learned from its quiet hours.
 #[derive(Debug, Clone)]
 pub struct Baseline {
-    /// Requests per hour-of-week, summed over the weeks seen.
-    pub how_req: Box<[f32; HOW]>,
-    /// Tokens per hour-of-week, summed.
-    pub how_tok: Box<[f32; HOW]>,
-    /// US dollars per hour-of-week, summed.
-    pub how_cost: Box<[f32; HOW]>,
+    /// Requests, tokens and dollars per hour-of-week, summed over the weeks seen.
+    pub week: WeekProfile,
     /// Running peak of distinct ASNs in an hour.
     pub peak_asns_h: f32,
     /// Running peak of distinct /24s in an hour.
@@ -222,9 +217,7 @@ pub struct Baseline {
 impl Default for Baseline {
     fn default() -> Self {
         Self {
-            how_req: Box::new([0.0; HOW]),
-            how_tok: Box::new([0.0; HOW]),
-            how_cost: Box::new([0.0; HOW]),
+            week: WeekProfile::default(),
             peak_asns_h: 0.0,
             peak_nets_h: 0.0,
             peak_countries_h: 0.0,
@@ -267,25 +260,25 @@ const MAX_MODELS: usize = 8;
 impl Baseline {
     /// Usual requests in the hour containing `secs`, given `days` of history: the
     /// hour-of-week profile once there are `how_min_days` of it, else hour-of-day.
-    pub fn expected(&self, arr: &[f32; HOW], secs: i64, days: f32, how_min_days: f32) -> f32 {
+    pub fn expected(&self, measure: Measure, secs: i64, days: f32, how_min_days: f32) -> f32 {
         if days < 1.0 {
             return 0.0;
         }
         if days >= how_min_days {
             let weeks = (days / 7.0).max(1.0);
-            return arr[hour_of_week(secs)] / weeks;
+            return self.week.get(hour_of_week(secs), measure) / weeks;
         }
         let hod = hour_of_day(secs);
-        let sum: f32 = (0..7).map(|d| arr[d * 24 + hod]).sum();
+        let sum: f32 = (0..7).map(|d| self.week.get(d * 24 + hod, measure)).sum();
         sum / days
     }
 
-    /// Usual daily total of an hour-of-week array.
-    pub fn daily(arr: &[f32; HOW], days: f32) -> f32 {
+    /// Usual daily total of a measure.
+    pub fn daily(&self, measure: Measure, days: f32) -> f32 {
         if days < 1.0 {
             return 0.0;
         }
-        arr.iter().sum::<f32>() / days
+        self.week.total(measure) / days
     }
 
     /// Adds model calls to the mix.
@@ -798,9 +791,7 @@ impl KeyState {
         let b = &mut self.base;
         let secs = h.hour * 3600;
         let i = hour_of_week(secs);
-        b.how_req[i] += h.req as f32;
-        b.how_tok[i] += h.tok as f32;
-        b.how_cost[i] += h.cost as f32;
+        b.week.add(i, [h.req as f32, h.tok as f32, h.cost as f32]);
         b.peak_asns_h = b.peak_asns_h.max(h.asns.count() as f32);
         b.peak_nets_h = b.peak_nets_h.max(h.nets.count() as f32);
         b.peak_countries_h = b.peak_countries_h.max(h.countries.count() as f32);
@@ -878,8 +869,8 @@ pub struct TenantState {
     pub peak_asns_h: f32,
     /// Peak distinct countries per key-hour.
     pub peak_countries_h: f32,
-    /// Requests per hour-of-week over all keys, summed.
-    pub how_req: Box<[f32; HOW]>,
+    /// Requests (and tokens and dollars) per hour-of-week over all keys, summed.
+    pub week: WeekProfile,
     /// Key-hours learned (to turn sums into a per-key prior).
     pub key_hours: u32,
     /// Image generations learned.
@@ -907,7 +898,7 @@ impl TenantState {
             flags: 0,
             peak_asns_h: 0.0,
             peak_countries_h: 0.0,
-            how_req: Box::new([0.0; HOW]),
+            week: WeekProfile::default(),
             key_hours: 0,
             images: 0,
             roleplay: 0,
@@ -942,7 +933,8 @@ impl TenantState {
         self.flags |= h.flags;
         self.peak_asns_h = self.peak_asns_h.max(h.asns.count() as f32);
         self.peak_countries_h = self.peak_countries_h.max(h.countries.count() as f32);
-        self.how_req[hour_of_week(secs)] += h.req as f32;
+        self.week
+            .add(hour_of_week(secs), [h.req as f32, h.tok as f32, h.cost as f32]);
         self.key_hours += 1;
         self.images += u64::from(h.images);
         self.roleplay += u64::from(h.roleplay);

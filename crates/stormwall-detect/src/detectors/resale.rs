@@ -5,7 +5,8 @@ use stormwall_types::{Alert, DetectorId, Endpoint, Severity};
 
 use super::{Ctx, Finding, feat, subj};
 use crate::features::js_divergence;
-use crate::state::{Baseline, KeyState, Reference};
+use crate::profile::Measure;
+use crate::state::{KeyState, Reference};
 
 /// Hour-of-day needs this many days of history before "usual" means anything.
 const MIN_DAYS_FOR_VOLUME: f32 = 1.0;
@@ -115,7 +116,7 @@ pub fn r3_concurrency(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         .max(th.r3_inflight_factor * f64::from(ks.base.peak_inflight))
         * f;
     let days = ks.days();
-    let expected_rpm = f64::from(ks.base.expected(&ks.base.how_req, ctx.o.t, days, 14.0)) / 60.0;
+    let expected_rpm = f64::from(ks.base.expected(Measure::Requests, ctx.o.t, days, 14.0)) / 60.0;
     let thr_rpm = f64::from(th.r3_min_rpm)
         .max(th.r3_rate_factor * expected_rpm.max(f64::from(ks.base.peak_rpm) / 2.0))
         * f;
@@ -149,11 +150,11 @@ pub fn r4_off_hours(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if days < MIN_DAYS_FOR_OFF_HOURS {
         return;
     }
-    let daily = f64::from(Baseline::daily(&ks.base.how_tok, days));
+    let daily = f64::from(ks.base.daily(Measure::Tokens, days));
     if daily <= 0.0 {
         return;
     }
-    let usual = f64::from(ks.base.expected(&ks.base.how_tok, ctx.o.t, days, 14.0));
+    let usual = f64::from(ks.base.expected(Measure::Tokens, ctx.o.t, days, 14.0));
     let share = usual / daily;
     let th = ctx.th();
     let burst = ks.hour.tok as f64;
@@ -192,8 +193,8 @@ pub fn r5_volume(ctx: &Ctx<'_>, ks: &mut KeyState, model_calls: u32, out: &mut V
     }
     let th = ctx.th();
     let f = ks.factor(DetectorId::R5);
-    let usual_h = f64::from(ks.base.expected(&ks.base.how_cost, ctx.o.t, days, 14.0));
-    let usual_avg = f64::from(Baseline::daily(&ks.base.how_cost, days)) / 24.0;
+    let usual_h = f64::from(ks.base.expected(Measure::Cost, ctx.o.t, days, 14.0));
+    let usual_avg = f64::from(ks.base.daily(Measure::Cost, days)) / 24.0;
     let thr_cost = th
         .r5_min_usd_hour
         .max(th.r5_cost_factor * usual_h.max(usual_avg))
