@@ -163,6 +163,9 @@ cpu_ticks() {
 
 rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# Heap and stacks (anonymous) apart from the executable's and libraries' mapped pages (file):
+# only the first grows with keys and traffic.
+rss_split() { awk '/^RssAnon/ {a = $2} /^RssFile/ {f = $2} END {printf "anon %.1f, file %.1f", a / 1024, f / 1024}' "/proc/$1/status"; }
 CLK_TCK="$(getconf CLK_TCK)"
 
 # ---- build --------------------------------------------------------------------------------
@@ -276,11 +279,11 @@ EOF
     [[ $(($(cpu_ticks "$GW_PID") - before)) -le $((CLK_TCK / 20)) ]] && break
   done
   log "gateway idle $((SECONDS - started)) s after the pass began"
-  RSS_KEYS="$(rss_mib "$GW_PID")"
+  RSS_KEYS="$(rss_mib "$GW_PID") MiB ($(rss_split "$GW_PID"))"
   if [[ $KEYS_VIA == admin ]]; then
-    RSS_WHAT="${RSS_BASE} MiB at start, ${RSS_KEYS} MiB after $KEYS keys created and used once"
+    RSS_WHAT="${RSS_BASE} MiB at start, ${RSS_KEYS} after $KEYS keys created and used once"
   else
-    RSS_WHAT="${RSS_BASE} MiB at start with $KEYS keys loaded, ${RSS_KEYS} MiB after each was used once"
+    RSS_WHAT="${RSS_BASE} MiB at start with $KEYS keys loaded, ${RSS_KEYS} after each was used once"
   fi
   log "gateway RSS: $RSS_WHAT"
   if [[ $JOURNAL == both ]]; then
@@ -490,6 +493,6 @@ if [[ -s "$RUN/journal-ab.tsv" ]]; then
 fi
 
 if [[ -n "$GW_PID" ]]; then
-  echo "gateway RSS after the runs: $(rss_mib "$GW_PID") MiB (peak $(hwm_mib "$GW_PID") MiB)" | tee -a "$REPORT"
+  echo "gateway RSS after the runs: $(rss_mib "$GW_PID") MiB ($(rss_split "$GW_PID"); peak $(hwm_mib "$GW_PID") MiB)" | tee -a "$REPORT"
 fi
 echo "report: $REPORT (logs in $RUN)" | tee -a "$REPORT"

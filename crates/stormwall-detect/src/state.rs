@@ -933,8 +933,10 @@ impl TenantState {
         self.flags |= h.flags;
         self.peak_asns_h = self.peak_asns_h.max(h.asns.count() as f32);
         self.peak_countries_h = self.peak_countries_h.max(h.countries.count() as f32);
-        self.week
-            .add(hour_of_week(secs), [h.req as f32, h.tok as f32, h.cost as f32]);
+        self.week.add(
+            hour_of_week(secs),
+            [h.req as f32, h.tok as f32, h.cost as f32],
+        );
         self.key_hours += 1;
         self.images += u64::from(h.images);
         self.roleplay += u64::from(h.roleplay);

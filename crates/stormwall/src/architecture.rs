@@ -310,3 +310,27 @@ fn clippy_bans_cover_every_spawn_and_name_real_helpers() {
     }
     assert!(named > 0, "clippy.toml's reasons name no helper");
 }
+
+/// `unsafe_code` is denied workspace-wide; the one `allow` is glibc's `malloc_trim` in
+/// `stormwall::memory`. Any other lifts the ban without a reviewer noticing.
+#[test]
+fn the_only_unsafe_code_is_the_allocator_trim() {
+    let mut offenders = Vec::new();
+    for entry in std::fs::read_dir(crates_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for (path, text) in sources(&entry.path().join("src")) {
+            let allowed = path.ends_with("stormwall/src/memory.rs")
+                || path.ends_with("stormwall/src/architecture.rs");
+            if !allowed && (text.contains("allow(unsafe_code)") || text.contains("unsafe {")) {
+                offenders.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "unsafe code outside stormwall::memory: {offenders:?}"
+    );
+}

@@ -80,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &env_var,
     )
     .await?;
+    let trimmer = crate::memory::spawn_trimmer();
     eprintln!(
         "stormwall: proxy on http://{}  admin on http://{}",
         running.proxy_addr, running.admin_addr
@@ -87,6 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     wait_for_signal().await;
     tracing::info!("shutting down: draining requests and flushing events");
     running.shutdown().await;
+    trimmer.abort();
     Ok(ExitCode::SUCCESS)
 }
 

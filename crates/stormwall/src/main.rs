@@ -22,6 +22,7 @@ mod cmd_serve;
 mod cmd_simulate;
 mod config;
 mod keys_bulk;
+mod memory;
 mod sim_live;
 
 use std::process::ExitCode;
