@@ -114,7 +114,7 @@ fn head(h: &mut String, title: &str) {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\">\
-         <title>{} · Stormwall console</title>\
+         <title>{} · Stormwall console</title><link rel=\"icon\" href=\"data:,\">\
          <link rel=\"stylesheet\" href=\"/console/static/console.css\">\
          <script src=\"/console/static/console.js\" defer></script></head>",
         E(title)
@@ -253,7 +253,7 @@ pub fn bar_chart(id: &str, title: &str, labels: &[String], series: &[Series<'_>]
     let _ = write!(
         h,
         "<figure class=\"chart\" id=\"{id}\"><figcaption>{t}</figcaption>\
-         <svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-labelledby=\"{id}-t\" preserveAspectRatio=\"none\">\
+         <svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-labelledby=\"{id}-t\">\
          <title id=\"{id}-t\">{t}</title>\
          <line class=\"axis\" x1=\"{PAD_L}\" y1=\"{y0}\" x2=\"{W}\" y2=\"{y0}\"/>\
          <text class=\"tick\" x=\"2\" y=\"12\">{max}</text><text class=\"tick\" x=\"2\" y=\"{y0}\">0</text>",
@@ -321,7 +321,11 @@ pub fn fmt_num(v: f64) -> String {
 
 /// US dollars.
 pub fn usd(v: f64) -> String {
-    format!("${v:.4}")
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("${v:.6}")
+    } else {
+        format!("${v:.2}")
+    }
 }
 
 /// A simple table: header cells (plain text) and rows of cells already rendered as HTML.
