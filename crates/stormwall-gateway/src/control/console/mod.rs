@@ -351,7 +351,8 @@ pub async fn handle(
         }
         return r;
     }
-    if ctx.session.role == Role::ReadOnly {
+    // Revealing kept evidence changes nothing (it is only audited), so both roles may.
+    if ctx.session.role == Role::ReadOnly && segs != ["reveal"] {
         return html_response(
             StatusCode::FORBIDDEN,
             html::message_page(

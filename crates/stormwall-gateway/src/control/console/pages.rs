@@ -152,6 +152,7 @@ pub async fn post(ctx: &Ctx<'_>, segs: &[&str], form: &[(String, String)]) -> Pa
         ["keys", id, "scope"] => edit_scope(ctx, id, form).await,
         ["keys", id, action] => key_action(ctx, id, action, form).await,
         ["alerts", id, action] => alert_action(ctx, id, action, form).await,
+        ["reveal"] => reveal(ctx, form).await,
         _ => not_found(),
     }
 }
@@ -786,7 +787,24 @@ fn audit_rows(records: &[AuditRecord]) -> Vec<Vec<String>> {
 
 const AUDIT_HEAD: &[&str] = &["#", "Time (UTC)", "Who", "Action", "Target", "Detail"];
 
-fn event_rows(events: &[&UsageEvent]) -> Vec<Vec<String>> {
+/// Whether an event carries kept content-safety evidence (prompt or output text).
+fn has_evidence(e: &UsageEvent) -> bool {
+    e.safety.iter().any(|v| v.evidence.is_some())
+}
+
+/// The audited "reveal" button for an event's kept evidence.
+fn reveal_button(ctx: &Ctx<'_>, e: &UsageEvent) -> String {
+    format!(
+        "<form method=\"post\" action=\"/console/reveal\" class=\"inline\">{}\
+         <input type=\"hidden\" name=\"event\" value=\"{}\"><input type=\"hidden\" name=\"at\" value=\"{}\">\
+         <button type=\"submit\" class=\"reveal\">Reveal (audited)</button></form>",
+        csrf_field(&ctx.session),
+        E(&e.id),
+        E(&ts(e.timestamp)),
+    )
+}
+
+fn event_rows(ctx: &Ctx<'_>, events: &[&UsageEvent]) -> Vec<Vec<String>> {
     events
         .iter()
         .map(|e| {
@@ -805,6 +823,11 @@ fn event_rows(events: &[&UsageEvent]) -> Vec<Vec<String>> {
                 esc(e.source_as_org.as_deref().unwrap_or("-")),
                 esc(e.source_country.as_deref().unwrap_or("-")),
                 esc(e.user_agent.as_deref().unwrap_or("-")),
+                if has_evidence(e) {
+                    reveal_button(ctx, e)
+                } else {
+                    "—".to_owned()
+                },
             ]
         })
         .collect()
@@ -821,6 +844,7 @@ const EVENT_HEAD: &[&str] = &[
     "Organisation",
     "Country",
     "Client",
+    "Evidence",
 ];
 
 fn scope_form(ctx: &Ctx<'_>, k: &KeyRecord) -> String {
@@ -1306,7 +1330,7 @@ async fn alert_page(ctx: &Ctx<'_>, id: &str) -> Page {
     h.push_str(&table(
         "Evidence events",
         EVENT_HEAD,
-        &event_rows(&refs),
+        &event_rows(ctx, &refs),
         "none",
     ));
     let rows: Vec<Vec<String>> = actions
@@ -1485,7 +1509,7 @@ async fn safety_page(ctx: &Ctx<'_>) -> Page {
                 format!("{:.2}", v.score),
                 esc(v.view.as_deref().unwrap_or("text")),
                 if v.evidence.is_some() {
-                    "kept (not shown)".to_owned()
+                    reveal_button(ctx, e)
                 } else {
                     "—".to_owned()
                 },
@@ -1513,6 +1537,81 @@ async fn safety_page(ctx: &Ctx<'_>) -> Page {
     html_response(
         StatusCode::OK,
         html::page("Content safety", &ctx.session, Nav::Safety, LIVE_SECS, &h),
+    )
+}
+
+/// Shows the content-safety evidence kept on one event (the screened text, kept only when
+/// the key's profile keeps evidence), after recording in the audit log who asked.
+async fn reveal(ctx: &Ctx<'_>, form: &[(String, String)]) -> Page {
+    let (Some(id), Some(at)) = (
+        field(form, "event"),
+        field(form, "at").and_then(|a| stormwall_types::timefmt::parse(a).ok()),
+    ) else {
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            html::message_page("Bad request", "Name an event and its time."),
+        );
+    };
+    let events = match read_events(
+        ctx,
+        None,
+        at - time::Duration::seconds(1),
+        Some(at + time::Duration::seconds(1)),
+    )
+    .await
+    {
+        Ok((v, _)) => v,
+        Err(e) => return store_failed(e),
+    };
+    let Some(event) = events.into_iter().find(|e| e.id == id) else {
+        return not_found();
+    };
+    let kept: Vec<&stormwall_types::SafetyVerdict> = event
+        .safety
+        .iter()
+        .filter(|v| v.evidence.is_some())
+        .collect();
+    ctx.audit(
+        "evidence.reveal",
+        Some(&event.id),
+        event.tenant.as_deref(),
+        serde_json::json!({
+            "key_id": event.key_id,
+            "categories": kept.iter().map(|v| v.category.as_str()).collect::<Vec<_>>(),
+        }),
+    )
+    .await;
+    let mut h = String::from(
+        "<p class=\"note\">You asked to see the text this finding kept; the audit log records \
+         that you did. Nothing here is shown on any other page.</p>",
+    );
+    h.push_str(&dl(&[
+        ("Event", format!("<code>{}</code>", E(&event.id))),
+        ("Time", ts(event.timestamp)),
+        (
+            "Key",
+            event
+                .key_id
+                .as_ref()
+                .map_or_else(|| "—".to_owned(), |k| key_link(k.as_str())),
+        ),
+    ]));
+    if kept.is_empty() {
+        h.push_str("<p>This event kept no evidence.</p>");
+    }
+    for v in kept {
+        let _ = write!(
+            h,
+            "<section><h2>{} ({}, {})</h2><pre class=\"evidence\">{}</pre></section>",
+            E(v.category.as_str()),
+            E(v.action.as_str()),
+            E(v.stage.as_str()),
+            E(v.evidence.as_deref().unwrap_or("")),
+        );
+    }
+    html_response(
+        StatusCode::OK,
+        html::page("Kept evidence", &ctx.session, Nav::Safety, 0, &h),
     )
 }
 
