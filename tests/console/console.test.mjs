@@ -15,6 +15,7 @@ import { existsSync, mkdtempSync, writeFileSync, mkdirSync, rmSync } from "node:
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { generateKeyPairSync, sign } from "node:crypto";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const BIN = process.env.STORMWALL_BIN || join(ROOT, "target/debug/stormwall");
@@ -45,6 +46,9 @@ if (skipReason) {
 const t = skipReason ? test.skip : test;
 
 let server, proxy, admin, browser, dir;
+// A leaked-key reporter of our own: its public key goes in [leak_reports].
+const reporter = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+const REPORTER_ID = "console-test-reporter";
 const secrets = [];
 
 async function startServer() {
@@ -70,6 +74,14 @@ path = "${join(ROOT, "tests/data/ip2asn-test.tsv")}"
 name = "mock"
 kind = "mock"
 models = ["gpt-4o-mini"]
+
+[leak_reports]
+enabled = true
+
+[[leak_reports.keys]]
+identifier = "${REPORTER_ID}"
+public_key = """${reporter.publicKey.export({ type: "spki", format: "pem" }).trim()}"""
+reporter = "console-test"
 `,
   );
   server = spawn(BIN, ["serve", "--config", config], {
@@ -238,7 +250,6 @@ t("the overview updates after traffic", async () => {
   await page.waitForFunction(() => Number(document.getElementById("total-blocks").textContent) >= 1, null, {
     timeout: 20000,
   });
-  await shot(page, "overview");
 });
 
 t("an alert raised by a tripwire key is marked false positive", async () => {
@@ -306,6 +317,28 @@ t("a read-only session sees everything and changes nothing", async () => {
   await context.close();
 });
 
+t("a key reported leaked is on the leaked-keys page", async () => {
+  const { page } = adminSession;
+  const leaky = await createKey(page, { tenant: "acme-travel", label: "pushed to a public repo" });
+  const body = JSON.stringify([
+    { token: leaky.secret, type: "stormwall_api_key", url: "https://example.com/acme/app/blob/main/.env", source: "content" },
+  ]);
+  const r = await fetch(`${proxy}/stormwall/leaked-keys`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      "github-public-key-identifier": REPORTER_ID,
+      "github-public-key-signature": sign("sha256", Buffer.from(body), reporter.privateKey).toString("base64"),
+    },
+    body,
+  });
+  assert.equal(r.status, 200, await r.text());
+  await page.goto(`${admin}/console/leaks`);
+  assert.equal(await page.locator(`a[href="/console/keys/${leaky.id}"]`).count(), 1);
+  assert.match(await page.textContent("main"), /console-test/);
+  assert.equal((await adminApi(`/admin/keys/${leaky.id}`)).status, "revoked");
+});
+
 t("no page shows a secret or prompt text", async () => {
   const { page } = adminSession;
   const alerts = await adminApi("/admin/alerts");
@@ -319,6 +352,7 @@ t("no page shows a secret or prompt text", async () => {
     "/console/safety",
     "/console/leaks",
     "/console/audit",
+    "/console/audit?target=" + normalKey.id,
   ];
   for (const p of pages) {
     const r = await page.goto(`${admin}${p}`);
@@ -339,6 +373,8 @@ t("no page shows a secret or prompt text", async () => {
   await page.goto(`${admin}/console/audit`);
   assert.match(await page.textContent("#audit-verify"), /verified/);
   await shot(page, "audit");
+  await page.goto(`${admin}/console/`);
+  await shot(page, "overview");
   await page.emulateMedia({ colorScheme: "dark" });
   await page.goto(`${admin}/console/`);
   await shot(page, "overview-dark");

@@ -234,7 +234,7 @@ pub struct Series<'a> {
 /// A stacked bar chart as inline SVG: one bar per bucket (labelled by `labels`), stacked
 /// by series; a table of the same numbers follows for screen readers and copying.
 pub fn bar_chart(id: &str, title: &str, labels: &[String], series: &[Series<'_>]) -> String {
-    const W: f64 = 640.0;
+    const W: f64 = 480.0;
     const H: f64 = 160.0;
     const PAD_L: f64 = 36.0;
     const PAD_B: f64 = 20.0;
