@@ -85,6 +85,13 @@ async fn serve_keys_requests_shutdown_and_export() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // The console is on by default, and without a read-only token the check says so.
+    assert!(
+        String::from_utf8_lossy(&check.stderr)
+            .contains("console at http://127.0.0.1:0/console/ (admin sign-in only"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     // No [safety] encoder_dir: the fast tier screens alone, and the check says so.
     assert!(
         String::from_utf8_lossy(&check.stdout).contains("safety: fast tier only"),
