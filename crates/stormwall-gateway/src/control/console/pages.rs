@@ -772,6 +772,12 @@ fn audit_rows(records: &[AuditRecord]) -> Vec<Vec<String>> {
                 r.entry.target.as_deref().map_or_else(String::new, |t| {
                     if KeyId::new(t).is_ok() {
                         key_link(t)
+                    } else if r.entry.action.starts_with("alert.") {
+                        format!(
+                            "<a href=\"/console/alerts/{}\"><code>{}</code></a>",
+                            url_part(t),
+                            E(t)
+                        )
                     } else {
                         format!("<code>{}</code>", E(t))
                     }
