@@ -179,4 +179,6 @@ pub struct GatewayConfig {
     /// (the binary always sets `dir`, defaulting it from `[store]`); otherwise events go
     /// to the store from memory only.
     pub journal: stormwall_store::JournalConfig,
+    /// `[console]`: the web console on the admin listener.
+    pub console: crate::control::console::ConsoleConfig,
 }

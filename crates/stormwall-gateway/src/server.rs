@@ -383,13 +383,14 @@ pub async fn start_with(
     let admin_state = Arc::new(AdminState {
         control: Arc::clone(&control),
         token: admin_token,
+        console: crate::control::console::Console::from_config(&config.console, env),
     });
     let admin = serve(
         admin_listener,
         shutdown_rx.clone(),
         grace,
         config.limits.clone(),
-        move |req, _peer| admin::handle(Arc::clone(&admin_state), req),
+        move |req, peer| admin::handle(Arc::clone(&admin_state), req, peer),
     );
     let mut background = vec![spawn_refresher(
         Arc::clone(&control),

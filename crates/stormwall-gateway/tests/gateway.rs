@@ -26,6 +26,7 @@ const ADMIN_TOKEN: &str = "test-admin-token";
 const UPSTREAM_KEY: &str = "sk-upstream-secret-for-tests";
 const AZURE_KEY: &str = "azure-upstream-secret-for-tests";
 const HOOK_SECRET: &str = "webhook-hmac-secret-for-tests";
+const READ_ONLY_TOKEN: &str = "test-read-only-token";
 
 /// Counts store calls, to prove the request path never touches the store.
 struct CountingStore {
@@ -121,6 +122,7 @@ fn env(name: &str) -> Option<String> {
         "UP_KEY" => Some(UPSTREAM_KEY.to_owned()),
         "AZ_KEY" => Some(AZURE_KEY.to_owned()),
         "HOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
+        "STORMWALL_READONLY_TOKEN" => Some(READ_ONLY_TOKEN.to_owned()),
         _ => None,
     }
 }
@@ -3132,3 +3134,6 @@ mod safety;
 
 #[path = "gateway/ipintel.rs"]
 mod ipintel;
+
+#[path = "gateway/console.rs"]
+mod console;

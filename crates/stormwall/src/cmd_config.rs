@@ -44,6 +44,18 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                     eprintln!("note: {m}");
                 }
             }
+            if file.console.enabled {
+                let ro_env = &file.console.read_only_token_env;
+                let roles = if env_var(ro_env).is_some_and(|t| !t.trim().is_empty()) {
+                    "admin and read-only sign-in".to_owned()
+                } else {
+                    format!("admin sign-in only; {ro_env} is not set, so no read-only role")
+                };
+                eprintln!(
+                    "note: console at http://{}/console/ ({roles})",
+                    file.server.admin_listen
+                );
+            }
             let n = file.upstreams.len();
             println!(
                 "{}: ok ({n} upstream{}, proxy {}, admin {})",

@@ -25,6 +25,9 @@ pub struct Args {
     /// Keep the SQLite database here instead of a temporary directory.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// After the tour, leave the gateway running (with its console) until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
 }
 
 struct Demo {
@@ -342,6 +345,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     relay_scenario(&d).await?;
 
+    let console = format!("{}/console/", d.admin);
+    println!("\nConsole: {console}");
+    if args.keep_running {
+        println!("  sign in with the demo's admin token: {}", d.token);
+        println!(
+            "  the gateway keeps running (proxy {}); press Ctrl-C to stop.",
+            d.proxy
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+    } else {
+        println!("  (run `stormwall demo --keep-running` to open it after the tour)");
+    }
     let control = Arc::clone(&running.control);
     running.shutdown().await;
     drop(control);

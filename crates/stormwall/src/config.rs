@@ -56,6 +56,9 @@ pub struct FileConfig {
     /// `[journal]` (store): the write-ahead event journal.
     #[serde(default)]
     pub journal: stormwall_store::JournalConfig,
+    /// `[console]` (gateway): the web console on the admin listener.
+    #[serde(default)]
+    pub console: stormwall_gateway::control::console::ConsoleConfig,
 }
 
 impl FileConfig {
@@ -88,6 +91,7 @@ impl FileConfig {
                 dir: Some(self.journal.resolved_dir(&self.store)),
                 ..self.journal.clone()
             },
+            console: self.console.clone(),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct AdminState {
     pub control: Arc<ControlPlane>,
     /// Bearer token.
     pub token: SecretString,
+    /// The web console at `/console/`, when enabled.
+    pub console: Option<crate::control::console::Console>,
 }
 
 /// An admin API failure.
@@ -90,7 +92,14 @@ fn error_response(e: AdminError) -> Response<ProxyBody> {
 pub async fn handle(
     state: Arc<AdminState>,
     req: Request<Incoming>,
+    peer: std::net::SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let path = req.uri().path();
+    if (path == "/console" || path.starts_with("/console/"))
+        && let Some(console) = &state.console
+    {
+        return Ok(crate::control::console::handle(&state, console, req, peer).await);
+    }
     Ok(route(&state, req).await.unwrap_or_else(error_response))
 }
 
@@ -333,33 +342,37 @@ fn param(query: &str, name: &str) -> Option<String> {
 }
 
 async fn readyz(state: &AdminState) -> Response<ProxyBody> {
+    let (status, body) = readiness(&state.control).await;
+    text(status, "text/plain", body)
+}
+
+/// What `/readyz` answers: the status and its text (the console's health shows it too).
+pub(crate) async fn readiness(control: &ControlPlane) -> (StatusCode, String) {
     let probe =
-        KeyId::new("000000000000").map(|id| async move { state.control.store.get_key(&id).await });
+        KeyId::new("000000000000").map(|id| async move { control.store.get_key(&id).await });
     let ok = match probe {
         Ok(fut) => tokio::time::timeout(Duration::from_secs(2), fut)
             .await
             .is_ok_and(|r| r.is_ok()),
         Err(_) => false,
     };
-    if let Some(journal) = &state.control.journal {
+    if let Some(journal) = &control.journal {
         if !journal.backlog_shipped() {
-            return text(
+            return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "event journal: shipping what a previous run left\n",
+                "event journal: shipping what a previous run left\n".to_owned(),
             );
         }
         if journal.at_bound() {
             return match journal.policy() {
-                stormwall_store::JournalPolicy::FailClosed => text(
+                stormwall_store::JournalPolicy::FailClosed => (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "event journal at its bound: refusing requests (fail_closed)\n",
+                    "event journal at its bound: refusing requests (fail_closed)\n".to_owned(),
                 ),
-                stormwall_store::JournalPolicy::FailOpen => text(
+                stormwall_store::JournalPolicy::FailOpen => (
                     StatusCode::OK,
-                    "text/plain",
-                    "ready; event journal at its bound: events are dropped (fail_open)\n",
+                    "ready; event journal at its bound: events are dropped (fail_open)\n"
+                        .to_owned(),
                 ),
             };
         }
@@ -368,21 +381,20 @@ async fn readyz(state: &AdminState) -> Response<ProxyBody> {
         // The fast tier always screens; say whether the encoder tier has its model. Missing
         // IP data does not make the gateway unready (it still serves and detects, from
         // prefixes), but the operator reading the probe learns what is missing.
-        let mut body = match &state.control.safety {
+        let mut body = match &control.safety {
             Some(s) => format!("ready\n{}\n", s.encoder_summary()),
             None => "ready\n".to_owned(),
         };
-        for m in state.control.ipintel.current().missing() {
+        for m in control.ipintel.current().missing() {
             body.push_str("missing: ");
             body.push_str(&m);
             body.push('\n');
         }
-        text(StatusCode::OK, "text/plain", body)
+        (StatusCode::OK, body)
     } else {
-        text(
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "store unavailable\n",
+            "store unavailable\n".to_owned(),
         )
     }
 }
@@ -659,20 +671,33 @@ async fn audit_log(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody
     )
 }
 
+/// The result of checking the audit log's hash chain.
 #[derive(serde::Serialize)]
-struct AuditCheck {
-    ok: bool,
-    records: u64,
+pub(crate) struct AuditCheck {
+    /// Whether the whole chain checks.
+    pub ok: bool,
+    /// Records checked.
+    pub records: u64,
+    /// The last record's hash.
     #[serde(skip_serializing_if = "Option::is_none")]
-    head: Option<String>,
+    pub head: Option<String>,
+    /// The first record that does not check.
     #[serde(skip_serializing_if = "Option::is_none")]
-    broken_at: Option<u64>,
+    pub broken_at: Option<u64>,
+    /// What is wrong with it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    pub reason: Option<&'static str>,
+}
+
+async fn audit_verify(app: &ControlPlane) -> Result<Response<ProxyBody>, AdminError> {
+    let check = verify_chain(app).await.map_err(store_error)?;
+    ok_json(StatusCode::OK, &check)
 }
 
 /// Walks the whole audit log, page by page, and checks its hash chain.
-async fn audit_verify(app: &ControlPlane) -> Result<Response<ProxyBody>, AdminError> {
+pub(crate) async fn verify_chain(
+    app: &ControlPlane,
+) -> Result<AuditCheck, stormwall_store::StoreError> {
     let (mut seq, mut head) = (0u64, stormwall_store::AUDIT_GENESIS.to_owned());
     loop {
         let page = app
@@ -682,19 +707,15 @@ async fn audit_verify(app: &ControlPlane) -> Result<Response<ProxyBody>, AdminEr
                 target: None,
                 limit: Some(MAX_EVENT_PAGE),
             })
-            .await
-            .map_err(store_error)?;
+            .await?;
         if let Err(b) = stormwall_store::verify_audit(&page, seq, &head) {
-            return ok_json(
-                StatusCode::OK,
-                &AuditCheck {
-                    ok: false,
-                    records: seq,
-                    head: None,
-                    broken_at: Some(b.seq),
-                    reason: Some(b.reason),
-                },
-            );
+            return Ok(AuditCheck {
+                ok: false,
+                records: seq,
+                head: None,
+                broken_at: Some(b.seq),
+                reason: Some(b.reason),
+            });
         }
         let Some(last) = page.last() else { break };
         (seq, head) = (last.seq, last.hash.clone());
@@ -702,16 +723,13 @@ async fn audit_verify(app: &ControlPlane) -> Result<Response<ProxyBody>, AdminEr
             break;
         }
     }
-    ok_json(
-        StatusCode::OK,
-        &AuditCheck {
-            ok: true,
-            records: seq,
-            head: (seq > 0).then_some(head),
-            broken_at: None,
-            reason: None,
-        },
-    )
+    Ok(AuditCheck {
+        ok: true,
+        records: seq,
+        head: (seq > 0).then_some(head),
+        broken_at: None,
+        reason: None,
+    })
 }
 
 #[derive(serde::Serialize)]

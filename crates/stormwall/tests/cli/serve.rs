@@ -85,6 +85,13 @@ async fn serve_keys_requests_shutdown_and_export() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // The console is on by default, and without a read-only token the check says so.
+    assert!(
+        String::from_utf8_lossy(&check.stderr)
+            .contains("console at http://127.0.0.1:0/console/ (admin sign-in only"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     // No [safety] encoder_dir: the fast tier screens alone, and the check says so.
     assert!(
         String::from_utf8_lossy(&check.stdout).contains("safety: fast tier only"),
@@ -270,10 +277,64 @@ fn demo_runs_on_the_embedded_default() {
         "content_policy_violation",
         "Key status: suspended",
         "alert P3 (high)",
+        "Console: http://127.0.0.1:",
         "Events recorded (",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_keep_running_leaves_the_console_up_until_interrupted() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .current_dir(repo_root())
+        .args(["demo", "--keep-running"])
+        .env("STORMWALL_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut console, mut token) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("Console: ") {
+            console = Some(url.trim().to_owned());
+        }
+        if let Some(t) = line.split("admin token: ").nth(1) {
+            token = Some(t.trim().to_owned());
+            break;
+        }
+    }
+    let (console, token) = (console.expect("console address"), token.expect("token"));
+    std::thread::spawn(move || for _ in lines {});
+    let login = http_request("GET", &format!("{console}login"), &[], "", None)
+        .await
+        .unwrap();
+    assert_eq!(login.status, 200);
+    let signed_in = http_request(
+        "POST",
+        &format!("{console}login"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("token={token}"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(signed_in.status, 303);
+    assert!(signed_in.headers.contains_key("set-cookie"));
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("demo --keep-running did not stop on SIGINT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
