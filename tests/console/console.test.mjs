@@ -5,7 +5,7 @@
 //
 // CHROMIUM names the browser (default /usr/bin/chromium). Without a browser the tests are
 // skipped with a message, except under CI (CI=true), where that is a failure. Screenshots
-// of every page go to docs/console/ (STORMWALL_CONSOLE_SHOTS=0 leaves them alone).
+// of every page go to docs/console/ (only with STORMWALL_CONSOLE_SHOTS=1, so a test run leaves the tree clean).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -20,7 +20,7 @@ import { generateKeyPairSync, sign } from "node:crypto";
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const BIN = process.env.STORMWALL_BIN || join(ROOT, "target/debug/stormwall");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SHOTS = process.env.STORMWALL_CONSOLE_SHOTS === "0" ? null : join(ROOT, "docs/console");
+const SHOTS = process.env.STORMWALL_CONSOLE_SHOTS !== "1" ? null : join(ROOT, "docs/console");
 const ADMIN_TOKEN = "console-test-admin-token-" + Math.random().toString(36).slice(2);
 const RO_TOKEN = "console-test-read-only-token-" + Math.random().toString(36).slice(2);
 const PROMPT_MARKER = "zebra-lantern-7731 private prompt text";
