@@ -92,7 +92,7 @@ pub fn event(g: &Graph, a: &Assessment, opts: &ExportOptions) -> Value {
             "first_seen": ts(nd.first), "last_seen": ts(nd.last),
             "Attribute": [
                 rel("user-agent", "user-agent", &ua),
-                rel("header", "header", nd.attrs.get("header_shape").map_or("", String::as_str)),
+                rel("text", "header", nd.attrs.get("header_shape").map_or("", String::as_str)),
             ]
         }));
     }
