@@ -138,6 +138,18 @@ pub struct ShareArgs {
     pub include_personal_data: bool,
 }
 
+impl ShareArgs {
+    /// `--include-personal-data` is audited, so it needs the store.
+    fn check(&self, source: &Source) -> anyhow::Result<()> {
+        if self.include_personal_data && source.config.is_none() {
+            bail!(
+                "--include-personal-data is audited: give --config so the store's audit log records it"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// An analyst decision.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum OverrideCmd {
@@ -434,6 +446,7 @@ pub async fn run(cmd: InvestigateCommand) -> anyhow::Result<ExitCode> {
             if stix.is_none() && misp.is_none() && csv.is_none() {
                 bail!("give at least one of --stix, --misp, --csv");
             }
+            share.check(&source)?;
             let l = load(&source).await?;
             let opts = share_options(&share, &l.store, "export").await?;
             let a = stormwall_investigate::assess(&l.graph, &RoleConfig::default(), &l.overrides);
@@ -454,6 +467,7 @@ pub async fn run(cmd: InvestigateCommand) -> anyhow::Result<ExitCode> {
             }
         }
         InvestigateCommand::Report { source, out, share } => {
+            share.check(&source)?;
             let l = load(&source).await?;
             let opts = share_options(&share, &l.store, "report").await?;
             let a = stormwall_investigate::assess(&l.graph, &RoleConfig::default(), &l.overrides);
