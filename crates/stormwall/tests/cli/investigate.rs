@@ -65,8 +65,8 @@ fn events() -> Vec<UsageEvent> {
         out.push(e);
     };
     for i in 0..30i64 {
-        for k in 0..3 {
-            ev(i * 600, k, keys[k].2, &format!("own{k}"), false);
+        for (k, (_, _, ip)) in keys.iter().enumerate() {
+            ev(i * 600, k, ip, &format!("own{k}"), false);
         }
         ev(i * 600 + 60, (i % 2) as usize, "203.0.113.5", "a", true);
         ev(
