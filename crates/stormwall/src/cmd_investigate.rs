@@ -22,6 +22,23 @@ use stormwall_types::pricing::Pricing;
 
 use crate::config::FileConfig;
 
+/// Appends a line to the output buffer (printed once, at the end).
+macro_rules! outln {
+    ($o:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o, $($arg)*);
+    }};
+}
+
+/// Prints the command's output; a closed pipe (`| head`) is a normal way to stop reading.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// Events read per store query.
 const PAGE: usize = 5_000;
 
@@ -352,24 +369,26 @@ pub(crate) async fn share_options(
 
 /// Runs an investigate command.
 pub async fn run(cmd: InvestigateCommand) -> anyhow::Result<ExitCode> {
+    let mut o = String::new();
     match cmd {
         InvestigateCommand::Graph { source, json } => {
             let l = load(&source).await?;
             if json {
-                println!("{}", serde_json::to_string(l.graph.state())?);
+                outln!(o, "{}", serde_json::to_string(l.graph.state())?);
             } else {
                 let mut kinds = std::collections::BTreeMap::new();
                 for n in l.graph.nodes() {
                     *kinds.entry(n.kind.as_str()).or_insert(0usize) += 1;
                 }
-                println!(
+                outln!(
+                    o,
                     "{} events, {} nodes, {} edges",
                     l.graph.events(),
                     l.graph.nodes().len(),
                     l.graph.edges().len()
                 );
                 for (k, n) in kinds {
-                    println!("  {k:12} {n}");
+                    outln!(o, "  {k:12} {n}");
                 }
             }
         }
@@ -377,9 +396,9 @@ pub async fn run(cmd: InvestigateCommand) -> anyhow::Result<ExitCode> {
             let l = load(&source).await?;
             let a = stormwall_investigate::assess(&l.graph, &RoleConfig::default(), &l.overrides);
             if json {
-                println!("{}", serde_json::to_string_pretty(&a)?);
+                outln!(o, "{}", serde_json::to_string_pretty(&a)?);
             } else {
-                print_roles(&a);
+                print_roles(&a, &mut o);
             }
         }
         InvestigateCommand::Override {
@@ -430,7 +449,8 @@ pub async fn run(cmd: InvestigateCommand) -> anyhow::Result<ExitCode> {
             .await?;
             list.entries.push(entry);
             write_atomic(&overrides, &serde_json::to_vec_pretty(&list)?)?;
-            println!(
+            outln!(
+                o,
                 "recorded; {} decisions in {}",
                 list.entries.len(),
                 overrides.display()
@@ -487,12 +507,14 @@ pub async fn run(cmd: InvestigateCommand) -> anyhow::Result<ExitCode> {
             json,
         } => return run_evaluate(&seed, legit_keys, events_out.as_deref(), json),
     }
+    emit(&o)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_roles(a: &Assessment) {
+fn print_roles(a: &Assessment, o: &mut String) {
     for c in &a.clusters {
-        println!(
+        outln!(
+            o,
             "{}: {} members, {} requests through its relays, {:.2} USD",
             c.id,
             c.members.len(),
@@ -500,9 +522,15 @@ fn print_roles(a: &Assessment) {
             c.harm.cost_usd()
         );
         for r in a.roles.iter().filter(|r| r.cluster == c.id) {
-            println!("  {:8} {} ({:.2})", r.role.as_str(), r.entity, r.confidence);
+            outln!(
+                o,
+                "  {:8} {} ({:.2})",
+                r.role.as_str(),
+                r.entity,
+                r.confidence
+            );
             for why in &r.reasons {
-                println!("           - {why}");
+                outln!(o, "           - {why}");
             }
         }
     }
@@ -562,6 +590,7 @@ fn run_evaluate(
     events_out: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let mut o = String::new();
     let mut figures = Vec::new();
     for (n, &seed) in seeds.iter().enumerate() {
         let sc = network_scenario(&NetworkConfig {
@@ -606,7 +635,8 @@ fn run_evaluate(
         .map(|f| f.evaluation.legit_with_role.len())
         .sum();
     if json {
-        println!(
+        outln!(
+            o,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "seeds": figures,
@@ -618,7 +648,8 @@ fn run_evaluate(
     } else {
         for f in &figures {
             let e = &f.evaluation;
-            println!(
+            outln!(
+                o,
                 "seed {}: {} events; precision {:.3} recall {:.3}; legitimate entities with a role: {}",
                 f.seed,
                 f.events,
@@ -627,7 +658,8 @@ fn run_evaluate(
                 e.legit_with_role.len()
             );
             for (role, s) in &e.per_role {
-                println!(
+                outln!(
+                    o,
                     "  {:8} tp {:3} fp {:3} fn {:3}  precision {:.3} recall {:.3}",
                     role.as_str(),
                     s.true_positives,
@@ -638,9 +670,11 @@ fn run_evaluate(
                 );
             }
         }
-        println!(
+        outln!(
+            o,
             "worst precision {worst_p:.3}, worst recall {worst_r:.3}, legitimate with a role {legit}"
         );
     }
+    emit(&o)?;
     Ok(ExitCode::SUCCESS)
 }
