@@ -410,4 +410,47 @@ fn roles_evidence_bundles_verify_and_tampering_is_detected() {
         html.to_str().unwrap(),
     ]));
     assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
+    render_in_chromium(&html, &dir.path().join("report.png"));
+}
+
+/// Opens the report in headless Chromium (Debian's `chromium`) and checks it rendered a
+/// page. Without Chromium on PATH the check is skipped, unless STORMWALL_TEST_CHROMIUM=1
+/// demands it (CI, where the browser is installed).
+fn render_in_chromium(html: &Path, png: &Path) {
+    let found = std::process::Command::new("chromium")
+        .arg("--version")
+        .output();
+    if found.is_err() {
+        assert!(
+            std::env::var("STORMWALL_TEST_CHROMIUM").as_deref() != Ok("1"),
+            "STORMWALL_TEST_CHROMIUM=1 but chromium is not on PATH"
+        );
+        eprintln!("chromium not on PATH: report rendering not checked");
+        return;
+    }
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg("--window-size=1000,1500")
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+    // A blank page compresses to a few kilobytes; the graph and tables do not.
+    assert!(
+        bytes.len() > 20_000,
+        "{} bytes: the page looks empty",
+        bytes.len()
+    );
 }
