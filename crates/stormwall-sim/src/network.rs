@@ -232,7 +232,7 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
     }
     let stolen_n = cfg.providers * cfg.keys_per_provider;
     let integrator_clients = 3 * 2;
-    if candidates.len() < stolen_n + integrator_clients {
+    if candidates.len() < stolen_n + integrator_clients + 3 {
         return Err(SimError::Invalid(
             "too few busy legitimate keys for the network: raise legit_keys or rate_scale",
         ));
@@ -315,7 +315,7 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
             victims.insert(keys[k].tenant.to_string());
         }
     }
-    let template = |key: usize, net: &Net, host: u16, program: &Program| Req {
+    let template_req = |key: usize, net: &Net, host: u16, program: &Program| Req {
         key,
         net: net.clone(),
         host,
@@ -333,6 +333,32 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
         verdicts: Vec::new(),
         api_version: None,
     };
+    // The stock OpenAI Python SDK: integrators use it, and one provider now and then.
+    let agency = Program {
+        ua: "OpenAI/Python 1.51.0".into(),
+        headers: headers(&[
+            "host",
+            "accept-encoding",
+            "connection",
+            "accept",
+            "content-type",
+            "user-agent",
+            "x-stainless-lang",
+            "x-stainless-package-version",
+            "x-stainless-os",
+            "x-stainless-arch",
+            "x-stainless-runtime",
+            "x-stainless-runtime-version",
+            "authorization",
+            "x-stainless-async",
+            "x-stainless-retry-count",
+            "x-stainless-read-timeout",
+            "content-length",
+        ]),
+        empty_origin: false,
+        forwarded: false,
+    };
+    let stock = agency.clone();
     // Buyers, through their provider's relay.
     for p in &personas {
         let mut t = p.start;
@@ -351,10 +377,17 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
             let keys_here = &stolen[p.provider];
             let key = keys_here[rng.range(0, keys_here.len() as u64) as usize];
             let tl = &provider_tools[p.provider];
-            let tool = &tools[tl[rng.range(0, tl.len() as u64) as usize]];
+            // The first provider also sends a fifth of its traffic through the stock SDK
+            // many legitimate tenants use: no creator's signature.
+            let tool = if p.provider == 0 && rng.chance(0.2) {
+                &stock
+            } else {
+                &tools[tl[rng.range(0, tl.len() as u64) as usize]]
+            };
             let host = (u16::from(*c) << 8) | rng.range(2, 30) as u16;
-            let mut r = template(key, net, host, tool);
-            r.sys = Some(p.sys);
+            let mut r = template_req(key, net, host, tool);
+            // Some requests come without the persona's system prompt.
+            r.sys = (!rng.chance(0.2)).then_some(p.sys);
             r.root = Some(rng.next_u64());
             r.end_user = rng.pick(&p.end_users).copied();
             r.prompt_chars = rng.range(200, 3000);
@@ -392,30 +425,6 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
         }
     }
     // Integrators: one network, several clients' keys, each client's own prompt.
-    let agency = Program {
-        ua: "OpenAI/Python 1.51.0".into(),
-        headers: headers(&[
-            "host",
-            "accept-encoding",
-            "connection",
-            "accept",
-            "content-type",
-            "user-agent",
-            "x-stainless-lang",
-            "x-stainless-package-version",
-            "x-stainless-os",
-            "x-stainless-arch",
-            "x-stainless-runtime",
-            "x-stainless-runtime-version",
-            "authorization",
-            "x-stainless-async",
-            "x-stainless-retry-count",
-            "x-stainless-read-timeout",
-            "content-length",
-        ]),
-        empty_origin: false,
-        forwarded: false,
-    };
     for list in &clients {
         let net = hosting[rng.range(0, hosting.len() as u64) as usize].clone();
         let c = rng.range(100, 150) as u8;
@@ -428,7 +437,7 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
                 if t >= end {
                     break;
                 }
-                let mut r = template(key, &net, (u16::from(c) << 8) | 7, &agency);
+                let mut r = template_req(key, &net, (u16::from(c) << 8) | 7, &agency);
                 r.sys = Some(sys);
                 r.root = Some(rng.next_u64());
                 r.prompt_chars = rng.range(300, 1500);
@@ -438,6 +447,30 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
                     events.push(e);
                     seq += 1;
                 }
+            }
+        }
+    }
+    // An open-source chat app's default system prompt, used by three legitimate tenants
+    // from their own networks: a style seen across tenants that no relay serves.
+    let template = rng.next_u64();
+    for &key in candidates[stolen_n + integrator_clients..].iter().take(3) {
+        let net = nets[rng.range(0, nets.len() as u64) as usize].clone();
+        let host = rng.range(256, 60_000) as u16;
+        let mut t = start + rng.range(0, 24) as i64 * HOUR_MS;
+        while t < end {
+            t += (rng.exp(HOUR_MS as f64 / 1.5) as i64).max(1000);
+            if t >= end {
+                break;
+            }
+            let mut r = template_req(key, &net, host, &agency);
+            r.sys = Some(template);
+            r.root = Some(rng.next_u64());
+            r.prompt_chars = rng.range(100, 800);
+            r.in_tok = r.prompt_chars / 4;
+            r.out_tok = rng.range(50, 300);
+            if let Some(e) = history.event(&r, t, seq) {
+                events.push(e);
+                seq += 1;
             }
         }
     }
