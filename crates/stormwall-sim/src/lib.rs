@@ -14,6 +14,7 @@
 //! Everything is deterministic for a seed: no clock, no I/O.
 
 pub mod actors;
+pub mod network;
 pub mod world;
 
 use std::cmp::Reverse;

@@ -130,6 +130,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("stormwall-ipintel", 1),
     ("stormwall-gateway", 2),
     ("stormwall-sim", 2),
+    ("stormwall-investigate", 2),
     // Beside the gateway, not above it: the test kit must not link the gateway it tests; it
     // shares only the mock's reply generator.
     ("stormwall-testkit", 2),

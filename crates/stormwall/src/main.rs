@@ -11,6 +11,8 @@ mod cmd_demo;
 mod cmd_detect;
 mod cmd_detect_logs;
 mod cmd_events;
+mod cmd_evidence;
+mod cmd_investigate;
 mod cmd_ip;
 mod cmd_keys;
 mod cmd_leak_reports;
@@ -85,6 +87,12 @@ enum Command {
     /// IP intelligence: what the gateway knows of an address.
     #[command(subcommand)]
     Ip(cmd_ip::IpCommand),
+    /// Investigation: the entity graph, clusters and roles, exports (STIX, MISP, CSV), report.
+    #[command(subcommand)]
+    Investigate(cmd_investigate::InvestigateCommand),
+    /// Evidence: signed case folders for an incident or a cluster, and their verification.
+    #[command(subcommand)]
+    Evidence(cmd_evidence::EvidenceCommand),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +138,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Scan(a) => cmd_scan::run(a).await,
             Command::Safety(c) => cmd_safety::run(c),
             Command::Ip(c) => cmd_ip::run(c),
+            Command::Investigate(c) => cmd_investigate::run(c).await,
+            Command::Evidence(c) => cmd_evidence::run(c).await,
         }
     })
 }

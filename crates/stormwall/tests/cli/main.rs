@@ -4,6 +4,7 @@
 
 mod detect;
 mod detect_logs;
+mod investigate;
 mod ip;
 mod journal;
 mod keys_bulk;

@@ -1,0 +1,107 @@
+use stormwall_investigate::export::{ExportOptions, csv, misp, stix};
+use stormwall_investigate::{Overrides, RoleConfig, assess};
+
+use crate::fixture_graph;
+
+fn bundle(opts: &ExportOptions) -> serde_json::Value {
+    let g = fixture_graph();
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    stix::bundle(&g, &a, opts).unwrap()
+}
+
+#[test]
+fn stix_bundle_has_every_object_kind_and_is_deterministic() {
+    let b = bundle(&ExportOptions::default());
+    assert_eq!(b, bundle(&ExportOptions::default()));
+    let types: std::collections::BTreeSet<&str> = b["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["type"].as_str().unwrap())
+        .collect();
+    for t in [
+        "identity",
+        "intrusion-set",
+        "threat-actor",
+        "tool",
+        "infrastructure",
+        "indicator",
+        "observed-data",
+        "sighting",
+        "attack-pattern",
+        "relationship",
+        "marking-definition",
+        "ipv4-addr",
+    ] {
+        assert!(types.contains(t), "{t} missing: {types:?}");
+    }
+    let text = b.to_string();
+    for t in [
+        "AML.T0040",
+        "AML.T0034",
+        "AML.T0054",
+        "AML.T0055",
+        "AML.T0008.005",
+    ] {
+        assert!(text.contains(t), "{t}");
+    }
+    // Personal data is redacted by default.
+    for name in ["acme", "globex", "initech", "buyer-", "acmekey00001"] {
+        assert!(!text.contains(name), "{name} leaked into the bundle");
+    }
+    insta::assert_json_snapshot!("stix_fixture", b);
+}
+
+#[test]
+fn personal_data_only_when_asked() {
+    let b = bundle(&ExportOptions {
+        include_personal_data: true,
+        ..ExportOptions::default()
+    });
+    assert!(b.to_string().contains("globex"));
+    let g = fixture_graph();
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let c = csv::csv(&g, &a, &ExportOptions::default());
+    assert!(c.starts_with(csv::HEADER));
+    assert!(!c.contains("globex"));
+    assert_eq!(c.lines().count(), 1 + a.roles.len());
+}
+
+#[test]
+fn misp_event_has_attributes_objects_and_atlas_tags() {
+    let g = fixture_graph();
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let e = misp::event(&g, &a, &ExportOptions::default());
+    let ev = &e["Event"];
+    assert!(ev["Attribute"].as_array().unwrap().len() >= 3);
+    assert!(ev["Object"].as_array().unwrap().len() >= 3);
+    assert!(ev["Tag"].to_string().contains("mitre-atlas-attack-pattern"));
+    assert!(!e.to_string().contains("globex"));
+    insta::assert_json_snapshot!("misp_fixture", e);
+}
+
+#[test]
+fn an_unknown_tlp_level_is_an_error() {
+    let g = fixture_graph();
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let opts = ExportOptions {
+        tlp: "purple".into(),
+        ..ExportOptions::default()
+    };
+    assert!(stix::bundle(&g, &a, &opts).is_err());
+}
+
+#[test]
+fn the_report_is_one_self_contained_file() {
+    let g = fixture_graph();
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let html = stormwall_investigate::report::html(&g, &a, &ExportOptions::default(), "t <x>");
+    assert!(html.starts_with("<!doctype html>"));
+    assert!(html.contains("<svg") && html.contains("provider") && html.contains("Harm per victim"));
+    assert!(html.contains("t &lt;x&gt;"));
+    // Nothing fetched when it is opened.
+    for needle in ["<script", "src=\"http", "href=\"http", "@import", "url("] {
+        assert!(!html.contains(needle), "{needle}");
+    }
+    assert!(!html.contains("globex"));
+}
