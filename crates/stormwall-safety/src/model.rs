@@ -549,7 +549,7 @@ impl Default for TrainConfig {
             epochs: 8,
             learning_rate: 0.4,
             l2: 1e-6,
-            seed: 0x5eed_5a1e,
+            seed: 0x5eed_5a22,
             target_fpr: 0.002,
             calibration_share: 0.2,
             any_harm_head: true,
