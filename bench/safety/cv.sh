@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Honest figures for the safety stage: 5-fold cross-validation of the model on the
-# development sets (train on four folds, evaluate on the fifth), summed over folds.
-# The shipped model is trained on all folds, so `stormwall safety eval` with it on the same
-# files is in-sample; this script is the number to quote.
+# Tuning figures for the safety stage: 5-fold cross-validation of the model on the
+# development part of the frozen split (train on four folds, evaluate on the fifth), summed
+# over folds. The figures to quote are `stormwall safety eval --split test` with the shipped
+# model (trained on the whole development part, never on the test part).
 #
 # Usage: bench/safety/cv.sh [DATA_DIR] [PROFILE]   (needs a release build and python3)
 set -euo pipefail
@@ -15,7 +15,7 @@ FILES=("$DATA"/*.jsonl)
 for k in 0 1 2 3 4; do
   "$BIN" safety train --data "$DATA" --out "$OUT/fold$k.bin" --folds 5 --holdout "$k" 2>/dev/null
   "$BIN" safety eval "${FILES[@]}" --model "$OUT/fold$k.bin" --folds 5 --fold "$k" \
-    --profile "$PROFILE" --json > "$OUT/fold$k.json"
+    --split dev --profile "$PROFILE" --json > "$OUT/fold$k.json"
 done
 python3 - "$OUT" <<'PY'
 import json, sys, glob, collections

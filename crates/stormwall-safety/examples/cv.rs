@@ -59,6 +59,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    // Cross-validation (and the thresholds tuned with it) sees the development part only.
+    let split = stormwall_safety::split::Split::frozen()?;
+    records.retain(|r| split.part(&r.id) == stormwall_safety::split::Part::Dev);
     let profile = Profile::builtin(&profile)
         .or_else(|| {
             fs::read_to_string(&profile)

@@ -1,6 +1,7 @@
 //! `stormwall safety train` without the rest of the binary: the same example builder, head
 //! list and trainer, so a release build of this crate alone retrains `data/model.bin` (the
-//! binary's debug build trains too slowly to wait for). Byte for byte the CLI's output.
+//! binary's debug build trains too slowly to wait for). Byte for byte the CLI's output:
+//! records of the frozen test split (`data/split/test-ids.txt`) are left out.
 //!
 //!   cargo run --release -p stormwall-safety --example train -- ../shared/datasets/safety crates/stormwall-safety/data/model.bin
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
@@ -9,6 +10,7 @@ use std::io::BufRead;
 
 use stormwall_safety::eval::Record;
 use stormwall_safety::model::{self, TrainConfig};
+use stormwall_safety::split::{Part, Split};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args_os().skip(1);
@@ -21,23 +23,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     // Sorted as the CLI sorts them: the same directory always trains the same model.
     files.sort();
+    let split = Split::frozen()?;
     let mut records = Vec::new();
     for f in &files {
         for line in std::io::BufReader::new(std::fs::File::open(f)?).lines() {
             let line = line?;
             if !line.trim().is_empty() {
-                records.push(serde_json::from_str::<Record>(&line)?);
+                let r = serde_json::from_str::<Record>(&line)?;
+                if split.part(&r.id) == Part::Dev {
+                    records.push(r);
+                }
             }
         }
     }
-    let examples = model::training_examples(&records);
-    let m = model::train(&examples, model::DEFAULT_HEADS, &TrainConfig::default());
+    let m = model::train_on_records(&records, &TrainConfig::default());
     let bytes = m.to_bytes();
     std::fs::write(&out, &bytes)?;
     eprintln!(
-        "{} records, {} examples, {} bytes",
+        "{} development records, {} training ids listed, {} bytes",
         records.len(),
-        examples.len(),
+        m.training_id_count(),
         bytes.len()
     );
     Ok(())

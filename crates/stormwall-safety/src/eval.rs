@@ -228,6 +228,9 @@ pub struct Report {
     pub profile: String,
     /// Records evaluated.
     pub records: u64,
+    /// Of those, records the screener's model was trained on (by its training-id list):
+    /// when non-zero the figures are partly in-sample and are not quality figures.
+    pub trained_on: u64,
     /// All records.
     pub overall: Metrics,
     /// Per `source`.
@@ -251,6 +254,7 @@ pub struct Evaluator<'a> {
     profile: &'a Profile,
     transforms: Vec<Transform>,
     records: u64,
+    trained_on: u64,
     overall: Confusion,
     by_source: BTreeMap<String, Confusion>,
     by_kind: BTreeMap<String, Confusion>,
@@ -268,6 +272,7 @@ impl<'a> Evaluator<'a> {
             profile,
             transforms: transforms.to_vec(),
             records: 0,
+            trained_on: 0,
             overall: Confusion::default(),
             by_source: BTreeMap::new(),
             by_kind: BTreeMap::new(),
@@ -286,6 +291,13 @@ impl<'a> Evaluator<'a> {
     /// Screens one record (and its transformed variants) and counts the results.
     pub fn add(&mut self, r: &Record) {
         self.records += 1;
+        if self
+            .screener
+            .model()
+            .is_some_and(|m| m.was_trained_on(&r.id))
+        {
+            self.trained_on += 1;
+        }
         let v = self.screener.screen(&r.text, r.kind, self.profile);
         let predicted = v.action >= Action::Flag;
         if predicted {
@@ -340,6 +352,7 @@ impl<'a> Evaluator<'a> {
         Report {
             profile: self.profile.name().to_owned(),
             records: self.records,
+            trained_on: self.trained_on,
             overall: self.overall.metrics(),
             by_source: m(&self.by_source),
             by_kind: m(&self.by_kind),

@@ -38,6 +38,7 @@ pub mod model;
 pub mod normalize;
 pub mod policy;
 pub mod screen;
+pub mod split;
 pub mod stream;
 pub mod verdict;
 

@@ -11,8 +11,10 @@ use crate::category::{CATEGORY_COUNT, Category};
 
 /// Category byte of the any-harm head in a model file.
 const ANY_HARM: u8 = 0xFF;
-/// First bytes of a model file.
+/// First bytes of a model file without a training-id list (still read).
 pub const MAGIC: &[u8; 4] = b"SWM1";
+/// First bytes of a model file that ends with the digests of its training record ids.
+pub const MAGIC_V2: &[u8; 4] = b"SWM2";
 /// Smallest and largest hash-table sizes accepted (log2 of the bucket count).
 pub const BITS_RANGE: std::ops::RangeInclusive<u8> = 10..=22;
 /// Character n-gram lengths used.
@@ -51,6 +53,9 @@ pub struct Model {
     heads: Vec<Head>,
     /// `weights[bucket * heads.len() + head]`.
     weights: Vec<i8>,
+    /// [`crate::eval::stable_hash`] of each record id the model was trained on, sorted:
+    /// `stormwall safety eval` warns when it scores one of them.
+    training_ids: Vec<u64>,
 }
 
 /// One output of the model.
@@ -210,7 +215,13 @@ fn calibrate(p: f32, pivot: f32) -> f32 {
 impl Model {
     /// Reads a model file.
     pub fn from_bytes(b: &[u8]) -> Result<Model, ModelError> {
-        let rest = b.strip_prefix(MAGIC.as_slice()).ok_or(ModelError::Magic)?;
+        let (v2, rest) = match b.strip_prefix(MAGIC_V2.as_slice()) {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                b.strip_prefix(MAGIC.as_slice()).ok_or(ModelError::Magic)?,
+            ),
+        };
         let (&bits, rest) = rest
             .split_first()
             .ok_or(ModelError::Corrupt("short header"))?;
@@ -262,21 +273,43 @@ impl Model {
             });
         }
         let want = (1usize << bits) * heads.len();
-        if rest.len() != want {
+        if rest.len() < want || (!v2 && rest.len() != want) {
             return Err(ModelError::Corrupt("weight table has the wrong length"));
         }
-        let weights = rest.iter().map(|&x| x as i8).collect();
+        let (table, mut trailer) = rest.split_at(want);
+        let weights = table.iter().map(|&x| x as i8).collect();
+        let mut training_ids = Vec::new();
+        if v2 {
+            let (n, r) = trailer
+                .split_first_chunk::<4>()
+                .ok_or(ModelError::Corrupt("short training-id list"))?;
+            trailer = r;
+            let n = u32::from_le_bytes(*n) as usize;
+            if trailer.len() != n.saturating_mul(8) {
+                return Err(ModelError::Corrupt("training-id list has the wrong length"));
+            }
+            training_ids = trailer
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            if !training_ids.windows(2).all(|w| w[0] < w[1]) {
+                return Err(ModelError::Corrupt("training-id list is not sorted"));
+            }
+        }
         Ok(Model {
             bits,
             heads,
             weights,
+            training_ids,
         })
     }
 
     /// Writes the model file format read by [`Model::from_bytes`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(6 + self.heads.len() * 13 + self.weights.len());
-        out.extend_from_slice(MAGIC);
+        let mut out = Vec::with_capacity(
+            10 + self.heads.len() * 13 + self.weights.len() + 8 * self.training_ids.len(),
+        );
+        out.extend_from_slice(MAGIC_V2);
         out.push(self.bits);
         out.push(self.heads.len() as u8);
         for h in &self.heads {
@@ -286,7 +319,38 @@ impl Model {
             out.extend_from_slice(&h.pivot.to_le_bytes());
         }
         out.extend(self.weights.iter().map(|&w| w as u8));
+        out.extend_from_slice(&(self.training_ids.len() as u32).to_le_bytes());
+        for d in &self.training_ids {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
         out
+    }
+
+    /// Records the ids of the records this model was trained on (empty ids are skipped).
+    pub fn with_training_ids<'a>(mut self, ids: impl IntoIterator<Item = &'a str>) -> Model {
+        self.training_ids = ids
+            .into_iter()
+            .filter(|id| !id.is_empty())
+            .map(crate::eval::stable_hash)
+            .collect();
+        self.training_ids.sort_unstable();
+        self.training_ids.dedup();
+        self
+    }
+
+    /// Whether a record with this id was in the model's training data (by its digest; a
+    /// model file without a list says no).
+    pub fn was_trained_on(&self, id: &str) -> bool {
+        !id.is_empty()
+            && self
+                .training_ids
+                .binary_search(&crate::eval::stable_hash(id))
+                .is_ok()
+    }
+
+    /// How many training record ids the model lists.
+    pub fn training_id_count(&self) -> usize {
+        self.training_ids.len()
     }
 
     /// The categories this model scores.
@@ -442,6 +506,20 @@ pub fn training_examples<'a>(
     examples
 }
 
+/// Trains the shipped kind of model on labelled records: [`training_examples`] with
+/// [`DEFAULT_HEADS`], and the model lists the ids of the records that gave examples (so
+/// `stormwall safety eval` can warn when it scores them). `stormwall safety train` and the
+/// `train` example both call this.
+pub fn train_on_records(records: &[crate::eval::Record], cfg: &TrainConfig) -> Model {
+    let examples = training_examples(records);
+    train(&examples, DEFAULT_HEADS, cfg).with_training_ids(
+        records
+            .iter()
+            .filter(|r| !(r.harmful && r.mapped_categories().is_empty()))
+            .map(|r| r.id.as_str()),
+    )
+}
+
 /// Training settings; the defaults produce the shipped model.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -471,7 +549,7 @@ impl Default for TrainConfig {
             epochs: 8,
             learning_rate: 0.4,
             l2: 1e-6,
-            seed: 0x5eed_5a1e,
+            seed: 0x5eed_5a22,
             target_fpr: 0.002,
             calibration_share: 0.2,
             any_harm_head: true,
@@ -718,6 +796,7 @@ fn quantize(d: &Dense, pivots: &[f32]) -> Model {
         bits: d.bits,
         heads,
         weights,
+        training_ids: Vec::new(),
     }
 }
 
@@ -762,6 +841,16 @@ mod tests {
         assert!((rep[v] - cold[v]).abs() < 0.2, "{} {}", rep[v], cold[v]);
         let bytes = m.to_bytes();
         assert_eq!(Model::from_bytes(&bytes).unwrap(), m);
+        // The training-id list round-trips and answers membership.
+        let listed = m.clone().with_training_ids(["b", "a", "a", ""]);
+        let back = Model::from_bytes(&listed.to_bytes()).unwrap();
+        assert_eq!(back.training_id_count(), 2);
+        assert!(back.was_trained_on("a") && back.was_trained_on("b"));
+        assert!(!back.was_trained_on("c") && !back.was_trained_on(""));
+        // A version-1 file (no list) still reads.
+        let mut v1 = bytes[..bytes.len() - 4].to_vec();
+        v1[..4].copy_from_slice(MAGIC);
+        assert_eq!(Model::from_bytes(&v1).unwrap(), m);
         // Deterministic: the same data and seed give the same bytes.
         assert_eq!(train(&toy(), &[Category::Violence], &cfg).to_bytes(), bytes);
     }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use stormwall_safety::eval::{Evaluator, Record};
 use stormwall_safety::model::{self, Model, TrainConfig};
+use stormwall_safety::split::{Part, Split};
 use stormwall_safety::{Action, Kind, Profile, Screener, Transform};
 
 /// Largest text `check` reads from stdin.
@@ -46,8 +47,12 @@ pub enum SafetyCommand {
         /// ...and evaluate only this fold (held out from `train --holdout`).
         #[arg(long, requires = "folds")]
         fold: Option<u32>,
+        /// Only records of this part of the frozen split (`test`: the figures to quote).
+        #[arg(long, value_parser = parse_part)]
+        split: Option<Part>,
     },
-    /// Train the hashed n-gram model from a directory of JSON-lines records.
+    /// Train the hashed n-gram model from a directory of JSON-lines records (records of the
+    /// frozen test split are never used).
     Train {
         /// Directory of `*.jsonl` files.
         #[arg(long)]
@@ -91,6 +96,10 @@ pub struct ScreenArgs {
     /// Rules only: no statistical model.
     #[arg(long)]
     no_model: bool,
+}
+
+fn parse_part(s: &str) -> Result<Part, String> {
+    s.parse()
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
@@ -145,7 +154,8 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
             no_evasion,
             folds,
             fold,
-        } => eval(&files, &screen, json, no_evasion, folds.zip(fold)),
+            split,
+        } => eval(&files, &screen, json, no_evasion, folds.zip(fold), split),
         SafetyCommand::Train {
             data,
             out,
@@ -268,19 +278,31 @@ fn eval(
     json: bool,
     no_evasion: bool,
     fold: Option<(u32, u32)>,
+    part: Option<Part>,
 ) -> anyhow::Result<ExitCode> {
     let profile = args.profile()?;
     let screener = args.screener()?;
+    let split = Split::frozen()?;
     let transforms: &[Transform] = if no_evasion { &[] } else { &Transform::ALL };
     let mut ev = Evaluator::new(&screener, &profile, transforms);
     for f in files {
         read_records(f, |r| {
-            if fold.is_none_or(|(n, k)| r.fold(n) == k) {
+            if fold.is_none_or(|(n, k)| r.fold(n) == k)
+                && part.is_none_or(|p| split.part(&r.id) == p)
+            {
                 ev.add(&r);
             }
         })?;
     }
     let report = ev.report();
+    if report.trained_on > 0 {
+        // Loud and on stderr, so it shows even with --json piped to a file.
+        eprintln!(
+            "WARNING: {} of {} records were used to train this model: these figures are \
+             in-sample, not quality figures (score the frozen test part: --split test)",
+            report.trained_on, report.records
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -327,10 +349,14 @@ fn train(
     if files.is_empty() {
         bail!("no .jsonl files in {}", dir.display());
     }
+    let split = Split::frozen()?;
     let mut records = Vec::new();
+    let mut test = 0usize;
     for f in &files {
         read_records(f, |r| {
-            if holdout.is_none_or(|(n, k)| r.fold(n) != k) {
+            if split.part(&r.id) == Part::Test {
+                test += 1;
+            } else if holdout.is_none_or(|(n, k)| r.fold(n) != k) {
                 records.push(r);
             }
         })?;
@@ -342,14 +368,13 @@ fn train(
         .filter(|r| r.harmful && r.mapped_categories().is_empty())
         .count();
     // The crate's own example builder and head list, so `cv` and `train` cannot drift.
-    let examples = model::training_examples(&records);
-    let m = model::train(&examples, model::DEFAULT_HEADS, cfg);
+    let m = model::train_on_records(&records, cfg);
     let bytes = m.to_bytes();
     fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
-        "trained on {} records as {} examples ({} harmful without a mapped category skipped), {} heads, {} bytes -> {}",
+        "trained on {} records ({} of the frozen test split left out, {} harmful without a mapped category skipped), {} heads, {} bytes -> {}",
         records.len() - skipped,
-        examples.len(),
+        test,
         skipped,
         model::DEFAULT_HEADS.len(),
         bytes.len(),

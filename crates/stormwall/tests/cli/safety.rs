@@ -301,6 +301,13 @@ fn eval_reports_bad_lines_without_their_text() {
 fn train_writes_a_model_that_eval_can_use() {
     let dir = tempfile::tempdir().unwrap();
     write_records(dir.path());
+    // One record whose id is in the frozen test split (`openai-mod-0`; synthetic text):
+    // training must leave it out, and `eval --split test` must select it alone.
+    std::fs::write(
+        dir.path().join("held.jsonl"),
+        "{\"id\": \"openai-mod-0\", \"text\": \"a quiet harbour at noon\", \"kind\": \"chat\", \"harmful\": false, \"source\": \"synthetic-held\"}\n",
+    )
+    .unwrap();
     let model = dir.path().join("model.bin");
     let out = safety(
         &[
@@ -322,18 +329,49 @@ fn train_writes_a_model_that_eval_can_use() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 of the frozen test split left out"), "{err}");
     let bytes = std::fs::read(&model).unwrap();
-    assert!(bytes.starts_with(b"SWM1"));
-    let out = safety(
-        &[
+    assert!(bytes.starts_with(b"SWM2"));
+    let records = dir.path().join("records.jsonl");
+    let held = dir.path().join("held.jsonl");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
             "eval",
-            dir.path().join("records.jsonl").to_str().unwrap(),
+            records.to_str().unwrap(),
+            held.to_str().unwrap(),
             "--json",
+            "--no-evasion",
             "--model",
             model.to_str().unwrap(),
-        ],
-        "",
-    );
+        ];
+        args.extend_from_slice(extra);
+        safety(&args, "")
+    };
+    let out = eval(&[]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(json(&out)["overall"]["f1"].is_number());
+    let v = json(&out);
+    assert!(v["overall"]["f1"].is_number());
+    // The four benign records trained on (the harmful ones' "synthetic" label maps to no
+    // category, so they gave no example); the held-out one was not.
+    assert_eq!(v["records"].as_u64(), Some(9), "{v}");
+    assert_eq!(v["trained_on"].as_u64(), Some(4), "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARNING: 4 of 9 records were used to train this model"),
+        "{err}"
+    );
+    let out = eval(&["--split", "test"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(
+        (v["records"].as_u64(), v["trained_on"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+    let out = eval(&["--split", "dev"]);
+    assert_eq!(json(&out)["records"].as_u64(), Some(8));
+    let out = eval(&["--split", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
 }
