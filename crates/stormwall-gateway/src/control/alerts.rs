@@ -132,6 +132,11 @@ impl AlertSink {
             .add(alert, action)
     }
 
+    /// Runs `f` on the incident grouper (held briefly; never across an await).
+    pub fn with_grouper<T>(&self, f: impl FnOnce(&mut Grouper) -> T) -> T {
+        f(&mut self.grouper.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Logs an opened or escalated incident (id, subject, severity, stages; never a secret)
     /// and appends `{"type":"incident","change":…,"incident":…}`. Per alert, nothing.
     pub fn raise_incident(&self, change: Change, stored: &StoredIncident) {

@@ -6,8 +6,10 @@
 //! and is written to the audit log.
 
 use stormwall_detect::incident::Change;
-use stormwall_store::{ActionOutcome, ActionRecord, AlertStatus, StoreError, StoredIncident};
-use stormwall_types::{Alert, IncidentStatus};
+use stormwall_store::{
+    ActionOutcome, ActionRecord, AlertStatus, IncidentQuery, StoreError, StoredIncident,
+};
+use stormwall_types::{Alert, IncidentStatus, IncidentSubject};
 use time::OffsetDateTime;
 
 use super::ControlPlane;
@@ -24,6 +26,7 @@ pub async fn record(state: &ControlPlane, alert: &Alert, action: Option<&ActionR
     let action = action
         .filter(|r| r.outcome != ActionOutcome::Failed)
         .map(|r| &r.action);
+    resume_stored(state, alert).await;
     let Some(update) = state.alerts.group(alert, action) else {
         return;
     };
@@ -60,6 +63,38 @@ pub async fn record(state: &ControlPlane, alert: &Alert, action: Option<&ActionR
         && let Some(hook) = &state.webhook
     {
         hook.send_incident(change_name(update.change), &stored);
+    }
+}
+
+/// The grouper lives in memory: after a restart, or on a replica that has not seen the key's
+/// incident, the key's latest stored incident whose episode is still running is taken back,
+/// so the alert joins it instead of opening (and notifying) another.
+async fn resume_stored(state: &ControlPlane, alert: &Alert) {
+    let Some(key) = &alert.key_id else { return };
+    let subject = IncidentSubject::Key(key.as_str().to_owned());
+    let (open, gap) = state
+        .alerts
+        .with_grouper(|g| (g.is_open(&subject), g.episode_gap_secs()));
+    if open {
+        return;
+    }
+    let q = IncidentQuery {
+        key_id: Some(key.clone()),
+        limit: Some(1),
+        ..Default::default()
+    };
+    match state.store.list_incidents(&q).await {
+        Ok(found) => {
+            if let Some(prev) = found.into_iter().next()
+                && prev.incident.subject == subject
+                && prev.incident.status != IncidentStatus::Closed
+                && alert.at >= prev.incident.opened_at
+                && (alert.at - prev.incident.updated_at).whole_seconds() <= i64::from(gap)
+            {
+                state.alerts.with_grouper(|g| g.resume(prev.incident));
+            }
+        }
+        Err(e) => tracing::warn!(key_id = %key, error = %e, "cannot read the key's incident"),
     }
 }
 

@@ -217,3 +217,60 @@ async fn wait_alerts_for(h: &Harness, key_id: &str, n: usize) -> Vec<Value> {
     }
     panic!("fewer than {n} alerts for {key_id}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_next_alert_joins_the_stored_incident() {
+    let receiver = MockUpstream::start().await.unwrap();
+    let url = format!("{}/hooks/stormwall", receiver.url());
+    let mut h = harness_with(move |c| {
+        c.alerts.webhook_url = Some(url);
+        c.detect.alert_cooldown_secs = 1;
+    })
+    .await;
+    let (canary, canary_id) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;
+    assert_eq!(h.chat(&canary, "gpt-4o-mini").await.status, 401);
+    wait_alerts_for(&h, &canary_id, 1).await;
+    wait_requests(&receiver, 1).await;
+    // A new process on the same store and config: its grouper starts empty.
+    h.shutdown().await;
+    let gw = start(
+        h.config.clone(),
+        Arc::clone(&h.store) as Arc<dyn Store>,
+        &EventsConfig {
+            flush_interval_ms: 10,
+            ..Default::default()
+        },
+        SecretString::from(ADMIN_TOKEN),
+        &env,
+    )
+    .await
+    .unwrap();
+    h.proxy = format!("http://{}", gw.proxy_addr);
+    h.admin = format!("http://{}", gw.admin_addr);
+    h.gw = Some(gw);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(h.chat(&canary, "gpt-4o-mini").await.status, 401);
+    wait_alerts_for(&h, &canary_id, 2).await;
+    let mut incidents = Vec::new();
+    for _ in 0..100 {
+        let page = h
+            .admin_get(&format!("/admin/incidents?key={canary_id}"))
+            .await;
+        incidents = page["incidents"].as_array().unwrap().clone();
+        if incidents
+            .iter()
+            .map(|i| i["alert_ids"].as_array().unwrap().len())
+            .sum::<usize>()
+            >= 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    assert_eq!(incidents[0]["alert_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(incidents[0]["timeline"].as_array().unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.request_count(), 1, "no second notification");
+    h.shutdown().await;
+}
