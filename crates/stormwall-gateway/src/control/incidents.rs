@@ -58,6 +58,14 @@ pub async fn record(state: &ControlPlane, alert: &Alert, action: Option<&ActionR
     if !update.notify() || stored.incident.status == IncidentStatus::FalsePositive {
         return;
     }
+    state
+        .metrics
+        .incidents
+        .get_or_create(&crate::metrics::IncidentLabels {
+            change: change_name(update.change),
+            severity: stored.incident.severity.as_str(),
+        })
+        .inc();
     state.alerts.raise_incident(update.change, &stored);
     if !state.alerts.per_alert()
         && let Some(hook) = &state.webhook

@@ -92,6 +92,11 @@ async fn alerts_on_one_key_are_one_incident_one_notification_and_ack_applies_to_
     assert_eq!(line["incident"]["id"], json!(id));
     assert!(!text.contains(&canary));
 
+    let metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
+    assert!(
+        metrics.contains(r#"stormwall_incidents_total{change="opened",severity="critical"} 1"#),
+        "{metrics}"
+    );
     // Filters.
     assert_eq!(
         h.admin_get("/admin/incidents?severity=high&status=open")
