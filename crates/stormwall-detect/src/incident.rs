@@ -81,6 +81,8 @@ pub struct Grouper {
     open: HashMap<IncidentSubject, Incident>,
     /// Per open incident, per detector: (strongest points, sum of the others).
     points: HashMap<String, [(f64, f64); DETECTORS]>,
+    /// Per resumed incident, the risk score it had when stored (its points are not).
+    floors: HashMap<String, f64>,
 }
 
 const DETECTORS: usize = DetectorId::ALL.len();
@@ -121,7 +123,32 @@ impl Grouper {
             cfg,
             open: HashMap::new(),
             points: HashMap::new(),
+            floors: HashMap::new(),
         }
+    }
+
+    /// Whether `subject` has an open incident.
+    pub fn is_open(&self, subject: &IncidentSubject) -> bool {
+        self.open.contains_key(subject)
+    }
+
+    /// Seconds without an alert after which an episode ends.
+    pub fn episode_gap_secs(&self) -> u32 {
+        self.cfg.episode_gap_secs
+    }
+
+    /// Takes back an incident stored earlier (before a restart), so its subject's next alert
+    /// within the episode joins it instead of opening another. Its risk score stays a floor
+    /// (the points behind it are not stored). Ignored when the subject already has one.
+    pub fn resume(&mut self, incident: Incident) {
+        if self.open.contains_key(&incident.subject) {
+            return;
+        }
+        if self.open.len() >= self.cfg.max_open {
+            self.evict_oldest();
+        }
+        self.floors.insert(incident.id.clone(), incident.risk_score);
+        self.open.insert(incident.subject.clone(), incident);
     }
 
     /// Open incidents.
@@ -141,6 +168,7 @@ impl Grouper {
             .is_some_and(|i| t - i.updated_at.unix_timestamp() > gap);
         if expired && let Some(old) = self.open.remove(&subject) {
             self.points.remove(&old.id);
+            self.floors.remove(&old.id);
         }
         if !self.open.contains_key(&subject) && self.open.len() >= self.cfg.max_open {
             self.evict_oldest();
@@ -248,6 +276,9 @@ impl Grouper {
         inc.stages = stages;
         let base: f64 = pts.iter().map(|(b, r)| (b + r * 0.25).min(b * 2.0)).sum();
         inc.risk_score = base + 10.0 * inc.stages.len().saturating_sub(1) as f64;
+        if let Some(floor) = self.floors.get(&inc.id) {
+            inc.risk_score = inc.risk_score.max(*floor);
+        }
         let (sev, reasons) = combine(&inc.timeline, inc.action);
         inc.severity = sev;
         inc.reasons = reasons;
@@ -280,6 +311,7 @@ impl Grouper {
         for s in idle {
             if let Some(mut i) = self.open.remove(&s) {
                 self.points.remove(&i.id);
+                self.floors.remove(&i.id);
                 if i.status == IncidentStatus::Open {
                     i.status = IncidentStatus::Closed;
                 }
@@ -292,6 +324,7 @@ impl Grouper {
     /// Closes every open incident and returns them (at the end of a replay).
     pub fn drain(&mut self) -> Vec<Incident> {
         self.points.clear();
+        self.floors.clear();
         let mut v: Vec<Incident> = self.open.drain().map(|(_, i)| i).collect();
         v.sort_by(|a, b| a.opened_at.cmp(&b.opened_at).then(a.id.cmp(&b.id)));
         v
@@ -306,6 +339,7 @@ impl Grouper {
             && let Some(i) = self.open.remove(&s)
         {
             self.points.remove(&i.id);
+            self.floors.remove(&i.id);
         }
     }
 }
@@ -541,6 +575,28 @@ mod tests {
             .unwrap();
         assert_eq!(u.incident.severity, Severity::Medium);
         assert_eq!(u.change, Change::Escalated);
+    }
+
+    #[test]
+    fn a_resumed_incident_takes_the_next_alert_and_keeps_its_score() {
+        let k = Some("AbCdEfGhIjKl");
+        let mut before = Grouper::default();
+        let a1 = alert(k, DetectorId::V1, Severity::Medium, T0);
+        let a2 = alert(k, DetectorId::P4, Severity::High, T0 + Duration::minutes(1));
+        before.add(&a1, None);
+        let stored = before.add(&a2, None).unwrap().incident;
+        // A restart: a new grouper, given the stored incident back.
+        let mut g = Grouper::default();
+        assert!(!g.is_open(&stored.subject));
+        g.resume(stored.clone());
+        assert!(g.is_open(&stored.subject));
+        let a3 = alert(k, DetectorId::P4, Severity::High, T0 + Duration::minutes(2));
+        let u = g.add(&a3, None).unwrap();
+        assert_eq!(u.change, Change::Appended, "nothing new to tell");
+        assert_eq!(u.incident.id, stored.id);
+        assert_eq!(u.incident.timeline.len(), 3);
+        assert!(u.incident.risk_score >= stored.risk_score);
+        assert_eq!(u.incident.revision, stored.revision);
     }
 
     #[test]

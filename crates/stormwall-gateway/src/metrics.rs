@@ -53,6 +53,15 @@ pub struct AlertLabels {
     pub severity: &'static str,
 }
 
+/// Labels of the incident notification counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IncidentLabels {
+    /// `opened` or `escalated`.
+    pub change: &'static str,
+    /// The incident's severity after the change.
+    pub severity: &'static str,
+}
+
 /// Labels of the response-action counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
@@ -205,6 +214,8 @@ pub struct Metrics {
     pub safety: Arc<SafetyMetrics>,
     /// Alerts stored (after de-duplication), by detector and severity.
     pub alerts: Family<AlertLabels, Counter>,
+    /// Incidents opened and escalated (what is notified), by change and severity.
+    pub incidents: Family<IncidentLabels, Counter>,
     /// Response actions, by kind and outcome.
     pub actions: Family<ActionLabels, Counter>,
     /// Audit entries that could not be written.
@@ -348,8 +359,14 @@ impl Metrics {
         let actions = Family::<ActionLabels, Counter>::default();
         registry.register(
             "alerts",
-            "Alerts raised (one per incident), by detector and severity",
+            "Alerts raised (one per detector, subject and cooldown window), by detector and severity",
             alerts.clone(),
+        );
+        let incidents = Family::<IncidentLabels, Counter>::default();
+        registry.register(
+            "incidents",
+            "Incidents opened and escalated, by change and severity",
+            incidents.clone(),
         );
         registry.register(
             "actions",
@@ -378,6 +395,7 @@ impl Metrics {
             upstream_errors,
             safety,
             alerts,
+            incidents,
             actions,
             audit_failures,
         }

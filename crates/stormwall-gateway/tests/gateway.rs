@@ -16,8 +16,8 @@ use stormwall_gateway::config::{GatewayConfig, IpDbConfig, ServerConfig, Upstrea
 use stormwall_gateway::{RunningGateway, start};
 use stormwall_store::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
-    AuditRecord, AuditStore, EventQuery, EventStore, EventsConfig, KeyFilter, KeyStore,
-    SqliteStore, Store, StoreError, StoredAlert,
+    AuditRecord, AuditStore, EventQuery, EventStore, EventsConfig, IncidentQuery, IncidentStore,
+    KeyFilter, KeyStore, SqliteStore, Store, StoreError, StoredAlert, StoredIncident,
 };
 use stormwall_testkit::{Fault, MockUpstream, TestClient, TestResponse, http_request, http_stream};
 use stormwall_types::{Alert, KeyId, KeyRecord, RejectReason, StreamOutcome, UsageEvent};
@@ -93,6 +93,33 @@ impl AlertStore for CountingStore {
     }
     async fn list_actions(&self, q: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError> {
         self.inner.list_actions(q).await
+    }
+}
+
+#[async_trait]
+impl IncidentStore for CountingStore {
+    async fn upsert_incident(
+        &self,
+        i: &stormwall_types::Incident,
+        alert_ids: &[String],
+        reopen: bool,
+    ) -> Result<StoredIncident, StoreError> {
+        self.inner.upsert_incident(i, alert_ids, reopen).await
+    }
+    async fn get_incident(&self, id: &str) -> Result<Option<StoredIncident>, StoreError> {
+        self.inner.get_incident(id).await
+    }
+    async fn list_incidents(&self, q: &IncidentQuery) -> Result<Vec<StoredIncident>, StoreError> {
+        self.inner.list_incidents(q).await
+    }
+    async fn set_incident_status(
+        &self,
+        id: &str,
+        status: stormwall_types::IncidentStatus,
+        note: Option<&str>,
+        at: time::OffsetDateTime,
+    ) -> Result<StoredIncident, StoreError> {
+        self.inner.set_incident_status(id, status, note, at).await
     }
 }
 
@@ -2003,6 +2030,8 @@ async fn no_key_or_prompt_text_reaches_the_logs() {
 
 #[path = "gateway/detection.rs"]
 mod detection;
+#[path = "gateway/incidents.rs"]
+mod incidents;
 
 mod leak_reports {
     use super::*;
@@ -2051,6 +2080,8 @@ mod leak_reports {
         ));
         harness_with(move |c| {
             c.alerts.jsonl_path = Some(alerts);
+            // The per-alert path: these tests read each alert from the file.
+            c.alerts.notify = stormwall_gateway::control::alerts::NotifyMode::Alerts;
             c.leak_reports = LeakReportsConfig {
                 enabled: true,
                 keys: vec![ReporterKey {

@@ -2,7 +2,8 @@
 //! PostgreSQL store byte-for-byte the same values and refuse the same corrupt rows.
 
 use stormwall_types::{
-    Alert, Decision, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, UsageEvent,
+    Alert, Decision, Incident, IncidentStatus, IncidentSubject, KeyHash, KeyId, KeyKind, KeyRecord,
+    KeyScope, KeyStatus, UsageEvent,
 };
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -10,7 +11,7 @@ use time::{OffsetDateTime, UtcOffset};
 
 use crate::{
     AUDIT_GENESIS, ActionRecord, AlertStatus, AuditEntry, AuditRecord, StoreError, StoredAlert,
-    audit_hash,
+    StoredIncident, audit_hash,
 };
 
 /// Key timestamps as fixed-width UTC RFC 3339 with nine fractional digits, so text order
@@ -432,6 +433,105 @@ impl AuditRow {
             entry,
             prev_hash: self.prev_hash,
             hash: self.hash,
+        })
+    }
+}
+
+/// A new or updated incident's columns ready to bind.
+pub(crate) struct IncidentColumns {
+    pub(crate) id: String,
+    pub(crate) subject: String,
+    pub(crate) key_id: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) severity: &'static str,
+    pub(crate) severity_rank: i64,
+    pub(crate) status: &'static str,
+    pub(crate) opened_unix_ms: i64,
+    pub(crate) updated_unix_ms: i64,
+    /// Wall-clock time of this write.
+    pub(crate) now: String,
+    pub(crate) body_json: String,
+    pub(crate) alert_ids: Vec<String>,
+}
+
+impl IncidentColumns {
+    /// Columns of an incident written at `now`, with the alerts to link.
+    pub(crate) fn new(
+        i: &Incident,
+        alert_ids: &[String],
+        now: OffsetDateTime,
+    ) -> Result<Self, StoreError> {
+        no_nul("incident id", Some(&i.id))?;
+        let what = format!("incident {}", i.id);
+        no_nul(&format!("{what}: tenant"), i.tenant.as_deref())?;
+        let subject = i.subject.label();
+        no_nul(&format!("{what}: subject"), Some(&subject))?;
+        for a in alert_ids {
+            no_nul(&format!("{what}: alert id"), Some(a))?;
+        }
+        finite(&what, [i.risk_score])?;
+        let body_json = serde_json::to_string(i)
+            .map_err(|_| StoreError::Corrupt(format!("{what} does not encode")))?;
+        let key_id = match &i.subject {
+            IncidentSubject::Key(k) => Some(k.clone()),
+            IncidentSubject::Network(_) => None,
+        };
+        Ok(Self {
+            id: i.id.clone(),
+            subject,
+            key_id,
+            tenant: i.tenant.clone(),
+            severity: i.severity.as_str(),
+            severity_rank: i.severity.rank(),
+            status: i.status.as_str(),
+            opened_unix_ms: unix_ms(i.opened_at)?,
+            updated_unix_ms: unix_ms(i.updated_at)?,
+            now: format_key_time(now)?,
+            body_json,
+            alert_ids: alert_ids.to_vec(),
+        })
+    }
+}
+
+/// Checks an operator's note on an incident before it is bound.
+pub(crate) fn incident_note(id: &str, note: Option<&str>) -> Result<Option<String>, StoreError> {
+    no_nul(&format!("incident {id}: note"), note)?;
+    Ok(note.map(str::to_owned))
+}
+
+/// An incident row as read, before validation: id, body, status, note, created_at,
+/// changed_at and its alert ids as a JSON array (each backend aggregates them its way).
+pub(crate) struct IncidentRow {
+    pub(crate) id: String,
+    pub(crate) body_json: String,
+    pub(crate) status: String,
+    pub(crate) note: Option<String>,
+    pub(crate) created_at: String,
+    pub(crate) changed_at: String,
+    pub(crate) alert_ids_json: Option<String>,
+}
+
+impl IncidentRow {
+    /// Validates a row; the status column, not the body's, is the incident's status.
+    pub(crate) fn into_stored(self) -> Result<StoredIncident, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("incident {}: {what}", self.id));
+        let mut incident: Incident =
+            serde_json::from_str(&self.body_json).map_err(|_| corrupt("body does not decode"))?;
+        incident.status =
+            IncidentStatus::parse(&self.status).ok_or_else(|| corrupt("unknown status"))?;
+        let mut alert_ids: Vec<String> = match &self.alert_ids_json {
+            Some(j) => serde_json::from_str(j).map_err(|_| corrupt("alert ids do not decode"))?,
+            None => Vec::new(),
+        };
+        alert_ids.sort_unstable();
+        let time =
+            |s: &str| OffsetDateTime::parse(s, &Rfc3339).map_err(|_| corrupt("bad timestamp"));
+        Ok(StoredIncident {
+            created_at: time(&self.created_at)?,
+            changed_at: time(&self.changed_at)?,
+            incident,
+            alert_ids,
+            note: self.note,
         })
     }
 }

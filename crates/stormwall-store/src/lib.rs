@@ -23,7 +23,9 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use stormwall_types::{Action, Alert, DetectorId, KeyId, KeyRecord, UsageEvent};
+use stormwall_types::{
+    Action, Alert, DetectorId, Incident, IncidentStatus, KeyId, KeyRecord, Severity, UsageEvent,
+};
 use time::OffsetDateTime;
 
 pub use admission::{AdmissionEngine, KeyAdmission, RateWindows};
@@ -285,6 +287,77 @@ pub trait AlertStore: Send + Sync {
     async fn list_actions(&self, query: &ActionQuery) -> Result<Vec<ActionRecord>, StoreError>;
 }
 
+/// An incident as stored: the grouper's [`Incident`] (its `status` the operators' current
+/// one), every alert that joined it, and what operators did with it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredIncident {
+    /// The incident (timeline, stages, evidence, risk score, reasons, status).
+    #[serde(flatten)]
+    pub incident: Incident,
+    /// Ids of every alert that joined it (the timeline keeps at most a capped number).
+    pub alert_ids: Vec<String>,
+    /// Free-text note left with the last status change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Wall-clock time the incident was first stored.
+    #[serde(with = "stormwall_types::timefmt::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Wall-clock time of the last change (a joining alert or a status change).
+    #[serde(with = "stormwall_types::timefmt::rfc3339")]
+    pub changed_at: OffsetDateTime,
+}
+
+/// Filters for listing incidents, latest alert first.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentQuery {
+    /// Only incidents with this status.
+    pub status: Option<IncidentStatus>,
+    /// Only incidents of at least this severity.
+    pub min_severity: Option<Severity>,
+    /// Only incidents about this key.
+    pub key_id: Option<KeyId>,
+    /// Only incidents of this tenant.
+    pub tenant: Option<String>,
+    /// Only the incident this alert joined.
+    pub alert_id: Option<String>,
+    /// Incidents whose latest alert is at or after this instant (event time).
+    pub since: Option<OffsetDateTime>,
+    /// At most this many (`None`: no limit).
+    pub limit: Option<usize>,
+}
+
+/// Incidents: the alerts about one subject within an episode, as one record (see
+/// `stormwall_detect::incident`).
+#[async_trait]
+pub trait IncidentStore: Send + Sync {
+    /// Stores a new incident (status as given) or replaces a stored one's content, and links
+    /// `alert_ids` to it. An update keeps the operators' status and note, except that
+    /// `reopen` (the incident escalated) sets an `acknowledged`, `resolved` or `closed`
+    /// incident back to `open`; a `false_positive` one stays so. Returns the stored incident.
+    async fn upsert_incident(
+        &self,
+        incident: &Incident,
+        alert_ids: &[String],
+        reopen: bool,
+    ) -> Result<StoredIncident, StoreError>;
+    /// Reads one incident.
+    async fn get_incident(&self, id: &str) -> Result<Option<StoredIncident>, StoreError>;
+    /// Lists incidents matching a query, latest alert first (ties by id descending).
+    async fn list_incidents(
+        &self,
+        query: &IncidentQuery,
+    ) -> Result<Vec<StoredIncident>, StoreError>;
+    /// Sets an incident's status and note; `StoreError::NotFound` if absent. Its alerts are
+    /// the caller's to update.
+    async fn set_incident_status(
+        &self,
+        id: &str,
+        status: IncidentStatus,
+        note: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<StoredIncident, StoreError>;
+}
+
 /// One change to record in the audit log: who did what to which object.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
@@ -404,8 +477,8 @@ pub trait AuditStore: Send + Sync {
 }
 
 /// Everything the gateway needs from a backend.
-pub trait Store: KeyStore + EventStore + AlertStore + AuditStore {}
-impl<T: KeyStore + EventStore + AlertStore + AuditStore> Store for T {}
+pub trait Store: KeyStore + EventStore + AlertStore + IncidentStore + AuditStore {}
+impl<T: KeyStore + EventStore + AlertStore + IncidentStore + AuditStore> Store for T {}
 
 /// What a migration run did (`stormwall migrate`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use stormwall_types::{Alert, KeyId, KeyRecord, UsageEvent};
+use stormwall_types::{Alert, Incident, IncidentStatus, KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::NoTls;
@@ -28,14 +28,15 @@ use tokio_postgres::types::ToSql;
 
 use crate::codec::{
     ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
-    KEY_COLUMNS, KeyColumns, KeyRow, alert_note, audit_seq, decision_str, decode_action,
-    decode_event, encode_event, format_key_time, summable_cost, unix_ms,
+    IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, alert_note, audit_seq,
+    decision_str, decode_action, decode_event, encode_event, format_key_time, incident_note,
+    summable_cost, unix_ms,
 };
 use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
-    AuditRecord, AuditStore, EventQuery, EventStore, KeyFilter, KeyStore, MigrationReport,
-    StoreError, StoredAlert,
+    AuditRecord, AuditStore, EventQuery, EventStore, IncidentQuery, IncidentStore, KeyFilter,
+    KeyStore, MigrationReport, StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -51,6 +52,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_audit",
         include_str!("../migrations/postgres/0003_audit.sql"),
+    ),
+    (
+        "0004_incidents",
+        include_str!("../migrations/postgres/0004_incidents.sql"),
     ),
 ];
 
@@ -110,7 +115,27 @@ const AUDIT_LOCK_ID: i64 = 0x5357_4155_4449_5401;
 const INSERT_AUDIT: &str = "INSERT INTO audit (seq, at_unix_ms, actor, action, target, tenant, \
      prev_hash, hash, body_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
-/// Keys, events, alerts, actions and the audit log in PostgreSQL. Cheap to clone: clones
+/// A new incident, or a stored one's new content: operator status and note are kept, except
+/// that an escalation (`$12`) reopens an acknowledged, resolved or closed incident.
+const UPSERT_INCIDENT: &str = "INSERT INTO incidents (id, subject, key_id, tenant, severity, \
+     severity_rank, status, opened_unix_ms, updated_unix_ms, note, created_at, changed_at, \
+     body_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $10, $11) \
+     ON CONFLICT (id) DO UPDATE SET tenant = COALESCE(excluded.tenant, incidents.tenant), \
+     severity = excluded.severity, severity_rank = excluded.severity_rank, \
+     updated_unix_ms = excluded.updated_unix_ms, changed_at = excluded.changed_at, \
+     body_json = excluded.body_json, status = CASE WHEN $12::bool AND incidents.status IN \
+     ('acknowledged', 'resolved', 'closed') THEN 'open' ELSE incidents.status END";
+
+const INSERT_INCIDENT_ALERTS: &str = "INSERT INTO incident_alerts (incident_id, alert_id) \
+     SELECT $1, linked.alert_id FROM UNNEST($2::text[]) AS linked(alert_id) \
+     ON CONFLICT DO NOTHING";
+
+/// The incident columns [`IncidentRow`] reads, its alert ids aggregated as a JSON array.
+const INCIDENT_SELECT: &str = "SELECT id, body_json, status, note, created_at, changed_at, \
+     (SELECT json_agg(alert_id)::text FROM incident_alerts WHERE incident_id = incidents.id) \
+     FROM incidents";
+
+/// Keys, events, alerts, incidents, actions and the audit log in PostgreSQL. Cheap to clone: clones
 /// share the pool.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -553,6 +578,18 @@ fn alert_row(row: &tokio_postgres::Row) -> Result<AlertRow, StoreError> {
     })
 }
 
+fn incident_row(row: &tokio_postgres::Row) -> Result<IncidentRow, StoreError> {
+    Ok(IncidentRow {
+        id: row.try_get(0).map_err(db)?,
+        body_json: row.try_get(1).map_err(db)?,
+        status: row.try_get(2).map_err(db)?,
+        note: row.try_get(3).map_err(db)?,
+        created_at: row.try_get(4).map_err(db)?,
+        changed_at: row.try_get(5).map_err(db)?,
+        alert_ids_json: row.try_get(6).map_err(db)?,
+    })
+}
+
 fn audit_row(row: &tokio_postgres::Row) -> Result<AuditRow, StoreError> {
     Ok(AuditRow {
         seq: row.try_get(0).map_err(db)?,
@@ -963,6 +1000,141 @@ impl AlertStore for PostgresStore {
             out.push(decode_action(&id, &body)?);
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl IncidentStore for PostgresStore {
+    async fn upsert_incident(
+        &self,
+        incident: &Incident,
+        alert_ids: &[String],
+        reopen: bool,
+    ) -> Result<StoredIncident, StoreError> {
+        let c = IncidentColumns::new(incident, alert_ids, OffsetDateTime::now_utc())?;
+        let mut client = self.client().await?;
+        // Row, links and the read-back in one transaction: the answer is what this call left.
+        let tx = client.transaction().await.map_err(db)?;
+        let stmt = tx.prepare_cached(UPSERT_INCIDENT).await.map_err(db)?;
+        tx.execute(
+            &stmt,
+            &[
+                &c.id,
+                &c.subject,
+                &c.key_id,
+                &c.tenant,
+                &c.severity,
+                &c.severity_rank,
+                &c.status,
+                &c.opened_unix_ms,
+                &c.updated_unix_ms,
+                &c.now,
+                &c.body_json,
+                &reopen,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        let stmt = tx
+            .prepare_cached(INSERT_INCIDENT_ALERTS)
+            .await
+            .map_err(db)?;
+        tx.execute(&stmt, &[&c.id, &c.alert_ids])
+            .await
+            .map_err(db)?;
+        let stmt = tx
+            .prepare_cached(&format!("{INCIDENT_SELECT} WHERE id = $1"))
+            .await
+            .map_err(db)?;
+        let row = tx
+            .query_opt(&stmt, &[&c.id])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        let stored = incident_row(&row)?.into_stored()?;
+        tx.commit().await.map_err(db)?;
+        Ok(stored)
+    }
+
+    async fn get_incident(&self, id: &str) -> Result<Option<StoredIncident>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("{INCIDENT_SELECT} WHERE id = $1"))
+            .await
+            .map_err(db)?;
+        let row = client.query_opt(&stmt, &[&id]).await.map_err(db)?;
+        row.map(|r| incident_row(&r)?.into_stored()).transpose()
+    }
+
+    async fn list_incidents(&self, q: &IncidentQuery) -> Result<Vec<StoredIncident>, StoreError> {
+        let mut b = QueryBuilder::new(&format!("{INCIDENT_SELECT} WHERE TRUE"));
+        if let Some(status) = q.status {
+            b.push(" AND status = ?", Box::new(status.as_str()));
+        }
+        if let Some(sev) = q.min_severity {
+            b.push(" AND severity_rank >= ?", Box::new(sev.rank()));
+        }
+        if let Some(key_id) = &q.key_id {
+            b.push(" AND key_id = ?", Box::new(key_id.as_str().to_owned()));
+        }
+        if let Some(tenant) = &q.tenant {
+            b.push(" AND tenant = ?", Box::new(tenant.clone()));
+        }
+        if let Some(alert_id) = &q.alert_id {
+            b.push(
+                " AND id IN (SELECT incident_id FROM incident_alerts WHERE alert_id = ?)",
+                Box::new(alert_id.clone()),
+            );
+        }
+        if let Some(since) = q.since {
+            b.push(" AND updated_unix_ms >= ?", Box::new(unix_ms(since)?));
+        }
+        b.sql.push_str(" ORDER BY updated_unix_ms DESC, id DESC");
+        b.limit(q.limit);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&b.sql).await.map_err(db)?;
+        let rows = client.query(&stmt, &as_refs(&b.params)).await.map_err(db)?;
+        rows.iter()
+            .map(|r| incident_row(r)?.into_stored())
+            .collect::<Result<Vec<_>, _>>()
+    }
+
+    async fn set_incident_status(
+        &self,
+        id: &str,
+        status: IncidentStatus,
+        note: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<StoredIncident, StoreError> {
+        let note = incident_note(id, note)?;
+        let at = format_key_time(at)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE incidents SET status = $2, note = $3, changed_at = $4 WHERE id = $1",
+            )
+            .await
+            .map_err(db)?;
+        let changed = tx
+            .execute(&stmt, &[&id, &status.as_str(), &note, &at])
+            .await
+            .map_err(db)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let stmt = tx
+            .prepare_cached(&format!("{INCIDENT_SELECT} WHERE id = $1"))
+            .await
+            .map_err(db)?;
+        let row = tx
+            .query_opt(&stmt, &[&id])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        let stored = incident_row(&row)?.into_stored()?;
+        tx.commit().await.map_err(db)?;
+        Ok(stored)
     }
 }
 

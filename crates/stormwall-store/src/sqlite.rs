@@ -16,18 +16,19 @@ use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, ffi, params,
     params_from_iter,
 };
-use stormwall_types::{Alert, KeyId, KeyRecord, UsageEvent};
+use stormwall_types::{Alert, Incident, IncidentStatus, KeyId, KeyRecord, UsageEvent};
 use time::OffsetDateTime;
 
 use crate::codec::{
     ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
-    KEY_COLUMNS, KeyColumns, KeyRow, alert_note, audit_seq, decision_str, decode_action,
-    decode_event, encode_event, format_key_time, summable_cost, unix_ms,
+    IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, alert_note, audit_seq,
+    decision_str, decode_action, decode_event, encode_event, format_key_time, incident_note,
+    summable_cost, unix_ms,
 };
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
-    AuditRecord, AuditStore, EventQuery, EventStore, KeyFilter, KeyStore, MigrationReport,
-    StoreError, StoredAlert,
+    AuditRecord, AuditStore, EventQuery, EventStore, IncidentQuery, IncidentStore, KeyFilter,
+    KeyStore, MigrationReport, StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -43,6 +44,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_audit",
         include_str!("../migrations/sqlite/0003_audit.sql"),
+    ),
+    (
+        "0004_incidents",
+        include_str!("../migrations/sqlite/0004_incidents.sql"),
     ),
 ];
 
@@ -82,7 +87,26 @@ const INSERT_AUDIT: &str = "INSERT INTO audit (seq, at_unix_ms, actor, action, t
 const INSERT_ACTION_ALERT: &str = "INSERT INTO action_alerts (alert_id, action_id) \
      VALUES (?1, ?2) ON CONFLICT DO NOTHING";
 
-/// Keys, events, alerts, actions and the audit log in one SQLite database. Cheap to clone:
+/// A new incident, or a stored one's new content: operator status and note are kept, except
+/// that an escalation (`?12`) reopens an acknowledged, resolved or closed incident.
+const UPSERT_INCIDENT: &str = "INSERT INTO incidents (id, subject, key_id, tenant, severity, \
+     severity_rank, status, opened_unix_ms, updated_unix_ms, note, created_at, changed_at, \
+     body_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?10, ?11) \
+     ON CONFLICT (id) DO UPDATE SET tenant = COALESCE(excluded.tenant, incidents.tenant), \
+     severity = excluded.severity, severity_rank = excluded.severity_rank, \
+     updated_unix_ms = excluded.updated_unix_ms, changed_at = excluded.changed_at, \
+     body_json = excluded.body_json, status = CASE WHEN ?12 = 1 AND incidents.status IN \
+     ('acknowledged', 'resolved', 'closed') THEN 'open' ELSE incidents.status END";
+
+const INSERT_INCIDENT_ALERT: &str = "INSERT INTO incident_alerts (incident_id, alert_id) \
+     VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+
+/// The incident columns [`IncidentRow`] reads, its alert ids aggregated as a JSON array.
+const INCIDENT_SELECT: &str = "SELECT id, body_json, status, note, created_at, changed_at, \
+     (SELECT json_group_array(alert_id) FROM incident_alerts WHERE incident_id = incidents.id) \
+     FROM incidents";
+
+/// Keys, events, alerts, incidents, actions and the audit log in one SQLite database. Cheap to clone:
 /// clones share the connections.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -523,6 +547,64 @@ fn build_audit_query(q: &AuditQuery) -> (String, Vec<Value>) {
     (sql, args)
 }
 
+fn read_incident_row(row: &Row<'_>) -> rusqlite::Result<IncidentRow> {
+    Ok(IncidentRow {
+        id: row.get(0)?,
+        body_json: row.get(1)?,
+        status: row.get(2)?,
+        note: row.get(3)?,
+        created_at: row.get(4)?,
+        changed_at: row.get(5)?,
+        alert_ids_json: row.get(6)?,
+    })
+}
+
+fn get_incident(conn: &Connection, id: &str) -> Result<Option<StoredIncident>, StoreError> {
+    let sql = format!("{INCIDENT_SELECT} WHERE id = ?1");
+    let row = conn
+        .prepare_cached(&sql)
+        .map_err(db)?
+        .query_row([id], read_incident_row)
+        .optional()
+        .map_err(db)?;
+    row.map(IncidentRow::into_stored).transpose()
+}
+
+fn build_incident_query(q: &IncidentQuery) -> Result<(String, Vec<Value>), StoreError> {
+    let mut sql = format!("{INCIDENT_SELECT} WHERE 1 = 1");
+    let mut args = Vec::new();
+    if let Some(status) = q.status {
+        sql.push_str(" AND status = ?");
+        args.push(Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(sev) = q.min_severity {
+        sql.push_str(" AND severity_rank >= ?");
+        args.push(Value::Integer(sev.rank()));
+    }
+    if let Some(key_id) = &q.key_id {
+        sql.push_str(" AND key_id = ?");
+        args.push(Value::Text(key_id.as_str().to_owned()));
+    }
+    if let Some(tenant) = &q.tenant {
+        sql.push_str(" AND tenant = ?");
+        args.push(Value::Text(tenant.clone()));
+    }
+    if let Some(alert_id) = &q.alert_id {
+        sql.push_str(" AND id IN (SELECT incident_id FROM incident_alerts WHERE alert_id = ?)");
+        args.push(Value::Text(alert_id.clone()));
+    }
+    if let Some(since) = q.since {
+        sql.push_str(" AND updated_unix_ms >= ?");
+        args.push(Value::Integer(unix_ms(since)?));
+    }
+    sql.push_str(" ORDER BY updated_unix_ms DESC, id DESC");
+    if let Some(limit) = q.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(limit_value(limit));
+    }
+    Ok((sql, args))
+}
+
 /// Runs a query, reads each row with `read` and turns it into a record with `finish`.
 fn query_all<A: rusqlite::ToSql, R, T>(
     conn: &Connection,
@@ -890,6 +972,95 @@ impl AlertStore for SqliteStore {
 }
 
 #[async_trait]
+impl IncidentStore for SqliteStore {
+    async fn upsert_incident(
+        &self,
+        incident: &Incident,
+        alert_ids: &[String],
+        reopen: bool,
+    ) -> Result<StoredIncident, StoreError> {
+        let c = IncidentColumns::new(incident, alert_ids, OffsetDateTime::now_utc())?;
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            tx.prepare_cached(UPSERT_INCIDENT)
+                .map_err(db)?
+                .execute(params![
+                    c.id,
+                    c.subject,
+                    c.key_id,
+                    c.tenant,
+                    c.severity,
+                    c.severity_rank,
+                    c.status,
+                    c.opened_unix_ms,
+                    c.updated_unix_ms,
+                    c.now,
+                    c.body_json,
+                    i64::from(reopen),
+                ])
+                .map_err(db)?;
+            {
+                let mut link = tx.prepare_cached(INSERT_INCIDENT_ALERT).map_err(db)?;
+                for a in &c.alert_ids {
+                    link.execute(params![c.id, a]).map_err(db)?;
+                }
+            }
+            let stored = get_incident(&tx, &c.id)?.ok_or(StoreError::NotFound)?;
+            tx.commit().map_err(db)?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn get_incident(&self, id: &str) -> Result<Option<StoredIncident>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| get_incident(conn, &id)).await
+    }
+
+    async fn list_incidents(
+        &self,
+        query: &IncidentQuery,
+    ) -> Result<Vec<StoredIncident>, StoreError> {
+        let (sql, args) = build_incident_query(query)?;
+        self.read(move |conn| query_all(conn, &sql, &args, read_incident_row, |r| r.into_stored()))
+            .await
+    }
+
+    async fn set_incident_status(
+        &self,
+        id: &str,
+        status: IncidentStatus,
+        note: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<StoredIncident, StoreError> {
+        let id = id.to_owned();
+        let note = incident_note(&id, note)?;
+        let at = format_key_time(at)?;
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE incidents SET status = ?2, note = ?3, changed_at = ?4 WHERE id = ?1",
+                )
+                .map_err(db)?
+                .execute(params![id, status.as_str(), note, at])
+                .map_err(db)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound);
+            }
+            let stored = get_incident(&tx, &id)?.ok_or(StoreError::NotFound)?;
+            tx.commit().map_err(db)?;
+            Ok(stored)
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord, StoreError> {
         let c = AuditColumns::new(entry)?;
@@ -960,7 +1131,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             migrate(&mut conn).unwrap(),
-            vec!["0002_alerts", "0003_audit"]
+            vec!["0002_alerts", "0003_audit", "0004_incidents"]
         );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         let n: i64 = conn
@@ -983,7 +1154,10 @@ mod tests {
             conn.execute_batch(sql).unwrap();
         }
         conn.pragma_update(None, "user_version", 2).unwrap();
-        assert_eq!(migrate(&mut conn).unwrap(), vec!["0003_audit"]);
+        assert_eq!(
+            migrate(&mut conn).unwrap(),
+            vec!["0003_audit", "0004_incidents"]
+        );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         assert!(migrate(&mut conn).unwrap().is_empty());
     }

@@ -16,15 +16,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stormwall_store::{
     AUDIT_GENESIS, ActionOutcome, ActionQuery, ActionRecord, AlertQuery, AlertStatus, AuditEntry,
-    AuditQuery, AuditRecord, BatchWriter, EventQuery, EventStore, EventsConfig, KeyFilter,
-    PostgresConfig, PostgresStore, ShutdownError, SqliteStore, Store, StoreConfig, StoreError,
-    StoredAlert, verify_audit,
+    AuditQuery, AuditRecord, BatchWriter, EventQuery, EventStore, EventsConfig, IncidentQuery,
+    KeyFilter, PostgresConfig, PostgresStore, ShutdownError, SqliteStore, Store, StoreConfig,
+    StoreError, StoredAlert, verify_audit,
 };
 use stormwall_types::safety::{Action as SafetyAction, Category};
 use stormwall_types::{
-    Action, ActionKind, Alert, AlertFeature, AlertSubject, ApiKey, DetectorId, KeyHash, KeyId,
-    KeyKind, KeyRecord, KeyScope, KeyStatus, RejectReason, SafetyStage, SafetyVerdict, Severity,
-    UsageEvent,
+    Action, ActionKind, Alert, AlertFeature, AlertSubject, ApiKey, DetectorId, Incident,
+    IncidentStatus, IncidentSubject, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus,
+    RejectReason, SafetyStage, SafetyVerdict, Severity, Stage, TimelineEntry, UsageEvent,
 };
 use time::{OffsetDateTime, UtcOffset};
 
@@ -151,6 +151,38 @@ fn alert(
         explanation: format!("{detector} fired on {id}"),
         evidence: vec![format!("{id}-e1"), format!("{id}-e2")],
         score: 42.5,
+    }
+}
+
+/// An incident about key `key` (or a network when `None`) opened at `at`, with one timeline
+/// entry per alert id.
+fn incident(id: &str, key: Option<u32>, severity: Severity, at: OffsetDateTime) -> Incident {
+    Incident {
+        id: id.to_owned(),
+        subject: match key {
+            Some(k) => IncidentSubject::Key(key_id(k).as_str().to_owned()),
+            None => IncidentSubject::Network("203.0.113.0/24".to_owned()),
+        },
+        tenant: Some("acme".to_owned()),
+        opened_at: at,
+        updated_at: at,
+        severity,
+        stages: vec![Stage::Validation, Stage::Proxy],
+        risk_score: 31.25,
+        reasons: vec!["strongest signal: P3 high".to_owned()],
+        timeline: vec![TimelineEntry {
+            at,
+            alert_id: format!("{id}-a1"),
+            detector: DetectorId::P3,
+            stage: Stage::Proxy,
+            severity,
+            summary: "P3 fired.".to_owned(),
+            action: Some(ActionKind::Suspend),
+        }],
+        evidence: vec!["e1".to_owned(), "e2".to_owned()],
+        action: Some(ActionKind::Suspend),
+        status: IncidentStatus::Open,
+        revision: 1,
     }
 }
 
@@ -902,6 +934,134 @@ mod suite {
         assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     }
 
+    pub async fn incident_upsert_list_status(store: Arc<dyn Store>) {
+        let ids = |v: &[String]| v.to_vec();
+        let i1 = incident("inc-1", Some(1), Severity::Medium, t0());
+        let stored = store
+            .upsert_incident(&i1, &["a1".to_owned()], false)
+            .await
+            .unwrap();
+        assert_eq!(stored.incident, i1, "the body round-trips");
+        assert_eq!(stored.alert_ids, ["a1"]);
+        assert_eq!(stored.note, None);
+        assert_eq!(store.get_incident("inc-1").await.unwrap(), Some(stored));
+        assert_eq!(store.get_incident("missing").await.unwrap(), None);
+
+        // A joining alert replaces the content and adds its id; a repeated id is kept once.
+        let mut i1b = i1.clone();
+        i1b.updated_at = t0() + ms(60_000);
+        i1b.severity = Severity::High;
+        i1b.revision = 2;
+        let stored = store
+            .upsert_incident(&i1b, &["a2".to_owned(), "a1".to_owned()], true)
+            .await
+            .unwrap();
+        assert_eq!(stored.incident, i1b);
+        assert_eq!(ids(&stored.alert_ids), ["a1", "a2"]);
+
+        // Operators' status and note survive an update that is not an escalation...
+        let at = t0() + time::Duration::hours(1);
+        let acked = store
+            .set_incident_status("inc-1", IncidentStatus::Acknowledged, Some("on it"), at)
+            .await
+            .unwrap();
+        assert_eq!(acked.incident.status, IncidentStatus::Acknowledged);
+        assert_eq!(acked.note.as_deref(), Some("on it"));
+        assert_eq!(acked.changed_at, at);
+        let kept = store
+            .upsert_incident(&i1b, &["a3".to_owned()], false)
+            .await
+            .unwrap();
+        assert_eq!(kept.incident.status, IncidentStatus::Acknowledged);
+        assert_eq!(kept.note.as_deref(), Some("on it"));
+        assert_eq!(kept.alert_ids.len(), 3);
+        // ...an escalation reopens it, but never a false positive.
+        let reopened = store.upsert_incident(&i1b, &[], true).await.unwrap();
+        assert_eq!(reopened.incident.status, IncidentStatus::Open);
+        store
+            .set_incident_status("inc-1", IncidentStatus::FalsePositive, None, at)
+            .await
+            .unwrap();
+        let fp = store.upsert_incident(&i1b, &[], true).await.unwrap();
+        assert_eq!(fp.incident.status, IncidentStatus::FalsePositive);
+        assert_eq!(fp.note, None);
+
+        // Filters: status, least severity, key, tenant, alert, since; latest first.
+        let i2 = incident("inc-2", Some(2), Severity::Low, t0() + ms(120_000));
+        store
+            .upsert_incident(&i2, &["b1".to_owned()], false)
+            .await
+            .unwrap();
+        let i3 = incident("inc-3", None, Severity::Critical, t0() + ms(180_000));
+        store
+            .upsert_incident(&i3, &["c1".to_owned()], false)
+            .await
+            .unwrap();
+        let list = |q: IncidentQuery| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .list_incidents(&q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|i| i.incident.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            list(IncidentQuery::default()).await,
+            ["inc-3", "inc-2", "inc-1"]
+        );
+        let q = IncidentQuery {
+            status: Some(IncidentStatus::Open),
+            ..Default::default()
+        };
+        assert_eq!(list(q).await, ["inc-3", "inc-2"]);
+        let q = IncidentQuery {
+            min_severity: Some(Severity::High),
+            ..Default::default()
+        };
+        assert_eq!(list(q).await, ["inc-3", "inc-1"]);
+        let q = IncidentQuery {
+            key_id: Some(key_id(2)),
+            ..Default::default()
+        };
+        assert_eq!(list(q).await, ["inc-2"]);
+        let q = IncidentQuery {
+            tenant: Some("other".to_owned()),
+            ..Default::default()
+        };
+        assert!(list(q).await.is_empty());
+        let q = IncidentQuery {
+            alert_id: Some("a2".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(list(q).await, ["inc-1"]);
+        let q = IncidentQuery {
+            since: Some(t0() + ms(120_000)),
+            limit: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(list(q).await, ["inc-3"]);
+
+        // Unknown ids and unstorable notes or ids are refused.
+        let err = store
+            .set_incident_status("missing", IncidentStatus::Resolved, None, at)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound), "{err:?}");
+        let err = store
+            .set_incident_status("inc-2", IncidentStatus::Resolved, Some("bad\0"), at)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        let mut bad = incident("inc-4", Some(4), Severity::Low, t0());
+        bad.risk_score = f64::NAN;
+        assert!(store.upsert_incident(&bad, &[], false).await.is_err());
+        assert_eq!(store.get_incident("inc-4").await.unwrap(), None);
+    }
+
     pub async fn actions_record_list(store: Arc<dyn Store>) {
         let r1 = action("r1", 1, "a1", &["a0", "a1"], t0());
         let mut r2 = action("r2", 1, "a2", &["a1", "a2"], t0() + ms(10));
@@ -1249,7 +1409,8 @@ macro_rules! backend_suite {
                 event_round_trip_and_order, event_filters, event_paging,
                 event_reinsert_is_idempotent, spend_since, reads_while_writing,
                 alert_insert_get, alert_duplicates, alert_refuses_unstorable,
-                alert_list_filters, alert_status, actions_record_list, audit_append_list);
+                alert_list_filters, alert_status, actions_record_list, audit_append_list,
+                incident_upsert_list_status);
         }
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -1466,7 +1627,10 @@ async fn postgres_upgrade_from_0001_applies_0002_once() {
         .unwrap();
     let config = StoreConfig::Postgres(pg_config(&url, &schema));
     let report = stormwall_store::migrate(&config, &|_| None).await.unwrap();
-    assert_eq!(report.applied, ["0002_alerts", "0003_audit"]);
+    assert_eq!(
+        report.applied,
+        ["0002_alerts", "0003_audit", "0004_incidents"]
+    );
     assert_eq!(report.version, stormwall_store::postgres::SCHEMA_VERSION);
     let again = stormwall_store::migrate(&config, &|_| None).await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
@@ -1576,7 +1740,10 @@ async fn sqlite_migrate_reports_and_is_idempotent() {
     };
     let first = stormwall_store::migrate(&config, &|_| None).await.unwrap();
     assert_eq!(first.backend, "sqlite");
-    assert_eq!(first.applied, ["0001_init", "0002_alerts", "0003_audit"]);
+    assert_eq!(
+        first.applied,
+        ["0001_init", "0002_alerts", "0003_audit", "0004_incidents"]
+    );
     assert_eq!(first.version, stormwall_store::sqlite::SCHEMA_VERSION);
     for _ in 0..2 {
         let again = stormwall_store::migrate(&config, &|_| None).await.unwrap();

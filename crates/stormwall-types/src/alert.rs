@@ -274,6 +274,23 @@ impl Severity {
             Severity::Critical => "critical",
         }
     }
+
+    /// Parses [`Severity::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "info" => Some(Severity::Info),
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+
+    /// Rank from 0 (info) to 4 (critical), as stored for "at least this severity" filters.
+    pub fn rank(self) -> i64 {
+        self as i64
+    }
 }
 
 impl fmt::Display for Severity {

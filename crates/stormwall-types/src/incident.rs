@@ -40,6 +40,8 @@ pub enum IncidentStatus {
     Acknowledged,
     /// Marked a false positive (its alerts too).
     FalsePositive,
+    /// An operator resolved it (the key was dealt with).
+    Resolved,
     /// The episode ended (no alert for the episode gap).
     Closed,
 }
@@ -51,7 +53,20 @@ impl IncidentStatus {
             IncidentStatus::Open => "open",
             IncidentStatus::Acknowledged => "acknowledged",
             IncidentStatus::FalsePositive => "false_positive",
+            IncidentStatus::Resolved => "resolved",
             IncidentStatus::Closed => "closed",
+        }
+    }
+
+    /// Parses [`IncidentStatus::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(IncidentStatus::Open),
+            "acknowledged" => Some(IncidentStatus::Acknowledged),
+            "false_positive" => Some(IncidentStatus::FalsePositive),
+            "resolved" => Some(IncidentStatus::Resolved),
+            "closed" => Some(IncidentStatus::Closed),
+            _ => None,
         }
     }
 }

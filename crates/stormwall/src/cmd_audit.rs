@@ -15,7 +15,7 @@ pub enum AuditCommand {
     List {
         #[command(flatten)]
         target: AdminTarget,
-        /// Only records about this object (a key id or an alert id).
+        /// Only records about this object (a key, alert or incident id).
         #[arg(long = "object")]
         object: Option<String>,
         /// Only records after this sequence number.

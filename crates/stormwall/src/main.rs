@@ -12,6 +12,7 @@ mod cmd_detect;
 mod cmd_detect_logs;
 mod cmd_events;
 mod cmd_evidence;
+mod cmd_incidents;
 mod cmd_investigate;
 mod cmd_ip;
 mod cmd_keys;
@@ -59,6 +60,9 @@ enum Command {
     /// Detection alerts through a running gateway's admin API: list, show, ack, false-positive.
     #[command(subcommand)]
     Alerts(cmd_alerts::AlertsCommand),
+    /// Incidents (alerts grouped by key and episode): list, show, ack, false-positive, resolve.
+    #[command(subcommand)]
+    Incidents(cmd_incidents::IncidentsCommand),
     /// The audit log of changes to keys and alerts: list, verify its hash chain.
     #[command(subcommand)]
     Audit(cmd_audit::AuditCommand),
@@ -127,6 +131,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(a) => cmd_serve::run(a).await,
             Command::Keys(c) => cmd_keys::run(c).await,
             Command::Alerts(c) => cmd_alerts::run(c).await,
+            Command::Incidents(c) => cmd_incidents::run(c).await,
             Command::Audit(c) => cmd_audit::run(c).await,
             Command::Events(c) => cmd_events::run(c).await,
             Command::Migrate(a) => cmd_migrate::run(a).await,

@@ -1,6 +1,6 @@
-//! The admin listener: REST JSON for keys and events behind a bearer token, an OpenAPI
-//! document, Prometheus metrics and health checks. Kept off the proxy listener so it can be
-//! bound to loopback or a private network.
+//! The admin listener: REST JSON for keys, events, alerts and incidents behind a bearer
+//! token, an OpenAPI document, Prometheus metrics and health checks. Kept off the proxy
+//! listener so it can be bound to loopback or a private network.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -232,6 +232,13 @@ async fn route(
             let body: NoteBody = read_json_or_default(req).await?;
             alert_status(app, &id, &action, body.note).await
         }
+        (Method::GET, ["incidents"]) => incidents(app, &query).await,
+        (Method::GET, ["incidents", id]) => incident(app, id).await,
+        (Method::POST, ["incidents", id, action]) => {
+            let (id, action) = ((*id).to_owned(), (*action).to_owned());
+            let body: NoteBody = read_json_or_default(req).await?;
+            incident_status(app, &id, &action, body.note).await
+        }
         (Method::GET, ["actions"]) => actions(app, &query).await,
         (Method::GET, ["audit"]) => audit_log(app, &query).await,
         (Method::GET, ["audit", "verify"]) => audit_verify(app).await,
@@ -255,6 +262,9 @@ async fn route(
             | ["alerts"]
             | ["alerts", _]
             | ["alerts", _, _]
+            | ["incidents"]
+            | ["incidents", _]
+            | ["incidents", _, _]
             | ["actions"]
             | ["audit"]
             | ["audit", "verify"]
@@ -515,14 +525,7 @@ async fn alert_status(
     action: &str,
     note: Option<String>,
 ) -> Result<Response<ProxyBody>, AdminError> {
-    if note
-        .as_deref()
-        .is_some_and(|n| n.len() > MAX_NOTE || n.chars().any(|c| c.is_control() && c != '\n'))
-    {
-        return Err(AdminError::BadRequest(format!(
-            "note must be at most {MAX_NOTE} bytes without control characters"
-        )));
-    }
+    check_note(note.as_deref())?;
     let stored = match action {
         "ack" => app
             .store
@@ -551,6 +554,97 @@ async fn alert_status(
     )
     .await;
     ok_json(StatusCode::OK, &stored)
+}
+
+#[derive(serde::Serialize)]
+struct IncidentPage {
+    incidents: Vec<stormwall_store::StoredIncident>,
+}
+
+async fn incidents(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+    let status = param(query, "status")
+        .map(|s| {
+            stormwall_types::IncidentStatus::parse(&s).ok_or_else(|| {
+                AdminError::BadRequest(
+                    "status must be open, acknowledged, false_positive, resolved or closed".into(),
+                )
+            })
+        })
+        .transpose()?;
+    let min_severity = param(query, "severity")
+        .map(|s| {
+            stormwall_types::Severity::parse(&s).ok_or_else(|| {
+                AdminError::BadRequest(
+                    "severity must be info, low, medium, high or critical".into(),
+                )
+            })
+        })
+        .transpose()?;
+    let q = stormwall_store::IncidentQuery {
+        status,
+        min_severity,
+        key_id: key_param(query)?,
+        tenant: param(query, "tenant"),
+        alert_id: param(query, "alert"),
+        since: time_param(query, "since")?,
+        limit: Some(limit_param(query, DEFAULT_ALERT_PAGE, MAX_ALERT_PAGE)?),
+    };
+    let incidents = app.store.list_incidents(&q).await.map_err(store_error)?;
+    ok_json(StatusCode::OK, &IncidentPage { incidents })
+}
+
+#[derive(serde::Serialize)]
+struct IncidentDetail {
+    #[serde(flatten)]
+    incident: stormwall_store::StoredIncident,
+    alerts: Vec<stormwall_store::StoredAlert>,
+}
+
+async fn incident(app: &ControlPlane, id: &str) -> Result<Response<ProxyBody>, AdminError> {
+    let incident = app
+        .store
+        .get_incident(id)
+        .await
+        .map_err(store_error)?
+        .ok_or(AdminError::NotFound)?;
+    let mut alerts = Vec::new();
+    for alert_id in incident
+        .alert_ids
+        .iter()
+        .take(crate::control::incidents::MAX_DETAIL_ALERTS)
+    {
+        if let Some(a) = app.store.get_alert(alert_id).await.map_err(store_error)? {
+            alerts.push(a);
+        }
+    }
+    alerts.sort_by(|a, b| (a.alert.at, &a.alert.id).cmp(&(b.alert.at, &b.alert.id)));
+    ok_json(StatusCode::OK, &IncidentDetail { incident, alerts })
+}
+
+async fn incident_status(
+    app: &ControlPlane,
+    id: &str,
+    action: &str,
+    note: Option<String>,
+) -> Result<Response<ProxyBody>, AdminError> {
+    let Some(handling) = crate::control::incidents::Handling::from_verb(action) else {
+        return Err(AdminError::NotFound);
+    };
+    check_note(note.as_deref())?;
+    let stored = crate::control::incidents::handle(app, id, handling, note.as_deref())
+        .await
+        .map_err(store_error)?;
+    ok_json(StatusCode::OK, &stored)
+}
+
+/// Refuses a note that is too long or holds control characters (newlines allowed).
+fn check_note(note: Option<&str>) -> Result<(), AdminError> {
+    if note.is_some_and(|n| n.len() > MAX_NOTE || n.chars().any(|c| c.is_control() && c != '\n')) {
+        return Err(AdminError::BadRequest(format!(
+            "note must be at most {MAX_NOTE} bytes without control characters"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize)]
@@ -805,6 +899,11 @@ mod openapi_tests {
         ("get", "/admin/alerts/{id}"),
         ("post", "/admin/alerts/{id}/ack"),
         ("post", "/admin/alerts/{id}/false-positive"),
+        ("get", "/admin/incidents"),
+        ("get", "/admin/incidents/{id}"),
+        ("post", "/admin/incidents/{id}/ack"),
+        ("post", "/admin/incidents/{id}/false-positive"),
+        ("post", "/admin/incidents/{id}/resolve"),
         ("get", "/admin/actions"),
         ("get", "/admin/audit"),
         ("get", "/admin/audit/verify"),

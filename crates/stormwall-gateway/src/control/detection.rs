@@ -3,6 +3,9 @@
 //! raises, and applies the response policy's actions to keys through the store and the key
 //! cache — so the attacker's next request is refused.
 //!
+//! Each newly stored alert then joins its incident ([`crate::control::incidents`]), which is
+//! what notifications report by default.
+//!
 //! The request path only clones the event into a bounded channel (`try_send`); a full
 //! channel drops the event for detection (counted), never delays a request. Alerts carry an
 //! incident name (detector, subject, cooldown window) the store de-duplicates on, so
@@ -581,7 +584,7 @@ impl Verdicts {
     }
 }
 
-/// Stores, announces and acts on one alert.
+/// Stores, announces and acts on one alert, then adds it to its incident.
 async fn handle_alert(state: &ControlPlane, engine: &mut Engine, window: u32, alert: Alert) {
     let fresh = match state
         .store
@@ -605,13 +608,25 @@ async fn handle_alert(state: &ControlPlane, engine: &mut Engine, window: u32, al
             })
             .inc();
         state.alerts.raise(&alert);
-        if let Some(hook) = &state.webhook {
+        if state.alerts.per_alert()
+            && let Some(hook) = &state.webhook
+        {
             hook.send_alert(&alert);
         }
     }
-    let Some(action) = engine.decide(&alert) else {
-        return;
+    let record = match engine.decide(&alert) {
+        Some(action) => Some(act(state, action).await),
+        None => None,
     };
+    // Only the replica that stored the alert adds it to an incident, so each alert joins
+    // one incident however many replicas raised it.
+    if fresh {
+        crate::control::incidents::record(state, &alert, record.as_ref()).await;
+    }
+}
+
+/// Applies the response policy's action, audits, notifies (per alert) and records it.
+async fn act(state: &ControlPlane, action: Action) -> ActionRecord {
     let record = apply(state, &action).await;
     state
         .metrics
@@ -646,13 +661,16 @@ async fn handle_alert(state: &ControlPlane, engine: &mut Engine, window: u32, al
             reason = %action.reason,
             "response action applied"
         );
-        if let Some(hook) = &state.webhook {
+        if state.alerts.per_alert()
+            && let Some(hook) = &state.webhook
+        {
             hook.send_action(&record);
         }
     }
     if let Err(e) = state.store.record_action(&record).await {
         tracing::error!(key_id = %action.key_id, error = %e, "cannot record an action");
     }
+    record
 }
 
 fn outcome_name(o: ActionOutcome) -> &'static str {

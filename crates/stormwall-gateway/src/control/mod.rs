@@ -1,14 +1,15 @@
 //! The control plane: the admin API ([`admin`]), the key lifecycle ([`keys`]), the
-//! detection runtime ([`detection`]), alert delivery ([`alerts`], [`webhook`]), leaked-key
-//! reports ([`leak_report`]), the audit log ([`audit`]) and the web console ([`console`]), with [`ControlPlane`], the state
-//! they share. It changes what the data plane sees only through the shared key cache and the
-//! store.
+//! detection runtime ([`detection`]), incidents ([`incidents`]), alert delivery ([`alerts`],
+//! [`webhook`]), leaked-key reports ([`leak_report`]), the audit log ([`audit`]) and the web
+//! console ([`console`]), with [`ControlPlane`], the state they share. It changes what the
+//! data plane sees only through the shared key cache and the store.
 
 pub mod admin;
 pub mod alerts;
 pub mod audit;
 pub mod console;
 pub mod detection;
+pub mod incidents;
 pub mod ipintel;
 pub mod keys;
 pub mod leak_report;

@@ -1,4 +1,5 @@
-//! Alert and action notifications to an operator's webhook: JSON bodies signed with
+//! Incident (or, with `[alerts] notify = "alerts"`, alert and action) notifications to an
+//! operator's webhook: JSON bodies signed with
 //! HMAC-SHA256 (`x-stormwall-signature: t=<unix seconds>,v1=<hex>` over `"<t>.<body>"`, so a
 //! receiver can reject replays and forgeries), delivered off the request path and retried
 //! with exponential backoff when the receiver fails or is unreachable.
@@ -158,6 +159,18 @@ impl Webhook {
         self.queue(
             "alert",
             &serde_json::json!({ "type": "alert", "alert": alert }),
+        );
+    }
+
+    /// Queues an incident notification (opened or escalated), if the incident is severe
+    /// enough: `{"type":"incident","change":…,"incident":…}`.
+    pub fn send_incident(&self, change: &'static str, stored: &stormwall_store::StoredIncident) {
+        if stored.incident.severity < self.min_severity {
+            return;
+        }
+        self.queue(
+            "incident",
+            &serde_json::json!({ "type": "incident", "change": change, "incident": stored }),
         );
     }
 

@@ -266,6 +266,33 @@ async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_ke
         .expect("the suspension is audited");
     assert_eq!(by_detection["actor"], "detection");
     assert_eq!(by_detection["detail"]["alert_id"], json!(cause));
+    // The attack is one incident: its alerts, the stop, the stages it covered.
+    let mut incidents = Vec::new();
+    for _ in 0..100 {
+        let page = h
+            .admin_get(&format!("/admin/incidents?key={stolen_id}"))
+            .await;
+        incidents = page["incidents"].as_array().unwrap().clone();
+        if incidents.first().is_some_and(|i| i["action"] == "suspend") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    let inc = &incidents[0];
+    assert_eq!(inc["action"], "suspend", "{inc:#}");
+    assert!(
+        matches!(inc["severity"].as_str(), Some("high" | "critical")),
+        "{inc:#}"
+    );
+    assert!(
+        inc["alert_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == &json!(cause)),
+        "{inc:#}"
+    );
     // The owners' other key carries on.
     assert_eq!(h.key_status(&legit_id).await, "active");
     let r = h
@@ -338,6 +365,8 @@ async fn the_webhook_gets_signed_notifications_and_retries_failures() {
         c.alerts.webhook_url = Some(url);
         c.alerts.webhook_secret_env = Some("HOOK_SECRET".into());
         c.alerts.webhook_backoff_ms = 10;
+        // The per-alert path (incident notifications: tests/gateway/incidents.rs).
+        c.alerts.notify = stormwall_gateway::control::alerts::NotifyMode::Alerts;
     })
     .await;
     let (canary, _) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;

@@ -670,3 +670,151 @@ async fn alerts_list_show_ack_and_false_positive() {
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("audit log ok: 3 records"));
     sigterm(&mut server.child);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_list_show_ack_and_false_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut server = serve(&config);
+    let admin = server.admin.clone();
+    let out = stormwall(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--kind",
+        "canary",
+        "--json",
+        "--admin-url",
+        &admin,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (key, id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    let r = http_request(
+        "POST",
+        &format!("{}/v1/chat/completions", server.proxy),
+        &[("authorization", &format!("Bearer {key}"))],
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    // The canary's H1 alert opens an incident about the key.
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        let o = stormwall(&[
+            "incidents",
+            "list",
+            "--key",
+            &id,
+            "--json",
+            "--admin-url",
+            &admin,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        listed = serde_json::from_slice(&o.stdout).unwrap();
+        if !listed["incidents"].as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let inc = &listed["incidents"][0];
+    assert_eq!(inc["severity"], "critical", "{listed:#}");
+    assert_eq!(inc["status"], "open");
+    let inc_id = inc["id"].as_str().unwrap().to_owned();
+    let alert_id = inc["alert_ids"][0].as_str().unwrap().to_owned();
+    // The table names the subject and the stages; `show` gives the timeline and alerts.
+    let table = stormwall(&[
+        "incidents",
+        "list",
+        "--severity",
+        "high",
+        "--admin-url",
+        &admin,
+    ]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains(&format!("key:{id}")) && table.contains("harvest"),
+        "{table}"
+    );
+    let shown = stormwall(&["incidents", "show", &inc_id, "--admin-url", &admin]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains("timeline:") && shown.contains("H1") && shown.contains(&alert_id),
+        "{shown}"
+    );
+    assert!(!shown.contains(&key), "no secret in the output");
+    // Ack and false-positive apply to the incident's alert too.
+    for (verb, status) in [
+        ("ack", "acknowledged"),
+        ("false-positive", "false_positive"),
+    ] {
+        let o = stormwall(&[
+            "incidents",
+            verb,
+            &inc_id,
+            "--note",
+            "checked",
+            "--json",
+            "--admin-url",
+            &admin,
+        ]);
+        assert!(
+            o.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["status"], status);
+        assert_eq!(v["note"], "checked");
+        let o = stormwall(&[
+            "alerts",
+            "list",
+            "--key",
+            &id,
+            "--json",
+            "--admin-url",
+            &admin,
+        ]);
+        let alerts: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(alerts["alerts"][0]["status"], status, "{alerts:#}");
+    }
+    let o = stormwall(&["incidents", "resolve", &inc_id, "--admin-url", &admin]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resolved"));
+    // Bad input is a clear error with exit code 2, not a panic.
+    let o = stormwall(&[
+        "incidents",
+        "list",
+        "--status",
+        "done",
+        "--admin-url",
+        &admin,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("status must be"));
+    let o = stormwall(&[
+        "incidents",
+        "show",
+        "no-such-incident",
+        "--admin-url",
+        &admin,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    // The changes are in the audit log.
+    let o = stormwall(&["audit", "list", "--object", &inc_id, "--admin-url", &admin]);
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        listed.contains("incident.acknowledged") && listed.contains("incident.false_positive"),
+        "{listed}"
+    );
+    sigterm(&mut server.child);
+}

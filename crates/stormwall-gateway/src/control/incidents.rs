@@ -1,0 +1,234 @@
+//! Incidents live: every new alert the detection task stores joins its incident (the alerts
+//! about one key, or one source network, within an episode; the grouping is
+//! `stormwall_detect::incident`), which is stored and — when it opens or escalates — sent
+//! once to the log, the JSON-lines file and the webhook. Operators acknowledge, resolve or
+//! mark an incident false-positive through the admin API; the change applies to its alerts
+//! and is written to the audit log.
+
+use stormwall_detect::incident::Change;
+use stormwall_store::{
+    ActionOutcome, ActionRecord, AlertStatus, IncidentQuery, StoreError, StoredIncident,
+};
+use stormwall_types::{Alert, IncidentStatus, IncidentSubject};
+use time::OffsetDateTime;
+
+use super::ControlPlane;
+use crate::control::alerts::change_name;
+
+/// Most alerts an incident's detail answer carries (the ids are all listed regardless).
+pub const MAX_DETAIL_ALERTS: usize = 500;
+
+/// Adds a newly stored alert (and the action taken on it, if any) to its incident, stores
+/// the incident and notifies when it opened or escalated. A store failure is logged and
+/// the notification still goes out: losing the record is better than losing the news.
+pub async fn record(state: &ControlPlane, alert: &Alert, action: Option<&ActionRecord>) {
+    // A failed action did not happen; one already in effect still describes the key.
+    let action = action
+        .filter(|r| r.outcome != ActionOutcome::Failed)
+        .map(|r| &r.action);
+    resume_stored(state, alert).await;
+    let Some(update) = state.alerts.group(alert, action) else {
+        return;
+    };
+    let escalated = update.change == Change::Escalated;
+    let stored = match state
+        .store
+        .upsert_incident(&update.incident, std::slice::from_ref(&alert.id), escalated)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(incident_id = %update.incident.id, error = %e, "cannot store an incident");
+            let now = OffsetDateTime::now_utc();
+            StoredIncident {
+                alert_ids: update
+                    .incident
+                    .timeline
+                    .iter()
+                    .map(|t| t.alert_id.clone())
+                    .collect(),
+                incident: update.incident.clone(),
+                note: None,
+                created_at: now,
+                changed_at: now,
+            }
+        }
+    };
+    // An operator who called it a false positive is not paged again for the same episode.
+    if !update.notify() || stored.incident.status == IncidentStatus::FalsePositive {
+        return;
+    }
+    state
+        .metrics
+        .incidents
+        .get_or_create(&crate::metrics::IncidentLabels {
+            change: change_name(update.change),
+            severity: stored.incident.severity.as_str(),
+        })
+        .inc();
+    state.alerts.raise_incident(update.change, &stored);
+    if !state.alerts.per_alert()
+        && let Some(hook) = &state.webhook
+    {
+        hook.send_incident(change_name(update.change), &stored);
+    }
+}
+
+/// The grouper lives in memory: after a restart, or on a replica that has not seen the key's
+/// incident, the key's latest stored incident whose episode is still running is taken back,
+/// so the alert joins it instead of opening (and notifying) another.
+async fn resume_stored(state: &ControlPlane, alert: &Alert) {
+    let Some(key) = &alert.key_id else { return };
+    let subject = IncidentSubject::Key(key.as_str().to_owned());
+    let (open, gap) = state
+        .alerts
+        .with_grouper(|g| (g.is_open(&subject), g.episode_gap_secs()));
+    if open {
+        return;
+    }
+    let q = IncidentQuery {
+        key_id: Some(key.clone()),
+        limit: Some(1),
+        ..Default::default()
+    };
+    match state.store.list_incidents(&q).await {
+        Ok(found) => {
+            if let Some(prev) = found.into_iter().next()
+                && prev.incident.subject == subject
+                && prev.incident.status != IncidentStatus::Closed
+                && alert.at >= prev.incident.opened_at
+                && (alert.at - prev.incident.updated_at).whole_seconds() <= i64::from(gap)
+            {
+                state.alerts.with_grouper(|g| g.resume(prev.incident));
+            }
+        }
+        Err(e) => tracing::warn!(key_id = %key, error = %e, "cannot read the key's incident"),
+    }
+}
+
+/// What an operator does with an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// Looked at; it stands (its open alerts become acknowledged).
+    Acknowledge,
+    /// Wrong: the incident and its alerts are false positives (the detectors learn).
+    FalsePositive,
+    /// Dealt with (its open alerts become acknowledged).
+    Resolve,
+}
+
+impl Handling {
+    /// The admin API's verb: `ack`, `false-positive`, `resolve`.
+    pub fn from_verb(verb: &str) -> Option<Self> {
+        match verb {
+            "ack" => Some(Handling::Acknowledge),
+            "false-positive" => Some(Handling::FalsePositive),
+            "resolve" => Some(Handling::Resolve),
+            _ => None,
+        }
+    }
+
+    fn status(self) -> IncidentStatus {
+        match self {
+            Handling::Acknowledge => IncidentStatus::Acknowledged,
+            Handling::FalsePositive => IncidentStatus::FalsePositive,
+            Handling::Resolve => IncidentStatus::Resolved,
+        }
+    }
+}
+
+/// Sets an incident's status and applies it to its alerts (open ones are acknowledged; a
+/// false positive marks every alert not yet so, teaching the detectors), then writes the
+/// incident's change and each alert's to the audit log. `StoreError::NotFound` for an
+/// unknown incident.
+pub async fn handle(
+    state: &ControlPlane,
+    id: &str,
+    handling: Handling,
+    note: Option<&str>,
+) -> Result<StoredIncident, StoreError> {
+    let now = OffsetDateTime::now_utc();
+    let stored = state
+        .store
+        .set_incident_status(id, handling.status(), note, now)
+        .await?;
+    let mut changed = Vec::new();
+    for alert_id in &stored.alert_ids {
+        // An alert another replica de-duplicated away is not stored: nothing to change.
+        let Some(current) = state.store.get_alert(alert_id).await? else {
+            continue;
+        };
+        let result = match (handling, current.status) {
+            (_, AlertStatus::FalsePositive) => continue,
+            (Handling::FalsePositive, _) => {
+                crate::control::detection::mark_false_positive(state, alert_id, note).await
+            }
+            (_, AlertStatus::Acknowledged) => continue,
+            (_, AlertStatus::Open) => {
+                state
+                    .store
+                    .set_alert_status(alert_id, AlertStatus::Acknowledged, note, now)
+                    .await
+            }
+        };
+        match result {
+            Ok(a) => changed.push(a),
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let incident = &stored.incident;
+    let key_id = match &incident.subject {
+        stormwall_types::IncidentSubject::Key(k) => Some(k.as_str()),
+        stormwall_types::IncidentSubject::Network(_) => None,
+    };
+    for a in &changed {
+        crate::control::audit::record(
+            state,
+            crate::control::audit::ADMIN,
+            &format!("alert.{}", a.status.as_str()),
+            Some(&a.alert.id),
+            a.alert.tenant.as_deref(),
+            serde_json::json!({ "note": note, "key_id": a.alert.key_id, "incident_id": id }),
+        )
+        .await;
+    }
+    crate::control::audit::record(
+        state,
+        crate::control::audit::ADMIN,
+        &format!("incident.{}", incident.status.as_str()),
+        Some(id),
+        incident.tenant.as_deref(),
+        serde_json::json!({
+            "note": note,
+            "key_id": key_id,
+            "subject": incident.subject.label(),
+            "alert_ids": stored.alert_ids,
+            "alerts_changed": changed.iter().map(|a| a.alert.id.as_str()).collect::<Vec<_>>(),
+        }),
+    )
+    .await;
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_map_to_statuses() {
+        assert_eq!(
+            Handling::from_verb("ack").map(Handling::status),
+            Some(IncidentStatus::Acknowledged)
+        );
+        assert_eq!(
+            Handling::from_verb("false-positive").map(Handling::status),
+            Some(IncidentStatus::FalsePositive)
+        );
+        assert_eq!(
+            Handling::from_verb("resolve").map(Handling::status),
+            Some(IncidentStatus::Resolved)
+        );
+        assert_eq!(Handling::from_verb("close"), None);
+    }
+}
