@@ -179,4 +179,8 @@ pub struct GatewayConfig {
     /// (the binary always sets `dir`, defaulting it from `[store]`); otherwise events go
     /// to the store from memory only.
     pub journal: stormwall_store::JournalConfig,
+    /// `[[logs]]`: cloud-log folders followed into the detectors.
+    pub logs: Vec<crate::control::cloud_logs::LogSourceConfig>,
+    /// `[cloud_logs]`: follow-mode settings (checkpoint file, poll interval, Sigma rules).
+    pub cloud_logs: crate::control::cloud_logs::CloudLogsConfig,
 }

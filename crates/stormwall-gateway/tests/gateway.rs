@@ -3132,3 +3132,6 @@ mod safety;
 
 #[path = "gateway/ipintel.rs"]
 mod ipintel;
+
+#[path = "gateway/cloud_logs.rs"]
+mod cloud_logs;

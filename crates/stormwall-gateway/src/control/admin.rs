@@ -377,6 +377,9 @@ async fn readyz(state: &AdminState) -> Response<ProxyBody> {
             body.push_str(&m);
             body.push('\n');
         }
+        if let Some(follow) = &state.control.cloud_logs {
+            body.push_str(&follow.readyz());
+        }
         text(StatusCode::OK, "text/plain", body)
     } else {
         text(

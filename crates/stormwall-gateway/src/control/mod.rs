@@ -1,5 +1,5 @@
 //! The control plane: the admin API ([`admin`]), the key lifecycle ([`keys`]), the
-//! detection runtime ([`detection`]), alert delivery ([`alerts`], [`webhook`]), leaked-key
+//! detection runtime ([`detection`]), cloud-log follow mode ([`cloud_logs`]), alert delivery ([`alerts`], [`webhook`]), leaked-key
 //! reports ([`leak_report`]) and the audit log ([`audit`]), with [`ControlPlane`], the state
 //! they share. It changes what the data plane sees only through the shared key cache and the
 //! store.
@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod audit;
+pub mod cloud_logs;
 pub mod detection;
 pub mod ipintel;
 pub mod keys;
@@ -48,4 +49,6 @@ pub struct ControlPlane {
     pub ipintel: Arc<stormwall_ipintel::SharedIpIntel>,
     /// The write-ahead event journal, when on (`/readyz` reports its backlog and bound).
     pub journal: Option<stormwall_store::Journal>,
+    /// The cloud-log follower's counters, when `[[logs]]` sources are followed (`/readyz`).
+    pub cloud_logs: Option<Arc<cloud_logs::FollowStats>>,
 }
