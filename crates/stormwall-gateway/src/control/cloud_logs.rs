@@ -130,13 +130,16 @@ pub struct Watched {
     pub glob: Option<String>,
 }
 
+/// What [`check`] gives: the sources, the usable Sigma rules, and why others were skipped.
+pub type Checked = (Vec<Watched>, Vec<Rule>, Vec<String>);
+
 /// Validates the follow-mode configuration (`config check` and start-up). Folders must
 /// exist; Sigma rules that cannot be used are returned for the caller to report.
 pub fn check(
     logs: &[LogSourceConfig],
     cfg: &CloudLogsConfig,
     detect_enabled: bool,
-) -> Result<(Vec<Watched>, Vec<Rule>, Vec<String>), LogsConfigError> {
+) -> Result<Checked, LogsConfigError> {
     if logs.is_empty() {
         return Ok((Vec::new(), Vec::new(), Vec::new()));
     }
@@ -565,6 +568,8 @@ pub struct Polled {
 }
 
 /// What one record or match becomes before judging.
+// Not boxed: items are judged and dropped within one poll; a box per record costs more.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Record(Record),
     Sigma(Alert),
@@ -1118,6 +1123,7 @@ pub fn spawn(
     })
 }
 
+#[allow(clippy::disallowed_methods)] // awaited; one file write the size of the saved state
 async fn checkpoint(follower: &Arc<std::sync::Mutex<Follower>>) {
     let f = Arc::clone(follower);
     let r = tokio::task::spawn_blocking(move || {
