@@ -13,7 +13,6 @@ use std::time::Instant;
 use stormwall_cloudlogs::{Record, Source, for_each_record};
 use stormwall_detect::EngineConfig;
 use stormwall_detect::cloud::CloudRun;
-use stormwall_detect::detectors::cloud::CloudThresholds;
 
 fn iso(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
@@ -114,7 +113,7 @@ fn measure_with(name: &str, text: &str, source: Option<Source>, cfg: EngineConfi
         }
     });
     stormwall_cloudlogs::sort_by_time(&mut records);
-    let mut run = CloudRun::without_state(cfg, CloudThresholds::default());
+    let mut run = CloudRun::without_state(cfg);
     let mut out = Vec::new();
     let mut alerts = 0usize;
     for rec in records {

@@ -191,27 +191,59 @@ pub fn sort_by_time(records: &mut Vec<Record>) {
     );
 }
 
+/// The strings [`sniff`] looks for, searched with finders built once (building a finder
+/// per look cost more than the search on every record).
+const SNIFF_NEEDLES: [&str; 18] = [
+    "\"eventSource\"",
+    "\"eventName\"",
+    "ModelInvocationLog",
+    "\"schemaType\"",
+    "\"protoPayload\"",
+    "organization.audit_log",
+    "\"effective_at\"",
+    "\"actor\"",
+    "\"results\"",
+    "\"start_time\"",
+    "GatewayLogs",
+    "\"backendUrl\"",
+    "\"BackendUrl\"",
+    "\"eventTimestamp\"",
+    "\"Administrative\"",
+    "\"operationName\"",
+    "\"category\"",
+    "\"Category\"",
+];
+
+/// ARM operation markers (lower-case) [`operation_has_slash`] looks for.
+const ARM_NEEDLES: [&str; 4] = ["/action", "/write", "/delete", "microsoft."];
+
+fn finders(needles: &[&'static str]) -> Vec<memchr::memmem::Finder<'static>> {
+    needles
+        .iter()
+        .map(|n| memchr::memmem::Finder::new(n.as_bytes()))
+        .collect()
+}
+
 /// Which source wrote a record, from cheap looks at its text (no full parse).
 pub fn sniff(text: &str) -> Option<Source> {
-    let has = |s: &str| memchr::memmem::find(text.as_bytes(), s.as_bytes()).is_some();
-    if has("\"eventSource\"") && has("\"eventName\"") {
+    static F: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::LazyLock::new(|| finders(&SNIFF_NEEDLES));
+    let has = |i: usize| F.get(i).is_some_and(|f| f.find(text.as_bytes()).is_some());
+    if has(0) && has(1) {
         Some(Source::Cloudtrail)
-    } else if has("ModelInvocationLog") && has("\"schemaType\"") {
+    } else if has(2) && has(3) {
         Some(Source::BedrockInvocation)
-    } else if has("\"protoPayload\"") {
+    } else if has(4) {
         Some(Source::VertexAudit)
-    } else if has("organization.audit_log") || (has("\"effective_at\"") && has("\"actor\"")) {
+    } else if has(5) || (has(6) && has(7)) {
         Some(Source::OpenaiAudit)
-    } else if has("\"results\"") && has("\"start_time\"") {
+    } else if has(8) && has(9) {
         Some(Source::OpenaiUsage)
-    } else if has("GatewayLogs") || has("\"backendUrl\"") || has("\"BackendUrl\"") {
+    } else if has(10) || has(11) || has(12) {
         Some(Source::AzureApim)
-    } else if has("\"eventTimestamp\"")
-        || has("\"Administrative\"")
-        || (has("\"operationName\"") && operation_has_slash(text))
-    {
+    } else if has(13) || has(14) || (has(15) && operation_has_slash(text)) {
         Some(Source::AzureActivity)
-    } else if has("\"category\"") || has("\"Category\"") {
+    } else if has(16) || has(17) {
         Some(Source::AzureDiagnostics)
     } else {
         None
@@ -220,15 +252,15 @@ pub fn sniff(text: &str) -> Option<Source> {
 
 /// Whether the record's `operationName` looks like an ARM operation (`PROVIDER/…/ACTION`).
 fn operation_has_slash(text: &str) -> bool {
+    static F: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::LazyLock::new(|| finders(&ARM_NEEDLES));
     let Some(i) = text.find("\"operationName\"") else {
         return false;
     };
     let rest = text.as_bytes().get(i + 15..).unwrap_or(&[]);
     let value = rest.get(..rest.len().min(120)).unwrap_or(rest);
     let lower = value.to_ascii_lowercase();
-    ["/action", "/write", "/delete", "microsoft."]
-        .iter()
-        .any(|n| memchr::memmem::find(&lower, n.as_bytes()).is_some())
+    F.iter().any(|f| f.find(&lower).is_some())
 }
 
 /// Parses one record of a known source. Most records give one event; a usage bucket gives

@@ -17,7 +17,9 @@ use std::path::Path;
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::Source;
+use stormwall_types::{Alert, AlertSubject, DetectorId, Severity, Stage};
+
+use crate::{Record, Source};
 
 /// A rule that could not be loaded, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,8 +88,109 @@ pub struct Rule {
     pub sources: Vec<Source>,
     /// File it came from.
     pub file: String,
+    /// `tags` (`attack.defense-evasion`, …); they give its alerts a kill-chain stage.
+    pub tags: Vec<String>,
     selections: Vec<(String, Selection)>,
     condition: Cond,
+}
+
+/// Where a matched record was read.
+#[derive(Debug, Clone, Copy)]
+pub struct MatchedAt<'a> {
+    /// Its source.
+    pub source: Source,
+    /// File (as named by the caller).
+    pub file: &'a str,
+    /// 1-based line the record starts on.
+    pub line: usize,
+    /// Event time (the record's own when it parsed; else when it was read).
+    pub at: time::OffsetDateTime,
+}
+
+impl Rule {
+    /// The rule's `level` as a severity (an unknown level is medium).
+    pub fn severity(&self) -> Severity {
+        match self.level.to_ascii_lowercase().as_str() {
+            "informational" | "info" => Severity::Info,
+            "low" => Severity::Low,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => Severity::Medium,
+        }
+    }
+
+    /// The kill-chain stage its ATT&CK tags name (validation when none does).
+    pub fn stage(&self) -> Stage {
+        let has = |names: &[&str]| {
+            self.tags.iter().any(|t| {
+                let t = t.to_ascii_lowercase().replace('_', "-");
+                names.iter().any(|n| t == *n)
+            })
+        };
+        if has(&["attack.defense-evasion", "attack.impair-defenses"]) {
+            Stage::Evasion
+        } else if has(&["attack.credential-access", "attack.initial-access"]) {
+            Stage::Exposure
+        } else if has(&["attack.impact", "attack.resource-hijacking", "attack.t1496"]) {
+            Stage::Resale
+        } else {
+            Stage::Validation
+        }
+    }
+
+    /// The alert a match raises (detector S1): about the record's principal when the record
+    /// parsed, with the rule's id, title and level as subjects. `score` is left at 0 for the
+    /// caller's response policy to set.
+    pub fn alert(&self, m: MatchedAt<'_>, record: Option<&Record>) -> Alert {
+        let (cloud, ip, event_id) = match record {
+            Some(Record::Usage(e)) => (
+                e.cloud.as_deref(),
+                e.cloud
+                    .as_deref()
+                    .is_none_or(|c| !c.ip_missing)
+                    .then_some(e.source_ip),
+                Some(e.id.as_str()),
+            ),
+            Some(Record::Control(c)) => (Some(&c.cloud), c.source_ip, Some(c.id.as_str())),
+            None => (None, None, None),
+        };
+        let subj = |kind: &str, value: String| AlertSubject {
+            kind: kind.to_owned(),
+            value,
+        };
+        let mut subjects = Vec::new();
+        if let Some(c) = cloud {
+            subjects.push(subj("principal", c.principal.label()));
+            subjects.push(subj(
+                "credential_kind",
+                c.principal.kind.as_str().to_owned(),
+            ));
+            subjects.push(subj("operation", c.operation.clone()));
+        }
+        subjects.push(subj("sigma_rule", self.id.clone()));
+        subjects.push(subj("sigma_title", self.title.clone()));
+        subjects.push(subj("sigma_level", self.level.clone()));
+        subjects.push(subj("log", format!("{}:{}", m.file, m.line)));
+        let evidence = event_id.map_or_else(|| format!("{}:{}", m.file, m.line), str::to_owned);
+        Alert {
+            id: format!("sigma-{}-{evidence}", self.id),
+            detector: DetectorId::S1,
+            stage: self.stage(),
+            severity: self.severity(),
+            at: m.at,
+            key_id: cloud.map(|c| c.principal.key_id()),
+            tenant: cloud.and_then(|c| c.principal.account.clone()),
+            source_ip: ip,
+            features: Vec::new(),
+            subjects,
+            explanation: format!(
+                "Sigma rule {:?} ({}, level {}) matched a {} record ({}:{}).",
+                self.title, self.id, self.level, m.source, m.file, m.line
+            ),
+            evidence: vec![evidence],
+            score: 0.0,
+        }
+    }
 }
 
 /// The sources a Sigma `logsource` names.
@@ -371,12 +474,17 @@ impl Rule {
             ),
             _ => return Err(err("no condition".into())),
         };
+        let tags = match &doc["tags"] {
+            Yaml::Array(list) => list.iter().filter_map(ystr).collect(),
+            _ => Vec::new(),
+        };
         Ok(Rule {
             id,
             title,
             level,
             sources,
             file: file.to_owned(),
+            tags,
             selections,
             condition,
         })

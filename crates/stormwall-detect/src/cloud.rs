@@ -14,9 +14,7 @@ use stormwall_types::{
 };
 
 use crate::config::EngineConfig;
-use crate::detectors::cloud::{
-    CloudDetectors, CloudState, CloudThresholds, Recommendation, recommend,
-};
+use crate::detectors::cloud::{CloudDetectors, CloudState, Recommendation, recommend};
 use crate::engine::Engine;
 
 /// Days of usage events a saved state keeps for the replay (the baseline window).
@@ -71,17 +69,18 @@ pub struct CloudRun {
 
 impl CloudRun {
     /// A fresh run that keeps what a snapshot needs (see [`CloudRun::without_state`]).
-    pub fn new(cfg: EngineConfig, th: CloudThresholds) -> Self {
-        let mut run = Self::without_state(cfg, th);
+    pub fn new(cfg: EngineConfig) -> Self {
+        let mut run = Self::without_state(cfg);
         run.keep = true;
         run
     }
 
     /// A fresh run that will not be saved: no events are kept (a one-off batch, the
-    /// benchmark), so memory stays at the detectors' state.
-    pub fn without_state(cfg: EngineConfig, th: CloudThresholds) -> Self {
+    /// benchmark), so memory stays at the detectors' state. The cloud detectors' thresholds
+    /// are `[detect.cloud]` of the same configuration.
+    pub fn without_state(cfg: EngineConfig) -> Self {
         let cloud = CloudDetectors::new(
-            th,
+            cfg.detect.cloud.clone(),
             cfg.detect.disabled.clone(),
             cfg.response.severity_points,
         );
@@ -100,8 +99,8 @@ impl CloudRun {
     }
 
     /// A run resumed from a snapshot: the cloud state restored, the usage events replayed.
-    pub fn resume(cfg: EngineConfig, th: CloudThresholds, snap: Snapshot) -> Self {
-        let mut run = Self::new(cfg, th);
+    pub fn resume(cfg: EngineConfig, snap: Snapshot) -> Self {
+        let mut run = Self::new(cfg);
         let mut alerts = Vec::new();
         for e in snap.events {
             alerts.clear();
@@ -250,6 +249,24 @@ impl CloudRun {
         self.findings(out);
     }
 
+    /// Judges an alert raised beside the detectors (a Sigma rule's match): its score is the
+    /// response policy's points for its severity; the policy's action (when the engine
+    /// tracks the key) and the recommendation follow as for the detectors' own alerts.
+    pub fn observe_alert(&mut self, mut alert: Alert, out: &mut Vec<Finding>) {
+        let points = self.engine.config().response.severity_points;
+        alert.score = points.get(alert.severity as usize).copied().unwrap_or(0.0);
+        // The principal is not remembered from the alert's label (it lacks the user name
+        // a revoke command needs); the record's own event names it.
+        self.scratch.clear();
+        self.scratch.push(alert);
+        self.findings(out);
+    }
+
+    /// Whether a resumed state already judged the event with this id.
+    pub fn judged(&self, id: &str) -> bool {
+        self.keep && self.seen.contains(id)
+    }
+
     /// The state to save.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -317,7 +334,6 @@ mod tests {
 
     use super::{CloudRun, Snapshot};
     use crate::config::EngineConfig;
-    use crate::detectors::cloud::CloudThresholds;
 
     fn event(i: i64, region: &str) -> UsageEvent {
         let p = Principal {
@@ -354,15 +370,14 @@ mod tests {
 
     #[test]
     fn a_resumed_run_skips_judged_events_and_keeps_cloud_state() {
-        let mut run = CloudRun::new(EngineConfig::default(), CloudThresholds::default());
+        let mut run = CloudRun::new(EngineConfig::default());
         let mut out = Vec::new();
         run.observe_usage(event(0, "us-east-1"), &mut out);
         run.observe_usage(event(1, "us-west-2"), &mut out);
         let snap: Snapshot =
             serde_json::from_str(&serde_json::to_string(&run.snapshot()).unwrap()).unwrap();
         assert_eq!(snap.events.len(), 2);
-        let mut resumed =
-            CloudRun::resume(EngineConfig::default(), CloudThresholds::default(), snap);
+        let mut resumed = CloudRun::resume(EngineConfig::default(), snap);
         let mut again = Vec::new();
         resumed.observe_usage(event(1, "us-west-2"), &mut again);
         assert_eq!(resumed.duplicates, 1);

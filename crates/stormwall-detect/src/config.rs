@@ -77,6 +77,9 @@ pub struct DetectConfig {
     pub warm_start_hours: u32,
     /// Most events replayed at start-up; past this the replay stops (and the log says so).
     pub warm_start_max_events: u64,
+    /// `[detect.cloud]`: thresholds of the control-plane detectors over cloud logs (E3, H2
+    /// after an exposure, E4, V3, V5, V6, P7; `stormwall detect --logs` and `[[logs]]`).
+    pub cloud: crate::detectors::cloud::CloudThresholds,
 }
 
 impl Default for DetectConfig {
@@ -96,6 +99,7 @@ impl Default for DetectConfig {
             egress: EgressConfig::default(),
             warm_start_hours: 7 * 24,
             warm_start_max_events: 2_000_000,
+            cloud: crate::detectors::cloud::CloudThresholds::default(),
         }
     }
 }
@@ -416,6 +420,29 @@ impl EngineConfig {
                 "must be at least 2",
             ));
         }
+        let c = &detect.cloud;
+        if !c.v5_action_share.is_finite() || !(0.0..=1.0).contains(&c.v5_action_share) {
+            return Err(bad(
+                "detect.cloud",
+                "v5_action_share",
+                "must be between 0 and 1",
+            ));
+        }
+        for (name, v) in [
+            ("e3_bulk_list_keys", c.e3_bulk_list_keys),
+            ("h2_window_hours", c.h2_window_hours),
+            ("v3_checker_reads", c.v3_checker_reads),
+            ("v5_window_hours", c.v5_window_hours),
+            ("v6_denied_invokes", c.v6_denied_invokes),
+            ("v6_denied_listings", c.v6_denied_listings),
+        ] {
+            if v == 0 {
+                return Err(bad("detect.cloud", name, "must be at least 1"));
+            }
+        }
+        if c.p7_regions < 2 {
+            return Err(bad("detect.cloud", "p7_regions", "must be at least 2"));
+        }
         if response.throttle_rpm == 0 {
             return Err(bad("response", "throttle_rpm", "must be at least 1"));
         }
@@ -478,5 +505,30 @@ mod tests {
             ..ResponseConfig::default()
         };
         assert!(EngineConfig::new(DetectConfig::default(), r).is_err());
+        let mut d = DetectConfig::default();
+        d.cloud.p7_regions = 1;
+        let e = EngineConfig::new(d, ResponseConfig::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "[detect.cloud] p7_regions: must be at least 2"
+        );
+    }
+
+    #[test]
+    fn cloud_thresholds_are_read_from_detect_cloud() {
+        let d: DetectConfig = serde_json::from_value(serde_json::json!({
+            "cloud": {"p7_regions": 5, "learn_days": 2}
+        }))
+        .unwrap();
+        assert_eq!(d.cloud.p7_regions, 5);
+        assert_eq!(d.cloud.learn_days, 2);
+        assert_eq!(
+            d.cloud.v3_checker_reads, 3,
+            "unset keys keep their defaults"
+        );
+        let typo = serde_json::from_value::<DetectConfig>(serde_json::json!({
+            "cloud": {"p7_region": 5}
+        }));
+        assert!(typo.is_err(), "unknown keys are errors");
     }
 }

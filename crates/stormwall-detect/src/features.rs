@@ -94,48 +94,75 @@ impl UaFamily {
     }
 }
 
-/// Classifies a user agent. Case-insensitive prefix and substring checks only.
+/// The needles [`ua_family`] looks for, lower-case, each with its family, in the order the
+/// families are tried (the first family with a needle in the user agent wins).
+const UA_NEEDLES: [(&str, UaFamily); 25] = [
+    ("openai/python", UaFamily::OpenaiPython),
+    ("openai-python", UaFamily::OpenaiPython),
+    ("openai/js", UaFamily::OpenaiNode),
+    ("openai-node", UaFamily::OpenaiNode),
+    ("azsdk", UaFamily::AzureSdk),
+    ("azure-ai", UaFamily::AzureSdk),
+    ("langchain", UaFamily::Framework),
+    ("litellm", UaFamily::Framework),
+    ("llamaindex", UaFamily::Framework),
+    ("okhttp", UaFamily::Okhttp),
+    ("cfnetwork", UaFamily::CfNetwork),
+    ("darwin/", UaFamily::CfNetwork),
+    ("curl/", UaFamily::Curl),
+    ("wget/", UaFamily::Curl),
+    ("python-requests", UaFamily::PythonHttp),
+    ("python-urllib", UaFamily::PythonHttp),
+    ("python-httpx", UaFamily::PythonHttp),
+    ("aiohttp", UaFamily::Aiohttp),
+    ("axios", UaFamily::Axios),
+    ("node-fetch", UaFamily::NodeHttp),
+    ("undici", UaFamily::NodeHttp),
+    ("got (", UaFamily::NodeHttp),
+    ("node/", UaFamily::NodeHttp),
+    ("go-http-client", UaFamily::GoHttp),
+    ("java/", UaFamily::JavaHttp),
+];
+
+/// Longest user agent lower-cased on the stack; longer ones go to the heap.
+const UA_STACK: usize = 512;
+
+/// Classifies a user agent. Case-insensitive substring checks only.
+///
+/// The user agent is lower-cased once (ASCII only, as the needles are ASCII) and each
+/// needle searched with a prebuilt SIMD finder: the same answer as a case-insensitive scan
+/// per needle, at a fraction of the cost (user-agent classification was the largest single
+/// cost of judging cloud logs).
 pub fn ua_family(ua: Option<&str>) -> UaFamily {
+    static FINDERS: std::sync::LazyLock<Vec<(memchr::memmem::Finder<'static>, UaFamily)>> =
+        std::sync::LazyLock::new(|| {
+            UA_NEEDLES
+                .iter()
+                .map(|(n, f)| (memchr::memmem::Finder::new(n.as_bytes()), *f))
+                .chain(std::iter::once((
+                    memchr::memmem::Finder::new(b"mozilla/"),
+                    UaFamily::Browser,
+                )))
+                .collect()
+        });
     let Some(ua) = ua.map(str::trim).filter(|s| !s.is_empty()) else {
         return UaFamily::None;
     };
-    let has = |needle: &str| contains_ci(ua, needle);
-    if has("openai/python") || has("openai-python") {
-        UaFamily::OpenaiPython
-    } else if has("openai/js") || has("openai-node") {
-        UaFamily::OpenaiNode
-    } else if has("azsdk") || has("azure-ai") {
-        UaFamily::AzureSdk
-    } else if has("langchain") || has("litellm") || has("llamaindex") {
-        UaFamily::Framework
-    } else if has("okhttp") {
-        UaFamily::Okhttp
-    } else if has("cfnetwork") || has("darwin/") {
-        UaFamily::CfNetwork
-    } else if has("curl/") || has("wget/") {
-        UaFamily::Curl
-    } else if has("python-requests") || has("python-urllib") || has("python-httpx") {
-        UaFamily::PythonHttp
-    } else if has("aiohttp") {
-        UaFamily::Aiohttp
-    } else if has("axios") {
-        UaFamily::Axios
-    } else if has("node-fetch") || has("undici") || has("got (") || has("node/") {
-        UaFamily::NodeHttp
-    } else if has("go-http-client") {
-        UaFamily::GoHttp
-    } else if has("java/") || has("apache-httpclient") {
-        UaFamily::JavaHttp
-    } else if has("mozilla/") {
-        UaFamily::Browser
+    let mut stack = [0u8; UA_STACK];
+    let heap;
+    let lower: &[u8] = if ua.len() <= UA_STACK {
+        let buf = &mut stack[..ua.len()];
+        buf.copy_from_slice(ua.as_bytes());
+        buf.make_ascii_lowercase();
+        buf
     } else {
-        UaFamily::Other
-    }
-}
-
-fn contains_ci(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+        heap = ua.to_ascii_lowercase();
+        heap.as_bytes()
+    };
+    FINDERS
+        .iter()
+        .find(|(f, _)| f.find(lower).is_some())
+        .map_or(UaFamily::Other, |(_, fam)| *fam)
 }
 
 /// Hash of the header names in arrival order: the client's header shape. Two different
@@ -370,6 +397,37 @@ mod tests {
         assert_eq!(ua_family(Some("")), UaFamily::None);
         assert_eq!(ua_family(None), UaFamily::None);
         assert_eq!(ua_family(Some("é🙂")), UaFamily::Other);
+        // The same answers as a case-insensitive scan per needle, family by family.
+        let reference = |ua: &str| {
+            let ua = ua.trim();
+            if ua.is_empty() {
+                return UaFamily::None;
+            }
+            let has = |n: &str| {
+                ua.as_bytes()
+                    .windows(n.len())
+                    .any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+            };
+            UA_NEEDLES
+                .iter()
+                .chain(std::iter::once(&("mozilla/", UaFamily::Browser)))
+                .find(|(n, _)| has(n))
+                .map_or(UaFamily::Other, |(_, f)| *f)
+        };
+        let long = format!("{}OKHTTP/4", "x".repeat(600));
+        for ua in [
+            "Boto3/1.34.0 md/Botocore#1.34.0 ua/2.0 os/linux lang/python#3.11",
+            "Mozilla/5.0 (Macintosh) AppleWebKit CFNetwork/1494 Darwin/23.4.0",
+            "LangChain OpenAI/Python 1.3",
+            "  GO-HTTP-CLIENT/1.1 ",
+            "Got (https://github.com/sindresorhus/got)",
+            "ÄÖ python-HTTPX/0.27 é",
+            "azsdk-python-ai-inference/1.0",
+            "node/20 undici",
+            long.as_str(),
+        ] {
+            assert_eq!(ua_family(Some(ua)), reference(ua), "{ua}");
+        }
     }
 
     #[test]

@@ -181,4 +181,8 @@ pub struct GatewayConfig {
     pub journal: stormwall_store::JournalConfig,
     /// `[console]`: the web console on the admin listener.
     pub console: crate::control::console::ConsoleConfig,
+    /// `[[logs]]`: cloud-log folders followed into the detectors.
+    pub logs: Vec<crate::control::cloud_logs::LogSourceConfig>,
+    /// `[cloud_logs]`: follow-mode settings (checkpoint file, poll interval, Sigma rules).
+    pub cloud_logs: crate::control::cloud_logs::CloudLogsConfig,
 }

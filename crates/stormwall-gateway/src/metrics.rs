@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -121,6 +122,64 @@ impl Collector for DetectionCollector {
 }
 
 /// The event journal's counters and gauges, read at scrape time.
+#[derive(Debug)]
+struct CloudLogsCollector {
+    stats: Arc<crate::control::cloud_logs::FollowStats>,
+}
+
+impl Collector for CloudLogsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::control::cloud_logs::SourceStats;
+        type Read = fn(&SourceStats) -> u64;
+        let counters: [(&str, &str, Read); 3] = [
+            ("cloud_logs_records", "Cloud-log records parsed", |s| {
+                s.records.load(Ordering::Relaxed)
+            }),
+            (
+                "cloud_logs_bad_records",
+                "Cloud-log records that could not be used (file and line in the log)",
+                |s| s.bad.load(Ordering::Relaxed),
+            ),
+            (
+                "cloud_logs_alerts",
+                "Alerts raised on cloud-log records",
+                |s| s.alerts.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in counters {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &self.stats.sources {
+                let labels = [("source", s.name.as_str())];
+                ConstCounter::new(read(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        type GaugeRead = fn(&SourceStats) -> i64;
+        let gauges: [(&str, &str, GaugeRead); 3] = [
+            ("cloud_logs_files", "Cloud-log files followed", |s| {
+                i64::try_from(s.files.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+            }),
+            (
+                "cloud_logs_pending_bytes",
+                "Bytes of followed cloud-log files not judged yet",
+                |s| i64::try_from(s.pending_bytes.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            ),
+            (
+                "cloud_logs_lag_seconds",
+                "Seconds between now and the newest cloud-log record read",
+                SourceStats::lag_seconds,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for s in &self.stats.sources {
+                let labels = [("source", s.name.as_str())];
+                ConstGauge::new(read(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct JournalCollector {
     journal: stormwall_store::Journal,
@@ -415,6 +474,12 @@ impl Metrics {
     pub fn register_journal(&mut self, journal: stormwall_store::Journal) {
         self.registry
             .register_collector(Box::new(JournalCollector { journal }));
+    }
+
+    /// Adds the cloud-log follower's counters (per `[[logs]]` source).
+    pub fn register_cloud_logs(&mut self, stats: Arc<crate::control::cloud_logs::FollowStats>) {
+        self.registry
+            .register_collector(Box::new(CloudLogsCollector { stats }));
     }
 
     /// Prometheus text exposition.

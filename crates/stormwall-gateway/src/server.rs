@@ -88,6 +88,12 @@ pub enum StartError {
     /// The `[alerts]` webhook is misconfigured.
     #[error(transparent)]
     Webhook(#[from] crate::control::webhook::WebhookConfigError),
+    /// `[[logs]]` or `[cloud_logs]` is invalid.
+    #[error(transparent)]
+    Logs(#[from] crate::control::cloud_logs::LogsConfigError),
+    /// The cloud-log follower cannot resume.
+    #[error(transparent)]
+    Follow(#[from] crate::control::cloud_logs::FollowError),
 }
 
 /// Validates the gateway's config sections without starting anything (`config check`).
@@ -108,6 +114,11 @@ pub fn check_config(
     crate::data::safety::SafetyStage::from_config(&config.safety, env)?;
     crate::control::detection::engine_config(&config.detect, &config.response, None)?;
     crate::control::webhook::parse_config(&config.alerts, env)?;
+    let (_, _, skipped) =
+        crate::control::cloud_logs::check(&config.logs, &config.cloud_logs, config.detect.enabled)?;
+    for s in skipped {
+        tracing::warn!(rule = %s, "cloud logs: Sigma rule skipped");
+    }
     Ok(())
 }
 
@@ -146,6 +157,7 @@ pub struct RunningGateway {
     background: Vec<JoinHandle<()>>,
     writer: BatchWriter,
     journal: Option<JournalService>,
+    follower: Option<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -156,6 +168,10 @@ impl RunningGateway {
         let _ = self.shutdown.send(true);
         for s in self.servers {
             let _ = s.await;
+        }
+        // The follower saves its cursors on the way out.
+        if let Some(f) = self.follower {
+            let _ = tokio::time::timeout(self.grace.max(Duration::from_secs(5)), f).await;
         }
         // After the servers: every request has ended, so its settlement is queued.
         for task in self.background {
@@ -234,12 +250,27 @@ pub async fn start_with(
     let alerts =
         crate::control::alerts::AlertSink::open(&config.alerts).map_err(StartError::Alerts)?;
     let safety = crate::data::safety::SafetyStage::from_config(&config.safety, env)?.map(Arc::new);
+    let (watched, rules, skipped) =
+        crate::control::cloud_logs::check(&config.logs, &config.cloud_logs, config.detect.enabled)?;
+    for s in skipped {
+        tracing::warn!(rule = %s, "cloud logs: Sigma rule skipped");
+    }
+    let mut follower = None;
     let detection = if config.detect.enabled {
         let cfg = crate::control::detection::engine_config(
             &config.detect,
             &config.response,
             Some(Arc::clone(&ipdb)),
         )?;
+        if !watched.is_empty() {
+            follower = Some(crate::control::cloud_logs::Follower::open(
+                watched,
+                rules,
+                config.cloud_logs.clone(),
+                cfg.clone(),
+                Some(Arc::clone(&ipdb)),
+            )?);
+        }
         Some(crate::control::detection::Detection::new(cfg))
     } else {
         None
@@ -289,6 +320,12 @@ pub async fn start_with(
     if let Some((j, _)) = &journal {
         metrics.register_journal(j.clone());
     }
+    let follow_stats = follower
+        .as_ref()
+        .map(crate::control::cloud_logs::Follower::stats);
+    if let Some(st) = &follow_stats {
+        metrics.register_cloud_logs(Arc::clone(st));
+    }
     let metrics = Arc::new(metrics);
     let (detection, inbox) = match detection {
         Some((d, inbox)) => (Some(d), Some(inbox)),
@@ -335,6 +372,7 @@ pub async fn start_with(
         leak_reports,
         ipintel: Arc::clone(&ipdb),
         journal: journal.as_ref().map(|(j, _)| j.clone()),
+        cloud_logs: follow_stats,
     });
     load_spend(&control).await;
 
@@ -401,6 +439,8 @@ pub async fn start_with(
         Arc::clone(&ipdb),
         shutdown_rx.clone(),
     ));
+    let follower = follower
+        .map(|f| crate::control::cloud_logs::spawn(Arc::clone(&control), f, shutdown_rx.clone()));
     if let Some(sub) = key_changes {
         background.push(spawn_change_listener(
             Arc::clone(&control),
@@ -426,6 +466,7 @@ pub async fn start_with(
         background,
         writer,
         journal: journal.map(|(_, service)| service),
+        follower,
         grace,
     })
 }

@@ -3166,5 +3166,7 @@ mod safety;
 #[path = "gateway/ipintel.rs"]
 mod ipintel;
 
+#[path = "gateway/cloud_logs.rs"]
+mod cloud_logs;
 #[path = "gateway/console.rs"]
 mod console;

@@ -84,11 +84,13 @@ pub enum DetectorId {
     X4,
     /// Proxy: one cloud identity invoking models in many regions.
     P7,
+    /// A Sigma rule matched a cloud-log record (the rule's id and title are in the alert).
+    S1,
 }
 
 impl DetectorId {
     /// Every detector, in catalogue order.
-    pub const ALL: [DetectorId; 33] = [
+    pub const ALL: [DetectorId; 34] = [
         DetectorId::E1,
         DetectorId::H1,
         DetectorId::H2,
@@ -122,6 +124,7 @@ impl DetectorId {
         DetectorId::X3,
         DetectorId::X4,
         DetectorId::P7,
+        DetectorId::S1,
     ];
 
     /// The catalogue id, e.g. `"P3"`.
@@ -160,6 +163,7 @@ impl DetectorId {
             DetectorId::X3 => "X3",
             DetectorId::X4 => "X4",
             DetectorId::P7 => "P7",
+            DetectorId::S1 => "S1",
         }
     }
 
@@ -169,7 +173,8 @@ impl DetectorId {
         match self {
             E1 | E3 | E4 => Stage::Exposure,
             H1 | H2 => Stage::Harvest,
-            V1 | V2 | V3 | V4 | V5 | V6 | V7 => Stage::Validation,
+            // A Sigma alert carries the stage its rule's tags name; validation otherwise.
+            V1 | V2 | V3 | V4 | V5 | V6 | V7 | S1 => Stage::Validation,
             P1 | P2 | P3 | P4 | P5 | P6 | P7 => Stage::Proxy,
             X1 | X2 | X3 | X4 => Stage::Evasion,
             R1 | R2 | R3 | R4 | R5 | R6 => Stage::Resale,

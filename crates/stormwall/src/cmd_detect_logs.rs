@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use stormwall_cloudlogs::{BadRecord, Record, Source};
 use stormwall_detect::cloud::{CloudRun, Finding, Snapshot};
-use stormwall_detect::detectors::cloud::CloudThresholds;
 use stormwall_ipintel::SharedIpIntel;
 use stormwall_types::{Severity, UsageEvent};
 use time::OffsetDateTime;
@@ -78,6 +77,9 @@ struct Line<'a> {
     action: Option<&'a stormwall_types::Action>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recommendation: Option<&'a stormwall_detect::detectors::cloud::Recommendation>,
+    /// The rule, for a Sigma match's alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sigma: Option<&'a SigmaHit>,
 }
 
 /// Runs `stormwall detect --logs`.
@@ -90,16 +92,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let since = args.since.as_deref().map(bound).transpose()?;
     let until = args.until.as_deref().map(bound).transpose()?;
 
-    let th = CloudThresholds::default();
     let mut run = match &args.state {
         Some(p) if p.exists() => {
             let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
             let snap: Snapshot = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a detect state file", p.display()))?;
-            CloudRun::resume(cfg, th, snap)
+            CloudRun::resume(cfg, snap)
         }
-        Some(_) => CloudRun::new(cfg, th),
-        None => CloudRun::without_state(cfg, th),
+        Some(_) => CloudRun::new(cfg),
+        None => CloudRun::without_state(cfg),
     };
 
     let (rules, rule_errors) = match &args.sigma {
@@ -143,13 +144,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Detectors judge on event time: one ordered stream over every file and source.
     stormwall_cloudlogs::sort_by_time(&mut records);
 
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // A rule's match on a record a resumed state already judged was reported then.
+    sigma_hits.retain(|h| !h.record.as_deref().is_some_and(|id| run.judged(id)));
+    sigma_hits.sort_by_key(|h| h.alert.at);
+    let mut report = Report {
+        out: std::io::BufWriter::new(std::io::stdout().lock()),
+        json: args.json,
+        by_detector: BTreeMap::new(),
+        worst: BTreeMap::new(),
+        commands: BTreeMap::new(),
+    };
     let mut findings: Vec<Finding> = Vec::new();
-    let mut by_detector = BTreeMap::<&'static str, u64>::new();
-    let mut worst = BTreeMap::<String, Severity>::new();
-    let mut commands = BTreeMap::<String, String>::new();
     let events = records.len();
+    let mut hits = sigma_hits.into_iter().peekable();
+    let mut sigma_counts = BTreeMap::<String, u64>::new();
     for rec in records {
+        // Matches are judged in event time with the records, after the record they are on
+        // (whose event names the principal fully).
+        while let Some(h) = hits.next_if(|h| h.alert.at < rec.timestamp()) {
+            *sigma_counts.entry(h.rule.clone()).or_default() += 1;
+            findings.clear();
+            run.observe_alert(h.alert.clone(), &mut findings);
+            report.emit(&run, &findings, Some(&h))?;
+        }
         findings.clear();
         match rec {
             Record::Usage(mut e) => {
@@ -158,59 +175,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Record::Control(c) => run.observe_control(&c, &mut findings),
         }
-        for f in &findings {
-            *by_detector.entry(f.alert.detector.as_str()).or_default() += 1;
-            let who = f
-                .alert
-                .key_id
-                .as_ref()
-                .and_then(|k| run.principal(k))
-                .map_or_else(
-                    || {
-                        f.alert
-                            .key_id
-                            .as_ref()
-                            .map_or("-".to_owned(), |k| k.to_string())
-                    },
-                    |p| p.label(),
-                );
-            let w = worst.entry(who.clone()).or_insert(f.alert.severity);
-            *w = (*w).max(f.alert.severity);
-            if let Some(r) = &f.recommendation {
-                commands.insert(who, r.command.clone());
-            }
-            if args.json {
-                serde_json::to_writer(
-                    &mut out,
-                    &Line {
-                        alert: &f.alert,
-                        action: f.action.as_ref(),
-                        recommendation: f.recommendation.as_ref(),
-                    },
-                )?;
-                out.write_all(b"\n")?;
-            } else {
-                crate::cmd_detect::write_text(&mut out, &f.alert, f.action.as_ref())?;
-                if let Some(r) = &f.recommendation {
-                    writeln!(out, "    recommended: {}", r.command)?;
-                }
-            }
-        }
+        report.emit(&run, &findings, None)?;
     }
-    let mut sigma_counts = BTreeMap::<&str, u64>::new();
-    for h in &sigma_hits {
-        *sigma_counts.entry(h.rule.as_str()).or_default() += 1;
-        if args.json {
-            serde_json::to_writer(&mut out, &SigmaLine { sigma: h })?;
-            out.write_all(b"\n")?;
-        } else {
-            writeln!(
-                out,
-                "{}  {:<8} sigma {}  {}:{} ({})  {}",
-                h.at, h.level, h.rule, h.file, h.line, h.source, h.title
-            )?;
-        }
+    for h in hits {
+        *sigma_counts.entry(h.rule.clone()).or_default() += 1;
+        findings.clear();
+        run.observe_alert(h.alert.clone(), &mut findings);
+        report.emit(&run, &findings, Some(&h))?;
     }
+    let Report {
+        mut out,
+        by_detector,
+        worst,
+        commands,
+        ..
+    } = report;
     out.flush()?;
     if let Some(p) = &args.state {
         let tmp = p.with_extension("tmp");
@@ -249,7 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "sigma: {} rules loaded, {} skipped, {} matches [{}]",
             rules.len(),
             rule_errors.len(),
-            sigma_hits.len(),
+            sigma_counts.values().sum::<u64>(),
             counts.join(" ")
         );
         for e in &rule_errors {
@@ -289,11 +268,82 @@ struct SigmaHit {
     source: &'static str,
     /// Record time, when the record parses.
     at: String,
+    /// The alert the match raises (detector S1).
+    #[serde(skip)]
+    alert: stormwall_types::Alert,
+    /// The record's event id, when it parsed.
+    #[serde(skip)]
+    record: Option<String>,
 }
 
-#[derive(serde::Serialize)]
-struct SigmaLine<'a> {
-    sigma: &'a SigmaHit,
+/// Alerts printed so far and what the summary needs of them.
+struct Report<W: Write> {
+    out: W,
+    json: bool,
+    by_detector: BTreeMap<&'static str, u64>,
+    worst: BTreeMap<String, Severity>,
+    commands: BTreeMap<String, String>,
+}
+
+impl<W: Write> Report<W> {
+    /// Prints findings (a Sigma match's with its rule) and tallies them.
+    fn emit(
+        &mut self,
+        run: &CloudRun,
+        findings: &[Finding],
+        sigma: Option<&SigmaHit>,
+    ) -> anyhow::Result<()> {
+        for f in findings {
+            *self
+                .by_detector
+                .entry(f.alert.detector.as_str())
+                .or_default() += 1;
+            let who = f
+                .alert
+                .key_id
+                .as_ref()
+                .and_then(|k| run.principal(k))
+                .map_or_else(
+                    || {
+                        f.alert
+                            .key_id
+                            .as_ref()
+                            .map_or("-".to_owned(), |k| k.to_string())
+                    },
+                    |p| p.label(),
+                );
+            let w = self.worst.entry(who.clone()).or_insert(f.alert.severity);
+            *w = (*w).max(f.alert.severity);
+            if let Some(r) = &f.recommendation {
+                self.commands.insert(who, r.command.clone());
+            }
+            if self.json {
+                serde_json::to_writer(
+                    &mut self.out,
+                    &Line {
+                        alert: &f.alert,
+                        action: f.action.as_ref(),
+                        recommendation: f.recommendation.as_ref(),
+                        sigma,
+                    },
+                )?;
+                self.out.write_all(b"\n")?;
+            } else {
+                crate::cmd_detect::write_text(&mut self.out, &f.alert, f.action.as_ref())?;
+                if let Some(h) = sigma {
+                    writeln!(
+                        self.out,
+                        "    sigma {} {}:{} ({})  {}",
+                        h.rule, h.file, h.line, h.source, h.title
+                    )?;
+                }
+                if let Some(r) = &f.recommendation {
+                    writeln!(self.out, "    recommended: {}", r.command)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Evaluates the rules over a file's raw records (their own field names, as Sigma rules
@@ -313,16 +363,25 @@ fn sigma_file(
         let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
             return;
         };
-        let at = stormwall_cloudlogs::parse_record(source, text)
-            .ok()
-            .and_then(|r| r.first().map(Record::timestamp));
+        let parsed = stormwall_cloudlogs::parse_record(source, text).ok();
+        let record = parsed.as_ref().and_then(|r| r.first());
+        let at = record.map(Record::timestamp);
         if let Some(t) = at
             && (since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u))
         {
             return;
         }
         for r in rules.iter().filter(|r| r.matches(source, &value, text)) {
+            let m = stormwall_cloudlogs::sigma::MatchedAt {
+                source,
+                file,
+                line,
+                // A record that does not parse has no time of its own: when it was read.
+                at: at.unwrap_or_else(OffsetDateTime::now_utc),
+            };
             hits.push(SigmaHit {
+                alert: r.alert(m, record),
+                record: record.map(|x| x.id().to_owned()),
                 rule: r.id.clone(),
                 title: r.title.clone(),
                 level: r.level.clone(),

@@ -59,6 +59,12 @@ pub struct FileConfig {
     /// `[console]` (gateway): the web console on the admin listener.
     #[serde(default)]
     pub console: stormwall_gateway::control::console::ConsoleConfig,
+    /// `[[logs]]` (gateway): cloud-log folders `serve` follows into the detectors.
+    #[serde(default)]
+    pub logs: Vec<stormwall_gateway::control::cloud_logs::LogSourceConfig>,
+    /// `[cloud_logs]` (gateway): follow-mode settings.
+    #[serde(default)]
+    pub cloud_logs: stormwall_gateway::control::cloud_logs::CloudLogsConfig,
 }
 
 impl FileConfig {
@@ -92,6 +98,27 @@ impl FileConfig {
                 ..self.journal.clone()
             },
             console: self.console.clone(),
+            logs: self.logs.clone(),
+            cloud_logs: stormwall_gateway::control::cloud_logs::CloudLogsConfig {
+                state_file: Some(self.cloud_logs_state_file()),
+                ..self.cloud_logs.clone()
+            },
+        }
+    }
+
+    /// The follow mode's checkpoint file: `[cloud_logs] state_file`, or beside the SQLite
+    /// database (`<db>.cloud-logs.json`), or `stormwall-cloud-logs.json` with PostgreSQL.
+    pub fn cloud_logs_state_file(&self) -> std::path::PathBuf {
+        if let Some(p) = &self.cloud_logs.state_file {
+            return p.clone();
+        }
+        match &self.store {
+            StoreConfig::Sqlite { path } => {
+                let mut name = path.file_name().unwrap_or_default().to_os_string();
+                name.push(".cloud-logs.json");
+                path.with_file_name(name)
+            }
+            StoreConfig::Postgres(_) => std::path::PathBuf::from("stormwall-cloud-logs.json"),
         }
     }
 }

@@ -9,7 +9,6 @@ use serde_json::json;
 use stormwall_cloudlogs::{Record, parse_bytes};
 use stormwall_detect::EngineConfig;
 use stormwall_detect::cloud::{CloudRun, Finding};
-use stormwall_detect::detectors::cloud::CloudThresholds;
 use stormwall_types::Severity;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -74,7 +73,7 @@ fn judge(text: &str) -> Outcome {
     let mut records = parsed.records;
     stormwall_cloudlogs::sort_by_time(&mut records);
     let n = records.len();
-    let mut run = CloudRun::new(EngineConfig::default(), CloudThresholds::default());
+    let mut run = CloudRun::new(EngineConfig::default());
     let mut all: Vec<Finding> = Vec::new();
     let mut worst = BTreeMap::new();
     let mut detectors: BTreeMap<String, BTreeMap<&'static str, u32>> = BTreeMap::new();

@@ -400,6 +400,9 @@ pub(crate) async fn readiness(control: &ControlPlane) -> (StatusCode, String) {
             body.push_str(&m);
             body.push('\n');
         }
+        if let Some(follow) = &control.cloud_logs {
+            body.push_str(&follow.readyz());
+        }
         (StatusCode::OK, body)
     } else {
         (

@@ -84,6 +84,8 @@ enum Control {
     /// Another replica (or this one) may have stored new false-positive verdicts: about
     /// one key, or about any key after a resync.
     Verdicts(Option<KeyId>),
+    /// An alert raised outside the engine (cloud-log follow mode).
+    External(Box<Alert>),
 }
 
 /// The request path's handle on detection.
@@ -168,6 +170,12 @@ impl Detection {
                 "detection inbox full; false-positive verdicts will be read at the next change"
             );
         }
+    }
+
+    /// Stores, announces and audits an alert raised outside the engine (the cloud-log
+    /// follower's): the same path as the engine's own alerts.
+    pub async fn external(&self, alert: Alert) {
+        let _ = self.control.send(Control::External(Box::new(alert))).await;
     }
 
     /// Replays imported events into the detectors as history (in time order): baselines
@@ -529,6 +537,7 @@ async fn on_control(
             let _ = done.send(verdicts.apply(engine, &alert));
         }
         Control::Verdicts(key) => verdicts.catch_up(state, engine, key.as_ref()).await,
+        Control::External(alert) => handle_alert(state, engine, window, *alert).await,
         Control::History(events) => {
             let mut scratch = Vec::new();
             for e in &events {

@@ -1,12 +1,14 @@
 //! The control plane: the admin API ([`admin`]), the key lifecycle ([`keys`]), the
-//! detection runtime ([`detection`]), incidents ([`incidents`]), alert delivery ([`alerts`],
-//! [`webhook`]), leaked-key reports ([`leak_report`]), the audit log ([`audit`]) and the web
-//! console ([`console`]), with [`ControlPlane`], the state they share. It changes what the
-//! data plane sees only through the shared key cache and the store.
+//! detection runtime ([`detection`]), incidents ([`incidents`]), cloud-log follow mode
+//! ([`cloud_logs`]), alert delivery ([`alerts`], [`webhook`]), leaked-key reports
+//! ([`leak_report`]), the audit log ([`audit`]) and the web console ([`console`]), with
+//! [`ControlPlane`], the state they share. It changes what the data plane sees only through
+//! the shared key cache and the store.
 
 pub mod admin;
 pub mod alerts;
 pub mod audit;
+pub mod cloud_logs;
 pub mod console;
 pub mod detection;
 pub mod incidents;
@@ -50,4 +52,6 @@ pub struct ControlPlane {
     pub ipintel: Arc<stormwall_ipintel::SharedIpIntel>,
     /// The write-ahead event journal, when on (`/readyz` reports its backlog and bound).
     pub journal: Option<stormwall_store::Journal>,
+    /// The cloud-log follower's counters, when `[[logs]]` sources are followed (`/readyz`).
+    pub cloud_logs: Option<Arc<cloud_logs::FollowStats>>,
 }

@@ -82,7 +82,7 @@ impl Harness {
         .unwrap()
     }
 
-    async fn alerts(&self, query: &str) -> Vec<Value> {
+    pub(super) async fn alerts(&self, query: &str) -> Vec<Value> {
         let r = self
             .admin_call("GET", &format!("/admin/alerts{query}"), Value::Null)
             .await;
@@ -91,7 +91,7 @@ impl Harness {
     }
 
     /// Waits until the alert list for `query` has at least `n` entries.
-    async fn wait_alerts(&self, query: &str, n: usize) -> Vec<Value> {
+    pub(super) async fn wait_alerts(&self, query: &str, n: usize) -> Vec<Value> {
         for _ in 0..300 {
             let a = self.alerts(query).await;
             if a.len() >= n {
@@ -106,7 +106,7 @@ impl Harness {
     }
 
     /// Stops the gateway and starts a new one on the same store and config.
-    async fn restart(&mut self) {
+    pub(super) async fn restart(&mut self) {
         self.shutdown().await;
         let gw = start(
             self.config.clone(),

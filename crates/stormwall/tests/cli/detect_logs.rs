@@ -122,4 +122,46 @@ fn detect_logs_evaluates_the_shipped_sigma_rules() {
     );
     assert_eq!(deleted["sigma"]["line"], 4);
     assert_eq!(deleted["sigma"]["source"], "cloudtrail");
+    // The match is an alert like the detectors' (detector S1), about the record's principal.
+    let alert = &deleted["alert"];
+    assert_eq!(alert["detector"], "S1");
+    assert_eq!(alert["severity"], "high");
+    assert_eq!(alert["evidence"][0], "ct-0003");
+    let subject = |kind: &str| {
+        alert["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == kind)
+            .map(|s| s["value"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        subject("sigma_rule").as_deref(),
+        Some("7f1b2c10-3d4e-4f50-8a61-000000000102")
+    );
+    assert!(subject("principal").unwrap().contains("BedrockAPIKey"));
+    assert!(stderr.contains("S1="), "{stderr}");
+
+    // With a state, a second run over the same files reports no match again.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let state = state.to_str().unwrap();
+    let args = [
+        "detect",
+        "--logs",
+        &fixtures(),
+        "--sigma",
+        &rules,
+        "--json",
+        "--state",
+        state,
+    ];
+    let first = run(&args);
+    assert!(String::from_utf8_lossy(&first.stderr).contains("7 matches"));
+    let again = run(&args);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("sigma: 9 rules loaded, 0 skipped, 0 matches"),
+        "{stderr}"
+    );
 }

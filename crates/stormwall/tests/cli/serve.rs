@@ -230,6 +230,28 @@ fn config_check_reports_clear_errors_with_exit_code_2() {
         ),
         ("", "no [[upstreams]]"),
     ];
+    // Follow mode and the cloud detectors' thresholds are checked too.
+    let mock = "[[upstreams]]\nname = \"m\"\nkind = \"mock\"\nmodels = [\"m\"]\n";
+    let logs_dir = dir.path().display().to_string();
+    let follow = [
+        (
+            format!("{mock}[[logs]]\nname = \"aws\"\ndir = \"/nonexistent/ct\"\n"),
+            "[[logs]] aws: dir /nonexistent/ct is not a folder".to_owned(),
+        ),
+        (
+            format!("{mock}[[logs]]\ndir = \"{logs_dir}\"\nsource = \"cloudtrial\"\n"),
+            "unknown log source".to_owned(),
+        ),
+        (
+            format!("{mock}[detect.cloud]\np7_regions = 1\n"),
+            "[detect.cloud] p7_regions: must be at least 2".to_owned(),
+        ),
+    ];
+    let cases: Vec<(String, String)> = cases
+        .iter()
+        .map(|(t, n)| ((*t).to_owned(), (*n).to_owned()))
+        .chain(follow)
+        .collect();
     for (i, (text, needle)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.toml"));
         std::fs::write(&path, text).unwrap();

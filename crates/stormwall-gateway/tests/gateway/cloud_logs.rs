@@ -1,0 +1,236 @@
+//! Follow mode: cloud-log folders watched by a running gateway. Records written into the
+//! folders (JSON lines as they grow, whole CloudTrail-style containers) reach the
+//! detectors; alerts land in the same store as gateway traffic's, with the revoke command
+//! as a recommendation; a restart neither loses records nor raises an alert twice.
+
+use std::io::Write as _;
+
+use super::*;
+use stormwall_gateway::control::cloud_logs::{CloudLogsConfig, LogSourceConfig};
+
+const KEY: &str = "AKIAEXAMPLESTOLEN001";
+
+fn ts(minutes_ago: i64) -> String {
+    stormwall_types::timefmt::format(
+        time::OffsetDateTime::now_utc() - time::Duration::minutes(minutes_ago),
+    )
+}
+
+/// A CloudTrail record of the stolen long-lived key.
+fn trail(id: &str, name: &str, minutes_ago: i64, extra: &str) -> String {
+    format!(
+        r#"{{"eventTime":"{}","eventSource":"bedrock.amazonaws.com","eventName":"{name}","awsRegion":"us-east-1","sourceIPAddress":"198.51.100.23","userAgent":"python-requests/2.31","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::111122223333:user/ci-deploy","accountId":"111122223333","accessKeyId":"{KEY}"}},"eventID":"{id}"{extra}}}"#,
+        ts(minutes_ago)
+    )
+}
+
+fn append(path: &std::path::Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn subject<'a>(alert: &'a Value, kind: &str) -> Option<&'a str> {
+    alert["subjects"]
+        .as_array()?
+        .iter()
+        .find(|s| s["kind"] == kind)?["value"]
+        .as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_logs_in_watched_folders_raise_stored_alerts_once_across_a_restart() {
+    let logs = tempfile::tempdir().unwrap();
+    let aws = logs.path().join("aws");
+    let azure = logs.path().join("azure");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::create_dir_all(&azure).unwrap();
+    let state = logs.path().join("follow-state.json");
+    let sigma = concat!(env!("CARGO_MANIFEST_DIR"), "/../stormwall-cloudlogs/sigma");
+    let (aws2, azure2, state2) = (aws.clone(), azure.clone(), state.clone());
+    let mut h = harness_with(move |c| {
+        c.logs = vec![
+            LogSourceConfig {
+                name: Some("aws".into()),
+                dir: aws2,
+                source: "cloudtrail".into(),
+                glob: Some("*.jsonl".into()),
+            },
+            LogSourceConfig {
+                name: None,
+                dir: azure2,
+                source: "auto".into(),
+                glob: None,
+            },
+        ];
+        c.cloud_logs = CloudLogsConfig {
+            state_file: Some(state2),
+            poll_ms: 100,
+            settle_secs: 1,
+            checkpoint_secs: 1,
+            sigma_dir: Some(sigma.into()),
+            ..CloudLogsConfig::default()
+        };
+    })
+    .await;
+
+    // The LLMjacking preamble through a long-lived key, the invocation still being written.
+    let file = aws.join("trail.jsonl");
+    append(
+        &file,
+        &format!(
+            "{}\n{}\n{}\n{}",
+            trail("e1", "PutUseCaseForModelAccess", 30, ""),
+            trail("e2", "CreateFoundationModelAgreement", 29, ""),
+            trail("e3", "PutFoundationModelEntitlement", 28, ""),
+            &trail(
+                "e4",
+                "InvokeModel",
+                20,
+                r#","requestParameters":{"modelId":"anthropic.claude-3-sonnet"}"#
+            )[..40],
+        ),
+    );
+    let v5 = h.wait_alerts("?detector=V5", 1).await;
+    let high = &v5[v5.len() - 1];
+    assert_eq!(high["severity"], "high", "{high:#}");
+    assert_eq!(subject(high, "principal"), Some(&*format!("aws:{KEY}")));
+    let cmd = subject(high, "recommended_command").expect("a recommendation on the alert");
+    assert!(
+        cmd.starts_with(&format!(
+            "aws iam update-access-key --user-name ci-deploy --access-key-id {KEY} --status Inactive"
+        )),
+        "{cmd}"
+    );
+    // The shipped Sigma rule for the same step is an alert too, with its rule.
+    let s1 = h.wait_alerts("?detector=S1", 1).await;
+    assert!(
+        s1.iter()
+            .any(|a| subject(a, "sigma_title").is_some_and(|t| t.contains("access key"))),
+        "{s1:#?}"
+    );
+    // Stormwall holds no AWS credentials: the action is a recommendation in the audit log.
+    let audit = h.admin_get(&format!("/admin/audit?target=aws:{KEY}")).await;
+    let rec = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "cloud.revoke_recommended")
+        .unwrap_or_else(|| panic!("{audit:#}"));
+    assert!(rec["detail"]["command"].as_str().unwrap().contains(KEY));
+
+    // The partial line completes: the invocation finishes the preamble (critical).
+    append(
+        &file,
+        &format!(
+            "{}\n",
+            &trail(
+                "e4",
+                "InvokeModel",
+                20,
+                r#","requestParameters":{"modelId":"anthropic.claude-3-sonnet"}"#
+            )[40..]
+        ),
+    );
+    for _ in 0..300 {
+        if h.alerts("?detector=V5")
+            .await
+            .iter()
+            .any(|a| a["severity"] == "critical")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v5 = h.alerts("?detector=V5").await;
+    assert!(v5.iter().any(|a| a["severity"] == "critical"), "{v5:#?}");
+
+    // An Azure Activity export arrives as one pretty-printed container: a content filter
+    // switched off is X2, written in two steps (incomplete JSON waits).
+    let activity = format!(
+        r#"{{
+  "records": [
+    {{"time":"{}","resourceId":"/SUBSCRIPTIONS/S1/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.COGNITIVESERVICES/ACCOUNTS/CONTOSO/RAIPOLICIES/LENIENT","operationName":"MICROSOFT.COGNITIVESERVICES/ACCOUNTS/RAIPOLICIES/WRITE","category":"Administrative","resultType":"Success","callerIpAddress":"198.51.100.99","identity":{{"claims":{{"http://schemas.microsoft.com/identity/claims/objectidentifier":"22222222-aaaa-bbbb-cccc-000000000002"}}}},"properties":{{"requestbody":"{{\"properties\":{{\"contentFilters\":[{{\"name\":\"sexual\",\"enabled\":false,\"blocking\":false,\"source\":\"Prompt\"}}]}}}}"}}}}
+  ]
+}}
+"#,
+        ts(15)
+    );
+    let az = azure.join("PT1H.json");
+    append(&az, &activity[..60]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append(&az, &activity[60..]);
+    let x2 = h.wait_alerts("?detector=X2", 1).await;
+    assert_eq!(x2[0]["severity"], "high", "{x2:#?}");
+
+    // A bad record is counted with its file and line, never fatal.
+    append(&file, "this is not json\n");
+    append(
+        &file,
+        &format!("{}\n", trail("e5", "ListFoundationModels", 19, "")),
+    );
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
+        if metrics.contains("stormwall_cloud_logs_bad_records_total{source=\"aws\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains("stormwall_cloud_logs_bad_records_total{source=\"aws\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 5"));
+    assert!(metrics.contains("stormwall_cloud_logs_records_total{source=\"azure\"} 1"));
+    assert!(metrics.contains("stormwall_cloud_logs_lag_seconds{source=\"aws\"}"));
+    let ready = h.admin_call("GET", "/readyz", Value::Null).await.text();
+    assert!(
+        ready.contains("cloud logs aws: 1 files, 5 records, 1 bad"),
+        "{ready}"
+    );
+
+    // Restart: nothing is judged twice, and what arrives meanwhile is not lost.
+    let before: Vec<String> = h
+        .alerts("")
+        .await
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    h.shutdown().await;
+    assert!(state.exists(), "the checkpoint is written on shutdown");
+    append(
+        &file,
+        &format!(
+            "{}\n",
+            trail("e6", "DeleteModelInvocationLoggingConfiguration", 10, "")
+        ),
+    );
+    h.restart().await;
+    let x1 = h.wait_alerts("?detector=X1", 1).await;
+    assert_eq!(x1.len(), 1, "{x1:#?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after: Vec<String> = h
+        .alerts("")
+        .await
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut unique = after.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), after.len(), "no alert stored twice");
+    let new: Vec<&String> = after.iter().filter(|id| !before.contains(id)).collect();
+    assert!(
+        !new.is_empty() && new.iter().all(|id| id.contains("e6")),
+        "only the record written during the restart raised new alerts: {new:?}"
+    );
+    let metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
+    assert!(
+        metrics.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 1"),
+        "after the restart only the new record was read: {metrics}"
+    );
+}
