@@ -205,6 +205,11 @@ impl Collector for JournalCollector {
                 &st.refused,
             ),
             (
+                "journal_events_read_back",
+                "Journaled events shipped by reading their segments (a previous run's, or past the shipper's memory)",
+                &st.read_back,
+            ),
+            (
                 "journal_ship_errors",
                 "Store writes from the journal that failed and were retried",
                 &st.ship_errors,

@@ -145,16 +145,15 @@ impl Recorder {
                 })
                 .inc();
         }
-        // The journal reads the event and the sink owns it: detection gets the event itself
-        // after the journal, and a copy only when the sink needs the original.
+        // The journal (which keeps the event to ship it) or the sink owns the event;
+        // detection gets a copy.
         let tap = self.state.tap.as_ref();
         match &self.state.journal {
             Some(journal) => {
-                let durable = journal.append(&event);
                 if let Some(tap) = tap {
-                    tap.offer(event);
+                    tap.offer(event.clone());
                 }
-                durable
+                journal.append(event)
             }
             None => {
                 if let Some(tap) = tap {

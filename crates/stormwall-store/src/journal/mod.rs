@@ -3,18 +3,21 @@
 //! there, so a crash or a store outage never loses an answered request.
 //!
 //! Data flows one way:
-//! - the request path frames the event ([`format`]) and hands it to the writer thread
-//!   through a bounded queue ([`Journal::append`]): no system call, no wait. The returned
-//!   [`Durable`] resolves once the batch holding the event is written (and synced, with
-//!   `fsync_interval_ms = 0`); the gateway holds the answer's last byte until then.
-//! - the writer thread ([`writer`]) takes whatever is queued, writes it with one `write`
-//!   (group commit across concurrent requests), syncs on a short interval and at segment
-//!   close, and starts a new segment past `segment_max_bytes` or `segment_max_age_secs`.
-//! - the shipper task ([`ship`]) reads written records back from the segments, inserts them
-//!   into the store (event id as key: replays never duplicate) and deletes a segment only
-//!   once the store acknowledged all of it. At start, it ships what a previous run left
-//!   ([`JournalService::backlog_shipped`]) after recovery ([`segments::recover`]) cut off
-//!   any torn tail.
+//! - the request path frames the event ([`format`]) and queues it ([`Journal::append`]).
+//!   Whoever finds no write in progress leads: it writes everything queued with one `write`
+//!   (group commit across concurrent requests) and answers that group ([`writer`]); the
+//!   others wait for the leader's group. On one connection a request writes its own record
+//!   without a hand-off to another thread. The returned [`Durable`] resolves once the group
+//!   holding the event is written (and synced, with `fsync_interval_ms = 0`, where the
+//!   writer thread leads); the gateway holds the answer's last byte until then.
+//! - the writer thread syncs on a short interval and at segment close, and starts a new
+//!   segment past `segment_max_bytes` or `segment_max_age_secs`.
+//! - the shipper task ([`ship`]) inserts written events into the store (event id as key:
+//!   replays never duplicate) and deletes a segment only once the store acknowledged all of
+//!   it. It ships the events the writer just wrote from memory (up to `memory_events`),
+//!   and reads segments back only for what memory does not hold: what a previous run left
+//!   ([`JournalService::backlog_shipped`], after recovery by [`segments::recover`] cut off
+//!   any torn tail), and what was written while memory was full (a long store outage).
 //! - unshipped bytes and age are bounded: past `max_bytes` or `max_age_secs` the journal is
 //!   at its bound, and the gateway follows `policy` (refuse new requests, or serve them and
 //!   count the events it drops).
@@ -64,9 +67,13 @@ pub struct JournalConfig {
     pub max_age_secs: u64,
     /// What the gateway does at the bound.
     pub policy: JournalPolicy,
-    /// Events queued for the writer thread at most; a full queue refuses events like the
+    /// Events queued and not yet written at most; a full queue refuses events like the
     /// bound does.
     pub queue_capacity: usize,
+    /// Written events kept in memory for the shipper, so it need not read them back from
+    /// the segments; past it (a long store outage), newer events are shipped by reading
+    /// their segments. 0: always read back.
+    pub memory_events: usize,
 }
 
 impl Default for JournalConfig {
@@ -81,6 +88,7 @@ impl Default for JournalConfig {
             max_age_secs: 24 * 3600,
             policy: JournalPolicy::FailClosed,
             queue_capacity: 65_536,
+            memory_events: 16_384,
         }
     }
 }
@@ -172,6 +180,9 @@ pub struct JournalStats {
     pub unshipped_bytes: AtomicU64,
     /// Append time of the oldest unshipped event, Unix ms; 0 when none (gauge).
     pub oldest_unshipped_ms: AtomicU64,
+    /// Events shipped by reading their segments back (a previous run's, or written while
+    /// the shipper's memory was full) rather than from memory.
+    pub read_back: AtomicU64,
 }
 
 impl JournalStats {
@@ -216,25 +227,105 @@ struct Ledger {
     backlog_last: Option<u64>,
 }
 
-/// State shared by the request path, the writer thread and the shipper task.
-#[derive(Debug)]
+/// A written event kept for the shipper, with where its record is.
+struct Remembered {
+    seq: u64,
+    start: u64,
+    end: u64,
+    append_ms: u64,
+    event: UsageEvent,
+}
+
+/// Written events not yet shipped, in segment order, at most `max`.
+struct Memory {
+    events: VecDeque<Remembered>,
+    max: usize,
+}
+
+/// State shared by the request path, the writer thread and the shipper task. Locks are
+/// taken in the order output, pending; output, memory; output, ledger; ledger, memory.
 struct Shared {
     dir: PathBuf,
     policy: JournalPolicy,
     max_bytes: u64,
     max_age_ms: u64,
+    segment_max_bytes: u64,
+    segment_max_age: Duration,
+    queue_capacity: usize,
+    /// `fsync_interval_ms = 0`: the writer thread leads, syncing each group.
+    sync_each: bool,
     stats: Arc<JournalStats>,
     ledger: Mutex<Ledger>,
+    pending: Mutex<writer::Pending>,
+    output: Mutex<writer::Output>,
+    memory: Mutex<Memory>,
+    cmd: std::sync::mpsc::Sender<writer::Cmd>,
+    rotate_asked: AtomicBool,
     at_bound: AtomicBool,
     backlog_shipped: AtomicBool,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dir", &self.dir)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks `m`; a panic while holding a lock leaves plain numbers and buffers behind: keep
+/// going.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Shared {
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        // A panic while holding the lock leaves plain numbers behind: keep going.
-        self.ledger
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.ledger)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, writer::Pending> {
+        lock(&self.pending)
+    }
+
+    fn output(&self) -> MutexGuard<'_, writer::Output> {
+        lock(&self.output)
+    }
+
+    fn memory(&self) -> MutexGuard<'_, Memory> {
+        lock(&self.memory)
+    }
+
+    /// Sends the writer thread a command (gone only after it closed: nothing left to do).
+    fn ask(&self, cmd: writer::Cmd) {
+        let _ = self.cmd.send(cmd);
+    }
+
+    /// Asks the writer thread to rotate, once until it has.
+    fn ask_rotate(&self) {
+        if !self.rotate_asked.swap(true, Ordering::Relaxed) {
+            self.ask(writer::Cmd::Rotate);
+        }
+    }
+
+    /// Keeps just-written events for the shipper, while memory has room; records after
+    /// one left out are read back from the segment.
+    fn remember(&self, seq: u64, mut at: u64, records: impl Iterator<Item = writer::Queued>) {
+        let mut memory = self.memory();
+        for r in records {
+            let end = at + u64::from(r.len);
+            if memory.events.len() < memory.max {
+                memory.events.push_back(Remembered {
+                    seq,
+                    start: at,
+                    end,
+                    append_ms: r.append_ms,
+                    event: r.event,
+                });
+            }
+            at = end;
+        }
     }
 
     /// Recomputes the gauges and the bound from the ledger.
@@ -283,52 +374,71 @@ impl Shared {
     }
 }
 
-/// A message to the writer thread.
-enum Msg {
-    /// Framed records and who waits for them.
-    Append(Vec<u8>, oneshot::Sender<Result<(), NotJournaled>>),
-    /// Write what is queued, sync, close the segment and stop.
-    Close,
-}
-
-/// The request path's handle on the journal. Cheap to clone; never blocks.
+/// The request path's handle on the journal. Cheap to clone; never waits for a lock held
+/// across more than one `write`.
 #[derive(Debug, Clone)]
 pub struct Journal {
-    tx: std::sync::mpsc::SyncSender<Msg>,
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Msg::Append(..) => "Append",
-            Msg::Close => "Close",
-        })
-    }
+thread_local! {
+    /// Each thread frames its events here before queueing them, so the queue's lock is held
+    /// only for a copy.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(4096));
 }
 
 impl Journal {
-    /// Appends `event`; the answer's last byte waits for the returned [`Durable`]. Never
-    /// blocks: the event is framed here and queued for the writer thread.
-    pub fn append(&self, event: &UsageEvent) -> Durable {
-        let open = self.shared.policy == JournalPolicy::FailOpen;
-        if open && self.shared.at_bound.load(Ordering::Relaxed) {
+    /// Appends `event`; the answer's last byte waits for the returned [`Durable`]. The
+    /// event is framed and queued; if no write is in progress, this call writes the queue
+    /// (one `write` to the page cache) and the returned [`Durable`] is already settled.
+    pub fn append(&self, event: UsageEvent) -> Durable {
+        let shared = &self.shared;
+        let open = shared.policy == JournalPolicy::FailOpen;
+        if open && shared.at_bound.load(Ordering::Relaxed) {
             return self.refuse("journal at its bound");
         }
-        let mut buf = Vec::with_capacity(1024);
-        let mut encoded = true;
-        let framed = format::frame_with(&mut buf, now_ms(), |out| {
-            encoded = serde_json::to_writer(&mut *out, event).is_ok();
-        });
-        if framed.is_err() || !encoded {
-            return self.refuse("event cannot be framed");
-        }
-        let (tx, rx) = oneshot::channel();
-        match self.tx.try_send(Msg::Append(buf, tx)) {
-            Ok(()) => Durable(State::Waiting(rx)),
-            Err(std::sync::mpsc::TrySendError::Full(_)) => self.refuse("journal queue full"),
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => self.refuse("journal closed"),
-        }
+        let append_ms = now_ms();
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            let mut encoded = true;
+            let framed = format::frame_with(buf, append_ms, |out| {
+                encoded = serde_json::to_writer(&mut *out, &event).is_ok();
+            });
+            if framed.is_err() || !encoded {
+                return self.refuse("event cannot be framed");
+            }
+            let Ok(len) = u32::try_from(buf.len()) else {
+                return self.refuse("event cannot be framed");
+            };
+            let (group, lead) = {
+                let mut p = shared.pending();
+                if p.closed {
+                    drop(p);
+                    return self.refuse("journal closed");
+                }
+                if p.records.len() >= shared.queue_capacity {
+                    drop(p);
+                    return self.refuse("journal queue full");
+                }
+                p.buf.extend_from_slice(buf);
+                p.records.push(writer::Queued {
+                    len,
+                    append_ms,
+                    event,
+                });
+                let lead = !p.leader;
+                p.leader = true;
+                (Arc::clone(&p.group), lead)
+            };
+            if lead {
+                if shared.sync_each {
+                    shared.ask(writer::Cmd::Lead);
+                } else {
+                    writer::lead(shared, writer::REQUEST_ROUNDS, false);
+                }
+            }
+            Durable(State::Group(group))
+        })
     }
 
     fn refuse(&self, reason: &'static str) -> Durable {
@@ -382,6 +492,7 @@ pub struct Durable(State);
 enum State {
     Ready(Result<(), NotJournaled>),
     Waiting(oneshot::Receiver<Result<(), NotJournaled>>),
+    Group(Arc<writer::Group>),
 }
 
 impl Durable {
@@ -409,6 +520,10 @@ impl Future for Durable {
                 Poll::Ready(Ok(r)) => r,
                 // The writer ended without answering: the event's fate is unknown.
                 Poll::Ready(Err(_)) => Err(NotJournaled),
+            },
+            State::Group(group) => match group.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
             },
         };
         // Kept, so polling again (after an early wait) gives the same answer.
@@ -486,19 +601,35 @@ impl JournalService {
             closed: false,
             first_ms: None,
         });
+        let (cmd, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             policy: config.policy,
             max_bytes: config.max_bytes.max(1),
             max_age_ms: config.max_age_secs.max(1).saturating_mul(1000),
+            segment_max_bytes: config.segment_max_bytes.max(1),
+            segment_max_age: Duration::from_secs(config.segment_max_age_secs.max(1)),
+            queue_capacity: config.queue_capacity.max(1),
+            sync_each: config.fsync_interval_ms == 0,
             stats,
             ledger: Mutex::new(ledger),
+            pending: Mutex::new(writer::Pending::new()),
+            output: Mutex::new(writer::Output::new(file, next_seq)),
+            memory: Mutex::new(Memory {
+                events: VecDeque::new(),
+                max: config.memory_events,
+            }),
+            cmd,
+            rotate_asked: AtomicBool::new(false),
             at_bound: AtomicBool::new(false),
             backlog_shipped: AtomicBool::new(seqs.is_empty()),
         });
         shared.refresh(&shared.ledger());
-        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity.max(1));
-        let writer = writer::Writer::new(Arc::clone(&shared), config, file, next_seq);
+        let writer = writer::Writer::new(
+            Arc::clone(&shared),
+            Duration::from_millis(config.fsync_interval_ms),
+            next_seq,
+        );
         let writer = std::thread::Builder::new()
             .name("stormwall-journal".into())
             .spawn(move || writer.run(rx))
@@ -513,7 +644,7 @@ impl JournalService {
         // One long-lived task started at startup, joined by `JournalService::shutdown`.
         #[allow(clippy::disallowed_methods)]
         let shipper = tokio::spawn(shipper.run(phase));
-        let journal = Journal { tx, shared };
+        let journal = Journal { shared };
         Ok((
             journal.clone(),
             JournalService {
@@ -536,14 +667,7 @@ impl JournalService {
     /// start. Returns the unshipped bytes left.
     pub async fn shutdown(self, deadline: Duration) -> u64 {
         let end = tokio::time::Instant::now() + deadline;
-        // Late requests may still fill the queue: retry until the close fits.
-        while let Err(std::sync::mpsc::TrySendError::Full(_)) = self.journal.tx.try_send(Msg::Close)
-        {
-            if tokio::time::Instant::now() >= end {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.journal.shared.ask(writer::Cmd::Close);
         while !self.writer.is_finished() && tokio::time::Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

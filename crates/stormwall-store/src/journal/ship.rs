@@ -1,5 +1,6 @@
-//! The shipper task: reads written records back from the segments, oldest first, inserts
-//! them into the store in batches (the store ignores an event id it already holds, so a
+//! The shipper task: takes written events oldest first — from memory, where the writer left
+//! them, or read back from the segments for what memory does not hold — inserts them into
+//! the store in batches (the store ignores an event id it already holds, so a
 //! replay never duplicates), moves its cursor only when the store acknowledged, and deletes
 //! a segment once it is closed and wholly acknowledged. A store outage only makes it retry
 //! (with backoff) while the journal grows on disk.
@@ -46,6 +47,8 @@ struct Batch {
 
 /// What the ledger says to do next.
 enum Next {
+    /// Ship these events, taken from memory.
+    Memory(Batch),
     /// Read `[from, to)` of segment `seq`.
     Read { seq: u64, from: u64, to: u64 },
     /// Segment `seq` is closed and shipped: delete it.
@@ -84,20 +87,30 @@ impl Shipper {
             match next {
                 Next::Idle => return,
                 Next::Delete(seq) => self.delete(seq),
+                Next::Memory(batch) => self.ship(&batch).await,
                 Next::Read { seq, from, to } => {
                     let Some(batch) = self.read(seq, from, to) else {
                         continue;
                     };
-                    self.store_batch(&batch).await;
-                    let mut ledger = self.shared.ledger();
-                    if ledger.segments.front().is_some_and(|s| s.seq == batch.seq) {
-                        ledger.cursor = batch.end;
-                        ledger.cursor_ms = batch.next_ms;
-                    }
-                    self.shared.refresh(&ledger);
+                    self.shared
+                        .stats
+                        .read_back
+                        .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                    self.ship(&batch).await;
                 }
             }
         }
+    }
+
+    /// Stores a batch, then moves the cursor past it.
+    async fn ship(&self, batch: &Batch) {
+        self.store_batch(batch).await;
+        let mut ledger = self.shared.ledger();
+        if ledger.segments.front().is_some_and(|s| s.seq == batch.seq) {
+            ledger.cursor = batch.end;
+            ledger.cursor_ms = batch.next_ms;
+        }
+        self.shared.refresh(&ledger);
     }
 
     fn next(&self) -> Next {
@@ -106,10 +119,56 @@ impl Shipper {
             return Next::Idle;
         };
         if ledger.cursor < front.len {
+            let (seq, cursor) = (front.seq, ledger.cursor);
+            let mut to = front.len.min(cursor + READ_MAX);
+            let mut memory = self.shared.memory();
+            // What the cursor has passed was shipped by reading the segment.
+            while memory
+                .events
+                .front()
+                .is_some_and(|e| e.seq < seq || (e.seq == seq && e.start < cursor))
+            {
+                memory.events.pop_front();
+            }
+            match memory.events.front() {
+                Some(e) if e.seq == seq && e.start == cursor => {
+                    let mut events = Vec::new();
+                    let mut end = cursor;
+                    while events.len() < self.batch_max
+                        && let Some(e) = memory.events.front()
+                        && e.seq == seq
+                        && e.start == end
+                        && e.end <= front.len
+                    {
+                        end = e.end;
+                        if let Some(e) = memory.events.pop_front() {
+                            events.push(e.event);
+                        }
+                    }
+                    if events.is_empty() {
+                        // Its bytes are written but not yet in the ledger: next tick.
+                        return Next::Idle;
+                    }
+                    let next_ms = memory
+                        .events
+                        .front()
+                        .filter(|e| e.seq == seq && e.start == end)
+                        .map(|e| e.append_ms);
+                    return Next::Memory(Batch {
+                        seq,
+                        end,
+                        events,
+                        next_ms,
+                    });
+                }
+                // Memory resumes further on: read back only the gap.
+                Some(e) if e.seq == seq => to = to.min(e.start),
+                _ => {}
+            }
             return Next::Read {
-                seq: front.seq,
-                from: ledger.cursor,
-                to: front.len.min(ledger.cursor + READ_MAX),
+                seq,
+                from: cursor,
+                to,
             };
         }
         if front.closed {

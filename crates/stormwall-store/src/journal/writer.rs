@@ -1,224 +1,394 @@
-//! The writer thread: group commit. It takes everything queued, writes it with one `write`
-//! to the open segment, answers the waiting requests, syncs on the configured interval (or
-//! before answering, with an interval of 0), and rotates segments by size and age.
+//! Group commit without a hand-off. An append queues its framed record; whoever finds no
+//! write in progress becomes the leader and writes everything queued with one `write`
+//! (the page cache takes it in microseconds), answers that group, and repeats while more was
+//! queued meanwhile. On one connection the request writes its own record and never waits for
+//! another thread; under concurrency the records queued while a leader writes form the next
+//! group. The writer thread does only what may take milliseconds: `fsync` on its interval,
+//! segment rotation (creating a file and syncing the directory), writes with
+//! `fsync_interval_ms = 0` (each group synced before it is answered), and groups a request
+//! leader hands over after [`REQUEST_ROUNDS`].
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use stormwall_types::UsageEvent;
 
-use super::{JournalConfig, JournalPolicy, Msg, NotJournaled, Segment, Shared, format, segments};
+use super::{JournalPolicy, NotJournaled, Segment, Shared, format, segments};
 
-/// Most records written in one group.
-const GROUP_MAX: usize = 4096;
+/// Groups a request writes as leader before it hands the rest to the writer thread, so one
+/// request never carries a long backlog on its own latency.
+pub(super) const REQUEST_ROUNDS: usize = 4;
 
-/// The writer thread's state.
-pub(super) struct Writer {
-    shared: Arc<Shared>,
-    file: Option<File>,
-    seq: u64,
-    len: u64,
-    opened: Instant,
-    first_ms: Option<u64>,
-    dirty: bool,
-    last_sync: Instant,
-    sync_every: Duration,
-    segment_max_bytes: u64,
-    segment_max_age: Duration,
-    buf: Vec<u8>,
-    acks: Vec<oneshot::Sender<Result<(), NotJournaled>>>,
+/// A command to the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cmd {
+    /// Lead: write what is queued (leadership was set for the thread).
+    Lead,
+    /// Close the open segment and start the next one.
+    Rotate,
+    /// Write what is queued, sync, close the segment and stop.
+    Close,
 }
 
-impl Writer {
-    /// A writer appending to `file`, the freshly created segment `seq`.
-    pub(super) fn new(shared: Arc<Shared>, config: &JournalConfig, file: File, seq: u64) -> Self {
+/// One queued record: its framed length, append time and the event (kept for shipping).
+pub(super) struct Queued {
+    pub(super) len: u32,
+    pub(super) append_ms: u64,
+    pub(super) event: UsageEvent,
+}
+
+/// Records framed but not yet written, and who writes them.
+pub(super) struct Pending {
+    pub(super) buf: Vec<u8>,
+    pub(super) records: Vec<Queued>,
+    /// The group the queued records belong to; answered when they are written.
+    pub(super) group: Arc<Group>,
+    /// A leader (a request or the writer thread) is writing; appends only queue.
+    pub(super) leader: bool,
+    /// The journal is closing: appends are refused.
+    pub(super) closed: bool,
+}
+
+impl Pending {
+    pub(super) fn new() -> Self {
         Self {
-            shared,
-            file: Some(file),
+            buf: Vec::with_capacity(64 << 10),
+            records: Vec::with_capacity(256),
+            group: Arc::new(Group::default()),
+            leader: false,
+            closed: false,
+        }
+    }
+}
+
+/// The open segment, touched only by the leader (and by the writer thread to rotate).
+pub(super) struct Output {
+    pub(super) file: Arc<File>,
+    pub(super) seq: u64,
+    pub(super) len: u64,
+    pub(super) opened: Instant,
+    pub(super) first_ms: Option<u64>,
+    /// Buffers swapped with the queue's, so groups reuse their allocations.
+    spare_buf: Vec<u8>,
+    spare_records: Vec<Queued>,
+}
+
+impl Output {
+    pub(super) fn new(file: File, seq: u64) -> Self {
+        Self {
+            file: Arc::new(file),
             seq,
             len: format::MAGIC.len() as u64,
             opened: Instant::now(),
             first_ms: None,
-            dirty: false,
+            spare_buf: Vec::with_capacity(64 << 10),
+            spare_records: Vec::with_capacity(256),
+        }
+    }
+}
+
+/// The outcome of one group, awaited by every [`super::Durable`] in it.
+#[derive(Debug, Default)]
+pub(super) struct Group {
+    /// 0: not written yet; 1: written; 2: not journaled.
+    done: AtomicU8,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Group {
+    fn result(&self) -> Option<Result<(), NotJournaled>> {
+        match self.done.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Ok(())),
+            _ => Some(Err(NotJournaled)),
+        }
+    }
+
+    fn wakers(&self) -> MutexGuard<'_, Vec<Waker>> {
+        self.wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Settles the group and wakes whoever waits on it.
+    pub(super) fn complete(&self, outcome: Result<(), NotJournaled>) {
+        let wakers = {
+            let mut w = self.wakers();
+            self.done
+                .store(if outcome.is_ok() { 1 } else { 2 }, Ordering::Release);
+            std::mem::take(&mut *w)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// The outcome, or a wake-up registered for when it is known.
+    pub(super) fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<(), NotJournaled>> {
+        if let Some(r) = self.result() {
+            return Poll::Ready(r);
+        }
+        let mut w = self.wakers();
+        // Settled between the check and the lock: `complete` stores under the lock.
+        if let Some(r) = self.result() {
+            return Poll::Ready(r);
+        }
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Writes what is queued, group by group, as the leader (the caller set `leader`), for at
+/// most `rounds` groups; then gives leadership up, or hands it to the writer thread if more
+/// is queued. `sync`: each group is synced before it is answered.
+pub(super) fn lead(shared: &Shared, mut rounds: usize, sync: bool) {
+    loop {
+        let mut out = shared.output();
+        let (buf, records, group) = {
+            let mut p = shared.pending();
+            if p.records.is_empty() {
+                p.leader = false;
+                return;
+            }
+            if rounds == 0 {
+                // Leadership stays set: the thread takes it over.
+                drop(p);
+                drop(out);
+                shared.ask(Cmd::Lead);
+                return;
+            }
+            rounds -= 1;
+            let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut out.spare_buf));
+            let records = std::mem::replace(&mut p.records, std::mem::take(&mut out.spare_records));
+            let group = std::mem::replace(&mut p.group, Arc::new(Group::default()));
+            (buf, records, group)
+        };
+        let outcome = write_group(shared, &mut out, &buf, records, sync);
+        drop(out);
+        group.complete(outcome);
+        let mut out = shared.output();
+        let mut buf = buf;
+        buf.clear();
+        if out.spare_buf.capacity() < buf.capacity() {
+            out.spare_buf = buf;
+        }
+    }
+}
+
+/// Writes one group to the open segment and records where its events are, for the shipper.
+fn write_group(
+    shared: &Shared,
+    out: &mut Output,
+    buf: &[u8],
+    mut records: Vec<Queued>,
+    sync: bool,
+) -> Result<(), NotJournaled> {
+    let n = records.len() as u64;
+    if out.len > format::MAGIC.len() as u64
+        && (out.len >= shared.segment_max_bytes || out.opened.elapsed() >= shared.segment_max_age)
+    {
+        // Rotation syncs and creates files: the thread does it; until then the open
+        // segment grows a little past its limit.
+        shared.ask_rotate();
+    }
+    let written = (&*out.file).write_all(buf);
+    let written = written.and_then(|()| {
+        if sync {
+            out.file.sync_data()?;
+            shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    });
+    let outcome = match written {
+        Ok(()) => {
+            let start = out.len;
+            out.len += buf.len() as u64;
+            out.first_ms
+                .get_or_insert_with(|| records.first().map_or_else(super::now_ms, |r| r.append_ms));
+            // The events go to the shipper's memory before the ledger shows their bytes, so
+            // it never reads back what it could take from here.
+            shared.remember(out.seq, start, records.drain(..));
+            let st = &shared.stats;
+            st.appended.fetch_add(n, Ordering::Relaxed);
+            st.writes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, events = n, segment = out.seq, "journal: write failed; events not journaled");
+            // Drop what a partial write left, so the segment stays sound; the next group
+            // goes to a new segment.
+            let _ = out.file.set_len(out.len);
+            shared.ask_rotate();
+            shared.stats.refused.fetch_add(n, Ordering::Relaxed);
+            records.clear();
+            match shared.policy {
+                JournalPolicy::FailOpen => Ok(()),
+                JournalPolicy::FailClosed => Err(NotJournaled),
+            }
+        }
+    };
+    out.spare_records = records;
+    let mut ledger = shared.ledger();
+    if let Some(s) = ledger.segments.back_mut().filter(|s| s.seq == out.seq) {
+        s.len = out.len;
+        s.first_ms = s.first_ms.or(out.first_ms);
+    }
+    shared.refresh(&ledger);
+    outcome
+}
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    sync_every: Duration,
+    /// Bytes of the open segment known synced, and which segment.
+    synced: (u64, u64),
+    last_sync: Instant,
+    /// Next segment number to try, past any whose creation failed.
+    next_seq: u64,
+}
+
+impl Writer {
+    pub(super) fn new(shared: Arc<Shared>, sync_every: Duration, seq: u64) -> Self {
+        Self {
+            shared,
+            sync_every,
+            synced: (seq, format::MAGIC.len() as u64),
             last_sync: Instant::now(),
-            sync_every: Duration::from_millis(config.fsync_interval_ms),
-            segment_max_bytes: config.segment_max_bytes.max(1),
-            segment_max_age: Duration::from_secs(config.segment_max_age_secs.max(1)),
-            buf: Vec::with_capacity(1 << 20),
-            acks: Vec::with_capacity(GROUP_MAX),
+            next_seq: seq + 1,
         }
     }
 
     /// Runs until told to close (or every handle is gone).
-    pub(super) fn run(mut self, rx: Receiver<Msg>) {
+    pub(super) fn run(mut self, rx: Receiver<Cmd>) {
+        let sync_each = self.sync_every.is_zero();
+        let tick = if sync_each {
+            Duration::from_secs(1)
+        } else {
+            self.sync_every
+        };
         loop {
-            let first = if self.dirty {
-                let wait = self.sync_every.saturating_sub(self.last_sync.elapsed());
-                match rx.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.sync();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                }
-            };
-            let mut closing = self.take(first);
-            while !closing && self.acks.len() < GROUP_MAX {
-                match rx.try_recv() {
-                    Ok(m) => closing = self.take(m),
-                    Err(_) => break,
-                }
+            let wait = tick.saturating_sub(self.last_sync.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(Cmd::Lead) => lead(&self.shared, usize::MAX, sync_each),
+                Ok(Cmd::Rotate) => self.rotate(),
+                Ok(Cmd::Close) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
             }
-            self.commit();
-            if closing {
-                break;
+            if self.last_sync.elapsed() >= tick {
+                self.sync();
+                self.rotate_if_old();
             }
         }
-        self.close_segment();
+        self.close(&rx);
     }
 
-    /// Adds a message to the group; true when it asks to close.
-    fn take(&mut self, msg: Msg) -> bool {
-        match msg {
-            Msg::Append(bytes, ack) => {
-                self.buf.extend_from_slice(&bytes);
-                self.acks.push(ack);
-                false
-            }
-            Msg::Close => true,
-        }
-    }
-
-    /// Writes the group, answers its requests.
-    fn commit(&mut self) {
-        if self.acks.is_empty() {
+    /// Syncs the open segment if anything was written to it since the last sync.
+    fn sync(&mut self) {
+        self.last_sync = Instant::now();
+        let (file, seq, len) = {
+            let out = self.shared.output();
+            (Arc::clone(&out.file), out.seq, out.len)
+        };
+        if (seq, len) == self.synced {
             return;
         }
-        let n = self.acks.len() as u64;
-        let now_ms = super::now_ms();
-        if self.file.is_none() {
-            self.rotate();
-        }
-        if self.len > format::MAGIC.len() as u64
-            && (self.len >= self.segment_max_bytes || self.opened.elapsed() >= self.segment_max_age)
-        {
-            self.rotate();
-        }
-        let result = self.write_group();
-        let outcome = match result {
-            Ok(()) => {
-                self.len += self.buf.len() as u64;
-                self.dirty = true;
-                if self.sync_every.is_zero() {
-                    self.sync();
-                }
-                self.first_ms.get_or_insert(now_ms);
-                let st = &self.shared.stats;
-                st.appended.fetch_add(n, Ordering::Relaxed);
-                st.writes.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, events = n, segment = self.seq, "journal: write failed; events not journaled");
-                self.shared.stats.refused.fetch_add(n, Ordering::Relaxed);
-                match self.shared.policy {
-                    JournalPolicy::FailOpen => Ok(()),
-                    JournalPolicy::FailClosed => Err(NotJournaled),
-                }
-            }
-        };
-        {
-            let mut ledger = self.shared.ledger();
-            if let Some(s) = ledger.segments.back_mut().filter(|s| s.seq == self.seq) {
-                s.len = self.len;
-                s.first_ms = s.first_ms.or(self.first_ms);
-            }
-            self.shared.refresh(&ledger);
-        }
-        for ack in self.acks.drain(..) {
-            // A request that went away no longer waits; nothing to tell it.
-            let _ = ack.send(outcome);
-        }
-        self.buf.clear();
-        if self.dirty && self.last_sync.elapsed() >= self.sync_every {
-            self.sync();
-        }
-    }
-
-    fn write_group(&mut self) -> std::io::Result<()> {
-        let Some(file) = self.file.as_mut() else {
-            return Err(std::io::Error::other("no open segment"));
-        };
-        if let Err(e) = file.write_all(&self.buf) {
-            // Drop what a partial write left, so the segment stays sound; then move on to a
-            // new segment for the next group.
-            let _ = file.set_len(self.len);
-            self.rotate();
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    fn sync(&mut self) {
-        if let Some(file) = &self.file
-            && let Err(e) = file.sync_data()
-        {
-            tracing::error!(error = %e, segment = self.seq, "journal: fsync failed");
+        if let Err(e) = file.sync_data() {
+            tracing::error!(error = %e, segment = seq, "journal: fsync failed");
         }
         self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
-        self.dirty = false;
-        self.last_sync = Instant::now();
+        self.synced = (seq, len);
     }
 
-    /// Syncs and closes the open segment (the shipper may delete it once shipped).
-    fn close_segment(&mut self) {
-        if self.file.is_some() {
-            self.sync();
+    /// Rotates an idle segment past its age, so it can be shipped and deleted.
+    fn rotate_if_old(&mut self) {
+        let due = {
+            let out = self.shared.output();
+            out.len > format::MAGIC.len() as u64
+                && (out.len >= self.shared.segment_max_bytes
+                    || out.opened.elapsed() >= self.shared.segment_max_age)
+        };
+        if due {
+            self.rotate();
         }
-        self.file = None;
+    }
+
+    /// Closes the open segment (synced, then marked closed so the shipper may delete it
+    /// once shipped) and starts the next one.
+    fn rotate(&mut self) {
+        self.shared.rotate_asked.store(false, Ordering::Relaxed);
+        let seq = self.next_seq.max(self.shared.output().seq + 1);
+        self.next_seq = seq + 1;
+        let file = match segments::create(&self.shared.dir, seq) {
+            Ok(f) => f,
+            Err(e) => {
+                // Retried on the next tick (or the next write); meanwhile writes go on to the
+                // open segment.
+                tracing::error!(error = %e, "journal: cannot start a new segment");
+                return;
+            }
+        };
+        let (old, old_seq) = {
+            let mut out = self.shared.output();
+            let old = std::mem::replace(&mut out.file, Arc::new(file));
+            let old_seq = std::mem::replace(&mut out.seq, seq);
+            out.len = format::MAGIC.len() as u64;
+            out.opened = Instant::now();
+            out.first_ms = None;
+            let mut ledger = self.shared.ledger();
+            ledger.segments.push_back(Segment {
+                seq,
+                len: out.len,
+                closed: false,
+                first_ms: None,
+            });
+            (old, old_seq)
+        };
+        self.close_segment(&old, old_seq);
+        self.synced = (seq, format::MAGIC.len() as u64);
+    }
+
+    /// Syncs a segment no longer written and marks it closed in the ledger.
+    fn close_segment(&self, file: &File, seq: u64) {
+        if let Err(e) = file.sync_data() {
+            tracing::error!(error = %e, segment = seq, "journal: fsync failed");
+        }
+        self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
         let mut ledger = self.shared.ledger();
-        if let Some(s) = ledger.segments.back_mut().filter(|s| s.seq == self.seq) {
-            s.len = self.len;
+        if let Some(s) = ledger.segments.iter_mut().find(|s| s.seq == seq) {
             s.closed = true;
         }
         self.shared.refresh(&ledger);
-        drop(ledger);
     }
 
-    /// Closes the open segment and starts the next one.
-    fn rotate(&mut self) {
-        self.close_segment();
-        let next = self.seq + 1;
-        match segments::create(&self.shared.dir, next) {
-            Ok(file) => {
-                self.file = Some(file);
-                self.seq = next;
-                self.len = format::MAGIC.len() as u64;
-                self.opened = Instant::now();
-                self.first_ms = None;
-                let mut ledger = self.shared.ledger();
-                ledger.segments.push_back(Segment {
-                    seq: next,
-                    len: self.len,
-                    closed: false,
-                    first_ms: None,
-                });
+    /// Refuses further appends, writes what is queued, syncs and closes the open segment.
+    fn close(&mut self, rx: &Receiver<Cmd>) {
+        self.shared.pending().closed = true;
+        loop {
+            {
+                let mut p = self.shared.pending();
+                if !p.leader {
+                    p.leader = true;
+                    break;
+                }
             }
-            Err(e) => {
-                // Retried at the next group; meanwhile appends fail and are counted.
-                tracing::error!(error = %e, "journal: cannot start a new segment");
-                self.seq = next;
+            // A request is writing, or handed its leadership to us (a queued `Lead`).
+            if let Ok(Cmd::Lead) = rx.recv_timeout(Duration::from_millis(1)) {
+                lead(&self.shared, usize::MAX, self.sync_every.is_zero());
             }
         }
+        lead(&self.shared, usize::MAX, self.sync_every.is_zero());
+        let (file, seq) = {
+            let out = self.shared.output();
+            (Arc::clone(&out.file), out.seq)
+        };
+        self.close_segment(&file, seq);
     }
 }
