@@ -130,3 +130,73 @@ pub fn encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// An alert's or incident's id and where the admin API is.
+#[derive(Debug, clap::Args)]
+pub struct IdArgs {
+    /// The id.
+    pub id: String,
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An id and a note.
+#[derive(Debug, clap::Args)]
+pub struct NoteArgs {
+    #[command(flatten)]
+    pub id: IdArgs,
+    /// Why (kept with what it changes).
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
+/// `limit=N` and `name=value` for each filter that is set, URL-encoded.
+pub fn filter_query(limit: usize, filters: &[(&str, &Option<String>)]) -> String {
+    let mut query = vec![format!("limit={limit}")];
+    for (name, value) in filters {
+        if let Some(v) = value {
+            query.push(format!("{name}={}", encode(v)));
+        }
+    }
+    query.join("&")
+}
+
+/// `GET {collection}/{id}`: prints the JSON when asked, else hands it to `print`.
+pub async fn show(
+    collection: &str,
+    a: &IdArgs,
+    print: fn(&serde_json::Value),
+) -> anyhow::Result<std::process::ExitCode> {
+    let client = AdminClient::new(&a.target)?;
+    let path = format!("{collection}/{}", encode(&a.id));
+    let v = client.call(http::Method::GET, &path, None).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        print(&v);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `POST {collection}/{id}/{action}` with the note: prints the JSON when asked, else hands
+/// the answer to `print`.
+pub async fn set_status(
+    collection: &str,
+    a: &NoteArgs,
+    action: &str,
+    print: fn(&serde_json::Value),
+) -> anyhow::Result<std::process::ExitCode> {
+    let client = AdminClient::new(&a.id.target)?;
+    let path = format!("{collection}/{}/{action}", encode(&a.id.id));
+    let body = serde_json::json!({ "note": a.note });
+    let v = client.call(http::Method::POST, &path, Some(body)).await?;
+    if a.id.json {
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        print(&v);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

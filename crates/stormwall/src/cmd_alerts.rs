@@ -4,9 +4,11 @@
 use std::process::ExitCode;
 
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::admin_client::{AdminClient, AdminTarget, encode, field};
+use crate::admin_client::{
+    AdminClient, AdminTarget, IdArgs, NoteArgs, field, filter_query, set_status, show,
+};
 
 /// Alert commands.
 #[derive(Debug, clap::Subcommand)]
@@ -52,74 +54,33 @@ pub struct ListArgs {
     json: bool,
 }
 
-/// An alert id and where the admin API is.
-#[derive(Debug, clap::Args)]
-pub struct IdArgs {
-    /// Alert id.
-    pub id: String,
-    #[command(flatten)]
-    target: AdminTarget,
-    /// Print the API's JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// An alert id and a note.
-#[derive(Debug, clap::Args)]
-pub struct NoteArgs {
-    #[command(flatten)]
-    id: IdArgs,
-    /// Why (kept with the alert).
-    #[arg(long)]
-    note: Option<String>,
-}
-
 /// Runs an alert command.
 pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AlertsCommand::List(a) => list(*a).await,
-        AlertsCommand::Show(a) => {
-            let client = AdminClient::new(&a.target)?;
-            let v = client
-                .call(
-                    Method::GET,
-                    &format!("/admin/alerts/{}", encode(&a.id)),
-                    None,
-                )
-                .await?;
-            if a.json {
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                print_detail(&v);
-            }
-            Ok(ExitCode::SUCCESS)
+        AlertsCommand::Show(a) => show("/admin/alerts", &a, print_detail).await,
+        AlertsCommand::Ack(a) => set_status("/admin/alerts", &a, "ack", print_status).await,
+        AlertsCommand::FalsePositive(a) => {
+            set_status("/admin/alerts", &a, "false-positive", print_status).await
         }
-        AlertsCommand::Ack(a) => set_status(a, "ack").await,
-        AlertsCommand::FalsePositive(a) => set_status(a, "false-positive").await,
     }
 }
 
 async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(&a.target)?;
-    let mut query = vec![format!("limit={}", a.limit)];
-    for (name, v) in [
-        ("key", &a.key),
-        ("tenant", &a.tenant),
-        ("detector", &a.detector),
-        ("status", &a.status),
-        ("since", &a.since),
-        ("until", &a.until),
-    ] {
-        if let Some(v) = v {
-            query.push(format!("{name}={}", encode(v)));
-        }
-    }
+    let query = filter_query(
+        a.limit,
+        &[
+            ("key", &a.key),
+            ("tenant", &a.tenant),
+            ("detector", &a.detector),
+            ("status", &a.status),
+            ("since", &a.since),
+            ("until", &a.until),
+        ],
+    );
     let v = client
-        .call(
-            Method::GET,
-            &format!("/admin/alerts?{}", query.join("&")),
-            None,
-        )
+        .call(Method::GET, &format!("/admin/alerts?{query}"), None)
         .await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -149,18 +110,8 @@ async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn set_status(a: NoteArgs, action: &str) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&a.id.target)?;
-    let path = format!("/admin/alerts/{}/{action}", encode(&a.id.id));
-    let v = client
-        .call(Method::POST, &path, Some(json!({ "note": a.note })))
-        .await?;
-    if a.id.json {
-        println!("{}", serde_json::to_string(&v)?);
-    } else {
-        println!("{} {}", field(&v, "id"), field(&v, "status"));
-    }
-    Ok(ExitCode::SUCCESS)
+fn print_status(v: &Value) {
+    println!("{} {}", field(v, "id"), field(v, "status"));
 }
 
 fn print_detail(v: &Value) {

@@ -4,9 +4,11 @@
 use std::process::ExitCode;
 
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::admin_client::{AdminClient, AdminTarget, encode, field};
+use crate::admin_client::{
+    AdminClient, AdminTarget, IdArgs, NoteArgs, field, filter_query, set_status, show,
+};
 
 /// Incident commands.
 #[derive(Debug, clap::Subcommand)]
@@ -51,74 +53,35 @@ pub struct ListArgs {
     json: bool,
 }
 
-/// An incident id and where the admin API is.
-#[derive(Debug, clap::Args)]
-pub struct IdArgs {
-    /// Incident id.
-    pub id: String,
-    #[command(flatten)]
-    target: AdminTarget,
-    /// Print the API's JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// An incident id and a note.
-#[derive(Debug, clap::Args)]
-pub struct NoteArgs {
-    #[command(flatten)]
-    id: IdArgs,
-    /// Why (kept with the incident and the alerts it changes).
-    #[arg(long)]
-    note: Option<String>,
-}
-
 /// Runs an incident command.
 pub async fn run(cmd: IncidentsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         IncidentsCommand::List(a) => list(*a).await,
-        IncidentsCommand::Show(a) => {
-            let client = AdminClient::new(&a.target)?;
-            let v = client
-                .call(
-                    Method::GET,
-                    &format!("/admin/incidents/{}", encode(&a.id)),
-                    None,
-                )
-                .await?;
-            if a.json {
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                print_detail(&v);
-            }
-            Ok(ExitCode::SUCCESS)
+        IncidentsCommand::Show(a) => show("/admin/incidents", &a, print_detail).await,
+        IncidentsCommand::Ack(a) => set_status("/admin/incidents", &a, "ack", print_status).await,
+        IncidentsCommand::FalsePositive(a) => {
+            set_status("/admin/incidents", &a, "false-positive", print_status).await
         }
-        IncidentsCommand::Ack(a) => set_status(a, "ack").await,
-        IncidentsCommand::FalsePositive(a) => set_status(a, "false-positive").await,
-        IncidentsCommand::Resolve(a) => set_status(a, "resolve").await,
+        IncidentsCommand::Resolve(a) => {
+            set_status("/admin/incidents", &a, "resolve", print_status).await
+        }
     }
 }
 
 async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(&a.target)?;
-    let mut query = vec![format!("limit={}", a.limit)];
-    for (name, v) in [
-        ("status", &a.status),
-        ("severity", &a.severity),
-        ("key", &a.key),
-        ("tenant", &a.tenant),
-        ("since", &a.since),
-    ] {
-        if let Some(v) = v {
-            query.push(format!("{name}={}", encode(v)));
-        }
-    }
+    let query = filter_query(
+        a.limit,
+        &[
+            ("status", &a.status),
+            ("severity", &a.severity),
+            ("key", &a.key),
+            ("tenant", &a.tenant),
+            ("since", &a.since),
+        ],
+    );
     let v = client
-        .call(
-            Method::GET,
-            &format!("/admin/incidents?{}", query.join("&")),
-            None,
-        )
+        .call(Method::GET, &format!("/admin/incidents?{query}"), None)
         .await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -151,23 +114,13 @@ async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn set_status(a: NoteArgs, action: &str) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&a.id.target)?;
-    let path = format!("/admin/incidents/{}/{action}", encode(&a.id.id));
-    let v = client
-        .call(Method::POST, &path, Some(json!({ "note": a.note })))
-        .await?;
-    if a.id.json {
-        println!("{}", serde_json::to_string(&v)?);
-    } else {
-        println!(
-            "{} {} ({} alerts)",
-            field(&v, "id"),
-            field(&v, "status"),
-            strings(&v, "alert_ids").len()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+fn print_status(v: &Value) {
+    println!(
+        "{} {} ({} alerts)",
+        field(v, "id"),
+        field(v, "status"),
+        strings(v, "alert_ids").len()
+    );
 }
 
 /// `key:<id>` or `network:<cidr>`.
