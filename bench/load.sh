@@ -161,6 +161,18 @@ cpu_ticks() {
   echo $((f[11] + f[12]))
 }
 
+# With --skip-build the binary may predate HEAD (a merge after the build): say so, since the
+# report is stamped with HEAD.
+binary_note() {
+  local bin="$BIN/stormwall" built head
+  [[ -x "$bin" ]] || return 0
+  built="$(stat -c %Y "$bin")"
+  head="$(cd "$ROOT" && git log -1 --format=%ct 2>/dev/null || echo 0)"
+  if [[ "$head" -gt "$built" ]]; then
+    echo " (WARNING: the binary was built $(date -u -d "@$built" +%H:%M:%SZ), before HEAD was committed: it may be an older commit)"
+  fi
+}
+
 rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 # Heap and stacks (anonymous) apart from the executable's and libraries' mapped pages (file):
@@ -383,7 +395,7 @@ fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
 
 {
   echo "Stormwall load benchmark, $(date -Iseconds)"
-  echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty)')"
+  echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty)')$(binary_note)"
   echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
   echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}', journal ${JOURNAL}"
   if [[ $DIRECT_ONLY -eq 0 ]]; then
