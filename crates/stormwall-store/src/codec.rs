@@ -241,9 +241,13 @@ impl AlertColumns {
     }
 }
 
-/// Checks an operator's note before it is bound.
-pub(crate) fn alert_note(id: &str, note: Option<&str>) -> Result<Option<String>, StoreError> {
-    no_nul(&format!("alert {id}: note"), note)?;
+/// Checks an operator's note on an alert or incident (`what`) before it is bound.
+pub(crate) fn operator_note(
+    what: &str,
+    id: &str,
+    note: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    no_nul(&format!("{what} {id}: note"), note)?;
     Ok(note.map(str::to_owned))
 }
 
@@ -491,12 +495,6 @@ impl IncidentColumns {
             alert_ids: alert_ids.to_vec(),
         })
     }
-}
-
-/// Checks an operator's note on an incident before it is bound.
-pub(crate) fn incident_note(id: &str, note: Option<&str>) -> Result<Option<String>, StoreError> {
-    no_nul(&format!("incident {id}: note"), note)?;
-    Ok(note.map(str::to_owned))
 }
 
 /// An incident row as read, before validation: id, body, status, note, created_at,

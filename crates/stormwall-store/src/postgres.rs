@@ -28,9 +28,9 @@ use tokio_postgres::types::ToSql;
 
 use crate::codec::{
     ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
-    IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, alert_note, audit_seq,
-    decision_str, decode_action, decode_event, encode_event, format_key_time, incident_note,
-    summable_cost, unix_ms,
+    IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, audit_seq, decision_str,
+    decode_action, decode_event, encode_event, format_key_time, operator_note, summable_cost,
+    unix_ms,
 };
 use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
 use crate::{
@@ -934,7 +934,7 @@ impl AlertStore for PostgresStore {
         note: Option<&str>,
         at: OffsetDateTime,
     ) -> Result<StoredAlert, StoreError> {
-        let note = alert_note(id, note)?;
+        let note = operator_note("alert", id, note)?;
         let at = format_key_time(at)?;
         let client = self.client().await?;
         // RETURNING reads the row as this statement left it, whatever runs beside it.
@@ -1106,7 +1106,7 @@ impl IncidentStore for PostgresStore {
         note: Option<&str>,
         at: OffsetDateTime,
     ) -> Result<StoredIncident, StoreError> {
-        let note = incident_note(id, note)?;
+        let note = operator_note("incident", id, note)?;
         let at = format_key_time(at)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;

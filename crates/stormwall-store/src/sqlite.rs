@@ -21,9 +21,9 @@ use time::OffsetDateTime;
 
 use crate::codec::{
     ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
-    IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, alert_note, audit_seq,
-    decision_str, decode_action, decode_event, encode_event, format_key_time, incident_note,
-    summable_cost, unix_ms,
+    IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, audit_seq, decision_str,
+    decode_action, decode_event, encode_event, format_key_time, operator_note, summable_cost,
+    unix_ms,
 };
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
@@ -446,6 +446,30 @@ fn read_alert_row(row: &Row<'_>) -> rusqlite::Result<AlertRow> {
         created_at: row.get(4)?,
         updated_at: row.get(5)?,
     })
+}
+
+/// Sets an alert's or incident's status (`sql` binds id, status, note, time) and reads the
+/// row back in the same transaction, so the answer is the row as this call left it.
+fn set_status_and_read<T>(
+    conn: &mut Connection,
+    sql: &str,
+    (id, status, note, at): (&str, &str, Option<String>, String),
+    read: fn(&Connection, &str) -> Result<Option<T>, StoreError>,
+) -> Result<T, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let changed = tx
+        .prepare_cached(sql)
+        .map_err(db)?
+        .execute(params![id, status, note, at])
+        .map_err(db)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    let stored = read(&tx, id)?.ok_or(StoreError::NotFound)?;
+    tx.commit().map_err(db)?;
+    Ok(stored)
 }
 
 fn get_alert(conn: &Connection, id: &str) -> Result<Option<StoredAlert>, StoreError> {
@@ -906,27 +930,15 @@ impl AlertStore for SqliteStore {
         at: OffsetDateTime,
     ) -> Result<StoredAlert, StoreError> {
         let id = id.to_owned();
-        let note = alert_note(&id, note)?;
+        let note = operator_note("alert", &id, note)?;
         let at = format_key_time(at)?;
         self.write(move |conn| {
-            // Update and read back in one transaction, so the answer is the row as this
-            // call left it.
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE alerts SET status = ?2, note = ?3, updated_at = ?4 WHERE id = ?1",
-                )
-                .map_err(db)?
-                .execute(params![id, status.as_str(), note, at])
-                .map_err(db)?;
-            if changed == 0 {
-                return Err(StoreError::NotFound);
-            }
-            let stored = get_alert(&tx, &id)?.ok_or(StoreError::NotFound)?;
-            tx.commit().map_err(db)?;
-            Ok(stored)
+            set_status_and_read(
+                conn,
+                "UPDATE alerts SET status = ?2, note = ?3, updated_at = ?4 WHERE id = ?1",
+                (&id, status.as_str(), note, at),
+                get_alert,
+            )
         })
         .await
     }
@@ -1036,25 +1048,15 @@ impl IncidentStore for SqliteStore {
         at: OffsetDateTime,
     ) -> Result<StoredIncident, StoreError> {
         let id = id.to_owned();
-        let note = incident_note(&id, note)?;
+        let note = operator_note("incident", &id, note)?;
         let at = format_key_time(at)?;
         self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE incidents SET status = ?2, note = ?3, changed_at = ?4 WHERE id = ?1",
-                )
-                .map_err(db)?
-                .execute(params![id, status.as_str(), note, at])
-                .map_err(db)?;
-            if changed == 0 {
-                return Err(StoreError::NotFound);
-            }
-            let stored = get_incident(&tx, &id)?.ok_or(StoreError::NotFound)?;
-            tx.commit().map_err(db)?;
-            Ok(stored)
+            set_status_and_read(
+                conn,
+                "UPDATE incidents SET status = ?2, note = ?3, changed_at = ?4 WHERE id = ?1",
+                (&id, status.as_str(), note, at),
+                get_incident,
+            )
         })
         .await
     }

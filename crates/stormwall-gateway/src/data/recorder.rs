@@ -147,18 +147,12 @@ impl Recorder {
         }
         // The journal (which keeps the event to ship it) or the sink owns the event;
         // detection gets a copy.
-        let tap = self.state.tap.as_ref();
+        if let Some(tap) = &self.state.tap {
+            tap.offer(event.clone());
+        }
         match &self.state.journal {
-            Some(journal) => {
-                if let Some(tap) = tap {
-                    tap.offer(event.clone());
-                }
-                journal.append(event)
-            }
+            Some(journal) => journal.append(event),
             None => {
-                if let Some(tap) = tap {
-                    tap.offer(event.clone());
-                }
                 self.state.sink.record(event);
                 Durable::ready()
             }
