@@ -312,23 +312,7 @@ async fn overview(ctx: &Ctx<'_>) -> Page {
     );
     h.push_str(capped_note(capped));
     h.push_str("<div class=\"grid\">");
-    h.push_str(&html::bar_chart(
-        "chart-requests",
-        "Requests",
-        &o.labels,
-        &[
-            Series {
-                name: "allowed",
-                class: "s1",
-                values: &o.allowed,
-            },
-            Series {
-                name: "refused",
-                class: "s2",
-                values: &o.refused,
-            },
-        ],
-    ));
+    h.push_str(&requests_chart("chart-requests", &o));
     h.push_str(&html::bar_chart(
         "chart-alerts",
         "Alerts",
@@ -1015,23 +999,7 @@ async fn key_page(ctx: &Ctx<'_>, id: &str) -> Page {
         html::usd(spend),
         window.as_str()
     );
-    h.push_str(&html::bar_chart(
-        "chart-key-requests",
-        "Requests",
-        &o.labels,
-        &[
-            Series {
-                name: "allowed",
-                class: "s1",
-                values: &o.allowed,
-            },
-            Series {
-                name: "refused",
-                class: "s2",
-                values: &o.refused,
-            },
-        ],
-    ));
+    h.push_str(&requests_chart("chart-key-requests", &o));
     let (nets, clients) = stats::networks_and_clients(&events);
     let rows: Vec<Vec<String>> = nets
         .iter()
@@ -1801,6 +1769,27 @@ async fn audit_page(ctx: &Ctx<'_>) -> Page {
     html_response(
         StatusCode::OK,
         html::page("Audit", &ctx.session, Nav::Audit, 0, &h),
+    )
+}
+
+/// Requests allowed and refused per bucket: the overview's chart and each key's.
+fn requests_chart(id: &str, o: &stats::Overview) -> String {
+    html::bar_chart(
+        id,
+        "Requests",
+        &o.labels,
+        &[
+            Series {
+                name: "allowed",
+                class: "s1",
+                values: &o.allowed,
+            },
+            Series {
+                name: "refused",
+                class: "s2",
+                values: &o.refused,
+            },
+        ],
     )
 }
 
