@@ -5,8 +5,6 @@
 //! (`ASIA…`) are grouped by role session ARN (each session gets new keys); a Bedrock API key
 //! (bearer token) by its IAM user or access key id.
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use stormwall_types::{
@@ -15,24 +13,24 @@ use stormwall_types::{
     safety::{Action, SafetyStage},
 };
 
-use crate::util::{self, UNSEEN_PROMPT_CHARS, derived_id, parse_ip, parse_time};
+use crate::util::{self, Text, UNSEEN_PROMPT_CHARS, derived_id, parse_ip, parse_time};
 use crate::{ParseError, Record};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Trail<'a> {
     #[serde(borrow)]
-    event_time: Option<Cow<'a, str>>,
+    event_time: Option<Text<'a>>,
     #[serde(borrow)]
-    event_source: Option<Cow<'a, str>>,
+    event_source: Option<Text<'a>>,
     #[serde(borrow)]
-    event_name: Option<Cow<'a, str>>,
+    event_name: Option<Text<'a>>,
     #[serde(borrow)]
-    aws_region: Option<Cow<'a, str>>,
+    aws_region: Option<Text<'a>>,
     #[serde(rename = "sourceIPAddress", borrow)]
-    source_ip_address: Option<Cow<'a, str>>,
+    source_ip_address: Option<Text<'a>>,
     #[serde(borrow)]
-    user_agent: Option<Cow<'a, str>>,
+    user_agent: Option<Text<'a>>,
     #[serde(borrow)]
     user_identity: Option<Identity<'a>>,
     #[serde(borrow)]
@@ -40,47 +38,52 @@ struct Trail<'a> {
     #[serde(borrow)]
     additional_event_data: Option<&'a RawValue>,
     #[serde(borrow)]
-    error_code: Option<Cow<'a, str>>,
+    error_code: Option<Text<'a>>,
     #[serde(rename = "eventID", borrow)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<Text<'a>>,
     #[serde(borrow)]
-    recipient_account_id: Option<Cow<'a, str>>,
+    recipient_account_id: Option<Text<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Identity<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow)]
-    arn: Option<Cow<'a, str>>,
+    arn: Option<Text<'a>>,
     #[serde(borrow)]
-    account_id: Option<Cow<'a, str>>,
+    account_id: Option<Text<'a>>,
     #[serde(borrow)]
-    access_key_id: Option<Cow<'a, str>>,
+    access_key_id: Option<Text<'a>>,
     #[serde(borrow)]
-    principal_id: Option<Cow<'a, str>>,
+    principal_id: Option<Text<'a>>,
     #[serde(borrow)]
-    user_name: Option<Cow<'a, str>>,
+    user_name: Option<Text<'a>>,
     #[serde(borrow)]
     session_context: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Params {
-    model_id: Option<String>,
-    user_name: Option<String>,
-    guardrail_identifier: Option<String>,
-    #[serde(default)]
-    logging_config: Option<serde_json::Value>,
+struct Params<'a> {
+    #[serde(borrow)]
+    model_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    user_name: Option<Text<'a>>,
+    #[serde(borrow)]
+    guardrail_identifier: Option<Text<'a>>,
+    // Read only for a logging change: most records never look inside.
+    #[serde(default, borrow)]
+    logging_config: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Extra {
-    #[serde(default)]
-    call_with_bearer_token: Option<serde_json::Value>,
+struct Extra<'a> {
+    // `true`, or `"true"` in some trails.
+    #[serde(default, borrow)]
+    call_with_bearer_token: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,12 +130,13 @@ fn trail_principal(id: &Identity<'_>, bearer: bool, account: Option<&str>) -> Pr
             .unwrap_or_else(|| "unknown".to_owned());
         (CredentialKind::AwsPrincipal, ident)
     };
-    let issuer: Option<SessionContext> = util::object_or_string(id.session_context);
     let name = match kind {
-        CredentialKind::AwsSessionKey => issuer
-            .and_then(|s| s.session_issuer)
-            .and_then(|i| i.arn.or(i.user_name))
-            .or_else(|| arn.map(str::to_owned)),
+        CredentialKind::AwsSessionKey => {
+            util::object_or_string::<SessionContext>(id.session_context)
+                .and_then(|s| s.session_issuer)
+                .and_then(|i| i.arn.or(i.user_name))
+                .or_else(|| arn.map(str::to_owned))
+        }
         _ => arn.map(str::to_owned),
     };
     Principal {
@@ -231,15 +235,18 @@ pub fn cloudtrail(text: &str) -> Result<Record, ParseError> {
         .event_id
         .as_deref()
         .map_or_else(|| derived_id("ct", text), str::to_owned);
-    let extra: Extra = util::object_or_string(r.additional_event_data).unwrap_or_default();
-    let bearer = match extra.call_with_bearer_token {
-        Some(serde_json::Value::Bool(b)) => b,
-        Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
-        _ => false,
-    };
+    let mut extra_holder = String::new();
+    let extra: Extra<'_> =
+        util::object_or_string_in(r.additional_event_data, &mut extra_holder).unwrap_or_default();
+    let bearer = extra.call_with_bearer_token.is_some_and(|v| {
+        let t = v.get().trim();
+        t == "true" || t.eq_ignore_ascii_case("\"true\"")
+    });
     let identity = r.user_identity.unwrap_or_default();
     let principal = trail_principal(&identity, bearer, r.recipient_account_id.as_deref());
-    let params: Params = util::object_or_string(r.request_parameters).unwrap_or_default();
+    let mut params_holder = String::new();
+    let params: Params<'_> =
+        util::object_or_string_in(r.request_parameters, &mut params_holder).unwrap_or_default();
     let ip = r.source_ip_address.as_deref().and_then(parse_ip);
     let error = r.error_code.as_deref().filter(|e| !e.is_empty());
     let cloud = CloudContext {
@@ -248,8 +255,9 @@ pub fn cloudtrail(text: &str) -> Result<Record, ParseError> {
         region: r.aws_region.as_deref().map(str::to_owned),
         resource: params
             .model_id
-            .clone()
-            .or_else(|| params.guardrail_identifier.clone()),
+            .as_deref()
+            .or(params.guardrail_identifier.as_deref())
+            .map(str::to_owned),
         ip_masked: false,
         ip_missing: ip.is_none(),
         error: error.map(str::to_owned),
@@ -282,7 +290,7 @@ pub fn cloudtrail(text: &str) -> Result<Record, ParseError> {
         if listing {
             e.set_endpoint(Endpoint::Models);
         } else {
-            let model = params.model_id.clone().unwrap_or_default();
+            let model = params.model_id.as_deref().unwrap_or_default().to_owned();
             e.set_endpoint(util::endpoint_for_model(&model));
             e.model = (!model.is_empty()).then_some(model);
             e.stream = name.contains("Stream");
@@ -300,12 +308,15 @@ pub fn cloudtrail(text: &str) -> Result<Record, ParseError> {
         return Ok(Record::Usage(e));
     }
     let action = action_of(source, name);
-    let target = params.user_name.clone();
+    let target = params.user_name.as_deref().map(str::to_owned);
     let loosens = matches!(action, ControlAction::PutLoggingConfig)
-        && params.logging_config.as_ref().is_some_and(|c| {
-            // Delivery switched off for text: the record says what stops being logged.
-            c.get("textDataDeliveryEnabled") == Some(&serde_json::Value::Bool(false))
-        });
+        && params
+            .logging_config
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c.get()).ok())
+            .is_some_and(|c| {
+                // Delivery switched off for text: the record says what stops being logged.
+                c.get("textDataDeliveryEnabled") == Some(&serde_json::Value::Bool(false))
+            });
     Ok(Record::Control(ControlEvent {
         timestamp: time,
         id,

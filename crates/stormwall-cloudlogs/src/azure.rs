@@ -6,8 +6,6 @@
 //! principal, `<resourceId>#key`; a call made with Entra ID is its `objectId`
 //! (`oid:<objectId>`); an APIM call is its subscription (`<apim>#sub:<id>`).
 
-use std::borrow::Cow;
-
 use serde_json::Value;
 use serde_json::value::RawValue;
 use stormwall_types::safety::{Action, SafetyStage};
@@ -16,7 +14,7 @@ use stormwall_types::{
     Principal, SafetyVerdict, VerdictCategory,
 };
 
-use crate::util::{self, derived_id, parse_ip, parse_time};
+use crate::util::{self, Text, derived_id, parse_ip, parse_time};
 use crate::{ParseError, Record};
 
 /// A field read under any of several names (diagnostic export, Log Analytics columns).
@@ -102,33 +100,33 @@ fn endpoint_of_operation(op: &str) -> Option<Endpoint> {
 #[derive(serde::Deserialize)]
 struct Diag<'a> {
     #[serde(borrow, alias = "TimeGenerated")]
-    time: Option<Cow<'a, str>>,
+    time: Option<Text<'a>>,
     #[serde(
         borrow,
         rename = "resourceId",
         alias = "ResourceId",
         alias = "_ResourceId"
     )]
-    resource_id: Option<Cow<'a, str>>,
+    resource_id: Option<Text<'a>>,
     #[serde(borrow, alias = "Category")]
-    category: Option<Cow<'a, str>>,
+    category: Option<Text<'a>>,
     #[serde(borrow, rename = "operationName", alias = "OperationName")]
-    operation_name: Option<Cow<'a, str>>,
+    operation_name: Option<Text<'a>>,
     #[serde(
         borrow,
         rename = "callerIpAddress",
         alias = "CallerIPAddress",
         alias = "CallerIpAddress"
     )]
-    caller_ip: Option<Cow<'a, str>>,
+    caller_ip: Option<Text<'a>>,
     #[serde(borrow, rename = "correlationId", alias = "CorrelationId")]
-    correlation_id: Option<Cow<'a, str>>,
+    correlation_id: Option<Text<'a>>,
     #[serde(borrow, rename = "durationMs", alias = "DurationMs")]
     duration_ms: Option<&'a RawValue>,
     #[serde(borrow, rename = "resultSignature", alias = "ResultSignature")]
     result_signature: Option<&'a RawValue>,
     #[serde(borrow, alias = "Location")]
-    location: Option<Cow<'a, str>>,
+    location: Option<Text<'a>>,
     #[serde(borrow, alias = "properties_s", alias = "Properties")]
     properties: Option<&'a RawValue>,
 }
@@ -136,15 +134,23 @@ struct Diag<'a> {
 /// The `properties` of a diagnostic record.
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct DiagProps {
-    api_name: Option<String>,
-    request_length: Option<Box<RawValue>>,
-    response_length: Option<Box<RawValue>>,
-    object_id: Option<String>,
-    stream_type: Option<String>,
-    model_deployment_name: Option<String>,
-    model_name: Option<String>,
-    count: Option<Box<RawValue>>,
+struct DiagProps<'a> {
+    #[serde(borrow)]
+    api_name: Option<Text<'a>>,
+    #[serde(borrow)]
+    request_length: Option<&'a RawValue>,
+    #[serde(borrow)]
+    response_length: Option<&'a RawValue>,
+    #[serde(borrow)]
+    object_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    stream_type: Option<Text<'a>>,
+    #[serde(borrow)]
+    model_deployment_name: Option<Text<'a>>,
+    #[serde(borrow)]
+    model_name: Option<Text<'a>>,
+    #[serde(borrow)]
+    count: Option<&'a RawValue>,
 }
 
 /// A number written as a JSON number or a string holding one.
@@ -168,7 +174,9 @@ pub fn diagnostics(raw: &str) -> Result<Record, ParseError> {
         .ok_or(ParseError::Missing("category"))?;
     let op = v.operation_name.as_deref().unwrap_or("");
     let resource = v.resource_id.as_deref().unwrap_or("");
-    let props: DiagProps = util::object_or_string(v.properties).unwrap_or_default();
+    let mut holder = String::new();
+    let props: DiagProps<'_> =
+        util::object_or_string_in(v.properties, &mut holder).unwrap_or_default();
     let ip = v.caller_ip.as_deref().and_then(parse_ip);
     let id = v
         .correlation_id
@@ -193,8 +201,8 @@ pub fn diagnostics(raw: &str) -> Result<Record, ParseError> {
         }
         e.flavor = Some(ApiFlavor::Azure);
         e.system = Some("az.ai.openai".into());
-        e.model = props.model_deployment_name.clone();
-        e.response_model = props.model_name.clone();
+        e.model = props.model_deployment_name.as_deref().map(str::to_owned);
+        e.response_model = props.model_name.as_deref().map(str::to_owned);
         e.api_version = props
             .api_name
             .as_deref()
@@ -209,7 +217,7 @@ pub fn diagnostics(raw: &str) -> Result<Record, ParseError> {
         e.upstream_status = Some(status);
         // Negative durations are logged (clock skew between stages): treat as unknown.
         e.duration_ms = raw_number(v.duration_ms).map_or(0.0, |d| d.max(0.0));
-        let req_len = raw_number(props.request_length.as_deref()).map_or(0, |n| n.max(0.0) as u64);
+        let req_len = raw_number(props.request_length).map_or(0, |n| n.max(0.0) as u64);
         // Request bytes stand in for the prompt, which is not logged.
         e.prompt_chars = if status == 400 && req_len < 64 {
             0
@@ -265,8 +273,8 @@ pub fn diagnostics(raw: &str) -> Result<Record, ParseError> {
         target: None,
         scopes: Vec::new(),
         loosens: false,
-        count: raw_number(props.count.as_deref()).map_or(1, |c| c.clamp(1.0, 1e9) as u32),
-        response_bytes: raw_number(props.response_length.as_deref()).map(|n| n.max(0.0) as u64),
+        count: raw_number(props.count).map_or(1, |c| c.clamp(1.0, 1e9) as u32),
+        response_bytes: raw_number(props.response_length).map(|n| n.max(0.0) as u64),
     }))
 }
 

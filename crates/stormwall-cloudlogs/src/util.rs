@@ -2,6 +2,8 @@
 //! ids derived from record text, and fields that are sometimes an object and sometimes a
 //! JSON string holding one.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::de::DeserializeOwned;
@@ -112,6 +114,45 @@ pub fn hash128(text: &str) -> String {
     s
 }
 
+/// A JSON string field, borrowed from the record's text when it holds no escape (most do)
+/// and owned otherwise. Serde's derive borrows a bare `Cow<'a, str>` field but not one
+/// inside an `Option`, which copied every string of every record; this type borrows
+/// wherever it sits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A field that is a JSON object, or a JSON string holding one (Azure diagnostic
 /// `properties` come both ways). Absent, `null`, or an unreadable string give `None`.
 pub fn object_or_string<T: DeserializeOwned>(raw: Option<&RawValue>) -> Option<T> {
@@ -127,11 +168,34 @@ pub fn object_or_string<T: DeserializeOwned>(raw: Option<&RawValue>) -> Option<T
     }
 }
 
+/// Like [`object_or_string`], borrowing from the record: an object is read in place; a
+/// JSON string holding one is unescaped into `holder` and read from there.
+pub fn object_or_string_in<'a, T: serde::Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    holder: &'a mut String,
+) -> Option<T> {
+    let text = raw?.get().trim_start();
+    if text.starts_with('"') {
+        *holder = serde_json::from_str(text).ok()?;
+        let inner: &'a String = holder;
+        serde_json::from_str(inner).ok()
+    } else if text.starts_with('{') {
+        serde_json::from_str(text).ok()
+    } else {
+        None
+    }
+}
+
 /// The Azure subscription id in a resource id (`/SUBSCRIPTIONS/<id>/…`), lower-cased.
 pub fn azure_subscription(resource_id: &str) -> Option<String> {
-    let lower = resource_id.to_ascii_lowercase();
-    let rest = lower.split("/subscriptions/").nth(1)?;
-    Some(rest.split('/').next().unwrap_or(rest).to_owned())
+    // Segment by segment, without lower-casing the whole id first (every Azure record).
+    let mut parts = resource_id.split('/');
+    while let Some(p) = parts.next() {
+        if p.eq_ignore_ascii_case("subscriptions") {
+            return parts.next().map(str::to_ascii_lowercase);
+        }
+    }
+    None
 }
 
 /// The segment after `/<kind>/` in an Azure resource id (e.g. `accounts` → the account

@@ -443,3 +443,30 @@ fn the_shipped_sigma_rules_all_load_and_name_sources() {
     assert_eq!(rules.len(), 9);
     assert!(rules.iter().all(|r| !r.sources.is_empty()));
 }
+
+#[test]
+fn escaped_strings_and_string_encoded_parameters_read_as_plain_ones() {
+    // Fields are borrowed from the record unless they hold an escape; both paths must give
+    // the same values, and parameters logged as a JSON string must read as an object.
+    let plain = r#"{"eventTime":"2025-03-04T02:15:31Z","eventSource":"bedrock.amazonaws.com","eventName":"InvokeModel","awsRegion":"us-east-1","sourceIPAddress":"198.51.100.23","userAgent":"Boto3/1.34 \"lab\"","userIdentity":{"type":"IAMUser","arn":"arn:aws:iam::111122223333:user/ci","accountId":"111122223333","accessKeyId":"AKIAEXAMPLE7Q2R4T6Y8"},"requestParameters":{"modelId":"anthropic.claude-v2"},"additionalEventData":{"callWithBearerToken":"TRUE"},"eventID":"e1"}"#;
+    let escaped = plain
+        .replace("\"anthropic.claude-v2\"", "\"anthropic.claude\\u002dv2\"")
+        .replace("\"AKIAEXAMPLE7Q2R4T6Y8\"", "\"AKIA\\u0045XAMPLE7Q2R4T6Y8\"");
+    let stringified = plain.replace(
+        "{\"modelId\":\"anthropic.claude-v2\"}",
+        "\"{\\\"modelId\\\":\\\"anthropic.claude-v2\\\"}\"",
+    );
+    assert_ne!(escaped, plain);
+    assert_ne!(stringified, plain);
+    for text in [plain.to_owned(), escaped, stringified] {
+        let out = parse_bytes("t.json", text.as_bytes(), None);
+        assert!(out.bad.is_empty(), "{:?}", out.bad);
+        let e = usage(&out.records[0]);
+        assert_eq!(e.model.as_deref(), Some("anthropic.claude-v2"), "{text}");
+        assert_eq!(e.user_agent.as_deref(), Some("Boto3/1.34 \"lab\""));
+        let c = e.cloud.as_deref().unwrap();
+        assert_eq!(c.principal.id, "AKIAEXAMPLE7Q2R4T6Y8");
+        assert!(c.bearer, "\"TRUE\" as a string counts");
+        assert_eq!(c.principal.kind, CredentialKind::AwsBedrockApiKey);
+    }
+}

@@ -126,8 +126,9 @@ pub struct AccountState {
 pub struct CloudState {
     /// Earliest event time seen (the start of learning).
     pub first: Option<i64>,
-    /// Per principal, by [`Principal::label`].
-    pub principals: HashMap<String, PrincipalState>,
+    /// Per principal, by [`Principal::label`]. Looked up several times per event by labels
+    /// of up to a few hundred bytes: a fast (randomly seeded) hash instead of SipHash.
+    pub principals: HashMap<String, PrincipalState, foldhash::fast::RandomState>,
     /// Per account.
     pub accounts: HashMap<String, AccountState>,
 }
