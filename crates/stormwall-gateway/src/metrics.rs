@@ -131,7 +131,7 @@ impl Collector for CloudLogsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use crate::control::cloud_logs::SourceStats;
         type Read = fn(&SourceStats) -> u64;
-        let counters: [(&str, &str, Read); 3] = [
+        let counters: [(&str, &str, Read); 4] = [
             ("cloud_logs_records", "Cloud-log records parsed", |s| {
                 s.records.load(Ordering::Relaxed)
             }),
@@ -144,6 +144,11 @@ impl Collector for CloudLogsCollector {
                 "cloud_logs_alerts",
                 "Alerts raised on cloud-log records",
                 |s| s.alerts.load(Ordering::Relaxed),
+            ),
+            (
+                "cloud_logs_events_stored",
+                "Cloud-log usage events written to the event store",
+                |s| s.stored.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, read) in counters {

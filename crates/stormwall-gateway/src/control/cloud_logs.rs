@@ -483,6 +483,8 @@ pub struct SourceStats {
     pub newest: AtomicI64,
     /// Alerts raised on its records.
     pub alerts: AtomicU64,
+    /// Usage events written to the event store.
+    pub stored: AtomicU64,
 }
 
 impl SourceStats {
@@ -561,6 +563,9 @@ pub struct Outgoing {
 pub struct Polled {
     /// Alerts to store.
     pub out: Vec<Outgoing>,
+    /// Usage events for the event store (with the index of their source), judged or
+    /// already judged before: a store write is idempotent by event id.
+    pub events: Vec<(UsageEvent, usize)>,
     /// The poll stopped at its byte budget: poll again at once.
     pub more: bool,
     /// Some cursor moved (a checkpoint is due).
@@ -728,14 +733,20 @@ impl Follower {
                 "cloud logs: more bad records (counted in metrics)"
             );
         }
+        let (out, events) = self.judge(items);
         Polled {
-            out: self.judge(items),
+            out,
+            events,
             more: budget == 0,
             consumed,
         }
     }
 
-    fn judge(&mut self, mut items: Vec<(Item, usize)>) -> Vec<Outgoing> {
+    #[allow(clippy::type_complexity)]
+    fn judge(
+        &mut self,
+        mut items: Vec<(Item, usize)>,
+    ) -> (Vec<Outgoing>, Vec<(UsageEvent, usize)>) {
         let time = |i: &Item| match i {
             Item::Record(r) => r.timestamp(),
             Item::Sigma(a) => a.at,
@@ -743,6 +754,7 @@ impl Follower {
         // Stable: a Sigma match stays before the record it is on.
         items.sort_by_key(|(i, _)| time(i));
         let mut out = Vec::new();
+        let mut events = Vec::new();
         let mut findings = Vec::new();
         // Records of a re-read container judged before: their matches were reported then.
         let mut again = std::collections::HashSet::new();
@@ -762,6 +774,7 @@ impl Follower {
                     if let Some(intel) = &self.intel {
                         enrich(&mut e, intel);
                     }
+                    events.push((e.clone(), si));
                     self.run.observe_usage(e, &mut findings);
                 }
                 Item::Record(Record::Control(c)) => {
@@ -795,7 +808,7 @@ impl Follower {
                 });
             }
         }
-        out
+        (out, events)
     }
 
     /// Whether a recommendation for this principal is due in the audit log (once a day of
@@ -1044,13 +1057,14 @@ fn judge_text(
         ));
         return;
     };
-    let records = match stormwall_cloudlogs::parse_record(source, text) {
+    let mut records = match stormwall_cloudlogs::parse_record(source, text) {
         Ok(r) => r,
         Err(e) => {
             bad.push(format!("{file}:{line}: {e}"));
             Vec::new()
         }
     };
+    records.iter_mut().for_each(namespace);
     let mut matched = Vec::new();
     if rules.iter().any(|r| r.sources.contains(&source))
         && let Ok(value) = serde_json::from_str::<serde_json::Value>(text)
@@ -1075,8 +1089,27 @@ fn judge_text(
     }
 }
 
-/// Runs the follower until shutdown: polls, sends alerts to the detection task, records
-/// recommendations in the audit log, checkpoints. Returns after a last checkpoint.
+/// Gives a record the id it is judged and stored under: its dataset, then its own id (the
+/// vendor's event id, or one derived from the record's text). The same record read again —
+/// after a restart without a checkpoint, or by another replica — is the same event, and
+/// two sources' ids never meet each other's or the gateway's.
+pub fn namespace(r: &mut Record) {
+    let (dataset, id) = match r {
+        Record::Usage(e) => (&e.dataset, &mut e.id),
+        Record::Control(c) => (&c.dataset, &mut c.id),
+    };
+    *id = format!("{dataset}:{id}");
+}
+
+/// Usage events written to the event store per batch.
+const STORE_BATCH: usize = 1_000;
+
+/// Runs the follower until shutdown: polls, writes the usage events to the event store
+/// (where investigation and the console read them), sends alerts to the detection task,
+/// records recommendations in the audit log, checkpoints. A checkpoint is written only
+/// once every event it covers is stored: while the store refuses writes, no more is read,
+/// and a restart reads again from the last checkpoint (ids make the writes idempotent).
+/// Returns after a last checkpoint.
 #[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
 pub fn spawn(
     state: Arc<ControlPlane>,
@@ -1087,16 +1120,23 @@ pub fn spawn(
         let poll_every = Duration::from_millis(follower.cfg.poll_ms.max(100));
         let checkpoint_every = Duration::from_secs(follower.cfg.checkpoint_secs);
         let names: Vec<String> = follower.sources.iter().map(|s| s.name.clone()).collect();
+        let stats = follower.stats();
         let follower = Arc::new(std::sync::Mutex::new(follower));
         let mut dirty = false;
         let mut last_checkpoint = tokio::time::Instant::now();
         let mut again = false;
+        let mut pending: Vec<(UsageEvent, usize)> = Vec::new();
         loop {
             if !again {
                 tokio::select! {
                     _ = tokio::time::sleep(poll_every) => {}
                     _ = shutdown.changed() => break,
                 }
+            }
+            if !store_events(&state, &stats, &mut pending).await {
+                // The store refuses writes: read nothing more until it takes these.
+                again = false;
+                continue;
             }
             let f = Arc::clone(&follower);
             let polled = tokio::task::spawn_blocking(move || {
@@ -1110,17 +1150,50 @@ pub fn spawn(
             again = polled.more;
             let alerted = !polled.out.is_empty();
             dirty |= polled.consumed;
+            pending.extend(polled.events);
+            let stored = store_events(&state, &stats, &mut pending).await;
             for o in polled.out {
                 deliver(&state, &names, o).await;
             }
-            if dirty && (alerted || last_checkpoint.elapsed() >= checkpoint_every) {
+            if stored && dirty && (alerted || last_checkpoint.elapsed() >= checkpoint_every) {
                 checkpoint(&follower).await;
                 dirty = false;
                 last_checkpoint = tokio::time::Instant::now();
             }
         }
-        checkpoint(&follower).await;
+        if store_events(&state, &stats, &mut pending).await {
+            checkpoint(&follower).await;
+        } else {
+            tracing::warn!(
+                events = pending.len(),
+                "cloud logs: the event store refused the last events; not checkpointing, \
+                 they are read again at the next start"
+            );
+        }
     })
+}
+
+/// Writes pending usage events to the event store, in batches; `false` (events kept) when
+/// the store refuses them.
+async fn store_events(
+    state: &ControlPlane,
+    stats: &FollowStats,
+    pending: &mut Vec<(UsageEvent, usize)>,
+) -> bool {
+    while !pending.is_empty() {
+        let n = pending.len().min(STORE_BATCH);
+        let batch: Vec<UsageEvent> = pending[..n].iter().map(|(e, _)| e.clone()).collect();
+        if let Err(e) = state.store.insert_events(&batch).await {
+            tracing::warn!(error = %e, events = pending.len(), "cloud logs: cannot store events; retrying");
+            return false;
+        }
+        for (_, si) in pending.drain(..n) {
+            if let Some(s) = stats.sources.get(si) {
+                s.stored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    true
 }
 
 #[allow(clippy::disallowed_methods)] // awaited; one file write the size of the saved state

@@ -33,6 +33,27 @@ fn append(path: &std::path::Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
+/// Waits until the store holds at least `n` cloud usage events; returns them by id.
+async fn cloud_events(h: &Harness, n: usize) -> Vec<UsageEvent> {
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        got = h
+            .store
+            .query_events(&EventQuery::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.cloud.is_some())
+            .collect();
+        if got.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    got.sort_by(|a, b| a.id.cmp(&b.id));
+    got
+}
+
 fn subject<'a>(alert: &'a Value, kind: &str) -> Option<&'a str> {
     alert["subjects"]
         .as_array()?
@@ -192,6 +213,26 @@ async fn cloud_logs_in_watched_folders_raise_stored_alerts_once_across_a_restart
         ready.contains("cloud logs aws: 1 files, 5 records, 1 bad"),
         "{ready}"
     );
+    // The usage records (the invocation and the listing) are in the event store, where
+    // investigation and the console read them, under ids of their source and record.
+    let stored = cloud_events(&h, 2).await;
+    assert_eq!(
+        stored.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["aws.cloudtrail:e4", "aws.cloudtrail:e5"]
+    );
+    let invoke = &stored[0];
+    assert_eq!(invoke.model.as_deref(), Some("anthropic.claude-3-sonnet"));
+    assert_eq!(
+        invoke.cloud.as_deref().map(|c| c.principal.id.as_str()),
+        Some(KEY)
+    );
+    let v5_critical = h.alerts("?detector=V5").await;
+    assert!(
+        v5_critical
+            .iter()
+            .any(|a| a["evidence"][0] == "aws.cloudtrail:e4"),
+        "alert evidence names the stored event: {v5_critical:#?}"
+    );
 
     // Restart: nothing is judged twice, and what arrives meanwhile is not lost.
     let before: Vec<String> = h
@@ -233,4 +274,79 @@ async fn cloud_logs_in_watched_folders_raise_stored_alerts_once_across_a_restart
         metrics.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 1"),
         "after the restart only the new record was read: {metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_usage_events_are_stored_once_when_read_again_after_a_lost_checkpoint() {
+    let logs = tempfile::tempdir().unwrap();
+    let aws = logs.path().join("aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let state = logs.path().join("follow-state.json");
+    let (aws2, state2) = (aws.clone(), state.clone());
+    let mut h = harness_with(move |c| {
+        c.logs = vec![LogSourceConfig {
+            name: Some("aws".into()),
+            dir: aws2,
+            source: "auto".into(),
+            glob: None,
+        }];
+        c.cloud_logs = CloudLogsConfig {
+            state_file: Some(state2),
+            poll_ms: 100,
+            settle_secs: 1,
+            checkpoint_secs: 1,
+            ..CloudLogsConfig::default()
+        };
+    })
+    .await;
+    let model = r#","requestParameters":{"modelId":"anthropic.claude-3-haiku"}"#;
+    let lines: String = (1..=3)
+        .map(|i| {
+            format!(
+                "{}\n",
+                trail(&format!("inv{i}"), "InvokeModel", 30 - i, model)
+            )
+        })
+        .collect();
+    append(&aws.join("trail.jsonl"), &lines);
+    let first = cloud_events(&h, 3).await;
+    let ids: Vec<&str> = first.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "aws.cloudtrail:inv1",
+            "aws.cloudtrail:inv2",
+            "aws.cloudtrail:inv3"
+        ]
+    );
+    assert!(first.iter().all(|e| e.dataset == "aws.cloudtrail"));
+
+    // The checkpoint is lost: the restart reads every record again. The event store keeps
+    // one copy of each, because an event's id comes from its source and record.
+    h.shutdown().await;
+    std::fs::remove_file(&state).unwrap();
+    h.restart().await;
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
+        if metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws\"} 3") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 3"),
+        "the records were read again: {metrics}"
+    );
+    assert!(
+        metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws\"} 3"),
+        "{metrics}"
+    );
+    let again = cloud_events(&h, 3).await;
+    assert_eq!(
+        again.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ids,
+        "no event stored twice"
+    );
+    assert_eq!(h.store.count_events().await.unwrap(), 3);
 }
