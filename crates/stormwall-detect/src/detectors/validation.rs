@@ -256,10 +256,12 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     } else {
         (minute, 1)
     };
-    if tk.nets.len() < 8 && !tk.nets.contains(&o.net) {
+    // Spread counts networks new to the owner and tenant: the owner's own cloud seen with
+    // another of its clients (CI on a second runner pool) is no reseller's spread.
+    if !asn_known && tk.nets.len() < 8 && !tk.nets.contains(&o.net) {
         tk.nets.push(o.net);
     }
-    if tk.asns.len() < 8 && asn != 0 && !tk.asns.contains(&asn) {
+    if !asn_known && tk.asns.len() < 8 && asn != 0 && !tk.asns.contains(&asn) {
         tk.asns.push(asn);
     }
     let mut kinds = 0u32;
