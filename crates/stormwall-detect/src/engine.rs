@@ -189,6 +189,11 @@ impl Engine {
         let risk_now = ks.risk(o.t, window);
         ks.advance(o.t, risk_now, tenant_state.as_deref_mut());
         ks.events += 1;
+        if ks.home == [0, 0]
+            && let Some(cc) = o.cc
+        {
+            ks.home = cc;
+        }
         let tenant = tenant_state.map(|t| &*t);
         let reference = if ks.mature(detect.baseline_min_hours, detect.baseline_min_events) {
             Reference::Key
@@ -701,6 +706,7 @@ fn update_windows(ctx: &Ctx<'_>, ks: &mut KeyState) -> Update {
     h.micro += u32::from(o.micro);
     h.sdk += u32::from(o.family.is_sdk());
     h.generic += u32::from(o.family.is_generic_http());
+    h.sdk_bare += u32::from(o.family.is_stainless_sdk() && !o.stainless);
     if o.probe {
         h.probes += 1;
         ks.minute_probes += 1;

@@ -344,6 +344,13 @@ impl Grouper {
     }
 }
 
+/// Whether a timeline entry counts towards weak signals combining. R4 (traffic at an hour the
+/// key is usually quiet) says when, not who: the owner's night batch and a developer's
+/// evening look the same, so it never tips a combination (it still shows on the timeline).
+fn combines(e: &TimelineEntry) -> bool {
+    e.severity >= Severity::Low && e.detector != DetectorId::R4
+}
+
 /// The severity policy: an incident's severity from its timeline and the action taken,
 /// with the reasons a person reads.
 pub fn combine(timeline: &[TimelineEntry], action: Option<ActionKind>) -> (Severity, Vec<String>) {
@@ -362,14 +369,14 @@ pub fn combine(timeline: &[TimelineEntry], action: Option<ActionKind>) -> (Sever
     }
     let mut weak_detectors: Vec<DetectorId> = timeline
         .iter()
-        .filter(|e| e.severity >= Severity::Low)
+        .filter(|e| combines(e))
         .map(|e| e.detector)
         .collect();
     weak_detectors.sort();
     weak_detectors.dedup();
     let mut weak_stages: Vec<Stage> = timeline
         .iter()
-        .filter(|e| e.severity >= Severity::Low)
+        .filter(|e| combines(e))
         .map(|e| e.stage)
         .collect();
     weak_stages.sort();

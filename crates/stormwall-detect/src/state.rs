@@ -210,6 +210,10 @@ pub struct Baseline {
     pub sdk: u64,
     /// Requests from generic HTTP libraries learned.
     pub generic: u64,
+    /// Requests with an OpenAI SDK user agent but none of the SDK's `x-stainless-*`
+    /// headers learned: the owner's client sends them so (an old SDK, a proxy that strips
+    /// them), so their absence is no relay artefact on this key.
+    pub sdk_bare: u64,
     /// Hours learned.
     pub hours: u32,
 }
@@ -249,6 +253,7 @@ impl Default for Baseline {
             hits: 0,
             sdk: 0,
             generic: 0,
+            sdk_bare: 0,
             hours: 0,
         }
     }
@@ -357,6 +362,8 @@ pub struct HourWindow {
     pub sdk: u32,
     /// Requests from generic HTTP libraries.
     pub generic: u32,
+    /// Requests with an OpenAI SDK user agent but no `x-stainless-*` headers.
+    pub sdk_bare: u32,
     /// Event ids that introduced a new ASN or country this hour (evidence for P1).
     pub spread_evidence: Vec<String>,
     /// Whether R4 already fired this hour.
@@ -396,6 +403,7 @@ impl HourWindow {
             micro: 0,
             sdk: 0,
             generic: 0,
+            sdk_bare: 0,
             spread_evidence: Vec::new(),
             r4_fired: false,
             new_sys_foreign: 0,
@@ -506,6 +514,9 @@ pub struct KeyState {
     pub minute_probes: u32,
     /// Previous event's place: (time, country hash, asn, country code).
     pub last_place: Option<(i64, u64, Option<u32>, [u8; 2])>,
+    /// Country of the key's first request with a known country (`[0, 0]`: none yet): where
+    /// "nearby" is measured from.
+    pub home: [u8; 2],
     /// Micro-request arrivals from the tracked address.
     pub micro: Option<Box<MicroArrivals>>,
     /// Alert times, severities and feedback per detector (allocated at the first alert or
@@ -590,6 +601,7 @@ impl KeyState {
             minute_req: 0,
             minute_probes: 0,
             last_place: None,
+            home: [0, 0],
             micro: None,
             alerts: Lazy::default(),
             notable: Lazy::default(),
@@ -837,6 +849,7 @@ impl KeyState {
         b.hits += u64::from(h.hits);
         b.sdk += u64::from(h.sdk);
         b.generic += u64::from(h.generic);
+        b.sdk_bare += u64::from(h.sdk_bare);
         b.hours += 1;
         if let Some(t) = tenant {
             t.fold(h, secs);

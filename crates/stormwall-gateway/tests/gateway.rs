@@ -121,6 +121,13 @@ impl IncidentStore for CountingStore {
     ) -> Result<StoredIncident, StoreError> {
         self.inner.set_incident_status(id, status, note, at).await
     }
+    async fn close_quiet_incidents(
+        &self,
+        quiet_since: time::OffsetDateTime,
+        at: time::OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.inner.close_quiet_incidents(quiet_since, at).await
+    }
 }
 
 #[async_trait]

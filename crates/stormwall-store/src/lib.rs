@@ -320,6 +320,9 @@ pub struct IncidentQuery {
     pub tenant: Option<String>,
     /// Only the incident this alert joined.
     pub alert_id: Option<String>,
+    /// Only incidents about this subject, as `IncidentSubject::label` writes it
+    /// (`key:…`, `network:…`): how a source network's incident is found again.
+    pub subject: Option<String>,
     /// Incidents whose latest alert is at or after this instant (event time).
     pub since: Option<OffsetDateTime>,
     /// At most this many (`None`: no limit).
@@ -356,6 +359,14 @@ pub trait IncidentStore: Send + Sync {
         note: Option<&str>,
         at: OffsetDateTime,
     ) -> Result<StoredIncident, StoreError>;
+    /// Marks `closed` every `open` incident whose latest alert is older than `quiet_since`
+    /// (event time): its episode ended. Operator states (acknowledged, resolved, false
+    /// positive) are kept. Returns how many were closed.
+    async fn close_quiet_incidents(
+        &self,
+        quiet_since: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
 }
 
 /// One change to record in the audit log: who did what to which object.

@@ -1086,6 +1086,9 @@ impl IncidentStore for PostgresStore {
                 Box::new(alert_id.clone()),
             );
         }
+        if let Some(subject) = &q.subject {
+            b.push(" AND subject = ?", Box::new(subject.clone()));
+        }
         if let Some(since) = q.since {
             b.push(" AND updated_unix_ms >= ?", Box::new(unix_ms(since)?));
         }
@@ -1135,6 +1138,28 @@ impl IncidentStore for PostgresStore {
         let stored = incident_row(&row)?.into_stored()?;
         tx.commit().await.map_err(db)?;
         Ok(stored)
+    }
+
+    async fn close_quiet_incidents(
+        &self,
+        quiet_since: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let quiet_since = unix_ms(quiet_since)?;
+        let at = format_key_time(at)?;
+        let client = self.client().await?;
+        // Served by `incidents_status_updated`.
+        let stmt = client
+            .prepare_cached(
+                "UPDATE incidents SET status = 'closed', changed_at = $2 \
+                 WHERE status = 'open' AND updated_unix_ms < $1",
+            )
+            .await
+            .map_err(db)?;
+        client
+            .execute(&stmt, &[&quiet_since, &at])
+            .await
+            .map_err(db)
     }
 }
 

@@ -98,6 +98,10 @@ const UPSERT_INCIDENT: &str = "INSERT INTO incidents (id, subject, key_id, tenan
      body_json = excluded.body_json, status = CASE WHEN ?12 = 1 AND incidents.status IN \
      ('acknowledged', 'resolved', 'closed') THEN 'open' ELSE incidents.status END";
 
+/// Closes the open incidents whose episode ended (served by `incidents_status_updated`).
+const CLOSE_QUIET_INCIDENTS: &str = "UPDATE incidents SET status = 'closed', changed_at = ?2 \
+     WHERE status = 'open' AND updated_unix_ms < ?1";
+
 const INSERT_INCIDENT_ALERT: &str = "INSERT INTO incident_alerts (incident_id, alert_id) \
      VALUES (?1, ?2) ON CONFLICT DO NOTHING";
 
@@ -617,6 +621,10 @@ fn build_incident_query(q: &IncidentQuery) -> Result<(String, Vec<Value>), Store
         sql.push_str(" AND id IN (SELECT incident_id FROM incident_alerts WHERE alert_id = ?)");
         args.push(Value::Text(alert_id.clone()));
     }
+    if let Some(subject) = &q.subject {
+        sql.push_str(" AND subject = ?");
+        args.push(Value::Text(subject.clone()));
+    }
     if let Some(since) = q.since {
         sql.push_str(" AND updated_unix_ms >= ?");
         args.push(Value::Integer(unix_ms(since)?));
@@ -1057,6 +1065,24 @@ impl IncidentStore for SqliteStore {
                 (&id, status.as_str(), note, at),
                 get_incident,
             )
+        })
+        .await
+    }
+
+    async fn close_quiet_incidents(
+        &self,
+        quiet_since: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let quiet_since = unix_ms(quiet_since)?;
+        let at = format_key_time(at)?;
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(CLOSE_QUIET_INCIDENTS)
+                .map_err(db)?
+                .execute(params![quiet_since, at])
+                .map_err(db)?;
+            Ok(n as u64)
         })
         .await
     }

@@ -1044,6 +1044,45 @@ mod suite {
             ..Default::default()
         };
         assert_eq!(list(q).await, ["inc-3"]);
+        // A source network's incident is found by its subject.
+        let q = IncidentQuery {
+            subject: Some("network:203.0.113.0/24".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(list(q).await, ["inc-3"]);
+        let q = IncidentQuery {
+            subject: Some(format!("key:{}", key_id(2).as_str())),
+            ..Default::default()
+        };
+        assert_eq!(list(q).await, ["inc-2"]);
+
+        // Episodes that ended are closed: only open incidents quiet since before the cut.
+        let closed = store
+            .close_quiet_incidents(t0() + ms(150_000), at)
+            .await
+            .unwrap();
+        assert_eq!(closed, 1);
+        let status = |id: &'static str| {
+            let store = Arc::clone(&store);
+            async move {
+                let s = store.get_incident(id).await.unwrap().unwrap();
+                (s.incident.status, s.changed_at)
+            }
+        };
+        assert_eq!(status("inc-2").await, (IncidentStatus::Closed, at));
+        assert_eq!(status("inc-3").await.0, IncidentStatus::Open);
+        assert_eq!(status("inc-1").await.0, IncidentStatus::FalsePositive);
+        assert_eq!(
+            store
+                .close_quiet_incidents(t0() + ms(150_000), at)
+                .await
+                .unwrap(),
+            0,
+            "closing twice changes nothing"
+        );
+        // A closed incident that escalates is open again.
+        let reopened = store.upsert_incident(&i2, &[], true).await.unwrap();
+        assert_eq!(reopened.incident.status, IncidentStatus::Open);
 
         // Unknown ids and unstorable notes or ids are refused.
         let err = store

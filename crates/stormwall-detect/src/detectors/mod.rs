@@ -20,6 +20,11 @@ use crate::features::{self, UaFamily};
 use crate::sketch::{hash_str, mix64};
 use crate::state::{DETECTORS, Fingerprint, KeyState, Reference, TenantState, has_flag};
 
+/// Distance between country centroids within which a new country reached over an ordinary
+/// network counts as nearby: a neighbouring country or two (London–Frankfurt is about
+/// 1,000 km), not another continent.
+pub const NEAR_KM: f64 = 1_500.0;
+
 /// Everything computed once from an event, shared by the detectors.
 #[derive(Debug, Clone)]
 pub struct Obs {
@@ -364,18 +369,46 @@ impl Ctx<'_> {
         }
     }
 
-    /// Whether the request comes from far away, as the key knows it: a country it has not
-    /// used, or an anonymising egress kind it has not used. Near: a new network in a known
-    /// country (a developer at home, a new office line).
+    /// Whether the request comes from far away, as the key knows it: an egress kind it has
+    /// not used, or a country it has not used — unless that country is a short flight from
+    /// the key's home and the network an ordinary one (no hosting, VPN, Tor or proxy flag).
+    /// Near: a new network in a known country (a developer at home, a new office line), or
+    /// a residential, office or mobile line next door (a developer at home across the border
+    /// from the company's cloud region, a phone roaming).
     pub fn far(&self, ks: &KeyState) -> bool {
         if matches!(self.reference, Reference::Learning) {
             return false;
         }
-        let new_flag = self
-            .o
+        if self.new_flag(ks) {
+            return true;
+        }
+        if self.known_country(ks) {
+            return false;
+        }
+        self.o.flag.is_some() || !self.near_home(ks)
+    }
+
+    /// Whether the event's egress kind (hosting, VPN, Tor, proxy) is one the reference has
+    /// never used.
+    pub fn new_flag(&self, ks: &KeyState) -> bool {
+        self.o
             .flag
-            .is_some_and(|f| !has_flag(self.known_flags(ks), f));
-        !self.known_country(ks) || new_flag
+            .is_some_and(|f| !has_flag(self.known_flags(ks), f))
+    }
+
+    /// Whether the event's country is within [`NEAR_KM`] of the key's home country.
+    pub fn near_home(&self, ks: &KeyState) -> bool {
+        let (Some(cc), true) = (self.o.cc, ks.home != [0, 0]) else {
+            return false;
+        };
+        let name = |c: &[u8; 2]| std::str::from_utf8(c).unwrap_or("").to_owned();
+        match (
+            features::country_centroid(&name(&ks.home)),
+            features::country_centroid(&name(&cc)),
+        ) {
+            (Some(a), Some(b)) => features::haversine_km(a, b) <= NEAR_KM,
+            _ => false,
+        }
     }
 
     /// Short description of the source for explanations.

@@ -38,10 +38,12 @@ pub fn p1_dispersion(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         return;
     }
     // The owner's own client in a second country (a developer abroad, a phone roaming)
-    // is low; someone else's client spreading the key is medium.
+    // is low; someone else's client spreading the key far is medium.
     let sev = if asns >= 2.0 * thr_asn || ccs >= 2.0 * thr_cc {
         Severity::High
-    } else if ctx.own_client_anywhere(ks) {
+    } else if ctx.own_client_anywhere(ks) || !ctx.far(ks) {
+        // Or a person next door (a developer at home across the border from the cloud
+        // region): one more place nearby is not a spread.
         Severity::Low
     } else {
         Severity::Medium
@@ -113,7 +115,9 @@ pub fn p2_travel(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let from = String::from_utf8_lossy(&cc0).into_owned();
     // The app in its cloud and its developer abroad are two places at once too: on its own,
     // with the key's own client family and no anonymising egress, that is low.
-    let sev = if o.flag.is_some() || !ctx.known_family(ks) {
+    // The key's own kind of egress (its cloud) is no evidence; a new client family is, from
+    // far away (a developer's curl at home next door is not).
+    let sev = if ctx.new_flag(ks) || !ctx.known_family(ks) && ctx.far(ks) {
         Severity::Medium
     } else {
         Severity::Low
@@ -187,7 +191,9 @@ pub fn p4_artefacts(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if e.origin.as_deref() == Some("") || e.referer.as_deref() == Some("") {
         found.push("Origin or Referer present but empty");
     }
-    if o.family.is_stainless_sdk() && !o.stainless {
+    // An owner whose own SDK requests never carried the companion headers (an old SDK, a
+    // proxy of theirs that strips them) sends them so every day: no artefact on this key.
+    if o.family.is_stainless_sdk() && !o.stainless && ks.base.sdk_bare == 0 {
         found.push("OpenAI SDK user agent without the SDK's x-stainless-* headers");
     }
     // Artefacts only relays and forged clients produce; the others (a new shape, curl on an
@@ -257,7 +263,9 @@ pub fn p5_ua_drift(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if !new_family && !too_many {
         return;
     }
-    let sev = if ctx.far(ks) || too_many {
+    // Many families in a day nearby are the owner's SDK switch, a new app on the key and its
+    // developer's curl; from far away, the key is shared.
+    let sev = if ctx.far(ks) {
         Severity::Medium
     } else {
         Severity::Low
@@ -321,8 +329,11 @@ pub fn p6_cross_tenant(
     }
     // Commercial VPN and Tor exits are shared by design: unrelated companies with the same
     // SDK meet there. Worth recording, not acting on.
+    // A network the key itself uses is no relay's: a carrier NAT or an office line carries
+    // several companies' apps with the same HTTP stack.
     let sev = match ctx.o.flag {
         Some(EgressFlag::Vpn | EgressFlag::Tor | EgressFlag::Proxy) => Severity::Low,
+        _ if ks.base.asns.contains(ctx.o.asn_h) => Severity::Low,
         _ => Severity::High,
     };
     ctx.emit(ks, out, DetectorId::P6, sev, |ks| Finding {

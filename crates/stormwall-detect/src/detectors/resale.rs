@@ -252,10 +252,11 @@ pub fn r6_mix(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         if ks.hour.images > 1 {
             return;
         }
-        // The owner's own client starting images is a new app on the key: low.
+        // Images starting from the key's own networks are the owner's new app (often with a
+        // new SDK): low. A reseller's buyers arrive from elsewhere.
         let sev = if ctx.far(ks) {
             Severity::High
-        } else if ctx.own_client_anywhere(ks) && ctx.known_asn(ks) {
+        } else if ctx.known_asn(ks) {
             Severity::Low
         } else {
             Severity::Medium

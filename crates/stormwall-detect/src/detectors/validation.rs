@@ -230,6 +230,12 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         owner.requests = owner.requests.saturating_add(1);
         return;
     }
+    // A phone's HTTP stack on a consumer network is an app's end users arriving on new
+    // devices and carriers, not a takeover tool: no new-client point.
+    let app_users = matches!(
+        o.family,
+        crate::features::UaFamily::Okhttp | crate::features::UaFamily::CfNetwork
+    ) && o.flag.is_none();
     let known_flags = ks.owner.flags | tenant.map_or(0, |t| t.flags) | ks.base.flags;
     let new_flag = o.flag.is_some_and(|f| !has_flag(known_flags, f));
     let roleplay_habit = ks.base.roleplay > 0 || tenant.is_some_and(|t| t.roleplay > 0);
@@ -250,10 +256,12 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     } else {
         (minute, 1)
     };
-    if tk.nets.len() < 8 && !tk.nets.contains(&o.net) {
+    // Spread counts networks new to the owner and tenant: the owner's own cloud seen with
+    // another of its clients (CI on a second runner pool) is no reseller's spread.
+    if !asn_known && tk.nets.len() < 8 && !tk.nets.contains(&o.net) {
         tk.nets.push(o.net);
     }
-    if tk.asns.len() < 8 && asn != 0 && !tk.asns.contains(&asn) {
+    if !asn_known && tk.asns.len() < 8 && asn != 0 && !tk.asns.contains(&asn) {
         tk.asns.push(asn);
     }
     let mut kinds = 0u32;
@@ -261,7 +269,7 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         (1 << 0, !asn_known),
         (1 << 1, !cc_known),
         (1 << 2, new_flag),
-        (1 << 3, !client_known),
+        (1 << 3, !client_known && !app_users),
         (1 << 4, o.probe),
         (1 << 5, o.listing),
         (1 << 6, o.roleplay && !roleplay_habit),

@@ -589,6 +589,7 @@ async fn incidents(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody
         key_id: key_param(query)?,
         tenant: param(query, "tenant"),
         alert_id: param(query, "alert"),
+        subject: None,
         since: time_param(query, "since")?,
         limit: Some(limit_param(query, DEFAULT_ALERT_PAGE, MAX_ALERT_PAGE)?),
     };

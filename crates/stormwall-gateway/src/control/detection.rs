@@ -234,10 +234,17 @@ async fn run(state: Arc<ControlPlane>, inbox: DetectionInbox) {
     let mut shared = SharedView::default();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let gap = state.alerts.with_grouper(|g| g.episode_gap_secs());
+    let mut close = tokio::time::interval(crate::control::incidents::close_every(gap));
+    close.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = flush.tick() => shared.flush(&state).await,
+            // Incidents live on event time, which is the wall clock here.
+            _ = close.tick() => {
+                crate::control::incidents::close_quiet(&state, OffsetDateTime::now_utc()).await;
+            }
             c = control.recv() => match c {
                 Some(c) => on_control(&state, &mut engine, &mut verdicts, window, c).await,
                 None => return,

@@ -5,11 +5,11 @@
 //! mark an incident false-positive through the admin API; the change applies to its alerts
 //! and is written to the audit log.
 
-use stormwall_detect::incident::Change;
+use stormwall_detect::incident::{Change, subject_of};
 use stormwall_store::{
     ActionOutcome, ActionRecord, AlertStatus, IncidentQuery, StoreError, StoredIncident,
 };
-use stormwall_types::{Alert, IncidentStatus, IncidentSubject};
+use stormwall_types::{Alert, IncidentStatus};
 use time::OffsetDateTime;
 
 use super::ControlPlane;
@@ -74,22 +74,32 @@ pub async fn record(state: &ControlPlane, alert: &Alert, action: Option<&ActionR
     }
 }
 
-/// The grouper lives in memory: after a restart, or on a replica that has not seen the key's
-/// incident, the key's latest stored incident whose episode is still running is taken back,
-/// so the alert joins it instead of opening (and notifying) another.
+/// The grouper lives in memory: after a restart, or on a replica that has not seen the
+/// incident, the subject's (key's or source network's) latest stored incident whose episode
+/// is still running is taken back, so the alert joins it instead of opening (and notifying)
+/// another.
 async fn resume_stored(state: &ControlPlane, alert: &Alert) {
-    let Some(key) = &alert.key_id else { return };
-    let subject = IncidentSubject::Key(key.as_str().to_owned());
+    let Some(subject) = subject_of(alert) else {
+        return;
+    };
     let (open, gap) = state
         .alerts
         .with_grouper(|g| (g.is_open(&subject), g.episode_gap_secs()));
     if open {
         return;
     }
-    let q = IncidentQuery {
-        key_id: Some(key.clone()),
-        limit: Some(1),
-        ..Default::default()
+    // A key's incidents are found through its indexed column; a network's by its label.
+    let q = match &alert.key_id {
+        Some(key) => IncidentQuery {
+            key_id: Some(key.clone()),
+            limit: Some(1),
+            ..Default::default()
+        },
+        None => IncidentQuery {
+            subject: Some(subject.label()),
+            limit: Some(1),
+            ..Default::default()
+        },
     };
     match state.store.list_incidents(&q).await {
         Ok(found) => {
@@ -102,7 +112,33 @@ async fn resume_stored(state: &ControlPlane, alert: &Alert) {
                 state.alerts.with_grouper(|g| g.resume(prev.incident));
             }
         }
-        Err(e) => tracing::warn!(key_id = %key, error = %e, "cannot read the key's incident"),
+        Err(e) => {
+            tracing::warn!(subject = %subject.label(), error = %e, "cannot read the subject's incident");
+        }
+    }
+}
+
+/// How often ended episodes are looked for: a quarter of the gap, between 1 s and a minute,
+/// so an incident is `closed` at most that long after its episode ended.
+pub fn close_every(gap_secs: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(gap_secs / 4).clamp(1, 60))
+}
+
+/// Closes the incidents whose episode ended by `now`: quiet for longer than the episode gap.
+/// The grouper forgets them (the subject's next alert opens a new incident) and the store
+/// marks every such `open` incident `closed` — those this replica holds, those another
+/// replica opened and those left open across a restart alike. An operator's status stays.
+pub async fn close_quiet(state: &ControlPlane, now: OffsetDateTime) {
+    let (closed, gap) = state
+        .alerts
+        .with_grouper(|g| (g.close_idle(now).len(), g.episode_gap_secs()));
+    let quiet_since = now - time::Duration::seconds(i64::from(gap));
+    match state.store.close_quiet_incidents(quiet_since, now).await {
+        Ok(n) if n > 0 || closed > 0 => {
+            tracing::debug!(closed = n, held = closed, "incident episodes ended");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot close ended incidents"),
     }
 }
 

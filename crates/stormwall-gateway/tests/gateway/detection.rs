@@ -293,6 +293,17 @@ async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_ke
             .any(|a| a == &json!(cause)),
         "{inc:#}"
     );
+    // The owners' other key raised nothing a person must read: its client is the SDK the
+    // key's history shows, companion headers absent as always.
+    assert!(
+        h.admin_get(&format!("/admin/incidents?key={legit_id}"))
+            .await["incidents"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{:#?}",
+        h.alerts(&format!("?key={legit_id}")).await
+    );
     // The owners' other key carries on.
     assert_eq!(h.key_status(&legit_id).await, "active");
     let r = h

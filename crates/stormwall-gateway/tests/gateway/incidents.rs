@@ -279,3 +279,145 @@ async fn after_a_restart_the_next_alert_joins_the_stored_incident() {
     assert_eq!(receiver.request_count(), 1, "no second notification");
     h.shutdown().await;
 }
+
+/// An alert about a source network (no key: a Sigma match on a record without a principal).
+fn network_alert(n: u64, at: time::OffsetDateTime) -> Alert {
+    Alert {
+        id: format!("net-alert-{n}"),
+        detector: stormwall_types::DetectorId::S1,
+        stage: stormwall_types::DetectorId::S1.stage(),
+        severity: stormwall_types::Severity::High,
+        at,
+        key_id: None,
+        tenant: None,
+        // Another address of the same /24 each time: one network, and no de-duplication
+        // of the alert (that is per source address).
+        source_ip: Some(format!("198.51.100.{}", 6 + n).parse().unwrap()),
+        features: Vec::new(),
+        subjects: Vec::new(),
+        explanation: "A Sigma rule matched. Synthetic.".into(),
+        evidence: vec![format!("net-ev-{n}")],
+        score: 30.0,
+    }
+}
+
+/// Hands an alert raised outside the engine to the detection task, as cloud-log follow mode
+/// does.
+async fn external(h: &Harness, alert: Alert) {
+    let gw = h.gw.as_ref().unwrap();
+    gw.control.detection.as_ref().unwrap().external(alert).await;
+}
+
+/// The incidents about the test network.
+async fn network_incidents(h: &Harness, alerts: usize) -> Vec<Value> {
+    let mut found = Vec::new();
+    for _ in 0..200 {
+        let page = h.admin_get("/admin/incidents").await;
+        found = page["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["subject"]["kind"] == "network")
+            .cloned()
+            .collect();
+        if found
+            .iter()
+            .map(|i| i["alert_ids"].as_array().unwrap().len())
+            .sum::<usize>()
+            >= alerts
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_source_networks_next_alert_joins_its_stored_incident() {
+    let receiver = MockUpstream::start().await.unwrap();
+    let url = format!("{}/hooks/stormwall", receiver.url());
+    let mut h = harness_with(move |c| {
+        c.alerts.webhook_url = Some(url);
+    })
+    .await;
+    let now = time::OffsetDateTime::now_utc();
+    external(&h, network_alert(1, now)).await;
+    assert_eq!(network_incidents(&h, 1).await.len(), 1);
+    wait_requests(&receiver, 1).await;
+    // A new process on the same store and config: its grouper starts empty.
+    h.shutdown().await;
+    let gw = start(
+        h.config.clone(),
+        Arc::clone(&h.store) as Arc<dyn Store>,
+        &EventsConfig {
+            flush_interval_ms: 10,
+            ..Default::default()
+        },
+        SecretString::from(ADMIN_TOKEN),
+        &env,
+    )
+    .await
+    .unwrap();
+    h.proxy = format!("http://{}", gw.proxy_addr);
+    h.admin = format!("http://{}", gw.admin_addr);
+    h.gw = Some(gw);
+    external(&h, network_alert(2, now + time::Duration::seconds(5))).await;
+    let incidents = network_incidents(&h, 2).await;
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    let inc = &incidents[0];
+    assert_eq!(
+        inc["subject"],
+        json!({"kind": "network", "value": "198.51.100.0/24"})
+    );
+    assert_eq!(inc["alert_ids"].as_array().unwrap().len(), 2, "{inc:#}");
+    assert_eq!(inc["timeline"].as_array().unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.request_count(), 1, "no second notification");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_quiet_past_its_gap_is_closed_and_the_next_alert_opens_another() {
+    let mut h = harness_with(|c| {
+        c.alerts.incident_gap_secs = 2;
+        c.detect.alert_cooldown_secs = 1;
+    })
+    .await;
+    let (canary, canary_id) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;
+    assert_eq!(h.chat(&canary, "gpt-4o-mini").await.status, 401);
+    wait_alerts_for(&h, &canary_id, 1).await;
+    let list = |_: &Harness| format!("/admin/incidents?key={canary_id}");
+    let first = h.admin_get(&list(&h)).await["incidents"][0].clone();
+    assert_eq!(first["status"], "open", "{first:#}");
+    // Quiet for longer than the gap: the episode ended, and the store says so.
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = h.admin_get(&list(&h)).await["incidents"][0]["status"].clone();
+        if status == "closed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "closed");
+    // The key's next alert is a new episode: a new incident, the closed one left alone.
+    assert_eq!(h.chat(&canary, "gpt-4o-mini").await.status, 401);
+    wait_alerts_for(&h, &canary_id, 2).await;
+    let mut incidents = Vec::new();
+    for _ in 0..100 {
+        incidents = h.admin_get(&list(&h)).await["incidents"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if incidents.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(incidents.len(), 2, "{incidents:#?}");
+    assert_eq!(incidents[0]["status"], "open");
+    assert_ne!(incidents[0]["id"], first["id"]);
+    assert_eq!(incidents[1]["id"], first["id"]);
+    assert_eq!(incidents[1]["status"], "closed");
+    h.shutdown().await;
+}
