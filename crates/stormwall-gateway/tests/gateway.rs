@@ -2039,6 +2039,8 @@ async fn no_key_or_prompt_text_reaches_the_logs() {
 mod detection;
 #[path = "gateway/incidents.rs"]
 mod incidents;
+#[path = "gateway/investigation.rs"]
+mod investigation;
 
 mod leak_reports {
     use super::*;

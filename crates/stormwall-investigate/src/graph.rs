@@ -37,6 +37,8 @@ pub enum NodeKind {
     EndUser,
     /// Where a key was found exposed (a leaked-key report's URL).
     Exposure,
+    /// A stored incident (issue 13's grouping of alerts about one key or network).
+    Incident,
 }
 
 impl NodeKind {
@@ -50,6 +52,7 @@ impl NodeKind {
             NodeKind::Style => "style",
             NodeKind::EndUser => "end_user",
             NodeKind::Exposure => "exposure",
+            NodeKind::Incident => "incident",
         }
     }
 
@@ -85,6 +88,10 @@ pub struct Node {
     /// Response actions on it, by kind (keys).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub actions: BTreeMap<String, u64>,
+    /// Incidents: what the events on its subject amounted to from the incident's opening
+    /// until it ended (open-ended while it is open or acknowledged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harm: Option<Harm>,
 }
 
 /// One relation between two entities (undirected; `a` < `b` by node index).
@@ -139,6 +146,9 @@ pub struct Graph {
     /// Fingerprint node by a hash of what it is computed from: most events repeat a
     /// client program already seen, and the digest is the costly part.
     fp_cache: HashMap<u64, usize>,
+    /// Incident nodes by their subject's node (a key or a network), so an event finds the
+    /// incidents it counts toward without a scan.
+    incidents_of: HashMap<usize, Vec<usize>>,
 }
 
 /// The /24 (IPv4) or /48 (IPv6) of an address, in CIDR notation.
@@ -289,6 +299,18 @@ impl Graph {
             g.adj[e.b].push(i);
         }
         g.state = state;
+        let mut incidents_of: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, n) in g.state.nodes.iter().enumerate() {
+            if n.kind != NodeKind::Incident {
+                continue;
+            }
+            for (m, _) in g.neighbours(i) {
+                if matches!(g.state.nodes[m].kind, NodeKind::Key | NodeKind::Network) {
+                    incidents_of.entry(m).or_default().push(i);
+                }
+            }
+        }
+        g.incidents_of = incidents_of;
         Ok(g)
     }
 
@@ -371,6 +393,7 @@ impl Graph {
             last: at,
             alerts: BTreeMap::new(),
             actions: BTreeMap::new(),
+            harm: None,
         });
         self.adj.push(Vec::new());
         self.index.insert(id, i);
@@ -422,6 +445,7 @@ impl Graph {
             self.state.cursor = Some(e.id.clone());
         }
         let net = self.touch(NodeKind::Network, &network_of(e.source_ip), at);
+        self.count_toward_incidents(net, e);
         if let Some(asn) = e.source_asn {
             self.set_attr(net, "asn", &asn.to_string());
         }
@@ -486,6 +510,7 @@ impl Graph {
         }
         let Some(key_id) = &e.key_id else { return };
         let key = self.touch(NodeKind::Key, key_id.as_str(), at);
+        self.count_toward_incidents(key, e);
         if let Some(t) = &e.tenant {
             self.set_attr(key, "tenant", t);
             let tenant = self.touch(NodeKind::Tenant, t, at);
@@ -542,6 +567,83 @@ impl Graph {
             .actions
             .entry(a.kind.as_str().to_owned())
             .or_default() += 1;
+    }
+
+    /// Adds (or updates) a stored incident: a node linked to its subject — its key and
+    /// tenant, or its source network — carrying severity, status, stages and risk score.
+    /// Events added afterwards on its subject within its window count toward its harm, so
+    /// the store's incidents are read before its events (`stormwall investigate` does).
+    pub fn add_incident(&mut self, stored: &stormwall_store::StoredIncident) {
+        let inc = &stored.incident;
+        let first_time = self.state.seen.insert(format!("incident:{}", inc.id));
+        let i = self.touch(NodeKind::Incident, truncate(&inc.id, 200), inc.opened_at);
+        {
+            let n = &mut self.state.nodes[i];
+            n.count = stored.alert_ids.len().max(1) as u64;
+            n.first = inc.opened_at;
+            n.last = inc.updated_at.max(inc.opened_at);
+        }
+        self.set_attr(i, "severity", inc.severity.as_str());
+        self.set_attr(i, "status", inc.status.as_str());
+        self.set_attr(i, "subject", &inc.subject.label());
+        self.set_attr(i, "risk_score", &format!("{:.1}", inc.risk_score));
+        let stages: Vec<&str> = inc.stages.iter().map(|s| s.as_str()).collect();
+        self.set_attr(i, "stages", &stages.join(","));
+        if !first_time {
+            return;
+        }
+        let (at, last) = (inc.opened_at, inc.updated_at);
+        let subject = match &inc.subject {
+            stormwall_types::IncidentSubject::Key(k) => {
+                let key = self.touch(NodeKind::Key, truncate(k, 200), at);
+                // An incident is not a use of the key: undo the count `touch` added.
+                self.state.nodes[key].count -= 1;
+                if let Some(t) = &inc.tenant {
+                    self.set_attr(key, "tenant", t);
+                    let tenant = self.touch(NodeKind::Tenant, t, at);
+                    self.state.nodes[tenant].count -= 1;
+                    self.link(i, tenant, last);
+                }
+                key
+            }
+            stormwall_types::IncidentSubject::Network(n) => {
+                let net = self.touch(NodeKind::Network, truncate(n, 64), at);
+                self.state.nodes[net].count -= 1;
+                net
+            }
+        };
+        self.link(i, subject, at);
+        self.incidents_of.entry(subject).or_default().push(i);
+    }
+
+    /// Adds an event's harm to the incidents of `subject` whose window holds it.
+    fn count_toward_incidents(&mut self, subject: usize, e: &UsageEvent) {
+        let Some(list) = self.incidents_of.get(&subject) else {
+            return;
+        };
+        for &i in list {
+            let n = &mut self.state.nodes[i];
+            let ended = n
+                .attrs
+                .get("status")
+                .is_some_and(|s| matches!(s.as_str(), "resolved" | "closed" | "false_positive"));
+            if e.timestamp < n.first || (ended && e.timestamp > n.last) {
+                continue;
+            }
+            n.harm
+                .get_or_insert_with(Harm::default)
+                .add_event(e, &self.pricing);
+        }
+    }
+
+    /// Harm per incident node (label), for incidents events were counted toward.
+    pub fn incident_harm(&self) -> BTreeMap<String, Harm> {
+        self.state
+            .nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Incident)
+            .map(|n| (n.label.clone(), n.harm.clone().unwrap_or_default()))
+            .collect()
     }
 
     /// The key's tenant, from its attributes.

@@ -234,6 +234,13 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
         s.push_str(&harm_row(&shown(NodeKind::Tenant, t, opts), h));
     }
     s.push_str("</table>");
+    if !a.incident_harm.is_empty() {
+        let _ = write!(s, "<h2>Harm per incident</h2><table>{HARM_HEAD}");
+        for (id, h) in &a.incident_harm {
+            s.push_str(&harm_row(&shown(NodeKind::Incident, id, opts), h));
+        }
+        s.push_str("</table>");
+    }
 
     // Evidence: the victims' keys with their alerts and actions.
     s.push_str("<h2>Evidence: victims' keys</h2><table><tr><th>key</th><th>tenant</th><th>requests</th><th>networks</th><th>alerts by detector</th><th>actions</th></tr>");

@@ -136,6 +136,23 @@ pub struct RoleConfig {
     pub user_min_requests: u64,
     /// Louvain resolution.
     pub resolution: f64,
+    /// Share of a provider's end users (those sent with the prompt styles it serves, on the
+    /// keys it fronts) seen on keys of several tenants, at least, once it has
+    /// `mixing_min_end_users` of them: an honest integrator keeps each client's end users
+    /// on that client's key, a relay rotating stolen keys spreads its buyers' over them.
+    pub provider_min_mixed_share: f64,
+    /// End users at which the mixing test above applies.
+    pub mixing_min_end_users: usize,
+    /// Share of a creator tool family's requests (all its versions) made through providers
+    /// fronting several tenants' keys, at least; each of its fingerprints then needs
+    /// `creator_min_provider_share` through all providers.
+    pub creator_family_min_provider_share: f64,
+    /// Share of a network's requests made with a creator's tool at which a network
+    /// fronting a single tenant's key is a provider (a relay fronting one victim).
+    pub single_provider_min_creator_share: f64,
+    /// Share of a style's requests made through providers at which it is a user even when
+    /// seen on one tenant's keys only (the buyers of a single-key relay).
+    pub user_single_tenant_share: f64,
 }
 
 impl Default for RoleConfig {
@@ -149,6 +166,11 @@ impl Default for RoleConfig {
             user_min_provider_share: 0.6,
             user_min_requests: 5,
             resolution: 1.0,
+            provider_min_mixed_share: 0.1,
+            mixing_min_end_users: 5,
+            creator_family_min_provider_share: 0.5,
+            single_provider_min_creator_share: 0.5,
+            user_single_tenant_share: 0.9,
         }
     }
 }
@@ -167,6 +189,10 @@ pub struct Assessment {
     /// Analyst notes on entities without a role.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub notes: BTreeMap<String, Vec<String>>,
+    /// Harm per stored incident, by incident id: its subject's events from its opening
+    /// until it ended.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub incident_harm: BTreeMap<String, Harm>,
 }
 
 impl Assessment {
@@ -369,6 +395,7 @@ pub fn assess(g: &Graph, cfg: &RoleConfig, overrides: &Overrides) -> Assessment 
         rejected,
         victim_harm,
         notes,
+        incident_harm: g.incident_harm(),
     }
 }
 
@@ -380,10 +407,36 @@ fn span(first: OffsetDateTime, last: OffsetDateTime) -> String {
     )
 }
 
-/// The inference proper, on the graph alone.
 /// Keys each inferred provider network fronts.
 type Fronted = BTreeMap<usize, BTreeSet<usize>>;
 
+/// A tool's family: its user-agent family and markers. A new version of a tool that adds
+/// or reorders headers is a new fingerprint of the same family.
+fn family(nd: &crate::graph::Node) -> (String, String) {
+    (
+        nd.attrs.get("ua_family").cloned().unwrap_or_default(),
+        nd.attrs.get("sdk").cloned().unwrap_or_default(),
+    )
+}
+
+/// Requests with a node through provider networks, in all, and the providers' labels.
+fn through<'g>(g: &'g Graph, i: usize, providers: &Fronted) -> (u64, u64, BTreeSet<&'g str>) {
+    let (mut via, mut total) = (0u64, 0u64);
+    let mut at = BTreeSet::new();
+    for (m, e) in g.neighbours_of_kind(i, NodeKind::Network) {
+        total += e.count;
+        if providers.contains_key(&m) {
+            via += e.count;
+            at.insert(g.nodes()[m].label.as_str());
+        }
+    }
+    (via, total, at)
+}
+
+/// The inference proper, on the graph alone: providers that front several tenants' keys
+/// first, then the creators' tool families they share, the buyers' styles, then relays
+/// fronting a single key that run a creator's tool or serve a known buyer, and last the
+/// creators' fingerprints, users and victims over all providers.
 fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>, Fronted) {
     let nodes = g.nodes();
     let mut out = Vec::new();
@@ -405,9 +458,39 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
             .filter_map(|(k, _)| g.tenant_of_key(k))
             .collect()
     };
+    // Keys used enough from network `i` that are also used enough from elsewhere (their
+    // owner), by tenant — a neighbour in the same /24 using its own key is not fronting.
+    let fronted_by = |i: usize, carries: &dyn Fn(usize) -> bool| {
+        let mut fronted: BTreeMap<&str, Vec<(usize, u64)>> = BTreeMap::new();
+        for (k, e) in g.neighbours_of_kind(i, NodeKind::Key) {
+            if e.count < cfg.min_key_requests || !carries(k) {
+                continue;
+            }
+            let elsewhere = g
+                .neighbours_of_kind(k, NodeKind::Network)
+                .any(|(m, e2)| m != i && e2.count >= cfg.min_key_requests);
+            if let (true, Some(t)) = (elsewhere, g.tenant_of_key(k)) {
+                fronted.entry(t).or_default().push((k, e.count));
+            }
+        }
+        fronted
+    };
+    let mut reasons_of: BTreeMap<usize, (f64, Vec<String>)> = BTreeMap::new();
+    let network_facts = |nd: &crate::graph::Node, reasons: &mut Vec<String>| {
+        if let Some(f) = nd.attrs.get("flags") {
+            reasons.push(format!("network flagged {f}"));
+        }
+        if let Some(org) = nd.attrs.get("as_org") {
+            reasons.push(format!(
+                "AS{} {org} ({})",
+                nd.attrs.get("asn").map_or("?", String::as_str),
+                nd.attrs.get("country").map_or("?", String::as_str)
+            ));
+        }
+    };
 
-    // Providers.
-    let mut providers: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    // Providers fronting several tenants' keys.
+    let mut providers: Fronted = BTreeMap::new();
     for (i, nd) in nodes.iter().enumerate() {
         if nd.kind != NodeKind::Network {
             continue;
@@ -422,36 +505,45 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
         if shared.len() < cfg.provider_min_shared_styles {
             continue;
         }
-        // Keys fronted: used from here enough, carrying those styles, and also used from
-        // elsewhere (their owner) — a neighbour in the same /24 using its own key is not.
-        let mut fronted: BTreeMap<&str, Vec<(usize, u64)>> = BTreeMap::new();
-        for (k, e) in g.neighbours_of_kind(i, NodeKind::Key) {
-            if e.count < cfg.min_key_requests {
-                continue;
-            }
-            let carries = g
-                .neighbours_of_kind(k, NodeKind::Style)
-                .any(|(s, _)| shared.contains(&s));
-            let elsewhere = g
-                .neighbours_of_kind(k, NodeKind::Network)
-                .any(|(m, e2)| m != i && e2.count >= cfg.min_key_requests);
-            if let (true, true, Some(t)) = (carries, elsewhere, g.tenant_of_key(k)) {
-                fronted.entry(t).or_default().push((k, e.count));
-            }
-        }
+        let fronted = fronted_by(i, &|k| {
+            g.neighbours_of_kind(k, NodeKind::Style)
+                .any(|(s, _)| shared.contains(&s))
+        });
         if fronted.len() < cfg.provider_min_tenants {
             continue;
         }
         let shared_styles = shared.len();
-        let shared_users = fronted
+        // End users this network served: on the keys it fronts, sent with a style it
+        // serves (a key owner's own end users, whose ids may collide across tenants, are
+        // not).
+        let served: BTreeSet<usize> = g
+            .neighbours_of_kind(i, NodeKind::Style)
+            .map(|(s, _)| s)
+            .collect();
+        let users: BTreeSet<usize> = fronted
             .values()
             .flatten()
             .flat_map(|(k, _)| g.neighbours_of_kind(*k, NodeKind::EndUser))
             .map(|(u, _)| u)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .filter(|&u| tenants_of(u).len() >= 2)
-            .count();
+            .filter(|&u| {
+                g.neighbours_of_kind(u, NodeKind::Style)
+                    .any(|(s, _)| served.contains(&s))
+            })
+            .collect();
+        let (mut mixed, mut pinned) = (0usize, 0usize);
+        for &u in &users {
+            if tenants_of(u).len() >= 2 {
+                mixed += 1;
+            } else {
+                pinned += 1;
+            }
+        }
+        // An integrator serving the same templates to its clients keeps each client's end
+        // users on that client's key; a relay rotating stolen keys mixes them.
+        let mixed_share = mixed as f64 / users.len().max(1) as f64;
+        if users.len() >= cfg.mixing_min_end_users && mixed_share < cfg.provider_min_mixed_share {
+            continue;
+        }
         providers.insert(i, fronted.values().flatten().map(|(k, _)| *k).collect());
         let keys: usize = fronted.values().map(Vec::len).sum();
         let requests: u64 = fronted.values().flatten().map(|(_, c)| c).sum();
@@ -468,26 +560,119 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
             ),
             format!("serves {shared_styles} prompt styles each seen on keys of several tenants"),
         ];
-        if shared_users > 0 {
+        if mixed > 0 {
             reasons.push(format!(
-                "{shared_users} end-user ids appear on keys of several tenants"
+                "{mixed} of the {} end-user ids it served appear on keys of several tenants ({pinned} stay on one tenant's)",
+                users.len()
             ));
         }
-        if let Some(f) = nd.attrs.get("flags") {
-            reasons.push(format!("network flagged {f}"));
-        }
-        if let Some(org) = nd.attrs.get("as_org") {
-            reasons.push(format!(
-                "AS{} {org} ({})",
-                nd.attrs.get("asn").map_or("?", String::as_str),
-                nd.attrs.get("country").map_or("?", String::as_str)
-            ));
-        }
+        network_facts(nd, &mut reasons);
         let confidence = (0.55
             + 0.1 * (fronted.len() as f64 - 1.0)
             + 0.05 * (shared_styles as f64 - 1.0)
-            + if shared_users > 0 { 0.05 } else { 0.0 })
+            + if mixed > 0 { 0.05 } else { 0.0 })
         .min(0.99);
+        reasons_of.insert(i, (confidence, reasons));
+    }
+
+    // Creators' tool families: seen on several of those providers, rarely elsewhere.
+    let mut families: BTreeMap<(String, String), (u64, u64, BTreeSet<&str>)> = BTreeMap::new();
+    for (i, nd) in nodes.iter().enumerate() {
+        if nd.kind != NodeKind::Fingerprint {
+            continue;
+        }
+        let (via, total, at) = through(g, i, &providers);
+        let f = families.entry(family(nd)).or_default();
+        f.0 += via;
+        f.1 += total;
+        f.2.extend(at);
+    }
+    families.retain(|_, (via, total, at)| {
+        at.len() >= cfg.creator_min_providers
+            && *total > 0
+            && *via as f64 / *total as f64 >= cfg.creator_family_min_provider_share
+    });
+    // Buyers' styles already seen through those providers.
+    let buyer_style = |s: usize| {
+        let (via, total, _) = through(g, s, &providers);
+        nodes[s].label.starts_with("sys:")
+            && via >= cfg.user_min_requests
+            && via as f64 / total.max(1) as f64 >= cfg.user_min_provider_share
+    };
+
+    // Relays fronting one tenant's key: a network with a fronted key whose traffic is
+    // mostly a creator's tool, or that serves a buyer already seen at a provider.
+    let mut single: Fronted = BTreeMap::new();
+    for (i, nd) in nodes.iter().enumerate() {
+        if nd.kind != NodeKind::Network || providers.contains_key(&i) {
+            continue;
+        }
+        let fronted = fronted_by(i, &|_| true);
+        if fronted.is_empty() {
+            continue;
+        }
+        let (mut tool, mut total) = (0u64, 0u64);
+        let mut tools = BTreeSet::new();
+        for (f, e) in g.neighbours_of_kind(i, NodeKind::Fingerprint) {
+            total += e.count;
+            if families.contains_key(&family(&nodes[f])) {
+                tool += e.count;
+                tools.insert(nodes[f].label.as_str());
+            }
+        }
+        let tool_share = tool as f64 / total.max(1) as f64;
+        let buyers: Vec<&str> = g
+            .neighbours_of_kind(i, NodeKind::Style)
+            .filter(|(s, e)| e.count >= cfg.min_key_requests && buyer_style(*s))
+            .map(|(s, _)| nodes[s].label.as_str())
+            .collect();
+        let by_tool = tool_share >= cfg.single_provider_min_creator_share;
+        if !by_tool && buyers.is_empty() {
+            continue;
+        }
+        let keys: Vec<&str> = fronted
+            .values()
+            .flatten()
+            .map(|(k, _)| nodes[*k].label.as_str())
+            .collect();
+        let requests: u64 = fronted.values().flatten().map(|(_, c)| c).sum();
+        let mut reasons = vec![
+            format!(
+                "uses key(s) {} of {} ({}) {requests} times, keys also used from their owners' networks",
+                keys.join(", "),
+                if fronted.len() == 1 {
+                    "one tenant"
+                } else {
+                    "tenants"
+                },
+                fronted.keys().copied().collect::<Vec<_>>().join(", ")
+            ),
+            format!("active {}", span(nd.first, nd.last)),
+        ];
+        if by_tool {
+            reasons.push(format!(
+                "{:.0}% of its requests come from a tool family several providers run ({})",
+                tool_share * 100.0,
+                tools.iter().copied().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if !buyers.is_empty() {
+            reasons.push(format!(
+                "serves {} prompt style(s) of buyers seen at other providers: {}",
+                buyers.len(),
+                buyers.join(", ")
+            ));
+        }
+        network_facts(nd, &mut reasons);
+        let confidence = (0.5
+            + if by_tool { 0.2 * tool_share } else { 0.0 }
+            + if buyers.is_empty() { 0.0 } else { 0.15 })
+        .min(0.95);
+        single.insert(i, fronted.values().flatten().map(|(k, _)| *k).collect());
+        reasons_of.insert(i, (confidence, reasons));
+    }
+    providers.append(&mut single);
+    for (i, (confidence, reasons)) in reasons_of {
         out.push(assign(i, Role::Provider, confidence, reasons));
     }
 
@@ -530,26 +715,21 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
         out.push(assign(ti, Role::Victim, confidence, reasons));
     }
 
-    // Users: prompt styles served mostly through providers, on several tenants' keys.
+    // Users: prompt styles served mostly through providers, on several tenants' keys (or
+    // almost only through providers, as behind a single-key relay).
     for (i, nd) in nodes.iter().enumerate() {
         if nd.kind != NodeKind::Style || !nd.label.starts_with("sys:") {
             continue;
         }
-        let (mut via, mut total) = (0u64, 0u64);
-        let mut through = BTreeSet::new();
-        for (m, e) in g.neighbours_of_kind(i, NodeKind::Network) {
-            total += e.count;
-            if providers.contains_key(&m) {
-                via += e.count;
-                through.insert(nodes[m].label.as_str());
-            }
-        }
-        if total < cfg.user_min_requests || through.is_empty() {
+        let (via, total, at) = through(g, i, &providers);
+        if total < cfg.user_min_requests || at.is_empty() {
             continue;
         }
         let share = via as f64 / total as f64;
         let tenants = tenants_of(i);
-        if share < cfg.user_min_provider_share || tenants.len() < 2 {
+        if share < cfg.user_min_provider_share
+            || (tenants.len() < 2 && share < cfg.user_single_tenant_share)
+        {
             continue;
         }
         let users = g.neighbours_of_kind(i, NodeKind::EndUser).count();
@@ -557,9 +737,9 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
             format!(
                 "{via} of {total} requests with system-prompt digest {} came through provider network(s) {}",
                 nd.label,
-                through.iter().copied().collect::<Vec<_>>().join(", ")
+                at.iter().copied().collect::<Vec<_>>().join(", ")
             ),
-            format!("seen on keys of {} tenants", tenants.len()),
+            format!("seen on keys of {} tenant(s)", tenants.len()),
         ];
         if users > 0 {
             reasons.push(format!("{users} end-user ids sent with it"));
@@ -573,30 +753,25 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
         ));
     }
 
-    // Creators: fingerprints shared by providers and rare elsewhere.
+    // Creators: each fingerprint of a creator's tool family used mostly through providers.
     for (i, nd) in nodes.iter().enumerate() {
         if nd.kind != NodeKind::Fingerprint {
             continue;
         }
-        let (mut via, mut total) = (0u64, 0u64);
-        let mut at = BTreeSet::new();
-        for (m, e) in g.neighbours_of_kind(i, NodeKind::Network) {
-            total += e.count;
-            if providers.contains_key(&m) {
-                via += e.count;
-                at.insert(nodes[m].label.as_str());
-            }
-        }
-        if at.len() < cfg.creator_min_providers || total == 0 {
+        let Some((_, _, family_at)) = families.get(&family(nd)) else {
+            continue;
+        };
+        let (via, total, at) = through(g, i, &providers);
+        if at.is_empty() || total < cfg.min_key_requests {
             continue;
         }
         let share = via as f64 / total as f64;
         if share < cfg.creator_min_provider_share {
             continue;
         }
-        let reasons = vec![
+        let mut reasons = vec![
             format!(
-                "client fingerprint {} (user agent family \"{}\", markers [{}]) is used by {} provider networks: {}",
+                "client fingerprint {} (user agent family \"{}\", markers [{}]) is used by {} provider network(s): {}",
                 nd.label,
                 nd.attrs.get("ua_family").map_or("", String::as_str),
                 nd.attrs.get("sdk").map_or("", String::as_str),
@@ -612,7 +787,14 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
                 nd.attrs.get("header_shape").map_or("", String::as_str)
             ),
         ];
-        let confidence = (0.5 + 0.15 * (at.len() as f64 - 1.0) + 0.3 * share).min(0.99);
+        if at.len() < family_at.len() {
+            reasons.push(format!(
+                "a version of a tool family {} providers run",
+                family_at.len()
+            ));
+        }
+        let n = at.len().max(family_at.len());
+        let confidence = (0.5 + 0.15 * (n as f64 - 1.0) + 0.3 * share).min(0.99);
         out.push(assign(i, Role::Creator, confidence, reasons));
     }
     (out, providers)

@@ -36,6 +36,10 @@ pub struct NetworkConfig {
     pub keys_per_provider: usize,
     /// User clusters, spread over the providers.
     pub user_clusters: usize,
+    /// Adds the harder cases: a relay fronting a single victim's key, buyers that switch
+    /// relays, a creator's tool whose fingerprint changes with a new version, and an
+    /// honest integrator serving shared template prompts to its clients' end users.
+    pub harder: bool,
 }
 
 impl Default for NetworkConfig {
@@ -48,6 +52,7 @@ impl Default for NetworkConfig {
             providers: 3,
             keys_per_provider: 3,
             user_clusters: 12,
+            harder: false,
         }
     }
 }
@@ -80,6 +85,9 @@ pub struct NetworkTruth {
     pub legit_tenants: Vec<String>,
     /// Integrators' networks (/24): legitimate multi-tenant use.
     pub integrators: Vec<String>,
+    /// Of `providers`, the relays that front a single victim's key (harder scenario).
+    #[serde(default)]
+    pub single_key_providers: Vec<String>,
 }
 
 /// Events (time order) and truth.
@@ -188,6 +196,10 @@ struct Persona {
     abuse: f64,
     model: &'static str,
     start: i64,
+    /// Moves to another relay at this time (harder scenario).
+    switch: Option<(i64, usize)>,
+    /// Sends no end-user id (harder scenario).
+    no_end_user: bool,
 }
 
 /// Generates the scenario.
@@ -232,7 +244,9 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
     }
     let stolen_n = cfg.providers * cfg.keys_per_provider;
     let integrator_clients = 3 * 2;
-    if candidates.len() < stolen_n + integrator_clients + 3 {
+    // The harder cases take one more victim key and three template-integrator clients.
+    let extra = if cfg.harder { 4 } else { 0 };
+    if candidates.len() < stolen_n + integrator_clients + 3 + extra {
         return Err(SimError::Invalid(
             "too few busy legitimate keys for the network: raise legit_keys or rate_scale",
         ));
@@ -242,7 +256,7 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
         let j = rng.range(0, i as u64 + 1) as usize;
         candidates.swap(i, j);
     }
-    let stolen: Vec<Vec<usize>> = (0..cfg.providers)
+    let mut stolen: Vec<Vec<usize>> = (0..cfg.providers)
         .map(|p| candidates[p * cfg.keys_per_provider..(p + 1) * cfg.keys_per_provider].to_vec())
         .collect();
     let clients: Vec<Vec<usize>> = (0..2)
@@ -257,7 +271,7 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
         .collect();
     let tools = tools(&mut rng);
     // Provider p runs: the first tool, both, the second (then round-robin).
-    let provider_tools: Vec<Vec<usize>> = (0..cfg.providers)
+    let mut provider_tools: Vec<Vec<usize>> = (0..cfg.providers)
         .map(|p| match p % 3 {
             0 => vec![0],
             1 => vec![0, 1],
@@ -273,6 +287,38 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
         truth.providers.push(cidr24(ip));
         relay.push((net, c));
     }
+    // The harder cases draw from their own generator, so the base scenario of a seed is
+    // the same with or without them.
+    let mut hrng = Rng::new(mix64(cfg.seed ^ 0x4841_5244_4552_2121));
+    // The first tool's next version adds a header: a new fingerprint of the same family.
+    // Relays running it upgrade at different times; the single-key relay starts on it.
+    let upgraded = {
+        let mut p = tools[0].clone();
+        let mut h = (*p.headers).clone();
+        let at = h.len().saturating_sub(1);
+        h.insert(at, "x-client-version".to_owned());
+        p.headers = std::sync::Arc::new(h);
+        p
+    };
+    let mut upgrade_at: Vec<i64> = vec![i64::MAX; cfg.providers];
+    if cfg.harder {
+        for u in upgrade_at.iter_mut() {
+            *u = start + (hrng.uniform(2.0, 5.0) * 24.0) as i64 * HOUR_MS;
+        }
+        // A relay fronting one victim's key, on the new version of the first tool.
+        let net = hosting[hrng.range(0, hosting.len() as u64) as usize].clone();
+        let mut c = hrng.range(160, 250) as u8;
+        while truth.providers.contains(&cidr24(net.ip(u16::from(c) << 8))) {
+            c = c.wrapping_add(1).max(160);
+        }
+        let cidr = cidr24(net.ip(u16::from(c) << 8));
+        truth.providers.push(cidr.clone());
+        truth.single_key_providers.push(cidr);
+        relay.push((net, c));
+        stolen.push(vec![candidates[stolen_n + integrator_clients + 3]]);
+        provider_tools.push(vec![0]);
+        upgrade_at.push(start);
+    }
     for (i, tool) in tools.iter().enumerate() {
         if provider_tools.iter().any(|t| t.contains(&i)) {
             truth.creators.push(ToolSignature {
@@ -283,7 +329,7 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
             });
         }
     }
-    let personas: Vec<Persona> = (0..cfg.user_clusters)
+    let mut personas: Vec<Persona> = (0..cfg.user_clusters)
         .map(|u| Persona {
             provider: u % cfg.providers,
             sys: rng.next_u64(),
@@ -304,8 +350,46 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
                 "gpt-4o-mini"
             },
             start: start + rng.range(0, 2 * 24) as i64 * HOUR_MS,
+            switch: None,
+            no_end_user: false,
         })
         .collect();
+    if cfg.harder {
+        truth.creators.push(ToolSignature {
+            user_agent: upgraded.ua.to_string(),
+            header_names: (*upgraded.headers).clone(),
+            empty_origin: upgraded.empty_origin,
+            forwarded: upgraded.forwarded,
+        });
+        let relays = relay.len();
+        for (u, p) in personas.iter_mut().enumerate() {
+            // Every fourth buyer moves to another relay mid-week (the single-key one
+            // included); every fifth sends no end-user id.
+            if u % 4 == 3 {
+                let at = start + (hrng.uniform(2.0, 5.0) * 24.0) as i64 * HOUR_MS;
+                p.switch = Some((at, (p.provider + 1) % relays));
+            }
+            p.no_end_user = u % 5 == 4;
+        }
+        // The single-key relay's own buyers.
+        for _ in 0..2 {
+            personas.push(Persona {
+                provider: relays - 1,
+                sys: hrng.next_u64(),
+                end_users: (0..hrng.range(2, 15))
+                    .map(|_| hrng.next_u64() >> 20)
+                    .collect(),
+                images: 0.0,
+                rate_per_hour: hrng.uniform(1.0, 4.0),
+                tz: hrng.range(0, 24) as i64,
+                abuse: hrng.uniform(0.05, 0.3),
+                model: "gpt-4o-mini",
+                start: start + hrng.range(0, 2 * 24) as i64 * HOUR_MS,
+                switch: None,
+                no_end_user: false,
+            });
+        }
+    }
     for p in &personas {
         truth.users.push(hex128(p.sys));
     }
@@ -373,23 +457,30 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
             if local < 7 && !rng.chance(0.15) {
                 continue;
             }
-            let (net, c) = &relay[p.provider];
-            let keys_here = &stolen[p.provider];
+            let provider = match p.switch {
+                Some((at, to)) if t >= at => to,
+                _ => p.provider,
+            };
+            let (net, c) = &relay[provider];
+            let keys_here = &stolen[provider];
             let key = keys_here[rng.range(0, keys_here.len() as u64) as usize];
-            let tl = &provider_tools[p.provider];
+            let tl = &provider_tools[provider];
             // The first provider also sends a fifth of its traffic through the stock SDK
             // many legitimate tenants use: no creator's signature.
-            let tool = if p.provider == 0 && rng.chance(0.2) {
+            let tool = if provider == 0 && rng.chance(0.2) {
                 &stock
             } else {
-                &tools[tl[rng.range(0, tl.len() as u64) as usize]]
+                match tl[rng.range(0, tl.len() as u64) as usize] {
+                    0 if t >= upgrade_at[provider] => &upgraded,
+                    i => &tools[i],
+                }
             };
             let host = (u16::from(*c) << 8) | rng.range(2, 30) as u16;
             let mut r = template_req(key, net, host, tool);
             // Some requests come without the persona's system prompt.
             r.sys = (!rng.chance(0.2)).then_some(p.sys);
             r.root = Some(rng.next_u64());
-            r.end_user = rng.pick(&p.end_users).copied();
+            r.end_user = rng.pick(&p.end_users).copied().filter(|_| !p.no_end_user);
             r.prompt_chars = rng.range(200, 3000);
             if rng.chance(p.images) {
                 r.endpoint = Endpoint::ImagesGenerations;
@@ -471,6 +562,40 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
             if let Some(e) = history.event(&r, t, seq) {
                 events.push(e);
                 seq += 1;
+            }
+        }
+    }
+    if cfg.harder {
+        // An honest integrator: one network, three clients' keys, the same three template
+        // prompts for all of them, and each client's own end users (an end user stays
+        // with one client). Today's provider look-alike, which must get no role.
+        let net = hosting[hrng.range(0, hosting.len() as u64) as usize].clone();
+        let c = hrng.range(60, 100) as u8;
+        truth.integrators.push(cidr24(net.ip(u16::from(c) << 8)));
+        let templates: Vec<u64> = (0..3).map(|_| hrng.next_u64()).collect();
+        let first = stolen_n + integrator_clients + 4;
+        for &key in &candidates[first..first + 3] {
+            let users: Vec<u64> = (0..hrng.range(15, 40))
+                .map(|_| hrng.next_u64() >> 20)
+                .collect();
+            let mut t = start + hrng.range(0, 24) as i64 * HOUR_MS;
+            while t < end {
+                t += (hrng.exp(HOUR_MS as f64 / 3.0) as i64).max(1000);
+                if t >= end {
+                    break;
+                }
+                let host = (u16::from(c) << 8) | hrng.range(2, 6) as u16;
+                let mut r = template_req(key, &net, host, &agency);
+                r.sys = hrng.pick(&templates).copied();
+                r.root = Some(hrng.next_u64());
+                r.end_user = hrng.pick(&users).copied();
+                r.prompt_chars = hrng.range(200, 1500);
+                r.in_tok = r.prompt_chars / 4;
+                r.out_tok = hrng.range(50, 500);
+                if let Some(e) = history.event(&r, t, seq) {
+                    events.push(e);
+                    seq += 1;
+                }
             }
         }
     }

@@ -128,7 +128,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("stormwall-mock", 1),
     ("stormwall-cloudlogs", 1),
     ("stormwall-ipintel", 1),
-    ("stormwall-gateway", 2),
+    // Above investigation: the admin API serves the assessment (GET /admin/investigation).
+    ("stormwall-gateway", 3),
     ("stormwall-sim", 2),
     ("stormwall-investigate", 2),
     // Beside the gateway, not above it: the test kit must not link the gateway it tests; it

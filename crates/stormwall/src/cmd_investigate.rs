@@ -16,7 +16,9 @@ use stormwall_investigate::graph::{Graph, GraphState, fingerprint};
 use stormwall_investigate::{Assessment, Override, OverrideOp, Overrides, Role, RoleConfig};
 use stormwall_ipintel::SharedIpIntel;
 use stormwall_sim::network::{NetworkConfig, network_scenario};
-use stormwall_store::{ActionQuery, AlertQuery, AuditEntry, EventQuery, Store, StoredAlert};
+use stormwall_store::{
+    ActionQuery, AlertQuery, AuditEntry, EventQuery, IncidentQuery, Store, StoredAlert,
+};
 use stormwall_types::UsageEvent;
 use stormwall_types::pricing::Pricing;
 
@@ -128,6 +130,11 @@ pub enum InvestigateCommand {
         /// Seeds (tuned on 1, 2, 3; report held-out 101, 102, 103).
         #[arg(long, num_args = 1.., default_values_t = [101u64, 102, 103])]
         seed: Vec<u64>,
+        /// `harder` (default) adds a relay fronting a single key, buyers switching relays,
+        /// a creator's tool changing version and an integrator serving shared templates;
+        /// `base` is the scenario without them.
+        #[arg(long, default_value = "harder", value_parser = ["harder", "base"])]
+        scenario: String,
         /// Legitimate keys in the population.
         #[arg(long, default_value_t = 200)]
         legit_keys: usize,
@@ -279,6 +286,10 @@ pub(crate) async fn load(src: &Source) -> anyhow::Result<Loaded> {
         let s = stormwall_store::open(&file.store)
             .await
             .context("cannot open the store")?;
+        // Incidents first: the events that follow count toward their harm.
+        for inc in s.list_incidents(&IncidentQuery::default()).await? {
+            graph.add_incident(&inc);
+        }
         let mut query = EventQuery {
             after_id: graph.cursor().map(str::to_owned),
             limit: Some(PAGE),
@@ -502,10 +513,19 @@ pub async fn run(cmd: InvestigateCommand) -> anyhow::Result<ExitCode> {
         }
         InvestigateCommand::Evaluate {
             seed,
+            scenario,
             legit_keys,
             events_out,
             json,
-        } => return run_evaluate(&seed, legit_keys, events_out.as_deref(), json),
+        } => {
+            return run_evaluate(
+                &seed,
+                scenario == "harder",
+                legit_keys,
+                events_out.as_deref(),
+                json,
+            );
+        }
     }
     emit(&o)?;
     Ok(ExitCode::SUCCESS)
@@ -586,6 +606,7 @@ pub(crate) fn truth_of(t: &stormwall_sim::network::NetworkTruth) -> Truth {
 
 fn run_evaluate(
     seeds: &[u64],
+    harder: bool,
     legit_keys: usize,
     events_out: Option<&Path>,
     json: bool,
@@ -596,6 +617,7 @@ fn run_evaluate(
         let sc = network_scenario(&NetworkConfig {
             seed,
             legit_keys,
+            harder,
             ..NetworkConfig::default()
         })?;
         if n == 0

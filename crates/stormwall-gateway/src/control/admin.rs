@@ -240,6 +240,7 @@ async fn route(
             incident_status(app, &id, &action, body.note).await
         }
         (Method::GET, ["actions"]) => actions(app, &query).await,
+        (Method::GET, ["investigation"]) => investigation(app, &query).await,
         (Method::GET, ["audit"]) => audit_log(app, &query).await,
         (Method::GET, ["audit", "verify"]) => audit_verify(app).await,
         (Method::POST, ["ipintel", "reload"]) => {
@@ -266,6 +267,7 @@ async fn route(
             | ["incidents", _]
             | ["incidents", _, _]
             | ["actions"]
+            | ["investigation"]
             | ["audit"]
             | ["audit", "verify"]
             | ["ipintel", "reload"],
@@ -862,6 +864,35 @@ fn after_param(query: &str) -> Result<Option<String>, AdminError> {
         .transpose()
 }
 
+async fn investigation(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
+    use crate::control::investigation::{
+        DEFAULT_MAX_EVENTS, InvestigationError, InvestigationQuery, MAX_EVENTS,
+    };
+    let max_events = match param(query, "max_events") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_EVENTS).contains(n))
+            .ok_or_else(|| {
+                AdminError::BadRequest(format!("max_events must be 1..={MAX_EVENTS}"))
+            })?,
+        None => DEFAULT_MAX_EVENTS,
+    };
+    let q = InvestigationQuery {
+        since: time_param(query, "since")?,
+        until: time_param(query, "until")?,
+        max_events,
+    };
+    match crate::control::investigation::assess(app, &q).await {
+        Ok(summary) => ok_json(StatusCode::OK, &summary),
+        Err(InvestigationError::Store(e)) => Err(store_error(e)),
+        Err(e @ InvestigationError::Aborted) => {
+            tracing::error!(error = %e, "admin: investigation");
+            Err(AdminError::Internal)
+        }
+    }
+}
+
 async fn events(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
     let limit = limit_param(query, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
     let q = EventQuery {
@@ -909,6 +940,7 @@ mod openapi_tests {
         ("post", "/admin/incidents/{id}/false-positive"),
         ("post", "/admin/incidents/{id}/resolve"),
         ("get", "/admin/actions"),
+        ("get", "/admin/investigation"),
         ("get", "/admin/audit"),
         ("get", "/admin/audit/verify"),
         ("post", "/admin/ipintel/reload"),

@@ -12,6 +12,7 @@ pub mod cloud_logs;
 pub mod console;
 pub mod detection;
 pub mod incidents;
+pub mod investigation;
 pub mod ipintel;
 pub mod keys;
 pub mod leak_report;

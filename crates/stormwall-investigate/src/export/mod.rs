@@ -47,7 +47,12 @@ pub fn uuid5(name: &str) -> uuid::Uuid {
 pub fn shown(kind: NodeKind, label: &str, opts: &ExportOptions) -> String {
     let personal = matches!(
         kind,
-        NodeKind::Tenant | NodeKind::EndUser | NodeKind::Exposure | NodeKind::Key
+        NodeKind::Tenant
+            | NodeKind::EndUser
+            | NodeKind::Exposure
+            | NodeKind::Key
+            // Incident ids name their key.
+            | NodeKind::Incident
     );
     if opts.include_personal_data || !personal {
         return label.to_owned();

@@ -114,3 +114,108 @@ fn alerts_and_actions_are_added_once_and_leak_reports_become_exposures() {
         .unwrap();
     assert!(g.edge(k, x).is_some());
 }
+
+fn stored_incident(
+    id: &str,
+    key: &str,
+    tenant: &str,
+    opened: time::OffsetDateTime,
+    updated: time::OffsetDateTime,
+    status: stormwall_types::IncidentStatus,
+) -> stormwall_store::StoredIncident {
+    stormwall_store::StoredIncident {
+        incident: stormwall_types::Incident {
+            id: id.to_owned(),
+            subject: stormwall_types::IncidentSubject::Key(key.to_owned()),
+            tenant: Some(tenant.to_owned()),
+            opened_at: opened,
+            updated_at: updated,
+            severity: stormwall_types::Severity::High,
+            stages: Vec::new(),
+            risk_score: 7.5,
+            reasons: Vec::new(),
+            timeline: Vec::new(),
+            evidence: Vec::new(),
+            action: None,
+            status,
+            revision: 1,
+        },
+        alert_ids: vec!["a1".into(), "a2".into()],
+        note: None,
+        created_at: opened,
+        changed_at: updated,
+    }
+}
+
+#[test]
+fn stored_incidents_are_nodes_that_count_their_subjects_harm_in_their_window() {
+    use stormwall_types::IncidentStatus;
+    let events = fixture();
+    let (t0, mid, end) = (
+        events[0].timestamp,
+        events[events.len() / 2].timestamp,
+        events[events.len() - 1].timestamp,
+    );
+    let open = stored_incident(
+        "inc-acme",
+        "acmekey00001",
+        "acme",
+        mid,
+        mid,
+        IncidentStatus::Open,
+    );
+    let closed = stored_incident(
+        "inc-globex",
+        "globexkey001",
+        "globex",
+        t0,
+        mid,
+        IncidentStatus::Closed,
+    );
+    let on = |key: &str, from, to| {
+        events
+            .iter()
+            .filter(|e| e.key_id.as_ref().is_some_and(|k| k.as_str() == key))
+            .filter(|e| e.timestamp >= from && e.timestamp <= to)
+            .count() as u64
+    };
+    // In one pass, and in two through a saved state: the same harm.
+    let mut whole = Graph::new(Default::default());
+    whole.add_incident(&open);
+    whole.add_incident(&closed);
+    let mut parts = whole.clone();
+    for e in &events {
+        whole.add_event(e, &[]);
+    }
+    let (a, b) = events.split_at(events.len() / 3);
+    for e in a {
+        parts.add_event(e, &[]);
+    }
+    let state: GraphState =
+        serde_json::from_str(&serde_json::to_string(parts.state()).unwrap()).unwrap();
+    let mut parts = Graph::from_state(state, Default::default()).unwrap();
+    // Re-adding a stored incident (a later revision) neither duplicates it nor its edges.
+    parts.add_incident(&open);
+    for e in b {
+        parts.add_event(e, &[]);
+    }
+    assert_eq!(whole.state(), parts.state());
+    let harm = whole.incident_harm();
+    // Open: every event on its key from its opening on; closed: only within its window.
+    assert_eq!(harm["inc-acme"].requests, on("acmekey00001", mid, end));
+    assert!(harm["inc-acme"].requests > 0);
+    assert_eq!(harm["inc-globex"].requests, on("globexkey001", t0, mid));
+    assert!(harm["inc-globex"].requests < on("globexkey001", t0, end));
+    // The node, linked to its key and tenant, with its facts.
+    let i = whole.find("incident:inc-acme").unwrap();
+    let n = &whole.nodes()[i];
+    assert_eq!(n.kind, NodeKind::Incident);
+    assert_eq!(n.count, 2);
+    assert_eq!(n.attrs.get("severity").map(String::as_str), Some("high"));
+    let key = whole.find("key:acmekey00001").unwrap();
+    let tenant = whole.find("tenant:acme").unwrap();
+    assert!(whole.edge(i, key).is_some() && whole.edge(i, tenant).is_some());
+    // The assessment carries the harm per incident.
+    let a = stormwall_investigate::assess(&whole, &Default::default(), &Default::default());
+    assert_eq!(a.incident_harm, harm);
+}

@@ -1,6 +1,8 @@
 //! Role assignment on the simulator's network scenario, on held-out seeds (the thresholds
-//! were tuned on seeds 1–3; `stormwall investigate evaluate --seed 101 102 103` prints the
-//! same figures).
+//! were tuned on seeds 1–3; `stormwall investigate evaluate --scenario harder|base --seed
+//! 101 102 103` prints the same figures). The harder scenario adds a relay fronting a
+//! single victim's key, buyers switching relays, a creator's tool changing version and an
+//! honest integrator serving shared templates to its clients' end users.
 
 use std::collections::BTreeSet;
 
@@ -48,10 +50,11 @@ fn truth_of(t: &NetworkTruth) -> Truth {
     truth
 }
 
-fn held_out(seed: u64) {
+fn held_out(seed: u64, harder: bool) {
     {
         let sc = network_scenario(&NetworkConfig {
             seed,
+            harder,
             ..NetworkConfig::default()
         })
         .unwrap();
@@ -86,20 +89,45 @@ fn held_out(seed: u64) {
                 "integrator {n}"
             );
         }
+        // A relay fronting one victim's key is a provider.
+        assert_eq!(sc.truth.single_key_providers.len(), usize::from(harder));
+        for n in &sc.truth.single_key_providers {
+            let r = a.role_of(&format!("network:{n}"));
+            assert!(
+                r.iter().any(|r| r.role == Role::Provider),
+                "single-key relay {n}: {:?}",
+                ev.false_negatives
+            );
+        }
     }
 }
 
 #[test]
 fn held_out_seed_101_roles_recovered_and_no_legitimate_tenant_gets_one() {
-    held_out(101);
+    held_out(101, false);
 }
 
 #[test]
 fn held_out_seed_102_roles_recovered_and_no_legitimate_tenant_gets_one() {
-    held_out(102);
+    held_out(102, false);
 }
 
 #[test]
 fn held_out_seed_103_roles_recovered_and_no_legitimate_tenant_gets_one() {
-    held_out(103);
+    held_out(103, false);
+}
+
+#[test]
+fn harder_held_out_seed_101_single_key_relay_found_and_template_integrator_spared() {
+    held_out(101, true);
+}
+
+#[test]
+fn harder_held_out_seed_102_single_key_relay_found_and_template_integrator_spared() {
+    held_out(102, true);
+}
+
+#[test]
+fn harder_held_out_seed_103_single_key_relay_found_and_template_integrator_spared() {
+    held_out(103, true);
 }

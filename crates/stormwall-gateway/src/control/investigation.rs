@@ -1,0 +1,174 @@
+//! The investigation as JSON for any UI (`GET /admin/investigation`): the entity graph
+//! built from the store's incidents, events, alerts and actions, its clusters with roles
+//! and reasons, and harm per cluster, victim and incident — the same assessment as
+//! `stormwall investigate roles`, from `stormwall_investigate`.
+//!
+//! The graph is built per request from a bounded window of events (`max_events`), on the
+//! blocking pool, so a large store neither exhausts memory nor stalls the admin listener.
+//! Analyst overrides live in the CLI's overrides file and are not applied here.
+
+use std::collections::BTreeMap;
+
+use stormwall_investigate::graph::{Graph, NodeKind};
+use stormwall_investigate::{Assessment, Overrides, RoleConfig};
+use stormwall_store::{ActionQuery, AlertQuery, EventQuery, IncidentQuery, StoreError};
+use stormwall_types::pricing::Pricing;
+use time::OffsetDateTime;
+
+use super::ControlPlane;
+
+/// Events read when the request names no `max_events`.
+pub const DEFAULT_MAX_EVENTS: usize = 200_000;
+/// Most events one request may read.
+pub const MAX_EVENTS: usize = 2_000_000;
+/// Events read from the store per page.
+const PAGE: usize = 10_000;
+/// Most alerts, actions and incidents read (newest first).
+const MAX_RECORDS: usize = 100_000;
+
+/// What to build the assessment from.
+#[derive(Debug, Clone, Default)]
+pub struct InvestigationQuery {
+    /// Only events (and alerts, incidents) at or after this instant (event time).
+    pub since: Option<OffsetDateTime>,
+    /// Only events before this instant.
+    pub until: Option<OffsetDateTime>,
+    /// Most events read, oldest first.
+    pub max_events: usize,
+}
+
+/// The graph's size.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GraphSummary {
+    /// Events added.
+    pub events: u64,
+    /// Nodes in all.
+    pub nodes: usize,
+    /// Edges in all.
+    pub edges: usize,
+    /// Nodes per kind (`key`, `tenant`, `network`, `fingerprint`, `style`, `end_user`,
+    /// `exposure`, `incident`).
+    pub nodes_by_kind: BTreeMap<&'static str, usize>,
+    /// Stored incidents in the graph.
+    pub incidents: usize,
+    /// `max_events` stopped the read before the window's end.
+    pub truncated: bool,
+}
+
+/// The answer of `GET /admin/investigation`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InvestigationSummary {
+    /// The graph's size.
+    pub graph: GraphSummary,
+    /// Clusters, roles with reasons, harm per cluster, victim and incident.
+    #[serde(flatten)]
+    pub assessment: Assessment,
+}
+
+/// Why the assessment could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InvestigationError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The blocking task building the graph did not finish (panicked or was cancelled).
+    #[error("the assessment task did not finish")]
+    Aborted,
+}
+
+/// Builds the graph from the store and assesses it.
+pub async fn assess(
+    app: &ControlPlane,
+    q: &InvestigationQuery,
+) -> Result<InvestigationSummary, InvestigationError> {
+    let store = &app.store;
+    // Incidents first: the events that follow count toward their harm.
+    let incidents = store
+        .list_incidents(&IncidentQuery {
+            since: q.since,
+            limit: Some(MAX_RECORDS),
+            ..IncidentQuery::default()
+        })
+        .await?;
+    let mut events = Vec::new();
+    let mut query = EventQuery {
+        since: q.since,
+        until: q.until,
+        limit: Some(PAGE.min(q.max_events.max(1))),
+        ..EventQuery::default()
+    };
+    let mut truncated = false;
+    loop {
+        let page = store.query_events(&query).await?;
+        let full = page.len() == query.limit.unwrap_or(PAGE);
+        let last = page.last().map(|e| e.id.clone());
+        events.extend(page);
+        if events.len() >= q.max_events {
+            events.truncate(q.max_events);
+            truncated = full;
+            break;
+        }
+        match last {
+            Some(id) if full => query.after_id = Some(id),
+            _ => break,
+        }
+    }
+    let mut alerts = store
+        .list_alerts(&AlertQuery {
+            since: q.since,
+            until: q.until,
+            limit: Some(MAX_RECORDS),
+            ..AlertQuery::default()
+        })
+        .await?;
+    // Newest first from the store; the graph takes them in time order.
+    alerts.reverse();
+    let actions = store
+        .list_actions(&ActionQuery {
+            limit: Some(MAX_RECORDS),
+            ..ActionQuery::default()
+        })
+        .await?;
+    let intel = app.ipintel.clone();
+    let build = move || {
+        let mut g = Graph::new(Pricing::default());
+        for inc in &incidents {
+            g.add_incident(inc);
+        }
+        for e in &events {
+            let flags: Vec<&str> = intel.flags(e.source_ip, e.source_asn).names().collect();
+            g.add_event(e, &flags);
+        }
+        for a in &alerts {
+            g.add_alert(&a.alert);
+        }
+        for r in &actions {
+            g.add_action(&r.action);
+        }
+        let assessment =
+            stormwall_investigate::assess(&g, &RoleConfig::default(), &Overrides::default());
+        let mut nodes_by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for n in g.nodes() {
+            *nodes_by_kind.entry(n.kind.as_str()).or_default() += 1;
+        }
+        InvestigationSummary {
+            graph: GraphSummary {
+                events: g.events(),
+                nodes: g.nodes().len(),
+                edges: g.edges().len(),
+                incidents: nodes_by_kind
+                    .get(NodeKind::Incident.as_str())
+                    .copied()
+                    .unwrap_or(0),
+                nodes_by_kind,
+                truncated,
+            },
+            assessment,
+        }
+    };
+    // Awaited at once and bounded by `max_events`: the admin request waits for it, and
+    // the graph's CPU work stays off the runtime's threads.
+    #[allow(clippy::disallowed_methods)]
+    let task = tokio::task::spawn_blocking(build);
+    task.await.map_err(|_| InvestigationError::Aborted)
+}
