@@ -180,6 +180,7 @@ after(async () => {
 
 let adminSession;
 let normalKey;
+let canaryKey;
 
 t("sign in sets a session cookie, never the token, under a strict CSP", async () => {
   const context = await browser.newContext();
@@ -255,6 +256,7 @@ t("the overview updates after traffic", async () => {
 t("an alert raised by a tripwire key is marked false positive", async () => {
   const { page } = adminSession;
   const canary = await createKey(page, { tenant: "acme-travel", label: "tripwire", kind: "canary" });
+  canaryKey = canary;
   assert.equal(await chat(canary.secret, "hello"), 401);
   const row = `tr:has(a[href="/console/keys/${canary.id}"]) a:has-text("Open")`;
   await waitFor(page, `${admin}/console/alerts`, row);
@@ -268,6 +270,27 @@ t("an alert raised by a tripwire key is marked false positive", async () => {
   assert.match(await page.textContent("#alert-status"), /false_positive/);
   const alerts = await adminApi(`/admin/alerts?key=${canary.id}&status=false_positive`);
   assert.equal(alerts.alerts.length, 1);
+});
+
+t("the tripwire's incident is queued, shown with its kill chain and resolved", async () => {
+  const { page } = adminSession;
+  const row = `tr:has(a[href="/console/keys/${canaryKey.id}"]) a:has-text("Open")`;
+  await waitFor(page, `${admin}/console/incidents?status=any`, row);
+  await shot(page, "incidents");
+  await page.click(row);
+  assert.match(await page.textContent("#incident-status"), /open|acknowledged/);
+  assert.match(await page.textContent(".killchain li.hit"), /harvest/);
+  assert.ok((await page.locator("table:has(caption:text('Alerts, oldest first')) tbody tr").count()) >= 1);
+  assert.match(await page.textContent("main"), /127\.0\.0\.1/, "the evidence's network is shown");
+  await shot(page, "incident");
+  await page.fill("#n-resolve", "our own tripwire test");
+  await page.click("#btn-inc-resolve");
+  assert.match(await page.textContent("#incident-status"), /resolved/);
+  const incidents = await adminApi(`/admin/incidents?key=${canaryKey.id}`);
+  assert.equal(incidents.incidents[0].status, "resolved");
+  // The key's page lists its incident.
+  await page.goto(`${admin}/console/keys/${canaryKey.id}`);
+  assert.equal(await page.locator(`a[href="/console/incidents/${incidents.incidents[0].id}"]`).count(), 1);
 });
 
 t("a state change without the CSRF token is refused", async () => {
@@ -342,6 +365,7 @@ t("a key reported leaked is on the leaked-keys page", async () => {
 t("no page shows a secret or prompt text", async () => {
   const { page } = adminSession;
   const alerts = await adminApi("/admin/alerts");
+  const incidents = await adminApi("/admin/incidents");
   const pages = [
     "/console/",
     "/console/?window=week",
@@ -349,6 +373,8 @@ t("no page shows a secret or prompt text", async () => {
     `/console/keys/${normalKey.id}`,
     "/console/alerts?status=any",
     ...alerts.alerts.map((a) => `/console/alerts/${a.id}`),
+    "/console/incidents?status=any",
+    ...incidents.incidents.map((i) => `/console/incidents/${i.id}`),
     "/console/safety",
     "/console/leaks",
     "/console/audit",

@@ -19,6 +19,7 @@ mod local;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
+pub mod summary;
 
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ pub use local::LocalCounters;
 pub use postgres::PostgresStore;
 pub use redis::RedisCounters;
 pub use sqlite::SqliteStore;
+pub use summary::{EventSummary, SummaryParts, SummaryQuery};
 
 /// A storage failure. Messages never contain key secrets or prompt text.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,26 @@ pub trait EventStore: Send + Sync {
     async fn spend_since(&self, key_id: &KeyId, since: OffsetDateTime) -> Result<f64, StoreError>;
     /// Number of events stored.
     async fn count_events(&self) -> Result<u64, StoreError>;
+    /// The figures of a span of events, added up by the store (SQL `GROUP BY` in the
+    /// backends). The default reads the events and adds them up in memory.
+    async fn summarize_events(&self, query: &SummaryQuery) -> Result<EventSummary, StoreError> {
+        let events = self
+            .query_events(&EventQuery {
+                key_id: query.key_id.clone(),
+                since: Some(query.since),
+                until: Some(query.until),
+                ..Default::default()
+            })
+            .await?;
+        EventSummary::from_events(query, &events)
+    }
+    /// The stored events among `ids`, ordered by timestamp then id. The default reads every
+    /// event; the backends look the ids up.
+    async fn events_by_id(&self, ids: &[String]) -> Result<Vec<UsageEvent>, StoreError> {
+        let mut events = self.query_events(&EventQuery::default()).await?;
+        events.retain(|e| ids.contains(&e.id));
+        Ok(events)
+    }
 }
 
 /// Where an alert stands with the operators.

@@ -858,6 +858,32 @@ impl EventStore for PostgresStore {
         let n: i64 = row.try_get(0).map_err(db)?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("negative event count".to_owned()))
     }
+
+    async fn summarize_events(
+        &self,
+        query: &crate::SummaryQuery,
+    ) -> Result<crate::EventSummary, StoreError> {
+        let client = self.client().await?;
+        crate::summary::postgres(&client, query).await
+    }
+
+    async fn events_by_id(&self, ids: &[String]) -> Result<Vec<UsageEvent>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, body_json FROM events WHERE id = ANY($1) ORDER BY ts_unix_ms, id",
+            )
+            .await
+            .map_err(db)?;
+        let rows = client.query(&stmt, &[&ids]).await.map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0).map_err(db)?;
+            let body: String = row.try_get(1).map_err(db)?;
+            out.push(decode_event(&id, &body)?);
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait]

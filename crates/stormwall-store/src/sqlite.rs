@@ -891,6 +891,31 @@ impl EventStore for SqliteStore {
         })
         .await
     }
+
+    async fn summarize_events(
+        &self,
+        query: &crate::SummaryQuery,
+    ) -> Result<crate::EventSummary, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| crate::summary::sqlite(conn, &query))
+            .await
+    }
+
+    async fn events_by_id(&self, ids: &[String]) -> Result<Vec<UsageEvent>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |conn| {
+            let mut out = Vec::new();
+            // Within SQLite's bound on parameters per statement.
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let sql = format!("SELECT id, body_json FROM events WHERE id IN ({marks})");
+                out.extend(query_decoded(conn, &sql, chunk, decode_event)?);
+            }
+            out.sort_by(|a, b| (a.timestamp, &a.id).cmp(&(b.timestamp, &b.id)));
+            Ok(out)
+        })
+        .await
+    }
 }
 
 #[async_trait]

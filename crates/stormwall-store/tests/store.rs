@@ -602,6 +602,188 @@ mod suite {
         assert_eq!(spent(7, t0()).await, 0.0);
     }
 
+    /// The store's summaries (SQL `GROUP BY`) equal the same sums over the events in
+    /// memory, and those are checked by hand: buckets, refusals, findings, spend, networks,
+    /// clients and the newest findings, for all keys and for one.
+    pub async fn event_summaries(store: Arc<dyn Store>) {
+        let finding = |category: Category, action: SafetyAction, evidence: bool| SafetyVerdict {
+            category: category.into(),
+            action,
+            score: 0.75,
+            stage: SafetyStage::Input,
+            view: Some("text".to_owned()),
+            evidence: evidence.then(|| "kept screened text".to_owned()),
+            ..Default::default()
+        };
+        let at = |secs: i64| t0() + time::Duration::seconds(secs);
+        let mut events = Vec::new();
+        for (i, (secs, key, cost, ip, ua)) in [
+            (5, 1, 0.5, "192.0.2.1", Some("curl/8")),
+            (70, 1, 0.25, "192.0.2.1", Some("curl/8")),
+            (70, 2, 2.0, "198.51.100.7", None),
+            (130, 2, 0.125, "2001:db8::1", Some("python-httpx")),
+            (179, 3, 0.0, "192.0.2.9", Some("curl/8")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = event(&format!("s{i}"), at(secs), Some(key), Some("acme"), cost);
+            e.source_ip = ip.parse().unwrap();
+            e.source_asn = (!ip.starts_with("2001")).then_some(64_500 + key);
+            e.source_as_org = Some(format!("Org {key}"));
+            e.source_country = Some(if key == 2 { "DE" } else { "FR" }.to_owned());
+            e.user_agent = ua.map(str::to_owned);
+            events.push(e);
+        }
+        // Two blocks on one request count as one blocked request and two findings.
+        events[1].safety = vec![
+            finding(Category::Jailbreak, SafetyAction::Block, true),
+            finding(Category::Sexual, SafetyAction::Block, false),
+            finding(Category::Sexual, SafetyAction::Log, false),
+        ];
+        events[3].safety = vec![finding(Category::Sexual, SafetyAction::Flag, false)];
+        let mut refused = denied("s9", at(100));
+        refused.source_ip = "203.0.113.5".parse().unwrap();
+        events.push(refused);
+        let mut no_reason = event("s8", at(110), Some(1), None, 0.0);
+        no_reason.decision = stormwall_types::Decision::Deny;
+        events.push(no_reason);
+        // Outside the span: before it, and at its (exclusive) end.
+        events.push(event("s7", at(-1), Some(1), None, 64.0));
+        events.push(event("s6", at(180), Some(1), None, 64.0));
+        store.insert_events(&events).await.unwrap();
+
+        let all = stormwall_store::SummaryParts {
+            keys: true,
+            networks: true,
+            findings: true,
+        };
+        let q = stormwall_store::SummaryQuery {
+            key_id: None,
+            since: t0(),
+            until: at(180),
+            bucket_secs: 60,
+            top: 10,
+            parts: all,
+        };
+        let want = stormwall_store::EventSummary::from_events(&q, &events).unwrap();
+        let b = |allowed, refused, blocked| stormwall_store::summary::Bucket {
+            allowed,
+            refused,
+            blocked,
+        };
+        assert_eq!(want.buckets, [b(1, 0, 0), b(2, 2, 1), b(2, 0, 0)]);
+        assert_eq!(want.requests, 7);
+        assert_eq!(want.spend_usd, 2.875);
+        assert_eq!(
+            want.refusals
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect::<Vec<_>>(),
+            [("other", 1), ("unknown_key", 1)]
+        );
+        let k = |n: u32| key_id(n).as_str().to_owned();
+        assert_eq!(want.findings.len(), 3, "{:?}", want.findings);
+        assert_eq!(
+            want.findings[&(k(2), "sexual".to_owned(), "flag".to_owned())],
+            1
+        );
+        assert_eq!(
+            want.top_spend
+                .iter()
+                .map(|s| (s.key.clone(), s.usd, s.requests))
+                .collect::<Vec<_>>(),
+            [(k(2), 2.125, 2), (k(1), 0.75, 3), (k(3), 0.0, 1)]
+        );
+        let nets: Vec<(&str, u64, Option<u32>)> = want
+            .networks
+            .iter()
+            .map(|n| (n.ip.as_str(), n.requests, n.asn))
+            .collect();
+        assert_eq!(
+            nets,
+            [
+                ("192.0.2.1", 2, Some(64_501)),
+                ("127.0.0.1", 1, None),
+                ("192.0.2.9", 1, Some(64_503)),
+                ("198.51.100.7", 1, Some(64_502)),
+                ("2001:db8::1", 1, None),
+                ("203.0.113.5", 1, None),
+            ]
+        );
+        assert_eq!(want.networks[0].country.as_deref(), Some("FR"));
+        assert_eq!(want.networks[0].org.as_deref(), Some("Org 1"));
+        // Millisecond precision, as stored.
+        assert_eq!(
+            want.networks[0].last,
+            at(70) - time::Duration::nanoseconds(456_789)
+        );
+        assert_eq!(
+            want.clients,
+            [
+                (None, 3),
+                (Some("curl/8".to_owned()), 3),
+                (Some("python-httpx".to_owned()), 1)
+            ]
+        );
+        let recent: Vec<(&str, &str, &str, bool)> = want
+            .recent_findings
+            .iter()
+            .map(|f| {
+                (
+                    f.event_id.as_str(),
+                    f.category.as_str(),
+                    f.action.as_str(),
+                    f.has_evidence,
+                )
+            })
+            .collect();
+        assert_eq!(
+            recent,
+            [
+                ("s3", "sexual", "flag", false),
+                ("s1", "jailbreak", "block", true),
+                ("s1", "sexual", "block", false),
+            ]
+        );
+        assert_eq!(store.summarize_events(&q).await.unwrap(), want);
+
+        // One key, no optional parts, a short list.
+        for q in [
+            stormwall_store::SummaryQuery {
+                key_id: Some(key_id(1)),
+                ..q.clone()
+            },
+            stormwall_store::SummaryQuery {
+                parts: Default::default(),
+                ..q.clone()
+            },
+            stormwall_store::SummaryQuery {
+                top: 1,
+                bucket_secs: 3600,
+                ..q.clone()
+            },
+        ] {
+            let want = stormwall_store::EventSummary::from_events(&q, &events).unwrap();
+            assert_eq!(store.summarize_events(&q).await.unwrap(), want, "{q:?}");
+        }
+        let one = stormwall_store::SummaryQuery {
+            key_id: Some(key_id(1)),
+            ..q.clone()
+        };
+        let mine = store.summarize_events(&one).await.unwrap();
+        assert_eq!(mine.requests, 3);
+        assert_eq!(mine.networks.len(), 2);
+
+        // Events by id: those stored, in time order.
+        let got = store
+            .events_by_id(&["s3".to_owned(), "nope".to_owned(), "s0".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(ids(&got), ["s0", "s3"]);
+        assert_eq!(got[1], events[3]);
+    }
+
     /// Batches are atomic: a reader running beside the writer sees whole batches only.
     pub async fn reads_while_writing(store: Arc<dyn Store>) {
         let writer = {
@@ -1446,7 +1628,7 @@ macro_rules! backend_suite {
                 key_insert_get, key_duplicate, key_list, key_update, key_bulk_insert,
                 key_list_pages,
                 event_round_trip_and_order, event_filters, event_paging,
-                event_reinsert_is_idempotent, spend_since, reads_while_writing,
+                event_reinsert_is_idempotent, spend_since, reads_while_writing, event_summaries,
                 alert_insert_get, alert_duplicates, alert_refuses_unstorable,
                 alert_list_filters, alert_status, actions_record_list, audit_append_list,
                 incident_upsert_list_status);

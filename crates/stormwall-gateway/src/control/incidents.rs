@@ -183,6 +183,33 @@ pub async fn handle(
     handling: Handling,
     note: Option<&str>,
 ) -> Result<StoredIncident, StoreError> {
+    handle_as(
+        state,
+        crate::control::audit::ADMIN,
+        None,
+        id,
+        handling,
+        note,
+    )
+    .await
+}
+
+/// [`handle`], audited as `actor` (e.g. `console:admin`) with the console `session`'s tag
+/// when a console session made the change.
+pub async fn handle_as(
+    state: &ControlPlane,
+    actor: &str,
+    session: Option<&str>,
+    id: &str,
+    handling: Handling,
+    note: Option<&str>,
+) -> Result<StoredIncident, StoreError> {
+    let with_session = |mut detail: serde_json::Value| {
+        if let Some(tag) = session {
+            detail["session"] = tag.into();
+        }
+        detail
+    };
     let now = OffsetDateTime::now_utc();
     let stored = state
         .store
@@ -221,27 +248,29 @@ pub async fn handle(
     for a in &changed {
         crate::control::audit::record(
             state,
-            crate::control::audit::ADMIN,
+            actor,
             &format!("alert.{}", a.status.as_str()),
             Some(&a.alert.id),
             a.alert.tenant.as_deref(),
-            serde_json::json!({ "note": note, "key_id": a.alert.key_id, "incident_id": id }),
+            with_session(
+                serde_json::json!({ "note": note, "key_id": a.alert.key_id, "incident_id": id }),
+            ),
         )
         .await;
     }
     crate::control::audit::record(
         state,
-        crate::control::audit::ADMIN,
+        actor,
         &format!("incident.{}", incident.status.as_str()),
         Some(id),
         incident.tenant.as_deref(),
-        serde_json::json!({
+        with_session(serde_json::json!({
             "note": note,
             "key_id": key_id,
             "subject": incident.subject.label(),
             "alert_ids": stored.alert_ids,
             "alerts_changed": changed.iter().map(|a| a.alert.id.as_str()).collect::<Vec<_>>(),
-        }),
+        })),
     )
     .await;
     Ok(stored)

@@ -131,6 +131,8 @@ async fn console_sign_in_gives_a_strict_cookie_and_pages_a_strict_csp() {
         "/console/?window=hour",
         "/console/keys",
         "/console/alerts",
+        "/console/incidents",
+        "/console/incidents?status=any&severity=high",
         "/console/safety",
         "/console/leaks",
         "/console/audit",
@@ -158,9 +160,13 @@ async fn console_sign_in_gives_a_strict_cookie_and_pages_a_strict_csp() {
     // The admin API is unaffected and still wants its bearer token.
     let api = console_get(&h, "/admin/keys", Some(cookie)).await;
     assert_eq!(api.status, 401);
-    // Sign-in is audited with the role.
+    // The wrong token's attempt is audited (never the token), then the sign-in with the role.
     let audit = h.admin_get("/admin/audit").await;
-    let entry = &audit["entries"][0];
+    let failed = &audit["entries"][0];
+    assert_eq!(failed["actor"], "console:signed-out");
+    assert_eq!(failed["action"], "console.sign_in_failed");
+    assert!(!failed.to_string().contains("nope"));
+    let entry = &audit["entries"][1];
     assert_eq!(entry["actor"], "console:admin");
     assert_eq!(entry["action"], "console.sign_in");
     assert_eq!(entry["detail"]["role"], "admin");
@@ -368,4 +374,179 @@ async fn kept_evidence_shows_only_when_revealed_and_the_reveal_is_audited() {
         !entry.to_string().contains(PROMPT),
         "the audit log names, never copies, the text"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_limited_per_address_and_audited() {
+    let h = harness_with(|c| {
+        c.console.sign_in_failures_per_address = 3;
+        c.console.sign_in_window_secs = 600;
+    })
+    .await;
+    for _ in 0..3 {
+        let r = console_post(&h, "/console/login", None, &[], "token=guess").await;
+        assert_eq!(r.status, 401);
+    }
+    // Locked: refused before the token is looked at, the right one included.
+    for token in ["guess", ADMIN_TOKEN] {
+        let r = console_post(&h, "/console/login", None, &[], &format!("token={token}")).await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert!(r.headers.get("set-cookie").is_none());
+        let wait: u64 = header(&r, "retry-after").parse().unwrap();
+        assert!(wait > 0 && wait <= 600, "{wait}");
+    }
+    // The admin API is not the console's sign-in: its bearer token still works.
+    assert_eq!(
+        h.admin_get("/admin/keys").await.as_array().unwrap().len(),
+        0
+    );
+    let audit = h.admin_get("/admin/audit").await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "console.sign_in_failed",
+            "console.sign_in_failed",
+            "console.sign_in_failed",
+            "console.sign_in_locked"
+        ],
+        "each failure and the lock are audited; refused attempts add nothing"
+    );
+    let lock = &audit["entries"][3];
+    assert_eq!(lock["actor"], "console:signed-out");
+    assert_eq!(lock["detail"]["scope"], "address");
+    assert_eq!(lock["detail"]["peer"], "127.0.0.1");
+    assert!(
+        !lock.to_string().contains("guess"),
+        "no token in the audit log"
+    );
+}
+
+/// Waits until the key's incident is stored, and returns its id.
+async fn incident_of(h: &Harness, key_id: &str) -> String {
+    for _ in 0..300 {
+        let list = h.admin_get(&format!("/admin/incidents?key={key_id}")).await;
+        if let Some(id) = list["incidents"][0]["id"].as_str() {
+            return id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no incident for {key_id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_is_queued_shown_and_handled_from_its_page() {
+    let h = harness().await;
+    let (canary, canary_id) = h.key(json!({"tenant": "acme", "kind": "canary"})).await;
+    assert_eq!(h.chat(&canary, "gpt-4o-mini").await.status, 401);
+    let id = incident_of(&h, &canary_id).await;
+    let path = format!(
+        "/console/incidents/{}",
+        form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+    );
+    let ro = sign_in(&h, READ_ONLY_TOKEN).await;
+    let queue = console_get(&h, "/console/incidents", Some(&ro.cookie)).await;
+    assert_eq!(queue.status, 200);
+    let html = queue.text();
+    assert!(html.contains(&format!("href=\"{path}\"")), "{html}");
+    assert!(html.contains(&format!("/console/keys/{canary_id}")));
+    // The key's page lists it too.
+    let key_page = console_get(&h, &format!("/console/keys/{canary_id}"), Some(&ro.cookie)).await;
+    assert!(key_page.text().contains(&format!("href=\"{path}\"")));
+    let page = console_get(&h, &path, Some(&ro.cookie)).await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    for part in [
+        "id=\"incident-status\"><span class=\"badge b-open\">",
+        "<li class=\"hit\">harvest",
+        "<li class=\"miss\">abuse",
+        "Alerts, oldest first",
+        "Networks of the evidence",
+        "<code>127.0.0.1</code>",
+        "Evidence events",
+    ] {
+        assert!(html.contains(part), "{part} not in {html}");
+    }
+    assert!(
+        html.contains("id=\"btn-inc-ack\" disabled"),
+        "read-only: disabled"
+    );
+    let refused = console_post(
+        &h,
+        &format!("{path}/ack"),
+        Some(&ro.cookie),
+        &[],
+        &format!("csrf={}", ro.csrf),
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+
+    let s = sign_in(&h, ADMIN_TOKEN).await;
+    let no_csrf = console_post(&h, &format!("{path}/ack"), Some(&s.cookie), &[], "note=x").await;
+    assert_eq!(no_csrf.status, 403);
+    assert_eq!(
+        h.admin_get(&format!("/admin/incidents/{id}")).await["status"],
+        "open"
+    );
+    let r = console_post(
+        &h,
+        &format!("{path}/ack"),
+        Some(&s.cookie),
+        &[],
+        &format!("note=on+it&csrf={}", s.csrf),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let detail = h.admin_get(&format!("/admin/incidents/{id}")).await;
+    assert_eq!(detail["status"], "acknowledged");
+    assert_eq!(detail["note"], "on it");
+    assert_eq!(
+        detail["alerts"][0]["status"], "acknowledged",
+        "its alerts follow"
+    );
+    let r = console_post(
+        &h,
+        &format!("{path}/suspend-key"),
+        Some(&s.cookie),
+        &[],
+        &format!("csrf={}", s.csrf),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        h.admin_get(&format!("/admin/keys/{canary_id}")).await["status"],
+        "suspended"
+    );
+    let trail = h.admin_get(&format!("/admin/audit?target={id}")).await;
+    let entry = &trail["entries"][0];
+    assert_eq!(entry["actor"], "console:admin");
+    assert_eq!(entry["action"], "incident.acknowledged");
+    assert!(entry["detail"]["session"].is_string());
+    let key_trail = h
+        .admin_get(&format!("/admin/audit?target={canary_id}"))
+        .await;
+    let last = key_trail["entries"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["action"], "key.suspend");
+    assert_eq!(last["detail"]["incident"], json!(id));
+    // The page shows the new status, and the queue's filter finds it.
+    let html = console_get(&h, &path, Some(&s.cookie)).await.text();
+    assert!(html.contains("b-acknowledged"));
+    let html = console_get(
+        &h,
+        "/console/incidents?status=acknowledged",
+        Some(&s.cookie),
+    )
+    .await
+    .text();
+    assert!(html.contains(&format!("href=\"{path}\"")));
 }

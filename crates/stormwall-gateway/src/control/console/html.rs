@@ -58,7 +58,7 @@ pub enum Nav {
 const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Overview, "/console/", "Overview"),
     (Nav::Keys, "/console/keys", "Keys"),
-    (Nav::Alerts, "/console/alerts", "Alerts"),
+    (Nav::Alerts, "/console/alerts", "Alerts &amp; incidents"),
     (Nav::Safety, "/console/safety", "Content safety"),
     (Nav::Leaks, "/console/leaks", "Leaked keys"),
     (Nav::Audit, "/console/audit", "Audit"),

@@ -1,5 +1,6 @@
 //! The console: web pages on the admin listener at `/console/` for the people who watch
-//! the gateway all day — overview, keys, alerts, content safety, leaked keys, audit.
+//! the gateway all day — overview, keys, alerts and incidents, content safety, leaked
+//! keys, audit.
 //!
 //! Server-rendered HTML ([`html`], [`pages`]) with one small script and one style sheet
 //! embedded in the binary, under a strict `Content-Security-Policy` (no inline script or
@@ -10,6 +11,8 @@
 //! that made it. Figures are added up by [`stats`], pure.
 
 pub mod html;
+pub mod incidents;
+pub mod limit;
 pub mod pages;
 pub mod session;
 pub mod stats;
@@ -40,6 +43,9 @@ connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none';
 /// The session cookie's name.
 pub const COOKIE: &str = "stormwall_console";
 
+/// Who the audit log names for sign-in attempts that started no session.
+const SIGN_IN_ACTOR: &str = "console:signed-out";
+
 /// Largest form body accepted.
 const MAX_FORM: usize = 64 * 1024;
 
@@ -56,6 +62,14 @@ pub struct ConsoleConfig {
     /// Mark the session cookie `Secure`: set it when the admin listener is reached over
     /// TLS (a terminating proxy in front of it).
     pub secure_cookie: bool,
+    /// Failed sign-ins one client address (an IPv6 /64) may make per window before it is
+    /// refused for a window (0: no per-address limit).
+    pub sign_in_failures_per_address: u32,
+    /// Failed sign-ins all addresses together may make per window before everyone is
+    /// refused for a window (0: no global limit). The admin API is not affected.
+    pub sign_in_failures_total: u32,
+    /// The sign-in limits' window in seconds, and how long a lock lasts.
+    pub sign_in_window_secs: u64,
 }
 
 impl Default for ConsoleConfig {
@@ -65,6 +79,9 @@ impl Default for ConsoleConfig {
             read_only_token_env: "STORMWALL_READONLY_TOKEN".to_owned(),
             session_ttl_secs: 8 * 3600,
             secure_cookie: false,
+            sign_in_failures_per_address: 5,
+            sign_in_failures_total: 50,
+            sign_in_window_secs: 300,
         }
     }
 }
@@ -75,6 +92,8 @@ pub struct Console {
     pub sessions: Sessions,
     read_only: Option<SecretString>,
     secure_cookie: bool,
+    /// Failed sign-ins, limited per address and in all.
+    pub sign_in: limit::SignInLimiter,
 }
 
 impl Console {
@@ -94,6 +113,14 @@ impl Console {
             sessions: Sessions::new(Duration::from_secs(config.session_ttl_secs.max(60))),
             read_only,
             secure_cookie: config.secure_cookie,
+            sign_in: limit::SignInLimiter::new(
+                limit::Limits {
+                    per_address: config.sign_in_failures_per_address,
+                    total: config.sign_in_failures_total,
+                    window: Duration::from_secs(config.sign_in_window_secs.max(1)),
+                },
+                Instant::now(),
+            ),
         })
     }
 
@@ -376,9 +403,53 @@ async fn login(
             html::login_page(Some("The form could not be read.")),
         );
     };
+    // A locked address (or everyone, past the global limit) is refused before its token
+    // is looked at: the lock was audited when it began.
+    if let Err(wait) = console.sign_in.check(peer.ip(), Instant::now()) {
+        tracing::warn!(%peer, "console: sign-in refused, too many failed attempts");
+        let mut r = html_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            html::login_page(Some(
+                "Too many failed sign-ins: wait a few minutes and try again.",
+            )),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let token = field(&form, "token").unwrap_or("").trim();
     let Some(role) = console.role_of(&admin.token, token) else {
         tracing::warn!(%peer, "console: sign-in with a wrong token");
+        let lock = console.sign_in.failed(peer.ip(), Instant::now());
+        let who = serde_json::json!({ "peer": peer.ip().to_string() });
+        super::audit::record(
+            &admin.control,
+            SIGN_IN_ACTOR,
+            "console.sign_in_failed",
+            None,
+            None,
+            who.clone(),
+        )
+        .await;
+        if let Some(lock) = lock {
+            let (scope, wait) = match lock {
+                limit::Lock::Address(w) => ("address", w),
+                limit::Lock::Everyone(w) => ("everyone", w),
+            };
+            let mut detail = who;
+            detail["scope"] = scope.into();
+            detail["seconds"] = wait.as_secs().into();
+            super::audit::record(
+                &admin.control,
+                SIGN_IN_ACTOR,
+                "console.sign_in_locked",
+                None,
+                None,
+                detail,
+            )
+            .await;
+        }
         return html_response(
             StatusCode::UNAUTHORIZED,
             html::login_page(Some(
@@ -386,6 +457,7 @@ async fn login(
             )),
         );
     };
+    console.sign_in.succeeded(peer.ip());
     let Some((sid, session)) = console.sessions.create(role, Instant::now()) else {
         return html_response(
             StatusCode::INTERNAL_SERVER_ERROR,

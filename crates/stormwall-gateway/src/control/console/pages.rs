@@ -11,38 +11,43 @@ use std::time::Duration;
 
 use http::{Response, StatusCode};
 use stormwall_store::{
-    ActionQuery, AlertQuery, AlertStatus, AuditQuery, AuditRecord, EventQuery, StoredAlert,
+    ActionQuery, AlertQuery, AlertStatus, AuditQuery, AuditRecord, EventSummary, IncidentQuery,
+    StoredAlert, SummaryParts,
 };
 use stormwall_types::{KeyId, KeyKind, KeyRecord, KeyStatus, UsageEvent};
 use time::OffsetDateTime;
 
 use super::html::{self, E, Nav, Series, action_button, csrf_field, esc, ro, table, url_part};
+use super::incidents::{self, INCIDENT_HEAD, incident_rows};
 use super::session::Flash;
 use super::stats::{self, Window};
 use super::{Ctx, field, html_response, redirect};
 use crate::control::keys::{self, CreateKey, KeyError, UpdateKey};
 use crate::data::body::ProxyBody;
 
-/// Most events one page reads from the store (figures say when they hit it).
-pub const MAX_READ: usize = 20_000;
+/// Most alerts the overview reads for its alert chart and risk ranking.
+const MAX_ALERTS: usize = 20_000;
 /// Most audit records a page walks back through for its newest entries.
 const AUDIT_PAGE: usize = 10_000;
 /// Seconds between the script's refreshes of live pages.
-const LIVE_SECS: u32 = 5;
+pub(super) const LIVE_SECS: u32 = 5;
 
-/// The queues the alerts page shows as tabs; incidents join here as a second tab.
-const QUEUE_TABS: &[(&str, &str)] = &[("alerts", "/console/alerts")];
+/// The queues the alerts page shows as tabs.
+const QUEUE_TABS: &[(&str, &str)] = &[
+    ("alerts", "/console/alerts"),
+    ("incidents", "/console/incidents"),
+];
 
-type Page = Response<ProxyBody>;
+pub(super) type Page = Response<ProxyBody>;
 
-fn not_found() -> Page {
+pub(super) fn not_found() -> Page {
     html_response(
         StatusCode::NOT_FOUND,
         html::message_page("Not found", "There is no such page or record."),
     )
 }
 
-fn store_failed(e: impl std::fmt::Display) -> Page {
+pub(super) fn store_failed(e: impl std::fmt::Display) -> Page {
     tracing::error!(error = %e, "console: store error");
     html_response(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -53,11 +58,11 @@ fn store_failed(e: impl std::fmt::Display) -> Page {
     )
 }
 
-fn ts(t: OffsetDateTime) -> String {
+pub(super) fn ts(t: OffsetDateTime) -> String {
     stormwall_types::timefmt::format(t)
 }
 
-fn short_ts(t: OffsetDateTime) -> String {
+pub(super) fn short_ts(t: OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
         t.year(),
@@ -69,7 +74,7 @@ fn short_ts(t: OffsetDateTime) -> String {
     )
 }
 
-fn key_link(id: &str) -> String {
+pub(super) fn key_link(id: &str) -> String {
     format!(
         "<a href=\"/console/keys/{}\"><code>{}</code></a>",
         url_part(id),
@@ -77,7 +82,7 @@ fn key_link(id: &str) -> String {
     )
 }
 
-fn status_badge(s: &str) -> String {
+pub(super) fn status_badge(s: &str) -> String {
     format!("<span class=\"badge b-{0}\">{0}</span>", esc(s))
 }
 
@@ -99,35 +104,19 @@ fn window_tabs(base: &str, current: Window) -> String {
     h
 }
 
-/// Events since `since` (of one key, when given), at most [`MAX_READ`]; and whether the
-/// cap cut them.
-async fn read_events(
+/// The store's summary of `window` ending at `now`: the store adds up, the page reads
+/// totals only.
+async fn summary(
     ctx: &Ctx<'_>,
+    window: Window,
+    now: OffsetDateTime,
     key: Option<KeyId>,
-    since: OffsetDateTime,
-    until: Option<OffsetDateTime>,
-) -> Result<(Vec<UsageEvent>, bool), stormwall_store::StoreError> {
-    let events = ctx
-        .app
+    parts: SummaryParts,
+) -> Result<EventSummary, stormwall_store::StoreError> {
+    ctx.app
         .store
-        .query_events(&EventQuery {
-            key_id: key,
-            since: Some(since),
-            until,
-            limit: Some(MAX_READ),
-            ..Default::default()
-        })
-        .await?;
-    let capped = events.len() == MAX_READ;
-    Ok((events, capped))
-}
-
-fn capped_note(capped: bool) -> &'static str {
-    if capped {
-        "<p class=\"note\">More events than one page reads: the figures cover the first 20000 of the window.</p>"
-    } else {
-        ""
-    }
+        .summarize_events(&window.summary_query(now, key, parts))
+        .await
 }
 
 /// Serves a GET.
@@ -138,6 +127,8 @@ pub async fn get(ctx: &Ctx<'_>, segs: &[&str]) -> Page {
         ["keys", id] => key_page(ctx, id).await,
         ["alerts"] => alerts_page(ctx).await,
         ["alerts", id] => alert_page(ctx, id).await,
+        ["incidents"] => incidents::queue(ctx).await,
+        ["incidents", id] => incidents::page(ctx, id).await,
         ["safety"] => safety_page(ctx).await,
         ["leaks"] => leaks_page(ctx).await,
         ["audit"] => audit_page(ctx).await,
@@ -152,6 +143,7 @@ pub async fn post(ctx: &Ctx<'_>, segs: &[&str], form: &[(String, String)]) -> Pa
         ["keys", id, "scope"] => edit_scope(ctx, id, form).await,
         ["keys", id, action] => key_action(ctx, id, action, form).await,
         ["alerts", id, action] => alert_action(ctx, id, action, form).await,
+        ["incidents", id, action] => incidents::action(ctx, id, action, form).await,
         ["reveal"] => reveal(ctx, form).await,
         _ => not_found(),
     }
@@ -279,7 +271,11 @@ async fn health(ctx: &Ctx<'_>) -> String {
 async fn overview(ctx: &Ctx<'_>) -> Page {
     let window = Window::parse(ctx.param("window").as_deref(), Window::Day);
     let now = OffsetDateTime::now_utc();
-    let (events, capped) = match read_events(ctx, None, window.start(now), None).await {
+    let parts = SummaryParts {
+        keys: true,
+        ..SummaryParts::default()
+    };
+    let sum = match summary(ctx, window, now, None, parts).await {
         Ok(v) => v,
         Err(e) => return store_failed(e),
     };
@@ -288,7 +284,7 @@ async fn overview(ctx: &Ctx<'_>) -> Page {
         .store
         .list_alerts(&AlertQuery {
             since: Some(window.start(now)),
-            limit: Some(MAX_READ),
+            limit: Some(MAX_ALERTS),
             ..Default::default()
         })
         .await
@@ -296,7 +292,7 @@ async fn overview(ctx: &Ctx<'_>) -> Page {
         Ok(a) => a,
         Err(e) => return store_failed(e),
     };
-    let o = stats::overview(&events, &alerts, window, now);
+    let o = stats::overview(&sum, &alerts, window, now);
     let mut h = window_tabs("/console/", window);
     let refused: u64 = o.refusals.values().sum();
     let blocks: u64 = o.content.values().map(|c| c.0).sum();
@@ -310,7 +306,6 @@ async fn overview(ctx: &Ctx<'_>) -> Page {
         o.requests,
         alerts.len()
     );
-    h.push_str(capped_note(capped));
     h.push_str("<div class=\"grid\">");
     h.push_str(&requests_chart("chart-requests", &o));
     h.push_str(&html::bar_chart(
@@ -395,7 +390,7 @@ async fn overview(ctx: &Ctx<'_>) -> Page {
 
 // ---------------------------------------------------------------------------- keys
 
-fn select(name: &str, label: &str, options: &[&str], current: Option<&str>) -> String {
+pub(super) fn select(name: &str, label: &str, options: &[&str], current: Option<&str>) -> String {
     let mut h =
         format!("<label for=\"f-{name}\">{label}</label><select id=\"f-{name}\" name=\"{name}\">");
     for o in options {
@@ -505,7 +500,7 @@ async fn keys_page(ctx: &Ctx<'_>) -> Page {
     )
 }
 
-fn opt_text(v: Option<&str>) -> Option<String> {
+pub(super) fn opt_text(v: Option<&str>) -> Option<String> {
     v.map(str::trim)
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
@@ -691,7 +686,7 @@ async fn key_action(ctx: &Ctx<'_>, id: &str, action: &str, form: &[(String, Stri
     }
 }
 
-fn dl(rows: &[(&str, String)]) -> String {
+pub(super) fn dl(rows: &[(&str, String)]) -> String {
     let mut h = String::from("<dl class=\"facts\">");
     for (k, v) in rows {
         let _ = write!(h, "<dt>{}</dt><dd>{v}</dd>", E(k));
@@ -744,7 +739,7 @@ const ALERT_HEAD: &[&str] = &[
     "",
 ];
 
-fn audit_rows(records: &[AuditRecord]) -> Vec<Vec<String>> {
+pub(super) fn audit_rows(records: &[AuditRecord]) -> Vec<Vec<String>> {
     records
         .iter()
         .map(|r| {
@@ -756,9 +751,12 @@ fn audit_rows(records: &[AuditRecord]) -> Vec<Vec<String>> {
                 r.entry.target.as_deref().map_or_else(String::new, |t| {
                     if KeyId::new(t).is_ok() {
                         key_link(t)
-                    } else if r.entry.action.starts_with("alert.") {
+                    } else if let Some(kind) = ["alert", "incident"]
+                        .into_iter()
+                        .find(|k| r.entry.action.starts_with(&format!("{k}.")))
+                    {
                         format!(
-                            "<a href=\"/console/alerts/{}\"><code>{}</code></a>",
+                            "<a href=\"/console/{kind}s/{}\"><code>{}</code></a>",
                             url_part(t),
                             E(t)
                         )
@@ -775,7 +773,7 @@ fn audit_rows(records: &[AuditRecord]) -> Vec<Vec<String>> {
         .collect()
 }
 
-const AUDIT_HEAD: &[&str] = &["#", "Time (UTC)", "Who", "Action", "Target", "Detail"];
+pub(super) const AUDIT_HEAD: &[&str] = &["#", "Time (UTC)", "Who", "Action", "Target", "Detail"];
 
 /// Whether an event carries kept content-safety evidence (prompt or output text).
 fn has_evidence(e: &UsageEvent) -> bool {
@@ -783,18 +781,17 @@ fn has_evidence(e: &UsageEvent) -> bool {
 }
 
 /// The audited "reveal" button for an event's kept evidence.
-fn reveal_button(ctx: &Ctx<'_>, e: &UsageEvent) -> String {
+fn reveal_button(ctx: &Ctx<'_>, event_id: &str) -> String {
     format!(
         "<form method=\"post\" action=\"/console/reveal\" class=\"inline\">{}\
-         <input type=\"hidden\" name=\"event\" value=\"{}\"><input type=\"hidden\" name=\"at\" value=\"{}\">\
+         <input type=\"hidden\" name=\"event\" value=\"{}\">\
          <button type=\"submit\" class=\"reveal\">Reveal (audited)</button></form>",
         csrf_field(&ctx.session),
-        E(&e.id),
-        E(&ts(e.timestamp)),
+        E(event_id),
     )
 }
 
-fn event_rows(ctx: &Ctx<'_>, events: &[&UsageEvent]) -> Vec<Vec<String>> {
+pub(super) fn event_rows(ctx: &Ctx<'_>, events: &[&UsageEvent]) -> Vec<Vec<String>> {
     events
         .iter()
         .map(|e| {
@@ -814,7 +811,7 @@ fn event_rows(ctx: &Ctx<'_>, events: &[&UsageEvent]) -> Vec<Vec<String>> {
                 esc(e.source_country.as_deref().unwrap_or("-")),
                 esc(e.user_agent.as_deref().unwrap_or("-")),
                 if has_evidence(e) {
-                    reveal_button(ctx, e)
+                    reveal_button(ctx, &e.id)
                 } else {
                     "—".to_owned()
                 },
@@ -823,7 +820,7 @@ fn event_rows(ctx: &Ctx<'_>, events: &[&UsageEvent]) -> Vec<Vec<String>> {
         .collect()
 }
 
-const EVENT_HEAD: &[&str] = &[
+pub(super) const EVENT_HEAD: &[&str] = &[
     "Time (UTC)",
     "Status",
     "Outcome",
@@ -876,8 +873,11 @@ async fn key_page(ctx: &Ctx<'_>, id: &str) -> Page {
     };
     let window = Window::parse(ctx.param("window").as_deref(), Window::Day);
     let now = OffsetDateTime::now_utc();
-    let (events, capped) = match read_events(ctx, Some(k.id.clone()), window.start(now), None).await
-    {
+    let parts = SummaryParts {
+        networks: true,
+        ..SummaryParts::default()
+    };
+    let sum = match summary(ctx, window, now, Some(k.id.clone()), parts).await {
         Ok(v) => v,
         Err(e) => return store_failed(e),
     };
@@ -887,6 +887,19 @@ async fn key_page(ctx: &Ctx<'_>, id: &str) -> Page {
         .list_alerts(&AlertQuery {
             key_id: Some(k.id.clone()),
             limit: Some(100),
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return store_failed(e),
+    };
+    let incidents = match ctx
+        .app
+        .store
+        .list_incidents(&IncidentQuery {
+            key_id: Some(k.id.clone()),
+            limit: Some(50),
             ..Default::default()
         })
         .await
@@ -989,58 +1002,28 @@ async fn key_page(ctx: &Ctx<'_>, id: &str) -> Page {
         "<h2>Usage</h2>{}",
         window_tabs(&format!("/console/keys/{kid}"), window)
     );
-    h.push_str(capped_note(capped));
-    let o = stats::overview(&events, &[], window, now);
-    let spend: f64 = events.iter().map(|e| e.cost_usd).sum();
+    let o = stats::overview(&sum, &[], window, now);
     let _ = write!(
         h,
         "<p>{} requests, {} spent in the last {}.</p>",
         o.requests,
-        html::usd(spend),
+        html::usd(sum.spend_usd),
         window.as_str()
     );
     h.push_str(&requests_chart("chart-key-requests", &o));
-    let (nets, clients) = stats::networks_and_clients(&events);
-    let rows: Vec<Vec<String>> = nets
-        .iter()
-        .take(100)
-        .map(|n| {
-            vec![
-                format!("<code>{}</code>", E(&n.ip)),
-                n.asn.map_or_else(|| "-".to_owned(), |a| format!("AS{a}")),
-                esc(n.org.as_deref().unwrap_or("-")),
-                esc(n.country.as_deref().unwrap_or("-")),
-                n.requests.to_string(),
-                short_ts(n.last),
-            ]
-        })
-        .collect();
-    h.push_str("<div class=\"grid\">");
-    h.push_str(&table(
+    h.push_str(&networks_and_clients(
         "Networks it was used from",
-        &[
-            "Address",
-            "Network",
-            "Organisation",
-            "Country",
-            "Requests",
-            "Last (UTC)",
-        ],
-        &rows,
+        &sum,
         "no requests in this window",
     ));
-    let rows: Vec<Vec<String>> = clients
-        .iter()
-        .take(50)
-        .map(|(ua, n)| vec![esc(ua), n.to_string()])
-        .collect();
+    h.push_str("<h2>Incidents</h2>");
     h.push_str(&table(
-        "Clients",
-        &["User agent", "Requests"],
-        &rows,
-        "no requests in this window",
+        "Incidents about this key",
+        INCIDENT_HEAD,
+        &incident_rows(&incidents),
+        "none",
     ));
-    h.push_str("</div><h2>Alerts</h2>");
+    h.push_str("<h2>Alerts</h2>");
     h.push_str(&table(
         "Alerts about this key",
         ALERT_HEAD,
@@ -1068,7 +1051,7 @@ async fn key_page(ctx: &Ctx<'_>, id: &str) -> Page {
 
 // ---------------------------------------------------------------------------- alerts
 
-fn queue_tabs(current: &str) -> String {
+pub(super) fn queue_tabs(current: &str) -> String {
     let mut h = String::from("<nav class=\"tabs\" aria-label=\"Queues\"><ul>");
     for (name, href) in QUEUE_TABS {
         let cur = if *name == current {
@@ -1183,24 +1166,7 @@ async fn alert_page(ctx: &Ctx<'_>, id: &str) -> Page {
         })
         .await
         .unwrap_or_default();
-    // The evidence events: read around the alert's time and keep the ones it names.
-    let wanted: HashSet<&str> = a.alert.evidence.iter().map(String::as_str).collect();
-    let evidence: Vec<UsageEvent> = if wanted.is_empty() {
-        Vec::new()
-    } else {
-        read_events(
-            ctx,
-            a.alert.key_id.clone(),
-            a.alert.at - time::Duration::days(1),
-            Some(a.alert.at + time::Duration::minutes(1)),
-        )
-        .await
-        .map(|(v, _)| v)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| wanted.contains(e.id.as_str()))
-        .collect()
-    };
+    let evidence = evidence_events(ctx, &a.alert.evidence).await;
     let al = &a.alert;
     let mut h = dl(&[
         ("Alert", format!("<code>{}</code>", E(&al.id))),
@@ -1369,36 +1335,7 @@ async fn alert_action(ctx: &Ctx<'_>, id: &str, action: &str, form: &[(String, St
                 ctx.flash(Flash::Error("This alert names no key.".into()));
                 return redirect(&back);
             };
-            let reason = Some(format!("console: alert {id}"));
-            let (r, verb) = if action == "suspend-key" {
-                (
-                    keys::suspend(ctx.app, key.as_str(), reason.clone()).await,
-                    "suspend",
-                )
-            } else {
-                (
-                    keys::revoke(ctx.app, key.as_str(), reason.clone()).await,
-                    "revoke",
-                )
-            };
-            return match r {
-                Ok(record) => {
-                    ctx.audit(
-                        &format!("key.{verb}"),
-                        Some(record.id.as_str()),
-                        Some(&record.tenant),
-                        serde_json::json!({ "reason": reason, "alert": id }),
-                    )
-                    .await;
-                    ctx.flash(Flash::Notice(format!(
-                        "Key {} is now {}.",
-                        record.id.as_str(),
-                        record.status.as_str()
-                    )));
-                    redirect(&back)
-                }
-                Err(e) => key_error(ctx, e, &back),
-            };
+            return act_on_key(ctx, key.as_str(), action, ("alert", id), &back).await;
         }
         _ => return not_found(),
     };
@@ -1427,15 +1364,18 @@ async fn alert_action(ctx: &Ctx<'_>, id: &str, action: &str, form: &[(String, St
 async fn safety_page(ctx: &Ctx<'_>) -> Page {
     let window = Window::parse(ctx.param("window").as_deref(), Window::Day);
     let now = OffsetDateTime::now_utc();
-    let (events, capped) = match read_events(ctx, None, window.start(now), None).await {
+    let parts = SummaryParts {
+        findings: true,
+        ..SummaryParts::default()
+    };
+    let sum = match summary(ctx, window, now, None, parts).await {
         Ok(v) => v,
         Err(e) => return store_failed(e),
     };
-    let (by_cat, by_key) = stats::safety_counts(&events);
     let mut h = window_tabs("/console/safety", window);
-    h.push_str(capped_note(capped));
     h.push_str("<div class=\"grid\">");
-    let rows: Vec<Vec<String>> = by_cat
+    let rows: Vec<Vec<String>> = sum
+        .findings_by_category()
         .iter()
         .map(|((c, a), n)| vec![esc(c), status_badge(a), n.to_string()])
         .collect();
@@ -1445,11 +1385,14 @@ async fn safety_page(ctx: &Ctx<'_>) -> Page {
         &rows,
         "no blocks or flags",
     ));
-    let rows: Vec<Vec<String>> = by_key
+    let rows: Vec<Vec<String>> = sum
+        .findings
         .iter()
         .map(|((k, c, a), n)| {
             let key = if KeyId::new(k).is_ok() {
                 key_link(k)
+            } else if k.is_empty() {
+                "(no key)".to_owned()
             } else {
                 esc(k)
             };
@@ -1463,36 +1406,26 @@ async fn safety_page(ctx: &Ctx<'_>) -> Page {
         "no blocks or flags",
     ));
     h.push_str("</div>");
-    let mut recent: Vec<Vec<String>> = Vec::new();
-    for e in events.iter().rev() {
-        for v in &e.safety {
-            if !matches!(
-                v.action,
-                stormwall_types::safety::Action::Block | stormwall_types::safety::Action::Flag
-            ) {
-                continue;
-            }
-            recent.push(vec![
-                short_ts(e.timestamp),
-                e.key_id
-                    .as_ref()
-                    .map_or_else(|| "—".to_owned(), |k| key_link(k.as_str())),
-                esc(v.category.as_str()),
-                status_badge(v.action.as_str()),
-                esc(v.stage.as_str()),
-                format!("{:.2}", v.score),
-                esc(v.view.as_deref().unwrap_or("text")),
-                if v.evidence.is_some() {
-                    reveal_button(ctx, e)
+    let recent: Vec<Vec<String>> = sum
+        .recent_findings
+        .iter()
+        .map(|f| {
+            vec![
+                short_ts(f.at),
+                f.key_id.as_deref().map_or_else(|| "—".to_owned(), key_link),
+                esc(&f.category),
+                status_badge(&f.action),
+                esc(&f.stage),
+                format!("{:.2}", f.score),
+                esc(f.view.as_deref().unwrap_or("text")),
+                if f.has_evidence {
+                    reveal_button(ctx, &f.event_id)
                 } else {
                     "—".to_owned()
                 },
-            ]);
-        }
-        if recent.len() >= 100 {
-            break;
-        }
-    }
+            ]
+        })
+        .collect();
     h.push_str(&table(
         "Recent findings",
         &[
@@ -1517,27 +1450,17 @@ async fn safety_page(ctx: &Ctx<'_>) -> Page {
 /// Shows the content-safety evidence kept on one event (the screened text, kept only when
 /// the key's profile keeps evidence), after recording in the audit log who asked.
 async fn reveal(ctx: &Ctx<'_>, form: &[(String, String)]) -> Page {
-    let (Some(id), Some(at)) = (
-        field(form, "event"),
-        field(form, "at").and_then(|a| stormwall_types::timefmt::parse(a).ok()),
-    ) else {
+    let Some(id) = field(form, "event") else {
         return html_response(
             StatusCode::BAD_REQUEST,
-            html::message_page("Bad request", "Name an event and its time."),
+            html::message_page("Bad request", "Name an event."),
         );
     };
-    let events = match read_events(
-        ctx,
-        None,
-        at - time::Duration::seconds(1),
-        Some(at + time::Duration::seconds(1)),
-    )
-    .await
-    {
-        Ok((v, _)) => v,
+    let events = match ctx.app.store.events_by_id(&[id.to_owned()]).await {
+        Ok(v) => v,
         Err(e) => return store_failed(e),
     };
-    let Some(event) = events.into_iter().find(|e| e.id == id) else {
+    let Some(event) = events.into_iter().next() else {
         return not_found();
     };
     let kept: Vec<&stormwall_types::SafetyVerdict> = event
@@ -1770,6 +1693,97 @@ async fn audit_page(ctx: &Ctx<'_>) -> Page {
         StatusCode::OK,
         html::page("Audit", &ctx.session, Nav::Audit, 0, &h),
     )
+}
+
+/// Suspends or revokes (`action` `suspend-key` or `revoke-key`) `key` from an alert's or an
+/// incident's page (`from`: its kind and id, named in the reason and the audit), then
+/// returns to `back`.
+pub(super) async fn act_on_key(
+    ctx: &Ctx<'_>,
+    key: &str,
+    action: &str,
+    from: (&str, &str),
+    back: &str,
+) -> Page {
+    let reason = Some(format!("console: {} {}", from.0, from.1));
+    let (r, verb) = match action {
+        "suspend-key" => (keys::suspend(ctx.app, key, reason.clone()).await, "suspend"),
+        "revoke-key" => (keys::revoke(ctx.app, key, reason.clone()).await, "revoke"),
+        _ => return not_found(),
+    };
+    match r {
+        Ok(record) => {
+            let mut detail = serde_json::json!({ "reason": reason });
+            detail[from.0] = from.1.into();
+            ctx.audit(
+                &format!("key.{verb}"),
+                Some(record.id.as_str()),
+                Some(&record.tenant),
+                detail,
+            )
+            .await;
+            ctx.flash(Flash::Notice(format!(
+                "Key {} is now {}.",
+                record.id.as_str(),
+                record.status.as_str()
+            )));
+            redirect(back)
+        }
+        Err(e) => key_error(ctx, e, back),
+    }
+}
+
+/// The stored events among `ids` (an alert's or an incident's evidence); none when the
+/// store fails (the page still shows the rest).
+pub(super) async fn evidence_events(ctx: &Ctx<'_>, ids: &[String]) -> Vec<UsageEvent> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    ctx.app.store.events_by_id(ids).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "console: cannot read evidence events");
+        Vec::new()
+    })
+}
+
+/// The networks (address, AS, organisation, country) and clients (user agents) of a
+/// summary, as two tables side by side.
+pub(super) fn networks_and_clients(caption: &str, sum: &EventSummary, empty: &str) -> String {
+    let rows: Vec<Vec<String>> = sum
+        .networks
+        .iter()
+        .map(|n| {
+            vec![
+                format!("<code>{}</code>", E(&n.ip)),
+                n.asn.map_or_else(|| "-".to_owned(), |a| format!("AS{a}")),
+                esc(n.org.as_deref().unwrap_or("-")),
+                esc(n.country.as_deref().unwrap_or("-")),
+                n.requests.to_string(),
+                short_ts(n.last),
+            ]
+        })
+        .collect();
+    let mut h = String::from("<div class=\"grid\">");
+    h.push_str(&table(
+        caption,
+        &[
+            "Address",
+            "Network",
+            "Organisation",
+            "Country",
+            "Requests",
+            "Last (UTC)",
+        ],
+        &rows,
+        empty,
+    ));
+    let rows: Vec<Vec<String>> = sum
+        .clients
+        .iter()
+        .map(|(ua, n)| vec![esc(ua.as_deref().unwrap_or("(none)")), n.to_string()])
+        .collect();
+    h.push_str(&table("Clients", &["User agent", "Requests"], &rows, empty));
+    h.push_str("</div>");
+    h
 }
 
 /// Requests allowed and refused per bucket: the overview's chart and each key's.

@@ -1,11 +1,9 @@
-//! The console's figures, pure: events and alerts in, counts per time bucket and per
-//! reason, category, key, network and client out. The pages read the store; this only adds.
+//! The console's figures, pure: the store's event summary (added up by the store, see
+//! `stormwall_store::summary`) and alerts in, the overview's series and rankings out.
 
 use std::collections::{BTreeMap, HashMap};
 
-use stormwall_store::StoredAlert;
-use stormwall_types::safety::Action as SafetyAction;
-use stormwall_types::{Decision, UsageEvent};
+use stormwall_store::{EventSummary, StoredAlert, SummaryParts, SummaryQuery};
 use time::{Duration, OffsetDateTime};
 
 /// The time span a page shows.
@@ -143,69 +141,69 @@ fn severity_rank(s: &str) -> u8 {
     }
 }
 
-/// Adds up `events` and `alerts` over `window` ending at `now`.
+impl Window {
+    /// The store query for this window ending at `now` (of one key when given).
+    pub fn summary_query(
+        self,
+        now: OffsetDateTime,
+        key_id: Option<stormwall_types::KeyId>,
+        parts: SummaryParts,
+    ) -> SummaryQuery {
+        SummaryQuery {
+            key_id,
+            since: self.start(now),
+            until: now,
+            bucket_secs: u32::try_from(self.bucket().whole_seconds()).unwrap_or(3600),
+            top: TOP_ROWS,
+            parts,
+        }
+    }
+}
+
+/// Rows of the ranked lists the store returns (keys, networks, clients, findings).
+pub const TOP_ROWS: usize = 100;
+
+/// The overview's figures from the store's `summary` of `window` and the `alerts` in it.
 pub fn overview(
-    events: &[UsageEvent],
+    summary: &EventSummary,
     alerts: &[StoredAlert],
     window: Window,
     now: OffsetDateTime,
 ) -> Overview {
     let n = window.buckets();
+    let series = |f: fn(&stormwall_store::summary::Bucket) -> u64| -> Vec<f64> {
+        let mut v: Vec<f64> = summary.buckets.iter().map(|b| f(b) as f64).collect();
+        v.resize(n, 0.0);
+        v
+    };
     let mut o = Overview {
         labels: window.labels(now),
-        allowed: vec![0.0; n],
-        refused: vec![0.0; n],
-        blocked: vec![0.0; n],
+        allowed: series(|b| b.allowed),
+        refused: series(|b| b.refused),
+        blocked: series(|b| b.blocked),
         alerts: vec![0.0; n],
+        requests: summary.requests,
+        refusals: summary.refusals.clone(),
         ..Overview::default()
     };
-    let mut spend: HashMap<&str, (f64, u64)> = HashMap::new();
-    for e in events {
-        let Some(i) = window.index(now, e.timestamp) else {
-            continue;
-        };
-        o.requests += 1;
-        match e.decision {
-            Decision::Allow => o.allowed[i] += 1.0,
-            Decision::Deny => {
-                o.refused[i] += 1.0;
-                let reason = e.reject_reason.map_or("other", |r| r.as_str());
-                *o.refusals.entry(reason.to_owned()).or_default() += 1;
-            }
-        }
-        let mut blocked = false;
-        for v in &e.safety {
-            let entry = o.content.entry(v.category.as_str().to_owned()).or_default();
-            match v.action {
-                SafetyAction::Block => {
-                    entry.0 += 1;
-                    blocked = true;
-                }
-                SafetyAction::Flag => entry.1 += 1,
-                _ => {}
-            }
-        }
-        if blocked {
-            o.blocked[i] += 1.0;
-        }
-        if let Some(k) = &e.key_id {
-            let s = spend.entry(k.as_str()).or_default();
-            s.0 += e.cost_usd;
-            s.1 += 1;
+    for ((cat, action), count) in summary.findings_by_category() {
+        let entry = o.content.entry(cat).or_default();
+        match action.as_str() {
+            "block" => entry.0 += count,
+            _ => entry.1 += count,
         }
     }
-    let mut top: Vec<KeyFigure> = spend
-        .into_iter()
-        .map(|(k, (v, c))| KeyFigure {
-            key: k.to_owned(),
-            value: v,
-            count: c,
+    o.top_spend = summary
+        .top_spend
+        .iter()
+        .take(TOP)
+        .map(|k| KeyFigure {
+            key: k.key.clone(),
+            value: k.usd,
+            count: k.requests,
             worst: String::new(),
         })
         .collect();
-    top.sort_by(|a, b| b.value.total_cmp(&a.value).then(b.count.cmp(&a.count)));
-    top.truncate(TOP);
-    o.top_spend = top;
     let mut in_window = Vec::new();
     for a in alerts {
         if let Some(i) = window.index(now, a.alert.at) {
@@ -250,78 +248,6 @@ pub fn risk_by_key<'a>(alerts: impl Iterator<Item = &'a StoredAlert>) -> Vec<Key
     v
 }
 
-/// Where a key was used from: one row per client address.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Network {
-    /// Client address.
-    pub ip: String,
-    /// Autonomous system number.
-    pub asn: Option<u32>,
-    /// Its organisation.
-    pub org: Option<String>,
-    /// Country code.
-    pub country: Option<String>,
-    /// Requests from it.
-    pub requests: u64,
-    /// Last request from it.
-    pub last: OffsetDateTime,
-}
-
-/// Networks and clients (user agents with their request counts) of `events`, most
-/// requests first.
-pub fn networks_and_clients(events: &[UsageEvent]) -> (Vec<Network>, Vec<(String, u64)>) {
-    let mut nets: HashMap<String, Network> = HashMap::new();
-    let mut uas: HashMap<String, u64> = HashMap::new();
-    for e in events {
-        let ip = e.source_ip.to_string();
-        let n = nets.entry(ip.clone()).or_insert_with(|| Network {
-            ip,
-            asn: e.source_asn,
-            org: e.source_as_org.clone(),
-            country: e.source_country.clone(),
-            requests: 0,
-            last: e.timestamp,
-        });
-        n.requests += 1;
-        n.last = n.last.max(e.timestamp);
-        let ua = e.user_agent.clone().unwrap_or_else(|| "(none)".to_owned());
-        *uas.entry(ua).or_default() += 1;
-    }
-    let mut nets: Vec<Network> = nets.into_values().collect();
-    nets.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.ip.cmp(&b.ip)));
-    let mut uas: Vec<(String, u64)> = uas.into_iter().collect();
-    uas.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    (nets, uas)
-}
-
-/// Content-safety findings of `events`: by (category, action) and by (key, category,
-/// action), for blocks and flags only.
-pub type SafetyCounts = (
-    BTreeMap<(String, String), u64>,
-    BTreeMap<(String, String, String), u64>,
-);
-
-/// Counts blocks and flags by category and by key.
-pub fn safety_counts(events: &[UsageEvent]) -> SafetyCounts {
-    let mut by_cat = BTreeMap::new();
-    let mut by_key = BTreeMap::new();
-    for e in events {
-        for v in &e.safety {
-            if !matches!(v.action, SafetyAction::Block | SafetyAction::Flag) {
-                continue;
-            }
-            let (cat, act) = (v.category.as_str().to_owned(), v.action.as_str().to_owned());
-            *by_cat.entry((cat.clone(), act.clone())).or_default() += 1;
-            let key = e
-                .key_id
-                .as_ref()
-                .map_or_else(|| "(no key)".to_owned(), |k| k.as_str().to_owned());
-            *by_key.entry((key, cat, act)).or_default() += 1;
-        }
-    }
-    (by_cat, by_key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +264,34 @@ mod tests {
         assert_eq!(Window::parse(Some("week"), Window::Day), Window::Week);
         assert_eq!(Window::parse(Some("x"), Window::Day), Window::Day);
         assert_eq!(Window::Week.labels(now).len(), 28);
+    }
+
+    #[test]
+    fn the_overview_reads_the_store_summary() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let q = Window::Hour.summary_query(now, None, SummaryParts::default());
+        assert_eq!(q.since, now - Duration::hours(1));
+        assert_eq!(q.bucket_secs, 300);
+        let mut s = EventSummary {
+            buckets: vec![stormwall_store::summary::Bucket {
+                allowed: 2,
+                refused: 1,
+                blocked: 1,
+            }],
+            requests: 3,
+            ..EventSummary::default()
+        };
+        s.findings
+            .insert(("k".into(), "sexual".into(), "block".into()), 2);
+        s.findings
+            .insert(("j".into(), "sexual".into(), "flag".into()), 1);
+        let o = overview(&s, &[], Window::Hour, now);
+        assert_eq!(
+            o.allowed.len(),
+            12,
+            "short summaries are padded to the window"
+        );
+        assert_eq!((o.allowed[0], o.refused[0], o.blocked[0]), (2.0, 1.0, 1.0));
+        assert_eq!(o.content["sexual"], (2, 1));
     }
 }
