@@ -94,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut fresh = 0usize;
             let rows = cascade::rows(&records, &TrainConfig::default(), |r| {
                 done += 1;
-                if done % 500 == 0 {
+                if done.is_multiple_of(500) {
                     eprintln!("{done}/{} embedded, {:?}", records.len(), t0.elapsed());
                 }
                 let text = screener.encoder_text(&r.text);

@@ -314,6 +314,9 @@ pub struct Row {
     pub fast: [f32; CATEGORY_COUNT],
     /// Whether the fast tier alone flags it under the default profile.
     pub fast_flag: bool,
+    /// Whether the rules (the fast tier without its n-gram model, for which the heads
+    /// stand in) flag it under the default profile.
+    pub rule_flag: bool,
     /// Endpoint kind.
     pub kind: Kind,
     /// Ground truth.
@@ -503,12 +506,13 @@ pub struct TrainReport {
 
 /// The cascade's decision on a row for a threshold (and, for chat, a band).
 fn decide_row(r: &Row, p: f32, t: f32, band: (f32, f32)) -> bool {
-    if r.fast_flag {
-        return true;
-    }
     let m = r.fast_max();
     let inside = r.kind == Kind::Image || (m >= band.0 && m < band.1);
-    inside && p >= t
+    if inside {
+        r.rule_flag || p >= t
+    } else {
+        r.fast_flag
+    }
 }
 
 /// Builds the stacking rows for development records: `embed` gives each record's embedding
@@ -522,13 +526,37 @@ pub fn rows(
 ) -> Result<Vec<Row>, crate::screen::SafetyError> {
     let profile = Profile::default();
     let mut out: Vec<Option<Row>> = vec![None; records.len()];
-    for k in 0..FOLDS {
-        let train: Vec<Record> = records
-            .iter()
-            .filter(|r| r.fold(FOLDS) != k)
-            .cloned()
-            .collect();
-        let m = model::train_on_records(&train, fast_cfg);
+    // The fold models train on two threads: each is minutes of work, independent of the
+    // others, and deterministic, so the order they finish in changes nothing.
+    let next = std::sync::atomic::AtomicU32::new(0);
+    let models = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= FOLDS {
+                        break;
+                    }
+                    let train: Vec<Record> = records
+                        .iter()
+                        .filter(|r| r.fold(FOLDS) != k)
+                        .cloned()
+                        .collect();
+                    let m = model::train_on_records(&train, fast_cfg);
+                    models
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((k, m));
+                }
+            });
+        }
+    });
+    let mut models = models
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    models.sort_by_key(|(k, _)| *k);
+    for (k, m) in models {
         let screener = Screener::builder().model(Some(m)).build()?;
         for (i, r) in records.iter().enumerate() {
             if r.fold(FOLDS) != k {
@@ -543,6 +571,7 @@ pub fn rows(
                 embedding: embed(r),
                 fast,
                 fast_flag: a.decide(r.kind, &profile).action >= Action::Flag,
+                rule_flag: a.rules_action(r.kind, &profile) >= Action::Flag,
                 kind: r.kind,
                 harmful: r.harmful,
                 categories: r.mapped_categories(),
@@ -579,7 +608,13 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
         }
         c
     };
-    let fast_only = |kind: Kind| counts(kind, 2.0, (2.0, 2.0));
+    let fast_only = |kind: Kind| {
+        let mut c = Counts::default();
+        for r in rows.iter().filter(|r| r.kind == kind) {
+            c.add(r.harmful, r.fast_flag);
+        }
+        c
+    };
     let image_t = grid
         .iter()
         .copied()
@@ -654,6 +689,7 @@ mod tests {
             embedding: e.to_vec(),
             fast: [0.0; CATEGORY_COUNT],
             fast_flag: false,
+            rule_flag: false,
             kind,
             harmful,
             categories: if harmful {

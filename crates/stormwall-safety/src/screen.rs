@@ -102,6 +102,15 @@ impl Analysis {
         }
     }
 
+    /// The profile's action on the fast tier's scores without the n-gram model's (what the
+    /// rules alone decide once the encoder tier stands in for the model).
+    pub fn rules_action(&self, kind: Kind, profile: &Profile) -> Action {
+        let mut a = self.clone();
+        a.cascade = None;
+        drop_model_scores(&mut a.scores, &a.detectors);
+        a.decide(kind, profile).action
+    }
+
     /// Folds another analysis (a later window) in, shifting its spans by `offset`.
     pub fn merge_shifted(&mut self, other: Analysis, offset: usize) {
         for c in Category::ALL {
@@ -120,8 +129,13 @@ impl Analysis {
         let mut scores = self.scores;
         let mut detectors = self.detectors;
         let mut evidence = self.evidence.clone();
-        // The encoder tier raises its category to where its own operating point puts it on
-        // this profile's scale; it never lowers what the fast tier found.
+        if self.cascade.is_some() {
+            // The heads read the n-gram model's scores and decide in its place; lexicon
+            // terms, combinations and signals keep their say.
+            drop_model_scores(&mut scores, &detectors);
+        }
+        // The encoder tier puts its category where its own operating point lands on this
+        // profile's scale; it never lowers what the rules found.
         if let Some(c) = &self.cascade
             && let Some(s) = c.score_under(kind, profile)
             && s > scores[c.category.index()]
@@ -714,6 +728,15 @@ impl Screener {
     }
 }
 
+/// Zeroes the categories the cascade heads cover whose score came from the n-gram model.
+fn drop_model_scores(scores: &mut [f32; CATEGORY_COUNT], detectors: &[Detector; CATEGORY_COUNT]) {
+    for c in crate::cascade::CASCADE_HEADS {
+        if detectors[c.index()] == Detector::Model {
+            scores[c.index()] = 0.0;
+        }
+    }
+}
+
 /// Whether a view is the plain text (no trick undone).
 fn is_clean(v: &View) -> bool {
     v.kind() == ViewKind::Text && v.depth() == 0
@@ -745,7 +768,7 @@ mod tests {
             (Category::Sexual, Detector::Encoder)
         );
         assert_eq!(
-            with_cascade(0.3).decide(Kind::Image, &p).action,
+            with_cascade(0.25).decide(Kind::Image, &p).action,
             Action::Allow
         );
         // Unlikely harm stays below every log threshold.
@@ -760,5 +783,11 @@ mod tests {
         let v = a.decide(Kind::Image, &p);
         assert_eq!(v.categories[0].score, 0.95);
         assert_ne!(v.categories[0].detector, Detector::Encoder);
+        // The n-gram model's score is one of the heads' inputs: they decide in its place.
+        a.detectors[Category::Sexual.index()] = Detector::Model;
+        assert_eq!(a.decide(Kind::Image, &p).action, Action::Allow);
+        assert!(a.rules_action(Kind::Image, &p) == Action::Allow);
+        a.cascade = None;
+        assert!(a.decide(Kind::Image, &p).action >= Action::Flag);
     }
 }
