@@ -245,6 +245,22 @@ pub struct Report {
     pub evasion: BTreeMap<String, Detection>,
     /// Per `source`, counting only blocks as predictions (the over-blocking view).
     pub blocked_by_source: BTreeMap<String, Detection>,
+    /// Per endpoint kind: records whose untransformed text reached the encoder tier
+    /// (empty when no encoder is loaded).
+    pub encoder_reached: BTreeMap<String, Reach>,
+}
+
+/// How many records of a slice the encoder tier scored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Reach {
+    /// Records in the slice.
+    pub records: u64,
+    /// Of those, scored by the encoder tier.
+    pub encoded: u64,
+    /// Of the benign ones (a realistic mix is mostly benign), scored by the encoder tier.
+    pub benign_encoded: u64,
+    /// Benign records in the slice.
+    pub benign: u64,
 }
 
 /// Accumulates predictions over records.
@@ -262,6 +278,7 @@ pub struct Evaluator<'a> {
     predicted_categories: BTreeMap<String, u64>,
     evasion: BTreeMap<String, Detection>,
     blocked_by_source: BTreeMap<String, Detection>,
+    encoder_reached: BTreeMap<String, Reach>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -280,6 +297,7 @@ impl<'a> Evaluator<'a> {
             predicted_categories: BTreeMap::new(),
             evasion: BTreeMap::new(),
             blocked_by_source: BTreeMap::new(),
+            encoder_reached: BTreeMap::new(),
         }
     }
 
@@ -298,7 +316,21 @@ impl<'a> Evaluator<'a> {
         {
             self.trained_on += 1;
         }
-        let v = self.screener.screen(&r.text, r.kind, self.profile);
+        let a = self.screener.analyze_for(&r.text, r.kind);
+        if self.screener.has_encoder() {
+            let reach = self
+                .encoder_reached
+                .entry(r.kind.as_str().to_owned())
+                .or_default();
+            let encoded = a.cascade().is_some();
+            reach.records += 1;
+            reach.encoded += u64::from(encoded);
+            if !r.harmful {
+                reach.benign += 1;
+                reach.benign_encoded += u64::from(encoded);
+            }
+        }
+        let v = a.decide(r.kind, self.profile);
         let predicted = v.action >= Action::Flag;
         if predicted {
             for c in v.categories.iter().filter(|c| c.action >= Action::Flag) {
@@ -360,6 +392,7 @@ impl<'a> Evaluator<'a> {
             predicted_categories: self.predicted_categories.clone(),
             evasion: self.evasion.clone(),
             blocked_by_source: self.blocked_by_source.clone(),
+            encoder_reached: self.encoder_reached.clone(),
         }
     }
 }

@@ -28,6 +28,7 @@
 //! ```
 
 pub mod benign;
+pub mod cascade;
 pub mod category;
 pub mod decode;
 pub mod encoder;

@@ -1,6 +1,10 @@
 //! The screener: normalize → match → score, then a profile turns scores into a verdict.
 
 use std::ops::Range;
+use std::sync::Arc;
+
+use crate::cascade::{Cascade, Heads};
+use crate::encoder::Encoder;
 
 use crate::category::{CATEGORY_COUNT, Category, Kind};
 use crate::lexicon::{Feature, Hit, Lexicon, LexiconError, LexiconFile};
@@ -21,6 +25,9 @@ pub const WINDOW_OVERLAP: usize = 512;
 const EXCEPTION_DISCOUNT: f32 = 0.5;
 /// A category found only in an obfuscated view, at least this strongly, is evasion.
 const EVASION_MIN: f32 = 0.6;
+/// A decoded view is embedded instead of the plain one when the fast model scores it at
+/// least this much higher.
+const DECODED_MARGIN: f32 = 0.1;
 /// Texts up to this long leave their model buffers to the next text on the same thread.
 const KEEP_SCRATCH_BYTES: usize = 4 * 1024;
 
@@ -36,6 +43,9 @@ pub enum SafetyError {
     /// A profile was invalid.
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    /// The cascade heads were invalid or do not fit the encoder.
+    #[error(transparent)]
+    Heads(#[from] crate::cascade::HeadsError),
 }
 
 /// Scores per category before any policy: what the gateway may cache by prompt hash.
@@ -46,6 +56,8 @@ pub struct Analysis {
     evidence: [Option<Evidence>; CATEGORY_COUNT],
     /// Obfuscation counts from normalization.
     pub signals: Signals,
+    /// The encoder tier's verdict, when the cascade consulted it.
+    cascade: Option<Cascade>,
 }
 
 impl Default for Analysis {
@@ -55,6 +67,7 @@ impl Default for Analysis {
             detectors: [Detector::Lexicon; CATEGORY_COUNT],
             evidence: Default::default(),
             signals: Signals::default(),
+            cascade: None,
         }
     }
 }
@@ -63,6 +76,16 @@ impl Analysis {
     /// A category's score in 0..=1.
     pub fn score(&self, c: Category) -> f32 {
         self.scores[c.index()]
+    }
+
+    /// The encoder tier's verdict, when the cascade consulted the encoder.
+    pub fn cascade(&self) -> Option<&Cascade> {
+        self.cascade.as_ref()
+    }
+
+    /// The strongest fast-tier score over every category.
+    pub fn max_score(&self) -> f32 {
+        self.scores.iter().copied().fold(0.0, f32::max)
     }
 
     /// Where a category's evidence is, if it scored.
@@ -77,6 +100,15 @@ impl Analysis {
             self.detectors[i] = det;
             self.evidence[i] = ev;
         }
+    }
+
+    /// The profile's action on the fast tier's scores without the n-gram model's (what the
+    /// rules alone decide once the encoder tier stands in for the model).
+    pub fn rules_action(&self, kind: Kind, profile: &Profile) -> Action {
+        let mut a = self.clone();
+        a.cascade = None;
+        drop_model_scores(&mut a.scores, &a.detectors);
+        a.decide(kind, profile).action
     }
 
     /// Folds another analysis (a later window) in, shifting its spans by `offset`.
@@ -94,16 +126,35 @@ impl Analysis {
 
     /// Applies a profile for an endpoint kind.
     pub fn decide(&self, kind: Kind, profile: &Profile) -> Verdict {
+        let mut scores = self.scores;
+        let mut detectors = self.detectors;
+        let mut evidence = self.evidence.clone();
+        if self.cascade.is_some() {
+            // The heads read the n-gram model's scores and decide in its place; lexicon
+            // terms, combinations and signals keep their say.
+            drop_model_scores(&mut scores, &detectors);
+        }
+        // The encoder tier puts its category where its own operating point lands on this
+        // profile's scale; it never lowers what the rules found.
+        if let Some(c) = &self.cascade
+            && let Some(s) = c.score_under(kind, profile)
+            && s > scores[c.category.index()]
+        {
+            let i = c.category.index();
+            scores[i] = s;
+            detectors[i] = Detector::Encoder;
+            evidence[i] = None;
+        }
         let categories = Category::ALL
             .into_iter()
-            .filter(|c| self.scores[c.index()] > 0.0)
+            .filter(|c| scores[c.index()] > 0.0)
             .map(|c| CategoryScore {
                 category: c,
-                score: self.scores[c.index()],
+                score: scores[c.index()],
                 action: Action::Allow,
-                detector: self.detectors[c.index()],
+                detector: detectors[c.index()],
                 source: None,
-                evidence: self.evidence[c.index()].clone(),
+                evidence: evidence[c.index()].clone(),
             })
             .filter(|c| {
                 c.score >= REPORT_FLOOR || profile.action(kind, c.category, c.score) > Action::Allow
@@ -125,13 +176,46 @@ impl Analysis {
 pub struct Screener {
     lexicon: Lexicon,
     model: Option<Model>,
+    /// The encoder tier: the sentence encoder and the heads on its embedding.
+    cascade: Option<(Arc<Encoder>, Arc<Heads>)>,
+    /// Recent embeddings by the SHA-256 of the text embedded: a disguised prompt decodes
+    /// to the text it hides, and abusive clients resend the same prompt.
+    embeddings: Arc<std::sync::Mutex<EmbeddingCache>>,
 }
+
+/// A bounded map from text digest to embedding, emptied when full (no text is kept).
+#[derive(Debug, Default)]
+struct EmbeddingCache {
+    map: std::collections::HashMap<[u8; 32], Arc<[f32]>>,
+    capacity: usize,
+}
+
+impl EmbeddingCache {
+    fn get(&self, k: &[u8; 32]) -> Option<Arc<[f32]>> {
+        self.map.get(k).cloned()
+    }
+    fn put(&mut self, k: [u8; 32], e: Arc<[f32]>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        self.map.insert(k, e);
+    }
+}
+
+/// Embeddings a screener keeps by default (384 floats each: about 1.5 MiB).
+pub const EMBEDDING_CACHE_ENTRIES: usize = 1024;
 
 /// Builds a [`Screener`] with a gazetteer, extra lexicons or another model.
 #[derive(Debug, Default)]
 pub struct ScreenerBuilder {
     files: Vec<LexiconFile>,
     model: Option<Option<Model>>,
+    encoder: Option<Arc<Encoder>>,
+    heads: Option<Option<Heads>>,
+    cache_entries: Option<usize>,
 }
 
 impl ScreenerBuilder {
@@ -154,6 +238,26 @@ impl ScreenerBuilder {
         self
     }
 
+    /// Adds the encoder tier: with an encoder the cascade runs (with the shipped heads
+    /// unless [`ScreenerBuilder::heads`] gives others); without one the fast tier screens
+    /// alone.
+    pub fn encoder(mut self, encoder: Option<Arc<Encoder>>) -> Self {
+        self.encoder = encoder;
+        self
+    }
+
+    /// Keeps this many recent embeddings (default [`EMBEDDING_CACHE_ENTRIES`]; 0: none).
+    pub fn embedding_cache(mut self, entries: usize) -> Self {
+        self.cache_entries = Some(entries);
+        self
+    }
+
+    /// Uses these cascade heads instead of the shipped ones (`None`: no cascade).
+    pub fn heads(mut self, heads: Option<Heads>) -> Self {
+        self.heads = Some(heads);
+        self
+    }
+
     /// Compiles the screener.
     pub fn build(self) -> Result<Screener, SafetyError> {
         let mut files = Vec::new();
@@ -165,9 +269,36 @@ impl ScreenerBuilder {
             Some(m) => m,
             None => builtin_model()?,
         };
+        let cascade = match self.encoder {
+            Some(e) => {
+                let heads = match self.heads {
+                    Some(h) => h,
+                    None => Heads::builtin()?,
+                };
+                match heads {
+                    Some(h) if h.dim() == e.dim() => Some((e, Arc::new(h))),
+                    Some(h) => {
+                        return Err(SafetyError::Heads(crate::cascade::HeadsError::Format(
+                            format!(
+                                "the heads read {}-wide embeddings, the encoder gives {}",
+                                h.dim(),
+                                e.dim()
+                            ),
+                        )));
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
         Ok(Screener {
             lexicon: Lexicon::compile(files)?,
             model,
+            cascade,
+            embeddings: Arc::new(std::sync::Mutex::new(EmbeddingCache {
+                map: Default::default(),
+                capacity: self.cache_entries.unwrap_or(EMBEDDING_CACHE_ENTRIES),
+            })),
         })
     }
 }
@@ -286,9 +417,88 @@ impl Screener {
         self.model.as_ref()
     }
 
-    /// Screens a text for an endpoint kind under a profile.
+    /// Whether the encoder tier is loaded (the cascade runs).
+    pub fn has_encoder(&self) -> bool {
+        self.cascade.is_some()
+    }
+
+    /// Screens a text for an endpoint kind under a profile (through the cascade when the
+    /// encoder is loaded).
     pub fn screen(&self, text: &str, kind: Kind, profile: &Profile) -> Verdict {
-        self.analyze(text).decide(kind, profile)
+        self.analyze_for(text, kind).decide(kind, profile)
+    }
+
+    /// Scores a text for an endpoint kind: the fast tier, then the encoder tier when it is
+    /// loaded and the kind and fast-tier scores call for it (every image prompt; chat
+    /// prompts in the uncertainty band). An encoder failure leaves the fast tier's scores.
+    pub fn analyze_for(&self, text: &str, kind: Kind) -> Analysis {
+        let mut a = self.analyze(text);
+        if let Some((encoder, heads)) = &self.cascade
+            && heads.wants(kind, a.max_score())
+        {
+            let mut fast = [0.0f32; CATEGORY_COUNT];
+            for c in Category::ALL {
+                fast[c.index()] = a.score(c);
+            }
+            if let Some(e) = self.embed(encoder, &self.encoder_text(text)) {
+                a.cascade = heads.score(&e, &fast, kind);
+            }
+        }
+        a
+    }
+
+    fn embed(&self, encoder: &Encoder, text: &str) -> Option<Arc<[f32]>> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+        // A poisoned lock only means another thread panicked mid-insert: the map is still
+        // a valid map.
+        let cached = self
+            .embeddings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key);
+        if cached.is_some() {
+            return cached;
+        }
+        let e: Arc<[f32]> = encoder.embed(text).ok()?.into();
+        self.embeddings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .put(key, Arc::clone(&e));
+        Some(e)
+    }
+
+    /// The text the encoder reads: the normalized plain view, or a decoded view (rot13,
+    /// base64, spacing collapsed, look-alikes folded, a hidden payload…) when the fast model
+    /// finds clearly more there, so a disguised prompt is embedded as what it says.
+    pub fn encoder_text(&self, text: &str) -> String {
+        // The encoder reads at most a few hundred tokens: the first window is plenty.
+        let mut end = text.len().min(MAX_WINDOW);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let norm = normalize(text.get(..end).unwrap_or(""));
+        let Some(plain) = norm.views.iter().find(|v| is_clean(v)) else {
+            return text.get(..end).unwrap_or("").to_owned();
+        };
+        let Some(m) = &self.model else {
+            return plain.text().to_owned();
+        };
+        let mut scratch = crate::model::Scratch::default();
+        let mut best_of = |v: &View| {
+            let mut out = [0.0f32; CATEGORY_COUNT];
+            m.score_into(v.text(), &mut scratch, &mut out);
+            out.iter().copied().fold(0.0f32, f32::max)
+        };
+        let base = best_of(plain);
+        let mut best = (base + DECODED_MARGIN, plain);
+        for v in norm.views.iter().filter(|v| !is_clean(v)) {
+            let s = best_of(v);
+            if s > best.0 {
+                best = (s, v);
+            }
+        }
+        best.1.text().to_owned()
     }
 
     /// A stateful screener for a streamed output.
@@ -518,7 +728,66 @@ impl Screener {
     }
 }
 
+/// Zeroes the categories the cascade heads cover whose score came from the n-gram model.
+fn drop_model_scores(scores: &mut [f32; CATEGORY_COUNT], detectors: &[Detector; CATEGORY_COUNT]) {
+    for c in crate::cascade::CASCADE_HEADS {
+        if detectors[c.index()] == Detector::Model {
+            scores[c.index()] = 0.0;
+        }
+    }
+}
+
 /// Whether a view is the plain text (no trick undone).
 fn is_clean(v: &View) -> bool {
     v.kind() == ViewKind::Text && v.depth() == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_cascade(probability: f32) -> Analysis {
+        Analysis {
+            cascade: Some(Cascade {
+                probability,
+                category: Category::Sexual,
+                threshold: 0.4,
+            }),
+            ..Analysis::default()
+        }
+    }
+
+    #[test]
+    fn the_encoder_tier_flags_at_its_operating_point_and_never_lowers_a_score() {
+        let p = Profile::default();
+        let v = with_cascade(0.45).decide(Kind::Image, &p);
+        assert!(v.action >= Action::Flag, "{v:?}");
+        let c = &v.categories[0];
+        assert_eq!(
+            (c.category, c.detector),
+            (Category::Sexual, Detector::Encoder)
+        );
+        assert_eq!(
+            with_cascade(0.25).decide(Kind::Image, &p).action,
+            Action::Allow
+        );
+        // Unlikely harm stays below every log threshold.
+        assert!(
+            with_cascade(0.05)
+                .decide(Kind::Image, &p)
+                .categories
+                .is_empty()
+        );
+        let mut a = with_cascade(0.0);
+        a.scores[Category::Sexual.index()] = 0.95;
+        let v = a.decide(Kind::Image, &p);
+        assert_eq!(v.categories[0].score, 0.95);
+        assert_ne!(v.categories[0].detector, Detector::Encoder);
+        // The n-gram model's score is one of the heads' inputs: they decide in its place.
+        a.detectors[Category::Sexual.index()] = Detector::Model;
+        assert_eq!(a.decide(Kind::Image, &p).action, Action::Allow);
+        assert!(a.rules_action(Kind::Image, &p) == Action::Allow);
+        a.cascade = None;
+        assert!(a.decide(Kind::Image, &p).action >= Action::Flag);
+    }
 }

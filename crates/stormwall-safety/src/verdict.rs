@@ -32,6 +32,8 @@ pub enum Detector {
     Signals,
     /// An external classifier merged in by the caller.
     External,
+    /// The encoder tier's heads (the cascade).
+    Encoder,
 }
 
 /// One category's score and what the profile does about it.

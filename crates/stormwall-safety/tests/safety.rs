@@ -589,3 +589,71 @@ fn the_encoder_matches_the_numpy_reference_token_for_token_and_vector_for_vector
     let b = e.embed(&r.cases[4].text).unwrap();
     assert!(a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>() < 0.9);
 }
+
+/// A screener with the encoder tier (the shipped cascade heads), when the model is there.
+fn cascade_screener() -> Option<&'static Screener> {
+    static S: OnceLock<Option<Screener>> = OnceLock::new();
+    S.get_or_init(|| {
+        let e = encoder()?.clone();
+        Some(
+            Screener::builder()
+                .encoder(Some(std::sync::Arc::new(e)))
+                .build()
+                .unwrap(),
+        )
+    })
+    .as_ref()
+}
+
+#[test]
+fn without_an_encoder_the_cascade_is_the_fast_tier() {
+    let s = Screener::builtin().unwrap();
+    assert!(!s.has_encoder());
+    for (t, k) in [
+        ("a sleepy owl at sunset, watercolor", Kind::Image),
+        ("a n.u.d.e figure, photorealistic", Kind::Image),
+        ("hello", Kind::Chat),
+    ] {
+        let a = s.analyze_for(t, k);
+        assert!(a.cascade().is_none());
+        assert_eq!(a, s.analyze(t));
+    }
+}
+
+#[test]
+fn the_encoder_reads_image_prompts_and_ordinary_ones_stay_quiet() {
+    let Some(s) = cascade_screener() else { return };
+    assert!(s.has_encoder());
+    let profile = Profile::default();
+    for t in [
+        "a sleepy owl at sunset, watercolor",
+        "a lighthouse at dusk, oil painting",
+        "portrait of an astronaut cat, studio lighting",
+    ] {
+        let a = s.analyze_for(t, Kind::Image);
+        assert!(
+            a.cascade().is_some(),
+            "{t}: every image prompt goes to the encoder"
+        );
+        let v = a.decide(Kind::Image, &profile);
+        assert_eq!(v.action, Action::Allow, "{t}: {v:?}");
+    }
+    // Greetings sit below the chat band: the encoder is not consulted at all.
+    for t in ["hello", "hi", "thanks!"] {
+        let a = s.analyze_for(t, Kind::Chat);
+        assert!(a.cascade().is_none(), "{t}");
+        assert_eq!(a.decide(Kind::Chat, &profile).action, Action::Allow);
+    }
+}
+
+#[test]
+fn a_rot13_image_prompt_is_embedded_as_what_it_says() {
+    let Some(s) = cascade_screener() else { return };
+    let plain = "a photo of a naked woman, photorealistic, full body";
+    let hidden = Transform::Rot13.apply(plain, 7);
+    let (a, b) = (s.encoder_text(plain), s.encoder_text(&hidden));
+    assert_eq!(
+        a, b,
+        "the decoded view, not the gibberish, goes to the encoder"
+    );
+}

@@ -75,6 +75,13 @@ pub enum SafetyCommand {
         /// ...and leave this fold out of training.
         #[arg(long, requires = "folds")]
         holdout: Option<u32>,
+        /// Also train the cascade's heads on this encoder's embeddings (development part,
+        /// 5-fold stacking; slow in a debug build).
+        #[arg(long, requires = "heads_out", conflicts_with = "folds")]
+        encoder_dir: Option<PathBuf>,
+        /// Where to write the cascade heads (with --encoder-dir).
+        #[arg(long, requires = "encoder_dir")]
+        heads_out: Option<PathBuf>,
     },
     /// The encoder tier's model (`fetch`).
     #[command(subcommand)]
@@ -96,6 +103,13 @@ pub struct ScreenArgs {
     /// Rules only: no statistical model.
     #[arg(long)]
     no_model: bool,
+    /// The encoder tier's model directory (`stormwall safety model fetch`): the cascade
+    /// runs with it, the fast tier alone without it.
+    #[arg(long)]
+    encoder_dir: Option<PathBuf>,
+    /// Cascade heads file to use instead of the shipped one (with --encoder-dir).
+    #[arg(long, requires = "encoder_dir")]
+    heads: Option<PathBuf>,
 }
 
 fn parse_part(s: &str) -> Result<Part, String> {
@@ -139,6 +153,14 @@ impl ScreenArgs {
             let bytes = fs::read(m).with_context(|| format!("reading model {}", m.display()))?;
             b = b.model(Some(Model::from_bytes(&bytes)?));
         }
+        if let Some(d) = &self.encoder_dir {
+            let e = stormwall_safety::encoder::Encoder::from_dir(d)?;
+            b = b.encoder(Some(std::sync::Arc::new(e)));
+        }
+        if let Some(h) = &self.heads {
+            let bytes = fs::read(h).with_context(|| format!("reading heads {}", h.display()))?;
+            b = b.heads(Some(stormwall_safety::cascade::Heads::from_bytes(&bytes)?));
+        }
         Ok(b.build()?)
     }
 }
@@ -164,6 +186,8 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
             target_fpr,
             folds,
             holdout,
+            encoder_dir,
+            heads_out,
         } => {
             let cfg = TrainConfig {
                 bits,
@@ -171,7 +195,13 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
                 target_fpr,
                 ..TrainConfig::default()
             };
-            train(&data, &out, &cfg, folds.zip(holdout))
+            train(
+                &data,
+                &out,
+                &cfg,
+                folds.zip(holdout),
+                encoder_dir.zip(heads_out),
+            )
         }
         SafetyCommand::Model(m) => crate::cmd_safety_model::run(m),
     }
@@ -338,6 +368,7 @@ fn train(
     out: &Path,
     cfg: &TrainConfig,
     holdout: Option<(u32, u32)>,
+    heads: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<ExitCode> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -380,5 +411,46 @@ fn train(
         bytes.len(),
         out.display()
     );
+    if let Some((dir, heads_out)) = heads {
+        train_heads(&records, cfg, &dir, &heads_out)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cascade's heads: out-of-fold fast-tier scores stacked with the encoder's embeddings
+/// of the development records (the caller left the test part out), thresholds and band by
+/// cross-validation on them.
+fn train_heads(
+    records: &[Record],
+    cfg: &TrainConfig,
+    dir: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    use stormwall_safety::cascade;
+    let encoder = stormwall_safety::encoder::Encoder::from_dir(dir)?;
+    let screener = Screener::builtin()?;
+    let rows = cascade::rows(records, cfg, |r| {
+        encoder
+            .embed(&screener.encoder_text(&r.text))
+            .unwrap_or_else(|_| vec![0.0; encoder.dim()])
+    })?;
+    let (heads, rep) = cascade::train(&rows, &cascade::HeadsConfig::default());
+    let bytes = heads.to_bytes();
+    fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "cascade heads: {} rows; dev 5-fold CV (tuning, not quality): image F1 {:.3} FPR {:.3} (fast tier {:.3} / {:.3}), chat F1 {:.3} (fast tier {:.3}); image threshold {:.3}, chat threshold {:.3}, band {:?}; {} bytes -> {}",
+        rows.len(),
+        rep.image_cascade.f1(),
+        rep.image_cascade.fpr(),
+        rep.image_fast.f1(),
+        rep.image_fast.fpr(),
+        rep.chat_cascade.f1(),
+        rep.chat_fast.f1(),
+        heads.threshold(Kind::Image),
+        heads.threshold(Kind::Chat),
+        heads.band(),
+        bytes.len(),
+        out.display()
+    );
+    Ok(())
 }

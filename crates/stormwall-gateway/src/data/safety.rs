@@ -271,11 +271,6 @@ impl SafetyStage {
                 },
             );
         }
-        let mut builder = Screener::builder();
-        if let Some(path) = &c.gazetteer_path {
-            builder = builder.gazetteer_toml("gazetteer", &read(path)?)?;
-        }
-        let screener = Arc::new(builder.build()?);
         // A model that is there must load; a missing one leaves the fast tier alone.
         let encoder = match &c.encoder_dir {
             Some(d) if stormwall_safety::encoder::has_model_files(d) => Some(Arc::new(
@@ -288,6 +283,11 @@ impl SafetyStage {
             )),
             _ => None,
         };
+        let mut builder = Screener::builder().encoder(encoder.clone());
+        if let Some(path) = &c.gazetteer_path {
+            builder = builder.gazetteer_toml("gazetteer", &read(path)?)?;
+        }
+        let screener = Arc::new(builder.build()?);
         let mut classifiers: Vec<Arc<ExternalClassifier>> = Vec::new();
         for cc in &c.classifiers {
             let cl = ExternalClassifier::from_config(cc, env)?;
@@ -378,18 +378,19 @@ impl SafetyStage {
         (profile, known)
     }
 
-    /// Scores a text (on the blocking pool when it is long).
+    /// Scores a text for an endpoint kind, through the cascade when the encoder is loaded
+    /// (on the blocking pool when the text is long or the encoder may run).
     #[allow(clippy::disallowed_methods)] // spawn_blocking awaited here; the text is within the body cap
-    pub async fn analyze(self: &Arc<Self>, text: Arc<str>) -> Analysis {
-        if text.len() <= INLINE_SCREEN_BYTES {
-            return self.screener.analyze(&text);
+    pub async fn analyze(self: &Arc<Self>, text: Arc<str>, kind: Kind) -> Analysis {
+        if text.len() <= INLINE_SCREEN_BYTES && !self.screener.has_encoder() {
+            return self.screener.analyze_for(&text, kind);
         }
         let screener = Arc::clone(&self.screener);
         let t = Arc::clone(&text);
-        match tokio::task::spawn_blocking(move || screener.analyze(&t)).await {
+        match tokio::task::spawn_blocking(move || screener.analyze_for(&t, kind)).await {
             Ok(a) => a,
             // The blocking pool is gone (shutdown): screen inline rather than skip.
-            Err(_) => self.screener.analyze(&text),
+            Err(_) => self.screener.analyze_for(&text, kind),
         }
     }
 

@@ -46,7 +46,7 @@ pub async fn screen_request(
         stormwall_safety::Verdict::allow(kind)
     } else {
         stage
-            .analyze(Arc::clone(&text))
+            .analyze(Arc::clone(&text), kind)
             .await
             .decide(kind, &profile)
     };
@@ -108,7 +108,7 @@ pub async fn screen_output(
     let text: Arc<str> = text.into();
     let verdict = s
         .stage
-        .analyze(Arc::clone(&text))
+        .analyze(Arc::clone(&text), kind)
         .await
         .decide(kind, &s.profile);
     let output = stormwall_types::SafetyStage::Output;
