@@ -309,6 +309,24 @@ async fn external(h: &Harness, alert: Alert) {
 }
 
 /// The incidents about the test network.
+/// A key's incidents, newest first, once there are at least `n` (or what there is after
+/// five seconds).
+async fn key_incidents(h: &Harness, key_id: &str, n: usize) -> Vec<Value> {
+    let mut incidents = Vec::new();
+    for _ in 0..250 {
+        incidents = h.admin_get(&format!("/admin/incidents?key={key_id}")).await["incidents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if incidents.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(incidents.len() >= n, "{incidents:#?}");
+    incidents
+}
+
 async fn network_incidents(h: &Harness, alerts: usize) -> Vec<Value> {
     let mut found = Vec::new();
     for _ in 0..200 {
@@ -388,7 +406,8 @@ async fn an_incident_quiet_past_its_gap_is_closed_and_the_next_alert_opens_anoth
     assert_eq!(h.chat(&canary, "gpt-4o-mini").await.status, 401);
     wait_alerts_for(&h, &canary_id, 1).await;
     let list = |_: &Harness| format!("/admin/incidents?key={canary_id}");
-    let first = h.admin_get(&list(&h)).await["incidents"][0].clone();
+    // The alert is stored before its incident: wait for the incident itself.
+    let first = key_incidents(&h, &canary_id, 1).await[0].clone();
     assert_eq!(first["status"], "open", "{first:#}");
     // Quiet for longer than the gap: the episode ended, and the store says so.
     let mut status = Value::Null;
@@ -403,17 +422,7 @@ async fn an_incident_quiet_past_its_gap_is_closed_and_the_next_alert_opens_anoth
     // The key's next alert is a new episode: a new incident, the closed one left alone.
     assert_eq!(h.chat(&canary, "gpt-4o-mini").await.status, 401);
     wait_alerts_for(&h, &canary_id, 2).await;
-    let mut incidents = Vec::new();
-    for _ in 0..100 {
-        incidents = h.admin_get(&list(&h)).await["incidents"]
-            .as_array()
-            .unwrap()
-            .clone();
-        if incidents.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let incidents = key_incidents(&h, &canary_id, 2).await;
     assert_eq!(incidents.len(), 2, "{incidents:#?}");
     assert_eq!(incidents[0]["status"], "open");
     assert_ne!(incidents[0]["id"], first["id"]);
