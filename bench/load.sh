@@ -30,6 +30,10 @@ usage: bench/load.sh [options]
                         or both: a second gateway without the journal on the same store,
                         run right after the first in every scenario, and the ratios of
                         CPU per request and added p50 (journal on / off) at the end
+  --compare-bin PATH    a second gateway from another build of `stormwall` (say, main before
+                        a change), with its own store and keys made the same way, run right
+                        after the first in every scenario; the ratios of CPU per request and
+                        added p50 (this build / PATH) at the end. Not with --journal both
   --skip-build          use the binaries already in target/release
   -h, --help            this text
 EOF
@@ -52,6 +56,7 @@ LITELLM=0
 DIRECT_ONLY=0
 SKIP_BUILD=0
 JOURNAL=on
+COMPARE_BIN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
@@ -71,6 +76,7 @@ while [[ $# -gt 0 ]]; do
     --direct-only) DIRECT_ONLY=1; shift ;;
     --skip-build) SKIP_BUILD=1; shift ;;
     --journal) JOURNAL="$2"; shift 2 ;;
+    --compare-bin) COMPARE_BIN="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -85,6 +91,11 @@ case "$JOURNAL" in
   on|off|both) ;;
   *) echo "--journal must be on, off or both" >&2; exit 2 ;;
 esac
+if [[ -n "$COMPARE_BIN" ]]; then
+  [[ -x "$COMPARE_BIN" ]] || { echo "--compare-bin: $COMPARE_BIN is not an executable" >&2; exit 2; }
+  [[ $JOURNAL != both ]] || { echo "--compare-bin and --journal both each need the second gateway; pick one" >&2; exit 2; }
+  COMPARE_BIN="$(cd "$(dirname "$COMPARE_BIN")" && pwd)/$(basename "$COMPARE_BIN")"
+fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/target/release"
@@ -215,6 +226,8 @@ GW_URL=""
 GW_PID=""
 GW2_URL=""
 GW2_PID=""
+KEYS2_FILE="$RUN/keys.txt"
+RSS2_WHAT=""
 RSS_BASE="-"
 RSS_KEYS="-"
 RSS_WHAT="-"
@@ -324,6 +337,44 @@ EOF
       [[ $(($(cpu_ticks "$GW2_PID") - before)) -le $((CLK_TCK / 20)) ]] && break
     done
   fi
+  if [[ -n "$COMPARE_BIN" ]]; then
+    # Another build on a store of its own (its migrations may differ), with keys made and
+    # used the same way, so both gateways start the runs in the same state.
+    GW2_PORT="$(free_port)"
+    ADMIN2_PORT="$(free_port)"
+    sed -e "s/^listen = .*/listen = \"127.0.0.1:$GW2_PORT\"/" \
+      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$ADMIN2_PORT\"/" \
+      -e "s|^path = \"$RUN/stormwall.db\"|path = \"$RUN/compare.db\"|" "$RUN/stormwall.toml" >"$RUN/stormwall-compare.toml"
+    if [[ $KEYS_VIA == store ]]; then
+      "$COMPARE_BIN" keys create-bulk --config "$RUN/stormwall-compare.toml" --count "$KEYS" --tenant bench \
+        --out "$RUN/keys-compare.txt" --format keys >&2
+    fi
+    log "starting the compared build $COMPARE_BIN (config $RUN/stormwall-compare.toml)"
+    # shellcheck disable=SC2046
+    env STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
+      $(pin "$GATEWAY_CPUS") "$COMPARE_BIN" serve --config "$RUN/stormwall-compare.toml" >"$RUN/gateway-compare.log" 2>&1 &
+    GW2_PID=$!
+    PIDS+=("$GW2_PID")
+    wait_http "http://127.0.0.1:$ADMIN2_PORT/healthz" "$GW2_PID" 300 "$RUN/gateway-compare.log"
+    wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-compare.log"
+    GW2_URL="http://127.0.0.1:$GW2_PORT"
+    RSS2_BASE="$(rss_mib "$GW2_PID")"
+    if [[ $KEYS_VIA == admin ]]; then
+      STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/stormwall-loadgen" --create-keys "$KEYS" \
+        --url "http://127.0.0.1:$ADMIN2_PORT" --tenant bench --keys-out "$RUN/keys-compare.txt" --concurrency 8
+    fi
+    KEYS2_FILE="$RUN/keys-compare.txt"
+    # shellcheck disable=SC2046
+    $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$GW2_URL" --keys-file "$KEYS2_FILE" \
+      --requests "$KEYS" --warmup 0 --concurrency 16 --prompt-bytes 64 --tsv >/dev/null
+    for _ in $(seq 1 300); do
+      before="$(cpu_ticks "$GW2_PID")"
+      sleep 1
+      [[ $(($(cpu_ticks "$GW2_PID") - before)) -le $((CLK_TCK / 20)) ]] && break
+    done
+    RSS2_WHAT="${RSS2_BASE} MiB at start, $(rss_mib "$GW2_PID") MiB ($(rss_split "$GW2_PID")) after its $KEYS keys"
+    log "compared build RSS: $RSS2_WHAT"
+  fi
 fi
 
 # ---- LiteLLM (optional, best-effort) ------------------------------------------------------
@@ -379,9 +430,9 @@ loadgen() {
 
 # One gateway run at the scenario's settings; prints: rps p50 p99 errors +p50 cpu_ms/r.
 gw_run() {
-  local url="$1" pid="$2" before after g_rps g_p50 g_p99 g_err g_sent cpu added
+  local url="$1" pid="$2" keys="${3:-$RUN/keys.txt}" before after g_rps g_p50 g_p99 g_err g_sent cpu added
   before="$(cpu_ticks "$pid")"
-  read -r g_rps g_p50 _ g_p99 g_err g_sent _ <<<"$(loadgen --url "$url" --keys-file "$RUN/keys.txt" --concurrency "$c" "${stream_flag[@]}")"
+  read -r g_rps g_p50 _ g_p99 g_err g_sent _ <<<"$(loadgen --url "$url" --keys-file "$keys" --concurrency "$c" "${stream_flag[@]}")"
   after="$(cpu_ticks "$pid")"
   # CPU per request over every request sent, warm-up included, since the CPU counter
   # covers the warm-up too.
@@ -400,6 +451,9 @@ fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
   echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}', journal ${JOURNAL}"
   if [[ $DIRECT_ONLY -eq 0 ]]; then
     echo "gateway RSS: $RSS_WHAT"
+  fi
+  if [[ -n "$COMPARE_BIN" ]]; then
+    echo "compared build: $COMPARE_BIN; its RSS: $RSS2_WHAT"
   fi
   echo "latency in ms (full body read); rps = successful requests per second"
   echo
@@ -475,6 +529,7 @@ for round in $(seq 1 "$ROUNDS"); do
       fi
       jlabel="$label"
       [[ $JOURNAL == both ]] && jlabel="$label jrnl"
+      [[ -n "$COMPARE_BIN" ]] && jlabel="$label this"
       row="$(fmt_row "$jlabel" "$d_rps" "$d_p50" "$d_p99" "$g_rps" "$g_p50" "$g_p99" "$added" "$cpu" "$d_err/$g_err")"
 
       if [[ $LITELLM -eq 1 ]]; then
@@ -482,29 +537,38 @@ for round in $(seq 1 "$ROUNDS"); do
         row+="$(fmt_ll "$l_rps" "$l_p50" "$l_p99" "$l_err")"
       fi
       echo "$row" | tee -a "$REPORT"
-      if [[ $JOURNAL == both && -n "$GW2_URL" ]]; then
-        read -r m_rps m_p50 m_p99 m_err m_added m_cpu <<<"$(gw_run "$GW2_URL" "$GW2_PID")"
-        fmt_row "$label mem" "$d_rps" "$d_p50" "$d_p99" "$m_rps" "$m_p50" "$m_p99" "$m_added" "$m_cpu" "$d_err/$m_err" | tee -a "$REPORT"
+      if [[ -n "$GW2_URL" ]]; then
+        read -r m_rps m_p50 m_p99 m_err m_added m_cpu <<<"$(gw_run "$GW2_URL" "$GW2_PID" "$KEYS2_FILE")"
+        mlabel="$label mem"
+        [[ -n "$COMPARE_BIN" ]] && mlabel="$label cmp"
+        fmt_row "$mlabel" "$d_rps" "$d_p50" "$d_p99" "$m_rps" "$m_p50" "$m_p99" "$m_added" "$m_cpu" "$d_err/$m_err" | tee -a "$REPORT"
         echo | tee -a "$REPORT"
-        printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$cpu" "$m_cpu" "$added" "$m_added" >>"$RUN/journal-ab.tsv"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$cpu" "$m_cpu" "$added" "$m_added" >>"$RUN/ab.tsv"
       fi
     done
   done
 done
 
-if [[ -s "$RUN/journal-ab.tsv" ]]; then
+if [[ -s "$RUN/ab.tsv" ]]; then
   {
     echo
-    echo "journal on / off (same store and keys, runs back to back): CPU per request and added p50"
+    if [[ -n "$COMPARE_BIN" ]]; then
+      echo "this build / compared build (runs back to back): CPU per request and added p50"
+    else
+      echo "journal on / off (same store and keys, runs back to back): CPU per request and added p50"
+    fi
     awk -F'\t' '{
       cr = ($3 > 0) ? sprintf("%.2f", $2 / $3) : "-"
       lr = ($5 > 0) ? sprintf("%.2f", $4 / $5) : "-"
       printf "  %-16s cpu_ms/r %s / %s = %s   +p50 %s / %s = %s\n", $1, $2, $3, cr, $4, $5, lr
-    }' "$RUN/journal-ab.tsv"
+    }' "$RUN/ab.tsv"
   } | tee -a "$REPORT"
 fi
 
 if [[ -n "$GW_PID" ]]; then
   echo "gateway RSS after the runs: $(rss_mib "$GW_PID") MiB ($(rss_split "$GW_PID"); peak $(hwm_mib "$GW_PID") MiB)" | tee -a "$REPORT"
+fi
+if [[ -n "$COMPARE_BIN" && -n "$GW2_PID" ]]; then
+  echo "compared build RSS after the runs: $(rss_mib "$GW2_PID") MiB ($(rss_split "$GW2_PID"); peak $(hwm_mib "$GW2_PID") MiB)" | tee -a "$REPORT"
 fi
 echo "report: $REPORT (logs in $RUN)" | tee -a "$REPORT"

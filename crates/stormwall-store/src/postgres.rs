@@ -490,6 +490,17 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Database(pg_message(&e))
 }
 
+/// Events from rows of `(id, body_json)`.
+fn decode_event_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<UsageEvent>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get(0).map_err(db)?;
+            let body: String = row.try_get(1).map_err(db)?;
+            decode_event(&id, &body)
+        })
+        .collect()
+}
+
 fn pool_err(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => db(e),
@@ -822,13 +833,7 @@ impl EventStore for PostgresStore {
         let (sql, params) = (b.sql, b.params);
         let stmt = client.prepare_cached(&sql).await.map_err(db)?;
         let rows = client.query(&stmt, &as_refs(&params)).await.map_err(db)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get(0).map_err(db)?;
-            let body: String = row.try_get(1).map_err(db)?;
-            out.push(decode_event(&id, &body)?);
-        }
-        Ok(out)
+        decode_event_rows(&rows)
     }
 
     async fn spend_since(&self, key_id: &KeyId, since: OffsetDateTime) -> Result<f64, StoreError> {
@@ -876,13 +881,7 @@ impl EventStore for PostgresStore {
             .await
             .map_err(db)?;
         let rows = client.query(&stmt, &[&ids]).await.map_err(db)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get(0).map_err(db)?;
-            let body: String = row.try_get(1).map_err(db)?;
-            out.push(decode_event(&id, &body)?);
-        }
-        Ok(out)
+        decode_event_rows(&rows)
     }
 }
 

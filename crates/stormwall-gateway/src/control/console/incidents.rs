@@ -8,12 +8,12 @@
 use std::fmt::Write as _;
 
 use http::StatusCode;
-use stormwall_store::{AuditQuery, EventSummary, IncidentQuery, StoredIncident, SummaryParts};
+use stormwall_store::{EventSummary, IncidentQuery, StoredIncident, SummaryParts};
 use stormwall_types::{IncidentStatus, IncidentSubject, Severity, Stage};
 
 use super::html::{self, E, Nav, csrf_field, esc, ro, table, url_part};
 use super::pages::{
-    AUDIT_HEAD, EVENT_HEAD, LIVE_SECS, Page, act_on_key, audit_rows, dl, event_rows,
+    AUDIT_HEAD, EVENT_HEAD, LIVE_SECS, Page, act_on_key, audit_rows, audit_trail, dl, event_rows,
     evidence_events, key_link, networks_and_clients, not_found, opt_text, queue_tabs, select,
     short_ts, status_badge, store_failed, ts,
 };
@@ -163,16 +163,7 @@ pub(super) async fn page(ctx: &Ctx<'_>, id: &str) -> Page {
         Ok(None) => return not_found(),
         Err(e) => return store_failed(e),
     };
-    let trail = ctx
-        .app
-        .store
-        .list_audit(&AuditQuery {
-            target: Some(id.to_owned()),
-            limit: Some(200),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_default();
+    let trail = audit_trail(ctx, id).await;
     let i = &stored.incident;
     let evidence = evidence_events(ctx, &i.evidence).await;
     let mut h = dl(&[

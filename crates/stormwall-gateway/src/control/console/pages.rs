@@ -1156,16 +1156,7 @@ async fn alert_page(ctx: &Ctx<'_>, id: &str) -> Page {
         })
         .await
         .unwrap_or_default();
-    let trail = ctx
-        .app
-        .store
-        .list_audit(&AuditQuery {
-            target: Some(id.to_owned()),
-            limit: Some(200),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_default();
+    let trail = audit_trail(ctx, id).await;
     let evidence = evidence_events(ctx, &a.alert.evidence).await;
     let al = &a.alert;
     let mut h = dl(&[
@@ -1834,4 +1825,18 @@ mod tests {
         );
         assert_eq!(uuid7_time("not-a-uuid"), None);
     }
+}
+
+/// The newest audit entries about one alert or incident, for its page (none when the store
+/// cannot answer: the rest of the page still helps).
+pub(super) async fn audit_trail(ctx: &Ctx<'_>, target: &str) -> Vec<AuditRecord> {
+    ctx.app
+        .store
+        .list_audit(&AuditQuery {
+            target: Some(target.to_owned()),
+            limit: Some(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_default()
 }
