@@ -1798,6 +1798,20 @@ fn requests_chart(id: &str, o: &stats::Overview) -> String {
     )
 }
 
+/// The newest audit entries about one alert or incident, for its page (none when the store
+/// cannot answer: the rest of the page still helps).
+pub(super) async fn audit_trail(ctx: &Ctx<'_>, target: &str) -> Vec<AuditRecord> {
+    ctx.app
+        .store
+        .list_audit(&AuditQuery {
+            target: Some(target.to_owned()),
+            limit: Some(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1825,18 +1839,4 @@ mod tests {
         );
         assert_eq!(uuid7_time("not-a-uuid"), None);
     }
-}
-
-/// The newest audit entries about one alert or incident, for its page (none when the store
-/// cannot answer: the rest of the page still helps).
-pub(super) async fn audit_trail(ctx: &Ctx<'_>, target: &str) -> Vec<AuditRecord> {
-    ctx.app
-        .store
-        .list_audit(&AuditQuery {
-            target: Some(target.to_owned()),
-            limit: Some(200),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_default()
 }
