@@ -186,7 +186,7 @@ const V7_WINDOW: i64 = 3_600;
 
 /// V7: a young key taken over. While a key has no baseline of its own, its owner is what
 /// its first requests looked like, and its tenant's other keys say which networks and
-/// clients the tenant uses. A request from a network **and** client neither knows is
+/// clients the tenant uses. A request whose network **or** client neither knows is
 /// foreign; its takeover signals (a new network, country or egress kind, a new client,
 /// a zero-cost probe, a model listing, role-play markers, relay artefacts, many addresses or
 /// a jump in rate) add up over the next hour, each kind once. At `v7_min_points`, with a
