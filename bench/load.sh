@@ -184,6 +184,25 @@ binary_note() {
   fi
 }
 
+# Sends one request with each key of FILE to URL (the load generator rotates through the
+# file), so every key has been used, admission and detection state included.
+use_each_key() {
+  # shellcheck disable=SC2046
+  $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$1" --keys-file "$2" \
+    --requests "$KEYS" --warmup 0 --concurrency 16 --prompt-bytes 64 --tsv >/dev/null
+}
+
+# Waits (up to 5 minutes) until PID has used under 1/20 s of CPU in a second: the event
+# writer and the detectors have caught up.
+wait_idle() {
+  local before
+  for _ in $(seq 1 300); do
+    before="$(cpu_ticks "$1")"
+    sleep 1
+    [[ $(($(cpu_ticks "$1") - before)) -le $((CLK_TCK / 20)) ]] && break
+  done
+}
+
 rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 # Heap and stacks (anonymous) apart from the executable's and libraries' mapped pages (file):
@@ -291,18 +310,12 @@ EOF
   # admission and detection state included — when RSS is read.
   log "using each of the $KEYS keys once"
   started=$SECONDS
-  # shellcheck disable=SC2046
-  $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$GW_URL" --keys-file "$RUN/keys.txt" \
-    --requests "$KEYS" --warmup 0 --concurrency 16 --prompt-bytes 64 --tsv >/dev/null
+  use_each_key "$GW_URL" "$RUN/keys.txt"
   log "used $KEYS keys in $((SECONDS - started)) s"
   # The event writer and the detectors may still be working through that pass (a million
   # events take a while): wait until the gateway is idle, so the runs and the RSS reading
   # do not overlap them.
-  for _ in $(seq 1 300); do
-    before="$(cpu_ticks "$GW_PID")"
-    sleep 1
-    [[ $(($(cpu_ticks "$GW_PID") - before)) -le $((CLK_TCK / 20)) ]] && break
-  done
+  wait_idle "$GW_PID"
   log "gateway idle $((SECONDS - started)) s after the pass began"
   RSS_KEYS="$(rss_mib "$GW_PID") MiB ($(rss_split "$GW_PID"))"
   if [[ $KEYS_VIA == admin ]]; then
@@ -328,14 +341,8 @@ EOF
     wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-nojournal.log"
     GW2_URL="http://127.0.0.1:$GW2_PORT"
     # Warm it like the first: every key used once.
-    # shellcheck disable=SC2046
-    $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$GW2_URL" --keys-file "$RUN/keys.txt" \
-      --requests "$KEYS" --warmup 0 --concurrency 16 --prompt-bytes 64 --tsv >/dev/null
-    for _ in $(seq 1 300); do
-      before="$(cpu_ticks "$GW2_PID")"
-      sleep 1
-      [[ $(($(cpu_ticks "$GW2_PID") - before)) -le $((CLK_TCK / 20)) ]] && break
-    done
+    use_each_key "$GW2_URL" "$RUN/keys.txt"
+    wait_idle "$GW2_PID"
   fi
   if [[ -n "$COMPARE_BIN" ]]; then
     # Another build on a store of its own (its migrations may differ), with keys made and
@@ -364,14 +371,8 @@ EOF
         --url "http://127.0.0.1:$ADMIN2_PORT" --tenant bench --keys-out "$RUN/keys-compare.txt" --concurrency 8
     fi
     KEYS2_FILE="$RUN/keys-compare.txt"
-    # shellcheck disable=SC2046
-    $(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" --url "$GW2_URL" --keys-file "$KEYS2_FILE" \
-      --requests "$KEYS" --warmup 0 --concurrency 16 --prompt-bytes 64 --tsv >/dev/null
-    for _ in $(seq 1 300); do
-      before="$(cpu_ticks "$GW2_PID")"
-      sleep 1
-      [[ $(($(cpu_ticks "$GW2_PID") - before)) -le $((CLK_TCK / 20)) ]] && break
-    done
+    use_each_key "$GW2_URL" "$KEYS2_FILE"
+    wait_idle "$GW2_PID"
     RSS2_WHAT="${RSS2_BASE} MiB at start, $(rss_mib "$GW2_PID") MiB ($(rss_split "$GW2_PID")) after its $KEYS keys"
     log "compared build RSS: $RSS2_WHAT"
   fi
