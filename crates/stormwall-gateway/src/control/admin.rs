@@ -591,12 +591,28 @@ async fn incidents(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody
         key_id: key_param(query)?,
         tenant: param(query, "tenant"),
         alert_id: param(query, "alert"),
-        subject: None,
+        subject: network_subject(query)?,
         since: time_param(query, "since")?,
         limit: Some(limit_param(query, DEFAULT_ALERT_PAGE, MAX_ALERT_PAGE)?),
     };
     let incidents = app.store.list_incidents(&q).await.map_err(store_error)?;
     ok_json(StatusCode::OK, &IncidentPage { incidents })
+}
+
+/// The `network` filter of the incident list: a CIDR prefix (`198.51.100.0/24`), as the
+/// subject of a source network's incident, in the canonical form incidents are stored under.
+fn network_subject(query: Option<&str>) -> Result<Option<String>, AdminError> {
+    param(query, "network")
+        .map(|n| {
+            n.parse::<ipnet::IpNet>()
+                .map(|net| format!("network:{}", net.trunc()))
+                .map_err(|_| {
+                    AdminError::BadRequest(
+                        "network must be a CIDR prefix such as 198.51.100.0/24".into(),
+                    )
+                })
+        })
+        .transpose()
 }
 
 #[derive(serde::Serialize)]

@@ -117,7 +117,13 @@ async fn alerts_on_one_key_are_one_incident_one_notification_and_ack_applies_to_
         .admin_get(&format!("/admin/incidents?alert={alert_id}"))
         .await;
     assert_eq!(by_alert["incidents"][0]["id"], json!(id));
-    for bad in ["status=done", "severity=urgent", "since=yesterday", "key=x"] {
+    for bad in [
+        "status=done",
+        "severity=urgent",
+        "since=yesterday",
+        "key=x",
+        "network=not-a-net",
+    ] {
         let r = h
             .admin_call("GET", &format!("/admin/incidents?{bad}"), Value::Null)
             .await;
@@ -392,6 +398,19 @@ async fn after_a_restart_a_source_networks_next_alert_joins_its_stored_incident(
     assert_eq!(inc["timeline"].as_array().unwrap().len(), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.request_count(), 1, "no second notification");
+    // The list filters by source network, given in any spelling of its prefix.
+    for network in ["198.51.100.0/24", "198.51.100.77/24"] {
+        let page = h
+            .admin_get(&format!("/admin/incidents?network={network}"))
+            .await;
+        assert_eq!(page["incidents"].as_array().unwrap().len(), 1, "{page:#}");
+        assert_eq!(page["incidents"][0]["id"], inc["id"]);
+    }
+    let other = h.admin_get("/admin/incidents?network=203.0.113.0/24").await;
+    assert!(
+        other["incidents"].as_array().unwrap().is_empty(),
+        "{other:#}"
+    );
     h.shutdown().await;
 }
 
