@@ -601,7 +601,7 @@ async fn incidents(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody
 
 /// The `network` filter of the incident list: a CIDR prefix (`198.51.100.0/24`), as the
 /// subject of a source network's incident, in the canonical form incidents are stored under.
-fn network_subject(query: Option<&str>) -> Result<Option<String>, AdminError> {
+fn network_subject(query: &str) -> Result<Option<String>, AdminError> {
     param(query, "network")
         .map(|n| {
             n.parse::<ipnet::IpNet>()
