@@ -712,7 +712,7 @@ fn update_windows(ctx: &Ctx<'_>, ks: &mut KeyState) -> Update {
         ks.minute_probes += 1;
     }
     if (asn_new || cc_new) && h.spread_evidence.len() < 8 {
-        h.spread_evidence.push(e.id.clone());
+        h.spread_evidence.push(e.id.as_str().into());
     }
     let mut new_sys = false;
     if let Some(s) = o.sys_h {

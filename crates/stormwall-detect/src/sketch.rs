@@ -29,56 +29,68 @@ pub fn hash_bytes(b: &[u8]) -> u64 {
 }
 
 /// An exact set of 64-bit values that stops accepting new values at `cap`; past that it
-/// only counts how many insertions it refused, so memory stays bounded per key. A set of
-/// one value (most sets of a key seen once in an hour) keeps it in place, on no heap.
+/// only counts how many insertions it refused, so memory stays bounded per key. Sixteen
+/// bytes: an empty set or a set of one value (most sets of a key seen once in an hour) keeps
+/// its cap and value in place, on no heap; two or more values, or a refusal, go to one box.
 #[derive(Debug, Clone, Default)]
-pub struct CappedSet {
-    items: Items,
+pub struct CappedSet(Items);
+
+/// The states of a [`CappedSet`]: the cap and at most one value in place, the rest boxed.
+#[derive(Debug, Clone)]
+enum Items {
+    /// No value yet.
+    Empty { cap: u16 },
+    /// One value.
+    One { cap: u16, value: u64 },
+    /// Two or more values, or at least one refused insertion.
+    Many(Box<Many>),
+}
+
+impl Default for Items {
+    fn default() -> Self {
+        Items::Empty { cap: 0 }
+    }
+}
+
+/// A [`CappedSet`] past its first value.
+#[derive(Debug, Clone)]
+struct Many {
+    values: Vec<u64>,
     cap: u16,
     overflow: u32,
-}
-
-/// The values of a [`CappedSet`]: none or one in place, more on the heap. The same size as
-/// a `Vec` alone.
-#[derive(Debug, Clone, Default)]
-enum Items {
-    #[default]
-    None,
-    One(u64),
-    Many(Vec<u64>),
-}
-
-impl Items {
-    fn as_slice(&self) -> &[u64] {
-        match self {
-            Items::None => &[],
-            Items::One(v) => std::slice::from_ref(v),
-            Items::Many(vs) => vs,
-        }
-    }
-
-    fn push(&mut self, v: u64) {
-        match self {
-            Items::None => *self = Items::One(v),
-            Items::One(first) => *self = Items::Many(vec![*first, v]),
-            Items::Many(vs) => vs.push(v),
-        }
-    }
 }
 
 impl CappedSet {
     /// An empty set holding at most `cap` values.
     pub fn new(cap: u16) -> Self {
-        Self {
-            items: Items::None,
-            cap,
-            overflow: 0,
+        Self(Items::Empty { cap })
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match &self.0 {
+            Items::Empty { .. } => &[],
+            Items::One { value, .. } => std::slice::from_ref(value),
+            Items::Many(m) => &m.values,
+        }
+    }
+
+    fn cap(&self) -> u16 {
+        match &self.0 {
+            Items::Empty { cap } | Items::One { cap, .. } => *cap,
+            Items::Many(m) => m.cap,
+        }
+    }
+
+    fn overflow(&self) -> u32 {
+        match &self.0 {
+            Items::Many(m) => m.overflow,
+            _ => 0,
         }
     }
 
     /// Whether the value is in the set.
     pub fn contains(&self, v: u64) -> bool {
-        self.items.as_slice().contains(&v)
+        self.as_slice().contains(&v)
     }
 
     /// Inserts; returns `true` when the value is new (also when it was refused at the cap,
@@ -87,17 +99,38 @@ impl CappedSet {
         if self.contains(v) {
             return false;
         }
-        if self.len() < usize::from(self.cap) {
-            self.items.push(v);
-        } else {
-            self.overflow = self.overflow.saturating_add(1);
-        }
+        let boxed = |values: Vec<u64>, cap: u16, overflow: u32| {
+            Items::Many(Box::new(Many {
+                values,
+                cap,
+                overflow,
+            }))
+        };
+        let next = match &mut self.0 {
+            Items::Many(m) => {
+                if m.values.len() < usize::from(m.cap) {
+                    m.values.push(v);
+                } else {
+                    m.overflow = m.overflow.saturating_add(1);
+                }
+                return true;
+            }
+            Items::Empty { cap } if *cap >= 1 => Items::One {
+                cap: *cap,
+                value: v,
+            },
+            Items::One { cap, value } if *cap >= 2 => boxed(vec![*value, v], *cap, 0),
+            // Full in place (a cap of 0 or 1): the refusal is counted on the heap.
+            Items::Empty { cap } => boxed(Vec::new(), *cap, 1),
+            Items::One { cap, value } => boxed(vec![*value], *cap, 1),
+        };
+        self.0 = next;
         true
     }
 
     /// Number of distinct values held (refused ones excluded).
     pub fn len(&self) -> usize {
-        self.items.as_slice().len()
+        self.as_slice().len()
     }
 
     /// Whether the set is empty.
@@ -107,23 +140,83 @@ impl CappedSet {
 
     /// Whether values were refused at the cap (the set is then a lower bound).
     pub fn saturated(&self) -> bool {
-        self.overflow > 0
+        self.overflow() > 0
     }
 
     /// Distinct values seen, counting refused insertions (an upper bound past the cap).
     pub fn count(&self) -> usize {
-        self.len() + self.overflow as usize
+        self.len() + self.overflow() as usize
     }
 
     /// Removes everything.
     pub fn clear(&mut self) {
-        self.items = Items::None;
-        self.overflow = 0;
+        self.0 = Items::Empty { cap: self.cap() };
     }
 
     /// The values held.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.items.as_slice().iter().copied()
+        self.as_slice().iter().copied()
+    }
+}
+
+/// A short list that keeps its first element in place and only the second and later on the
+/// heap: per-key lists (models called this hour, evidence ids) hold one element for most
+/// keys, which then costs no allocation.
+#[derive(Debug, Clone, Default)]
+pub enum Few<T> {
+    /// Empty.
+    #[default]
+    None,
+    /// One element, in place.
+    One(T),
+    /// Two or more.
+    Many(Vec<T>),
+}
+
+impl<T> Few<T> {
+    /// The elements.
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Few::None => &[],
+            Few::One(v) => std::slice::from_ref(v),
+            Few::Many(vs) => vs,
+        }
+    }
+
+    /// The elements, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        match self {
+            Few::None => &mut [],
+            Few::One(v) => std::slice::from_mut(v),
+            Few::Many(vs) => vs,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends an element.
+    pub fn push(&mut self, v: T) {
+        match std::mem::take(self) {
+            Few::None => *self = Few::One(v),
+            Few::One(first) => *self = Few::Many(vec![first, v]),
+            Few::Many(mut vs) => {
+                vs.push(v);
+                *self = Few::Many(vs);
+            }
+        }
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.as_slice().iter()
     }
 }
 
@@ -237,11 +330,11 @@ mod tests {
 
     #[test]
     fn a_set_of_one_value_keeps_it_in_place() {
-        assert_eq!(std::mem::size_of::<CappedSet>(), 32);
+        assert_eq!(std::mem::size_of::<CappedSet>(), 16);
         let mut s = CappedSet::new(4);
         assert!(s.is_empty() && !s.contains(0));
         assert!(s.insert(9));
-        assert!(matches!(s.items, Items::One(9)));
+        assert!(matches!(s.0, Items::One { cap: 4, value: 9 }));
         assert!(!s.insert(9));
         assert!(s.insert(10));
         assert_eq!(s.iter().collect::<Vec<_>>(), [9, 10]);
@@ -250,6 +343,37 @@ mod tests {
         let mut zero = CappedSet::new(0);
         assert!(zero.insert(1));
         assert_eq!((zero.len(), zero.count()), (0, 1));
+    }
+
+    #[test]
+    fn a_set_of_cap_one_refuses_the_second_value_and_clear_keeps_the_cap() {
+        let mut s = CappedSet::new(1);
+        assert!(s.insert(7));
+        assert!(s.insert(8));
+        assert_eq!((s.len(), s.count(), s.saturated()), (1, 2, true));
+        assert!(s.contains(7) && !s.contains(8));
+        s.clear();
+        assert_eq!((s.len(), s.count(), s.saturated()), (0, 0, false));
+        assert!(s.insert(8) && s.contains(8));
+        assert!(CappedSet::default().insert(1));
+        assert_eq!(CappedSet::default().count(), 0);
+    }
+
+    #[test]
+    fn few_keeps_one_element_in_place_and_the_rest_in_order() {
+        assert_eq!(std::mem::size_of::<Few<(u64, u32)>>(), 24);
+        assert_eq!(std::mem::size_of::<Few<Box<str>>>(), 24);
+        let mut f = Few::default();
+        assert!(f.is_empty());
+        f.push(1u32);
+        assert!(matches!(f, Few::One(1)));
+        f.push(2);
+        f.push(3);
+        if let Some(x) = f.as_mut_slice().get_mut(1) {
+            *x = 20;
+        }
+        assert_eq!(f.iter().copied().collect::<Vec<_>>(), [1, 20, 3]);
+        assert_eq!(f.len(), 3);
     }
 
     #[test]

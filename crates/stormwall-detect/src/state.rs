@@ -16,7 +16,7 @@ use stormwall_types::{ActionKind, DetectorId, KeyId, Severity, Stage};
 use crate::egress::EgressFlag;
 use crate::features::{UaFamily, hour_of_day, hour_of_week};
 use crate::profile::{Measure, WeekProfile};
-use crate::sketch::{CappedSet, CountMin, Hll};
+use crate::sketch::{CappedSet, CountMin, Few, Hll};
 
 /// Number of detectors (size of per-detector arrays).
 pub const DETECTORS: usize = DetectorId::ALL.len();
@@ -335,7 +335,7 @@ pub struct HourWindow {
     /// Calls per endpoint.
     pub endpoints: [u32; 6],
     /// Calls per model (hash, count).
-    pub models: Vec<(u64, u32)>,
+    pub models: Few<(u64, u32)>,
     /// Peak in-flight.
     pub peak_inflight: u32,
     /// Peak requests in a minute.
@@ -365,7 +365,7 @@ pub struct HourWindow {
     /// Requests with an OpenAI SDK user agent but no `x-stainless-*` headers.
     pub sdk_bare: u32,
     /// Event ids that introduced a new ASN or country this hour (evidence for P1).
-    pub spread_evidence: Vec<String>,
+    pub spread_evidence: Few<Box<str>>,
     /// Whether R4 already fired this hour.
     pub r4_fired: bool,
     /// System prompts new to the key this hour that came from a network new to it (R1).
@@ -389,7 +389,7 @@ impl HourWindow {
             clusters: CappedSet::new(128),
             flags: 0,
             endpoints: [0; 6],
-            models: Vec::new(),
+            models: Few::None,
             peak_inflight: 0,
             peak_rpm: 0,
             inference: 0,
@@ -404,7 +404,7 @@ impl HourWindow {
             sdk: 0,
             generic: 0,
             sdk_bare: 0,
-            spread_evidence: Vec::new(),
+            spread_evidence: Few::None,
             r4_fired: false,
             new_sys_foreign: 0,
         }
@@ -412,7 +412,7 @@ impl HourWindow {
 
     /// Counts a model call; returns the hour's count for it.
     pub fn add_model(&mut self, model: u64) -> u32 {
-        if let Some(m) = self.models.iter_mut().find(|m| m.0 == model) {
+        if let Some(m) = self.models.as_mut_slice().iter_mut().find(|m| m.0 == model) {
             m.1 += 1;
             return m.1;
         }
@@ -834,7 +834,7 @@ impl KeyState {
         for (slot, n) in b.endpoints.iter_mut().zip(h.endpoints) {
             *slot += n as f32;
         }
-        for &(m, n) in &h.models {
+        for &(m, n) in h.models.iter() {
             b.add_model(m, n as f32);
             b.peak_model_calls_h = b.peak_model_calls_h.max(n as f32);
         }
@@ -1039,8 +1039,9 @@ mod tests {
     #[test]
     fn a_young_key_holds_no_baseline_or_alert_memory() {
         assert!(
-            // 648 before a young key's owner (V7) joined: 56 bytes, no allocation.
-            std::mem::size_of::<KeyState>() <= 704,
+            // 704 with 32-byte capped sets; 544 since a set keeps its cap and first value
+            // in 16 bytes (sketch::CappedSet).
+            std::mem::size_of::<KeyState>() <= 544,
             "KeyState is {} bytes",
             std::mem::size_of::<KeyState>()
         );

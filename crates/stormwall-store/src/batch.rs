@@ -27,6 +27,8 @@ const WRITE_ATTEMPTS: u32 = 4;
 /// Longest wait between two retries during an outage.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Wait before the first retry; each further retry waits four times longer.
+/// Event slots the writer keeps between batches while traffic is light.
+const BATCH_KEEP: usize = 64;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// After the first drop, one warning per this many drops, so a stalled store cannot
 /// flood the logs.
@@ -247,7 +249,9 @@ struct WriterLoop {
 
 impl WriterLoop {
     async fn run(self, mut rx: mpsc::Receiver<UsageEvent>, mut close: oneshot::Receiver<()>) {
-        let mut batch = Vec::with_capacity(self.batch_max);
+        // Grown as traffic needs and shrunk again when it is light: a `batch_max` of
+        // events held for the life of an idle process is most of a megabyte.
+        let mut batch = Vec::new();
         // Either arm of `close` (signal sent, or the BatchWriter dropped) means shut down;
         // every path that sees it leaves this loop, so it is never polled again.
         'run: loop {
@@ -290,7 +294,11 @@ impl WriterLoop {
                 }
             }
             self.full.at.store(self.batch_max, Ordering::SeqCst);
+            let written = batch.len();
             self.write(&mut batch).await;
+            if written < BATCH_KEEP {
+                batch.shrink_to(BATCH_KEEP);
+            }
         }
 
         // Drain: refuse new events, then write what was queued before the close.

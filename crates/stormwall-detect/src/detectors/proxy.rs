@@ -68,7 +68,12 @@ pub fn p1_dispersion(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
             feat("distinct_nets_hour", nets, None),
         ],
         subjects: ctx.source_subjects(),
-        evidence: ks.hour.spread_evidence.clone(),
+        evidence: ks
+            .hour
+            .spread_evidence
+            .iter()
+            .map(|id| id.to_string())
+            .collect(),
     });
 }
 

@@ -242,6 +242,21 @@ struct Memory {
     max: usize,
 }
 
+/// Event slots the shipper's memory keeps when it has caught up after a burst.
+const MEMORY_KEEP: usize = 256;
+
+impl Memory {
+    /// Gives back the room a burst left behind once the shipper has caught up: a moment of
+    /// store latency must not keep thousands of event slots for the life of the process.
+    /// Shrinks only below a quarter full, so the cost stays amortised.
+    fn release_spare(&mut self) {
+        let cap = self.events.capacity();
+        if cap > MEMORY_KEEP && self.events.len() < cap / 4 {
+            self.events.shrink_to(self.events.len().max(MEMORY_KEEP));
+        }
+    }
+}
+
 /// State shared by the request path, the writer thread and the shipper task. Locks are
 /// taken in the order output, pending; output, memory; output, ledger; ledger, memory.
 struct Shared {

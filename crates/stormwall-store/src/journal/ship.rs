@@ -145,6 +145,7 @@ impl Shipper {
                             events.push(e.event);
                         }
                     }
+                    memory.release_spare();
                     if events.is_empty() {
                         // Its bytes are written but not yet in the ledger: next tick.
                         return Next::Idle;
