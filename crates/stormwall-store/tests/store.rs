@@ -2012,6 +2012,30 @@ async fn sqlite_in_memory_works() {
     suite::event_filters(Arc::new(store)).await;
 }
 
+/// The connections' page caches are capped (sqlite.rs); an in-memory database lives in that
+/// cache, so it must keep everything past the cap all the same.
+#[tokio::test]
+async fn sqlite_in_memory_keeps_more_than_its_page_cache() {
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    let t0 = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    let padding = "x".repeat(2_000);
+    let mut total = 0u64;
+    for batch in 0..8u32 {
+        let events: Vec<UsageEvent> = (0..500u32)
+            .map(|i| {
+                let n = batch * 500 + i;
+                let mut e = event(&format!("evt-mem-{n:05}"), t0, Some(n % 7), None, 0.0);
+                e.path = format!("/v1/chat/completions/{padding}");
+                e
+            })
+            .collect();
+        store.insert_events(&events).await.unwrap();
+        total += events.len() as u64;
+    }
+    // 4,000 events of over 2 KB each: several megabytes, past any cache limit.
+    assert_eq!(store.count_events().await.unwrap(), total);
+}
+
 #[tokio::test]
 async fn sqlite_open_reports_bad_path() {
     let dir = tempfile::tempdir().unwrap();
