@@ -289,18 +289,27 @@ async fn an_outage_keeps_events_on_disk_and_a_restart_ships_them_once() {
         }
     }
     // Rotation happened, and nothing is deleted while the store has acknowledged nothing.
-    // The writer thread rotates when asked, so on a busy machine it may still be catching up.
-    let mut files = segment_files(dir.path());
+    // The writer thread rotates when asked and the gauges follow the ledger, so on a busy
+    // machine they may still be catching up: wait (bounded) for all three.
+    let stats = journal.stats();
+    let settled = || {
+        let files = segment_files(dir.path());
+        let unshipped = stats.unshipped_bytes.load(Ordering::SeqCst);
+        let oldest = stats.oldest_unshipped_ms.load(Ordering::SeqCst);
+        (files, unshipped, oldest)
+    };
+    let mut seen = settled();
     for _ in 0..100 {
-        if files.len() > 2 {
+        if seen.0.len() > 2 && seen.1 > 0 && seen.2 > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        files = segment_files(dir.path());
+        seen = settled();
     }
+    let (files, unshipped, oldest) = seen;
     assert!(files.len() > 2, "{files:?}");
-    assert!(journal.stats().unshipped_bytes.load(Ordering::SeqCst) > 0);
-    assert!(journal.stats().oldest_unshipped_ms.load(Ordering::SeqCst) > 0);
+    assert!(unshipped > 0);
+    assert!(oldest > 0);
     let left = service.shutdown(Duration::from_millis(300)).await;
     assert!(left > 0);
     // (The writer thread rotates on request, so a rotation asked for by the last writes
