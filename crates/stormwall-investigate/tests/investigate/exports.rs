@@ -105,3 +105,63 @@ fn the_report_is_one_self_contained_file() {
     }
     assert!(!html.contains("globex"));
 }
+
+#[test]
+fn a_redacted_assessment_keeps_its_shape_and_drops_personal_data() {
+    use stormwall_investigate::export::redact;
+    use stormwall_investigate::{Override, OverrideOp, Role};
+    let g = fixture_graph();
+    let overrides = Overrides {
+        entries: vec![
+            Override {
+                at: time::OffsetDateTime::UNIX_EPOCH,
+                analyst: "dana.analyst".into(),
+                op: OverrideOp::Annotate {
+                    entity: "tenant:acme".into(),
+                    note: "notified".into(),
+                },
+            },
+            Override {
+                at: time::OffsetDateTime::UNIX_EPOCH,
+                analyst: "dana.analyst".into(),
+                op: OverrideOp::Reject {
+                    entity: "tenant:globex".into(),
+                    role: Role::Victim,
+                },
+            },
+        ],
+    };
+    let a = assess(&g, &RoleConfig::default(), &overrides);
+    let r = redact(&g, &a, &ExportOptions::default());
+    assert_eq!(r.roles.len(), a.roles.len());
+    assert_eq!(r.clusters.len(), a.clusters.len());
+    assert_eq!(r.victim_harm.len(), a.victim_harm.len());
+    let text = serde_json::to_string(&r).unwrap();
+    // (The fixture's made-up system-prompt digests spell tenant names: not personal data.)
+    for name in [
+        "tenant:acme",
+        "tenant:globex",
+        "tenant:initech",
+        "acmekey",
+        "globexkey",
+        "initechkey",
+        "buyer-",
+        "dana",
+    ] {
+        assert!(!text.contains(name), "{name} in {text}");
+    }
+    assert!(text.contains("notified (an analyst at "), "{text}");
+    assert!(r.rejected[0].entity.starts_with("tenant:tenant-"));
+    // Not personal: networks keep their ids.
+    assert!(text.contains("network:203.0.113.0/24"));
+    // Asked for: unchanged.
+    let all = redact(
+        &g,
+        &a,
+        &ExportOptions {
+            include_personal_data: true,
+            ..ExportOptions::default()
+        },
+    );
+    assert_eq!(all, a);
+}
