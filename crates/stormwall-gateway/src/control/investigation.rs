@@ -196,11 +196,10 @@ pub async fn assess(
 /// Audit records read per page when collecting the overrides.
 const AUDIT_PAGE: usize = 10_000;
 /// Audit actor prefix of an analyst's decision (the CLI's and the admin API's).
-pub const ANALYST: &str = "analyst:";
+pub const ANALYST: &str = stormwall_investigate::overrides::ANALYST_ACTOR;
 
-/// Every analyst decision in the audit log, oldest first: records whose action is an
-/// override's (`investigate.confirm`, …), whose actor is `analyst:<handle>` and whose
-/// detail reads as the decision.
+/// Every analyst decision in the audit log, oldest first
+/// ([`stormwall_investigate::overrides::from_audit`]).
 pub async fn overrides(app: &ControlPlane) -> Result<Overrides, StoreError> {
     let mut out = Overrides::default();
     let mut after_seq = None;
@@ -215,25 +214,10 @@ pub async fn overrides(app: &ControlPlane) -> Result<Overrides, StoreError> {
             .await?;
         let full = page.len() == AUDIT_PAGE;
         after_seq = page.last().map(|r| r.seq);
-        for r in page {
-            let e = r.entry;
-            if !e.action.starts_with("investigate.") {
-                continue;
-            }
-            let Some(analyst) = e.actor.strip_prefix(ANALYST) else {
-                continue;
-            };
-            let Ok(op) = serde_json::from_value::<OverrideOp>(e.detail) else {
-                continue;
-            };
-            if op.audit_action() == e.action {
-                out.entries.push(Override {
-                    at: e.at,
-                    analyst: analyst.to_owned(),
-                    op,
-                });
-            }
-        }
+        out.entries.extend(
+            page.iter()
+                .filter_map(|r| stormwall_investigate::overrides::from_audit(&r.entry)),
+        );
         if !full {
             return Ok(out);
         }
