@@ -165,3 +165,32 @@ fn a_redacted_assessment_keeps_its_shape_and_drops_personal_data() {
     );
     assert_eq!(all, a);
 }
+
+#[test]
+fn a_relays_tls_fingerprint_is_an_indicator_of_its_infrastructure() {
+    let mut g = stormwall_investigate::Graph::new(Default::default());
+    for mut e in crate::fixture() {
+        if e.source_ip.to_string().starts_with("203.0.113.") {
+            e.tls_fingerprint = Some("t13d0903h1_0123456789ab_ba9876543210".into());
+        }
+        g.add_event(&e, &[]);
+    }
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let b = stix::bundle(&g, &a, &ExportOptions::default()).unwrap();
+    let objects = b["objects"].as_array().unwrap();
+    let ind = objects
+        .iter()
+        .find(|o| {
+            o["pattern"]
+                == "[x-stormwall-tls-client:fingerprint = 't13d0903h1_0123456789ab_ba9876543210']"
+        })
+        .expect("no TLS indicator");
+    let infra = objects
+        .iter()
+        .find(|o| o["type"] == "infrastructure" && o["name"] == "Relay network 203.0.113.0/24")
+        .unwrap();
+    assert!(objects.iter().any(|o| o["type"] == "relationship"
+        && o["source_ref"] == ind["id"]
+        && o["relationship_type"] == "indicates"
+        && o["target_ref"] == infra["id"]));
+}
