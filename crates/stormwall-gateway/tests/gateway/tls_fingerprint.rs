@@ -63,6 +63,8 @@ async fn chat_over_tls(
                 false,
             ))))
             .unwrap();
+        // After a response, the connection takes a moment to accept the next request.
+        send.ready().await.unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
             .await
             .expect("no answer over TLS")
@@ -79,6 +81,7 @@ async fn chat_over_tls(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // the HTTP/2 connection's driver is aborted at the end
 async fn the_gateway_terminates_tls_and_records_each_clients_hello_fingerprint() {
     let mut h = harness_with(|c| {
         c.server.tls_cert_file = Some(format!("{DIR}/cert.pem").into());
@@ -138,6 +141,47 @@ async fn the_gateway_terminates_tls_and_records_each_clients_hello_fingerprint()
         .admin_get("/admin/investigation?include_personal_data=true&analyst=tls-test")
         .await;
     assert_eq!(inv["graph"]["nodes_by_kind"]["tls"], 2, "{inv:#}");
+
+    // HTTP/2 over TLS (ALPN h2): served, and the ALPN part of the fingerprint says so.
+    let c = client_config(None, &[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(c)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get(format!("https://localhost:{}/v1/models", addr.port()))
+        .header("authorization", format!("Bearer {key_b}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    drop((send, resp));
+    driver.abort();
+    let events = h.events(6).await;
+    let h2 = events
+        .iter()
+        .find(|e| e.path == "/v1/models")
+        .and_then(|e| e.tls_fingerprint.clone())
+        .expect("the HTTP/2 request's event has a fingerprint");
+    assert_eq!(&h2[8..10], "h2", "{h2}");
+    assert_eq!(
+        &h2[10..],
+        &fa[0][10..],
+        "same suites and groups as client A"
+    );
 
     // Plain HTTP is refused on the TLS listener (no request reaches the pipeline).
     let r = http_request(
