@@ -34,6 +34,11 @@ pub struct ServerConfig {
     /// `api-version` assumed for an Azure request that sends none (`None`: such requests
     /// get 400, as a dated version is required on Azure's dated routes).
     pub azure_default_api_version: Option<String>,
+    /// PEM certificate chain: with `tls_key_file`, the proxy listener terminates TLS itself
+    /// (rustls) and records each connection's ClientHello fingerprint on its events.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +53,8 @@ impl Default for ServerConfig {
             key_cache_max_stale_secs: 900,
             worker_threads: 0,
             azure_default_api_version: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

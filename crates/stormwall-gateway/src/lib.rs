@@ -24,6 +24,7 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use config::GatewayConfig;

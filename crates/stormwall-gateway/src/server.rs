@@ -29,6 +29,7 @@ use crate::data::ipdb::{IpDb, IpDbError};
 use crate::data::keycache::KeyCache;
 use crate::data::pipeline;
 use crate::metrics::Metrics;
+use crate::tls::Conn;
 use crate::upstream::{self, Router, UpstreamConfigError};
 use stormwall_types::pricing::Pricing;
 
@@ -94,6 +95,20 @@ pub enum StartError {
     /// The cloud-log follower cannot resume.
     #[error(transparent)]
     Follow(#[from] crate::control::cloud_logs::FollowError),
+    /// `[server] tls_cert_file` / `tls_key_file` are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The proxy listener's TLS configuration, when `[server]` names a certificate and key.
+fn tls_config(
+    server: &crate::config::ServerConfig,
+) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+    match (&server.tls_cert_file, &server.tls_key_file) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::server_config(cert, key)?)),
+        _ => Err(crate::tls::TlsError::Incomplete.into()),
+    }
 }
 
 /// Validates the gateway's config sections without starting anything (`config check`).
@@ -106,6 +121,7 @@ pub fn check_config(
     }
     check_stale_bound(&config.server)?;
     check_default_api_version(&config.server)?;
+    tls_config(&config.server)?;
     Router::from_config(&config.upstreams, env)?;
     IpDb::load(&config.ipdb)?;
     if config.leak_reports.enabled {
@@ -225,6 +241,7 @@ pub async fn start_with(
     }
     check_stale_bound(&config.server)?;
     check_default_api_version(&config.server)?;
+    let proxy_tls = tls_config(&config.server)?;
     let router = Router::from_config(&config.upstreams, env)?;
     let ipdb = Arc::new(IpDb::load(&config.ipdb)?);
     for missing in ipdb.status().missing {
@@ -401,10 +418,11 @@ pub async fn start_with(
     let (proxy_data, proxy_control) = (Arc::clone(&data), Arc::clone(&control));
     let proxy = serve(
         proxy_listener,
+        proxy_tls,
         shutdown_rx.clone(),
         grace,
         config.limits.clone(),
-        move |req, peer| {
+        move |req, peer, tls| {
             let (data, control) = (Arc::clone(&proxy_data), Arc::clone(&proxy_control));
             async move {
                 // Leaked-key reports reach the proxy listener (reporters come from the
@@ -412,7 +430,7 @@ pub async fn start_with(
                 let resp = if leak_report::is_report(&control, req.method(), req.uri().path()) {
                     leak_report::serve(&control, &data, req, peer).await
                 } else {
-                    pipeline::handle(data, req, peer).await
+                    pipeline::handle(data, req, peer, tls.as_deref()).await
                 };
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -425,10 +443,11 @@ pub async fn start_with(
     });
     let admin = serve(
         admin_listener,
+        None,
         shutdown_rx.clone(),
         grace,
         config.limits.clone(),
-        move |req, peer| admin::handle(Arc::clone(&admin_state), req, peer),
+        move |req, peer, _| admin::handle(Arc::clone(&admin_state), req, peer),
     );
     let mut background = vec![spawn_refresher(
         Arc::clone(&control),
@@ -644,13 +663,18 @@ fn conn_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 #[allow(clippy::disallowed_methods)] // accept loop and per-connection tasks, tracked by GracefulShutdown
 fn serve<F, Fut>(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     limits: LimitsConfig,
     handler: F,
 ) -> JoinHandle<()>
 where
-    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr, Option<Arc<str>>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     Fut: std::future::Future<
             Output = Result<
                 hyper::Response<crate::data::body::ProxyBody>,
@@ -681,13 +705,44 @@ where
             let h = handler.clone();
             let started = Arc::new(AtomicBool::new(false));
             let seen = Arc::clone(&started);
-            let svc = service_fn(move |req| {
-                seen.store(true, Ordering::Relaxed);
-                h(req, peer)
-            });
             let builder = Arc::clone(&builder);
             let watcher = graceful.watcher();
+            let tls = tls.clone();
             tokio::spawn(async move {
+                // The handshake shares the first request's deadline; the ClientHello's
+                // fingerprint is computed here, once per connection, and each request only
+                // clones its `Arc`.
+                let (stream, fingerprint) = match tls {
+                    None => (Conn::Plain(stream), None),
+                    Some(config) => {
+                        let deadline = tokio::time::Instant::now() + first_request;
+                        let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+                            rustls::server::Acceptor::default(),
+                            stream,
+                        );
+                        let start = match tokio::time::timeout_at(deadline, acceptor).await {
+                            Ok(Ok(start)) => start,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS ClientHello refused");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let fp: Arc<str> = crate::tls::fingerprint(&start.client_hello()).into();
+                        match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
+                            Ok(Ok(s)) => (Conn::Tls(Box::new(s)), Some(fp)),
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                let svc = service_fn(move |req| {
+                    seen.store(true, Ordering::Relaxed);
+                    h(req, peer, fingerprint.clone())
+                });
                 let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), svc));
                 let mut conn = std::pin::pin!(conn);
                 // Telling HTTP/1 from HTTP/2 waits for the client's first bytes, and HTTP/2

@@ -2041,6 +2041,8 @@ mod detection;
 mod incidents;
 #[path = "gateway/investigation.rs"]
 mod investigation;
+#[path = "gateway/tls_fingerprint.rs"]
+mod tls_fingerprint;
 
 mod leak_reports {
     use super::*;

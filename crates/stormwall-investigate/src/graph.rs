@@ -39,6 +39,9 @@ pub enum NodeKind {
     Exposure,
     /// A stored incident (issue 13's grouping of alerts about one key or network).
     Incident,
+    /// A client's TLS fingerprint (JA4-style digest of its ClientHello), recorded when the
+    /// gateway terminated TLS itself.
+    Tls,
 }
 
 impl NodeKind {
@@ -53,6 +56,7 @@ impl NodeKind {
             NodeKind::EndUser => "end_user",
             NodeKind::Exposure => "exposure",
             NodeKind::Incident => "incident",
+            NodeKind::Tls => "tls",
         }
     }
 
@@ -496,6 +500,17 @@ impl Graph {
             }
         };
         self.link(net, fpi, at);
+        // The TLS stack under the HTTP client: linked to the HTTP fingerprint too, so a
+        // tool's builds on one TLS stack show as one.
+        let tls = e
+            .tls_fingerprint
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| self.touch(NodeKind::Tls, truncate(t, 64), at));
+        if let Some(t) = tls {
+            self.link(net, t, at);
+            self.link(fpi, t, at);
+        }
         let style = style_of(e).map(|s| self.touch(NodeKind::Style, &s, at));
         if let Some(s) = style {
             self.link(net, s, at);
@@ -522,6 +537,9 @@ impl Graph {
             .get_or_insert_with(Harm::default)
             .add_event(e, &self.pricing);
         self.link(key, fpi, at);
+        if let Some(t) = tls {
+            self.link(key, t, at);
+        }
         if let Some(s) = style {
             self.link(key, s, at);
         }

@@ -1,6 +1,8 @@
 //! The analyst's decisions on an assessment — confirm, reject, merge, split, annotate —
-//! kept as an append-only list (a JSON file the CLI owns; each change is also written to the
-//! audit log) and re-applied after every rebuild, so none is lost.
+//! kept as an append-only list and re-applied after every rebuild, so none is lost. Every
+//! decision is written to the store's audit log (actor `analyst:<handle>`, the decision as
+//! the detail), which is where the admin API keeps them; the CLI also keeps its own in a
+//! JSON file, and with `--config` adds the audit log's ([`Overrides::merge_audit`]).
 
 use time::OffsetDateTime;
 
@@ -93,5 +95,46 @@ impl Overrides {
     /// Parses the JSON file's text.
     pub fn from_json(text: &str) -> Result<Overrides, crate::Error> {
         serde_json::from_str(text).map_err(|e| crate::Error::State(format!("overrides: {e}")))
+    }
+}
+
+/// Audit actor prefix of an analyst's decision.
+pub const ANALYST_ACTOR: &str = "analyst:";
+
+/// The decision an audit entry records, if it records one: its action is an override's
+/// (`investigate.confirm`, …), its actor `analyst:<handle>`, and its detail reads as the
+/// decision (extra detail fields, such as `via`, are ignored).
+pub fn from_audit(entry: &stormwall_store::AuditEntry) -> Option<Override> {
+    if !entry.action.starts_with("investigate.") {
+        return None;
+    }
+    let analyst = entry.actor.strip_prefix(ANALYST_ACTOR)?;
+    let op = serde_json::from_value::<OverrideOp>(entry.detail.clone()).ok()?;
+    (op.audit_action() == entry.action).then(|| Override {
+        at: entry.at,
+        analyst: analyst.to_owned(),
+        op,
+    })
+}
+
+impl Overrides {
+    /// Adds the decisions found in audit entries that are not already listed (the same
+    /// analyst and decision: the CLI writes each of its decisions to both places), then
+    /// keeps the list in the order the decisions were made.
+    pub fn merge_audit<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a stormwall_store::AuditEntry>,
+    ) {
+        let before = self.entries.len();
+        for o in entries.into_iter().filter_map(from_audit) {
+            let listed = self.entries[..before]
+                .iter()
+                .any(|x| x.analyst == o.analyst && x.op == o.op);
+            if !listed {
+                self.entries.push(o);
+            }
+        }
+        // Stable: decisions made at the same instant keep their order.
+        self.entries.sort_by_key(|o| o.at);
     }
 }

@@ -313,6 +313,14 @@ pub struct UsageEvent {
     /// Whether any forwarding header (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`) came in.
     #[serde(rename = "http.request.forwarded", default)]
     pub forwarded: bool,
+    /// The client's TLS fingerprint (JA4-style digest of its ClientHello, see
+    /// docs/investigation.md), when the gateway terminated TLS itself.
+    #[serde(
+        rename = "tls.client.fingerprint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_fingerprint: Option<String>,
     /// HTTP method.
     #[serde(rename = "http.request.method")]
     pub method: String,
@@ -546,6 +554,7 @@ impl UsageEvent {
             origin: None,
             referer: None,
             forwarded: false,
+            tls_fingerprint: None,
             method: method.to_owned(),
             path: path.to_owned(),
             flavor: None,

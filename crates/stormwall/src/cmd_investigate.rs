@@ -17,7 +17,7 @@ use stormwall_investigate::{Assessment, Override, OverrideOp, Overrides, Role, R
 use stormwall_ipintel::SharedIpIntel;
 use stormwall_sim::network::{NetworkConfig, network_scenario};
 use stormwall_store::{
-    ActionQuery, AlertQuery, AuditEntry, EventQuery, IncidentQuery, Store, StoredAlert,
+    ActionQuery, AlertQuery, AuditEntry, AuditQuery, EventQuery, IncidentQuery, Store, StoredAlert,
 };
 use stormwall_types::UsageEvent;
 use stormwall_types::pricing::Pricing;
@@ -320,11 +320,33 @@ pub(crate) async fn load(src: &Source) -> anyhow::Result<Loaded> {
     if let Some(p) = &src.state {
         write_atomic(p, &serde_json::to_vec(graph.state())?)?;
     }
+    let mut overrides = read_overrides(&src.overrides)?;
+    if let Some(s) = &store {
+        // The admin API keeps decisions in the audit log only; the CLI's own are in both.
+        let mut entries = Vec::new();
+        let mut after_seq = None;
+        loop {
+            let page = s
+                .list_audit(&AuditQuery {
+                    after_seq,
+                    target: None,
+                    limit: Some(PAGE),
+                })
+                .await?;
+            after_seq = page.last().map(|r| r.seq);
+            let full = page.len() == PAGE;
+            entries.extend(page.into_iter().map(|r| r.entry));
+            if !full {
+                break;
+            }
+        }
+        overrides.merge_audit(&entries);
+    }
     Ok(Loaded {
         graph,
         store,
         alerts,
-        overrides: read_overrides(&src.overrides)?,
+        overrides,
         pricing,
     })
 }

@@ -241,6 +241,10 @@ async fn route(
         }
         (Method::GET, ["actions"]) => actions(app, &query).await,
         (Method::GET, ["investigation"]) => investigation(app, &query).await,
+        (Method::POST, ["investigation", "overrides"]) => {
+            let body: OverrideBody = read_json(req).await?;
+            investigation_override(app, body).await
+        }
         (Method::GET, ["audit"]) => audit_log(app, &query).await,
         (Method::GET, ["audit", "verify"]) => audit_verify(app).await,
         (Method::POST, ["ipintel", "reload"]) => {
@@ -268,6 +272,7 @@ async fn route(
             | ["incidents", _, _]
             | ["actions"]
             | ["investigation"]
+            | ["investigation", "overrides"]
             | ["audit"]
             | ["audit", "verify"]
             | ["ipintel", "reload"],
@@ -894,11 +899,31 @@ async fn investigation(app: &ControlPlane, query: &str) -> Result<Response<Proxy
             })?,
         None => DEFAULT_MAX_EVENTS,
     };
+    let include_personal_data = match param(query, "include_personal_data").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(AdminError::BadRequest(
+                "include_personal_data must be true or false".to_owned(),
+            ));
+        }
+    };
+    let analyst = param(query, "analyst");
+    if let Some(a) = &analyst {
+        check_analyst(a)?;
+    }
     let q = InvestigationQuery {
         since: time_param(query, "since")?,
         until: time_param(query, "until")?,
         max_events,
+        include_personal_data,
     };
+    if include_personal_data {
+        // Audited before anything is read: no personal data leaves unrecorded.
+        crate::control::investigation::audit_personal_data(app, analyst.as_deref(), &q)
+            .await
+            .map_err(store_error)?;
+    }
     match crate::control::investigation::assess(app, &q).await {
         Ok(summary) => ok_json(StatusCode::OK, &summary),
         Err(InvestigationError::Store(e)) => Err(store_error(e)),
@@ -907,6 +932,91 @@ async fn investigation(app: &ControlPlane, query: &str) -> Result<Response<Proxy
             Err(AdminError::Internal)
         }
     }
+}
+
+/// `POST /admin/investigation/overrides`: an analyst's decision, the override's own JSON
+/// (`op` and its fields) with who made it.
+#[derive(serde::Deserialize)]
+struct OverrideBody {
+    analyst: String,
+    #[serde(flatten)]
+    op: stormwall_investigate::OverrideOp,
+}
+
+/// The answer: the decision as it will be applied, and its audit record.
+#[derive(serde::Serialize)]
+struct RecordedOverride {
+    #[serde(flatten)]
+    entry: stormwall_investigate::Override,
+    audit_seq: u64,
+}
+
+/// Longest analyst handle or entity id accepted.
+const MAX_HANDLE: usize = 64;
+const MAX_ENTITY: usize = 512;
+
+/// An analyst handle: 1 to 64 letters, digits and `._@-`.
+fn check_analyst(a: &str) -> Result<(), AdminError> {
+    if a.is_empty()
+        || a.len() > MAX_HANDLE
+        || !a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
+    {
+        return Err(AdminError::BadRequest(format!(
+            "analyst must be 1 to {MAX_HANDLE} letters, digits or ._@-"
+        )));
+    }
+    Ok(())
+}
+
+/// A node id: `<kind>:<value>`, at most 512 bytes, no control characters.
+fn check_entity(e: &str) -> Result<(), AdminError> {
+    let kind_ok = e.split_once(':').is_some_and(|(k, v)| {
+        !v.is_empty()
+            && [
+                "key",
+                "tenant",
+                "network",
+                "fingerprint",
+                "style",
+                "end_user",
+                "exposure",
+                "incident",
+                "tls",
+            ]
+            .contains(&k)
+    });
+    if !kind_ok || e.len() > MAX_ENTITY || e.chars().any(char::is_control) {
+        return Err(AdminError::BadRequest(format!(
+            "entity must be a node id such as network:203.0.113.0/24 or tenant:acme (at most {MAX_ENTITY} bytes)"
+        )));
+    }
+    Ok(())
+}
+
+async fn investigation_override(
+    app: &ControlPlane,
+    body: OverrideBody,
+) -> Result<Response<ProxyBody>, AdminError> {
+    use stormwall_investigate::OverrideOp;
+    check_analyst(&body.analyst)?;
+    check_entity(body.op.entity())?;
+    match &body.op {
+        OverrideOp::Merge { with, .. } => check_entity(with)?,
+        OverrideOp::Annotate { note, .. } => {
+            if note.trim().is_empty() {
+                return Err(AdminError::BadRequest("note must not be empty".to_owned()));
+            }
+            check_note(Some(note))?;
+        }
+        OverrideOp::Confirm { .. } | OverrideOp::Reject { .. } | OverrideOp::Split { .. } => {}
+    }
+    let (entry, audit_seq) =
+        crate::control::investigation::record_override(app, &body.analyst, body.op)
+            .await
+            .map_err(store_error)?;
+    ok_json(StatusCode::CREATED, &RecordedOverride { entry, audit_seq })
 }
 
 async fn events(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
@@ -957,6 +1067,7 @@ mod openapi_tests {
         ("post", "/admin/incidents/{id}/resolve"),
         ("get", "/admin/actions"),
         ("get", "/admin/investigation"),
+        ("post", "/admin/investigation/overrides"),
         ("get", "/admin/audit"),
         ("get", "/admin/audit/verify"),
         ("post", "/admin/ipintel/reload"),

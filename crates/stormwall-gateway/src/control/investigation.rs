@@ -5,13 +5,21 @@
 //!
 //! The graph is built per request from a bounded window of events (`max_events`), on the
 //! blocking pool, so a large store neither exhausts memory nor stalls the admin listener.
-//! Analyst overrides live in the CLI's overrides file and are not applied here.
+//!
+//! Analyst overrides (`POST /admin/investigation/overrides`) are kept in the store's
+//! audit log — the record of who decided what is the decision's only copy, so it cannot
+//! be lost on a rebuild or disagree with the audit trail — and re-applied on every
+//! assessment, together with those the CLI recorded with `--config`. Personal data is
+//! redacted as in the exports unless the request asks for it, which is audited first.
 
 use std::collections::BTreeMap;
 
+use stormwall_investigate::export::ExportOptions;
 use stormwall_investigate::graph::{Graph, NodeKind};
-use stormwall_investigate::{Assessment, Overrides, RoleConfig};
-use stormwall_store::{ActionQuery, AlertQuery, EventQuery, IncidentQuery, StoreError};
+use stormwall_investigate::{Assessment, Override, OverrideOp, Overrides, RoleConfig};
+use stormwall_store::{
+    ActionQuery, AlertQuery, AuditEntry, AuditQuery, EventQuery, IncidentQuery, StoreError,
+};
 use stormwall_types::pricing::Pricing;
 use time::OffsetDateTime;
 
@@ -35,6 +43,9 @@ pub struct InvestigationQuery {
     pub until: Option<OffsetDateTime>,
     /// Most events read, oldest first.
     pub max_events: usize,
+    /// Keep tenant, key, end-user and incident ids, exposure locations and analysts' names
+    /// (the caller has audited the request).
+    pub include_personal_data: bool,
 }
 
 /// The graph's size.
@@ -129,7 +140,9 @@ pub async fn assess(
             ..ActionQuery::default()
         })
         .await?;
+    let overrides = overrides(app).await?;
     let intel = app.ipintel.clone();
+    let include_personal_data = q.include_personal_data;
     let build = move || {
         let mut g = Graph::new(Pricing::default());
         for inc in &incidents {
@@ -145,8 +158,15 @@ pub async fn assess(
         for r in &actions {
             g.add_action(&r.action);
         }
-        let assessment =
-            stormwall_investigate::assess(&g, &RoleConfig::default(), &Overrides::default());
+        let assessment = stormwall_investigate::assess(&g, &RoleConfig::default(), &overrides);
+        let assessment = stormwall_investigate::export::redact(
+            &g,
+            &assessment,
+            &ExportOptions {
+                include_personal_data,
+                ..ExportOptions::default()
+            },
+        );
         let mut nodes_by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
         for n in g.nodes() {
             *nodes_by_kind.entry(n.kind.as_str()).or_default() += 1;
@@ -171,4 +191,97 @@ pub async fn assess(
     #[allow(clippy::disallowed_methods)]
     let task = tokio::task::spawn_blocking(build);
     task.await.map_err(|_| InvestigationError::Aborted)
+}
+
+/// Audit records read per page when collecting the overrides.
+const AUDIT_PAGE: usize = 10_000;
+/// Audit actor prefix of an analyst's decision (the CLI's and the admin API's).
+pub const ANALYST: &str = stormwall_investigate::overrides::ANALYST_ACTOR;
+
+/// Every analyst decision in the audit log, oldest first
+/// ([`stormwall_investigate::overrides::from_audit`]).
+pub async fn overrides(app: &ControlPlane) -> Result<Overrides, StoreError> {
+    let mut out = Overrides::default();
+    let mut after_seq = None;
+    loop {
+        let page = app
+            .store
+            .list_audit(&AuditQuery {
+                after_seq,
+                target: None,
+                limit: Some(AUDIT_PAGE),
+            })
+            .await?;
+        let full = page.len() == AUDIT_PAGE;
+        after_seq = page.last().map(|r| r.seq);
+        out.entries.extend(
+            page.iter()
+                .filter_map(|r| stormwall_investigate::overrides::from_audit(&r.entry)),
+        );
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// Records an analyst's decision in the audit log (its only store) and returns it with
+/// the audit record's sequence number. Unlike other audit appends, a failure is the
+/// request's failure: an unrecorded decision would be lost.
+pub async fn record_override(
+    app: &ControlPlane,
+    analyst: &str,
+    op: OverrideOp,
+) -> Result<(Override, u64), StoreError> {
+    let mut detail = serde_json::to_value(&op)
+        .map_err(|_| StoreError::Corrupt("override does not encode".to_owned()))?;
+    if let Some(m) = detail.as_object_mut() {
+        m.insert("via".to_owned(), serde_json::Value::from("admin_api"));
+    }
+    let entry = AuditEntry {
+        at: OffsetDateTime::now_utc(),
+        actor: format!("{ANALYST}{analyst}"),
+        action: op.audit_action().to_owned(),
+        target: Some(op.entity().to_owned()),
+        tenant: None,
+        detail,
+    };
+    let rec = app.store.append_audit(&entry).await?;
+    Ok((
+        Override {
+            at: rec.entry.at,
+            analyst: analyst.to_owned(),
+            op,
+        },
+        rec.seq,
+    ))
+}
+
+/// Records that personal data is being served (before it is), with who asked: the
+/// analyst's handle when given, else the admin token holder.
+pub async fn audit_personal_data(
+    app: &ControlPlane,
+    analyst: Option<&str>,
+    q: &InvestigationQuery,
+) -> Result<(), StoreError> {
+    let actor = analyst.map_or_else(
+        || super::audit::ADMIN.to_owned(),
+        |a| format!("{ANALYST}{a}"),
+    );
+    let t = |t: Option<OffsetDateTime>| t.map(stormwall_types::timefmt::format);
+    app.store
+        .append_audit(&AuditEntry {
+            at: OffsetDateTime::now_utc(),
+            actor,
+            action: "investigate.include_personal_data".to_owned(),
+            target: None,
+            tenant: None,
+            detail: serde_json::json!({
+                "via": "admin_api",
+                "since": t(q.since),
+                "until": t(q.until),
+                "max_events": q.max_events,
+            }),
+        })
+        .await?;
+    Ok(())
 }

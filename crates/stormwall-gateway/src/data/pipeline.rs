@@ -30,10 +30,12 @@ use crate::error::{ProxyError, into_response};
 use crate::http::set_request_id;
 
 /// Handles one proxy request. Never fails: errors become OpenAI-shaped responses.
+/// `tls` is the connection's ClientHello fingerprint when the gateway terminated TLS.
 pub async fn handle(
     state: Arc<DataPlane>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    tls: Option<&str>,
 ) -> Response<ProxyBody> {
     let mut rec = Recorder::start(
         &state,
@@ -42,6 +44,9 @@ pub async fn handle(
         req.headers(),
         peer,
     );
+    if let Some(fp) = tls {
+        rec.event().tls_fingerprint = Some(fp.to_owned());
+    }
     let result = proxy(&state, &mut rec, req).await;
     let mut resp = answer(rec, result);
     // A whole answer waits for its event here rather than in the body, so its headers and

@@ -88,7 +88,39 @@ async fn the_admin_api_serves_the_assessment_with_roles_reasons_incidents_and_ha
     let incident_id = incident_id.expect("the canary raised no incident");
     h.events(81).await;
 
-    let a = h.admin_get("/admin/investigation").await;
+    // Personal data is redacted unless asked for.
+    let redacted = h.admin_get("/admin/investigation").await;
+    let text = redacted.to_string();
+    for name in [
+        "acme",
+        "globex",
+        "initech",
+        &acme,
+        &globex,
+        &incident_id,
+        "buyer0-",
+    ] {
+        assert!(!text.contains(name), "{name} in {redacted:#}");
+    }
+    assert_eq!(
+        redacted["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["role"] == "victim")
+            .filter(|r| r["entity"].as_str().unwrap().starts_with("tenant:tenant-"))
+            .count(),
+        2,
+        "{redacted:#}"
+    );
+    assert_eq!(
+        redacted["graph"],
+        h.admin_get("/admin/investigation").await["graph"]
+    );
+
+    let a = h
+        .admin_get("/admin/investigation?include_personal_data=true")
+        .await;
     assert!(a["graph"]["events"].as_u64().unwrap() >= 81, "{a:#}");
     assert_eq!(a["graph"]["incidents"], 1, "{a:#}");
     assert_eq!(a["graph"]["truncated"], false);
@@ -122,6 +154,17 @@ async fn the_admin_api_serves_the_assessment_with_roles_reasons_incidents_and_ha
     let harm = &a["incident_harm"][incident_id.as_str()];
     assert!(harm["requests"].as_u64().unwrap() >= 1, "{a:#}");
 
+    // Asking for personal data was audited, by the token holder.
+    let audit = h.admin_get("/admin/audit").await;
+    let asked: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "investigate.include_personal_data")
+        .collect();
+    assert_eq!(asked.len(), 1, "{audit:#}");
+    assert_eq!(asked[0]["actor"], "admin");
+
     // Bounded, authenticated, GET only.
     let r = h
         .admin_call("GET", "/admin/investigation?max_events=0", Value::Null)
@@ -135,6 +178,14 @@ async fn the_admin_api_serves_the_assessment_with_roles_reasons_incidents_and_ha
         .admin_call("POST", "/admin/investigation", Value::Null)
         .await;
     assert_eq!(r.status, 405);
+    let r = h
+        .admin_call(
+            "GET",
+            "/admin/investigation?include_personal_data=yes",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
     let r = http_request(
         "GET",
         &format!("{}/admin/investigation", h.admin),
@@ -145,5 +196,191 @@ async fn the_admin_api_serves_the_assessment_with_roles_reasons_incidents_and_ha
     .await
     .unwrap();
     assert_eq!(r.status, 401);
+    h.shutdown().await;
+}
+
+async fn decide(h: &Harness, body: Value) -> Value {
+    let r = h
+        .admin_call("POST", "/admin/investigation/overrides", body)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysts_decide_through_the_admin_api_audited_and_applied_on_every_rebuild() {
+    let mut h = harness().await;
+    let (_, acme) = h.key(json!({"tenant": "acme"})).await;
+    let (_, globex) = h.key(json!({"tenant": "globex"})).await;
+    let events = history(&[(&acme, "acme", "10.1.0.5"), (&globex, "globex", "10.2.0.5")]);
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "events": events }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    h.events(80).await;
+
+    let relay = "network:203.0.113.0/24";
+    let d = decide(
+        &h,
+        json!({"analyst": "ana", "op": "reject", "entity": "tenant:globex", "role": "victim"}),
+    )
+    .await;
+    assert_eq!(d["analyst"], "ana");
+    assert_eq!(d["op"], "reject");
+    assert!(d["audit_seq"].as_u64().unwrap() >= 1);
+    decide(
+        &h,
+        json!({"analyst": "ana", "op": "confirm", "entity": relay, "role": "provider"}),
+    )
+    .await;
+    decide(
+        &h,
+        json!({"analyst": "bo.b", "op": "confirm", "entity": "network:10.2.0.0/24", "role": "provider"}),
+    )
+    .await;
+    decide(
+        &h,
+        json!({"analyst": "ana", "op": "annotate", "entity": relay, "note": "sold on a forum"}),
+    )
+    .await;
+    decide(
+        &h,
+        json!({"analyst": "ana", "op": "merge", "entity": relay, "with": "network:10.1.0.0/24"}),
+    )
+    .await;
+    decide(
+        &h,
+        json!({"analyst": "ana", "op": "split", "entity": "tenant:acme"}),
+    )
+    .await;
+
+    // Every GET rebuilds the graph and applies the decisions from the audit log.
+    for _ in 0..2 {
+        let a = h
+            .admin_get("/admin/investigation?include_personal_data=true&analyst=ana")
+            .await;
+        let roles = a["roles"].as_array().unwrap();
+        let find = |entity: &str, role: &str| {
+            roles
+                .iter()
+                .find(|r| r["entity"] == entity && r["role"] == role)
+                .cloned()
+        };
+        let p = find(relay, "provider").expect("the relay is a provider");
+        assert_eq!(p["status"], "confirmed", "{p:#}");
+        assert!(
+            p["reasons"].to_string().contains("confirmed by ana at"),
+            "{p:#}"
+        );
+        assert!(
+            p["notes"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("sold on a forum (ana at "),
+            "{p:#}"
+        );
+        let added = find("network:10.2.0.0/24", "provider").expect("bo.b's provider");
+        assert!(
+            added["reasons"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("assigned by bo.b at")
+        );
+        assert!(find("tenant:globex", "victim").is_none(), "{a:#}");
+        let rejected = a["rejected"].as_array().unwrap();
+        assert_eq!(rejected.len(), 1, "{a:#}");
+        assert_eq!(rejected[0]["entity"], "tenant:globex");
+        // Merged: acme's own network sits in the relay's cluster; split: acme alone.
+        let cluster = p["cluster"].as_str().unwrap();
+        let members = a["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == cluster)
+            .unwrap()["members"]
+            .to_string();
+        assert!(members.contains("network:10.1.0.0/24"), "{members}");
+        let acme_role = find("tenant:acme", "victim").expect("acme is still a victim");
+        assert_ne!(acme_role["cluster"], cluster);
+    }
+
+    // Redacted by default: no tenant id and no analyst's name.
+    let a = h.admin_get("/admin/investigation").await;
+    let text = a.to_string();
+    for name in ["acme", "globex", "ana at", "bo.b"] {
+        assert!(!text.contains(name), "{name} in {a:#}");
+    }
+    assert!(text.contains("sold on a forum (an analyst at "), "{a:#}");
+    assert!(
+        a["rejected"][0]["entity"]
+            .as_str()
+            .unwrap()
+            .starts_with("tenant:tenant-")
+    );
+
+    // Audited with who did it; the personal-data read too, under the analyst's name.
+    let audit = h.admin_get("/admin/audit").await;
+    let entries = audit["entries"].as_array().unwrap();
+    let by = |action: &str| -> Vec<&Value> {
+        entries.iter().filter(|r| r["action"] == action).collect()
+    };
+    assert_eq!(by("investigate.reject")[0]["actor"], "analyst:ana");
+    assert_eq!(by("investigate.reject")[0]["target"], "tenant:globex");
+    assert_eq!(by("investigate.confirm").len(), 2);
+    assert_eq!(by("investigate.confirm")[1]["actor"], "analyst:bo.b");
+    assert_eq!(
+        by("investigate.annotate")[0]["detail"]["note"],
+        "sold on a forum"
+    );
+    assert_eq!(by("investigate.merge")[0]["detail"]["via"], "admin_api");
+    assert_eq!(by("investigate.split").len(), 1);
+    let pd = by("investigate.include_personal_data");
+    assert_eq!(pd.len(), 2);
+    assert_eq!(pd[0]["actor"], "analyst:ana");
+    assert_eq!(h.admin_get("/admin/audit/verify").await["ok"], true);
+
+    // Refused: no analyst, a bad handle, not a node id, an unknown op or role, an empty
+    // note, a missing field; POST only.
+    for bad in [
+        json!({"op": "split", "entity": relay}),
+        json!({"analyst": "", "op": "split", "entity": relay}),
+        json!({"analyst": "a b", "op": "split", "entity": relay}),
+        json!({"analyst": "ana", "op": "split", "entity": "203.0.113.0/24"}),
+        json!({"analyst": "ana", "op": "split", "entity": "planet:mars"}),
+        json!({"analyst": "ana", "op": "delete", "entity": relay}),
+        json!({"analyst": "ana", "op": "confirm", "entity": relay, "role": "boss"}),
+        json!({"analyst": "ana", "op": "confirm", "entity": relay}),
+        json!({"analyst": "ana", "op": "annotate", "entity": relay, "note": " "}),
+        json!({"analyst": "ana", "op": "merge", "entity": relay, "with": "x"}),
+    ] {
+        let r = h
+            .admin_call("POST", "/admin/investigation/overrides", bad.clone())
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = h
+        .admin_call("GET", "/admin/investigation/overrides", Value::Null)
+        .await;
+    assert_eq!(r.status, 405);
+    let r = http_request(
+        "POST",
+        &format!("{}/admin/investigation/overrides", h.admin),
+        &[],
+        json!({"analyst": "ana", "op": "split", "entity": relay}).to_string(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    // Nothing refused reached the log.
+    let audit = h.admin_get("/admin/audit").await;
+    let decisions = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["actor"].as_str().unwrap().starts_with("analyst:"))
+        .filter(|r| r["action"] != "investigate.include_personal_data")
+        .count();
+    assert_eq!(decisions, 6);
     h.shutdown().await;
 }

@@ -45,16 +45,7 @@ pub fn uuid5(name: &str) -> uuid::Uuid {
 
 /// How an entity is shown in an export: personal values become `<kind>-<digest>`.
 pub fn shown(kind: NodeKind, label: &str, opts: &ExportOptions) -> String {
-    let personal = matches!(
-        kind,
-        NodeKind::Tenant
-            | NodeKind::EndUser
-            | NodeKind::Exposure
-            | NodeKind::Key
-            // Incident ids name their key.
-            | NodeKind::Incident
-    );
-    if opts.include_personal_data || !personal {
+    if opts.include_personal_data || !is_personal(kind) {
         return label.to_owned();
     }
     let d = sha2::Sha256::digest(label.as_bytes());
@@ -102,6 +93,107 @@ pub fn shown_reason(g: &Graph, a: &Assignment, reason: &str, opts: &ExportOption
         }
     }
     out
+}
+
+/// The assessment with personal data replaced as in the exports (unless
+/// `opts.include_personal_data`): personal entities' ids and labels (`tenant:tenant-1a2b3c4d`),
+/// cluster members, the victim and incident harm tables' keys, reasons, and the analysts'
+/// names in reasons and notes. What an analyst wrote in a note is kept as written.
+pub fn redact(g: &Graph, a: &Assessment, opts: &ExportOptions) -> Assessment {
+    if opts.include_personal_data {
+        return a.clone();
+    }
+    let id = |entity: &str| -> String {
+        match g.find(entity).map(|i| &g.nodes()[i]) {
+            Some(nd) if is_personal(nd.kind) => {
+                format!("{}:{}", nd.kind.as_str(), shown(nd.kind, &nd.label, opts))
+            }
+            Some(_) => entity.to_owned(),
+            // Not in the graph (an override naming an entity it has not seen): redact by
+            // its prefix.
+            None => match entity.split_once(':') {
+                Some((kind, label)) => match kind_of(kind).filter(|k| is_personal(*k)) {
+                    Some(k) => format!("{kind}:{}", shown(k, label, opts)),
+                    None => entity.to_owned(),
+                },
+                None => entity.to_owned(),
+            },
+        }
+    };
+    let assignment = |x: &Assignment| -> Assignment {
+        let mut r = x.clone();
+        r.reasons = x
+            .reasons
+            .iter()
+            .map(|t| shown_reason(g, x, t, opts))
+            .collect();
+        r.notes = x.notes.iter().map(|n| redact_note(n)).collect();
+        r.entity = id(&x.entity);
+        r.label = shown(x.kind, &x.label, opts);
+        r
+    };
+    let mut out = a.clone();
+    out.roles = a.roles.iter().map(assignment).collect();
+    out.rejected = a.rejected.iter().map(assignment).collect();
+    for c in &mut out.clusters {
+        c.members = c.members.iter().map(|m| id(m)).collect();
+        c.members.sort();
+    }
+    out.victim_harm = a
+        .victim_harm
+        .iter()
+        .map(|(t, h)| (shown(NodeKind::Tenant, t, opts), h.clone()))
+        .collect();
+    out.incident_harm = a
+        .incident_harm
+        .iter()
+        .map(|(i, h)| (shown(NodeKind::Incident, i, opts), h.clone()))
+        .collect();
+    out.notes = a
+        .notes
+        .iter()
+        .map(|(e, ns)| (id(e), ns.iter().map(|n| redact_note(n)).collect()))
+        .collect();
+    out
+}
+
+/// Kinds whose values are personal data (incident ids name their key).
+fn is_personal(kind: NodeKind) -> bool {
+    matches!(
+        kind,
+        NodeKind::Tenant
+            | NodeKind::EndUser
+            | NodeKind::Exposure
+            | NodeKind::Key
+            | NodeKind::Incident
+    )
+}
+
+fn kind_of(prefix: &str) -> Option<NodeKind> {
+    [
+        NodeKind::Key,
+        NodeKind::Tenant,
+        NodeKind::Network,
+        NodeKind::Fingerprint,
+        NodeKind::Style,
+        NodeKind::EndUser,
+        NodeKind::Exposure,
+        NodeKind::Incident,
+        NodeKind::Tls,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == prefix)
+}
+
+/// A note ends with `(NAME at TIME)`: the analyst's name goes.
+fn redact_note(note: &str) -> String {
+    if let Some(open) = note.rfind(" (")
+        && note.ends_with(')')
+        && let Some(at) = note[open..].rfind(" at ")
+    {
+        return format!("{} (an analyst{}", &note[..open], &note[open + at..]);
+    }
+    note.to_owned()
 }
 
 /// The time the export is "as of": the latest last-seen of the graph (deterministic).

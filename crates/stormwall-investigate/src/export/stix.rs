@@ -288,6 +288,23 @@ fn provider(
         objects,
     );
     rel(&ind, "indicates", &infra, objects);
+    // The TLS stacks seen at the relay (when the gateway terminated TLS): STIX has no
+    // standard object for a ClientHello fingerprint, and this one is not JA3 or JA4, so it
+    // is a custom observable type.
+    for (t, e) in g.neighbours_of_kind(i, NodeKind::Tls) {
+        let tn = &g.nodes()[t];
+        let tind = id("indicator", &format!("{}|{}", nd.id, tn.id));
+        push(
+            json!({"type": "indicator", "id": tind,
+                   "name": format!("TLS client fingerprint {} at relay network {}", tn.label, nd.label),
+                   "description": format!("JA4-style ClientHello fingerprint computed by Stormwall (not JA4; see its docs), {} requests from the relay network", e.count),
+                   "indicator_types": ["attribution"],
+                   "pattern": format!("[x-stormwall-tls-client:fingerprint = '{}']", lit(&tn.label)),
+                   "pattern_type": "stix", "valid_from": ts(e.first)}),
+            objects,
+        );
+        rel(&tind, "indicates", &infra, objects);
+    }
     let requests: u64 = g
         .neighbours_of_kind(i, NodeKind::Key)
         .map(|(_, e)| e.count)

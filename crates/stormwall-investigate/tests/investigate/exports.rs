@@ -105,3 +105,92 @@ fn the_report_is_one_self_contained_file() {
     }
     assert!(!html.contains("globex"));
 }
+
+#[test]
+fn a_redacted_assessment_keeps_its_shape_and_drops_personal_data() {
+    use stormwall_investigate::export::redact;
+    use stormwall_investigate::{Override, OverrideOp, Role};
+    let g = fixture_graph();
+    let overrides = Overrides {
+        entries: vec![
+            Override {
+                at: time::OffsetDateTime::UNIX_EPOCH,
+                analyst: "dana.analyst".into(),
+                op: OverrideOp::Annotate {
+                    entity: "tenant:acme".into(),
+                    note: "notified".into(),
+                },
+            },
+            Override {
+                at: time::OffsetDateTime::UNIX_EPOCH,
+                analyst: "dana.analyst".into(),
+                op: OverrideOp::Reject {
+                    entity: "tenant:globex".into(),
+                    role: Role::Victim,
+                },
+            },
+        ],
+    };
+    let a = assess(&g, &RoleConfig::default(), &overrides);
+    let r = redact(&g, &a, &ExportOptions::default());
+    assert_eq!(r.roles.len(), a.roles.len());
+    assert_eq!(r.clusters.len(), a.clusters.len());
+    assert_eq!(r.victim_harm.len(), a.victim_harm.len());
+    let text = serde_json::to_string(&r).unwrap();
+    // (The fixture's made-up system-prompt digests spell tenant names: not personal data.)
+    for name in [
+        "tenant:acme",
+        "tenant:globex",
+        "tenant:initech",
+        "acmekey",
+        "globexkey",
+        "initechkey",
+        "buyer-",
+        "dana",
+    ] {
+        assert!(!text.contains(name), "{name} in {text}");
+    }
+    assert!(text.contains("notified (an analyst at "), "{text}");
+    assert!(r.rejected[0].entity.starts_with("tenant:tenant-"));
+    // Not personal: networks keep their ids.
+    assert!(text.contains("network:203.0.113.0/24"));
+    // Asked for: unchanged.
+    let all = redact(
+        &g,
+        &a,
+        &ExportOptions {
+            include_personal_data: true,
+            ..ExportOptions::default()
+        },
+    );
+    assert_eq!(all, a);
+}
+
+#[test]
+fn a_relays_tls_fingerprint_is_an_indicator_of_its_infrastructure() {
+    let mut g = stormwall_investigate::Graph::new(Default::default());
+    for mut e in crate::fixture() {
+        if e.source_ip.to_string().starts_with("203.0.113.") {
+            e.tls_fingerprint = Some("t13d0903h1_0123456789ab_ba9876543210".into());
+        }
+        g.add_event(&e, &[]);
+    }
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let b = stix::bundle(&g, &a, &ExportOptions::default()).unwrap();
+    let objects = b["objects"].as_array().unwrap();
+    let ind = objects
+        .iter()
+        .find(|o| {
+            o["pattern"]
+                == "[x-stormwall-tls-client:fingerprint = 't13d0903h1_0123456789ab_ba9876543210']"
+        })
+        .expect("no TLS indicator");
+    let infra = objects
+        .iter()
+        .find(|o| o["type"] == "infrastructure" && o["name"] == "Relay network 203.0.113.0/24")
+        .unwrap();
+    assert!(objects.iter().any(|o| o["type"] == "relationship"
+        && o["source_ref"] == ind["id"]
+        && o["relationship_type"] == "indicates"
+        && o["target_ref"] == infra["id"]));
+}

@@ -219,3 +219,38 @@ fn stored_incidents_are_nodes_that_count_their_subjects_harm_in_their_window() {
     let a = stormwall_investigate::assess(&whole, &Default::default(), &Default::default());
     assert_eq!(a.incident_harm, harm);
 }
+
+#[test]
+fn a_tls_fingerprint_is_a_node_linked_to_the_network_the_key_and_the_client() {
+    let mut events = fixture();
+    let mut g = Graph::new(Default::default());
+    for e in &mut events {
+        if e.source_ip.to_string().starts_with("203.0.113.") {
+            e.tls_fingerprint = Some("t13d0302h2_0123456789ab_ba9876543210".into());
+        }
+    }
+    for e in &events {
+        g.add_event(e, &[]);
+    }
+    let tls = g
+        .find("tls:t13d0302h2_0123456789ab_ba9876543210")
+        .expect("no tls node");
+    assert_eq!(g.nodes()[tls].kind, NodeKind::Tls);
+    let relay = g.find("network:203.0.113.0/24").unwrap();
+    let key = g.find("key:acmekey00001").unwrap();
+    assert_eq!(
+        g.edge(tls, relay).unwrap().count,
+        g.nodes()[tls].count,
+        "every event with it came from the relay"
+    );
+    assert!(g.edge(tls, key).is_some());
+    assert!(
+        g.neighbours(tls)
+            .any(|(i, _)| g.nodes()[i].kind == NodeKind::Fingerprint)
+    );
+    // Events without one (every other network) add no tls node.
+    assert_eq!(
+        g.nodes().iter().filter(|n| n.kind == NodeKind::Tls).count(),
+        1
+    );
+}

@@ -93,3 +93,50 @@ fn overrides_survive_a_rebuild() {
         assert_ne!(acme[0].cluster, p[0].cluster, "split");
     }
 }
+
+#[test]
+fn decisions_in_the_audit_log_are_read_once_and_in_order() {
+    use stormwall_investigate::overrides::from_audit;
+    use stormwall_store::AuditEntry;
+    let entry = |secs: i64, actor: &str, action: &str, detail: serde_json::Value| AuditEntry {
+        at: at() + time::Duration::seconds(secs),
+        actor: actor.into(),
+        action: action.into(),
+        target: None,
+        tenant: None,
+        detail,
+    };
+    let split = serde_json::json!({"op": "split", "entity": "tenant:acme", "via": "admin_api"});
+    let note = serde_json::json!({"op": "annotate", "entity": "tenant:acme", "note": "n"});
+    let log = [
+        entry(1, "analyst:ana", "investigate.split", split.clone()),
+        // Not decisions: another actor, another action, a detail that does not match it.
+        entry(2, "admin", "investigate.split", split.clone()),
+        entry(3, "analyst:ana", "key.suspend", split.clone()),
+        entry(4, "analyst:ana", "investigate.merge", split.clone()),
+        entry(5, "analyst:ana", "investigate.annotate", note.clone()),
+    ];
+    assert!(from_audit(&log[1]).is_none());
+    assert!(from_audit(&log[2]).is_none());
+    assert!(from_audit(&log[3]).is_none());
+    // The file already holds the annotation (the CLI writes both); the split is older.
+    let mut o = Overrides {
+        entries: vec![Override {
+            at: at() + time::Duration::seconds(5),
+            analyst: "ana".into(),
+            op: OverrideOp::Annotate {
+                entity: "tenant:acme".into(),
+                note: "n".into(),
+            },
+        }],
+    };
+    o.merge_audit(&log);
+    assert_eq!(o.entries.len(), 2, "{o:?}");
+    assert_eq!(
+        o.entries[0].op,
+        OverrideOp::Split {
+            entity: "tenant:acme".into()
+        }
+    );
+    assert_eq!(o.entries[0].analyst, "ana");
+}

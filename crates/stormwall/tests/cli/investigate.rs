@@ -222,6 +222,20 @@ fn roles_evidence_bundles_verify_and_tampering_is_detected() {
         "--json",
     ]));
     assert!(roles.contains("hosting provider notified"));
+    assert_eq!(roles.matches("hosting provider notified").count(), 1);
+    // The decision is in the store's audit log too (where the admin API keeps its own):
+    // read from there without the file, and not applied twice with it.
+    let no_file = dir.path().join("no-overrides.json");
+    let roles = ok(&run(&[
+        "investigate",
+        "roles",
+        "--config",
+        c,
+        "--overrides",
+        no_file.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(roles.matches("hosting provider notified").count(), 1);
 
     let key = dir.path().join("evidence.key");
     let pk = ok(&run(&[
