@@ -210,7 +210,8 @@ async fn cloud_logs_in_watched_folders_raise_stored_alerts_once_across_a_restart
     assert!(metrics.contains("stormwall_cloud_logs_lag_seconds{source=\"aws\"}"));
     let ready = h.admin_call("GET", "/readyz", Value::Null).await.text();
     assert!(
-        ready.contains("cloud logs aws: 1 files, 5 records, 1 bad"),
+        ready.contains("cloud logs aws: followed by this replica (")
+            && ready.contains("), 1 files, 5 records, 1 bad"),
         "{ready}"
     );
     // The usage records (the invocation and the listing) are in the event store, where
@@ -277,7 +278,7 @@ async fn cloud_logs_in_watched_folders_raise_stored_alerts_once_across_a_restart
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cloud_usage_events_are_stored_once_when_read_again_after_a_lost_checkpoint() {
+async fn cloud_usage_events_are_stored_once_when_read_again_after_lost_cursors() {
     let logs = tempfile::tempdir().unwrap();
     let aws = logs.path().join("aws");
     std::fs::create_dir_all(&aws).unwrap();
@@ -321,32 +322,50 @@ async fn cloud_usage_events_are_stored_once_when_read_again_after_a_lost_checkpo
     );
     assert!(first.iter().all(|e| e.dataset == "aws.cloudtrail"));
 
-    // The checkpoint is lost: the restart reads every record again. The event store keeps
-    // one copy of each, because an event's id comes from its source and record.
+    // The local checkpoint is lost: the cursors saved with the source's lease in the store
+    // (for the next holder) still say where reading stands, so only a new record is read.
     h.shutdown().await;
     std::fs::remove_file(&state).unwrap();
+    h.restart().await;
+    append(
+        &aws.join("trail.jsonl"),
+        &format!("{}\n", trail("inv4", "InvokeModel", 20, model)),
+    );
+    assert_eq!(cloud_events(&h, 4).await.len(), 4);
+    let metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
+    assert!(
+        metrics.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 1"),
+        "only the new record was read: {metrics}"
+    );
+
+    // Both lost (the source renamed: a new lease, with nothing handed over): the restart
+    // reads every record again. The event store keeps one copy of each, because an
+    // event's id comes from its source and record.
+    h.shutdown().await;
+    std::fs::remove_file(&state).unwrap();
+    h.config.logs[0].name = Some("aws-renamed".into());
     h.restart().await;
     let mut metrics = String::new();
     for _ in 0..300 {
         metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
-        if metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws\"} 3") {
+        if metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws-renamed\"} 4") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        metrics.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 3"),
+        metrics.contains("stormwall_cloud_logs_records_total{source=\"aws-renamed\"} 4"),
         "the records were read again: {metrics}"
     );
     assert!(
-        metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws\"} 3"),
+        metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws-renamed\"} 4"),
         "{metrics}"
     );
-    let again = cloud_events(&h, 3).await;
+    let again = cloud_events(&h, 4).await;
     assert_eq!(
         again.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        ids,
+        [&ids[..], &["aws.cloudtrail:inv4"]].concat(),
         "no event stored twice"
     );
-    assert_eq!(h.store.count_events().await.unwrap(), 3);
+    assert_eq!(h.store.count_events().await.unwrap(), 4);
 }
