@@ -113,6 +113,7 @@ fn measure_with(name: &str, text: &str, source: Option<Source>, cfg: EngineConfi
         }
     });
     stormwall_cloudlogs::sort_by_time(&mut records);
+    let collected = start.secs();
     let mut run = CloudRun::without_state(cfg);
     let mut out = Vec::new();
     let mut alerts = 0usize;
@@ -126,11 +127,29 @@ fn measure_with(name: &str, text: &str, source: Option<Source>, cfg: EngineConfi
     }
     let total = start.secs();
     println!(
-        "{name}: {n_lines} records, {:.0} bytes/record | parse only {:.0} records/CPU-s | parse + detect {:.0} records/CPU-s ({alerts} alerts; {:.1} s wall)",
+        "{name}: {n_lines} records, {:.0} bytes/record, {} bytes/parsed record | parse only {:.0} records/CPU-s | parse + collect + sort {:.0} records/CPU-s | parse + detect {:.0} records/CPU-s ({alerts} alerts; {:.1} s wall)",
         bytes.len() as f64 / n_lines as f64,
+        std::mem::size_of::<Record>(),
         n_lines as f64 / parse_secs,
+        n_lines as f64 / collected,
         n_lines as f64 / total,
         wall.elapsed().as_secs_f64(),
+    );
+}
+
+/// Time `sniff` takes per record (the price of `--source auto`).
+fn sniff_cost(name: &str, text: &str) {
+    let start = Clock::start();
+    let mut found = 0usize;
+    for _ in 0..5 {
+        for line in text.lines() {
+            found += usize::from(stormwall_cloudlogs::sniff(line).is_some());
+        }
+    }
+    let secs = start.secs();
+    println!(
+        "{name}: sniff {:.0} ns/record",
+        secs * 1e9 / found.max(1) as f64
     );
 }
 
@@ -146,4 +165,6 @@ fn main() {
         Some(Source::Cloudtrail),
     );
     measure("azure diagnostics (auto source)", &azure(n), None);
+    sniff_cost("cloudtrail", &cloudtrail(n));
+    sniff_cost("azure diagnostics", &azure(n));
 }

@@ -181,6 +181,18 @@ impl Collector for CloudLogsCollector {
                 ConstGauge::new(read(s)).encode(m.encode_family(&labels)?)?;
             }
         }
+        let mut m = encoder.encode_descriptor(
+            "cloud_logs_lease_held",
+            "1 when this replica holds the source's lease (follows it); holder: the holder last seen",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &self.stats.sources {
+            let holder = s.holder();
+            let labels = [("source", s.name.as_str()), ("holder", holder.as_str())];
+            let held = i64::from(s.held.load(Ordering::Relaxed));
+            ConstGauge::new(held).encode(m.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }

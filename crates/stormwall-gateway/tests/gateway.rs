@@ -140,6 +140,32 @@ impl AuditStore for CountingStore {
     }
 }
 
+#[async_trait]
+impl stormwall_store::LeaseStore for CountingStore {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<stormwall_store::Lease, StoreError> {
+        self.inner.acquire_lease(name, holder, ttl).await
+    }
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(name, holder).await
+    }
+    async fn save_lease_state(
+        &self,
+        name: &str,
+        holder: &str,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.save_lease_state(name, holder, state).await
+    }
+    async fn lease_state(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.inner.lease_state(name).await
+    }
+}
+
 struct Harness {
     gw: Option<RunningGateway>,
     config: GatewayConfig,

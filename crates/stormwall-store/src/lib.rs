@@ -509,9 +509,84 @@ pub trait AuditStore: Send + Sync {
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
+/// A named lease as it stands: who holds it, since when and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease's name (e.g. `cloud-logs:aws`).
+    pub name: String,
+    /// The replica holding it (or that held it last, once expired).
+    pub holder: String,
+    /// Holder changes so far, from 1: a holder seeing another term lost the lease meanwhile.
+    pub term: u64,
+    /// When this holder took it (unix milliseconds, the store's clock).
+    pub since_unix_ms: i64,
+    /// Until when it holds it unless renewed (unix milliseconds; 0 once released).
+    pub expires_unix_ms: i64,
+}
+
+impl Lease {
+    /// Whether `holder` holds the lease (as of the moment it was read).
+    pub fn held_by(&self, holder: &str) -> bool {
+        self.holder == holder && self.expires_unix_ms > 0
+    }
+}
+
+/// Named leases, so that of several replicas sharing a store exactly one does a given job
+/// (follows one `[[logs]]` source) at a time, and another takes over when the holder dies.
+/// Expiry is judged by the store's clock (PostgreSQL's), so replicas' clocks need not agree.
+///
+/// The defaults are for a store only one process uses: the caller always holds the lease,
+/// and nothing is handed over. The SQLite and PostgreSQL backends implement real leases.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Takes the lease for `holder` for `ttl` if it is free, expired or released, or renews
+    /// it if `holder` holds it; returns the lease as it then stands — held by `holder`, or by
+    /// the replica that holds it now. Two callers never both get it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Lease, StoreError> {
+        let _ = ttl;
+        Ok(Lease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            term: 1,
+            since_unix_ms: 0,
+            expires_unix_ms: i64::MAX,
+        })
+    }
+    /// Gives the lease up at once if `holder` holds it, so another replica can take it at
+    /// its next try (the hand-over state is kept).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let _ = (name, holder);
+        Ok(())
+    }
+    /// Saves the state the next holder continues from; only while `holder` holds the lease
+    /// (`Ok(false)`, nothing written, otherwise).
+    async fn save_lease_state(
+        &self,
+        name: &str,
+        holder: &str,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        let _ = (name, holder, state);
+        Ok(true)
+    }
+    /// The state the last holder saved (`None`: none saved yet, or no such lease).
+    async fn lease_state(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let _ = name;
+        Ok(None)
+    }
+}
+
 /// Everything the gateway needs from a backend.
-pub trait Store: KeyStore + EventStore + AlertStore + IncidentStore + AuditStore {}
-impl<T: KeyStore + EventStore + AlertStore + IncidentStore + AuditStore> Store for T {}
+pub trait Store:
+    KeyStore + EventStore + AlertStore + IncidentStore + AuditStore + LeaseStore
+{
+}
+impl<T: KeyStore + EventStore + AlertStore + IncidentStore + AuditStore + LeaseStore> Store for T {}
 
 /// What a migration run did (`stormwall migrate`).
 #[derive(Debug, Clone, PartialEq, Eq)]

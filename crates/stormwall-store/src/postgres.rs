@@ -36,7 +36,7 @@ use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
     AuditRecord, AuditStore, EventQuery, EventStore, IncidentQuery, IncidentStore, KeyFilter,
-    KeyStore, MigrationReport, StoreError, StoredAlert, StoredIncident,
+    KeyStore, Lease, LeaseStore, MigrationReport, StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -56,6 +56,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_incidents",
         include_str!("../migrations/postgres/0004_incidents.sql"),
+    ),
+    (
+        "0005_leases",
+        include_str!("../migrations/postgres/0005_leases.sql"),
     ),
 ];
 
@@ -134,6 +138,29 @@ const INSERT_INCIDENT_ALERTS: &str = "INSERT INTO incident_alerts (incident_id, 
 const INCIDENT_SELECT: &str = "SELECT id, body_json, status, note, created_at, changed_at, \
      (SELECT json_agg(alert_id)::text FROM incident_alerts WHERE incident_id = incidents.id) \
      FROM incidents";
+
+/// Takes a lease that is free, expired or released, or renews the caller's own: the row
+/// changes only when the `WHERE` holds, and the `RETURNING` row says it did. The term and
+/// start stay while the same holder renews an unexpired lease, and move on otherwise.
+/// Time is the server's clock, so replicas' clocks need not agree.
+const ACQUIRE_LEASE: &str = "INSERT INTO leases (name, holder, term, since_unix_ms, \
+     expires_unix_ms) SELECT $1, $2, 1, now_ms, now_ms + $3 FROM (SELECT \
+     (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms) AS clock \
+     ON CONFLICT (name) DO UPDATE SET \
+     term = CASE WHEN leases.holder = excluded.holder AND leases.expires_unix_ms > \
+     excluded.since_unix_ms THEN leases.term ELSE leases.term + 1 END, \
+     since_unix_ms = CASE WHEN leases.holder = excluded.holder AND leases.expires_unix_ms > \
+     excluded.since_unix_ms THEN leases.since_unix_ms ELSE excluded.since_unix_ms END, \
+     holder = excluded.holder, expires_unix_ms = excluded.expires_unix_ms \
+     WHERE leases.holder = excluded.holder OR leases.expires_unix_ms <= excluded.since_unix_ms \
+     RETURNING holder, term, since_unix_ms, expires_unix_ms";
+
+const READ_LEASE: &str =
+    "SELECT holder, term, since_unix_ms, expires_unix_ms FROM leases WHERE name = $1";
+
+/// Only the holder of an unexpired lease writes its hand-over state.
+const SAVE_LEASE_STATE: &str = "UPDATE leases SET state = $3 WHERE name = $1 AND holder = $2 \
+     AND expires_unix_ms > (extract(epoch FROM clock_timestamp()) * 1000)::int8";
 
 /// Keys, events, alerts, incidents, actions and the audit log in PostgreSQL. Cheap to clone: clones
 /// share the pool.
@@ -1257,6 +1284,76 @@ impl AuditStore for PostgresStore {
         rows.iter()
             .map(|r| audit_row(r)?.into_record())
             .collect::<Result<Vec<_>, _>>()
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(ACQUIRE_LEASE).await.map_err(db)?;
+        let row = match client
+            .query_opt(&stmt, &[&name, &holder, &ttl_ms])
+            .await
+            .map_err(db)?
+        {
+            Some(row) => row,
+            None => {
+                let stmt = client.prepare_cached(READ_LEASE).await.map_err(db)?;
+                client.query_one(&stmt, &[&name]).await.map_err(db)?
+            }
+        };
+        Ok(Lease {
+            name: name.to_owned(),
+            holder: row.try_get(0).map_err(db)?,
+            term: u64::try_from(row.try_get::<_, i64>(1).map_err(db)?).unwrap_or(0),
+            since_unix_ms: row.try_get(2).map_err(db)?,
+            expires_unix_ms: row.try_get(3).map_err(db)?,
+        })
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("UPDATE leases SET expires_unix_ms = 0 WHERE name = $1 AND holder = $2")
+            .await
+            .map_err(db)?;
+        client.execute(&stmt, &[&name, &holder]).await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn save_lease_state(
+        &self,
+        name: &str,
+        holder: &str,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(SAVE_LEASE_STATE).await.map_err(db)?;
+        let n = client
+            .execute(&stmt, &[&name, &holder, &state])
+            .await
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    async fn lease_state(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT state FROM leases WHERE name = $1")
+            .await
+            .map_err(db)?;
+        let row = client.query_opt(&stmt, &[&name]).await.map_err(db)?;
+        row.map(|r| r.try_get::<_, Option<String>>(0))
+            .transpose()
+            .map(Option::flatten)
+            .map_err(db)
     }
 }
 

@@ -28,7 +28,7 @@ use crate::codec::{
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
     AuditRecord, AuditStore, EventQuery, EventStore, IncidentQuery, IncidentStore, KeyFilter,
-    KeyStore, MigrationReport, StoreError, StoredAlert, StoredIncident,
+    KeyStore, Lease, LeaseStore, MigrationReport, StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -48,6 +48,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_incidents",
         include_str!("../migrations/sqlite/0004_incidents.sql"),
+    ),
+    (
+        "0005_leases",
+        include_str!("../migrations/sqlite/0005_leases.sql"),
     ),
 ];
 
@@ -113,6 +117,22 @@ const INSERT_INCIDENT_ALERT: &str = "INSERT INTO incident_alerts (incident_id, a
 const INCIDENT_SELECT: &str = "SELECT id, body_json, status, note, created_at, changed_at, \
      (SELECT json_group_array(alert_id) FROM incident_alerts WHERE incident_id = incidents.id) \
      FROM incidents";
+
+/// Takes a lease that is free, expired or released, or renews the caller's own: the row
+/// changes only when the `WHERE` holds, and the `RETURNING` row says it did. The term and
+/// start stay while the same holder renews an unexpired lease, and move on otherwise.
+const ACQUIRE_LEASE: &str = "INSERT INTO leases (name, holder, term, since_unix_ms, \
+     expires_unix_ms) VALUES (?1, ?2, 1, ?3, ?3 + ?4) ON CONFLICT (name) DO UPDATE SET \
+     term = CASE WHEN leases.holder = excluded.holder AND leases.expires_unix_ms > \
+     excluded.since_unix_ms THEN leases.term ELSE leases.term + 1 END, \
+     since_unix_ms = CASE WHEN leases.holder = excluded.holder AND leases.expires_unix_ms > \
+     excluded.since_unix_ms THEN leases.since_unix_ms ELSE excluded.since_unix_ms END, \
+     holder = excluded.holder, expires_unix_ms = excluded.expires_unix_ms \
+     WHERE leases.holder = excluded.holder OR leases.expires_unix_ms <= excluded.since_unix_ms \
+     RETURNING holder, term, since_unix_ms, expires_unix_ms";
+
+const READ_LEASE: &str =
+    "SELECT holder, term, since_unix_ms, expires_unix_ms FROM leases WHERE name = ?1";
 
 /// Keys, events, alerts, incidents, actions and the audit log in one SQLite database. Cheap to clone:
 /// clones share the connections.
@@ -1169,6 +1189,101 @@ impl AuditStore for SqliteStore {
     }
 }
 
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        self.write(move |conn| {
+            let now = unix_ms(OffsetDateTime::now_utc())?;
+            let read = |r: &rusqlite::Row<'_>| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            };
+            let taken = conn
+                .prepare_cached(ACQUIRE_LEASE)
+                .map_err(db)?
+                .query_row(params![name, holder, now, ttl_ms], read)
+                .optional()
+                .map_err(db)?;
+            let row = match taken {
+                Some(row) => row,
+                None => conn
+                    .prepare_cached(READ_LEASE)
+                    .map_err(db)?
+                    .query_row(params![name], read)
+                    .map_err(db)?,
+            };
+            Ok(Lease {
+                name,
+                holder: row.0,
+                term: u64::try_from(row.1).unwrap_or(0),
+                since_unix_ms: row.2,
+                expires_unix_ms: row.3,
+            })
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE leases SET expires_unix_ms = 0 WHERE name = ?1 AND holder = ?2",
+            )
+            .map_err(db)?
+            .execute(params![name, holder])
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_lease_state(
+        &self,
+        name: &str,
+        holder: &str,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        let (name, holder, state) = (name.to_owned(), holder.to_owned(), state.to_owned());
+        self.write(move |conn| {
+            let now = unix_ms(OffsetDateTime::now_utc())?;
+            let n = conn
+                .prepare_cached(
+                    "UPDATE leases SET state = ?3 WHERE name = ?1 AND holder = ?2 \
+                     AND expires_unix_ms > ?4",
+                )
+                .map_err(db)?
+                .execute(params![name, holder, state, now])
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn lease_state(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("SELECT state FROM leases WHERE name = ?1")
+                .map_err(db)?
+                .query_row(params![name], |r| r.get::<_, Option<String>>(0))
+                .optional()
+                .map(Option::flatten)
+                .map_err(db)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1195,7 +1310,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             migrate(&mut conn).unwrap(),
-            vec!["0002_alerts", "0003_audit", "0004_incidents"]
+            vec!["0002_alerts", "0003_audit", "0004_incidents", "0005_leases"]
         );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         let n: i64 = conn
@@ -1220,7 +1335,7 @@ mod tests {
         conn.pragma_update(None, "user_version", 2).unwrap();
         assert_eq!(
             migrate(&mut conn).unwrap(),
-            vec!["0003_audit", "0004_incidents"]
+            vec!["0003_audit", "0004_incidents", "0005_leases"]
         );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         assert!(migrate(&mut conn).unwrap().is_empty());

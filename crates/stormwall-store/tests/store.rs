@@ -1498,6 +1498,167 @@ mod suite {
         }
     }
 
+    /// One holder at a time: others see who holds it; the holder renews without a new term;
+    /// a released or expired lease goes to the next taker with a new term; only the holder
+    /// writes the hand-over state, which outlives the holder.
+    pub async fn leases(store: Arc<dyn Store>) {
+        let long = Duration::from_secs(60);
+        let a = store
+            .acquire_lease("cloud-logs:aws", "gw-a", long)
+            .await
+            .unwrap();
+        assert!(a.held_by("gw-a"));
+        assert_eq!(a.term, 1);
+        assert!(a.expires_unix_ms > a.since_unix_ms);
+        let b = store
+            .acquire_lease("cloud-logs:aws", "gw-b", long)
+            .await
+            .unwrap();
+        assert!(!b.held_by("gw-b"));
+        assert_eq!((b.holder.as_str(), b.term), ("gw-a", 1));
+        // Another name is another lease.
+        let other = store
+            .acquire_lease("cloud-logs:azure", "gw-b", long)
+            .await
+            .unwrap();
+        assert!(other.held_by("gw-b"));
+        // Renewal keeps term and start.
+        let again = store
+            .acquire_lease("cloud-logs:aws", "gw-a", long)
+            .await
+            .unwrap();
+        assert_eq!((again.term, again.since_unix_ms), (1, a.since_unix_ms));
+        assert!(again.expires_unix_ms >= a.expires_unix_ms);
+
+        assert_eq!(store.lease_state("cloud-logs:aws").await.unwrap(), None);
+        assert!(
+            store
+                .save_lease_state("cloud-logs:aws", "gw-a", "[1]")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .save_lease_state("cloud-logs:aws", "gw-b", "[2]")
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store
+                .lease_state("cloud-logs:aws")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("[1]")
+        );
+
+        // Released: the next taker gets it at once, with a new term and the state kept.
+        store.release_lease("cloud-logs:aws", "gw-b").await.unwrap(); // not the holder: no-op
+        assert!(
+            !store
+                .acquire_lease("cloud-logs:aws", "gw-b", long)
+                .await
+                .unwrap()
+                .held_by("gw-b")
+        );
+        store.release_lease("cloud-logs:aws", "gw-a").await.unwrap();
+        assert!(
+            !store
+                .save_lease_state("cloud-logs:aws", "gw-a", "[3]")
+                .await
+                .unwrap()
+        );
+        let b = store
+            .acquire_lease("cloud-logs:aws", "gw-b", long)
+            .await
+            .unwrap();
+        assert!(b.held_by("gw-b"));
+        assert_eq!(b.term, 2);
+        assert_eq!(
+            store
+                .lease_state("cloud-logs:aws")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("[1]")
+        );
+        assert!(
+            !store
+                .acquire_lease("cloud-logs:aws", "gw-a", long)
+                .await
+                .unwrap()
+                .held_by("gw-a")
+        );
+
+        // Expired (a holder that died): taken by the next one after the ttl, not before.
+        let short = Duration::from_millis(300);
+        let c = store
+            .acquire_lease("cloud-logs:gcp", "gw-c", short)
+            .await
+            .unwrap();
+        assert!(c.held_by("gw-c"));
+        assert!(
+            !store
+                .acquire_lease("cloud-logs:gcp", "gw-a", short)
+                .await
+                .unwrap()
+                .held_by("gw-a")
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(
+            !store
+                .save_lease_state("cloud-logs:gcp", "gw-c", "late")
+                .await
+                .unwrap()
+        );
+        let a = store
+            .acquire_lease("cloud-logs:gcp", "gw-a", long)
+            .await
+            .unwrap();
+        assert!(a.held_by("gw-a"));
+        assert_eq!(a.term, 2);
+        // The old holder coming back finds it taken.
+        let c = store
+            .acquire_lease("cloud-logs:gcp", "gw-c", long)
+            .await
+            .unwrap();
+        assert_eq!((c.holder.as_str(), c.term), ("gw-a", 2));
+    }
+
+    /// Replicas racing for free or expired leases: each round has exactly one winner, and
+    /// every replica agrees who it is.
+    pub async fn lease_races(stores: Vec<Arc<dyn Store>>) {
+        for round in 0..5u32 {
+            let name = format!("race-{round}");
+            let tasks: Vec<_> = (0..8usize)
+                .map(|i| {
+                    let store = Arc::clone(&stores[i % stores.len()]);
+                    let name = name.clone();
+                    #[allow(clippy::disallowed_methods)]
+                    tokio::spawn(async move {
+                        let me = format!("gw-{i}");
+                        let l = store
+                            .acquire_lease(&name, &me, Duration::from_secs(60))
+                            .await
+                            .unwrap();
+                        (me, l)
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            let mut seen = std::collections::BTreeSet::new();
+            for t in tasks {
+                let (me, l) = t.await.unwrap();
+                seen.insert(l.holder.clone());
+                if l.held_by(&me) {
+                    winners.push(me);
+                }
+            }
+            assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+            assert_eq!(seen.len(), 1, "round {round}: {seen:?}");
+        }
+    }
+
     /// Rows changed or removed behind the store's back (`exec` runs SQL on the database
     /// directly) fail verification at the record concerned.
     pub async fn audit_tampering_is_detected<F, Fut>(store: Arc<dyn Store>, exec: F)
@@ -1631,7 +1792,7 @@ macro_rules! backend_suite {
                 event_reinsert_is_idempotent, spend_since, reads_while_writing, event_summaries,
                 alert_insert_get, alert_duplicates, alert_refuses_unstorable,
                 alert_list_filters, alert_status, actions_record_list, audit_append_list,
-                incident_upsert_list_status);
+                incident_upsert_list_status, leases);
         }
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -1758,6 +1919,30 @@ async fn postgres_audit_concurrent_appends() {
     drop_schema(&url, &schema).await;
 }
 
+/// Eight replicas (four pools on one schema) racing for leases: one winner each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lease_races_have_one_winner() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(open_pg(&url, &schema).await);
+    }
+    suite::lease_races(stores).await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_lease_races_have_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stormwall.db");
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..2 {
+        stores.push(Arc::new(SqliteStore::open(&path).await.unwrap()));
+    }
+    suite::lease_races(stores).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_audit_tampering_is_detected() {
     let Some(url) = pg_url() else { return };
@@ -1850,7 +2035,7 @@ async fn postgres_upgrade_from_0001_applies_0002_once() {
     let report = stormwall_store::migrate(&config, &|_| None).await.unwrap();
     assert_eq!(
         report.applied,
-        ["0002_alerts", "0003_audit", "0004_incidents"]
+        ["0002_alerts", "0003_audit", "0004_incidents", "0005_leases"]
     );
     assert_eq!(report.version, stormwall_store::postgres::SCHEMA_VERSION);
     let again = stormwall_store::migrate(&config, &|_| None).await.unwrap();
@@ -1963,7 +2148,13 @@ async fn sqlite_migrate_reports_and_is_idempotent() {
     assert_eq!(first.backend, "sqlite");
     assert_eq!(
         first.applied,
-        ["0001_init", "0002_alerts", "0003_audit", "0004_incidents"]
+        [
+            "0001_init",
+            "0002_alerts",
+            "0003_audit",
+            "0004_incidents",
+            "0005_leases"
+        ]
     );
     assert_eq!(first.version, stormwall_store::sqlite::SCHEMA_VERSION);
     for _ in 0..2 {

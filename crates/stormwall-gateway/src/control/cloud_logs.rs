@@ -85,6 +85,10 @@ pub struct CloudLogsConfig {
     /// Sigma rules (`.yml`, `.yaml`) under this folder are evaluated over every record;
     /// matches are alerts (detector S1).
     pub sigma_dir: Option<PathBuf>,
+    /// Seconds a replica holds a source's lease without renewing it: of the replicas
+    /// sharing a store, one follows each `[[logs]]` source, and another takes over this
+    /// long (at most a third more) after the holder stopped renewing.
+    pub lease_secs: u64,
 }
 
 impl Default for CloudLogsConfig {
@@ -97,6 +101,7 @@ impl Default for CloudLogsConfig {
             max_line_bytes: 16 * 1024 * 1024,
             max_file_bytes: 1024 * 1024 * 1024,
             sigma_dir: None,
+            lease_secs: 30,
         }
     }
 }
@@ -155,6 +160,9 @@ pub fn check(
     }
     if cfg.max_line_bytes < 1024 {
         return settings("max_line_bytes must be at least 1024");
+    }
+    if cfg.lease_secs < 2 || cfg.lease_secs.saturating_mul(1000) < cfg.poll_ms.saturating_mul(2) {
+        return settings("lease_secs must be at least 2 and at least two polls (poll_ms)");
     }
     let mut out: Vec<Watched> = Vec::new();
     for l in logs {
@@ -485,9 +493,22 @@ pub struct SourceStats {
     pub alerts: AtomicU64,
     /// Usage events written to the event store.
     pub stored: AtomicU64,
+    /// This replica holds the source's lease (follows it).
+    pub held: std::sync::atomic::AtomicBool,
+    /// The lease's holder as last seen (this replica's name when it holds it; empty
+    /// before the first look).
+    pub holder: std::sync::Mutex<String>,
 }
 
 impl SourceStats {
+    /// The lease's holder as last seen.
+    pub fn holder(&self) -> String {
+        self.holder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Seconds between now and the newest event read (0 before the first).
     pub fn lag_seconds(&self) -> i64 {
         match self.newest.load(Ordering::Relaxed) {
@@ -502,6 +523,8 @@ impl SourceStats {
 pub struct FollowStats {
     /// Per source, in configuration order.
     pub sources: Vec<SourceStats>,
+    /// This replica's name as a lease holder.
+    pub replica: String,
 }
 
 impl FollowStats {
@@ -509,9 +532,24 @@ impl FollowStats {
     pub fn readyz(&self) -> String {
         let mut s = String::new();
         for x in &self.sources {
+            if !x.held.load(Ordering::Relaxed) {
+                let holder = x.holder();
+                let who = if holder.is_empty() {
+                    "nobody yet"
+                } else {
+                    holder.as_str()
+                };
+                s.push_str(&format!(
+                    "cloud logs {}: followed by {who}, not this replica ({})\n",
+                    x.name, self.replica
+                ));
+                continue;
+            }
             s.push_str(&format!(
-                "cloud logs {}: {} files, {} records, {} bad, {} bytes pending, lag {}s\n",
+                "cloud logs {}: followed by this replica ({}), {} files, {} records, {} bad, \
+                 {} bytes pending, lag {}s\n",
                 x.name,
+                self.replica,
                 x.files.load(Ordering::Relaxed),
                 x.records.load(Ordering::Relaxed),
                 x.bad.load(Ordering::Relaxed),
@@ -580,8 +618,51 @@ enum Item {
     Sigma(Alert),
 }
 
+/// Where this replica stands with one source's lease.
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    /// The lease's term when this replica last renewed it (0: never held).
+    term: u64,
+    /// Held until then (this replica's clock, counted from before the renewal was sent,
+    /// less a margin); `None`: not held.
+    until: Option<std::time::Instant>,
+}
+
+/// The lease name of a `[[logs]]` source in the store.
+pub fn lease_name(source: &str) -> String {
+    format!("cloud-logs:{source}")
+}
+
+/// This process's name as a lease holder: host name (the pod's, in Kubernetes), process
+/// id and a random suffix, so a restarted process is a new holder.
+pub fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned());
+    let mut r = [0u8; 3];
+    let _ = getrandom::fill(&mut r);
+    format!(
+        "{host}:{}:{:02x}{:02x}{:02x}",
+        std::process::id(),
+        r[0],
+        r[1],
+        r[2]
+    )
+}
+
 /// The follower: sources, cursors and the detectors; all file I/O happens here.
 pub struct Follower {
+    replica: String,
+    held: Vec<Held>,
     sources: Vec<Watched>,
     rules: Vec<Rule>,
     cfg: CloudLogsConfig,
@@ -630,7 +711,9 @@ impl Follower {
         let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
         let mut cursors = cp.files;
         cursors.retain(|c| names.contains(&c.source.as_str()));
+        let replica = replica_name();
         let stats = Arc::new(FollowStats {
+            replica: replica.clone(),
             sources: sources
                 .iter()
                 .map(|s| SourceStats {
@@ -640,6 +723,8 @@ impl Follower {
                 .collect(),
         });
         Ok(Self {
+            replica,
+            held: vec![Held::default(); sources.len()],
             sources,
             rules,
             cfg,
@@ -655,6 +740,37 @@ impl Follower {
     /// The counters `/metrics` and `/readyz` read.
     pub fn stats(&self) -> Arc<FollowStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// This replica's name as a lease holder.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether this replica holds source `si`'s lease now.
+    fn holds(&self, si: usize) -> bool {
+        self.held
+            .get(si)
+            .and_then(|h| h.until)
+            .is_some_and(|u| u > std::time::Instant::now())
+    }
+
+    /// Source `si`'s cursors as the text handed over with its lease.
+    fn cursors_text(&self, si: usize) -> Option<String> {
+        let name = &self.sources.get(si)?.name;
+        let mine: Vec<&FileCursor> = self.cursors.iter().filter(|c| &c.source == name).collect();
+        serde_json::to_string(&mine).ok()
+    }
+
+    /// Continues source `si` from cursors its previous holder handed over (replacing this
+    /// replica's own, which are older).
+    fn adopt(&mut self, si: usize, handed: Vec<FileCursor>) {
+        let Some(name) = self.sources.get(si).map(|s| s.name.clone()) else {
+            return;
+        };
+        self.cursors.retain(|c| c.source != name);
+        self.cursors
+            .extend(handed.into_iter().filter(|c| c.source == name));
     }
 
     /// Saves the cursors and the detectors' state (to `FILE.tmp`, then renamed).
@@ -681,6 +797,12 @@ impl Follower {
         let mut logged = 0usize;
         let mut consumed = false;
         for si in 0..self.sources.len() {
+            let held = self.holds(si);
+            self.stats.sources[si].held.store(held, Ordering::Relaxed);
+            if !held {
+                // Another replica follows it (or none may yet: the store did not answer).
+                continue;
+            }
             let src = self.sources[si].clone();
             let listed = list(&src);
             let todo = reconcile(
@@ -1119,11 +1241,13 @@ pub fn spawn(
     tokio::spawn(async move {
         let poll_every = Duration::from_millis(follower.cfg.poll_ms.max(100));
         let checkpoint_every = Duration::from_secs(follower.cfg.checkpoint_secs);
+        let ttl = Duration::from_secs(follower.cfg.lease_secs.max(2));
         let names: Vec<String> = follower.sources.iter().map(|s| s.name.clone()).collect();
         let stats = follower.stats();
         let follower = Arc::new(std::sync::Mutex::new(follower));
         let mut dirty = false;
         let mut last_checkpoint = tokio::time::Instant::now();
+        let mut last_lease: Option<tokio::time::Instant> = None;
         let mut again = false;
         let mut pending: Vec<(UsageEvent, usize)> = Vec::new();
         loop {
@@ -1132,6 +1256,12 @@ pub fn spawn(
                     _ = tokio::time::sleep(poll_every) => {}
                     _ = shutdown.changed() => break,
                 }
+            }
+            if last_lease.is_none_or(|t| t.elapsed() >= ttl / 3) {
+                // Renewed every third of the lease: the holder keeps it while it runs, and
+                // another replica takes over within a lease and a third once it stops.
+                lease_round(&state, &follower, ttl).await;
+                last_lease = Some(tokio::time::Instant::now());
             }
             if !store_events(&state, &stats, &mut pending).await {
                 // The store refuses writes: read nothing more until it takes these.
@@ -1157,12 +1287,15 @@ pub fn spawn(
             }
             if stored && dirty && (alerted || last_checkpoint.elapsed() >= checkpoint_every) {
                 checkpoint(&follower).await;
+                hand_over(&state, &follower).await;
                 dirty = false;
                 last_checkpoint = tokio::time::Instant::now();
             }
         }
         if store_events(&state, &stats, &mut pending).await {
             checkpoint(&follower).await;
+            hand_over(&state, &follower).await;
+            release(&state, &follower).await;
         } else {
             tracing::warn!(
                 events = pending.len(),
@@ -1171,6 +1304,131 @@ pub fn spawn(
             );
         }
     })
+}
+
+/// Takes, renews or learns the holder of every source's lease. A source this replica takes
+/// (or takes back after another held it) continues from the cursors its last holder saved
+/// with the lease; with none saved (the first holder ever) it keeps its own.
+async fn lease_round(
+    state: &ControlPlane,
+    follower: &Arc<std::sync::Mutex<Follower>>,
+    ttl: Duration,
+) {
+    let lock = || {
+        follower
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let (replica, names, stats) = {
+        let f = lock();
+        let names: Vec<String> = f.sources.iter().map(|s| s.name.clone()).collect();
+        (f.replica.clone(), names, f.stats())
+    };
+    for (si, name) in names.iter().enumerate() {
+        let key = lease_name(name);
+        let sent = std::time::Instant::now();
+        let lease = match state.store.acquire_lease(&key, &replica, ttl).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Held until the last renewal's deadline; then this replica stops reading.
+                tracing::warn!(source = %name, error = %e, "cloud logs: cannot renew the lease");
+                continue;
+            }
+        };
+        let st = &stats.sources[si];
+        *st.holder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = lease.holder.clone();
+        if !lease.held_by(&replica) {
+            let mut f = lock();
+            if f.held[si].until.is_some() {
+                tracing::warn!(source = %name, holder = %lease.holder, "cloud logs: another replica follows this source now");
+            }
+            f.held[si].until = None;
+            st.held.store(false, Ordering::Relaxed);
+            continue;
+        }
+        let known = lock().held[si].term;
+        if known != lease.term {
+            let handed = match state.store.lease_state(&key).await {
+                Ok(Some(text)) => match serde_json::from_str::<Vec<FileCursor>>(&text) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(source = %name, error = %e, "cloud logs: the handed-over cursors are unreadable; continuing from this replica's own");
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e, "cloud logs: cannot read the handed-over cursors; retrying");
+                    continue;
+                }
+            };
+            let mut f = lock();
+            if let Some(c) = handed {
+                f.adopt(si, c);
+            }
+            tracing::info!(source = %name, replica = %replica, term = lease.term, "cloud logs: this replica follows the source");
+        }
+        let mut f = lock();
+        // A tenth of the lease as margin for the request's time and clock rates.
+        f.held[si] = Held {
+            term: lease.term,
+            until: Some(sent + ttl - ttl / 10),
+        };
+        st.held.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Saves each held source's cursors with its lease for the next holder; a source whose
+/// lease was lost meanwhile is no longer followed.
+async fn hand_over(state: &ControlPlane, follower: &Arc<std::sync::Mutex<Follower>>) {
+    let lock = || {
+        follower
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let (replica, todo) = {
+        let f = lock();
+        let todo: Vec<(usize, String, String)> = (0..f.sources.len())
+            .filter(|&si| f.holds(si))
+            .filter_map(|si| Some((si, lease_name(&f.sources[si].name), f.cursors_text(si)?)))
+            .collect();
+        (f.replica.clone(), todo)
+    };
+    for (si, key, text) in todo {
+        match state.store.save_lease_state(&key, &replica, &text).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(lease = %key, "cloud logs: the lease was lost; another replica takes the source over");
+                let mut f = lock();
+                f.held[si].until = None;
+                f.stats.sources[si].held.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(lease = %key, error = %e, "cloud logs: cannot save the cursors with the lease")
+            }
+        }
+    }
+}
+
+/// Gives up every held lease at shutdown, so another replica takes the sources at once.
+async fn release(state: &ControlPlane, follower: &Arc<std::sync::Mutex<Follower>>) {
+    let (replica, keys) = {
+        let f = follower
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys: Vec<String> = (0..f.sources.len())
+            .filter(|&si| f.holds(si))
+            .map(|si| lease_name(&f.sources[si].name))
+            .collect();
+        (f.replica.clone(), keys)
+    };
+    for key in keys {
+        if let Err(e) = state.store.release_lease(&key, &replica).await {
+            tracing::warn!(lease = %key, error = %e, "cloud logs: cannot release the lease; it expires by itself");
+        }
+    }
 }
 
 /// Writes pending usage events to the event store, in batches; `false` (events kept) when

@@ -210,7 +210,8 @@ async fn cloud_logs_in_watched_folders_raise_stored_alerts_once_across_a_restart
     assert!(metrics.contains("stormwall_cloud_logs_lag_seconds{source=\"aws\"}"));
     let ready = h.admin_call("GET", "/readyz", Value::Null).await.text();
     assert!(
-        ready.contains("cloud logs aws: 1 files, 5 records, 1 bad"),
+        ready.contains("cloud logs aws: followed by this replica (")
+            && ready.contains("), 1 files, 5 records, 1 bad"),
         "{ready}"
     );
     // The usage records (the invocation and the listing) are in the event store, where
@@ -277,7 +278,7 @@ async fn cloud_logs_in_watched_folders_raise_stored_alerts_once_across_a_restart
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cloud_usage_events_are_stored_once_when_read_again_after_a_lost_checkpoint() {
+async fn cloud_usage_events_are_stored_once_when_read_again_after_lost_cursors() {
     let logs = tempfile::tempdir().unwrap();
     let aws = logs.path().join("aws");
     std::fs::create_dir_all(&aws).unwrap();
@@ -321,32 +322,343 @@ async fn cloud_usage_events_are_stored_once_when_read_again_after_a_lost_checkpo
     );
     assert!(first.iter().all(|e| e.dataset == "aws.cloudtrail"));
 
-    // The checkpoint is lost: the restart reads every record again. The event store keeps
-    // one copy of each, because an event's id comes from its source and record.
+    // The local checkpoint is lost: the cursors saved with the source's lease in the store
+    // (for the next holder) still say where reading stands, so only a new record is read.
     h.shutdown().await;
     std::fs::remove_file(&state).unwrap();
+    h.restart().await;
+    append(
+        &aws.join("trail.jsonl"),
+        &format!("{}\n", trail("inv4", "InvokeModel", 20, model)),
+    );
+    assert_eq!(cloud_events(&h, 4).await.len(), 4);
+    let metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
+    assert!(
+        metrics.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 1"),
+        "only the new record was read: {metrics}"
+    );
+
+    // Both lost (the source renamed: a new lease, with nothing handed over): the restart
+    // reads every record again. The event store keeps one copy of each, because an
+    // event's id comes from its source and record.
+    h.shutdown().await;
+    std::fs::remove_file(&state).unwrap();
+    h.config.logs[0].name = Some("aws-renamed".into());
     h.restart().await;
     let mut metrics = String::new();
     for _ in 0..300 {
         metrics = h.admin_call("GET", "/metrics", Value::Null).await.text();
-        if metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws\"} 3") {
+        if metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws-renamed\"} 4") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        metrics.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 3"),
+        metrics.contains("stormwall_cloud_logs_records_total{source=\"aws-renamed\"} 4"),
         "the records were read again: {metrics}"
     );
     assert!(
-        metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws\"} 3"),
+        metrics.contains("stormwall_cloud_logs_events_stored_total{source=\"aws-renamed\"} 4"),
         "{metrics}"
     );
-    let again = cloud_events(&h, 3).await;
+    let again = cloud_events(&h, 4).await;
     assert_eq!(
         again.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        ids,
+        [&ids[..], &["aws.cloudtrail:inv4"]].concat(),
         "no event stored twice"
     );
-    assert_eq!(h.store.count_events().await.unwrap(), 3);
+    assert_eq!(h.store.count_events().await.unwrap(), 4);
+}
+
+/// Two replicas on one PostgreSQL follow the same folder: one holds the source's lease and
+/// reads every record, the other reads none and says who holds it. When the holder loses
+/// PostgreSQL (as a replica that died would stop renewing), it stops reading, and the other
+/// takes over from the cursors saved with the lease — no record read twice, none skipped.
+/// Runs when `STORMWALL_TEST_POSTGRES_URL` is set, and then fails if PostgreSQL is
+/// unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_follows_a_source_and_another_takes_over_when_it_dies_on_postgres() {
+    use stormwall_store::{LeaseStore as _, PostgresConfig, PostgresStore};
+    let Some(pg_url) = std::env::var("STORMWALL_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    else {
+        eprintln!("skipped: STORMWALL_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let cfg: tokio_postgres::Config = pg_url.parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => panic!("the PostgreSQL test URL must be TCP"),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let relay = stormwall_testkit::TcpRelay::start(format!("{host}:{port}"))
+        .await
+        .unwrap();
+    let via = pg_url.replacen(&format!("{host}:{port}"), &relay.addr.to_string(), 1);
+    assert_ne!(via, pg_url, "the test URL must name host:port explicitly");
+    let schema = format!(
+        "swcl_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let open = |url: &str| {
+        let mut pg = PostgresConfig::from_url(url);
+        pg.schema = Some(schema.clone());
+        pg.pool_size = 4;
+        async move {
+            Arc::new(PostgresStore::open(&pg).await.unwrap_or_else(|e| {
+                panic!("STORMWALL_TEST_POSTGRES_URL is set but PostgreSQL is unusable: {e}")
+            }))
+        }
+    };
+    let store_b = open(&pg_url).await;
+    let store_a = open(&via).await;
+
+    let logs = tempfile::tempdir().unwrap();
+    let aws = logs.path().join("aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let upstream = MockUpstream::start().await.unwrap();
+    let config = |replica: &str| {
+        let mut c = GatewayConfig {
+            server: ServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                admin_listen: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            },
+            ipdb: test_ipdb(),
+            upstreams: vec![UpstreamConfig::Mock {
+                name: "builtin".into(),
+                models: vec!["builtin-model".into()],
+            }],
+            ..Default::default()
+        };
+        c.logs = vec![LogSourceConfig {
+            name: Some("aws".into()),
+            dir: aws.clone(),
+            source: "cloudtrail".into(),
+            glob: None,
+        }];
+        c.cloud_logs = CloudLogsConfig {
+            state_file: Some(logs.path().join(format!("state-{replica}.json"))),
+            poll_ms: 100,
+            settle_secs: 1,
+            checkpoint_secs: 1,
+            lease_secs: 2,
+            ..CloudLogsConfig::default()
+        };
+        c
+    };
+    let events = EventsConfig {
+        flush_interval_ms: 10,
+        ..Default::default()
+    };
+    let start_on = |store: Arc<PostgresStore>, c: GatewayConfig| {
+        let events = events.clone();
+        async move {
+            start(
+                c,
+                store as Arc<dyn Store>,
+                &events,
+                SecretString::from(ADMIN_TOKEN),
+                &env,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let get = |gw: &RunningGateway, path: &str| {
+        let url = format!("http://{}{path}", gw.admin_addr);
+        async move {
+            http_request("GET", &url, &[], "", None)
+                .await
+                .unwrap()
+                .text()
+        }
+    };
+    // Waits until `path` of `gw` contains `want`; returns the last text.
+    async fn wait_for<F, Fut>(read: F, want: &str) -> String
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
+        let mut text = String::new();
+        for _ in 0..400 {
+            text = read().await;
+            if text.contains(want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        text
+    }
+    let stored = |n: usize| {
+        let store = Arc::clone(&store_b);
+        async move {
+            for _ in 0..400 {
+                let got = store.count_events().await.unwrap();
+                if got >= n as u64 {
+                    return got;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            store.count_events().await.unwrap()
+        }
+    };
+    let model = r#","requestParameters":{"modelId":"anthropic.claude-3-haiku"}"#;
+    let write = |from: u32, to: u32| {
+        let lines: String = (from..=to)
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    trail(&format!("ha{i}"), "InvokeModel", 40 - i64::from(i), model)
+                )
+            })
+            .collect();
+        append(&aws.join("trail.jsonl"), &lines);
+    };
+
+    let a = start_on(Arc::clone(&store_a), config("a")).await;
+    let ready_a = wait_for(
+        || get(&a, "/readyz"),
+        "cloud logs aws: followed by this replica",
+    )
+    .await;
+    assert!(
+        ready_a.contains("cloud logs aws: followed by this replica"),
+        "{ready_a}"
+    );
+    let lease = store_b
+        .acquire_lease("cloud-logs:aws", "probe", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let name_a = lease.holder.clone();
+    assert!(ready_a.contains(&format!("({name_a})")), "{ready_a}");
+    let b = start_on(Arc::clone(&store_b), config("b")).await;
+    let ready_b = wait_for(|| get(&b, "/readyz"), &format!("followed by {name_a}")).await;
+    assert!(
+        ready_b.contains(&format!(
+            "cloud logs aws: followed by {name_a}, not this replica"
+        )),
+        "{ready_b}"
+    );
+
+    // Every record is read by the holder alone.
+    write(1, 3);
+    assert_eq!(stored(3).await, 3);
+    let m = wait_for(
+        || get(&a, "/metrics"),
+        "stormwall_cloud_logs_records_total{source=\"aws\"} 3",
+    )
+    .await;
+    assert!(
+        m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "stormwall_cloud_logs_lease_held{{source=\"aws\",holder=\"{name_a}\"}} 1"
+        )),
+        "{m}"
+    );
+    let m = get(&b, "/metrics").await;
+    assert!(
+        m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "stormwall_cloud_logs_lease_held{{source=\"aws\",holder=\"{name_a}\"}} 0"
+        )),
+        "{m}"
+    );
+    // The holder's cursors reach the store with its lease (checkpoint_secs = 1).
+    for _ in 0..200 {
+        let saved = store_b.lease_state("cloud-logs:aws").await.unwrap();
+        if saved.is_some_and(|s| s.contains("trail.jsonl") && !s.contains("\"offset\":0")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The holder loses PostgreSQL: it cannot renew, stops reading, and B takes over.
+    relay.cut();
+    let ready_b = wait_for(
+        || get(&b, "/readyz"),
+        "cloud logs aws: followed by this replica",
+    )
+    .await;
+    assert!(
+        ready_b.contains("cloud logs aws: followed by this replica"),
+        "{ready_b}"
+    );
+    let ready_a = get(&a, "/readyz").await;
+    assert!(
+        !ready_a.contains("followed by this replica"),
+        "A stopped: {ready_a}"
+    );
+    write(4, 5);
+    assert_eq!(stored(5).await, 5);
+    let m = wait_for(
+        || get(&b, "/metrics"),
+        "stormwall_cloud_logs_records_total{source=\"aws\"} 2",
+    )
+    .await;
+    assert!(
+        m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 2"),
+        "B read only the records A had not: {m}"
+    );
+
+    // A back on PostgreSQL finds B holding the source and reads nothing.
+    relay.restore();
+    let name_b = store_b
+        .acquire_lease("cloud-logs:aws", "probe", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .holder;
+    assert_ne!(name_b, name_a);
+    let ready_a = wait_for(|| get(&a, "/readyz"), &format!("followed by {name_b}")).await;
+    assert!(
+        ready_a.contains(&format!(
+            "cloud logs aws: followed by {name_b}, not this replica"
+        )),
+        "{ready_a}"
+    );
+    write(6, 6);
+    assert_eq!(stored(6).await, 6);
+    let m = wait_for(
+        || get(&b, "/metrics"),
+        "stormwall_cloud_logs_records_total{source=\"aws\"} 3",
+    )
+    .await;
+    assert!(
+        m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 3"),
+        "{m}"
+    );
+    let m = get(&a, "/metrics").await;
+    assert!(
+        m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 3"),
+        "{m}"
+    );
+    assert_eq!(store_b.count_events().await.unwrap(), 6);
+
+    a.shutdown().await;
+    b.shutdown().await;
+    drop((store_a, store_b));
+    let (client, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = task.await;
+    drop(upstream);
 }
