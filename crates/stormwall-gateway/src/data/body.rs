@@ -7,12 +7,14 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use memchr::memmem::Finder;
 use stormwall_store::Durable;
 use stormwall_types::{KeyStatus, StreamOutcome};
 use tokio::time::Sleep;
@@ -130,6 +132,36 @@ struct TextDelta<'a> {
     content: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// The substrings the stream scan looks for, each searcher built once: `memmem::find`
+/// builds a searcher on every call, and on a stream's short chunks building them cost more
+/// than searching (the scan looks for up to nine per chunk).
+struct Needles {
+    blank_line: Finder<'static>,
+    content_key: Finder<'static>,
+    content: Finder<'static>,
+    delta_open: Finder<'static>,
+    delta: Finder<'static>,
+    text: Finder<'static>,
+    kind: Finder<'static>,
+    usage: Finder<'static>,
+    model: Finder<'static>,
+}
+
+static NEEDLES: LazyLock<Needles> = LazyLock::new(|| Needles {
+    blank_line: Finder::new(b"\n\n"),
+    content_key: Finder::new(CONTENT_KEY),
+    content: Finder::new(b"\"content\""),
+    delta_open: Finder::new(b"\"delta\":{"),
+    delta: Finder::new(b"\"delta\""),
+    text: Finder::new(b"\"text\""),
+    kind: Finder::new(b"\"type\""),
+    usage: Finder::new(b"\"usage\""),
+    model: Finder::new(b"\"model\""),
+});
+
+/// A chunk's `"content":"` key, compact encoding.
+const CONTENT_KEY: &[u8] = b"\"content\":\"";
+
 /// The text of a chunk's one `delta.content` string, found without parsing the chunk.
 enum DeltaText<'a> {
     /// No escapes: the text as it is.
@@ -144,14 +176,14 @@ enum DeltaText<'a> {
 /// `content` keys, `text` or `type` fields, spaces after the colon, a chunk that is not
 /// well formed around the string) returns `None` and takes the full parse.
 fn lone_delta_content(data: &[u8]) -> Option<DeltaText<'_>> {
-    const KEY: &[u8] = b"\"content\":\"";
+    let n = &*NEEDLES;
     // A quote inside a JSON string is always escaped, so `"content":"` can only be a key.
-    let at = memchr::memmem::find(data, KEY)?;
-    let start = at + KEY.len();
-    if memchr::memmem::find(&data[start..], KEY).is_some()
-        || memchr::memmem::find(&data[..at], b"\"delta\":{").is_none()
-        || memchr::memmem::find(data, b"\"text\"").is_some()
-        || memchr::memmem::find(data, b"\"type\"").is_some()
+    let at = n.content_key.find(data)?;
+    let start = at + CONTENT_KEY.len();
+    if n.content_key.find(&data[start..]).is_some()
+        || n.delta_open.find(&data[..at]).is_none()
+        || n.text.find(data).is_some()
+        || n.kind.find(data).is_some()
     {
         return None;
     }
@@ -185,9 +217,8 @@ fn lone_delta_content(data: &[u8]) -> Option<DeltaText<'_>> {
 /// Appends the output text of one SSE data payload to `out`.
 pub fn text_in_chunk(data: &[u8], out: &mut String) {
     // Most chunks carry text; the cheap test skips role-only and usage-only chunks.
-    if memchr::memmem::find(data, b"\"content\"").is_none()
-        && memchr::memmem::find(data, b"\"text\"").is_none()
-        && memchr::memmem::find(data, b"\"delta\"").is_none()
+    let n = &*NEEDLES;
+    if n.content.find(data).is_none() && n.text.find(data).is_none() && n.delta.find(data).is_none()
     {
         return;
     }
@@ -243,7 +274,7 @@ impl SseScanner {
                 }
             }
         }
-        while let Some(pos) = memchr::memmem::find(rest, b"\n\n") {
+        while let Some(pos) = NEEDLES.blank_line.find(rest) {
             self.event(&rest[..pos]);
             rest = &rest[pos + 2..];
         }
@@ -276,7 +307,7 @@ impl SseScanner {
             if self.collect_text {
                 text_in_chunk(data, &mut self.text);
             }
-            if memchr::memmem::find(data, b"\"usage\"").is_some() {
+            if NEEDLES.usage.find(data).is_some() {
                 let (usage, model) = usage_in_json(data);
                 if let Some(u) = usage.filter(|u| u.input().is_some()) {
                     self.usage = Some(u);
@@ -284,7 +315,7 @@ impl SseScanner {
                 if model.is_some() {
                     self.model = model;
                 }
-            } else if self.model.is_none() && memchr::memmem::find(data, b"\"model\"").is_some() {
+            } else if self.model.is_none() && NEEDLES.model.find(data).is_some() {
                 self.model = usage_in_json(data).1;
             }
         }
@@ -298,7 +329,7 @@ fn find_event_end(partial: &[u8], next: &[u8]) -> Option<usize> {
     if partial.last() == Some(&b'\n') && next.first() == Some(&b'\n') {
         return Some(1);
     }
-    memchr::memmem::find(next, b"\n\n").map(|p| p + 2)
+    NEEDLES.blank_line.find(next).map(|p| p + 2)
 }
 
 /// How a relayed stream ended, with what was learned from it.
