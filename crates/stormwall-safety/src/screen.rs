@@ -136,14 +136,17 @@ impl Analysis {
         }
         // The encoder tier puts its category where its own operating point lands on this
         // profile's scale; it never lowers what the rules found.
-        if let Some(c) = &self.cascade
-            && let Some(s) = c.score_under(kind, profile)
-            && s > scores[c.category.index()]
+        for (category, s) in self
+            .cascade
+            .iter()
+            .flat_map(|c| c.score_under(kind, profile))
         {
-            let i = c.category.index();
-            scores[i] = s;
-            detectors[i] = Detector::Encoder;
-            evidence[i] = None;
+            let i = category.index();
+            if s > scores[i] {
+                scores[i] = s;
+                detectors[i] = Detector::Encoder;
+                evidence[i] = None;
+            }
         }
         let categories = Category::ALL
             .into_iter()
@@ -752,6 +755,8 @@ mod tests {
                 probability,
                 category: Category::Sexual,
                 threshold: 0.4,
+                logits: [0.0; CATEGORY_COUNT],
+                sexual_threshold: 2.0,
             }),
             ..Analysis::default()
         }
