@@ -424,6 +424,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             finish(&rows, &args[3])
         }
+        Some("pivots") if args.len() == 2 => {
+            // Each head's calibration pivot, for the shipped model and the five fold models
+            // the heads' stacking rows come from: how far the fast tier's scale moves
+            // between models trained the same way.
+            let records = read(&jsonl(Path::new(&args[1]))?, Some(Part::Dev))?;
+            let show = |name: &str, b: &[u8]| {
+                let n = usize::from(b[5]);
+                let mut line = format!("{name:8}");
+                for h in 0..n {
+                    let at = 6 + h * 13;
+                    let pivot = f32::from_le_bytes(b[at + 9..at + 13].try_into().unwrap_or([0; 4]));
+                    line.push_str(&format!(" {:>3}:{pivot:.3}", b[at]));
+                }
+                println!("{line}");
+            };
+            if let Some(m) = stormwall_safety::screen::builtin_model()? {
+                show("shipped", &m.to_bytes());
+            }
+            for k in 0..cascade::FOLDS {
+                let train: Vec<Record> = records
+                    .iter()
+                    .filter(|r| r.fold(cascade::FOLDS) != k)
+                    .cloned()
+                    .collect();
+                let m = stormwall_safety::model::train_on_records(&train, &TrainConfig::default());
+                show(&format!("fold {k}"), &m.to_bytes());
+            }
+            Ok(())
+        }
         Some("eval") if args.len() >= 3 => {
             let mut files = Vec::new();
             let (mut heads, mut part, mut evasion, mut profile) =
