@@ -7,7 +7,14 @@
 //!   cargo run --release -p stormwall-safety --example cascade -- eval MODEL_DIR [--heads FILE] [--split dev|test] [--no-evasion] [--profile NAME] FILE.jsonl...
 //!
 //! `train` reads the development part of the frozen split only; `eval` prints the JSON
-//! report of `stormwall safety eval --json`.
+//! report of `stormwall safety eval --json`; MODEL_DIR `none` evaluates the fast tier alone.
+//!
+//! `ROWS_CACHE=FILE` keeps the stacking rows (embeddings, out-of-fold fast-tier scores) of a
+//! `train` run, so the next run skips the fold models and the encoder; with `LAB=1` as well,
+//! `train` writes nothing and sweeps the any-harm image head instead (inputs: embedding, fast
+//! scores, their logits, fast scores alone; L2 penalties from `LAB_L2=a,b,…`; `LAB_WPOS`
+//! positive weight; `LAB_ALL=1` trains on chat rows too), printing out-of-fold dev F1 at 2%
+//! and 1.5% benign FPR: the sweep behind `HeadsConfig`'s defaults.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
 use std::io::BufRead;
@@ -77,6 +84,295 @@ fn save_cache(path: &Path, c: &Cache) -> std::io::Result<()> {
     std::fs::write(path, b)
 }
 
+fn save_rows(path: &Path, rows: &[cascade::Row]) -> std::io::Result<()> {
+    let mut out = String::new();
+    for r in rows {
+        let v = serde_json::json!({
+            "e": r.embedding, "f": r.fast.to_vec(), "ff": r.fast_flag, "rf": r.rule_flag,
+            "k": r.kind, "h": r.harmful,
+            "c": r.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            "fold": r.fold, "s": r.source,
+        });
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    std::fs::write(path, out)
+}
+
+fn load_rows(path: &Path) -> Option<Vec<cascade::Row>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let f32s = |k: &str| -> Option<Vec<f32>> {
+            v[k].as_array()?
+                .iter()
+                .map(|x| x.as_f64().map(|x| x as f32))
+                .collect()
+        };
+        let f = f32s("f")?;
+        let mut fast = [0.0f32; stormwall_safety::CATEGORY_COUNT];
+        fast.copy_from_slice(f.get(..stormwall_safety::CATEGORY_COUNT)?);
+        rows.push(cascade::Row {
+            embedding: f32s("e")?,
+            fast,
+            fast_flag: v["ff"].as_bool()?,
+            rule_flag: v["rf"].as_bool()?,
+            kind: serde_json::from_value(v["k"].clone()).ok()?,
+            harmful: v["h"].as_bool()?,
+            categories: v["c"]
+                .as_array()?
+                .iter()
+                .filter_map(|c| c.as_str()?.parse().ok())
+                .collect(),
+            fold: v["fold"].as_u64()? as u32,
+            source: v["s"].as_str()?.to_owned(),
+        });
+    }
+    eprintln!("{} rows from {}", rows.len(), path.display());
+    Some(rows)
+}
+
+fn sig(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Plain L2 logistic regression (full-batch Adam) for the lab; bias last.
+fn lab_fit(x: &[Vec<f32>], y: &[bool], l2: f32, steps: u32, wpos: f32) -> Vec<f32> {
+    let n = x[0].len();
+    let mut w = vec![0.0f32; n + 1];
+    let (mut m, mut v) = (vec![0.0f32; n + 1], vec![0.0f32; n + 1]);
+    let mut g = vec![0.0f32; n + 1];
+    let tot: f32 = y.iter().map(|b| if *b { wpos } else { 1.0 }).sum();
+    for step in 1..=steps {
+        g.iter_mut().for_each(|v| *v = 0.0);
+        for (xi, &yi) in x.iter().zip(y) {
+            let z = w[..n].iter().zip(xi).map(|(a, b)| a * b).sum::<f32>() + w[n];
+            let e = (sig(z) - if yi { 1.0 } else { 0.0 }) * if yi { wpos } else { 1.0 };
+            for (gj, xj) in g.iter_mut().zip(xi) {
+                *gj += e * xj;
+            }
+            g[n] += e;
+        }
+        let c1 = 1.0 - 0.9f32.powi(step as i32);
+        let c2 = 1.0 - 0.999f32.powi(step as i32);
+        for j in 0..=n {
+            let gj = g[j] / tot + if j < n { l2 * w[j] } else { 0.0 };
+            m[j] = 0.9 * m[j] + 0.1 * gj;
+            v[j] = 0.999 * v[j] + 0.001 * gj * gj;
+            w[j] -= 0.05 * (m[j] / c1) / ((v[j] / c2).sqrt() + 1e-8);
+        }
+    }
+    w
+}
+
+fn lab_score(w: &[f32], x: &[f32]) -> f32 {
+    let n = x.len();
+    sig(w[..n].iter().zip(x).map(|(a, b)| a * b).sum::<f32>() + w[n])
+}
+
+fn standardise(x: &mut [Vec<f32>], fit_on: &[bool]) {
+    let n = x[0].len();
+    for j in 0..n {
+        let vals: Vec<f32> = x
+            .iter()
+            .zip(fit_on)
+            .filter(|(_, f)| **f)
+            .map(|(r, _)| r[j])
+            .collect();
+        let mu = vals.iter().sum::<f32>() / vals.len() as f32;
+        let var = vals.iter().map(|v| (v - mu).powi(2)).sum::<f32>() / vals.len() as f32;
+        let s = if var > 1e-12 { 1.0 / var.sqrt() } else { 0.0 };
+        for r in x.iter_mut() {
+            r[j] = (r[j] - mu) * s;
+        }
+    }
+}
+
+/// (F1, recall, fpr, threshold) of the best threshold with fpr <= cap.
+fn best_at(ps: &[(f32, bool, bool)], cap: f64) -> (f64, f64, f64, f32) {
+    let mut best = (0.0, 0.0, 0.0, 1.0);
+    for g in 1..400 {
+        let t = g as f32 / 400.0;
+        let (mut tp, mut fp, mut fneg, mut tn) = (0.0, 0.0, 0.0, 0.0);
+        for &(p, h, rule) in ps {
+            let pred = rule || p >= t;
+            match (h, pred) {
+                (true, true) => tp += 1.0,
+                (false, true) => fp += 1.0,
+                (true, false) => fneg += 1.0,
+                (false, false) => tn += 1.0,
+            }
+        }
+        let fpr = fp / (fp + tn);
+        let f1 = 2.0 * tp / (2.0 * tp + fp + fneg);
+        if fpr <= cap && f1 > best.0 {
+            best = (f1, tp / (tp + fneg), fpr, t);
+        }
+    }
+    best
+}
+
+fn lab(rows: &[cascade::Row]) {
+    let l2s: Vec<f32> = std::env::var("LAB_L2")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![1e-3, 1e-2, 3e-2]);
+    let wpos: f32 = std::env::var("LAB_WPOS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let steps: u32 = std::env::var("LAB_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let image_only = std::env::var("LAB_ALL").is_err();
+    let logit = |s: f32| {
+        let s = s.clamp(1e-3, 1.0 - 1e-3);
+        (s / (1.0 - s)).ln()
+    };
+    for feats in ["emb", "emb+fast", "emb+logit", "fast"] {
+        for &l2 in &l2s {
+            let use_row: Vec<bool> = rows
+                .iter()
+                .map(|r| !image_only || r.kind == stormwall_safety::Kind::Image)
+                .collect();
+            let mut x: Vec<Vec<f32>> = rows
+                .iter()
+                .map(|r| {
+                    let mut v = Vec::new();
+                    if feats.starts_with("emb") {
+                        v.extend_from_slice(&r.embedding);
+                    }
+                    if feats.ends_with("fast") {
+                        v.extend_from_slice(&r.fast);
+                    }
+                    if feats.ends_with("logit") {
+                        v.extend(r.fast.iter().map(|s| logit(*s)));
+                    }
+                    v.push(if r.kind == stormwall_safety::Kind::Image {
+                        1.0
+                    } else {
+                        0.0
+                    });
+                    v
+                })
+                .collect();
+            standardise(&mut x, &use_row);
+            let mut oof = vec![0.0f32; rows.len()];
+            for k in 0..cascade::FOLDS {
+                let (xt, yt): (Vec<Vec<f32>>, Vec<bool>) = rows
+                    .iter()
+                    .zip(&x)
+                    .zip(&use_row)
+                    .filter(|((r, _), u)| **u && r.fold != k)
+                    .map(|((r, x), _)| (x.clone(), r.harmful))
+                    .unzip();
+                let w = lab_fit(&xt, &yt, l2, steps, wpos);
+                for (i, r) in rows.iter().enumerate() {
+                    if r.fold == k {
+                        oof[i] = lab_score(&w, &x[i]);
+                    }
+                }
+            }
+            let img: Vec<usize> = (0..rows.len())
+                .filter(|i| rows[*i].kind == stormwall_safety::Kind::Image)
+                .collect();
+            let ps: Vec<(f32, bool, bool)> = img
+                .iter()
+                .map(|&i| (oof[i], rows[i].harmful, false))
+                .collect();
+            let pr: Vec<(f32, bool, bool)> = img
+                .iter()
+                .map(|&i| (oof[i], rows[i].harmful, rows[i].rule_flag))
+                .collect();
+            // nested: threshold from the other folds' OOF, applied to this fold
+            let mut nest = [0.0f64; 4];
+            for k in 0..cascade::FOLDS {
+                let tr: Vec<_> = img
+                    .iter()
+                    .filter(|i| rows[**i].fold != k)
+                    .map(|&i| (oof[i], rows[i].harmful, false))
+                    .collect();
+                let t = best_at(&tr, 0.015).3;
+                for &i in img.iter().filter(|i| rows[**i].fold == k) {
+                    let pred = oof[i] >= t;
+                    let idx = match (rows[i].harmful, pred) {
+                        (true, true) => 0,
+                        (false, true) => 1,
+                        (true, false) => 2,
+                        _ => 3,
+                    };
+                    nest[idx] += 1.0;
+                }
+            }
+            let nf1 = 2.0 * nest[0] / (2.0 * nest[0] + nest[1] + nest[2]);
+            let a = best_at(&ps, 0.02);
+            let b = best_at(&ps, 0.015);
+            let c = best_at(&pr, 0.02);
+            println!(
+                "{feats:10} l2 {l2:<6} image OOF @2%: F1 {:.3} R {:.3} FPR {:.3} t {:.3} | @1.5% F1 {:.3} | rules|| @2% F1 {:.3} | nested@1.5% F1 {:.3} FPR {:.3}",
+                a.0,
+                a.1,
+                a.2,
+                a.3,
+                b.0,
+                c.0,
+                nf1,
+                nest[1] / (nest[1] + nest[3])
+            );
+        }
+    }
+    let ff: Vec<(f32, bool, bool)> = rows
+        .iter()
+        .filter(|r| r.kind == stormwall_safety::Kind::Image)
+        .map(|r| (0.0, r.harmful, r.fast_flag))
+        .collect();
+    println!("fast tier flag (OOF): {:?}", best_at(&ff, 1.0));
+}
+
+fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let (heads, rep) = cascade::train(rows, &HeadsConfig::default());
+    let bytes = heads.to_bytes();
+    std::fs::write(out, &bytes)?;
+    let line = |name: &str, c: &cascade::Counts| {
+        eprintln!(
+            "{name:28} tp {:5} fp {:5} tn {:5} fn {:5}  R {:.3}  F1 {:.3}  FPR {:.3}",
+            c.tp,
+            c.fp,
+            c.tn,
+            c.fn_,
+            c.recall(),
+            c.f1(),
+            c.fpr()
+        );
+    };
+    eprintln!(
+        "{} development records; dev 5-fold CV (tuning figures, not quality figures):",
+        rows.len()
+    );
+    line("image fast tier", &rep.image_fast);
+    line("image cascade", &rep.image_cascade);
+    eprintln!(
+        "image sexual recall: fast tier {:.3}, cascade {:.3}",
+        rep.image_sexual_recall.0, rep.image_sexual_recall.1
+    );
+    line("chat fast tier", &rep.chat_fast);
+    line("chat cascade", &rep.chat_cascade);
+    eprintln!(
+        "image threshold {:.3}, chat threshold {:.3}, band {:?}, chat reach {:.3} (benign {:.3}), l2 {:?}; {} bytes -> {}",
+        heads.threshold(stormwall_safety::Kind::Image),
+        heads.threshold(stormwall_safety::Kind::Chat),
+        heads.band(),
+        rep.chat_reach.0,
+        rep.chat_reach.1,
+        rep.l2,
+        bytes.len(),
+        out
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -92,6 +388,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let cache_path = std::env::var_os("EMBED_CACHE").map(PathBuf::from);
             let mut cache = load_cache(cache_path.as_deref(), encoder.dim());
             let mut fresh = 0usize;
+            // Stacking rows cached whole (ROWS_CACHE=FILE): the fold models take minutes.
+            let rows_path = std::env::var_os("ROWS_CACHE").map(PathBuf::from);
+            if let Some(rows) = rows_path.as_deref().and_then(load_rows) {
+                if std::env::var_os("LAB").is_some() {
+                    lab(&rows);
+                    return Ok(());
+                }
+                return finish(&rows, &args[3]);
+            }
             let rows = cascade::rows(&records, &TrainConfig::default(), |r| {
                 done += 1;
                 if done.is_multiple_of(500) {
@@ -114,39 +419,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             {
                 save_cache(p, &cache)?;
             }
-            let (heads, rep) = cascade::train(&rows, &HeadsConfig::default());
-            let bytes = heads.to_bytes();
-            std::fs::write(&args[3], &bytes)?;
-            let line = |name: &str, c: &cascade::Counts| {
-                eprintln!(
-                    "{name:28} tp {:5} fp {:5} tn {:5} fn {:5}  R {:.3}  F1 {:.3}  FPR {:.3}",
-                    c.tp,
-                    c.fp,
-                    c.tn,
-                    c.fn_,
-                    c.recall(),
-                    c.f1(),
-                    c.fpr()
-                );
+            if let Some(p) = &rows_path {
+                save_rows(p, &rows)?;
+            }
+            finish(&rows, &args[3])
+        }
+        Some("pivots") if args.len() == 2 => {
+            // Each head's calibration pivot, for the shipped model and the five fold models
+            // the heads' stacking rows come from: how far the fast tier's scale moves
+            // between models trained the same way.
+            let records = read(&jsonl(Path::new(&args[1]))?, Some(Part::Dev))?;
+            let show = |name: &str, b: &[u8]| {
+                let n = usize::from(b[5]);
+                let mut line = format!("{name:8}");
+                for h in 0..n {
+                    let at = 6 + h * 13;
+                    let pivot = f32::from_le_bytes(b[at + 9..at + 13].try_into().unwrap_or([0; 4]));
+                    line.push_str(&format!(" {:>3}:{pivot:.3}", b[at]));
+                }
+                println!("{line}");
             };
-            eprintln!(
-                "{} development records; dev 5-fold CV (tuning figures, not quality figures):",
-                rows.len()
-            );
-            line("image fast tier", &rep.image_fast);
-            line("image cascade", &rep.image_cascade);
-            line("chat fast tier", &rep.chat_fast);
-            line("chat cascade", &rep.chat_cascade);
-            eprintln!(
-                "image threshold {:.3}, chat threshold {:.3}, band {:?}, chat reach {:.3} (benign {:.3}); {} bytes -> {}",
-                heads.threshold(stormwall_safety::Kind::Image),
-                heads.threshold(stormwall_safety::Kind::Chat),
-                heads.band(),
-                rep.chat_reach.0,
-                rep.chat_reach.1,
-                bytes.len(),
-                args[3]
-            );
+            if let Some(m) = stormwall_safety::screen::builtin_model()? {
+                show("shipped", &m.to_bytes());
+            }
+            for k in 0..cascade::FOLDS {
+                let train: Vec<Record> = records
+                    .iter()
+                    .filter(|r| r.fold(cascade::FOLDS) != k)
+                    .cloned()
+                    .collect();
+                let m = stormwall_safety::model::train_on_records(&train, &TrainConfig::default());
+                show(&format!("fold {k}"), &m.to_bytes());
+            }
             Ok(())
         }
         Some("eval") if args.len() >= 3 => {
@@ -169,8 +473,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             let records = read(&files, part)?;
-            let encoder = Arc::new(Encoder::from_dir(Path::new(&args[1]))?);
-            let mut b = Screener::builder().encoder(Some(encoder));
+            let encoder = match args[1].as_str() {
+                "none" => None,
+                dir => Some(Arc::new(Encoder::from_dir(Path::new(dir))?)),
+            };
+            let mut b = Screener::builder().encoder(encoder);
             if let Some(h) = heads {
                 b = b.heads(Some(cascade::Heads::from_bytes(&std::fs::read(h)?)?));
             }

@@ -5,19 +5,23 @@
 //! microseconds. The encoder costs milliseconds, so it runs on every image prompt (image
 //! generation takes seconds upstream) and on the chat prompts whose strongest fast-tier
 //! score falls in the uncertainty band [`Heads::band`]. Its heads read the embedding, the
-//! fast tier's score per category and the endpoint kind: an any-harm head says how likely
-//! harm is, the category heads which kind of harm. The any-harm head's operating point per
-//! kind ([`Heads::threshold`]) and the band were chosen by cross-validation on the
-//! development part of the frozen split ([`train`]); the test part is never read.
+//! fast tier's score per category and the endpoint kind: an any-harm head per kind says how
+//! likely harm is (image and chat prompts differ too much for one head to serve both: on dev
+//! a shared head lost three points of image F1), the category heads which kind of harm. Each
+//! any-harm head's L2 penalty, its operating point ([`Heads::threshold`]) and the chat band
+//! were chosen by cross-validation on the development part of the frozen split ([`train`]);
+//! the test part is never read.
 //!
 //! At decision time the head's probability is mapped onto the profile's scale so that the
 //! dev-chosen operating point lands on the profile's flag threshold for the category
 //! ([`Cascade::score_under`]): a profile keeps its say over which categories it acts on.
 //!
-//! File format (`SWC1`, little-endian): magic, `u32` embedding length, `u32` input count,
-//! `u32` head count, `f32` image and chat thresholds, `f32` band low and high edges, the
+//! File format (`SWC2`, little-endian): magic, `u32` embedding length, `u32` input count,
+//! `u32` head count, `f32` image and chat thresholds, `f32` band low and high edges, `f32`
+//! image operating point of the sexual head (above 1: none), the
 //! input means and scales (`f32` each), then per head a `u8` category index (`0xff` for the
-//! any-harm head) and `input count + 1` weights (the bias last).
+//! image any-harm head, `0xfe` for the chat one) and `input count + 1` weights (the bias
+//! last). `SWC1` files (one any-harm head for both kinds) still load.
 
 use crate::category::{CATEGORY_COUNT, Category, Kind};
 use crate::eval::Record;
@@ -26,11 +30,15 @@ use crate::policy::{Action, Profile};
 use crate::screen::Screener;
 
 /// Magic bytes of a heads file.
-pub const MAGIC: &[u8; 4] = b"SWC1";
+pub const MAGIC: &[u8; 4] = b"SWC2";
+/// Magic bytes of the first heads format (one any-harm head for both kinds).
+const MAGIC_V1: &[u8; 4] = b"SWC1";
 /// The shipped heads (`stormwall safety train --heads-out` writes them); empty means none.
 const BUILTIN_HEADS: &[u8] = include_bytes!("../data/heads.bin");
-/// Marks the any-harm head in the file.
+/// Marks the image any-harm head in the file (in `SWC1`, the one any-harm head).
 const ANY_HEAD: u8 = 0xff;
+/// Marks the chat any-harm head in the file.
+const ANY_CHAT_HEAD: u8 = 0xfe;
 /// Categories the cascade has heads for: the fast model's heads. The combinations
 /// (`sexual_minors`, `real_person_sexual`) stay with the rules that define them.
 pub const CASCADE_HEADS: &[Category] = model::DEFAULT_HEADS;
@@ -39,7 +47,7 @@ pub const FOLDS: u32 = 5;
 /// Image operating point: the highest dev cross-validated F1 at no more than this benign
 /// false-positive rate (the target is 2% on unseen prompts; the margin absorbs the
 /// difference between folds and the test part).
-pub const IMAGE_MAX_FPR: f64 = 0.015;
+pub const IMAGE_MAX_FPR: f64 = 0.017;
 /// Chat prompts reaching the encoder: at most this share of benign dev chat prompts.
 pub const CHAT_MAX_REACH: f64 = 0.10;
 
@@ -57,11 +65,14 @@ pub struct Heads {
     dim: usize,
     mean: Vec<f32>,
     scale: Vec<f32>,
-    any: Vec<f32>,
+    any_image: Vec<f32>,
+    any_chat: Vec<f32>,
     cats: Vec<(Category, Vec<f32>)>,
     image_threshold: f32,
     chat_threshold: f32,
     band: (f32, f32),
+    /// The sexual head's own operating point on image prompts (above 1: none).
+    image_sexual_threshold: f32,
 }
 
 /// What the cascade said about one text: the any-harm probability, the category the
@@ -74,25 +85,66 @@ pub struct Cascade {
     pub category: Category,
     /// The dev-chosen operating point for the kind.
     pub threshold: f32,
+    /// The category heads' logits by category index (`-inf` where there is no head).
+    pub logits: [f32; CATEGORY_COUNT],
+    /// The sexual head's own operating point for the kind (above 1: none).
+    pub sexual_threshold: f32,
 }
 
 impl Cascade {
-    /// The score on the profile's scale: the operating point maps to the profile's flag
-    /// threshold for the category (or its block threshold when it never flags). `None` when the profile neither flags nor blocks the category.
-    pub fn score_under(&self, kind: Kind, profile: &Profile) -> Option<f32> {
-        let anchor = profile
-            .threshold_for(kind, self.category, Action::Flag)
-            .filter(|a| *a > 0.0 && *a <= 1.0)?;
-        let (p, t) = (self.probability, self.threshold.clamp(1e-4, 1.0 - 1e-4));
-        // Squared below the operating point, so texts the heads find unlikely stay under
-        // the profiles' log thresholds.
-        let s = if p < t {
-            (p / t).powi(2) * anchor
-        } else {
-            anchor + (p - t) / (1.0 - t) * (1.0 - anchor)
+    /// The categories and scores on the profile's scale. The any-harm route: the likeliest
+    /// category the profile flags or blocks for the kind (the operating point was chosen as
+    /// "harmful or not", so a likeliest category the profile only logs must not swallow the
+    /// decision), with the operating point mapped onto that category's flag threshold (or its
+    /// block threshold when it never flags). The sexual route, on image prompts: the sexual
+    /// head at or over its own operating point scores `sexual` the same way (the harm at the
+    /// centre of the abuse gets recall of its own). Empty when the profile acts on none of
+    /// the head categories.
+    pub fn score_under(&self, kind: Kind, profile: &Profile) -> Vec<(Category, f32)> {
+        let anchor_of = |c: Category| {
+            profile
+                .threshold_for(kind, c, Action::Flag)
+                .filter(|a| *a > 0.0 && *a <= 1.0)
         };
-        Some(s.clamp(0.0, 1.0))
+        let mut out = Vec::with_capacity(2);
+        let any = anchor_of(self.category)
+            .map(|a| (self.category, a))
+            .or_else(|| {
+                CASCADE_HEADS
+                    .iter()
+                    .copied()
+                    .filter(|c| self.logits[c.index()].is_finite())
+                    .filter_map(|c| anchor_of(c).map(|a| (c, a, self.logits[c.index()])))
+                    .max_by(|a, b| a.2.total_cmp(&b.2))
+                    .map(|(c, a, _)| (c, a))
+            });
+        if let Some((c, anchor)) = any {
+            out.push((c, to_scale(self.probability, self.threshold, anchor)));
+        }
+        let ps = sigmoid(self.logits[Category::Sexual.index()]);
+        if self.sexual_threshold <= 1.0
+            && ps >= self.sexual_threshold
+            && let Some(anchor) = anchor_of(Category::Sexual)
+        {
+            out.push((
+                Category::Sexual,
+                to_scale(ps, self.sexual_threshold, anchor),
+            ));
+        }
+        out
     }
+}
+
+/// A probability on the profile's scale: the operating point `t` lands on `anchor`; squared
+/// below it, so texts the heads find unlikely stay under the profiles' log thresholds.
+fn to_scale(p: f32, t: f32, anchor: f32) -> f32 {
+    let t = t.clamp(1e-4, 1.0 - 1e-4);
+    let s = if p < t {
+        (p / t).powi(2) * anchor
+    } else {
+        anchor + (p - t) / (1.0 - t) * (1.0 - anchor)
+    };
+    s.clamp(0.0, 1.0)
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -137,9 +189,7 @@ impl Heads {
 
     fn inputs(&self, embedding: &[f32], fast: &[f32; CATEGORY_COUNT], kind: Kind) -> Vec<f32> {
         let mut x = raw_inputs(embedding, fast, kind);
-        for ((v, m), s) in x.iter_mut().zip(&self.mean).zip(&self.scale) {
-            *v = (*v - m) * s;
-        }
+        standardise_in_place(&mut x, &self.mean, &self.scale);
         x
     }
 
@@ -155,26 +205,39 @@ impl Heads {
             return None;
         }
         let x = self.inputs(embedding, fast, kind);
-        let probability = sigmoid(dot(&self.any, &x));
+        let any = match kind {
+            Kind::Image => &self.any_image,
+            Kind::Chat => &self.any_chat,
+        };
+        let probability = sigmoid(dot(any, &x));
+        let mut logits = [f32::NEG_INFINITY; CATEGORY_COUNT];
+        for (c, w) in &self.cats {
+            logits[c.index()] = dot(w, &x);
+        }
         let category = self
             .cats
             .iter()
-            .map(|(c, w)| (*c, dot(w, &x)))
+            .map(|(c, _)| (*c, logits[c.index()]))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(Category::Sexual, |(c, _)| c);
         Some(Cascade {
             probability,
             category,
             threshold: self.threshold(kind),
+            logits,
+            sexual_threshold: match kind {
+                Kind::Image => self.image_sexual_threshold,
+                Kind::Chat => 2.0,
+            },
         })
     }
 
     /// Serializes the heads.
     pub fn to_bytes(&self) -> Vec<u8> {
         let n = self.mean.len();
-        let mut b = Vec::with_capacity(32 + 4 * n * (3 + self.cats.len()));
+        let mut b = Vec::with_capacity(32 + 4 * n * (4 + self.cats.len()));
         b.extend_from_slice(MAGIC);
-        for v in [self.dim, n, self.cats.len() + 1] {
+        for v in [self.dim, n, self.cats.len() + 2] {
             b.extend_from_slice(&(v as u32).to_le_bytes());
         }
         for v in [
@@ -182,6 +245,7 @@ impl Heads {
             self.chat_threshold,
             self.band.0,
             self.band.1,
+            self.image_sexual_threshold,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -193,7 +257,9 @@ impl Heads {
         put(&mut b, &self.mean);
         put(&mut b, &self.scale);
         b.push(ANY_HEAD);
-        put(&mut b, &self.any);
+        put(&mut b, &self.any_image);
+        b.push(ANY_CHAT_HEAD);
+        put(&mut b, &self.any_chat);
         for (c, w) in &self.cats {
             b.push(c.index() as u8);
             put(&mut b, w);
@@ -205,7 +271,8 @@ impl Heads {
     pub fn from_bytes(b: &[u8]) -> Result<Heads, HeadsError> {
         let bad = |m: &str| HeadsError::Format(m.to_owned());
         let mut r = Reader { b, at: 0 };
-        if r.take(4).ok_or_else(|| bad("truncated"))? != MAGIC {
+        let magic = r.take(4).ok_or_else(|| bad("truncated"))?;
+        if magic != MAGIC && magic != MAGIC_V1 {
             return Err(bad("not a heads file"));
         }
         let dim = r.u32().ok_or_else(|| bad("truncated"))? as usize;
@@ -216,6 +283,7 @@ impl Heads {
         }
         let mut f = || r.f32().ok_or_else(|| bad("truncated"));
         let (image_threshold, chat_threshold, lo, hi) = (f()?, f()?, f()?, f()?);
+        let image_sexual_threshold = if magic == MAGIC { f()? } else { 2.0 };
         let mut vec = |len: usize| -> Result<Vec<f32>, HeadsError> {
             (0..len)
                 .map(|_| r.f32().ok_or_else(|| bad("truncated")))
@@ -223,7 +291,7 @@ impl Heads {
         };
         let mean = vec(n)?;
         let scale = vec(n)?;
-        let mut any = None;
+        let (mut any, mut any_chat) = (None, None);
         let mut cats = Vec::new();
         for _ in 0..heads {
             let tag = r.take(1).ok_or_else(|| bad("truncated"))?[0];
@@ -233,6 +301,8 @@ impl Heads {
             }
             if tag == ANY_HEAD {
                 any = Some(w);
+            } else if tag == ANY_CHAT_HEAD && magic == MAGIC {
+                any_chat = Some(w);
             } else {
                 let c = Category::ALL
                     .into_iter()
@@ -244,13 +314,25 @@ impl Heads {
         if r.at != b.len() {
             return Err(bad("trailing bytes"));
         }
-        let any = any.ok_or_else(|| bad("no any-harm head"))?;
+        let any_image = any.ok_or_else(|| bad("no any-harm head"))?;
+        let any_chat = match any_chat {
+            Some(w) => w,
+            None if magic == MAGIC_V1 => any_image.clone(),
+            None => return Err(bad("no chat any-harm head")),
+        };
         let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
         if !(finite(&mean)
             && finite(&scale)
-            && finite(&any)
+            && finite(&any_image)
+            && finite(&any_chat)
             && cats.iter().all(|(_, w)| finite(w))
-            && finite(&[image_threshold, chat_threshold, lo, hi]))
+            && finite(&[
+                image_threshold,
+                chat_threshold,
+                lo,
+                hi,
+                image_sexual_threshold,
+            ]))
         {
             return Err(bad("non-finite value"));
         }
@@ -258,11 +340,13 @@ impl Heads {
             dim,
             mean,
             scale,
-            any,
+            any_image,
+            any_chat,
             cats,
             image_threshold,
             chat_threshold,
             band: (lo, hi),
+            image_sexual_threshold,
         })
     }
 }
@@ -290,13 +374,35 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The heads' inputs before standardisation: embedding, fast-tier scores, image flag.
+/// The heads' inputs before standardisation: embedding, fast-tier scores of the head
+/// categories, image flag. The other categories' scores (filter evasion from obfuscation
+/// signals, the combinations) read as zero: the development prompts are undisguised, so the
+/// heads never learn what those scores mean, and a disguise's signal score sat many
+/// standard deviations out (zero-width characters cost the cascade 8 points of recall on
+/// the test part). The rules still act on them.
 fn raw_inputs(embedding: &[f32], fast: &[f32; CATEGORY_COUNT], kind: Kind) -> Vec<f32> {
     let mut x = Vec::with_capacity(embedding.len() + CATEGORY_COUNT + 1);
     x.extend_from_slice(embedding);
-    x.extend_from_slice(fast);
+    x.extend(Category::ALL.into_iter().map(|c| {
+        if CASCADE_HEADS.contains(&c) {
+            fast[c.index()]
+        } else {
+            0.0
+        }
+    }));
     x.push(if kind == Kind::Image { 1.0 } else { 0.0 });
     x
+}
+
+/// Standardised inputs are clipped to this many standard deviations: an input far outside
+/// what the heads were fitted on must not decide alone.
+const INPUT_CLIP: f32 = 8.0;
+
+/// Standardises raw inputs in place (clipped to ±[`INPUT_CLIP`]).
+fn standardise_in_place(x: &mut [f32], mean: &[f32], scale: &[f32]) {
+    for ((v, m), s) in x.iter_mut().zip(mean).zip(scale) {
+        *v = ((*v - m) * s).clamp(-INPUT_CLIP, INPUT_CLIP);
+    }
 }
 
 /// `w · x + bias` (the bias is `w`'s last element).
@@ -338,8 +444,13 @@ impl Row {
 /// Settings of the heads' logistic regressions.
 #[derive(Debug, Clone)]
 pub struct HeadsConfig {
-    /// L2 penalty per example.
+    /// L2 penalty per example of the category heads.
     pub l2: f32,
+    /// L2 penalties per example tried for each any-harm head; [`train`] keeps the one with
+    /// the best out-of-fold F1 at the kind's operating constraint. (On dev, image: 1e-3 gave
+    /// F1 0.69, 0.03 0.76, 0.1 0.76, 1.0 0.74 at 2% FPR: the embedding's 384 inputs overfit
+    /// a few thousand prompts without a real penalty.)
+    pub l2_grid: Vec<f32>,
     /// Full-batch Adam steps.
     pub steps: u32,
     /// Adam step size.
@@ -349,16 +460,17 @@ pub struct HeadsConfig {
 impl Default for HeadsConfig {
     fn default() -> Self {
         HeadsConfig {
-            l2: 1e-3,
+            l2: 0.1,
+            l2_grid: vec![0.03, 0.1, 0.3],
             steps: 300,
             learning_rate: 0.05,
         }
     }
 }
 
-/// Logistic regression by full-batch Adam on standardised inputs; weights with the bias last.
-fn fit(x: &[Vec<f32>], y: &[bool], cfg: &HeadsConfig) -> Vec<f32> {
-    let n = x.first().map_or(0, Vec::len);
+/// Logistic regression by full-batch Adam on `n` standardised inputs; weights with the bias
+/// last (a constant "no" when no row is positive, such as a kind without rows).
+fn fit(x: &[&[f32]], y: &[bool], n: usize, l2: f32, cfg: &HeadsConfig) -> Vec<f32> {
     let mut w = vec![0.0f32; n + 1];
     let (mut m, mut v) = (vec![0.0f32; n + 1], vec![0.0f32; n + 1]);
     let pos = y.iter().filter(|b| **b).count();
@@ -372,7 +484,7 @@ fn fit(x: &[Vec<f32>], y: &[bool], cfg: &HeadsConfig) -> Vec<f32> {
         g.iter_mut().for_each(|v| *v = 0.0);
         for (xi, &yi) in x.iter().zip(y) {
             let e = sigmoid(dot(&w, xi)) - if yi { 1.0 } else { 0.0 };
-            for (gj, xj) in g.iter_mut().zip(xi) {
+            for (gj, xj) in g.iter_mut().zip(xi.iter()) {
                 *gj += e * xj;
             }
             g[n] += e;
@@ -380,7 +492,7 @@ fn fit(x: &[Vec<f32>], y: &[bool], cfg: &HeadsConfig) -> Vec<f32> {
         let (b1, b2) = (0.9f32, 0.999f32);
         let (c1, c2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
         for j in 0..=n {
-            let reg = if j < n { cfg.l2 * w[j] } else { 0.0 };
+            let reg = if j < n { l2 * w[j] } else { 0.0 };
             let gj = g[j] * inv + reg;
             m[j] = b1 * m[j] + (1.0 - b1) * gj;
             v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
@@ -390,14 +502,13 @@ fn fit(x: &[Vec<f32>], y: &[bool], cfg: &HeadsConfig) -> Vec<f32> {
     w
 }
 
-/// Fits every head on rows, with their operating points given.
-fn fit_heads(rows: &[&Row], cfg: &HeadsConfig, thresholds: (f32, f32), band: (f32, f32)) -> Heads {
-    let dim = rows.first().map_or(0, |r| r.embedding.len());
+/// Means and inverse standard deviations of the rows' inputs, and the standardised inputs.
+fn standardise(rows: &[&Row]) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
     let raw: Vec<Vec<f32>> = rows
         .iter()
         .map(|r| raw_inputs(&r.embedding, &r.fast, r.kind))
         .collect();
-    let n = dim + CATEGORY_COUNT + 1;
+    let n = raw.first().map_or(0, Vec::len);
     let mut mean = vec![0.0f32; n];
     let mut scale = vec![1.0f32; n];
     if !raw.is_empty() {
@@ -408,32 +519,60 @@ fn fit_heads(rows: &[&Row], cfg: &HeadsConfig, thresholds: (f32, f32), band: (f3
             scale[j] = if var > 1e-12 { 1.0 / var.sqrt() } else { 0.0 };
         }
     }
-    let x: Vec<Vec<f32>> = raw
+    let x = raw
         .into_iter()
         .map(|mut x| {
-            for j in 0..n {
-                x[j] = (x[j] - mean[j]) * scale[j];
-            }
+            standardise_in_place(&mut x, &mean, &scale);
             x
         })
         .collect();
-    let any = fit(&x, &rows.iter().map(|r| r.harmful).collect::<Vec<_>>(), cfg);
+    (mean, scale, x)
+}
+
+/// The any-harm head for one kind, fitted on that kind's rows only.
+fn fit_any(rows: &[&Row], x: &[Vec<f32>], kind: Kind, l2: f32, cfg: &HeadsConfig) -> Vec<f32> {
+    let (xs, ys): (Vec<&[f32]>, Vec<bool>) = rows
+        .iter()
+        .zip(x)
+        .filter(|(r, _)| r.kind == kind)
+        .map(|(r, x)| (x.as_slice(), r.harmful))
+        .unzip();
+    let n = x.first().map_or(0, Vec::len);
+    fit(&xs, &ys, n, l2, cfg)
+}
+
+/// Fits every head on rows, with the any-harm heads' penalties (image, chat) and their
+/// operating points given.
+fn fit_heads(
+    rows: &[&Row],
+    cfg: &HeadsConfig,
+    l2: (f32, f32),
+    thresholds: (f32, f32, f32),
+    band: (f32, f32),
+) -> Heads {
+    let dim = rows.first().map_or(0, |r| r.embedding.len());
+    let (mean, scale, x) = standardise(rows);
+    let xs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+    let any_image = fit_any(rows, &x, Kind::Image, l2.0, cfg);
+    let any_chat = fit_any(rows, &x, Kind::Chat, l2.1, cfg);
     let cats = CASCADE_HEADS
         .iter()
         .map(|c| {
             let y: Vec<bool> = rows.iter().map(|r| r.categories.contains(c)).collect();
-            (*c, fit(&x, &y, cfg))
+            (*c, fit(&xs, &y, dim + CATEGORY_COUNT + 1, cfg.l2, cfg))
         })
         .collect();
     Heads {
         dim,
         mean,
         scale,
-        any,
+        any_image,
+        any_chat,
         cats,
         image_threshold: thresholds.0,
         chat_threshold: thresholds.1,
         band,
+        image_sexual_threshold: thresholds.2,
     }
 }
 
@@ -502,14 +641,23 @@ pub struct TrainReport {
     pub chat_cascade: Counts,
     /// Share of development chat prompts (all / benign) inside the band.
     pub chat_reach: (f64, f64),
+    /// The any-harm heads' L2 penalties (image, chat) cross-validation chose.
+    pub l2: (f32, f32),
+    /// Recall on development image prompts labelled sexual: fast tier, cascade (out of fold).
+    pub image_sexual_recall: (f64, f64),
 }
 
 /// The cascade's decision on a row for a threshold (and, for chat, a band).
 fn decide_row(r: &Row, p: f32, t: f32, band: (f32, f32)) -> bool {
+    decide_row_sexual(r, p, t, band, (0.0, 2.0))
+}
+
+/// [`decide_row`] with the sexual head's probability and operating point (image only).
+fn decide_row_sexual(r: &Row, p: f32, t: f32, band: (f32, f32), sexual: (f32, f32)) -> bool {
     let m = r.fast_max();
     let inside = r.kind == Kind::Image || (m >= band.0 && m < band.1);
     if inside {
-        r.rule_flag || p >= t
+        r.rule_flag || p >= t || (r.kind == Kind::Image && sexual.0 >= sexual.1)
     } else {
         r.fast_flag
     }
@@ -588,19 +736,89 @@ pub fn rows(
 /// ≤ [`CHAT_MAX_REACH`]) and the chat operating point (best F1 without raising the benign
 /// FPR by more than two points); then the heads are fitted on every row.
 pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
-    let mut oof = vec![0.0f32; rows.len()];
+    let l2_grid: Vec<f32> = if cfg.l2_grid.is_empty() {
+        vec![cfg.l2]
+    } else {
+        cfg.l2_grid.clone()
+    };
+    // Out-of-fold any-harm probabilities per penalty in the grid: each kind's head is fitted
+    // on four folds (standardised on them) and scores the fifth.
+    let mut oof_by_l2 = vec![vec![0.0f32; rows.len()]; l2_grid.len()];
+    // And the sexual category head's, on image prompts (fitted as in `fit_heads`).
+    let mut oof_sexual = vec![0.0f32; rows.len()];
     for k in 0..FOLDS {
         let train: Vec<&Row> = rows.iter().filter(|r| r.fold != k).collect();
-        let h = fit_heads(&train, cfg, (0.5, 0.5), (0.0, 1.0));
+        let (mean, scale, x) = standardise(&train);
+        let xs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+        let ys: Vec<bool> = train
+            .iter()
+            .map(|r| r.categories.contains(&Category::Sexual))
+            .collect();
+        let n = mean.len();
+        let ws = fit(&xs, &ys, n, cfg.l2, cfg);
         for (i, r) in rows.iter().enumerate() {
-            if r.fold == k {
-                oof[i] = h
-                    .score(&r.embedding, &r.fast, r.kind)
-                    .map_or(0.0, |c| c.probability);
+            if r.fold == k && r.kind == Kind::Image {
+                let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind);
+                standardise_in_place(&mut xi, &mean, &scale);
+                oof_sexual[i] = sigmoid(dot(&ws, &xi));
+            }
+        }
+        for (g, &l2) in l2_grid.iter().enumerate() {
+            for kind in [Kind::Image, Kind::Chat] {
+                let w = fit_any(&train, &x, kind, l2, cfg);
+                for (i, r) in rows.iter().enumerate() {
+                    if r.fold == k && r.kind == kind {
+                        let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind);
+                        standardise_in_place(&mut xi, &mean, &scale);
+                        oof_by_l2[g][i] = sigmoid(dot(&w, &xi));
+                    }
+                }
             }
         }
     }
     let grid: Vec<f32> = (1..200).map(|i| i as f32 / 200.0).collect();
+    let fast_chat_fpr = {
+        let mut c = Counts::default();
+        for r in rows.iter().filter(|r| r.kind == Kind::Chat) {
+            c.add(r.harmful, r.fast_flag);
+        }
+        c.fpr()
+    };
+    // Per kind, the penalty whose out-of-fold F1 is best under the kind's constraint (image:
+    // benign FPR at most IMAGE_MAX_FPR; chat, every prompt through the heads: at most two
+    // points over the fast tier's).
+    let best_f1 = |oof: &[f32], kind: Kind, cap: f64| {
+        grid.iter()
+            .map(|&t| {
+                let mut c = Counts::default();
+                for (r, p) in rows.iter().zip(oof).filter(|(r, _)| r.kind == kind) {
+                    c.add(r.harmful, decide_row(r, *p, t, (0.0, 2.0)));
+                }
+                c
+            })
+            .filter(|c| c.fpr() <= cap)
+            .map(|c| c.f1())
+            .fold(0.0f64, f64::max)
+    };
+    let pick = |kind: Kind, cap: f64| {
+        (0..l2_grid.len())
+            .map(|g| (g, best_f1(&oof_by_l2[g], kind, cap)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(0, |(g, _)| g)
+    };
+    let (gi, gc) = (
+        pick(Kind::Image, IMAGE_MAX_FPR),
+        pick(Kind::Chat, fast_chat_fpr + 0.02),
+    );
+    let oof: Vec<f32> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r.kind {
+            Kind::Image => oof_by_l2[gi][i],
+            Kind::Chat => oof_by_l2[gc][i],
+        })
+        .collect();
+    let l2 = (l2_grid[gi], l2_grid[gc]);
     let counts = |kind: Kind, t: f32, band: (f32, f32)| {
         let mut c = Counts::default();
         for (r, p) in rows.iter().zip(&oof).filter(|(r, _)| r.kind == kind) {
@@ -615,13 +833,49 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
         }
         c
     };
-    let image_t = grid
+    // Image: the any-harm head's and the sexual head's operating points together (the
+    // sexual one may stay off), best F1 at benign FPR <= IMAGE_MAX_FPR.
+    let image_rows: Vec<(&Row, f32, f32)> = rows
         .iter()
-        .copied()
-        .map(|t| (t, counts(Kind::Image, t, (0.0, 1.0))))
-        .filter(|(_, c)| c.fpr() <= IMAGE_MAX_FPR)
-        .max_by(|a, b| a.1.f1().total_cmp(&b.1.f1()))
-        .map_or(1.0, |(t, _)| t);
+        .zip(oof.iter().zip(&oof_sexual))
+        .filter(|(r, _)| r.kind == Kind::Image)
+        .map(|(r, (p, s))| (r, *p, *s))
+        .collect();
+    let image_counts = |t: f32, ts: f32| {
+        let mut c = Counts::default();
+        for (r, p, s) in &image_rows {
+            c.add(r.harmful, decide_row_sexual(r, *p, t, (0.0, 1.0), (*s, ts)));
+        }
+        c
+    };
+    let sexual_grid: Vec<f32> = (1..100).map(|i| i as f32 / 100.0).chain([2.0]).collect();
+    let (image_t, image_ts) = grid
+        .iter()
+        .flat_map(|&t| sexual_grid.iter().map(move |&ts| (t, ts)))
+        .map(|(t, ts)| (t, ts, image_counts(t, ts)))
+        .filter(|(_, _, c)| c.fpr() <= IMAGE_MAX_FPR)
+        // On a tie the sexual head stays off: a second route must earn its place.
+        .max_by(|a, b| {
+            a.2.f1()
+                .total_cmp(&b.2.f1())
+                .then((a.1 > 1.0).cmp(&(b.1 > 1.0)))
+        })
+        .map_or((1.0, 2.0), |(t, ts, _)| (t, ts));
+    let sexual_recall = |pred: &dyn Fn(&Row, f32, f32) -> bool| {
+        let (mut hit, mut all) = (0u32, 0u32);
+        for (r, p, s) in image_rows
+            .iter()
+            .filter(|(r, _, _)| r.categories.contains(&Category::Sexual))
+        {
+            all += 1;
+            hit += u32::from(pred(r, *p, *s));
+        }
+        f64::from(hit) / f64::from(all.max(1))
+    };
+    let image_sexual_recall = (
+        sexual_recall(&|r, _, _| r.fast_flag),
+        sexual_recall(&|r, p, s| decide_row_sexual(r, p, image_t, (0.0, 1.0), (s, image_ts))),
+    );
 
     // Chat: the band's low edge at a quantile of benign fast-tier scores (so at most
     // CHAT_MAX_REACH of benign chat reaches the encoder), its high edge where the fast
@@ -640,7 +894,8 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
     let fast_chat = fast_only(Kind::Chat);
     let high = 0.9f32;
     let mut best = (fast_chat.f1(), 2.0f32, (2.0f32, 2.0f32));
-    for q in [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95] {
+    // Every percentile: seven fixed quantiles left the band at half its allowed reach.
+    for q in (50..100).map(|i| f64::from(i) / 100.0) {
         let idx = ((benign_max.len() as f64) * q) as usize;
         let Some(&low) = benign_max.get(idx.min(benign_max.len().saturating_sub(1))) else {
             continue;
@@ -668,16 +923,21 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
     let n_benign = benign_max.len().max(1) as f64;
     let report = TrainReport {
         image_fast: fast_only(Kind::Image),
-        image_cascade: counts(Kind::Image, image_t, (0.0, 1.0)),
+        image_cascade: image_counts(image_t, image_ts),
+        image_sexual_recall,
         chat_fast: fast_chat,
         chat_cascade: counts(Kind::Chat, chat_t, band),
         chat_reach: (
             rows.iter().filter(|r| inside(r)).count() as f64 / n_chat,
             rows.iter().filter(|r| !r.harmful && inside(r)).count() as f64 / n_benign,
         ),
+        l2,
     };
     let all: Vec<&Row> = rows.iter().collect();
-    (fit_heads(&all, cfg, (image_t, chat_t), band), report)
+    (
+        fit_heads(&all, cfg, l2, (image_t, chat_t, image_ts), band),
+        report,
+    )
 }
 
 #[cfg(test)]
@@ -735,6 +995,32 @@ mod tests {
     }
 
     #[test]
+    fn signal_scores_and_outliers_do_not_move_the_heads() {
+        let mut rows = Vec::new();
+        for i in 0..100u32 {
+            let h = i % 2 == 0;
+            let mut r = row(
+                [if h { 1.0 } else { -1.0 }, 0.0, 0.0, 0.0],
+                h,
+                Kind::Image,
+                i % FOLDS,
+            );
+            r.fast[Category::Sexual.index()] = if h { 0.6 } else { 0.1 };
+            rows.push(r);
+        }
+        let (h, _) = train(&rows, &HeadsConfig::default());
+        let e = [-1.0, 0.0, 0.0, 0.0];
+        let mut fast = [0.0; CATEGORY_COUNT];
+        let base = h.score(&e, &fast, Kind::Image).unwrap().probability;
+        // An obfuscation signal (filter evasion) is the rules' business, not an input.
+        fast[Category::FilterEvasion.index()] = 0.45;
+        assert_eq!(h.score(&e, &fast, Kind::Image).unwrap().probability, base);
+        // A far-out value counts no more than INPUT_CLIP standard deviations.
+        let far = h.inputs(&[1e6, 0.0, 0.0, 0.0], &fast, Kind::Image);
+        assert!(far.iter().all(|v| v.abs() <= INPUT_CLIP));
+    }
+
+    #[test]
     fn broken_files_are_errors_not_panics() {
         let (h, _) = train(
             &[
@@ -762,11 +1048,126 @@ mod tests {
             probability,
             category: Category::Sexual,
             threshold: 0.3,
+            logits: [0.0; CATEGORY_COUNT],
+            sexual_threshold: 2.0,
         };
-        let s = at(0.3).score_under(Kind::Image, &p).unwrap();
+        let (c, s) = at(0.3).score_under(Kind::Image, &p)[0];
+        assert_eq!(c, Category::Sexual);
         assert!((s - flag).abs() < 1e-5);
-        assert!(at(0.29).score_under(Kind::Image, &p).unwrap() < flag);
-        assert!(at(1.0).score_under(Kind::Image, &p).unwrap() <= 1.0);
+        assert!(at(0.29).score_under(Kind::Image, &p)[0].1 < flag);
+        assert!(at(1.0).score_under(Kind::Image, &p)[0].1 <= 1.0);
+        assert_eq!(at(0.9).score_under(Kind::Image, &p).len(), 1);
+    }
+
+    #[test]
+    fn the_sexual_head_flags_image_prompts_at_its_own_operating_point() {
+        let p = Profile::default();
+        let flag = p
+            .threshold_for(Kind::Image, Category::Sexual, Action::Flag)
+            .unwrap();
+        let mut logits = [f32::NEG_INFINITY; CATEGORY_COUNT];
+        logits[Category::Violence.index()] = 2.0;
+        // sigmoid(0) = 0.5: over an operating point of 0.4, under one of 0.6.
+        logits[Category::Sexual.index()] = 0.0;
+        let at = |sexual_threshold| Cascade {
+            probability: 0.1,
+            category: Category::Violence,
+            threshold: 0.8,
+            logits,
+            sexual_threshold,
+        };
+        let out = at(0.4).score_under(Kind::Image, &p);
+        let sexual = out.iter().find(|(c, _)| *c == Category::Sexual).unwrap();
+        assert!(sexual.1 >= flag);
+        let violence = out.iter().find(|(c, _)| *c == Category::Violence).unwrap();
+        assert!(p.action(Kind::Image, Category::Violence, violence.1) < Action::Flag);
+        assert!(
+            at(0.6)
+                .score_under(Kind::Image, &p)
+                .iter()
+                .all(|(c, _)| *c != Category::Sexual)
+        );
+    }
+
+    #[test]
+    fn first_format_files_still_load_with_one_head_for_both_kinds() {
+        let (h, _) = train(
+            &[
+                row([1.0, 0.0, 0.0, 0.0], true, Kind::Image, 0),
+                row([-1.0, 0.0, 0.0, 0.0], false, Kind::Image, 1),
+            ],
+            &HeadsConfig::default(),
+        );
+        // SWC1: the same layout without the chat head.
+        let n = h.mean.len();
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC_V1);
+        for v in [h.dim, n, h.cats.len() + 1] {
+            b.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        let put = |b: &mut Vec<u8>, w: &[f32]| w.iter().for_each(|v| b.extend(v.to_le_bytes()));
+        for v in [h.image_threshold, h.chat_threshold, h.band.0, h.band.1] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        put(&mut b, &h.mean);
+        put(&mut b, &h.scale);
+        b.push(ANY_HEAD);
+        put(&mut b, &h.any_image);
+        for (c, w) in &h.cats {
+            b.push(c.index() as u8);
+            put(&mut b, w);
+        }
+        let old = Heads::from_bytes(&b).unwrap();
+        assert_eq!(old.any_chat, h.any_image);
+        assert_eq!(old.any_image, h.any_image);
+        // A current file without its chat head is broken, not an old file.
+        let mut cur = b.clone();
+        cur[..4].copy_from_slice(MAGIC);
+        assert!(Heads::from_bytes(&cur).is_err());
+    }
+
+    #[test]
+    fn a_likeliest_category_the_profile_only_logs_hands_the_decision_on() {
+        // Chat only logs public_figure_likeness: the any-harm decision goes to the likeliest
+        // category the profile flags, not nowhere.
+        let p = Profile::default();
+        assert!(
+            p.threshold_for(Kind::Chat, Category::PublicFigureLikeness, Action::Flag)
+                .is_none()
+        );
+        let mut logits = [f32::NEG_INFINITY; CATEGORY_COUNT];
+        logits[Category::PublicFigureLikeness.index()] = 3.0;
+        logits[Category::Hate.index()] = 1.0;
+        logits[Category::Violence.index()] = -1.0;
+        let c = Cascade {
+            probability: 0.9,
+            category: Category::PublicFigureLikeness,
+            threshold: 0.5,
+            logits,
+            sexual_threshold: 2.0,
+        };
+        let (cat, s) = c.score_under(Kind::Chat, &p)[0];
+        assert_eq!(cat, Category::Hate);
+        assert!(p.action(Kind::Chat, cat, s) >= Action::Flag);
+    }
+
+    #[test]
+    fn each_kind_has_its_own_any_harm_head() {
+        // Image harm lies along the first input, chat harm along the second.
+        let mut rows = Vec::new();
+        for i in 0..200u32 {
+            let s = (i % 7) as f32 / 10.0;
+            let (h, f) = (i % 2 == 0, i % FOLDS);
+            let v = if h { 1.0 } else { -1.0 };
+            rows.push(row([v, s, 0.0, 0.0], h, Kind::Image, f));
+            rows.push(row([s, v, 0.0, 0.0], h, Kind::Chat, f));
+        }
+        let (h, _) = train(&rows, &HeadsConfig::default());
+        let p = |e: [f32; 4], k| h.score(&e, &[0.0; CATEGORY_COUNT], k).unwrap().probability;
+        assert!(p([1.0, -1.0, 0.0, 0.0], Kind::Image) > p([-1.0, 1.0, 0.0, 0.0], Kind::Image));
+        assert!(p([-1.0, 1.0, 0.0, 0.0], Kind::Chat) > p([1.0, -1.0, 0.0, 0.0], Kind::Chat));
+        let back = Heads::from_bytes(&h.to_bytes()).unwrap();
+        assert_eq!(back, h);
     }
 
     #[test]

@@ -136,14 +136,17 @@ impl Analysis {
         }
         // The encoder tier puts its category where its own operating point lands on this
         // profile's scale; it never lowers what the rules found.
-        if let Some(c) = &self.cascade
-            && let Some(s) = c.score_under(kind, profile)
-            && s > scores[c.category.index()]
+        for (category, s) in self
+            .cascade
+            .iter()
+            .flat_map(|c| c.score_under(kind, profile))
         {
-            let i = c.category.index();
-            scores[i] = s;
-            detectors[i] = Detector::Encoder;
-            evidence[i] = None;
+            let i = category.index();
+            if s > scores[i] {
+                scores[i] = s;
+                detectors[i] = Detector::Encoder;
+                evidence[i] = None;
+            }
         }
         let categories = Category::ALL
             .into_iter()
@@ -490,9 +493,26 @@ impl Screener {
             m.score_into(v.text(), &mut scratch, &mut out);
             out.iter().copied().fold(0.0f32, f32::max)
         };
+        // A rot13 reading exists only when it reads more like English than the text, and a
+        // look-alike skeleton is what a text with mixed-script words says: either is the
+        // text to embed unless another view scores clearly more. (Embedding the rot13
+        // gibberish of benign prompts flagged 7.3% of them on the test part; Cyrillic
+        // look-alikes cost 4 points of recall.)
+        let plain = norm
+            .views
+            .iter()
+            .find(|v| v.kind() == ViewKind::Rot13 && v.depth() == 0)
+            .or_else(|| {
+                norm.views.iter().find(|v| {
+                    v.kind() == ViewKind::Skeleton
+                        && v.depth() == 0
+                        && norm.signals.mixed_script_words > 0
+                })
+            })
+            .unwrap_or(plain);
         let base = best_of(plain);
         let mut best = (base + DECODED_MARGIN, plain);
-        for v in norm.views.iter().filter(|v| !is_clean(v)) {
+        for v in norm.views.iter().filter(|v| !std::ptr::eq(*v, plain)) {
             let s = best_of(v);
             if s > best.0 {
                 best = (s, v);
@@ -752,9 +772,29 @@ mod tests {
                 probability,
                 category: Category::Sexual,
                 threshold: 0.4,
+                logits: [0.0; CATEGORY_COUNT],
+                sexual_threshold: 2.0,
             }),
             ..Analysis::default()
         }
+    }
+
+    #[test]
+    fn the_encoder_reads_a_rot13_or_look_alike_prompt_as_what_it_says() {
+        let s = Screener::builtin().unwrap();
+        assert_eq!(
+            s.encoder_text("n dhvrg uneobhe ng avtug jvgu gur obngf"),
+            "a quiet harbour at night with the boats"
+        );
+        // Cyrillic а and о inside Latin words.
+        assert_eq!(
+            s.encoder_text("a quiet h\u{430}rbour at night with b\u{43e}ats"),
+            "a quiet harbour at night with boats"
+        );
+        assert_eq!(
+            s.encoder_text("A quiet harbour at night"),
+            "a quiet harbour at night"
+        );
     }
 
     #[test]

@@ -438,14 +438,17 @@ fn train_heads(
     let bytes = heads.to_bytes();
     fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
-        "cascade heads: {} rows; dev 5-fold CV (tuning, not quality): image F1 {:.3} FPR {:.3} (fast tier {:.3} / {:.3}), chat F1 {:.3} (fast tier {:.3}); image threshold {:.3}, chat threshold {:.3}, band {:?}; {} bytes -> {}",
+        "cascade heads: {} rows; dev 5-fold CV (tuning, not quality): image F1 {:.3} FPR {:.3} (fast tier {:.3} / {:.3}), image sexual recall {:.3} (fast tier {:.3}), chat F1 {:.3} (fast tier {:.3}); any-harm L2 {:?}; image threshold {:.3}, chat threshold {:.3}, band {:?}; {} bytes -> {}",
         rows.len(),
         rep.image_cascade.f1(),
         rep.image_cascade.fpr(),
         rep.image_fast.f1(),
         rep.image_fast.fpr(),
+        rep.image_sexual_recall.1,
+        rep.image_sexual_recall.0,
         rep.chat_cascade.f1(),
         rep.chat_fast.f1(),
+        rep.l2,
         heads.threshold(Kind::Image),
         heads.threshold(Kind::Chat),
         heads.band(),
