@@ -357,9 +357,11 @@ pub(crate) async fn load(src: &Source) -> anyhow::Result<Loaded> {
     })
 }
 
-/// Adds `stormwall scan` findings files to the graph as exposure locations. With the store,
-/// a key it does not hold (minted by another deployment) is skipped, as `scan --revoke`
-/// skips it; what was added and skipped is said on standard error.
+/// Adds `stormwall scan` findings files to the graph as exposure locations. A key that no
+/// event or alert named and the store does not hold (minted by another deployment, or not
+/// yet used when there is no store) is skipped, as `scan --revoke` skips it, and is taken
+/// when the same file is given again after it appears; what was added and skipped is said
+/// on standard error.
 async fn add_scan_findings(
     graph: &mut Graph,
     files: &[PathBuf],
@@ -380,10 +382,14 @@ async fn add_scan_findings(
             .map(time::OffsetDateTime::from)
             .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
         for f in &list {
-            if let (Some(s), Some(id)) = (store, findings::key_of(f)) {
-                let known = match stormwall_types::KeyId::new(id) {
-                    Ok(k) => s.get_key(&k).await?.is_some(),
-                    Err(_) => false,
+            if let Some(id) = findings::key_of(f)
+                && graph.find(&format!("key:{id}")).is_none()
+            {
+                // Neither an event nor an alert named it: only the store can say it is
+                // this gateway's key.
+                let known = match (store, stormwall_types::KeyId::new(id)) {
+                    (Some(s), Ok(k)) => s.get_key(&k).await?.is_some(),
+                    _ => false,
                 };
                 if !known {
                     unknown += 1;
@@ -399,7 +405,7 @@ async fn add_scan_findings(
     }
     eprintln!(
         "scan findings: {added} exposure(s) of Stormwall keys added, {seen} already in the graph, \
-         {other} naming no Stormwall key skipped, {unknown} of keys the store does not hold skipped"
+         {other} naming no Stormwall key skipped, {unknown} of keys this graph and store do not know skipped"
     );
     Ok(())
 }
