@@ -35,7 +35,8 @@ pub enum NodeKind {
     Style,
     /// An end-user id a client sent (`user`, `safety_identifier`).
     EndUser,
-    /// Where a key was found exposed (a leaked-key report's URL).
+    /// Where a key was found exposed: a leaked-key report's URL, or a `stormwall scan`
+    /// finding's location (`scan:<path>:<line>[@<commit>]`).
     Exposure,
     /// A stored incident (issue 13's grouping of alerts about one key or network).
     Incident,
@@ -134,6 +135,17 @@ pub struct GraphState {
     /// Ids of alerts and actions already added (each is added once).
     #[serde(default)]
     pub seen: BTreeSet<String>,
+}
+
+/// What [`Graph::add_scan_finding`] did with a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanOutcome {
+    /// An exposure of a Stormwall key, now in the graph.
+    Added,
+    /// Already in the graph (the same finding given again).
+    Seen,
+    /// Names no Stormwall key (another provider's credential, or a checksum that failed).
+    NoKey,
 }
 
 /// IP-intelligence flags of a client address (`hosting`, `vpn`, `tor`), when configured.
@@ -571,6 +583,48 @@ impl Graph {
                 self.link(key, x, a.at);
             }
         }
+    }
+
+    /// Adds a `stormwall scan` finding once (by its fingerprint and location): an exposure
+    /// node (`exposure:scan:<path>:<line>[@<commit>]`, with the scanner's source, rule,
+    /// provider, fingerprint and commit) linked to the Stormwall key it names. Dated by the
+    /// commit's author time for history findings, else `at` (when the scan was made).
+    pub fn add_scan_finding(
+        &mut self,
+        f: &stormwall_scan::Finding,
+        at: OffsetDateTime,
+    ) -> ScanOutcome {
+        let Some(key_id) = crate::findings::key_of(f) else {
+            return ScanOutcome::NoKey;
+        };
+        let location = crate::findings::location_of(f);
+        if !self
+            .state
+            .seen
+            .insert(format!("scan:{}:{location}", f.fingerprint))
+        {
+            return ScanOutcome::Seen;
+        }
+        let at = f
+            .location
+            .git
+            .as_ref()
+            .and_then(|g| OffsetDateTime::from_unix_timestamp(g.time).ok())
+            .unwrap_or(at);
+        let key = self.touch(NodeKind::Key, key_id, at);
+        // An exposure is not a use of the key: undo the count `touch` added.
+        self.state.nodes[key].count -= 1;
+        let x = self.touch(NodeKind::Exposure, truncate(&location, 300), at);
+        self.set_attr(x, "found_by", "stormwall scan");
+        self.set_attr(x, "source", crate::findings::source_name(f.location.source));
+        self.set_attr(x, "rule", &f.rule);
+        self.set_attr(x, "provider", &f.provider);
+        self.set_attr(x, "fingerprint", &f.fingerprint);
+        if let Some(g) = &f.location.git {
+            self.set_attr(x, "commit", &g.commit);
+        }
+        self.link(key, x, at);
+        ScanOutcome::Added
     }
 
     /// Adds a response action once (by its alert and kind): counted on its key.

@@ -1,7 +1,7 @@
 //! Investigation: the network behind the abuse, from what Stormwall already stores.
 //!
-//! [`graph`] turns events, alerts, actions and leaked-key reports into an entity graph,
-//! incrementally; [`roles`] finds communities ([`louvain`]) and infers providers, creators,
+//! [`graph`] turns events, alerts, actions, leaked-key reports and `stormwall scan`
+//! [`findings`] into an entity graph, incrementally; [`roles`] finds communities ([`louvain`]) and infers providers, creators,
 //! users and victims with reasons, then applies the analyst's [`overrides`]; [`harm`]
 //! counts what the abuse cost; [`export`] writes STIX 2.1, MISP and CSV; [`evidence`]
 //! builds and checks signed evidence manifests; [`report`] renders one self-contained
@@ -12,6 +12,7 @@
 pub mod evaluate;
 pub mod evidence;
 pub mod export;
+pub mod findings;
 pub mod graph;
 pub mod harm;
 pub mod louvain;
@@ -36,4 +37,7 @@ pub enum Error {
     /// An evidence bundle does not verify.
     #[error("evidence: {0}")]
     Evidence(String),
+    /// A scan findings file is not what `stormwall scan --format jsonl` writes.
+    #[error("scan findings: {0}")]
+    Findings(String),
 }

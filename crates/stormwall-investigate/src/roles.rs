@@ -1,7 +1,7 @@
 //! Clusters and roles: Louvain communities over the entity graph, then role inference —
 //! *provider* (a relay network that fronts keys of several tenants and serves prompt
-//! styles seen across tenants), *creator* (a client fingerprint shared by providers and
-//! rarely seen elsewhere), *user* (a prompt style served mostly through providers, across
+//! styles seen across tenants), *creator* (a client fingerprint, or a TLS ClientHello
+//! fingerprint, shared by providers and rarely seen elsewhere), *user* (a prompt style served mostly through providers, across
 //! tenants' keys), *victim* (a tenant whose key a provider used) — each with a confidence
 //! and the facts behind it; then the analyst's overrides.
 
@@ -52,7 +52,8 @@ impl Role {
         }
     }
 
-    /// The node kind the role is inferred for.
+    /// The node kind the role is mostly inferred for (creators may also be TLS
+    /// fingerprints: [`NodeKind::Tls`]).
     pub fn kind(self) -> NodeKind {
         match self {
             Role::Provider => NodeKind::Network,
@@ -708,6 +709,15 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
                     "the same key made {own} requests from the tenant's own networks"
                 ));
             }
+            // Where it leaked from is personal data (a repository, a path): counted here,
+            // shown in the graph.
+            let exposed = g.neighbours_of_kind(k, NodeKind::Exposure).count();
+            if exposed > 0 {
+                v.1.push(format!(
+                    "key {} was found exposed in {exposed} place(s) (leaked-key reports, stormwall scan)",
+                    nodes[k].label
+                ));
+            }
         }
     }
     for (_, (ti, reasons, requests)) in victims {
@@ -795,6 +805,50 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
         }
         let n = at.len().max(family_at.len());
         let confidence = (0.5 + 0.15 * (n as f64 - 1.0) + 0.3 * share).min(0.99);
+        out.push(assign(i, Role::Creator, confidence, reasons));
+    }
+
+    // Creators by TLS stack: a ClientHello fingerprint used by several providers' relays
+    // and mostly through them is a tool's signature, as a shared client fingerprint is.
+    // A TLS stack is less specific than an HTTP fingerprint (one library underlies many
+    // programs), so the same evidence weighs a little less.
+    for (i, nd) in nodes.iter().enumerate() {
+        if nd.kind != NodeKind::Tls {
+            continue;
+        }
+        let (via, total, at) = through(g, i, &providers);
+        if at.len() < cfg.creator_min_providers || total < cfg.min_key_requests {
+            continue;
+        }
+        let share = via as f64 / total as f64;
+        if share < cfg.creator_min_provider_share {
+            continue;
+        }
+        let clients: BTreeSet<&str> = g
+            .neighbours_of_kind(i, NodeKind::Fingerprint)
+            .map(|(f, _)| nodes[f].label.as_str())
+            .collect();
+        let mut reasons = vec![
+            format!(
+                "TLS client fingerprint {} (the ClientHello of the tool's TLS stack) is used by {} provider network(s): {}",
+                nd.label,
+                at.len(),
+                at.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
+            format!(
+                "{via} of its {total} requests ({:.0}%) came through providers",
+                share * 100.0
+            ),
+        ];
+        if !clients.is_empty() {
+            reasons.push(format!(
+                "sent by {} client fingerprint(s): {}",
+                clients.len(),
+                clients.iter().copied().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        reasons.push(format!("active {}", span(nd.first, nd.last)));
+        let confidence = (0.4 + 0.15 * (at.len() as f64 - 1.0) + 0.3 * share).min(0.9);
         out.push(assign(i, Role::Creator, confidence, reasons));
     }
     (out, providers)

@@ -1,8 +1,8 @@
 //! `stormwall investigate graph|roles|override|export|report|evaluate`: the entity graph
 //! behind the abuse, its clusters and roles, the analyst's decisions, STIX/MISP/CSV
 //! exports, the HTML report, and the role-assignment figures on the simulator's network
-//! scenario. Reads the store (or a JSON-lines file of events); the logic is
-//! `stormwall-investigate`.
+//! scenario. Reads the store (or a JSON-lines file of events) and `stormwall scan`'s
+//! findings; the logic is `stormwall-investigate`.
 
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use stormwall_investigate::evaluate::{Evaluation, Truth, evaluate};
 use stormwall_investigate::export::ExportOptions;
-use stormwall_investigate::graph::{Graph, GraphState, fingerprint};
+use stormwall_investigate::findings::{self, parse_scan_findings};
+use stormwall_investigate::graph::{Graph, GraphState, ScanOutcome, fingerprint};
 use stormwall_investigate::{Assessment, Override, OverrideOp, Overrides, Role, RoleConfig};
 use stormwall_ipintel::SharedIpIntel;
 use stormwall_sim::network::{NetworkConfig, network_scenario};
@@ -64,6 +65,10 @@ pub struct Source {
     /// More IP databases (as `stormwall detect --ipdb`).
     #[arg(long)]
     pub ipdb: Vec<PathBuf>,
+    /// Findings of `stormwall scan --format jsonl` (repeatable): each Stormwall key found
+    /// becomes an exposure location linked to the key; other credentials are skipped.
+    #[arg(long = "scan-findings", value_name = "FILE")]
+    pub scan_findings: Vec<PathBuf>,
 }
 
 /// Investigation commands.
@@ -317,6 +322,7 @@ pub(crate) async fn load(src: &Source) -> anyhow::Result<Loaded> {
     } else {
         bail!("give --config (read the store) or --events FILE");
     }
+    add_scan_findings(&mut graph, &src.scan_findings, store.as_deref()).await?;
     if let Some(p) = &src.state {
         write_atomic(p, &serde_json::to_vec(graph.state())?)?;
     }
@@ -349,6 +355,59 @@ pub(crate) async fn load(src: &Source) -> anyhow::Result<Loaded> {
         overrides,
         pricing,
     })
+}
+
+/// Adds `stormwall scan` findings files to the graph as exposure locations. A key that no
+/// event or alert named and the store does not hold (minted by another deployment, or not
+/// yet used when there is no store) is skipped, as `scan --revoke` skips it, and is taken
+/// when the same file is given again after it appears; what was added and skipped is said
+/// on standard error.
+async fn add_scan_findings(
+    graph: &mut Graph,
+    files: &[PathBuf],
+    store: Option<&dyn Store>,
+) -> anyhow::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let (mut added, mut seen, mut other, mut unknown) = (0usize, 0usize, 0usize, 0usize);
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let list = parse_scan_findings(&text).with_context(|| format!("in {}", path.display()))?;
+        // A finding in the working tree carries no date of its own: the scan's is the
+        // report's modification time.
+        let at = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(time::OffsetDateTime::from)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+        for f in &list {
+            if let Some(id) = findings::key_of(f)
+                && graph.find(&format!("key:{id}")).is_none()
+            {
+                // Neither an event nor an alert named it: only the store can say it is
+                // this gateway's key.
+                let known = match (store, stormwall_types::KeyId::new(id)) {
+                    (Some(s), Ok(k)) => s.get_key(&k).await?.is_some(),
+                    _ => false,
+                };
+                if !known {
+                    unknown += 1;
+                    continue;
+                }
+            }
+            match graph.add_scan_finding(f, at) {
+                ScanOutcome::Added => added += 1,
+                ScanOutcome::Seen => seen += 1,
+                ScanOutcome::NoKey => other += 1,
+            }
+        }
+    }
+    eprintln!(
+        "scan findings: {added} exposure(s) of Stormwall keys added, {seen} already in the graph, \
+         {other} naming no Stormwall key skipped, {unknown} of keys this graph and store do not know skipped"
+    );
+    Ok(())
 }
 
 async fn audit(

@@ -1,11 +1,13 @@
-//! MISP event (the JSON `PyMISP`'s `MISPEvent.load` reads): attributes for relay networks
-//! and tool user agents, `ip-port` and `http-request` objects with first/last seen, and
+//! MISP event (the JSON `PyMISP`'s `MISPEvent.load` reads): attributes for relay networks,
+//! tool user agents and TLS client fingerprints (`text`: MISP has no type for this digest), `ip-port` and `http-request` objects with first/last seen, and
 //! tags — TLP and the MITRE ATLAS galaxy clusters.
 
 use serde_json::{Value, json};
 
+use std::collections::BTreeMap;
+
 use super::{ATLAS, ExportOptions, as_of, assessment_roles, shown_reason, ts, uuid5};
-use crate::graph::Graph;
+use crate::graph::{Graph, NodeKind};
 use crate::roles::{Assessment, Role};
 
 /// Builds the event.
@@ -59,6 +61,51 @@ pub fn event(g: &Graph, a: &Assessment, opts: &ExportOptions) -> Value {
                     .as_object().cloned().map(|mut o| { o.insert("object_relation".into(), json!("text")); Value::Object(o) }).unwrap_or_default(),
             ]
         }));
+    }
+    // TLS ClientHello fingerprints, one attribute each: at provider relays and of
+    // creators. MISP's fingerprint types name other digests (JA3 is an MD5 of other
+    // fields; `jarm-fingerprint` is a server's), so this one is `text`, said in the
+    // comment, and not for IDS matching.
+    let mut tls: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in assessment_roles(a, Role::Provider) {
+        let Some(i) = g.find(&r.entity) else { continue };
+        for (t, e) in g.neighbours_of_kind(i, NodeKind::Tls) {
+            tls.entry(g.nodes()[t].label.clone())
+                .or_default()
+                .push(format!(
+                    "seen at relay network {} ({} requests)",
+                    g.nodes()[i].label,
+                    e.count
+                ));
+        }
+    }
+    for r in assessment_roles(a, Role::Creator) {
+        let Some(i) = g.find(&r.entity) else { continue };
+        let nd = &g.nodes()[i];
+        if nd.kind != NodeKind::Tls {
+            continue;
+        }
+        let why = r
+            .reasons
+            .iter()
+            .map(|x| shown_reason(g, r, x, opts))
+            .collect::<Vec<_>>()
+            .join("; ");
+        tls.entry(nd.label.clone())
+            .or_default()
+            .insert(0, format!("tool signature of a creator: {why}"));
+    }
+    for (value, notes) in &tls {
+        attributes.push(attr(
+            "text",
+            "Network activity",
+            value,
+            &format!(
+                "TLS client fingerprint (Stormwall's JA4-style digest of the ClientHello; not JA3 or JA4): {}",
+                notes.join("; ")
+            ),
+            false,
+        ));
     }
     for r in assessment_roles(a, Role::Creator) {
         let Some(i) = g.find(&r.entity) else { continue };

@@ -205,6 +205,27 @@ pub fn bundle(g: &Graph, a: &Assessment, opts: &ExportOptions) -> Result<Value, 
                         &mut rel,
                         &mut objects,
                     ),
+                    Role::Creator if nd.kind == NodeKind::Tls => {
+                        let tool = id("tool", &nd.id);
+                        push(
+                            json!({"type": "tool", "id": tool,
+                                   "name": format!("TLS stack {}", nd.label),
+                                   "tool_types": ["credential-exploitation"],
+                                   "description": format!("A tool's TLS ClientHello fingerprint {} (Stormwall's JA4-style digest; not JA3 or JA4), shared across relay providers", nd.label)}),
+                            &mut objects,
+                        );
+                        rel(&actor, "uses", &tool, &mut objects);
+                        let ind = id("indicator", &nd.id);
+                        push(
+                            json!({"type": "indicator", "id": ind,
+                                   "name": format!("TLS client fingerprint of tool {}", nd.label),
+                                   "indicator_types": ["attribution"],
+                                   "pattern": format!("[x-stormwall-tls-client:fingerprint = '{}']", lit(&nd.label)),
+                                   "pattern_type": "stix", "valid_from": ts(nd.first)}),
+                            &mut objects,
+                        );
+                        rel(&ind, "indicates", &tool, &mut objects);
+                    }
                     Role::Creator => {
                         let tool = id("tool", &nd.id);
                         let ua = nd.attrs.get("user_agent").cloned().unwrap_or_default();

@@ -7,6 +7,7 @@ mod exports;
 mod graph;
 mod quality;
 mod roles;
+mod scan;
 
 use stormwall_types::{KeyId, SafetyVerdict, UsageEvent};
 use time::OffsetDateTime;

@@ -140,3 +140,114 @@ fn decisions_in_the_audit_log_are_read_once_and_in_order() {
     );
     assert_eq!(o.entries[0].analyst, "ana");
 }
+
+/// The fixture with TLS fingerprints: the relays' tool on one TLS stack (one relay address
+/// on a stack of its own), the owners' SDK on a common one.
+fn tls_graph() -> stormwall_investigate::Graph {
+    let mut g = stormwall_investigate::Graph::new(Default::default());
+    for mut e in crate::fixture() {
+        let ip = e.source_ip.to_string();
+        let tls = if ip == "198.51.100.21" {
+            "t13d1312h2_onerelayonly_000000"
+        } else if ip.starts_with("203.0.113.") || ip.starts_with("198.51.100.") {
+            "t13d1516h2_relaykitstack_8daaf6"
+        } else {
+            "t13d1715h2_commonopenssl_5b57614c"
+        };
+        e.tls_fingerprint = Some(tls.to_owned());
+        g.add_event(&e, &[]);
+    }
+    g
+}
+
+#[test]
+fn a_tls_fingerprint_shared_by_providers_relays_is_a_creator_signature() {
+    let g = tls_graph();
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let creators: Vec<&str> = a
+        .roles
+        .iter()
+        .filter(|r| r.role == Role::Creator)
+        .map(|r| r.entity.as_str())
+        .collect();
+    assert!(
+        creators.contains(&"tls:t13d1516h2_relaykitstack_8daaf6"),
+        "{creators:?}"
+    );
+    // The HTTP fingerprint keeps its role beside it.
+    assert!(creators.iter().any(|c| c.starts_with("fingerprint:")));
+    // Seen at one provider only, or on the owners' own networks: no role.
+    assert!(!a.roles.iter().any(|r| r.entity.contains("onerelayonly")));
+    assert!(!a.roles.iter().any(|r| r.entity.contains("commonopenssl")));
+    let r = a
+        .roles
+        .iter()
+        .find(|r| r.entity == "tls:t13d1516h2_relaykitstack_8daaf6")
+        .unwrap();
+    assert_eq!(r.kind, stormwall_investigate::NodeKind::Tls);
+    let why = r.reasons.join("\n");
+    assert!(why.contains("TLS client fingerprint t13d1516h2_relaykitstack_8daaf6"));
+    assert!(why.contains("used by 2 provider network(s): 198.51.100.0/24, 203.0.113.0/24"));
+    assert!(why.contains("came through providers"));
+    assert!(why.contains("sent by 1 client fingerprint(s)"));
+    assert!(
+        r.confidence > 0.5 && r.confidence <= 0.9,
+        "{}",
+        r.confidence
+    );
+}
+
+#[test]
+fn tls_fingerprints_reach_the_misp_csv_and_stix_exports() {
+    use stormwall_investigate::export::{ExportOptions, csv, misp, stix};
+    let g = tls_graph();
+    let a = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let opts = ExportOptions::default();
+
+    let e = misp::event(&g, &a, &opts);
+    let attrs = e["Event"]["Attribute"].as_array().unwrap();
+    let tls: Vec<&serde_json::Value> = attrs
+        .iter()
+        .filter(|x| x["value"] == "t13d1516h2_relaykitstack_8daaf6")
+        .collect();
+    assert_eq!(tls.len(), 1, "one attribute per fingerprint");
+    assert_eq!(tls[0]["type"], "text");
+    assert_eq!(tls[0]["to_ids"], false);
+    let comment = tls[0]["comment"].as_str().unwrap();
+    assert!(comment.contains("not JA3 or JA4"), "{comment}");
+    assert!(comment.contains("tool signature of a creator"), "{comment}");
+    assert!(
+        comment.contains("seen at relay network 203.0.113.0/24"),
+        "{comment}"
+    );
+    // Seen at a relay though not a creator's: there too.
+    assert!(
+        attrs
+            .iter()
+            .any(|x| x["value"] == "t13d1312h2_onerelayonly_000000")
+    );
+    // The owners' common stack is not shared.
+    assert!(!e.to_string().contains("commonopenssl"));
+    // No MISP type claims it is JA3.
+    assert!(!e.to_string().contains("ja3-fingerprint-md5"));
+
+    let c = csv::csv(&g, &a, &opts);
+    assert!(csv::HEADER.ends_with(",tls_fingerprints"));
+    let rows: Vec<&str> = c.lines().collect();
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with("creator,tls,t13d1516h2_relaykitstack_8daaf6,"))
+    );
+    let relay = rows
+        .iter()
+        .find(|l| l.starts_with("provider,network,198.51.100.0/24,"))
+        .unwrap();
+    assert!(
+        relay.ends_with(",t13d1312h2_onerelayonly_000000 t13d1516h2_relaykitstack_8daaf6"),
+        "{relay}"
+    );
+
+    let b = stix::bundle(&g, &a, &opts).unwrap().to_string();
+    assert!(b.contains("TLS stack t13d1516h2_relaykitstack_8daaf6"));
+    assert!(b.contains("[x-stormwall-tls-client:fingerprint = 't13d1516h2_relaykitstack_8daaf6']"));
+}

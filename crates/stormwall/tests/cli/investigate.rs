@@ -468,3 +468,146 @@ fn render_in_chromium(html: &Path, png: &Path) {
         bytes.len()
     );
 }
+
+/// Findings as `stormwall scan --format jsonl` writes them: the acme key in the working
+/// tree, a key no event names, an OpenAI key; each with a secret where a broken scanner
+/// might put one.
+fn scan_findings() -> String {
+    use stormwall_scan::{Confidence, Finding, Location, SourceKind};
+    let f = |path: &str, key: Option<&str>, n: u64| Finding {
+        location: Location {
+            path: path.into(),
+            line: 3,
+            column: 9,
+            end_column: 61,
+            source: SourceKind::File,
+            blob: None,
+            git: None,
+        },
+        provider: "Stormwall".into(),
+        rule: "stormwall-api-key".into(),
+        rule_name: "Stormwall API key".into(),
+        confidence: Confidence::High,
+        validated: key.is_some(),
+        redacted: SCAN_SECRET.into(),
+        fingerprint: format!("{n:032x}"),
+        key_id: key.map(str::to_owned),
+    };
+    let mut out = Vec::new();
+    stormwall_scan::report::write_jsonl(
+        &mut out,
+        &[
+            f("deploy/.env", Some("acmekey00001"), 1),
+            f("old/.env", Some("zzzzkey00009"), 2),
+            f("web/app.js", None, 3),
+        ],
+    )
+    .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+const SCAN_SECRET: &str = "swk_acmekey00001_q9W8e7R6t5Y4u3I2o1P0aSdFgHjKlZx1A2b3C";
+
+#[test]
+fn scan_findings_become_exposures_once_and_never_carry_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let mut text = String::new();
+    for e in events() {
+        text.push_str(&serde_json::to_string(&e).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(path("events.jsonl"), text).unwrap();
+    std::fs::write(path("findings.jsonl"), scan_findings()).unwrap();
+    let (ev, st, fi, ov) = (
+        path("events.jsonl"),
+        path("graph.json"),
+        path("findings.jsonl"),
+        path("overrides.json"),
+    );
+    let graph = |extra: &[&str]| {
+        let mut args = vec![
+            "investigate",
+            "graph",
+            "--events",
+            &ev,
+            "--state",
+            &st,
+            "--overrides",
+            &ov,
+            "--scan-findings",
+            &fi,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let out = graph(&["--json"]);
+    let json = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 exposure(s) of Stormwall keys added, 0 already in the graph, 1 naming no Stormwall key skipped, 1 of keys this graph and store do not know skipped"),
+        "{stderr}"
+    );
+    let g: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let nodes = g["nodes"].as_array().unwrap();
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["id"] == "exposure:scan:deploy/.env:3")
+    );
+    assert!(!json.contains("zzzzkey00009"));
+    // Again through the saved state: nothing added twice.
+    let out = graph(&[]);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("0 exposure(s) of Stormwall keys added, 1 already in the graph")
+    );
+
+    // The exports: no secret.
+    let (stix, misp, csv) = (path("b.json"), path("m.json"), path("r.csv"));
+    ok(&run(&[
+        "investigate",
+        "export",
+        "--events",
+        &ev,
+        "--overrides",
+        &ov,
+        "--scan-findings",
+        &fi,
+        "--stix",
+        &stix,
+        "--misp",
+        &misp,
+        "--csv",
+        &csv,
+    ]));
+    for f in [stix, misp, csv, st.clone()] {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(!text.contains(SCAN_SECRET), "a secret reached {f}");
+        assert!(!text.contains("swk_"), "a secret reached {f}");
+    }
+
+    // Anything but the scanner's JSON lines is refused, saying what it is.
+    std::fs::write(
+        path("scan.sarif"),
+        r#"{"version":"2.1.0","$schema":"https://json.schemastore.org/sarif-2.1.0.json","runs":[]}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "investigate",
+        "graph",
+        "--events",
+        &ev,
+        "--overrides",
+        &ov,
+        "--scan-findings",
+        &path("scan.sarif"),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SARIF") && stderr.contains("--format jsonl"),
+        "{stderr}"
+    );
+}
