@@ -131,7 +131,7 @@ impl Collector for CloudLogsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use crate::control::cloud_logs::SourceStats;
         type Read = fn(&SourceStats) -> u64;
-        let counters: [(&str, &str, Read); 4] = [
+        let counters: [(&str, &str, Read); 5] = [
             ("cloud_logs_records", "Cloud-log records parsed", |s| {
                 s.records.load(Ordering::Relaxed)
             }),
@@ -149,6 +149,11 @@ impl Collector for CloudLogsCollector {
                 "cloud_logs_events_stored",
                 "Cloud-log usage events written to the event store",
                 |s| s.stored.load(Ordering::Relaxed),
+            ),
+            (
+                "cloud_logs_control_events_stored",
+                "Cloud-log control events (management calls) written to the store",
+                |s| s.control_stored.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, read) in counters {

@@ -141,6 +141,22 @@ impl AuditStore for CountingStore {
 }
 
 #[async_trait]
+impl stormwall_store::ControlEventStore for CountingStore {
+    async fn insert_control_events(
+        &self,
+        e: &[stormwall_types::ControlEvent],
+    ) -> Result<u64, StoreError> {
+        self.inner.insert_control_events(e).await
+    }
+    async fn query_control_events(
+        &self,
+        q: &stormwall_store::ControlEventQuery,
+    ) -> Result<Vec<stormwall_types::ControlEvent>, StoreError> {
+        self.inner.query_control_events(q).await
+    }
+}
+
+#[async_trait]
 impl stormwall_store::LeaseStore for CountingStore {
     async fn acquire_lease(
         &self,

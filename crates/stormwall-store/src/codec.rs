@@ -2,8 +2,8 @@
 //! PostgreSQL store byte-for-byte the same values and refuse the same corrupt rows.
 
 use stormwall_types::{
-    Alert, Decision, Incident, IncidentStatus, IncidentSubject, KeyHash, KeyId, KeyKind, KeyRecord,
-    KeyScope, KeyStatus, UsageEvent,
+    Alert, ControlEvent, Decision, Incident, IncidentStatus, IncidentSubject, KeyHash, KeyId,
+    KeyKind, KeyRecord, KeyScope, KeyStatus, UsageEvent,
 };
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -82,6 +82,51 @@ pub(crate) fn encode_event(e: &UsageEvent) -> Result<String, StoreError> {
 pub(crate) fn decode_event(id: &str, body: &str) -> Result<UsageEvent, StoreError> {
     serde_json::from_str(body)
         .map_err(|_| StoreError::Corrupt(format!("event {id}: body does not decode")))
+}
+
+/// A control event's columns ready to bind, the same for both backends.
+pub(crate) struct ControlColumns {
+    pub(crate) id: String,
+    pub(crate) ts_unix_ms: i64,
+    pub(crate) dataset: String,
+    pub(crate) action: &'static str,
+    pub(crate) principal: String,
+    pub(crate) key_id: String,
+    pub(crate) account: Option<String>,
+    pub(crate) success: bool,
+    pub(crate) body_json: String,
+}
+
+/// Column copies of text read from cloud logs: PostgreSQL text cannot hold NUL, and one
+/// such record must not fail its batch (and stall the follower that retries it), so NUL
+/// becomes U+FFFD in the copies of both backends alike. The body keeps the text as read.
+fn column_text(s: &str) -> String {
+    s.replace('\0', "\u{fffd}")
+}
+
+impl ControlColumns {
+    pub(crate) fn new(e: &ControlEvent) -> Result<Self, StoreError> {
+        let body_json = serde_json::to_string(e)
+            .map_err(|_| StoreError::Corrupt(format!("control event {} does not encode", e.id)))?;
+        let principal = &e.cloud.principal;
+        Ok(Self {
+            id: column_text(&e.id),
+            ts_unix_ms: unix_ms(e.timestamp)?,
+            dataset: column_text(&e.dataset),
+            action: e.action.as_str(),
+            principal: column_text(&principal.id),
+            key_id: principal.key_id().as_str().to_owned(),
+            account: principal.account.as_deref().map(column_text),
+            success: e.success,
+            body_json,
+        })
+    }
+}
+
+/// Decodes a stored control event body; only the (public) id is kept in the error.
+pub(crate) fn decode_control(id: &str, body: &str) -> Result<ControlEvent, StoreError> {
+    serde_json::from_str(body)
+        .map_err(|_| StoreError::Corrupt(format!("control event {id}: body does not decode")))
 }
 
 /// A key's columns ready to bind.

@@ -1,5 +1,5 @@
 //! Stormwall's storage, split by concern: [`KeyStore`] for key records, [`EventStore`] for
-//! usage events, [`Counters`] for the admission state replicas share. The gateway holds them
+//! usage events, [`ControlEventStore`] for the management calls cloud logs record, [`Counters`] for the admission state replicas share. The gateway holds them
 //! as trait objects so the backend is a config choice: `[store]` in `stormwall.toml` picks
 //! SQLite (embedded, the default) or PostgreSQL (several replicas); `[counters]` picks
 //! in-process counters (the default) or Redis.
@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use stormwall_types::{
-    Action, Alert, DetectorId, Incident, IncidentStatus, KeyId, KeyRecord, Severity, UsageEvent,
+    Action, Alert, ControlAction, ControlEvent, DetectorId, Incident, IncidentStatus, KeyId,
+    KeyRecord, Severity, UsageEvent,
 };
 use time::OffsetDateTime;
 
@@ -158,6 +159,48 @@ pub trait EventStore: Send + Sync {
         events.retain(|e| ids.contains(&e.id));
         Ok(events)
     }
+}
+
+/// Filters for reading control events, oldest first. Time bounds compare at millisecond
+/// precision.
+#[derive(Debug, Clone, Default)]
+pub struct ControlEventQuery {
+    /// Events at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// Events before this instant.
+    pub until: Option<OffsetDateTime>,
+    /// Only events of this log source (`azure.activity`, `aws.cloudtrail`, …).
+    pub dataset: Option<String>,
+    /// Only events of this normalised operation.
+    pub action: Option<ControlAction>,
+    /// Only calls made by this principal (its provider id: an access key id, an Azure
+    /// resource id + key slot or object id, an OpenAI key id).
+    pub principal: Option<String>,
+    /// Only calls made by the principal the detectors and alerts name by this key id.
+    pub key_id: Option<KeyId>,
+    /// Only calls of this account, subscription or organisation (the principal's).
+    pub account: Option<String>,
+    /// Cursor for paging: only events after this event in (timestamp, id) order; an id the
+    /// store does not hold means "events whose id sorts after it".
+    pub after_id: Option<String>,
+    /// At most this many events (`None`: no limit).
+    pub limit: Option<usize>,
+}
+
+/// Management-plane calls read from cloud logs ([`ControlEvent`]), kept beside usage events
+/// so who listed, created or regenerated keys, or changed logging or guardrails, can be
+/// read back after the fact.
+#[async_trait]
+pub trait ControlEventStore: Send + Sync {
+    /// Appends a batch atomically (one transaction). An event whose id is already stored is
+    /// skipped (its first copy kept), so reading a log again stores nothing twice. Returns how
+    /// many were new.
+    async fn insert_control_events(&self, events: &[ControlEvent]) -> Result<u64, StoreError>;
+    /// Reads control events matching a query, ordered by timestamp then id.
+    async fn query_control_events(
+        &self,
+        query: &ControlEventQuery,
+    ) -> Result<Vec<ControlEvent>, StoreError>;
 }
 
 /// Where an alert stands with the operators.
@@ -583,10 +626,20 @@ pub trait LeaseStore: Send + Sync {
 
 /// Everything the gateway needs from a backend.
 pub trait Store:
-    KeyStore + EventStore + AlertStore + IncidentStore + AuditStore + LeaseStore
+    KeyStore + EventStore + ControlEventStore + AlertStore + IncidentStore + AuditStore + LeaseStore
 {
 }
-impl<T: KeyStore + EventStore + AlertStore + IncidentStore + AuditStore + LeaseStore> Store for T {}
+impl<
+    T: KeyStore
+        + EventStore
+        + ControlEventStore
+        + AlertStore
+        + IncidentStore
+        + AuditStore
+        + LeaseStore,
+> Store for T
+{
+}
 
 /// What a migration run did (`stormwall migrate`).
 #[derive(Debug, Clone, PartialEq, Eq)]

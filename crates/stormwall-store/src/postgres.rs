@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use stormwall_types::{Alert, Incident, IncidentStatus, KeyId, KeyRecord, UsageEvent};
+use stormwall_types::{
+    Alert, ControlEvent, Incident, IncidentStatus, KeyId, KeyRecord, UsageEvent,
+};
 use time::OffsetDateTime;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::NoTls;
@@ -28,15 +30,16 @@ use tokio_postgres::types::ToSql;
 
 use crate::codec::{
     ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
-    IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, audit_seq, decision_str,
-    decode_action, decode_event, encode_event, format_key_time, operator_note, summable_cost,
-    unix_ms,
+    ControlColumns, IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, audit_seq,
+    decision_str, decode_action, decode_control, decode_event, encode_event, format_key_time,
+    operator_note, summable_cost, unix_ms,
 };
 use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
-    AuditRecord, AuditStore, EventQuery, EventStore, IncidentQuery, IncidentStore, KeyFilter,
-    KeyStore, Lease, LeaseStore, MigrationReport, StoreError, StoredAlert, StoredIncident,
+    AuditRecord, AuditStore, ControlEventQuery, ControlEventStore, EventQuery, EventStore,
+    IncidentQuery, IncidentStore, KeyFilter, KeyStore, Lease, LeaseStore, MigrationReport,
+    StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -60,6 +63,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_leases",
         include_str!("../migrations/postgres/0005_leases.sql"),
+    ),
+    (
+        "0006_control_events",
+        include_str!("../migrations/postgres/0006_control_events.sql"),
     ),
 ];
 
@@ -93,6 +100,14 @@ const INSERT_EVENTS: &str = "INSERT INTO events (id, ts_unix_ms, key_id, tenant,
      reject_reason, status, cost_usd, body_json) \
      SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
      $6::text[], $7::int4[], $8::float8[], $9::text[]) \
+     ON CONFLICT (id) DO NOTHING";
+
+/// One statement per batch, as for events; a control event read again (its id stored)
+/// inserts nothing, and the row count says how many were new.
+const INSERT_CONTROL_EVENTS: &str = "INSERT INTO control_events (id, ts_unix_ms, dataset, \
+     action, principal, key_id, account, success, body_json) \
+     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+     $6::text[], $7::text[], $8::bool[], $9::text[]) \
      ON CONFLICT (id) DO NOTHING";
 
 /// A conflict on the id or on the incident inserts nothing: replicas that raise the same
@@ -909,6 +924,104 @@ impl EventStore for PostgresStore {
             .map_err(db)?;
         let rows = client.query(&stmt, &[&ids]).await.map_err(db)?;
         decode_event_rows(&rows)
+    }
+}
+
+#[async_trait]
+impl ControlEventStore for PostgresStore {
+    async fn insert_control_events(&self, events: &[ControlEvent]) -> Result<u64, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let rows = events
+            .iter()
+            .map(ControlColumns::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&str> = rows.iter().map(|c| c.id.as_str()).collect();
+        let ts: Vec<i64> = rows.iter().map(|c| c.ts_unix_ms).collect();
+        let datasets: Vec<&str> = rows.iter().map(|c| c.dataset.as_str()).collect();
+        let actions: Vec<&str> = rows.iter().map(|c| c.action).collect();
+        let principals: Vec<&str> = rows.iter().map(|c| c.principal.as_str()).collect();
+        let key_ids: Vec<&str> = rows.iter().map(|c| c.key_id.as_str()).collect();
+        let accounts: Vec<Option<&str>> = rows.iter().map(|c| c.account.as_deref()).collect();
+        let successes: Vec<bool> = rows.iter().map(|c| c.success).collect();
+        let bodies: Vec<&str> = rows.iter().map(|c| c.body_json.as_str()).collect();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(INSERT_CONTROL_EVENTS)
+            .await
+            .map_err(db)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &ids,
+                    &ts,
+                    &datasets,
+                    &actions,
+                    &principals,
+                    &key_ids,
+                    &accounts,
+                    &successes,
+                    &bodies,
+                ],
+            )
+            .await
+            .map_err(db)
+    }
+
+    async fn query_control_events(
+        &self,
+        q: &ControlEventQuery,
+    ) -> Result<Vec<ControlEvent>, StoreError> {
+        let client = self.client().await?;
+        let mut b = QueryBuilder::new("SELECT id, body_json FROM control_events WHERE TRUE");
+        if let Some(v) = &q.dataset {
+            b.push(" AND dataset = ?", Box::new(v.clone()));
+        }
+        if let Some(v) = q.action {
+            b.push(" AND action = ?", Box::new(v.as_str().to_owned()));
+        }
+        if let Some(v) = &q.principal {
+            b.push(" AND principal = ?", Box::new(v.clone()));
+        }
+        if let Some(v) = &q.key_id {
+            b.push(" AND key_id = ?", Box::new(v.as_str().to_owned()));
+        }
+        if let Some(v) = &q.account {
+            b.push(" AND account = ?", Box::new(v.clone()));
+        }
+        if let Some(since) = q.since {
+            b.push(" AND ts_unix_ms >= ?", Box::new(unix_ms(since)?));
+        }
+        if let Some(until) = q.until {
+            b.push(" AND ts_unix_ms < ?", Box::new(unix_ms(until)?));
+        }
+        if let Some(after) = &q.after_id {
+            let stmt = client
+                .prepare_cached("SELECT ts_unix_ms FROM control_events WHERE id = $1")
+                .await
+                .map_err(db)?;
+            match client.query_opt(&stmt, &[after]).await.map_err(db)? {
+                Some(row) => {
+                    let ts: i64 = row.try_get(0).map_err(db)?;
+                    b.push(" AND (ts_unix_ms, id) > (?", Box::new(ts));
+                    b.push(", ?)", Box::new(after.clone()));
+                }
+                None => b.push(" AND id > ?", Box::new(after.clone())),
+            }
+        }
+        b.sql.push_str(" ORDER BY ts_unix_ms, id");
+        b.limit(q.limit);
+        let stmt = client.prepare_cached(&b.sql).await.map_err(db)?;
+        let rows = client.query(&stmt, &as_refs(&b.params)).await.map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(db)?;
+                let body: String = row.try_get(1).map_err(db)?;
+                decode_control(&id, &body)
+            })
+            .collect()
     }
 }
 

@@ -16,19 +16,22 @@ use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, ffi, params,
     params_from_iter,
 };
-use stormwall_types::{Alert, Incident, IncidentStatus, KeyId, KeyRecord, UsageEvent};
+use stormwall_types::{
+    Alert, ControlEvent, Incident, IncidentStatus, KeyId, KeyRecord, UsageEvent,
+};
 use time::OffsetDateTime;
 
 use crate::codec::{
     ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
-    IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, audit_seq, decision_str,
-    decode_action, decode_event, encode_event, format_key_time, operator_note, summable_cost,
-    unix_ms,
+    ControlColumns, IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, audit_seq,
+    decision_str, decode_action, decode_control, decode_event, encode_event, format_key_time,
+    operator_note, summable_cost, unix_ms,
 };
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
-    AuditRecord, AuditStore, EventQuery, EventStore, IncidentQuery, IncidentStore, KeyFilter,
-    KeyStore, Lease, LeaseStore, MigrationReport, StoreError, StoredAlert, StoredIncident,
+    AuditRecord, AuditStore, ControlEventQuery, ControlEventStore, EventQuery, EventStore,
+    IncidentQuery, IncidentStore, KeyFilter, KeyStore, Lease, LeaseStore, MigrationReport,
+    StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -52,6 +55,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_leases",
         include_str!("../migrations/sqlite/0005_leases.sql"),
+    ),
+    (
+        "0006_control_events",
+        include_str!("../migrations/sqlite/0006_control_events.sql"),
     ),
 ];
 
@@ -79,6 +86,12 @@ const UPDATE_KEY: &str = "UPDATE keys SET status = ?2, status_reason = ?3, scope
 const INSERT_EVENT: &str = "INSERT OR IGNORE INTO events (id, ts_unix_ms, key_id, tenant, \
      decision, reject_reason, status, cost_usd, body_json) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// A control event read again (its id stored) inserts nothing; only the id's uniqueness
+/// conflict is ignored, unlike `INSERT OR IGNORE`, which would also hide a NOT NULL violation.
+const INSERT_CONTROL_EVENT: &str = "INSERT INTO control_events (id, ts_unix_ms, dataset, \
+     action, principal, key_id, account, success, body_json) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING";
 
 /// Ignores only uniqueness conflicts (id or incident), unlike `INSERT OR IGNORE`, which
 /// would also hide a NOT NULL violation.
@@ -447,6 +460,65 @@ fn build_event_query(
     if let Some(after) = &q.after_id {
         let cursor_ts: Option<i64> = conn
             .prepare_cached("SELECT ts_unix_ms FROM events WHERE id = ?1")
+            .map_err(db)?
+            .query_row([after], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        match cursor_ts {
+            Some(ts) => {
+                sql.push_str(" AND (ts_unix_ms > ? OR (ts_unix_ms = ? AND id > ?))");
+                args.push(Value::Integer(ts));
+                args.push(Value::Integer(ts));
+                args.push(Value::Text(after.clone()));
+            }
+            None => {
+                sql.push_str(" AND id > ?");
+                args.push(Value::Text(after.clone()));
+            }
+        }
+    }
+    sql.push_str(" ORDER BY ts_unix_ms, id");
+    if let Some(limit) = q.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(limit_value(limit));
+    }
+    Ok((sql, args))
+}
+
+/// Builds the SQL and arguments for a control event query; `after_id` is a keyset cursor
+/// as in [`build_event_query`].
+fn build_control_query(
+    conn: &Connection,
+    q: &ControlEventQuery,
+) -> Result<(String, Vec<Value>), StoreError> {
+    let mut sql = String::from("SELECT id, body_json FROM control_events WHERE 1 = 1");
+    let mut args = Vec::new();
+    let mut text = |sql: &mut String, clause: &str, v: Option<&str>| {
+        if let Some(v) = v {
+            sql.push_str(clause);
+            args.push(Value::Text(v.to_owned()));
+        }
+    };
+    text(&mut sql, " AND dataset = ?", q.dataset.as_deref());
+    text(&mut sql, " AND action = ?", q.action.map(|a| a.as_str()));
+    text(&mut sql, " AND principal = ?", q.principal.as_deref());
+    text(
+        &mut sql,
+        " AND key_id = ?",
+        q.key_id.as_ref().map(KeyId::as_str),
+    );
+    text(&mut sql, " AND account = ?", q.account.as_deref());
+    if let Some(since) = q.since {
+        sql.push_str(" AND ts_unix_ms >= ?");
+        args.push(Value::Integer(unix_ms(since)?));
+    }
+    if let Some(until) = q.until {
+        sql.push_str(" AND ts_unix_ms < ?");
+        args.push(Value::Integer(unix_ms(until)?));
+    }
+    if let Some(after) = &q.after_id {
+        let cursor_ts: Option<i64> = conn
+            .prepare_cached("SELECT ts_unix_ms FROM control_events WHERE id = ?1")
             .map_err(db)?
             .query_row([after], |r| r.get(0))
             .optional()
@@ -950,6 +1022,59 @@ impl EventStore for SqliteStore {
 }
 
 #[async_trait]
+impl ControlEventStore for SqliteStore {
+    async fn insert_control_events(&self, events: &[ControlEvent]) -> Result<u64, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let rows = events
+            .iter()
+            .map(ControlColumns::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let mut inserted = 0u64;
+            {
+                let mut stmt = tx.prepare_cached(INSERT_CONTROL_EVENT).map_err(db)?;
+                for c in &rows {
+                    let n = stmt
+                        .execute(params![
+                            c.id,
+                            c.ts_unix_ms,
+                            c.dataset,
+                            c.action,
+                            c.principal,
+                            c.key_id,
+                            c.account,
+                            c.success,
+                            c.body_json,
+                        ])
+                        .map_err(db)?;
+                    inserted += n as u64;
+                }
+            }
+            tx.commit().map_err(db)?;
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn query_control_events(
+        &self,
+        query: &ControlEventQuery,
+    ) -> Result<Vec<ControlEvent>, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| {
+            let (sql, args) = build_control_query(conn, &query)?;
+            query_decoded(conn, &sql, &args, decode_control)
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl AlertStore for SqliteStore {
     async fn insert_alert(&self, alert: &Alert, incident: &str) -> Result<bool, StoreError> {
         let c = AlertColumns::new(alert, incident, OffsetDateTime::now_utc())?;
@@ -1310,14 +1435,26 @@ mod tests {
         .unwrap();
         assert_eq!(
             migrate(&mut conn).unwrap(),
-            vec!["0002_alerts", "0003_audit", "0004_incidents", "0005_leases"]
+            vec![
+                "0002_alerts",
+                "0003_audit",
+                "0004_incidents",
+                "0005_leases",
+                "0006_control_events"
+            ]
         );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         let n: i64 = conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
-        for table in ["alerts", "actions", "action_alerts", "audit"] {
+        for table in [
+            "alerts",
+            "actions",
+            "action_alerts",
+            "audit",
+            "control_events",
+        ] {
             let n: i64 = conn
                 .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
                 .unwrap();
@@ -1335,7 +1472,12 @@ mod tests {
         conn.pragma_update(None, "user_version", 2).unwrap();
         assert_eq!(
             migrate(&mut conn).unwrap(),
-            vec!["0003_audit", "0004_incidents", "0005_leases"]
+            vec![
+                "0003_audit",
+                "0004_incidents",
+                "0005_leases",
+                "0006_control_events"
+            ]
         );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
         assert!(migrate(&mut conn).unwrap().is_empty());

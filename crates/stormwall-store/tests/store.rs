@@ -16,14 +16,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stormwall_store::{
     AUDIT_GENESIS, ActionOutcome, ActionQuery, ActionRecord, AlertQuery, AlertStatus, AuditEntry,
-    AuditQuery, AuditRecord, BatchWriter, EventQuery, EventStore, EventsConfig, IncidentQuery,
-    KeyFilter, PostgresConfig, PostgresStore, ShutdownError, SqliteStore, Store, StoreConfig,
-    StoreError, StoredAlert, verify_audit,
+    AuditQuery, AuditRecord, BatchWriter, ControlEventQuery, EventQuery, EventStore, EventsConfig,
+    IncidentQuery, KeyFilter, PostgresConfig, PostgresStore, ShutdownError, SqliteStore, Store,
+    StoreConfig, StoreError, StoredAlert, verify_audit,
 };
 use stormwall_types::safety::{Action as SafetyAction, Category};
 use stormwall_types::{
-    Action, ActionKind, Alert, AlertFeature, AlertSubject, ApiKey, DetectorId, Incident,
-    IncidentStatus, IncidentSubject, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus,
+    Action, ActionKind, Alert, AlertFeature, AlertSubject, ApiKey, CloudContext, CloudProvider,
+    ControlAction, ControlEvent, CredentialKind, DetectorId, Incident, IncidentStatus,
+    IncidentSubject, KeyHash, KeyId, KeyKind, KeyRecord, KeyScope, KeyStatus, Principal,
     RejectReason, SafetyStage, SafetyVerdict, Severity, Stage, TimelineEntry, UsageEvent,
 };
 use time::{OffsetDateTime, UtcOffset};
@@ -106,6 +107,53 @@ fn event(
         ..Default::default()
     }];
     e
+}
+
+/// A management call from a cloud log, with the optional fields set so the body round trip
+/// is exercised.
+fn control(
+    id: &str,
+    ts: OffsetDateTime,
+    dataset: &str,
+    action: ControlAction,
+    principal: &str,
+    account: Option<&str>,
+) -> ControlEvent {
+    ControlEvent {
+        timestamp: ts,
+        id: id.to_owned(),
+        dataset: dataset.to_owned(),
+        action,
+        success: true,
+        source_ip: Some("198.51.100.23".parse().unwrap()),
+        user_agent: Some("python-requests/2.31".to_owned()),
+        cloud: CloudContext {
+            principal: Principal {
+                provider: CloudProvider::Azure,
+                kind: CredentialKind::AzureEntraIdentity,
+                id: principal.to_owned(),
+                account: account.map(str::to_owned),
+                name: Some("ci-deploy".to_owned()),
+            },
+            operation: "MICROSOFT.COGNITIVESERVICES/ACCOUNTS/LISTKEYS/ACTION".to_owned(),
+            region: Some("eastus".to_owned()),
+            resource: Some("/subscriptions/s1/resourceGroups/rg/providers/x/accounts/a1".into()),
+            ip_masked: false,
+            ip_missing: false,
+            error: None,
+            bearer: false,
+        },
+        service: Some("Microsoft.CognitiveServices".to_owned()),
+        target: None,
+        scopes: vec!["model.request".to_owned()],
+        loosens: false,
+        count: 1,
+        response_bytes: Some(512),
+    }
+}
+
+fn control_ids(events: &[ControlEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.id.as_str()).collect()
 }
 
 fn denied(id: &str, ts: OffsetDateTime) -> UsageEvent {
@@ -580,6 +628,113 @@ mod suite {
         assert_eq!(store.count_events().await.unwrap(), 3);
         let spent = store.spend_since(&key_id(1), t0()).await.unwrap();
         assert!((spent - 6.0).abs() < 1e-9, "{spent}");
+    }
+
+    pub async fn control_events(store: Arc<dyn Store>) {
+        let (list, regen) = (ControlAction::ListKeys, ControlAction::RegenerateKey);
+        let act = "azure.activity";
+        // A NUL in a logged name cannot go into a PostgreSQL text column; the row is kept
+        // all the same and its body keeps the name as read.
+        let odd = "oid:odd\0name";
+        let batch = vec![
+            control("c3", t0() + ms(2), act, list, "oid:alice", Some("sub1")),
+            control("c1", t0(), act, list, "oid:alice", Some("sub1")),
+            control("c2", t0() + ms(1), act, regen, "oid:bob", Some("sub1")),
+            control("c4", t0() + ms(2), "aws.cloudtrail", list, odd, None),
+        ];
+        assert_eq!(store.insert_control_events(&batch).await.unwrap(), 4);
+        // Read again (a replay, a restart that lost its cursors): nothing is stored twice,
+        // and in an overlapping batch only the new event is, its first copy kept.
+        assert_eq!(store.insert_control_events(&batch).await.unwrap(), 0);
+        let mut changed = batch[0].clone();
+        changed.success = false;
+        let c5 = control("c5", t0() + ms(3), act, list, "oid:carol", Some("sub2"));
+        let overlap = vec![changed, c5.clone(), c5];
+        assert_eq!(store.insert_control_events(&overlap).await.unwrap(), 1);
+        assert_eq!(store.insert_control_events(&[]).await.unwrap(), 0);
+
+        let q = |f: fn(&mut ControlEventQuery)| {
+            let mut q = ControlEventQuery::default();
+            f(&mut q);
+            let store = Arc::clone(&store);
+            async move { store.query_control_events(&q).await.unwrap() }
+        };
+        let all = q(|_| {}).await;
+        assert_eq!(control_ids(&all), ["c1", "c2", "c3", "c4", "c5"]);
+        assert_eq!(all[0], batch[1], "the body round-trips");
+        assert_eq!(all[2], batch[0], "the first copy is kept");
+        assert_eq!(all[3].cloud.principal.id, odd);
+        let by = |f| async move { control_ids(&q(f).await).join(",") };
+        assert_eq!(
+            by(|q| q.dataset = Some("aws.cloudtrail".into())).await,
+            "c4"
+        );
+        assert_eq!(
+            by(|q| q.action = Some(ControlAction::RegenerateKey)).await,
+            "c2"
+        );
+        assert_eq!(
+            by(|q| q.action = Some(ControlAction::ListKeys)).await,
+            "c1,c3,c4,c5"
+        );
+        assert_eq!(
+            by(|q| q.principal = Some("oid:alice".into())).await,
+            "c1,c3"
+        );
+        assert_eq!(by(|q| q.account = Some("sub1".into())).await, "c1,c2,c3");
+        assert_eq!(by(|q| q.account = Some("nobody".into())).await, "");
+        let bob = batch[2].cloud.principal.key_id();
+        let mut kq = ControlEventQuery {
+            key_id: Some(bob),
+            ..Default::default()
+        };
+        assert_eq!(
+            control_ids(&store.query_control_events(&kq).await.unwrap()),
+            ["c2"]
+        );
+        kq.key_id = Some(key_id(1));
+        assert!(store.query_control_events(&kq).await.unwrap().is_empty());
+        // Time bounds: since inclusive, until exclusive, at millisecond precision.
+        assert_eq!(
+            by(|q| {
+                q.since = Some(t0() + ms(1));
+                q.until = Some(t0() + ms(3));
+            })
+            .await,
+            "c2,c3,c4"
+        );
+        // Combined filters.
+        assert_eq!(
+            by(|q| {
+                q.principal = Some("oid:alice".into());
+                q.since = Some(t0() + ms(1));
+            })
+            .await,
+            "c3"
+        );
+        // Paging by (time, id): pages neither skip nor repeat events of the same instant.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .query_control_events(&ControlEventQuery {
+                    after_id: after.clone(),
+                    limit: Some(2),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|e| e.id.clone());
+            seen.extend(page.into_iter().map(|e| e.id));
+        }
+        assert_eq!(seen, ["c1", "c2", "c3", "c4", "c5"]);
+        // A cursor the store does not hold reads as "ids after it".
+        assert_eq!(by(|q| q.after_id = Some("c35".into())).await, "c4,c5");
+        // Control events are not usage events.
+        assert_eq!(store.count_events().await.unwrap(), 0);
     }
 
     pub async fn spend_since(store: Arc<dyn Store>) {
@@ -1789,7 +1944,7 @@ macro_rules! backend_suite {
                 key_insert_get, key_duplicate, key_list, key_update, key_bulk_insert,
                 key_list_pages,
                 event_round_trip_and_order, event_filters, event_paging,
-                event_reinsert_is_idempotent, spend_since, reads_while_writing, event_summaries,
+                event_reinsert_is_idempotent, control_events, spend_since, reads_while_writing, event_summaries,
                 alert_insert_get, alert_duplicates, alert_refuses_unstorable,
                 alert_list_filters, alert_status, actions_record_list, audit_append_list,
                 incident_upsert_list_status, leases);
@@ -2035,7 +2190,13 @@ async fn postgres_upgrade_from_0001_applies_0002_once() {
     let report = stormwall_store::migrate(&config, &|_| None).await.unwrap();
     assert_eq!(
         report.applied,
-        ["0002_alerts", "0003_audit", "0004_incidents", "0005_leases"]
+        [
+            "0002_alerts",
+            "0003_audit",
+            "0004_incidents",
+            "0005_leases",
+            "0006_control_events"
+        ]
     );
     assert_eq!(report.version, stormwall_store::postgres::SCHEMA_VERSION);
     let again = stormwall_store::migrate(&config, &|_| None).await.unwrap();
@@ -2153,7 +2314,8 @@ async fn sqlite_migrate_reports_and_is_idempotent() {
             "0002_alerts",
             "0003_audit",
             "0004_incidents",
-            "0005_leases"
+            "0005_leases",
+            "0006_control_events"
         ]
     );
     assert_eq!(first.version, stormwall_store::sqlite::SCHEMA_VERSION);

@@ -1,5 +1,6 @@
 //! `stormwall evidence bundle|verify|keygen`: a signed case folder for an incident or a
-//! cluster — events, alerts, actions, audit entries, graph excerpt, summary, a manifest of
+//! cluster — events, cloud control events, alerts, actions, audit entries, graph excerpt,
+//! summary, a manifest of
 //! SHA-256 digests signed with Ed25519 — and its verification. The manifest and checks are
 //! `stormwall_investigate::evidence`; this module reads the store and the files.
 
@@ -13,8 +14,8 @@ use stormwall_detect::incident::{Grouper, IncidentConfig};
 use stormwall_investigate::evidence::{self, AUDIT, AuditHead, SigningKey};
 use stormwall_investigate::graph::NodeKind;
 use stormwall_investigate::{Harm, Role, RoleConfig};
-use stormwall_store::{ActionQuery, AuditQuery, EventQuery, verify_audit};
-use stormwall_types::{IncidentSubject, KeyId, UsageEvent};
+use stormwall_store::{ActionQuery, AuditQuery, ControlEventQuery, EventQuery, verify_audit};
+use stormwall_types::{ControlEvent, IncidentSubject, KeyId, UsageEvent};
 
 use crate::cmd_investigate::{Source, load};
 use crate::config::FileConfig;
@@ -23,6 +24,8 @@ use crate::config::FileConfig;
 pub const KEY_ENV: &str = "STORMWALL_EVIDENCE_KEY";
 /// Most events put in one bundle.
 const MAX_EVENTS: usize = 200_000;
+/// The bundle file of control events (JSON lines), present when there are any.
+const CONTROL_EVENTS: &str = "control_events.jsonl";
 /// Margin around an incident's alerts for its events.
 const MARGIN: time::Duration = time::Duration::hours(1);
 
@@ -303,6 +306,31 @@ async fn bundle(
     events.truncate(MAX_EVENTS);
     events.sort_by(|a, b| (a.timestamp, &a.id).cmp(&(b.timestamp, &b.id)));
 
+    // Control events: when a key is a cloud principal, its management calls read from
+    // cloud logs (keys listed or regenerated, logging or guardrails changed) in the window.
+    let mut controls: Vec<ControlEvent> = Vec::new();
+    for k in &scope.keys {
+        let mut q = ControlEventQuery {
+            key_id: Some(KeyId::new(k).context("a key id in the graph is malformed")?),
+            since: scope.since,
+            until: scope.until,
+            limit: Some(5000),
+            ..ControlEventQuery::default()
+        };
+        loop {
+            let page = store.query_control_events(&q).await?;
+            controls.extend(page.iter().cloned());
+            match page.last() {
+                Some(last) if page.len() == 5000 && controls.len() < MAX_EVENTS => {
+                    q.after_id = Some(last.id.clone())
+                }
+                _ => break,
+            }
+        }
+    }
+    controls.truncate(MAX_EVENTS);
+    controls.sort_by(|a, b| (a.timestamp, &a.id).cmp(&(b.timestamp, &b.id)));
+
     // Alerts and actions.
     let alerts: Vec<_> = l
         .alerts
@@ -367,6 +395,15 @@ async fn bundle(
         lines.push(b'\n');
     }
     files.insert("events.jsonl".into(), lines);
+    // Only when there are any: a bundle without cloud principals is unchanged.
+    if !controls.is_empty() {
+        let mut lines = Vec::new();
+        for e in &controls {
+            lines.extend(serde_json::to_vec(e)?);
+            lines.push(b'\n');
+        }
+        files.insert(CONTROL_EVENTS.into(), lines);
+    }
     files.insert("alerts.json".into(), serde_json::to_vec_pretty(&alerts)?);
     files.insert("actions.json".into(), serde_json::to_vec_pretty(&actions)?);
     if !segment.is_empty() {
@@ -405,7 +442,7 @@ async fn bundle(
     }
     let _ = writeln!(
         md,
-        "\n## Contents\n\n- events.jsonl: {} events\n- alerts.json: {} alerts\n- actions.json: {} actions\n- audit.json: audit records {} (entries about the subject: {:?}), ending at the log's head when this was made\n- graph.json: {} entities and {} relations around the subject\n\nCheck it: `stormwall evidence verify <this folder> [--public-key KEY] [--config stormwall.toml]`.",
+        "\n## Contents\n\n- events.jsonl: {} events\n- alerts.json: {} alerts\n- actions.json: {} actions\n- audit.json: audit records {} (entries about the subject: {:?}), ending at the log's head when this was made\n- graph.json: {} entities and {} relations around the subject",
         events.len(),
         alerts.len(),
         actions.len(),
@@ -416,6 +453,17 @@ async fn bundle(
         cited,
         excerpt.nodes.len(),
         excerpt.edges.len()
+    );
+    if !controls.is_empty() {
+        let _ = writeln!(
+            md,
+            "- {CONTROL_EVENTS}: {} management calls of the subject's cloud principals, from cloud logs",
+            controls.len()
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nCheck it: `stormwall evidence verify <this folder> [--public-key KEY] [--config stormwall.toml]`."
     );
     files.insert("summary.md".into(), md.into_bytes());
     let (manifest, sig) = evidence::seal(&scope.subject, &created, &files, head, key)?;

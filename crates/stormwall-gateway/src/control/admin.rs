@@ -221,6 +221,7 @@ async fn route(
             ok_json(StatusCode::OK, &record)
         }
         (Method::GET, ["events"]) => events(app, &query).await,
+        (Method::GET, ["control-events"]) => control_events(app, &query).await,
         (Method::POST, ["events"]) => {
             let body: ImportBody = read_json_limited(req, MAX_IMPORT_BODY).await?;
             import_events(app, body).await
@@ -264,6 +265,7 @@ async fn route(
             | ["keys", _]
             | ["keys", _, _]
             | ["events"]
+            | ["control-events"]
             | ["alerts"]
             | ["alerts", _]
             | ["alerts", _, _]
@@ -1036,6 +1038,74 @@ async fn events(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, 
     ok_json(StatusCode::OK, &EventPage { events, next_after })
 }
 
+#[derive(serde::Serialize)]
+struct ControlEventPage {
+    control_events: Vec<stormwall_types::ControlEvent>,
+    next_after: Option<String>,
+}
+
+/// Longest `dataset`, `principal` or `account` filter: logged names are short; a longer
+/// value is a mistake, refused rather than searched for.
+const MAX_CONTROL_FILTER: usize = 1_024;
+
+/// A text filter of `/admin/control-events`, checked for length.
+fn control_filter(query: &str, name: &str) -> Result<Option<String>, AdminError> {
+    match param(query, name) {
+        Some(v) if v.is_empty() || v.len() > MAX_CONTROL_FILTER => Err(AdminError::BadRequest(
+            format!("{name} must be 1 to {MAX_CONTROL_FILTER} bytes"),
+        )),
+        v => Ok(v),
+    }
+}
+
+/// The `action` filter: a normalised control action's name (`list_keys`, …).
+fn control_action_param(query: &str) -> Result<Option<stormwall_types::ControlAction>, AdminError> {
+    param(query, "action")
+        .map(|v| {
+            serde_json::from_value(serde_json::Value::String(v.clone())).map_err(|_| {
+                AdminError::BadRequest(format!(
+                    "action must be a control action name such as list_keys or regenerate_key, not {:?}",
+                    v.chars().take(64).collect::<String>()
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Management calls read from cloud logs, oldest first, paged like `/admin/events`.
+async fn control_events(
+    app: &ControlPlane,
+    query: &str,
+) -> Result<Response<ProxyBody>, AdminError> {
+    let limit = limit_param(query, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
+    let q = stormwall_store::ControlEventQuery {
+        since: time_param(query, "since")?,
+        until: time_param(query, "until")?,
+        dataset: control_filter(query, "dataset")?,
+        action: control_action_param(query)?,
+        principal: control_filter(query, "principal")?,
+        key_id: key_param(query)?,
+        account: control_filter(query, "account")?,
+        after_id: after_param(query)?,
+        limit: Some(limit),
+    };
+    let control_events = app
+        .store
+        .query_control_events(&q)
+        .await
+        .map_err(store_error)?;
+    let next_after = (control_events.len() == limit)
+        .then(|| control_events.last().map(|e| e.id.clone()))
+        .flatten();
+    ok_json(
+        StatusCode::OK,
+        &ControlEventPage {
+            control_events,
+            next_after,
+        },
+    )
+}
+
 #[cfg(test)]
 mod openapi_tests {
     use super::OPENAPI_JSON;
@@ -1056,6 +1126,7 @@ mod openapi_tests {
         ("post", "/admin/keys/{id}/rotate"),
         ("get", "/admin/events"),
         ("post", "/admin/events"),
+        ("get", "/admin/control-events"),
         ("get", "/admin/alerts"),
         ("get", "/admin/alerts/{id}"),
         ("post", "/admin/alerts/{id}/ack"),

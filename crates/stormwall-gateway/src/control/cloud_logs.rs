@@ -21,6 +21,10 @@
 //! judged in event-time order within each poll; a record arriving much later than its
 //! neighbours is judged against the state as it is then.
 //!
+//! Every record read is also kept: usage events in the event store, management calls
+//! (`ControlEvent`s) in the control-event store, both idempotently by event id, so a record
+//! read again (a restart that lost its cursors) is stored once.
+//!
 //! The cursor logic ([`reconcile`], [`take_lines`], [`mode_of`]) is pure; [`Follower`] does
 //! the file I/O and [`spawn`] the task.
 
@@ -34,7 +38,7 @@ use stormwall_cloudlogs::sigma::{MatchedAt, Rule};
 use stormwall_cloudlogs::{Record, Source};
 use stormwall_detect::EngineConfig;
 use stormwall_detect::cloud::{CloudRun, Finding, Snapshot};
-use stormwall_types::{Alert, AlertSubject, UsageEvent};
+use stormwall_types::{Alert, AlertSubject, ControlEvent, UsageEvent};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -493,6 +497,8 @@ pub struct SourceStats {
     pub alerts: AtomicU64,
     /// Usage events written to the event store.
     pub stored: AtomicU64,
+    /// Control events (management calls) written to the control-event store.
+    pub control_stored: AtomicU64,
     /// This replica holds the source's lease (follows it).
     pub held: std::sync::atomic::AtomicBool,
     /// The lease's holder as last seen (this replica's name when it holds it; empty
@@ -601,13 +607,39 @@ pub struct Outgoing {
 pub struct Polled {
     /// Alerts to store.
     pub out: Vec<Outgoing>,
-    /// Usage events for the event store (with the index of their source), judged or
-    /// already judged before: a store write is idempotent by event id.
-    pub events: Vec<(UsageEvent, usize)>,
+    /// Records for the store (with the index of their source), judged or already judged
+    /// before: a store write is idempotent by event id.
+    pub records: Pending,
     /// The poll stopped at its byte budget: poll again at once.
     pub more: bool,
     /// Some cursor moved (a checkpoint is due).
     pub consumed: bool,
+}
+
+/// Records read but not stored yet, each with the index of its source.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Data-plane calls, for the event store.
+    pub events: Vec<(UsageEvent, usize)>,
+    /// Management calls, for the control-event store.
+    pub controls: Vec<(ControlEvent, usize)>,
+}
+
+impl Pending {
+    /// Nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.controls.is_empty()
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.events.len() + self.controls.len()
+    }
+
+    fn extend(&mut self, other: Pending) {
+        self.events.extend(other.events);
+        self.controls.extend(other.controls);
+    }
 }
 
 /// What one record or match becomes before judging.
@@ -855,20 +887,16 @@ impl Follower {
                 "cloud logs: more bad records (counted in metrics)"
             );
         }
-        let (out, events) = self.judge(items);
+        let (out, records) = self.judge(items);
         Polled {
             out,
-            events,
+            records,
             more: budget == 0,
             consumed,
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn judge(
-        &mut self,
-        mut items: Vec<(Item, usize)>,
-    ) -> (Vec<Outgoing>, Vec<(UsageEvent, usize)>) {
+    fn judge(&mut self, mut items: Vec<(Item, usize)>) -> (Vec<Outgoing>, Pending) {
         let time = |i: &Item| match i {
             Item::Record(r) => r.timestamp(),
             Item::Sigma(a) => a.at,
@@ -876,7 +904,7 @@ impl Follower {
         // Stable: a Sigma match stays before the record it is on.
         items.sort_by_key(|(i, _)| time(i));
         let mut out = Vec::new();
-        let mut events = Vec::new();
+        let mut records = Pending::default();
         let mut findings = Vec::new();
         // Records of a re-read container judged before: their matches were reported then.
         let mut again = std::collections::HashSet::new();
@@ -896,7 +924,7 @@ impl Follower {
                     if let Some(intel) = &self.intel {
                         enrich(&mut e, intel);
                     }
-                    events.push((e.clone(), si));
+                    records.events.push((e.clone(), si));
                     self.run.observe_usage(e, &mut findings);
                 }
                 Item::Record(Record::Control(c)) => {
@@ -904,6 +932,7 @@ impl Follower {
                     st.newest
                         .fetch_max(c.timestamp.unix_timestamp(), Ordering::Relaxed);
                     self.run.observe_control(&c, &mut findings);
+                    records.controls.push((c, si));
                 }
                 Item::Sigma(a) => {
                     if a.evidence.first().is_some_and(|id| again.contains(id)) {
@@ -930,7 +959,7 @@ impl Follower {
                 });
             }
         }
-        (out, events)
+        (out, records)
     }
 
     /// Whether a recommendation for this principal is due in the audit log (once a day of
@@ -1223,11 +1252,12 @@ pub fn namespace(r: &mut Record) {
     *id = format!("{dataset}:{id}");
 }
 
-/// Usage events written to the event store per batch.
+/// Usage or control events written to the store per batch.
 const STORE_BATCH: usize = 1_000;
 
 /// Runs the follower until shutdown: polls, writes the usage events to the event store
-/// (where investigation and the console read them), sends alerts to the detection task,
+/// (where investigation and the console read them) and the control events to the
+/// control-event store (`/admin/control-events`), sends alerts to the detection task,
 /// records recommendations in the audit log, checkpoints. A checkpoint is written only
 /// once every event it covers is stored: while the store refuses writes, no more is read,
 /// and a restart reads again from the last checkpoint (ids make the writes idempotent).
@@ -1249,7 +1279,7 @@ pub fn spawn(
         let mut last_checkpoint = tokio::time::Instant::now();
         let mut last_lease: Option<tokio::time::Instant> = None;
         let mut again = false;
-        let mut pending: Vec<(UsageEvent, usize)> = Vec::new();
+        let mut pending = Pending::default();
         loop {
             if !again {
                 tokio::select! {
@@ -1280,7 +1310,7 @@ pub fn spawn(
             again = polled.more;
             let alerted = !polled.out.is_empty();
             dirty |= polled.consumed;
-            pending.extend(polled.events);
+            pending.extend(polled.records);
             let stored = store_events(&state, &stats, &mut pending).await;
             for o in polled.out {
                 deliver(&state, &names, o).await;
@@ -1431,23 +1461,34 @@ async fn release(state: &ControlPlane, follower: &Arc<std::sync::Mutex<Follower>
     }
 }
 
-/// Writes pending usage events to the event store, in batches; `false` (events kept) when
-/// the store refuses them.
-async fn store_events(
-    state: &ControlPlane,
-    stats: &FollowStats,
-    pending: &mut Vec<(UsageEvent, usize)>,
-) -> bool {
-    while !pending.is_empty() {
-        let n = pending.len().min(STORE_BATCH);
-        let batch: Vec<UsageEvent> = pending[..n].iter().map(|(e, _)| e.clone()).collect();
+/// Writes pending usage events to the event store and control events to the control-event
+/// store, in batches; `false` (the rest kept) when the store refuses them.
+async fn store_events(state: &ControlPlane, stats: &FollowStats, pending: &mut Pending) -> bool {
+    while !pending.events.is_empty() {
+        let events = &mut pending.events;
+        let n = events.len().min(STORE_BATCH);
+        let batch: Vec<UsageEvent> = events[..n].iter().map(|(e, _)| e.clone()).collect();
         if let Err(e) = state.store.insert_events(&batch).await {
-            tracing::warn!(error = %e, events = pending.len(), "cloud logs: cannot store events; retrying");
+            tracing::warn!(error = %e, events = events.len(), "cloud logs: cannot store events; retrying");
             return false;
         }
-        for (_, si) in pending.drain(..n) {
+        for (_, si) in events.drain(..n) {
             if let Some(s) = stats.sources.get(si) {
                 s.stored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    while !pending.controls.is_empty() {
+        let controls = &mut pending.controls;
+        let n = controls.len().min(STORE_BATCH);
+        let batch: Vec<ControlEvent> = controls[..n].iter().map(|(e, _)| e.clone()).collect();
+        if let Err(e) = state.store.insert_control_events(&batch).await {
+            tracing::warn!(error = %e, events = controls.len(), "cloud logs: cannot store control events; retrying");
+            return false;
+        }
+        for (_, si) in controls.drain(..n) {
+            if let Some(s) = stats.sources.get(si) {
+                s.control_stored.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

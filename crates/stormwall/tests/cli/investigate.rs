@@ -1,13 +1,14 @@
 //! `stormwall investigate` and `stormwall evidence` over a real SQLite store: roles from
 //! stored events, a signed case folder for a cluster and for an incident, its verification
-//! against the store's audit log, and tampering detected.
+//! against the store's audit log, and tampering detected; a cloud principal's incident
+//! bundle with its control events.
 
 use std::path::Path;
 use std::process::Output;
 
 use stormwall_store::{
-    ActionOutcome, ActionRecord, AlertStore as _, AuditEntry, AuditStore as _, EventStore as _,
-    SqliteStore,
+    ActionOutcome, ActionRecord, AlertStore as _, AuditEntry, AuditStore as _,
+    ControlEventStore as _, EventStore as _, SqliteStore,
 };
 use stormwall_types::{Action, ActionKind, Alert, DetectorId, KeyId, Severity, Stage, UsageEvent};
 use time::OffsetDateTime;
@@ -425,6 +426,140 @@ fn roles_evidence_bundles_verify_and_tampering_is_detected() {
     ]));
     assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
     render_in_chromium(&html, &dir.path().join("report.png"));
+}
+
+/// A management call of a cloud principal (an Entra identity listing an account's keys).
+fn list_keys(id: &str, object_id: &str, at: OffsetDateTime) -> stormwall_types::ControlEvent {
+    use stormwall_types::{CloudContext, CloudProvider, ControlAction, CredentialKind, Principal};
+    stormwall_types::ControlEvent {
+        timestamp: at,
+        id: id.into(),
+        dataset: "azure.activity".into(),
+        action: ControlAction::ListKeys,
+        success: true,
+        source_ip: Some("203.0.113.50".parse().unwrap()),
+        user_agent: None,
+        cloud: CloudContext {
+            principal: Principal {
+                provider: CloudProvider::Azure,
+                kind: CredentialKind::AzureEntraIdentity,
+                id: format!("oid:{object_id}"),
+                account: Some("00000000-1111-2222-3333-444444444444".into()),
+                name: None,
+            },
+            operation: "MICROSOFT.COGNITIVESERVICES/ACCOUNTS/LISTKEYS/ACTION".into(),
+            region: None,
+            resource: None,
+            ip_masked: false,
+            ip_missing: false,
+            error: None,
+            bearer: false,
+        },
+        service: Some("Microsoft.Resources".into()),
+        target: None,
+        scopes: Vec::new(),
+        loosens: false,
+        count: 1,
+        response_bytes: None,
+    }
+}
+
+/// An incident about a cloud principal: its bundle carries the principal's stored control
+/// events of the incident's window (not another principal's, not older ones), signed with
+/// the rest.
+#[test]
+fn an_incident_bundle_of_a_cloud_principal_carries_its_control_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sw.db");
+    let cfg = dir.path().join("stormwall.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nbackend = \"sqlite\"\npath = \"{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let at = OffsetDateTime::from_unix_timestamp(1_741_003_000).unwrap();
+    let mine = list_keys(
+        "azure.activity:arm-1",
+        "aaaa0001",
+        at - time::Duration::minutes(10),
+    );
+    let key = mine.cloud.principal.key_id();
+    let older = list_keys(
+        "azure.activity:arm-0",
+        "aaaa0001",
+        at - time::Duration::hours(5),
+    );
+    let other = list_keys("azure.activity:arm-2", "bbbb0002", at);
+    let a = alert("cloud-1", key.as_str(), at);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = SqliteStore::open(&db).await.unwrap();
+        s.insert_alert(&a, &format!("E3:{key}")).await.unwrap();
+        let n = s
+            .insert_control_events(&[mine.clone(), older, other])
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+    });
+    let incident_id = {
+        let mut g = stormwall_detect::incident::Grouper::new(Default::default());
+        g.add(&a, None).unwrap().incident.id
+    };
+    let c = cfg.to_str().unwrap();
+    let o = dir.path().join("overrides.json");
+    let keyfile = dir.path().join("evidence.key");
+    let pk = ok(&run(&[
+        "evidence",
+        "keygen",
+        "--out",
+        keyfile.to_str().unwrap(),
+    ]));
+    let out = dir.path().join("case");
+    ok(&run(&[
+        "evidence",
+        "bundle",
+        "--config",
+        c,
+        "--overrides",
+        o.to_str().unwrap(),
+        "--incident",
+        &incident_id,
+        "--key-file",
+        keyfile.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]));
+    let lines = std::fs::read_to_string(out.join("control_events.jsonl")).unwrap();
+    let got: Vec<stormwall_types::ControlEvent> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got, [mine]);
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("- control_events.jsonl: 1 management calls"),
+        "{summary}"
+    );
+    let verify = |d: &Path| {
+        run(&[
+            "evidence",
+            "verify",
+            d.to_str().unwrap(),
+            "--public-key",
+            pk.trim(),
+        ])
+    };
+    assert!(ok(&verify(&out)).starts_with("OK"));
+    // The file is covered by the signed manifest.
+    let mut b = std::fs::read(out.join("control_events.jsonl")).unwrap();
+    b[5] ^= 1;
+    std::fs::write(out.join("control_events.jsonl"), b).unwrap();
+    assert_eq!(verify(&out).status.code(), Some(1));
 }
 
 /// Opens the report in headless Chromium (Debian's `chromium`) and checks it rendered a
