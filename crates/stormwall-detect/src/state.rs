@@ -547,8 +547,21 @@ pub struct Owner {
     pub families: u32,
     /// Egress flag bits.
     pub flags: u8,
+    /// Habits seen in the owner's own requests ([`OWNER_PROBES`], [`OWNER_LISTS`]).
+    pub habits: u8,
     /// Requests the owner was learned from.
     pub requests: u16,
+}
+
+/// [`Owner::habits`] bit: the owner itself sends zero-cost probes (CI smoke tests).
+pub const OWNER_PROBES: u8 = 1;
+/// [`Owner::habits`] bit: the owner itself lists the models (an SDK's start-up).
+pub const OWNER_LISTS: u8 = 2;
+
+/// Whether learned system prompts are one per request (a prompt templated per end user)
+/// rather than an application's handful: then a new prompt is no news.
+pub fn per_request_prompts(distinct: usize, requests: u64) -> bool {
+    distinct >= 16 && distinct as u64 * 2 >= requests
 }
 
 /// Whether `v` is in a slot array (0 is an empty slot, never a value).
@@ -852,6 +865,9 @@ impl KeyState {
         b.sdk_bare += u64::from(h.sdk_bare);
         b.hours += 1;
         if let Some(t) = tenant {
+            if t.home == [0, 0] {
+                t.home = self.home;
+            }
             t.fold(h, secs);
         }
     }
@@ -894,6 +910,8 @@ pub struct TenantState {
     pub probes: u64,
     /// Listings learned.
     pub listings: u64,
+    /// Country of the first key's first request (`[0, 0]`: unknown): where the tenant is.
+    pub home: [u8; 2],
 }
 
 impl TenantState {
@@ -917,6 +935,7 @@ impl TenantState {
             roleplay: 0,
             probes: 0,
             listings: 0,
+            home: [0, 0],
         }
     }
 

@@ -504,7 +504,9 @@ impl Simulation {
                 a.key = key;
                 a.peak *= self.rng.uniform(0.5, 1.5);
                 // Some keys are created during the week: young keys judged on the tenant prior.
+                let mut young = false;
                 if k > 0 && self.rng.chance(0.15) {
+                    young = true;
                     a.start_ms = self.start_ms
                         + (self.rng.uniform(1.5, f64::from(self.cfg.days) - 1.0)
                             * 24.0
@@ -523,6 +525,25 @@ impl Simulation {
                     let home = self.residential(&home_cc);
                     a.dev_session = Some((at, 0));
                     a.dev_client = Some((home, world::program(Kind::Curl, self.rng.next_u64())));
+                }
+                // Half of a server tenant's new keys are first tried by its developer from
+                // home — curl, a model listing, a probe — before the app uses them: the
+                // key's very first requests come from a network and client the tenant's
+                // keys never used, in the company's country, which may be next door to its
+                // cloud region. Drawn from a hash, not the generator, so the rest of the
+                // population stays what it was.
+                if young
+                    && a.dev_session.is_none()
+                    && matches!(
+                        profile,
+                        Profile::ServerCloud | Profile::ServerCorp | Profile::SupportBot
+                    )
+                    && side_draw(self.cfg.seed, t as u64, k as u64) < 0.5
+                {
+                    let home = self.residential(&home_cc);
+                    let v = self.cfg.seed ^ ((t as u64) << 8) ^ k as u64;
+                    a.dev_session = Some((a.start_ms, 0));
+                    a.dev_client = Some((home, world::program(Kind::Curl, v)));
                 }
                 self.enrich(&mut a, t, k, signup);
                 let first = a.start_ms + self.rng.range(0, 600_000) as i64;
@@ -1717,6 +1738,19 @@ impl Incidents {
             }
         }
     }
+}
+
+/// A uniform draw in [0, 1) from a hash of its inputs, for choices added to the population
+/// without shifting the generator's stream (SplitMix64's finaliser).
+fn side_draw(seed: u64, a: u64, b: u64) -> f64 {
+    let mut z = seed
+        .wrapping_add(a.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_add(b.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        .wrapping_add(0x94d0_49bb_1331_11eb);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn parse_start(s: &str) -> Result<i64, SimError> {
