@@ -775,7 +775,16 @@ impl KeyState {
         let hour = t.div_euclid(3600);
         if hour > self.hour.hour {
             let old = std::mem::replace(&mut self.hour, HourWindow::new(hour));
-            if risk_now < LEARN_MAX_RISK {
+            // A young key's hour that held a takeover under way (three points or more, not
+            // yet enough to alert) is not learned either: a slow takeover spread over an
+            // hour boundary would otherwise teach the tenant prior its own network and
+            // client, and the owner record would take it for the owner.
+            let takeover = self.takeover.as_ref().is_some_and(|tk| {
+                tk.since < (old.hour + 1) * 3600
+                    && tk.since + crate::detectors::validation::V7_WINDOW >= old.hour * 3600
+                    && crate::detectors::validation::v7_points(tk.kinds) >= 3
+            });
+            if risk_now < LEARN_MAX_RISK && !takeover {
                 self.fold_hour(&old, tenant);
             }
             if let Some(n) = self.notable.get_mut() {

@@ -75,15 +75,24 @@ fn run(seed: u64, holdout: bool, explain: bool, legit_keys: usize) {
     // Latest revision of every incident about a legitimate key.
     let mut incidents: HashMap<String, Incident> = HashMap::new();
     let mut stops: Vec<String> = Vec::new();
-    // `SWEEP_TRACE=KEY_ID` prints every event of one key (tuning seeds only).
+    // `SWEEP_TRACE=KEY_ID` prints every event of one key, `SWEEP_TRACE=SCENARIO` of every
+    // key of one scenario (tuning seeds only).
+    let traced: HashMap<String, &str> = keys
+        .iter()
+        .filter_map(|k| {
+            let s = stormwall_sim::SCENARIOS.get(k.scenario?)?;
+            Some((k.id.as_str().to_owned(), *s))
+        })
+        .collect();
     let trace = std::env::var("SWEEP_TRACE").ok();
     let report = sim.run(
         &mut engine,
         Severity::Medium,
         |e, label, alerts, actions| {
             if let (Some(t), Some(k)) = (&trace, &e.key_id)
-                && t == k.as_str()
+                && (t == k.as_str() || traced.get(k.as_str()).is_some_and(|s| s == t))
             {
+                print!("  {}", k.as_str());
                 println!(
                     "  trace {} {:?} AS{} {} {} sys={} user={} {:?} max_tokens={:?} alerts=[{}]",
                     e.timestamp,

@@ -182,7 +182,16 @@ const V7_NETWORK: u32 = 0b11;
 /// Bits of the intent signals (one of them must be present).
 const V7_INTENT: u32 = 0b1_1111_0000;
 /// Seconds a takeover window stays open after its first foreign request.
-const V7_WINDOW: i64 = 3_600;
+pub const V7_WINDOW: i64 = 3_600;
+
+/// The takeover points of a set of V7 signal kinds.
+pub fn v7_points(kinds: u32) -> u32 {
+    V7_SIGNALS
+        .iter()
+        .filter(|(b, _, _)| kinds & b != 0)
+        .map(|(_, w, _)| w)
+        .sum()
+}
 
 /// V7: a young key taken over. While a key has no baseline of its own, its owner is what
 /// its first requests looked like, and its tenant's other keys say which networks and
@@ -343,11 +352,7 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         tk.evidence.push(ctx.e.id.clone());
     }
     let all = tk.kinds;
-    let points: u32 = V7_SIGNALS
-        .iter()
-        .filter(|(b, _, _)| all & b != 0)
-        .map(|(_, w, _)| w)
-        .sum();
+    let points = v7_points(all);
     let min = f64::from(ctx.th().v7_min_points) * ks.factor(DetectorId::V7);
     if f64::from(points) < min || all & V7_NETWORK == 0 || all & V7_INTENT == 0 {
         return;
