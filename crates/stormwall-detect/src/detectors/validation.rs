@@ -179,8 +179,10 @@ const V7_SIGNALS: [(u32, u32, &str); 9] = [
 ];
 /// Bits of the network signals (one of them must be present).
 const V7_NETWORK: u32 = 0b11;
-/// Bits of the intent signals (one of them must be present).
-const V7_INTENT: u32 = 0b1_1111_0000;
+/// Bits of the intent signals (one of them must be present): a probe, a listing, role-play
+/// markers or a relay artefact — someone testing or reselling the key. Spread and rate are
+/// not among them: an app's first deployment after its developer's curl has them too.
+const V7_INTENT: u32 = 0b0_1111_0000;
 /// Seconds a takeover window stays open after its first foreign request.
 pub const V7_WINDOW: i64 = 3_600;
 
