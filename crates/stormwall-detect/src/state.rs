@@ -539,6 +539,9 @@ pub struct KeyState {
 pub struct Owner {
     /// ASNs.
     pub asns: [u32; 4],
+    /// Client /24s (or /48s), 16 bits of their id, never 0: on one ASN, a household's line
+    /// or an app's few hosts (a clash only hides a neighbour, never invents one).
+    pub nets: [u16; 4],
     /// Country codes (`u16::from_be_bytes`).
     pub countries: [u16; 2],
     /// Header shapes (low 32 bits, never 0).
@@ -1067,8 +1070,9 @@ mod tests {
     #[test]
     fn a_young_key_holds_no_baseline_or_alert_memory() {
         assert!(
-            // 648 before a young key's owner (V7) joined: 56 bytes, no allocation.
-            std::mem::size_of::<KeyState>() <= 704,
+            // 648 before a young key's owner (V7) joined: 56 bytes, no allocation; 8 more
+            // for the owner's /24s (V7's neighbour rule).
+            std::mem::size_of::<KeyState>() <= 712,
             "KeyState is {} bytes",
             std::mem::size_of::<KeyState>()
         );

@@ -1542,3 +1542,77 @@ fn r1_quiet_for_a_key_with_one_system_prompt_per_request() {
     assert!(stormwall_detect::state::per_request_prompts(300, 400));
     assert!(!stormwall_detect::state::per_request_prompts(3, 400));
 }
+
+/// A signup's key still on its developer's home line, taken over from another address of
+/// the same residential ISP in the same country: no new ASN or country, yet a new client on
+/// another /24 of the owner's one line is a new network. Suspended within three requests;
+/// the owner's own client from another /24 of that ISP is left alone.
+#[test]
+fn v7_a_taker_on_the_owners_own_isp_is_a_new_network() {
+    let home = client(
+        "100.78.65.20",
+        64506,
+        "US",
+        "OpenAI/Python 1.44.0",
+        SDK_HEADERS,
+    );
+    let req = [
+        "host",
+        "user-agent",
+        "accept-encoding",
+        "accept",
+        "connection",
+        "authorization",
+    ];
+    let taker = client("100.78.200.9", 64506, "US", "python-requests/2.32.3", &req);
+    let mut e = engine();
+    let mut g = Gen::new();
+    let k = "HomeKey00001";
+    let owner: Vec<UsageEvent> = (0..3)
+        .map(|m| g.chat(k, "signup", T0 + Duration::minutes(m * 4), &home))
+        .collect();
+    assert!(feed(&mut e, &owner).is_empty());
+    let at = T0 + Duration::minutes(20);
+    let attack = [
+        probe(&mut g, k, at, &taker),
+        listing(&mut g, k, at + Duration::seconds(30), &taker),
+        with_verdict(
+            g.chat(k, "signup", at + Duration::seconds(60), &taker),
+            VerdictCategory::RoleplayMarkers,
+            SafetyAction::Log,
+        ),
+    ];
+    let mut stopped_after = None;
+    for (i, ev) in attack.iter().enumerate() {
+        for a in e.observe(ev) {
+            if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                assert_eq!(a.detector, DetectorId::V7);
+                stopped_after.get_or_insert(i + 1);
+            }
+        }
+    }
+    let n = stopped_after.expect("the young key was not suspended");
+    assert!(n <= 3, "suspended after {n} attacker requests");
+
+    // The owner's own SDK from another address of the same ISP: no V7.
+    let mut e = engine();
+    let mut g = Gen::new();
+    let owner: Vec<UsageEvent> = (0..3)
+        .map(|m| g.chat(k, "signup", T0 + Duration::minutes(m * 4), &home))
+        .collect();
+    feed(&mut e, &owner);
+    let moved = client(
+        "100.78.201.7",
+        64506,
+        "US",
+        "OpenAI/Python 1.44.0",
+        SDK_HEADERS,
+    );
+    let evs = [
+        listing(&mut g, k, at, &moved),
+        probe(&mut g, k, at + Duration::seconds(30), &moved),
+        g.chat(k, "signup", at + Duration::seconds(60), &moved),
+    ];
+    let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+}

@@ -880,7 +880,7 @@ impl Simulation {
         s: usize,
         t0: i64,
         new_tenant: bool,
-    ) -> usize {
+    ) -> (usize, Option<world::Net>) {
         let minutes = self.rng.uniform(3.0, 30.0);
         let start = t0 - (minutes * 60_000.0) as i64;
         let (tenant, mut a) = if new_tenant || templates.is_empty() {
@@ -918,8 +918,9 @@ impl Simulation {
         a.start_ms = start;
         // The owner's first minutes are busy (setting the app up), then its usual pace.
         a.peak = a.peak.max(30.0 * self.cfg.rate_scale);
+        let home = a.nets.first().cloned();
         self.schedule(start, Actor::Legit(Box::new(a)));
-        key
+        (key, home)
     }
 
     /// The attacker's client for a young-key scenario: `nets` networks drawn from the
@@ -1309,9 +1310,20 @@ impl Simulation {
             }
             "young_takeover" => {
                 let fresh = self.rng.chance(0.5);
-                let v = self.young_victim(templates, s, t0, fresh);
+                let (v, home) = self.young_victim(templates, s, t0, fresh);
                 let nets = self.rng.range(1, 3) as usize;
-                clients.push(self.young_client(nets, false));
+                let mut taker = self.young_client(nets, false);
+                // Development grid: now and then the taker works from the victim's own
+                // network — the same cloud region, or the same residential ISP as a
+                // signup's laptop — from another address. Drawn from a hash, so the rest
+                // of the run's draws stay as they were.
+                if !self.cfg.holdout
+                    && let Some(home) = home
+                    && side_draw(self.cfg.seed, s as u64, v as u64 + 7_919) < 0.3
+                {
+                    taker.nets = vec![home];
+                }
+                clients.push(taker);
                 let orders: [&[Step]; 4] = if self.cfg.holdout {
                     [
                         &[Step::Listing, Step::Probe, Step::Roleplay, Step::Roleplay],
@@ -1362,7 +1374,7 @@ impl Simulation {
             }
             "young_resale" => {
                 let fresh = self.rng.chance(0.5);
-                let v = self.young_victim(templates, s, t0, fresh);
+                let (v, _) = self.young_victim(templates, s, t0, fresh);
                 let nets = if self.cfg.holdout {
                     self.rng.range(5, 9)
                 } else {

@@ -226,6 +226,21 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let client_known = slot_has(&owner.shapes, shape)
         || owner.families & fam != 0
         || tenant.is_some_and(|t| t.shapes.contains(o.shape) || t.families.contains(o.family.id()));
+    let net24 = (crate::sketch::mix64(o.net) as u16).max(1);
+    // A new client on another /24 of the owner's own ASN, when the owner is one household
+    // line or a few app hosts (not a pool it rotates through): someone else on the same
+    // residential ISP or cloud region. It counts as a new network.
+    let app_users = matches!(
+        o.family,
+        crate::features::UaFamily::Okhttp | crate::features::UaFamily::CfNetwork
+    ) && o.flag.is_none();
+    let neighbour = asn != 0
+        && slot_has(&owner.asns, asn)
+        && !client_known
+        && !app_users
+        && owner.nets[0] != 0
+        && owner.nets[3] == 0
+        && !slot_has(&owner.nets, net24);
     // A country next door to the owner's or the tenant's, reached over an ordinary line, is
     // a developer at home across the border from the company's cloud region, not a
     // takeover's far-away server: no new-country point (the far/near policy of the other
@@ -267,6 +282,7 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         if asn != 0 {
             slot_put(&mut owner.asns, asn);
         }
+        slot_put(&mut owner.nets, net24);
         slot_put(&mut owner.countries, cc);
         slot_put(&mut owner.shapes, shape);
         owner.families |= fam;
@@ -295,12 +311,8 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         ks.owner.habits & OWNER_PROBES != 0 || habitual(tenant.map_or(0, |t| t.probes));
     let listing_habit =
         ks.owner.habits & OWNER_LISTS != 0 || habitual(tenant.map_or(0, |t| t.listings));
-    // A phone's HTTP stack on a consumer network is an app's end users arriving on new
-    // devices and carriers, not a takeover tool: no new-client point.
-    let app_users = matches!(
-        o.family,
-        crate::features::UaFamily::Okhttp | crate::features::UaFamily::CfNetwork
-    ) && o.flag.is_none();
+    // A phone's HTTP stack on a consumer network (`app_users`) is an app's end users
+    // arriving on new devices and carriers, not a takeover tool: no new-client point.
     let known_flags = ks.owner.flags | tenant.map_or(0, |t| t.flags) | ks.base.flags;
     let new_flag = o.flag.is_some_and(|f| !has_flag(known_flags, f));
     let artefacts = ctx.e.origin.as_deref() == Some("")
@@ -330,7 +342,7 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     }
     let mut kinds = 0u32;
     for (bit, on) in [
-        (1 << 0, !asn_known),
+        (1 << 0, !asn_known || neighbour),
         (1 << 1, !cc_known && !near),
         (1 << 2, new_flag),
         (1 << 3, !client_known && !app_users),
