@@ -1378,7 +1378,7 @@ impl Simulation {
                 let nets = if self.cfg.holdout {
                     self.rng.range(5, 9)
                 } else {
-                    self.rng.range(3, 6)
+                    self.rng.range(1, 6)
                 } as usize;
                 clients.push(self.young_client(nets, true));
                 mix.roleplay = self.rng.uniform(0.3, 0.6);

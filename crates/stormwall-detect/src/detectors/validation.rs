@@ -227,14 +227,17 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         || owner.families & fam != 0
         || tenant.is_some_and(|t| t.shapes.contains(o.shape) || t.families.contains(o.family.id()));
     let net24 = (crate::sketch::mix64(o.net) as u16).max(1);
-    // A new client on another /24 of the owner's own ASN, when the owner is one household
-    // line or a few app hosts (not a pool it rotates through): someone else on the same
-    // residential ISP or cloud region. It counts as a new network.
+    // A new client on another /24 of the owner's own ASN in a country the owner or tenant
+    // uses, when the owner is one household line or a few app hosts (not a pool it rotates
+    // through): someone else on the same residential ISP or in the same cloud region. It
+    // counts as a new network. (Another country of a cloud ASN is another region: the
+    // new-country signal speaks for it, and a CI job's runners there are no neighbour.)
     let app_users = matches!(
         o.family,
         crate::features::UaFamily::Okhttp | crate::features::UaFamily::CfNetwork
     ) && o.flag.is_none();
     let neighbour = asn != 0
+        && cc_known
         && slot_has(&owner.asns, asn)
         && !client_known
         && !app_users
@@ -269,13 +272,15 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         || ctx.e.forwarded
         || o.family.is_stainless_sdk() && !o.stainless;
     let owner_flags = owner.flags | tenant.map_or(0, |t| t.flags);
+    // The owner's very header shape on a new network of a kind it uses, in a known or near
+    // country: its other runner pool or office line.
+    let owner_shape_nearby = !asn_known
+        && o.flag.is_none_or(|f| has_flag(owner_flags, f))
+        && (cc_known || near)
+        && (slot_has(&owner.shapes, shape) || tenant.is_some_and(|t| t.shapes.contains(o.shape)));
     let bridge = !intent
         && o.flag.is_none_or(|f| has_flag(owner_flags, f))
-        && (asn_known && !client_known
-            || !asn_known
-                && (cc_known || near)
-                && (slot_has(&owner.shapes, shape)
-                    || tenant.is_some_and(|t| t.shapes.contains(o.shape))));
+        && (asn_known && !client_known || owner_shape_nearby);
     if first || asn_known && client_known || bridge {
         // The owner (or the tenant's own client on its own network): learn it.
         let owner = &mut ks.owner;
@@ -346,8 +351,10 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         (1 << 1, !cc_known && !near),
         (1 << 2, new_flag),
         (1 << 3, !client_known && !app_users),
-        (1 << 4, o.probe && !probe_habit),
-        (1 << 5, o.listing && !listing_habit),
+        // The owner's own client probing or listing from its other runner pool is its CI,
+        // not someone testing the key: no intent point (the network still counts).
+        (1 << 4, o.probe && !probe_habit && !owner_shape_nearby),
+        (1 << 5, o.listing && !listing_habit && !owner_shape_nearby),
         (1 << 6, o.roleplay && !roleplay_habit),
         (1 << 7, artefacts),
         // A cloud app's hosts are several /24s of one provider: spread means networks.
