@@ -15,6 +15,7 @@ use crate::detectors::{Ctx, Obs, abuse, proxy, resale, tripwire, validation};
 use crate::sketch::{CappedSet, hash_str, mix64};
 use crate::state::{
     Burned, DETECTORS, Fingerprint, KeyState, LedgerEntry, NetState, Reference, TenantState,
+    per_request_prompts,
 };
 
 /// Sizes of the engine's state, for metrics.
@@ -654,13 +655,18 @@ struct Update {
 fn update_windows(ctx: &Ctx<'_>, ks: &mut KeyState) -> Update {
     let (e, o) = (ctx.e, ctx.o);
     // Known-ness of the system prompt is judged before this event joins the hour.
+    // A key (or, for a young key, a tenant) whose prompts are templated per end user has
+    // learned one prompt per request: a new one is its habit, not a new application.
     let sys_known = o.sys_h.is_none_or(|s| {
         ks.base.sys.contains(s)
             || ks.base.sys.saturated()
+            || per_request_prompts(ks.base.sys.count(), ks.base.requests)
             || matches!(ctx.reference, Reference::Tenant)
-                && ctx
-                    .tenant
-                    .is_some_and(|t| t.sys.contains(s) || t.sys.saturated())
+                && ctx.tenant.is_some_and(|t| {
+                    t.sys.contains(s)
+                        || t.sys.saturated()
+                        || per_request_prompts(t.sys.count(), t.requests)
+                })
     });
     let cluster_new = o
         .cluster

@@ -539,6 +539,9 @@ pub struct KeyState {
 pub struct Owner {
     /// ASNs.
     pub asns: [u32; 4],
+    /// Client /24s (or /48s), 16 bits of their id, never 0: on one ASN, a household's line
+    /// or an app's few hosts (a clash only hides a neighbour, never invents one).
+    pub nets: [u16; 4],
     /// Country codes (`u16::from_be_bytes`).
     pub countries: [u16; 2],
     /// Header shapes (low 32 bits, never 0).
@@ -547,8 +550,21 @@ pub struct Owner {
     pub families: u32,
     /// Egress flag bits.
     pub flags: u8,
+    /// Habits seen in the owner's own requests ([`OWNER_PROBES`], [`OWNER_LISTS`]).
+    pub habits: u8,
     /// Requests the owner was learned from.
     pub requests: u16,
+}
+
+/// [`Owner::habits`] bit: the owner itself sends zero-cost probes (CI smoke tests).
+pub const OWNER_PROBES: u8 = 1;
+/// [`Owner::habits`] bit: the owner itself lists the models (an SDK's start-up).
+pub const OWNER_LISTS: u8 = 2;
+
+/// Whether learned system prompts are one per request (a prompt templated per end user)
+/// rather than an application's handful: then a new prompt is no news.
+pub fn per_request_prompts(distinct: usize, requests: u64) -> bool {
+    distinct >= 16 && distinct as u64 * 2 >= requests
 }
 
 /// Whether `v` is in a slot array (0 is an empty slot, never a value).
@@ -762,7 +778,16 @@ impl KeyState {
         let hour = t.div_euclid(3600);
         if hour > self.hour.hour {
             let old = std::mem::replace(&mut self.hour, HourWindow::new(hour));
-            if risk_now < LEARN_MAX_RISK {
+            // A young key's hour that held a takeover under way (three points or more, not
+            // yet enough to alert) is not learned either: a slow takeover spread over an
+            // hour boundary would otherwise teach the tenant prior its own network and
+            // client, and the owner record would take it for the owner.
+            let takeover = self.takeover.as_ref().is_some_and(|tk| {
+                tk.since < (old.hour + 1) * 3600
+                    && tk.since + crate::detectors::validation::V7_WINDOW >= old.hour * 3600
+                    && crate::detectors::validation::v7_points(tk.kinds) >= 3
+            });
+            if risk_now < LEARN_MAX_RISK && !takeover {
                 self.fold_hour(&old, tenant);
             }
             if let Some(n) = self.notable.get_mut() {
@@ -852,6 +877,9 @@ impl KeyState {
         b.sdk_bare += u64::from(h.sdk_bare);
         b.hours += 1;
         if let Some(t) = tenant {
+            if t.home == [0, 0] {
+                t.home = self.home;
+            }
             t.fold(h, secs);
         }
     }
@@ -894,6 +922,8 @@ pub struct TenantState {
     pub probes: u64,
     /// Listings learned.
     pub listings: u64,
+    /// Country of the first key's first request (`[0, 0]`: unknown): where the tenant is.
+    pub home: [u8; 2],
 }
 
 impl TenantState {
@@ -917,6 +947,7 @@ impl TenantState {
             roleplay: 0,
             probes: 0,
             listings: 0,
+            home: [0, 0],
         }
     }
 
@@ -1040,8 +1071,9 @@ mod tests {
     fn a_young_key_holds_no_baseline_or_alert_memory() {
         assert!(
             // 704 with 32-byte capped sets; 544 since a set keeps its cap and first value
-            // in 16 bytes (sketch::CappedSet).
-            std::mem::size_of::<KeyState>() <= 544,
+            // in 16 bytes (sketch::CappedSet); 8 more for the owner's /24s (V7's neighbour
+            // rule).
+            std::mem::size_of::<KeyState>() <= 552,
             "KeyState is {} bytes",
             std::mem::size_of::<KeyState>()
         );

@@ -1429,3 +1429,190 @@ fn v7_quiet_for_a_developer_trying_a_young_key_from_home() {
     let alerts = feed(&mut e, &evs);
     assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
 }
+
+/// A tenant's new key whose very first requests are its developer's curl from home — a
+/// residential line in the country next door to the company's cloud region (GB beside a
+/// cloud in DE) — with a listing and a probe: no V7 and no suspension. The same session
+/// from a residential line far away (BR) is a takeover.
+#[test]
+fn v7_a_developer_next_door_may_try_a_new_key_first_but_not_someone_far_away() {
+    let cloud = client(
+        "198.51.100.20",
+        64497,
+        "DE",
+        "OpenAI/Python 1.51.0",
+        SDK_HEADERS,
+    );
+    let curl = ["host", "user-agent", "accept", "authorization"];
+    for (cc, asn, fires) in [("GB", 65543, false), ("BR", 64504, true)] {
+        let mut e = engine();
+        let mut g = Gen::new();
+        let w = warm(&mut g, "OldKey000003", "acme", &cloud, 2);
+        feed(&mut e, &w);
+        let k = "NewKey000003";
+        let at = end(2);
+        let home = client("192.0.2.201", asn, cc, "curl/8.5.0", &curl);
+        let evs = [
+            listing(&mut g, k, at, &home),
+            probe(&mut g, k, at + Duration::seconds(40), &home),
+            g.chat(k, "acme", at + Duration::seconds(90), &home),
+        ];
+        let mut stopped = false;
+        let mut alerts = Vec::new();
+        for ev in &evs {
+            for a in e.observe(ev) {
+                stopped |= e.decide(&a).is_some_and(|x| x.kind >= ActionKind::Suspend);
+                alerts.push(a);
+            }
+        }
+        assert_eq!(fired(&alerts, DetectorId::V7), fires, "{cc}: {alerts:?}");
+        assert_eq!(stopped, fires, "{cc}: {alerts:?}");
+    }
+}
+
+/// A young CI key: its owner's smoke tests probe, and its jobs bring a second tool on the
+/// owner's network and the owner's tool on a second runner pool of the same cloud region.
+/// None of it is a takeover.
+#[test]
+fn v7_quiet_for_a_ci_key_with_a_second_tool_and_runner_pool() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let k = "CiKey0000001";
+    let curl = ["host", "user-agent", "accept", "authorization"];
+    let req = [
+        "host",
+        "user-agent",
+        "accept-encoding",
+        "accept",
+        "connection",
+        "authorization",
+    ];
+    let runner_a = client("198.51.100.30", 64497, "US", "curl/8.5.0", &curl);
+    let runner_a_py = client("198.51.100.31", 64497, "US", "python-requests/2.32.3", &req);
+    let runner_b = client("203.0.113.40", 64496, "US", "curl/8.5.0", &curl);
+    let runner_b_py = client("203.0.113.41", 64496, "US", "python-requests/2.32.3", &req);
+    let mut evs = vec![g.chat(k, "ci", T0, &runner_a)];
+    let at = T0 + Duration::hours(12);
+    let mut t = at;
+    for round in 0..6 {
+        evs.push(g.chat(k, "ci", t, &runner_a_py));
+        evs.push(g.chat(k, "ci", t + Duration::seconds(2), &runner_b));
+        evs.push(probe(&mut g, k, t + Duration::seconds(4), &runner_a));
+        evs.push(g.chat(k, "ci", t + Duration::seconds(5), &runner_b_py));
+        evs.push(probe(&mut g, k, t + Duration::seconds(6), &runner_b_py));
+        if round == 3 {
+            evs.push(listing(&mut g, k, t + Duration::seconds(7), &runner_a_py));
+        }
+        t += Duration::seconds(9);
+    }
+    let mut alerts = Vec::new();
+    for ev in &evs {
+        for a in e.observe(ev) {
+            assert!(
+                e.decide(&a).is_none_or(|x| x.kind < ActionKind::Suspend),
+                "{a:?}"
+            );
+            alerts.push(a);
+        }
+    }
+    assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+}
+
+/// A support bot whose system prompt is templated per end user: every request brings a new
+/// prompt. Once the key has a baseline of its own, its new prompts are its habit: no R1.
+#[test]
+fn r1_quiet_for_a_key_with_one_system_prompt_per_request() {
+    let mut e = engine();
+    let mut g = Gen::new();
+    let k = "BotKey000001";
+    let mut evs = Vec::new();
+    let mut t = T0;
+    let mut n = 0u64;
+    while t < T0 + Duration::days(3) {
+        let mut ev = g.chat(k, "bots", t, &corp());
+        n += 1;
+        ev.system_prompt_hash = Some(format!("{n:032x}"));
+        ev.end_user = Some(format!("user-{n}"));
+        evs.push(ev);
+        t += Duration::minutes(4);
+    }
+    let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
+    // A key with a handful of prompts still sees a burst of new ones.
+    assert!(stormwall_detect::state::per_request_prompts(300, 400));
+    assert!(!stormwall_detect::state::per_request_prompts(3, 400));
+}
+
+/// A signup's key still on its developer's home line, taken over from another address of
+/// the same residential ISP in the same country: no new ASN or country, yet a new client on
+/// another /24 of the owner's one line is a new network. Suspended within three requests;
+/// the owner's own client from another /24 of that ISP is left alone.
+#[test]
+fn v7_a_taker_on_the_owners_own_isp_is_a_new_network() {
+    let home = client(
+        "100.78.65.20",
+        64506,
+        "US",
+        "OpenAI/Python 1.44.0",
+        SDK_HEADERS,
+    );
+    let req = [
+        "host",
+        "user-agent",
+        "accept-encoding",
+        "accept",
+        "connection",
+        "authorization",
+    ];
+    let taker = client("100.78.200.9", 64506, "US", "python-requests/2.32.3", &req);
+    let mut e = engine();
+    let mut g = Gen::new();
+    let k = "HomeKey00001";
+    let owner: Vec<UsageEvent> = (0..3)
+        .map(|m| g.chat(k, "signup", T0 + Duration::minutes(m * 4), &home))
+        .collect();
+    assert!(feed(&mut e, &owner).is_empty());
+    let at = T0 + Duration::minutes(20);
+    let attack = [
+        probe(&mut g, k, at, &taker),
+        listing(&mut g, k, at + Duration::seconds(30), &taker),
+        with_verdict(
+            g.chat(k, "signup", at + Duration::seconds(60), &taker),
+            VerdictCategory::RoleplayMarkers,
+            SafetyAction::Log,
+        ),
+    ];
+    let mut stopped_after = None;
+    for (i, ev) in attack.iter().enumerate() {
+        for a in e.observe(ev) {
+            if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                assert_eq!(a.detector, DetectorId::V7);
+                stopped_after.get_or_insert(i + 1);
+            }
+        }
+    }
+    let n = stopped_after.expect("the young key was not suspended");
+    assert!(n <= 3, "suspended after {n} attacker requests");
+
+    // The owner's own SDK from another address of the same ISP: no V7.
+    let mut e = engine();
+    let mut g = Gen::new();
+    let owner: Vec<UsageEvent> = (0..3)
+        .map(|m| g.chat(k, "signup", T0 + Duration::minutes(m * 4), &home))
+        .collect();
+    feed(&mut e, &owner);
+    let moved = client(
+        "100.78.201.7",
+        64506,
+        "US",
+        "OpenAI/Python 1.44.0",
+        SDK_HEADERS,
+    );
+    let evs = [
+        listing(&mut g, k, at, &moved),
+        probe(&mut g, k, at + Duration::seconds(30), &moved),
+        g.chat(k, "signup", at + Duration::seconds(60), &moved),
+    ];
+    let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+}

@@ -75,26 +75,84 @@ fn run(seed: u64, holdout: bool, explain: bool, legit_keys: usize) {
     // Latest revision of every incident about a legitimate key.
     let mut incidents: HashMap<String, Incident> = HashMap::new();
     let mut stops: Vec<String> = Vec::new();
-    let report = sim.run(&mut engine, Severity::Medium, |_, _, alerts, actions| {
-        for a in alerts {
-            let action = actions.iter().find(|x| x.alert_id == a.id);
-            let Some(u) = grouper.add(a, action) else {
-                continue;
-            };
-            if let IncidentSubject::Key(k) = &u.incident.subject
-                && legit.contains_key(k)
+    // `SWEEP_TRACE=KEY_ID` prints every event of one key, `SWEEP_TRACE=SCENARIO` of every
+    // key of one scenario (tuning seeds only).
+    let traced: HashMap<String, &str> = keys
+        .iter()
+        .filter_map(|k| {
+            let s = stormwall_sim::SCENARIOS.get(k.scenario?)?;
+            Some((k.id.as_str().to_owned(), *s))
+        })
+        .collect();
+    let trace = std::env::var("SWEEP_TRACE").ok();
+    let report = sim.run(
+        &mut engine,
+        Severity::Medium,
+        |e, label, alerts, actions| {
+            if let (Some(t), Some(k)) = (&trace, &e.key_id)
+                && (t == k.as_str() || traced.get(k.as_str()).is_some_and(|s| s == t))
             {
-                incidents.insert(u.incident.id.clone(), u.incident);
+                print!("  {}", k.as_str());
+                println!(
+                    "  trace {} {:?} AS{} {} {} sys={} user={} {:?} max_tokens={:?} alerts=[{}]",
+                    e.timestamp,
+                    label,
+                    e.source_asn.unwrap_or(0),
+                    e.source_country.as_deref().unwrap_or("-"),
+                    e.user_agent.as_deref().unwrap_or("-"),
+                    e.system_prompt_hash
+                        .as_deref()
+                        .map_or("-", |h| &h[..h.len().min(8)]),
+                    e.end_user.is_some(),
+                    e.endpoint,
+                    e.max_tokens,
+                    alerts
+                        .iter()
+                        .map(|a| format!("{}:{:?}", a.detector, a.severity))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
             }
-        }
-        for x in actions {
-            if matches!(x.kind, ActionKind::Suspend | ActionKind::Revoke)
-                && legit.contains_key(x.key_id.as_str())
-            {
-                stops.push(format!("{} {:?}: {}", x.key_id.as_str(), x.kind, x.reason));
+            for a in alerts {
+                let action = actions.iter().find(|x| x.alert_id == a.id);
+                let Some(u) = grouper.add(a, action) else {
+                    continue;
+                };
+                if let IncidentSubject::Key(k) = &u.incident.subject
+                    && legit.contains_key(k)
+                {
+                    incidents.insert(u.incident.id.clone(), u.incident);
+                }
             }
-        }
-    });
+            for x in actions {
+                if matches!(x.kind, ActionKind::Suspend | ActionKind::Revoke)
+                    && legit.contains_key(x.key_id.as_str())
+                {
+                    let why =
+                        alerts
+                            .iter()
+                            .find(|a| a.id == x.alert_id)
+                            .map_or_else(String::new, |a| {
+                                let f: Vec<String> = a
+                                    .features
+                                    .iter()
+                                    .map(|f| match f.threshold {
+                                        Some(t) => format!("{}={:.1}/{t:.1}", f.name, f.value),
+                                        None => format!("{}={:.1}", f.name, f.value),
+                                    })
+                                    .collect();
+                                format!("\n      {}\n      [{}]", a.explanation, f.join(" "))
+                            });
+                    stops.push(format!(
+                        "{} {:?}: {}{why}",
+                        x.key_id.as_str(),
+                        x.kind,
+                        x.reason
+                    ));
+                }
+            }
+        },
+    );
     let young: Vec<String> = ["young_takeover", "young_resale"]
         .iter()
         .filter_map(|s| report.per_scenario.get(*s))

@@ -504,7 +504,9 @@ impl Simulation {
                 a.key = key;
                 a.peak *= self.rng.uniform(0.5, 1.5);
                 // Some keys are created during the week: young keys judged on the tenant prior.
+                let mut young = false;
                 if k > 0 && self.rng.chance(0.15) {
+                    young = true;
                     a.start_ms = self.start_ms
                         + (self.rng.uniform(1.5, f64::from(self.cfg.days) - 1.0)
                             * 24.0
@@ -523,6 +525,25 @@ impl Simulation {
                     let home = self.residential(&home_cc);
                     a.dev_session = Some((at, 0));
                     a.dev_client = Some((home, world::program(Kind::Curl, self.rng.next_u64())));
+                }
+                // Half of a server tenant's new keys are first tried by its developer from
+                // home — curl, a model listing, a probe — before the app uses them: the
+                // key's very first requests come from a network and client the tenant's
+                // keys never used, in the company's country, which may be next door to its
+                // cloud region. Drawn from a hash, not the generator, so the rest of the
+                // population stays what it was.
+                if young
+                    && a.dev_session.is_none()
+                    && matches!(
+                        profile,
+                        Profile::ServerCloud | Profile::ServerCorp | Profile::SupportBot
+                    )
+                    && side_draw(self.cfg.seed, t as u64, k as u64) < 0.5
+                {
+                    let home = self.residential(&home_cc);
+                    let v = self.cfg.seed ^ ((t as u64) << 8) ^ k as u64;
+                    a.dev_session = Some((a.start_ms, 0));
+                    a.dev_client = Some((home, world::program(Kind::Curl, v)));
                 }
                 self.enrich(&mut a, t, k, signup);
                 let first = a.start_ms + self.rng.range(0, 600_000) as i64;
@@ -859,7 +880,7 @@ impl Simulation {
         s: usize,
         t0: i64,
         new_tenant: bool,
-    ) -> usize {
+    ) -> (usize, Option<world::Net>) {
         let minutes = self.rng.uniform(3.0, 30.0);
         let start = t0 - (minutes * 60_000.0) as i64;
         let (tenant, mut a) = if new_tenant || templates.is_empty() {
@@ -897,8 +918,9 @@ impl Simulation {
         a.start_ms = start;
         // The owner's first minutes are busy (setting the app up), then its usual pace.
         a.peak = a.peak.max(30.0 * self.cfg.rate_scale);
+        let home = a.nets.first().cloned();
         self.schedule(start, Actor::Legit(Box::new(a)));
-        key
+        (key, home)
     }
 
     /// The attacker's client for a young-key scenario: `nets` networks drawn from the
@@ -1288,9 +1310,20 @@ impl Simulation {
             }
             "young_takeover" => {
                 let fresh = self.rng.chance(0.5);
-                let v = self.young_victim(templates, s, t0, fresh);
+                let (v, home) = self.young_victim(templates, s, t0, fresh);
                 let nets = self.rng.range(1, 3) as usize;
-                clients.push(self.young_client(nets, false));
+                let mut taker = self.young_client(nets, false);
+                // Development grid: now and then the taker works from the victim's own
+                // network — the same cloud region, or the same residential ISP as a
+                // signup's laptop — from another address. Drawn from a hash, so the rest
+                // of the run's draws stay as they were.
+                if !self.cfg.holdout
+                    && let Some(home) = home
+                    && side_draw(self.cfg.seed, s as u64, v as u64 + 7_919) < 0.3
+                {
+                    taker.nets = vec![home];
+                }
+                clients.push(taker);
                 let orders: [&[Step]; 4] = if self.cfg.holdout {
                     [
                         &[Step::Listing, Step::Probe, Step::Roleplay, Step::Roleplay],
@@ -1341,11 +1374,11 @@ impl Simulation {
             }
             "young_resale" => {
                 let fresh = self.rng.chance(0.5);
-                let v = self.young_victim(templates, s, t0, fresh);
+                let (v, _) = self.young_victim(templates, s, t0, fresh);
                 let nets = if self.cfg.holdout {
                     self.rng.range(5, 9)
                 } else {
-                    self.rng.range(3, 6)
+                    self.rng.range(1, 6)
                 } as usize;
                 clients.push(self.young_client(nets, true));
                 mix.roleplay = self.rng.uniform(0.3, 0.6);
@@ -1717,6 +1750,19 @@ impl Incidents {
             }
         }
     }
+}
+
+/// A uniform draw in [0, 1) from a hash of its inputs, for choices added to the population
+/// without shifting the generator's stream (SplitMix64's finaliser).
+fn side_draw(seed: u64, a: u64, b: u64) -> f64 {
+    let mut z = seed
+        .wrapping_add(a.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_add(b.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        .wrapping_add(0x94d0_49bb_1331_11eb);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn parse_start(s: &str) -> Result<i64, SimError> {

@@ -25,6 +25,18 @@ use crate::state::{DETECTORS, Fingerprint, KeyState, Reference, TenantState, has
 /// 1,000 km), not another continent.
 pub const NEAR_KM: f64 = 1_500.0;
 
+/// Whether two countries' centroids are within [`NEAR_KM`] (false when either is unknown).
+pub fn near_countries(a: [u8; 2], b: [u8; 2]) -> bool {
+    let name = |c: &[u8; 2]| std::str::from_utf8(c).unwrap_or("").to_owned();
+    match (
+        features::country_centroid(&name(&a)),
+        features::country_centroid(&name(&b)),
+    ) {
+        (Some(a), Some(b)) => features::haversine_km(a, b) <= NEAR_KM,
+        _ => false,
+    }
+}
+
 /// Everything computed once from an event, shared by the detectors.
 #[derive(Debug, Clone)]
 pub struct Obs {
@@ -401,14 +413,7 @@ impl Ctx<'_> {
         let (Some(cc), true) = (self.o.cc, ks.home != [0, 0]) else {
             return false;
         };
-        let name = |c: &[u8; 2]| std::str::from_utf8(c).unwrap_or("").to_owned();
-        match (
-            features::country_centroid(&name(&ks.home)),
-            features::country_centroid(&name(&cc)),
-        ) {
-            (Some(a), Some(b)) => features::haversine_km(a, b) <= NEAR_KM,
-            _ => false,
-        }
+        near_countries(ks.home, cc)
     }
 
     /// Short description of the source for explanations.

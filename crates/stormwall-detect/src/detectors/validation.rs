@@ -179,10 +179,21 @@ const V7_SIGNALS: [(u32, u32, &str); 9] = [
 ];
 /// Bits of the network signals (one of them must be present).
 const V7_NETWORK: u32 = 0b11;
-/// Bits of the intent signals (one of them must be present).
-const V7_INTENT: u32 = 0b1_1111_0000;
+/// Bits of the intent signals (one of them must be present): a probe, a listing, role-play
+/// markers or a relay artefact — someone testing or reselling the key. Spread and rate are
+/// not among them: an app's first deployment after its developer's curl has them too.
+const V7_INTENT: u32 = 0b0_1111_0000;
 /// Seconds a takeover window stays open after its first foreign request.
-const V7_WINDOW: i64 = 3_600;
+pub const V7_WINDOW: i64 = 3_600;
+
+/// The takeover points of a set of V7 signal kinds.
+pub fn v7_points(kinds: u32) -> u32 {
+    V7_SIGNALS
+        .iter()
+        .filter(|(b, _, _)| kinds & b != 0)
+        .map(|(_, w, _)| w)
+        .sum()
+}
 
 /// V7: a young key taken over. While a key has no baseline of its own, its owner is what
 /// its first requests looked like, and its tenant's other keys say which networks and
@@ -194,7 +205,7 @@ const V7_WINDOW: i64 = 3_600;
 /// by someone else: high. A new key used from the tenant's own networks and clients
 /// never gets here; a developer's first curl from home scores four at most.
 pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
-    use crate::state::{slot_has, slot_put};
+    use crate::state::{OWNER_LISTS, OWNER_PROBES, slot_has, slot_put};
     if matches!(ctx.reference, Reference::Key) {
         return;
     }
@@ -215,30 +226,100 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let client_known = slot_has(&owner.shapes, shape)
         || owner.families & fam != 0
         || tenant.is_some_and(|t| t.shapes.contains(o.shape) || t.families.contains(o.family.id()));
-    if first || asn_known && client_known {
+    let net24 = (crate::sketch::mix64(o.net) as u16).max(1);
+    // A new client on another /24 of the owner's own ASN in a country the owner or tenant
+    // uses, when the owner is one household line or a few app hosts (not a pool it rotates
+    // through): someone else on the same residential ISP or in the same cloud region. It
+    // counts as a new network. (Another country of a cloud ASN is another region: the
+    // new-country signal speaks for it, and a CI job's runners there are no neighbour.)
+    let app_users = matches!(
+        o.family,
+        crate::features::UaFamily::Okhttp | crate::features::UaFamily::CfNetwork
+    ) && o.flag.is_none();
+    let neighbour = asn != 0
+        && cc_known
+        && slot_has(&owner.asns, asn)
+        && !client_known
+        && !app_users
+        && owner.nets[0] != 0
+        && owner.nets[3] == 0
+        && !slot_has(&owner.nets, net24);
+    // A country next door to the owner's or the tenant's, reached over an ordinary line, is
+    // a developer at home across the border from the company's cloud region, not a
+    // takeover's far-away server: no new-country point (the far/near policy of the other
+    // detectors).
+    let near = !cc_known
+        && o.flag.is_none()
+        && o.cc.is_some_and(|c| {
+            ks.owner
+                .countries
+                .iter()
+                .filter(|&&x| x != 0)
+                .map(|x| x.to_be_bytes())
+                .chain(tenant.map(|t| t.home).filter(|h| *h != [0, 0]))
+                .any(|home| super::near_countries(home, c))
+        });
+    // A bridge: the owner's network seen with a new client, or the owner's very header
+    // shape seen on a new network next door of a kind the owner uses, doing ordinary work
+    // (no probe, listing, role-play or relay artefact) — a CI job's second tool, its other
+    // runner pool. A takeover brings a new client on a new network, and tests the key.
+    let roleplay_habit = ks.base.roleplay > 0 || tenant.is_some_and(|t| t.roleplay > 0);
+    let intent = o.probe
+        || o.listing
+        || o.roleplay && !roleplay_habit
+        || ctx.e.origin.as_deref() == Some("")
+        || ctx.e.referer.as_deref() == Some("")
+        || ctx.e.forwarded
+        || o.family.is_stainless_sdk() && !o.stainless;
+    let owner_flags = owner.flags | tenant.map_or(0, |t| t.flags);
+    // The owner's very header shape on a new network of a kind it uses, in a known or near
+    // country: its other runner pool or office line.
+    let owner_shape_nearby = !asn_known
+        && o.flag.is_none_or(|f| has_flag(owner_flags, f))
+        && (cc_known || near)
+        && (slot_has(&owner.shapes, shape) || tenant.is_some_and(|t| t.shapes.contains(o.shape)));
+    let bridge = !intent
+        && o.flag.is_none_or(|f| has_flag(owner_flags, f))
+        && (asn_known && !client_known || owner_shape_nearby);
+    if first || asn_known && client_known || bridge {
         // The owner (or the tenant's own client on its own network): learn it.
         let owner = &mut ks.owner;
         if asn != 0 {
             slot_put(&mut owner.asns, asn);
         }
+        slot_put(&mut owner.nets, net24);
         slot_put(&mut owner.countries, cc);
         slot_put(&mut owner.shapes, shape);
         owner.families |= fam;
         if let Some(f) = o.flag {
             owner.flags |= f.bit();
         }
+        if o.probe {
+            owner.habits |= OWNER_PROBES;
+        }
+        if o.listing {
+            owner.habits |= OWNER_LISTS;
+        }
         owner.requests = owner.requests.saturating_add(1);
+        // The owner probing or listing itself (a CI job's smoke test in the same burst as
+        // its other runners) takes that point back from an open takeover window.
+        if let Some(tk) = ks.takeover.as_mut() {
+            tk.kinds &= !((u32::from(o.probe) << 4) | (u32::from(o.listing) << 5));
+        }
         return;
     }
-    // A phone's HTTP stack on a consumer network is an app's end users arriving on new
-    // devices and carriers, not a takeover tool: no new-client point.
-    let app_users = matches!(
-        o.family,
-        crate::features::UaFamily::Okhttp | crate::features::UaFamily::CfNetwork
-    ) && o.flag.is_none();
+    // Probes and listings the owner (or the tenant's keys, habitually) send themselves —
+    // CI smoke tests, an SDK's start-up listing — are no sign of someone else testing.
+    let habitual =
+        |n: u64| tenant.is_some_and(|t| n as f64 >= RARE_SHARE * t.requests.max(1) as f64);
+    let probe_habit =
+        ks.owner.habits & OWNER_PROBES != 0 || habitual(tenant.map_or(0, |t| t.probes));
+    let listing_habit =
+        ks.owner.habits & OWNER_LISTS != 0 || habitual(tenant.map_or(0, |t| t.listings));
+    // A phone's HTTP stack on a consumer network (`app_users`) is an app's end users
+    // arriving on new devices and carriers, not a takeover tool: no new-client point.
     let known_flags = ks.owner.flags | tenant.map_or(0, |t| t.flags) | ks.base.flags;
     let new_flag = o.flag.is_some_and(|f| !has_flag(known_flags, f));
-    let roleplay_habit = ks.base.roleplay > 0 || tenant.is_some_and(|t| t.roleplay > 0);
     let artefacts = ctx.e.origin.as_deref() == Some("")
         || ctx.e.referer.as_deref() == Some("")
         || ctx.e.forwarded
@@ -266,12 +347,14 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     }
     let mut kinds = 0u32;
     for (bit, on) in [
-        (1 << 0, !asn_known),
-        (1 << 1, !cc_known),
+        (1 << 0, !asn_known || neighbour),
+        (1 << 1, !cc_known && !near),
         (1 << 2, new_flag),
         (1 << 3, !client_known && !app_users),
-        (1 << 4, o.probe),
-        (1 << 5, o.listing),
+        // The owner's own client probing or listing from its other runner pool is its CI,
+        // not someone testing the key: no intent point (the network still counts).
+        (1 << 4, o.probe && !probe_habit && !owner_shape_nearby),
+        (1 << 5, o.listing && !listing_habit && !owner_shape_nearby),
         (1 << 6, o.roleplay && !roleplay_habit),
         (1 << 7, artefacts),
         // A cloud app's hosts are several /24s of one provider: spread means networks.
@@ -290,11 +373,7 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         tk.evidence.push(ctx.e.id.clone());
     }
     let all = tk.kinds;
-    let points: u32 = V7_SIGNALS
-        .iter()
-        .filter(|(b, _, _)| all & b != 0)
-        .map(|(_, w, _)| w)
-        .sum();
+    let points = v7_points(all);
     let min = f64::from(ctx.th().v7_min_points) * ks.factor(DetectorId::V7);
     if f64::from(points) < min || all & V7_NETWORK == 0 || all & V7_INTENT == 0 {
         return;
