@@ -348,14 +348,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let console = format!("{}/console/", d.admin);
     println!("\nConsole: {console}");
     if args.keep_running {
+        // Listen before saying so: a Ctrl-C that comes right after the token is printed
+        // must stop the demo, not kill it before the handler exists.
+        let interrupted = interrupt_listener().context("cannot wait for Ctrl-C")?;
         println!("  sign in with the demo's admin token: {}", d.token);
         println!(
             "  the gateway keeps running (proxy {}); press Ctrl-C to stop.",
             d.proxy
         );
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot wait for Ctrl-C")?;
+        interrupted.await;
     } else {
         println!("  (run `stormwall demo --keep-running` to open it after the tour)");
     }
@@ -516,4 +517,22 @@ fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("stormwall-demo-{}", uuid_like()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// A future that completes at the next Ctrl-C (SIGINT), with the handler installed before
+/// it is returned.
+fn interrupt_listener() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        Ok(async move {
+            sigint.recv().await;
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
