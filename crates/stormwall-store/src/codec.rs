@@ -10,9 +10,46 @@ use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::{
-    AUDIT_GENESIS, ActionRecord, AlertStatus, AuditEntry, AuditRecord, StoreError, StoredAlert,
-    StoredIncident, audit_hash,
+    AUDIT_GENESIS, ActionRecord, AlertStatus, AuditEntry, AuditRecord, ControlEventQuery,
+    EventQuery, StoreError, StoredAlert, StoredIncident, audit_hash,
 };
+
+/// The part of an event or control event query after its own filters — time bounds, the
+/// keyset cursor, order and limit — which both tables and both SQL backends share.
+pub(crate) struct Window<'a> {
+    /// `events` or `control_events`.
+    pub(crate) table: &'static str,
+    pub(crate) since: Option<OffsetDateTime>,
+    pub(crate) until: Option<OffsetDateTime>,
+    /// Rows after this one in (time, id) order; an id the table does not hold falls back to
+    /// plain id order (the same thing for time-ordered ids).
+    pub(crate) after_id: Option<&'a str>,
+    pub(crate) limit: Option<usize>,
+}
+
+impl<'a> Window<'a> {
+    /// The window of a usage event query.
+    pub(crate) fn events(q: &'a EventQuery) -> Self {
+        Self {
+            table: "events",
+            since: q.since,
+            until: q.until,
+            after_id: q.after_id.as_deref(),
+            limit: q.limit,
+        }
+    }
+
+    /// The window of a control event query.
+    pub(crate) fn control_events(q: &'a ControlEventQuery) -> Self {
+        Self {
+            table: "control_events",
+            since: q.since,
+            until: q.until,
+            after_id: q.after_id.as_deref(),
+            limit: q.limit,
+        }
+    }
+}
 
 /// Key timestamps as fixed-width UTC RFC 3339 with nine fractional digits, so text order
 /// is time order and nanoseconds survive the round trip (PostgreSQL's `timestamptz` keeps

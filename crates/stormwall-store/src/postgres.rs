@@ -30,9 +30,9 @@ use tokio_postgres::types::ToSql;
 
 use crate::codec::{
     ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
-    ControlColumns, IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, audit_seq,
-    decision_str, decode_action, decode_control, decode_event, encode_event, format_key_time,
-    operator_note, summable_cost, unix_ms,
+    ControlColumns, IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, Window,
+    audit_seq, decision_str, decode_action, decode_control, decode_event, encode_event,
+    format_key_time, operator_note, summable_cost, unix_ms,
 };
 use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
 use crate::{
@@ -672,6 +672,34 @@ impl QueryBuilder {
             .push_str(&clause.replace('?', &format!("${}", self.params.len())));
     }
 
+    /// Appends a query's [`Window`]: a keyset cursor over (time, id), as in SQLite, whose
+    /// row time is read from `w.table`.
+    async fn window(&mut self, client: &Object, w: Window<'_>) -> Result<(), StoreError> {
+        if let Some(since) = w.since {
+            self.push(" AND ts_unix_ms >= ?", Box::new(unix_ms(since)?));
+        }
+        if let Some(until) = w.until {
+            self.push(" AND ts_unix_ms < ?", Box::new(unix_ms(until)?));
+        }
+        if let Some(after) = w.after_id {
+            let stmt = client
+                .prepare_cached(&format!("SELECT ts_unix_ms FROM {} WHERE id = $1", w.table))
+                .await
+                .map_err(db)?;
+            match client.query_opt(&stmt, &[&after]).await.map_err(db)? {
+                Some(row) => {
+                    let ts: i64 = row.try_get(0).map_err(db)?;
+                    self.push(" AND (ts_unix_ms, id) > (?", Box::new(ts));
+                    self.push(", ?)", Box::new(after.to_owned()));
+                }
+                None => self.push(" AND id > ?", Box::new(after.to_owned())),
+            }
+        }
+        self.sql.push_str(" ORDER BY ts_unix_ms, id");
+        self.limit(w.limit);
+        Ok(())
+    }
+
     fn limit(&mut self, limit: Option<usize>) {
         if let Some(limit) = limit {
             self.push(
@@ -847,31 +875,7 @@ impl EventStore for PostgresStore {
         if let Some(tenant) = &q.tenant {
             b.push(" AND tenant = ?", Box::new(tenant.clone()));
         }
-        if let Some(since) = q.since {
-            b.push(" AND ts_unix_ms >= ?", Box::new(unix_ms(since)?));
-        }
-        if let Some(until) = q.until {
-            b.push(" AND ts_unix_ms < ?", Box::new(unix_ms(until)?));
-        }
-        if let Some(after) = &q.after_id {
-            // A keyset cursor over (timestamp, id), as in SQLite; an id the store does not
-            // hold falls back to plain id order (the same thing for UUIDv7 ids).
-            let stmt = client
-                .prepare_cached("SELECT ts_unix_ms FROM events WHERE id = $1")
-                .await
-                .map_err(db)?;
-            let cursor = client.query_opt(&stmt, &[after]).await.map_err(db)?;
-            match cursor {
-                Some(row) => {
-                    let ts: i64 = row.try_get(0).map_err(db)?;
-                    b.push(" AND (ts_unix_ms, id) > (?", Box::new(ts));
-                    b.push(", ?)", Box::new(after.clone()));
-                }
-                None => b.push(" AND id > ?", Box::new(after.clone())),
-            }
-        }
-        b.sql.push_str(" ORDER BY ts_unix_ms, id");
-        b.limit(q.limit);
+        b.window(&client, Window::events(q)).await?;
         let (sql, params) = (b.sql, b.params);
         let stmt = client.prepare_cached(&sql).await.map_err(db)?;
         let rows = client.query(&stmt, &as_refs(&params)).await.map_err(db)?;
@@ -991,28 +995,7 @@ impl ControlEventStore for PostgresStore {
         if let Some(v) = &q.account {
             b.push(" AND account = ?", Box::new(v.clone()));
         }
-        if let Some(since) = q.since {
-            b.push(" AND ts_unix_ms >= ?", Box::new(unix_ms(since)?));
-        }
-        if let Some(until) = q.until {
-            b.push(" AND ts_unix_ms < ?", Box::new(unix_ms(until)?));
-        }
-        if let Some(after) = &q.after_id {
-            let stmt = client
-                .prepare_cached("SELECT ts_unix_ms FROM control_events WHERE id = $1")
-                .await
-                .map_err(db)?;
-            match client.query_opt(&stmt, &[after]).await.map_err(db)? {
-                Some(row) => {
-                    let ts: i64 = row.try_get(0).map_err(db)?;
-                    b.push(" AND (ts_unix_ms, id) > (?", Box::new(ts));
-                    b.push(", ?)", Box::new(after.clone()));
-                }
-                None => b.push(" AND id > ?", Box::new(after.clone())),
-            }
-        }
-        b.sql.push_str(" ORDER BY ts_unix_ms, id");
-        b.limit(q.limit);
+        b.window(&client, Window::control_events(q)).await?;
         let stmt = client.prepare_cached(&b.sql).await.map_err(db)?;
         let rows = client.query(&stmt, &as_refs(&b.params)).await.map_err(db)?;
         rows.iter()

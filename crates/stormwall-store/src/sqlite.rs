@@ -23,9 +23,9 @@ use time::OffsetDateTime;
 
 use crate::codec::{
     ALERT_COLUMNS, AUDIT_COLUMNS, ActionColumns, AlertColumns, AlertRow, AuditColumns, AuditRow,
-    ControlColumns, IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, audit_seq,
-    decision_str, decode_action, decode_control, decode_event, encode_event, format_key_time,
-    operator_note, summable_cost, unix_ms,
+    ControlColumns, IncidentColumns, IncidentRow, KEY_COLUMNS, KeyColumns, KeyRow, Window,
+    audit_seq, decision_str, decode_action, decode_control, decode_event, encode_event,
+    format_key_time, operator_note, summable_cost, unix_ms,
 };
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
@@ -449,39 +449,7 @@ fn build_event_query(
         sql.push_str(" AND tenant = ?");
         args.push(Value::Text(tenant.clone()));
     }
-    if let Some(since) = q.since {
-        sql.push_str(" AND ts_unix_ms >= ?");
-        args.push(Value::Integer(unix_ms(since)?));
-    }
-    if let Some(until) = q.until {
-        sql.push_str(" AND ts_unix_ms < ?");
-        args.push(Value::Integer(unix_ms(until)?));
-    }
-    if let Some(after) = &q.after_id {
-        let cursor_ts: Option<i64> = conn
-            .prepare_cached("SELECT ts_unix_ms FROM events WHERE id = ?1")
-            .map_err(db)?
-            .query_row([after], |r| r.get(0))
-            .optional()
-            .map_err(db)?;
-        match cursor_ts {
-            Some(ts) => {
-                sql.push_str(" AND (ts_unix_ms > ? OR (ts_unix_ms = ? AND id > ?))");
-                args.push(Value::Integer(ts));
-                args.push(Value::Integer(ts));
-                args.push(Value::Text(after.clone()));
-            }
-            None => {
-                sql.push_str(" AND id > ?");
-                args.push(Value::Text(after.clone()));
-            }
-        }
-    }
-    sql.push_str(" ORDER BY ts_unix_ms, id");
-    if let Some(limit) = q.limit {
-        sql.push_str(" LIMIT ?");
-        args.push(limit_value(limit));
-    }
+    push_window(conn, Window::events(q), &mut sql, &mut args)?;
     Ok((sql, args))
 }
 
@@ -508,17 +476,28 @@ fn build_control_query(
         q.key_id.as_ref().map(KeyId::as_str),
     );
     text(&mut sql, " AND account = ?", q.account.as_deref());
-    if let Some(since) = q.since {
+    push_window(conn, Window::control_events(q), &mut sql, &mut args)?;
+    Ok((sql, args))
+}
+
+/// Appends a query's [`Window`]; the cursor row's time is read from `w.table`.
+fn push_window(
+    conn: &Connection,
+    w: Window<'_>,
+    sql: &mut String,
+    args: &mut Vec<Value>,
+) -> Result<(), StoreError> {
+    if let Some(since) = w.since {
         sql.push_str(" AND ts_unix_ms >= ?");
         args.push(Value::Integer(unix_ms(since)?));
     }
-    if let Some(until) = q.until {
+    if let Some(until) = w.until {
         sql.push_str(" AND ts_unix_ms < ?");
         args.push(Value::Integer(unix_ms(until)?));
     }
-    if let Some(after) = &q.after_id {
+    if let Some(after) = w.after_id {
         let cursor_ts: Option<i64> = conn
-            .prepare_cached("SELECT ts_unix_ms FROM control_events WHERE id = ?1")
+            .prepare_cached(&format!("SELECT ts_unix_ms FROM {} WHERE id = ?1", w.table))
             .map_err(db)?
             .query_row([after], |r| r.get(0))
             .optional()
@@ -528,20 +507,20 @@ fn build_control_query(
                 sql.push_str(" AND (ts_unix_ms > ? OR (ts_unix_ms = ? AND id > ?))");
                 args.push(Value::Integer(ts));
                 args.push(Value::Integer(ts));
-                args.push(Value::Text(after.clone()));
+                args.push(Value::Text(after.to_owned()));
             }
             None => {
                 sql.push_str(" AND id > ?");
-                args.push(Value::Text(after.clone()));
+                args.push(Value::Text(after.to_owned()));
             }
         }
     }
     sql.push_str(" ORDER BY ts_unix_ms, id");
-    if let Some(limit) = q.limit {
+    if let Some(limit) = w.limit {
         sql.push_str(" LIMIT ?");
         args.push(limit_value(limit));
     }
-    Ok((sql, args))
+    Ok(())
 }
 
 fn read_alert_row(row: &Row<'_>) -> rusqlite::Result<AlertRow> {
