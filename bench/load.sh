@@ -479,6 +479,8 @@ soak() {
   started=$SECONDS
   while kill -0 "$lg_pid" 2>/dev/null; do
     sleep "$SOAK_EVERY"
+    # A sample after the load ended shows an idle (and trimmed) gateway, not the soak.
+    kill -0 "$lg_pid" 2>/dev/null || break
     t=$((SECONDS - started))
     rss="$(rss_mib "$GW_PID")"
     printf '%s\t%s\n' "$t" "$rss" >>"$samples"

@@ -128,11 +128,28 @@ pub trait KeyStore: Send + Sync {
     }
 }
 
+/// A usage event with its serde JSON already made: the journal encodes each event once, for
+/// its segment, and the SQL stores keep that text as the row body instead of encoding the
+/// event a second time.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    /// The event.
+    pub event: UsageEvent,
+    /// `serde_json` of `event`.
+    pub body: Box<str>,
+}
+
 /// Usage events.
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Appends a batch atomically (one transaction).
     async fn insert_events(&self, events: &[UsageEvent]) -> Result<(), StoreError>;
+    /// Appends a batch of events whose JSON is already made, atomically. The default
+    /// ignores the bodies and encodes again.
+    async fn insert_encoded_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
+        let plain: Vec<UsageEvent> = events.iter().map(|e| e.event.clone()).collect();
+        self.insert_events(&plain).await
+    }
     /// Reads events matching a query, ordered by timestamp then id.
     async fn query_events(&self, query: &EventQuery) -> Result<Vec<UsageEvent>, StoreError>;
     /// Sum of `cost.usd` for a key since an instant (restores budgets after a restart).

@@ -37,9 +37,9 @@ use crate::codec::{
 use crate::config::{DEFAULT_POSTGRES_URL_ENV, PostgresConfig, resolve_url};
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
-    AuditRecord, AuditStore, ControlEventQuery, ControlEventStore, EventQuery, EventStore,
-    IncidentQuery, IncidentStore, KeyFilter, KeyStore, Lease, LeaseStore, MigrationReport,
-    StoreError, StoredAlert, StoredIncident,
+    AuditRecord, AuditStore, ControlEventQuery, ControlEventStore, EncodedEvent, EventQuery,
+    EventStore, IncidentQuery, IncidentStore, KeyFilter, KeyStore, Lease, LeaseStore,
+    MigrationReport, StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -821,13 +821,13 @@ impl KeyStore for PostgresStore {
     }
 }
 
-#[async_trait]
-impl EventStore for PostgresStore {
-    async fn insert_events(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
-        if events.is_empty() {
+impl PostgresStore {
+    /// Inserts events with their bodies in one statement; ids already stored are ignored.
+    async fn insert_event_rows(&self, rows: &[(&UsageEvent, &str)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let n = events.len();
+        let n = rows.len();
         let mut ids = Vec::with_capacity(n);
         let mut ts = Vec::with_capacity(n);
         let mut key_ids = Vec::with_capacity(n);
@@ -837,10 +837,10 @@ impl EventStore for PostgresStore {
         let mut statuses = Vec::with_capacity(n);
         let mut costs = Vec::with_capacity(n);
         let mut bodies = Vec::with_capacity(n);
-        for e in events {
+        for &(e, body) in rows {
             no_nul(Some(&e.id), &e.id)?;
             no_nul(e.tenant.as_deref(), &e.id)?;
-            bodies.push(encode_event(e)?);
+            bodies.push(body);
             ids.push(e.id.as_str());
             ts.push(unix_ms(e.timestamp)?);
             key_ids.push(e.key_id.as_ref().map(KeyId::as_str));
@@ -864,6 +864,26 @@ impl EventStore for PostgresStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn insert_events(&self, events: &[UsageEvent]) -> Result<(), StoreError> {
+        let bodies = events
+            .iter()
+            .map(encode_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<(&UsageEvent, &str)> = events
+            .iter()
+            .zip(bodies.iter().map(String::as_str))
+            .collect();
+        self.insert_event_rows(&rows).await
+    }
+
+    async fn insert_encoded_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
+        let rows: Vec<(&UsageEvent, &str)> = events.iter().map(|e| (&e.event, &*e.body)).collect();
+        self.insert_event_rows(&rows).await
     }
 
     async fn query_events(&self, q: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {

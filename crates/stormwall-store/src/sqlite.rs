@@ -29,9 +29,9 @@ use crate::codec::{
 };
 use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
-    AuditRecord, AuditStore, ControlEventQuery, ControlEventStore, EventQuery, EventStore,
-    IncidentQuery, IncidentStore, KeyFilter, KeyStore, Lease, LeaseStore, MigrationReport,
-    StoreError, StoredAlert, StoredIncident,
+    AuditRecord, AuditStore, ControlEventQuery, ControlEventStore, EncodedEvent, EventQuery,
+    EventStore, IncidentQuery, IncidentStore, KeyFilter, KeyStore, Lease, LeaseStore,
+    MigrationReport, StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -411,22 +411,62 @@ fn read_key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
 /// Inserts one event with the cached statement. The indexed columns copy fields of the
 /// body; a non-finite cost is stored as 0 in the summed column so one bad price cannot
 /// poison `spend_since` or fail the batch on the NOT NULL constraint.
-fn insert_event(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    e: &UsageEvent,
-) -> Result<(), StoreError> {
-    let body = encode_event(e)?;
-    let cost = summable_cost(e);
+/// One event's columns and body, owned, to take to the blocking pool.
+struct EventRow {
+    id: String,
+    ts: i64,
+    key_id: Option<KeyId>,
+    tenant: Option<String>,
+    decision: &'static str,
+    reason: Option<&'static str>,
+    status: i64,
+    cost: f64,
+    body: String,
+}
+
+impl EventRow {
+    fn new(e: &UsageEvent, body: String) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: e.id.clone(),
+            ts: unix_ms(e.timestamp)?,
+            key_id: e.key_id.clone(),
+            tenant: e.tenant.clone(),
+            decision: decision_str(e.decision),
+            reason: e.reject_reason.map(|r| r.as_str()),
+            status: i64::from(e.status),
+            cost: summable_cost(e),
+            body,
+        })
+    }
+}
+
+/// Inserts rows in one transaction; ids already stored are ignored.
+fn insert_rows(conn: &mut Connection, rows: &[EventRow]) -> Result<(), StoreError> {
+    // IMMEDIATE takes the write lock up front instead of upgrading mid-batch, which could
+    // fail with SQLITE_BUSY when another process writes the same file.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    {
+        let mut stmt = tx.prepare_cached(INSERT_EVENT).map_err(db)?;
+        for r in rows {
+            insert_row(&mut stmt, r)?;
+        }
+    }
+    tx.commit().map_err(db)
+}
+
+fn insert_row(stmt: &mut rusqlite::CachedStatement<'_>, r: &EventRow) -> Result<(), StoreError> {
     stmt.execute(params![
-        e.id,
-        unix_ms(e.timestamp)?,
-        e.key_id.as_ref().map(KeyId::as_str),
-        e.tenant,
-        decision_str(e.decision),
-        e.reject_reason.map(|r| r.as_str()),
-        i64::from(e.status),
-        cost,
-        body,
+        r.id,
+        r.ts,
+        r.key_id.as_ref().map(KeyId::as_str),
+        r.tenant,
+        r.decision,
+        r.reason,
+        r.status,
+        r.cost,
+        r.body,
     ])
     .map_err(db)?;
     Ok(())
@@ -923,20 +963,25 @@ impl EventStore for SqliteStore {
         // async runtime along with the writes.
         let events = events.to_vec();
         self.write(move |conn| {
-            // IMMEDIATE takes the write lock up front instead of upgrading mid-batch, which
-            // could fail with SQLITE_BUSY when another process writes the same file.
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db)?;
-            {
-                let mut stmt = tx.prepare_cached(INSERT_EVENT).map_err(db)?;
-                for e in &events {
-                    insert_event(&mut stmt, e)?;
-                }
-            }
-            tx.commit().map_err(db)
+            let rows = events
+                .iter()
+                .map(|e| EventRow::new(e, encode_event(e)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            insert_rows(conn, &rows)
         })
         .await
+    }
+
+    async fn insert_encoded_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // The columns and a copy of each body: no event is cloned or encoded again.
+        let rows = events
+            .iter()
+            .map(|e| EventRow::new(&e.event, e.body.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(move |conn| insert_rows(conn, &rows)).await
     }
 
     async fn query_events(&self, query: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {

@@ -475,6 +475,40 @@ mod suite {
         }
     }
 
+    /// Events whose JSON the journal already made: stored with that body, found by their
+    /// columns, and a replay stores nothing twice.
+    pub async fn encoded_events(store: Arc<dyn Store>) {
+        let events = vec![
+            event("c1", t0(), Some(1), Some("acme"), 0.5),
+            denied("c2", t0() + ms(5)),
+        ];
+        let encoded: Vec<stormwall_store::EncodedEvent> = events
+            .iter()
+            .map(|e| stormwall_store::EncodedEvent {
+                event: e.clone(),
+                body: serde_json::to_string(e).unwrap().into(),
+            })
+            .collect();
+        store.insert_encoded_events(&encoded).await.unwrap();
+        store.insert_encoded_events(&encoded).await.unwrap();
+        assert_eq!(store.count_events().await.unwrap(), 2);
+        let got = store.query_events(&EventQuery::default()).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&got).unwrap(),
+            serde_json::to_value(&events).unwrap()
+        );
+        let by_key = store
+            .query_events(&EventQuery {
+                key_id: Some(key_id(1)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&by_key), ["c1"]);
+        let spent = store.spend_since(&key_id(1), t0()).await.unwrap();
+        assert!((spent - 0.5).abs() < 1e-9, "{spent}");
+    }
+
     pub async fn event_filters(store: Arc<dyn Store>) {
         let events = vec![
             event("e1", t0(), Some(1), Some("acme"), 0.1),
@@ -1944,7 +1978,7 @@ macro_rules! backend_suite {
                 key_insert_get, key_duplicate, key_list, key_update, key_bulk_insert,
                 key_list_pages,
                 event_round_trip_and_order, event_filters, event_paging,
-                event_reinsert_is_idempotent, control_events, spend_since, reads_while_writing, event_summaries,
+                event_reinsert_is_idempotent, encoded_events, control_events, spend_since, reads_while_writing, event_summaries,
                 alert_insert_get, alert_duplicates, alert_refuses_unstorable,
                 alert_list_filters, alert_status, actions_record_list, audit_append_list,
                 incident_upsert_list_status, leases);

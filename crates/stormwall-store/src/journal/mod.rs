@@ -234,6 +234,8 @@ struct Remembered {
     end: u64,
     append_ms: u64,
     event: UsageEvent,
+    /// The event's JSON as written to the segment.
+    body: Box<str>,
 }
 
 /// Written events not yet shipped, in segment order, at most `max`.
@@ -337,6 +339,7 @@ impl Shared {
                     end,
                     append_ms: r.append_ms,
                     event: r.event,
+                    body: r.body,
                 });
             }
             at = end;
@@ -416,12 +419,23 @@ impl Journal {
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
             let mut encoded = true;
+            let mut body_at = 0;
             let framed = format::frame_with(buf, append_ms, |out| {
+                body_at = out.len();
                 encoded = serde_json::to_writer(&mut *out, &event).is_ok();
             });
             if framed.is_err() || !encoded {
                 return self.refuse("event cannot be framed");
             }
+            // The JSON is the frame's tail; the store keeps it as the row body, so the
+            // event is encoded once.
+            let Some(body) = buf
+                .get(body_at..)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(Box::<str>::from)
+            else {
+                return self.refuse("event cannot be framed");
+            };
             let Ok(len) = u32::try_from(buf.len()) else {
                 return self.refuse("event cannot be framed");
             };
@@ -440,6 +454,7 @@ impl Journal {
                     len,
                     append_ms,
                     event,
+                    body,
                 });
                 let lead = !p.leader;
                 p.leader = true;

@@ -13,7 +13,7 @@ use stormwall_types::UsageEvent;
 use tokio::sync::watch;
 
 use super::{Shared, format, segments};
-use crate::EventStore;
+use crate::{EncodedEvent, EventStore};
 
 /// Most bytes read from a segment at once.
 const READ_MAX: u64 = 4 << 20;
@@ -41,7 +41,7 @@ pub(super) struct Shipper {
 struct Batch {
     seq: u64,
     end: u64,
-    events: Vec<UsageEvent>,
+    events: Vec<EncodedEvent>,
     next_ms: Option<u64>,
 }
 
@@ -142,7 +142,10 @@ impl Shipper {
                     {
                         end = e.end;
                         if let Some(e) = memory.events.pop_front() {
-                            events.push(e.event);
+                            events.push(EncodedEvent {
+                                event: e.event,
+                                body: e.body,
+                            });
                         }
                     }
                     memory.release_spare();
@@ -235,7 +238,17 @@ impl Shipper {
                 next_ms = Some(r.append_ms);
                 break;
             }
-            match serde_json::from_slice::<UsageEvent>(r.body) {
+            let decoded = std::str::from_utf8(r.body)
+                .map_err(|e| e.to_string())
+                .and_then(|body| {
+                    serde_json::from_str::<UsageEvent>(body)
+                        .map(|event| EncodedEvent {
+                            event,
+                            body: body.into(),
+                        })
+                        .map_err(|e| e.to_string())
+                });
+            match decoded {
                 Ok(e) => events.push(e),
                 Err(e) => {
                     self.shared.stats.corrupt.fetch_add(1, Ordering::Relaxed);
@@ -292,7 +305,7 @@ impl Shipper {
         }
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.store.insert_events(&batch.events).await {
+            match self.store.insert_encoded_events(&batch.events).await {
                 Ok(()) => {
                     self.shared
                         .stats
@@ -305,7 +318,11 @@ impl Shipper {
                     // one by one, so only that event is refused (counted and logged).
                     for event in &batch.events {
                         loop {
-                            match self.store.insert_events(std::slice::from_ref(event)).await {
+                            match self
+                                .store
+                                .insert_encoded_events(std::slice::from_ref(event))
+                                .await
+                            {
                                 Ok(()) => {
                                     self.shared.stats.shipped.fetch_add(1, Ordering::Relaxed);
                                 }

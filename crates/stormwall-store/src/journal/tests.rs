@@ -510,6 +510,7 @@ fn the_shippers_memory_gives_back_a_bursts_room_once_it_has_caught_up() {
             end: u64::from(i) + 1,
             append_ms: 0,
             event: event(i),
+            body: Box::from("{}"),
         });
     }
     let burst = memory.events.capacity();

@@ -40,6 +40,8 @@ pub(super) struct Queued {
     pub(super) len: u32,
     pub(super) append_ms: u64,
     pub(super) event: UsageEvent,
+    /// The event's JSON, the tail of its frame.
+    pub(super) body: Box<str>,
 }
 
 /// Records framed but not yet written, and who writes them.
