@@ -425,12 +425,29 @@ struct EventRow {
 }
 
 impl EventRow {
+    /// The row of a borrowed event (its strings copied).
     fn new(e: &UsageEvent, body: String) -> Result<Self, StoreError> {
+        Self::with(e, e.id.clone(), e.key_id.clone(), e.tenant.clone(), body)
+    }
+
+    /// The row of an owned event (its strings moved).
+    fn from_owned(mut e: UsageEvent, body: String) -> Result<Self, StoreError> {
+        let (id, key_id, tenant) = (std::mem::take(&mut e.id), e.key_id.take(), e.tenant.take());
+        Self::with(&e, id, key_id, tenant, body)
+    }
+
+    fn with(
+        e: &UsageEvent,
+        id: String,
+        key_id: Option<KeyId>,
+        tenant: Option<String>,
+        body: String,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
-            id: e.id.clone(),
+            id,
             ts: unix_ms(e.timestamp)?,
-            key_id: e.key_id.clone(),
-            tenant: e.tenant.clone(),
+            key_id,
+            tenant,
             decision: decision_str(e.decision),
             reason: e.reject_reason.map(|r| r.as_str()),
             status: i64::from(e.status),
@@ -964,8 +981,11 @@ impl EventStore for SqliteStore {
         let events = events.to_vec();
         self.write(move |conn| {
             let rows = events
-                .iter()
-                .map(|e| EventRow::new(e, encode_event(e)?))
+                .into_iter()
+                .map(|e| {
+                    let body = encode_event(&e)?;
+                    EventRow::from_owned(e, body)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             insert_rows(conn, &rows)
         })
