@@ -160,12 +160,15 @@ impl Grouper {
     /// with neither a key nor a source address.
     pub fn add(&mut self, alert: &Alert, action: Option<&Action>) -> Option<Update> {
         let subject = subject_of(alert)?;
-        let gap = i64::from(self.cfg.episode_gap_secs);
+        // Exact time differences, as the store's `close_quiet_incidents` compares them:
+        // whole seconds left a second in which the store had closed an incident that the
+        // next alert still joined here.
+        let gap = time::Duration::seconds(i64::from(self.cfg.episode_gap_secs));
         let t = alert.at.unix_timestamp();
         let expired = self
             .open
             .get(&subject)
-            .is_some_and(|i| t - i.updated_at.unix_timestamp() > gap);
+            .is_some_and(|i| alert.at - i.updated_at > gap);
         if expired && let Some(old) = self.open.remove(&subject) {
             self.points.remove(&old.id);
             self.floors.remove(&old.id);
@@ -299,12 +302,11 @@ impl Grouper {
 
     /// Closes the episodes idle for longer than the gap at `now`, and returns them.
     pub fn close_idle(&mut self, now: OffsetDateTime) -> Vec<Incident> {
-        let gap = i64::from(self.cfg.episode_gap_secs);
-        let t = now.unix_timestamp();
+        let gap = time::Duration::seconds(i64::from(self.cfg.episode_gap_secs));
         let idle: Vec<IncidentSubject> = self
             .open
             .iter()
-            .filter(|(_, i)| t - i.updated_at.unix_timestamp() > gap)
+            .filter(|(_, i)| now - i.updated_at > gap)
             .map(|(s, _)| s.clone())
             .collect();
         let mut out = Vec::new();

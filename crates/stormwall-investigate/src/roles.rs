@@ -690,6 +690,13 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
             let Some(ti) = g.find(&format!("tenant:{t}")) else {
                 continue;
             };
+            // A relay brings its own clients. When every client the key shows on that
+            // network is one the key also uses from its owner's other networks, the owner's
+            // users merely share the address block (carrier NAT, a shared proxy): that is
+            // no evidence the provider fronted the key.
+            if !foreign_client_on(g, k, p, &providers) {
+                continue;
+            }
             let v = victims.entry(t).or_insert((ti, Vec::new(), 0));
             v.2 += e.count;
             v.1.push(format!(
@@ -852,4 +859,23 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
         out.push(assign(i, Role::Creator, confidence, reasons));
     }
     (out, providers)
+}
+
+/// Whether key `k` used, on provider network `p`, a client fingerprint that none of the
+/// key's own (non-provider) networks served.
+fn foreign_client_on(g: &Graph, k: usize, p: usize, providers: &Fronted) -> bool {
+    let own: BTreeSet<usize> = g
+        .neighbours_of_kind(k, NodeKind::Network)
+        .filter(|(m, _)| *m != p && !providers.contains_key(m))
+        .flat_map(|(m, _)| {
+            g.neighbours_of_kind(m, NodeKind::Fingerprint)
+                .map(|(f, _)| f)
+        })
+        .collect();
+    let on_p: BTreeSet<usize> = g
+        .neighbours_of_kind(p, NodeKind::Fingerprint)
+        .map(|(f, _)| f)
+        .collect();
+    g.neighbours_of_kind(k, NodeKind::Fingerprint)
+        .any(|(f, _)| on_p.contains(&f) && !own.contains(&f))
 }
