@@ -35,6 +35,8 @@ usage: bench/load.sh [options]
                         after the first in every scenario; the ratios of CPU per request and
                         added p50 (this build / PATH) at the end. Not with --journal both
   --skip-build          use the binaries already in target/release
+  --keep-store          keep the run's stores, journals and key files in bench/out/run-*
+                        (deleted at exit by default: a run leaves hundreds of megabytes)
   -h, --help            this text
 EOF
 }
@@ -55,6 +57,7 @@ LOAD_CPUS=""
 LITELLM=0
 DIRECT_ONLY=0
 SKIP_BUILD=0
+KEEP_STORE=0
 JOURNAL=on
 COMPARE_BIN=""
 while [[ $# -gt 0 ]]; do
@@ -75,6 +78,7 @@ while [[ $# -gt 0 ]]; do
     --litellm) LITELLM=1; shift ;;
     --direct-only) DIRECT_ONLY=1; shift ;;
     --skip-build) SKIP_BUILD=1; shift ;;
+    --keep-store) KEEP_STORE=1; shift ;;
     --journal) JOURNAL="$2"; shift 2 ;;
     --compare-bin) COMPARE_BIN="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -122,6 +126,11 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  # The report and the logs stay; the databases, journals and key files (secrets of this
+  # run, and most of its disk) go unless --keep-store.
+  if [[ $KEEP_STORE -eq 0 ]]; then
+    rm -rf "$RUN"/*.db "$RUN"/*.db-wal "$RUN"/*.db-shm "$RUN"/*.event-journal "$RUN"/keys*.txt
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
