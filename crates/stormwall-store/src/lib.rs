@@ -7,6 +7,24 @@
 //! The request path never awaits a database write: events go through the bounded channel
 //! of an [`EventSink`] to a [`batch`] writer task; a full channel is counted, never silent.
 
+/// The part of the lease upsert both SQL backends share (they differ only in how the new
+/// row's values and the clock are written): the lease semantics, in one place. Taken when
+/// free, expired or released, or renewed by its holder; the row changes only when the
+/// `WHERE` holds, and the `RETURNING` row says it did. The term and start stay while the
+/// same holder renews an unexpired lease, and move on otherwise.
+macro_rules! lease_upsert_sql {
+    () => {
+        " ON CONFLICT (name) DO UPDATE SET \
+         term = CASE WHEN leases.holder = excluded.holder AND leases.expires_unix_ms > \
+         excluded.since_unix_ms THEN leases.term ELSE leases.term + 1 END, \
+         since_unix_ms = CASE WHEN leases.holder = excluded.holder AND leases.expires_unix_ms > \
+         excluded.since_unix_ms THEN leases.since_unix_ms ELSE excluded.since_unix_ms END, \
+         holder = excluded.holder, expires_unix_ms = excluded.expires_unix_ms \
+         WHERE leases.holder = excluded.holder OR leases.expires_unix_ms <= excluded.since_unix_ms \
+         RETURNING holder, term, since_unix_ms, expires_unix_ms"
+    };
+}
+
 pub mod admission;
 pub mod batch;
 mod codec;

@@ -154,21 +154,14 @@ const INCIDENT_SELECT: &str = "SELECT id, body_json, status, note, created_at, c
      (SELECT json_agg(alert_id)::text FROM incident_alerts WHERE incident_id = incidents.id) \
      FROM incidents";
 
-/// Takes a lease that is free, expired or released, or renews the caller's own: the row
-/// changes only when the `WHERE` holds, and the `RETURNING` row says it did. The term and
-/// start stay while the same holder renews an unexpired lease, and move on otherwise.
-/// Time is the server's clock, so replicas' clocks need not agree.
-const ACQUIRE_LEASE: &str = "INSERT INTO leases (name, holder, term, since_unix_ms, \
-     expires_unix_ms) SELECT $1, $2, 1, now_ms, now_ms + $3 FROM (SELECT \
-     (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms) AS clock \
-     ON CONFLICT (name) DO UPDATE SET \
-     term = CASE WHEN leases.holder = excluded.holder AND leases.expires_unix_ms > \
-     excluded.since_unix_ms THEN leases.term ELSE leases.term + 1 END, \
-     since_unix_ms = CASE WHEN leases.holder = excluded.holder AND leases.expires_unix_ms > \
-     excluded.since_unix_ms THEN leases.since_unix_ms ELSE excluded.since_unix_ms END, \
-     holder = excluded.holder, expires_unix_ms = excluded.expires_unix_ms \
-     WHERE leases.holder = excluded.holder OR leases.expires_unix_ms <= excluded.since_unix_ms \
-     RETURNING holder, term, since_unix_ms, expires_unix_ms";
+/// Takes or renews a lease (`lease_upsert_sql!`). Time is the server's clock, so replicas'
+/// clocks need not agree.
+const ACQUIRE_LEASE: &str = concat!(
+    "INSERT INTO leases (name, holder, term, since_unix_ms, expires_unix_ms) \
+     SELECT $1, $2, 1, now_ms, now_ms + $3 FROM (SELECT \
+     (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms) AS clock",
+    lease_upsert_sql!()
+);
 
 const READ_LEASE: &str =
     "SELECT holder, term, since_unix_ms, expires_unix_ms FROM leases WHERE name = $1";
