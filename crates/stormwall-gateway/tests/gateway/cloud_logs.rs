@@ -33,6 +33,28 @@ fn append(path: &std::path::Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
+/// A watched folder: `name` (or the folder's own name), its source kind, every file.
+fn watched(name: Option<&str>, dir: std::path::PathBuf, source: &str) -> LogSourceConfig {
+    LogSourceConfig {
+        name: name.map(Into::into),
+        dir,
+        source: source.into(),
+        glob: None,
+    }
+}
+
+/// Follow mode that polls every 100 ms and settles and checkpoints every second, its state
+/// in `state`.
+fn quick_follow(state: std::path::PathBuf) -> CloudLogsConfig {
+    CloudLogsConfig {
+        state_file: Some(state),
+        poll_ms: 100,
+        settle_secs: 1,
+        checkpoint_secs: 1,
+        ..CloudLogsConfig::default()
+    }
+}
+
 /// Waits until the store holds at least `n` cloud usage events; returns them by id.
 async fn cloud_events(h: &Harness, n: usize) -> Vec<UsageEvent> {
     let mut got = Vec::new();
@@ -80,20 +102,11 @@ async fn cloud_logs_in_watched_folders_raise_stored_alerts_once_across_a_restart
                 source: "cloudtrail".into(),
                 glob: Some("*.jsonl".into()),
             },
-            LogSourceConfig {
-                name: None,
-                dir: azure2,
-                source: "auto".into(),
-                glob: None,
-            },
+            watched(None, azure2, "auto"),
         ];
         c.cloud_logs = CloudLogsConfig {
-            state_file: Some(state2),
-            poll_ms: 100,
-            settle_secs: 1,
-            checkpoint_secs: 1,
             sigma_dir: Some(sigma.into()),
-            ..CloudLogsConfig::default()
+            ..quick_follow(state2)
         };
     })
     .await;
@@ -285,19 +298,8 @@ async fn cloud_usage_events_are_stored_once_when_read_again_after_lost_cursors()
     let state = logs.path().join("follow-state.json");
     let (aws2, state2) = (aws.clone(), state.clone());
     let mut h = harness_with(move |c| {
-        c.logs = vec![LogSourceConfig {
-            name: Some("aws".into()),
-            dir: aws2,
-            source: "auto".into(),
-            glob: None,
-        }];
-        c.cloud_logs = CloudLogsConfig {
-            state_file: Some(state2),
-            poll_ms: 100,
-            settle_secs: 1,
-            checkpoint_secs: 1,
-            ..CloudLogsConfig::default()
-        };
+        c.logs = vec![watched(Some("aws"), aws2, "auto")];
+        c.cloud_logs = quick_follow(state2);
     })
     .await;
     let model = r#","requestParameters":{"modelId":"anthropic.claude-3-haiku"}"#;
@@ -437,19 +439,10 @@ async fn one_replica_follows_a_source_and_another_takes_over_when_it_dies_on_pos
             }],
             ..Default::default()
         };
-        c.logs = vec![LogSourceConfig {
-            name: Some("aws".into()),
-            dir: aws.clone(),
-            source: "cloudtrail".into(),
-            glob: None,
-        }];
+        c.logs = vec![watched(Some("aws"), aws.clone(), "cloudtrail")];
         c.cloud_logs = CloudLogsConfig {
-            state_file: Some(logs.path().join(format!("state-{replica}.json"))),
-            poll_ms: 100,
-            settle_secs: 1,
-            checkpoint_secs: 1,
             lease_secs: 2,
-            ..CloudLogsConfig::default()
+            ..quick_follow(logs.path().join(format!("state-{replica}.json")))
         };
         c
     };
@@ -705,19 +698,8 @@ async fn cloud_control_events_are_listed_once_by_the_admin_api_across_a_restart(
     let state = logs.path().join("follow-state.json");
     let (azure2, state2) = (azure.clone(), state.clone());
     let mut h = harness_with(move |c| {
-        c.logs = vec![LogSourceConfig {
-            name: Some("azure".into()),
-            dir: azure2,
-            source: "auto".into(),
-            glob: None,
-        }];
-        c.cloud_logs = CloudLogsConfig {
-            state_file: Some(state2),
-            poll_ms: 100,
-            settle_secs: 1,
-            checkpoint_secs: 1,
-            ..CloudLogsConfig::default()
-        };
+        c.logs = vec![watched(Some("azure"), azure2, "auto")];
+        c.cloud_logs = quick_follow(state2);
     })
     .await;
     let alice = "11111111-aaaa-bbbb-cccc-000000000001";
