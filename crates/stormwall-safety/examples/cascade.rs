@@ -14,7 +14,16 @@
 //! `train` writes nothing and sweeps the any-harm image head instead (inputs: embedding, fast
 //! scores, their logits, fast scores alone; L2 penalties from `LAB_L2=a,b,…`; `LAB_WPOS`
 //! positive weight; `LAB_ALL=1` trains on chat rows too), printing out-of-fold dev F1 at 2%
-//! and 1.5% benign FPR: the sweep behind `HeadsConfig`'s defaults.
+//! and 1.5% benign FPR: the sweep behind `HeadsConfig`'s defaults. `LAB=ngram` instead
+//! asks whether an image-only hashed n-gram model's out-of-fold logit adds to the image head
+//! (`LAB_BITS`, `LAB_EPOCHS`, `LAB_NL2`, `LAB_HL2`, `LAB_CAP`); `NGRAM_BITS=B` trains the
+//! heads with such a model (`HeadsConfig::ngram_bits`, default none).
+//!
+//!   cargo run --release -p stormwall-safety --example cascade -- reach [--heads FILE] [--split dev|test] FILE...
+//!
+//! counts the chat prompts that would reach the encoder (fast tier and band only, no model):
+//! text files (one prompt a line, such as `tests/data/ordinary-chat.txt`) or `.jsonl` records.
+//! `eval` embeds every text on `WARM_THREADS` threads (default 2) before it scores them.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
 use std::io::BufRead;
@@ -91,7 +100,7 @@ fn save_rows(path: &Path, rows: &[cascade::Row]) -> std::io::Result<()> {
             "e": r.embedding, "f": r.fast.to_vec(), "ff": r.fast_flag, "rf": r.rule_flag,
             "k": r.kind, "h": r.harmful,
             "c": r.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-            "fold": r.fold, "s": r.source,
+            "fold": r.fold, "s": r.source, "t": r.text,
         });
         out.push_str(&v.to_string());
         out.push('\n');
@@ -127,6 +136,7 @@ fn load_rows(path: &Path) -> Option<Vec<cascade::Row>> {
                 .collect(),
             fold: v["fold"].as_u64()? as u32,
             source: v["s"].as_str()?.to_owned(),
+            text: v["t"].as_str()?.to_owned(),
         });
     }
     eprintln!("{} rows from {}", rows.len(), path.display());
@@ -331,8 +341,192 @@ fn lab(rows: &[cascade::Row]) {
     println!("fast tier flag (OOF): {:?}", best_at(&ff, 1.0));
 }
 
+/// Hashed n-gram logistic regression on image prompts only (binary features, AdaGrad), for
+/// the lab: `(bucket, sign)` lists in, weights (bias last) out.
+fn ngram_fit(x: &[Vec<(u32, f32)>], y: &[bool], bits: u8, epochs: u32, l2: f32) -> Vec<f32> {
+    let n = 1usize << bits;
+    let mut w = vec![0.0f32; n + 1];
+    let mut g2 = vec![0.0f32; n + 1];
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let pos = y.iter().filter(|b| **b).count().max(1) as f32;
+    let wpos = ((x.len() as f32 - pos) / pos).sqrt().clamp(1.0, 8.0);
+    for _ in 0..epochs {
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            let z = ngram_z(&w, &x[i]);
+            let g = if y[i] { (sig(z) - 1.0) * wpos } else { sig(z) };
+            for &(b, v) in &x[i] {
+                let b = b as usize;
+                let gj = g * v + l2 * w[b];
+                g2[b] += gj * gj;
+                w[b] -= 0.4 * gj / (g2[b].sqrt() + 1e-6);
+            }
+            g2[n] += g * g;
+            w[n] -= 0.4 * g / (g2[n].sqrt() + 1e-6);
+        }
+    }
+    w
+}
+
+fn ngram_z(w: &[f32], x: &[(u32, f32)]) -> f32 {
+    x.iter().map(|&(b, v)| w[b as usize] * v).sum::<f32>() + w[w.len() - 1]
+}
+
+/// The lab's question for the image any-harm head: does an image-only n-gram model's
+/// out-of-fold logit, stacked with the embedding and the fast tier's scores, add to the
+/// head? Prints out-of-fold and nested F1 at 1.7% benign FPR for each input set.
+fn lab_ngram(rows: &[cascade::Row], records: &[Record]) {
+    use stormwall_safety::Kind;
+    let env = |k: &str, d: f32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let bits = env("LAB_BITS", 18.0) as u8;
+    let epochs = env("LAB_EPOCHS", 6.0) as u32;
+    let nl2 = env("LAB_NL2", 1e-6);
+    let hl2 = env("LAB_HL2", 0.1);
+    let cap = f64::from(env("LAB_CAP", 0.017));
+    assert_eq!(rows.len(), records.len(), "rows are in record order");
+    let img: Vec<usize> = (0..rows.len())
+        .filter(|i| rows[*i].kind == Kind::Image)
+        .collect();
+    let mut scratch = stormwall_safety::model::Scratch::default();
+    let feats: Vec<Vec<(u32, f32)>> = img
+        .iter()
+        .map(|&i| {
+            let t = if std::env::var_os("LAB_RAW").is_some() {
+                stormwall_safety::normalize::fold(&records[i].text)
+            } else {
+                rows[i].text.clone()
+            };
+            stormwall_safety::model::features(&t, bits, &mut scratch);
+            let f = scratch.feats();
+            let v = 1.0 / (f.len().max(16) as f32).sqrt();
+            let mask = (1u32 << bits) - 1;
+            f.iter()
+                .map(|&h| (h & mask, if h >> 31 == 0 { v } else { -v }))
+                .collect()
+        })
+        .collect();
+    let ys: Vec<bool> = img.iter().map(|&i| rows[i].harmful).collect();
+    let folds: Vec<u32> = img.iter().map(|&i| rows[i].fold).collect();
+    let mut z = vec![0.0f32; img.len()];
+    for k in 0..cascade::FOLDS {
+        let (xt, yt): (Vec<Vec<(u32, f32)>>, Vec<bool>) = (0..img.len())
+            .filter(|j| folds[*j] != k)
+            .map(|j| (feats[j].clone(), ys[j]))
+            .unzip();
+        let w = ngram_fit(&xt, &yt, bits, epochs, nl2);
+        for j in (0..img.len()).filter(|j| folds[*j] == k) {
+            z[j] = ngram_z(&w, &feats[j]);
+        }
+    }
+    let report = |name: &str, oof: &[f32]| {
+        let pr: Vec<(f32, bool, bool)> = (0..img.len())
+            .map(|j| (oof[j], ys[j], rows[img[j]].rule_flag))
+            .collect();
+        let a = best_at(&pr, cap);
+        let mut nest = [0.0f64; 4];
+        for k in 0..cascade::FOLDS {
+            let tr: Vec<_> = (0..img.len())
+                .filter(|j| folds[*j] != k)
+                .map(|j| pr[j])
+                .collect();
+            let t = best_at(&tr, cap).3;
+            for j in (0..img.len()).filter(|j| folds[*j] == k) {
+                let pred = pr[j].2 || oof[j] >= t;
+                nest[match (ys[j], pred) {
+                    (true, true) => 0,
+                    (false, true) => 1,
+                    (true, false) => 2,
+                    _ => 3,
+                }] += 1.0;
+            }
+        }
+        let sexual: Vec<usize> = (0..img.len())
+            .filter(|j| {
+                rows[img[*j]]
+                    .categories
+                    .contains(&stormwall_safety::Category::Sexual)
+            })
+            .collect();
+        let sr = sexual
+            .iter()
+            .filter(|j| pr[**j].2 || oof[**j] >= a.3)
+            .count() as f64
+            / sexual.len().max(1) as f64;
+        println!(
+            "{name:16} OOF@{cap}: F1 {:.3} R {:.3} FPR {:.4} t {:.3} sexualR {:.3} | nested F1 {:.3} FPR {:.4}",
+            a.0,
+            a.1,
+            a.2,
+            a.3,
+            sr,
+            2.0 * nest[0] / (2.0 * nest[0] + nest[1] + nest[2]),
+            nest[1] / (nest[1] + nest[3])
+        );
+    };
+    report(
+        "ngram alone",
+        &z.iter().map(|v| sig(*v)).collect::<Vec<_>>(),
+    );
+    for with_ngram in [false, true] {
+        let mut x: Vec<Vec<f32>> = img
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let mut v = rows[i].embedding.clone();
+                v.extend_from_slice(&rows[i].fast[..]);
+                if with_ngram {
+                    v.push(z[j]);
+                }
+                v
+            })
+            .collect();
+        let all = vec![true; x.len()];
+        standardise(&mut x, &all);
+        for v in x.iter_mut() {
+            v.iter_mut().for_each(|a| *a = a.clamp(-8.0, 8.0));
+        }
+        let mut oof = vec![0.0f32; img.len()];
+        for k in 0..cascade::FOLDS {
+            let (xt, yt): (Vec<Vec<f32>>, Vec<bool>) = (0..img.len())
+                .filter(|j| folds[*j] != k)
+                .map(|j| (x[j].clone(), ys[j]))
+                .unzip();
+            let w = lab_fit(&xt, &yt, hl2, 300, 1.0);
+            for j in (0..img.len()).filter(|j| folds[*j] == k) {
+                oof[j] = lab_score(&w, &x[j]);
+            }
+        }
+        report(
+            if with_ngram {
+                "emb+fast+ngram"
+            } else {
+                "emb+fast"
+            },
+            &oof,
+        );
+    }
+}
+
 fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let (heads, rep) = cascade::train(rows, &HeadsConfig::default());
+    let mut cfg = HeadsConfig::default();
+    if let Some(b) = std::env::var("NGRAM_BITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.ngram_bits = b;
+    }
+    let (heads, rep) = cascade::train(rows, &cfg);
     let bytes = heads.to_bytes();
     std::fs::write(out, &bytes)?;
     let line = |name: &str, c: &cascade::Counts| {
@@ -379,8 +573,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("train") if args.len() == 4 => {
             let records = read(&jsonl(Path::new(&args[1]))?, Some(Part::Dev))?;
             let encoder = Encoder::from_dir(Path::new(&args[2]))?;
-            // The fast tier's own model picks the view to embed, as at screening time.
-            let screener = Screener::builtin()?;
             let t0 = std::time::Instant::now();
             let mut done = 0usize;
             // Embeddings cached by the text they were computed from (EMBED_CACHE=FILE), so
@@ -391,25 +583,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Stacking rows cached whole (ROWS_CACHE=FILE): the fold models take minutes.
             let rows_path = std::env::var_os("ROWS_CACHE").map(PathBuf::from);
             if let Some(rows) = rows_path.as_deref().and_then(load_rows) {
-                if std::env::var_os("LAB").is_some() {
-                    lab(&rows);
-                    return Ok(());
+                match std::env::var("LAB").as_deref() {
+                    Ok("ngram") => {
+                        lab_ngram(&rows, &records);
+                        return Ok(());
+                    }
+                    Ok(_) => {
+                        lab(&rows);
+                        return Ok(());
+                    }
+                    Err(_) => {}
                 }
                 return finish(&rows, &args[3]);
             }
-            let rows = cascade::rows(&records, &TrainConfig::default(), |r| {
+            // The fold models score on the shipped model's scale: it is the one the heads
+            // run beside.
+            let runtime = stormwall_safety::screen::builtin_model()?
+                .ok_or("no shipped fast model to align the fold models with")?;
+            let rows = cascade::rows(&records, &TrainConfig::default(), &runtime, |text| {
                 done += 1;
                 if done.is_multiple_of(500) {
                     eprintln!("{done}/{} embedded, {:?}", records.len(), t0.elapsed());
                 }
-                let text = screener.encoder_text(&r.text);
-                let key = stormwall_safety::eval::stable_hash(&text);
+                let key = stormwall_safety::eval::stable_hash(text);
                 if let Some(e) = cache.get(&key) {
                     return e.clone();
                 }
                 fresh += 1;
                 let e = encoder
-                    .embed(&text)
+                    .embed(text)
                     .unwrap_or_else(|_| vec![0.0; encoder.dim()]);
                 cache.insert(key, e.clone());
                 e
@@ -453,6 +655,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
+        Some("reach") if args.len() >= 2 => {
+            // Which chat prompts would reach the encoder (fast tier and band only, no
+            // model needed): one text a line (`#` comments; `\n` joins system and user
+            // turns), or records (`.jsonl`, chat ones, optionally `--split dev|test`).
+            let heads = match args.iter().position(|a| a == "--heads") {
+                Some(i) => cascade::Heads::from_bytes(&std::fs::read(
+                    args.get(i + 1).ok_or("--heads FILE")?,
+                )?)?,
+                None => cascade::Heads::builtin()?.ok_or("no shipped heads")?,
+            };
+            let part = args.iter().position(|a| a == "--split").map(|i| {
+                if args.get(i + 1).map(String::as_str) == Some("test") {
+                    Part::Test
+                } else {
+                    Part::Dev
+                }
+            });
+            let screener = Screener::builtin()?;
+            let (mut n, mut reached) = (0usize, 0usize);
+            let mut by: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+            let mut skip = false;
+            for a in &args[1..] {
+                if skip || a == "--heads" || a == "--split" {
+                    skip = !skip && (a == "--heads" || a == "--split");
+                    continue;
+                }
+                let texts: Vec<(String, String)> = if a.ends_with(".jsonl") {
+                    read(&[PathBuf::from(a)], part)?
+                        .into_iter()
+                        .filter(|r| r.kind == stormwall_safety::Kind::Chat)
+                        .map(|r| (format!("{} harmful={}", r.source, r.harmful), r.text))
+                        .collect()
+                } else {
+                    std::fs::read_to_string(a)?
+                        .lines()
+                        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                        .map(|l| (a.clone(), l.replace("\\n", "\n")))
+                        .collect()
+                };
+                for (group, t) in texts {
+                    let m = screener.analyze(&t).max_score();
+                    let hit = heads.wants(stormwall_safety::Kind::Chat, m);
+                    n += 1;
+                    reached += usize::from(hit);
+                    let e = by.entry(group).or_default();
+                    e.0 += 1;
+                    e.1 += usize::from(hit);
+                }
+            }
+            for (g, (all, hit)) in &by {
+                println!("{g}: {hit}/{all} reach the encoder");
+            }
+            println!("all: {reached}/{n}; band {:?}", heads.band());
+            Ok(())
+        }
         Some("eval") if args.len() >= 3 => {
             let mut files = Vec::new();
             let (mut heads, mut part, mut evasion, mut profile) =
@@ -477,13 +734,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "none" => None,
                 dir => Some(Arc::new(Encoder::from_dir(Path::new(dir))?)),
             };
-            let mut b = Screener::builder().encoder(encoder);
+            // Every embedding is kept, so the warm-up below computes each once.
+            let mut b = Screener::builder()
+                .encoder(encoder)
+                .embedding_cache(1 << 18);
             if let Some(h) = heads {
                 b = b.heads(Some(cascade::Heads::from_bytes(&std::fs::read(h)?)?));
             }
             let screener = b.build()?;
             let profile = Profile::builtin(&profile).ok_or("unknown profile")?;
             let transforms: &[Transform] = if evasion { &Transform::ALL } else { &[] };
+            // The encoder dominates: embed every text (and disguised text) the evaluator will
+            // screen on WARM_THREADS threads (default 2) first; the evaluation itself then
+            // finds each embedding in the cache and gives the same figures.
+            if screener.has_encoder() {
+                let threads: usize = std::env::var("WARM_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2);
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                std::thread::scope(|s| {
+                    for _ in 0..threads.max(1) {
+                        s.spawn(|| {
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(r) = records.get(i) else { break };
+                                screener.analyze_for(&r.text, r.kind);
+                                let seed = stormwall_safety::eval::stable_hash(&r.id);
+                                for t in transforms {
+                                    screener.analyze_for(&t.apply(&r.text, seed), r.kind);
+                                }
+                            }
+                        });
+                    }
+                });
+            }
             let mut ev = Evaluator::new(&screener, &profile, transforms);
             for r in &records {
                 ev.add(r);

@@ -16,12 +16,15 @@
 //! dev-chosen operating point lands on the profile's flag threshold for the category
 //! ([`Cascade::score_under`]): a profile keeps its say over which categories it acts on.
 //!
-//! File format (`SWC2`, little-endian): magic, `u32` embedding length, `u32` input count,
+//! File format (`SWC3`, little-endian): magic, `u32` embedding length, `u32` input count,
 //! `u32` head count, `f32` image and chat thresholds, `f32` band low and high edges, `f32`
 //! image operating point of the sexual head (above 1: none), the
 //! input means and scales (`f32` each), then per head a `u8` category index (`0xff` for the
 //! image any-harm head, `0xfe` for the chat one) and `input count + 1` weights (the bias
-//! last). `SWC1` files (one any-harm head for both kinds) still load.
+//! last), then the image n-gram model: `u8` bits (0: none), and with bits `f32` scale, `f32`
+//! bias and `2^bits` `i8` weights. With an n-gram model its logit is the last input before
+//! the image flag's. `SWC2` files (no n-gram model) and `SWC1` files (one any-harm head for
+//! both kinds) still load.
 
 use crate::category::{CATEGORY_COUNT, Category, Kind};
 use crate::eval::Record;
@@ -30,7 +33,9 @@ use crate::policy::{Action, Profile};
 use crate::screen::Screener;
 
 /// Magic bytes of a heads file.
-pub const MAGIC: &[u8; 4] = b"SWC2";
+pub const MAGIC: &[u8; 4] = b"SWC3";
+/// Magic bytes of the second heads format (no image n-gram model).
+const MAGIC_V2: &[u8; 4] = b"SWC2";
 /// Magic bytes of the first heads format (one any-harm head for both kinds).
 const MAGIC_V1: &[u8; 4] = b"SWC1";
 /// The shipped heads (`stormwall safety train --heads-out` writes them); empty means none.
@@ -73,6 +78,121 @@ pub struct Heads {
     band: (f32, f32),
     /// The sexual head's own operating point on image prompts (above 1: none).
     image_sexual_threshold: f32,
+    /// The image n-gram model whose logit is one of the inputs (none in older files).
+    ngram: Option<Ngram>,
+}
+
+/// A logistic regression over hashed n-grams ([`model::features`]) trained on image prompts
+/// alone. The fast model is trained on chat and image texts together, for every category:
+/// an image-only model of the words and spellings image prompts use adds its own evidence
+/// to the embedding (the TF-IDF and embedding baselines gained three points of F1
+/// stacked).
+#[derive(Debug, Clone, PartialEq)]
+struct Ngram {
+    bits: u8,
+    scale: f32,
+    bias: f32,
+    weights: Vec<i8>,
+}
+
+/// A text with fewer n-gram features counts as if it had this many (its few features must
+/// not each weigh like a sentence's worth).
+const NGRAM_MIN_FEATURES: usize = 16;
+
+/// Each feature of a text as (bucket, signed weight), binary and normalised by length.
+fn ngram_features(text: &str, bits: u8, scratch: &mut model::Scratch) -> Vec<(u32, f32)> {
+    model::features(text, bits, scratch);
+    let f = scratch.feats();
+    let v = 1.0 / (f.len().max(NGRAM_MIN_FEATURES) as f32).sqrt();
+    let mask = (1u32 << bits) - 1;
+    f.iter()
+        .map(|&h| (h & mask, if h >> 31 == 0 { v } else { -v }))
+        .collect()
+}
+
+impl Ngram {
+    fn logit(&self, text: &str) -> f32 {
+        let mut scratch = model::Scratch::default();
+        let x = ngram_features(text, self.bits, &mut scratch);
+        let acc: f32 = x
+            .iter()
+            .map(|&(b, v)| f32::from(self.weights.get(b as usize).copied().unwrap_or(0)) * v)
+            .sum();
+        self.bias + acc * self.scale
+    }
+}
+
+/// Settings of the image n-gram model's training (AdaGrad, as the fast model).
+const NGRAM_EPOCHS: u32 = 6;
+const NGRAM_LEARNING_RATE: f32 = 0.4;
+const NGRAM_L2: f32 = 1e-6;
+
+/// Float weights (bias last) of an n-gram logistic regression on `(features, label)` pairs,
+/// deterministic for a given input order.
+fn fit_ngram_f32(x: &[&[(u32, f32)]], y: &[bool], bits: u8) -> Vec<f32> {
+    let n = 1usize << bits;
+    let mut w = vec![0.0f32; n + 1];
+    let mut g2 = vec![0.0f32; n + 1];
+    if x.is_empty() {
+        return w;
+    }
+    let pos = y.iter().filter(|b| **b).count().max(1) as f32;
+    let wpos = ((x.len() as f32 - pos) / pos).sqrt().clamp(1.0, 8.0);
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let z = |w: &[f32], xi: &[(u32, f32)]| {
+        xi.iter().map(|&(b, v)| w[b as usize] * v).sum::<f32>() + w[n]
+    };
+    for _ in 0..NGRAM_EPOCHS {
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            let p = sigmoid(z(&w, x[i]));
+            let g = if y[i] { (p - 1.0) * wpos } else { p };
+            for &(b, v) in x[i] {
+                let b = b as usize;
+                let gj = g * v + NGRAM_L2 * w[b];
+                g2[b] += gj * gj;
+                w[b] -= NGRAM_LEARNING_RATE * gj / (g2[b].sqrt() + 1e-6);
+            }
+            g2[n] += g * g;
+            w[n] -= NGRAM_LEARNING_RATE * g / (g2[n].sqrt() + 1e-6);
+        }
+    }
+    w
+}
+
+/// The float model's logit for a text's features.
+fn ngram_logit_f32(w: &[f32], x: &[(u32, f32)]) -> f32 {
+    x.iter()
+        .map(|&(b, v)| w.get(b as usize).copied().unwrap_or(0.0) * v)
+        .sum::<f32>()
+        + w.last().copied().unwrap_or(0.0)
+}
+
+/// Quantises float weights to `i8` (a high quantile of |w| maps to 127, as the fast model).
+fn quantize_ngram(w: &[f32], bits: u8) -> Ngram {
+    let (table, bias) = w.split_at(w.len().saturating_sub(1));
+    let mut a: Vec<f32> = table.iter().map(|v| v.abs()).filter(|v| *v > 0.0).collect();
+    a.sort_by(f32::total_cmp);
+    let q = a
+        .get(((a.len() as f64 * 0.999) as usize).min(a.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
+    let scale = if q > 0.0 { q / 127.0 } else { 1e-9 };
+    Ngram {
+        bits,
+        scale,
+        bias: bias.first().copied().unwrap_or(0.0),
+        weights: table
+            .iter()
+            .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8)
+            .collect(),
+    }
 }
 
 /// What the cascade said about one text: the any-harm probability, the category the
@@ -187,24 +307,38 @@ impl Heads {
         }
     }
 
-    fn inputs(&self, embedding: &[f32], fast: &[f32; CATEGORY_COUNT], kind: Kind) -> Vec<f32> {
-        let mut x = raw_inputs(embedding, fast, kind);
+    fn inputs(
+        &self,
+        embedding: &[f32],
+        fast: &[f32; CATEGORY_COUNT],
+        kind: Kind,
+        text: &str,
+    ) -> Vec<f32> {
+        let z = self.ngram.as_ref().map(|m| m.logit(text));
+        let mut x = raw_inputs(embedding, fast, kind, z);
         standardise_in_place(&mut x, &self.mean, &self.scale);
         x
     }
 
-    /// Scores an embedding stacked with the fast tier's scores. `None` when the embedding
-    /// has the wrong length (another encoder than the heads were trained on).
+    /// Whether the heads read an image n-gram model's logit of the text too.
+    pub fn has_ngram(&self) -> bool {
+        self.ngram.is_some()
+    }
+
+    /// Scores an embedding of `text` (the text the encoder read, [`Screener::encoder_text`])
+    /// stacked with the fast tier's scores. `None` when the embedding has the wrong length
+    /// (another encoder than the heads were trained on).
     pub fn score(
         &self,
         embedding: &[f32],
         fast: &[f32; CATEGORY_COUNT],
         kind: Kind,
+        text: &str,
     ) -> Option<Cascade> {
         if embedding.len() != self.dim {
             return None;
         }
-        let x = self.inputs(embedding, fast, kind);
+        let x = self.inputs(embedding, fast, kind, text);
         let any = match kind {
             Kind::Image => &self.any_image,
             Kind::Chat => &self.any_chat,
@@ -264,6 +398,15 @@ impl Heads {
             b.push(c.index() as u8);
             put(&mut b, w);
         }
+        match &self.ngram {
+            None => b.push(0),
+            Some(m) => {
+                b.push(m.bits);
+                b.extend_from_slice(&m.scale.to_le_bytes());
+                b.extend_from_slice(&m.bias.to_le_bytes());
+                b.extend(m.weights.iter().map(|w| *w as u8));
+            }
+        }
         b
     }
 
@@ -272,18 +415,26 @@ impl Heads {
         let bad = |m: &str| HeadsError::Format(m.to_owned());
         let mut r = Reader { b, at: 0 };
         let magic = r.take(4).ok_or_else(|| bad("truncated"))?;
-        if magic != MAGIC && magic != MAGIC_V1 {
+        if magic != MAGIC && magic != MAGIC_V2 && magic != MAGIC_V1 {
             return Err(bad("not a heads file"));
         }
+        let v1 = magic == MAGIC_V1;
         let dim = r.u32().ok_or_else(|| bad("truncated"))? as usize;
         let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
         let heads = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-        if n != dim + CATEGORY_COUNT + 1 || dim == 0 || dim > 8192 || heads == 0 || heads > 64 {
+        // An n-gram model (SWC3 only) adds one input; whether there is one is checked below.
+        let base = dim + CATEGORY_COUNT + 1;
+        if !(n == base || (magic == MAGIC && n == base + 1))
+            || dim == 0
+            || dim > 8192
+            || heads == 0
+            || heads > 64
+        {
             return Err(bad("inconsistent sizes"));
         }
         let mut f = || r.f32().ok_or_else(|| bad("truncated"));
         let (image_threshold, chat_threshold, lo, hi) = (f()?, f()?, f()?, f()?);
-        let image_sexual_threshold = if magic == MAGIC { f()? } else { 2.0 };
+        let image_sexual_threshold = if v1 { 2.0 } else { f()? };
         let mut vec = |len: usize| -> Result<Vec<f32>, HeadsError> {
             (0..len)
                 .map(|_| r.f32().ok_or_else(|| bad("truncated")))
@@ -301,7 +452,7 @@ impl Heads {
             }
             if tag == ANY_HEAD {
                 any = Some(w);
-            } else if tag == ANY_CHAT_HEAD && magic == MAGIC {
+            } else if tag == ANY_CHAT_HEAD && !v1 {
                 any_chat = Some(w);
             } else {
                 let c = Category::ALL
@@ -311,13 +462,45 @@ impl Heads {
                 cats.push((c, w));
             }
         }
+        let ngram = if magic == MAGIC {
+            let bits = r.take(1).ok_or_else(|| bad("truncated"))?[0];
+            if bits == 0 {
+                None
+            } else {
+                if !model::BITS_RANGE.contains(&bits) {
+                    return Err(bad("n-gram bits out of range"));
+                }
+                let scale = r.f32().ok_or_else(|| bad("truncated"))?;
+                let bias = r.f32().ok_or_else(|| bad("truncated"))?;
+                let weights = r
+                    .take(1usize << bits)
+                    .ok_or_else(|| bad("truncated"))?
+                    .iter()
+                    .map(|w| *w as i8)
+                    .collect();
+                if !(scale.is_finite() && bias.is_finite()) {
+                    return Err(bad("non-finite value"));
+                }
+                Some(Ngram {
+                    bits,
+                    scale,
+                    bias,
+                    weights,
+                })
+            }
+        } else {
+            None
+        };
+        if ngram.is_some() != (n == base + 1) {
+            return Err(bad("input count does not match the n-gram model"));
+        }
         if r.at != b.len() {
             return Err(bad("trailing bytes"));
         }
         let any_image = any.ok_or_else(|| bad("no any-harm head"))?;
         let any_chat = match any_chat {
             Some(w) => w,
-            None if magic == MAGIC_V1 => any_image.clone(),
+            None if v1 => any_image.clone(),
             None => return Err(bad("no chat any-harm head")),
         };
         let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
@@ -347,6 +530,7 @@ impl Heads {
             chat_threshold,
             band: (lo, hi),
             image_sexual_threshold,
+            ngram,
         })
     }
 }
@@ -375,13 +559,18 @@ impl<'a> Reader<'a> {
 }
 
 /// The heads' inputs before standardisation: embedding, fast-tier scores of the head
-/// categories, image flag. The other categories' scores (filter evasion from obfuscation
+/// categories, the image n-gram model's logit (when the heads have one), image flag. The other categories' scores (filter evasion from obfuscation
 /// signals, the combinations) read as zero: the development prompts are undisguised, so the
 /// heads never learn what those scores mean, and a disguise's signal score sat many
 /// standard deviations out (zero-width characters cost the cascade 8 points of recall on
 /// the test part). The rules still act on them.
-fn raw_inputs(embedding: &[f32], fast: &[f32; CATEGORY_COUNT], kind: Kind) -> Vec<f32> {
-    let mut x = Vec::with_capacity(embedding.len() + CATEGORY_COUNT + 1);
+fn raw_inputs(
+    embedding: &[f32],
+    fast: &[f32; CATEGORY_COUNT],
+    kind: Kind,
+    ngram: Option<f32>,
+) -> Vec<f32> {
+    let mut x = Vec::with_capacity(embedding.len() + CATEGORY_COUNT + 2);
     x.extend_from_slice(embedding);
     x.extend(Category::ALL.into_iter().map(|c| {
         if CASCADE_HEADS.contains(&c) {
@@ -390,6 +579,7 @@ fn raw_inputs(embedding: &[f32], fast: &[f32; CATEGORY_COUNT], kind: Kind) -> Ve
             0.0
         }
     }));
+    x.extend(ngram);
     x.push(if kind == Kind::Image { 1.0 } else { 0.0 });
     x
 }
@@ -433,6 +623,9 @@ pub struct Row {
     pub fold: u32,
     /// Source data set (for the report).
     pub source: String,
+    /// The text the encoder read ([`Screener::encoder_text`]); the image n-gram model
+    /// reads it too.
+    pub text: String,
 }
 
 impl Row {
@@ -455,6 +648,11 @@ pub struct HeadsConfig {
     pub steps: u32,
     /// Adam step size.
     pub learning_rate: f32,
+    /// log2 of the image n-gram model's bucket count (0: no n-gram model, the default: on
+    /// dev, 5-fold out of fold at 1.7% benign FPR, 2^16 buckets moved image F1 0.744 →
+    /// 0.746 and cost the sexual route 2.4 points of recall, 0.848 → 0.824; not worth its
+    /// 64 KiB).
+    pub ngram_bits: u8,
 }
 
 impl Default for HeadsConfig {
@@ -464,6 +662,7 @@ impl Default for HeadsConfig {
             l2_grid: vec![0.03, 0.1, 0.3],
             steps: 300,
             learning_rate: 0.05,
+            ngram_bits: 0,
         }
     }
 }
@@ -502,11 +701,13 @@ fn fit(x: &[&[f32]], y: &[bool], n: usize, l2: f32, cfg: &HeadsConfig) -> Vec<f3
     w
 }
 
-/// Means and inverse standard deviations of the rows' inputs, and the standardised inputs.
-fn standardise(rows: &[&Row]) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
+/// Means and inverse standard deviations of the rows' inputs (with each row's n-gram logit,
+/// `z`, parallel to `rows`), and the standardised inputs.
+fn standardise(rows: &[&Row], z: &[Option<f32>]) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
     let raw: Vec<Vec<f32>> = rows
         .iter()
-        .map(|r| raw_inputs(&r.embedding, &r.fast, r.kind))
+        .zip(z)
+        .map(|(r, z)| raw_inputs(&r.embedding, &r.fast, r.kind, *z))
         .collect();
     let n = raw.first().map_or(0, Vec::len);
     let mut mean = vec![0.0f32; n];
@@ -541,17 +742,50 @@ fn fit_any(rows: &[&Row], x: &[Vec<f32>], kind: Kind, l2: f32, cfg: &HeadsConfig
     fit(&xs, &ys, n, l2, cfg)
 }
 
+/// A text's n-gram features: (bucket, signed weight).
+type Features = [(u32, f32)];
+
+/// Each row's n-gram features (empty without an n-gram model).
+fn row_features(rows: &[Row], bits: u8) -> Vec<Vec<(u32, f32)>> {
+    if bits == 0 {
+        return Vec::new();
+    }
+    let mut scratch = model::Scratch::default();
+    rows.iter()
+        .map(|r| ngram_features(&r.text, bits, &mut scratch))
+        .collect()
+}
+
+/// The image n-gram model fitted on the image rows `use_row` admits.
+fn fit_ngram_on(
+    rows: &[Row],
+    feats: &[Vec<(u32, f32)>],
+    bits: u8,
+    use_row: impl Fn(&Row) -> bool,
+) -> Vec<f32> {
+    let (x, y): (Vec<&Features>, Vec<bool>) = rows
+        .iter()
+        .zip(feats)
+        .filter(|(r, _)| r.kind == Kind::Image && use_row(r))
+        .map(|(r, f)| (f.as_slice(), r.harmful))
+        .unzip();
+    fit_ngram_f32(&x, &y, bits)
+}
+
 /// Fits every head on rows, with the any-harm heads' penalties (image, chat) and their
 /// operating points given.
 fn fit_heads(
     rows: &[&Row],
+    z: &[Option<f32>],
+    ngram: Option<Ngram>,
     cfg: &HeadsConfig,
     l2: (f32, f32),
     thresholds: (f32, f32, f32),
     band: (f32, f32),
 ) -> Heads {
     let dim = rows.first().map_or(0, |r| r.embedding.len());
-    let (mean, scale, x) = standardise(rows);
+    let (mean, scale, x) = standardise(rows, z);
+    let n = mean.len();
     let xs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
     let any_image = fit_any(rows, &x, Kind::Image, l2.0, cfg);
     let any_chat = fit_any(rows, &x, Kind::Chat, l2.1, cfg);
@@ -559,7 +793,7 @@ fn fit_heads(
         .iter()
         .map(|c| {
             let y: Vec<bool> = rows.iter().map(|r| r.categories.contains(c)).collect();
-            (*c, fit(&xs, &y, dim + CATEGORY_COUNT + 1, cfg.l2, cfg))
+            (*c, fit(&xs, &y, n, cfg.l2, cfg))
         })
         .collect();
     Heads {
@@ -573,6 +807,7 @@ fn fit_heads(
         chat_threshold: thresholds.1,
         band,
         image_sexual_threshold: thresholds.2,
+        ngram,
     }
 }
 
@@ -663,16 +898,23 @@ fn decide_row_sexual(r: &Row, p: f32, t: f32, band: (f32, f32), sexual: (f32, f3
     }
 }
 
-/// Builds the stacking rows for development records: `embed` gives each record's embedding
-/// (the encoder's, of [`Screener::encoder_text`]); the fast-tier scores come from a model
+/// Builds the stacking rows for development records: `embed` gives the embedding of each
+/// record's [`Screener::encoder_text`] (as `runtime` picks it); the fast-tier scores come from a model
 /// trained on the other folds, as the heads will meet scores of texts the fast model never
-/// saw. Test-split records must not be passed in (the caller filters them).
+/// saw. Those fold models score on the scale of `runtime`, the fast model the heads will run
+/// beside ([`model::Model::with_pivots_of`]): each model's calibration pivot is a noisy
+/// extreme quantile (0.876 in the shipped model, 0.34–0.48 in the fold models), and heads
+/// and thresholds tuned on the fold models' own scales met scores on the test part far
+/// lower than they expected (benign FPR 0.7% where dev chose 1.7%, recall lost). Test-split
+/// records must not be passed in (the caller filters them).
 pub fn rows(
     records: &[Record],
     fast_cfg: &TrainConfig,
-    mut embed: impl FnMut(&Record) -> Vec<f32>,
+    runtime: &model::Model,
+    mut embed: impl FnMut(&str) -> Vec<f32>,
 ) -> Result<Vec<Row>, crate::screen::SafetyError> {
     let profile = Profile::default();
+    let reader = Screener::builder().model(Some(runtime.clone())).build()?;
     let mut out: Vec<Option<Row>> = vec![None; records.len()];
     // The fold models train on two threads: each is minutes of work, independent of the
     // others, and deterministic, so the order they finish in changes nothing.
@@ -691,7 +933,7 @@ pub fn rows(
                         .filter(|r| r.fold(FOLDS) != k)
                         .cloned()
                         .collect();
-                    let m = model::train_on_records(&train, fast_cfg);
+                    let m = model::train_on_records(&train, fast_cfg).with_pivots_of(runtime);
                     models
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -715,8 +957,9 @@ pub fn rows(
             for c in Category::ALL {
                 fast[c.index()] = a.score(c);
             }
+            let text = reader.encoder_text(&r.text);
             out[i] = Some(Row {
-                embedding: embed(r),
+                embedding: embed(&text),
                 fast,
                 fast_flag: a.decide(r.kind, &profile).action >= Action::Flag,
                 rule_flag: a.rules_action(r.kind, &profile) >= Action::Flag,
@@ -725,6 +968,7 @@ pub fn rows(
                 categories: r.mapped_categories(),
                 fold: k,
                 source: r.source.clone(),
+                text,
             });
         }
     }
@@ -741,14 +985,34 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
     } else {
         cfg.l2_grid.clone()
     };
+    // The image n-gram model's out-of-fold logits (trained on the image rows of four folds,
+    // scoring every row of the fifth), as the heads meet its logits of unseen texts.
+    let bits = cfg.ngram_bits;
+    let feats = row_features(rows, bits);
+    let mut z: Vec<Option<f32>> = vec![None; rows.len()];
+    if bits > 0 {
+        for k in 0..FOLDS {
+            let w = fit_ngram_on(rows, &feats, bits, |r| r.fold != k);
+            for (i, r) in rows.iter().enumerate() {
+                if r.fold == k {
+                    z[i] = Some(ngram_logit_f32(&w, &feats[i]));
+                }
+            }
+        }
+    }
     // Out-of-fold any-harm probabilities per penalty in the grid: each kind's head is fitted
     // on four folds (standardised on them) and scores the fifth.
     let mut oof_by_l2 = vec![vec![0.0f32; rows.len()]; l2_grid.len()];
     // And the sexual category head's, on image prompts (fitted as in `fit_heads`).
     let mut oof_sexual = vec![0.0f32; rows.len()];
     for k in 0..FOLDS {
-        let train: Vec<&Row> = rows.iter().filter(|r| r.fold != k).collect();
-        let (mean, scale, x) = standardise(&train);
+        let (train, tz): (Vec<&Row>, Vec<Option<f32>>) = rows
+            .iter()
+            .zip(&z)
+            .filter(|(r, _)| r.fold != k)
+            .map(|(r, z)| (r, *z))
+            .unzip();
+        let (mean, scale, x) = standardise(&train, &tz);
         let xs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
         let ys: Vec<bool> = train
             .iter()
@@ -758,7 +1022,7 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
         let ws = fit(&xs, &ys, n, cfg.l2, cfg);
         for (i, r) in rows.iter().enumerate() {
             if r.fold == k && r.kind == Kind::Image {
-                let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind);
+                let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind, z[i]);
                 standardise_in_place(&mut xi, &mean, &scale);
                 oof_sexual[i] = sigmoid(dot(&ws, &xi));
             }
@@ -768,7 +1032,7 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
                 let w = fit_any(&train, &x, kind, l2, cfg);
                 for (i, r) in rows.iter().enumerate() {
                     if r.fold == k && r.kind == kind {
-                        let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind);
+                        let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind, z[i]);
                         standardise_in_place(&mut xi, &mean, &scale);
                         oof_by_l2[g][i] = sigmoid(dot(&w, &xi));
                     }
@@ -934,8 +1198,10 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
         l2,
     };
     let all: Vec<&Row> = rows.iter().collect();
+    let ngram =
+        (bits > 0).then(|| quantize_ngram(&fit_ngram_on(rows, &feats, bits, |_| true), bits));
     (
-        fit_heads(&all, cfg, l2, (image_t, chat_t, image_ts), band),
+        fit_heads(&all, &z, ngram, cfg, l2, (image_t, chat_t, image_ts), band),
         report,
     )
 }
@@ -959,6 +1225,7 @@ mod tests {
             },
             fold,
             source: "t".into(),
+            text: String::new(),
         }
     }
 
@@ -979,15 +1246,25 @@ mod tests {
         assert_eq!(report.image_cascade.fp, 0);
         assert_eq!(report.image_cascade.fn_, 0);
         let harm = h
-            .score(&[1.0, 0.2, 0.0, 0.0], &[0.0; CATEGORY_COUNT], Kind::Image)
+            .score(
+                &[1.0, 0.2, 0.0, 0.0],
+                &[0.0; CATEGORY_COUNT],
+                Kind::Image,
+                "",
+            )
             .unwrap();
         let ok = h
-            .score(&[-1.0, 0.2, 0.0, 0.0], &[0.0; CATEGORY_COUNT], Kind::Image)
+            .score(
+                &[-1.0, 0.2, 0.0, 0.0],
+                &[0.0; CATEGORY_COUNT],
+                Kind::Image,
+                "",
+            )
             .unwrap();
         assert!(harm.probability >= harm.threshold && ok.probability < ok.threshold);
         assert_eq!(harm.category, Category::Sexual);
         assert!(
-            h.score(&[1.0; 3], &[0.0; CATEGORY_COUNT], Kind::Image)
+            h.score(&[1.0; 3], &[0.0; CATEGORY_COUNT], Kind::Image, "")
                 .is_none()
         );
         let back = Heads::from_bytes(&h.to_bytes()).unwrap();
@@ -1011,24 +1288,32 @@ mod tests {
         let (h, _) = train(&rows, &HeadsConfig::default());
         let e = [-1.0, 0.0, 0.0, 0.0];
         let mut fast = [0.0; CATEGORY_COUNT];
-        let base = h.score(&e, &fast, Kind::Image).unwrap().probability;
+        let base = h.score(&e, &fast, Kind::Image, "").unwrap().probability;
         // An obfuscation signal (filter evasion) is the rules' business, not an input.
         fast[Category::FilterEvasion.index()] = 0.45;
-        assert_eq!(h.score(&e, &fast, Kind::Image).unwrap().probability, base);
+        assert_eq!(
+            h.score(&e, &fast, Kind::Image, "").unwrap().probability,
+            base
+        );
         // A far-out value counts no more than INPUT_CLIP standard deviations.
-        let far = h.inputs(&[1e6, 0.0, 0.0, 0.0], &fast, Kind::Image);
+        let far = h.inputs(&[1e6, 0.0, 0.0, 0.0], &fast, Kind::Image, "");
         assert!(far.iter().all(|v| v.abs() <= INPUT_CLIP));
     }
 
     #[test]
     fn broken_files_are_errors_not_panics() {
+        // The smallest n-gram table keeps every cut below quick to try.
         let (h, _) = train(
             &[
                 row([1.0, 0.0, 0.0, 0.0], true, Kind::Image, 0),
                 row([-1.0, 0.0, 0.0, 0.0], false, Kind::Image, 1),
             ],
-            &HeadsConfig::default(),
+            &HeadsConfig {
+                ngram_bits: 10,
+                ..HeadsConfig::default()
+            },
         );
+        assert!(h.has_ngram());
         let b = h.to_bytes();
         for cut in 0..b.len() {
             assert!(Heads::from_bytes(&b[..cut]).is_err());
@@ -1089,6 +1374,97 @@ mod tests {
         );
     }
 
+    /// Heads without an image n-gram model, as the first two formats hold.
+    fn without_ngram() -> HeadsConfig {
+        HeadsConfig {
+            ngram_bits: 0,
+            ..HeadsConfig::default()
+        }
+    }
+
+    #[test]
+    fn second_format_files_load_as_heads_without_an_ngram_model() {
+        let (h, _) = train(
+            &[
+                row([1.0, 0.0, 0.0, 0.0], true, Kind::Image, 0),
+                row([-1.0, 0.0, 0.0, 0.0], false, Kind::Image, 1),
+            ],
+            &without_ngram(),
+        );
+        assert!(!h.has_ngram());
+        // SWC2: the current layout without the n-gram section (one byte, 0, here).
+        let b = h.to_bytes();
+        assert_eq!(b.last(), Some(&0));
+        let mut old = MAGIC_V2.to_vec();
+        old.extend_from_slice(&b[4..b.len() - 1]);
+        assert_eq!(Heads::from_bytes(&old).unwrap(), h);
+        // A second-format file cannot claim the n-gram model's extra input.
+        let (with, _) = train(
+            &[
+                row([1.0, 0.0, 0.0, 0.0], true, Kind::Image, 0),
+                row([-1.0, 0.0, 0.0, 0.0], false, Kind::Image, 1),
+            ],
+            &HeadsConfig {
+                ngram_bits: 10,
+                ..HeadsConfig::default()
+            },
+        );
+        let b = with.to_bytes();
+        let mut old = MAGIC_V2.to_vec();
+        old.extend_from_slice(&b[4..]);
+        assert!(Heads::from_bytes(&old).is_err());
+    }
+
+    #[test]
+    fn the_image_ngram_model_reads_the_text_the_embedding_misses() {
+        // The embeddings carry nothing; only the words tell harm from benign.
+        let mut rows = Vec::new();
+        for i in 0..200u32 {
+            let h = i % 2 == 0;
+            let mut r = row(
+                [0.1 * (i % 5) as f32, 0.0, 0.0, 0.0],
+                h,
+                Kind::Image,
+                i % FOLDS,
+            );
+            r.text = if h {
+                format!("a purple zorblax number {i}")
+            } else {
+                format!("a calm garden number {i}")
+            };
+            rows.push(r);
+        }
+        let (h, report) = train(
+            &rows,
+            &HeadsConfig {
+                ngram_bits: 12,
+                ..HeadsConfig::default()
+            },
+        );
+        assert!(h.has_ngram());
+        assert!(
+            report.image_cascade.f1() > 0.95,
+            "{:?}",
+            report.image_cascade
+        );
+        let p = |t: &str| {
+            h.score(
+                &[0.2, 0.0, 0.0, 0.0],
+                &[0.0; CATEGORY_COUNT],
+                Kind::Image,
+                t,
+            )
+            .unwrap()
+        };
+        let (harm, ok) = (p("purple zorblax at noon"), p("calm garden at noon"));
+        // Same embedding, different words: the text alone moves the head.
+        assert!(harm.probability > ok.probability + 0.3, "{harm:?} {ok:?}");
+        assert!(ok.probability < ok.threshold, "{ok:?}");
+        let m = h.ngram.as_ref().unwrap();
+        assert!(m.logit("purple zorblax") > 0.0 && m.logit("calm garden") < 0.0);
+        assert_eq!(Heads::from_bytes(&h.to_bytes()).unwrap(), h);
+    }
+
     #[test]
     fn first_format_files_still_load_with_one_head_for_both_kinds() {
         let (h, _) = train(
@@ -1096,7 +1472,7 @@ mod tests {
                 row([1.0, 0.0, 0.0, 0.0], true, Kind::Image, 0),
                 row([-1.0, 0.0, 0.0, 0.0], false, Kind::Image, 1),
             ],
-            &HeadsConfig::default(),
+            &without_ngram(),
         );
         // SWC1: the same layout without the chat head.
         let n = h.mean.len();
@@ -1120,10 +1496,12 @@ mod tests {
         let old = Heads::from_bytes(&b).unwrap();
         assert_eq!(old.any_chat, h.any_image);
         assert_eq!(old.any_image, h.any_image);
-        // A current file without its chat head is broken, not an old file.
-        let mut cur = b.clone();
-        cur[..4].copy_from_slice(MAGIC);
-        assert!(Heads::from_bytes(&cur).is_err());
+        // A later file without its chat head is broken, not an old file.
+        for magic in [MAGIC, MAGIC_V2] {
+            let mut cur = b.clone();
+            cur[..4].copy_from_slice(magic);
+            assert!(Heads::from_bytes(&cur).is_err());
+        }
     }
 
     #[test]
@@ -1163,7 +1541,11 @@ mod tests {
             rows.push(row([s, v, 0.0, 0.0], h, Kind::Chat, f));
         }
         let (h, _) = train(&rows, &HeadsConfig::default());
-        let p = |e: [f32; 4], k| h.score(&e, &[0.0; CATEGORY_COUNT], k).unwrap().probability;
+        let p = |e: [f32; 4], k| {
+            h.score(&e, &[0.0; CATEGORY_COUNT], k, "")
+                .unwrap()
+                .probability
+        };
         assert!(p([1.0, -1.0, 0.0, 0.0], Kind::Image) > p([-1.0, 1.0, 0.0, 0.0], Kind::Image));
         assert!(p([-1.0, 1.0, 0.0, 0.0], Kind::Chat) > p([1.0, -1.0, 0.0, 0.0], Kind::Chat));
         let back = Heads::from_bytes(&h.to_bytes()).unwrap();

@@ -443,8 +443,9 @@ impl Screener {
             for c in Category::ALL {
                 fast[c.index()] = a.score(c);
             }
-            if let Some(e) = self.embed(encoder, &self.encoder_text(text)) {
-                a.cascade = heads.score(&e, &fast, kind);
+            let read = self.encoder_text(text);
+            if let Some(e) = self.embed(encoder, &read) {
+                a.cascade = heads.score(&e, &fast, kind, &read);
             }
         }
         a

@@ -657,3 +657,42 @@ fn a_rot13_image_prompt_is_embedded_as_what_it_says() {
         "the decoded view, not the gibberish, goes to the encoder"
     );
 }
+
+/// The everyday chat requests of `tests/data/ordinary-chat.txt` (written for this check,
+/// never used to train or tune), system and user turns joined as the gateway joins them.
+fn ordinary_chat() -> Vec<String> {
+    include_str!("data/ordinary-chat.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.replace("\\n", "\n"))
+        .collect()
+}
+
+#[test]
+fn ordinary_chat_seldom_reaches_the_encoder_and_is_never_flagged() {
+    // Which chat prompts go to the encoder depends only on the fast tier and the heads'
+    // band, so this runs without the model: under a tenth of everyday chat may pay for the
+    // encoder (the target for a realistic mix).
+    let heads = stormwall_safety::cascade::Heads::builtin()
+        .unwrap()
+        .expect("shipped heads");
+    let s = Screener::builtin().unwrap();
+    let profile = Profile::default();
+    let texts = ordinary_chat();
+    assert!(texts.len() >= 60, "{}", texts.len());
+    let mut reached = Vec::new();
+    for t in &texts {
+        let a = s.analyze(t);
+        if heads.wants(Kind::Chat, a.max_score()) {
+            reached.push(t.as_str());
+        }
+        let v = a.decide(Kind::Chat, &profile);
+        assert!(v.action < Action::Flag, "{t:?}: {v:?}");
+    }
+    assert!(
+        reached.len() * 10 < texts.len(),
+        "{} of {} reach the encoder: {reached:#?}",
+        reached.len(),
+        texts.len()
+    );
+}

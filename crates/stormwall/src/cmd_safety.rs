@@ -412,26 +412,27 @@ fn train(
         out.display()
     );
     if let Some((dir, heads_out)) = heads {
-        train_heads(&records, cfg, &dir, &heads_out)?;
+        train_heads(&records, cfg, &m, &dir, &heads_out)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The cascade's heads: out-of-fold fast-tier scores stacked with the encoder's embeddings
 /// of the development records (the caller left the test part out), thresholds and band by
-/// cross-validation on them.
+/// cross-validation on them; the fold models score on the scale of `runtime`, the fast model
+/// just trained, which the heads will run beside.
 fn train_heads(
     records: &[Record],
     cfg: &TrainConfig,
+    runtime: &model::Model,
     dir: &Path,
     out: &Path,
 ) -> anyhow::Result<()> {
     use stormwall_safety::cascade;
     let encoder = stormwall_safety::encoder::Encoder::from_dir(dir)?;
-    let screener = Screener::builtin()?;
-    let rows = cascade::rows(records, cfg, |r| {
+    let rows = cascade::rows(records, cfg, runtime, |text| {
         encoder
-            .embed(&screener.encoder_text(&r.text))
+            .embed(text)
             .unwrap_or_else(|_| vec![0.0; encoder.dim()])
     })?;
     let (heads, rep) = cascade::train(&rows, &cascade::HeadsConfig::default());
