@@ -17,7 +17,8 @@
 //! and 1.5% benign FPR: the sweep behind `HeadsConfig`'s defaults. `LAB=ngram` instead
 //! asks whether an image-only hashed n-gram model's out-of-fold logit adds to the image head
 //! (`LAB_BITS`, `LAB_EPOCHS`, `LAB_NL2`, `LAB_HL2`, `LAB_CAP`); `NGRAM_BITS=B` trains the
-//! heads with such a model (`HeadsConfig::ngram_bits`, default none).
+//! heads with such a model (`HeadsConfig::ngram_bits`, default none); `CHAT_REACH=R` lets
+//! at most that share of benign dev chat into the band (`HeadsConfig::chat_max_reach`).
 //!
 //!   cargo run --release -p stormwall-safety --example cascade -- reach [--heads FILE] [--split dev|test] FILE...
 //!
@@ -520,6 +521,12 @@ fn lab_ngram(rows: &[cascade::Row], records: &[Record]) {
 
 fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = HeadsConfig::default();
+    if let Some(r) = std::env::var("CHAT_REACH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.chat_max_reach = r;
+    }
     if let Some(b) = std::env::var("NGRAM_BITS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -553,6 +560,9 @@ fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Er
     );
     line("chat fast tier", &rep.chat_fast);
     line("chat cascade", &rep.chat_cascade);
+    for (source, c) in &rep.chat_by_source {
+        line(&format!("  {source}"), c);
+    }
     eprintln!(
         "image threshold {:.3}, chat threshold {:.3}, band {:?}, chat reach {:.3} (benign {:.3}), l2 {:?}; {} bytes -> {}",
         heads.threshold(stormwall_safety::Kind::Image),

@@ -648,6 +648,9 @@ pub struct HeadsConfig {
     pub steps: u32,
     /// Adam step size.
     pub learning_rate: f32,
+    /// Chat prompts reaching the encoder: at most this share of benign dev chat prompts
+    /// (out-of-fold fast-tier scores) falls in the band.
+    pub chat_max_reach: f64,
     /// log2 of the image n-gram model's bucket count (0: no n-gram model, the default: on
     /// dev, 5-fold out of fold at 1.7% benign FPR, 2^16 buckets moved image F1 0.744 →
     /// 0.746 and cost the sexual route 2.4 points of recall, 0.848 → 0.824; not worth its
@@ -662,6 +665,7 @@ impl Default for HeadsConfig {
             l2_grid: vec![0.03, 0.1, 0.3],
             steps: 300,
             learning_rate: 0.05,
+            chat_max_reach: CHAT_MAX_REACH,
             ngram_bits: 0,
         }
     }
@@ -880,6 +884,9 @@ pub struct TrainReport {
     pub l2: (f32, f32),
     /// Recall on development image prompts labelled sexual: fast tier, cascade (out of fold).
     pub image_sexual_recall: (f64, f64),
+    /// Development chat prompts per source, the cascade at the chosen point and band (out of
+    /// fold).
+    pub chat_by_source: Vec<(String, Counts)>,
 }
 
 /// The cascade's decision on a row for a threshold (and, for chat, a band).
@@ -1171,7 +1178,7 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
             .filter(|m| **m >= band.0 && **m < band.1)
             .count() as f64
             / benign_max.len().max(1) as f64;
-        if reach > CHAT_MAX_REACH {
+        if reach > cfg.chat_max_reach {
             continue;
         }
         for &t in &grid {
@@ -1183,6 +1190,13 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
     }
     let (_, chat_t, band) = best;
     let inside = |r: &Row| r.kind == Kind::Chat && r.fast_max() >= band.0 && r.fast_max() < band.1;
+    let mut chat_by_source: std::collections::BTreeMap<String, Counts> = Default::default();
+    for (r, p) in &chat {
+        chat_by_source
+            .entry(r.source.clone())
+            .or_default()
+            .add(r.harmful, decide_row(r, *p, chat_t, band));
+    }
     let n_chat = chat.len().max(1) as f64;
     let n_benign = benign_max.len().max(1) as f64;
     let report = TrainReport {
@@ -1196,6 +1210,7 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
             rows.iter().filter(|r| !r.harmful && inside(r)).count() as f64 / n_benign,
         ),
         l2,
+        chat_by_source: chat_by_source.into_iter().collect(),
     };
     let all: Vec<&Row> = rows.iter().collect();
     let ngram =
