@@ -7,7 +7,6 @@ use libfuzzer_sys::fuzz_target;
 use stormwall_cloudlogs::{Record, Source, parse_bytes, parse_record};
 use stormwall_detect::EngineConfig;
 use stormwall_detect::cloud::CloudRun;
-use stormwall_detect::detectors::cloud::CloudThresholds;
 use stormwall_types::UsageEvent;
 
 fuzz_target!(|data: &[u8]| {
@@ -33,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut records = out.records;
     stormwall_cloudlogs::sort_by_time(&mut records);
-    let mut run = CloudRun::new(EngineConfig::default(), CloudThresholds::default());
+    let mut run = CloudRun::new(EngineConfig::default());
     let mut findings = Vec::new();
     for r in records {
         match r {

@@ -1,7 +1,8 @@
 //! Parse + detect throughput on JSON lines, one core: the path `stormwall detect --logs`
 //! takes (parse every record, order by event time, judge with the engine and the cloud
 //! detectors). Run: `cargo bench -p stormwall-cloudlogs --bench parse_detect`
-//! (`-- N` sets the number of records; default 400,000).
+//! (`-- N` sets the number of records; default 400,000; `-- N --emit DIR` writes them as
+//! JSON-lines files instead). `bench/cloud-logs.sh` runs it and checks the target.
 //!
 //! Records are CloudTrail Bedrock events and Azure OpenAI diagnostic records in their
 //! vendors' shapes, for 200 principals over 14 days, generated deterministically.
@@ -154,10 +155,25 @@ fn sniff_cost(name: &str, text: &str) {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(400_000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(400_000);
+    // `--emit DIR`: write the records as JSON-lines files instead (bench/cloud-logs.sh
+    // times `stormwall detect --logs` over them).
+    if let Some(dir) = args
+        .iter()
+        .position(|a| a == "--emit")
+        .and_then(|i| args.get(i + 1))
+    {
+        let dir = std::path::Path::new(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("cloudtrail.jsonl"), cloudtrail(n)).unwrap();
+        std::fs::write(dir.join("azure-diagnostics.jsonl"), azure(n)).unwrap();
+        println!(
+            "wrote {n} CloudTrail and {n} Azure records under {}",
+            dir.display()
+        );
+        return;
+    }
     measure("cloudtrail (auto source)", &cloudtrail(n), None);
     measure(
         "cloudtrail (--source cloudtrail)",

@@ -45,6 +45,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the retention counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// The store table rows were deleted from (`events`, `control_events`).
+    pub table: &'static str,
+}
+
 /// Labels of the alert counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AlertLabels {
@@ -306,6 +313,8 @@ pub struct Metrics {
     pub actions: Family<ActionLabels, Counter>,
     /// Audit entries that could not be written.
     pub audit_failures: Counter,
+    /// Rows deleted by retention (`[events] retention_days`), by table.
+    pub retention_deleted: Family<TableLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -466,6 +475,12 @@ impl Metrics {
             "Audit-log entries that could not be written (the change itself was made)",
             audit_failures.clone(),
         );
+        let retention_deleted = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "retention_deleted",
+            "Store rows deleted because they were older than their retention",
+            retention_deleted.clone(),
+        );
         registry.register_collector(Box::new(EventPipelineCollector {
             stats,
             keys_cached,
@@ -484,6 +499,7 @@ impl Metrics {
             incidents,
             actions,
             audit_failures,
+            retention_deleted,
         }
     }
 

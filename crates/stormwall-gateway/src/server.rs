@@ -83,6 +83,9 @@ pub enum StartError {
         "[server] azure_default_api_version ({0:?}) must be a dated version: YYYY-MM-DD, optionally followed by a suffix such as -preview"
     )]
     AzureApiVersion(String),
+    /// `[events]` is invalid.
+    #[error("[events] {0}")]
+    Events(String),
     /// `[detect]`, `[response]` or the IP databases' egress flags are invalid.
     #[error(transparent)]
     Detect(#[from] crate::control::detection::EngineConfigError),
@@ -241,6 +244,8 @@ pub async fn start_with(
     }
     check_stale_bound(&config.server)?;
     check_default_api_version(&config.server)?;
+    let retention =
+        crate::control::retention::Retention::from_config(events).map_err(StartError::Events)?;
     let proxy_tls = tls_config(&config.server)?;
     let router = Router::from_config(&config.upstreams, env)?;
     let ipdb = Arc::new(IpDb::load(&config.ipdb)?);
@@ -458,6 +463,13 @@ pub async fn start_with(
         Arc::clone(&ipdb),
         shutdown_rx.clone(),
     ));
+    if retention.is_on() {
+        background.push(crate::control::retention::spawn(
+            Arc::clone(&control),
+            retention,
+            shutdown_rx.clone(),
+        ));
+    }
     let follower = follower
         .map(|f| crate::control::cloud_logs::spawn(Arc::clone(&control), f, shutdown_rx.clone()));
     if let Some(sub) = key_changes {

@@ -66,6 +66,13 @@ impl EventStore for CountingStore {
     async fn count_events(&self) -> Result<u64, StoreError> {
         self.inner.count_events().await
     }
+    async fn delete_events_before(
+        &self,
+        before: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.inner.delete_events_before(before, limit).await
+    }
 }
 
 #[async_trait]
@@ -153,6 +160,13 @@ impl stormwall_store::ControlEventStore for CountingStore {
         q: &stormwall_store::ControlEventQuery,
     ) -> Result<Vec<stormwall_types::ControlEvent>, StoreError> {
         self.inner.query_control_events(q).await
+    }
+    async fn delete_control_events_before(
+        &self,
+        before: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.inner.delete_control_events_before(before, limit).await
     }
 }
 

@@ -119,6 +119,12 @@ pub struct EventsConfig {
     /// counted as lost. Meanwhile new events queue in the channel, and past its capacity
     /// they are counted as dropped: an outage costs bounded memory and is always counted.
     pub retry_for_secs: u64,
+    /// Days usage events are kept; older ones are deleted hourly (`stormwall serve`). 0
+    /// keeps them forever; otherwise at least 32 (monthly budgets read this month's events).
+    pub retention_days: u32,
+    /// Days control events (cloud management calls read by `[[logs]]`) are kept; 0 keeps
+    /// them forever.
+    pub control_retention_days: u32,
 }
 
 impl Default for EventsConfig {
@@ -128,6 +134,8 @@ impl Default for EventsConfig {
             batch_max: 1_024,
             flush_interval_ms: 100,
             retry_for_secs: 300,
+            retention_days: 0,
+            control_retention_days: 0,
         }
     }
 }

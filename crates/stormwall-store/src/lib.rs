@@ -194,6 +194,18 @@ pub trait EventStore: Send + Sync {
         events.retain(|e| ids.contains(&e.id));
         Ok(events)
     }
+    /// Deletes at most `limit` of the oldest events older than `before` (retention);
+    /// returns how many went. Bounded so one call holds the writer briefly: call again
+    /// until it deletes fewer than `limit`. The default (a store with nothing to expire)
+    /// deletes nothing.
+    async fn delete_events_before(
+        &self,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let _ = (before, limit);
+        Ok(0)
+    }
 }
 
 /// Filters for reading control events, oldest first. Time bounds compare at millisecond
@@ -236,6 +248,16 @@ pub trait ControlEventStore: Send + Sync {
         &self,
         query: &ControlEventQuery,
     ) -> Result<Vec<ControlEvent>, StoreError>;
+    /// Deletes at most `limit` of the oldest control events older than `before`
+    /// (retention); returns how many went, as [`EventStore::delete_events_before`].
+    async fn delete_control_events_before(
+        &self,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let _ = (before, limit);
+        Ok(0)
+    }
 }
 
 /// Where an alert stands with the operators.

@@ -942,6 +942,35 @@ impl EventStore for PostgresStore {
         let rows = client.query(&stmt, &[&ids]).await.map_err(db)?;
         decode_event_rows(&rows)
     }
+
+    async fn delete_events_before(
+        &self,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.delete_before("events", before, limit).await
+    }
+}
+
+impl PostgresStore {
+    /// Deletes at most `limit` of the oldest rows of `table` (`events` or `control_events`)
+    /// older than `before`, through the `(ts_unix_ms, id)` index.
+    async fn delete_before(
+        &self,
+        table: &'static str,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let before = unix_ms(before)?;
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let sql = format!(
+            "DELETE FROM {table} WHERE id IN \
+             (SELECT id FROM {table} WHERE ts_unix_ms < $1 ORDER BY ts_unix_ms LIMIT $2)"
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(db)?;
+        client.execute(&stmt, &[&before, &limit]).await.map_err(db)
+    }
 }
 
 #[async_trait]
@@ -1018,6 +1047,14 @@ impl ControlEventStore for PostgresStore {
                 decode_control(&id, &body)
             })
             .collect()
+    }
+
+    async fn delete_control_events_before(
+        &self,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.delete_before("control_events", before, limit).await
     }
 }
 

@@ -1057,6 +1057,37 @@ impl EventStore for SqliteStore {
         })
         .await
     }
+
+    async fn delete_events_before(
+        &self,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let before = unix_ms(before)?;
+        self.write(move |conn| delete_before(conn, "events", before, limit))
+            .await
+    }
+}
+
+/// Deletes at most `limit` of the oldest rows of `table` (`events` or `control_events`)
+/// older than `before` (unix ms), through the `(ts_unix_ms, id)` index.
+fn delete_before(
+    conn: &mut Connection,
+    table: &'static str,
+    before: i64,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let sql = format!(
+        "DELETE FROM {table} WHERE id IN \
+         (SELECT id FROM {table} WHERE ts_unix_ms < ?1 ORDER BY ts_unix_ms LIMIT ?2)"
+    );
+    let n = conn
+        .prepare_cached(&sql)
+        .map_err(db)?
+        .execute(params![before, limit])
+        .map_err(db)?;
+    Ok(n as u64)
 }
 
 #[async_trait]
@@ -1109,6 +1140,16 @@ impl ControlEventStore for SqliteStore {
             query_decoded(conn, &sql, &args, decode_control)
         })
         .await
+    }
+
+    async fn delete_control_events_before(
+        &self,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let before = unix_ms(before)?;
+        self.write(move |conn| delete_before(conn, "control_events", before, limit))
+            .await
     }
 }
 

@@ -664,6 +664,47 @@ mod suite {
         assert!((spent - 6.0).abs() < 1e-9, "{spent}");
     }
 
+    pub async fn retention(store: Arc<dyn Store>) {
+        // Events and control events older than the cutoff go, oldest first, at most `limit`
+        // per call; the cutoff itself and newer rows stay.
+        let events: Vec<_> = (0..7)
+            .map(|i| event(&format!("r{i}"), t0() + ms(i), Some(1), Some("acme"), 1.0))
+            .collect();
+        store.insert_events(&events).await.unwrap();
+        let act = "azure.activity";
+        let list = ControlAction::ListKeys;
+        let controls: Vec<_> = (0..5)
+            .map(|i| control(&format!("k{i}"), t0() + ms(i), act, list, "oid:a", None))
+            .collect();
+        store.insert_control_events(&controls).await.unwrap();
+        let cutoff = t0() + ms(5);
+        assert_eq!(store.delete_events_before(cutoff, 3).await.unwrap(), 3);
+        let left = store.query_events(&EventQuery::default()).await.unwrap();
+        assert_eq!(ids(&left), ["r3", "r4", "r5", "r6"]);
+        assert_eq!(store.delete_events_before(cutoff, 3).await.unwrap(), 2);
+        assert_eq!(store.delete_events_before(cutoff, 3).await.unwrap(), 0);
+        let left = store.query_events(&EventQuery::default()).await.unwrap();
+        assert_eq!(ids(&left), ["r5", "r6"]);
+        assert_eq!(store.count_events().await.unwrap(), 2);
+
+        let cutoff = t0() + ms(2);
+        assert_eq!(
+            store
+                .delete_control_events_before(cutoff, 100)
+                .await
+                .unwrap(),
+            2
+        );
+        let left = store
+            .query_control_events(&ControlEventQuery::default())
+            .await
+            .unwrap();
+        let left: Vec<&str> = left.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(left, ["k2", "k3", "k4"]);
+        // The usage events are untouched by the control-event sweep, and vice versa.
+        assert_eq!(store.count_events().await.unwrap(), 2);
+    }
+
     pub async fn control_events(store: Arc<dyn Store>) {
         let (list, regen) = (ControlAction::ListKeys, ControlAction::RegenerateKey);
         let act = "azure.activity";
@@ -1978,7 +2019,7 @@ macro_rules! backend_suite {
                 key_insert_get, key_duplicate, key_list, key_update, key_bulk_insert,
                 key_list_pages,
                 event_round_trip_and_order, event_filters, event_paging,
-                event_reinsert_is_idempotent, encoded_events, control_events, spend_since, reads_while_writing, event_summaries,
+                event_reinsert_is_idempotent, encoded_events, control_events, retention, spend_since, reads_while_writing, event_summaries,
                 alert_insert_get, alert_duplicates, alert_refuses_unstorable,
                 alert_list_filters, alert_status, actions_record_list, audit_append_list,
                 incident_upsert_list_status, leases);
@@ -2453,6 +2494,7 @@ fn events_config(
         flush_interval_ms,
         // Give up after the minimum attempts, so tests of abandonment finish quickly.
         retry_for_secs: 0,
+        ..EventsConfig::default()
     }
 }
 

@@ -27,6 +27,8 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
         ConfigCommand::Check { config } => {
             let file = FileConfig::load(&config)?;
             stormwall_gateway::check_config(&file.gateway(), &env_var)?;
+            stormwall_gateway::control::retention::Retention::from_config(&file.events)
+                .map_err(|e| anyhow::anyhow!("[events] {e}"))?;
             if env_var(&file.server.admin_token_env).is_none_or(|t| t.is_empty()) {
                 eprintln!(
                     "warning: {} is not set; `stormwall serve` needs it",

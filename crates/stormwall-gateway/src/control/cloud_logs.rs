@@ -576,6 +576,65 @@ struct Checkpoint {
     /// Principal label → event time of its last audited recommendation.
     #[serde(default)]
     recommended: BTreeMap<String, i64>,
+    /// Names this saved detector state (the one handed over with the leases too).
+    #[serde(default)]
+    run_id: String,
+}
+
+/// What a holder leaves with a source's lease for the next holder (the lease's `state`).
+/// Earlier versions left only the cursors, as a JSON array; that is still read.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Handed {
+    /// The source's file cursors.
+    files: Vec<FileCursor>,
+    /// The detectors' state ([`HandedRun`], JSON, gzip, base64), with one held source's
+    /// lease only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<String>,
+    /// The lease whose state carries `run`, on the holder's other sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_with: Option<String>,
+    /// Names the state `run` (or `run_with`'s) holds: the holder's last checkpoint's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_id: Option<String>,
+}
+
+impl Handed {
+    /// Reads a lease's state in either format.
+    fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        if text.trim_start().starts_with('[') {
+            return Ok(Self {
+                files: serde_json::from_str(text)?,
+                ..Self::default()
+            });
+        }
+        serde_json::from_str(text)
+    }
+}
+
+/// The detectors' state handed over with a lease: the run (baselines, the LLMjacking
+/// preamble's progress, recent event ids) and the audited recommendations.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct HandedRun {
+    snapshot: Snapshot,
+    recommended: BTreeMap<String, i64>,
+}
+
+fn encode_run(run: &HandedRun) -> std::io::Result<String> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    serde_json::to_writer(&mut gz, run).map_err(std::io::Error::other)?;
+    gz.flush()?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(gz.finish()?))
+}
+
+fn decode_run(text: &str) -> std::io::Result<HandedRun> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(std::io::Error::other)?;
+    serde_json::from_reader(flate2::read::GzDecoder::new(&bytes[..])).map_err(std::io::Error::other)
 }
 
 /// Why the follower cannot start.
@@ -701,6 +760,11 @@ pub struct Follower {
     state_file: PathBuf,
     cursors: Vec<FileCursor>,
     run: CloudRun,
+    /// What a detector state handed over with a lease is resumed with.
+    engine: EngineConfig,
+    /// Names the detector state as last saved or adopted, so a replica does not adopt its
+    /// own state back from a lease (a restart, a lease retaken).
+    run_id: String,
     recommended: BTreeMap<String, i64>,
     intel: Option<Arc<stormwall_ipintel::SharedIpIntel>>,
     stats: Arc<FollowStats>,
@@ -736,9 +800,9 @@ impl Follower {
             }
         };
         let run = if cp.version == VERSION {
-            CloudRun::resume(engine, cp.run)
+            CloudRun::resume(engine.clone(), cp.run)
         } else {
-            CloudRun::new(engine)
+            CloudRun::new(engine.clone())
         };
         let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
         let mut cursors = cp.files;
@@ -763,6 +827,8 @@ impl Follower {
             state_file,
             cursors,
             run,
+            engine,
+            run_id: cp.run_id,
             recommended: cp.recommended,
             intel,
             stats,
@@ -787,11 +853,59 @@ impl Follower {
             .is_some_and(|u| u > std::time::Instant::now())
     }
 
-    /// Source `si`'s cursors as the text handed over with its lease.
-    fn cursors_text(&self, si: usize) -> Option<String> {
-        let name = &self.sources.get(si)?.name;
-        let mine: Vec<&FileCursor> = self.cursors.iter().filter(|c| &c.source == name).collect();
-        serde_json::to_string(&mine).ok()
+    /// What is handed over with each held source's lease: its cursors, and the detectors'
+    /// state — in full with the first held source's lease, by reference with the others'.
+    fn handover_texts(&self) -> Vec<(usize, String)> {
+        let held: Vec<usize> = (0..self.sources.len())
+            .filter(|&si| self.holds(si))
+            .collect();
+        let Some(&first) = held.first() else {
+            return Vec::new();
+        };
+        let run = match encode_run(&HandedRun {
+            snapshot: self.run.snapshot(),
+            recommended: self.recommended.clone(),
+        }) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cloud logs: cannot encode the detector state for hand-over; handing over cursors only");
+                None
+            }
+        };
+        let first_lease = lease_name(&self.sources[first].name);
+        held.into_iter()
+            .filter_map(|si| {
+                let name = &self.sources[si].name;
+                let handed = Handed {
+                    files: self
+                        .cursors
+                        .iter()
+                        .filter(|c| &c.source == name)
+                        .cloned()
+                        .collect(),
+                    run: if si == first { run.clone() } else { None },
+                    run_with: (si != first && run.is_some()).then(|| first_lease.clone()),
+                    run_id: run.is_some().then(|| self.run_id.clone()),
+                };
+                Some((si, serde_json::to_string(&handed).ok()?))
+            })
+            .collect()
+    }
+
+    /// Whether this replica follows any source now.
+    fn follows_any(&self) -> bool {
+        (0..self.sources.len()).any(|si| self.holds(si))
+    }
+
+    /// Continues from the detector state a previous holder handed over (replacing this
+    /// replica's, which follows nothing else); audited recommendations are merged.
+    fn adopt_run(&mut self, run: CloudRun, recommended: BTreeMap<String, i64>, id: String) {
+        self.run = run;
+        self.run_id = id;
+        for (p, t) in recommended {
+            let e = self.recommended.entry(p).or_insert(t);
+            *e = (*e).max(t);
+        }
     }
 
     /// Continues source `si` from cursors its previous holder handed over (replacing this
@@ -805,13 +919,18 @@ impl Follower {
             .extend(handed.into_iter().filter(|c| c.source == name));
     }
 
-    /// Saves the cursors and the detectors' state (to `FILE.tmp`, then renamed).
-    pub fn checkpoint(&self) -> std::io::Result<()> {
+    /// Saves the cursors and the detectors' state (to `FILE.tmp`, then renamed), under a
+    /// new state id (the leases' hand-over that follows carries the same).
+    pub fn checkpoint(&mut self) -> std::io::Result<()> {
+        let mut r = [0u8; 8];
+        let _ = getrandom::fill(&mut r);
+        self.run_id = r.iter().map(|b| format!("{b:02x}")).collect();
         let cp = Checkpoint {
             version: VERSION,
             files: self.cursors.clone(),
             run: self.run.snapshot(),
             recommended: self.recommended.clone(),
+            run_id: self.run_id.clone(),
         };
         let bytes = serde_json::to_vec(&cp).map_err(std::io::Error::other)?;
         let mut tmp = self.state_file.clone().into_os_string();
@@ -1349,11 +1468,15 @@ async fn lease_round(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    let (replica, names, stats) = {
+    let (replica, names, stats, following) = {
         let f = lock();
         let names: Vec<String> = f.sources.iter().map(|s| s.name.clone()).collect();
-        (f.replica.clone(), names, f.stats())
+        (f.replica.clone(), names, f.stats(), f.follows_any())
     };
+    // A replica that followed nothing continues the detector state handed over with the
+    // first source it takes; one already following keeps its own (its baselines are of
+    // the sources it follows).
+    let mut may_adopt = !following;
     for (si, name) in names.iter().enumerate() {
         let key = lease_name(name);
         let sent = std::time::Instant::now();
@@ -1381,8 +1504,8 @@ async fn lease_round(
         let known = lock().held[si].term;
         if known != lease.term {
             let handed = match state.store.lease_state(&key).await {
-                Ok(Some(text)) => match serde_json::from_str::<Vec<FileCursor>>(&text) {
-                    Ok(c) => Some(c),
+                Ok(Some(text)) => match Handed::parse(&text) {
+                    Ok(h) => Some(h),
                     Err(e) => {
                         tracing::warn!(source = %name, error = %e, "cloud logs: the handed-over cursors are unreadable; continuing from this replica's own");
                         None
@@ -1394,9 +1517,13 @@ async fn lease_round(
                     continue;
                 }
             };
-            let mut f = lock();
-            if let Some(c) = handed {
-                f.adopt(si, c);
+            if let Some(h) = handed {
+                let (run, run_with, run_id) = (h.run, h.run_with, h.run_id);
+                lock().adopt(si, h.files);
+                if may_adopt && run_id.as_ref().is_some_and(|id| *id != lock().run_id) {
+                    may_adopt =
+                        !adopt_handed_run(state, follower, name, run, run_with, run_id).await;
+                }
             }
             tracing::info!(source = %name, replica = %replica, term = lease.term, "cloud logs: this replica follows the source");
         }
@@ -1410,21 +1537,86 @@ async fn lease_round(
     }
 }
 
-/// Saves each held source's cursors with its lease for the next holder; a source whose
-/// lease was lost meanwhile is no longer followed.
+/// Resumes the detector state a source's previous holder handed over (`run`, or the state
+/// of the lease `run_with` names) and makes it this replica's; whether it did.
+#[allow(clippy::disallowed_methods)] // awaited; decoding and replaying the state is CPU work
+async fn adopt_handed_run(
+    state: &ControlPlane,
+    follower: &Arc<std::sync::Mutex<Follower>>,
+    source: &str,
+    run: Option<String>,
+    run_with: Option<String>,
+    run_id: Option<String>,
+) -> bool {
+    let text = match (run, run_with) {
+        (Some(t), _) => t,
+        (None, Some(other)) => match state.store.lease_state(&other).await {
+            Ok(Some(t)) => match Handed::parse(&t) {
+                // Only the state the reference was written beside (the other lease's
+                // holder may have saved a newer one since: its own, not this source's).
+                Ok(h) if h.run_id == run_id => match h.run {
+                    Some(r) => r,
+                    None => return false,
+                },
+                _ => return false,
+            },
+            _ => return false,
+        },
+        (None, None) => return false,
+    };
+    let engine = follower
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .engine
+        .clone();
+    let resumed = tokio::task::spawn_blocking(move || {
+        decode_run(&text).map(|h| (CloudRun::resume(engine, h.snapshot), h.recommended))
+    })
+    .await;
+    match resumed {
+        Ok(Ok((run, recommended))) => {
+            follower
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .adopt_run(run, recommended, run_id.unwrap_or_default());
+            tracing::info!(source = %source, "cloud logs: continuing the detector state handed over with the lease");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(source = %source, error = %e, "cloud logs: the handed-over detector state is unreadable; keeping this replica's own");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(source = %source, error = %e, "cloud logs: resuming the handed-over detector state failed; keeping this replica's own");
+            false
+        }
+    }
+}
+
+/// Saves each held source's cursors with its lease for the next holder, and the
+/// detectors' state (with the first held source's lease); a source whose lease was lost
+/// meanwhile is no longer followed.
+#[allow(clippy::disallowed_methods)] // awaited; encoding the state is CPU work
 async fn hand_over(state: &ControlPlane, follower: &Arc<std::sync::Mutex<Follower>>) {
     let lock = || {
         follower
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    let (replica, todo) = {
-        let f = lock();
-        let todo: Vec<(usize, String, String)> = (0..f.sources.len())
-            .filter(|&si| f.holds(si))
-            .filter_map(|si| Some((si, lease_name(&f.sources[si].name), f.cursors_text(si)?)))
+    let f = Arc::clone(follower);
+    let Ok((replica, todo)) = tokio::task::spawn_blocking(move || {
+        let f = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let todo: Vec<(usize, String, String)> = f
+            .handover_texts()
+            .into_iter()
+            .map(|(si, text)| (si, lease_name(&f.sources[si].name), text))
             .collect();
         (f.replica.clone(), todo)
+    })
+    .await
+    else {
+        tracing::error!("cloud logs: preparing the hand-over failed");
+        return;
     };
     for (si, key, text) in todo {
         match state.store.save_lease_state(&key, &replica, &text).await {
@@ -1499,7 +1691,7 @@ async fn store_events(state: &ControlPlane, stats: &FollowStats, pending: &mut P
 async fn checkpoint(follower: &Arc<std::sync::Mutex<Follower>>) {
     let f = Arc::clone(follower);
     let r = tokio::task::spawn_blocking(move || {
-        let f = f.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
         f.checkpoint().map_err(|e| (e, f.state_file.clone()))
     })
     .await;

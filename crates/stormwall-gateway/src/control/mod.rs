@@ -1,7 +1,8 @@
 //! The control plane: the admin API ([`admin`]), the key lifecycle ([`keys`]), the
 //! detection runtime ([`detection`]), incidents ([`incidents`]), cloud-log follow mode
 //! ([`cloud_logs`]), alert delivery ([`alerts`], [`webhook`]), leaked-key reports
-//! ([`leak_report`]), the audit log ([`audit`]) and the web console ([`console`]), with
+//! ([`leak_report`]), the audit log ([`audit`]), the web console ([`console`]) and the
+//! events' retention ([`retention`]), with
 //! [`ControlPlane`], the state they share. It changes what the data plane sees only through
 //! the shared key cache and the store.
 
@@ -16,6 +17,7 @@ pub mod investigation;
 pub mod ipintel;
 pub mod keys;
 pub mod leak_report;
+pub mod retention;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -569,14 +569,46 @@ async fn one_replica_follows_a_source_and_another_takes_over_when_it_dies_on_pos
         )),
         "{m}"
     );
-    // The holder's cursors reach the store with its lease (checkpoint_secs = 1).
+    // The first half of a kill chain, read by the holder: the stolen key enabled model
+    // access (the LLMjacking preamble; V5 high) an hour before the invocations B reads
+    // after the take-over (more than an hour: the store keeps one V5 alert per principal
+    // and hour).
+    let preamble: String = [
+        "PutUseCaseForModelAccess",
+        "CreateFoundationModelAgreement",
+        "PutFoundationModelEntitlement",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, op)| format!("{}\n", trail(&format!("pre{i}"), op, 100, "")))
+    .collect();
+    append(&aws.join("trail.jsonl"), &preamble);
+    let m = wait_for(
+        || get(&a, "/metrics"),
+        "stormwall_cloud_logs_records_total{source=\"aws\"} 6",
+    )
+    .await;
+    assert!(
+        m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 6"),
+        "{m}"
+    );
+    // The holder's cursors and detector state reach the store with its lease
+    // (checkpoint_secs = 1).
+    let mut saved = None;
     for _ in 0..200 {
-        let saved = store_b.lease_state("cloud-logs:aws").await.unwrap();
-        if saved.is_some_and(|s| s.contains("trail.jsonl") && !s.contains("\"offset\":0")) {
+        saved = store_b.lease_state("cloud-logs:aws").await.unwrap();
+        if saved.as_deref().is_some_and(|s| {
+            s.contains("trail.jsonl") && s.contains("\"line\":6") && s.contains("\"run\":")
+        }) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let saved = saved.unwrap_or_default();
+    assert!(
+        saved.contains("\"line\":6") && saved.contains("\"run\":"),
+        "{saved}"
+    );
 
     // The holder loses PostgreSQL: it cannot renew, stops reading, and B takes over.
     relay.cut();
@@ -604,6 +636,31 @@ async fn one_replica_follows_a_source_and_another_takes_over_when_it_dies_on_pos
     assert!(
         m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 2"),
         "B read only the records A had not: {m}"
+    );
+    // B continues A's detector state: the invocation completes the preamble A read, which
+    // is critical (V5) — judged alone, an invocation by a long-lived key is only low (E4).
+    let critical = |alerts: &[StoredAlert]| {
+        alerts.iter().any(|a| {
+            a.alert.detector == stormwall_types::DetectorId::V5
+                && a.alert.severity == stormwall_types::Severity::Critical
+                && a.alert.evidence.iter().any(|e| e.ends_with(":ha4"))
+        })
+    };
+    let mut alerts = Vec::new();
+    for _ in 0..200 {
+        alerts = store_b.list_alerts(&AlertQuery::default()).await.unwrap();
+        if critical(&alerts) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen: Vec<_> = alerts
+        .iter()
+        .map(|a| (a.alert.detector, a.alert.severity, a.alert.evidence.clone()))
+        .collect();
+    assert!(
+        critical(&alerts),
+        "no critical V5 on B's first invocation: {seen:?}"
     );
 
     // A back on PostgreSQL finds B holding the source and reads nothing.
@@ -634,7 +691,7 @@ async fn one_replica_follows_a_source_and_another_takes_over_when_it_dies_on_pos
     );
     let m = get(&a, "/metrics").await;
     assert!(
-        m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 3"),
+        m.contains("stormwall_cloud_logs_records_total{source=\"aws\"} 6"),
         "{m}"
     );
     assert_eq!(store_b.count_events().await.unwrap(), 6);
@@ -874,4 +931,110 @@ async fn cloud_control_events_are_listed_once_by_the_admin_api_across_a_restart(
 
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_expired_usage_and_control_events_and_audits_the_sweep() {
+    use stormwall_gateway::control::retention::{Retention, Swept, sweep};
+    use stormwall_store::ControlEventStore as _;
+    let h = harness().await;
+    let day = 24 * 60;
+    let text = [
+        trail("old-use", "InvokeModel", 50 * day, ""),
+        trail("mid-use", "InvokeModel", 20 * day, ""),
+        trail("new-use", "InvokeModel", 5, ""),
+        trail("old-ctl", "PutUseCaseForModelAccess", 50 * day, ""),
+        trail("mid-ctl", "PutUseCaseForModelAccess", 20 * day, ""),
+        trail("new-ctl", "PutUseCaseForModelAccess", 5, ""),
+    ]
+    .join("\n");
+    let parsed = stormwall_cloudlogs::parse_bytes("t.jsonl", text.as_bytes(), None);
+    assert!(parsed.bad.is_empty(), "{:?}", parsed.bad);
+    let (mut uses, mut controls) = (Vec::new(), Vec::new());
+    for r in parsed.records {
+        match r {
+            stormwall_cloudlogs::Record::Usage(e) => uses.push(e),
+            stormwall_cloudlogs::Record::Control(c) => controls.push(c),
+        }
+    }
+    assert_eq!((uses.len(), controls.len()), (3, 3));
+    h.store.insert_events(&uses).await.unwrap();
+    h.store.insert_control_events(&controls).await.unwrap();
+
+    let control = &h.gw.as_ref().unwrap().control;
+    let r = Retention {
+        events_days: 40,
+        control_days: 10,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let swept = sweep(control, r, now).await.unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            events: 1,
+            control_events: 2
+        }
+    );
+    let mut left: Vec<String> = h
+        .store
+        .query_events(&EventQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["mid-use", "new-use"]);
+    let left: Vec<String> = h
+        .store
+        .query_control_events(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, ["new-ctl"]);
+    // Nothing more is due: a second sweep deletes nothing and audits nothing.
+    assert_eq!(sweep(control, r, now).await.unwrap(), Swept::default());
+    let audit = h.store.list_audit(&AuditQuery::default()).await.unwrap();
+    let expired: Vec<_> = audit
+        .iter()
+        .filter(|a| a.entry.action == "events.expire")
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].entry.actor, "retention");
+    assert_eq!(expired[0].entry.detail["events"], 1);
+    assert_eq!(expired[0].entry.detail["control_events"], 2);
+    assert_eq!(expired[0].entry.detail["events_retention_days"], 40);
+    let m = http_request("GET", &format!("{}/metrics", h.admin), &[], "", None)
+        .await
+        .unwrap();
+    let text = m.text();
+    for needle in [
+        "stormwall_retention_deleted_total{table=\"events\"} 1",
+        "stormwall_retention_deleted_total{table=\"control_events\"} 2",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+
+    // A usage-event retention shorter than a month is refused at start (budgets read this
+    // month's events).
+    let store = SqliteStore::open(&h._dir.path().join("other.db"))
+        .await
+        .unwrap();
+    let bad = EventsConfig {
+        retention_days: 7,
+        ..Default::default()
+    };
+    let err = start(
+        h.config.clone(),
+        Arc::new(store) as Arc<dyn Store>,
+        &bad,
+        SecretString::from(ADMIN_TOKEN),
+        &env,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("retention_days"), "{err}");
 }

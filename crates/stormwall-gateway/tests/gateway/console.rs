@@ -550,3 +550,125 @@ async fn an_incident_is_queued_shown_and_handled_from_its_page() {
     .text();
     assert!(html.contains(&format!("href=\"{path}\"")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_management_calls_and_a_cloud_principal_are_shown() {
+    use stormwall_store::ControlEventStore as _;
+    let h = harness().await;
+    let now = time::OffsetDateTime::now_utc();
+    let record = |id: &str, name: &str, minutes_ago: i64| {
+        format!(
+            r#"{{"eventTime":"{}","eventSource":"bedrock.amazonaws.com","eventName":"{name}","awsRegion":"us-east-1","sourceIPAddress":"203.0.113.9","userAgent":"python-requests/2.31","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::111122223333:user/ci-deploy","accountId":"111122223333","accessKeyId":"AKIAEXAMPLECONSOLE01"}},"eventID":"{id}"}}"#,
+            stormwall_types::timefmt::format(now - time::Duration::minutes(minutes_ago))
+        )
+    };
+    let text = [
+        record("c-1", "GetModelInvocationLoggingConfiguration", 30),
+        record("c-2", "PutUseCaseForModelAccess", 20),
+        record("c-3", "PutFoundationModelEntitlement", 10),
+        record("c-old", "ListFoundationModelAgreementOffers", 10 * 24 * 60),
+    ]
+    .join("\n");
+    let parsed = stormwall_cloudlogs::parse_bytes("ct.jsonl", text.as_bytes(), None);
+    let controls: Vec<stormwall_types::ControlEvent> = parsed
+        .records
+        .into_iter()
+        .filter_map(|r| match r {
+            stormwall_cloudlogs::Record::Control(c) => Some(c),
+            stormwall_cloudlogs::Record::Usage(_) => None,
+        })
+        .collect();
+    assert_eq!(controls.len(), 4);
+    h.store.insert_control_events(&controls).await.unwrap();
+    let key = controls[0].cloud.principal.key_id();
+    // An alert about the principal as follow mode stores it: the revoke command a subject.
+    let command = "aws iam update-access-key --user-name ci-deploy --access-key-id AKIAEXAMPLECONSOLE01 --status Inactive";
+    let subject = |kind: &str, value: &str| stormwall_types::AlertSubject {
+        kind: kind.into(),
+        value: value.into(),
+    };
+    let alert = Alert {
+        id: "cloud-alert-1".into(),
+        detector: stormwall_types::DetectorId::V5,
+        stage: stormwall_types::DetectorId::V5.stage(),
+        severity: stormwall_types::Severity::Critical,
+        at: now,
+        key_id: Some(key.clone()),
+        tenant: Some("111122223333".into()),
+        source_ip: None,
+        features: Vec::new(),
+        subjects: vec![
+            subject("principal", "aws:AKIAEXAMPLECONSOLE01"),
+            subject("recommended_command", command),
+        ],
+        explanation: "Model access enabled through an access key, then used. Synthetic.".into(),
+        evidence: vec!["c-3".into()],
+        score: 50.0,
+    };
+    h.store.insert_alert(&alert, "inc-cloud-1").await.unwrap();
+
+    // The read-only role sees it all.
+    let s = sign_in(&h, READ_ONLY_TOKEN).await;
+    let cookie = Some(s.cookie.as_str());
+    let page = console_get(&h, "/console/cloud", cookie).await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("href=\"/console/cloud\" aria-current=\"page\""));
+    // The week's three calls, newest first; the ten-day-old one is outside the window.
+    assert!(html.contains("id=\"cloud-calls\">3<"), "{html}");
+    let at = |needle: &str| {
+        html.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing"))
+    };
+    assert!(at("PutFoundationModelEntitlement") < at("PutUseCaseForModelAccess"));
+    assert!(at("PutUseCaseForModelAccess") < at("GetModelInvocationLoggingConfiguration"));
+    assert!(!html.contains("ListFoundationModelAgreementOffers"));
+    assert!(html.contains("model_entitlement"));
+    assert!(html.contains(&format!(
+        "href=\"/console/cloud/{key}\">aws:AKIAEXAMPLECONSOLE01<"
+    )));
+    // Filters.
+    let html = console_get(&h, "/console/cloud?action=model_use_case", cookie)
+        .await
+        .text();
+    assert!(html.contains("PutUseCaseForModelAccess"));
+    assert!(!html.contains("PutFoundationModelEntitlement"));
+    let html = console_get(&h, "/console/cloud?window=week&principal=nobody", cookie)
+        .await
+        .text();
+    assert!(!html.contains("PutUseCaseForModelAccess"));
+    let bad = console_get(&h, "/console/cloud?action=nonsense", cookie).await;
+    assert_eq!(bad.status, 400);
+
+    // The principal's page, also where the alert's key link leads: every call kept, the
+    // alert, and the command to revoke it.
+    for path in [
+        format!("/console/cloud/{key}"),
+        format!("/console/keys/{key}"),
+    ] {
+        let page = console_get(&h, &path, cookie).await;
+        assert_eq!(page.status, 200, "{path}");
+        let html = page.text();
+        assert!(html.contains("<h1>aws:AKIAEXAMPLECONSOLE01</h1>"), "{html}");
+        assert!(html.contains("Recommended response"));
+        assert!(html.contains(command));
+        assert!(html.contains("/console/alerts/cloud-alert-1"));
+        for op in [
+            "GetModelInvocationLoggingConfiguration",
+            "PutUseCaseForModelAccess",
+            "PutFoundationModelEntitlement",
+            "ListFoundationModelAgreementOffers",
+        ] {
+            assert!(html.contains(op), "{path}: {op} missing");
+        }
+    }
+    let other = stormwall_types::Principal {
+        provider: stormwall_types::CloudProvider::Aws,
+        kind: stormwall_types::CredentialKind::AwsLongTermKey,
+        id: "AKIAEXAMPLENOBODY001".into(),
+        account: None,
+        name: None,
+    };
+    let missing = console_get(&h, &format!("/console/cloud/{}", other.key_id()), cookie).await;
+    assert_eq!(missing.status, 404);
+}

@@ -246,6 +246,10 @@ fn config_check_reports_clear_errors_with_exit_code_2() {
             format!("{mock}[detect.cloud]\np7_regions = 1\n"),
             "[detect.cloud] p7_regions: must be at least 2".to_owned(),
         ),
+        (
+            format!("{mock}[events]\nretention_days = 7\n"),
+            "[events] retention_days must be 0 (keep forever) or at least 32".to_owned(),
+        ),
     ];
     let cases: Vec<(String, String)> = cases
         .iter()

@@ -51,6 +51,8 @@ pub enum Nav {
     Safety,
     /// `/console/leaks`.
     Leaks,
+    /// `/console/cloud`.
+    Cloud,
     /// `/console/audit`.
     Audit,
 }
@@ -61,6 +63,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Alerts, "/console/alerts", "Alerts &amp; incidents"),
     (Nav::Safety, "/console/safety", "Content safety"),
     (Nav::Leaks, "/console/leaks", "Leaked keys"),
+    (Nav::Cloud, "/console/cloud", "Cloud"),
     (Nav::Audit, "/console/audit", "Audit"),
 ];
 

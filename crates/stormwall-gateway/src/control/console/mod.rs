@@ -1,6 +1,6 @@
 //! The console: web pages on the admin listener at `/console/` for the people who watch
 //! the gateway all day — overview, keys, alerts and incidents, content safety, leaked
-//! keys, audit.
+//! keys, cloud management calls, audit.
 //!
 //! Server-rendered HTML ([`html`], [`pages`]) with one small script and one style sheet
 //! embedded in the binary, under a strict `Content-Security-Policy` (no inline script or
@@ -10,6 +10,7 @@
 //! token; a read-only session changes nothing; every change is audited with the session
 //! that made it. Figures are added up by [`stats`], pure.
 
+pub mod cloud;
 pub mod html;
 pub mod incidents;
 pub mod limit;

@@ -131,6 +131,8 @@ pub async fn get(ctx: &Ctx<'_>, segs: &[&str]) -> Page {
         ["incidents", id] => incidents::page(ctx, id).await,
         ["safety"] => safety_page(ctx).await,
         ["leaks"] => leaks_page(ctx).await,
+        ["cloud"] => super::cloud::queue(ctx).await,
+        ["cloud", id] => super::cloud::principal(ctx, id).await,
         ["audit"] => audit_page(ctx).await,
         _ => not_found(),
     }
@@ -695,7 +697,7 @@ pub(super) fn dl(rows: &[(&str, String)]) -> String {
     h
 }
 
-fn alert_rows(alerts: &[StoredAlert]) -> Vec<Vec<String>> {
+pub(super) fn alert_rows(alerts: &[StoredAlert]) -> Vec<Vec<String>> {
     alerts
         .iter()
         .map(|a| {
@@ -728,7 +730,7 @@ fn alert_rows(alerts: &[StoredAlert]) -> Vec<Vec<String>> {
         .collect()
 }
 
-const ALERT_HEAD: &[&str] = &[
+pub(super) const ALERT_HEAD: &[&str] = &[
     "Time (UTC)",
     "Severity",
     "Detector",
@@ -868,7 +870,9 @@ fn scope_form(ctx: &Ctx<'_>, k: &KeyRecord) -> String {
 async fn key_page(ctx: &Ctx<'_>, id: &str) -> Page {
     let k = match keys::get(ctx.app, id).await {
         Ok(k) => k,
-        Err(KeyError::NotFound) => return not_found(),
+        // Alerts name a cloud principal by a key id no key record has: its page is the
+        // cloud principal's.
+        Err(KeyError::NotFound) => return super::cloud::principal(ctx, id).await,
         Err(e) => return store_failed(e),
     };
     let window = Window::parse(ctx.param("window").as_deref(), Window::Day);
