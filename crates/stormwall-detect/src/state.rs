@@ -597,6 +597,10 @@ pub struct Takeover {
     pub minute: (i64, u32),
     /// Evidence event ids (up to 8).
     pub evidence: Vec<String>,
+    /// Header shapes (as V7 keys them) of the foreign clients that tested the key (a probe,
+    /// a listing, role-play, a relay artefact) in this window, up to 4: such a client's
+    /// ordinary chat next is the taker's, not the owner's new tool to learn.
+    pub testers: Vec<u32>,
 }
 
 impl KeyState {

@@ -1616,3 +1616,91 @@ fn v7_a_taker_on_the_owners_own_isp_is_a_new_network() {
     let alerts = feed(&mut e, &evs);
     assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
 }
+
+/// A young key taken over from inside its owner's very /24 (another address behind the
+/// office NAT or the household line): no network signal, yet a new client that tests the
+/// key and fronts role-play on a tenant without it is someone else — suspended within three
+/// requests, also when the taker's ordinary chat comes between its probe and its role-play
+/// (it is not learned as the owner's new tool). A developer on that /24 trying the key with
+/// curl (a listing, a probe, a chat) is left alone.
+#[test]
+fn v7_a_taker_inside_the_owners_own_slash24_is_stopped_but_a_developer_there_is_not() {
+    let home = client(
+        "100.78.65.20",
+        64506,
+        "US",
+        "OpenAI/Python 1.44.0",
+        SDK_HEADERS,
+    );
+    let req = [
+        "host",
+        "user-agent",
+        "accept-encoding",
+        "accept",
+        "connection",
+        "authorization",
+    ];
+    let taker = client("100.78.65.77", 64506, "US", "python-requests/2.32.3", &req);
+    let k = "HomeKey00002";
+    let start = |g: &mut Gen, e: &mut Engine| {
+        let owner: Vec<UsageEvent> = (0..3)
+            .map(|m| g.chat(k, "signup", T0 + Duration::minutes(m * 4), &home))
+            .collect();
+        assert!(feed(e, &owner).is_empty());
+    };
+    let at = T0 + Duration::minutes(20);
+    for chat_between in [false, true] {
+        let mut e = engine();
+        let mut g = Gen::new();
+        start(&mut g, &mut e);
+        let mut attack = vec![probe(&mut g, k, at, &taker)];
+        if chat_between {
+            attack.push(g.chat(k, "signup", at + Duration::seconds(10), &taker));
+        }
+        attack.push(listing(&mut g, k, at + Duration::seconds(30), &taker));
+        attack.push(with_verdict(
+            g.chat(k, "signup", at + Duration::seconds(60), &taker),
+            VerdictCategory::RoleplayMarkers,
+            SafetyAction::Log,
+        ));
+        let mut stopped_after = None;
+        for (i, ev) in attack.iter().enumerate() {
+            for a in e.observe(ev) {
+                if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                    assert_eq!(a.detector, DetectorId::V7);
+                    stopped_after.get_or_insert(i + 1);
+                }
+            }
+        }
+        let n = stopped_after.expect("the young key was not suspended");
+        assert!(n <= attack.len(), "suspended after {n} attacker requests");
+    }
+
+    let mut e = engine();
+    let mut g = Gen::new();
+    start(&mut g, &mut e);
+    let dev = client(
+        "100.78.65.31",
+        64506,
+        "US",
+        "curl/8.5.0",
+        &["host", "user-agent", "accept", "authorization"],
+    );
+    let evs = [
+        listing(&mut g, k, at, &dev),
+        probe(&mut g, k, at + Duration::seconds(30), &dev),
+        g.chat(k, "signup", at + Duration::seconds(60), &dev),
+        probe(&mut g, k, at + Duration::seconds(90), &dev),
+    ];
+    let mut alerts = Vec::new();
+    for ev in &evs {
+        for a in e.observe(ev) {
+            assert!(
+                e.decide(&a).is_none_or(|x| x.kind < ActionKind::Suspend),
+                "{a:?}"
+            );
+            alerts.push(a);
+        }
+    }
+    assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+}
