@@ -400,16 +400,15 @@ impl Grouper {
 /// Puts an entry in time order; past `cap` the first and the strongest survive (the weakest
 /// later one is dropped).
 fn insert_entry(timeline: &mut Vec<TimelineEntry>, entry: TimelineEntry, cap: usize) {
-    if timeline.len() >= cap.max(2) {
-        if let Some(pos) = timeline
+    if timeline.len() >= cap.max(2)
+        && let Some(pos) = timeline
             .iter()
             .enumerate()
             .skip(1)
             .min_by_key(|(_, e)| e.severity)
             .map(|(i, _)| i)
-        {
-            timeline.remove(pos);
-        }
+    {
+        timeline.remove(pos);
     }
     let pos = timeline.partition_point(|e| e.at <= entry.at);
     timeline.insert(pos, entry);
