@@ -281,6 +281,7 @@ impl Engine {
         proxy::p5_ua_drift(&ctx, ks, out);
         proxy::p6_cross_tenant(&ctx, ks, nets, detect.max_networks, out);
         resale::r1_styles(&ctx, ks, u.new_sys, u.new_cluster, out);
+        resale::r1_missing_users(&ctx, ks, out);
         resale::r2_roleplay(&ctx, ks, out);
         resale::r3_concurrency(&ctx, ks, out);
         resale::r4_off_hours(&ctx, ks, out);
@@ -699,9 +700,13 @@ fn update_windows(ctx: &Ctx<'_>, ks: &mut KeyState) -> Update {
     } else {
         0
     };
-    h.peak_inflight = h.peak_inflight.max(e.inflight);
+    h.peak_inflight = h
+        .peak_inflight
+        .max(u16::try_from(e.inflight).unwrap_or(u16::MAX));
     ks.minute_req += 1;
-    h.peak_rpm = h.peak_rpm.max(ks.minute_req);
+    h.peak_rpm = h
+        .peak_rpm
+        .max(u16::try_from(ks.minute_req).unwrap_or(u16::MAX));
     h.inference += u32::from(o.inference);
     h.images += u32::from(o.image);
     h.listings += u32::from(o.listing);
@@ -713,6 +718,9 @@ fn update_windows(ctx: &Ctx<'_>, ks: &mut KeyState) -> Update {
     h.sdk += u32::from(o.family.is_sdk());
     h.generic += u32::from(o.family.is_generic_http());
     h.sdk_bare += u32::from(o.family.is_stainless_sdk() && !o.stainless);
+    if o.inference && !o.probe && o.end_user_h.is_none() {
+        h.no_user = h.no_user.saturating_add(1);
+    }
     if o.probe {
         h.probes += 1;
         ks.minute_probes += 1;

@@ -238,29 +238,8 @@ impl Grouper {
             summary: summary(&alert.explanation),
             action: acted,
         };
-        if inc.timeline.len() >= self.cfg.max_timeline.max(2) {
-            // Keep the first entry and the strongest: drop the weakest later one.
-            if let Some(pos) = inc
-                .timeline
-                .iter()
-                .enumerate()
-                .skip(1)
-                .min_by_key(|(_, e)| e.severity)
-                .map(|(i, _)| i)
-            {
-                inc.timeline.remove(pos);
-            }
-        }
-        let pos = inc.timeline.partition_point(|e| e.at <= entry.at);
-        inc.timeline.insert(pos, entry);
-        for id in &alert.evidence {
-            if inc.evidence.len() >= self.cfg.max_evidence {
-                break;
-            }
-            if !inc.evidence.contains(id) {
-                inc.evidence.push(id.clone());
-            }
-        }
+        insert_entry(&mut inc.timeline, entry, self.cfg.max_timeline);
+        add_evidence(&mut inc.evidence, &alert.evidence, self.cfg.max_evidence);
         let pts = self
             .points
             .entry(inc.id.clone())
@@ -273,10 +252,7 @@ impl Grouper {
                 p.1 += alert.score;
             }
         }
-        let mut stages: Vec<Stage> = inc.timeline.iter().map(|e| e.stage).collect();
-        stages.sort();
-        stages.dedup();
-        inc.stages = stages;
+        inc.stages = stages_of(&inc.timeline);
         let base: f64 = pts.iter().map(|(b, r)| (b + r * 0.25).min(b * 2.0)).sum();
         inc.risk_score = base + 10.0 * inc.stages.len().saturating_sub(1) as f64;
         if let Some(floor) = self.floors.get(&inc.id) {
@@ -298,6 +274,81 @@ impl Grouper {
             change,
             incident: inc.clone(),
         })
+    }
+
+    /// The open incident of `subject`, if any.
+    pub fn get(&self, subject: &IncidentSubject) -> Option<&Incident> {
+        self.open.get(subject)
+    }
+
+    /// The ids among `alert_ids` (every alert the store links to an incident) missing from
+    /// the timeline of `subject`'s open incident `id`: alerts another replica added in a
+    /// write this grouper's write replaced. Empty when the incident is not held or its
+    /// timeline is full (then entries are dropped by design).
+    pub fn missing(
+        &self,
+        subject: &IncidentSubject,
+        id: &str,
+        alert_ids: &[String],
+    ) -> Vec<String> {
+        let Some(inc) = self.open.get(subject).filter(|i| i.id == id) else {
+            return Vec::new();
+        };
+        if inc.timeline.len() >= self.cfg.max_timeline.max(2) {
+            return Vec::new();
+        }
+        alert_ids
+            .iter()
+            .filter(|a| !inc.timeline.iter().any(|e| &e.alert_id == *a))
+            .cloned()
+            .collect()
+    }
+
+    /// Takes in what another writer (another gateway replica) stored of an incident this
+    /// grouper holds open: the timeline entries it does not hold (by alert id), the stronger
+    /// action, the evidence, the later update time and revision, its risk score as a floor;
+    /// stages, severity and reasons are judged again over the whole timeline. Without it a
+    /// replica's next write of the incident would replace the timeline the other stored.
+    /// Returns whether anything changed; ignored for an incident it does not hold.
+    pub fn merge(&mut self, stored: &Incident) -> bool {
+        let Some(inc) = self.open.get_mut(&stored.subject) else {
+            return false;
+        };
+        if inc.id != stored.id {
+            return false;
+        }
+        let before = (inc.action, inc.evidence.len());
+        let mut added = false;
+        for e in &stored.timeline {
+            if !inc.timeline.iter().any(|x| x.alert_id == e.alert_id) {
+                insert_entry(&mut inc.timeline, e.clone(), self.cfg.max_timeline);
+                added = true;
+            }
+        }
+        if let Some(k) = stored.action
+            && inc.action.is_none_or(|a| k > a)
+        {
+            inc.action = Some(k);
+        }
+        add_evidence(&mut inc.evidence, &stored.evidence, self.cfg.max_evidence);
+        if stored.updated_at > inc.updated_at {
+            inc.updated_at = stored.updated_at;
+        }
+        inc.revision = inc.revision.max(stored.revision);
+        if inc.tenant.is_none() {
+            inc.tenant.clone_from(&stored.tenant);
+        }
+        let floor = self.floors.entry(inc.id.clone()).or_insert(0.0);
+        *floor = floor.max(stored.risk_score);
+        inc.risk_score = inc.risk_score.max(*floor);
+        let changed = added || before != (inc.action, inc.evidence.len());
+        if changed {
+            inc.stages = stages_of(&inc.timeline);
+            let (sev, reasons) = combine(&inc.timeline, inc.action);
+            inc.severity = sev;
+            inc.reasons = reasons;
+        }
+        changed
     }
 
     /// Closes the episodes idle for longer than the gap at `now`, and returns them.
@@ -344,6 +395,42 @@ impl Grouper {
             self.floors.remove(&i.id);
         }
     }
+}
+
+/// Puts an entry in time order; past `cap` the first and the strongest survive (the weakest
+/// later one is dropped).
+fn insert_entry(timeline: &mut Vec<TimelineEntry>, entry: TimelineEntry, cap: usize) {
+    if timeline.len() >= cap.max(2)
+        && let Some(pos) = timeline
+            .iter()
+            .enumerate()
+            .skip(1)
+            .min_by_key(|(_, e)| e.severity)
+            .map(|(i, _)| i)
+    {
+        timeline.remove(pos);
+    }
+    let pos = timeline.partition_point(|e| e.at <= entry.at);
+    timeline.insert(pos, entry);
+}
+
+fn add_evidence(evidence: &mut Vec<String>, ids: &[String], cap: usize) {
+    for id in ids {
+        if evidence.len() >= cap {
+            break;
+        }
+        if !evidence.contains(id) {
+            evidence.push(id.clone());
+        }
+    }
+}
+
+/// The kill-chain stages a timeline covers, in kill-chain order.
+fn stages_of(timeline: &[TimelineEntry]) -> Vec<Stage> {
+    let mut stages: Vec<Stage> = timeline.iter().map(|e| e.stage).collect();
+    stages.sort();
+    stages.dedup();
+    stages
 }
 
 /// Whether a timeline entry counts towards weak signals combining. R4 (traffic at an hour the
@@ -606,6 +693,58 @@ mod tests {
         assert_eq!(u.incident.timeline.len(), 3);
         assert!(u.incident.risk_score >= stored.risk_score);
         assert_eq!(u.incident.revision, stored.revision);
+    }
+
+    #[test]
+    fn a_replica_merges_what_another_stored_before_writing_its_own() {
+        let k = Some("AbCdEfGhIjKl");
+        let (mut one, mut two) = (Grouper::default(), Grouper::default());
+        let a1 = alert(k, DetectorId::P5, Severity::Low, T0);
+        let stored = one.add(&a1, None).unwrap().incident;
+        // The second replica takes the stored incident back and adds its own alert, which
+        // suspends the key.
+        two.resume(stored.clone());
+        let b1 = alert(k, DetectorId::V1, Severity::Low, T0 + Duration::minutes(1));
+        let stored = two
+            .add(&b1, Some(&action(ActionKind::Suspend, &b1)))
+            .unwrap()
+            .incident;
+        assert_eq!(stored.timeline.len(), 2);
+        // The first replica still holds only its own entry; merging first keeps both.
+        assert!(one.merge(&stored));
+        assert!(
+            !one.merge(&stored),
+            "a second merge of the same changes nothing"
+        );
+        let a2 = alert(k, DetectorId::R6, Severity::Low, T0 + Duration::minutes(2));
+        let inc = one.add(&a2, None).unwrap().incident;
+        let ids: Vec<&str> = inc.timeline.iter().map(|e| e.alert_id.as_str()).collect();
+        assert_eq!(ids, vec![a1.id.as_str(), b1.id.as_str(), a2.id.as_str()]);
+        assert_eq!(inc.action, Some(ActionKind::Suspend));
+        assert_eq!(
+            inc.severity,
+            Severity::High,
+            "the other replica's stop counts"
+        );
+        assert!(inc.risk_score >= stored.risk_score);
+        assert!(inc.revision > stored.revision);
+        assert_eq!(inc.stages, stages_of(&inc.timeline));
+        let all = vec![
+            a1.id.clone(),
+            b1.id.clone(),
+            a2.id.clone(),
+            "late".to_owned(),
+        ];
+        assert_eq!(
+            one.missing(&inc.subject, &inc.id, &all),
+            vec!["late".to_owned()]
+        );
+        assert!(one.missing(&inc.subject, "inc-other", &all).is_empty());
+        // Another incident's record (an earlier episode) is not merged.
+        let mut other = stored.clone();
+        other.id = "inc-other".into();
+        other.timeline[0].alert_id = "x".into();
+        assert!(!one.merge(&other));
     }
 
     #[test]

@@ -214,6 +214,9 @@ pub struct Baseline {
     /// headers learned: the owner's client sends them so (an old SDK, a proxy that strips
     /// them), so their absence is no relay artefact on this key.
     pub sdk_bare: u64,
+    /// Inference calls without an end-user id (`user`) learned: a key whose calls always
+    /// carry one (an app passing its users' ids) does not lose it to a new network.
+    pub no_user: u64,
     /// Hours learned.
     pub hours: u32,
 }
@@ -254,6 +257,7 @@ impl Default for Baseline {
             sdk: 0,
             generic: 0,
             sdk_bare: 0,
+            no_user: 0,
             hours: 0,
         }
     }
@@ -336,10 +340,10 @@ pub struct HourWindow {
     pub endpoints: [u32; 6],
     /// Calls per model (hash, count).
     pub models: Few<(u64, u32)>,
-    /// Peak in-flight.
-    pub peak_inflight: u32,
-    /// Peak requests in a minute.
-    pub peak_rpm: u32,
+    /// Peak in-flight (saturating).
+    pub peak_inflight: u16,
+    /// Peak requests in a minute (saturating).
+    pub peak_rpm: u16,
     /// Inference calls.
     pub inference: u32,
     /// Images.
@@ -369,7 +373,14 @@ pub struct HourWindow {
     /// Whether R4 already fired this hour.
     pub r4_fired: bool,
     /// System prompts new to the key this hour that came from a network new to it (R1).
-    pub new_sys_foreign: u16,
+    pub new_sys_foreign: u8,
+    /// Inference calls without an end-user id (saturating).
+    pub no_user: u16,
+    /// Of them, calls from a network new to a key that always passes one (R1; saturating).
+    pub no_user_foreign: u8,
+    /// The previous hour's `no_user_foreign` when that hour was not learned for it (R1
+    /// counts across one hour boundary).
+    pub no_user_foreign_before: u8,
 }
 
 impl HourWindow {
@@ -407,6 +418,9 @@ impl HourWindow {
             spread_evidence: Few::None,
             r4_fired: false,
             new_sys_foreign: 0,
+            no_user: 0,
+            no_user_foreign: 0,
+            no_user_foreign_before: 0,
         }
     }
 
@@ -597,6 +611,10 @@ pub struct Takeover {
     pub minute: (i64, u32),
     /// Evidence event ids (up to 8).
     pub evidence: Vec<String>,
+    /// Header shapes (as V7 keys them) of the foreign clients that tested the key (a probe,
+    /// a listing, role-play, a relay artefact) in this window, up to 4: such a client's
+    /// ordinary chat next is the taker's, not the owner's new tool to learn.
+    pub testers: Vec<u32>,
 }
 
 impl KeyState {
@@ -787,7 +805,15 @@ impl KeyState {
                     && tk.since + crate::detectors::validation::V7_WINDOW >= old.hour * 3600
                     && crate::detectors::validation::v7_points(tk.kinds) >= 3
             });
-            if risk_now < LEARN_MAX_RISK && !takeover {
+            // Nor is an hour in which a key that always passes its users' ids got calls
+            // without one from a network new to it (R1): a reseller's first minutes before
+            // an hour boundary would otherwise make its network the key's own. The count
+            // carries into the next hour, so the boundary does not reset it.
+            let missing_users = old.no_user_foreign >= 2;
+            if missing_users && hour == old.hour + 1 {
+                self.hour.no_user_foreign_before = old.no_user_foreign;
+            }
+            if risk_now < LEARN_MAX_RISK && !takeover && !missing_users {
                 self.fold_hour(&old, tenant);
             }
             if let Some(n) = self.notable.get_mut() {
@@ -832,8 +858,8 @@ impl KeyState {
         b.peak_asns_h = b.peak_asns_h.max(h.asns.count() as f32);
         b.peak_nets_h = b.peak_nets_h.max(h.nets.count() as f32);
         b.peak_countries_h = b.peak_countries_h.max(h.countries.count() as f32);
-        b.peak_inflight = b.peak_inflight.max(h.peak_inflight as f32);
-        b.peak_rpm = b.peak_rpm.max(h.peak_rpm as f32);
+        b.peak_inflight = b.peak_inflight.max(f32::from(h.peak_inflight));
+        b.peak_rpm = b.peak_rpm.max(f32::from(h.peak_rpm));
         for v in h.asns.iter() {
             b.asns.insert(v);
         }
@@ -875,6 +901,7 @@ impl KeyState {
         b.sdk += u64::from(h.sdk);
         b.generic += u64::from(h.generic);
         b.sdk_bare += u64::from(h.sdk_bare);
+        b.no_user += u64::from(h.no_user);
         b.hours += 1;
         if let Some(t) = tenant {
             if t.home == [0, 0] {

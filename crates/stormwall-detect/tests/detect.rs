@@ -1616,3 +1616,177 @@ fn v7_a_taker_on_the_owners_own_isp_is_a_new_network() {
     let alerts = feed(&mut e, &evs);
     assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
 }
+
+/// A young key taken over from inside its owner's very /24 (another address behind the
+/// office NAT or the household line): no network signal, yet a new client that tests the
+/// key and fronts role-play on a tenant without it is someone else — suspended within three
+/// requests, also when the taker's ordinary chat comes between its probe and its role-play
+/// (it is not learned as the owner's new tool). A developer on that /24 trying the key with
+/// curl (a listing, a probe, a chat) is left alone.
+#[test]
+fn v7_a_taker_inside_the_owners_own_slash24_is_stopped_but_a_developer_there_is_not() {
+    let home = client(
+        "100.78.65.20",
+        64506,
+        "US",
+        "OpenAI/Python 1.44.0",
+        SDK_HEADERS,
+    );
+    let req = [
+        "host",
+        "user-agent",
+        "accept-encoding",
+        "accept",
+        "connection",
+        "authorization",
+    ];
+    let taker = client("100.78.65.77", 64506, "US", "python-requests/2.32.3", &req);
+    let k = "HomeKey00002";
+    let start = |g: &mut Gen, e: &mut Engine| {
+        let owner: Vec<UsageEvent> = (0..3)
+            .map(|m| g.chat(k, "signup", T0 + Duration::minutes(m * 4), &home))
+            .collect();
+        assert!(feed(e, &owner).is_empty());
+    };
+    let at = T0 + Duration::minutes(20);
+    for chat_between in [false, true] {
+        let mut e = engine();
+        let mut g = Gen::new();
+        start(&mut g, &mut e);
+        let mut attack = vec![probe(&mut g, k, at, &taker)];
+        if chat_between {
+            attack.push(g.chat(k, "signup", at + Duration::seconds(10), &taker));
+        }
+        attack.push(listing(&mut g, k, at + Duration::seconds(30), &taker));
+        attack.push(with_verdict(
+            g.chat(k, "signup", at + Duration::seconds(60), &taker),
+            VerdictCategory::RoleplayMarkers,
+            SafetyAction::Log,
+        ));
+        let mut stopped_after = None;
+        for (i, ev) in attack.iter().enumerate() {
+            for a in e.observe(ev) {
+                if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                    assert_eq!(a.detector, DetectorId::V7);
+                    stopped_after.get_or_insert(i + 1);
+                }
+            }
+        }
+        let n = stopped_after.expect("the young key was not suspended");
+        assert!(n <= attack.len(), "suspended after {n} attacker requests");
+    }
+
+    let mut e = engine();
+    let mut g = Gen::new();
+    start(&mut g, &mut e);
+    let dev = client(
+        "100.78.65.31",
+        64506,
+        "US",
+        "curl/8.5.0",
+        &["host", "user-agent", "accept", "authorization"],
+    );
+    let evs = [
+        listing(&mut g, k, at, &dev),
+        probe(&mut g, k, at + Duration::seconds(30), &dev),
+        g.chat(k, "signup", at + Duration::seconds(60), &dev),
+        probe(&mut g, k, at + Duration::seconds(90), &dev),
+    ];
+    let mut alerts = Vec::new();
+    for ev in &evs {
+        for a in e.observe(ev) {
+            assert!(
+                e.decide(&a).is_none_or(|x| x.kind < ActionKind::Suspend),
+                "{a:?}"
+            );
+            alerts.push(a);
+        }
+    }
+    assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+}
+
+/// A support bot whose every call carries its users' ids, resold by someone who copied the
+/// app's own SDK and header shape onto a residential line in the same country (no relay
+/// artefact, no new client, per-user prompts so no new-prompt burst): calls without an
+/// end-user id from a network the key never used suspend it within five. The owner's own
+/// calls from a new network (with ids) and a developer's curl session from home (a listing,
+/// a probe and three chats without ids) do not.
+#[test]
+fn r1_calls_without_the_apps_end_user_ids_from_a_new_network_suspend() {
+    let bot = |e: &mut Engine, g: &mut Gen, k: &str| {
+        let mut evs = Vec::new();
+        let mut t = T0;
+        let mut n = 0u64;
+        while t < T0 + Duration::days(3) {
+            let mut ev = g.chat(k, "bots", t, &corp());
+            n += 1;
+            ev.system_prompt_hash = Some(format!("{n:032x}"));
+            ev.end_user = Some(format!("user-{}", n % 400));
+            evs.push(ev);
+            t += Duration::minutes(4);
+        }
+        assert!(!fired(&feed(e, &evs), DetectorId::R1));
+    };
+    let at = end(3);
+    let k = "BotKey000002";
+    let line = client(
+        "192.0.2.50",
+        64506,
+        "US",
+        "OpenAI/Python 1.51.0",
+        SDK_HEADERS,
+    );
+
+    let mut e = engine();
+    let mut g = Gen::new();
+    bot(&mut e, &mut g, k);
+    let mut stopped_after = None;
+    for i in 0..12 {
+        let mut ev = g.chat(k, "bots", at + Duration::minutes(i * 2), &line);
+        ev.system_prompt_hash = Some(format!("{:032x}", 9_000 + i % 3));
+        if i % 3 == 2 {
+            ev.end_user = Some(format!("buyer-{i}"));
+        }
+        for a in e.observe(&ev) {
+            if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                stopped_after.get_or_insert(i + 1);
+            }
+        }
+    }
+    let n = stopped_after.expect("the resold key was not suspended");
+    assert!(n <= 8, "suspended after {n} reseller calls");
+
+    // The owner's app moved to a new network: its calls still carry ids.
+    let mut e = engine();
+    let mut g = Gen::new();
+    bot(&mut e, &mut g, k);
+    let mut alerts = Vec::new();
+    for i in 0..12 {
+        let mut ev = g.chat(k, "bots", at + Duration::minutes(i * 2), &line);
+        ev.system_prompt_hash = Some(format!("{:032x}", 9_000 + i));
+        ev.end_user = Some(format!("user-{}", i * 7));
+        alerts.extend(e.observe(&ev));
+    }
+    assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
+
+    // A developer's hand-written session from home.
+    let mut e = engine();
+    let mut g = Gen::new();
+    bot(&mut e, &mut g, k);
+    let home = client(
+        "192.0.2.201",
+        64506,
+        "US",
+        "curl/8.5.0",
+        &["host", "user-agent", "accept", "authorization"],
+    );
+    let mut evs = vec![
+        listing(&mut g, k, at, &home),
+        probe(&mut g, k, at + Duration::seconds(30), &home),
+    ];
+    for i in 0..3 {
+        evs.push(g.chat(k, "bots", at + Duration::minutes(1 + i), &home));
+    }
+    let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
+}

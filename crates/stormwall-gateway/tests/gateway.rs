@@ -2837,6 +2837,70 @@ mod scale_out {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alerts_from_both_replicas_stay_on_the_incidents_timeline() {
+        let Some((c, store, record, secret)) = warm_pair_alert_only().await else {
+            return;
+        };
+        let all_alerts = || async {
+            store
+                .list_alerts(&AlertQuery {
+                    key_id: Some(record.id.clone()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        };
+        // The same trip seen by replica 0, then replica 1, then replica 0 again (each round
+        // past the one-second alert window): one incident, written by both in turn.
+        let rounds = [
+            (0, ["127.0.1.7", "127.0.4.7"]),
+            (1, ["127.0.1.8", "127.0.4.8"]),
+            (0, ["127.0.1.9", "127.0.4.9"]),
+        ];
+        let mut raised = 0;
+        for (replica, sources) in rounds {
+            for src in sources {
+                chat_from(&c, replica, &secret, src).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for _ in 0..500 {
+                if all_alerts().await.len() > raised {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let now = all_alerts().await.len();
+            assert!(now > raised, "replica {replica} raised nothing");
+            raised = now;
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let incidents = store
+            .list_incidents(&IncidentQuery {
+                key_id: Some(record.id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(incidents.len(), 1, "{incidents:#?}");
+        let inc = &incidents[0];
+        let mut on_timeline: Vec<&str> = inc
+            .incident
+            .timeline
+            .iter()
+            .map(|e| e.alert_id.as_str())
+            .collect();
+        on_timeline.sort_unstable();
+        let mut linked: Vec<&str> = inc.alert_ids.iter().map(String::as_str).collect();
+        linked.sort_unstable();
+        assert_eq!(
+            on_timeline, linked,
+            "a replica's write replaced the other's timeline entries"
+        );
+        assert_eq!(linked.len(), all_alerts().await.len());
+        c.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_rate_spread_over_replicas_is_counted_whole() {
         let Some((c, store, record, secret)) = warm_pair().await else {
             return;

@@ -206,8 +206,14 @@ fn run(seed: u64, holdout: bool, explain: bool, legit_keys: usize) {
             i.severity,
             line.join(" ")
         );
-        for e in i.timeline.iter().filter(|e| e.severity >= Severity::Medium) {
-            println!("      {} {:?}: {}", e.detector, e.severity, e.summary);
+        // Every medium-or-worse entry, and the first of each detector's weaker ones: weak
+        // signals combining are what most legitimate incidents are made of.
+        let mut seen = Vec::new();
+        for e in &i.timeline {
+            if e.severity >= Severity::Medium || !seen.contains(&e.detector) {
+                seen.push(e.detector);
+                println!("      {} {:?}: {}", e.detector, e.severity, e.summary);
+            }
         }
     }
     for s in &stops {

@@ -294,6 +294,10 @@ impl Legit {
         let mut r = self.request(rng, false);
         r.net = net;
         r.host = rng.range(1, 250) as u16;
+        // A hand-written curl session passes no end-user id, whatever the app does.
+        if program.ua.starts_with("curl/") {
+            r.end_user = None;
+        }
         r.program = program;
         r.verdicts.clear();
         match done {

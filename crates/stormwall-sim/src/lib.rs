@@ -880,7 +880,7 @@ impl Simulation {
         s: usize,
         t0: i64,
         new_tenant: bool,
-    ) -> (usize, Option<world::Net>) {
+    ) -> (usize, Option<(world::Net, Option<u16>)>) {
         let minutes = self.rng.uniform(3.0, 30.0);
         let start = t0 - (minutes * 60_000.0) as i64;
         let (tenant, mut a) = if new_tenant || templates.is_empty() {
@@ -918,7 +918,11 @@ impl Simulation {
         a.start_ms = start;
         // The owner's first minutes are busy (setting the app up), then its usual pace.
         a.peak = a.peak.max(30.0 * self.cfg.rate_scale);
-        let home = a.nets.first().cloned();
+        let home = a
+            .nets
+            .first()
+            .cloned()
+            .map(|n| (n, a.hosts.first().copied()));
         self.schedule(start, Actor::Legit(Box::new(a)));
         (key, home)
     }
@@ -1318,10 +1322,21 @@ impl Simulation {
                 // signup's laptop — from another address. Drawn from a hash, so the rest
                 // of the run's draws stay as they were.
                 if !self.cfg.holdout
-                    && let Some(home) = home
+                    && let Some((home, _)) = &home
                     && side_draw(self.cfg.seed, s as u64, v as u64 + 7_919) < 0.3
                 {
-                    taker.nets = vec![home];
+                    taker.nets = vec![home.clone()];
+                }
+                // Both grids: now and then the taker sits inside the owner's very /24 (the
+                // office NAT, the household line, the app's cloud subnet), another address
+                // of it, so no network signal tells it apart.
+                let inside = if self.cfg.holdout { 0.15 } else { 0.2 };
+                if let Some((home, Some(host))) = &home
+                    && side_draw(self.cfg.seed, s as u64, v as u64 + 104_729) < inside
+                {
+                    taker.nets = vec![home.clone()];
+                    let low = (side_draw(self.cfg.seed, v as u64, 3) * 250.0) as u16 + 1;
+                    taker.host = (host & 0xff00) | low;
                 }
                 clients.push(taker);
                 let orders: [&[Step]; 4] = if self.cfg.holdout {

@@ -79,6 +79,56 @@ pub fn r1_styles(
     });
 }
 
+/// Learned inference calls a key needs before "always passes an end-user id" means anything.
+const USER_HABIT_MIN_CALLS: u64 = 200;
+/// Foreign calls without an end-user id in an hour that make R1 high.
+const USER_MISSING_FOREIGN: u8 = 5;
+
+/// R1, the end-user side: a key whose every learned call carries its app's end-user id
+/// (`user`) gets calls without one from a network it never used — someone else's users
+/// behind the owner's client (a reseller copying the app's SDK onto its own line, where
+/// the new prompts of a per-user-prompt app say nothing). High at
+/// `USER_MISSING_FOREIGN` such calls in an hour (counted on over one hour boundary; an hour
+/// with two or more is not learned): more than a developer's hand-written session from
+/// home, which also carries no ids.
+pub fn r1_missing_users(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
+    let o = ctx.o;
+    if !matches!(ctx.reference, Reference::Key) || !o.inference || o.probe || o.end_user_h.is_some()
+    {
+        return;
+    }
+    let b = &ks.base;
+    // At most 1 % of learned calls without one: the app always passes it.
+    if b.inference < USER_HABIT_MIN_CALLS || b.no_user * 100 > b.inference || ctx.known_asn(ks) {
+        return;
+    }
+    ks.hour.no_user_foreign = ks.hour.no_user_foreign.saturating_add(1);
+    let n = ks
+        .hour
+        .no_user_foreign
+        .saturating_add(ks.hour.no_user_foreign_before);
+    let thr = (f64::from(USER_MISSING_FOREIGN) * ks.factor(DetectorId::R1)).ceil();
+    if f64::from(n) < thr {
+        return;
+    }
+    let calls = b.inference as f64;
+    let without = b.no_user as f64;
+    ctx.emit(ks, out, DetectorId::R1, Severity::High, |ks| Finding {
+        explanation: format!(
+            "Key {} received {n} calls without an end-user id in the last hour from {}, a              network it never used; {without:.0} of its {calls:.0} learned calls came without              one. Its app passes its users' ids: these calls are someone else's users behind              the key.",
+            ks.key,
+            ctx.source(),
+        ),
+        features: vec![
+            feat("calls_without_end_user_hour", f64::from(n), Some(thr)),
+            feat("learned_calls", calls, None),
+            feat("learned_calls_without_end_user", without, Some(calls / 100.0)),
+        ],
+        subjects: ctx.source_subjects(),
+        evidence: Vec::new(),
+    });
+}
+
 /// R2: role-play front-end markers or jailbreak preambles on a key that never had them.
 pub fn r2_roleplay(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if !ctx.o.roleplay {

@@ -183,6 +183,12 @@ const V7_NETWORK: u32 = 0b11;
 /// markers or a relay artefact — someone testing or reselling the key. Spread and rate are
 /// not among them: an app's first deployment after its developer's curl has them too.
 const V7_INTENT: u32 = 0b0_1111_0000;
+/// Bit of the new-client signal.
+const V7_NEW_CLIENT: u32 = 1 << 3;
+/// Bits of the signals that test a key: a probe, a listing, relay artefacts.
+const V7_TESTS: u32 = (1 << 4) | (1 << 5) | (1 << 7);
+/// Bit of the role-play signal.
+const V7_ROLEPLAY: u32 = 1 << 6;
 /// Seconds a takeover window stays open after its first foreign request.
 pub const V7_WINDOW: i64 = 3_600;
 
@@ -278,7 +284,14 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         && o.flag.is_none_or(|f| has_flag(owner_flags, f))
         && (cc_known || near)
         && (slot_has(&owner.shapes, shape) || tenant.is_some_and(|t| t.shapes.contains(o.shape)));
+    // A client that tested the key in the open takeover window is the taker doing its
+    // ordinary work next (a chat after its probe), not the owner's new tool.
+    let tester = ks
+        .takeover
+        .as_ref()
+        .is_some_and(|t| o.t - t.since <= V7_WINDOW && t.testers.contains(&shape));
     let bridge = !intent
+        && !tester
         && o.flag.is_none_or(|f| has_flag(owner_flags, f))
         && (asn_known && !client_known || owner_shape_nearby);
     if first || asn_known && client_known || bridge {
@@ -367,6 +380,9 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
             kinds |= bit;
         }
     }
+    if intent && !client_known && tk.testers.len() < 4 && !tk.testers.contains(&shape) {
+        tk.testers.push(shape);
+    }
     let added = kinds & !tk.kinds;
     tk.kinds |= kinds;
     if added != 0 && tk.evidence.len() < 8 {
@@ -375,7 +391,23 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let all = tk.kinds;
     let points = v7_points(all);
     let min = f64::from(ctx.th().v7_min_points) * ks.factor(DetectorId::V7);
-    if f64::from(points) < min || all & V7_NETWORK == 0 || all & V7_INTENT == 0 {
+    // Without a network signal (a taker inside the owner's very /24: its office NAT, its
+    // household line, its cloud subnet) only a new client fronting role-play on a tenant
+    // without it and testing the key besides (a probe, a listing, a relay artefact) is
+    // someone else: the owner's developer trying a new tool on its own network probes and
+    // lists but brings no role-play front end. That combination is enough on its own (four
+    // points: there is no network to add one).
+    let inside = all & V7_NETWORK == 0
+        && all & V7_ROLEPLAY != 0
+        && all & V7_NEW_CLIENT != 0
+        && all & V7_TESTS != 0;
+    let fires = if inside {
+        let bar = ctx.th().v7_min_points.saturating_sub(1).max(1);
+        f64::from(points) >= f64::from(bar) * ks.factor(DetectorId::V7)
+    } else {
+        f64::from(points) >= min && all & V7_NETWORK != 0 && all & V7_INTENT != 0
+    };
+    if !fires {
         return;
     }
     let names: Vec<&str> = V7_SIGNALS

@@ -7,7 +7,8 @@
 
 use stormwall_detect::incident::{Change, subject_of};
 use stormwall_store::{
-    ActionOutcome, ActionRecord, AlertStatus, IncidentQuery, StoreError, StoredIncident,
+    ActionOutcome, ActionQuery, ActionRecord, AlertStatus, IncidentQuery, StoreError,
+    StoredIncident,
 };
 use stormwall_types::{Alert, IncidentStatus};
 use time::OffsetDateTime;
@@ -27,15 +28,20 @@ pub async fn record(state: &ControlPlane, alert: &Alert, action: Option<&ActionR
         .filter(|r| r.outcome != ActionOutcome::Failed)
         .map(|r| &r.action);
     resume_stored(state, alert).await;
+    merge_stored(state, alert).await;
     let Some(update) = state.alerts.group(alert, action) else {
         return;
     };
     let escalated = update.change == Change::Escalated;
-    let stored = match state
+    let written = match state
         .store
         .upsert_incident(&update.incident, std::slice::from_ref(&alert.id), escalated)
         .await
     {
+        Ok(s) => Ok(rewrite_lost(state, s).await),
+        Err(e) => Err(e),
+    };
+    let stored = match written {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(incident_id = %update.incident.id, error = %e, "cannot store an incident");
@@ -116,6 +122,74 @@ async fn resume_stored(state: &ControlPlane, alert: &Alert) {
             tracing::warn!(subject = %subject.label(), error = %e, "cannot read the subject's incident");
         }
     }
+}
+
+/// Replicas each hold an open incident in memory and each write it whole: before adding an
+/// alert, take in what another replica stored since this one last wrote it, so this write
+/// does not replace that replica's timeline entries, action and score.
+async fn merge_stored(state: &ControlPlane, alert: &Alert) {
+    let Some(subject) = subject_of(alert) else {
+        return;
+    };
+    let Some(id) = state
+        .alerts
+        .with_grouper(|g| g.get(&subject).map(|i| i.id.clone()))
+    else {
+        return;
+    };
+    match state.store.get_incident(&id).await {
+        Ok(Some(stored)) => {
+            state.alerts.with_grouper(|g| g.merge(&stored.incident));
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(incident_id = %id, error = %e, "cannot read an incident"),
+    }
+}
+
+/// Two replicas writing one incident at the same moment: the later write replaced the
+/// other's timeline, but the store links every alert to the incident. The alerts this
+/// replica's timeline lacks are read back (with the actions taken on them) and the incident
+/// written again, until the stored timeline holds every linked alert (a few rounds at most:
+/// each round only adds). Returns the latest stored incident.
+async fn rewrite_lost(state: &ControlPlane, mut stored: StoredIncident) -> StoredIncident {
+    let subject = stored.incident.subject.clone();
+    for _ in 0..3 {
+        let missing = state
+            .alerts
+            .with_grouper(|g| g.missing(&subject, &stored.incident.id, &stored.alert_ids));
+        if missing.is_empty() {
+            break;
+        }
+        for id in missing.iter().take(16) {
+            let Ok(Some(found)) = state.store.get_alert(id).await else {
+                continue;
+            };
+            let q = ActionQuery {
+                alert_id: Some(id.clone()),
+                ..Default::default()
+            };
+            let action = match state.store.list_actions(&q).await {
+                Ok(list) => list
+                    .into_iter()
+                    .filter(|r| r.outcome != ActionOutcome::Failed && r.action.alert_id == *id)
+                    .max_by_key(|r| r.action.kind)
+                    .map(|r| r.action),
+                Err(_) => None,
+            };
+            state.alerts.group(&found.alert, action.as_ref());
+        }
+        let Some(merged) = state.alerts.with_grouper(|g| g.get(&subject).cloned()) else {
+            break;
+        };
+        match state.store.upsert_incident(&merged, &[], false).await {
+            Ok(s) => stored = s,
+            Err(e) => {
+                tracing::warn!(incident_id = %merged.id, error = %e, "cannot store an incident");
+                break;
+            }
+        }
+    }
+    stored
 }
 
 /// How often ended episodes are looked for: a quarter of the gap, between 1 s and a minute,
