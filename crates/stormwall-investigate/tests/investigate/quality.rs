@@ -32,6 +32,8 @@ fn truth_of(t: &NetworkTruth) -> Truth {
                 );
                 format!("fingerprint:{}", f.id)
             })
+            // A tool's own TLS stack is its signature too.
+            .chain(t.creator_tls.iter().map(|fp| format!("tls:{fp}")))
             .collect()),
     );
     truth.roles.insert(
