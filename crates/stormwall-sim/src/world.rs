@@ -211,21 +211,21 @@ pub mod tls {
 }
 
 /// The TLS fingerprint a program's requests carry: its stack's, recognised from the user
-/// agent. A client forging the OpenAI Python user agent without the SDK's headers is a Node
-/// script (its stack does not change with the header). `None` for an unknown program.
+/// agent. `None` for an unknown program.
 pub fn tls_of(p: &Program) -> Option<&'static str> {
     let ua = &*p.ua;
     let has = |s: &str| ua.contains(s);
+    // A client forging the OpenAI Python user agent without the SDK's headers is a Node
+    // script: its stack does not change with the header.
+    let forged_python =
+        ua.starts_with("OpenAI/Python") && !p.headers.iter().any(|h| h == "x-stainless-lang");
     let stack = if has("relaykit") {
         tls::RUSTLS_TRIMMED
     } else if has("GenStudio") {
         tls::ELECTRON
     } else if has("Go-http-client") {
         tls::GO
-    } else if has("OpenAI/JS") || has("axios") || has("node-fetch") {
-        tls::NODE
-    } else if ua.starts_with("OpenAI/Python") && !p.headers.iter().any(|h| h == "x-stainless-lang")
-    {
+    } else if has("OpenAI/JS") || has("axios") || has("node-fetch") || forged_python {
         tls::NODE
     } else if has("Python") || has("python") {
         tls::PYTHON_OPENSSL

@@ -265,6 +265,9 @@ async fn open_tls(
     (send, presented)
 }
 
+/// One chat request on an open connection; its status. The gateway's small reply is read
+/// whole, under a timeout.
+#[allow(clippy::disallowed_methods)]
 async fn chat_on(
     send: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
     key: &str,
