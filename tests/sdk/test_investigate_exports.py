@@ -52,6 +52,10 @@ def test_stix_bundle_passes_the_oasis_validator(exports: dict[str, Path]) -> Non
     atlas = {r["external_id"] for o in objects if o["type"] == "attack-pattern"
              for r in o["external_references"]}
     assert atlas == {"AML.T0040", "AML.T0034", "AML.T0054", "AML.T0055", "AML.T0008.005"}
+    # The simulator's events carry TLS fingerprints: the relays' are indicators, validated
+    # with the rest.
+    patterns = [o["pattern"] for o in objects if o["type"] == "indicator"]
+    assert any("x-stormwall-tls-client:fingerprint" in p for p in patterns), patterns
 
 
 def test_misp_event_loads_in_pymisp(exports: dict[str, Path]) -> None:

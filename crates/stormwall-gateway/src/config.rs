@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub tls_cert_file: Option<std::path::PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// Seconds between checks of `tls_cert_file` and `tls_key_file` for a change (a
+    /// changed pair is reloaded without a restart); 0: only on SIGHUP.
+    pub tls_reload_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +58,7 @@ impl Default for ServerConfig {
             azure_default_api_version: None,
             tls_cert_file: None,
             tls_key_file: None,
+            tls_reload_secs: 60,
         }
     }
 }

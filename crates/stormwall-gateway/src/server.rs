@@ -103,10 +103,12 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// The proxy listener's TLS configuration, when `[server]` names a certificate and key.
+/// The proxy listener's TLS configuration and its reloadable certificate, when `[server]`
+/// names a certificate and key.
+#[allow(clippy::type_complexity)]
 fn tls_config(
     server: &crate::config::ServerConfig,
-) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+) -> Result<Option<(Arc<rustls::ServerConfig>, Arc<crate::tls::CertStore>)>, StartError> {
     match (&server.tls_cert_file, &server.tls_key_file) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => Ok(Some(crate::tls::server_config(cert, key)?)),
@@ -246,7 +248,7 @@ pub async fn start_with(
     check_default_api_version(&config.server)?;
     let retention =
         crate::control::retention::Retention::from_config(events).map_err(StartError::Events)?;
-    let proxy_tls = tls_config(&config.server)?;
+    let (proxy_tls, cert_store) = tls_config(&config.server)?.unzip();
     let router = Router::from_config(&config.upstreams, env)?;
     let ipdb = Arc::new(IpDb::load(&config.ipdb)?);
     for missing in ipdb.status().missing {
@@ -467,6 +469,13 @@ pub async fn start_with(
         background.push(crate::control::retention::spawn(
             Arc::clone(&control),
             retention,
+            shutdown_rx.clone(),
+        ));
+    }
+    if let Some(store) = cert_store {
+        background.push(crate::tls::spawn_reloader(
+            store,
+            config.server.tls_reload_secs,
             shutdown_rx.clone(),
         ));
     }

@@ -20,17 +20,25 @@
 //! GREASE values (RFC 8701) are left out everywhere, as JA4 does. Two clients built on
 //! different TLS stacks or configurations differ; the same client gives the same value on
 //! every connection.
+//!
+//! The certificate and key are reloaded without a restart ([`CertStore`]): on SIGHUP, and
+//! when either file changes (checked every `[server] tls_reload_secs`). A new pair is read,
+//! checked (the key must match the certificate) and swapped in for the handshakes that
+//! follow; connections already open keep the session they have. A pair that does not load
+//! is logged and the one in force is kept.
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ClientHello;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -60,8 +68,18 @@ pub enum TlsError {
     Incomplete,
 }
 
-/// The server configuration for a PEM certificate chain and private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// Modification time and length of a file, when it can be read (a change of either is a
+/// new file).
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    let m = fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reads a PEM certificate chain and private key into the pair rustls signs with, checking
+/// that the key is the certificate's.
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let read = |p: &Path| {
         fs::read(p).map_err(|source| TlsError::Read {
             path: p.display().to_string(),
@@ -76,14 +94,157 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     }
     let key = PrivateKeyDer::from_pem_slice(&read(key)?)
         .map_err(|_| TlsError::NoKey(key.display().to_string()))?;
+    Ok(CertifiedKey::from_der(
+        certs,
+        key,
+        &rustls::crypto::ring::default_provider(),
+    )?)
+}
+
+/// The proxy listener's certificate and key, swapped in place on a reload: each handshake
+/// takes the pair in force when it starts.
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' stamps when the pair in force was read; the lock also makes reloads one
+    /// at a time.
+    loaded: Mutex<(Stamp, Stamp)>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertStore {
+    /// Reads the pair (an error if it does not load).
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+        let stamps = (stamp(cert), stamp(key));
+        let pair = certified_key(cert, key)?;
+        Ok(Arc::new(CertStore {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(Arc::new(pair)),
+            loaded: Mutex::new(stamps),
+        }))
+    }
+
+    /// The pair in force.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads the files again and swaps the pair in; on an error the pair in force stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked(&mut loaded)
+    }
+
+    /// Reloads when either file's modification time or length changed since the last
+    /// load; `Ok(true)` when it did. A pair that failed to load is not retried until a
+    /// file changes again.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if (stamp(&self.cert), stamp(&self.key)) == *loaded {
+            return Ok(false);
+        }
+        self.reload_locked(&mut loaded).map(|()| true)
+    }
+
+    fn reload_locked(&self, loaded: &mut (Stamp, Stamp)) -> Result<(), TlsError> {
+        // Stamped before reading: a write landing during the read shows as a change next
+        // time instead of being missed.
+        *loaded = (stamp(&self.cert), stamp(&self.key));
+        let pair = certified_key(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The server configuration for a PEM certificate chain and private key, and the store
+/// that reloads them.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<CertStore>), TlsError> {
+    let store = CertStore::load(cert, key)?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(certs, key)?;
+    .with_cert_resolver(Arc::clone(&store) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), store))
+}
+
+#[allow(clippy::disallowed_methods)] // spawn_blocking awaited here; one reload at a time (CertStore's lock)
+async fn reload_in_background(store: &Arc<CertStore>, changed_only: bool, why: &'static str) {
+    let s = Arc::clone(store);
+    let out = tokio::task::spawn_blocking(move || {
+        if changed_only {
+            s.reload_if_changed()
+        } else {
+            s.reload().map(|()| true)
+        }
+    })
+    .await;
+    match out {
+        Ok(Ok(true)) => tracing::info!(trigger = why, "TLS certificate reloaded"),
+        // Nothing changed, or the blocking pool is gone (shutting down).
+        Ok(Ok(false)) | Err(_) => {}
+        Ok(Err(e)) => tracing::warn!(
+            trigger = why,
+            error = %e,
+            "TLS certificate reload failed; keeping the certificate in force"
+        ),
+    }
+}
+
+/// The reload task: checks the files every `every_secs` (0: never) and reloads on SIGHUP,
+/// until shutdown. Owned by `RunningGateway`, which joins it.
+#[allow(clippy::disallowed_methods)] // background task owned by RunningGateway, not the request path
+pub fn spawn_reloader(
+    store: Arc<CertStore>,
+    every_secs: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(every_secs.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = tick.tick(), if every_secs > 0 => {
+                    reload_in_background(&store, true, "file change").await;
+                }
+                Some(()) = hangup => reload_in_background(&store, false, "SIGHUP").await,
+                _ = stop.changed() => return,
+            }
+        }
+    })
 }
 
 /// GREASE values (RFC 8701): `0x?a?a` with both bytes equal.
@@ -248,6 +409,75 @@ impl AsyncWrite for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/gateway/tls");
+
+    fn copy_pair(dir: &Path, cert: &str, key: &str) -> (PathBuf, PathBuf) {
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        fs::copy(format!("{DIR}/{cert}"), &c).unwrap();
+        fs::copy(format!("{DIR}/{key}"), &k).unwrap();
+        (c, k)
+    }
+
+    fn leaf(store: &CertStore) -> Vec<u8> {
+        store.current().cert[0].to_vec()
+    }
+
+    #[test]
+    fn a_changed_pair_is_swapped_in_and_a_broken_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = copy_pair(dir.path(), "cert.pem", "key.pem");
+        let store = CertStore::load(&c, &k).unwrap();
+        let first = leaf(&store);
+        assert!(!store.reload_if_changed().unwrap(), "nothing changed");
+        // The new certificate without its key: refused, the pair in force stays.
+        fs::copy(format!("{DIR}/cert2.pem"), &c).unwrap();
+        assert!(store.reload().is_err());
+        assert_eq!(leaf(&store), first);
+        fs::copy(format!("{DIR}/key2.pem"), &k).unwrap();
+        assert!(store.reload_if_changed().unwrap());
+        let second = leaf(&store);
+        assert_ne!(second, first);
+        fs::write(&c, "junk").unwrap();
+        assert!(matches!(
+            store.reload_if_changed(),
+            Err(TlsError::NoCertificate(_))
+        ));
+        assert_eq!(leaf(&store), second);
+        // Not retried until a file changes again.
+        assert!(!store.reload_if_changed().unwrap());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sighup_reloads_the_pair() {
+        // Installed before anything sends the signal: SIGHUP's default would end the
+        // test process.
+        let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = copy_pair(dir.path(), "cert.pem", "key.pem");
+        let store = CertStore::load(&c, &k).unwrap();
+        let first = leaf(&store);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        // Polling off: only the signal reloads.
+        let task = spawn_reloader(Arc::clone(&store), 0, stop_rx);
+        copy_pair(dir.path(), "cert2.pem", "key2.pem");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while leaf(&store) == first {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SIGHUP did not reload"
+            );
+            let sent = std::process::Command::new("kill")
+                .args(["-HUP", &std::process::id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
 
     #[test]
     fn grease_values_are_left_out_and_order_matters_only_where_documented() {

@@ -120,3 +120,38 @@ pub fn source_name(k: SourceKind) -> &'static str {
         SourceKind::Text => "text",
     }
 }
+
+/// Audit action of a scan finding submitted to the admin API
+/// (`POST /admin/investigation/scan-findings`): the audit log is where such findings are
+/// kept, so each one is on the hash chain with who submitted it and when.
+pub const AUDIT_ACTION: &str = "investigate.scan_finding";
+
+/// The finding as it may be kept: the redacted head and tail of the secret and the git
+/// author's name and email are blanked (they are never part of the graph either).
+pub fn scrub(f: &Finding) -> Finding {
+    let mut out = f.clone();
+    out.redacted.clear();
+    if let Some(g) = out.location.git.as_mut() {
+        g.author.clear();
+        g.email.clear();
+    }
+    out
+}
+
+/// What identifies a finding in the graph (its fingerprint and location): the same
+/// finding submitted twice is recorded once.
+pub fn identity(f: &Finding) -> String {
+    format!("{}:{}", f.fingerprint, location_of(f))
+}
+
+/// The scan finding an audit entry records, if it records one (action [`AUDIT_ACTION`],
+/// a detail that reads as a finding naming a Stormwall key), with when it was recorded.
+pub fn from_audit(entry: &stormwall_store::AuditEntry) -> Option<(Finding, time::OffsetDateTime)> {
+    if entry.action != AUDIT_ACTION {
+        return None;
+    }
+    let f: Finding = serde_json::from_value(entry.detail.clone()).ok()?;
+    check(&f).ok()?;
+    key_of(&f)?;
+    Some((f, entry.at))
+}

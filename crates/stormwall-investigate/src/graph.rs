@@ -1,6 +1,6 @@
 //! The entity graph: keys, tenants, client networks, client fingerprints, prompt styles,
-//! end users and exposure locations as nodes; co-occurrence in events (and alerts) as
-//! edges with counts and first/last seen. Updated incrementally — [`Graph::add_event`]
+//! end users, exposure locations, incidents, TLS fingerprints and management calls as
+//! nodes; co-occurrence in events (and alerts) as edges with counts and first/last seen. Updated incrementally — [`Graph::add_event`]
 //! touches only the nodes and edges of that event — and saved as a [`GraphState`] so a
 //! daily run adds a day of events without rebuilding.
 //!
@@ -43,6 +43,10 @@ pub enum NodeKind {
     /// A client's TLS fingerprint (JA4-style digest of its ClientHello), recorded when the
     /// gateway terminated TLS itself.
     Tls,
+    /// Management calls of one kind from one network (`<action>@<network>`), read from
+    /// cloud logs: who listed, created or regenerated keys, or changed logging, guardrails
+    /// or network access, and from where.
+    Control,
 }
 
 impl NodeKind {
@@ -58,6 +62,7 @@ impl NodeKind {
             NodeKind::Exposure => "exposure",
             NodeKind::Incident => "incident",
             NodeKind::Tls => "tls",
+            NodeKind::Control => "control",
         }
     }
 
@@ -93,6 +98,9 @@ pub struct Node {
     /// Response actions on it, by kind (keys).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub actions: BTreeMap<String, u64>,
+    /// Management calls made with it, by action (keys of cloud principals).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub controls: BTreeMap<String, u64>,
     /// Incidents: what the events on its subject amounted to from the incident's opening
     /// until it ended (open-ended while it is open or acknowledged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -409,6 +417,7 @@ impl Graph {
             last: at,
             alerts: BTreeMap::new(),
             actions: BTreeMap::new(),
+            controls: BTreeMap::new(),
             harm: None,
         });
         self.adj.push(Vec::new());
@@ -625,6 +634,77 @@ impl Graph {
         }
         self.link(key, x, at);
         ScanOutcome::Added
+    }
+
+    /// Adds a management-plane call from a cloud log once (by its id): counted by action
+    /// on its principal's key node (the key id the detectors and alerts use), with the
+    /// principal's account as the key's tenant; and, when the caller's address was logged,
+    /// a control node `control:<action>@<network>` linked to the key and to the network,
+    /// holding the calls' count, service, last operation name, user-agent family and how
+    /// many failed or loosened a control. A management call is not a use of the key: no
+    /// harm, and no key–network edge (roles are inferred from use).
+    pub fn add_control_event(&mut self, c: &stormwall_types::ControlEvent, flags: NetFlags<'_>) {
+        if !self.state.seen.insert(format!("control:{}", c.id)) {
+            return;
+        }
+        let at = c.timestamp;
+        let calls = u64::from(c.count.max(1));
+        let p = &c.cloud.principal;
+        let key = self.touch(NodeKind::Key, p.key_id().as_str(), at);
+        self.state.nodes[key].count -= 1;
+        *self.state.nodes[key]
+            .controls
+            .entry(c.action.as_str().to_owned())
+            .or_default() += calls;
+        self.set_attr(key, "cloud", p.provider.as_str());
+        self.set_attr(key, "credential", p.kind.as_str());
+        if let Some(t) = p.account.as_deref().filter(|t| !t.is_empty()) {
+            self.set_attr(key, "tenant", t);
+            let tenant = self.touch(NodeKind::Tenant, truncate(t, 200), at);
+            self.state.nodes[tenant].count -= 1;
+            self.link(key, tenant, at);
+        }
+        let Some(ip) = c.source_ip.filter(|_| !c.cloud.ip_missing) else {
+            return;
+        };
+        let net_label = network_of(ip);
+        let net = self.touch(NodeKind::Network, &net_label, at);
+        // The network's count is of requests made from it.
+        self.state.nodes[net].count -= 1;
+        if !flags.is_empty() {
+            self.set_attr(net, "flags", &flags.join(","));
+        }
+        let ctl = self.touch(
+            NodeKind::Control,
+            &format!("{}@{net_label}", c.action.as_str()),
+            at,
+        );
+        self.state.nodes[ctl].count += calls - 1;
+        self.set_attr(ctl, "action", c.action.as_str());
+        self.set_attr(ctl, "cloud", p.provider.as_str());
+        self.set_attr(ctl, "operation", &c.cloud.operation);
+        if let Some(s) = &c.service {
+            self.set_attr(ctl, "service", s);
+        }
+        if let Some(ua) = &c.user_agent {
+            self.set_attr(ctl, "ua_family", &ua_family(ua));
+        }
+        let bump = |g: &mut Graph, k: &str| {
+            let n: u64 = g.state.nodes[ctl]
+                .attrs
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            g.set_attr(ctl, k, &(n + calls).to_string());
+        };
+        if !c.success {
+            bump(self, "failed");
+        }
+        if c.loosens {
+            bump(self, "loosens");
+        }
+        self.link(key, ctl, at);
+        self.link(ctl, net, at);
     }
 
     /// Adds a response action once (by its alert and kind): counted on its key.

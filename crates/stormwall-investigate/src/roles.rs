@@ -608,20 +608,26 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
         if nd.kind != NodeKind::Network || providers.contains_key(&i) {
             continue;
         }
-        let fronted = fronted_by(i, &|_| true);
+        // Only keys it uses with a client their owners' own networks never served: a
+        // hosting /24 a relay shares with a legitimate tenant's servers also carries that
+        // tenant's keys, with the tenant's own clients.
+        let fronted = fronted_by(i, &|k| foreign_client_on(g, k, i, &providers));
         if fronted.is_empty() {
             continue;
         }
-        let (mut tool, mut total) = (0u64, 0u64);
+        let mut tool = 0u64;
         let mut tools = BTreeSet::new();
         for (f, e) in g.neighbours_of_kind(i, NodeKind::Fingerprint) {
-            total += e.count;
             if families.contains_key(&family(&nodes[f])) {
                 tool += e.count;
                 tools.insert(nodes[f].label.as_str());
             }
         }
-        let tool_share = tool as f64 / total.max(1) as f64;
+        // Measured against the requests on the keys it fronts, not all the network's: a
+        // relay in a hosting /24 it shares with a legitimate tenant's own servers is not
+        // diluted by their traffic.
+        let on_fronted: u64 = fronted.values().flatten().map(|(_, c)| c).sum();
+        let tool_share = tool.min(on_fronted) as f64 / on_fronted.max(1) as f64;
         let buyers: Vec<&str> = g
             .neighbours_of_kind(i, NodeKind::Style)
             .filter(|(s, e)| e.count >= cfg.min_key_requests && buyer_style(*s))
@@ -652,7 +658,7 @@ fn infer(g: &Graph, cfg: &RoleConfig, cluster_of: &[String]) -> (Vec<Assignment>
         ];
         if by_tool {
             reasons.push(format!(
-                "{:.0}% of its requests come from a tool family several providers run ({})",
+                "{:.0}% of its requests on those keys come from a tool family several providers run ({})",
                 tool_share * 100.0,
                 tools.iter().copied().collect::<Vec<_>>().join(", ")
             ));

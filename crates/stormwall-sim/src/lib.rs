@@ -2100,6 +2100,7 @@ fn build_event(r: &Req, info: &KeyInfo, t_ms: i64, seq: u64) -> UsageEvent {
         e.referer = Some(String::new());
     }
     e.forwarded = r.program.forwarded;
+    e.tls_fingerprint = world::tls_of(&r.program).map(str::to_owned);
     e.flavor = Some(if r.api_version.is_some() {
         ApiFlavor::Azure
     } else {

@@ -88,6 +88,10 @@ pub struct NetworkTruth {
     /// Of `providers`, the relays that front a single victim's key (harder scenario).
     #[serde(default)]
     pub single_key_providers: Vec<String>,
+    /// TLS fingerprints of the creators' tools that no legitimate client in the scenario
+    /// sends (a tool on a common stack, such as Node's, has none of its own).
+    #[serde(default)]
+    pub creator_tls: Vec<String>,
 }
 
 /// Events (time order) and truth.
@@ -225,9 +229,11 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
     let mut events = Vec::new();
     let mut seq = 0u64;
     let mut per_key: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut legit_tls: BTreeSet<String> = BTreeSet::new();
     while let Some((t, r)) = history.next() {
         if let Some(e) = history.event(&r, t, seq) {
             *per_key.entry(r.key).or_default() += 1;
+            legit_tls.extend(e.tls_fingerprint.clone());
             events.push(e);
             seq += 1;
         }
@@ -443,6 +449,15 @@ pub fn network_scenario(cfg: &NetworkConfig) -> Result<NetworkScenario, SimError
         forwarded: false,
     };
     let stock = agency.clone();
+    legit_tls.extend(world::tls_of(&agency).map(str::to_owned));
+    for (i, tool) in tools.iter().enumerate() {
+        if let Some(fp) = world::tls_of(tool).filter(|fp| !legit_tls.contains(*fp))
+            && provider_tools.iter().any(|t| t.contains(&i))
+            && !truth.creator_tls.iter().any(|c| c == fp)
+        {
+            truth.creator_tls.push(fp.to_owned());
+        }
+    }
     // Buyers, through their provider's relay.
     for p in &personas {
         let mut t = p.start;

@@ -1,5 +1,6 @@
 //! The simulated world: networks (with ASNs, countries and egress flags), client programs
-//! (user agent and header shape), and a deterministic random source.
+//! (user agent, header shape and the TLS stack under them), and a deterministic random
+//! source.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -184,6 +185,60 @@ pub struct Program {
     pub empty_origin: bool,
     /// Sends forwarding headers.
     pub forwarded: bool,
+}
+
+/// TLS ClientHello fingerprints (the gateway's JA4-style `tls.client.fingerprint`) of the
+/// TLS stacks under the simulated programs. A fingerprint belongs to a stack, not a
+/// program: every Python client shares one, every Node client another.
+pub mod tls {
+    /// Python's `ssl` module over OpenSSL 3 (the OpenAI and Azure Python SDKs, requests,
+    /// aiohttp).
+    pub const PYTHON_OPENSSL: &str = "t13d4705h1_5d04281c6031_ca1bdb4e8a4f";
+    /// Node.js's TLS (the OpenAI Node SDK, axios, node-fetch).
+    pub const NODE: &str = "t13d3104h2_e8f1e7e78f70_1f7ad2cbf5ac";
+    /// Android's Conscrypt (okhttp).
+    pub const OKHTTP: &str = "t13d1504h2_8a21ca3a7b0f_6e5e1e8e9b3d";
+    /// Apple's Network framework (CFNetwork).
+    pub const APPLE: &str = "t13d2004h2_3c8e06b1bd8d_91d0c1f7e3a2";
+    /// curl over OpenSSL.
+    pub const CURL: &str = "t13d3105h2_2b0648ab686e_d0a54b2ba7c3";
+    /// Go's `crypto/tls`.
+    pub const GO: &str = "t13d1303h2_0f2cb44170f4_5c5f0e9e3b44";
+    /// A rustls build with a trimmed suite list (the relaykit tool).
+    pub const RUSTLS_TRIMMED: &str = "t13d090300_f5c9a6a8c2d1_7b4e2f0c9d1a";
+    /// Electron's Chromium (BoringSSL; the GenStudio tool).
+    pub const ELECTRON: &str = "t13d1516h2_8daaf6152771_b0da82dd1658";
+}
+
+/// The TLS fingerprint a program's requests carry: its stack's, recognised from the user
+/// agent. `None` for an unknown program.
+pub fn tls_of(p: &Program) -> Option<&'static str> {
+    let ua = &*p.ua;
+    let has = |s: &str| ua.contains(s);
+    // A client forging the OpenAI Python user agent without the SDK's headers is a Node
+    // script: its stack does not change with the header.
+    let forged_python =
+        ua.starts_with("OpenAI/Python") && !p.headers.iter().any(|h| h == "x-stainless-lang");
+    let stack = if has("relaykit") {
+        tls::RUSTLS_TRIMMED
+    } else if has("GenStudio") {
+        tls::ELECTRON
+    } else if has("Go-http-client") {
+        tls::GO
+    } else if has("OpenAI/JS") || has("axios") || has("node-fetch") || forged_python {
+        tls::NODE
+    } else if has("Python") || has("python") {
+        tls::PYTHON_OPENSSL
+    } else if has("okhttp") {
+        tls::OKHTTP
+    } else if has("CFNetwork") {
+        tls::APPLE
+    } else if has("curl") {
+        tls::CURL
+    } else {
+        return None;
+    };
+    Some(stack)
 }
 
 fn names(list: &[&str]) -> Arc<Vec<String>> {

@@ -1,8 +1,9 @@
 //! `stormwall investigate graph|roles|override|export|report|evaluate`: the entity graph
 //! behind the abuse, its clusters and roles, the analyst's decisions, STIX/MISP/CSV
 //! exports, the HTML report, and the role-assignment figures on the simulator's network
-//! scenario. Reads the store (or a JSON-lines file of events) and `stormwall scan`'s
-//! findings; the logic is `stormwall-investigate`.
+//! scenario. Reads the store (events, alerts, actions, incidents, control events, and the
+//! audit log's analyst decisions and scan findings) or a JSON-lines file of events, and
+//! `stormwall scan`'s findings; the logic is `stormwall-investigate`.
 
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -18,7 +19,8 @@ use stormwall_investigate::{Assessment, Override, OverrideOp, Overrides, Role, R
 use stormwall_ipintel::SharedIpIntel;
 use stormwall_sim::network::{NetworkConfig, network_scenario};
 use stormwall_store::{
-    ActionQuery, AlertQuery, AuditEntry, AuditQuery, EventQuery, IncidentQuery, Store, StoredAlert,
+    ActionQuery, AlertQuery, AuditEntry, AuditQuery, ControlEventQuery, EventQuery, IncidentQuery,
+    Store, StoredAlert,
 };
 use stormwall_types::UsageEvent;
 use stormwall_types::pricing::Pricing;
@@ -318,14 +320,30 @@ pub(crate) async fn load(src: &Source) -> anyhow::Result<Loaded> {
         for r in s.list_actions(&ActionQuery::default()).await? {
             graph.add_action(&r.action);
         }
+        // Management calls from cloud logs: each is added once (by id), so all are read.
+        let mut query = ControlEventQuery {
+            limit: Some(PAGE),
+            ..ControlEventQuery::default()
+        };
+        loop {
+            let page = s.query_control_events(&query).await?;
+            for c in &page {
+                let flags: Vec<&str> = match (&intel, c.source_ip) {
+                    (Some(i), Some(ip)) => i.flags(ip, None).names().collect(),
+                    _ => Vec::new(),
+                };
+                graph.add_control_event(c, &flags);
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => query.after_id = Some(last.id.clone()),
+                _ => break,
+            }
+        }
         store = Some(s);
     } else {
         bail!("give --config (read the store) or --events FILE");
     }
     add_scan_findings(&mut graph, &src.scan_findings, store.as_deref()).await?;
-    if let Some(p) = &src.state {
-        write_atomic(p, &serde_json::to_vec(graph.state())?)?;
-    }
     let mut overrides = read_overrides(&src.overrides)?;
     if let Some(s) = &store {
         // The admin API keeps decisions in the audit log only; the CLI's own are in both.
@@ -347,6 +365,13 @@ pub(crate) async fn load(src: &Source) -> anyhow::Result<Loaded> {
             }
         }
         overrides.merge_audit(&entries);
+        // Scan findings submitted to the admin API are kept in the audit log too.
+        for (f, at) in entries.iter().filter_map(findings::from_audit) {
+            graph.add_scan_finding(&f, at);
+        }
+    }
+    if let Some(p) = &src.state {
+        write_atomic(p, &serde_json::to_vec(graph.state())?)?;
     }
     Ok(Loaded {
         graph,
@@ -667,6 +692,8 @@ pub(crate) fn truth_of(t: &stormwall_sim::network::NetworkTruth) -> Truth {
                 );
                 format!("fingerprint:{}", f.id)
             })
+            // A tool's own TLS stack is its signature too.
+            .chain(t.creator_tls.iter().map(|fp| format!("tls:{fp}")))
             .collect()),
     );
     truth.roles.insert(

@@ -246,6 +246,14 @@ async fn route(
             let body: OverrideBody = read_json(req).await?;
             investigation_override(app, body).await
         }
+        (Method::POST, ["investigation", "scan-findings"]) => {
+            let analyst = param(&query, "analyst");
+            if let Some(a) = &analyst {
+                check_analyst(a)?;
+            }
+            let body = read_bytes_limited(req, MAX_SCAN_FINDINGS_BODY).await?;
+            scan_findings(app, analyst.as_deref(), &body).await
+        }
         (Method::GET, ["audit"]) => audit_log(app, &query).await,
         (Method::GET, ["audit", "verify"]) => audit_verify(app).await,
         (Method::POST, ["ipintel", "reload"]) => {
@@ -275,6 +283,7 @@ async fn route(
             | ["actions"]
             | ["investigation"]
             | ["investigation", "overrides"]
+            | ["investigation", "scan-findings"]
             | ["audit"]
             | ["audit", "verify"]
             | ["ipintel", "reload"],
@@ -986,6 +995,7 @@ fn check_entity(e: &str) -> Result<(), AdminError> {
                 "exposure",
                 "incident",
                 "tls",
+                "control",
             ]
             .contains(&k)
     });
@@ -1019,6 +1029,27 @@ async fn investigation_override(
             .await
             .map_err(store_error)?;
     ok_json(StatusCode::CREATED, &RecordedOverride { entry, audit_seq })
+}
+
+/// Largest scan report accepted (10,000 findings of a few hundred bytes each).
+const MAX_SCAN_FINDINGS_BODY: usize = 8 * 1024 * 1024;
+
+/// `POST /admin/investigation/scan-findings`: the JSON lines `stormwall scan --format
+/// jsonl` writes; those naming Stormwall keys are recorded in the audit log.
+async fn scan_findings(
+    app: &ControlPlane,
+    analyst: Option<&str>,
+    body: &[u8],
+) -> Result<Response<ProxyBody>, AdminError> {
+    use crate::control::investigation::SubmitError;
+    // Nothing of the body is echoed: a line that is not a finding could hold a secret.
+    let text = std::str::from_utf8(body)
+        .map_err(|_| AdminError::BadRequest("the body is not UTF-8 text".to_owned()))?;
+    match crate::control::investigation::submit_scan_findings(app, analyst, text).await {
+        Ok(s) => ok_json(StatusCode::OK, &s),
+        Err(SubmitError::Invalid(m)) => Err(AdminError::BadRequest(m)),
+        Err(SubmitError::Store(e)) => Err(store_error(e)),
+    }
 }
 
 async fn events(app: &ControlPlane, query: &str) -> Result<Response<ProxyBody>, AdminError> {
@@ -1139,6 +1170,7 @@ mod openapi_tests {
         ("get", "/admin/actions"),
         ("get", "/admin/investigation"),
         ("post", "/admin/investigation/overrides"),
+        ("post", "/admin/investigation/scan-findings"),
         ("get", "/admin/audit"),
         ("get", "/admin/audit/verify"),
         ("post", "/admin/ipintel/reload"),

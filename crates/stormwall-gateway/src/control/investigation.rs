@@ -1,7 +1,8 @@
 //! The investigation as JSON for any UI (`GET /admin/investigation`): the entity graph
-//! built from the store's incidents, events, alerts and actions, its clusters with roles
-//! and reasons, and harm per cluster, victim and incident — the same assessment as
-//! `stormwall investigate roles`, from `stormwall_investigate`.
+//! built from the store's incidents, events, alerts, actions and control events (cloud
+//! management calls), its clusters with roles and reasons, and harm per cluster, victim
+//! and incident — the same assessment as `stormwall investigate roles`, from
+//! `stormwall_investigate`.
 //!
 //! The graph is built per request from a bounded window of events (`max_events`), on the
 //! blocking pool, so a large store neither exhausts memory nor stalls the admin listener.
@@ -11,14 +12,21 @@
 //! be lost on a rebuild or disagree with the audit trail — and re-applied on every
 //! assessment, together with those the CLI recorded with `--config`. Personal data is
 //! redacted as in the exports unless the request asks for it, which is audited first.
+//!
+//! Scan findings (`POST /admin/investigation/scan-findings`, the scanner's `--format
+//! jsonl`) are kept in the audit log the same way, for the same reason: each is on the hash
+//! chain with who submitted it, and every assessment adds those naming Stormwall keys as
+//! exposure locations.
 
 use std::collections::BTreeMap;
 
 use stormwall_investigate::export::ExportOptions;
 use stormwall_investigate::graph::{Graph, NodeKind};
 use stormwall_investigate::{Assessment, Override, OverrideOp, Overrides, RoleConfig};
+use stormwall_scan::Finding;
 use stormwall_store::{
-    ActionQuery, AlertQuery, AuditEntry, AuditQuery, EventQuery, IncidentQuery, StoreError,
+    ActionQuery, AlertQuery, AuditEntry, AuditQuery, ControlEventQuery, EventQuery, IncidentQuery,
+    StoreError,
 };
 use stormwall_types::pricing::Pricing;
 use time::OffsetDateTime;
@@ -58,7 +66,7 @@ pub struct GraphSummary {
     /// Edges in all.
     pub edges: usize,
     /// Nodes per kind (`key`, `tenant`, `network`, `fingerprint`, `style`, `end_user`,
-    /// `exposure`, `incident`).
+    /// `exposure`, `incident`, `tls`, `control`).
     pub nodes_by_kind: BTreeMap<&'static str, usize>,
     /// Stored incidents in the graph.
     pub incidents: usize,
@@ -140,7 +148,18 @@ pub async fn assess(
             ..ActionQuery::default()
         })
         .await?;
-    let overrides = overrides(app).await?;
+    let controls = store
+        .query_control_events(&ControlEventQuery {
+            since: q.since,
+            until: q.until,
+            limit: Some(MAX_RECORDS),
+            ..ControlEventQuery::default()
+        })
+        .await?;
+    let AnalystRecords {
+        overrides,
+        scan_findings,
+    } = analyst_records(app).await?;
     let intel = app.ipintel.clone();
     let include_personal_data = q.include_personal_data;
     let build = move || {
@@ -157,6 +176,16 @@ pub async fn assess(
         }
         for r in &actions {
             g.add_action(&r.action);
+        }
+        for c in &controls {
+            let flags: Vec<&str> = c
+                .source_ip
+                .map(|ip| intel.flags(ip, None).names().collect())
+                .unwrap_or_default();
+            g.add_control_event(c, &flags);
+        }
+        for (f, at) in &scan_findings {
+            g.add_scan_finding(f, *at);
         }
         let assessment = stormwall_investigate::assess(&g, &RoleConfig::default(), &overrides);
         let assessment = stormwall_investigate::export::redact(
@@ -198,10 +227,20 @@ const AUDIT_PAGE: usize = 10_000;
 /// Audit actor prefix of an analyst's decision (the CLI's and the admin API's).
 pub const ANALYST: &str = stormwall_investigate::overrides::ANALYST_ACTOR;
 
-/// Every analyst decision in the audit log, oldest first
-/// ([`stormwall_investigate::overrides::from_audit`]).
-pub async fn overrides(app: &ControlPlane) -> Result<Overrides, StoreError> {
-    let mut out = Overrides::default();
+/// What the analysts put in the audit log: their decisions and the scan findings they
+/// submitted, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct AnalystRecords {
+    /// Decisions ([`stormwall_investigate::overrides::from_audit`]).
+    pub overrides: Overrides,
+    /// Scan findings with when each was submitted
+    /// ([`stormwall_investigate::findings::from_audit`]).
+    pub scan_findings: Vec<(Finding, OffsetDateTime)>,
+}
+
+/// Reads the analysts' records from the audit log.
+pub async fn analyst_records(app: &ControlPlane) -> Result<AnalystRecords, StoreError> {
+    let mut out = AnalystRecords::default();
     let mut after_seq = None;
     loop {
         let page = app
@@ -214,14 +253,120 @@ pub async fn overrides(app: &ControlPlane) -> Result<Overrides, StoreError> {
             .await?;
         let full = page.len() == AUDIT_PAGE;
         after_seq = page.last().map(|r| r.seq);
-        out.entries.extend(
-            page.iter()
-                .filter_map(|r| stormwall_investigate::overrides::from_audit(&r.entry)),
-        );
+        for r in &page {
+            if let Some(o) = stormwall_investigate::overrides::from_audit(&r.entry) {
+                out.overrides.entries.push(o);
+            } else if let Some(f) = stormwall_investigate::findings::from_audit(&r.entry) {
+                out.scan_findings.push(f);
+            }
+        }
         if !full {
             return Ok(out);
         }
     }
+}
+
+/// Every analyst decision in the audit log, oldest first
+/// ([`stormwall_investigate::overrides::from_audit`]).
+pub async fn overrides(app: &ControlPlane) -> Result<Overrides, StoreError> {
+    Ok(analyst_records(app).await?.overrides)
+}
+
+/// Most findings one submission may hold.
+pub const MAX_SCAN_FINDINGS: usize = 10_000;
+
+/// The answer of `POST /admin/investigation/scan-findings`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ScanSubmission {
+    /// Findings read.
+    pub findings: usize,
+    /// Recorded now (each an audit entry, and an exposure in the graph from now on).
+    pub recorded: usize,
+    /// Already recorded (by an earlier submission, or twice in this one).
+    pub already_recorded: usize,
+    /// Naming no Stormwall key (another provider's credential, or a checksum that
+    /// failed): not kept.
+    pub not_stormwall_keys: usize,
+    /// Stormwall keys the recorded findings name (public ids), sorted.
+    pub keys: Vec<String>,
+    /// Audit sequence numbers of the recorded findings.
+    pub audit_seqs: Vec<u64>,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The body is not `stormwall scan --format jsonl` output, or holds too many findings.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed (findings recorded before the failure stay recorded).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Records the findings of a `stormwall scan --format jsonl` report that name Stormwall
+/// keys, each as an audit entry (actor `analyst:<handle>`, or the admin token holder)
+/// holding the finding without the secret's redacted form or the git author. Recorded
+/// findings become exposure nodes of every assessment that follows.
+pub async fn submit_scan_findings(
+    app: &ControlPlane,
+    analyst: Option<&str>,
+    text: &str,
+) -> Result<ScanSubmission, SubmitError> {
+    use stormwall_investigate::findings;
+    let parsed =
+        findings::parse_scan_findings(text).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+    if parsed.len() > MAX_SCAN_FINDINGS {
+        return Err(SubmitError::Invalid(format!(
+            "at most {MAX_SCAN_FINDINGS} findings per request"
+        )));
+    }
+    let mut known: std::collections::BTreeSet<String> = analyst_records(app)
+        .await?
+        .scan_findings
+        .iter()
+        .map(|(f, _)| findings::identity(f))
+        .collect();
+    let actor = analyst.map_or_else(
+        || super::audit::ADMIN.to_owned(),
+        |a| format!("{ANALYST}{a}"),
+    );
+    let mut out = ScanSubmission {
+        findings: parsed.len(),
+        ..ScanSubmission::default()
+    };
+    let mut keys = std::collections::BTreeSet::new();
+    for f in &parsed {
+        let Some(key) = findings::key_of(f) else {
+            out.not_stormwall_keys += 1;
+            continue;
+        };
+        if !known.insert(findings::identity(f)) {
+            out.already_recorded += 1;
+            continue;
+        }
+        let mut detail = serde_json::to_value(findings::scrub(f))
+            .map_err(|_| StoreError::Corrupt("finding does not encode".to_owned()))?;
+        if let Some(m) = detail.as_object_mut() {
+            m.insert("via".to_owned(), serde_json::Value::from("admin_api"));
+        }
+        let rec = app
+            .store
+            .append_audit(&AuditEntry {
+                at: OffsetDateTime::now_utc(),
+                actor: actor.clone(),
+                action: findings::AUDIT_ACTION.to_owned(),
+                target: Some(key.to_owned()),
+                tenant: None,
+                detail,
+            })
+            .await?;
+        out.recorded += 1;
+        out.audit_seqs.push(rec.seq);
+        keys.insert(key.to_owned());
+    }
+    out.keys = keys.into_iter().collect();
+    Ok(out)
 }
 
 /// Records an analyst's decision in the audit log (its only store) and returns it with

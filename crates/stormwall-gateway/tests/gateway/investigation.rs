@@ -384,3 +384,135 @@ async fn analysts_decide_through_the_admin_api_audited_and_applied_on_every_rebu
     assert_eq!(decisions, 6);
     h.shutdown().await;
 }
+
+/// A secret a broken or hostile findings file might carry in `redacted`.
+const SCAN_SECRET: &str = "swk_leakedkey001_q9W8e7R6t5Y4u3I2o1P0aSdFgHjKlZx1A2b3C";
+const COMMITTER: &str = "jane.committer@example.com";
+
+fn scan_finding(path: &str, line: u64, key_id: Option<&str>) -> stormwall_scan::Finding {
+    use stormwall_scan::{Confidence, Finding, GitOrigin, Location, SourceKind};
+    Finding {
+        location: Location {
+            path: path.to_owned(),
+            line,
+            column: 9,
+            end_column: 61,
+            source: SourceKind::Git,
+            blob: Some("5d41402abc4b2a76b9719d911017c592aabbccdd".to_owned()),
+            git: Some(GitOrigin {
+                commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+                author: "Jane Committer".to_owned(),
+                email: COMMITTER.to_owned(),
+                time: 1_741_000_500,
+            }),
+        },
+        provider: "Stormwall".to_owned(),
+        rule: "stormwall-api-key".to_owned(),
+        rule_name: "Stormwall API key".to_owned(),
+        confidence: Confidence::High,
+        validated: key_id.is_some(),
+        redacted: SCAN_SECRET.to_owned(),
+        fingerprint: format!("{:032x}", line * 7919 + path.len() as u64),
+        key_id: key_id.map(str::to_owned),
+    }
+}
+
+async fn submit(h: &Harness, query: &str, body: String) -> stormwall_testkit::TestResponse {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    http_request(
+        "POST",
+        &format!("{}/admin/investigation/scan-findings{query}", h.admin),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/x-ndjson"),
+        ],
+        body,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_findings_submitted_to_the_admin_api_are_audited_exposures_without_secrets() {
+    let mut h = harness().await;
+    let (_, acme) = h.key(json!({"tenant": "acme"})).await;
+    let (_, globex) = h.key(json!({"tenant": "globex"})).await;
+    let events = history(&[(&acme, "acme", "10.1.0.5"), (&globex, "globex", "10.2.0.5")]);
+    let r = h
+        .admin_call("POST", "/admin/events", json!({ "events": events }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    h.events(80).await;
+
+    let findings = [
+        scan_finding("deploy/.env", 3, Some(&acme)),
+        scan_finding("src/client.py", 12, Some(&globex)),
+        // A checksum that failed: names no key.
+        scan_finding("web/bundle.js", 1, None),
+    ];
+    let mut text = Vec::new();
+    stormwall_scan::report::write_jsonl(&mut text, &findings).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let r = submit(&h, "?analyst=ana", text.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json().unwrap();
+    assert_eq!(v["findings"], 3);
+    assert_eq!(v["recorded"], 2);
+    assert_eq!(v["not_stormwall_keys"], 1);
+    let mut keys = vec![acme.clone(), globex.clone()];
+    keys.sort();
+    assert_eq!(v["keys"], json!(keys));
+    // The same report again: nothing recorded twice.
+    let v = submit(&h, "", text).await.json().unwrap();
+    assert_eq!(
+        (v["recorded"].as_u64(), v["already_recorded"].as_u64()),
+        (Some(0), Some(2))
+    );
+
+    // Every assessment holds them as exposures linked to their keys, and the victim's
+    // reasons count them.
+    let a = h
+        .admin_get("/admin/investigation?include_personal_data=true&analyst=ana")
+        .await;
+    assert_eq!(a["graph"]["nodes_by_kind"]["exposure"], 2, "{a:#}");
+    let victim = a["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["entity"] == "tenant:acme" && r["role"] == "victim")
+        .expect("acme is a victim")
+        .to_string();
+    assert!(victim.contains("found exposed in 1 place"), "{victim}");
+
+    // Audited with who submitted; no secret and no committer anywhere it went.
+    let audit = h.admin_get("/admin/audit").await;
+    let recorded: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "investigate.scan_finding")
+        .collect();
+    assert_eq!(recorded.len(), 2, "{audit:#}");
+    assert_eq!(recorded[0]["actor"], "analyst:ana");
+    assert_eq!(recorded[0]["target"], acme.as_str());
+    for text in [audit.to_string(), a.to_string()] {
+        assert!(!text.contains(SCAN_SECRET) && !text.contains("q9W8e7R6"));
+        assert!(!text.contains(COMMITTER) && !text.contains("Jane Committer"));
+    }
+
+    // Refused: not the scanner's JSON lines (nothing of the body echoed), a bad handle,
+    // another method.
+    let r = submit(&h, "", format!("{SCAN_SECRET}\n")).await;
+    assert_eq!(r.status, 400);
+    assert!(!r.text().contains(SCAN_SECRET), "{}", r.text());
+    let r = submit(&h, "", r#"{"runs": []}"#.to_owned()).await;
+    assert_eq!(r.status, 400);
+    let r = submit(&h, "?analyst=no%20spaces", String::new()).await;
+    assert_eq!(r.status, 400);
+    let r = h
+        .admin_call("GET", "/admin/investigation/scan-findings", Value::Null)
+        .await;
+    assert_eq!(r.status, 405);
+    h.shutdown().await;
+}

@@ -210,3 +210,139 @@ async fn a_certificate_without_its_key_is_a_start_error() {
     let err = stormwall_gateway::server::check_config(&config, &env).unwrap_err();
     assert!(err.to_string().contains("no PEM private key"), "{err}");
 }
+
+/// A client that trusts both test CAs, so it connects whichever certificate is in force.
+fn client_trusting_both() -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in ["ca.pem", "ca2.pem"] {
+        roots
+            .add(CertificateDer::from_pem_file(format!("{DIR}/{ca}")).unwrap())
+            .unwrap();
+    }
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+/// The DER of the first certificate in a PEM file.
+fn leaf(file: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_file(format!("{DIR}/{file}"))
+        .unwrap()
+        .to_vec()
+}
+
+/// An HTTP/1.1 connection over TLS, kept open; the certificate the gateway presented.
+// The connection's driver ends with the connection (when `send` is dropped or the server
+// closes it).
+#[allow(clippy::disallowed_methods)]
+async fn open_tls(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    Vec<u8>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_trusting_both())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the gateway");
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (send, presented)
+}
+
+/// One chat request on an open connection; its status. The gateway's small reply is read
+/// whole, under a timeout.
+#[allow(clippy::disallowed_methods)]
+async fn chat_on(
+    send: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    key: &str,
+) -> u16 {
+    use http_body_util::{BodyExt, Full};
+    let req = http::Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(chat_body(
+            "gpt-4o-mini",
+            false,
+        ))))
+        .unwrap();
+    send.ready().await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("no answer over TLS")
+        .unwrap();
+    let status = resp.status().as_u16();
+    tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart_and_open_connections_stay() {
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    std::fs::copy(format!("{DIR}/cert.pem"), &cert).unwrap();
+    std::fs::copy(format!("{DIR}/key.pem"), &key).unwrap();
+    let (c, k) = (cert.clone(), key.clone());
+    let mut h = harness_with(move |cfg| {
+        cfg.server.tls_cert_file = Some(c);
+        cfg.server.tls_key_file = Some(k);
+        cfg.server.tls_reload_secs = 1;
+    })
+    .await;
+    let addr = h.gw.as_ref().unwrap().proxy_addr;
+    let (api_key, _) = h.key(json!({"tenant": "acme"})).await;
+    let (mut old, presented) = open_tls(addr).await;
+    assert_eq!(presented, leaf("cert.pem"));
+    assert_eq!(chat_on(&mut old, &api_key).await, 200);
+
+    // The renewed pair replaces the files (key first: for a moment the pair on disk does
+    // not match, which is refused and retried when the certificate lands).
+    std::fs::copy(format!("{DIR}/key2.pem"), &key).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    std::fs::copy(format!("{DIR}/cert2.pem"), &cert).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (mut fresh, presented) = open_tls(addr).await;
+        if presented == leaf("cert2.pem") {
+            assert_eq!(chat_on(&mut fresh, &api_key).await, 200);
+            break;
+        }
+        // Until the reload, the old pair, never a mismatched one.
+        assert_eq!(presented, leaf("cert.pem"));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewed certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The connection opened before the reload is still served.
+    assert_eq!(chat_on(&mut old, &api_key).await, 200);
+
+    // A broken certificate file is refused; the pair in force stays.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (mut after, presented) = open_tls(addr).await;
+    assert_eq!(presented, leaf("cert2.pem"));
+    assert_eq!(chat_on(&mut after, &api_key).await, 200);
+    drop((old, after));
+    h.shutdown().await;
+}

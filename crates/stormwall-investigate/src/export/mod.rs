@@ -180,6 +180,7 @@ fn kind_of(prefix: &str) -> Option<NodeKind> {
         NodeKind::Exposure,
         NodeKind::Incident,
         NodeKind::Tls,
+        NodeKind::Control,
     ]
     .into_iter()
     .find(|k| k.as_str() == prefix)

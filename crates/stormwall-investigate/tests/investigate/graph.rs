@@ -254,3 +254,145 @@ fn a_tls_fingerprint_is_a_node_linked_to_the_network_the_key_and_the_client() {
         1
     );
 }
+
+/// A management call: `who` (an AWS access key) does `action` from `ip`.
+fn control(
+    id: &str,
+    who: &str,
+    action: stormwall_types::ControlAction,
+    ip: Option<&str>,
+    at: time::OffsetDateTime,
+) -> stormwall_types::ControlEvent {
+    use stormwall_types::{CloudContext, CloudProvider, CredentialKind, Principal};
+    stormwall_types::ControlEvent {
+        timestamp: at,
+        id: id.into(),
+        dataset: "aws.cloudtrail".into(),
+        action,
+        success: id != "c3",
+        source_ip: ip.map(|i| i.parse().unwrap()),
+        user_agent: Some("aws-cli/2.15.0 Python/3.11.6 Linux/6.1".into()),
+        cloud: CloudContext {
+            principal: Principal {
+                provider: CloudProvider::Aws,
+                kind: CredentialKind::AwsLongTermKey,
+                id: who.into(),
+                account: Some("111122223333".into()),
+                name: Some("ci-deployer".into()),
+            },
+            operation: "GetModelInvocationLoggingConfiguration".into(),
+            region: Some("us-east-1".into()),
+            resource: None,
+            ip_masked: false,
+            ip_missing: ip.is_none(),
+            error: None,
+            bearer: false,
+        },
+        service: Some("bedrock.amazonaws.com".into()),
+        target: None,
+        scopes: Vec::new(),
+        loosens: id == "c2",
+        count: 1,
+        response_bytes: None,
+    }
+}
+
+#[test]
+fn control_events_are_nodes_linked_to_the_principals_key_and_network_once() {
+    use stormwall_investigate::{Overrides, RoleConfig, assess};
+    use stormwall_types::ControlAction;
+    let t0 = time::OffsetDateTime::from_unix_timestamp(1_741_000_000).unwrap();
+    let minute = time::Duration::minutes(1);
+    let calls = [
+        control(
+            "c1",
+            "AKIAEXAMPLE7Q2R4T6Y8",
+            ControlAction::GetLoggingConfig,
+            Some("203.0.113.9"),
+            t0,
+        ),
+        control(
+            "c2",
+            "AKIAEXAMPLE7Q2R4T6Y8",
+            ControlAction::DeleteLogging,
+            Some("203.0.113.9"),
+            t0 + minute,
+        ),
+        control(
+            "c3",
+            "AKIAEXAMPLE7Q2R4T6Y8",
+            ControlAction::DeleteLogging,
+            Some("203.0.113.10"),
+            t0 + 2 * minute,
+        ),
+        control(
+            "c4",
+            "AKIAEXAMPLE7Q2R4T6Y8",
+            ControlAction::GetLoggingConfig,
+            None,
+            t0 + 3 * minute,
+        ),
+    ];
+    let before = fixture_graph();
+    let roles_before = assess(&before, &RoleConfig::default(), &Overrides::default());
+    let mut g = fixture_graph();
+    for c in &calls[..2] {
+        g.add_control_event(c, &["hosting"]);
+    }
+    // Through a saved state: the first two again (counted once) and the rest.
+    let mut g = Graph::from_state(g.state().clone(), Default::default()).unwrap();
+    for c in &calls {
+        g.add_control_event(c, &["hosting"]);
+    }
+    let key_id = calls[0].cloud.principal.key_id();
+    let key = g
+        .find(&format!("key:{key_id}"))
+        .expect("the principal's key");
+    let k = &g.nodes()[key];
+    assert_eq!(k.controls.get("get_logging_config"), Some(&2));
+    assert_eq!(k.controls.get("delete_logging"), Some(&2));
+    assert_eq!(k.count, 0, "a management call is not a use of the key");
+    assert_eq!(
+        k.attrs.get("tenant").map(String::as_str),
+        Some("111122223333")
+    );
+    assert!(g.find("tenant:111122223333").is_some());
+    // One node per action and network (the call without an address has none).
+    let del = g
+        .find("control:delete_logging@203.0.113.0/24")
+        .expect("control node");
+    let d = &g.nodes()[del];
+    assert_eq!(d.kind, NodeKind::Control);
+    assert_eq!(d.count, 2);
+    assert_eq!(d.attrs.get("failed").map(String::as_str), Some("1"));
+    assert_eq!(d.attrs.get("loosens").map(String::as_str), Some("1"));
+    assert_eq!(
+        d.attrs.get("ua_family").map(String::as_str),
+        Some("aws-cli Python Linux")
+    );
+    assert_eq!(g.edge(del, key).unwrap().count, 2);
+    let net = g.find("network:203.0.113.0/24").unwrap();
+    let e = g.edge(del, net).unwrap();
+    assert_eq!(
+        (e.count, e.first, e.last),
+        (2, t0 + minute, t0 + 2 * minute)
+    );
+    assert!(g.edge(key, net).is_none(), "no key–network use edge");
+    assert_eq!(
+        g.nodes()
+            .iter()
+            .filter(|n| n.kind == NodeKind::Control)
+            .count(),
+        2
+    );
+    // The usage graph's counts and the roles inferred from use are unchanged.
+    assert_eq!(g.nodes()[net].count, before.nodes()[net].count);
+    let roles = assess(&g, &RoleConfig::default(), &Overrides::default());
+    let names = |a: &stormwall_investigate::Assessment| -> Vec<(String, String)> {
+        a.roles
+            .iter()
+            .map(|r| (r.entity.clone(), r.role.as_str().to_owned()))
+            .collect()
+    };
+    assert_eq!(names(&roles), names(&roles_before));
+}

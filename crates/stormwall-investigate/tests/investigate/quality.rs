@@ -32,6 +32,8 @@ fn truth_of(t: &NetworkTruth) -> Truth {
                 );
                 format!("fingerprint:{}", f.id)
             })
+            // A tool's own TLS stack is its signature too.
+            .chain(t.creator_tls.iter().map(|fp| format!("tls:{fp}")))
             .collect()),
     );
     truth.roles.insert(
@@ -130,4 +132,13 @@ fn harder_held_out_seed_102_single_key_relay_found_and_template_integrator_spare
 #[test]
 fn harder_held_out_seed_103_single_key_relay_found_and_template_integrator_spared() {
     held_out(103, true);
+}
+
+/// Seed 112 (harder) was held out until it failed: its single-key relay shares a hosting
+/// /24 with a legitimate tenant's own servers, whose keys and traffic there diluted the
+/// relay's tool share (recall 0.788). Kept as a regression test; the fix was then measured
+/// on seeds 121–130, never looked at before.
+#[test]
+fn harder_seed_112_a_single_key_relay_sharing_its_24_with_a_legitimate_tenant_is_found() {
+    held_out(112, true);
 }

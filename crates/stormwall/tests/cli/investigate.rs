@@ -545,6 +545,13 @@ fn an_incident_bundle_of_a_cloud_principal_carries_its_control_events() {
         summary.contains("- control_events.jsonl: 1 management calls"),
         "{summary}"
     );
+    // The management calls are in the graph too: the principal's key, linked to the
+    // network it listed keys from.
+    let graph = std::fs::read_to_string(out.join("graph.json")).unwrap();
+    assert!(
+        graph.contains("control:list_keys@203.0.113.0/24"),
+        "{graph}"
+    );
     let verify = |d: &Path| {
         run(&[
             "evidence",
