@@ -34,6 +34,10 @@ usage: bench/load.sh [options]
                         a change), with its own store and keys made the same way, run right
                         after the first in every scenario; the ratios of CPU per request and
                         added p50 (this build / PATH) at the end. Not with --journal both
+  --order HOW           with a second gateway (--journal both, --compare-bin), which runs
+                        first in each scenario: alternate (default) swaps the two every
+                        other round, so neither always runs right after the direct run
+                        and right before the other; fixed: the first gateway always first
   --skip-build          use the binaries already in target/release
   --keep-store          keep the run's stores, journals and key files in bench/out/run-*
                         (deleted at exit by default: a run leaves hundreds of megabytes)
@@ -60,6 +64,7 @@ SKIP_BUILD=0
 KEEP_STORE=0
 JOURNAL=on
 COMPARE_BIN=""
+ORDER=alternate
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
@@ -81,6 +86,7 @@ while [[ $# -gt 0 ]]; do
     --keep-store) KEEP_STORE=1; shift ;;
     --journal) JOURNAL="$2"; shift 2 ;;
     --compare-bin) COMPARE_BIN="$2"; shift 2 ;;
+    --order) ORDER="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -94,6 +100,10 @@ esac
 case "$JOURNAL" in
   on|off|both) ;;
   *) echo "--journal must be on, off or both" >&2; exit 2 ;;
+esac
+case "$ORDER" in
+  alternate|fixed) ;;
+  *) echo "--order must be alternate or fixed" >&2; exit 2 ;;
 esac
 if [[ -n "$COMPARE_BIN" ]]; then
   [[ -x "$COMPARE_BIN" ]] || { echo "--compare-bin: $COMPARE_BIN is not an executable" >&2; exit 2; }
@@ -458,7 +468,7 @@ fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
   echo "Stormwall load benchmark, $(date -Iseconds)"
   echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty)')$(binary_note)"
   echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}', journal ${JOURNAL}"
+  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}', journal ${JOURNAL}, order ${ORDER}"
   if [[ $DIRECT_ONLY -eq 0 ]]; then
     echo "gateway RSS: $RSS_WHAT"
   fi
@@ -536,6 +546,12 @@ for round in $(seq 1 "$ROUNDS"); do
       read -r d_rps d_p50 _ d_p99 d_err _ <<<"$(loadgen --url "$MOCK_URL" --key "$MOCK_KEY" --concurrency "$c" "${stream_flag[@]}")"
 
       g_rps="-" g_p50="-" g_p99="-" g_err="-" added="-" cpu="-"
+      # The second gateway goes first in even rounds with --order alternate.
+      second_first=0
+      if [[ -n "$GW2_URL" && $ORDER == alternate && $((round % 2)) -eq 0 ]]; then
+        second_first=1
+        read -r m_rps m_p50 m_p99 m_err m_added m_cpu <<<"$(gw_run "$GW2_URL" "$GW2_PID" "$KEYS2_FILE")"
+      fi
       if [[ -n "$GW_URL" ]]; then
         read -r g_rps g_p50 g_p99 g_err added cpu <<<"$(gw_run "$GW_URL" "$GW_PID")"
       fi
@@ -550,12 +566,14 @@ for round in $(seq 1 "$ROUNDS"); do
       fi
       echo "$row" | tee -a "$REPORT"
       if [[ -n "$GW2_URL" ]]; then
-        read -r m_rps m_p50 m_p99 m_err m_added m_cpu <<<"$(gw_run "$GW2_URL" "$GW2_PID" "$KEYS2_FILE")"
+        if [[ $second_first -eq 0 ]]; then
+          read -r m_rps m_p50 m_p99 m_err m_added m_cpu <<<"$(gw_run "$GW2_URL" "$GW2_PID" "$KEYS2_FILE")"
+        fi
         mlabel="$label mem"
         [[ -n "$COMPARE_BIN" ]] && mlabel="$label cmp"
         fmt_row "$mlabel" "$d_rps" "$d_p50" "$d_p99" "$m_rps" "$m_p50" "$m_p99" "$m_added" "$m_cpu" "$d_err/$m_err" | tee -a "$REPORT"
         echo | tee -a "$REPORT"
-        printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$cpu" "$m_cpu" "$added" "$m_added" >>"$RUN/ab.tsv"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$cpu" "$m_cpu" "$added" "$m_added" "$second_first" >>"$RUN/ab.tsv"
       fi
     done
   done
@@ -573,6 +591,14 @@ if [[ -s "$RUN/ab.tsv" ]]; then
       cr = ($3 > 0) ? sprintf("%.2f", $2 / $3) : "-"
       lr = ($5 > 0) ? sprintf("%.2f", $4 / $5) : "-"
       printf "  %-16s cpu_ms/r %s / %s = %s   +p50 %s / %s = %s\n", $1, $2, $3, cr, $4, $5, lr
+      if ($3 > 0) { n++; cs += $2 / $3; if ($2 / $3 > cm) { cm = $2 / $3; cw = $1 }; on[$6]++; os[$6] += $2 / $3 }
+      if ($5 > 0) { m++; ls += $4 / $5; if ($4 / $5 > lm) { lm = $4 / $5; lw = $1 } }
+    }
+    END {
+      if (n > 0) printf "  rows: cpu_ms/r ratio mean %.3f, max %.2f (%s)", cs / n, cm, cw
+      if (m > 0) printf "; +p50 ratio mean %.3f, max %.2f (%s)", ls / m, lm, lw
+      if (n > 0) printf "\n"
+      if (on[0] > 0 && on[1] > 0) printf "  cpu_ms/r ratio mean when the first gateway ran first %.3f (%d rows), when it ran second %.3f (%d rows)\n", os[0] / on[0], on[0], os[1] / on[1], on[1]
     }' "$RUN/ab.tsv"
   } | tee -a "$REPORT"
 fi

@@ -153,8 +153,18 @@ pub trait KeyStore: Send + Sync {
 pub struct EncodedEvent {
     /// The event.
     pub event: UsageEvent,
-    /// `serde_json` of `event`.
-    pub body: Box<str>,
+    /// `serde_json` of `event` (UTF-8; the stores refuse a body that is not, as
+    /// [`StoreError::Corrupt`]). Shared bytes, so the journal hands the store a slice of the
+    /// group it wrote to its segment rather than a copy.
+    pub body: bytes::Bytes,
+}
+
+impl EncodedEvent {
+    /// The body as text, or [`StoreError::Corrupt`] when it is not UTF-8.
+    pub fn body_str(&self) -> Result<&str, StoreError> {
+        std::str::from_utf8(&self.body)
+            .map_err(|_| StoreError::Corrupt(format!("event {}: body is not UTF-8", self.event.id)))
+    }
 }
 
 /// Usage events.

@@ -875,7 +875,10 @@ impl EventStore for PostgresStore {
     }
 
     async fn insert_encoded_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
-        let rows: Vec<(&UsageEvent, &str)> = events.iter().map(|e| (&e.event, &*e.body)).collect();
+        let rows = events
+            .iter()
+            .map(|e| Ok((&e.event, e.body_str()?)))
+            .collect::<Result<Vec<(&UsageEvent, &str)>, StoreError>>()?;
         self.insert_event_rows(&rows).await
     }
 

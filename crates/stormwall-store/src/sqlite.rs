@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::types::Value;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, ffi, params,
     params_from_iter,
@@ -415,17 +415,18 @@ struct EventRow {
     reason: Option<&'static str>,
     status: i64,
     cost: f64,
-    body: String,
+    /// The event's JSON (UTF-8), bound as text without a copy.
+    body: bytes::Bytes,
 }
 
 impl EventRow {
-    /// The row of a borrowed event (its strings copied).
-    fn new(e: &UsageEvent, body: String) -> Result<Self, StoreError> {
+    /// The row of a borrowed event (its strings copied; the body shared).
+    fn new(e: &UsageEvent, body: bytes::Bytes) -> Result<Self, StoreError> {
         Self::with(e, e.id.clone(), e.key_id.clone(), e.tenant.clone(), body)
     }
 
     /// The row of an owned event (its strings moved).
-    fn from_owned(mut e: UsageEvent, body: String) -> Result<Self, StoreError> {
+    fn from_owned(mut e: UsageEvent, body: bytes::Bytes) -> Result<Self, StoreError> {
         let (id, key_id, tenant) = (std::mem::take(&mut e.id), e.key_id.take(), e.tenant.take());
         Self::with(&e, id, key_id, tenant, body)
     }
@@ -435,7 +436,7 @@ impl EventRow {
         id: String,
         key_id: Option<KeyId>,
         tenant: Option<String>,
-        body: String,
+        body: bytes::Bytes,
     ) -> Result<Self, StoreError> {
         Ok(Self {
             id,
@@ -477,7 +478,7 @@ fn insert_row(stmt: &mut rusqlite::CachedStatement<'_>, r: &EventRow) -> Result<
         r.reason,
         r.status,
         r.cost,
-        r.body,
+        ToSqlOutput::Borrowed(ValueRef::Text(&r.body)),
     ])
     .map_err(db)?;
     Ok(())
@@ -978,7 +979,7 @@ impl EventStore for SqliteStore {
                 .into_iter()
                 .map(|e| {
                     let body = encode_event(&e)?;
-                    EventRow::from_owned(e, body)
+                    EventRow::from_owned(e, body.into())
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             insert_rows(conn, &rows)
@@ -990,10 +991,14 @@ impl EventStore for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        // The columns and a copy of each body: no event is cloned or encoded again.
+        // The columns and each body shared, not copied: no event is cloned or encoded again.
+        // SQLite does not check text is UTF-8, so the body is checked here.
         let rows = events
             .iter()
-            .map(|e| EventRow::new(&e.event, e.body.to_string()))
+            .map(|e| {
+                e.body_str()?;
+                EventRow::new(&e.event, e.body.clone())
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.write(move |conn| insert_rows(conn, &rows)).await
     }

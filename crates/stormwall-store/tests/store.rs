@@ -507,6 +507,24 @@ mod suite {
         assert_eq!(ids(&by_key), ["c1"]);
         let spent = store.spend_since(&key_id(1), t0()).await.unwrap();
         assert!((spent - 0.5).abs() < 1e-9, "{spent}");
+        // A body that is not UTF-8 is refused as unencodable (the journal then stores its
+        // batch one by one), and nothing of its batch is stored.
+        let sound = event("c3", t0() + ms(9), Some(1), None, 0.25);
+        let mut broken = serde_json::to_vec(&denied("c4", t0() + ms(10))).unwrap();
+        broken.insert(1, 0xff);
+        let batch = vec![
+            stormwall_store::EncodedEvent {
+                body: serde_json::to_string(&sound).unwrap().into(),
+                event: sound,
+            },
+            stormwall_store::EncodedEvent {
+                event: denied("c4", t0() + ms(10)),
+                body: broken.into(),
+            },
+        ];
+        let err = store.insert_encoded_events(&batch).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert_eq!(store.count_events().await.unwrap(), 2);
     }
 
     pub async fn event_filters(store: Arc<dyn Store>) {

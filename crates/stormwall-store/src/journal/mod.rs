@@ -234,8 +234,8 @@ struct Remembered {
     end: u64,
     append_ms: u64,
     event: UsageEvent,
-    /// The event's JSON as written to the segment.
-    body: Box<str>,
+    /// The event's JSON as written to the segment: a slice of the written group.
+    body: bytes::Bytes,
 }
 
 /// Written events not yet shipped, in segment order, at most `max`.
@@ -326,20 +326,32 @@ impl Shared {
         }
     }
 
-    /// Keeps just-written events for the shipper, while memory has room; records after
-    /// one left out are read back from the segment.
-    fn remember(&self, seq: u64, mut at: u64, records: impl Iterator<Item = writer::Queued>) {
+    /// Keeps just-written events for the shipper, while memory has room, each with its
+    /// JSON as a slice of `written` (the group's bytes); records after one left out are
+    /// read back from the segment.
+    fn remember(
+        &self,
+        seq: u64,
+        mut at: u64,
+        written: &bytes::Bytes,
+        records: impl Iterator<Item = writer::Queued>,
+    ) {
         let mut memory = self.memory();
         for r in records {
             let end = at + u64::from(r.len);
-            if memory.events.len() < memory.max {
+            // The range is the record's own place in `written`; were it not, the record is
+            // read back from the segment like any the memory left out.
+            if memory.events.len() < memory.max
+                && r.body.start <= r.body.end
+                && r.body.end <= written.len()
+            {
                 memory.events.push_back(Remembered {
                     seq,
                     start: at,
                     end,
                     append_ms: r.append_ms,
                     event: r.event,
-                    body: r.body,
+                    body: written.slice(r.body),
                 });
             }
             at = end;
@@ -427,15 +439,6 @@ impl Journal {
             if framed.is_err() || !encoded {
                 return self.refuse("event cannot be framed");
             }
-            // The JSON is the frame's tail; the store keeps it as the row body, so the
-            // event is encoded once.
-            let Some(body) = buf
-                .get(body_at..)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .map(Box::<str>::from)
-            else {
-                return self.refuse("event cannot be framed");
-            };
             let Ok(len) = u32::try_from(buf.len()) else {
                 return self.refuse("event cannot be framed");
             };
@@ -449,12 +452,15 @@ impl Journal {
                     drop(p);
                     return self.refuse("journal queue full");
                 }
+                // The JSON is the frame's tail; the store keeps that slice of the written
+                // group as the row body, so the event is encoded once and never copied out.
+                let at = p.buf.len();
                 p.buf.extend_from_slice(buf);
                 p.records.push(writer::Queued {
                     len,
                     append_ms,
                     event,
-                    body,
+                    body: at + body_at..at + buf.len(),
                 });
                 let lead = !p.leader;
                 p.leader = true;

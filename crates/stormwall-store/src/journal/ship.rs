@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use stormwall_types::UsageEvent;
 use tokio::sync::watch;
 
@@ -207,8 +208,7 @@ impl Shipper {
                 return self.skip_damage(seq, from, to, None);
             }
         };
-        let (mut records, mut stop) = format::scan(&bytes, 0);
-        if records.is_empty() && matches!(stop, format::Stop::Torn { .. }) {
+        if matches!(format::read_at(&bytes, 0), Err(format::Stop::Torn { .. })) {
             // A record longer than one read: read to the end of what is written.
             let whole = self.shared.ledger().segments.front().map_or(to, |s| s.len);
             if whole > to {
@@ -219,16 +219,18 @@ impl Shipper {
                     usize::try_from(whole - from).unwrap_or(usize::MAX),
                 )
                 .ok()?;
-                (records, stop) = format::scan(&bytes, 0);
             }
         }
+        // Shared, so each event's JSON is a slice of what was read, not a copy.
+        let bytes = Bytes::from(bytes);
+        let (records, stop) = format::scan(&bytes, 0);
         if records.is_empty() {
             // Written, whole-sized and still not sound: damage on disk.
             let why = match stop {
                 format::Stop::Corrupt { why, .. } => why,
                 _ => "record unreadable",
             };
-            return self.skip_damage(seq, from, to, Some((why, bytes)));
+            return self.skip_damage(seq, from, to, Some((why, &bytes[..])));
         }
         let mut events = Vec::with_capacity(records.len().min(self.batch_max));
         let mut end = from;
@@ -244,7 +246,7 @@ impl Shipper {
                     serde_json::from_str::<UsageEvent>(body)
                         .map(|event| EncodedEvent {
                             event,
-                            body: body.into(),
+                            body: bytes.slice_ref(r.body),
                         })
                         .map_err(|e| e.to_string())
                 });
@@ -272,7 +274,7 @@ impl Shipper {
         seq: u64,
         from: u64,
         to: u64,
-        found: Option<(&'static str, Vec<u8>)>,
+        found: Option<(&'static str, &[u8])>,
     ) -> Option<Batch> {
         self.shared.stats.corrupt.fetch_add(1, Ordering::Relaxed);
         let mut ledger = self.shared.ledger();

@@ -10,7 +10,7 @@ use stormwall_types::{KeyId, UsageEvent};
 use time::OffsetDateTime;
 
 use super::*;
-use crate::{EventQuery, StoreError};
+use crate::{EncodedEvent, EventQuery, StoreError};
 
 /// Events by id, insert-or-ignore like the real stores; `down` fails every write.
 #[derive(Default)]
@@ -41,6 +41,38 @@ impl EventStore for FakeStore {
     }
     async fn count_events(&self) -> Result<u64, StoreError> {
         Ok(self.events.lock().unwrap().len() as u64)
+    }
+}
+
+/// Keeps the JSON the journal hands over with each event (first one per id).
+#[derive(Default)]
+struct BodyStore {
+    bodies: Mutex<BTreeMap<String, bytes::Bytes>>,
+}
+
+#[async_trait]
+impl EventStore for BodyStore {
+    async fn insert_events(&self, _: &[UsageEvent]) -> Result<(), StoreError> {
+        Err(StoreError::Database(
+            "the journal hands over encoded events".into(),
+        ))
+    }
+    async fn insert_encoded_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
+        let mut map = self.bodies.lock().unwrap();
+        for e in events {
+            map.entry(e.event.id.clone())
+                .or_insert_with(|| e.body.clone());
+        }
+        Ok(())
+    }
+    async fn query_events(&self, _: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn spend_since(&self, _: &KeyId, _: OffsetDateTime) -> Result<f64, StoreError> {
+        Ok(0.0)
+    }
+    async fn count_events(&self) -> Result<u64, StoreError> {
+        Ok(self.bodies.lock().unwrap().len() as u64)
     }
 }
 
@@ -183,6 +215,118 @@ async fn racing_appends_from_many_threads_are_each_written_once() {
     until("backlog shipped", || journal.backlog_shipped()).await;
     assert_eq!(store.events.lock().unwrap().len(), 2000);
     assert_eq!(journal.stats().read_back.load(Ordering::SeqCst), 2000);
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The JSON the store gets with each event is exactly the event's JSON as written in its
+/// record — shipped from memory (a slice of the group the leader wrote, groups of several
+/// records from racing threads included), from a group the writer thread synced, or read
+/// back from the segment: the same bytes, none cut short, none shifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_gets_each_events_json_exactly_as_written() {
+    let cases = [
+        ("memory", config()),
+        (
+            "read back",
+            JournalConfig {
+                memory_events: 0,
+                ..config()
+            },
+        ),
+        (
+            "synced groups",
+            JournalConfig {
+                fsync_interval_ms: 0,
+                ..config()
+            },
+        ),
+    ];
+    for (what, cfg) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BodyStore::default());
+        let (journal, service) =
+            JournalService::start(&cfg, dir.path(), store.clone(), &events_config()).unwrap();
+        // Events of varied lengths, appended from racing threads so groups hold several.
+        let sized = |i: u32| {
+            let mut e = event(i);
+            e.error_code = Some("é".repeat(i as usize % 37));
+            e
+        };
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    (0..150)
+                        .map(|i| journal.append(sized(t * 1000 + i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            for d in t.join().unwrap() {
+                d.await.unwrap();
+            }
+        }
+        until("all shipped", || store.bodies.lock().unwrap().len() == 600).await;
+        // What the segments hold, before shutdown deletes them.
+        let mut written = BTreeMap::new();
+        for seq in segment_files(dir.path()) {
+            let bytes = std::fs::read(segments::path(dir.path(), seq)).unwrap();
+            for r in format::scan(&bytes, format::MAGIC.len()).0 {
+                let e: UsageEvent = serde_json::from_slice(r.body).unwrap();
+                written.insert(e.id, r.body.to_vec());
+            }
+        }
+        // One open segment, far from its size and age limits: nothing was deleted yet.
+        assert_eq!(written.len(), 600, "{what}");
+        let bodies = store.bodies.lock().unwrap().clone();
+        for t in 0..4u32 {
+            for i in 0..150 {
+                let e = sized(t * 1000 + i);
+                let got = &bodies[&e.id];
+                assert_eq!(
+                    &got[..],
+                    serde_json::to_vec(&e).unwrap(),
+                    "{what}: {}",
+                    e.id
+                );
+                assert_eq!(&got[..], &written[&e.id][..], "{what}: {} as written", e.id);
+            }
+        }
+        let st = journal.stats();
+        if cfg.memory_events == 0 {
+            assert_eq!(st.read_back.load(Ordering::SeqCst), 600, "{what}");
+        } else {
+            assert_eq!(st.read_back.load(Ordering::SeqCst), 0, "{what}");
+        }
+        assert_eq!(service.shutdown(Duration::from_secs(5)).await, 0, "{what}");
+    }
+}
+
+/// The JSON handed to the store is the written bytes themselves, not a copy: consecutive
+/// records written from one allocation are slices lying back to back in it, each after its
+/// record's header and append time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_json_is_a_slice_of_the_written_group_not_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(BodyStore::default());
+    let (journal, service) =
+        JournalService::start(&config(), dir.path(), store.clone(), &events_config()).unwrap();
+    // One at a time: each append leads and writes its own group, from the same allocation.
+    for i in 0..20 {
+        journal.append(event(i)).await.unwrap();
+    }
+    until("all shipped", || store.bodies.lock().unwrap().len() == 20).await;
+    let bodies = store.bodies.lock().unwrap().clone();
+    let frame_extra = format::HEADER_LEN + 8;
+    for i in 1..20 {
+        let (a, b) = (&bodies[&event(i - 1).id], &bodies[&event(i).id]);
+        assert_eq!(
+            b.as_ptr() as usize,
+            a.as_ptr() as usize + a.len() + frame_extra,
+            "record {i} is not the next slice of the written bytes"
+        );
+    }
     service.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -510,7 +654,7 @@ fn the_shippers_memory_gives_back_a_bursts_room_once_it_has_caught_up() {
             end: u64::from(i) + 1,
             append_ms: 0,
             event: event(i),
-            body: Box::from("{}"),
+            body: bytes::Bytes::from_static(b"{}"),
         });
     }
     let burst = memory.events.capacity();

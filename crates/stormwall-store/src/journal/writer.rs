@@ -10,12 +10,14 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use stormwall_types::UsageEvent;
 
 use super::{JournalPolicy, NotJournaled, Segment, Shared, format, segments};
@@ -40,13 +42,17 @@ pub(super) struct Queued {
     pub(super) len: u32,
     pub(super) append_ms: u64,
     pub(super) event: UsageEvent,
-    /// The event's JSON, the tail of its frame.
-    pub(super) body: Box<str>,
+    /// Where the event's JSON (the tail of its frame) is in the group's buffer: the shipper
+    /// gets that slice of the written bytes, not a copy.
+    pub(super) body: Range<usize>,
 }
 
 /// Records framed but not yet written, and who writes them.
 pub(super) struct Pending {
-    pub(super) buf: Vec<u8>,
+    /// The queued frames. A leader splits them off (the allocation is shared, not copied)
+    /// and the shipper's memory keeps slices of them until shipped; later groups fill the
+    /// rest of the allocation, then a new one.
+    pub(super) buf: BytesMut,
     pub(super) records: Vec<Queued>,
     /// The group the queued records belong to; answered when they are written.
     pub(super) group: Arc<Group>,
@@ -59,7 +65,7 @@ pub(super) struct Pending {
 impl Pending {
     pub(super) fn new() -> Self {
         Self {
-            buf: Vec::with_capacity(64 << 10),
+            buf: BytesMut::with_capacity(GROUP_BUF),
             records: Vec::with_capacity(256),
             group: Arc::new(Group::default()),
             leader: false,
@@ -75,8 +81,7 @@ pub(super) struct Output {
     pub(super) len: u64,
     pub(super) opened: Instant,
     pub(super) first_ms: Option<u64>,
-    /// Buffers swapped with the queue's, so groups reuse their allocations.
-    spare_buf: Vec<u8>,
+    /// Record list swapped with the queue's, so groups reuse its allocation.
     spare_records: Vec<Queued>,
 }
 
@@ -88,7 +93,6 @@ impl Output {
             len: format::MAGIC.len() as u64,
             opened: Instant::now(),
             first_ms: None,
-            spare_buf: Vec::with_capacity(64 << 10),
             spare_records: Vec::with_capacity(256),
         }
     }
@@ -167,7 +171,12 @@ pub(super) fn lead(shared: &Shared, mut rounds: usize, sync: bool) {
                 return;
             }
             rounds -= 1;
-            let buf = std::mem::replace(&mut p.buf, std::mem::take(&mut out.spare_buf));
+            let buf = p.buf.split().freeze();
+            if p.buf.capacity() < GROUP_BUF_MIN {
+                // What is left of the allocation is too small to be worth sharing: the next
+                // group starts a new one (the old goes once its slices are shipped).
+                p.buf = BytesMut::with_capacity(GROUP_BUF);
+            }
             let records = std::mem::replace(&mut p.records, std::mem::take(&mut out.spare_records));
             let group = std::mem::replace(&mut p.group, Arc::new(Group::default()));
             (buf, records, group)
@@ -175,20 +184,19 @@ pub(super) fn lead(shared: &Shared, mut rounds: usize, sync: bool) {
         let outcome = write_group(shared, &mut out, &buf, records, sync);
         drop(out);
         group.complete(outcome);
-        let mut out = shared.output();
-        let mut buf = buf;
-        buf.clear();
-        if out.spare_buf.capacity() < buf.capacity() {
-            out.spare_buf = buf;
-        }
     }
 }
+
+/// Bytes allocated at a time for queued frames (shared by the groups written from it).
+const GROUP_BUF: usize = 64 << 10;
+/// Below this much room left, a new allocation is started for the next group.
+const GROUP_BUF_MIN: usize = 8 << 10;
 
 /// Writes one group to the open segment and records where its events are, for the shipper.
 fn write_group(
     shared: &Shared,
     out: &mut Output,
-    buf: &[u8],
+    buf: &bytes::Bytes,
     mut records: Vec<Queued>,
     sync: bool,
 ) -> Result<(), NotJournaled> {
@@ -216,7 +224,7 @@ fn write_group(
                 .get_or_insert_with(|| records.first().map_or_else(super::now_ms, |r| r.append_ms));
             // The events go to the shipper's memory before the ledger shows their bytes, so
             // it never reads back what it could take from here.
-            shared.remember(out.seq, start, records.drain(..));
+            shared.remember(out.seq, start, buf, records.drain(..));
             let st = &shared.stats;
             st.appended.fetch_add(n, Ordering::Relaxed);
             st.writes.fetch_add(1, Ordering::Relaxed);
