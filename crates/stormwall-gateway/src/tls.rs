@@ -68,13 +68,24 @@ pub enum TlsError {
     Incomplete,
 }
 
-/// Modification time and length of a file, when it can be read (a change of either is a
-/// new file).
-type Stamp = Option<(SystemTime, u64)>;
+/// Modification time, length and (on Unix) inode of a file, when it can be read: a change
+/// of any is a new file. The inode catches a same-length replacement that kept its time
+/// (`cp -p`, `rsync -t`, a restore), which tools that renew certificates do by renaming.
+type Stamp = Option<(SystemTime, u64, u64)>;
 
 fn stamp(p: &Path) -> Stamp {
     let m = fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.modified().ok()?, m.len(), inode(&m)))
+}
+
+#[cfg(unix)]
+fn inode(m: &fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(m)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &fs::Metadata) -> u64 {
+    0
 }
 
 /// Reads a PEM certificate chain and private key into the pair rustls signs with, checking
@@ -417,6 +428,27 @@ mod tests {
         fs::copy(format!("{DIR}/{cert}"), &c).unwrap();
         fs::copy(format!("{DIR}/{key}"), &k).unwrap();
         (c, k)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_same_length_replacement_that_kept_its_time_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("cert.pem"), dir.path().join("cert.pem.new"));
+        fs::write(&a, b"first").unwrap();
+        let before = stamp(&a);
+        let time = fs::metadata(&a).unwrap().modified().unwrap();
+        fs::write(&b, b"other").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&b)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+        fs::rename(&b, &a).unwrap();
+        let after = stamp(&a);
+        assert!(before.is_some());
+        assert_ne!(before, after, "same length and time, new file");
     }
 
     fn leaf(store: &CertStore) -> Vec<u8> {

@@ -89,8 +89,33 @@ fn check(f: &Finding) -> Result<(), String> {
     if f.location.path.is_empty() {
         return Err("path is empty".to_owned());
     }
+    if let Some(b) = &f.location.blob
+        && (b.len() > 64 || !hex(b))
+    {
+        return Err("blob is not a hex object id".to_owned());
+    }
+    // Free text goes into the hash-chained audit log for good: bounded, and no control
+    // characters that could forge a line in a log or a report.
+    let text = |name: &str, s: &str, max: usize| {
+        if s.len() > max || s.chars().any(char::is_control) {
+            Err(format!(
+                "{name} is longer than {max} bytes or holds control characters"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    text("path", &f.location.path, MAX_PATH)?;
+    text("provider", &f.provider, MAX_LABEL)?;
+    text("rule", &f.rule, MAX_LABEL)?;
+    text("rule_name", &f.rule_name, MAX_LABEL)?;
     Ok(())
 }
+
+/// Longest finding path accepted (the longest a common file system takes).
+const MAX_PATH: usize = 4096;
+/// Longest provider, rule id or rule name accepted; the scanner's are a few dozen bytes.
+const MAX_LABEL: usize = 128;
 
 /// The Stormwall key a finding names: its public id, when the key's checksum held (an id
 /// cut from a string that only looks like a key names nothing).

@@ -115,14 +115,21 @@ pub fn r1_missing_users(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) 
     let without = b.no_user as f64;
     ctx.emit(ks, out, DetectorId::R1, Severity::High, |ks| Finding {
         explanation: format!(
-            "Key {} received {n} calls without an end-user id in the last hour from {}, a              network it never used; {without:.0} of its {calls:.0} learned calls came without              one. Its app passes its users' ids: these calls are someone else's users behind              the key.",
+            "Key {} received {n} calls without an end-user id in the last hour from {}, a \
+                 network it never used; {without:.0} of its {calls:.0} learned calls came without \
+                 one. Its app passes its users' ids: these calls are someone else's users behind \
+                 the key.",
             ks.key,
             ctx.source(),
         ),
         features: vec![
             feat("calls_without_end_user_hour", f64::from(n), Some(thr)),
             feat("learned_calls", calls, None),
-            feat("learned_calls_without_end_user", without, Some(calls / 100.0)),
+            feat(
+                "learned_calls_without_end_user",
+                without,
+                Some(calls / 100.0),
+            ),
         ],
         subjects: ctx.source_subjects(),
         evidence: Vec::new(),

@@ -33,6 +33,9 @@ pub struct Retention {
     pub control_days: u32,
 }
 
+/// Longest retention accepted, in days (a century).
+const MAX_DAYS: u32 = 36_500;
+
 impl Retention {
     /// The retention `[events]` asks for; an error names a value that cannot be used.
     pub fn from_config(events: &EventsConfig) -> Result<Self, String> {
@@ -43,6 +46,12 @@ impl Retention {
         if r.events_days != 0 && r.events_days < MIN_EVENT_DAYS {
             return Err(format!(
                 "retention_days must be 0 (keep forever) or at least {MIN_EVENT_DAYS}: monthly budgets are restored from this month's events"
+            ));
+        }
+        // A cutoff that far back would overflow the calendar; 0 already means forever.
+        if r.events_days > MAX_DAYS || r.control_days > MAX_DAYS {
+            return Err(format!(
+                "retention_days and control_retention_days must be at most {MAX_DAYS} (0 keeps forever)"
             ));
         }
         Ok(r)
@@ -71,7 +80,11 @@ pub async fn sweep(
     now: OffsetDateTime,
 ) -> Result<Swept, StoreError> {
     let mut swept = Swept::default();
-    let cutoff = |days: u32| now - time::Duration::days(i64::from(days));
+    // `from_config` bounds the days; a clock near the calendar's start deletes nothing.
+    let cutoff = |days: u32| {
+        now.checked_sub(time::Duration::days(i64::from(days)))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    };
     if r.events_days > 0 {
         let before = cutoff(r.events_days);
         loop {
@@ -192,5 +205,19 @@ mod tests {
         let r = Retention::from_config(&c).unwrap();
         assert_eq!((r.events_days, r.control_days), (90, 7));
         assert!(r.is_on());
+    }
+
+    #[test]
+    fn retention_past_a_century_is_refused_not_a_panic_later() {
+        let mut c = EventsConfig::default();
+        c.control_retention_days = u32::MAX;
+        assert!(
+            Retention::from_config(&c)
+                .unwrap_err()
+                .contains("at most 36500")
+        );
+        c.control_retention_days = 0;
+        c.retention_days = 5_000_000;
+        assert!(Retention::from_config(&c).is_err());
     }
 }

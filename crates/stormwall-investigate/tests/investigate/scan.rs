@@ -119,6 +119,24 @@ fn the_scanners_json_lines_are_read_and_anything_else_is_refused() {
     let mut v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     v["key_id"] = serde_json::json!(STORMWALL_SECRET);
     refused(&v.to_string(), "key_id");
+    // Free text is bounded before it can reach the audit log for good.
+    let first =
+        || -> serde_json::Value { serde_json::from_str(text.lines().next().unwrap()).unwrap() };
+    let mut v = first();
+    v["path"] = serde_json::json!("a/".repeat(3000));
+    refused(&v.to_string(), "path is longer than 4096 bytes");
+    let mut v = first();
+    v["rule"] = serde_json::json!("stormwall-api-key\nforged audit line");
+    refused(
+        &v.to_string(),
+        "rule is longer than 128 bytes or holds control characters",
+    );
+    let mut v = first();
+    v["rule_name"] = serde_json::json!("x".repeat(200));
+    refused(&v.to_string(), "rule_name");
+    let mut v = first();
+    v["blob"] = serde_json::json!("not hex");
+    refused(&v.to_string(), "blob is not a hex object id");
 }
 
 #[test]

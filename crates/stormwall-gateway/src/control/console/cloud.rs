@@ -14,7 +14,9 @@ use stormwall_types::{ControlAction, ControlEvent, KeyId};
 use time::OffsetDateTime;
 
 use super::html::{self, E, Nav, esc, table, url_part};
-use super::pages::{ALERT_HEAD, Page, alert_rows, dl, not_found, short_ts, store_failed};
+use super::pages::{
+    ALERT_HEAD, Page, alert_rows, dl, not_found, short_ts, store_failed, window_tabs,
+};
 use super::stats::Window;
 use super::{Ctx, html_response};
 
@@ -119,7 +121,7 @@ pub async fn queue(ctx: &Ctx<'_>) -> Page {
     let failed = events.iter().filter(|c| !c.success).count();
     let more = if events.len() >= READ_MAX { "+" } else { "" };
     let mut h = String::new();
-    h.push_str(&window_tabs(window));
+    h.push_str(&window_tabs("/console/cloud", window));
     let _ = write!(
         h,
         "<ul class=\"cards\" aria-label=\"Totals\"><li><span class=\"n\" id=\"cloud-calls\">{}{more}</span> management calls</li>\
@@ -147,8 +149,17 @@ pub async fn queue(ctx: &Ctx<'_>) -> Page {
         E(action_name.as_deref().unwrap_or("")),
     );
     let newest: Vec<&ControlEvent> = events.iter().rev().take(SHOWN).collect();
+    // The store reads a window oldest first: past the cap, what is listed is the newest of
+    // its first READ_MAX calls, and the page says so rather than call them the newest.
+    let title = if more.is_empty() {
+        "Management calls, newest first".to_owned()
+    } else {
+        format!(
+            "Management calls: the newest of the window's first {READ_MAX} (choose a shorter window or a filter to see the latest)"
+        )
+    };
     h.push_str(&table(
-        "Management calls, newest first",
+        &title,
         CONTROL_HEAD,
         &control_rows(&newest),
         "no management call read from cloud logs in this window (follow mode: [[logs]] in the configuration)",
@@ -157,24 +168,6 @@ pub async fn queue(ctx: &Ctx<'_>) -> Page {
         StatusCode::OK,
         html::page("Cloud", &ctx.session, Nav::Cloud, 0, &h),
     )
-}
-
-fn window_tabs(current: Window) -> String {
-    let mut h = String::from("<nav class=\"tabs\" aria-label=\"Time window\"><ul>");
-    for w in Window::ALL {
-        let cur = if w == current {
-            " aria-current=\"page\""
-        } else {
-            ""
-        };
-        let _ = write!(
-            h,
-            "<li><a href=\"/console/cloud?window={0}\"{cur}>Last {0}</a></li>",
-            w.as_str()
-        );
-    }
-    h.push_str("</ul></nav>");
-    h
 }
 
 /// `/console/cloud/<key id>`: one cloud principal — its management calls (all kept), its

@@ -86,7 +86,8 @@ pub(super) fn status_badge(s: &str) -> String {
     format!("<span class=\"badge b-{0}\">{0}</span>", esc(s))
 }
 
-fn window_tabs(base: &str, current: Window) -> String {
+/// Links to `base` for each time window, the current one marked.
+pub(super) fn window_tabs(base: &str, current: Window) -> String {
     let mut h = String::from("<nav class=\"tabs\" aria-label=\"Time window\"><ul>");
     for w in Window::ALL {
         let cur = if w == current {
