@@ -209,8 +209,10 @@ mod tests {
 
     #[test]
     fn retention_past_a_century_is_refused_not_a_panic_later() {
-        let mut c = EventsConfig::default();
-        c.control_retention_days = u32::MAX;
+        let mut c = EventsConfig {
+            control_retention_days: u32::MAX,
+            ..EventsConfig::default()
+        };
         assert!(
             Retention::from_config(&c)
                 .unwrap_err()
