@@ -23,6 +23,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod tls;
 pub mod upstream;

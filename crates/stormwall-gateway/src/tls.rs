@@ -232,27 +232,15 @@ pub fn spawn_reloader(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(every_secs.max(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            #[cfg(unix)]
-            let hangup = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup = std::future::pending::<Option<()>>();
-            tokio::select! {
-                _ = tick.tick(), if every_secs > 0 => {
+        let mut triggers = crate::reload::Triggers::new(every_secs);
+        while let Some(t) = triggers.next(&mut stop).await {
+            match t {
+                crate::reload::Trigger::Timer => {
                     reload_in_background(&store, true, "file change").await;
                 }
-                Some(()) = hangup => reload_in_background(&store, false, "SIGHUP").await,
-                _ = stop.changed() => return,
+                crate::reload::Trigger::Hangup => {
+                    reload_in_background(&store, false, "SIGHUP").await;
+                }
             }
         }
     })

@@ -5,7 +5,6 @@
 //! that fails keeps the data in force and says why in the log.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use stormwall_ipintel::{IpIntelError, Reloaded, SharedIpIntel};
 use tokio::sync::watch;
@@ -80,25 +79,11 @@ pub fn spawn_reloader(
 ) -> JoinHandle<()> {
     let every = intel.config().reload_secs;
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut tick = tokio::time::interval(Duration::from_secs(every.max(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            #[cfg(unix)]
-            let hangup = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup = std::future::pending::<Option<()>>();
-            tokio::select! {
-                _ = tick.tick(), if every > 0 => reload_if_changed(&intel).await,
-                Some(()) = hangup => reload_on_signal(&intel).await,
-                _ = stop.changed() => return,
+        let mut triggers = crate::reload::Triggers::new(every);
+        while let Some(t) = triggers.next(&mut stop).await {
+            match t {
+                crate::reload::Trigger::Timer => reload_if_changed(&intel).await,
+                crate::reload::Trigger::Hangup => reload_on_signal(&intel).await,
             }
         }
     })
