@@ -72,6 +72,34 @@ pub struct Swept {
     pub control_events: u64,
 }
 
+/// Deletes `table`'s rows a batch at a time until a batch comes back short, counting each in
+/// the metric; how many went.
+async fn drain<F, Fut>(
+    state: &ControlPlane,
+    table: &'static str,
+    mut delete: F,
+) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = delete().await?;
+        total += n;
+        state
+            .metrics
+            .retention_deleted
+            .get_or_create(&TableLabels { table })
+            .inc_by(n);
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+        // Let the request path's writes in between batches.
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Deletes what is older than its retention as of `now`, batch by batch, and records the
 /// sweep (metrics, one audit entry when something went).
 pub async fn sweep(
@@ -87,41 +115,17 @@ pub async fn sweep(
     };
     if r.events_days > 0 {
         let before = cutoff(r.events_days);
-        loop {
-            let n = state.store.delete_events_before(before, BATCH).await?;
-            swept.events += n;
-            state
-                .metrics
-                .retention_deleted
-                .get_or_create(&TableLabels { table: "events" })
-                .inc_by(n);
-            if n < BATCH as u64 {
-                break;
-            }
-            // Let the request path's writes in between batches.
-            tokio::task::yield_now().await;
-        }
+        swept.events = drain(state, "events", move || {
+            state.store.delete_events_before(before, BATCH)
+        })
+        .await?;
     }
     if r.control_days > 0 {
         let before = cutoff(r.control_days);
-        loop {
-            let n = state
-                .store
-                .delete_control_events_before(before, BATCH)
-                .await?;
-            swept.control_events += n;
-            state
-                .metrics
-                .retention_deleted
-                .get_or_create(&TableLabels {
-                    table: "control_events",
-                })
-                .inc_by(n);
-            if n < BATCH as u64 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        swept.control_events = drain(state, "control_events", move || {
+            state.store.delete_control_events_before(before, BATCH)
+        })
+        .await?;
     }
     if swept != Swept::default() {
         tracing::info!(
