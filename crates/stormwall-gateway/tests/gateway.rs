@@ -2396,7 +2396,8 @@ mod scale_out {
             tweak: fn(&mut GatewayConfig),
         ) -> Option<Self> {
             let (pg_url, default_redis) = urls()?;
-            let redis_url = if redis_url.is_empty() {
+            let own_redis = redis_url.is_empty();
+            let redis_url = if own_redis {
                 default_redis
             } else {
                 redis_url.to_owned()
@@ -2415,6 +2416,12 @@ mod scale_out {
                 let mut rc = RedisConfig::from_url(&redis_url);
                 rc.prefix = prefix.clone();
                 rc.retry_interval_ms = 200;
+                if own_redis {
+                    // The machine's own Redis is up: a reply slower than the 250 ms default
+                    // (a loaded CI machine) must not send a replica to its local fallback and
+                    // make an exact limit inexact. Tests of outages pass their own proxy URL.
+                    rc.op_timeout_ms = 5_000;
+                }
                 let counters = stormwall_store::open_counters(&CountersConfig::Redis(rc))
                     .await
                     .unwrap();
