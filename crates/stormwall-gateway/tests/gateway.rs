@@ -2102,10 +2102,10 @@ async fn no_key_or_prompt_text_reaches_the_logs() {
 mod detection;
 #[path = "gateway/incidents.rs"]
 mod incidents;
-#[path = "gateway/journal.rs"]
-mod journal;
 #[path = "gateway/investigation.rs"]
 mod investigation;
+#[path = "gateway/journal.rs"]
+mod journal;
 #[path = "gateway/tls_fingerprint.rs"]
 mod tls_fingerprint;
 

@@ -104,7 +104,11 @@ async fn fail_closed_refuses_at_the_bound(by_age: bool) {
         assert_eq!(v["error"]["code"], "events_unrecordable", "{v}");
         assert_eq!(v["error"]["type"], "api_error", "{v}");
         assert!(v["error"]["param"].is_null(), "{v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
     // The refusals never reached the upstream.
     assert_eq!(h.upstream.request_count(), 1);

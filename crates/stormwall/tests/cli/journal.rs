@@ -279,7 +279,11 @@ fn match_exactly(stored: &[StoredEvent], seen: &Seen) -> Matched {
     let mut by_event = HashSet::new();
     let mut by_client: HashMap<&str, &StoredEvent> = HashMap::new();
     for e in stored {
-        assert!(by_event.insert(e.id.as_str()), "event {} stored twice", e.id);
+        assert!(
+            by_event.insert(e.id.as_str()),
+            "event {} stored twice",
+            e.id
+        );
         let client = e
             .client_id
             .as_deref()
@@ -528,7 +532,11 @@ async fn a_postgres_outage_longer_than_the_channel_loses_no_answered_event() {
         .stored
         .iter()
         .filter(|e| e.status == 200)
-        .filter(|e| e.client_id.as_ref().is_some_and(|c| received.contains_key(c)))
+        .filter(|e| {
+            e.client_id
+                .as_ref()
+                .is_some_and(|c| received.contains_key(c))
+        })
         .count();
     eprintln!(
         "journal off (control): received 200: {}; recorded: {recorded}",
