@@ -28,10 +28,13 @@ const AZURE_KEY: &str = "azure-upstream-secret-for-tests";
 const HOOK_SECRET: &str = "webhook-hmac-secret-for-tests";
 const READ_ONLY_TOKEN: &str = "test-read-only-token";
 
-/// Counts store calls, to prove the request path never touches the store.
+/// Counts store calls, to prove the request path never touches the store; can refuse
+/// event writes, as an unreachable database would.
 struct CountingStore {
     inner: SqliteStore,
     key_reads: AtomicU64,
+    /// Event writes fail while set (a store outage, for the journal's bound).
+    events_down: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -55,6 +58,9 @@ impl KeyStore for CountingStore {
 #[async_trait]
 impl EventStore for CountingStore {
     async fn insert_events(&self, e: &[UsageEvent]) -> Result<(), StoreError> {
+        if self.events_down.load(Ordering::SeqCst) {
+            return Err(StoreError::Database("event writes down (test)".into()));
+        }
         self.inner.insert_events(e).await
     }
     async fn query_events(&self, q: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
@@ -227,6 +233,7 @@ async fn harness_with(customize: impl FnOnce(&mut GatewayConfig)) -> Harness {
     let store = Arc::new(CountingStore {
         inner: SqliteStore::open(&dir.path().join("gw.db")).await.unwrap(),
         key_reads: AtomicU64::new(0),
+        events_down: std::sync::atomic::AtomicBool::new(false),
     });
     let mut deployments = BTreeMap::new();
     deployments.insert("azure-mini".to_owned(), "mini-deployment".to_owned());
@@ -2097,6 +2104,8 @@ mod detection;
 mod incidents;
 #[path = "gateway/investigation.rs"]
 mod investigation;
+#[path = "gateway/journal.rs"]
+mod journal;
 #[path = "gateway/tls_fingerprint.rs"]
 mod tls_fingerprint;
 

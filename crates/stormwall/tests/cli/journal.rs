@@ -116,12 +116,23 @@ async fn create_key(server: &Server) -> String {
     r.json().unwrap()["key"].as_str().unwrap().to_owned()
 }
 
-/// What the clients saw: the event ids of answers received whole with status 200, and
-/// requests that failed on the wire (connection refused or cut).
+/// What the clients saw. Each request carries a unique id of the client's own in the
+/// OpenAI `user` field, which the gateway records in its event (`end_user.id`): so a stored
+/// event names the request it records, whether or not its answer arrived.
 #[derive(Default)]
 struct Seen {
-    received: Mutex<Vec<String>>,
-    failed: AtomicU64,
+    next: AtomicU64,
+    /// Client id → the event id (`x-request-id`) of each answer received whole with 200.
+    received: Mutex<HashMap<String, String>>,
+    /// Client id → the proxy it was sent to, for each request whose answer never arrived
+    /// whole (connection refused or cut, or a stream without `[DONE]`).
+    cut: Mutex<HashMap<String, String>>,
+}
+
+impl Seen {
+    fn cut_count(&self) -> usize {
+        self.cut.lock().unwrap().len()
+    }
 }
 
 /// `workers` clients sending to `proxy` until `stop`, alternating whole and streamed chat.
@@ -143,8 +154,9 @@ fn load(
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
                     let stream = (i + w as u64).is_multiple_of(2);
+                    let id = format!("req-{}", seen.next.fetch_add(1, Ordering::SeqCst));
                     let body = format!(
-                        r#"{{"model":"gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+                        r#"{{"model":"gpt-4o-mini","stream":{stream},"user":"{id}","messages":[{{"role":"user","content":"hi"}}]}}"#
                     );
                     let r = client
                         .request(
@@ -155,18 +167,17 @@ fn load(
                         )
                         .await;
                     match r {
+                        // A stream counts as received only when it completed.
+                        Ok(r) if r.status == 200 && (!stream || r.text().contains("data: [DONE]")) => {
+                            let event = r.header("x-request-id").unwrap().to_owned();
+                            seen.received.lock().unwrap().insert(id, event);
+                        }
                         Ok(r) if r.status == 200 => {
-                            // A stream counts as received only when it completed.
-                            if stream && !r.text().contains("data: [DONE]") {
-                                seen.failed.fetch_add(1, Ordering::SeqCst);
-                                continue;
-                            }
-                            let id = r.header("x-request-id").unwrap().to_owned();
-                            seen.received.lock().unwrap().push(id);
+                            seen.cut.lock().unwrap().insert(id, proxy.clone());
                         }
                         Ok(r) => panic!("unexpected status {}: {}", r.status, r.text()),
                         Err(_) => {
-                            seen.failed.fetch_add(1, Ordering::SeqCst);
+                            seen.cut.lock().unwrap().insert(id, proxy.clone());
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
@@ -210,24 +221,38 @@ fn sigterm(server: &mut Server) {
     panic!("stormwall serve did not exit after SIGTERM");
 }
 
-/// Event id → status of every stored event, read straight from the schema; fails on a
-/// duplicate id (the table's key forbids it; this checks nothing slipped around it).
-async fn stored(pg: &str, schema: &str) -> HashMap<String, i64> {
+/// A stored event: its id, status and the client's request id (`end_user.id`).
+struct StoredEvent {
+    id: String,
+    status: i64,
+    client_id: Option<String>,
+}
+
+/// Every stored event, read straight from the schema (which is dropped after).
+async fn stored(pg: &str, schema: &str) -> Vec<StoredEvent> {
     let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
         .await
         .unwrap();
     #[allow(clippy::disallowed_methods)]
     let task = tokio::spawn(conn);
     let rows = client
-        .query(&format!("SELECT id, status FROM {schema}.events"), &[])
+        .query(
+            &format!("SELECT id, status, body_json FROM {schema}.events"),
+            &[],
+        )
         .await
         .unwrap();
-    let mut out = HashMap::new();
-    for row in rows {
-        let id: String = row.get(0);
-        let status: i64 = i64::from(row.get::<_, i32>(1));
-        assert!(out.insert(id, status).is_none(), "an event stored twice");
-    }
+    let out = rows
+        .iter()
+        .map(|row| {
+            let body: serde_json::Value = serde_json::from_str(row.get::<_, &str>(2)).unwrap();
+            StoredEvent {
+                id: row.get(0),
+                status: i64::from(row.get::<_, i32>(1)),
+                client_id: body["end_user.id"].as_str().map(str::to_owned),
+            }
+        })
+        .collect();
     client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await
@@ -237,26 +262,84 @@ async fn stored(pg: &str, schema: &str) -> HashMap<String, i64> {
     out
 }
 
-/// The events stored with status 200 against the answers received with status 200.
-fn compare(stored: &HashMap<String, i64>, seen: &Seen) -> (HashSet<String>, HashSet<String>) {
-    let received: HashSet<String> = seen.received.lock().unwrap().iter().cloned().collect();
-    assert_eq!(
-        received.len(),
-        seen.received.lock().unwrap().len(),
-        "ids are unique"
+/// How the stored events matched the clients' requests.
+struct Matched {
+    /// Answers received whole with status 200.
+    received: usize,
+    /// Status-200 events of requests whose answer the client never got whole (each one a
+    /// request named in `Seen::cut`), by the proxy they were sent to.
+    cut_stored: HashMap<String, usize>,
+}
+
+/// The exact statement: every request is recorded at most once (by event id and by the
+/// client's id); every answer received with 200 has its event with status 200 and the
+/// event id the client was told; every status-200 event is of a request whose answer was
+/// received, or of one the client saw cut (`Seen::cut`) — no count is tolerated.
+fn match_exactly(stored: &[StoredEvent], seen: &Seen) -> Matched {
+    let mut by_event = HashSet::new();
+    let mut by_client: HashMap<&str, &StoredEvent> = HashMap::new();
+    for e in stored {
+        assert!(
+            by_event.insert(e.id.as_str()),
+            "event {} stored twice",
+            e.id
+        );
+        let client = e
+            .client_id
+            .as_deref()
+            .unwrap_or_else(|| panic!("event {} carries no client request id", e.id));
+        if let Some(first) = by_client.insert(client, e) {
+            panic!(
+                "request {client} recorded twice: events {} and {}",
+                first.id, e.id
+            );
+        }
+    }
+    let received = seen.received.lock().unwrap();
+    let cut = seen.cut.lock().unwrap();
+    let mut missing = Vec::new();
+    for (client, event_id) in received.iter() {
+        match by_client.get(client.as_str()) {
+            Some(e) if e.status == 200 && e.id == *event_id => {}
+            Some(e) => panic!(
+                "request {client} answered 200 as event {event_id}; stored as event {} with status {}",
+                e.id, e.status
+            ),
+            None => missing.push(client.clone()),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} answered requests have no record: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
     );
-    let ok: HashSet<String> = stored
-        .iter()
-        .filter(|(_, s)| **s == 200)
-        .map(|(id, _)| id.clone())
-        .collect();
-    (received, ok)
+    let mut cut_stored: HashMap<String, usize> = HashMap::new();
+    let mut unexplained = Vec::new();
+    for (client, e) in &by_client {
+        if e.status != 200 || received.contains_key(*client) {
+            continue;
+        }
+        match cut.get(*client) {
+            Some(proxy) => *cut_stored.entry(proxy.clone()).or_default() += 1,
+            None => unexplained.push(*client),
+        }
+    }
+    assert!(
+        unexplained.is_empty(),
+        "status-200 events of requests neither answered nor cut: {unexplained:?}"
+    );
+    Matched {
+        received: received.len(),
+        cut_stored,
+    }
 }
 
 /// Two replicas under load; one is SIGKILLed mid-load and restarted on its journal. Every
-/// answer a client received with status 200 has its event, once. The only 200 events no
-/// client saw are those of requests the kill cut after their event was journaled and
-/// before their last byte left (at most the requests in flight on the killed replica).
+/// request is recorded at most once; every answer a client received with status 200 has
+/// its event; every other status-200 event is of a request the client saw cut — each named
+/// by its id, all sent to the killed replica, at most one per client connection (the
+/// requests in flight at the kill, journaled before their last byte could leave).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_mid_load_and_restarted_loses_no_answered_event() {
     let Some((pg, _)) = services() else {
@@ -287,7 +370,7 @@ async fn a_replica_killed_mid_load_and_restarted_loses_no_answered_event() {
         },
     )
     .await;
-    let failed_at_kill = seen.failed.load(Ordering::SeqCst);
+    let cut_at_kill = seen.cut_count();
     let received_before_restart = seen.received.lock().unwrap().len();
     // Restart on the same journal: what the killed run left is shipped before ready.
     let a2 = serve(&cfg_a, &env);
@@ -303,36 +386,41 @@ async fn a_replica_killed_mid_load_and_restarted_loses_no_answered_event() {
     sigterm(&mut a2);
     sigterm(&mut b);
     let stored = stored(&pg, &schema).await;
-    let (received, ok) = compare(&stored, &seen);
-    let missing: Vec<_> = received.difference(&ok).collect();
-    let unseen = ok.difference(&received).count();
+    let m = match_exactly(&stored, &seen);
+    let on_killed = m.cut_stored.get(&a.proxy).copied().unwrap_or(0);
     eprintln!(
-        "received 200: {} ({} before the restart); stored 200: {}; stored, never received: {unseen}; failed on the wire: {failed_at_kill}",
-        received.len(),
-        received_before_restart,
-        ok.len()
+        "received 200: {} ({received_before_restart} before the restart); stored: {}; \
+         cut at the kill: {cut_at_kill}, of which stored with 200: {on_killed}",
+        m.received,
+        stored.len(),
     );
     assert!(received_before_restart > 100, "the load was real");
-    assert!(
-        missing.is_empty(),
-        "{} answered requests have no record: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
+    assert_eq!(
+        seen.cut_count(),
+        cut_at_kill,
+        "no request cut after the restart"
     );
     assert!(
-        unseen <= WORKERS && unseen as u64 <= failed_at_kill,
-        "200 events no client received: {unseen} (in flight on the killed replica: at most {WORKERS})"
+        seen.cut.lock().unwrap().values().all(|p| *p == a.proxy),
+        "only requests to the killed replica were cut"
     );
     assert!(
-        seen.failed.load(Ordering::SeqCst) == failed_at_kill,
-        "no failures after the restart"
+        on_killed <= WORKERS,
+        "at most one request per connection was in flight at the kill: {on_killed}"
     );
 }
 
+/// What one outage run saw: the clients' view, the stored events, the largest
+/// `journal_bytes` read during the outage.
+struct OutageRun {
+    seen: Arc<Seen>,
+    stored: Vec<StoredEvent>,
+    journal_bytes: u64,
+}
+
 /// Serves two replicas through a PostgreSQL relay that is cut for longer than a
-/// 32-event in-memory channel covers; returns (answers received with 200, events stored
-/// with 200, every stored 200 was received, journal bytes seen during the outage).
-async fn outage_run(pg: &str, journal: bool) -> (usize, usize, bool, u64) {
+/// 32-event in-memory channel covers.
+async fn outage_run(pg: &str, journal: bool) -> OutageRun {
     let cfg: tokio_postgres::Config = pg.parse().unwrap();
     let host = match &cfg.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(h) => h.clone(),
@@ -401,51 +489,61 @@ async fn outage_run(pg: &str, journal: bool) -> (usize, usize, bool, u64) {
         },
     )
     .await;
-    assert_eq!(
-        seen.failed.load(Ordering::SeqCst),
-        0,
-        "every request answered"
-    );
+    assert_eq!(seen.cut_count(), 0, "every request answered");
     sigterm(&mut a);
     sigterm(&mut b);
-    let stored = stored(pg, &schema).await;
-    let (received, ok) = compare(&stored, &seen);
-    let all_received = ok.is_subset(&received);
-    (
-        received.len(),
-        ok.intersection(&received).count(),
-        all_received,
-        journal_bytes.load(Ordering::SeqCst),
-    )
+    OutageRun {
+        seen,
+        stored: stored(pg, &schema).await,
+        journal_bytes: journal_bytes.load(Ordering::SeqCst),
+    }
 }
 
 /// PostgreSQL unreachable for longer than the in-memory channel covers: with the journal,
-/// the events stored with status 200 are exactly the 200 answers received; without it
-/// (the control run), the same outage loses events, so the test can tell.
+/// the status-200 events are exactly the 200 answers received, request by request (no
+/// request was cut, so no other 200 event may exist); without it (the control run), the
+/// same outage loses events, so the test can tell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_postgres_outage_longer_than_the_channel_loses_no_answered_event() {
     let Some((pg, _)) = services() else {
         return;
     };
-    let (received, stored, exact, journal_bytes) = outage_run(&pg, true).await;
+    let run = outage_run(&pg, true).await;
+    let m = match_exactly(&run.stored, &run.seen);
     eprintln!(
-        "journal on: received 200: {received}; stored 200 of them: {stored}; journal bytes during the outage: {journal_bytes}"
+        "journal on: received 200: {}; stored: {}; journal bytes during the outage: {}",
+        m.received,
+        run.stored.len(),
+        run.journal_bytes
     );
     assert!(
-        received > 200,
+        m.received > 200,
         "far more answers than the 32-event channel holds"
     );
     assert!(
-        journal_bytes > 0,
+        run.journal_bytes > 0,
         "the journal held the events during the outage"
     );
-    assert_eq!(stored, received, "every answer received has its event");
-    assert!(exact, "no 200 event without an answer received");
+    assert!(m.cut_stored.is_empty(), "no request was cut");
 
-    let (received, stored, _, _) = outage_run(&pg, false).await;
-    eprintln!("journal off (control): received 200: {received}; stored 200 of them: {stored}");
+    let run = outage_run(&pg, false).await;
+    let received = run.seen.received.lock().unwrap();
+    let recorded = run
+        .stored
+        .iter()
+        .filter(|e| e.status == 200)
+        .filter(|e| {
+            e.client_id
+                .as_ref()
+                .is_some_and(|c| received.contains_key(c))
+        })
+        .count();
+    eprintln!(
+        "journal off (control): received 200: {}; recorded: {recorded}",
+        received.len()
+    );
     assert!(
-        stored < received,
+        recorded < received.len(),
         "without the journal the outage loses events (else this test proves nothing)"
     );
 }
