@@ -151,6 +151,17 @@ impl Grouper {
         self.open.insert(incident.subject.clone(), incident);
     }
 
+    /// Takes another writer's incident as its subject's open one in place of whatever this
+    /// grouper holds for that subject (an incident it opened at the same moment, which the
+    /// store refused): the subject's next alert joins the adopted one.
+    pub fn adopt(&mut self, incident: Incident) {
+        if let Some(old) = self.open.remove(&incident.subject) {
+            self.points.remove(&old.id);
+            self.floors.remove(&old.id);
+        }
+        self.resume(incident);
+    }
+
     /// Open incidents.
     pub fn open(&self) -> impl Iterator<Item = &Incident> {
         self.open.values()
@@ -693,6 +704,31 @@ mod tests {
         assert_eq!(u.incident.timeline.len(), 3);
         assert!(u.incident.risk_score >= stored.risk_score);
         assert_eq!(u.incident.revision, stored.revision);
+    }
+
+    #[test]
+    fn an_adopted_incident_replaces_the_one_opened_at_the_same_moment() {
+        let k = Some("AbCdEfGhIjKl");
+        let (mut one, mut two) = (Grouper::default(), Grouper::default());
+        let a1 = alert(k, DetectorId::P5, Severity::Low, T0);
+        let held = one.add(&a1, None).unwrap().incident;
+        // The second replica opened its own at the same moment; the store kept the first's.
+        let b1 = alert(k, DetectorId::V1, Severity::Low, T0 + Duration::seconds(1));
+        let mine = two.add(&b1, None).unwrap();
+        assert_eq!(mine.change, Change::Opened);
+        assert_ne!(mine.incident.id, held.id);
+        two.adopt(held.clone());
+        let u = two.add(&b1, None).unwrap();
+        assert_ne!(u.change, Change::Opened);
+        assert_eq!(u.incident.id, held.id);
+        let ids: Vec<&str> = u
+            .incident
+            .timeline
+            .iter()
+            .map(|e| e.alert_id.as_str())
+            .collect();
+        assert_eq!(ids, vec![a1.id.as_str(), b1.id.as_str()]);
+        assert_eq!(two.open().count(), 1);
     }
 
     #[test]

@@ -615,6 +615,10 @@ pub struct Takeover {
     /// a listing, role-play, a relay artefact) in this window, up to 4: such a client's
     /// ordinary chat next is the taker's, not the owner's new tool to learn.
     pub testers: Vec<u32>,
+    /// Header shapes of new clients learned on the owner's network by ordinary work alone:
+    /// (shape, when, whether it probed or listed since), up to 4, kept across windows for an
+    /// hour. One that fronts role-play next is foreign after all.
+    pub bridged: Vec<(u32, i64, bool)>,
 }
 
 impl KeyState {

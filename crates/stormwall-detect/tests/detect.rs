@@ -1705,6 +1705,108 @@ fn v7_a_taker_inside_the_owners_own_slash24_is_stopped_but_a_developer_there_is_
     assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
 }
 
+/// Takers inside the owner's very /24 that V7 once learned as the owner: one claiming the
+/// owner's own SDK without the SDK's headers (a forgery, known by its exact shape only); one
+/// whose first request is ordinary chat (bridged in as the owner's new tool, foreign again
+/// once it tests the key); one whose only test is a listing the owner also sends at start-up
+/// (a new client's test all the same on that /24). Each is suspended within three requests.
+#[test]
+fn v7_takers_inside_the_owners_slash24_that_look_like_the_owner_are_stopped() {
+    let home = client(
+        "100.78.65.20",
+        64506,
+        "US",
+        "OpenAI/Python 1.55.0",
+        SDK_HEADERS,
+    );
+    let req = [
+        "host",
+        "user-agent",
+        "accept-encoding",
+        "accept",
+        "connection",
+        "authorization",
+    ];
+    let forged = client(
+        "100.78.65.77",
+        64506,
+        "US",
+        "OpenAI/Python 1.50.0",
+        &[
+            "host",
+            "user-agent",
+            "accept",
+            "content-type",
+            "authorization",
+        ],
+    );
+    let aio = client(
+        "100.78.65.91",
+        64506,
+        "US",
+        "Python/3.11 aiohttp/3.9.4",
+        &req,
+    );
+    let k = "HomeKey00003";
+    let at = T0 + Duration::minutes(20);
+    let roleplay = |g: &mut Gen, t: OffsetDateTime, c: &Client| {
+        with_verdict(
+            g.chat(k, "signup", t, c),
+            VerdictCategory::RoleplayMarkers,
+            SafetyAction::Log,
+        )
+    };
+    let mut late = Vec::new();
+    for case in ["forged", "chat_first", "owner_lists"] {
+        let mut e = engine();
+        let mut g = Gen::new();
+        let mut owner: Vec<UsageEvent> = (0..3)
+            .map(|m| g.chat(k, "signup", T0 + Duration::minutes(m * 4), &home))
+            .collect();
+        if case == "owner_lists" {
+            owner.insert(0, listing(&mut g, k, T0 - Duration::seconds(5), &home));
+        }
+        assert!(
+            feed(&mut e, &owner).is_empty(),
+            "{case}: the owner raised alerts"
+        );
+        let attack = match case {
+            "forged" => vec![
+                listing(&mut g, k, at, &forged),
+                probe(&mut g, k, at + Duration::seconds(10), &forged),
+                roleplay(&mut g, at + Duration::seconds(30), &forged),
+                roleplay(&mut g, at + Duration::seconds(50), &forged),
+            ],
+            "chat_first" => vec![
+                g.chat(k, "signup", at, &aio),
+                listing(&mut g, k, at + Duration::seconds(20), &aio),
+                roleplay(&mut g, at + Duration::seconds(40), &aio),
+                roleplay(&mut g, at + Duration::seconds(60), &aio),
+            ],
+            _ => vec![
+                roleplay(&mut g, at, &aio),
+                listing(&mut g, k, at + Duration::seconds(20), &aio),
+                roleplay(&mut g, at + Duration::seconds(40), &aio),
+            ],
+        };
+        let mut stopped_after = None;
+        for (i, ev) in attack.iter().enumerate() {
+            for a in e.observe(ev) {
+                if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                    assert_eq!(a.detector, DetectorId::V7, "{case}");
+                    stopped_after.get_or_insert(i + 1);
+                }
+            }
+        }
+        if stopped_after.is_none_or(|n| n > 3) {
+            late.push(format!(
+                "{case}: suspended after {stopped_after:?} requests"
+            ));
+        }
+    }
+    assert!(late.is_empty(), "{late:?}");
+}
+
 /// A support bot whose every call carries its users' ids, resold by someone who copied the
 /// app's own SDK and header shape onto a residential line in the same country (no relay
 /// artefact, no new client, per-user prompts so no new-prompt burst): calls without an

@@ -111,6 +111,14 @@ impl AlertStore for CountingStore {
 
 #[async_trait]
 impl IncidentStore for CountingStore {
+    async fn open_incident(
+        &self,
+        i: &stormwall_types::Incident,
+        alert_ids: &[String],
+        gap_secs: u32,
+    ) -> Result<stormwall_store::Opened, StoreError> {
+        self.inner.open_incident(i, alert_ids, gap_secs).await
+    }
     async fn upsert_incident(
         &self,
         i: &stormwall_types::Incident,

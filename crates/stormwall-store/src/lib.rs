@@ -461,10 +461,32 @@ pub struct IncidentQuery {
     pub limit: Option<usize>,
 }
 
+/// What [`IncidentStore::open_incident`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opened {
+    /// The incident was stored and now holds its subject's running episode.
+    New(StoredIncident),
+    /// Another writer's incident already holds the subject's running episode: that one,
+    /// unchanged (nothing was written); the caller joins it instead.
+    Running(StoredIncident),
+}
+
 /// Incidents: the alerts about one subject within an episode, as one record (see
 /// `stormwall_detect::incident`).
 #[async_trait]
 pub trait IncidentStore: Send + Sync {
+    /// Opens a new incident as its subject's running episode, atomically across writers
+    /// (gateway replicas): at most one stored incident per subject holds the episode. A
+    /// holder whose latest alert is more than `gap_secs` before this incident's first (or
+    /// that is closed) gives it up; otherwise the holder is returned as
+    /// [`Opened::Running`] and nothing is written. A new one is stored with `alert_ids`
+    /// linked, as [`IncidentStore::upsert_incident`] would.
+    async fn open_incident(
+        &self,
+        incident: &Incident,
+        alert_ids: &[String],
+        gap_secs: u32,
+    ) -> Result<Opened, StoreError>;
     /// Stores a new incident (status as given) or replaces a stored one's content, and links
     /// `alert_ids` to it. An update keeps the operators' status and note, except that
     /// `reopen` (the incident escalated) sets an `acknowledged`, `resolved` or `closed`

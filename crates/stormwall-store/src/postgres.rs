@@ -39,7 +39,7 @@ use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
     AuditRecord, AuditStore, ControlEventQuery, ControlEventStore, EncodedEvent, EventQuery,
     EventStore, IncidentQuery, IncidentStore, KeyFilter, KeyStore, Lease, LeaseStore,
-    MigrationReport, StoreError, StoredAlert, StoredIncident,
+    MigrationReport, Opened, StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -67,6 +67,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0006_control_events",
         include_str!("../migrations/postgres/0006_control_events.sql"),
+    ),
+    (
+        "0007_incident_episodes",
+        include_str!("../migrations/postgres/0007_incident_episodes.sql"),
     ),
 ];
 
@@ -148,6 +152,19 @@ const UPSERT_INCIDENT: &str = "INSERT INTO incidents (id, subject, key_id, tenan
 const INSERT_INCIDENT_ALERTS: &str = "INSERT INTO incident_alerts (incident_id, alert_id) \
      SELECT $1, linked.alert_id FROM UNNEST($2::text[]) AS linked(alert_id) \
      ON CONFLICT DO NOTHING";
+
+/// A subject's episode held by a closed incident, or one quiet since before `$2` (the new
+/// incident's first alert less the gap), is over: its holder gives it up.
+const RELEASE_EPISODE: &str = "UPDATE incidents SET episode_subject = NULL \
+     WHERE episode_subject = $1 AND (status = 'closed' OR updated_unix_ms < $2)";
+
+/// A new incident holding its subject's episode. A conflict (the episode held by another
+/// writer's incident, or the id taken) inserts nothing; a concurrent opener's uncommitted
+/// row is waited for first, so two openers never both insert.
+const OPEN_INCIDENT: &str = "INSERT INTO incidents (id, subject, key_id, tenant, severity, \
+     severity_rank, status, opened_unix_ms, updated_unix_ms, note, created_at, changed_at, \
+     body_json, episode_subject) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $10, \
+     $11, $2) ON CONFLICT DO NOTHING";
 
 /// The incident columns [`IncidentRow`] reads, its alert ids aggregated as a JSON array.
 const INCIDENT_SELECT: &str = "SELECT id, body_json, status, note, created_at, changed_at, \
@@ -1206,6 +1223,95 @@ impl AlertStore for PostgresStore {
 
 #[async_trait]
 impl IncidentStore for PostgresStore {
+    async fn open_incident(
+        &self,
+        incident: &Incident,
+        alert_ids: &[String],
+        gap_secs: u32,
+    ) -> Result<Opened, StoreError> {
+        let c = IncidentColumns::new(incident, alert_ids, OffsetDateTime::now_utc())?;
+        let stale_before = c.opened_unix_ms.saturating_sub(i64::from(gap_secs) * 1000);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let stmt = tx.prepare_cached(RELEASE_EPISODE).await.map_err(db)?;
+        tx.execute(&stmt, &[&c.subject, &stale_before])
+            .await
+            .map_err(db)?;
+        let stmt = tx.prepare_cached(OPEN_INCIDENT).await.map_err(db)?;
+        let inserted = tx
+            .execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.subject,
+                    &c.key_id,
+                    &c.tenant,
+                    &c.severity,
+                    &c.severity_rank,
+                    &c.status,
+                    &c.opened_unix_ms,
+                    &c.updated_unix_ms,
+                    &c.now,
+                    &c.body_json,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let select = tx
+            .prepare_cached(&format!("{INCIDENT_SELECT} WHERE id = $1"))
+            .await
+            .map_err(db)?;
+        if inserted == 0 {
+            // Read committed: this statement sees the row the conflicting opener committed.
+            let stmt = tx
+                .prepare_cached(&format!("{INCIDENT_SELECT} WHERE episode_subject = $1"))
+                .await
+                .map_err(db)?;
+            if let Some(row) = tx.query_opt(&stmt, &[&c.subject]).await.map_err(db)? {
+                let stored = incident_row(&row)?.into_stored()?;
+                tx.commit().await.map_err(db)?;
+                return Ok(Opened::Running(stored));
+            }
+            // The id was taken by an incident that no longer holds the episode (written
+            // before it was opened here): store the content as any update would.
+            let stmt = tx.prepare_cached(UPSERT_INCIDENT).await.map_err(db)?;
+            tx.execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.subject,
+                    &c.key_id,
+                    &c.tenant,
+                    &c.severity,
+                    &c.severity_rank,
+                    &c.status,
+                    &c.opened_unix_ms,
+                    &c.updated_unix_ms,
+                    &c.now,
+                    &c.body_json,
+                    &false,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        let stmt = tx
+            .prepare_cached(INSERT_INCIDENT_ALERTS)
+            .await
+            .map_err(db)?;
+        tx.execute(&stmt, &[&c.id, &c.alert_ids])
+            .await
+            .map_err(db)?;
+        let row = tx
+            .query_opt(&select, &[&c.id])
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        let stored = incident_row(&row)?.into_stored()?;
+        tx.commit().await.map_err(db)?;
+        Ok(Opened::New(stored))
+    }
+
     async fn upsert_incident(
         &self,
         incident: &Incident,
@@ -1352,8 +1458,8 @@ impl IncidentStore for PostgresStore {
         // Served by `incidents_status_updated`.
         let stmt = client
             .prepare_cached(
-                "UPDATE incidents SET status = 'closed', changed_at = $2 \
-                 WHERE status = 'open' AND updated_unix_ms < $1",
+                "UPDATE incidents SET status = 'closed', changed_at = $2, \
+                 episode_subject = NULL WHERE status = 'open' AND updated_unix_ms < $1",
             )
             .await
             .map_err(db)?;

@@ -31,7 +31,7 @@ use crate::{
     ActionQuery, ActionRecord, AlertQuery, AlertStatus, AlertStore, AuditEntry, AuditQuery,
     AuditRecord, AuditStore, ControlEventQuery, ControlEventStore, EncodedEvent, EventQuery,
     EventStore, IncidentQuery, IncidentStore, KeyFilter, KeyStore, Lease, LeaseStore,
-    MigrationReport, StoreError, StoredAlert, StoredIncident,
+    MigrationReport, Opened, StoreError, StoredAlert, StoredIncident,
 };
 
 /// Migration files in the order they apply; the position (1-based) is the schema version.
@@ -59,6 +59,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0006_control_events",
         include_str!("../migrations/sqlite/0006_control_events.sql"),
+    ),
+    (
+        "0007_incident_episodes",
+        include_str!("../migrations/sqlite/0007_incident_episodes.sql"),
     ),
 ];
 
@@ -119,9 +123,22 @@ const UPSERT_INCIDENT: &str = "INSERT INTO incidents (id, subject, key_id, tenan
      body_json = excluded.body_json, status = CASE WHEN ?12 = 1 AND incidents.status IN \
      ('acknowledged', 'resolved', 'closed') THEN 'open' ELSE incidents.status END";
 
-/// Closes the open incidents whose episode ended (served by `incidents_status_updated`).
-const CLOSE_QUIET_INCIDENTS: &str = "UPDATE incidents SET status = 'closed', changed_at = ?2 \
-     WHERE status = 'open' AND updated_unix_ms < ?1";
+/// Closes the open incidents whose episode ended (served by `incidents_status_updated`);
+/// they give up their subject's episode.
+const CLOSE_QUIET_INCIDENTS: &str = "UPDATE incidents SET status = 'closed', changed_at = ?2, \
+     episode_subject = NULL WHERE status = 'open' AND updated_unix_ms < ?1";
+
+/// A subject's episode held by a closed incident, or one quiet since before `?2` (the new
+/// incident's first alert less the gap), is over: its holder gives it up.
+const RELEASE_EPISODE: &str = "UPDATE incidents SET episode_subject = NULL \
+     WHERE episode_subject = ?1 AND (status = 'closed' OR updated_unix_ms < ?2)";
+
+/// A new incident holding its subject's episode; a conflict (the episode held by another
+/// writer's incident, or the id taken) inserts nothing.
+const OPEN_INCIDENT: &str = "INSERT INTO incidents (id, subject, key_id, tenant, severity, \
+     severity_rank, status, opened_unix_ms, updated_unix_ms, note, created_at, changed_at, \
+     body_json, episode_subject) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?10, \
+     ?11, ?2) ON CONFLICT DO NOTHING";
 
 const INSERT_INCIDENT_ALERT: &str = "INSERT INTO incident_alerts (incident_id, alert_id) \
      VALUES (?1, ?2) ON CONFLICT DO NOTHING";
@@ -1258,6 +1275,87 @@ impl AlertStore for SqliteStore {
 
 #[async_trait]
 impl IncidentStore for SqliteStore {
+    async fn open_incident(
+        &self,
+        incident: &Incident,
+        alert_ids: &[String],
+        gap_secs: u32,
+    ) -> Result<Opened, StoreError> {
+        let c = IncidentColumns::new(incident, alert_ids, OffsetDateTime::now_utc())?;
+        let stale_before = c.opened_unix_ms.saturating_sub(i64::from(gap_secs) * 1000);
+        self.write(move |conn| {
+            // One writer at a time (IMMEDIATE): release, insert and read back see no other.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            tx.prepare_cached(RELEASE_EPISODE)
+                .map_err(db)?
+                .execute(params![c.subject, stale_before])
+                .map_err(db)?;
+            let inserted = tx
+                .prepare_cached(OPEN_INCIDENT)
+                .map_err(db)?
+                .execute(params![
+                    c.id,
+                    c.subject,
+                    c.key_id,
+                    c.tenant,
+                    c.severity,
+                    c.severity_rank,
+                    c.status,
+                    c.opened_unix_ms,
+                    c.updated_unix_ms,
+                    c.now,
+                    c.body_json,
+                ])
+                .map_err(db)?;
+            if inserted == 0 {
+                let holder: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM incidents WHERE episode_subject = ?1",
+                        [&c.subject],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db)?;
+                if let Some(holder) = holder {
+                    let stored = get_incident(&tx, &holder)?.ok_or(StoreError::NotFound)?;
+                    tx.commit().map_err(db)?;
+                    return Ok(Opened::Running(stored));
+                }
+                // The id was taken by an incident that no longer holds the episode (written
+                // before it was opened here): store the content as any update would.
+                tx.prepare_cached(UPSERT_INCIDENT)
+                    .map_err(db)?
+                    .execute(params![
+                        c.id,
+                        c.subject,
+                        c.key_id,
+                        c.tenant,
+                        c.severity,
+                        c.severity_rank,
+                        c.status,
+                        c.opened_unix_ms,
+                        c.updated_unix_ms,
+                        c.now,
+                        c.body_json,
+                        0i64,
+                    ])
+                    .map_err(db)?;
+            }
+            {
+                let mut link = tx.prepare_cached(INSERT_INCIDENT_ALERT).map_err(db)?;
+                for a in &c.alert_ids {
+                    link.execute(params![c.id, a]).map_err(db)?;
+                }
+            }
+            let stored = get_incident(&tx, &c.id)?.ok_or(StoreError::NotFound)?;
+            tx.commit().map_err(db)?;
+            Ok(Opened::New(stored))
+        })
+        .await
+    }
+
     async fn upsert_incident(
         &self,
         incident: &Incident,
@@ -1524,7 +1622,8 @@ mod tests {
                 "0003_audit",
                 "0004_incidents",
                 "0005_leases",
-                "0006_control_events"
+                "0006_control_events",
+                "0007_incident_episodes"
             ]
         );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
@@ -1560,7 +1659,8 @@ mod tests {
                 "0003_audit",
                 "0004_incidents",
                 "0005_leases",
-                "0006_control_events"
+                "0006_control_events",
+                "0007_incident_episodes"
             ]
         );
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use stormwall_store::{
     AUDIT_GENESIS, ActionOutcome, ActionQuery, ActionRecord, AlertQuery, AlertStatus, AuditEntry,
     AuditQuery, AuditRecord, BatchWriter, ControlEventQuery, EventQuery, EventStore, EventsConfig,
-    IncidentQuery, KeyFilter, PostgresConfig, PostgresStore, ShutdownError, SqliteStore, Store,
-    StoreConfig, StoreError, StoredAlert, verify_audit,
+    IncidentQuery, KeyFilter, Opened, PostgresConfig, PostgresStore, ShutdownError, SqliteStore,
+    Store, StoreConfig, StoreError, StoredAlert, verify_audit,
 };
 use stormwall_types::safety::{Action as SafetyAction, Category};
 use stormwall_types::{
@@ -1907,6 +1907,74 @@ mod suite {
         }
     }
 
+    /// Replicas whose first alerts on one key arrive together each open an incident (their
+    /// own ids) at once: exactly one is stored, and every other opener is handed that one
+    /// to join. Another key's incident is no conflict; once the episode ended (the holder
+    /// quiet for longer than the gap, or closed) the next incident opens anew.
+    pub async fn incident_open_races(stores: Vec<Arc<dyn Store>>) {
+        const GAP: u32 = 3600;
+        for round in 0..4u32 {
+            let at = t0() + time::Duration::hours(i64::from(round) * 24);
+            let tasks: Vec<_> = (0..8usize)
+                .map(|i| {
+                    let store = Arc::clone(&stores[i % stores.len()]);
+                    let mut inc =
+                        incident(&format!("inc-r{round}-{i}"), Some(7), Severity::High, at);
+                    inc.opened_at = at + ms(i as i64);
+                    #[allow(clippy::disallowed_methods)]
+                    tokio::spawn(async move {
+                        let alert = format!("alert-r{round}-{i}");
+                        store.open_incident(&inc, &[alert], GAP).await.unwrap()
+                    })
+                })
+                .collect();
+            let mut new = Vec::new();
+            let mut running = std::collections::BTreeSet::new();
+            for t in tasks {
+                match t.await.unwrap() {
+                    Opened::New(s) => new.push(s.incident.id),
+                    Opened::Running(s) => {
+                        running.insert(s.incident.id);
+                    }
+                }
+            }
+            assert_eq!(new.len(), 1, "round {round}: {new:?} opened");
+            assert!(
+                running.iter().all(|id| *id == new[0]),
+                "round {round}: {running:?} against {new:?}"
+            );
+            let q = IncidentQuery {
+                key_id: Some(key_id(7)),
+                since: Some(at),
+                ..Default::default()
+            };
+            let stored = stores[0].list_incidents(&q).await.unwrap();
+            assert_eq!(stored.len(), 1, "round {round}");
+        }
+        // Another subject opens its own while key 7's episode runs.
+        let at = t0() + time::Duration::hours(72) + ms(30);
+        let other = incident("inc-other", Some(8), Severity::High, at);
+        assert!(matches!(
+            stores[0].open_incident(&other, &[], GAP).await.unwrap(),
+            Opened::New(_)
+        ));
+        // Within the gap of key 7's latest incident: joined; after a close, a new one.
+        let near = incident("inc-near", Some(7), Severity::High, at);
+        assert!(matches!(
+            stores[0].open_incident(&near, &[], GAP).await.unwrap(),
+            Opened::Running(s) if s.incident.id.starts_with("inc-r3-")
+        ));
+        let closed = stores[0]
+            .close_quiet_incidents(at + time::Duration::seconds(1), t0())
+            .await
+            .unwrap();
+        assert!(closed >= 1);
+        assert!(matches!(
+            stores[0].open_incident(&near, &[], GAP).await.unwrap(),
+            Opened::New(s) if s.incident.id == "inc-near"
+        ));
+    }
+
     /// Rows changed or removed behind the store's back (`exec` runs SQL on the database
     /// directly) fail verification at the record concerned.
     pub async fn audit_tampering_is_detected<F, Fut>(store: Arc<dyn Store>, exec: F)
@@ -2180,6 +2248,30 @@ async fn postgres_lease_races_have_one_winner() {
     drop_schema(&url, &schema).await;
 }
 
+/// Eight replicas (four pools on one schema) opening one key's incident at once: one opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_incident_open_races_open_one() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(open_pg(&url, &schema).await);
+    }
+    suite::incident_open_races(stores).await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_incident_open_races_open_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stormwall.db");
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..2 {
+        stores.push(Arc::new(SqliteStore::open(&path).await.unwrap()));
+    }
+    suite::incident_open_races(stores).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_lease_races_have_one_winner() {
     let dir = tempfile::tempdir().unwrap();
@@ -2288,7 +2380,8 @@ async fn postgres_upgrade_from_0001_applies_0002_once() {
             "0003_audit",
             "0004_incidents",
             "0005_leases",
-            "0006_control_events"
+            "0006_control_events",
+            "0007_incident_episodes"
         ]
     );
     assert_eq!(report.version, stormwall_store::postgres::SCHEMA_VERSION);
@@ -2408,7 +2501,8 @@ async fn sqlite_migrate_reports_and_is_idempotent() {
             "0003_audit",
             "0004_incidents",
             "0005_leases",
-            "0006_control_events"
+            "0006_control_events",
+            "0007_incident_episodes"
         ]
     );
     assert_eq!(first.version, stormwall_store::sqlite::SCHEMA_VERSION);

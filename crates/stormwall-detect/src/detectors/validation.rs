@@ -191,6 +191,11 @@ const V7_TESTS: u32 = (1 << 4) | (1 << 5) | (1 << 7);
 const V7_ROLEPLAY: u32 = 1 << 6;
 /// Seconds a takeover window stays open after its first foreign request.
 pub const V7_WINDOW: i64 = 3_600;
+/// Bit (outside the signal table: no points of its own) of a probe or listing by a new
+/// client that the owner or tenant sends habitually, or that a client sent while it passed
+/// for the owner's new tool: no test on a network the owner never used, but inside the
+/// owner's /24 a new client's test all the same (see `inside`).
+const V7_HABIT_TEST: u32 = 1 << 9;
 
 /// The takeover points of a set of V7 signal kinds.
 pub fn v7_points(kinds: u32) -> u32 {
@@ -229,9 +234,16 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         || slot_has(&owner.countries, cc)
         || o.country_h
             .is_some_and(|h| tenant.is_some_and(|t| t.countries.contains(h)));
-    let client_known = slot_has(&owner.shapes, shape)
-        || owner.families & fam != 0
-        || tenant.is_some_and(|t| t.shapes.contains(o.shape) || t.families.contains(o.family.id()));
+    // An official SDK's user agent without the SDK's own headers is someone's forgery: it is
+    // known by its exact header shape only, never by the family it claims (a taker on the
+    // owner's network claiming the owner's SDK is not the owner).
+    let forged = o.family.is_stainless_sdk() && !o.stainless;
+    let family_known = !forged
+        && (owner.families & fam != 0
+            || tenant.is_some_and(|t| t.families.contains(o.family.id())));
+    let mut client_known = slot_has(&owner.shapes, shape)
+        || family_known
+        || tenant.is_some_and(|t| t.shapes.contains(o.shape));
     let net24 = (crate::sketch::mix64(o.net) as u16).max(1);
     // A new client on another /24 of the owner's own ASN in a country the owner or tenant
     // uses, when the owner is one household line or a few app hosts (not a pool it rotates
@@ -284,6 +296,20 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         && o.flag.is_none_or(|f| has_flag(owner_flags, f))
         && (cc_known || near)
         && (slot_has(&owner.shapes, shape) || tenant.is_some_and(|t| t.shapes.contains(o.shape)));
+    // A client bridged in as the owner's new tool by its ordinary chat, which then fronts
+    // role-play on a tenant without it within the hour, was a taker whose first request was
+    // ordinary: foreign again, and a probe or listing it sent meanwhile was its test. (Its
+    // tests alone prove nothing: a CI job's second tool probes and lists too.)
+    let bridged = ks.takeover.as_ref().and_then(|t| {
+        t.bridged
+            .iter()
+            .find(|b| b.0 == shape && o.t - b.1 <= V7_WINDOW)
+            .copied()
+    });
+    let provisional = bridged.is_some() && o.roleplay && !roleplay_habit;
+    if provisional {
+        client_known = false;
+    }
     // A client that tested the key in the open takeover window is the taker doing its
     // ordinary work next (a chat after its probe), not the owner's new tool.
     let tester = ks
@@ -295,6 +321,23 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         && o.flag.is_none_or(|f| has_flag(owner_flags, f))
         && (asn_known && !client_known || owner_shape_nearby);
     if first || asn_known && client_known || bridge {
+        // A new client on the owner's network, learned on ordinary work alone: remembered
+        // for the hour, in case it tests the key next (`provisional`).
+        if bridge && asn_known && !client_known && !first {
+            let tk = ks.takeover.get_or_insert_with(Box::default);
+            tk.bridged.retain(|b| o.t - b.1 <= V7_WINDOW);
+            if tk.bridged.len() < 4 && !tk.bridged.iter().any(|b| b.0 == shape) {
+                tk.bridged.push((shape, o.t, false));
+            }
+        } else if bridged.is_some()
+            && (o.probe || o.listing)
+            && let Some(b) = ks
+                .takeover
+                .as_mut()
+                .and_then(|t| t.bridged.iter_mut().find(|b| b.0 == shape))
+        {
+            b.2 = true;
+        }
         // The owner (or the tenant's own client on its own network): learn it.
         let owner = &mut ks.owner;
         if asn != 0 {
@@ -341,6 +384,7 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if tk.kinds == 0 || o.t - tk.since > V7_WINDOW {
         **tk = crate::state::Takeover {
             since: o.t,
+            bridged: std::mem::take(&mut tk.bridged),
             ..Default::default()
         };
     }
@@ -375,6 +419,13 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
             1 << 8,
             tk.nets.len() >= 3 && tk.asns.len() >= 2 || tk.minute.1 >= 10,
         ),
+        (
+            V7_HABIT_TEST,
+            (o.probe && probe_habit || o.listing && listing_habit)
+                && !client_known
+                && !owner_shape_nearby
+                || provisional && bridged.is_some_and(|b| b.2),
+        ),
     ] {
         if on {
             kinds |= bit;
@@ -397,12 +448,17 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     // someone else: the owner's developer trying a new tool on its own network probes and
     // lists but brings no role-play front end. That combination is enough on its own (four
     // points: there is no network to add one).
+    // A listing or probe the owner sends too counts there as this new client's test (and
+    // its point): the owner's SDK listing at start-up says nothing of a role-play front end
+    // on another address of the owner's own line.
+    let habit_test = all & V7_TESTS == 0 && all & V7_HABIT_TEST != 0;
     let inside = all & V7_NETWORK == 0
         && all & V7_ROLEPLAY != 0
         && all & V7_NEW_CLIENT != 0
-        && all & V7_TESTS != 0;
+        && (all & V7_TESTS != 0 || habit_test);
     let fires = if inside {
         let bar = ctx.th().v7_min_points.saturating_sub(1).max(1);
+        let points = points + u32::from(habit_test);
         f64::from(points) >= f64::from(bar) * ks.factor(DetectorId::V7)
     } else {
         f64::from(points) >= min && all & V7_NETWORK != 0 && all & V7_INTENT != 0

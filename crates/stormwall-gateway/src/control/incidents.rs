@@ -5,9 +5,9 @@
 //! mark an incident false-positive through the admin API; the change applies to its alerts
 //! and is written to the audit log.
 
-use stormwall_detect::incident::{Change, subject_of};
+use stormwall_detect::incident::{Change, Update, subject_of};
 use stormwall_store::{
-    ActionOutcome, ActionQuery, ActionRecord, AlertStatus, IncidentQuery, StoreError,
+    ActionOutcome, ActionQuery, ActionRecord, AlertStatus, IncidentQuery, Opened, StoreError,
     StoredIncident,
 };
 use stormwall_types::{Alert, IncidentStatus};
@@ -29,9 +29,16 @@ pub async fn record(state: &ControlPlane, alert: &Alert, action: Option<&ActionR
         .map(|r| &r.action);
     resume_stored(state, alert).await;
     merge_stored(state, alert).await;
-    let Some(update) = state.alerts.group(alert, action) else {
+    let Some(mut update) = state.alerts.group(alert, action) else {
         return;
     };
+    if update.change == Change::Opened {
+        match open_or_join(state, alert, action, update).await {
+            Ok(u) => update = u,
+            Err(None) => return,
+            Err(Some(u)) => update = u,
+        }
+    }
     let escalated = update.change == Change::Escalated;
     let written = match state
         .store
@@ -77,6 +84,38 @@ pub async fn record(state: &ControlPlane, alert: &Alert, action: Option<&ActionR
         && let Some(hook) = &state.webhook
     {
         hook.send_incident(change_name(update.change), &stored);
+    }
+}
+
+/// A newly opened incident is stored through the store's atomic opening: two replicas
+/// whose first alerts on one subject arrive together (neither finding the other's incident
+/// to resume) would otherwise open two. When another replica's incident already holds the
+/// subject's episode, this replica takes it in place of its own and the alert joins it
+/// (the update then says appended or escalated, and the opening is not notified twice).
+/// `Ok` is the update to write as usual (an opened one is stored already; the usual write
+/// after it changes nothing), `Err(Some)` the update to fall back on when the store failed,
+/// `Err(None)` when the alert no longer groups.
+async fn open_or_join(
+    state: &ControlPlane,
+    alert: &Alert,
+    action: Option<&stormwall_types::Action>,
+    update: Update,
+) -> Result<Update, Option<Update>> {
+    let gap = state.alerts.with_grouper(|g| g.episode_gap_secs());
+    match state
+        .store
+        .open_incident(&update.incident, std::slice::from_ref(&alert.id), gap)
+        .await
+    {
+        Ok(Opened::New(_)) => Ok(update),
+        Ok(Opened::Running(held)) => {
+            state.alerts.with_grouper(|g| g.adopt(held.incident));
+            state.alerts.group(alert, action).ok_or(None)
+        }
+        Err(e) => {
+            tracing::warn!(incident_id = %update.incident.id, error = %e, "cannot open an incident");
+            Err(Some(update))
+        }
     }
 }
 
