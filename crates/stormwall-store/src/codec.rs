@@ -25,6 +25,9 @@ pub(crate) struct Window<'a> {
     /// plain id order (the same thing for time-ordered ids).
     pub(crate) after_id: Option<&'a str>,
     pub(crate) limit: Option<usize>,
+    /// Newest rows first (the caller puts them back in time order), so a limit keeps the
+    /// latest matches.
+    pub(crate) newest: bool,
 }
 
 impl<'a> Window<'a> {
@@ -36,6 +39,7 @@ impl<'a> Window<'a> {
             until: q.until,
             after_id: q.after_id.as_deref(),
             limit: q.limit,
+            newest: false,
         }
     }
 
@@ -47,6 +51,16 @@ impl<'a> Window<'a> {
             until: q.until,
             after_id: q.after_id.as_deref(),
             limit: q.limit,
+            newest: q.newest,
+        }
+    }
+
+    /// The `ORDER BY` clause of this window.
+    pub(crate) fn order(&self) -> &'static str {
+        if self.newest {
+            " ORDER BY ts_unix_ms DESC, id DESC"
+        } else {
+            " ORDER BY ts_unix_ms, id"
         }
     }
 }

@@ -242,6 +242,9 @@ pub struct ControlEventQuery {
     pub after_id: Option<String>,
     /// At most this many events (`None`: no limit).
     pub limit: Option<usize>,
+    /// With a `limit`, keep the newest matches rather than the oldest (a page that shows
+    /// "the latest calls"); the result is still in time order.
+    pub newest: bool,
 }
 
 /// Management-plane calls read from cloud logs ([`ControlEvent`]), kept beside usage events

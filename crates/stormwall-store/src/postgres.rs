@@ -705,7 +705,7 @@ impl QueryBuilder {
                 None => self.push(" AND id > ?", Box::new(after.to_owned())),
             }
         }
-        self.sql.push_str(" ORDER BY ts_unix_ms, id");
+        self.sql.push_str(w.order());
         self.limit(w.limit);
         Ok(())
     }
@@ -1066,7 +1066,13 @@ impl ControlEventStore for PostgresStore {
                 let body: String = row.try_get(1).map_err(db)?;
                 decode_control(&id, &body)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|mut events| {
+                if q.newest {
+                    events.reverse();
+                }
+                events
+            })
     }
 
     async fn delete_control_events_before(

@@ -584,7 +584,7 @@ fn push_window(
             }
         }
     }
-    sql.push_str(" ORDER BY ts_unix_ms, id");
+    sql.push_str(w.order());
     if let Some(limit) = w.limit {
         sql.push_str(" LIMIT ?");
         args.push(limit_value(limit));
@@ -1159,7 +1159,11 @@ impl ControlEventStore for SqliteStore {
         let query = query.clone();
         self.read(move |conn| {
             let (sql, args) = build_control_query(conn, &query)?;
-            query_decoded(conn, &sql, &args, decode_control)
+            let mut events = query_decoded(conn, &sql, &args, decode_control)?;
+            if query.newest {
+                events.reverse();
+            }
+            Ok(events)
         })
         .await
     }

@@ -826,6 +826,26 @@ mod suite {
         assert_eq!(seen, ["c1", "c2", "c3", "c4", "c5"]);
         // A cursor the store does not hold reads as "ids after it".
         assert_eq!(by(|q| q.after_id = Some("c35".into())).await, "c4,c5");
+        // `newest` keeps the latest matches under a limit, still in time order; without a
+        // limit it changes nothing.
+        assert_eq!(
+            by(|q| {
+                q.newest = true;
+                q.limit = Some(2);
+            })
+            .await,
+            "c4,c5"
+        );
+        assert_eq!(
+            by(|q| {
+                q.newest = true;
+                q.limit = Some(2);
+                q.principal = Some("oid:alice".into());
+            })
+            .await,
+            "c1,c3"
+        );
+        assert_eq!(by(|q| q.newest = true).await, "c1,c2,c3,c4,c5");
         // Control events are not usage events.
         assert_eq!(store.count_events().await.unwrap(), 0);
     }

@@ -1119,6 +1119,7 @@ async fn control_events(
         account: control_filter(query, "account")?,
         after_id: after_param(query)?,
         limit: Some(limit),
+        newest: false,
     };
     let control_events = app
         .store

@@ -153,6 +153,8 @@ pub async fn assess(
             since: q.since,
             until: q.until,
             limit: Some(MAX_RECORDS),
+            // Past the cap the graph keeps the latest calls, as it does alerts.
+            newest: true,
             ..ControlEventQuery::default()
         })
         .await?;

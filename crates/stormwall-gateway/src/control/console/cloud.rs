@@ -110,6 +110,7 @@ pub async fn queue(ctx: &Ctx<'_>) -> Page {
         principal: filter(ctx, "principal"),
         account: filter(ctx, "account"),
         limit: Some(READ_MAX),
+        newest: true,
         ..Default::default()
     };
     let events = match ctx.app.store.query_control_events(&q).await {
@@ -149,13 +150,13 @@ pub async fn queue(ctx: &Ctx<'_>) -> Page {
         E(action_name.as_deref().unwrap_or("")),
     );
     let newest: Vec<&ControlEvent> = events.iter().rev().take(SHOWN).collect();
-    // The store reads a window oldest first: past the cap, what is listed is the newest of
-    // its first READ_MAX calls, and the page says so rather than call them the newest.
+    // The store keeps the newest READ_MAX calls of the window; past that the totals are
+    // lower bounds (the `+`), and the page says the older calls are not counted.
     let title = if more.is_empty() {
         "Management calls, newest first".to_owned()
     } else {
         format!(
-            "Management calls: the newest of the window's first {READ_MAX} (choose a shorter window or a filter to see the latest)"
+            "Management calls, newest first (totals count the window's latest {READ_MAX}; choose a shorter window or a filter to count the rest)"
         )
     };
     h.push_str(&table(
@@ -183,6 +184,7 @@ pub async fn principal(ctx: &Ctx<'_>, id: &str) -> Page {
         .query_control_events(&ControlEventQuery {
             key_id: Some(key.clone()),
             limit: Some(READ_MAX),
+            newest: true,
             ..Default::default()
         })
         .await
