@@ -20,6 +20,13 @@
 //! heads with such a model (`HeadsConfig::ngram_bits`, default none); `CHAT_REACH=R` lets
 //! at most that share of benign dev chat into the band (`HeadsConfig::chat_max_reach`).
 //!
+//!   cargo run --release -p stormwall-safety --example cascade -- diag MODEL_DIR TRANSFORM FILE.jsonl...
+//!
+//! lists the development part's harmful records whose flag the transform (`homoglyph`,
+//! `rot13`…) changes, with the fast tier's strongest score and the cascade's probability for
+//! both texts. `IMAGE_FPR=F` sets the image benign false-positive cap
+//! (`HeadsConfig::image_max_fpr`), `L2_GRID=a,b,…` the any-harm heads' penalties.
+//!
 //!   cargo run --release -p stormwall-safety --example cascade -- reach [--heads FILE] [--split dev|test] FILE...
 //!
 //! counts the chat prompts that would reach the encoder (fast tier and band only, no model):
@@ -527,6 +534,12 @@ fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Er
     {
         cfg.chat_max_reach = r;
     }
+    if let Some(r) = std::env::var("IMAGE_FPR").ok().and_then(|v| v.parse().ok()) {
+        cfg.image_max_fpr = r;
+    }
+    if let Ok(g) = std::env::var("L2_GRID") {
+        cfg.l2_grid = g.split(',').filter_map(|x| x.parse().ok()).collect();
+    }
     if let Some(b) = std::env::var("NGRAM_BITS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -554,6 +567,7 @@ fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Er
     );
     line("image fast tier", &rep.image_fast);
     line("image cascade", &rep.image_cascade);
+    line("image cascade, nested", &rep.image_nested);
     eprintln!(
         "image sexual recall: fast tier {:.3}, cascade {:.3}",
         rep.image_sexual_recall.0, rep.image_sexual_recall.1
@@ -663,6 +677,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let m = stormwall_safety::model::train_on_records(&train, &TrainConfig::default());
                 show(&format!("fold {k}"), &m.to_bytes());
             }
+            Ok(())
+        }
+        Some("diag") if args.len() >= 4 => {
+            // Development records only: harmful ones the default profile flags in clean text
+            // but not under a transform (or the reverse), with what each tier said: a
+            // diagnosis aid, not figures.
+            let transform = Transform::ALL
+                .into_iter()
+                .find(|t| t.as_str() == args[2])
+                .ok_or("unknown transform")?;
+            let files: Vec<PathBuf> = args[3..].iter().map(PathBuf::from).collect();
+            let records = read(&files, Some(Part::Dev))?;
+            let encoder = Some(Arc::new(Encoder::from_dir(Path::new(&args[1]))?));
+            let screener = Screener::builder().encoder(encoder).build()?;
+            let profile = Profile::builtin("default").ok_or("no default profile")?;
+            let (mut lost, mut won, mut n) = (0, 0, 0);
+            for r in records.iter().filter(|r| r.harmful) {
+                let seed = stormwall_safety::eval::stable_hash(&r.id);
+                let t = transform.apply(&r.text, seed);
+                let a = screener.analyze_for(&r.text, r.kind);
+                let b = screener.analyze_for(&t, r.kind);
+                let fa = a.decide(r.kind, &profile).action >= stormwall_safety::Action::Flag;
+                let fb = b.decide(r.kind, &profile).action >= stormwall_safety::Action::Flag;
+                n += 1;
+                if fa != fb {
+                    if fa {
+                        lost += 1;
+                    } else {
+                        won += 1;
+                    }
+                    let p = |a: &stormwall_safety::Analysis| {
+                        a.cascade().map(|c| (c.probability, c.threshold))
+                    };
+                    println!(
+                        "{} {} clean max {:.3} cascade {:?} | {} max {:.3} cascade {:?}",
+                        if fa { "LOST" } else { "WON " },
+                        r.source,
+                        a.max_score(),
+                        p(&a),
+                        transform.as_str(),
+                        b.max_score(),
+                        p(&b),
+                    );
+                }
+            }
+            println!("harmful {n}: lost {lost}, won {won}");
             Ok(())
         }
         Some("reach") if args.len() >= 2 => {

@@ -50,9 +50,10 @@ pub const CASCADE_HEADS: &[Category] = model::DEFAULT_HEADS;
 /// Cross-validation folds for stacking and threshold choice.
 pub const FOLDS: u32 = 5;
 /// Image operating point: the highest dev cross-validated F1 at no more than this benign
-/// false-positive rate (the target is 2% on unseen prompts; the margin absorbs the
-/// difference between folds and the test part).
-pub const IMAGE_MAX_FPR: f64 = 0.017;
+/// false-positive rate. The target is 2% on unseen prompts; this is the largest cap
+/// (of 1.7–2.0%) whose nested estimate on dev (points chosen on four folds, counted on the
+/// fifth: [`TrainReport::image_nested`]) stays within 2% — 2.0% itself gave 2.2%.
+pub const IMAGE_MAX_FPR: f64 = 0.019;
 /// Chat prompts reaching the encoder: at most this share of benign dev chat prompts.
 pub const CHAT_MAX_REACH: f64 = 0.10;
 
@@ -651,6 +652,8 @@ pub struct HeadsConfig {
     /// Chat prompts reaching the encoder: at most this share of benign dev chat prompts
     /// (out-of-fold fast-tier scores) falls in the band.
     pub chat_max_reach: f64,
+    /// The image operating points' benign false-positive cap on out-of-fold dev predictions.
+    pub image_max_fpr: f64,
     /// log2 of the image n-gram model's bucket count (0: no n-gram model, the default: on
     /// dev, 5-fold out of fold at 1.7% benign FPR, 2^16 buckets moved image F1 0.744 →
     /// 0.746 and cost the sexual route 2.4 points of recall, 0.848 → 0.824; not worth its
@@ -666,6 +669,7 @@ impl Default for HeadsConfig {
             steps: 300,
             learning_rate: 0.05,
             chat_max_reach: CHAT_MAX_REACH,
+            image_max_fpr: IMAGE_MAX_FPR,
             ngram_bits: 0,
         }
     }
@@ -874,6 +878,8 @@ pub struct TrainReport {
     pub image_fast: Counts,
     /// Development image prompts, the cascade at the chosen point (out of fold).
     pub image_cascade: Counts,
+    /// Development image prompts, each fold at the points chosen on the other four (nested).
+    pub image_nested: Counts,
     /// Development chat prompts, fast tier alone (out of fold).
     pub chat_fast: Counts,
     /// Development chat prompts, the cascade at the chosen point and band (out of fold).
@@ -1078,7 +1084,7 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
             .map_or(0, |(g, _)| g)
     };
     let (gi, gc) = (
-        pick(Kind::Image, IMAGE_MAX_FPR),
+        pick(Kind::Image, cfg.image_max_fpr),
         pick(Kind::Chat, fast_chat_fpr + 0.02),
     );
     let oof: Vec<f32> = rows
@@ -1120,18 +1126,38 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
         c
     };
     let sexual_grid: Vec<f32> = (1..100).map(|i| i as f32 / 100.0).chain([2.0]).collect();
-    let (image_t, image_ts) = grid
-        .iter()
-        .flat_map(|&t| sexual_grid.iter().map(move |&ts| (t, ts)))
-        .map(|(t, ts)| (t, ts, image_counts(t, ts)))
-        .filter(|(_, _, c)| c.fpr() <= IMAGE_MAX_FPR)
-        // On a tie the sexual head stays off: a second route must earn its place.
-        .max_by(|a, b| {
-            a.2.f1()
-                .total_cmp(&b.2.f1())
-                .then((a.1 > 1.0).cmp(&(b.1 > 1.0)))
-        })
-        .map_or((1.0, 2.0), |(t, ts, _)| (t, ts));
+    // The operating points with the best F1 at the cap over the image rows `use_row` admits.
+    let choose = |use_row: &dyn Fn(&Row) -> bool| {
+        let sub: Vec<&(&Row, f32, f32)> =
+            image_rows.iter().filter(|(r, _, _)| use_row(r)).collect();
+        grid.iter()
+            .flat_map(|&t| sexual_grid.iter().map(move |&ts| (t, ts)))
+            .map(|(t, ts)| {
+                let mut c = Counts::default();
+                for (r, p, s) in &sub {
+                    c.add(r.harmful, decide_row_sexual(r, *p, t, (0.0, 1.0), (*s, ts)));
+                }
+                (t, ts, c)
+            })
+            .filter(|(_, _, c)| c.fpr() <= cfg.image_max_fpr)
+            // On a tie the sexual head stays off: a second route must earn its place.
+            .max_by(|a, b| {
+                a.2.f1()
+                    .total_cmp(&b.2.f1())
+                    .then((a.1 > 1.0).cmp(&(b.1 > 1.0)))
+            })
+            .map_or((1.0, 2.0), |(t, ts, _)| (t, ts))
+    };
+    let (image_t, image_ts) = choose(&|_| true);
+    // Nested: the operating points chosen on four folds' out-of-fold predictions, applied to
+    // the fifth's, so the cap's effect on unseen prompts is estimated without choosing on them.
+    let mut image_nested = Counts::default();
+    for k in 0..FOLDS {
+        let (t, ts) = choose(&|r: &Row| r.fold != k);
+        for (r, p, s) in image_rows.iter().filter(|(r, _, _)| r.fold == k) {
+            image_nested.add(r.harmful, decide_row_sexual(r, *p, t, (0.0, 1.0), (*s, ts)));
+        }
+    }
     let sexual_recall = |pred: &dyn Fn(&Row, f32, f32) -> bool| {
         let (mut hit, mut all) = (0u32, 0u32);
         for (r, p, s) in image_rows
@@ -1202,6 +1228,7 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
     let report = TrainReport {
         image_fast: fast_only(Kind::Image),
         image_cascade: image_counts(image_t, image_ts),
+        image_nested,
         image_sexual_recall,
         chat_fast: fast_chat,
         chat_cascade: counts(Kind::Chat, chat_t, band),

@@ -295,7 +295,7 @@ fn normalize_into(
     };
 
     let text_view = emit(ViewKind::Text, depth, &base, &[], None);
-    let skel = skeleton_units(&base, &mut sig);
+    let skel = skeleton_units(text, &base, &mut sig);
     let skel_view = skel
         .as_ref()
         .map(|s| emit(ViewKind::Skeleton, depth, s, &[], None));
@@ -643,7 +643,10 @@ fn emit(
 }
 
 /// Maps non-ASCII letters that look like ASCII ones onto them; `None` when nothing changed.
-fn skeleton_units(units: &[Unit], sig: &mut Signals) -> Option<Vec<Unit>> {
+/// A letter is looked up as `text` (the folded units' source) wrote it: many capitals are
+/// look-alikes whose lowercase is not (Cyrillic `К` `М` `Т` `Н` `В`, Greek `Ν`), and Greek
+/// `ν`, lowercased from a look-alike `N`, would read as `v`.
+fn skeleton_units(text: &str, units: &[Unit], sig: &mut Signals) -> Option<Vec<Unit>> {
     if units.iter().all(|u| u.c.is_ascii()) {
         return None;
     }
@@ -677,7 +680,8 @@ fn skeleton_units(units: &[Unit], sig: &mut Signals) -> Option<Vec<Unit>> {
         let mut proto = [' '; 4];
         let mut n = 0usize;
         let mut ascii = true;
-        for p in unicode_security::skeleton(u.c.encode_utf8(&mut buf)) {
+        let written = written_as(text, u);
+        for p in unicode_security::skeleton(written.encode_utf8(&mut buf)) {
             // Overlays and accents in a prototype (ø is o + a slash) are diacritics here.
             if is_combining_mark(p) {
                 continue;
@@ -706,6 +710,19 @@ fn skeleton_units(units: &[Unit], sig: &mut Signals) -> Option<Vec<Unit>> {
     }
     sig.confusables += changed;
     Some(out)
+}
+
+/// The character `text` has where the unit came from, when the unit is only its lowercase
+/// (otherwise, as after compatibility folding or decomposition, the unit's own character).
+fn written_as(text: &str, u: &Unit) -> char {
+    let mut chars = text
+        .get(u.start as usize..u.end as usize)
+        .unwrap_or("")
+        .chars();
+    match (chars.next(), chars.next()) {
+        (Some(o), None) if o != u.c && o.to_lowercase().eq(std::iter::once(u.c)) => o,
+        _ => u.c,
+    }
 }
 
 fn leet_letter(c: char) -> Option<char> {
@@ -1052,6 +1069,22 @@ mod tests {
         let n = normalize("n\u{0430}k\u{0435}d");
         assert_eq!(view(&n, ViewKind::Skeleton), Some("naked"));
         assert_eq!(n.signals.mixed_script_words, 1);
+    }
+
+    #[test]
+    fn skeleton_reads_lookalike_capitals_as_written() {
+        // Capitals whose lowercase is no look-alike (`К` → `к`), and Greek `Ν`, whose
+        // lowercase `ν` would read as `v`.
+        let n =
+            normalize("\u{0422}H\u{0415} \u{0412}ES\u{0422} \u{041C}A\u{041A}E \u{039D}EIGHBOR");
+        assert_eq!(view(&n, ViewKind::Skeleton), Some("the best make neighbor"));
+        assert_eq!(n.signals.mixed_script_words, 4);
+        // Lowercase look-alikes fold as before; a word of another script stays as it is.
+        let n = normalize("\u{0441}\u{043E}ok \u{043F}\u{0440}\u{0438}\u{0432}\u{0435}\u{0442}");
+        assert_eq!(
+            view(&n, ViewKind::Skeleton),
+            Some("cook \u{43f}p\u{438}\u{432}e\u{442}")
+        );
     }
 
     #[test]
