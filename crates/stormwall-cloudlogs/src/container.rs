@@ -123,12 +123,20 @@ fn line_of(text: &str, part: &str) -> usize {
 }
 
 fn lines(text: &str, f: &mut dyn FnMut(usize, &str)) {
-    for (i, line) in text.split('\n').enumerate() {
+    // Split at every `\n` with memchr's SIMD search (what `str::split('\n')` does, faster
+    // on long records); `\n` is ASCII, so every piece is on a character boundary.
+    let mut start = 0usize;
+    let mut i = 0usize;
+    let ends = memchr::memchr_iter(b'\n', text.as_bytes()).chain(std::iter::once(text.len()));
+    for end in ends {
+        i += 1;
+        let line = text.get(start..end).unwrap_or_default();
+        start = end + 1;
         let l = line.trim();
         if l.is_empty() {
             continue;
         }
-        f(i + 1, l);
+        f(i, l);
     }
 }
 

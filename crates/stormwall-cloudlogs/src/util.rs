@@ -56,6 +56,22 @@ pub fn parse_ip(s: &str) -> Option<(IpAddr, bool)> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some((ip, false));
     }
+    // The usual mask, `a.b.c.***` (every Azure diagnostic record): read on the stack. The
+    // general rewrite below gives the same address for it.
+    if let Some(net) = s.strip_suffix(".***")
+        && !net.contains(['*', 'x'])
+    {
+        let mut buf = [0u8; 48];
+        if let Some(dst) = buf.get_mut(..net.len() + 2) {
+            let (head, tail) = dst.split_at_mut(net.len());
+            head.copy_from_slice(net.as_bytes());
+            tail.copy_from_slice(b".0");
+            return std::str::from_utf8(dst)
+                .ok()
+                .and_then(|t| t.parse::<IpAddr>().ok())
+                .map(|ip| (mask24(ip), true));
+        }
+    }
     if s.contains('*') || s.ends_with(".xxx") {
         let cleaned: String = s.replace("***", "0").replace("xxx", "0").replace('*', "0");
         if let Ok(ip) = cleaned.parse::<IpAddr>() {
@@ -213,24 +229,46 @@ pub fn azure_segment(resource_id: &str, kind: &str) -> Option<String> {
 /// A fresh usage event for a cloud record (no gateway fields; `source.ip` unspecified until
 /// set).
 pub fn usage(id: String, t: OffsetDateTime, dataset: &str, method: &str, path: &str) -> UsageEvent {
-    let mut e = UsageEvent::new(id, t, IpAddr::V4(Ipv4Addr::UNSPECIFIED), method, path);
-    e.dataset = dataset.to_owned();
-    e
+    UsageEvent::new_in(
+        dataset,
+        id,
+        t,
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        method,
+        path,
+    )
 }
 
 /// The endpoint a model name suggests for a generic invocation.
 pub fn endpoint_for_model(model: &str) -> Endpoint {
-    let m = model.to_ascii_lowercase();
-    if m.contains("embed") {
+    // Every CloudTrail invocation comes here: the model id is lower-cased on the stack
+    // (ASCII only, as the needles are) and searched with finders built once.
+    static IMAGE: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::LazyLock::new(|| {
+            // `titan-image` and `imagen` are image models too; "image" finds both.
+            ["image", "stable-diffusion", "sd3", "nova-canvas", "dall-e"]
+                .iter()
+                .map(|n| memchr::memmem::Finder::new(n.as_bytes()))
+                .collect()
+        });
+    static EMBED: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"embed"));
+    let mut stack = [0u8; 256];
+    let heap;
+    let m: &[u8] = match stack.get_mut(..model.len()) {
+        Some(buf) => {
+            buf.copy_from_slice(model.as_bytes());
+            buf.make_ascii_lowercase();
+            buf
+        }
+        None => {
+            heap = model.to_ascii_lowercase();
+            heap.as_bytes()
+        }
+    };
+    if EMBED.find(m).is_some() {
         Endpoint::Embeddings
-    } else if m.contains("image")
-        || m.contains("stable-diffusion")
-        || m.contains("sd3")
-        || m.contains("titan-image")
-        || m.contains("nova-canvas")
-        || m.contains("imagen")
-        || m.contains("dall-e")
-    {
+    } else if IMAGE.iter().any(|f| f.find(m).is_some()) {
         Endpoint::ImagesGenerations
     } else {
         Endpoint::ChatCompletions
@@ -262,6 +300,84 @@ mod tests {
         );
         assert_eq!(parse_ip("bedrock.amazonaws.com"), None);
         assert_eq!(parse_ip(""), None);
+    }
+
+    #[test]
+    fn masked_addresses_read_on_the_stack_match_the_general_rewrite() {
+        // The rewrite every masked address took before the stack path.
+        let general = |s: &str| {
+            let cleaned = s.replace("***", "0").replace("xxx", "0").replace('*', "0");
+            cleaned.parse::<IpAddr>().ok().map(|ip| (mask24(ip), true))
+        };
+        for s in [
+            "81.2.69.***",
+            "198.51.100.***",
+            " 10.0.0.*** ",
+            "300.1.1.***",
+            "1.2.***",
+            ".***",
+            "***",
+            "1.2.3.4.***",
+            "a.b.c.***",
+            "1.2.3.xxx",
+            "1.2.3.x***",
+            "1.2*.3.***",
+            "2001:db8::***",
+            "123456789012345678901234567890123456789012345678.***",
+        ] {
+            let want = if s.trim().parse::<IpAddr>().is_ok() {
+                continue;
+            } else if s.contains('*') || s.trim().ends_with(".xxx") {
+                general(s.trim())
+            } else {
+                None
+            };
+            assert_eq!(parse_ip(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn endpoint_for_model_matches_a_lower_cased_scan() {
+        // The classification before the prebuilt finders.
+        let scan = |model: &str| {
+            let m = model.to_ascii_lowercase();
+            if m.contains("embed") {
+                Endpoint::Embeddings
+            } else if [
+                "image",
+                "stable-diffusion",
+                "sd3",
+                "titan-image",
+                "nova-canvas",
+                "imagen",
+                "dall-e",
+            ]
+            .iter()
+            .any(|n| m.contains(n))
+            {
+                Endpoint::ImagesGenerations
+            } else {
+                Endpoint::ChatCompletions
+            }
+        };
+        let long = format!("{}Titan-IMAGE", "x".repeat(300));
+        for m in [
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "amazon.titan-embed-text-v2:0",
+            "Cohere.EMBED-english-v3",
+            "amazon.titan-image-generator-v2:0",
+            "stability.stable-diffusion-xl-v1",
+            "stability.SD3-large-v1:0",
+            "amazon.nova-canvas-v1:0",
+            "imagen-3.0-generate-002",
+            "DALL-E-3",
+            "gpt-4o",
+            "",
+            "ÉMBED-ünïcode-imagé",
+            long.as_str(),
+        ] {
+            assert_eq!(endpoint_for_model(m), scan(m), "{m:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! events (the baseline window) and replays them on resume — the engine is deterministic on
 //! event time, so the replay rebuilds exactly the state the last run ended with.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
 use stormwall_types::{
     Action, ActionKind, Alert, ControlEvent, KeyId, Principal, Severity, UsageEvent,
@@ -15,7 +15,7 @@ use stormwall_types::{
 
 use crate::config::EngineConfig;
 use crate::detectors::cloud::{CloudDetectors, CloudState, Recommendation, recommend};
-use crate::engine::Engine;
+use crate::engine::{Engine, FastMap};
 
 /// Days of usage events a saved state keeps for the replay (the baseline window).
 pub const RETAIN_DAYS: i64 = 28;
@@ -55,9 +55,9 @@ pub struct Snapshot {
 pub struct CloudRun {
     engine: Engine,
     cloud: CloudDetectors,
-    principals: HashMap<KeyId, (Principal, Option<String>)>,
+    principals: FastMap<KeyId, (Principal, Option<String>)>,
     retained: VecDeque<UsageEvent>,
-    seen: HashSet<String>,
+    seen: HashSet<String, foldhash::fast::RandomState>,
     control_ids: VecDeque<(i64, String)>,
     watermark: Option<i64>,
     scratch: Vec<Alert>,
@@ -87,9 +87,9 @@ impl CloudRun {
         Self {
             engine: Engine::new(cfg),
             cloud,
-            principals: HashMap::new(),
+            principals: FastMap::default(),
             retained: VecDeque::new(),
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             control_ids: VecDeque::new(),
             watermark: None,
             scratch: Vec::new(),

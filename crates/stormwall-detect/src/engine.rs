@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use crate::config::{EngineConfig, PolicyRule};
 use crate::detectors::{Ctx, Obs, abuse, proxy, resale, tripwire, validation};
+use crate::features::{UaFamily, ua_family};
 use crate::sketch::{CappedSet, hash_str, mix64};
 use crate::state::{
     Burned, DETECTORS, Fingerprint, KeyState, LedgerEntry, NetState, Reference, TenantState,
@@ -62,11 +63,55 @@ pub struct Engine {
     cfg: EngineConfig,
     disabled: [bool; DETECTORS],
     /// Boxed: a key's state is large next to a map slot, and the map grows by copying slots.
-    keys: HashMap<KeyId, Box<KeyState>>,
-    tenants: HashMap<Arc<str>, TenantState>,
-    nets: HashMap<u64, NetState>,
-    burned: HashMap<u64, Burned>,
+    keys: FastMap<KeyId, Box<KeyState>>,
+    tenants: FastMap<Arc<str>, TenantState>,
+    nets: FastMap<u64, NetState>,
+    burned: FastMap<u64, Burned>,
     stats: EngineStats,
+    /// User-agent families of recent agents (most logs repeat a few agents).
+    ua_memo: UaMemo,
+}
+
+/// The engine's maps are looked up several times per event by keys no client chooses
+/// freely enough to matter (key ids, tenants, network ids): a fast, randomly seeded hash
+/// instead of SipHash.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Slots in [`UaMemo`].
+const UA_MEMO_SLOTS: usize = 64;
+
+/// Longest user agent [`UaMemo`] keeps.
+const UA_MEMO_MAX: usize = 256;
+
+/// A small direct-mapped memo of user agent → family, keyed by the agent's hash and
+/// checked against the agent itself (so the answer is always [`ua_family`]'s). Classifying
+/// an agent searches it for two dozen needles; a log repeats a handful of agents.
+#[derive(Debug, Default)]
+struct UaMemo {
+    slots: Vec<Option<(Box<str>, UaFamily)>>,
+}
+
+impl UaMemo {
+    fn family(&mut self, ua: Option<&str>, ua_h: u64) -> UaFamily {
+        let Some(u) = ua.filter(|u| u.len() <= UA_MEMO_MAX) else {
+            return ua_family(ua);
+        };
+        if self.slots.is_empty() {
+            self.slots.resize(UA_MEMO_SLOTS, None);
+        }
+        let i = (ua_h % UA_MEMO_SLOTS as u64) as usize;
+        let Some(slot) = self.slots.get_mut(i) else {
+            return ua_family(ua);
+        };
+        match slot {
+            Some((known, family)) if **known == *u => *family,
+            _ => {
+                let family = ua_family(ua);
+                *slot = Some((u.into(), family));
+                family
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -79,11 +124,12 @@ impl Engine {
         Self {
             cfg,
             disabled,
-            keys: HashMap::new(),
-            tenants: HashMap::new(),
-            nets: HashMap::new(),
-            burned: HashMap::new(),
+            keys: FastMap::default(),
+            tenants: FastMap::default(),
+            nets: FastMap::default(),
+            burned: FastMap::default(),
             stats: EngineStats::default(),
+            ua_memo: UaMemo::default(),
         }
     }
 
@@ -143,9 +189,12 @@ impl Engine {
             nets,
             burned,
             stats,
+            ua_memo,
         } = self;
         let detect = &cfg.detect;
-        let o = Obs::of(e, &detect.thresholds, &cfg.egress);
+        let ua_h = e.user_agent.as_deref().map_or(0, hash_str);
+        let family = ua_memo.family(e.user_agent.as_deref(), ua_h);
+        let o = Obs::with_family(e, &detect.thresholds, &cfg.egress, family, ua_h);
         if !keys.contains_key(key) {
             if keys.len() >= detect.max_keys {
                 stats.untracked_events += 1;
@@ -616,7 +665,7 @@ fn rule_matches(
 }
 
 /// Remembers a fingerprint as burned (D2). Past the cap, the oldest entry is forgotten.
-fn burn(burned: &mut HashMap<u64, Burned>, cap: usize, origin: &KeyId, at: i64, fp: Fingerprint) {
+fn burn(burned: &mut FastMap<u64, Burned>, cap: usize, origin: &KeyId, at: i64, fp: Fingerprint) {
     if cap == 0 {
         return;
     }
@@ -778,5 +827,42 @@ impl crate::features::UaFamily {
         ]
         .into_iter()
         .find(|f| f.as_str() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{UA_MEMO_SLOTS, UaMemo};
+    use crate::features::ua_family;
+    use crate::sketch::hash_str;
+
+    #[test]
+    fn the_user_agent_memo_answers_as_the_classifier_does() {
+        let mut memo = UaMemo::default();
+        let mut agents: Vec<String> = [
+            "OpenAI/Python 1.51.0",
+            "axios/1.6.8",
+            "curl/8.5.0",
+            "Boto3/1.34.0 md/Botocore#1.34.0 ua/2.0 os/linux lang/python#3.11",
+            "",
+            "   ",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        // More agents than slots, so slots are shared and replaced.
+        agents.extend((0..3 * UA_MEMO_SLOTS).map(|i| match i % 3 {
+            0 => format!("python-requests/2.{i}"),
+            1 => format!("MyApp/{i}"),
+            _ => format!("okhttp/4.{i}"),
+        }));
+        agents.push("x".repeat(1000));
+        for round in 0..3 {
+            for a in &agents {
+                let got = memo.family(Some(a), hash_str(a));
+                assert_eq!(got, ua_family(Some(a)), "{a:?} (round {round})");
+            }
+        }
+        assert_eq!(memo.family(None, 0), ua_family(None));
     }
 }

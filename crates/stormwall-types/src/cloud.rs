@@ -145,9 +145,22 @@ impl Principal {
         KeyId::from_alphanumeric(out)
     }
 
-    /// Short human label: `provider:kind:id`.
+    /// Short human label: `provider:id`.
     pub fn label(&self) -> String {
-        format!("{}:{}", self.provider.as_str(), self.id)
+        let mut s = String::new();
+        self.write_label(&mut s);
+        s
+    }
+
+    /// Writes [`Principal::label`] into `out` (cleared first), reusing its allocation: the
+    /// cloud detectors look principals up by label on every event.
+    pub fn write_label(&self, out: &mut String) {
+        let provider = self.provider.as_str();
+        out.clear();
+        out.reserve(provider.len() + 1 + self.id.len());
+        out.push_str(provider);
+        out.push(':');
+        out.push_str(&self.id);
     }
 }
 
@@ -353,6 +366,14 @@ mod tests {
         let mut other = p("AKIAEXAMPLE7Q2R4T6Y8");
         other.provider = CloudProvider::Gcp;
         assert_ne!(a, other.key_id());
+    }
+
+    #[test]
+    fn labels_are_provider_and_id() {
+        let mut buf = String::from("left over from the last principal");
+        p("AKIAEXAMPLE7Q2R4T6Y8").write_label(&mut buf);
+        assert_eq!(buf, "aws:AKIAEXAMPLE7Q2R4T6Y8");
+        assert_eq!(p("AKIAEXAMPLE7Q2R4T6Y8").label(), buf);
     }
 
     #[test]

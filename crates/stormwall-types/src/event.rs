@@ -533,10 +533,23 @@ impl UsageEvent {
         method: &str,
         path: &str,
     ) -> Self {
+        Self::new_in("gateway", id, timestamp, source_ip, method, path)
+    }
+
+    /// Like [`UsageEvent::new`], for an event of another `event.dataset` (a cloud log, an
+    /// import): the dataset is set once instead of replacing `gateway`.
+    pub fn new_in(
+        dataset: &str,
+        id: String,
+        timestamp: OffsetDateTime,
+        source_ip: IpAddr,
+        method: &str,
+        path: &str,
+    ) -> Self {
         Self {
             timestamp,
             id,
-            dataset: "gateway".to_owned(),
+            dataset: dataset.to_owned(),
             decision: Decision::Allow,
             reject_reason: None,
             tenant: None,

@@ -100,11 +100,24 @@ pub struct Obs {
 impl Obs {
     /// Computes the features of an event.
     pub fn of(e: &UsageEvent, th: &Thresholds, egress: &crate::egress::EgressList) -> Self {
+        let ua_h = e.user_agent.as_deref().map_or(0, hash_str);
+        let family = features::ua_family(e.user_agent.as_deref());
+        Self::with_family(e, th, egress, family, ua_h)
+    }
+
+    /// Like [`Obs::of`], with the user agent's family and hash already worked out (the
+    /// engine remembers the families of recent agents).
+    pub fn with_family(
+        e: &UsageEvent,
+        th: &Thresholds,
+        egress: &crate::egress::EgressList,
+        family: features::UaFamily,
+        ua_h: u64,
+    ) -> Self {
         let cc = e.source_country.as_deref().and_then(|c| {
             let b = c.as_bytes();
             (b.len() == 2).then(|| [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()])
         });
-        let family = features::ua_family(e.user_agent.as_deref());
         let mut hit = e.error_code.as_deref() == Some("content_filter")
             || e.reject_reason == Some(stormwall_types::RejectReason::ContentPolicy);
         let mut evasion = false;
@@ -141,7 +154,7 @@ impl Obs {
             country_h: cc.map(|c| mix64(u64::from(u16::from_be_bytes(c)) | 1 << 34)),
             cc,
             family,
-            ua_h: e.user_agent.as_deref().map_or(0, hash_str),
+            ua_h,
             shape: features::header_shape(&e.header_names),
             stainless: features::has_stainless_headers(&e.header_names),
             flag: egress.lookup(e.source_ip, e.source_asn),

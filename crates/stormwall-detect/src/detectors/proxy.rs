@@ -1,8 +1,6 @@
 //! Proxy: P1 source dispersion, P2 impossible travel, P3 anonymising egress, P4 relay
 //! artefacts, P5 user-agent drift, P6 one client address across tenants.
 
-use std::collections::HashMap;
-
 use stormwall_types::{Alert, DetectorId, Severity};
 
 use super::{Ctx, Finding, feat, subj};
@@ -307,7 +305,7 @@ fn o_family(ctx: &Ctx<'_>) -> &'static str {
 pub fn p6_cross_tenant(
     ctx: &Ctx<'_>,
     ks: &mut KeyState,
-    nets: &mut HashMap<u64, NetState>,
+    nets: &mut crate::engine::FastMap<u64, NetState>,
     max_networks: usize,
     out: &mut Vec<Alert>,
 ) {

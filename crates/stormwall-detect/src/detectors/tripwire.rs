@@ -1,8 +1,6 @@
 //! Tripwires and reappearance: H1 canary use, H2 new network after an exposure report,
 //! D1 revoked-key retries, D2 a burned client fingerprint on another key.
 
-use std::collections::HashMap;
-
 use stormwall_types::{Alert, DetectorId, Severity};
 
 use super::{Ctx, Finding, feat, subj};
@@ -82,7 +80,7 @@ pub fn h2_after_exposure(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>)
 pub fn d2_reappearance(
     ctx: &Ctx<'_>,
     ks: &mut KeyState,
-    burned: &HashMap<u64, Burned>,
+    burned: &crate::engine::FastMap<u64, Burned>,
     out: &mut Vec<Alert>,
 ) {
     if burned.is_empty() {
