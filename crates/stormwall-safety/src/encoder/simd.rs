@@ -6,7 +6,9 @@
 //! for bit, which the property test below checks over random shapes):
 //! - [`gemm_scalar`], portable, the reference;
 //! - an AVX-512 VNNI kernel (`vpdpbusd`: four u8·i8 products summed into each of sixteen
-//!   i32 lanes per instruction), chosen at run time with `is_x86_feature_detected!`.
+//!   i32 lanes per instruction), chosen at run time with `is_x86_feature_detected!`;
+//! - an AVX2 kernel for processors without VNNI: both operands widened to i16 and multiplied
+//!   pairwise with `vpmaddwd` (exact: `vpmaddubsw` would saturate at 2·255·127).
 //!
 //! This is the crate's only `unsafe` code: the VNNI kernel's vector loads and stores through
 //! raw pointers, and the call into a `#[target_feature]` function, which is sound only after
@@ -25,6 +27,8 @@ pub enum Kernel {
     Scalar,
     /// AVX-512 with VNNI (`avx512f`, `avx512bw`, `avx512vnni`).
     Avx512Vnni,
+    /// AVX2 (`vpmaddwd` on operands widened to i16).
+    Avx2,
 }
 
 impl Kernel {
@@ -38,8 +42,40 @@ impl Kernel {
             {
                 return Kernel::Avx512Vnni;
             }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
         }
         Kernel::Scalar
+    }
+
+    /// Whether this processor runs `self` (the scalar kernel runs everywhere).
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx512Vnni => Kernel::detect() == Kernel::Avx512Vnni,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 => false,
+        }
+    }
+
+    /// The kernel `STORMWALL_ENCODER_KERNEL` names (`scalar`, `avx2`, `avx512-vnni`) when
+    /// this processor runs it, else [`Kernel::detect`]'s: for comparing kernels in
+    /// benchmarks.
+    pub fn from_env() -> Kernel {
+        let named = std::env::var("STORMWALL_ENCODER_KERNEL")
+            .ok()
+            .and_then(|v| {
+                [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni]
+                    .into_iter()
+                    .find(|k| k.name() == v.trim())
+            });
+        match named {
+            Some(k) if k.available() => k,
+            _ => Kernel::detect(),
+        }
     }
 
     /// Its name, for logs and benchmarks.
@@ -47,6 +83,7 @@ impl Kernel {
         match self {
             Kernel::Scalar => "scalar",
             Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::Avx2 => "avx2",
         }
     }
 }
@@ -108,12 +145,20 @@ pub fn gemm(kernel: Kernel, a: &[u8], rows: usize, shape: Shape, packed: &[i8], 
     assert!(c.len() >= rows * shape.out_pad, "output too short");
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni if Kernel::detect() == Kernel::Avx512Vnni => {
+        Kernel::Avx512Vnni if Kernel::Avx512Vnni.available() => {
             // SAFETY: the processor has avx512f, avx512bw and avx512vnni (checked just above;
             // the std macro caches the answer), and the lengths are asserted above.
             #[allow(unsafe_code)]
             unsafe {
                 vnni::gemm(a, rows, shape, packed, c)
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 if Kernel::Avx2.available() => {
+            // SAFETY: the processor has avx2 (checked just above); lengths asserted above.
+            #[allow(unsafe_code)]
+            unsafe {
+                avx2::gemm(a, rows, shape, packed, c)
             }
         }
         _ => gemm_scalar(a, rows, shape, packed, c),
@@ -281,6 +326,105 @@ mod vnni {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    //! `vpmaddwd` kernel: per 4-deep group, each 8-byte half of a channel pair's weights is
+    //! widened to i16 and multiplied with the row's four activations (widened and repeated),
+    //! giving two partial sums per channel; the pairs are added once, at the end.
+
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm_loadu_si128, _mm_set1_epi32, _mm256_add_epi32, _mm256_cvtepi8_epi16,
+        _mm256_cvtepu8_epi16, _mm256_hadd_epi32, _mm256_madd_epi16, _mm256_permute4x64_epi64,
+        _mm256_setzero_si256, _mm256_storeu_si256,
+    };
+
+    use super::{GROUP, Shape, TILE};
+
+    /// Rows per register block: 2 × 4 accumulators + 4 widened weights + 1 broadcast of
+    /// the 16 vector registers.
+    const MR: usize = 2;
+    /// Channels per block: 16 (four vectors of four channels' pair sums).
+    const NB: usize = 16;
+
+    /// See [`super::gemm`]; the caller has checked the slice lengths.
+    ///
+    /// # Safety
+    /// The processor must support avx2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gemm(a: &[u8], rows: usize, shape: Shape, packed: &[i8], c: &mut [i32]) {
+        let kg = shape.k_pad / GROUP;
+        for tile in 0..shape.out_pad / TILE {
+            let panel = &packed[tile * kg * TILE * GROUP..(tile + 1) * kg * TILE * GROUP];
+            for sub in 0..TILE / NB {
+                let col = tile * TILE + sub * NB;
+                let mut r = 0;
+                while r + MR <= rows {
+                    block::<MR>(a, r, shape, panel, sub, col, c);
+                    r += MR;
+                }
+                if r < rows {
+                    block::<1>(a, r, shape, panel, sub, col, c);
+                }
+            }
+        }
+    }
+
+    /// Rows `r0..r0 + R` against channels `sub·16..sub·16 + 16` of one tile's `panel`,
+    /// written at column `col`.
+    #[target_feature(enable = "avx2")]
+    fn block<const R: usize>(
+        a: &[u8],
+        r0: usize,
+        shape: Shape,
+        panel: &[i8],
+        sub: usize,
+        col: usize,
+        c: &mut [i32],
+    ) {
+        let kg = shape.k_pad / GROUP;
+        assert!(panel.len() == kg * TILE * GROUP && sub < TILE / NB);
+        assert!(a.len() >= (r0 + R) * shape.k_pad);
+        assert!(c.len() >= (r0 + R - 1) * shape.out_pad + col + NB);
+        let mut acc = [[_mm256_setzero_si256(); 4]; R];
+        for g in 0..kg {
+            let at = g * TILE * GROUP + sub * NB * GROUP;
+            let wp = panel[at..at + NB * GROUP].as_ptr().cast::<__m128i>();
+            // SAFETY: the slice just taken holds 64 bytes = four 16-byte vectors; `loadu`
+            // has no alignment requirement.
+            let w = unsafe {
+                [
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wp)),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(1))),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(2))),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(3))),
+                ]
+            };
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let o = (r0 + i) * shape.k_pad + g * GROUP;
+                let x = &a[o..o + GROUP];
+                let x = i32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+                let x = _mm256_cvtepu8_epi16(_mm_set1_epi32(x));
+                for (acc, w) in acc.iter_mut().zip(&w) {
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(*w, x));
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let start = (r0 + i) * shape.out_pad + col;
+            let out = &mut c[start..start + NB];
+            let op = out.as_mut_ptr().cast::<__m256i>();
+            for (v, pair) in acc.chunks_exact(2).enumerate() {
+                // hadd gives channels 0 1 4 5 | 2 3 6 7; the permute puts them in order.
+                let s = _mm256_hadd_epi32(pair[0], pair[1]);
+                let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(s);
+                // SAFETY: `out` is 16 i32 = two 32-byte vectors; `storeu` is unaligned.
+                unsafe { _mm256_storeu_si256(op.add(v), s) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,8 +476,9 @@ mod tests {
         fn every_kernel_equals_the_plain_definition((rows, k, out, a, w) in problem()) {
             let want = naive(&a, rows, k, &w, out);
             prop_assert_eq!(&run(Kernel::Scalar, &a, rows, k, &w, out), &want);
-            // On a processor without VNNI this runs the scalar kernel again.
-            prop_assert_eq!(&run(Kernel::detect(), &a, rows, k, &w, out), &want);
+            // A kernel this processor lacks falls back to the scalar one.
+            prop_assert_eq!(&run(Kernel::Avx512Vnni, &a, rows, k, &w, out), &want);
+            prop_assert_eq!(&run(Kernel::Avx2, &a, rows, k, &w, out), &want);
         }
     }
 
@@ -346,7 +491,9 @@ mod tests {
             .map(|i| if i % 3 == 0 { -127 } else { 127 })
             .collect();
         let want = naive(&a, rows, k, &w, out);
-        assert_eq!(run(Kernel::detect(), &a, rows, k, &w, out), want);
+        for kernel in [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::Scalar] {
+            assert_eq!(run(kernel, &a, rows, k, &w, out), want, "{kernel:?}");
+        }
     }
 
     #[test]
