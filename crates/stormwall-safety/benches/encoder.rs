@@ -4,13 +4,17 @@
 //!   STORMWALL_ENCODER_DIR=$(scripts/fetch-model) cargo bench -p stormwall-safety --bench encoder
 //!
 //! Without `STORMWALL_ENCODER_DIR` it says so and measures nothing. One thread: the matrix
-//! kernels are single-threaded (ndarray without its threading feature).
+//! kernels are single-threaded (ndarray without its threading feature). Each case runs in
+//! f32 (the reference) and in int8 (with the kernel this processor gets: `int8/avx512-vnni`,
+//! `int8/avx2`, or `int8/scalar`; `STORMWALL_ENCODER_KERNEL=avx2` etc. picks another it
+//! has); `STORMWALL_ENCODER_PRECISION=f32` (or `int8`) runs only that one, e.g. under
+//! `perf record`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stormwall_safety::encoder::Encoder;
+use stormwall_safety::encoder::{Encoder, PRECISION_ENV, Precision};
 
 const PROMPT: &str = "a lighthouse on a rocky coast at dusk, oil painting, warm light, highly \
     detailed, calm sea, gulls circling over the harbour, fishing boats resting by the pier, \
@@ -22,8 +26,17 @@ fn bench(c: &mut Criterion) {
         eprintln!("STORMWALL_ENCODER_DIR unset (scripts/fetch-model prints it): nothing measured");
         return;
     };
-    let enc =
-        Encoder::from_dir(std::path::Path::new(&dir)).unwrap_or_else(|e| panic!("encoder: {e}"));
+    let load = |p| {
+        Encoder::from_dir_with(std::path::Path::new(&dir), p)
+            .unwrap_or_else(|e| panic!("encoder: {e}"))
+    };
+    let encoders: Vec<Encoder> = match std::env::var(PRECISION_ENV).ok().as_deref() {
+        Some(p) => vec![load(
+            Precision::parse(p).unwrap_or_else(|| panic!("{PRECISION_ENV}={p:?}")),
+        )],
+        None => vec![load(Precision::F32), load(Precision::Int8)],
+    };
+    let enc = &encoders[0];
     let long = format!("{PROMPT}, {PROMPT}");
     let mut ids = enc.tokenize(&long);
     assert!(ids.len() >= 64, "{} tokens", ids.len());
@@ -33,23 +46,30 @@ fn bench(c: &mut Criterion) {
     ids.push(sep);
     let short = enc.tokenize("a lighthouse at dusk, oil painting");
     let mut group = c.benchmark_group("encoder");
-    group.bench_function("embed_64_tokens", |b| {
-        b.iter(|| enc.embed_ids(black_box(&ids)))
-    });
-    group.bench_function(format!("embed_{}_tokens", short.len()), |b| {
-        b.iter(|| enc.embed_ids(black_box(&short)))
-    });
+    for e in &encoders {
+        let k = e.kernel_name().replace('/', "_");
+        group.bench_function(format!("embed_64_tokens_{k}"), |b| {
+            b.iter(|| e.embed_ids(black_box(&ids)))
+        });
+        group.bench_function(format!("embed_{}_tokens_{k}", short.len()), |b| {
+            b.iter(|| e.embed_ids(black_box(&short)))
+        });
+    }
     group.bench_function("tokenize_64_tokens", |b| {
         b.iter(|| enc.tokenize(black_box(PROMPT)))
     });
     group.finish();
 
-    for (name, input) in [("64 tokens", &ids), ("short", &short)] {
+    for (e, (name, input)) in encoders
+        .iter()
+        .flat_map(|e| [(e, ("64 tokens", &ids)), (e, ("short", &short))])
+    {
+        let name = format!("{name}, {}", e.kernel_name());
         let cpu0 = thread_cpu_ns();
         let mut samples: Vec<Duration> = (0..200)
             .map(|_| {
                 let t = Instant::now();
-                let _ = black_box(enc.embed_ids(black_box(input)));
+                let _ = black_box(e.embed_ids(black_box(input)));
                 t.elapsed()
             })
             .collect();

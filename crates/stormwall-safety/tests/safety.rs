@@ -542,7 +542,15 @@ fn encoder() -> Option<&'static stormwall_safety::encoder::Encoder> {
             eprintln!("STORMWALL_TEST_ENCODER_DIR unset: encoder parity not checked (scripts/test sets it)");
             return None;
         };
-        Some(stormwall_safety::encoder::Encoder::from_dir(std::path::Path::new(&dir)).unwrap())
+        // f32, the reference the numpy parity is stated for (int8 is checked against f32 in
+        // the encoder module's tests).
+        Some(
+            stormwall_safety::encoder::Encoder::from_dir_with(
+                std::path::Path::new(&dir),
+                stormwall_safety::encoder::Precision::F32,
+            )
+            .unwrap(),
+        )
     })
     .as_ref()
 }

@@ -2,13 +2,18 @@
 //! token type, layer-normed), then per layer multi-head self-attention and a GELU
 //! feed-forward block, each with a residual connection and layer norm (post-norm, as
 //! BERT). Shapes come from `config.json`; weights from a `model.safetensors` with the
-//! Hugging Face `BertModel` names (with or without a `bert.` prefix). Matrix products go
-//! through `ndarray` (its `matrixmultiply` kernels pick AVX2/FMA at run time).
+//! Hugging Face `BertModel` names (with or without a `bert.` prefix). In [`Precision::F32`]
+//! matrix products go through `ndarray` (its `matrixmultiply` kernels pick AVX2/FMA at run
+//! time); in [`Precision::Int8`] the linear layers (query/key/value, attention output,
+//! feed-forward in and out) run quantised ([`super::quant`]) and everything else — layer
+//! norm, attention scores and softmax, GELU — stays f32.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, Slice};
 
-use super::EncoderError;
+use super::quant::{self, QLinear, Scratch};
+use super::simd::Kernel;
+use super::{EncoderError, Precision};
 
 /// The shape of the network, from `config.json`.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -47,20 +52,51 @@ fn gelu() -> String {
 }
 
 #[derive(Debug, Clone)]
-struct Linear {
-    /// `in × out`: transposed from PyTorch's `out × in` at load, so the matrix kernel
-    /// reads each weight row contiguously when it packs them.
-    w: Array2<f32>,
-    b: Array1<f32>,
+enum Linear {
+    F32 {
+        /// `in × out`: transposed from PyTorch's `out × in` at load, so the matrix kernel
+        /// reads each weight row contiguously when it packs them.
+        w: Array2<f32>,
+        b: Array1<f32>,
+    },
+    Int8(QLinear),
 }
 
 impl Linear {
-    /// `y = x·W + b`, written into `y` (no allocation).
-    fn forward_into(&self, x: &ArrayView2<'_, f32>, y: &mut ArrayViewMut2<'_, f32>) {
-        for mut row in y.rows_mut() {
-            row.assign(&self.b);
+    /// `y = x·W + b`, written into `y`.
+    #[inline(always)]
+    fn forward_into(
+        &self,
+        x: &ArrayView2<'_, f32>,
+        y: &mut ArrayViewMut2<'_, f32>,
+        kernel: Kernel,
+        scratch: &mut Scratch,
+    ) {
+        match self {
+            Linear::F32 { w, b } => {
+                for mut row in y.rows_mut() {
+                    row.assign(b);
+                }
+                general_mat_mul(1.0, x, w, 1.0, y);
+            }
+            Linear::Int8(q) => {
+                let x = x.as_standard_layout();
+                debug_assert!(y.is_standard_layout());
+                if let (Some(xs), Some(ys)) = (x.as_slice(), y.as_slice_mut()) {
+                    q.forward_into(kernel, xs, ys, scratch);
+                }
+            }
         }
-        general_mat_mul(1.0, x, &self.w, 1.0, y);
+    }
+
+    /// The layer in `precision` (quantised once here, at load).
+    fn with_precision(self, precision: Precision) -> Linear {
+        match (self, precision) {
+            (Linear::F32 { w, b }, Precision::Int8) => {
+                Linear::Int8(QLinear::new(&w.view(), &b.to_vec()))
+            }
+            (l, _) => l,
+        }
     }
 }
 
@@ -71,13 +107,26 @@ struct Norm {
 }
 
 impl Norm {
-    fn apply(&self, x: &mut Array2<f32>, eps: f32) {
-        for mut row in x.rows_mut() {
+    /// `x ← norm(x + residual)`, row by row (`residual` of `x`'s shape, or `None`).
+    #[inline(always)]
+    fn apply(&self, x: &mut Array2<f32>, residual: Option<&Array2<f32>>, eps: f32) {
+        let (Some(g), Some(b)) = (self.g.as_slice(), self.b.as_slice()) else {
+            return;
+        };
+        let h = x.ncols();
+        let res = residual.and_then(|r| r.as_slice());
+        let Some(xs) = x.as_slice_mut() else { return };
+        for (i, row) in xs.chunks_exact_mut(h).enumerate() {
+            if let Some(r) = res {
+                for (v, r) in row.iter_mut().zip(&r[i * h..(i + 1) * h]) {
+                    *v += r;
+                }
+            }
             let n = row.len() as f32;
-            let mean = row.sum() / n;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let mean = sum(row) / n;
+            let var = sum_sq_dev(row, mean) / n;
             let inv = 1.0 / (var + eps).sqrt();
-            for ((v, g), b) in row.iter_mut().zip(&self.g).zip(&self.b) {
+            for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
                 *v = (*v - mean) * inv * g + b;
             }
         }
@@ -99,6 +148,8 @@ struct Layer {
 #[derive(Debug, Clone)]
 pub struct Bert {
     config: Config,
+    precision: Precision,
+    kernel: Kernel,
     tanh_gelu: bool,
     words: Array2<f32>,
     positions: Array2<f32>,
@@ -148,7 +199,7 @@ impl Weights<'_> {
 
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear, EncoderError> {
         let w = self.matrix(&format!("{name}.weight"), out, inp)?;
-        Ok(Linear {
+        Ok(Linear::F32 {
             // Stored `in × out` in standard (row-major) layout.
             w: w.t().as_standard_layout().into_owned(),
             b: self.vector(&format!("{name}.bias"), out)?,
@@ -157,17 +208,21 @@ impl Weights<'_> {
 
     /// Several linear layers over the same input as one, outputs side by side.
     fn fused(&self, names: &[&str], out: usize, inp: usize) -> Result<Linear, EncoderError> {
-        let parts = names
-            .iter()
-            .map(|n| self.linear(n, out, inp))
-            .collect::<Result<Vec<_>, _>>()?;
-        let ws: Vec<_> = parts.iter().map(|l| l.w.view()).collect();
-        let bs: Vec<_> = parts.iter().map(|l| l.b.view()).collect();
+        let mut ws = Vec::new();
+        let mut bs = Vec::new();
+        for n in names {
+            if let Linear::F32 { w, b } = self.linear(n, out, inp)? {
+                ws.push(w);
+                bs.push(b);
+            }
+        }
+        let ws: Vec<_> = ws.iter().map(|w| w.view()).collect();
+        let bs: Vec<_> = bs.iter().map(|b| b.view()).collect();
         let concat = |axis, views: &[_]| {
             ndarray::concatenate(Axis(axis), views)
                 .map_err(|e| EncoderError::Weights(e.to_string()))
         };
-        Ok(Linear {
+        Ok(Linear::F32 {
             w: concat(1, &ws)?,
             b: ndarray::concatenate(Axis(0), &bs)
                 .map_err(|e| EncoderError::Weights(e.to_string()))?,
@@ -183,8 +238,9 @@ impl Weights<'_> {
 }
 
 impl Bert {
-    /// Builds the network from `config.json` text and `model.safetensors` bytes.
-    pub fn load(config: &str, weights: &[u8]) -> Result<Bert, EncoderError> {
+    /// Builds the network from `config.json` text and `model.safetensors` bytes, its linear
+    /// layers in `precision`.
+    pub fn load(config: &str, weights: &[u8], precision: Precision) -> Result<Bert, EncoderError> {
         let config: Config = serde_json::from_str(config)
             .map_err(|e| EncoderError::Config(format!("config.json: {e}")))?;
         let c = &config;
@@ -212,11 +268,18 @@ impl Bert {
         };
         let w = Weights { st, prefix };
         let h = c.hidden_size;
+        if precision == Precision::Int8 && c.intermediate_size.max(h) > quant::MAX_DEPTH {
+            return Err(EncoderError::Config(format!(
+                "int8 layers take at most {} inputs",
+                quant::MAX_DEPTH
+            )));
+        }
+        let q = |l: Linear| l.with_precision(precision);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             layers.push(Layer {
-                qkv: w.fused(
+                qkv: q(w.fused(
                     &[
                         &format!("{p}.attention.self.query"),
                         &format!("{p}.attention.self.key"),
@@ -224,11 +287,11 @@ impl Bert {
                     ],
                     h,
                     h,
-                )?,
-                o: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                )?),
+                o: q(w.linear(&format!("{p}.attention.output.dense"), h, h)?),
                 attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
-                up: w.linear(&format!("{p}.intermediate.dense"), c.intermediate_size, h)?,
-                down: w.linear(&format!("{p}.output.dense"), h, c.intermediate_size)?,
+                up: q(w.linear(&format!("{p}.intermediate.dense"), c.intermediate_size, h)?),
+                down: q(w.linear(&format!("{p}.output.dense"), h, c.intermediate_size)?),
                 out_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
@@ -248,7 +311,22 @@ impl Bert {
             layers,
             tanh_gelu,
             config,
+            precision,
+            kernel: match precision {
+                Precision::F32 => Kernel::Scalar,
+                Precision::Int8 => Kernel::from_env(),
+            },
         })
+    }
+
+    /// The precision of the linear layers.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The int8 kernel in use (`Scalar` also when the layers are f32).
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// The network's shape.
@@ -260,6 +338,16 @@ impl Bert {
     /// (segment 0, no padding). Ids past the vocabulary and positions past the table are
     /// errors.
     pub fn forward(&self, ids: &[u32]) -> Result<Array2<f32>, EncoderError> {
+        // Compiled a second time with AVX-512 (or AVX2) enabled, so the element-wise loops
+        // (layer norm, softmax, GELU, int8 (de)quantisation) run on wide vectors.
+        super::simd::with_wide_vectors(
+            #[inline(always)]
+            || self.forward_inner(ids),
+        )
+    }
+
+    #[inline(always)]
+    fn forward_inner(&self, ids: &[u32]) -> Result<Array2<f32>, EncoderError> {
         let c = &self.config;
         let (n, h) = (ids.len(), c.hidden_size);
         if n > c.max_position_embeddings {
@@ -275,7 +363,7 @@ impl Bert {
             row += &self.positions.row(i);
             row += &self.types.row(0);
         }
-        self.emb_norm.apply(&mut x, c.layer_norm_eps);
+        self.emb_norm.apply(&mut x, None, c.layer_norm_eps);
         let heads = c.num_attention_heads;
         let d = h / heads;
         let scale = 1.0 / (d as f32).sqrt();
@@ -285,23 +373,21 @@ impl Bert {
         let mut ctx = Array2::<f32>::zeros((n, h));
         let mut a = Array2::<f32>::zeros((n, h));
         let mut up = Array2::<f32>::zeros((n, c.intermediate_size));
+        let mut scratch = Scratch::default();
+        let (kernel, s) = (self.kernel, &mut scratch);
         for l in &self.layers {
-            l.qkv.forward_into(&x.view(), &mut qkv.view_mut());
+            l.qkv
+                .forward_into(&x.view(), &mut qkv.view_mut(), kernel, s);
             for hd in 0..heads {
                 // (ndarray's `s!` macro expands to code the workspace's forbid(unsafe) rejects.)
                 let q = qkv.slice_axis(Axis(1), Slice::from(hd * d..(hd + 1) * d));
                 let k = qkv.slice_axis(Axis(1), Slice::from(h + hd * d..h + (hd + 1) * d));
                 let v = qkv.slice_axis(Axis(1), Slice::from(2 * h + hd * d..2 * h + (hd + 1) * d));
                 general_mat_mul(scale, &q, &k.t(), 0.0, &mut scores);
-                for mut row in scores.rows_mut() {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let mut sum = 0.0;
-                    for v in row.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
+                if let Some(flat) = scores.as_slice_mut() {
+                    for row in flat.chunks_exact_mut(n) {
+                        softmax(row);
                     }
-                    let inv = 1.0 / sum;
-                    row.mapv_inplace(|v| v * inv);
                 }
                 general_mat_mul(
                     1.0,
@@ -311,10 +397,9 @@ impl Bert {
                     &mut ctx.slice_axis_mut(Axis(1), Slice::from(hd * d..(hd + 1) * d)),
                 );
             }
-            l.o.forward_into(&ctx.view(), &mut a.view_mut());
-            a += &x;
-            l.attn_norm.apply(&mut a, c.layer_norm_eps);
-            l.up.forward_into(&a.view(), &mut up.view_mut());
+            l.o.forward_into(&ctx.view(), &mut a.view_mut(), kernel, s);
+            l.attn_norm.apply(&mut a, Some(&x), c.layer_norm_eps);
+            l.up.forward_into(&a.view(), &mut up.view_mut(), kernel, s);
             if let Some(flat) = up.as_slice_mut() {
                 if self.tanh_gelu {
                     flat.iter_mut().for_each(|v| *v = gelu_tanh(*v));
@@ -323,9 +408,9 @@ impl Bert {
                 }
             }
             // The block's output overwrites `x`, then the residual is added back from `a`.
-            l.down.forward_into(&up.view(), &mut x.view_mut());
-            x += &a;
-            l.out_norm.apply(&mut x, c.layer_norm_eps);
+            l.down
+                .forward_into(&up.view(), &mut x.view_mut(), kernel, s);
+            l.out_norm.apply(&mut x, Some(&a), c.layer_norm_eps);
         }
         Ok(x)
     }
@@ -340,8 +425,100 @@ pub fn mean_pool_normalized(tokens: &Array2<f32>) -> Vec<f32> {
     mean.iter().map(|v| v / norm).collect()
 }
 
+/// Lanes of the fixed-order sums below: wide enough for one AVX-512 vector, and the same
+/// order whatever the vector width, so every build sums alike.
+const LANES: usize = 16;
+
+/// Sum of a slice, in `LANES` partial sums (they vectorise; a running sum does not).
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += v;
+    }
+    acc.iter().sum()
+}
+
+/// `Σ (x − mean)²`, summed as [`sum`].
+#[inline(always)]
+fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += (v - mean) * (v - mean);
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += (v - mean) * (v - mean);
+    }
+    acc.iter().sum()
+}
+
+/// Largest element (−∞ for none); the compare-and-select form maps onto vector max.
+#[inline(always)]
+pub(super) fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = if v > *a { v } else { *a };
+    }
+    acc.iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Softmax of one row of attention scores, in place.
+#[inline(always)]
+fn softmax(row: &mut [f32]) {
+    let m = max(row);
+    for v in row.iter_mut() {
+        *v = exp_fast(*v - m);
+    }
+    let inv = 1.0 / sum(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// eˣ for x ≤ 0 (softmax's range), within 2 ulp of `f32::exp`: x = n·ln2 + r with
+/// |r| ≤ ln2/2, a degree-6 polynomial for eʳ (Cephes' `expf`), and 2ⁿ built in the
+/// exponent bits. No branches, calls or float-to-int casts (Rust's saturating `as` does not
+/// vectorise), so the loop over a row does; below −87 it stays at e⁻⁸⁷.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    // Adding 1.5·2²³ rounds x·log₂e to an integer held in the low mantissa bits.
+    const SHIFT: f32 = 12_582_912.0;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
+    // ln 2 split in two so that n·ln2 is exact in the high part (Cody–Waite).
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    p = p * r * r + r + 1.0;
+    // t's bits minus SHIFT's are n (two's complement); +127 biases it into an exponent.
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(SHIFT.to_bits() - 127) << 23);
+    p * two_n
+}
+
 /// Exact (erf) GELU over a slice, with the f32 rational erf below: no branches or calls,
 /// so the loop vectorises.
+#[inline(always)]
 fn gelu_erf_slice(xs: &mut [f32]) {
     for v in xs.iter_mut() {
         let x = *v;
@@ -422,6 +599,46 @@ mod tests {
             (-3.0, -0.999_977_9),
         ] {
             assert!((erf(x) - want).abs() < 1e-6, "erf({x}) = {}", erf(x));
+        }
+    }
+
+    #[test]
+    fn fast_exp_is_within_two_ulp_on_softmax_inputs() {
+        // Down to −87, where it flushes (e⁻⁸⁷ ≈ 1.6e-38, at f32's smallest normal).
+        for i in 0..=87_000 {
+            let x = (-(i as f32) * 1e-3).max(-87.0);
+            let (a, b) = (exp_fast(x), x.exp());
+            assert!(
+                (a - b).abs() <= 2.0 * f32::EPSILON * b,
+                "exp({x}) {a} vs {b}"
+            );
+        }
+        assert_eq!(exp_fast(-1000.0), exp_fast(-87.0));
+        assert!(exp_fast(-87.0) < 1e-37);
+    }
+
+    #[test]
+    fn fixed_order_sums_and_max_match_the_plain_ones() {
+        let xs: Vec<f32> = (0..37).map(|i| ((i * 7919) % 23) as f32 - 11.0).collect();
+        assert_eq!(sum(&xs), xs.iter().sum::<f32>());
+        assert_eq!(max(&xs), 11.0);
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        let mean = sum(&xs) / 37.0;
+        let want: f32 = xs.iter().map(|v| (v - mean) * (v - mean)).sum();
+        assert!((sum_sq_dev(&xs, mean) - want).abs() < 1e-3);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut row = vec![0.5f32, -3.0, 2.0, 2.0, -80.0, 1.0];
+        let want: Vec<f32> = {
+            let e: Vec<f32> = row.iter().map(|v| (v - 2.0).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        softmax(&mut row);
+        for (a, b) in row.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6, "{row:?} vs {want:?}");
         }
     }
 
