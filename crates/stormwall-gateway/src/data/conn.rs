@@ -402,7 +402,78 @@ impl Body for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
     use super::*;
+
+    /// An upstream that answers each request `ok` with keep-alive, and closes a connection
+    /// that stays idle for 20 ms (as upstreams close idle connections); counts connections.
+    async fn closing_upstream() -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let read =
+                            tokio::time::timeout(Duration::from_millis(20), s.read(&mut chunk))
+                                .await;
+                        let Ok(Ok(n)) = read else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            buf.clear();
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            s.write_all(reply).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/v1/x").parse().unwrap(), accepted)
+    }
+
+    async fn get(pool: &Arc<UpstreamPool>, uri: &Uri) -> Bytes {
+        let req = Request::builder()
+            .method(http::Method::POST)
+            .uri(uri.clone())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = pool.send(req).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_one_the_upstream_closed_is_replaced() {
+        let (uri, accepted) = closing_upstream().await;
+        let pool = UpstreamPool::new(
+            crate::upstream::connector(&crate::config::LimitsConfig::default()),
+            4,
+        );
+        assert_eq!(get(&pool, &uri).await, "ok");
+        assert_eq!(get(&pool, &uri).await, "ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the idle connection is reused"
+        );
+        // The upstream closes the idle connection; the next request gets a new one.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get(&pool, &uri).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn requests_go_out_in_origin_form_with_their_host() {
