@@ -42,11 +42,14 @@ pub enum ReadError {
 
 /// Reads a whole body up to `cap` bytes, optionally with an idle timeout between frames.
 /// The common single-frame body is returned without copying.
-pub async fn read_capped(
-    mut body: Incoming,
+pub async fn read_capped<B>(
+    mut body: B,
     cap: usize,
     idle: Option<Duration>,
-) -> Result<Bytes, ReadError> {
+) -> Result<Bytes, ReadError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
     // A declared length over the cap is refused before a byte is read: waiting for a body
     // that will be refused anyway only holds the connection (and a client's slot) open.
     let declared = hyper::body::Body::size_hint(&body).lower();

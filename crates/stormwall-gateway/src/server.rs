@@ -357,6 +357,10 @@ pub async fn start_with(
     };
     let data = Arc::new(DataPlane {
         client: client.clone(),
+        upstreams: crate::data::conn::UpstreamPool::new(
+            upstream::connector(&config.limits),
+            config.limits.upstream_pool_max_idle_per_host,
+        ),
         limits: config.limits.clone(),
         key_max_stale_secs: config.server.key_cache_max_stale_secs,
         trusted_proxies: config.server.trusted_proxies.clone(),

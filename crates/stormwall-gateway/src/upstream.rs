@@ -297,8 +297,16 @@ fn sensitive(mut v: HeaderValue) -> HeaderValue {
     v
 }
 
-/// Builds the pooled upstream client: TLS with the Mozilla roots, HTTP/1.1, TCP_NODELAY.
+/// Builds the pooled client for calls off the request path (webhooks, classifiers).
 pub fn http_client(limits: &LimitsConfig) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(limits.upstream_pool_max_idle_per_host)
+        .build(connector(limits))
+}
+
+/// The upstream connector: TLS with the Mozilla roots, HTTP/1.1, TCP_NODELAY.
+pub fn connector(limits: &LimitsConfig) -> hyper_rustls::HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -307,15 +315,11 @@ pub fn http_client(limits: &LimitsConfig) -> HttpClient {
     )));
     http.set_keepalive(Some(Duration::from_secs(60)));
     let tls = rustls_config();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(limits.upstream_pool_max_idle_per_host)
-        .build(https)
+        .wrap_connector(http)
 }
 
 fn rustls_config() -> rustls::ClientConfig {

@@ -714,6 +714,46 @@ async fn streams_are_relayed_with_usage_from_the_final_chunk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upstream_connection_serves_whole_and_streamed_answers_in_turn() {
+    let h = harness().await;
+    let (key, _) = h.key(json!({"tenant": "t"})).await;
+    for stream in [false, true, false, true, true] {
+        let r = h
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &chat_body("gpt-4o-mini", stream),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        if stream {
+            let events = stormwall_testkit::parse_sse(&r.body);
+            assert!(events.last().unwrap().is_done());
+        }
+    }
+    // The request's task drives its upstream connection; once an answer has been read to
+    // its end the connection goes back to the pool for the next request.
+    assert_eq!(h.upstream.connections_accepted(), 1);
+    // A stream the client leaves mid-way closes its connection (cancelling the upstream);
+    // the next request makes a new one.
+    h.upstream.push_fault(Fault::Stall { after_events: 1 });
+    let mut s = h.stream_chat(&key).await;
+    assert!(s.next_chunk().await.is_some());
+    drop(s);
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &chat_body("gpt-4o-mini", false),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(h.upstream.connections_accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stream_is_relayed_then_ended_by_the_idle_timeout() {
     let h = harness().await;
     let (key, _) = h.key(json!({"tenant": "t"})).await;

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use memchr::memmem::Finder;
 use stormwall_store::Durable;
 use stormwall_types::{KeyStatus, StreamOutcome};
 use tokio::time::Sleep;
 
+use crate::data::conn::UpstreamBody;
 use crate::data::keycache::StopWatch;
 
 /// Error type of [`ProxyBody`]; relays end streams cleanly instead of failing them.
@@ -367,7 +367,7 @@ pub trait StreamObserver: Send {
 /// Where relayed chunks come from.
 pub enum Source {
     /// A real upstream response body.
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// Pre-built events (the built-in mock upstream).
     Events(VecDeque<Bytes>),
 }
@@ -375,19 +375,15 @@ pub enum Source {
 /// Most bytes held back to be sent as one frame.
 const MAX_COALESCED: usize = 64 * 1024;
 
-/// How many times the relay yields, holding what it has, for more chunks to arrive before
-/// it sends what it holds. Every frame costs the connection a write and a wake-up, and
-/// upstream chunks come in bursts; a few scheduler turns (microseconds) merge a burst into
-/// one frame, and a lone chunk is sent after them.
-const COALESCE_YIELDS: u8 = 4;
-
 /// Data chunks received and screened but not yet sent: the first one as it came (sent
-/// without a copy when nothing joins it), the rest appended to a buffer.
+/// without a copy when nothing joins it), the rest appended to a buffer. Every frame costs
+/// the connection a write, and upstream chunks come in bursts: the upstream connection is
+/// driven by this task ([`crate::data::conn`]), so one poll reads all the socket holds,
+/// and what it held goes out as one frame when the upstream has nothing more for now.
 #[derive(Default)]
 struct Held {
     lone: Option<Bytes>,
     joined: BytesMut,
-    yields: u8,
 }
 
 impl Held {
@@ -408,7 +404,6 @@ impl Held {
     }
 
     fn take(&mut self) -> Option<Bytes> {
-        self.yields = 0;
         match self.lone.take() {
             Some(b) => Some(b),
             None if self.joined.is_empty() => None,
@@ -598,11 +593,6 @@ impl Relay {
                     return self.poll_after_end(cx);
                 }
                 Poll::Pending if self.held.len() > 0 => {
-                    if self.held.yields < COALESCE_YIELDS {
-                        self.held.yields += 1;
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
                     return Poll::Ready(self.held.take().map(|b| Ok(Frame::data(b))));
                 }
                 Poll::Pending => return self.poll_idle(cx),

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use stormwall_mock as mock;
 
 use super::DataPlane;
 use crate::data::admit::Grant;
 use crate::data::body::ProxyBody;
+use crate::data::conn::UpstreamBody;
 use crate::data::keycache::CachedKey;
 use crate::data::recorder::Recorder;
 use crate::data::relay;
@@ -62,7 +62,7 @@ pub struct UpstreamReply {
 /// An upstream body: a real one, or the built-in mock's.
 pub enum ReplyBody {
     /// A real upstream response body.
-    Incoming(Incoming),
+    Incoming(UpstreamBody),
     /// A whole body (the mock).
     Full(Bytes),
     /// Pre-built SSE events (the mock).
@@ -174,7 +174,7 @@ async fn send(
         .body(Full::new(body))
         .map_err(|_| ProxyError::UpstreamUnavailable)?;
     let first_byte = Duration::from_millis(state.limits.upstream_first_byte_timeout_ms);
-    let resp = match tokio::time::timeout(first_byte, state.client.request(req)).await {
+    let resp = match tokio::time::timeout(first_byte, state.upstreams.send(req)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream request failed");

@@ -9,6 +9,7 @@ pub mod authenticate;
 pub mod body;
 pub mod classify;
 pub mod client;
+pub mod conn;
 pub mod digest;
 pub mod forward;
 pub mod ipdb;
@@ -51,8 +52,10 @@ pub struct DataPlane {
     pub keys: Arc<KeyCache>,
     /// Model → upstream.
     pub router: Router,
-    /// Pooled upstream client.
+    /// Pooled client for the safety stage's external classifiers.
     pub client: HttpClient,
+    /// Upstream connections, driven by the requests that use them.
+    pub upstreams: Arc<conn::UpstreamPool>,
     /// Client-network enrichment (shared with the control plane, which reloads it).
     pub ipdb: Arc<IpDb>,
     /// Credential matcher run over request and response bodies (detector E2).

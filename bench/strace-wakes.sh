@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# usage: bench/strace-wakes.sh GATEWAY_BIN N [--stream]: syscalls per request at c=1 through
+# one gateway (mock upstream, one key, 300 warm-up requests, then N under strace). Needs the
+# release testkit binaries in target/release and strace; see bench/README.md (session 23).
+set -euo pipefail
+GW="$1"; N="$2"; shift 2
+BIN="$(cd "$(dirname "$0")/.." && pwd)/target/release"
+D=$(mktemp -d)
+"$BIN/stormwall-mock" --listen 127.0.0.1:0 >"$D/mock.out" 2>&1 &
+MP=$!
+sleep 0.5
+MOCK_URL="$(awk '/^listening on / {print $3; exit}' "$D/mock.out")"
+P=$((20000 + RANDOM % 20000)); A=$((P + 1))
+cat >"$D/sw.toml" <<EOT
+[server]
+listen = "127.0.0.1:$P"
+admin_listen = "127.0.0.1:$A"
+admin_token_env = "STORMWALL_ADMIN_TOKEN"
+[store]
+backend = "sqlite"
+path = "$D/sw.db"
+[ipdb]
+path = "$(cd "$(dirname "$0")/.." && pwd)/tests/data/ip2asn-test.tsv"
+[[upstreams]]
+name = "mock"
+kind = "openai"
+base_url = "$MOCK_URL/v1"
+api_key_env = "MOCK_UPSTREAM_KEY"
+models = ["gpt-4o-mini"]
+EOT
+env STORMWALL_ADMIN_TOKEN=tok MOCK_UPSTREAM_KEY=sk-mock "$GW" serve --config "$D/sw.toml" >"$D/gw.log" 2>&1 &
+GP=$!
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$A/healthz" >/dev/null && break; sleep 0.2; done
+STORMWALL_ADMIN_TOKEN=tok "$BIN/stormwall-loadgen" --create-keys 1 --url "http://127.0.0.1:$A" --tenant b --keys-out "$D/keys.txt" --concurrency 1 >/dev/null
+"$BIN/stormwall-loadgen" --url "http://127.0.0.1:$P" --keys-file "$D/keys.txt" --requests 300 --warmup 0 --concurrency 1 "$@" --tsv >/dev/null
+sleep 2
+EFD=$(ls -l /proc/$GP/fd | awk '/anon_inode:\[eventfd\]/ {print $(NF-2)}' | tr '\n' ' ')
+strace -f -qq -e trace=write,futex,epoll_wait,sendto,recvfrom,read,writev -o "$D/trace" -p $GP &
+SP=$!
+sleep 1
+"$BIN/stormwall-loadgen" --url "http://127.0.0.1:$P" --keys-file "$D/keys.txt" --requests "$N" --warmup 0 --concurrency 1 "$@" --tsv >/dev/null
+sleep 1
+kill -INT $SP; wait $SP 2>/dev/null || true
+kill $GP $MP; wait $GP $MP 2>/dev/null || true
+echo "eventfd fds: $EFD"
+awk -v n="$N" -v efd="$EFD" 'BEGIN { split(efd, e, " "); for (i in e) isefd[e[i]] = 1 }
+  { if (match($0, /^[0-9]+ +([a-z_0-9]+)\(([0-9]+)?/, m)) { sc = m[1]; c[sc]++; if (sc == "write" && (m[2] in isefd)) ew++; if (sc == "futex" && $0 ~ /FUTEX_WAKE/) fw++ } }
+  END { printf "per request: eventfd writes %.2f, futex wakes %.2f", ew / n, fw / n; for (k in c) printf ", %s %.2f", k, c[k] / n; print "" }' "$D/trace"
+rm -rf "$D"
