@@ -16,9 +16,11 @@ use stormwall_types::{
 use crate::util::{self, Text, UNSEEN_PROMPT_CHARS, derived_id, parse_ip, parse_time};
 use crate::{ParseError, Record};
 
+/// A CloudTrail record; `P` and `X` are how `requestParameters` and `additionalEventData`
+/// are read (in place, or captured raw when the in-place reading fails).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Trail<'a> {
+struct Trail<'a, P, X> {
     #[serde(borrow)]
     event_time: Option<Text<'a>>,
     #[serde(borrow)]
@@ -33,10 +35,8 @@ struct Trail<'a> {
     user_agent: Option<Text<'a>>,
     #[serde(borrow)]
     user_identity: Option<Identity<'a>>,
-    #[serde(borrow)]
-    request_parameters: Option<&'a RawValue>,
-    #[serde(borrow)]
-    additional_event_data: Option<&'a RawValue>,
+    request_parameters: Option<P>,
+    additional_event_data: Option<X>,
     #[serde(borrow)]
     error_code: Option<Text<'a>>,
     #[serde(rename = "eventID", borrow)]
@@ -216,8 +216,48 @@ fn is_invocation(name: &str) -> bool {
 
 /// Parses one CloudTrail record.
 pub fn cloudtrail(text: &str) -> Result<Record, ParseError> {
-    let r: Trail<'_> =
+    let mut params_holder = String::new();
+    let mut extra_holder = String::new();
+    // One pass with the two nested objects read in place; when that fails (a bad record,
+    // or a nested object that is not the shape read), the raw reading, whose answer
+    // (default parameters, or the record's error) stands.
+    type Fast<'a> = Trail<'a, util::InPlace<'a, Params<'a>>, util::InPlace<'a, Extra<'a>>>;
+    if let Ok(mut r) = serde_json::from_str::<Fast<'_>>(text) {
+        let params = util::in_place(r.request_parameters.take(), &mut params_holder);
+        let extra = util::in_place(r.additional_event_data.take(), &mut extra_holder);
+        return trail_record(
+            text,
+            r,
+            params.unwrap_or_default(),
+            extra.unwrap_or_default(),
+        );
+    }
+    cloudtrail_raw(text)
+}
+
+/// [`cloudtrail`] with the nested objects captured raw and read after: slower, and the
+/// reading whose answers the one-pass reading keeps.
+fn cloudtrail_raw(text: &str) -> Result<Record, ParseError> {
+    let mut params_holder = String::new();
+    let mut extra_holder = String::new();
+    let mut r: Trail<'_, &RawValue, &RawValue> =
         serde_json::from_str(text).map_err(|e| ParseError::Shape("CloudTrail", e.to_string()))?;
+    let params = util::object_or_string_in(r.request_parameters.take(), &mut params_holder);
+    let extra = util::object_or_string_in(r.additional_event_data.take(), &mut extra_holder);
+    trail_record(
+        text,
+        r,
+        params.unwrap_or_default(),
+        extra.unwrap_or_default(),
+    )
+}
+
+fn trail_record<P, X>(
+    text: &str,
+    r: Trail<'_, P, X>,
+    params: Params<'_>,
+    extra: Extra<'_>,
+) -> Result<Record, ParseError> {
     let time = parse_time(
         r.event_time
             .as_deref()
@@ -235,18 +275,12 @@ pub fn cloudtrail(text: &str) -> Result<Record, ParseError> {
         .event_id
         .as_deref()
         .map_or_else(|| derived_id("ct", text), str::to_owned);
-    let mut extra_holder = String::new();
-    let extra: Extra<'_> =
-        util::object_or_string_in(r.additional_event_data, &mut extra_holder).unwrap_or_default();
     let bearer = extra.call_with_bearer_token.is_some_and(|v| {
         let t = v.get().trim();
         t == "true" || t.eq_ignore_ascii_case("\"true\"")
     });
     let identity = r.user_identity.unwrap_or_default();
     let principal = trail_principal(&identity, bearer, r.recipient_account_id.as_deref());
-    let mut params_holder = String::new();
-    let params: Params<'_> =
-        util::object_or_string_in(r.request_parameters, &mut params_holder).unwrap_or_default();
     let ip = r.source_ip_address.as_deref().and_then(parse_ip);
     let error = r.error_code.as_deref().filter(|e| !e.is_empty());
     let cloud = CloudContext {
@@ -552,5 +586,65 @@ fn scan_body(body: &serde_json::Value) -> BodyScan {
         system: (!system.is_empty()).then_some(system),
         max_tokens,
         roleplay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Awkward nested objects: the one-pass reading answers as the raw reading does.
+    #[test]
+    fn in_place_nested_objects_answer_as_raw_capture() {
+        let nested = [
+            r#"{"modelId":"m-1"}"#,
+            r#"{"modelId":"m\u002d1","userName":"bob"}"#,
+            r#""{\"modelId\":\"m-2\",\"guardrailIdentifier\":\"g\"}""#,
+            r#""{\"modelId\":5}""#,
+            r#""[\"m-3\",\"u\",\"g\"]""#,
+            r#""not json""#,
+            r#""""#,
+            r#"{"modelId":5,"userName":"bob"}"#,
+            r#"{"modelId":"a","modelId":"b"}"#,
+            r#"{"modelId":null,"loggingConfig":{"textDataDeliveryEnabled":false}}"#,
+            r#"{"loggingConfig":"x","loggingConfig":"y"}"#,
+            r#"{"userName":["x"]}"#,
+            r#"["m-4"]"#,
+            r#"[]"#,
+            "null",
+            "true",
+            "12",
+            "{}",
+            r#"{"callWithBearerToken":true}"#,
+            r#"{"callWithBearerToken":"true","callWithBearerToken":true}"#,
+            r#""{\"callWithBearerToken\":\"TRUE\"}""#,
+        ];
+        let names = [
+            ("bedrock.amazonaws.com", "InvokeModel"),
+            (
+                "bedrock.amazonaws.com",
+                "PutModelInvocationLoggingConfiguration",
+            ),
+            ("iam.amazonaws.com", "CreateAccessKey"),
+        ];
+        for p in nested {
+            for x in nested {
+                for (source, name) in names {
+                    let text = format!(
+                        r#"{{"eventTime":"2025-02-03T00:00:00Z","eventSource":"{source}","eventName":"{name}","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::1:user/u","accessKeyId":"AKIAX"}},"requestParameters":{p},"additionalEventData":{x},"eventID":"e1"}}"#
+                    );
+                    assert_eq!(cloudtrail(&text), cloudtrail_raw(&text), "{text}");
+                }
+            }
+        }
+        // Whole-record failures keep the raw reading's error.
+        for bad in [
+            "{",
+            "[]",
+            r#"{"eventTime":1}"#,
+            r#"{"requestParameters":{"modelId":1}}"#,
+        ] {
+            assert_eq!(cloudtrail(bad), cloudtrail_raw(bad), "{bad}");
+        }
     }
 }

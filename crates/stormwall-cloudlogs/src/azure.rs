@@ -160,8 +160,10 @@ fn endpoint_of_operation(op: &str) -> Option<Endpoint> {
 /// A diagnostic record's top level (diagnostic-setting export names, with the Log
 /// Analytics `AzureDiagnostics` column names as aliases). Typed and borrowed: this is the
 /// highest-volume Azure source.
+///
+/// `P` is how `properties` is read (in place, or captured raw when that fails).
 #[derive(serde::Deserialize)]
-struct Diag<'a> {
+struct Diag<'a, P> {
     #[serde(borrow, alias = "TimeGenerated")]
     time: Option<Text<'a>>,
     #[serde(
@@ -190,8 +192,8 @@ struct Diag<'a> {
     result_signature: Option<&'a RawValue>,
     #[serde(borrow, alias = "Location")]
     location: Option<Text<'a>>,
-    #[serde(borrow, alias = "properties_s", alias = "Properties")]
-    properties: Option<&'a RawValue>,
+    #[serde(alias = "properties_s", alias = "Properties")]
+    properties: Option<P>,
 }
 
 /// The `properties` of a diagnostic record.
@@ -228,8 +230,28 @@ fn raw_number(v: Option<&RawValue>) -> Option<f64> {
 
 /// Parses one Azure OpenAI diagnostic record.
 pub fn diagnostics(raw: &str) -> Result<Record, ParseError> {
-    let v: Diag<'_> = serde_json::from_str(raw)
+    let mut holder = String::new();
+    // One pass with `properties` read in place; when that fails (a bad record, or
+    // properties not of the shape read), the raw reading, whose answer stands.
+    type Fast<'a> = Diag<'a, util::InPlace<'a, DiagProps<'a>>>;
+    if let Ok(mut v) = serde_json::from_str::<Fast<'_>>(raw) {
+        let props = util::in_place(v.properties.take(), &mut holder);
+        return diag_record(raw, v, props.unwrap_or_default());
+    }
+    diagnostics_raw(raw)
+}
+
+/// [`diagnostics`] with `properties` captured raw and read after: slower, and the reading
+/// whose answers the one-pass reading keeps.
+fn diagnostics_raw(raw: &str) -> Result<Record, ParseError> {
+    let mut holder = String::new();
+    let mut v: Diag<'_, &RawValue> = serde_json::from_str(raw)
         .map_err(|e| ParseError::Shape("Azure diagnostic", e.to_string()))?;
+    let props = util::object_or_string_in(v.properties.take(), &mut holder);
+    diag_record(raw, v, props.unwrap_or_default())
+}
+
+fn diag_record<P>(raw: &str, v: Diag<'_, P>, props: DiagProps<'_>) -> Result<Record, ParseError> {
     let t = parse_time(v.time.as_deref().ok_or(ParseError::Missing("time"))?)?;
     let category = v
         .category
@@ -237,9 +259,6 @@ pub fn diagnostics(raw: &str) -> Result<Record, ParseError> {
         .ok_or(ParseError::Missing("category"))?;
     let op = v.operation_name.as_deref().unwrap_or("");
     let resource = v.resource_id.as_deref().unwrap_or("");
-    let mut holder = String::new();
-    let props: DiagProps<'_> =
-        util::object_or_string_in(v.properties, &mut holder).unwrap_or_default();
     let ip = v.caller_ip.as_deref().and_then(parse_ip);
     let id = v
         .correlation_id
@@ -775,5 +794,53 @@ mod tests {
             format!("az-AbC-1-{}", "ChatCompletions_Create".to_ascii_lowercase())
         );
         assert_eq!(lower_after(&["oid:"], "ABC-déf"), "oid:abc-déf");
+    }
+
+    /// Awkward `properties`: the one-pass reading answers as the raw reading does.
+    #[test]
+    fn in_place_properties_answer_as_raw_capture() {
+        let props = [
+            r#"{"modelDeploymentName":"d","modelName":"gpt-4o","requestLength":12,"streamType":"Streaming"}"#,
+            r#"{"objectId":"00000000-0000-0000-0000-000000000001","apiName":"Azure OpenAI API version 2024-06-01"}"#,
+            r#""{\"modelDeploymentName\":\"d2\",\"requestLength\":\"40\"}""#,
+            r#""{\"modelName\":7}""#,
+            r#""[\"api\",1,2,\"oid\"]""#,
+            r#""not json""#,
+            r#""""#,
+            r#"{"modelName":7,"modelDeploymentName":"d"}"#,
+            r#"{"modelName":"a","modelName":"b"}"#,
+            r#"{"count":{"x":1},"responseLength":[1]}"#,
+            r#"{"objectId":["x"]}"#,
+            r#"{"modelName":"caf\u00e9"}"#,
+            r#"["d"]"#,
+            "null",
+            "false",
+            "3.5",
+            "{}",
+        ];
+        let heads = [
+            r#""category":"RequestResponse","operationName":"ChatCompletions_Create""#,
+            r#""Category":"Audit","OperationName":"ListKey""#,
+        ];
+        for p in props {
+            for h in heads {
+                for key in ["properties", "properties_s", "Properties"] {
+                    let text = format!(
+                        r#"{{"time":"2025-02-03T00:00:00Z","resourceId":"/SUBSCRIPTIONS/S/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.COGNITIVESERVICES/ACCOUNTS/A",{h},"callerIpAddress":"198.51.100.***","correlationId":"c1","resultSignature":"200","{key}":{p}}}"#
+                    );
+                    assert_eq!(diagnostics(&text), diagnostics_raw(&text), "{text}");
+                }
+            }
+        }
+        // Whole-record failures (a duplicate under an alias included) keep the raw error.
+        for bad in [
+            "{",
+            "[]",
+            r#"{"time":1}"#,
+            r#"{"properties":{},"Properties":{}}"#,
+            r#"{"time":"2025-02-03T00:00:00Z","category":"RequestResponse","properties":{"modelName":1}"#,
+        ] {
+            assert_eq!(diagnostics(bad), diagnostics_raw(bad), "{bad}");
+        }
     }
 }

@@ -202,6 +202,92 @@ pub fn object_or_string_in<'a, T: serde::Deserialize<'a>>(
     }
 }
 
+/// A field that is a JSON object or a JSON string holding one, read in the record's one
+/// pass: an object straight into `T` (capturing it as a `RawValue` first scanned it twice),
+/// a string kept for [`in_place`] to read. A parser using it must fall back to its
+/// `RawValue` reading when the record fails, so an object that is not a `T` still gives
+/// the default, as [`object_or_string_in`] does.
+pub enum InPlace<'a, T> {
+    /// The field was an object, read as `T`.
+    Object(T),
+    /// The field was a string (unescaped), possibly holding JSON.
+    Text(Cow<'a, str>),
+    /// Anything else (number, boolean, array): read as absent.
+    Other,
+}
+
+impl<'de: 'a, 'a, T: serde::Deserialize<'de>> serde::Deserialize<'de> for InPlace<'a, T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a, T>(std::marker::PhantomData<(&'a (), T)>);
+        impl<'de: 'a, 'a, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<'a, T> {
+            type Value = InPlace<'a, T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object or a string")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(InPlace::Object)
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(InPlace::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(InPlace::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(InPlace::Text(Cow::Owned(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(InPlace::Other)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(InPlace::Other)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(InPlace::Other)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(InPlace::Other)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(InPlace::Other)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(InPlace::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The value of an [`InPlace`] field, as [`object_or_string_in`] reads the same field
+/// captured raw: a string holding JSON is parsed from `holder`; absent or unreadable gives
+/// `None`.
+pub fn in_place<'h, T: serde::Deserialize<'h>>(
+    v: Option<InPlace<'h, T>>,
+    holder: &'h mut String,
+) -> Option<T> {
+    match v? {
+        InPlace::Object(t) => Some(t),
+        InPlace::Text(s) => {
+            *holder = s.into_owned();
+            let inner: &'h String = holder;
+            serde_json::from_str(inner).ok()
+        }
+        InPlace::Other => None,
+    }
+}
+
 /// The Azure subscription id in a resource id (`/SUBSCRIPTIONS/<id>/…`), lower-cased.
 pub fn azure_subscription(resource_id: &str) -> Option<String> {
     // Segment by segment, without lower-casing the whole id first (every Azure record).
