@@ -381,6 +381,9 @@ pub struct HourWindow {
     /// The previous hour's `no_user_foreign` when that hour was not learned for it (R1
     /// counts across one hour boundary).
     pub no_user_foreign_before: u8,
+    /// Calls with an end-user id from a network new to such a key (R1; saturating): the
+    /// other side of the missing-id fraction.
+    pub user_foreign: u8,
 }
 
 impl HourWindow {
@@ -421,6 +424,7 @@ impl HourWindow {
             no_user: 0,
             no_user_foreign: 0,
             no_user_foreign_before: 0,
+            user_foreign: 0,
         }
     }
 

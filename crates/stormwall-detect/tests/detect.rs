@@ -1892,3 +1892,71 @@ fn r1_calls_without_the_apps_end_user_ids_from_a_new_network_suspend() {
     let alerts = feed(&mut e, &evs);
     assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
 }
+
+/// The same resale on a support bot that passes its users' ids on most calls but not all
+/// (one in seven without, as the live simulation's history has it): more than 1 % without,
+/// so the count alone cannot tell, but a new network whose calls lack ids far more often
+/// than the key's own ever did (a binomial bound on the learned share) suspends it. The
+/// owner's app moving to a new network, with its usual share without ids, does not.
+#[test]
+fn r1_a_new_network_missing_ids_far_more_often_than_the_app_suspends() {
+    let bot = |e: &mut Engine, g: &mut Gen, k: &str| {
+        let mut evs = Vec::new();
+        let mut t = T0;
+        let mut n = 0u64;
+        while t < T0 + Duration::days(3) {
+            let mut ev = g.chat(k, "bots", t, &corp());
+            n += 1;
+            ev.system_prompt_hash = Some(format!("{n:032x}"));
+            if !n.is_multiple_of(7) {
+                ev.end_user = Some(format!("user-{}", n % 400));
+            }
+            evs.push(ev);
+            t += Duration::minutes(4);
+        }
+        assert!(!fired(&feed(e, &evs), DetectorId::R1));
+    };
+    let at = end(3);
+    let k = "BotKey000003";
+    let line = client(
+        "192.0.2.50",
+        64506,
+        "US",
+        "OpenAI/Python 1.51.0",
+        SDK_HEADERS,
+    );
+
+    let mut e = engine();
+    let mut g = Gen::new();
+    bot(&mut e, &mut g, k);
+    let mut stopped_after = None;
+    for i in 0..30 {
+        let mut ev = g.chat(k, "bots", at + Duration::minutes(i), &line);
+        ev.system_prompt_hash = Some(format!("{:032x}", 9_000 + i % 3));
+        if i % 3 == 2 {
+            ev.end_user = Some(format!("buyer-{i}"));
+        }
+        for a in e.observe(&ev) {
+            if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                stopped_after.get_or_insert(i + 1);
+            }
+        }
+    }
+    let n = stopped_after.expect("the resold key was not suspended");
+    assert!(n <= 15, "suspended after {n} reseller calls");
+
+    // The owner's app moved to a new network, with its usual share of calls without ids.
+    let mut e = engine();
+    let mut g = Gen::new();
+    bot(&mut e, &mut g, k);
+    let mut alerts = Vec::new();
+    for i in 0..40 {
+        let mut ev = g.chat(k, "bots", at + Duration::minutes(i), &line);
+        ev.system_prompt_hash = Some(format!("{:032x}", 9_000 + i));
+        if i % 7 != 3 {
+            ev.end_user = Some(format!("user-{}", i * 7));
+        }
+        alerts.extend(e.observe(&ev));
+    }
+    assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
+}

@@ -3,7 +3,7 @@
 
 use stormwall_types::{
     Alert, ControlEvent, Decision, Incident, IncidentStatus, IncidentSubject, KeyHash, KeyId,
-    KeyKind, KeyRecord, KeyScope, KeyStatus, UsageEvent,
+    KeyKind, KeyRecord, KeyScope, KeyStatus, Severity, UsageEvent,
 };
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -294,7 +294,11 @@ fn finite(what: &str, values: impl IntoIterator<Item = f64>) -> Result<(), Store
 /// A new alert's columns ready to bind.
 pub(crate) struct AlertColumns {
     pub(crate) id: String,
+    /// The caller's incident name and the severity's rank ([`incident_key`]).
     pub(crate) incident: String,
+    /// The caller's incident name, kept to name its higher severities.
+    base: String,
+    severity_enum: Severity,
     pub(crate) detector: &'static str,
     pub(crate) severity: &'static str,
     pub(crate) key_id: Option<String>,
@@ -305,7 +309,35 @@ pub(crate) struct AlertColumns {
     pub(crate) body_json: String,
 }
 
+/// The stored incident of an alert: its incident name and severity rank, so that an
+/// escalation is a new row and the same or a lower severity is a copy.
+fn incident_key(incident: &str, severity: Severity) -> String {
+    format!("{incident}#{}", severity.rank())
+}
+
 impl AlertColumns {
+    /// Stored incidents that make this alert a copy: its incident at its own severity or any
+    /// higher one. A replica with a partial view may raise a detector lower than another
+    /// replica already did; that lower alert adds nothing.
+    pub(crate) fn at_or_above(&self) -> Vec<String> {
+        [
+            Severity::Info,
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .filter(|s| s.rank() >= self.severity_enum.rank())
+        .map(|s| incident_key(&self.base, s))
+        .collect()
+    }
+
+    /// [`Self::at_or_above`] as a JSON array, for SQLite's `json_each`.
+    pub(crate) fn at_or_above_json(&self) -> String {
+        serde_json::Value::from(self.at_or_above()).to_string()
+    }
+
     /// Columns of a new (`open`) alert stored at `now`.
     pub(crate) fn new(a: &Alert, incident: &str, now: OffsetDateTime) -> Result<Self, StoreError> {
         no_nul("alert id", Some(&a.id))?;
@@ -323,8 +355,10 @@ impl AlertColumns {
         let body_json = serde_json::to_string(a)
             .map_err(|_| StoreError::Corrupt(format!("{what} does not encode")))?;
         Ok(Self {
+            base: incident.to_owned(),
+            severity_enum: a.severity,
             id: a.id.clone(),
-            incident: incident.to_owned(),
+            incident: incident_key(incident, a.severity),
             detector: a.detector.as_str(),
             severity: a.severity.as_str(),
             key_id: a.key_id.as_ref().map(|k| k.as_str().to_owned()),

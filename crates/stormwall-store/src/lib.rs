@@ -400,9 +400,10 @@ pub struct ActionQuery {
 #[async_trait]
 pub trait AlertStore: Send + Sync {
     /// Stores a new alert with status `open`. `incident` names the incident the alert
-    /// belongs to (e.g. detector, key and hour); an alert whose id or incident is already
-    /// stored is not stored again and `Ok(false)` is returned, so replicas that see the same
-    /// incident raise it once.
+    /// belongs to (e.g. detector, key and hour), without its severity; an alert whose id is
+    /// already stored, or whose incident is stored at the same or a higher severity, is not
+    /// stored and `Ok(false)` is returned, so replicas that see the same incident raise it
+    /// once, an escalation is stored and a lower raise by a replica that saw less is not.
     async fn insert_alert(&self, alert: &Alert, incident: &str) -> Result<bool, StoreError>;
     /// Reads one alert.
     async fn get_alert(&self, id: &str) -> Result<Option<StoredAlert>, StoreError>;

@@ -116,9 +116,16 @@ const INSERT_CONTROL_EVENTS: &str = "INSERT INTO control_events (id, ts_unix_ms,
 
 /// A conflict on the id or on the incident inserts nothing: replicas that raise the same
 /// incident at once store it once, and the losers learn it from the row count.
+/// Stores nothing when the alert's id or its incident at this or a higher severity
+/// (`$11`, [`AlertColumns::at_or_above`]) is stored. Two replicas inserting different
+/// severities of one incident at the same instant may both store theirs (neither sees the
+/// other's uncommitted row); one arriving after a higher one committed is a copy.
 const INSERT_ALERT: &str = "INSERT INTO alerts (id, incident, detector, severity, key_id, \
      tenant, at_unix_ms, status, note, created_at, updated_at, body_json) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $9, $10) ON CONFLICT DO NOTHING";
+     SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::bigint, $8::text, \
+     NULL, $9::text, $9::text, $10::text \
+     WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE incident = ANY($11::text[])) \
+     ON CONFLICT DO NOTHING";
 
 /// The action and its alert links in one statement, so one implicit transaction: a
 /// re-recorded id inserts nothing, links included.
@@ -1104,6 +1111,7 @@ impl AlertStore for PostgresStore {
                     &c.status,
                     &c.created_at,
                     &c.body_json,
+                    &c.at_or_above(),
                 ],
             )
             .await

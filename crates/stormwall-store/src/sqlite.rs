@@ -99,9 +99,14 @@ const INSERT_CONTROL_EVENT: &str = "INSERT INTO control_events (id, ts_unix_ms, 
 
 /// Ignores only uniqueness conflicts (id or incident), unlike `INSERT OR IGNORE`, which
 /// would also hide a NOT NULL violation.
+/// Stores nothing when the alert's id or its incident at this or a higher severity
+/// (`?11`, [`AlertColumns::at_or_above`]) is stored: the write lock makes check and insert one
+/// step.
 const INSERT_ALERT: &str = "INSERT INTO alerts (id, incident, detector, severity, key_id, \
      tenant, at_unix_ms, status, note, created_at, updated_at, body_json) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?9, ?10) ON CONFLICT DO NOTHING";
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?9, ?10 \
+     WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE incident IN (SELECT value FROM json_each(?11))) \
+     ON CONFLICT DO NOTHING";
 
 const INSERT_ACTION: &str = "INSERT INTO actions (id, key_id, alert_id, kind, outcome, \
      applied_at, body_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
@@ -1198,6 +1203,7 @@ impl AlertStore for SqliteStore {
                     c.status,
                     c.created_at,
                     c.body_json,
+                    c.at_or_above_json(),
                 ])
                 .map_err(db)?;
             Ok(inserted == 1)

@@ -1144,6 +1144,39 @@ mod suite {
         assert_eq!(all[0].alert, first);
         assert_eq!(store.get_alert("a2").await.unwrap(), None);
 
+        // An escalation of the incident within its window is stored; after it, a replica that
+        // saw less and raises the same detector lower (or as high) again adds nothing.
+        let mut critical = alert("a3", DetectorId::R3, t0() + ms(5), Some(1), Some("acme"));
+        critical.severity = Severity::Critical;
+        assert!(store.insert_alert(&critical, "R3:k1:h0").await.unwrap());
+        for (id, severity) in [
+            ("a4", Severity::Medium),
+            ("a5", Severity::High),
+            ("a6", Severity::Critical),
+        ] {
+            let mut lower = alert(id, DetectorId::R3, t0() + ms(7), Some(1), Some("acme"));
+            lower.severity = severity;
+            assert!(
+                !store.insert_alert(&lower, "R3:k1:h0").await.unwrap(),
+                "{severity:?} after critical"
+            );
+        }
+        // A lower severity first, then higher ones, are each stored.
+        let mut low = alert("b1", DetectorId::R3, t0(), Some(3), None);
+        low.severity = Severity::Low;
+        assert!(store.insert_alert(&low, "R3:k3:h0").await.unwrap());
+        let mut medium = alert("b2", DetectorId::R3, t0(), Some(3), None);
+        medium.severity = Severity::Medium;
+        assert!(store.insert_alert(&medium, "R3:k3:h0").await.unwrap());
+        // Another incident is not affected by this one's severities.
+        let mut other = alert("b3", DetectorId::R3, t0(), Some(3), None);
+        other.severity = Severity::Low;
+        assert!(store.insert_alert(&other, "R3:k3:h1").await.unwrap());
+        let all = store.list_alerts(&AlertQuery::default()).await.unwrap();
+        let mut ids = alert_ids(&all);
+        ids.sort_unstable();
+        assert_eq!(ids, ["a1", "a3", "b1", "b2", "b3"]);
+
         // Replicas racing on one incident: exactly one stores it.
         let racers = (0..8).map(|i| {
             let store = Arc::clone(&store);

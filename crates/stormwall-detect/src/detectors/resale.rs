@@ -81,6 +81,46 @@ pub fn r1_styles(
 
 /// Learned inference calls a key needs before "always passes an end-user id" means anything.
 const USER_HABIT_MIN_CALLS: u64 = 200;
+/// Largest bound on a key's share of calls without an end-user id for R1's end-user side.
+const USER_HABIT_MAX_MISSING: f64 = 0.25;
+/// Chance, at the key's bound share, of as many foreign calls without an id, under which
+/// they are not the key's own app.
+const USER_MISSING_P: f64 = 1e-4;
+
+/// An upper bound on the share of calls without an end-user id, from `missing` of `calls`
+/// learned (about two standard errors above the observed share, never below 1/calls).
+fn missing_share_bound(missing: u64, calls: u64) -> f64 {
+    if calls == 0 {
+        return 1.0;
+    }
+    let n = calls as f64;
+    let p = missing as f64 / n;
+    (p + 2.0 * (p * (1.0 - p) / n).sqrt() + 1.0 / n).min(1.0)
+}
+
+/// P(X ≥ k) for X ~ Binomial(n, p).
+fn binomial_tail(k: u32, n: u32, p: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n || p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    // pmf(i) from pmf(i - 1): the terms stay in range for the small counts of one hour.
+    let mut pmf = (1.0 - p).powi(n as i32);
+    let mut tail = 0.0;
+    for i in 0..=n {
+        if i >= k {
+            tail += pmf;
+        }
+        pmf *= f64::from(n - i) / f64::from(i + 1) * p / (1.0 - p);
+    }
+    tail.min(1.0)
+}
+
 /// Foreign calls without an end-user id in an hour that make R1 high.
 const USER_MISSING_FOREIGN: u8 = 5;
 
@@ -93,13 +133,18 @@ const USER_MISSING_FOREIGN: u8 = 5;
 /// home, which also carries no ids.
 pub fn r1_missing_users(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     let o = ctx.o;
-    if !matches!(ctx.reference, Reference::Key) || !o.inference || o.probe || o.end_user_h.is_some()
-    {
+    if !matches!(ctx.reference, Reference::Key) || !o.inference || o.probe {
         return;
     }
     let b = &ks.base;
-    // At most 1 % of learned calls without one: the app always passes it.
-    if b.inference < USER_HABIT_MIN_CALLS || b.no_user * 100 > b.inference || ctx.known_asn(ks) {
+    // The app passes its users' ids on all but a share of its calls that the learned calls
+    // bound from above (at most `USER_HABIT_MAX_MISSING`).
+    let habit = missing_share_bound(b.no_user, b.inference);
+    if b.inference < USER_HABIT_MIN_CALLS || habit > USER_HABIT_MAX_MISSING || ctx.known_asn(ks) {
+        return;
+    }
+    if o.end_user_h.is_some() {
+        ks.hour.user_foreign = ks.hour.user_foreign.saturating_add(1);
         return;
     }
     ks.hour.no_user_foreign = ks.hour.no_user_foreign.saturating_add(1);
@@ -110,6 +155,14 @@ pub fn r1_missing_users(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) 
     let thr = (f64::from(USER_MISSING_FOREIGN) * ks.factor(DetectorId::R1)).ceil();
     if f64::from(n) < thr {
         return;
+    }
+    // Beyond 1 % the count alone is not enough: the new network's calls must lack ids far
+    // more often than the key's own ever did.
+    if b.no_user * 100 > b.inference {
+        let total = u32::from(n) + u32::from(ks.hour.user_foreign);
+        if binomial_tail(u32::from(n), total, habit) > USER_MISSING_P {
+            return;
+        }
     }
     let calls = b.inference as f64;
     let without = b.no_user as f64;

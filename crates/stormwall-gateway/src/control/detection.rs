@@ -203,10 +203,10 @@ impl Detection {
     }
 }
 
-/// The incident an alert belongs to: one per detector, severity, subject and cooldown
-/// window, so replicas that each see part of one attack store one alert — and an escalation
-/// (the same detector at a higher severity within the window) is stored, added to its
-/// incident and notified instead of being taken for a replica's copy.
+/// The incident an alert belongs to: one per detector, subject and cooldown window, so
+/// replicas that each see part of one attack store one alert. The store adds the severity:
+/// an escalation within the window is stored, added to its incident and notified, while the
+/// same or a lower severity (a replica that saw less) is a copy.
 pub fn incident(alert: &Alert, window_secs: u32) -> String {
     let subject = match (&alert.key_id, alert.source_ip) {
         (Some(k), _) => k.as_str().to_owned(),
@@ -214,11 +214,7 @@ pub fn incident(alert: &Alert, window_secs: u32) -> String {
         (None, None) => alert.id.clone(),
     };
     let bucket = alert.at.unix_timestamp() / i64::from(window_secs.max(1));
-    format!(
-        "{}:{}:{subject}:{bucket}",
-        alert.detector.as_str(),
-        alert.severity.as_str()
-    )
+    format!("{}:{subject}:{bucket}", alert.detector.as_str())
 }
 
 /// Runs the detection task until the handle is dropped.
@@ -818,15 +814,17 @@ mod tests {
             incident(&alert(1199, Some(k)), 600),
             incident(&alert(1200, Some(k)), 600)
         );
-        assert_eq!(incident(&alert(5, None), 0), "P1:high:127.0.0.1:5");
+        assert_eq!(incident(&alert(5, None), 0), "P1:127.0.0.1:5");
     }
 
     #[test]
-    fn an_escalation_within_the_window_is_not_taken_for_a_copy() {
+    fn severity_is_left_to_the_store() {
+        // The store tells an escalation (stored) from a lower raise (a copy) by severity, so
+        // the incident name must be the same for both.
         let k = "abcdefghijkl";
         let high = alert(600, Some(k));
         let mut critical = alert(700, Some(k));
         critical.severity = Severity::Critical;
-        assert_ne!(incident(&high, 3600), incident(&critical, 3600));
+        assert_eq!(incident(&high, 3600), incident(&critical, 3600));
     }
 }

@@ -239,13 +239,6 @@ async fn live_replay_creates_keys_and_sends_mapped_traffic() {
 /// Scenarios whose keys a short live run detects but does not end suspended or revoked.
 /// Their alerts (with evidence) are still required.
 const NOT_STOPPED_LIVE: &[(&str, &str)] = &[
-    // Built to defeat the fingerprint detectors (the victim's exact SDK, headers and
-    // networks of its kind); the offline simulation does not stop it either (docs/detection.md,
-    // limits). Live it raises medium R6/R3 alerts, below every suspend rule.
-    (
-        "stealth_resale",
-        "copies the victim's client exactly: not stopped offline either",
-    ),
     // Throttled on the proxy signals (P1/P2/P3/P5, all one stage); the resale signals (R1,
     // R6) that suspend it offline come over hours, and at 6 requests a minute the seconds
     // left in a live run do not carry them.
