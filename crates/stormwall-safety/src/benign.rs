@@ -664,6 +664,146 @@ pub fn everyday() -> Vec<String> {
     out
 }
 
+/// How a user asks for something written.
+const ASKS: &[&str] = &[
+    "write",
+    "draft",
+    "help me write",
+    "can you write",
+    "could you draft",
+    "please write",
+    "i need",
+    "compose",
+    "help me with",
+    "can you help me write",
+];
+
+/// Everyday documents a user asks an assistant for.
+const DOCUMENTS: &[&str] = &[
+    "an email",
+    "a polite email",
+    "a short email",
+    "a letter",
+    "a formal letter",
+    "a message",
+    "a quick note",
+    "a text message",
+    "a reply",
+    "a short poem",
+    "a limerick",
+    "a paragraph",
+];
+
+/// Whom (or what) the document is for.
+const RECIPIENTS: &[&str] = &[
+    "to my landlord",
+    "to my manager",
+    "to a colleague",
+    "to my teacher",
+    "to my doctor's surgery",
+    "to the hotel",
+    "to a supplier",
+    "to my bank",
+    "to the head of the school",
+    "to my neighbours",
+    "to a recruiter",
+    "to my tenant",
+    "for my team",
+    "for my mum",
+    "about my cat",
+    "about a rainy day",
+];
+
+/// What the document is about.
+const PURPOSES: &[&str] = &[
+    "asking for a repair",
+    "about a late payment",
+    "to reschedule our meeting",
+    "asking for an update on my application",
+    "to say thank you",
+    "to confirm the booking",
+    "about the noise at night",
+    "asking for a refund",
+    "to request a day off",
+    "explaining a delay",
+    "with a reminder about the deadline",
+    "to introduce myself",
+    "asking about the heating bill",
+    "about the broken washing machine",
+    "",
+];
+
+/// Everyday questions (recipes, homework, code, travel, home) as templates; `{}` is filled
+/// from [`QUESTION_TOPICS`].
+const QUESTIONS: &[&str] = &[
+    "how do i {}?",
+    "can you explain {}?",
+    "what is the best way to {}?",
+    "give me tips to {}",
+    "explain step by step how to {}",
+    "i want to {}, where do i start?",
+];
+
+/// Everyday things people ask about.
+const QUESTION_TOPICS: &[&str] = &[
+    "bake a chocolate cake",
+    "cook rice in a pot",
+    "make a vegetable soup",
+    "store fresh herbs",
+    "roast a chicken",
+    "solve a quadratic equation",
+    "write a good thesis statement",
+    "revise for a chemistry exam",
+    "learn my times tables",
+    "understand long division",
+    "read a file line by line in python",
+    "sort a list in javascript",
+    "merge two branches in git",
+    "write a for loop in rust",
+    "fix a null pointer exception in java",
+    "connect to a postgres database",
+    "book cheap train tickets in europe",
+    "pack light for a long weekend",
+    "plan a trip to the coast",
+    "find a hostel in berlin",
+    "unblock a kitchen sink",
+    "paint a bedroom wall",
+    "set up a monthly budget",
+    "train my puppy to sit",
+];
+
+/// Synthetic everyday requests, written here for the project: the development sets' chat
+/// prompts that ask for something written ("Write an email …", "Write a message …") are
+/// almost all harmful (phishing, harassment, defamation), so without ordinary requests of
+/// the same shape the model reads "write … email" as harassment and "short message" as
+/// sexual. Deterministic, like the rest of this module.
+pub fn requests() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in 0..REQUESTS {
+        let r = mix(0x2E0E_0000 + i);
+        let (ask, doc) = (pick(ASKS, r), pick(DOCUMENTS, r >> 8));
+        let (to, why) = (pick(RECIPIENTS, r >> 16), pick(PURPOSES, r >> 24));
+        let mut t = format!("{ask} {doc} {to} {why}").trim_end().to_owned();
+        t.push_str(pick(&[".", "?", "", "."], r >> 32));
+        out.push(capitalise(&t));
+    }
+    for (i, q) in QUESTIONS.iter().enumerate() {
+        for (j, topic) in QUESTION_TOPICS.iter().enumerate() {
+            let r = mix(0x0E57_0000 + (i * 64 + j) as u64);
+            // A third of the pairs, so the templates do not dominate the benign examples.
+            if r.is_multiple_of(3) {
+                out.push(capitalise(&q.replace("{}", topic)));
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|s| seen.insert(s.clone()));
+    out
+}
+
+/// How many written-document requests [`requests`] draws.
+const REQUESTS: u64 = 240;
+
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
@@ -749,5 +889,21 @@ mod tests {
         assert!((250..=800).contains(&a.len()), "{}", a.len());
         assert_eq!(a, system_prompts());
         assert!(a.iter().all(|s| !s.trim().is_empty()));
+    }
+
+    #[test]
+    fn requests_are_distinct_deterministic_and_apart_from_the_ordinary_chat_check() {
+        let a = requests();
+        assert!((200..=500).contains(&a.len()), "{}", a.len());
+        assert_eq!(a, requests());
+        // The integration test's everyday prompts must stay unseen by training.
+        let check: std::collections::HashSet<String> =
+            include_str!("../tests/data/ordinary-chat.txt")
+                .lines()
+                .map(|l| crate::normalize::fold(l.trim()))
+                .collect();
+        for t in &a {
+            assert!(!check.contains(&crate::normalize::fold(t)), "{t}");
+        }
     }
 }

@@ -521,6 +521,13 @@ pub fn training_examples<'a>(
         labels: Vec::new(),
         augmented: true,
     }));
+    // Everyday requests to write or explain something: the labelled sets' requests of
+    // that shape are nearly all harmful.
+    examples.extend(crate::benign::requests().iter().map(|t| Example {
+        text: crate::normalize::fold(t),
+        labels: Vec::new(),
+        augmented: true,
+    }));
     examples.extend(crate::benign::system_prompts().iter().map(|t| Example {
         text: crate::normalize::fold(t),
         labels: Vec::new(),

@@ -679,23 +679,65 @@ fn ordinary_chat() -> Vec<String> {
 #[test]
 fn ordinary_chat_seldom_reaches_the_encoder_and_is_never_flagged() {
     // Which chat prompts go to the encoder depends only on the fast tier and the heads'
-    // band, so this runs without the model: under a tenth of everyday chat may pay for the
-    // encoder (the issue's target for a realistic mix).
+    // band, so the reach count runs without the model: under a tenth of everyday chat may
+    // pay for the encoder (the issue's target for a realistic mix). The verdict is the full
+    // cascade's when the model is there (scripts/test fetches it); without it, only the
+    // fast tier's, and under CI a missing model fails rather than passing on half a check.
     let heads = stormwall_safety::cascade::Heads::builtin()
         .unwrap()
         .expect("shipped heads");
-    let s = Screener::builtin().unwrap();
+    let fast = Screener::builtin().unwrap();
+    let full = cascade_screener();
+    assert!(
+        full.is_some() || std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true without STORMWALL_TEST_ENCODER_DIR: the cascade's verdict on ordinary chat \
+         would go unchecked"
+    );
     let profile = Profile::default();
     let texts = ordinary_chat();
-    assert!(texts.len() >= 60, "{}", texts.len());
-    let mut reached = Vec::new();
+    assert!(texts.len() >= 150, "{}", texts.len());
+    let (mut reached, mut flagged) = (Vec::new(), Vec::new());
     for t in &texts {
-        let a = s.analyze(t);
+        let a = fast.analyze(t);
         if heads.wants(Kind::Chat, a.max_score()) {
             reached.push(t.as_str());
         }
+        let a = match full {
+            Some(s) => s.analyze_for(t, Kind::Chat),
+            None => a,
+        };
         let v = a.decide(Kind::Chat, &profile);
-        assert!(v.action < Action::Flag, "{t:?}: {v:?}");
+        if v.action >= Action::Flag {
+            let why: Vec<String> = v
+                .categories
+                .iter()
+                .filter(|c| c.action >= Action::Flag)
+                .map(|c| format!("{} {:.2} {:?}", c.category.as_str(), c.score, c.detector))
+                .collect();
+            flagged.push((t.as_str(), why));
+        }
+    }
+    // Known defects of the shipped model, listed so the check guards every other prompt
+    // meanwhile (docs/safety.md, "eighth cut"). Strict: once one of them passes, the test
+    // fails until it is taken off the list, so the list can only shrink.
+    let known: &[&str] = if full.is_some() {
+        &["How do I write a regex that matches an email address?"]
+    } else {
+        &[]
+    };
+    let unexpected: Vec<_> = flagged.iter().filter(|(t, _)| !known.contains(t)).collect();
+    assert!(
+        unexpected.is_empty(),
+        "{} of {} flagged (encoder: {}): {unexpected:#?}",
+        unexpected.len(),
+        texts.len(),
+        full.is_some()
+    );
+    for k in known {
+        assert!(
+            flagged.iter().any(|(t, _)| t == k),
+            "{k:?} is no longer flagged: take it off the known list"
+        );
     }
     assert!(
         reached.len() * 10 < texts.len(),
