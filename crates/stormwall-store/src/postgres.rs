@@ -727,6 +727,51 @@ impl QueryBuilder {
     }
 }
 
+/// Writes an incident's row (inserted, or its content updated; `reopen` lets a closed one
+/// run again) and links its alerts, inside the caller's transaction.
+async fn write_incident(
+    tx: &deadpool_postgres::Transaction<'_>,
+    c: &IncidentColumns,
+    reopen: bool,
+) -> Result<(), StoreError> {
+    let stmt = tx.prepare_cached(UPSERT_INCIDENT).await.map_err(db)?;
+    tx.execute(
+        &stmt,
+        &[
+            &c.id,
+            &c.subject,
+            &c.key_id,
+            &c.tenant,
+            &c.severity,
+            &c.severity_rank,
+            &c.status,
+            &c.opened_unix_ms,
+            &c.updated_unix_ms,
+            &c.now,
+            &c.body_json,
+            &reopen,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    link_incident_alerts(tx, c).await
+}
+
+/// Links an incident's alerts (a link already there is kept).
+async fn link_incident_alerts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    c: &IncidentColumns,
+) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(INSERT_INCIDENT_ALERTS)
+        .await
+        .map_err(db)?;
+    tx.execute(&stmt, &[&c.id, &c.alert_ids])
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 #[async_trait]
 impl KeyStore for PostgresStore {
     async fn insert_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
@@ -1288,34 +1333,10 @@ impl IncidentStore for PostgresStore {
             }
             // The id was taken by an incident that no longer holds the episode (written
             // before it was opened here): store the content as any update would.
-            let stmt = tx.prepare_cached(UPSERT_INCIDENT).await.map_err(db)?;
-            tx.execute(
-                &stmt,
-                &[
-                    &c.id,
-                    &c.subject,
-                    &c.key_id,
-                    &c.tenant,
-                    &c.severity,
-                    &c.severity_rank,
-                    &c.status,
-                    &c.opened_unix_ms,
-                    &c.updated_unix_ms,
-                    &c.now,
-                    &c.body_json,
-                    &false,
-                ],
-            )
-            .await
-            .map_err(db)?;
+            write_incident(&tx, &c, false).await?;
+        } else {
+            link_incident_alerts(&tx, &c).await?;
         }
-        let stmt = tx
-            .prepare_cached(INSERT_INCIDENT_ALERTS)
-            .await
-            .map_err(db)?;
-        tx.execute(&stmt, &[&c.id, &c.alert_ids])
-            .await
-            .map_err(db)?;
         let row = tx
             .query_opt(&select, &[&c.id])
             .await
@@ -1336,33 +1357,7 @@ impl IncidentStore for PostgresStore {
         let mut client = self.client().await?;
         // Row, links and the read-back in one transaction: the answer is what this call left.
         let tx = client.transaction().await.map_err(db)?;
-        let stmt = tx.prepare_cached(UPSERT_INCIDENT).await.map_err(db)?;
-        tx.execute(
-            &stmt,
-            &[
-                &c.id,
-                &c.subject,
-                &c.key_id,
-                &c.tenant,
-                &c.severity,
-                &c.severity_rank,
-                &c.status,
-                &c.opened_unix_ms,
-                &c.updated_unix_ms,
-                &c.now,
-                &c.body_json,
-                &reopen,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        let stmt = tx
-            .prepare_cached(INSERT_INCIDENT_ALERTS)
-            .await
-            .map_err(db)?;
-        tx.execute(&stmt, &[&c.id, &c.alert_ids])
-            .await
-            .map_err(db)?;
+        write_incident(&tx, &c, reopen).await?;
         let stmt = tx
             .prepare_cached(&format!("{INCIDENT_SELECT} WHERE id = $1"))
             .await

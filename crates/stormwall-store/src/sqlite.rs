@@ -597,6 +597,45 @@ fn push_window(
     Ok(())
 }
 
+/// Writes an incident's row (inserted, or its content updated; `reopen` lets a closed one
+/// run again) and links its alerts, inside the caller's transaction.
+fn write_incident(
+    tx: &rusqlite::Transaction<'_>,
+    c: &IncidentColumns,
+    reopen: bool,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(UPSERT_INCIDENT)
+        .map_err(db)?
+        .execute(params![
+            c.id,
+            c.subject,
+            c.key_id,
+            c.tenant,
+            c.severity,
+            c.severity_rank,
+            c.status,
+            c.opened_unix_ms,
+            c.updated_unix_ms,
+            c.now,
+            c.body_json,
+            i64::from(reopen),
+        ])
+        .map_err(db)?;
+    link_incident_alerts(tx, c)
+}
+
+/// Links an incident's alerts (a link already there is kept).
+fn link_incident_alerts(
+    tx: &rusqlite::Transaction<'_>,
+    c: &IncidentColumns,
+) -> Result<(), StoreError> {
+    let mut link = tx.prepare_cached(INSERT_INCIDENT_ALERT).map_err(db)?;
+    for a in &c.alert_ids {
+        link.execute(params![c.id, a]).map_err(db)?;
+    }
+    Ok(())
+}
+
 fn read_alert_row(row: &Row<'_>) -> rusqlite::Result<AlertRow> {
     Ok(AlertRow {
         id: row.get(0)?,
@@ -1335,29 +1374,9 @@ impl IncidentStore for SqliteStore {
                 }
                 // The id was taken by an incident that no longer holds the episode (written
                 // before it was opened here): store the content as any update would.
-                tx.prepare_cached(UPSERT_INCIDENT)
-                    .map_err(db)?
-                    .execute(params![
-                        c.id,
-                        c.subject,
-                        c.key_id,
-                        c.tenant,
-                        c.severity,
-                        c.severity_rank,
-                        c.status,
-                        c.opened_unix_ms,
-                        c.updated_unix_ms,
-                        c.now,
-                        c.body_json,
-                        0i64,
-                    ])
-                    .map_err(db)?;
-            }
-            {
-                let mut link = tx.prepare_cached(INSERT_INCIDENT_ALERT).map_err(db)?;
-                for a in &c.alert_ids {
-                    link.execute(params![c.id, a]).map_err(db)?;
-                }
+                write_incident(&tx, &c, false)?;
+            } else {
+                link_incident_alerts(&tx, &c)?;
             }
             let stored = get_incident(&tx, &c.id)?.ok_or(StoreError::NotFound)?;
             tx.commit().map_err(db)?;
@@ -1377,29 +1396,7 @@ impl IncidentStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            tx.prepare_cached(UPSERT_INCIDENT)
-                .map_err(db)?
-                .execute(params![
-                    c.id,
-                    c.subject,
-                    c.key_id,
-                    c.tenant,
-                    c.severity,
-                    c.severity_rank,
-                    c.status,
-                    c.opened_unix_ms,
-                    c.updated_unix_ms,
-                    c.now,
-                    c.body_json,
-                    i64::from(reopen),
-                ])
-                .map_err(db)?;
-            {
-                let mut link = tx.prepare_cached(INSERT_INCIDENT_ALERT).map_err(db)?;
-                for a in &c.alert_ids {
-                    link.execute(params![c.id, a]).map_err(db)?;
-                }
-            }
+            write_incident(&tx, &c, reopen)?;
             let stored = get_incident(&tx, &c.id)?.ok_or(StoreError::NotFound)?;
             tx.commit().map_err(db)?;
             Ok(stored)
