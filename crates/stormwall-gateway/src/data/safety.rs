@@ -296,6 +296,12 @@ impl SafetyStage {
             }
             classifiers.push(Arc::new(cl));
         }
+        // What runs, not only what is configured: the encoder's precision and kernel come
+        // from the machine and `STORMWALL_ENCODER_PRECISION`.
+        let encoder_summary = match &encoder {
+            Some(e) => format!("{} ({} kernel)", encoder_summary(c), e.kernel_name()),
+            None => encoder_summary(c),
+        };
         Ok(Some(SafetyStage {
             screener,
             profiles,
@@ -309,7 +315,7 @@ impl SafetyStage {
             classifiers,
             cache: ScoreCache::new(c.cache_entries, Duration::from_secs(c.cache_ttl_secs)),
             encoder,
-            encoder_summary: encoder_summary(c),
+            encoder_summary,
         }))
     }
 
@@ -735,6 +741,30 @@ mod tests {
 
     fn stage(c: &SafetyConfig) -> Result<Option<SafetyStage>, SafetyConfigError> {
         SafetyStage::from_config(c, &|_| None)
+    }
+
+    #[test]
+    fn readiness_names_the_encoders_kernel_when_the_model_loads() {
+        // scripts/test fetches the model; without it only the fast-tier wording is checked.
+        let dir = std::env::var_os("STORMWALL_TEST_ENCODER_DIR").map(std::path::PathBuf::from);
+        let c = SafetyConfig {
+            encoder_dir: dir.clone(),
+            ..Default::default()
+        };
+        let s = stage(&c).unwrap().unwrap();
+        if dir.is_some() {
+            let summary = s.encoder_summary();
+            assert!(
+                summary.starts_with("safety: encoder model in ") && summary.ends_with(" kernel)"),
+                "{summary}"
+            );
+            assert!(
+                summary.contains("(f32 kernel)") || summary.contains("(int8/"),
+                "{summary}"
+            );
+        } else {
+            assert!(s.encoder_summary().contains("fast tier only"));
+        }
     }
 
     #[test]
