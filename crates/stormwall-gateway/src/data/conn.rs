@@ -93,8 +93,7 @@ impl UpstreamPool {
         mut req: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let key = pool_key(req.uri()).ok_or_else(|| SendError::Connect("no authority".into()))?;
-        let connect_uri = req.uri().clone();
-        prepare(&mut req);
+        let connect_uri = prepare(&mut req);
         let mut lease = match self.take(&key) {
             Some(lease) => lease,
             None => self.connect(&connect_uri).await?,
@@ -180,9 +179,9 @@ fn pool_key(uri: &Uri) -> Option<PoolKey> {
 
 /// Turns an absolute-URI request into what goes on the wire: a `Host` header (the port
 /// only when it is not the scheme's default) and the origin-form target, as a pooled
-/// client does.
-fn prepare(req: &mut Request<Full<Bytes>>) {
-    let uri = req.uri().clone();
+/// client does. Returns the absolute URI it replaced (what a new connection dials).
+fn prepare(req: &mut Request<Full<Bytes>>) -> Uri {
+    let uri = std::mem::take(req.uri_mut());
     if let Some(host) = uri.host() {
         let default_port = match uri.scheme_str() {
             Some("https") => Some(443),
@@ -205,6 +204,7 @@ fn prepare(req: &mut Request<Full<Bytes>>) {
         }
         _ => Uri::default(),
     };
+    uri
 }
 
 /// One connection in use by one request.
