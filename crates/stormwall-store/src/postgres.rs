@@ -727,6 +727,23 @@ impl QueryBuilder {
     }
 }
 
+/// An incident's columns in the order `OPEN_INCIDENT` and `UPSERT_INCIDENT` bind them.
+fn incident_params(c: &IncidentColumns) -> [&(dyn ToSql + Sync); 11] {
+    [
+        &c.id,
+        &c.subject,
+        &c.key_id,
+        &c.tenant,
+        &c.severity,
+        &c.severity_rank,
+        &c.status,
+        &c.opened_unix_ms,
+        &c.updated_unix_ms,
+        &c.now,
+        &c.body_json,
+    ]
+}
+
 /// Writes an incident's row (inserted, or its content updated; `reopen` lets a closed one
 /// run again) and links its alerts, inside the caller's transaction.
 async fn write_incident(
@@ -735,25 +752,9 @@ async fn write_incident(
     reopen: bool,
 ) -> Result<(), StoreError> {
     let stmt = tx.prepare_cached(UPSERT_INCIDENT).await.map_err(db)?;
-    tx.execute(
-        &stmt,
-        &[
-            &c.id,
-            &c.subject,
-            &c.key_id,
-            &c.tenant,
-            &c.severity,
-            &c.severity_rank,
-            &c.status,
-            &c.opened_unix_ms,
-            &c.updated_unix_ms,
-            &c.now,
-            &c.body_json,
-            &reopen,
-        ],
-    )
-    .await
-    .map_err(db)?;
+    let mut params: [&(dyn ToSql + Sync); 12] = [&reopen; 12];
+    params[..11].copy_from_slice(&incident_params(c));
+    tx.execute(&stmt, &params).await.map_err(db)?;
     link_incident_alerts(tx, c).await
 }
 
@@ -1297,25 +1298,7 @@ impl IncidentStore for PostgresStore {
             .await
             .map_err(db)?;
         let stmt = tx.prepare_cached(OPEN_INCIDENT).await.map_err(db)?;
-        let inserted = tx
-            .execute(
-                &stmt,
-                &[
-                    &c.id,
-                    &c.subject,
-                    &c.key_id,
-                    &c.tenant,
-                    &c.severity,
-                    &c.severity_rank,
-                    &c.status,
-                    &c.opened_unix_ms,
-                    &c.updated_unix_ms,
-                    &c.now,
-                    &c.body_json,
-                ],
-            )
-            .await
-            .map_err(db)?;
+        let inserted = tx.execute(&stmt, &incident_params(&c)).await.map_err(db)?;
         let select = tx
             .prepare_cached(&format!("{INCIDENT_SELECT} WHERE id = $1"))
             .await

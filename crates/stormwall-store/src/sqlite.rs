@@ -597,6 +597,23 @@ fn push_window(
     Ok(())
 }
 
+/// An incident's columns in the order `OPEN_INCIDENT` and `UPSERT_INCIDENT` bind them.
+fn incident_params(c: &IncidentColumns) -> [&dyn rusqlite::ToSql; 11] {
+    [
+        &c.id,
+        &c.subject,
+        &c.key_id,
+        &c.tenant,
+        &c.severity,
+        &c.severity_rank,
+        &c.status,
+        &c.opened_unix_ms,
+        &c.updated_unix_ms,
+        &c.now,
+        &c.body_json,
+    ]
+}
+
 /// Writes an incident's row (inserted, or its content updated; `reopen` lets a closed one
 /// run again) and links its alerts, inside the caller's transaction.
 fn write_incident(
@@ -604,22 +621,12 @@ fn write_incident(
     c: &IncidentColumns,
     reopen: bool,
 ) -> Result<(), StoreError> {
+    let reopen = i64::from(reopen);
+    let mut params: [&dyn rusqlite::ToSql; 12] = [&reopen; 12];
+    params[..11].copy_from_slice(&incident_params(c));
     tx.prepare_cached(UPSERT_INCIDENT)
         .map_err(db)?
-        .execute(params![
-            c.id,
-            c.subject,
-            c.key_id,
-            c.tenant,
-            c.severity,
-            c.severity_rank,
-            c.status,
-            c.opened_unix_ms,
-            c.updated_unix_ms,
-            c.now,
-            c.body_json,
-            i64::from(reopen),
-        ])
+        .execute(&params[..])
         .map_err(db)?;
     link_incident_alerts(tx, c)
 }
@@ -1344,19 +1351,7 @@ impl IncidentStore for SqliteStore {
             let inserted = tx
                 .prepare_cached(OPEN_INCIDENT)
                 .map_err(db)?
-                .execute(params![
-                    c.id,
-                    c.subject,
-                    c.key_id,
-                    c.tenant,
-                    c.severity,
-                    c.severity_rank,
-                    c.status,
-                    c.opened_unix_ms,
-                    c.updated_unix_ms,
-                    c.now,
-                    c.body_json,
-                ])
+                .execute(&incident_params(&c)[..])
                 .map_err(db)?;
             if inserted == 0 {
                 let holder: Option<String> = tx
