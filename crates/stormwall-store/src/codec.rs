@@ -333,6 +333,11 @@ impl AlertColumns {
         .collect()
     }
 
+    /// The caller's incident name, without the severity: what a PostgreSQL insert locks.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     /// [`Self::at_or_above`] as a JSON array, for SQLite's `json_each`.
     pub(crate) fn at_or_above_json(&self) -> String {
         serde_json::Value::from(self.at_or_above()).to_string()

@@ -117,9 +117,9 @@ const INSERT_CONTROL_EVENTS: &str = "INSERT INTO control_events (id, ts_unix_ms,
 /// A conflict on the id or on the incident inserts nothing: replicas that raise the same
 /// incident at once store it once, and the losers learn it from the row count.
 /// Stores nothing when the alert's id or its incident at this or a higher severity
-/// (`$11`, [`AlertColumns::at_or_above`]) is stored. Two replicas inserting different
-/// severities of one incident at the same instant may both store theirs (neither sees the
-/// other's uncommitted row); one arriving after a higher one committed is a copy.
+/// (`$11`, [`AlertColumns::at_or_above`]) is stored. Run after [`ALERT_INCIDENT_LOCK`] in
+/// one READ COMMITTED transaction, so two replicas inserting different severities of one
+/// incident at the same instant take turns and the second sees the first's row.
 const INSERT_ALERT: &str = "INSERT INTO alerts (id, incident, detector, severity, key_id, \
      tenant, at_unix_ms, status, note, created_at, updated_at, body_json) \
      SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::bigint, $8::text, \
@@ -135,6 +135,14 @@ const INSERT_ACTION: &str = "WITH inserted AS (\
      INSERT INTO action_alerts (alert_id, action_id) \
      SELECT linked.alert_id, inserted.id FROM inserted, UNNEST($8::text[]) AS linked(alert_id) \
      ON CONFLICT DO NOTHING";
+
+/// Transaction-scoped advisory lock on one alert incident (its name without the severity,
+/// `$1`), taken before [`INSERT_ALERT`]: without it a lower severity inserted while a higher
+/// one is uncommitted checks a snapshot without that row and is stored too. The two-key
+/// form (class "SWAL", then the name's hash) has a key space of its own, apart from the
+/// one-key audit and migration locks; a hash clash between two names only makes them wait.
+pub(crate) const ALERT_INCIDENT_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(1398227276, hashtext($1::text))";
 
 /// Transaction-scoped advisory lock that serialises audit appends ("SWAUDIT" in ASCII, then 1).
 /// One constant for every schema of a database: stores in different schemas then also
@@ -1141,9 +1149,20 @@ impl ControlEventStore for PostgresStore {
 impl AlertStore for PostgresStore {
     async fn insert_alert(&self, alert: &Alert, incident: &str) -> Result<bool, StoreError> {
         let c = AlertColumns::new(alert, incident, OffsetDateTime::now_utc())?;
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(INSERT_ALERT).await.map_err(db)?;
-        let inserted = client
+        let mut client = self.client().await?;
+        // READ COMMITTED whatever the server's default: the insert's check, made once the
+        // lock is ours, sees what the previous holder committed.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(db)?;
+        tx.execute(ALERT_INCIDENT_LOCK, &[&c.base()])
+            .await
+            .map_err(db)?;
+        let stmt = tx.prepare_cached(INSERT_ALERT).await.map_err(db)?;
+        let inserted = tx
             .execute(
                 &stmt,
                 &[
@@ -1162,6 +1181,7 @@ impl AlertStore for PostgresStore {
             )
             .await
             .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(inserted == 1)
     }
 

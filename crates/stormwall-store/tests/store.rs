@@ -2900,3 +2900,109 @@ async fn batch_isolates_an_unencodable_event() {
     assert_eq!((stats.written, stats.write_errors, stats.lost), (2, 1, 1));
     assert_eq!(store.stored(), 2);
 }
+
+/// Copies the stored alert `template` as alert `id` of `incident` at `severity`, the row a
+/// replica's insert writes, so a test can hold it uncommitted in a transaction of its own.
+fn copy_alert_sql(placeholder: impl Fn(usize) -> String) -> String {
+    format!(
+        "INSERT INTO alerts (id, incident, detector, severity, key_id, tenant, at_unix_ms, \
+         status, note, created_at, updated_at, body_json) SELECT {}, {}, detector, {}, key_id, \
+         tenant, at_unix_ms, status, note, created_at, updated_at, body_json FROM alerts \
+         WHERE id = {}",
+        placeholder(1),
+        placeholder(2),
+        placeholder(3),
+        placeholder(4)
+    )
+}
+
+/// Stores the template alert and returns a lower-severity alert of incident `R3:k9:h0`.
+async fn racing_alerts(store: &Arc<dyn Store>) -> Alert {
+    let template = alert("tmpl", DetectorId::R3, t0(), Some(9), None);
+    assert!(
+        store
+            .insert_alert(&template, "R3:k9:template")
+            .await
+            .unwrap()
+    );
+    let mut low = alert("low", DetectorId::R3, t0() + ms(1), Some(9), None);
+    low.severity = Severity::Low;
+    low
+}
+
+/// A replica storing a low alert of an incident while another replica's high alert of it is
+/// being inserted (uncommitted) waits for it and stores nothing: one arriving after a higher
+/// one is a copy, even at the same instant. Fails without the incident lock on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_alert_lower_severity_racing_higher_is_a_copy() {
+    let Some(url) = pg_url() else { return };
+    let schema = unique_schema();
+    let store = open_pg(&url, &schema).await;
+    let low = racing_alerts(&store).await;
+    let mut other = pg_admin(&url).await;
+    other
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .await
+        .unwrap();
+    let tx = other.transaction().await.unwrap();
+    // The other replica's insert, as the store makes it: the incident's lock, then the row.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(1398227276, hashtext($1::text))",
+        &[&"R3:k9:h0"],
+    )
+    .await
+    .unwrap();
+    let high_incident = format!("R3:k9:h0#{}", Severity::High.rank());
+    tx.execute(
+        &copy_alert_sql(|i| format!("${i}::text")),
+        &[&"high", &high_incident, &Severity::High.as_str(), &"tmpl"],
+    )
+    .await
+    .unwrap();
+    let racer = {
+        let store = Arc::clone(&store);
+        // Awaited below: the test ends with it.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move { store.insert_alert(&low, "R3:k9:h0").await.unwrap() })
+    };
+    // Long enough for the racer's insert to run if nothing made it wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    assert!(
+        !racer.await.unwrap(),
+        "a low alert stored beside a high one"
+    );
+    assert_eq!(store.get_alert("low").await.unwrap(), None);
+    drop_schema(&url, &schema).await;
+}
+
+/// The SQLite twin: the database's write lock makes the racer wait for the other writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_alert_lower_severity_racing_higher_is_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stormwall.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let low = racing_alerts(&store).await;
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let high_incident = format!("R3:k9:h0#{}", Severity::High.rank());
+    other
+        .execute(
+            &copy_alert_sql(|i| format!("?{i}")),
+            rusqlite::params!["high", high_incident, Severity::High.as_str(), "tmpl"],
+        )
+        .unwrap();
+    let racer = {
+        let store = Arc::clone(&store);
+        // Awaited below: the test ends with it.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move { store.insert_alert(&low, "R3:k9:h0").await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    other.execute_batch("COMMIT").unwrap();
+    assert!(
+        !racer.await.unwrap(),
+        "a low alert stored beside a high one"
+    );
+    assert_eq!(store.get_alert("low").await.unwrap(), None);
+}
