@@ -217,8 +217,28 @@ pub struct Baseline {
     /// Inference calls without an end-user id (`user`) learned: a key whose calls always
     /// carry one (an app passing its users' ids) does not lose it to a new network.
     pub no_user: u64,
+    /// Networks (ASN ids) the key learned after its first hour, with the start of the hour
+    /// that taught each (the four latest): R1's end-user side still judges a network for
+    /// [`NEW_NETWORK_PROBATION_SECS`] after learning it, so a reseller whose first minutes
+    /// before an hour boundary taught the key its network is not its owner from then on.
+    pub new_asns: [(u64, i64); 4],
     /// Hours learned.
     pub hours: u32,
+}
+
+/// Seconds after a key learns a network during which R1's end-user side still counts the
+/// network's calls as a new network's (a day: an owner's new network carries its app's
+/// ids from the first call; a reseller's keeps dropping them).
+pub const NEW_NETWORK_PROBATION_SECS: i64 = 24 * 3600;
+
+impl Baseline {
+    /// Whether the key learned network `asn_h` less than [`NEW_NETWORK_PROBATION_SECS`]
+    /// before `t` (after its first learned hour).
+    pub fn on_probation(&self, asn_h: u64, t: i64) -> bool {
+        self.new_asns
+            .iter()
+            .any(|&(a, at)| a == asn_h && a != 0 && t - at < NEW_NETWORK_PROBATION_SECS)
+    }
 }
 
 impl Default for Baseline {
@@ -258,6 +278,7 @@ impl Default for Baseline {
             generic: 0,
             sdk_bare: 0,
             no_user: 0,
+            new_asns: [(0, 0); 4],
             hours: 0,
         }
     }
@@ -817,8 +838,10 @@ impl KeyState {
             // without one from a network new to it (R1): a reseller's first minutes before
             // an hour boundary would otherwise make its network the key's own. The count
             // carries into the next hour, so the boundary does not reset it.
+            // (A single such call is learned — a developer's one curl from home — but its
+            // network stays on probation for R1, and the count still carries.)
             let missing_users = old.no_user_foreign >= 2;
-            if missing_users && hour == old.hour + 1 {
+            if old.no_user_foreign > 0 && hour == old.hour + 1 {
                 self.hour.no_user_foreign_before = old.no_user_foreign;
             }
             if risk_now < LEARN_MAX_RISK && !takeover && !missing_users {
@@ -869,6 +892,12 @@ impl KeyState {
         b.peak_inflight = b.peak_inflight.max(f32::from(h.peak_inflight));
         b.peak_rpm = b.peak_rpm.max(f32::from(h.peak_rpm));
         for v in h.asns.iter() {
+            // A network new to a key that already has a learned hour goes on probation
+            // (the oldest entry makes room).
+            if b.hours > 0 && !b.asns.contains(v) && !b.asns.saturated() {
+                b.new_asns.rotate_right(1);
+                b.new_asns[0] = (v, secs);
+            }
             b.asns.insert(v);
         }
         for v in h.countries.iter() {

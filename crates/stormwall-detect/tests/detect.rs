@@ -764,6 +764,44 @@ fn r1_many_new_system_prompts() {
     assert!(fired(&alerts, DetectorId::R1), "{alerts:?}");
 }
 
+/// A reseller with the owner's own SDK on a residential line, whose first call lands a
+/// minute before an hour boundary: the quiet hour is learned with its network, and before
+/// the probation on newly learned networks only the day's count of new prompts (ten for
+/// high) stopped it (tuning seed 41: 12 served). Now its new prompts still come from a new
+/// network: suspended within five calls. The owner's app on that network, with its own
+/// prompt, raises no R1.
+#[test]
+fn r1_new_prompts_from_a_network_learned_over_an_hour_boundary_suspend() {
+    let k = "ResoldKey002";
+    let line = client(
+        "192.0.2.50",
+        64506,
+        "US",
+        "OpenAI/Python 1.51.0",
+        SDK_HEADERS,
+    );
+    let first = T0 + Duration::days(2) + Duration::minutes(59);
+    let at = |i: i64| first + Duration::minutes(2 * i);
+    let (mut e, mut g) = warmed(k, &corp());
+    let mut stopped_after = None;
+    for i in 0..12 {
+        let mut ev = g.chat(k, "acme", at(i), &line);
+        ev.system_prompt_hash = Some(format!("{:032x}", 7_000 + i));
+        for a in e.observe(&ev) {
+            if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                stopped_after.get_or_insert(i + 1);
+            }
+        }
+    }
+    let n = stopped_after.expect("the resold key was not suspended");
+    assert!(n <= 5, "suspended after {n} reseller calls");
+
+    let (mut e, mut g) = warmed(k, &corp());
+    let evs: Vec<UsageEvent> = (0..12).map(|i| g.chat(k, "acme", at(i), &line)).collect();
+    let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
+}
+
 #[test]
 fn r1_quiet_for_per_user_system_prompts_once_learned() {
     let mut e = engine();
@@ -1705,6 +1743,99 @@ fn v7_a_taker_inside_the_owners_own_slash24_is_stopped_but_a_developer_there_is_
     assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
 }
 
+/// A taker inside the owner's very /24 that never fronts role-play: a web front end's relay
+/// (blank Origin and Referer) that probes or lists the key is suspended within three
+/// requests, whichever comes first, its ordinary chat or its test. A developer on that /24
+/// trying the key with a new SDK (a start-up listing, chats) or with curl is left alone.
+#[test]
+fn v7_a_relay_inside_the_owners_slash24_without_roleplay_is_stopped() {
+    let home = client(
+        "100.78.65.20",
+        64506,
+        "US",
+        "OpenAI/Python 1.44.0",
+        SDK_HEADERS,
+    );
+    let relay = client(
+        "100.78.65.77",
+        64506,
+        "US",
+        "axios/1.7.8",
+        &[
+            "accept",
+            "content-type",
+            "authorization",
+            "user-agent",
+            "content-length",
+            "origin",
+            "referer",
+            "host",
+        ],
+    );
+    let blank = |mut ev: UsageEvent| {
+        ev.origin = Some(String::new());
+        ev.referer = Some(String::new());
+        ev
+    };
+    let k = "HomeKey00005";
+    let start = |g: &mut Gen, e: &mut Engine| {
+        let owner: Vec<UsageEvent> = (0..3)
+            .map(|m| g.chat(k, "signup", T0 + Duration::minutes(m * 4), &home))
+            .collect();
+        assert!(feed(e, &owner).is_empty());
+    };
+    let at = T0 + Duration::minutes(20);
+    for chat_first in [false, true] {
+        let mut e = engine();
+        let mut g = Gen::new();
+        start(&mut g, &mut e);
+        let mut attack = Vec::new();
+        if chat_first {
+            attack.push(blank(g.chat(k, "signup", at, &relay)));
+        }
+        attack.push(blank(probe(&mut g, k, at + Duration::seconds(10), &relay)));
+        attack.push(blank(g.chat(
+            k,
+            "signup",
+            at + Duration::seconds(20),
+            &relay,
+        )));
+        let mut stopped_after = None;
+        for (i, ev) in attack.iter().enumerate() {
+            for a in e.observe(ev) {
+                if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                    stopped_after.get_or_insert(i + 1);
+                }
+            }
+        }
+        let n = stopped_after.expect("the young key was not suspended");
+        assert!(n <= 3, "suspended after {n} attacker requests");
+    }
+
+    // Developers on the owner's /24: a new SDK listing at start-up, then chatting; curl.
+    let node = client("100.78.65.31", 64506, "US", "OpenAI/JS 4.69.1", SDK_HEADERS);
+    let curl = client(
+        "100.78.65.32",
+        64506,
+        "US",
+        "curl/8.5.0",
+        &["host", "user-agent", "accept", "authorization"],
+    );
+    for dev in [node, curl] {
+        let mut e = engine();
+        let mut g = Gen::new();
+        start(&mut g, &mut e);
+        let evs = [
+            listing(&mut g, k, at, &dev),
+            probe(&mut g, k, at + Duration::seconds(30), &dev),
+            g.chat(k, "signup", at + Duration::seconds(60), &dev),
+            g.chat(k, "signup", at + Duration::seconds(90), &dev),
+        ];
+        let alerts = feed(&mut e, &evs);
+        assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+    }
+}
+
 /// Takers inside the owner's very /24 that V7 once learned as the owner: one claiming the
 /// owner's own SDK without the SDK's headers (a forgery, known by its exact shape only); one
 /// whose first request is ordinary chat (bridged in as the owner's new tool, foreign again
@@ -1890,6 +2021,101 @@ fn r1_calls_without_the_apps_end_user_ids_from_a_new_network_suspend() {
         evs.push(g.chat(k, "bots", at + Duration::minutes(1 + i), &home));
     }
     let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
+}
+
+/// The reseller of `r1_calls_without_the_apps_end_user_ids_from_a_new_network_suspend`
+/// whose first call lands a minute before an hour boundary: that quiet hour is learned, its
+/// network with it, and before the probation on newly learned networks R1 took the reseller
+/// for the owner from then on (tuning seed 46: 1,692 requests served, never stopped). Now
+/// the network stays new to R1 for a day, and the learned hour's call still counts. A
+/// developer's curl session from home across the same boundary is still left alone.
+#[test]
+fn r1_a_resellers_network_learned_over_an_hour_boundary_stays_new() {
+    let bot = |e: &mut Engine, g: &mut Gen, k: &str| {
+        let mut evs = Vec::new();
+        let mut t = T0;
+        let mut n = 0u64;
+        while t < T0 + Duration::days(3) {
+            let mut ev = g.chat(k, "bots", t, &corp());
+            n += 1;
+            ev.system_prompt_hash = Some(format!("{n:032x}"));
+            ev.end_user = Some(format!("user-{}", n % 400));
+            evs.push(ev);
+            t += Duration::minutes(4);
+        }
+        assert!(!fired(&feed(e, &evs), DetectorId::R1));
+    };
+    // A minute before the hour ends, then every two minutes into the next.
+    let first = T0 + Duration::days(3) + Duration::minutes(59);
+    let at = |i: i64| {
+        if i == 0 {
+            first
+        } else {
+            first + Duration::minutes(2 * i)
+        }
+    };
+    let k = "BotKey000004";
+    let line = client(
+        "192.0.2.50",
+        64506,
+        "US",
+        "OpenAI/Python 1.51.0",
+        SDK_HEADERS,
+    );
+    let mut e = engine();
+    let mut g = Gen::new();
+    bot(&mut e, &mut g, k);
+    let mut stopped_after = None;
+    for i in 0..30 {
+        let mut ev = g.chat(k, "bots", at(i), &line);
+        ev.system_prompt_hash = Some(format!("{:032x}", 9_000 + i % 3));
+        if i % 3 == 2 {
+            ev.end_user = Some(format!("buyer-{i}"));
+        }
+        for a in e.observe(&ev) {
+            if e.decide(&a).is_some_and(|x| x.kind == ActionKind::Suspend) {
+                stopped_after.get_or_insert(i + 1);
+            }
+        }
+    }
+    let n = stopped_after.expect("the resold key was not suspended");
+    assert!(n <= 8, "suspended after {n} reseller calls");
+
+    // A developer's chat from home before the boundary, then a listing, a probe and two
+    // chats after it: four calls without ids, under the five that make R1 high.
+    let mut e = engine();
+    let mut g = Gen::new();
+    bot(&mut e, &mut g, k);
+    let home = client(
+        "192.0.2.201",
+        64506,
+        "US",
+        "curl/8.5.0",
+        &["host", "user-agent", "accept", "authorization"],
+    );
+    let mut evs = vec![
+        g.chat(k, "bots", at(0), &home),
+        listing(&mut g, k, at(1), &home),
+        probe(&mut g, k, at(1) + Duration::seconds(30), &home),
+    ];
+    for i in 2..4 {
+        evs.push(g.chat(k, "bots", at(i), &home));
+    }
+    let alerts = feed(&mut e, &evs);
+    assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
+
+    // The owner's app on a new network from the same minute: its calls carry ids.
+    let mut e = engine();
+    let mut g = Gen::new();
+    bot(&mut e, &mut g, k);
+    let mut alerts = Vec::new();
+    for i in 0..30 {
+        let mut ev = g.chat(k, "bots", at(i), &line);
+        ev.system_prompt_hash = Some(format!("{:032x}", 9_000 + i));
+        ev.end_user = Some(format!("user-{}", i * 7));
+        alerts.extend(e.observe(&ev));
+    }
     assert!(!fired(&alerts, DetectorId::R1), "{alerts:?}");
 }
 

@@ -170,8 +170,10 @@ fn run(seed: u64, holdout: bool, explain: bool, legit_keys: usize) {
         report.max_attacker_requests_served,
         young.join(" "),
     );
+    // `SWEEP_SHOW=SCENARIO` prints that scenario's served counts on every seed.
+    let show = std::env::var("SWEEP_SHOW").ok();
     for (name, f) in &report.per_scenario {
-        if f.detected < f.keys || f.max_served.unwrap_or(0) > 5 {
+        if f.detected < f.keys || f.max_served.unwrap_or(0) > 5 || show.as_deref() == Some(name) {
             println!(
                 "  scenario {name}: detected {}/{} stopped {} served {:?}",
                 f.detected, f.keys, f.stopped, f.served

@@ -43,7 +43,10 @@ pub fn r1_styles(
     // Buyers' prompts arriving from a network the key never used, on a key with a handful
     // of prompts of its own: the owner's client copied onto a reseller's line. A new app of
     // the owner brings a few prompts from the owner's own networks.
-    let foreign = !ctx.known_asn(ks) && matches!(ctx.reference, Reference::Key);
+    // A network learned less than a day ago counts as new (its first minutes before an
+    // hour boundary may have been a quiet, learned hour).
+    let foreign = matches!(ctx.reference, Reference::Key)
+        && (!ctx.known_asn(ks) || ks.base.on_probation(ctx.o.asn_h, ctx.o.t));
     if foreign && !ks.base.sys.saturated() {
         ks.hour.new_sys_foreign = ks.hour.new_sys_foreign.saturating_add(1);
     }
@@ -140,7 +143,10 @@ pub fn r1_missing_users(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) 
     // The app passes its users' ids on all but a share of its calls that the learned calls
     // bound from above (at most `USER_HABIT_MAX_MISSING`).
     let habit = missing_share_bound(b.no_user, b.inference);
-    if b.inference < USER_HABIT_MIN_CALLS || habit > USER_HABIT_MAX_MISSING || ctx.known_asn(ks) {
+    // A network learned in the last day is still new here: one quiet hour of a reseller's
+    // first calls before an hour boundary must not make it the owner's.
+    let new_network = !ctx.known_asn(ks) || b.on_probation(o.asn_h, o.t);
+    if b.inference < USER_HABIT_MIN_CALLS || habit > USER_HABIT_MAX_MISSING || !new_network {
         return;
     }
     if o.end_user_h.is_some() {
@@ -169,8 +175,8 @@ pub fn r1_missing_users(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) 
     ctx.emit(ks, out, DetectorId::R1, Severity::High, |ks| Finding {
         explanation: format!(
             "Key {} received {n} calls without an end-user id in the last hour from {}, a \
-                 network it never used; {without:.0} of its {calls:.0} learned calls came without \
-                 one. Its app passes its users' ids: these calls are someone else's users behind \
+                 network it never used before the last day; {without:.0} of its {calls:.0} \
+                 learned calls came without one. Its app passes its users' ids: these calls are someone else's users behind \
                  the key.",
             ks.key,
             ctx.source(),

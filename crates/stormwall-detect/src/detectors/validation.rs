@@ -196,6 +196,13 @@ pub const V7_WINDOW: i64 = 3_600;
 /// for the owner's new tool: no test on a network the owner never used, but inside the
 /// owner's /24 a new client's test all the same (see `inside`).
 const V7_HABIT_TEST: u32 = 1 << 9;
+/// Bit (outside the signal table: no points of its own) of a relay-only artefact, an empty
+/// `Origin` or `Referer`: a web front end's relay forwards them blank; no developer's tool,
+/// SDK or browser sends one empty. Inside the owner's /24 it stands for role-play as the
+/// sign of someone else's front end (see `inside`).
+const V7_RELAY_ONLY: u32 = 1 << 10;
+/// Bits of a probe and a model listing.
+const V7_PROBE_OR_LISTING: u32 = (1 << 4) | (1 << 5);
 
 /// The takeover points of a set of V7 signal kinds.
 pub fn v7_points(kinds: u32) -> u32 {
@@ -420,6 +427,10 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
             tk.nets.len() >= 3 && tk.asns.len() >= 2 || tk.minute.1 >= 10,
         ),
         (
+            V7_RELAY_ONLY,
+            ctx.e.origin.as_deref() == Some("") || ctx.e.referer.as_deref() == Some(""),
+        ),
+        (
             V7_HABIT_TEST,
             (o.probe && probe_habit || o.listing && listing_habit)
                 && !client_known
@@ -451,14 +462,24 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     // A listing or probe the owner sends too counts there as this new client's test (and
     // its point): the owner's SDK listing at start-up says nothing of a role-play front end
     // on another address of the owner's own line.
+    // A new client whose requests carry a relay-only artefact (an empty Origin or
+    // Referer) and that probes or lists the key is the same on the owner's /24 without any
+    // role-play: the owner's developer trying a new tool there sends no blank Origin. Its
+    // probe or listing must be its own (the artefact is no test here), and the artefact
+    // weighs as role-play does (two points: its own and this one).
     let habit_test = all & V7_TESTS == 0 && all & V7_HABIT_TEST != 0;
-    let inside = all & V7_NETWORK == 0
-        && all & V7_ROLEPLAY != 0
-        && all & V7_NEW_CLIENT != 0
-        && (all & V7_TESTS != 0 || habit_test);
+    let habit_only = all & V7_PROBE_OR_LISTING == 0 && all & V7_HABIT_TEST != 0;
+    let roleplay_inside = all & V7_ROLEPLAY != 0 && (all & V7_TESTS != 0 || habit_test);
+    let relay_inside = all & V7_ROLEPLAY == 0
+        && all & V7_RELAY_ONLY != 0
+        && (all & V7_PROBE_OR_LISTING != 0 || habit_only);
+    let inside =
+        all & V7_NETWORK == 0 && all & V7_NEW_CLIENT != 0 && (roleplay_inside || relay_inside);
     let fires = if inside {
         let bar = ctx.th().v7_min_points.saturating_sub(1).max(1);
-        let points = points + u32::from(habit_test);
+        let points = points
+            + u32::from(if relay_inside { habit_only } else { habit_test })
+            + u32::from(relay_inside);
         f64::from(points) >= f64::from(bar) * ks.factor(DetectorId::V7)
     } else {
         f64::from(points) >= min && all & V7_NETWORK != 0 && all & V7_INTENT != 0
