@@ -170,10 +170,14 @@ fn run(seed: u64, holdout: bool, explain: bool, legit_keys: usize) {
         report.max_attacker_requests_served,
         young.join(" "),
     );
-    // `SWEEP_SHOW=SCENARIO` prints that scenario's served counts on every seed.
+    // `SWEEP_SHOW=SCENARIO` prints that scenario's served counts on every seed (`all`:
+    // every scenario's).
     let show = std::env::var("SWEEP_SHOW").ok();
     for (name, f) in &report.per_scenario {
-        if f.detected < f.keys || f.max_served.unwrap_or(0) > 5 || show.as_deref() == Some(name) {
+        if f.detected < f.keys
+            || f.max_served.unwrap_or(0) > 5
+            || show.as_deref().is_some_and(|s| s == name || s == "all")
+        {
             println!(
                 "  scenario {name}: detected {}/{} stopped {} served {:?}",
                 f.detected, f.keys, f.stopped, f.served
