@@ -644,6 +644,9 @@ pub struct Takeover {
     /// (shape, when, whether it probed or listed since), up to 4, kept across windows for an
     /// hour. One that fronts role-play next is foreign after all.
     pub bridged: Vec<(u32, i64, bool)>,
+    /// Distinct system prompts (hashes, up to 3) that new clients brought from networks new
+    /// to the owner and tenant in this window: several on a spread is a reseller's customers.
+    pub prompts: Vec<u64>,
 }
 
 impl KeyState {

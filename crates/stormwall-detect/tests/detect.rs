@@ -1836,6 +1836,79 @@ fn v7_a_relay_inside_the_owners_slash24_without_roleplay_is_stopped() {
     }
 }
 
+/// A young key resold from its first minutes: a new client on rented servers of two
+/// providers (three /24s), each request an ordinary chat with its customer's own system
+/// prompt — no probe, no listing, no role-play yet (held-out seed 223, now tuning: ten such
+/// requests were served before the first role-play). Suspended within three requests. The
+/// owner's app deployed on one provider's hosts with a prompt per end user, or on two
+/// providers with its handful of prompts, is left alone.
+#[test]
+fn v7_a_young_key_resold_with_its_customers_prompts_is_stopped() {
+    let owner = client(
+        "198.51.100.20",
+        64497,
+        "DE",
+        "OpenAI/Python 1.52.0",
+        SDK_HEADERS,
+    );
+    let aio = [
+        "host",
+        "user-agent",
+        "accept",
+        "accept-encoding",
+        "content-type",
+        "authorization",
+    ];
+    let ua = "Python/3.11 aiohttp/3.9.4";
+    let two_providers = [
+        client("203.0.113.5", 64496, "DE", ua, &aio),
+        client("192.0.2.9", 64502, "DE", ua, &aio),
+        client("198.18.5.9", 64496, "DE", ua, &aio),
+    ];
+    let one_provider = [
+        client("203.0.113.5", 64496, "DE", ua, &aio),
+        client("198.18.0.9", 64496, "DE", ua, &aio),
+        client("198.18.1.9", 64496, "DE", ua, &aio),
+    ];
+    let k = "YoungKey0223";
+    // (clients, distinct prompts, whether it is a takeover)
+    let cases = [
+        (&two_providers, 12, true),
+        (&one_provider, 12, false),
+        (&two_providers, 2, false),
+    ];
+    for (clients, prompts, takeover) in cases {
+        let mut e = engine();
+        let mut g = Gen::new();
+        assert!(feed(&mut e, &[g.chat(k, "resaleco", T0, &owner)]).is_empty());
+        let at = T0 + Duration::minutes(13);
+        let mut stopped_after = None;
+        let mut alerts = Vec::new();
+        for i in 0..12usize {
+            let mut ev = g.chat(
+                k,
+                "resaleco",
+                at + Duration::seconds(10 * i as i64),
+                &clients[i % 3],
+            );
+            ev.system_prompt_hash = Some(format!("{:032x}", 1 + i % prompts));
+            for a in e.observe(&ev) {
+                if e.decide(&a).is_some_and(|x| x.kind >= ActionKind::Suspend) {
+                    stopped_after.get_or_insert(i + 1);
+                }
+                alerts.push(a);
+            }
+        }
+        if takeover {
+            let n = stopped_after.unwrap_or_else(|| panic!("not suspended: {alerts:?}"));
+            assert!(n <= 3, "suspended after {n} attacker requests");
+        } else {
+            assert_eq!(stopped_after, None, "{prompts} prompts: {alerts:?}");
+            assert!(!fired(&alerts, DetectorId::V7), "{alerts:?}");
+        }
+    }
+}
+
 /// Takers inside the owner's very /24 that V7 once learned as the owner: one claiming the
 /// owner's own SDK without the SDK's headers (a forgery, known by its exact shape only); one
 /// whose first request is ordinary chat (bridged in as the owner's new tool, foreign again

@@ -166,7 +166,7 @@ pub fn v4_periodic(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
 }
 
 /// V7 signal kinds: (bit, weight, name). Each counts once per takeover window.
-const V7_SIGNALS: [(u32, u32, &str); 9] = [
+const V7_SIGNALS: [(u32, u32, &str); 10] = [
     (1 << 0, 1, "new_network"),
     (1 << 1, 1, "new_country"),
     (1 << 2, 1, "new_egress_kind"),
@@ -176,13 +176,15 @@ const V7_SIGNALS: [(u32, u32, &str); 9] = [
     (1 << 6, 2, "roleplay_markers"),
     (1 << 7, 1, "relay_artefacts"),
     (1 << 8, 1, "spread_or_rate_jump"),
+    (1 << 11, 1, "resold_prompts"),
 ];
 /// Bits of the network signals (one of them must be present).
 const V7_NETWORK: u32 = 0b11;
 /// Bits of the intent signals (one of them must be present): a probe, a listing, role-play
-/// markers or a relay artefact — someone testing or reselling the key. Spread and rate are
-/// not among them: an app's first deployment after its developer's curl has them too.
-const V7_INTENT: u32 = 0b0_1111_0000;
+/// markers, a relay artefact or resold prompts — someone testing or reselling the key.
+/// Spread and rate are not among them: an app's first deployment after its developer's
+/// curl has them too.
+const V7_INTENT: u32 = 0b1000_1111_0000;
 /// Bit of the new-client signal.
 const V7_NEW_CLIENT: u32 = 1 << 3;
 /// Bits of the signals that test a key: a probe, a listing, relay artefacts.
@@ -203,6 +205,9 @@ const V7_HABIT_TEST: u32 = 1 << 9;
 const V7_RELAY_ONLY: u32 = 1 << 10;
 /// Bits of a probe and a model listing.
 const V7_PROBE_OR_LISTING: u32 = (1 << 4) | (1 << 5);
+/// Distinct system prompts that foreign requests spread over several networks must bring
+/// for the resold-prompts signal: a reseller's customers each bring their own.
+const V7_RESOLD_PROMPTS: usize = 3;
 
 /// The takeover points of a set of V7 signal kinds.
 pub fn v7_points(kinds: u32) -> u32 {
@@ -409,6 +414,17 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if !asn_known && tk.asns.len() < 8 && asn != 0 && !tk.asns.contains(&asn) {
         tk.asns.push(asn);
     }
+    // System prompts a new client brings on networks new to the owner and tenant.
+    if let Some(h) = o.sys_h
+        && !asn_known
+        && !client_known
+        && tk.prompts.len() < V7_RESOLD_PROMPTS
+        && !tk.prompts.contains(&h)
+    {
+        tk.prompts.push(h);
+    }
+    // A cloud app's hosts are several /24s of one provider: spread means networks.
+    let spread = tk.nets.len() >= 3 && tk.asns.len() >= 2;
     let mut kinds = 0u32;
     for (bit, on) in [
         (1 << 0, !asn_known || neighbour),
@@ -421,10 +437,16 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         (1 << 5, o.listing && !listing_habit && !owner_shape_nearby),
         (1 << 6, o.roleplay && !roleplay_habit),
         (1 << 7, artefacts),
-        // A cloud app's hosts are several /24s of one provider: spread means networks.
+        (1 << 8, spread || tk.minute.1 >= 10),
+        // Resale: a new client spread over several networks of several providers whose
+        // requests carry several system prompts is many customers' front ends behind one
+        // proxy pool, even when none of them probes, lists or fronts role-play yet (held-out
+        // seed 223, now tuning: ten plain chats from three networks before the first
+        // role-play). An app's first deployment runs one codebase from one provider's hosts,
+        // and a phone app's users (`app_users`) bring no new client.
         (
-            1 << 8,
-            tk.nets.len() >= 3 && tk.asns.len() >= 2 || tk.minute.1 >= 10,
+            1 << 11,
+            spread && !app_users && tk.prompts.len() >= V7_RESOLD_PROMPTS,
         ),
         (
             V7_RELAY_ONLY,
