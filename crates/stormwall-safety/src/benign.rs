@@ -770,20 +770,6 @@ const QUESTION_TOPICS: &[&str] = &[
     "paint a bedroom wall",
     "set up a monthly budget",
     "train my puppy to sit",
-    // Text processing and regular expressions (ninth cut): "how do I … match …" read as
-    // the development sets' questions about fire and weapons ("matches") without them.
-    "write a regex that matches a url",
-    "match whole words with a regular expression",
-    "use capture groups in a regex",
-    "escape special characters in a regex",
-    "extract the numbers from a string",
-    "check if a string contains a substring",
-    "parse a csv file in python",
-    "split a string by spaces in java",
-    "trim whitespace from a string in go",
-    "remove duplicates from an array",
-    "replace text in many files at once",
-    "convert a string to a date in javascript",
 ];
 
 /// Synthetic everyday requests, written here for the project: the development sets' chat

@@ -16,7 +16,7 @@
 //! dev-chosen operating point lands on the profile's flag threshold for the category
 //! ([`Cascade::score_under`]): a profile keeps its say over which categories it acts on.
 //!
-//! File format (`SWC3`, little-endian): magic, `u32` embedding length, `u32` input count,
+//! File format (`SWC4`, little-endian): magic, `u32` embedding length, `u32` input count,
 //! `u32` head count, `f32` image and chat thresholds, `f32` band low and high edges, `f32`
 //! image operating point of the sexual head (above 1: none), the
 //! input means and scales (`f32` each), then per head a `u8` category index (`0xff` for the
@@ -58,10 +58,8 @@ pub const FOLDS: u32 = 5;
 /// Image operating point: the highest dev cross-validated F1 at no more than this benign
 /// false-positive rate. The target is 2% on unseen prompts; this is the largest cap
 /// (of 1.7–2.0%) whose nested estimate on dev (points chosen on four folds, counted on the
-/// fifth: [`TrainReport::image_nested`]) stays within 2%. Seventh cut: 1.9% (2.0% gave
-/// 2.2%); ninth cut, with the image networks on the retrained fast model's rows: 1.8%
-/// (nested 1.93%; 1.9% gave 2.04%).
-pub const IMAGE_MAX_FPR: f64 = 0.018;
+/// fifth: [`TrainReport::image_nested`]) stays within 2% — seventh cut: 2.0% gave 2.2%.
+pub const IMAGE_MAX_FPR: f64 = 0.019;
 /// Chat prompts reaching the encoder: at most this share of benign dev chat prompts.
 pub const CHAT_MAX_REACH: f64 = 0.10;
 
@@ -879,8 +877,11 @@ pub struct HeadsConfig {
     /// they lifted the image logistic regression alone (nested F1 0.762 → 0.773) but not the
     /// cascade with the networks (nested 0.775 without, 0.769 with).
     pub logit_inputs: bool,
-    /// Hidden width of the image any-harm networks (0: none, the logistic regression alone).
-    /// 32 and 64 gave the same dev F1 within noise; 32 is half the file.
+    /// Hidden width of the image any-harm networks (0: none, the default: the logistic
+    /// regression alone). Ninth cut, dev 5-fold nested image F1: on the rows of a retrained
+    /// fast model, 32 networks lifted it 0.763 → 0.775 at the 1.9% cap, but on the shipped
+    /// fast model's rows 0.764 (nested FPR 2.0%) against 0.761, and at 1.8% 0.758 against
+    /// 0.761 — no gain on the model that ships, so none ship (`MLP_H=32` in the example).
     pub image_hidden: usize,
     /// Their weight decay (3e-3 and 1e-2 tried on dev; 3e-3 best with three seeds).
     pub image_mlp_wd: f32,
@@ -901,7 +902,7 @@ impl Default for HeadsConfig {
             image_max_fpr: IMAGE_MAX_FPR,
             ngram_bits: 0,
             logit_inputs: false,
-            image_hidden: 32,
+            image_hidden: 0,
             image_mlp_wd: 3e-3,
             image_mlp_epochs: 20,
             image_mlp_count: 3,
@@ -1902,17 +1903,18 @@ mod tests {
                 i % FOLDS,
             ));
         }
-        // One network, trained longer on these few rows, keeps the debug-build test quick.
+        // One network, trained longer on these few rows (five batches an epoch), keeps the
+        // debug-build test quick.
         let cfg = |hidden| HeadsConfig {
             image_hidden: hidden,
             image_mlp_count: 1,
-            image_mlp_epochs: 60,
+            image_mlp_epochs: 300,
             image_max_fpr: 0.1,
             l2_grid: vec![0.1],
             ..HeadsConfig::default()
         };
         let (_, alone) = train(&rows, &cfg(0));
-        let (h, with) = train(&rows, &cfg(8));
+        let (h, with) = train(&rows, &cfg(16));
         assert!(alone.image_cascade.f1() < 0.75, "{:?}", alone.image_cascade);
         assert!(with.image_cascade.f1() > 0.95, "{:?}", with.image_cascade);
         assert_eq!(h.image_mlp.len(), 1);
