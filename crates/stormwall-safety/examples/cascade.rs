@@ -19,6 +19,10 @@
 //! (`LAB_BITS`, `LAB_EPOCHS`, `LAB_NL2`, `LAB_HL2`, `LAB_CAP`); `NGRAM_BITS=B` trains the
 //! heads with such a model (`HeadsConfig::ngram_bits`, default none); `CHAT_REACH=R` lets
 //! at most that share of benign dev chat into the band (`HeadsConfig::chat_max_reach`).
+//! `LAB=mlp` compares the image any-harm regression with small networks and their mean,
+//! with and without log-odds inputs (`LAB_H`, `LAB_WD`, `LAB_EPOCHS`, `LAB_SEEDS`,
+//! `LAB_CAP`); `LOGIT=1`, `MLP_H=`, `MLP_WD=`, `MLP_COUNT=` train the heads that way
+//! (`HeadsConfig::logit_inputs`, `image_hidden`, `image_mlp_wd`, `image_mlp_count`).
 //!
 //!   cargo run --release -p stormwall-safety --example cascade -- diag MODEL_DIR TRANSFORM FILE.jsonl...
 //!
