@@ -19,6 +19,10 @@
 //! (`LAB_BITS`, `LAB_EPOCHS`, `LAB_NL2`, `LAB_HL2`, `LAB_CAP`); `NGRAM_BITS=B` trains the
 //! heads with such a model (`HeadsConfig::ngram_bits`, default none); `CHAT_REACH=R` lets
 //! at most that share of benign dev chat into the band (`HeadsConfig::chat_max_reach`).
+//! `LAB=mlp` compares the image any-harm regression with small networks and their mean,
+//! with and without log-odds inputs (`LAB_H`, `LAB_WD`, `LAB_EPOCHS`, `LAB_SEEDS`,
+//! `LAB_CAP`); `LOGIT=1`, `MLP_H=`, `MLP_WD=`, `MLP_COUNT=` train the heads that way
+//! (`HeadsConfig::logit_inputs`, `image_hidden`, `image_mlp_wd`, `image_mlp_count`).
 //!
 //!   cargo run --release -p stormwall-safety --example cascade -- diag MODEL_DIR TRANSFORM FILE.jsonl...
 //!
@@ -526,6 +530,234 @@ fn lab_ngram(rows: &[cascade::Row], records: &[Record]) {
     }
 }
 
+/// A one-hidden-layer network (tanh) for the lab, trained by mini-batch Adam with weight
+/// decay; weights `[w1 (h×n), b1 (h), w2 (h), b2]`.
+struct Mlp {
+    n: usize,
+    h: usize,
+    w: Vec<f32>,
+}
+
+impl Mlp {
+    fn forward(&self, x: &[f32], hid: &mut [f32]) -> f32 {
+        let (n, h) = (self.n, self.h);
+        let (w1, rest) = self.w.split_at(h * n);
+        let (b1, rest) = rest.split_at(h);
+        let (w2, b2) = rest.split_at(h);
+        let mut z = b2[0];
+        for j in 0..h {
+            let a = w1[j * n..(j + 1) * n]
+                .iter()
+                .zip(x)
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
+                + b1[j];
+            hid[j] = a.tanh();
+            z += w2[j] * hid[j];
+        }
+        z
+    }
+
+    fn fit(x: &[Vec<f32>], y: &[bool], h: usize, wd: f32, epochs: u32, seed: u64) -> Mlp {
+        let n = x[0].len();
+        let len = h * n + h + h + 1;
+        let mut rng = seed | 1;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut w = vec![0.0f32; len];
+        let s1 = (1.0 / n as f64).sqrt();
+        for v in w[..h * n].iter_mut() {
+            *v = ((next() * 2.0 - 1.0) * s1 * 1.7) as f32;
+        }
+        let s2 = (1.0 / h as f64).sqrt();
+        for v in w[h * n + h..h * n + 2 * h].iter_mut() {
+            *v = ((next() * 2.0 - 1.0) * s2 * 1.7) as f32;
+        }
+        let mut net = Mlp { n, h, w };
+        let (mut m, mut v) = (vec![0.0f32; len], vec![0.0f32; len]);
+        let mut g = vec![0.0f32; len];
+        let mut hid = vec![0.0f32; h];
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        let batch = 32usize;
+        let lr = 1e-3f32;
+        let mut t = 0i32;
+        for _ in 0..epochs {
+            for i in (1..order.len()).rev() {
+                let j = (next() * (i + 1) as f64) as usize;
+                order.swap(i, j.min(i));
+            }
+            for chunk in order.chunks(batch) {
+                g.iter_mut().for_each(|v| *v = 0.0);
+                for &i in chunk {
+                    let z = net.forward(&x[i], &mut hid);
+                    let e = sig(z) - if y[i] { 1.0 } else { 0.0 };
+                    let (gw1, rest) = g.split_at_mut(h * n);
+                    let (gb1, rest) = rest.split_at_mut(h);
+                    let (gw2, gb2) = rest.split_at_mut(h);
+                    gb2[0] += e;
+                    let w2 = &net.w[h * n + h..h * n + 2 * h];
+                    for j in 0..h {
+                        gw2[j] += e * hid[j];
+                        let d = e * w2[j] * (1.0 - hid[j] * hid[j]);
+                        gb1[j] += d;
+                        for (gk, xk) in gw1[j * n..(j + 1) * n].iter_mut().zip(&x[i]) {
+                            *gk += d * xk;
+                        }
+                    }
+                }
+                t += 1;
+                let inv = 1.0 / chunk.len() as f32;
+                let (c1, c2) = (1.0 - 0.9f32.powi(t), 1.0 - 0.999f32.powi(t));
+                for k in 0..len {
+                    let is_bias = (h * n..h * n + h).contains(&k) || k == len - 1;
+                    let gk = g[k] * inv + if is_bias { 0.0 } else { wd * net.w[k] };
+                    m[k] = 0.9 * m[k] + 0.1 * gk;
+                    v[k] = 0.999 * v[k] + 0.001 * gk * gk;
+                    net.w[k] -= lr * (m[k] / c1) / ((v[k] / c2).sqrt() + 1e-8);
+                }
+            }
+        }
+        net
+    }
+
+    fn prob(&self, x: &[f32]) -> f32 {
+        let mut hid = vec![0.0f32; self.h];
+        sig(self.forward(x, &mut hid))
+    }
+}
+
+/// The lab's question for the image any-harm head: does a small network, or extra inputs,
+/// beat the logistic regression? Out-of-fold and nested F1 at `LAB_CAP` (default 1.9%)
+/// benign FPR, the rules' flags or'ed in, on the development rows' image prompts.
+fn lab_mlp(rows: &[cascade::Row]) {
+    use stormwall_safety::Kind;
+    let env = |k: &str, d: f64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let cap = env("LAB_CAP", 0.019);
+    let img: Vec<usize> = (0..rows.len())
+        .filter(|i| rows[*i].kind == Kind::Image)
+        .collect();
+    let ys: Vec<bool> = img.iter().map(|&i| rows[i].harmful).collect();
+    let folds: Vec<u32> = img.iter().map(|&i| rows[i].fold).collect();
+    let heads: Vec<usize> = cascade::CASCADE_HEADS.iter().map(|c| c.index()).collect();
+    let logit = |s: f32| {
+        let s = s.clamp(1e-3, 1.0 - 1e-3);
+        (s / (1.0 - s)).ln()
+    };
+    let build = |with_logit: bool| {
+        let mut x: Vec<Vec<f32>> = img
+            .iter()
+            .map(|&i| {
+                let r = &rows[i];
+                let mut v = r.embedding.clone();
+                v.extend(heads.iter().map(|&c| r.fast[c]));
+                if with_logit {
+                    v.extend(heads.iter().map(|&c| logit(r.fast[c])));
+                    v.push(logit(r.fast.iter().copied().fold(0.0, f32::max)));
+                }
+                v
+            })
+            .collect();
+        let all = vec![true; x.len()];
+        standardise(&mut x, &all);
+        for v in x.iter_mut() {
+            v.iter_mut().for_each(|a| *a = a.clamp(-8.0, 8.0));
+        }
+        x
+    };
+    let report = |name: &str, oof: &[f32]| {
+        let pr: Vec<(f32, bool, bool)> = (0..img.len())
+            .map(|j| (oof[j], ys[j], rows[img[j]].rule_flag))
+            .collect();
+        let a = best_at(&pr, cap);
+        let mut nest = [0.0f64; 4];
+        for k in 0..cascade::FOLDS {
+            let tr: Vec<_> = (0..img.len())
+                .filter(|j| folds[*j] != k)
+                .map(|j| pr[j])
+                .collect();
+            let t = best_at(&tr, cap).3;
+            for j in (0..img.len()).filter(|j| folds[*j] == k) {
+                let pred = pr[j].2 || oof[j] >= t;
+                nest[match (ys[j], pred) {
+                    (true, true) => 0,
+                    (false, true) => 1,
+                    (true, false) => 2,
+                    _ => 3,
+                }] += 1.0;
+            }
+        }
+        println!(
+            "{name:28} OOF@{cap}: F1 {:.3} R {:.3} FPR {:.4} t {:.3} | nested F1 {:.3} FPR {:.4}",
+            a.0,
+            a.1,
+            a.2,
+            a.3,
+            2.0 * nest[0] / (2.0 * nest[0] + nest[1] + nest[2]),
+            nest[1] / (nest[1] + nest[3])
+        );
+    };
+    let hidden: Vec<usize> = std::env::var("LAB_H")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![32]);
+    let wds: Vec<f32> = std::env::var("LAB_WD")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![1e-3, 1e-2]);
+    let epochs = env("LAB_EPOCHS", 20.0) as u32;
+    let seeds = env("LAB_SEEDS", 1.0) as u64;
+    for with_logit in [false, true] {
+        let x = build(with_logit);
+        let tag = if with_logit { "+logit" } else { "" };
+        let mut lr_oof = vec![0.0f32; img.len()];
+        for k in 0..cascade::FOLDS {
+            let (xt, yt): (Vec<Vec<f32>>, Vec<bool>) = (0..img.len())
+                .filter(|j| folds[*j] != k)
+                .map(|j| (x[j].clone(), ys[j]))
+                .unzip();
+            let w = lab_fit(&xt, &yt, 0.1, 300, 1.0);
+            for j in (0..img.len()).filter(|j| folds[*j] == k) {
+                lr_oof[j] = lab_score(&w, &x[j]);
+            }
+        }
+        report(&format!("lr 0.1{tag}"), &lr_oof);
+        for &h in &hidden {
+            for &wd in &wds {
+                let mut oof = vec![0.0f32; img.len()];
+                for k in 0..cascade::FOLDS {
+                    let (xt, yt): (Vec<Vec<f32>>, Vec<bool>) = (0..img.len())
+                        .filter(|j| folds[*j] != k)
+                        .map(|j| (x[j].clone(), ys[j]))
+                        .unzip();
+                    let nets: Vec<Mlp> = (0..seeds)
+                        .map(|s| Mlp::fit(&xt, &yt, h, wd, epochs, 0x5eed + s * 7919))
+                        .collect();
+                    for j in (0..img.len()).filter(|j| folds[*j] == k) {
+                        oof[j] =
+                            nets.iter().map(|m| m.prob(&x[j])).sum::<f32>() / nets.len() as f32;
+                    }
+                }
+                report(&format!("mlp h{h} wd{wd}{tag}"), &oof);
+                let avg: Vec<f32> = oof
+                    .iter()
+                    .zip(&lr_oof)
+                    .map(|(a, b)| 0.5 * (a + b))
+                    .collect();
+                report(&format!("  avg(lr, mlp h{h} wd{wd}){tag}"), &avg);
+            }
+        }
+    }
+}
+
 fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = HeadsConfig::default();
     if let Some(r) = std::env::var("CHAT_REACH")
@@ -545,6 +777,18 @@ fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Er
         .and_then(|v| v.parse().ok())
     {
         cfg.ngram_bits = b;
+    }
+    if let Ok(v) = std::env::var("LOGIT") {
+        cfg.logit_inputs = v != "0";
+    }
+    if let Some(h) = std::env::var("MLP_H").ok().and_then(|v| v.parse().ok()) {
+        cfg.image_hidden = h;
+    }
+    if let Some(w) = std::env::var("MLP_WD").ok().and_then(|v| v.parse().ok()) {
+        cfg.image_mlp_wd = w;
+    }
+    if let Some(c) = std::env::var("MLP_COUNT").ok().and_then(|v| v.parse().ok()) {
+        cfg.image_mlp_count = c;
     }
     let (heads, rep) = cascade::train(rows, &cfg);
     let bytes = heads.to_bytes();
@@ -610,6 +854,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 match std::env::var("LAB").as_deref() {
                     Ok("ngram") => {
                         lab_ngram(&rows, &records);
+                        return Ok(());
+                    }
+                    Ok("mlp") => {
+                        lab_mlp(&rows);
                         return Ok(());
                     }
                     Ok(_) => {

@@ -16,15 +16,19 @@
 //! dev-chosen operating point lands on the profile's flag threshold for the category
 //! ([`Cascade::score_under`]): a profile keeps its say over which categories it acts on.
 //!
-//! File format (`SWC3`, little-endian): magic, `u32` embedding length, `u32` input count,
+//! File format (`SWC4`, little-endian): magic, `u32` embedding length, `u32` input count,
 //! `u32` head count, `f32` image and chat thresholds, `f32` band low and high edges, `f32`
 //! image operating point of the sexual head (above 1: none), the
 //! input means and scales (`f32` each), then per head a `u8` category index (`0xff` for the
 //! image any-harm head, `0xfe` for the chat one) and `input count + 1` weights (the bias
 //! last), then the image n-gram model: `u8` bits (0: none), and with bits `f32` scale, `f32`
 //! bias and `2^bits` `i8` weights. With an n-gram model its logit is the last input before
-//! the image flag's. `SWC2` files (no n-gram model) and `SWC1` files (one any-harm head for
-//! both kinds) still load.
+//! the image flag's. `SWC4` (ninth cut) adds, after the n-gram section, a `u8` of flags (bit
+//! 0: the inputs hold the log-odds of the head categories' fast scores and of their
+//! maximum, after the scores themselves), a `u32` hidden width and a `u32` network count,
+//! then per network the image any-harm network's weights ([`Mlp`]: `hidden × inputs`
+//! first-layer weights, `hidden` biases, `hidden` output weights, the output bias). `SWC3`,
+//! `SWC2` (no n-gram model) and `SWC1` files (one any-harm head for both kinds) still load.
 
 use crate::category::{CATEGORY_COUNT, Category, Kind};
 use crate::eval::Record;
@@ -33,7 +37,9 @@ use crate::policy::{Action, Profile};
 use crate::screen::Screener;
 
 /// Magic bytes of a heads file.
-pub const MAGIC: &[u8; 4] = b"SWC3";
+pub const MAGIC: &[u8; 4] = b"SWC4";
+/// Magic bytes of the third heads format (no log-odds inputs, no image network).
+const MAGIC_V3: &[u8; 4] = b"SWC3";
 /// Magic bytes of the second heads format (no image n-gram model).
 const MAGIC_V2: &[u8; 4] = b"SWC2";
 /// Magic bytes of the first heads format (one any-harm head for both kinds).
@@ -52,7 +58,7 @@ pub const FOLDS: u32 = 5;
 /// Image operating point: the highest dev cross-validated F1 at no more than this benign
 /// false-positive rate. The target is 2% on unseen prompts; this is the largest cap
 /// (of 1.7–2.0%) whose nested estimate on dev (points chosen on four folds, counted on the
-/// fifth: [`TrainReport::image_nested`]) stays within 2% — 2.0% itself gave 2.2%.
+/// fifth: [`TrainReport::image_nested`]) stays within 2% — seventh cut: 2.0% gave 2.2%.
 pub const IMAGE_MAX_FPR: f64 = 0.019;
 /// Chat prompts reaching the encoder: at most this share of benign dev chat prompts.
 pub const CHAT_MAX_REACH: f64 = 0.10;
@@ -81,6 +87,144 @@ pub struct Heads {
     image_sexual_threshold: f32,
     /// The image n-gram model whose logit is one of the inputs (none in older files).
     ngram: Option<Ngram>,
+    /// Whether the inputs carry the fast scores' log-odds too (none in older files).
+    logit_inputs: bool,
+    /// The image any-harm networks (none in older files): with them the image any-harm
+    /// probability is the mean of the logistic regression's and the networks' mean.
+    image_mlp: Vec<Mlp>,
+}
+
+/// A network with one hidden layer (tanh) on the heads' standardised inputs, a second
+/// opinion for the image any-harm head. On dev (5-fold out of fold, ninth cut) a network
+/// alone was no better than the logistic regression (its probabilities overconfident),
+/// but the mean of the two gained 1–2 points of image F1 at the 1.9% benign FPR cap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mlp {
+    inputs: usize,
+    hidden: usize,
+    /// `hidden × inputs` first-layer weights, `hidden` biases, `hidden` output weights,
+    /// the output bias.
+    w: Vec<f32>,
+}
+
+impl Mlp {
+    fn len(inputs: usize, hidden: usize) -> usize {
+        hidden * inputs + 2 * hidden + 1
+    }
+
+    /// The output logit; `hid` receives the hidden activations.
+    fn forward(&self, x: &[f32], hid: &mut [f32]) -> f32 {
+        let (n, h) = (self.inputs, self.hidden);
+        let (w1, rest) = self.w.split_at(h * n);
+        let (b1, rest) = rest.split_at(h);
+        let (w2, b2) = rest.split_at(h);
+        let mut z = b2.first().copied().unwrap_or(0.0);
+        for (j, a) in hid.iter_mut().enumerate().take(h) {
+            let s = w1[j * n..(j + 1) * n]
+                .iter()
+                .zip(x)
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
+                + b1[j];
+            *a = s.tanh();
+            z += w2[j] * *a;
+        }
+        z
+    }
+
+    /// The network's probability for standardised inputs.
+    fn probability(&self, x: &[f32]) -> f32 {
+        let mut hid = vec![0.0f32; self.hidden];
+        sigmoid(self.forward(x, &mut hid))
+    }
+
+    /// Fits a network by mini-batch Adam (batches of 32, step 1e-3) with weight decay `wd`
+    /// on the weights (not the biases); deterministic for a given seed and input order.
+    fn fit(x: &[&[f32]], y: &[bool], hidden: usize, wd: f32, epochs: u32, seed: u64) -> Mlp {
+        let n = x.first().map_or(0, |v| v.len());
+        let len = Mlp::len(n, hidden);
+        let mut rng = seed | 1;
+        let mut uniform = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut w = vec![0.0f32; len];
+        // Uniform initialisation with the variance of 1/fan-in per layer.
+        let s1 = 1.7 * (1.0 / n.max(1) as f64).sqrt();
+        for v in &mut w[..hidden * n] {
+            *v = ((uniform() * 2.0 - 1.0) * s1) as f32;
+        }
+        let s2 = 1.7 * (1.0 / hidden.max(1) as f64).sqrt();
+        for v in &mut w[hidden * n + hidden..hidden * n + 2 * hidden] {
+            *v = ((uniform() * 2.0 - 1.0) * s2) as f32;
+        }
+        let mut net = Mlp {
+            inputs: n,
+            hidden,
+            w,
+        };
+        if x.is_empty() || hidden == 0 {
+            return net;
+        }
+        let (mut m, mut v, mut g) = (vec![0.0f32; len], vec![0.0f32; len], vec![0.0f32; len]);
+        let mut hid = vec![0.0f32; hidden];
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        let decays = |k: usize| k < hidden * n || (hidden * n + hidden..len - 1).contains(&k);
+        let mut step = 0i32;
+        for _ in 0..epochs {
+            for i in (1..order.len()).rev() {
+                let j = ((uniform() * (i + 1) as f64) as usize).min(i);
+                order.swap(i, j);
+            }
+            for batch in order.chunks(MLP_BATCH) {
+                g.iter_mut().for_each(|v| *v = 0.0);
+                for &i in batch {
+                    let e = sigmoid(net.forward(x[i], &mut hid)) - if y[i] { 1.0 } else { 0.0 };
+                    let (gw1, rest) = g.split_at_mut(hidden * n);
+                    let (gb1, rest) = rest.split_at_mut(hidden);
+                    let (gw2, gb2) = rest.split_at_mut(hidden);
+                    gb2[0] += e;
+                    let w2 = &net.w[hidden * n + hidden..hidden * n + 2 * hidden];
+                    for j in 0..hidden {
+                        gw2[j] += e * hid[j];
+                        let d = e * w2[j] * (1.0 - hid[j] * hid[j]);
+                        gb1[j] += d;
+                        for (gk, xk) in gw1[j * n..(j + 1) * n].iter_mut().zip(x[i]) {
+                            *gk += d * xk;
+                        }
+                    }
+                }
+                step += 1;
+                let inv = 1.0 / batch.len() as f32;
+                let (c1, c2) = (1.0 - 0.9f32.powi(step), 1.0 - 0.999f32.powi(step));
+                for k in 0..len {
+                    let gk = g[k] * inv + if decays(k) { wd * net.w[k] } else { 0.0 };
+                    m[k] = 0.9 * m[k] + 0.1 * gk;
+                    v[k] = 0.999 * v[k] + 0.001 * gk * gk;
+                    net.w[k] -= MLP_LEARNING_RATE * (m[k] / c1) / ((v[k] / c2).sqrt() + 1e-8);
+                }
+            }
+        }
+        net
+    }
+}
+
+/// Mini-batch size and Adam step of the image networks.
+const MLP_BATCH: usize = 32;
+const MLP_LEARNING_RATE: f32 = 1e-3;
+/// Seeds of the image networks' ensemble.
+const MLP_SEED: u64 = 0x5eed_0009;
+
+/// The image any-harm probability: the logistic regression's, or with networks the mean of
+/// it and the networks' mean.
+fn image_probability(lr: f32, mlp: &[Mlp], x: &[f32]) -> f32 {
+    if mlp.is_empty() {
+        return lr;
+    }
+    let m = mlp.iter().map(|n| n.probability(x)).sum::<f32>() / mlp.len() as f32;
+    0.5 * (lr + m)
 }
 
 /// A logistic regression over hashed n-grams ([`model::features`]) trained on image prompts
@@ -316,7 +460,7 @@ impl Heads {
         text: &str,
     ) -> Vec<f32> {
         let z = self.ngram.as_ref().map(|m| m.logit(text));
-        let mut x = raw_inputs(embedding, fast, kind, z);
+        let mut x = raw_inputs(embedding, fast, kind, z, self.logit_inputs);
         standardise_in_place(&mut x, &self.mean, &self.scale);
         x
     }
@@ -344,7 +488,10 @@ impl Heads {
             Kind::Image => &self.any_image,
             Kind::Chat => &self.any_chat,
         };
-        let probability = sigmoid(dot(any, &x));
+        let probability = match kind {
+            Kind::Image => image_probability(sigmoid(dot(any, &x)), &self.image_mlp, &x),
+            Kind::Chat => sigmoid(dot(any, &x)),
+        };
         let mut logits = [f32::NEG_INFINITY; CATEGORY_COUNT];
         for (c, w) in &self.cats {
             logits[c.index()] = dot(w, &x);
@@ -408,6 +555,14 @@ impl Heads {
                 b.extend(m.weights.iter().map(|w| *w as u8));
             }
         }
+        b.push(u8::from(self.logit_inputs));
+        let hidden = self.image_mlp.first().map_or(0, |m| m.hidden);
+        for v in [hidden, self.image_mlp.len()] {
+            b.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        for m in &self.image_mlp {
+            put(&mut b, &m.w);
+        }
         b
     }
 
@@ -416,21 +571,25 @@ impl Heads {
         let bad = |m: &str| HeadsError::Format(m.to_owned());
         let mut r = Reader { b, at: 0 };
         let magic = r.take(4).ok_or_else(|| bad("truncated"))?;
-        if magic != MAGIC && magic != MAGIC_V2 && magic != MAGIC_V1 {
+        if magic != MAGIC && magic != MAGIC_V3 && magic != MAGIC_V2 && magic != MAGIC_V1 {
             return Err(bad("not a heads file"));
         }
+        // The n-gram section exists from SWC3 on, the log-odds inputs and networks in SWC4.
+        let has_ngram_section = magic == MAGIC || magic == MAGIC_V3;
         let v1 = magic == MAGIC_V1;
         let dim = r.u32().ok_or_else(|| bad("truncated"))? as usize;
         let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
         let heads = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-        // An n-gram model (SWC3 only) adds one input; whether there is one is checked below.
+        // An n-gram model (SWC3 on) adds one input, the log-odds (SWC4) CATEGORY_COUNT + 1;
+        // whether they are there is checked below.
         let base = dim + CATEGORY_COUNT + 1;
-        if !(n == base || (magic == MAGIC && n == base + 1))
-            || dim == 0
-            || dim > 8192
-            || heads == 0
-            || heads > 64
-        {
+        let logit_extra = CATEGORY_COUNT + 1;
+        let plausible = if magic == MAGIC {
+            [base, base + 1, base + logit_extra, base + logit_extra + 1].contains(&n)
+        } else {
+            n == base || (has_ngram_section && n == base + 1)
+        };
+        if !plausible || dim == 0 || dim > 8192 || heads == 0 || heads > 64 {
             return Err(bad("inconsistent sizes"));
         }
         let mut f = || r.f32().ok_or_else(|| bad("truncated"));
@@ -463,7 +622,7 @@ impl Heads {
                 cats.push((c, w));
             }
         }
-        let ngram = if magic == MAGIC {
+        let ngram = if has_ngram_section {
             let bits = r.take(1).ok_or_else(|| bad("truncated"))?[0];
             if bits == 0 {
                 None
@@ -492,8 +651,40 @@ impl Heads {
         } else {
             None
         };
-        if ngram.is_some() != (n == base + 1) {
-            return Err(bad("input count does not match the n-gram model"));
+        let (logit_inputs, image_mlp) = if magic == MAGIC {
+            let flags = r.take(1).ok_or_else(|| bad("truncated"))?[0];
+            if flags > 1 {
+                return Err(bad("unknown flags"));
+            }
+            let hidden = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+            let count = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+            if hidden > 1024 || count > 16 || (hidden == 0) != (count == 0) {
+                return Err(bad("network sizes out of range"));
+            }
+            let mut nets = Vec::with_capacity(count);
+            for _ in 0..count {
+                let w = (0..Mlp::len(n, hidden))
+                    .map(|_| r.f32().ok_or_else(|| bad("truncated")))
+                    .collect::<Result<Vec<f32>, _>>()?;
+                if !w.iter().all(|v| v.is_finite()) {
+                    return Err(bad("non-finite value"));
+                }
+                nets.push(Mlp {
+                    inputs: n,
+                    hidden,
+                    w,
+                });
+            }
+            (flags == 1, nets)
+        } else {
+            (false, Vec::new())
+        };
+        let expected =
+            base + usize::from(ngram.is_some()) + if logit_inputs { logit_extra } else { 0 };
+        if n != expected {
+            return Err(bad(
+                "input count does not match the n-gram model and the log-odds flag",
+            ));
         }
         if r.at != b.len() {
             return Err(bad("trailing bytes"));
@@ -532,6 +723,8 @@ impl Heads {
             band: (lo, hi),
             image_sexual_threshold,
             ngram,
+            logit_inputs,
+            image_mlp,
         })
     }
 }
@@ -570,19 +763,40 @@ fn raw_inputs(
     fast: &[f32; CATEGORY_COUNT],
     kind: Kind,
     ngram: Option<f32>,
+    logits: bool,
 ) -> Vec<f32> {
-    let mut x = Vec::with_capacity(embedding.len() + CATEGORY_COUNT + 2);
+    let mut x = Vec::with_capacity(embedding.len() + 2 * CATEGORY_COUNT + 3);
     x.extend_from_slice(embedding);
-    x.extend(Category::ALL.into_iter().map(|c| {
+    let head = |c: Category| {
         if CASCADE_HEADS.contains(&c) {
             fast[c.index()]
         } else {
             0.0
         }
-    }));
+    };
+    x.extend(Category::ALL.into_iter().map(head));
+    if logits {
+        // The fast scores' log-odds: a score of 0.99 and one of 0.9999 differ by little on
+        // the score's scale and by a lot in evidence. Non-head categories stay constant.
+        x.extend(Category::ALL.into_iter().map(|c| {
+            if CASCADE_HEADS.contains(&c) {
+                log_odds(fast[c.index()])
+            } else {
+                0.0
+            }
+        }));
+        let max = Category::ALL.into_iter().map(head).fold(0.0f32, f32::max);
+        x.push(log_odds(max));
+    }
     x.extend(ngram);
     x.push(if kind == Kind::Image { 1.0 } else { 0.0 });
     x
+}
+
+/// A score's log-odds, the score kept within [1e-3, 1 − 1e-3].
+fn log_odds(s: f32) -> f32 {
+    let s = s.clamp(1e-3, 1.0 - 1e-3);
+    (s / (1.0 - s)).ln()
 }
 
 /// Standardised inputs are clipped to this many standard deviations: an input far outside
@@ -659,6 +873,22 @@ pub struct HeadsConfig {
     /// 0.746 and cost the sexual route 2.4 points of recall, 0.848 → 0.824; not worth its
     /// 64 KiB).
     pub ngram_bits: u8,
+    /// Whether the heads read the fast scores' log-odds too. Off: on dev (5-fold, 1.9% cap)
+    /// they lifted the image logistic regression alone (nested F1 0.762 → 0.773) but not the
+    /// cascade with the networks (nested 0.775 without, 0.769 with).
+    pub logit_inputs: bool,
+    /// Hidden width of the image any-harm networks (0: none, the default: the logistic
+    /// regression alone). Ninth cut, dev 5-fold nested image F1: on the rows of a retrained
+    /// fast model, 32 networks lifted it 0.763 → 0.775 at the 1.9% cap, but on the shipped
+    /// fast model's rows 0.764 (nested FPR 2.0%) against 0.761, and at 1.8% 0.758 against
+    /// 0.761 — no gain on the model that ships, so none ship (`MLP_H=32` in the example).
+    pub image_hidden: usize,
+    /// Their weight decay (3e-3 and 1e-2 tried on dev; 3e-3 best with three seeds).
+    pub image_mlp_wd: f32,
+    /// Their training epochs.
+    pub image_mlp_epochs: u32,
+    /// How many networks (seeds) the image ensemble averages.
+    pub image_mlp_count: usize,
 }
 
 impl Default for HeadsConfig {
@@ -671,6 +901,11 @@ impl Default for HeadsConfig {
             chat_max_reach: CHAT_MAX_REACH,
             image_max_fpr: IMAGE_MAX_FPR,
             ngram_bits: 0,
+            logit_inputs: false,
+            image_hidden: 0,
+            image_mlp_wd: 3e-3,
+            image_mlp_epochs: 20,
+            image_mlp_count: 3,
         }
     }
 }
@@ -711,11 +946,15 @@ fn fit(x: &[&[f32]], y: &[bool], n: usize, l2: f32, cfg: &HeadsConfig) -> Vec<f3
 
 /// Means and inverse standard deviations of the rows' inputs (with each row's n-gram logit,
 /// `z`, parallel to `rows`), and the standardised inputs.
-fn standardise(rows: &[&Row], z: &[Option<f32>]) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
+fn standardise(
+    rows: &[&Row],
+    z: &[Option<f32>],
+    logits: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
     let raw: Vec<Vec<f32>> = rows
         .iter()
         .zip(z)
-        .map(|(r, z)| raw_inputs(&r.embedding, &r.fast, r.kind, *z))
+        .map(|(r, z)| raw_inputs(&r.embedding, &r.fast, r.kind, *z, logits))
         .collect();
     let n = raw.first().map_or(0, Vec::len);
     let mut mean = vec![0.0f32; n];
@@ -748,6 +987,35 @@ fn fit_any(rows: &[&Row], x: &[Vec<f32>], kind: Kind, l2: f32, cfg: &HeadsConfig
         .unzip();
     let n = x.first().map_or(0, Vec::len);
     fit(&xs, &ys, n, l2, cfg)
+}
+
+/// The image any-harm networks fitted on that kind's rows (none when `cfg.image_hidden` is
+/// 0), each from its own seed.
+fn fit_image_mlps(rows: &[&Row], x: &[Vec<f32>], cfg: &HeadsConfig) -> Vec<Mlp> {
+    if cfg.image_hidden == 0 || cfg.image_mlp_count == 0 {
+        return Vec::new();
+    }
+    let (xs, ys): (Vec<&[f32]>, Vec<bool>) = rows
+        .iter()
+        .zip(x)
+        .filter(|(r, _)| r.kind == Kind::Image)
+        .map(|(r, x)| (x.as_slice(), r.harmful))
+        .unzip();
+    if xs.is_empty() {
+        return Vec::new();
+    }
+    (0..cfg.image_mlp_count as u64)
+        .map(|s| {
+            Mlp::fit(
+                &xs,
+                &ys,
+                cfg.image_hidden,
+                cfg.image_mlp_wd,
+                cfg.image_mlp_epochs,
+                MLP_SEED.wrapping_add(s.wrapping_mul(0x9e37_79b9)),
+            )
+        })
+        .collect()
 }
 
 /// A text's n-gram features: (bucket, signed weight).
@@ -792,9 +1060,10 @@ fn fit_heads(
     band: (f32, f32),
 ) -> Heads {
     let dim = rows.first().map_or(0, |r| r.embedding.len());
-    let (mean, scale, x) = standardise(rows, z);
+    let (mean, scale, x) = standardise(rows, z, cfg.logit_inputs);
     let n = mean.len();
     let xs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+    let image_mlp = fit_image_mlps(rows, &x, cfg);
     let any_image = fit_any(rows, &x, Kind::Image, l2.0, cfg);
     let any_chat = fit_any(rows, &x, Kind::Chat, l2.1, cfg);
     let cats = CASCADE_HEADS
@@ -816,6 +1085,8 @@ fn fit_heads(
         band,
         image_sexual_threshold: thresholds.2,
         ngram,
+        logit_inputs: cfg.logit_inputs,
+        image_mlp,
     }
 }
 
@@ -1025,8 +1296,9 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
             .filter(|(r, _)| r.fold != k)
             .map(|(r, z)| (r, *z))
             .unzip();
-        let (mean, scale, x) = standardise(&train, &tz);
+        let (mean, scale, x) = standardise(&train, &tz, cfg.logit_inputs);
         let xs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+        let mlps = fit_image_mlps(&train, &x, cfg);
         let ys: Vec<bool> = train
             .iter()
             .map(|r| r.categories.contains(&Category::Sexual))
@@ -1035,7 +1307,7 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
         let ws = fit(&xs, &ys, n, cfg.l2, cfg);
         for (i, r) in rows.iter().enumerate() {
             if r.fold == k && r.kind == Kind::Image {
-                let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind, z[i]);
+                let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind, z[i], cfg.logit_inputs);
                 standardise_in_place(&mut xi, &mean, &scale);
                 oof_sexual[i] = sigmoid(dot(&ws, &xi));
             }
@@ -1045,9 +1317,14 @@ pub fn train(rows: &[Row], cfg: &HeadsConfig) -> (Heads, TrainReport) {
                 let w = fit_any(&train, &x, kind, l2, cfg);
                 for (i, r) in rows.iter().enumerate() {
                     if r.fold == k && r.kind == kind {
-                        let mut xi = raw_inputs(&r.embedding, &r.fast, r.kind, z[i]);
+                        let mut xi =
+                            raw_inputs(&r.embedding, &r.fast, r.kind, z[i], cfg.logit_inputs);
                         standardise_in_place(&mut xi, &mean, &scale);
-                        oof_by_l2[g][i] = sigmoid(dot(&w, &xi));
+                        let p = sigmoid(dot(&w, &xi));
+                        oof_by_l2[g][i] = match kind {
+                            Kind::Image => image_probability(p, &mlps, &xi),
+                            Kind::Chat => p,
+                        };
                     }
                 }
             }
@@ -1416,13 +1693,20 @@ mod tests {
         );
     }
 
-    /// Heads without an image n-gram model, as the first two formats hold.
+    /// Heads without an image n-gram model, log-odds inputs or networks, as the first two
+    /// formats hold.
     fn without_ngram() -> HeadsConfig {
         HeadsConfig {
             ngram_bits: 0,
+            logit_inputs: false,
+            image_hidden: 0,
             ..HeadsConfig::default()
         }
     }
+
+    /// The bytes SWC4 adds after the n-gram section when there are no log-odds inputs and
+    /// no networks: flags 0, hidden width 0, network count 0.
+    const EMPTY_V4_TAIL: usize = 1 + 4 + 4;
 
     #[test]
     fn second_format_files_load_as_heads_without_an_ngram_model() {
@@ -1434,12 +1718,18 @@ mod tests {
             &without_ngram(),
         );
         assert!(!h.has_ngram());
-        // SWC2: the current layout without the n-gram section (one byte, 0, here).
+        // SWC2: the current layout without the n-gram section (one byte, 0, here) and the
+        // SWC4 tail.
         let b = h.to_bytes();
+        let b = &b[..b.len() - EMPTY_V4_TAIL];
         assert_eq!(b.last(), Some(&0));
         let mut old = MAGIC_V2.to_vec();
         old.extend_from_slice(&b[4..b.len() - 1]);
         assert_eq!(Heads::from_bytes(&old).unwrap(), h);
+        // SWC3: the same with the n-gram section.
+        let mut v3 = MAGIC_V3.to_vec();
+        v3.extend_from_slice(&b[4..]);
+        assert_eq!(Heads::from_bytes(&v3).unwrap(), h);
         // A second-format file cannot claim the n-gram model's extra input.
         let (with, _) = train(
             &[
@@ -1455,6 +1745,10 @@ mod tests {
         let mut old = MAGIC_V2.to_vec();
         old.extend_from_slice(&b[4..]);
         assert!(Heads::from_bytes(&old).is_err());
+        // Nor can a third-format file claim the log-odds inputs.
+        let mut v3 = MAGIC_V3.to_vec();
+        v3.extend_from_slice(&b[4..]);
+        assert!(Heads::from_bytes(&v3).is_err());
     }
 
     #[test]
@@ -1539,7 +1833,7 @@ mod tests {
         assert_eq!(old.any_chat, h.any_image);
         assert_eq!(old.any_image, h.any_image);
         // A later file without its chat head is broken, not an old file.
-        for magic in [MAGIC, MAGIC_V2] {
+        for magic in [MAGIC, MAGIC_V3, MAGIC_V2] {
             let mut cur = b.clone();
             cur[..4].copy_from_slice(magic);
             assert!(Heads::from_bytes(&cur).is_err());
@@ -1592,6 +1886,75 @@ mod tests {
         assert!(p([-1.0, 1.0, 0.0, 0.0], Kind::Chat) > p([1.0, -1.0, 0.0, 0.0], Kind::Chat));
         let back = Heads::from_bytes(&h.to_bytes()).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn the_image_networks_learn_what_the_linear_head_cannot_and_round_trip() {
+        // Harm where the first two inputs agree in sign: no linear head separates it.
+        let mut rows = Vec::new();
+        for i in 0..200u32 {
+            let a = if i % 2 == 0 { 1.0 } else { -1.0 };
+            let b = if (i / 2) % 2 == 0 { 1.0 } else { -1.0 };
+            let jitter = (i % 11) as f32 / 40.0;
+            rows.push(row(
+                [a + jitter, b - jitter, 0.0, 0.0],
+                a * b > 0.0,
+                Kind::Image,
+                i % FOLDS,
+            ));
+        }
+        // One network, trained longer on these few rows (five batches an epoch), keeps the
+        // debug-build test quick.
+        let cfg = |hidden| HeadsConfig {
+            image_hidden: hidden,
+            image_mlp_count: 1,
+            image_mlp_epochs: 300,
+            image_max_fpr: 0.1,
+            l2_grid: vec![0.1],
+            ..HeadsConfig::default()
+        };
+        let (_, alone) = train(&rows, &cfg(0));
+        let (h, with) = train(&rows, &cfg(16));
+        assert!(alone.image_cascade.f1() < 0.75, "{:?}", alone.image_cascade);
+        assert!(with.image_cascade.f1() > 0.95, "{:?}", with.image_cascade);
+        assert_eq!(h.image_mlp.len(), 1);
+        let p = |e: [f32; 4]| {
+            h.score(&e, &[0.0; CATEGORY_COUNT], Kind::Image, "")
+                .unwrap()
+                .probability
+        };
+        let t = h.threshold(Kind::Image);
+        assert!(p([1.0, 1.0, 0.0, 0.0]) >= t && p([-1.0, -1.0, 0.0, 0.0]) >= t);
+        assert!(p([1.0, -1.0, 0.0, 0.0]) < t && p([-1.0, 1.0, 0.0, 0.0]) < t);
+        let back = Heads::from_bytes(&h.to_bytes()).unwrap();
+        assert_eq!(back, h);
+        // Deterministic: the same rows and seed give the same network.
+        let (x, y): (Vec<Vec<f32>>, Vec<bool>) = rows
+            .iter()
+            .map(|r| (r.embedding.clone(), r.harmful))
+            .unzip();
+        let xs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+        let fit = || Mlp::fit(&xs, &y, 4, 1e-3, 3, MLP_SEED);
+        assert_eq!(fit(), fit());
+    }
+
+    #[test]
+    fn log_odds_inputs_follow_the_head_categories_only() {
+        let mut fast = [0.0f32; CATEGORY_COUNT];
+        fast[Category::Sexual.index()] = 0.99;
+        fast[Category::FilterEvasion.index()] = 0.45;
+        let x = raw_inputs(&[0.5, 0.5], &fast, Kind::Image, None, true);
+        assert_eq!(x.len(), 2 + 2 * CATEGORY_COUNT + 1 + 1);
+        let logits = &x[2 + CATEGORY_COUNT..2 + 2 * CATEGORY_COUNT];
+        assert!((logits[Category::Sexual.index()] - log_odds(0.99)).abs() < 1e-6);
+        // A disguise's signal score is no input, on either scale.
+        assert_eq!(logits[Category::FilterEvasion.index()], 0.0);
+        assert!((x[2 + 2 * CATEGORY_COUNT] - log_odds(0.99)).abs() < 1e-6);
+        assert_eq!(x.last(), Some(&1.0));
+        assert_eq!(
+            raw_inputs(&[0.5, 0.5], &fast, Kind::Image, None, false).len(),
+            2 + CATEGORY_COUNT + 1
+        );
     }
 
     #[test]
