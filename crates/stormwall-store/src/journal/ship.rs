@@ -95,10 +95,10 @@ impl Shipper {
                     self.ship(&batch).await;
                     // Events keep arriving while the store writes. Chasing them would
                     // store a few events per transaction, back to back, each one a
-                    // blocking-pool hand-off and a commit: at c=1 about one transaction
-                    // per four requests. They wait for the next tick instead (at most
-                    // `flush_interval_ms`, as in the in-memory writer); a full batch is
-                    // a sign of a backlog and is followed at once.
+                    // blocking-pool hand-off (thread wakes) and a commit (WAL writes):
+                    // more CPU per request than the in-memory path, which gathers a
+                    // batch for `flush_interval_ms`. They wait for the next tick
+                    // instead; a full batch means a backlog and is followed at once.
                     if partial && !draining {
                         return;
                     }
