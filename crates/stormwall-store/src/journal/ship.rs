@@ -62,7 +62,7 @@ impl Shipper {
     pub(super) async fn run(self, mut phase: watch::Receiver<Phase>) {
         loop {
             let draining = *phase.borrow() == Phase::Drain;
-            self.ship_available().await;
+            self.ship_available(draining).await;
             if draining {
                 break;
             }
@@ -81,14 +81,28 @@ impl Shipper {
         }
     }
 
-    /// Ships everything written so far.
-    async fn ship_available(&self) {
+    /// Ships what is written: full batches, then one partial batch from memory, after which
+    /// the rest waits for the next tick (see [`Shipper::run`]); while `draining`,
+    /// everything.
+    async fn ship_available(&self, draining: bool) {
         loop {
             let next = self.next();
             match next {
                 Next::Idle => return,
                 Next::Delete(seq) => self.delete(seq),
-                Next::Memory(batch) => self.ship(&batch).await,
+                Next::Memory(batch) => {
+                    let partial = batch.events.len() < self.batch_max;
+                    self.ship(&batch).await;
+                    // Events keep arriving while the store writes. Chasing them would
+                    // store a few events per transaction, back to back, each one a
+                    // blocking-pool hand-off (thread wakes) and a commit (WAL writes):
+                    // more CPU per request than the in-memory path, which gathers a
+                    // batch for `flush_interval_ms`. They wait for the next tick
+                    // instead; a full batch means a backlog and is followed at once.
+                    if partial && !draining {
+                        return;
+                    }
+                }
                 Next::Read { seq, from, to } => {
                     let Some(batch) = self.read(seq, from, to) else {
                         continue;

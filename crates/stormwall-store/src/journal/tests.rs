@@ -677,3 +677,130 @@ fn the_shippers_memory_gives_back_a_bursts_room_once_it_has_caught_up() {
         "nothing lost, order kept"
     );
 }
+
+/// Each insert takes `write` of (virtual) time and is logged with its start and size.
+struct SlowStore {
+    write: Duration,
+    inserts: Mutex<Vec<(tokio::time::Instant, usize)>>,
+    stored: AtomicU64,
+}
+
+#[async_trait]
+impl EventStore for SlowStore {
+    async fn insert_events(&self, _: &[UsageEvent]) -> Result<(), StoreError> {
+        Err(StoreError::Database(
+            "the journal hands over encoded events".into(),
+        ))
+    }
+    async fn insert_encoded_events(&self, events: &[EncodedEvent]) -> Result<(), StoreError> {
+        self.inserts
+            .lock()
+            .unwrap()
+            .push((tokio::time::Instant::now(), events.len()));
+        tokio::time::sleep(self.write).await;
+        self.stored.fetch_add(events.len() as u64, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn query_events(&self, _: &EventQuery) -> Result<Vec<UsageEvent>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn spend_since(&self, _: &KeyId, _: OffsetDateTime) -> Result<f64, StoreError> {
+        Ok(0.0)
+    }
+    async fn count_events(&self) -> Result<u64, StoreError> {
+        Ok(self.stored.load(Ordering::SeqCst))
+    }
+}
+
+/// A shipper tick of 100 ms, batches of 64, and a store that takes 5 ms per insert.
+fn slow_shipper(dir: &Path) -> (Arc<SlowStore>, Journal, JournalService) {
+    let store = Arc::new(SlowStore {
+        write: Duration::from_millis(5),
+        inserts: Mutex::new(Vec::new()),
+        stored: AtomicU64::new(0),
+    });
+    let events = EventsConfig {
+        batch_max: 64,
+        flush_interval_ms: 100,
+        ..EventsConfig::default()
+    };
+    let (journal, service) = JournalService::start(&config(), dir, store.clone(), &events).unwrap();
+    (store, journal, service)
+}
+
+/// Events that arrive one by one while the store writes wait for the shipper's next tick
+/// and go in one transaction, as with the in-memory writer; chasing them would store a
+/// handful per transaction, back to back. Virtual time: deterministic.
+#[tokio::test(start_paused = true)]
+async fn a_trickle_of_events_is_shipped_once_a_tick_not_chased_per_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, journal, service) = slow_shipper(dir.path());
+    for i in 0..300 {
+        journal.append(event(i)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let last_append = tokio::time::Instant::now();
+    until("all shipped", || store.stored.load(Ordering::SeqCst) == 300).await;
+    let inserts = store.inserts.lock().unwrap().clone();
+    // Ticks every ~105 ms (the tick starts after the last insert); one that finds more
+    // than 64 events ships a full batch and follows it at once.
+    assert!(
+        inserts.len() <= 8,
+        "one partial batch a tick, got {} inserts: {inserts:?}",
+        inserts.len()
+    );
+    for pair in inserts.windows(2) {
+        let ((at, n), (next, _)) = (pair[0], pair[1]);
+        if n < 64 {
+            assert!(
+                next - at >= Duration::from_millis(100),
+                "a partial batch is followed only at the next tick: {inserts:?}"
+            );
+        } else {
+            assert_eq!(next - at, Duration::from_millis(5), "{inserts:?}");
+        }
+    }
+    // Prompt all the same: the last event is shipped within one tick and its inserts.
+    let (last_insert, _) = *inserts.last().unwrap();
+    assert!(
+        last_insert - last_append <= Duration::from_millis(100 + 5 * 8),
+        "shipped {:?} after the last append",
+        last_insert - last_append
+    );
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A backlog (more than a batch waiting) is shipped batch after batch without waiting for
+/// ticks in between; only the partial remainder ends the round.
+#[tokio::test(start_paused = true)]
+async fn a_burst_is_shipped_in_full_batches_back_to_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, journal, service) = slow_shipper(dir.path());
+    let durables: Vec<_> = (0..200).map(|i| journal.append(event(i))).collect();
+    for d in durables {
+        d.await.unwrap();
+    }
+    until("all shipped", || store.stored.load(Ordering::SeqCst) == 200).await;
+    let inserts = store.inserts.lock().unwrap().clone();
+    let sizes: Vec<_> = inserts.iter().map(|&(_, n)| n).collect();
+    assert_eq!(sizes, [64, 64, 64, 8]);
+    assert_eq!(
+        inserts[3].0 - inserts[0].0,
+        Duration::from_millis(15),
+        "{inserts:?}"
+    );
+    service.shutdown(Duration::from_secs(5)).await;
+}
+
+/// At shutdown the shipper drains everything, partial batches included, before it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ships_every_partial_batch_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, journal, service) = slow_shipper(dir.path());
+    for i in 0..10 {
+        journal.append(event(i)).await.unwrap();
+    }
+    assert_eq!(service.shutdown(Duration::from_secs(5)).await, 0);
+    assert_eq!(store.stored.load(Ordering::SeqCst), 10);
+    assert!(segment_files(dir.path()).is_empty());
+}
