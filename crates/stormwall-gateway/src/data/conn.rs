@@ -10,6 +10,12 @@
 //! the socket already holds is read in one poll. Idle connections wait in a small
 //! per-upstream [`UpstreamPool`] undriven (no task); one the upstream closed meanwhile is
 //! found when it is taken, and a request it could not send is sent again on a new one.
+//!
+//! Nothing polls an idle connection, so the runtime learns of a close only when its I/O
+//! driver next turns: on a busy runtime a connection the upstream closed a moment ago still
+//! looks open, and a request sent on it fails (and a POST cannot simply be sent again: the
+//! upstream may have acted on it). A connection idle for more than [`PROBE_AFTER`] is
+//! therefore asked directly, with a non-blocking peek at its socket, before it is reused.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -43,6 +49,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// connection yields after 16 rounds of reading and writing; this bounds a connection that
 /// keeps asking for turns without producing any of the body).
 const MAX_TURNS: u32 = 32;
+/// Idle longer than this, a connection's socket is peeked at before reuse (one system call):
+/// upstreams close idle connections after seconds, while a connection handed from one
+/// request to the next under load is idle for microseconds and is not probed.
+const PROBE_AFTER: Duration = Duration::from_millis(1);
 
 /// Why no answer came from an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +142,11 @@ impl UpstreamPool {
             .call(uri.clone())
             .await
             .map_err(SendError::Connect)?;
+        let probe = probe_of(&io);
         let (sender, conn) = http1::handshake(io).await?;
         // Boxed once per connection: a connection with its buffers is ~1.9 kB, and it moves
         // between the pool and the requests that use it.
-        Ok(Box::new(Lease::new(sender, conn)))
+        Ok(Box::new(Lease::new(sender, conn, probe)))
     }
 
     /// The most recently used idle connection still open, if any.
@@ -146,7 +157,11 @@ impl UpstreamPool {
                 map.get_mut(key)?.pop()?
             };
             let mut lease = idle.lease;
-            if idle.since.elapsed() < IDLE_TIMEOUT && lease.still_open() {
+            let idle_for = idle.since.elapsed();
+            if idle_for < IDLE_TIMEOUT
+                && lease.still_open()
+                && (idle_for < PROBE_AFTER || lease.peer_silent())
+            {
                 lease.reused = true;
                 return Some(lease);
             }
@@ -207,10 +222,31 @@ fn prepare(req: &mut Request<Full<Bytes>>) -> Uri {
     uri
 }
 
+/// A second handle on a connection's socket (a duplicated descriptor), to peek at it while
+/// the connection is idle; `None` where that is not possible.
+#[cfg(unix)]
+fn probe_of(io: &Io) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    let tcp: &TcpStream = match io {
+        MaybeHttpsStream::Http(t) => t.inner(),
+        MaybeHttpsStream::Https(t) => t.inner().get_ref().0.inner().inner(),
+    };
+    // The duplicate shares the socket's file description, non-blocking as the runtime set it.
+    let fd = tcp.as_fd().try_clone_to_owned().ok()?;
+    Some(std::net::TcpStream::from(fd))
+}
+
+#[cfg(not(unix))]
+fn probe_of(_io: &Io) -> Option<std::net::TcpStream> {
+    None
+}
+
 /// One connection in use by one request.
 struct Lease {
     sender: http1::SendRequest<Full<Bytes>>,
     conn: Connection,
+    /// The connection's socket, peeked at before an idle connection is reused.
+    probe: Option<std::net::TcpStream>,
     /// The connection future returned (closed or failed): it is not polled again.
     closed: bool,
     joint: Joint,
@@ -222,10 +258,15 @@ struct Lease {
 type Unsent = hyper::client::conn::TrySendError<Request<Full<Bytes>>>;
 
 impl Lease {
-    fn new(sender: http1::SendRequest<Full<Bytes>>, conn: Connection) -> Self {
+    fn new(
+        sender: http1::SendRequest<Full<Bytes>>,
+        conn: Connection,
+        probe: Option<std::net::TcpStream>,
+    ) -> Self {
         Self {
             sender,
             conn,
+            probe,
             closed: false,
             joint: Joint::new(),
             reused: false,
@@ -243,6 +284,23 @@ impl Lease {
             }
         }
         !self.closed && self.sender.is_ready()
+    }
+
+    /// Whether the upstream has sent nothing on the idle connection, asked of the socket
+    /// itself rather than of the runtime's last word on it: a close (or, under TLS, the
+    /// close alert before it) leaves bytes to read, and so would anything else the upstream
+    /// had no reason to send between answers. A socket that cannot be asked counts as open.
+    fn peer_silent(&self) -> bool {
+        let Some(probe) = &self.probe else {
+            return true;
+        };
+        match probe.peek(&mut [0u8; 1]) {
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+            Ok(_) => false,
+        }
     }
 
     async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Unsent> {
@@ -474,6 +532,57 @@ mod tests {
         );
         // The upstream closes the idle connection; the next request gets a new one.
         tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get(&pool, &uri).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Like [`closing_upstream`], but on threads of its own, so it answers and closes while
+    /// the test's runtime is blocked.
+    fn closing_upstream_on_threads() -> (Uri, Arc<AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    // A read error is the idle timeout: the connection closes.
+                    while let Ok(n) = s.read(&mut chunk) {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            buf.clear();
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            s.write_all(reply).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/v1/x").parse().unwrap(), accepted)
+    }
+
+    /// The runtime has not seen the upstream close the idle connection (its I/O driver did
+    /// not turn since, as on a busy runtime): the pool still finds out, and the request goes
+    /// out on a new connection instead of failing on the closed one.
+    #[tokio::test]
+    async fn a_close_the_runtime_has_not_seen_yet_is_found_before_reuse() {
+        let (uri, accepted) = closing_upstream_on_threads();
+        let pool = UpstreamPool::new(
+            crate::upstream::connector(&crate::config::LimitsConfig::default()),
+            4,
+        );
+        assert_eq!(get(&pool, &uri).await, "ok");
+        // Blocks the (single-threaded) runtime while the upstream closes the connection.
+        std::thread::sleep(Duration::from_millis(150));
         assert_eq!(get(&pool, &uri).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
