@@ -431,12 +431,15 @@ EOF
     wait_idle "$GW2_PID"
   fi
   if [[ $ENCODER_PRECISION == both ]]; then
-    # The same store and keys, the encoder in f32: the reference beside the first's int8.
+    # The same store and keys, the encoder in f32: the reference beside the first's int8
+    # (its event journal in a directory of its own: one process per journal).
     GW2_PORT="$(free_port)"
     ADMIN2_PORT="$(free_port)"
     sed -e "s/^listen = .*/listen = \"127.0.0.1:$GW2_PORT\"/" \
       -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$ADMIN2_PORT\"/" \
-      -e 's/^encoder_precision = .*/encoder_precision = "f32"/' "$RUN/stormwall.toml" >"$RUN/stormwall-f32.toml"
+      -e 's/^encoder_precision = .*/encoder_precision = "f32"/' \
+      -e "s|^enabled = true\$|enabled = true\ndir = \"$RUN/stormwall-f32.event-journal\"|" \
+      "$RUN/stormwall.toml" >"$RUN/stormwall-f32.toml"
     log "starting a second stormwall serve with the encoder in f32 (config $RUN/stormwall-f32.toml)"
     # shellcheck disable=SC2046
     "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \

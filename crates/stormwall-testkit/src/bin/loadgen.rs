@@ -44,8 +44,14 @@ const IMAGE_FILLER: &str = "a lighthouse on a rocky coast at dusk, oil painting,
     pier, soft clouds, golden hour, a quiet village on the hill behind, wide angle, cinematic \
     composition, by a fictional painter, ";
 
-/// Ends every image prompt, the digits counting requests, so no two prompts are equal.
-const IMAGE_SUFFIX: &str = "variation 000000";
+/// Ends every image prompt: `variation RUN REQUEST`, six digits each — the run's from the
+/// clock, the request's a counter — so no two prompts are equal, within a run or across the
+/// runs of a benchmark (a gateway keeps recent embeddings; a prompt it saw in an earlier run
+/// would not reach its encoder).
+const IMAGE_SUFFIX: &str = "variation 000000 000000";
+
+/// Digits of each number in [`IMAGE_SUFFIX`].
+const SUFFIX_DIGITS: usize = 6;
 
 /// Default measured duration when neither `--duration` nor `--requests` is given.
 const DEFAULT_DURATION_SECS: f64 = 5.0;
@@ -249,7 +255,7 @@ fn prompt_of(filler: &str, bytes: usize) -> String {
 }
 
 /// The request body, or with `--scenario image` the body split where each request's
-/// counter goes (the counter's digits replace [`IMAGE_SUFFIX`]'s zeros).
+/// numbers go (they replace [`IMAGE_SUFFIX`]'s zeros).
 fn request_body(args: &Args) -> (Bytes, Option<(String, String)>) {
     if args.scenario == Scenario::Image {
         let mut prompt = prompt_of(
@@ -258,14 +264,14 @@ fn request_body(args: &Args) -> (Bytes, Option<(String, String)>) {
         );
         prompt.push_str(IMAGE_SUFFIX);
         let body = serde_json::json!({"model": args.model, "prompt": prompt, "n": 1}).to_string();
-        let digits = IMAGE_SUFFIX.len() - IMAGE_SUFFIX.trim_end_matches('0').len();
+        let numbers = 2 * SUFFIX_DIGITS + 1;
         // The suffix is plain ASCII, so it appears verbatim in the JSON, once.
         if let Some(at) = body.find(IMAGE_SUFFIX) {
-            let cut = at + IMAGE_SUFFIX.len() - digits;
+            let cut = at + IMAGE_SUFFIX.len() - numbers;
             let (head, tail) = body.split_at(cut);
             return (
                 Bytes::from(body.clone()),
-                Some((head.to_owned(), tail[digits..].to_owned())),
+                Some((head.to_owned(), tail[numbers..].to_owned())),
             );
         }
         return (Bytes::from(body), None);
@@ -304,10 +310,24 @@ fn request_body(args: &Args) -> (Bytes, Option<(String, String)>) {
     (Bytes::from(body.to_string()), None)
 }
 
-/// The body of request `n` of a split body: its counter, zero-padded to the suffix's six
-/// digits (wrapping after a million requests).
-fn numbered_body((head, tail): &(String, String), n: u64) -> Bytes {
-    Bytes::from(format!("{head}{:06}{tail}", n % 1_000_000))
+/// The body of request `n` of run `run` from a split body: both numbers zero-padded to six
+/// digits (the counter wraps after a million requests).
+fn numbered_body((head, tail): &(String, String), run: u64, n: u64) -> Bytes {
+    Bytes::from(format!(
+        "{head}{:06} {:06}{tail}",
+        run % 1_000_000,
+        n % 1_000_000
+    ))
+}
+
+/// A number for this run: the clock's microseconds, so two runs (even of one second each)
+/// differ.
+fn run_number() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| {
+            u64::from(d.subsec_micros()) + d.as_secs() * 1_000_000
+        })
 }
 
 /// What one worker measured.
@@ -367,8 +387,9 @@ struct Plan {
     auth_header: HeaderName,
     keys: Vec<HeaderValue>,
     body: Bytes,
-    /// With `--scenario image`: the body around each request's counter.
+    /// With `--scenario image`: the body around each request's numbers.
     numbered: Option<(String, String)>,
+    run: u64,
     next_body: AtomicU64,
     timeout: Duration,
     warm_end: Instant,
@@ -410,7 +431,11 @@ async fn worker(plan: Arc<Plan>) -> Stats {
             },
         };
         let body = match &plan.numbered {
-            Some(parts) => numbered_body(parts, plan.next_body.fetch_add(1, Ordering::Relaxed)),
+            Some(parts) => numbered_body(
+                parts,
+                plan.run,
+                plan.next_body.fetch_add(1, Ordering::Relaxed),
+            ),
             None => plan.body.clone(),
         };
         let mut request = Request::new(Full::new(body));
@@ -561,6 +586,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
         keys,
         body,
         numbered,
+        run: run_number(),
         next_body: AtomicU64::new(0),
         timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
         warm_end,
@@ -772,19 +798,31 @@ mod tests {
         args.model = Some("dall-e-3".into());
         let (_, numbered) = request_body(&args);
         let parts = numbered.expect("image bodies are numbered");
-        let prompts: Vec<String> = [0, 1, 999_999]
+        let prompts: Vec<String> = [(7, 0), (7, 1), (1_000_042, 999_999)]
             .into_iter()
-            .map(|n| {
+            .map(|(run, n)| {
                 let v: serde_json::Value =
-                    serde_json::from_slice(&numbered_body(&parts, n)).expect("valid JSON");
+                    serde_json::from_slice(&numbered_body(&parts, run, n)).expect("valid JSON");
                 assert_eq!(v["model"], "dall-e-3");
                 v["prompt"].as_str().unwrap_or_default().to_owned()
             })
             .collect();
         assert!(prompts.iter().all(|p| p.len() == 300), "{prompts:?}");
-        assert!(prompts[0].ends_with("variation 000000"), "{}", prompts[0]);
-        assert!(prompts[1].ends_with("variation 000001"), "{}", prompts[1]);
-        assert!(prompts[2].ends_with("variation 999999"), "{}", prompts[2]);
+        assert!(
+            prompts[0].ends_with("variation 000007 000000"),
+            "{}",
+            prompts[0]
+        );
+        assert!(
+            prompts[1].ends_with("variation 000007 000001"),
+            "{}",
+            prompts[1]
+        );
+        assert!(
+            prompts[2].ends_with("variation 000042 999999"),
+            "{}",
+            prompts[2]
+        );
         assert!(prompts[0].starts_with("a lighthouse on a rocky coast"));
     }
 
