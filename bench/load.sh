@@ -11,7 +11,19 @@ usage: bench/load.sh [options]
   --duration SECS       measured seconds per run (default 5)
   --warmup SECS         unmeasured warm-up per run (default 1)
   --concurrency "LIST"  concurrency levels (default "1 16 64")
-  --prompt-bytes N      prompt size (default 1024)
+  --prompt-bytes N      prompt size of the chat scenarios (default 1024)
+  --scenarios "LIST"    request kinds run at each concurrency, in order (default "plain stream"):
+                        plain and stream are chat completions, whole and streamed; image is
+                        image generation (`stormwall-loadgen --scenario image`), every prompt
+                        unique so the encoder tier embeds each one (use with --encoder-dir)
+  --image-prompt-bytes N  prompt size of the image scenario (default 300, about 64 tokens)
+  --encoder-dir DIR     [safety] encoder_dir of the gateways: the encoder tier loaded
+                        (scripts/fetch-model prints DIR); default none: the fast tier alone
+  --encoder-precision P [safety] encoder_precision (auto, int8 or f32; the gateways run
+                        without STORMWALL_ENCODER_PRECISION then), or both: a second gateway
+                        in f32 on the same store and keys beside the first in int8, run right
+                        after it in every scenario, and the ratios (int8 / f32) at the end.
+                        Needs --encoder-dir; not with --journal both or --compare-bin
   --keys N              API keys created in the gateway's SQLite store (default 10000)
   --keys-via HOW        admin: one by one through the admin API (the gateway running);
                         store: in bulk with `stormwall keys create-bulk` before it starts;
@@ -49,6 +61,10 @@ DURATION=5
 WARMUP=1
 CONCURRENCIES="1 16 64"
 PROMPT_BYTES=1024
+SCENARIOS="plain stream"
+IMAGE_PROMPT_BYTES=300
+ENCODER_DIR=""
+ENCODER_PRECISION=""
 KEYS=10000
 KEYS_VIA=auto
 SOAK=0
@@ -71,6 +87,10 @@ while [[ $# -gt 0 ]]; do
     --warmup) WARMUP="$2"; shift 2 ;;
     --concurrency) CONCURRENCIES="$2"; shift 2 ;;
     --prompt-bytes) PROMPT_BYTES="$2"; shift 2 ;;
+    --scenarios) SCENARIOS="$2"; shift 2 ;;
+    --image-prompt-bytes) IMAGE_PROMPT_BYTES="$2"; shift 2 ;;
+    --encoder-dir) ENCODER_DIR="$2"; shift 2 ;;
+    --encoder-precision) ENCODER_PRECISION="$2"; shift 2 ;;
     --keys) KEYS="$2"; shift 2 ;;
     --keys-via) KEYS_VIA="$2"; shift 2 ;;
     --soak) SOAK="$2"; shift 2 ;;
@@ -105,6 +125,24 @@ case "$ORDER" in
   alternate|fixed) ;;
   *) echo "--order must be alternate or fixed" >&2; exit 2 ;;
 esac
+for mode in $SCENARIOS; do
+  case "$mode" in
+    plain|stream|image) ;;
+    *) echo "--scenarios: unknown scenario $mode (plain, stream, image)" >&2; exit 2 ;;
+  esac
+done
+case "$ENCODER_PRECISION" in
+  ""|auto|int8|f32) ;;
+  both)
+    [[ -n "$ENCODER_DIR" ]] || { echo "--encoder-precision both needs --encoder-dir" >&2; exit 2; }
+    [[ $JOURNAL != both && -z "$COMPARE_BIN" ]] || { echo "--encoder-precision both, --journal both and --compare-bin each need the second gateway; pick one" >&2; exit 2; }
+    ;;
+  *) echo "--encoder-precision must be auto, int8, f32 or both" >&2; exit 2 ;;
+esac
+if [[ -n "$ENCODER_DIR" ]]; then
+  [[ -f "$ENCODER_DIR/model.safetensors" ]] || { echo "--encoder-dir: no model.safetensors in $ENCODER_DIR (scripts/fetch-model)" >&2; exit 2; }
+  ENCODER_DIR="$(cd "$ENCODER_DIR" && pwd)"
+fi
 if [[ -n "$COMPARE_BIN" ]]; then
   [[ -x "$COMPARE_BIN" ]] || { echo "--compare-bin: $COMPARE_BIN is not an executable" >&2; exit 2; }
   [[ $JOURNAL != both ]] || { echo "--compare-bin and --journal both each need the second gateway; pick one" >&2; exit 2; }
@@ -229,6 +267,16 @@ hwm_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 rss_split() { awk '/^RssAnon/ {a = $2} /^RssFile/ {f = $2} END {printf "anon %.1f, file %.1f", a / 1024, f / 1024}' "/proc/$1/status"; }
 CLK_TCK="$(getconf CLK_TCK)"
 
+# With --encoder-precision the config file decides the precision: the variable, which would
+# override it, is kept from the gateways.
+GW_ENV=(env)
+[[ -n "$ENCODER_PRECISION" ]] && GW_ENV=(env -u STORMWALL_ENCODER_PRECISION)
+
+# The safety line of a gateway's /readyz (encoder directory, kernel and precision setting).
+safety_line() {
+  curl -s --max-time 5 "http://127.0.0.1:$1/readyz" | awk '/^safety:/ {print; exit}'
+}
+
 # ---- build --------------------------------------------------------------------------------
 if [[ $SKIP_BUILD -eq 0 ]]; then
   log "building release binaries"
@@ -239,6 +287,9 @@ if [[ $SKIP_BUILD -eq 0 ]]; then
   fi
 fi
 [[ -x "$BIN/stormwall-mock" && -x "$BIN/stormwall-loadgen" ]] || die "missing testkit binaries in $BIN"
+if [[ " $SCENARIOS " == *" image "* && -z "$ENCODER_DIR" && $DIRECT_ONLY -eq 0 ]]; then
+  log "note: the image scenario without --encoder-dir measures the fast tier alone"
+fi
 if [[ $DIRECT_ONLY -eq 0 ]]; then
   [[ -x "$BIN/stormwall" ]] || die "missing $BIN/stormwall (build it, or use --direct-only)"
 fi
@@ -262,6 +313,8 @@ log "mock at $MOCK_URL"
 # ---- gateway ------------------------------------------------------------------------------
 GW_URL=""
 GW_PID=""
+SAFETY_WHAT=""
+SAFETY2_WHAT=""
 GW2_URL=""
 GW2_PID=""
 KEYS2_FILE="$RUN/keys.txt"
@@ -296,8 +349,20 @@ name = "mock"
 kind = "openai"
 base_url = "$MOCK_URL/v1"
 api_key_env = "MOCK_UPSTREAM_KEY"
-models = ["gpt-4o-mini"]
+models = [$([[ " $SCENARIOS " == *" image "* ]] && echo '"gpt-4o-mini", "dall-e-3"' || echo '"gpt-4o-mini"')]
 EOF
+  if [[ -n "$ENCODER_DIR" || -n "$ENCODER_PRECISION" ]]; then
+    {
+      echo
+      echo "[safety]"
+      [[ -n "$ENCODER_DIR" ]] && echo "encoder_dir = \"$ENCODER_DIR\""
+      case "$ENCODER_PRECISION" in
+        "") ;;
+        both) echo 'encoder_precision = "int8"' ;;
+        *) echo "encoder_precision = \"$ENCODER_PRECISION\"" ;;
+      esac
+    } >>"$RUN/stormwall.toml"
+  fi
   if [[ $KEYS_VIA == store ]]; then
     log "creating $KEYS keys in the store (stormwall keys create-bulk)"
     started=$SECONDS
@@ -309,7 +374,7 @@ EOF
   # Logging at info is per-event, not per-request, so the default level is what users run;
   # override with STORMWALL_LOG.
   # shellcheck disable=SC2046
-  env STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
+  "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
     $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall.toml" >"$RUN/gateway.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
@@ -318,6 +383,8 @@ EOF
   wait_http "http://127.0.0.1:$GW_PORT/v1/models" "$GW_PID" 30 "$RUN/gateway.log"
   GW_URL="http://127.0.0.1:$GW_PORT"
   RSS_BASE="$(rss_mib "$GW_PID")"
+  SAFETY_WHAT="$(safety_line "$ADMIN_PORT")"
+  log "gateway ${SAFETY_WHAT:-safety: off}"
 
   if [[ $KEYS_VIA == admin ]]; then
     log "creating $KEYS keys through the admin API"
@@ -352,7 +419,7 @@ EOF
       -e "s/^enabled = true/enabled = false/" "$RUN/stormwall.toml" >"$RUN/stormwall-nojournal.toml"
     log "starting a second stormwall serve without the journal (config $RUN/stormwall-nojournal.toml)"
     # shellcheck disable=SC2046
-    env STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
+    "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
       $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall-nojournal.toml" >"$RUN/gateway-nojournal.log" 2>&1 &
     GW2_PID=$!
     PIDS+=("$GW2_PID")
@@ -360,6 +427,30 @@ EOF
     wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-nojournal.log"
     GW2_URL="http://127.0.0.1:$GW2_PORT"
     # Warm it like the first: every key used once.
+    use_each_key "$GW2_URL" "$RUN/keys.txt"
+    wait_idle "$GW2_PID"
+  fi
+  if [[ $ENCODER_PRECISION == both ]]; then
+    # The same store and keys, the encoder in f32: the reference beside the first's int8
+    # (its event journal in a directory of its own: one process per journal).
+    GW2_PORT="$(free_port)"
+    ADMIN2_PORT="$(free_port)"
+    sed -e "s/^listen = .*/listen = \"127.0.0.1:$GW2_PORT\"/" \
+      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$ADMIN2_PORT\"/" \
+      -e 's/^encoder_precision = .*/encoder_precision = "f32"/' \
+      -e "s|^enabled = true\$|enabled = true\ndir = \"$RUN/stormwall-f32.event-journal\"|" \
+      "$RUN/stormwall.toml" >"$RUN/stormwall-f32.toml"
+    log "starting a second stormwall serve with the encoder in f32 (config $RUN/stormwall-f32.toml)"
+    # shellcheck disable=SC2046
+    "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
+      $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall-f32.toml" >"$RUN/gateway-f32.log" 2>&1 &
+    GW2_PID=$!
+    PIDS+=("$GW2_PID")
+    wait_http "http://127.0.0.1:$ADMIN2_PORT/healthz" "$GW2_PID" 300 "$RUN/gateway-f32.log"
+    wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-f32.log"
+    GW2_URL="http://127.0.0.1:$GW2_PORT"
+    SAFETY2_WHAT="$(safety_line "$ADMIN2_PORT")"
+    log "second gateway ${SAFETY2_WHAT:-safety: off}"
     use_each_key "$GW2_URL" "$RUN/keys.txt"
     wait_idle "$GW2_PID"
   fi
@@ -377,7 +468,7 @@ EOF
     fi
     log "starting the compared build $COMPARE_BIN (config $RUN/stormwall-compare.toml)"
     # shellcheck disable=SC2046
-    env STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
+    "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
       $(pin "$GATEWAY_CPUS") "$COMPARE_BIN" serve --config "$RUN/stormwall-compare.toml" >"$RUN/gateway-compare.log" 2>&1 &
     GW2_PID=$!
     PIDS+=("$GW2_PID")
@@ -441,7 +532,7 @@ loadgen() {
   local out
   # shellcheck disable=SC2046
   if ! out="$($(pin "$LOAD_CPUS") "$BIN/stormwall-loadgen" "$@" --duration "$DURATION" --warmup "$WARMUP" \
-    --prompt-bytes "$PROMPT_BYTES" --tsv 2>>"$RUN/loadgen.err")"; then
+    --prompt-bytes "${pb:-$PROMPT_BYTES}" --tsv 2>>"$RUN/loadgen.err")"; then
     log "loadgen failed: $* (see $RUN/loadgen.err)"
     out="0	0	0	0	-1	0	0	0	0"
   fi
@@ -468,9 +559,14 @@ fmt_ll() { printf ' | %9s %7s %7s %6s' "$@"; }
   echo "Stormwall load benchmark, $(date -Iseconds)"
   echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty)')$(binary_note)"
   echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B, keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}', journal ${JOURNAL}, order ${ORDER}"
+  echo "settings: duration ${DURATION}s, warm-up ${WARMUP}s, prompt ${PROMPT_BYTES} B (image ${IMAGE_PROMPT_BYTES} B), scenarios '${SCENARIOS}', keys ${KEYS} (via ${KEYS_VIA}), rounds ${ROUNDS}, gateway cpus '${GATEWAY_CPUS:-any}', gateway workers ${GATEWAY_WORKERS}, load cpus '${LOAD_CPUS:-any}', journal ${JOURNAL}, order ${ORDER}, encoder precision ${ENCODER_PRECISION:-unset}"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   if [[ $DIRECT_ONLY -eq 0 ]]; then
     echo "gateway RSS: $RSS_WHAT"
+    echo "gateway ${SAFETY_WHAT:-safety: off}"
+  fi
+  if [[ $ENCODER_PRECISION == both ]]; then
+    echo "second gateway ${SAFETY2_WHAT:-safety: off}"
   fi
   if [[ -n "$COMPARE_BIN" ]]; then
     echo "compared build: $COMPARE_BIN; its RSS: $RSS2_WHAT"
@@ -536,9 +632,12 @@ fi
 
 for round in $(seq 1 "$ROUNDS"); do
   for c in $CONCURRENCIES; do
-    for mode in plain stream; do
+    for mode in $SCENARIOS; do
+      # The loadgen flags of the scenario, and its prompt size (read by loadgen()).
       stream_flag=()
+      pb="$PROMPT_BYTES"
       [[ $mode == stream ]] && stream_flag=(--stream)
+      [[ $mode == image ]] && stream_flag=(--scenario image) && pb="$IMAGE_PROMPT_BYTES"
       label="c=$c $mode"
       [[ $ROUNDS -gt 1 ]] && label="r$round $label"
       log "running $label"
@@ -558,6 +657,7 @@ for round in $(seq 1 "$ROUNDS"); do
       jlabel="$label"
       [[ $JOURNAL == both ]] && jlabel="$label jrnl"
       [[ -n "$COMPARE_BIN" ]] && jlabel="$label this"
+      [[ $ENCODER_PRECISION == both ]] && jlabel="$label int8"
       row="$(fmt_row "$jlabel" "$d_rps" "$d_p50" "$d_p99" "$g_rps" "$g_p50" "$g_p99" "$added" "$cpu" "$d_err/$g_err")"
 
       if [[ $LITELLM -eq 1 ]]; then
@@ -571,6 +671,7 @@ for round in $(seq 1 "$ROUNDS"); do
         fi
         mlabel="$label mem"
         [[ -n "$COMPARE_BIN" ]] && mlabel="$label cmp"
+        [[ $ENCODER_PRECISION == both ]] && mlabel="$label f32"
         fmt_row "$mlabel" "$d_rps" "$d_p50" "$d_p99" "$m_rps" "$m_p50" "$m_p99" "$m_added" "$m_cpu" "$d_err/$m_err" | tee -a "$REPORT"
         echo | tee -a "$REPORT"
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$cpu" "$m_cpu" "$added" "$m_added" "$second_first" >>"$RUN/ab.tsv"
@@ -584,6 +685,8 @@ if [[ -s "$RUN/ab.tsv" ]]; then
     echo
     if [[ -n "$COMPARE_BIN" ]]; then
       echo "this build / compared build (runs back to back): CPU per request and added p50"
+    elif [[ $ENCODER_PRECISION == both ]]; then
+      echo "encoder int8 / f32 (same store and keys, runs back to back): CPU per request and added p50"
     else
       echo "journal on / off (same store and keys, runs back to back): CPU per request and added p50"
     fi

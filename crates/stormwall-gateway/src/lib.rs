@@ -29,4 +29,4 @@ pub mod tls;
 pub mod upstream;
 
 pub use config::GatewayConfig;
-pub use server::{RunningGateway, StartError, check_config, start, start_with};
+pub use server::{ConfigCheck, RunningGateway, StartError, check_config, start, start_with};

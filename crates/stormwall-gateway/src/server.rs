@@ -116,11 +116,19 @@ fn tls_config(
     }
 }
 
+/// What [`check_config`] reports beside errors, for the operator.
+#[derive(Debug, Clone)]
+pub struct ConfigCheck {
+    /// The safety stage in the words of `/readyz`: off, fast tier only, or the encoder's
+    /// directory, kernel and precision setting (the encoder was loaded to check it).
+    pub safety: String,
+}
+
 /// Validates the gateway's config sections without starting anything (`config check`).
 pub fn check_config(
     config: &GatewayConfig,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), StartError> {
+) -> Result<ConfigCheck, StartError> {
     if config.upstreams.is_empty() {
         return Err(StartError::NoUpstreams);
     }
@@ -132,7 +140,10 @@ pub fn check_config(
     if config.leak_reports.enabled {
         crate::control::leak_report::ReportVerifier::new(&config.leak_reports)?;
     }
-    crate::data::safety::SafetyStage::from_config(&config.safety, env)?;
+    let safety = match crate::data::safety::SafetyStage::from_config(&config.safety, env)? {
+        Some(stage) => stage.encoder_summary().to_owned(),
+        None => crate::data::safety::encoder_summary(&config.safety),
+    };
     crate::control::detection::engine_config(&config.detect, &config.response, None)?;
     crate::control::webhook::parse_config(&config.alerts, env)?;
     let (_, _, skipped) =
@@ -140,7 +151,7 @@ pub fn check_config(
     for s in skipped {
         tracing::warn!(rule = %s, "cloud logs: Sigma rule skipped");
     }
-    Ok(())
+    Ok(ConfigCheck { safety })
 }
 
 fn check_default_api_version(server: &crate::config::ServerConfig) -> Result<(), StartError> {

@@ -30,11 +30,13 @@
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+mod encoder;
 mod relay;
 mod sse;
 mod upstream;
 
 pub use client::{StreamingResponse, TestClient, TestResponse, http_request, http_stream};
+pub use encoder::{TINY_ENCODER_DIM, write_tiny_encoder};
 pub use relay::TcpRelay;
 pub use sse::{SseEvent, SseParser, parse_sse};
 /// The reply generator the mock server answers with (also the gateway's built-in mock).

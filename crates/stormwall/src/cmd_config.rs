@@ -26,7 +26,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::Check { config } => {
             let file = FileConfig::load(&config)?;
-            stormwall_gateway::check_config(&file.gateway(), &env_var)?;
+            let checked = stormwall_gateway::check_config(&file.gateway(), &env_var)?;
             stormwall_gateway::control::retention::Retention::from_config(&file.events)
                 .map_err(|e| anyhow::anyhow!("[events] {e}"))?;
             if env_var(&file.server.admin_token_env).is_none_or(|t| t.is_empty()) {
@@ -35,10 +35,9 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                     file.server.admin_token_env
                 );
             }
-            println!(
-                "{}",
-                stormwall_gateway::data::safety::encoder_summary(&file.gateway().safety)
-            );
+            // What the gateway would run: the encoder was loaded to check it, so its kernel
+            // and precision are named as `/readyz` names them.
+            println!("{}", checked.safety);
             // Missing IP data is not an error (detectors fall back on prefixes), but the
             // operator should know what each missing piece costs.
             if let Ok(intel) = stormwall_ipintel::IpIntel::load(&file.ipdb) {

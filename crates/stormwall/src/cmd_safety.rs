@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use stormwall_safety::encoder::{Encoder, PRECISION_ENV, PrecisionSetting};
 use stormwall_safety::eval::{Evaluator, Record};
 use stormwall_safety::model::{self, Model, TrainConfig};
 use stormwall_safety::split::{Part, Split};
@@ -82,6 +83,15 @@ pub enum SafetyCommand {
         /// Where to write the cascade heads (with --encoder-dir).
         #[arg(long, requires = "encoder_dir")]
         heads_out: Option<PathBuf>,
+        /// Number format of the encoder's linear layers: auto, int8 or f32.
+        #[arg(
+            long,
+            env = PRECISION_ENV,
+            default_value = "auto",
+            value_name = "PRECISION",
+            value_parser = parse_precision
+        )]
+        encoder_precision: PrecisionSetting,
     },
     /// The encoder tier's model (`fetch`).
     #[command(subcommand)]
@@ -110,6 +120,25 @@ pub struct ScreenArgs {
     /// Cascade heads file to use instead of the shipped one (with --encoder-dir).
     #[arg(long, requires = "encoder_dir")]
     heads: Option<PathBuf>,
+    /// Number format of the encoder's linear layers: auto (int8 where the processor runs a
+    /// SIMD int8 kernel, f32 elsewhere), int8 or f32.
+    #[arg(
+            long,
+            env = PRECISION_ENV,
+            default_value = "auto",
+            value_name = "PRECISION",
+            value_parser = parse_precision
+        )]
+    encoder_precision: PrecisionSetting,
+}
+
+/// A precision setting; empty (`STORMWALL_ENCODER_PRECISION=` set to nothing) is `auto`,
+/// as an unset variable is.
+fn parse_precision(s: &str) -> Result<PrecisionSetting, String> {
+    if s.trim().is_empty() {
+        return Ok(PrecisionSetting::Auto);
+    }
+    s.parse()
 }
 
 fn parse_part(s: &str) -> Result<Part, String> {
@@ -140,7 +169,8 @@ impl ScreenArgs {
         Profile::from_toml(&text).with_context(|| format!("profile {}", path.display()))
     }
 
-    fn screener(&self) -> anyhow::Result<Screener> {
+    /// The screener, and the kernel of its encoder when one is loaded.
+    fn screener(&self) -> anyhow::Result<(Screener, Option<String>)> {
         let mut b = Screener::builder();
         if let Some(g) = &self.gazetteer {
             let text = fs::read_to_string(g)
@@ -153,15 +183,17 @@ impl ScreenArgs {
             let bytes = fs::read(m).with_context(|| format!("reading model {}", m.display()))?;
             b = b.model(Some(Model::from_bytes(&bytes)?));
         }
+        let mut kernel = None;
         if let Some(d) = &self.encoder_dir {
-            let e = stormwall_safety::encoder::Encoder::from_dir(d)?;
+            let e = Encoder::from_dir_with(d, self.encoder_precision.resolve())?;
+            kernel = Some(e.kernel_name());
             b = b.encoder(Some(std::sync::Arc::new(e)));
         }
         if let Some(h) = &self.heads {
             let bytes = fs::read(h).with_context(|| format!("reading heads {}", h.display()))?;
             b = b.heads(Some(stormwall_safety::cascade::Heads::from_bytes(&bytes)?));
         }
-        Ok(b.build()?)
+        Ok((b.build()?, kernel))
     }
 }
 
@@ -188,6 +220,7 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
             holdout,
             encoder_dir,
             heads_out,
+            encoder_precision,
         } => {
             let cfg = TrainConfig {
                 bits,
@@ -200,7 +233,9 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
                 &out,
                 &cfg,
                 folds.zip(holdout),
-                encoder_dir.zip(heads_out),
+                encoder_dir
+                    .zip(heads_out)
+                    .map(|(d, h)| (d, h, encoder_precision)),
             )
         }
         SafetyCommand::Model(m) => crate::cmd_safety_model::run(m),
@@ -209,7 +244,7 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
 
 fn check(kind: Kind, args: &ScreenArgs, json: bool) -> anyhow::Result<ExitCode> {
     let profile = args.profile()?;
-    let screener = args.screener()?;
+    let (screener, _) = args.screener()?;
     let mut buf = Vec::new();
     std::io::stdin()
         .take(MAX_CHECK_BYTES + 1)
@@ -311,7 +346,14 @@ fn eval(
     part: Option<Part>,
 ) -> anyhow::Result<ExitCode> {
     let profile = args.profile()?;
-    let screener = args.screener()?;
+    let (screener, kernel) = args.screener()?;
+    if let Some(k) = kernel {
+        // Figures depend on the precision: say which ran, on stderr beside any warning.
+        eprintln!(
+            "encoder: {k} kernel (--encoder-precision {})",
+            args.encoder_precision
+        );
+    }
     let split = Split::frozen()?;
     let transforms: &[Transform] = if no_evasion { &[] } else { &Transform::ALL };
     let mut ev = Evaluator::new(&screener, &profile, transforms);
@@ -368,7 +410,7 @@ fn train(
     out: &Path,
     cfg: &TrainConfig,
     holdout: Option<(u32, u32)>,
-    heads: Option<(PathBuf, PathBuf)>,
+    heads: Option<(PathBuf, PathBuf, PrecisionSetting)>,
 ) -> anyhow::Result<ExitCode> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -411,8 +453,9 @@ fn train(
         bytes.len(),
         out.display()
     );
-    if let Some((dir, heads_out)) = heads {
-        train_heads(&records, cfg, &m, &dir, &heads_out)?;
+    if let Some((dir, heads_out, precision)) = heads {
+        let encoder = Encoder::from_dir_with(&dir, precision.resolve())?;
+        train_heads(&records, cfg, &m, &encoder, &heads_out)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -425,11 +468,10 @@ fn train_heads(
     records: &[Record],
     cfg: &TrainConfig,
     runtime: &model::Model,
-    dir: &Path,
+    encoder: &Encoder,
     out: &Path,
 ) -> anyhow::Result<()> {
     use stormwall_safety::cascade;
-    let encoder = stormwall_safety::encoder::Encoder::from_dir(dir)?;
     let rows = cascade::rows(records, cfg, runtime, |text| {
         encoder
             .embed(text)
@@ -439,7 +481,8 @@ fn train_heads(
     let bytes = heads.to_bytes();
     fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
-        "cascade heads: {} rows; dev 5-fold CV (tuning, not quality): image F1 {:.3} FPR {:.3} (fast tier {:.3} / {:.3}), image sexual recall {:.3} (fast tier {:.3}), chat F1 {:.3} (fast tier {:.3}); any-harm L2 {:?}; image threshold {:.3}, chat threshold {:.3}, band {:?}; {} bytes -> {}",
+        "cascade heads ({} encoder): {} rows; dev 5-fold CV (tuning, not quality): image F1 {:.3} FPR {:.3} (fast tier {:.3} / {:.3}), image sexual recall {:.3} (fast tier {:.3}), chat F1 {:.3} (fast tier {:.3}); any-harm L2 {:?}; image threshold {:.3}, chat threshold {:.3}, band {:?}; {} bytes -> {}",
+        encoder.kernel_name(),
         rows.len(),
         rep.image_cascade.f1(),
         rep.image_cascade.fpr(),

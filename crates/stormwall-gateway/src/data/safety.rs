@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stormwall_safety::encoder::{PRECISION_ENV, PrecisionSetting};
 use stormwall_safety::{
     Action, Analysis, CategoryScore, Detector, ExternalScore, Kind, Profile, ProfileError,
     SafetyError, Screener, Verdict,
@@ -63,6 +64,10 @@ pub struct SafetyConfig {
     /// `model.safetensors`; `stormwall safety model fetch` fills it). Unset, or set without
     /// the files, the fast tier screens alone (`config check` and `/readyz` say so).
     pub encoder_dir: Option<PathBuf>,
+    /// Number format of the encoder's linear layers: `auto` (int8 where the processor runs a
+    /// SIMD int8 kernel, f32 elsewhere), `int8` or `f32`. `STORMWALL_ENCODER_PRECISION`, when
+    /// set, overrides it.
+    pub encoder_precision: PrecisionSetting,
 }
 
 impl Default for SafetyConfig {
@@ -80,6 +85,7 @@ impl Default for SafetyConfig {
             cache_entries: 10_000,
             cache_ttl_secs: 600,
             encoder_dir: None,
+            encoder_precision: PrecisionSetting::Auto,
         }
     }
 }
@@ -124,6 +130,9 @@ pub enum SafetyConfigError {
     /// A classifier entry is invalid.
     #[error(transparent)]
     Classifier(#[from] ClassifierConfigError),
+    /// `STORMWALL_ENCODER_PRECISION` holds no precision setting.
+    #[error("[safety] encoder_precision: {0}")]
+    Precision(stormwall_safety::encoder::EncoderError),
     /// The encoder model's files are there but do not load.
     #[error("[safety] encoder_dir {path}: {source}")]
     Encoder {
@@ -271,15 +280,18 @@ impl SafetyStage {
                 },
             );
         }
+        // Checked even without a model, so a bad value is found before the model arrives.
+        let (precision, from_env) = PrecisionSetting::with_env_override(c.encoder_precision, env)
+            .map_err(SafetyConfigError::Precision)?;
         // A model that is there must load; a missing one leaves the fast tier alone.
         let encoder = match &c.encoder_dir {
             Some(d) if stormwall_safety::encoder::has_model_files(d) => Some(Arc::new(
-                stormwall_safety::encoder::Encoder::from_dir(d).map_err(|source| {
-                    SafetyConfigError::Encoder {
+                stormwall_safety::encoder::Encoder::from_dir_with(d, precision.resolve()).map_err(
+                    |source| SafetyConfigError::Encoder {
                         path: d.clone(),
                         source,
-                    }
-                })?,
+                    },
+                )?,
             )),
             _ => None,
         };
@@ -296,10 +308,24 @@ impl SafetyStage {
             }
             classifiers.push(Arc::new(cl));
         }
-        // What runs, not only what is configured: the encoder's precision and kernel come
-        // from the machine and `STORMWALL_ENCODER_PRECISION`.
+        // What runs, not only what is configured: the kernel comes from the machine and the
+        // precision setting, and the setting from the file or the environment variable.
         let encoder_summary = match &encoder {
-            Some(e) => format!("{} ({} kernel)", encoder_summary(c), e.kernel_name()),
+            Some(e) => {
+                let setting = if from_env {
+                    format!(
+                        "{PRECISION_ENV}={precision} overriding encoder_precision = \"{}\"",
+                        c.encoder_precision
+                    )
+                } else {
+                    format!("encoder_precision = \"{precision}\"")
+                };
+                format!(
+                    "{} ({} kernel, {setting})",
+                    encoder_summary(c),
+                    e.kernel_name()
+                )
+            }
             None => encoder_summary(c),
         };
         Ok(Some(SafetyStage {
@@ -755,16 +781,110 @@ mod tests {
         if dir.is_some() {
             let summary = s.encoder_summary();
             assert!(
-                summary.starts_with("safety: encoder model in ") && summary.ends_with(" kernel)"),
+                summary.starts_with("safety: encoder model in ")
+                    && summary.ends_with(" kernel, encoder_precision = \"auto\")"),
                 "{summary}"
             );
             assert!(
-                summary.contains("(f32 kernel)") || summary.contains("(int8/"),
+                summary.contains("(f32 kernel") || summary.contains("(int8/"),
                 "{summary}"
             );
         } else {
             assert!(s.encoder_summary().contains("fast tier only"));
         }
+    }
+
+    #[test]
+    fn the_configured_precision_reaches_the_loaded_encoder() {
+        use stormwall_safety::encoder::Precision;
+        let dir = tempfile::tempdir().unwrap();
+        stormwall_testkit::write_tiny_encoder(dir.path()).unwrap();
+        let config = |p: PrecisionSetting| SafetyConfig {
+            encoder_dir: Some(dir.path().to_owned()),
+            encoder_precision: p,
+            ..Default::default()
+        };
+        for (setting, want) in [
+            (PrecisionSetting::F32, Precision::F32),
+            (PrecisionSetting::Int8, Precision::Int8),
+            (PrecisionSetting::Auto, Precision::auto()),
+        ] {
+            let s = stage(&config(setting)).unwrap().unwrap();
+            let e = s.encoder().expect("the tiny model loads");
+            assert_eq!(e.precision(), want, "{setting}");
+            assert!(
+                e.embed("cat")
+                    .is_ok_and(|v| v.len() == stormwall_testkit::TINY_ENCODER_DIM)
+            );
+            let summary = s.encoder_summary();
+            assert!(
+                summary.contains(&format!("({} kernel, ", e.kernel_name()))
+                    && summary.ends_with(&format!("encoder_precision = \"{setting}\")")),
+                "{summary}"
+            );
+        }
+        // The environment variable wins over the file, and the summary says so.
+        let env = |n: &str| (n == PRECISION_ENV).then(|| "f32".to_owned());
+        let s = SafetyStage::from_config(&config(PrecisionSetting::Int8), &env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.encoder().map(|e| e.precision()), Some(Precision::F32));
+        assert!(
+            s.encoder_summary().ends_with(
+                "(f32 kernel, STORMWALL_ENCODER_PRECISION=f32 overriding encoder_precision = \"int8\")"
+            ),
+            "{}",
+            s.encoder_summary()
+        );
+        // Set but empty: the file decides.
+        let empty = |_: &str| Some(String::new());
+        let s = SafetyStage::from_config(&config(PrecisionSetting::Int8), &empty)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.encoder().map(|e| e.precision()), Some(Precision::Int8));
+    }
+
+    #[test]
+    fn a_bad_precision_in_the_environment_is_a_config_error_even_without_a_model() {
+        let bad = |n: &str| (n == PRECISION_ENV).then(|| "fp16".to_owned());
+        let e = SafetyStage::from_config(&SafetyConfig::default(), &bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("[safety] encoder_precision")
+                && e.contains("STORMWALL_ENCODER_PRECISION=\"fp16\"")
+                && e.contains("auto, int8 or f32"),
+            "{e}"
+        );
+        // Screening off: nothing is loaded, nothing checked.
+        let off = SafetyConfig {
+            enabled: false,
+            ..Default::default()
+        };
+        assert!(SafetyStage::from_config(&off, &bad).unwrap().is_none());
+    }
+
+    #[test]
+    fn encoder_precision_is_read_from_the_safety_section() {
+        let read = |t: &str| toml::from_str::<SafetyConfig>(t).map(|c| c.encoder_precision);
+        assert_eq!(read("").ok(), Some(PrecisionSetting::Auto));
+        assert_eq!(
+            read("encoder_precision = \"int8\"").ok(),
+            Some(PrecisionSetting::Int8)
+        );
+        assert_eq!(
+            read("encoder_precision = \"f32\"").ok(),
+            Some(PrecisionSetting::F32)
+        );
+        let e = read("encoder_precision = \"half\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("encoder_precision") && e.contains("half") && e.contains("`int8`"),
+            "{e}"
+        );
     }
 
     #[test]

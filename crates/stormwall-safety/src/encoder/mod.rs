@@ -12,7 +12,9 @@
 //! 1.3× with AVX2 alone) or f32 (the reference). `from_dir` and `from_parts` take the
 //! precision from `STORMWALL_ENCODER_PRECISION` (`f32`, `int8` or `auto`); `auto`, the
 //! default, is int8 where the processor has AVX2 or VNNI and f32 elsewhere (there the
-//! portable int8 kernel would be slower than f32).
+//! portable int8 kernel would be slower than f32). Programs with a configured
+//! [`PrecisionSetting`] (the gateway's `[safety] encoder_precision`) resolve it with
+//! [`PrecisionSetting::with_env_override`] and call `from_dir_with`.
 
 pub mod bert;
 pub mod quant;
@@ -54,24 +56,21 @@ impl Precision {
         }
     }
 
-    /// Reads a setting: `f32`, `int8` or `auto` (case-insensitive); `None` for others.
+    /// Reads a setting: `f32`, `int8` or `auto` (case-insensitive; empty is `auto`); `None`
+    /// for others.
     pub fn parse(s: &str) -> Option<Precision> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f32" => Some(Precision::F32),
-            "int8" => Some(Precision::Int8),
-            "auto" | "" => Some(Precision::auto()),
-            _ => None,
+        if s.trim().is_empty() {
+            return Some(Precision::auto());
         }
+        PrecisionSetting::parse(s).map(PrecisionSetting::resolve)
     }
 
-    /// The precision [`PRECISION_ENV`] asks for; [`Precision::auto`] when it is unset.
+    /// The precision [`PRECISION_ENV`] asks for; [`Precision::auto`] when it is unset or
+    /// empty.
     pub fn from_env() -> Result<Precision, EncoderError> {
-        match std::env::var(PRECISION_ENV) {
-            Err(_) => Ok(Precision::auto()),
-            Ok(v) => Precision::parse(&v).ok_or_else(|| {
-                EncoderError::Config(format!("{PRECISION_ENV}={v:?}: expected f32, int8 or auto"))
-            }),
-        }
+        let env = |name: &str| std::env::var(name).ok();
+        let (setting, _) = PrecisionSetting::with_env_override(PrecisionSetting::Auto, &env)?;
+        Ok(setting.resolve())
     }
 
     /// Its name.
@@ -80,6 +79,92 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
         }
+    }
+}
+
+/// A configured precision: a fixed [`Precision`], or `auto` ([`Precision::auto`], decided by
+/// the processor at load). The gateway's `[safety] encoder_precision` and the CLI's
+/// `--encoder-precision` hold one; [`PRECISION_ENV`] overrides the configured one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSetting {
+    /// int8 where a SIMD int8 kernel runs, f32 elsewhere ([`Precision::auto`]).
+    #[default]
+    Auto,
+    /// Always f32.
+    F32,
+    /// Always int8 (the portable scalar kernel where no SIMD one runs: slower than f32).
+    Int8,
+}
+
+impl PrecisionSetting {
+    /// The settings, in the order messages list them.
+    pub const ALL: [PrecisionSetting; 3] = [
+        PrecisionSetting::Auto,
+        PrecisionSetting::Int8,
+        PrecisionSetting::F32,
+    ];
+
+    /// Reads `auto`, `int8` or `f32` (case-insensitive, spaces around ignored); `None` for
+    /// anything else, the empty string included.
+    pub fn parse(s: &str) -> Option<PrecisionSetting> {
+        let s = s.trim();
+        PrecisionSetting::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+    }
+
+    /// The precision it stands for on this processor.
+    pub fn resolve(self) -> Precision {
+        match self {
+            PrecisionSetting::Auto => Precision::auto(),
+            PrecisionSetting::F32 => Precision::F32,
+            PrecisionSetting::Int8 => Precision::Int8,
+        }
+    }
+
+    /// Its name, as written in a config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionSetting::Auto => "auto",
+            PrecisionSetting::F32 => "f32",
+            PrecisionSetting::Int8 => "int8",
+        }
+    }
+
+    /// The setting in force when `configured` is what a file (or the default) says:
+    /// [`PRECISION_ENV`] wins when it is set and not empty — the operator's override for one
+    /// run, as environment variables usually override files — and the second value says
+    /// so. `env` reads a variable (the process environment in programs, a map in tests). A
+    /// value of the variable that is no setting is an error naming it.
+    pub fn with_env_override(
+        configured: PrecisionSetting,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(PrecisionSetting, bool), EncoderError> {
+        match env(PRECISION_ENV) {
+            Some(v) if !v.trim().is_empty() => PrecisionSetting::parse(&v)
+                .map(|p| (p, true))
+                .ok_or_else(|| {
+                    EncoderError::Config(format!(
+                        "{PRECISION_ENV}={v:?}: expected auto, int8 or f32"
+                    ))
+                }),
+            _ => Ok((configured, false)),
+        }
+    }
+}
+
+impl std::fmt::Display for PrecisionSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PrecisionSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PrecisionSetting::parse(s).ok_or_else(|| format!("expected auto, int8 or f32, got {s:?}"))
     }
 }
 
@@ -365,6 +450,78 @@ mod tests {
         assert_eq!(Precision::parse("F32"), Some(Precision::F32));
         assert_eq!(Precision::parse(" int8 "), Some(Precision::Int8));
         assert_eq!(Precision::parse("auto"), Some(Precision::auto()));
+        assert_eq!(Precision::parse(""), Some(Precision::auto()));
         assert_eq!(Precision::parse("fp16"), None);
+        for p in PrecisionSetting::ALL {
+            assert_eq!(PrecisionSetting::parse(&p.name().to_uppercase()), Some(p));
+            assert_eq!(p.to_string().parse::<PrecisionSetting>(), Ok(p));
+        }
+        assert_eq!(PrecisionSetting::parse(""), None);
+        assert!(
+            "int4"
+                .parse::<PrecisionSetting>()
+                .is_err_and(|e| e.contains("auto, int8 or f32"))
+        );
+        assert_eq!(PrecisionSetting::Auto.resolve(), Precision::auto());
+        assert_eq!(PrecisionSetting::Int8.resolve(), Precision::Int8);
+        assert_eq!(PrecisionSetting::default(), PrecisionSetting::Auto);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_configured_precision() {
+        let unset = |_: &str| None;
+        let empty = |_: &str| Some(" ".to_owned());
+        let f32_env = |n: &str| (n == PRECISION_ENV).then(|| "F32".to_owned());
+        let bad = |n: &str| (n == PRECISION_ENV).then(|| "fp16".to_owned());
+        let over = PrecisionSetting::with_env_override;
+        assert_eq!(
+            over(PrecisionSetting::Int8, &unset).ok(),
+            Some((PrecisionSetting::Int8, false))
+        );
+        assert_eq!(
+            over(PrecisionSetting::Int8, &empty).ok(),
+            Some((PrecisionSetting::Int8, false))
+        );
+        assert_eq!(
+            over(PrecisionSetting::Int8, &f32_env).ok(),
+            Some((PrecisionSetting::F32, true))
+        );
+        let e = over(PrecisionSetting::Auto, &bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains(PRECISION_ENV) && e.contains("fp16") && e.contains("auto, int8 or f32"),
+            "{e}"
+        );
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Section {
+        #[serde(default)]
+        encoder_precision: PrecisionSetting,
+    }
+
+    #[test]
+    fn precision_settings_read_from_toml() {
+        let read = |t: &str| toml::from_str::<Section>(t).map(|s| s.encoder_precision);
+        assert_eq!(read("").ok(), Some(PrecisionSetting::Auto));
+        assert_eq!(
+            read("encoder_precision = \"f32\"").ok(),
+            Some(PrecisionSetting::F32)
+        );
+        assert_eq!(
+            read("encoder_precision = \"int8\"").ok(),
+            Some(PrecisionSetting::Int8)
+        );
+        let e = read("encoder_precision = \"fp16\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("fp16") && e.contains("auto") && e.contains("int8") && e.contains("f32"),
+            "{e}"
+        );
     }
 }

@@ -3,8 +3,10 @@
 //! Each worker owns one keep-alive HTTP/1.1 connection (TCP_NODELAY) and sends the next
 //! request as soon as the previous body was read in full, so latency includes the whole
 //! body (the last SSE event for streams). Requests that start during `--warmup` are sent
-//! but not measured. A second mode, `--create-keys N`, creates API keys through the admin
-//! API in parallel and writes them one per line, for `--keys-file`.
+//! but not measured. `--scenario image` sends image generation requests whose prompts all
+//! differ, so a gateway with the encoder tier embeds every one (its embedding cache never
+//! answers). A second mode, `--create-keys N`, creates API keys through the admin API in
+//! parallel and writes them one per line, for `--keys-file`.
 
 // A command-line tool reports on stdout and stderr by design; connection drivers are
 // detached tasks, which is fine in test tooling (the ban protects the gateway's request path).
@@ -35,8 +37,34 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const FILLER: &str =
     "The quick brown fox jumps over the lazy dog while the committee reviews the quarterly plan. ";
 
+/// Filler for image prompts: a benign scene description, as image prompts are written (the
+/// encoder benchmark's prompt, `crates/stormwall-safety/benches/encoder.rs`).
+const IMAGE_FILLER: &str = "a lighthouse on a rocky coast at dusk, oil painting, warm light, \
+    highly detailed, calm sea, gulls circling over the harbour, fishing boats resting by the \
+    pier, soft clouds, golden hour, a quiet village on the hill behind, wide angle, cinematic \
+    composition, by a fictional painter, ";
+
+/// Ends every image prompt: `variation RUN REQUEST`, six digits each — the run's from the
+/// clock, the request's a counter — so no two prompts are equal, within a run or across the
+/// runs of a benchmark (a gateway keeps recent embeddings; a prompt it saw in an earlier run
+/// would not reach its encoder).
+const IMAGE_SUFFIX: &str = "variation 000000 000000";
+
+/// Digits of each number in [`IMAGE_SUFFIX`].
+const SUFFIX_DIGITS: usize = 6;
+
 /// Default measured duration when neither `--duration` nor `--requests` is given.
 const DEFAULT_DURATION_SECS: f64 = 5.0;
+
+/// What the requests ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Chat completions (or whatever `--path` names) with the same plain-English prompt.
+    Chat,
+    /// Image generations (`/v1/images/generations`, model `dall-e-3` unless given) with a
+    /// scene-description prompt made unique per request by a counter at its end.
+    Image,
+}
 
 /// Generates closed-loop HTTP load and reports throughput and latency percentiles.
 ///
@@ -72,18 +100,23 @@ struct Args {
     /// Seconds of unmeasured warm-up traffic first.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// What to send: chat (default) or image.
+    #[arg(long, value_enum, default_value = "chat")]
+    scenario: Scenario,
     /// Ask for a streamed response (`"stream": true` with usage).
     #[arg(long)]
     stream: bool,
     /// Prompt size in bytes.
     #[arg(long, default_value_t = 1024)]
     prompt_bytes: usize,
-    /// Request path (and query), appended to the URL.
-    #[arg(long, default_value = "/v1/chat/completions")]
-    path: String,
-    /// Model named in the request body.
-    #[arg(long, default_value = "gpt-4o-mini")]
-    model: String,
+    /// Request path (and query), appended to the URL (default `/v1/chat/completions`;
+    /// `/v1/images/generations` with `--scenario image`).
+    #[arg(long)]
+    path: Option<String>,
+    /// Model named in the request body (default `gpt-4o-mini`; `dall-e-3` with
+    /// `--scenario image`).
+    #[arg(long)]
+    model: Option<String>,
     /// `max_tokens` (or `max_output_tokens`) in the request body.
     #[arg(long, default_value_t = 16)]
     max_tokens: u64,
@@ -114,7 +147,19 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let image = args.scenario == Scenario::Image;
+    if image && args.stream {
+        eprintln!("stormwall-loadgen: --scenario image has no streamed form (drop --stream)");
+        return ExitCode::from(2);
+    }
+    let (path, model) = if image {
+        ("/v1/images/generations", "dall-e-3")
+    } else {
+        ("/v1/chat/completions", "gpt-4o-mini")
+    };
+    args.path.get_or_insert_with(|| path.to_owned());
+    args.model.get_or_insert_with(|| model.to_owned());
     match try_main(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -198,13 +243,42 @@ async fn exchange(
     Ok((status, Bytes::from(data), ttfb))
 }
 
-fn request_body(args: &Args) -> Bytes {
-    let mut prompt = String::with_capacity(args.prompt_bytes + FILLER.len());
-    while prompt.len() < args.prompt_bytes {
-        prompt.push_str(FILLER);
+/// `--prompt-bytes` of `filler` repeated (the fillers are ASCII: any cut is a character
+/// boundary).
+fn prompt_of(filler: &str, bytes: usize) -> String {
+    let mut prompt = String::with_capacity(bytes + filler.len());
+    while prompt.len() < bytes {
+        prompt.push_str(filler);
     }
-    prompt.truncate(args.prompt_bytes);
-    let path = args.path.split('?').next().unwrap_or_default();
+    prompt.truncate(bytes);
+    prompt
+}
+
+/// The request body, or with `--scenario image` the body split where each request's
+/// numbers go (they replace [`IMAGE_SUFFIX`]'s zeros).
+fn request_body(args: &Args) -> (Bytes, Option<(String, String)>) {
+    if args.scenario == Scenario::Image {
+        let mut prompt = prompt_of(
+            IMAGE_FILLER,
+            args.prompt_bytes.saturating_sub(IMAGE_SUFFIX.len()),
+        );
+        prompt.push_str(IMAGE_SUFFIX);
+        let body = serde_json::json!({"model": args.model, "prompt": prompt, "n": 1}).to_string();
+        let numbers = 2 * SUFFIX_DIGITS + 1;
+        // The suffix is plain ASCII, so it appears verbatim in the JSON, once.
+        if let Some(at) = body.find(IMAGE_SUFFIX) {
+            let cut = at + IMAGE_SUFFIX.len() - numbers;
+            let (head, tail) = body.split_at(cut);
+            return (
+                Bytes::from(body.clone()),
+                Some((head.to_owned(), tail[numbers..].to_owned())),
+            );
+        }
+        return (Bytes::from(body), None);
+    }
+    let prompt = prompt_of(FILLER, args.prompt_bytes);
+    let path = args.path.as_deref().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
     let mut body = if path.ends_with("/chat/completions") {
         serde_json::json!({
             "model": args.model,
@@ -233,7 +307,27 @@ fn request_body(args: &Args) -> Bytes {
             );
         }
     }
-    Bytes::from(body.to_string())
+    (Bytes::from(body.to_string()), None)
+}
+
+/// The body of request `n` of run `run` from a split body: both numbers zero-padded to six
+/// digits (the counter wraps after a million requests).
+fn numbered_body((head, tail): &(String, String), run: u64, n: u64) -> Bytes {
+    Bytes::from(format!(
+        "{head}{:06} {:06}{tail}",
+        run % 1_000_000,
+        n % 1_000_000
+    ))
+}
+
+/// A number for this run: the clock's microseconds, so two runs (even of one second each)
+/// differ.
+fn run_number() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| {
+            u64::from(d.subsec_micros()) + d.as_secs() * 1_000_000
+        })
 }
 
 /// What one worker measured.
@@ -293,6 +387,10 @@ struct Plan {
     auth_header: HeaderName,
     keys: Vec<HeaderValue>,
     body: Bytes,
+    /// With `--scenario image`: the body around each request's numbers.
+    numbered: Option<(String, String)>,
+    run: u64,
+    next_body: AtomicU64,
     timeout: Duration,
     warm_end: Instant,
     end: Instant,
@@ -332,7 +430,15 @@ async fn worker(plan: Arc<Plan>) -> Stats {
                 }
             },
         };
-        let mut request = Request::new(Full::new(plan.body.clone()));
+        let body = match &plan.numbered {
+            Some(parts) => numbered_body(
+                parts,
+                plan.run,
+                plan.next_body.fetch_add(1, Ordering::Relaxed),
+            ),
+            None => plan.body.clone(),
+        };
+        let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = plan.path_and_query.clone();
         *request.headers_mut() = plan.base_headers.clone();
@@ -410,7 +516,12 @@ fn header_line(line: &str) -> Result<(HeaderName, HeaderValue), BoxError> {
 
 async fn load(args: Args) -> Result<(), BoxError> {
     let target = target(&args.url).await?;
-    let path_and_query: Uri = format!("{}{}", target.prefix, args.path).parse()?;
+    let path_and_query: Uri = format!(
+        "{}{}",
+        target.prefix,
+        args.path.as_deref().unwrap_or_default()
+    )
+    .parse()?;
 
     let mut base_headers = HeaderMap::new();
     base_headers.insert(HOST, target.host.clone());
@@ -466,13 +577,17 @@ async fn load(args: Args) -> Result<(), BoxError> {
                 + Duration::from_secs_f64(args.duration.unwrap_or(DEFAULT_DURATION_SECS).max(0.0))
         }
     };
+    let (body, numbered) = request_body(&args);
     let plan = Arc::new(Plan {
         target,
         path_and_query,
         base_headers,
         auth_header,
         keys,
-        body: request_body(&args),
+        body,
+        numbered,
+        run: run_number(),
+        next_body: AtomicU64::new(0),
         timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
         warm_end,
         end,
@@ -533,6 +648,7 @@ fn report(args: &Args, stats: &Stats, warm_end: Instant) {
         let out = serde_json::json!({
             "url": args.url,
             "path": args.path,
+            "scenario": format!("{:?}", args.scenario).to_lowercase(),
             "concurrency": args.concurrency,
             "stream": args.stream,
             "prompt_bytes": args.prompt_bytes,
@@ -557,7 +673,11 @@ fn report(args: &Args, stats: &Stats, warm_end: Instant) {
     } else {
         println!(
             "POST {}{}  concurrency={} stream={} prompt={}B",
-            args.url, args.path, args.concurrency, args.stream, args.prompt_bytes
+            args.url,
+            args.path.as_deref().unwrap_or_default(),
+            args.concurrency,
+            args.stream,
+            args.prompt_bytes
         );
         println!(
             "requests: {} ok, {} errors (transport {}, timeouts {}) in {window:.2} s; {} sent incl. warm-up",
@@ -658,4 +778,68 @@ async fn create_keys(args: Args) -> Result<(), BoxError> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_prompts_differ_per_request_and_keep_their_length() {
+        let mut args = Args::parse_from([
+            "stormwall-loadgen",
+            "--url",
+            "http://127.0.0.1:1",
+            "--scenario",
+            "image",
+            "--prompt-bytes",
+            "300",
+        ]);
+        args.model = Some("dall-e-3".into());
+        let (_, numbered) = request_body(&args);
+        let parts = numbered.expect("image bodies are numbered");
+        let prompts: Vec<String> = [(7, 0), (7, 1), (1_000_042, 999_999)]
+            .into_iter()
+            .map(|(run, n)| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&numbered_body(&parts, run, n)).expect("valid JSON");
+                assert_eq!(v["model"], "dall-e-3");
+                v["prompt"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert!(prompts.iter().all(|p| p.len() == 300), "{prompts:?}");
+        assert!(
+            prompts[0].ends_with("variation 000007 000000"),
+            "{}",
+            prompts[0]
+        );
+        assert!(
+            prompts[1].ends_with("variation 000007 000001"),
+            "{}",
+            prompts[1]
+        );
+        assert!(
+            prompts[2].ends_with("variation 000042 999999"),
+            "{}",
+            prompts[2]
+        );
+        assert!(prompts[0].starts_with("a lighthouse on a rocky coast"));
+    }
+
+    #[test]
+    fn chat_bodies_are_unchanged() {
+        let args = Args::parse_from(["stormwall-loadgen", "--url", "http://127.0.0.1:1"]);
+        let (body, numbered) = request_body(&Args {
+            path: Some("/v1/chat/completions".into()),
+            model: Some("gpt-4o-mini".into()),
+            ..args
+        });
+        assert!(numbered.is_none());
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+        assert_eq!(
+            v["messages"][0]["content"].as_str().map(str::len),
+            Some(1024)
+        );
+        assert_eq!(v["max_tokens"], 16);
+    }
 }

@@ -375,3 +375,139 @@ fn train_writes_a_model_that_eval_can_use() {
     let out = eval(&["--split", "nope"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Runs `stormwall ARGS` with `STORMWALL_ENCODER_PRECISION` set to `precision` (or removed).
+fn with_precision_env(args: &[&str], precision: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("STORMWALL_LOG", "warn");
+    match precision {
+        Some(p) => cmd.env("STORMWALL_ENCODER_PRECISION", p),
+        None => cmd.env_remove("STORMWALL_ENCODER_PRECISION"),
+    };
+    cmd.output().unwrap()
+}
+
+#[test]
+fn eval_runs_the_encoder_in_the_precision_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = write_records(dir.path());
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    stormwall_testkit::write_tiny_encoder(&model).unwrap();
+    let eval = |extra: &[&str], env: Option<&str>| {
+        let mut args = vec![
+            "safety",
+            "eval",
+            records.to_str().unwrap(),
+            "--no-evasion",
+            "--encoder-dir",
+            model.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = with_precision_env(&args, env);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        err
+    };
+    let err = eval(&["--encoder-precision", "f32"], None);
+    assert!(
+        err.contains("encoder: f32 kernel (--encoder-precision f32)"),
+        "{err}"
+    );
+    // The variable stands in for the flag, and the flag wins over the variable.
+    let err = eval(&[], Some("int8"));
+    assert!(
+        err.contains("encoder: int8/") && err.contains("(--encoder-precision int8)"),
+        "{err}"
+    );
+    let err = eval(&["--encoder-precision", "f32"], Some("int8"));
+    assert!(err.contains("encoder: f32 kernel"), "{err}");
+    // Set but empty, as unset: auto.
+    let err = eval(&[], Some(""));
+    assert!(err.contains("(--encoder-precision auto)"), "{err}");
+}
+
+#[test]
+fn a_bad_encoder_precision_is_refused_by_name() {
+    let out = with_precision_env(&["safety", "check", "--encoder-precision", "fp16"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--encoder-precision") && err.contains("expected auto, int8 or f32"),
+        "{err}"
+    );
+    let out = with_precision_env(&["safety", "check"], Some("half"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected auto, int8 or f32"), "{err}");
+}
+
+#[test]
+fn config_check_validates_and_reports_the_encoder_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    stormwall_testkit::write_tiny_encoder(&model).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let base = crate::mock_gateway_config(
+        &dir.path().join("sw.db"),
+        &root.join("tests/data/ip2asn-test.tsv"),
+        &["gpt-4o-mini", "dall-e-3"],
+    );
+    let check = |safety: &str, env: Option<&str>| {
+        let path = dir.path().join("stormwall.toml");
+        std::fs::write(&path, format!("{base}\n[safety]\n{safety}\n")).unwrap();
+        with_precision_env(
+            &["config", "check", "--config", path.to_str().unwrap()],
+            env,
+        )
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // A bad value in the file: the check fails and names the key and the choices.
+    let out = check("encoder_precision = \"fp16\"", None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("encoder_precision") && t.contains("fp16") && t.contains("`int8`"),
+        "{t}"
+    );
+
+    let dir_line = format!("encoder_dir = {:?}", model.to_str().unwrap());
+    let out = check(&format!("{dir_line}\nencoder_precision = \"f32\""), None);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("safety: encoder model in ")
+            && t.contains("(f32 kernel, encoder_precision = \"f32\")"),
+        "{t}"
+    );
+    // The environment variable overrides the file, and the check says so.
+    let out = check(
+        &format!("{dir_line}\nencoder_precision = \"f32\""),
+        Some("int8"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("(int8/")
+            && t.contains(
+                " kernel, STORMWALL_ENCODER_PRECISION=int8 overriding encoder_precision = \"f32\")"
+            ),
+        "{t}"
+    );
+    // A bad variable fails the check even without a model.
+    let out = check("", Some("fp16"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("STORMWALL_ENCODER_PRECISION=\"fp16\""),
+        "{}",
+        text(&out)
+    );
+}
