@@ -585,6 +585,9 @@ pub struct Owner {
     pub countries: [u16; 2],
     /// Header shapes (low 32 bits, never 0).
     pub shapes: [u32; 4],
+    /// System prompts (16 bits of their hash, never 0): a developer trying the key sends
+    /// its app's prompts (a clash only hides a reseller's prompt, never invents one).
+    pub prompts: [u16; 4],
     /// Client family bits (`1 << family id`).
     pub families: u32,
     /// Egress flag bits.
@@ -644,8 +647,9 @@ pub struct Takeover {
     /// (shape, when, whether it probed or listed since), up to 4, kept across windows for an
     /// hour. One that fronts role-play next is foreign after all.
     pub bridged: Vec<(u32, i64, bool)>,
-    /// Distinct system prompts (hashes, up to 3) that new clients brought from networks new
-    /// to the owner and tenant in this window: several on a spread is a reseller's customers.
+    /// Distinct system prompts (hashes, up to 3) the owner never sent that new clients
+    /// brought from networks new to the owner and tenant in this window: several on a
+    /// spread is a reseller's customers.
     pub prompts: Vec<u64>,
 }
 
@@ -1139,8 +1143,8 @@ mod tests {
         assert!(
             // 704 with 32-byte capped sets; 544 since a set keeps its cap and first value
             // in 16 bytes (sketch::CappedSet); 8 more for the owner's /24s (V7's neighbour
-            // rule).
-            std::mem::size_of::<KeyState>() <= 552,
+            // rule); 8 more for the owner's system prompts (V7's resold prompts).
+            std::mem::size_of::<KeyState>() <= 560,
             "KeyState is {} bytes",
             std::mem::size_of::<KeyState>()
         );

@@ -1840,8 +1840,9 @@ fn v7_a_relay_inside_the_owners_slash24_without_roleplay_is_stopped() {
 /// providers (three /24s), each request an ordinary chat with its customer's own system
 /// prompt — no probe, no listing, no role-play yet (held-out seed 223, now tuning: ten such
 /// requests were served before the first role-play). Suspended within three requests. The
-/// owner's app deployed on one provider's hosts with a prompt per end user, or on two
-/// providers with its handful of prompts, is left alone.
+/// owner's app deployed on one provider's hosts with a prompt per end user, on two
+/// providers with its handful of prompts, or on two providers with the prompts its
+/// developer tried first, is left alone.
 #[test]
 fn v7_a_young_key_resold_with_its_customers_prompts_is_stopped() {
     let owner = client(
@@ -1871,16 +1872,25 @@ fn v7_a_young_key_resold_with_its_customers_prompts_is_stopped() {
         client("198.18.1.9", 64496, "DE", ua, &aio),
     ];
     let k = "YoungKey0223";
-    // (clients, distinct prompts, whether it is a takeover)
+    // (clients, distinct prompts, prompts the owner sent first, whether it is a takeover)
     let cases = [
-        (&two_providers, 12, true),
-        (&one_provider, 12, false),
-        (&two_providers, 2, false),
+        (&two_providers, 12, 0, true),
+        (&one_provider, 12, 0, false),
+        (&two_providers, 2, 0, false),
+        // The developer tried the app's prompts first (tuning seed 74): the app on two
+        // providers brings one prompt of its own.
+        (&two_providers, 3, 2, false),
     ];
-    for (clients, prompts, takeover) in cases {
+    for (clients, prompts, known, takeover) in cases {
         let mut e = engine();
         let mut g = Gen::new();
-        assert!(feed(&mut e, &[g.chat(k, "resaleco", T0, &owner)]).is_empty());
+        let mut first = vec![g.chat(k, "resaleco", T0, &owner)];
+        for p in 1..=known {
+            let mut ev = g.chat(k, "resaleco", T0 + Duration::minutes(p as i64), &owner);
+            ev.system_prompt_hash = Some(format!("{p:032x}"));
+            first.push(ev);
+        }
+        assert!(feed(&mut e, &first).is_empty());
         let at = T0 + Duration::minutes(13);
         let mut stopped_after = None;
         let mut alerts = Vec::new();

@@ -209,6 +209,11 @@ const V7_PROBE_OR_LISTING: u32 = (1 << 4) | (1 << 5);
 /// for the resold-prompts signal: a reseller's customers each bring their own.
 const V7_RESOLD_PROMPTS: usize = 3;
 
+/// A system prompt's hash as the owner record keeps it (16 bits, never 0).
+fn prompt16(h: u64) -> u16 {
+    (crate::sketch::mix64(h) as u16).max(1)
+}
+
 /// The takeover points of a set of V7 signal kinds.
 pub fn v7_points(kinds: u32) -> u32 {
     V7_SIGNALS
@@ -358,6 +363,9 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
         slot_put(&mut owner.nets, net24);
         slot_put(&mut owner.countries, cc);
         slot_put(&mut owner.shapes, shape);
+        if let Some(h) = o.sys_h {
+            slot_put(&mut owner.prompts, prompt16(h));
+        }
         owner.families |= fam;
         if let Some(f) = o.flag {
             owner.flags |= f.bit();
@@ -414,10 +422,15 @@ pub fn v7_takeover(ctx: &Ctx<'_>, ks: &mut KeyState, out: &mut Vec<Alert>) {
     if !asn_known && tk.asns.len() < 8 && asn != 0 && !tk.asns.contains(&asn) {
         tk.asns.push(asn);
     }
-    // System prompts a new client brings on networks new to the owner and tenant.
+    // System prompts the owner never sent that a new client brings on networks new to the
+    // owner and tenant. An app deployed after its developer tried the key brings the
+    // prompts the developer tried; an owner with more prompts than the record holds is
+    // not judged this way (a templated prompt per user is no reseller's customer).
     if let Some(h) = o.sys_h
         && !asn_known
         && !client_known
+        && !slot_has(&ks.owner.prompts, prompt16(h))
+        && ks.owner.prompts.contains(&0)
         && tk.prompts.len() < V7_RESOLD_PROMPTS
         && !tk.prompts.contains(&h)
     {
