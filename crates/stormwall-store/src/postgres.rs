@@ -752,6 +752,21 @@ fn incident_params(c: &IncidentColumns) -> [&(dyn ToSql + Sync); 11] {
     ]
 }
 
+/// Starts a READ COMMITTED transaction whatever the server's default: each statement then
+/// sees what was committed before it began, so a check made after taking an advisory lock
+/// sees the previous holder's rows (under REPEATABLE READ the snapshot would date from the
+/// lock statement, before those rows committed).
+async fn begin_read_committed(
+    client: &mut Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(db)
+}
+
 /// Writes an incident's row (inserted, or its content updated; `reopen` lets a closed one
 /// run again) and links its alerts, inside the caller's transaction.
 async fn write_incident(
@@ -1150,14 +1165,9 @@ impl AlertStore for PostgresStore {
     async fn insert_alert(&self, alert: &Alert, incident: &str) -> Result<bool, StoreError> {
         let c = AlertColumns::new(alert, incident, OffsetDateTime::now_utc())?;
         let mut client = self.client().await?;
-        // READ COMMITTED whatever the server's default: the insert's check, made once the
-        // lock is ours, sees what the previous holder committed.
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .await
-            .map_err(db)?;
+        // The insert's check, made once the lock is ours, sees what the previous holder
+        // committed.
+        let tx = begin_read_committed(&mut client).await?;
         tx.execute(ALERT_INCIDENT_LOCK, &[&c.base()])
             .await
             .map_err(db)?;
@@ -1487,16 +1497,8 @@ impl AuditStore for PostgresStore {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord, StoreError> {
         let c = AuditColumns::new(entry)?;
         let mut client = self.client().await?;
-        // READ COMMITTED whatever the server's default: each statement then sees what was
-        // committed before it began, so the read below, made once the lock is ours, sees
-        // the previous holder's row. (Under REPEATABLE READ the snapshot would date from
-        // the lock statement, before that row committed.)
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .await
-            .map_err(db)?;
+        // The read below, made once the lock is ours, sees the previous holder's row.
+        let tx = begin_read_committed(&mut client).await?;
         // Held until commit or rollback (a dropped transaction rolls back), so replicas
         // append one at a time and extend one chain.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK_ID])
