@@ -2021,6 +2021,25 @@ fn v7_takers_inside_the_owners_slash24_that_look_like_the_owner_are_stopped() {
     assert!(late.is_empty(), "{late:?}");
 }
 
+/// Three days of a support bot on `corp()`: a call every 4 minutes, each with its own
+/// system prompt, and an end-user id on the `n`th call where `with_id(n)`; R1 stays quiet.
+fn learn_bot(e: &mut Engine, g: &mut Gen, k: &str, with_id: impl Fn(u64) -> bool) {
+    let mut evs = Vec::new();
+    let mut t = T0;
+    let mut n = 0u64;
+    while t < T0 + Duration::days(3) {
+        let mut ev = g.chat(k, "bots", t, &corp());
+        n += 1;
+        ev.system_prompt_hash = Some(format!("{n:032x}"));
+        if with_id(n) {
+            ev.end_user = Some(format!("user-{}", n % 400));
+        }
+        evs.push(ev);
+        t += Duration::minutes(4);
+    }
+    assert!(!fired(&feed(e, &evs), DetectorId::R1));
+}
+
 /// A support bot whose every call carries its users' ids, resold by someone who copied the
 /// app's own SDK and header shape onto a residential line in the same country (no relay
 /// artefact, no new client, per-user prompts so no new-prompt burst): calls without an
@@ -2029,20 +2048,7 @@ fn v7_takers_inside_the_owners_slash24_that_look_like_the_owner_are_stopped() {
 /// a probe and three chats without ids) do not.
 #[test]
 fn r1_calls_without_the_apps_end_user_ids_from_a_new_network_suspend() {
-    let bot = |e: &mut Engine, g: &mut Gen, k: &str| {
-        let mut evs = Vec::new();
-        let mut t = T0;
-        let mut n = 0u64;
-        while t < T0 + Duration::days(3) {
-            let mut ev = g.chat(k, "bots", t, &corp());
-            n += 1;
-            ev.system_prompt_hash = Some(format!("{n:032x}"));
-            ev.end_user = Some(format!("user-{}", n % 400));
-            evs.push(ev);
-            t += Duration::minutes(4);
-        }
-        assert!(!fired(&feed(e, &evs), DetectorId::R1));
-    };
+    let bot = |e: &mut Engine, g: &mut Gen, k: &str| learn_bot(e, g, k, |_| true);
     let at = end(3);
     let k = "BotKey000002";
     let line = client(
@@ -2115,20 +2121,7 @@ fn r1_calls_without_the_apps_end_user_ids_from_a_new_network_suspend() {
 /// developer's curl session from home across the same boundary is still left alone.
 #[test]
 fn r1_a_resellers_network_learned_over_an_hour_boundary_stays_new() {
-    let bot = |e: &mut Engine, g: &mut Gen, k: &str| {
-        let mut evs = Vec::new();
-        let mut t = T0;
-        let mut n = 0u64;
-        while t < T0 + Duration::days(3) {
-            let mut ev = g.chat(k, "bots", t, &corp());
-            n += 1;
-            ev.system_prompt_hash = Some(format!("{n:032x}"));
-            ev.end_user = Some(format!("user-{}", n % 400));
-            evs.push(ev);
-            t += Duration::minutes(4);
-        }
-        assert!(!fired(&feed(e, &evs), DetectorId::R1));
-    };
+    let bot = |e: &mut Engine, g: &mut Gen, k: &str| learn_bot(e, g, k, |_| true);
     // A minute before the hour ends, then every two minutes into the next.
     let first = T0 + Duration::days(3) + Duration::minutes(59);
     let at = |i: i64| {
@@ -2209,22 +2202,7 @@ fn r1_a_resellers_network_learned_over_an_hour_boundary_stays_new() {
 /// owner's app moving to a new network, with its usual share without ids, does not.
 #[test]
 fn r1_a_new_network_missing_ids_far_more_often_than_the_app_suspends() {
-    let bot = |e: &mut Engine, g: &mut Gen, k: &str| {
-        let mut evs = Vec::new();
-        let mut t = T0;
-        let mut n = 0u64;
-        while t < T0 + Duration::days(3) {
-            let mut ev = g.chat(k, "bots", t, &corp());
-            n += 1;
-            ev.system_prompt_hash = Some(format!("{n:032x}"));
-            if !n.is_multiple_of(7) {
-                ev.end_user = Some(format!("user-{}", n % 400));
-            }
-            evs.push(ev);
-            t += Duration::minutes(4);
-        }
-        assert!(!fired(&feed(e, &evs), DetectorId::R1));
-    };
+    let bot = |e: &mut Engine, g: &mut Gen, k: &str| learn_bot(e, g, k, |n| !n.is_multiple_of(7));
     let at = end(3);
     let k = "BotKey000003";
     let line = client(

@@ -462,46 +462,7 @@ impl Body for UpstreamBody {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
     use super::*;
-
-    /// An upstream that answers each request `ok` with keep-alive, and closes a connection
-    /// that stays idle for 20 ms (as upstreams close idle connections); counts connections.
-    #[allow(clippy::disallowed_methods)] // the test's own upstream, ended with the runtime
-    async fn closing_upstream() -> (Uri, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let mut chunk = [0u8; 1024];
-                        let read =
-                            tokio::time::timeout(Duration::from_millis(20), s.read(&mut chunk))
-                                .await;
-                        let Ok(Ok(n)) = read else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            buf.clear();
-                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            s.write_all(reply).await.unwrap();
-                        }
-                    }
-                });
-            }
-        });
-        (format!("http://{addr}/v1/x").parse().unwrap(), accepted)
-    }
 
     async fn get(pool: &Arc<UpstreamPool>, uri: &Uri) -> Bytes {
         let req = Request::builder()
@@ -518,7 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_reused_and_one_the_upstream_closed_is_replaced() {
-        let (uri, accepted) = closing_upstream().await;
+        let (uri, accepted) = closing_upstream();
         let pool = UpstreamPool::new(
             crate::upstream::connector(&crate::config::LimitsConfig::default()),
             4,
@@ -536,9 +497,11 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
-    /// Like [`closing_upstream`], but on threads of its own, so it answers and closes while
-    /// the test's runtime is blocked.
-    fn closing_upstream_on_threads() -> (Uri, Arc<AtomicUsize>) {
+    /// An upstream that answers each request `ok` with keep-alive, and closes a connection
+    /// that stays idle for 20 ms (as upstreams close idle connections); counts connections.
+    /// It runs on threads of its own, so it answers and closes even while the test's runtime
+    /// is blocked.
+    fn closing_upstream() -> (Uri, Arc<AtomicUsize>) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -575,7 +538,7 @@ mod tests {
     /// out on a new connection instead of failing on the closed one.
     #[tokio::test]
     async fn a_close_the_runtime_has_not_seen_yet_is_found_before_reuse() {
-        let (uri, accepted) = closing_upstream_on_threads();
+        let (uri, accepted) = closing_upstream();
         let pool = UpstreamPool::new(
             crate::upstream::connector(&crate::config::LimitsConfig::default()),
             4,
