@@ -247,8 +247,21 @@ async fn a_stolen_key_relayed_from_a_hosting_network_is_suspended_and_a_legit_ke
     assert_eq!(suspend["outcome"], "applied");
     let cause = suspend["action"]["alert_id"].as_str().unwrap();
     let alert = h.admin_get(&format!("/admin/alerts/{cause}")).await;
-    let events = h.events(1).await;
-    for ev in alert["evidence"].as_array().unwrap() {
+    // Events reach the store within about two shipper ticks of their answer (the journal
+    // ships a partial batch once a tick), so the newest evidence may still be on its way.
+    let evidence = alert["evidence"].as_array().unwrap();
+    let mut events = h.events(1).await;
+    for _ in 0..200 {
+        if evidence
+            .iter()
+            .all(|ev| events.iter().any(|e| json!(e.id) == *ev))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        events = h.events(1).await;
+    }
+    for ev in evidence {
         assert!(
             events.iter().any(|e| json!(e.id) == *ev),
             "evidence {ev} is a stored event"
