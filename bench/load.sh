@@ -32,7 +32,9 @@ usage: bench/load.sh [options]
                         sampling the gateway's RSS every --soak-every seconds
   --soak-every SECS     RSS sampling interval of --soak (default 30)
   --soak-warmup SECS    samples before this are warm-up, left out of the flatness check (default 300)
-  --rounds N            repeat the whole interleaved sequence N times (default 1)
+  --rounds N            repeat the whole interleaved sequence N times (default 1); with a
+                        second gateway, the report ends with one figure per scenario: the
+                        median of its per-round ratios and their range
   --gateway-cpus LIST   pin the gateway with taskset -c LIST (e.g. 0)
   --gateway-workers N   the gateway's [server] worker_threads (default 0: one per core)
   --load-cpus LIST      pin mock, loadgen and LiteLLM with taskset -c LIST (e.g. 1)
@@ -703,6 +705,35 @@ if [[ -s "$RUN/ab.tsv" ]]; then
       if (n > 0) printf "\n"
       if (on[0] > 0 && on[1] > 0) printf "  cpu_ms/r ratio mean when the first gateway ran first %.3f (%d rows), when it ran second %.3f (%d rows)\n", os[0] / on[0], on[0], os[1] / on[1], on[1]
     }' "$RUN/ab.tsv"
+    if [[ $ROUNDS -gt 1 ]]; then
+      # One figure per scenario: the median of its per-round ratios, and their range. A
+      # single round moves by more than the 10% bar on a shared machine; the median of five
+      # does not (bench/README.md, "Session 25").
+      echo "per scenario over $ROUNDS rounds: median ratio (lowest-highest)"
+      awk -F'\t' '
+        function median(list,   v, n, i, j, t) {
+          n = split(list, v, " ")
+          for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+          lo = v[1]; hi = v[n]
+          return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        }
+        {
+          s = $1; sub(/^r[0-9]+ /, "", s)
+          if (!(s in seen)) { seen[s] = 1; order[++k] = s }
+          if ($3 + 0 > 0) cpu[s] = cpu[s] " " $2 / $3
+          if ($5 + 0 > 0) lat[s] = lat[s] " " $4 / $5
+        }
+        END {
+          for (i = 1; i <= k; i++) {
+            s = order[i]; line = sprintf("  %-16s", s)
+            if (cpu[s] != "") { m = median(cpu[s]); line = line sprintf(" cpu_ms/r %.2f (%.2f-%.2f)", m, lo, hi); if (m > 1.10) over++; rows++ }
+            else line = line " cpu_ms/r -"
+            if (lat[s] != "") { m = median(lat[s]); line = line sprintf("   +p50 %.2f (%.2f-%.2f)", m, lo, hi); if (m > 1.10) lover++ }
+            print line
+          }
+          if (rows > 0) printf "  scenarios whose median ratio is above 1.10: cpu_ms/r %d of %d, +p50 %d of %d\n", over, rows, lover, rows
+        }' "$RUN/ab.tsv"
+    fi
   } | tee -a "$REPORT"
 fi
 

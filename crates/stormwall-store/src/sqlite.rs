@@ -328,7 +328,7 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     configure_common(conn)?;
     // WAL lets readers run beside the writer; in-memory databases answer "memory" and
     // keep working, so the answer is informational only.
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    let mode = switch_to_wal(conn)?;
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
         tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode; readers will wait for writers");
     }
@@ -339,6 +339,29 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     // over, and the operating system's page cache holds the rest.
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     Ok(())
+}
+
+/// `PRAGMA journal_mode = WAL`, retried while another connection holds the file, for up to
+/// [`BUSY_TIMEOUT`]. On a file still in rollback mode (a fresh one) the switch writes the
+/// header from inside a read transaction, and SQLite never waits to upgrade a read to a
+/// write (two connections doing so would deadlock): when another opener is switching or
+/// reading the file at that moment, it answers "database is locked" at once, whatever the
+/// busy timeout. Once one opener has switched the file, the others find it in WAL mode and
+/// need no write, so a retry succeeds.
+fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == ErrorCode::DatabaseBusy && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
 }
 
 fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
@@ -1596,6 +1619,64 @@ impl LeaseStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writers configured on one fresh file at the same instant (a barrier lines them up;
+    /// without the retry this failed in half the runs of thirty rounds): each switch to WAL
+    /// succeeds, though SQLite may refuse a header write at once ("database is locked", no
+    /// busy wait) while another connection holds the file.
+    #[test]
+    fn writers_switching_a_fresh_file_to_wal_at_once_all_succeed() {
+        for round in 0..30 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("fresh.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), std::sync::Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        let conn = Connection::open(&path).unwrap();
+                        barrier.wait();
+                        configure_writer(&conn).map(|()| conn)
+                    })
+                })
+                .collect();
+            for t in threads {
+                let conn = t
+                    .join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                let mode: String = conn
+                    .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(mode, "wal", "round {round}");
+            }
+        }
+    }
+
+    /// The deterministic form of the race above: another connection holds the write lock
+    /// of a fresh file (as a concurrent opener does while it switches it), so SQLite refuses
+    /// this switch's header write at once. It waits and succeeds once the other lets go,
+    /// as a write with a busy timeout does.
+    #[test]
+    fn switching_a_fresh_file_to_wal_waits_for_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fresh.db");
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            holder.execute_batch("COMMIT").unwrap();
+        });
+        let conn = Connection::open(&path).unwrap();
+        let started = std::time::Instant::now();
+        configure_writer(&conn).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        release.join().unwrap();
+    }
 
     #[test]
     fn migrations_apply_once() {

@@ -2578,6 +2578,32 @@ async fn sqlite_audit_concurrent_appends() {
     suite::audit_concurrent_appends(stores).await;
 }
 
+/// Many openers of one fresh file at once (replicas starting together, or the four handles
+/// above): every open succeeds and sees the whole schema. SQLite converts a fresh file to WAL
+/// by writing its header from inside a read transaction and returns "database is locked" at
+/// once, without waiting, when another connection holds the file meanwhile; the open path
+/// retries that switch. Fresh files over several rounds, so the race is met, not hoped for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_many_openers_of_one_fresh_file_all_succeed() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stormwall.db");
+        // Each open runs on the blocking pool: twelve at once.
+        let opens = (0..12).map(|_| SqliteStore::open(&path));
+        for (i, opened) in futures_util::future::join_all(opens)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let store = opened.unwrap_or_else(|e| panic!("round {round}, opener {i}: {e}"));
+            assert_eq!(
+                store.schema_version().await.unwrap(),
+                stormwall_store::sqlite::SCHEMA_VERSION
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_audit_tampering_is_detected() {
     let dir = tempfile::tempdir().unwrap();

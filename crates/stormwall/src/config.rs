@@ -142,6 +142,15 @@ mod tests {
         }
     }
 
+    /// The shipper's byte bound is read from `[journal]`, and defaults to 1 MiB.
+    #[test]
+    fn journal_memory_bytes_parses_and_defaults() {
+        let c = FileConfig::parse("[journal]\nmemory_bytes = 262144\n").unwrap();
+        assert_eq!(c.journal.memory_bytes, 262_144);
+        let c = FileConfig::parse("[journal]\nmemory_events = 100\n").unwrap();
+        assert_eq!(c.journal.memory_bytes, 1 << 20);
+    }
+
     #[test]
     fn unknown_keys_are_errors() {
         let e = FileConfig::parse("[server]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();

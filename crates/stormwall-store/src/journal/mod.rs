@@ -74,6 +74,12 @@ pub struct JournalConfig {
     /// the segments; past it (a long store outage), newer events are shipped by reading
     /// their segments. 0: always read back.
     pub memory_events: usize,
+    /// Bytes the events kept in memory for the shipper may take at most (each counted as
+    /// its slot plus twice its JSON: the JSON itself and the decoded event's strings). Once
+    /// half of it is waiting, the shipper stores it without waiting for its tick; past it,
+    /// newer events are shipped by reading their segments back, like past `memory_events`.
+    /// 0: always read back.
+    pub memory_bytes: u64,
 }
 
 impl Default for JournalConfig {
@@ -89,6 +95,7 @@ impl Default for JournalConfig {
             policy: JournalPolicy::FailClosed,
             queue_capacity: 65_536,
             memory_events: 16_384,
+            memory_bytes: 1 << 20,
         }
     }
 }
@@ -238,16 +245,66 @@ struct Remembered {
     body: bytes::Bytes,
 }
 
-/// Written events not yet shipped, in segment order, at most `max`.
+impl Remembered {
+    /// What the event is counted as against `memory_bytes`: its slot, its JSON, and about as
+    /// much again for the decoded event's strings.
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Remembered>().saturating_add(self.body.len().saturating_mul(2))
+    }
+}
+
+/// Written events not yet shipped, in segment order, at most `max` events and `max_bytes`
+/// counted bytes.
 struct Memory {
     events: VecDeque<Remembered>,
     max: usize,
+    /// Counted bytes of `events` ([`Remembered::weight`]).
+    bytes: usize,
+    max_bytes: usize,
+    /// The shipper was woken for what waits and has not taken any of it since.
+    woken: bool,
 }
 
 /// Event slots the shipper's memory keeps when it has caught up after a burst.
 const MEMORY_KEEP: usize = 256;
 
 impl Memory {
+    fn new(max: usize, max_bytes: usize) -> Self {
+        Self {
+            events: VecDeque::new(),
+            max,
+            bytes: 0,
+            max_bytes,
+            woken: false,
+        }
+    }
+
+    /// Keeps `r` if it fits both bounds; whether it did.
+    fn push(&mut self, r: Remembered) -> bool {
+        let bytes = self.bytes.saturating_add(r.weight());
+        if self.events.len() >= self.max || bytes > self.max_bytes {
+            return false;
+        }
+        self.bytes = bytes;
+        self.events.push_back(r);
+        true
+    }
+
+    /// Takes the oldest event out.
+    fn pop(&mut self) -> Option<Remembered> {
+        let r = self.events.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(r.weight());
+        Some(r)
+    }
+
+    /// Whether the shipper should be woken now: half of `max_bytes` is waiting and it has
+    /// not been woken for it yet. Marks it woken.
+    fn wake_due(&mut self) -> bool {
+        let due = !self.woken && self.bytes > 0 && self.bytes >= self.max_bytes / 2;
+        self.woken |= due;
+        due
+    }
+
     /// Gives back the room a burst left behind once the shipper has caught up: a moment of
     /// store latency must not keep thousands of event slots for the life of the process.
     /// Shrinks only below a quarter full, so the cost stays amortised.
@@ -276,6 +333,10 @@ struct Shared {
     pending: Mutex<writer::Pending>,
     output: Mutex<writer::Output>,
     memory: Mutex<Memory>,
+    /// Wakes the shipper before its tick once half of `memory_bytes` waits, so a burst is
+    /// stored from memory instead of spilling to the segments (and the shipper's memory
+    /// stays bounded); a trickle never reaches it and waits for the tick.
+    ship_now: tokio::sync::Notify,
     cmd: std::sync::mpsc::Sender<writer::Cmd>,
     rotate_asked: AtomicBool,
     at_bound: AtomicBool,
@@ -327,25 +388,23 @@ impl Shared {
     }
 
     /// Keeps just-written events for the shipper, while memory has room, each with its
-    /// JSON as a slice of `written` (the group's bytes); records after one left out are
-    /// read back from the segment.
+    /// JSON as a slice of `written` (the group's bytes); records left out are read back
+    /// from the segment. Returns whether the shipper should be woken ([`Memory::wake_due`]);
+    /// the caller wakes it once the ledger shows these records.
     fn remember(
         &self,
         seq: u64,
         mut at: u64,
         written: &bytes::Bytes,
         records: impl Iterator<Item = writer::Queued>,
-    ) {
+    ) -> bool {
         let mut memory = self.memory();
         for r in records {
             let end = at + u64::from(r.len);
             // The range is the record's own place in `written`; were it not, the record is
             // read back from the segment like any the memory left out.
-            if memory.events.len() < memory.max
-                && r.body.start <= r.body.end
-                && r.body.end <= written.len()
-            {
-                memory.events.push_back(Remembered {
+            if r.body.start <= r.body.end && r.body.end <= written.len() {
+                memory.push(Remembered {
                     seq,
                     start: at,
                     end,
@@ -356,6 +415,7 @@ impl Shared {
             }
             at = end;
         }
+        memory.wake_due()
     }
 
     /// Recomputes the gauges and the bound from the ledger.
@@ -651,10 +711,11 @@ impl JournalService {
             ledger: Mutex::new(ledger),
             pending: Mutex::new(writer::Pending::new()),
             output: Mutex::new(writer::Output::new(file, next_seq)),
-            memory: Mutex::new(Memory {
-                events: VecDeque::new(),
-                max: config.memory_events,
-            }),
+            memory: Mutex::new(Memory::new(
+                config.memory_events,
+                usize::try_from(config.memory_bytes).unwrap_or(usize::MAX),
+            )),
+            ship_now: tokio::sync::Notify::new(),
             cmd,
             rotate_asked: AtomicBool::new(false),
             at_bound: AtomicBool::new(false),
@@ -675,6 +736,7 @@ impl JournalService {
             shared: Arc::clone(&shared),
             store,
             batch_max: events.batch_max.max(1),
+            read_max: config.memory_bytes.clamp(ship::READ_MIN, ship::READ_MAX),
             idle: Duration::from_millis(events.flush_interval_ms.clamp(10, 1000)),
         };
         // One long-lived task started at startup, joined by `JournalService::shutdown`.

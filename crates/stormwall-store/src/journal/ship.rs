@@ -16,8 +16,11 @@ use tokio::sync::watch;
 use super::{Shared, format, segments};
 use crate::{EncodedEvent, EventStore};
 
-/// Most bytes read from a segment at once.
-const READ_MAX: u64 = 4 << 20;
+/// Most bytes read from a segment at once: `memory_bytes` within these bounds, so reading
+/// back costs no more memory than shipping from memory would.
+pub(super) const READ_MAX: u64 = 4 << 20;
+/// Fewest bytes read from a segment at once (see [`READ_MAX`]).
+pub(super) const READ_MIN: u64 = 64 << 10;
 /// Longest wait between two retries while the store is down.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -35,6 +38,8 @@ pub(super) struct Shipper {
     pub(super) shared: Arc<Shared>,
     pub(super) store: Arc<dyn EventStore>,
     pub(super) batch_max: usize,
+    /// Most bytes read back from a segment at once.
+    pub(super) read_max: u64,
     pub(super) idle: Duration,
 }
 
@@ -76,6 +81,9 @@ impl Shipper {
                 // Not woken per write: a tick gathers what many groups wrote into one
                 // store transaction per `batch_max` events, as the in-memory writer does.
                 () = tokio::time::sleep(self.idle) => {}
+                // ... unless half of `memory_bytes` waits already: a burst is stored now,
+                // rather than held in memory for the rest of the tick or read back later.
+                () = self.shared.ship_now.notified() => {}
             }
             self.shared.refresh(&self.shared.ledger());
         }
@@ -135,7 +143,7 @@ impl Shipper {
         };
         if ledger.cursor < front.len {
             let (seq, cursor) = (front.seq, ledger.cursor);
-            let mut to = front.len.min(cursor + READ_MAX);
+            let mut to = front.len.min(cursor.saturating_add(self.read_max));
             let mut memory = self.shared.memory();
             // What the cursor has passed was shipped by reading the segment.
             while memory
@@ -143,7 +151,7 @@ impl Shipper {
                 .front()
                 .is_some_and(|e| e.seq < seq || (e.seq == seq && e.start < cursor))
             {
-                memory.events.pop_front();
+                memory.pop();
             }
             match memory.events.front() {
                 Some(e) if e.seq == seq && e.start == cursor => {
@@ -156,7 +164,7 @@ impl Shipper {
                         && e.end <= front.len
                     {
                         end = e.end;
-                        if let Some(e) = memory.events.pop_front() {
+                        if let Some(e) = memory.pop() {
                             events.push(EncodedEvent {
                                 event: e.event,
                                 body: e.body,
@@ -165,9 +173,12 @@ impl Shipper {
                     }
                     memory.release_spare();
                     if events.is_empty() {
-                        // Its bytes are written but not yet in the ledger: next tick.
+                        // Its bytes are written but not yet in the ledger: next tick (the
+                        // writer wakes the shipper only after updating the ledger).
                         return Next::Idle;
                     }
+                    // Taken: what gathers from here on may wake the shipper again.
+                    memory.woken = false;
                     let next_ms = memory
                         .events
                         .front()

@@ -224,8 +224,14 @@ async fn racing_appends_from_many_threads_are_each_written_once() {
 /// back from the segment: the same bytes, none cut short, none shifted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_gets_each_events_json_exactly_as_written() {
+    // Four threads append 600 events faster than the shipper (a task of this runtime)
+    // takes them: memory gets room for all, so the "memory" cases ship every one from it.
+    let roomy = JournalConfig {
+        memory_bytes: 64 << 20,
+        ..config()
+    };
     let cases = [
-        ("memory", config()),
+        ("memory", roomy.clone()),
         (
             "read back",
             JournalConfig {
@@ -237,7 +243,7 @@ async fn the_store_gets_each_events_json_exactly_as_written() {
             "synced groups",
             JournalConfig {
                 fsync_interval_ms: 0,
-                ..config()
+                ..roomy
             },
         ),
     ];
@@ -372,6 +378,115 @@ async fn past_the_memory_bound_the_shipper_reads_the_rest_back_from_disk() {
     .await;
     assert_eq!(st.read_back.load(Ordering::SeqCst), read_back);
     assert_eq!(service.shutdown(Duration::from_secs(5)).await, 0);
+}
+
+/// What `event(i)` counts against `memory_bytes` (its JSON is as long for every `i` below
+/// a million).
+fn weight_of_event() -> usize {
+    std::mem::size_of::<Remembered>() + 2 * serde_json::to_vec(&event(0)).unwrap().len()
+}
+
+/// Past `memory_bytes` (a store outage), the events memory cannot hold are read back from
+/// the segments, in reads no larger than the bound allows: memory stays within its bytes,
+/// and every event reaches the store once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_byte_bound_the_shipper_reads_the_rest_back_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    let bound = 40 * weight_of_event();
+    let small = JournalConfig {
+        memory_bytes: bound as u64,
+        segment_max_bytes: 16 << 10,
+        ..config()
+    };
+    let (journal, service) =
+        JournalService::start(&small, dir.path(), store.clone(), &events_config()).unwrap();
+    for i in 0..300 {
+        journal.append(event(i)).await.unwrap();
+        let memory = service.journal().shared.memory();
+        assert!(memory.bytes <= bound, "{} bytes held", memory.bytes);
+        assert!(
+            memory.events.len() <= 40,
+            "{} events held",
+            memory.events.len()
+        );
+    }
+    store.down.store(false, Ordering::SeqCst);
+    until("all shipped", || store.events.lock().unwrap().len() == 300).await;
+    let st = journal.stats();
+    until("shipped counted", || {
+        st.shipped.load(Ordering::SeqCst) == 300
+    })
+    .await;
+    let read_back = st.read_back.load(Ordering::SeqCst);
+    assert!((200..=260).contains(&read_back), "{read_back} read back");
+    assert_eq!(store.inserts.load(Ordering::SeqCst), 300);
+    {
+        let memory = service.journal().shared.memory();
+        assert_eq!(
+            (memory.events.len(), memory.bytes),
+            (0, 0),
+            "all counted out"
+        );
+    }
+    assert_eq!(service.shutdown(Duration::from_secs(5)).await, 0);
+}
+
+/// Half of `memory_bytes` waiting wakes the shipper before its tick: a burst is stored from
+/// memory at once (nothing spills to the segments), while less than that still waits for
+/// the tick. Virtual time: deterministic.
+#[tokio::test(start_paused = true)]
+async fn half_the_byte_bound_waiting_wakes_the_shipper_before_its_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SlowStore {
+        write: Duration::from_millis(5),
+        inserts: Mutex::new(Vec::new()),
+        stored: AtomicU64::new(0),
+    });
+    let events = EventsConfig {
+        batch_max: 64,
+        flush_interval_ms: 1_000,
+        ..EventsConfig::default()
+    };
+    let cfg = JournalConfig {
+        memory_bytes: (20 * weight_of_event()) as u64,
+        ..config()
+    };
+    let (journal, service) =
+        JournalService::start(&cfg, dir.path(), store.clone(), &events).unwrap();
+    // The shipper's first round finds nothing and starts its tick.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let t0 = tokio::time::Instant::now();
+    for i in 0..10 {
+        journal.append(event(i)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    until("the burst shipped", || {
+        store.stored.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    // Five more: under half the bound, so they wait for the tick.
+    for i in 10..15 {
+        journal.append(event(i)).await.unwrap();
+    }
+    until("the rest shipped", || {
+        store.stored.load(Ordering::SeqCst) == 15
+    })
+    .await;
+    let inserts = store.inserts.lock().unwrap().clone();
+    let sizes: Vec<_> = inserts.iter().map(|&(_, n)| n).collect();
+    assert_eq!(sizes, [10, 5], "{inserts:?}");
+    assert!(
+        inserts[0].0 - t0 <= Duration::from_millis(20),
+        "woken by the bytes, not the tick: {inserts:?}"
+    );
+    assert!(
+        inserts[1].0 - inserts[0].0 >= Duration::from_millis(1_000),
+        "the rest at the next tick: {inserts:?}"
+    );
+    assert_eq!(journal.stats().read_back.load(Ordering::SeqCst), 0);
+    service.shutdown(Duration::from_secs(5)).await;
 }
 
 /// A request whose client went away drops its `Durable` unawaited: its event is still
@@ -643,12 +758,9 @@ async fn recovery_after_random_crashes_ships_exactly_the_sound_records() {
 
 #[test]
 fn the_shippers_memory_gives_back_a_bursts_room_once_it_has_caught_up() {
-    let mut memory = Memory {
-        events: VecDeque::new(),
-        max: 16_384,
-    };
+    let mut memory = Memory::new(16_384, usize::MAX);
     for i in 0..4_000u32 {
-        memory.events.push_back(Remembered {
+        memory.push(Remembered {
             seq: 1,
             start: u64::from(i),
             end: u64::from(i) + 1,
@@ -662,7 +774,7 @@ fn the_shippers_memory_gives_back_a_bursts_room_once_it_has_caught_up() {
     memory.release_spare();
     assert_eq!(memory.events.capacity(), burst);
     while memory.events.len() > 10 {
-        memory.events.pop_front();
+        memory.pop();
     }
     memory.release_spare();
     assert!(

@@ -201,6 +201,7 @@ fn write_group(
     sync: bool,
 ) -> Result<(), NotJournaled> {
     let n = records.len() as u64;
+    let mut wake = false;
     if out.len > format::MAGIC.len() as u64
         && (out.len >= shared.segment_max_bytes || out.opened.elapsed() >= shared.segment_max_age)
     {
@@ -224,7 +225,7 @@ fn write_group(
                 .get_or_insert_with(|| records.first().map_or_else(super::now_ms, |r| r.append_ms));
             // The events go to the shipper's memory before the ledger shows their bytes, so
             // it never reads back what it could take from here.
-            shared.remember(out.seq, start, buf, records.drain(..));
+            wake = shared.remember(out.seq, start, buf, records.drain(..));
             let st = &shared.stats;
             st.appended.fetch_add(n, Ordering::Relaxed);
             st.writes.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +252,11 @@ fn write_group(
         s.first_ms = s.first_ms.or(out.first_ms);
     }
     shared.refresh(&ledger);
+    drop(ledger);
+    if wake {
+        // Now that the ledger shows them, the shipper can take them from memory.
+        shared.ship_now.notify_one();
+    }
     outcome
 }
 
