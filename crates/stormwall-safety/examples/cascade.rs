@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use stormwall_safety::cascade::{self, HeadsConfig};
-use stormwall_safety::encoder::Encoder;
+use stormwall_safety::encoder::{Encoder, Pooling};
 use stormwall_safety::eval::{Evaluator, Record};
 use stormwall_safety::model::TrainConfig;
 use stormwall_safety::split::{Part, Split};
@@ -153,6 +153,47 @@ fn load_rows(path: &Path) -> Option<Vec<cascade::Row>> {
     }
     eprintln!("{} rows from {}", rows.len(), path.display());
     Some(rows)
+}
+
+/// Every pooling `train` computes and caches (EMBED_CACHE, ROWS_CACHE hold them side by
+/// side, in this order); `POOL=a,b,…` picks the heads' inputs from them.
+const FULL_POOLING: [Pooling; 5] = [
+    Pooling::Mean,
+    Pooling::Max,
+    Pooling::First,
+    Pooling::MeanOfLayer(2),
+    Pooling::MeanOfLayer(4),
+];
+
+/// The poolings `POOL` asks for (default: mean, as sentence-transformers pools).
+fn pool_choice() -> Result<Vec<Pooling>, Box<dyn std::error::Error>> {
+    match std::env::var("POOL") {
+        Ok(v) => v
+            .split(',')
+            .map(|p| {
+                Pooling::parse(p)
+                    .filter(|p| FULL_POOLING.contains(p))
+                    .ok_or_else(|| format!("POOL: {p:?} is not one of the cached poolings").into())
+            })
+            .collect(),
+        Err(_) => Ok(Pooling::DEFAULT.to_vec()),
+    }
+}
+
+/// Rows whose embeddings hold every [`FULL_POOLING`] block, cut to the blocks of `pooling`.
+fn select(rows: &[cascade::Row], pooling: &[Pooling]) -> Vec<cascade::Row> {
+    rows.iter()
+        .map(|r| {
+            let dim = r.embedding.len() / FULL_POOLING.len();
+            let mut r = r.clone();
+            r.embedding = pooling
+                .iter()
+                .filter_map(|p| FULL_POOLING.iter().position(|q| q == p))
+                .flat_map(|i| r.embedding[i * dim..(i + 1) * dim].to_vec())
+                .collect();
+            r
+        })
+        .collect()
 }
 
 fn sig(z: f32) -> f32 {
@@ -759,7 +800,12 @@ fn lab_mlp(rows: &[cascade::Row]) {
 }
 
 fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut cfg = HeadsConfig::default();
+    let pooling = pool_choice()?;
+    let rows = &select(rows, &pooling)[..];
+    let mut cfg = HeadsConfig {
+        pooling,
+        ..HeadsConfig::default()
+    };
     if let Some(r) = std::env::var("CHAT_REACH")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -846,11 +892,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Embeddings cached by the text they were computed from (EMBED_CACHE=FILE), so
             // retraining after a threshold change does not re-run the encoder.
             let cache_path = std::env::var_os("EMBED_CACHE").map(PathBuf::from);
-            let mut cache = load_cache(cache_path.as_deref(), encoder.dim());
+            let mut cache = load_cache(cache_path.as_deref(), encoder.dim() * FULL_POOLING.len());
             let mut fresh = 0usize;
             // Stacking rows cached whole (ROWS_CACHE=FILE): the fold models take minutes.
             let rows_path = std::env::var_os("ROWS_CACHE").map(PathBuf::from);
-            if let Some(rows) = rows_path.as_deref().and_then(load_rows) {
+            if let Some(mut rows) = rows_path.as_deref().and_then(load_rows) {
+                if std::env::var("LAB").is_ok() {
+                    rows = select(&rows, &pool_choice()?);
+                }
                 match std::env::var("LAB").as_deref() {
                     Ok("ngram") => {
                         lab_ngram(&rows, &records);
@@ -883,8 +932,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 fresh += 1;
                 let e = encoder
-                    .embed(text)
-                    .unwrap_or_else(|_| vec![0.0; encoder.dim()]);
+                    .embed_pooled(text, &FULL_POOLING)
+                    .unwrap_or_else(|_| vec![0.0; encoder.dim() * FULL_POOLING.len()]);
                 cache.insert(key, e.clone());
                 e
             })?;
@@ -971,6 +1020,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             println!("harmful {n}: lost {lost}, won {won}");
+            Ok(())
+        }
+        Some("chat") if args.len() >= 3 => {
+            // The default profile's verdict on everyday chat prompts (one a line, `#`
+            // comments, `\n` joins turns) through the full cascade: each flagged one, with why.
+            let encoder = Some(Arc::new(Encoder::from_dir(Path::new(&args[1]))?));
+            let mut b = Screener::builder().encoder(encoder);
+            let mut files = Vec::new();
+            let mut it = args[2..].iter();
+            while let Some(a) = it.next() {
+                if a == "--heads" {
+                    let h = it.next().ok_or("--heads FILE")?;
+                    b = b.heads(Some(cascade::Heads::from_bytes(&std::fs::read(h)?)?));
+                } else {
+                    files.push(a.clone());
+                }
+            }
+            let screener = b.build()?;
+            let profile = Profile::default();
+            let (mut n, mut flagged) = (0usize, 0usize);
+            for f in files {
+                for t in std::fs::read_to_string(&f)?
+                    .lines()
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                    .map(|l| l.replace("\\n", "\n"))
+                {
+                    n += 1;
+                    let v = screener
+                        .analyze_for(&t, stormwall_safety::Kind::Chat)
+                        .decide(stormwall_safety::Kind::Chat, &profile);
+                    if v.action >= stormwall_safety::Action::Flag {
+                        flagged += 1;
+                        let why: Vec<String> = v
+                            .categories
+                            .iter()
+                            .filter(|c| c.action >= stormwall_safety::Action::Flag)
+                            .map(|c| format!("{} {:.2} {:?}", c.category.as_str(), c.score, c.detector))
+                            .collect();
+                        println!("FLAGGED {t:?}: {why:?}");
+                    }
+                }
+            }
+            println!("flagged {flagged}/{n}");
             Ok(())
         }
         Some("reach") if args.len() >= 2 => {
