@@ -196,6 +196,43 @@ fn select(rows: &[cascade::Row], pooling: &[Pooling]) -> Vec<cascade::Row> {
         .collect()
 }
 
+/// Lab only (`KNN=k`): appends to each row's embedding the share of harmful rows among its
+/// `k` nearest neighbours (cosine on the first pooling block) of the same kind in the other
+/// folds, as the heads would meet it on unseen prompts. The heads written are not usable
+/// by the screener (their width is the embedding's plus one).
+fn add_knn(rows: &mut [cascade::Row], k: usize, width: usize) {
+    let dim = width;
+    let unit: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| {
+            let v = &r.embedding[..dim];
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter().map(|x| x / n).collect()
+        })
+        .collect();
+    let feats: Vec<f32> = (0..rows.len())
+        .map(|i| {
+            let mut sims: Vec<(f32, bool)> = (0..rows.len())
+                .filter(|&j| rows[j].fold != rows[i].fold && rows[j].kind == rows[i].kind)
+                .map(|j| {
+                    let s: f32 = unit[i].iter().zip(&unit[j]).map(|(a, b)| a * b).sum();
+                    (s, rows[j].harmful)
+                })
+                .collect();
+            sims.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let top = &sims[..k.min(sims.len())];
+            let (num, den) = top.iter().fold((0.0f32, 0.0f32), |(n, d), (s, h)| {
+                let w = s.max(0.0);
+                (n + if *h { w } else { 0.0 }, d + w)
+            });
+            if den > 0.0 { num / den } else { 0.0 }
+        })
+        .collect();
+    for (r, f) in rows.iter_mut().zip(feats) {
+        r.embedding.push(f);
+    }
+}
+
 fn sig(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
@@ -801,7 +838,12 @@ fn lab_mlp(rows: &[cascade::Row]) {
 
 fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Error>> {
     let pooling = pool_choice()?;
-    let rows = &select(rows, &pooling)[..];
+    let mut rows = select(rows, &pooling);
+    if let Some(k) = std::env::var("KNN").ok().and_then(|v| v.parse().ok()) {
+        let d = rows[0].embedding.len() / pooling.len();
+        add_knn(&mut rows, k, d);
+    }
+    let rows = &rows[..];
     let mut cfg = HeadsConfig {
         pooling,
         ..HeadsConfig::default()
@@ -1025,7 +1067,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("chat") if args.len() >= 3 => {
             // The default profile's verdict on everyday chat prompts (one a line, `#`
             // comments, `\n` joins turns) through the full cascade: each flagged one, with why.
-            let encoder = Some(Arc::new(Encoder::from_dir(Path::new(&args[1]))?));
+            // MODEL_DIR `none`: the fast tier alone; `--model FILE` another fast model.
+            let encoder = match args[1].as_str() {
+                "none" => None,
+                dir => Some(Arc::new(Encoder::from_dir(Path::new(dir))?)),
+            };
             let mut b = Screener::builder().encoder(encoder);
             let mut files = Vec::new();
             let mut it = args[2..].iter();
@@ -1033,6 +1079,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if a == "--heads" {
                     let h = it.next().ok_or("--heads FILE")?;
                     b = b.heads(Some(cascade::Heads::from_bytes(&std::fs::read(h)?)?));
+                } else if a == "--model" {
+                    let m = it.next().ok_or("--model FILE")?;
+                    b = b.model(Some(stormwall_safety::model::Model::from_bytes(
+                        &std::fs::read(m)?,
+                    )?));
                 } else {
                     files.push(a.clone());
                 }
