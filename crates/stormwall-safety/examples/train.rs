@@ -42,6 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(seed) = std::env::var("SEED").ok().and_then(|v| v.parse().ok()) {
         cfg.seed = seed;
     }
+    // CAL_FOLDS=k calibrates on out-of-fold scores (TrainConfig::calibration_folds).
+    if let Some(k) = std::env::var("CAL_FOLDS").ok().and_then(|v| v.parse().ok()) {
+        cfg.calibration_folds = k;
+    }
     let m = model::train_on_records(&records, &cfg);
     let bytes = m.to_bytes();
     std::fs::write(&out, &bytes)?;
