@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use stormwall_safety::cascade::{self, HeadsConfig};
-use stormwall_safety::encoder::Encoder;
+use stormwall_safety::encoder::{Encoder, Pooling};
 use stormwall_safety::eval::{Evaluator, Record};
 use stormwall_safety::model::TrainConfig;
 use stormwall_safety::split::{Part, Split};
@@ -153,6 +153,84 @@ fn load_rows(path: &Path) -> Option<Vec<cascade::Row>> {
     }
     eprintln!("{} rows from {}", rows.len(), path.display());
     Some(rows)
+}
+
+/// Every pooling `train` computes and caches (EMBED_CACHE, ROWS_CACHE hold them side by
+/// side, in this order); `POOL=a,b,…` picks the heads' inputs from them.
+const FULL_POOLING: [Pooling; 5] = [
+    Pooling::Mean,
+    Pooling::Max,
+    Pooling::First,
+    Pooling::MeanOfLayer(2),
+    Pooling::MeanOfLayer(4),
+];
+
+/// The poolings `POOL` asks for (default: mean, as sentence-transformers pools).
+fn pool_choice() -> Result<Vec<Pooling>, Box<dyn std::error::Error>> {
+    match std::env::var("POOL") {
+        Ok(v) => v
+            .split(',')
+            .map(|p| {
+                Pooling::parse(p)
+                    .filter(|p| FULL_POOLING.contains(p))
+                    .ok_or_else(|| format!("POOL: {p:?} is not one of the cached poolings").into())
+            })
+            .collect(),
+        Err(_) => Ok(Pooling::DEFAULT.to_vec()),
+    }
+}
+
+/// Rows whose embeddings hold every [`FULL_POOLING`] block, cut to the blocks of `pooling`.
+fn select(rows: &[cascade::Row], pooling: &[Pooling]) -> Vec<cascade::Row> {
+    rows.iter()
+        .map(|r| {
+            let dim = r.embedding.len() / FULL_POOLING.len();
+            let mut r = r.clone();
+            r.embedding = pooling
+                .iter()
+                .filter_map(|p| FULL_POOLING.iter().position(|q| q == p))
+                .flat_map(|i| r.embedding[i * dim..(i + 1) * dim].to_vec())
+                .collect();
+            r
+        })
+        .collect()
+}
+
+/// Lab only (`KNN=k`): appends to each row's embedding the share of harmful rows among its
+/// `k` nearest neighbours (cosine on the first pooling block) of the same kind in the other
+/// folds, as the heads would meet it on unseen prompts. The heads written are not usable
+/// by the screener (their width is the embedding's plus one).
+fn add_knn(rows: &mut [cascade::Row], k: usize, width: usize) {
+    let dim = width;
+    let unit: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| {
+            let v = &r.embedding[..dim];
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter().map(|x| x / n).collect()
+        })
+        .collect();
+    let feats: Vec<f32> = (0..rows.len())
+        .map(|i| {
+            let mut sims: Vec<(f32, bool)> = (0..rows.len())
+                .filter(|&j| rows[j].fold != rows[i].fold && rows[j].kind == rows[i].kind)
+                .map(|j| {
+                    let s: f32 = unit[i].iter().zip(&unit[j]).map(|(a, b)| a * b).sum();
+                    (s, rows[j].harmful)
+                })
+                .collect();
+            sims.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let top = &sims[..k.min(sims.len())];
+            let (num, den) = top.iter().fold((0.0f32, 0.0f32), |(n, d), (s, h)| {
+                let w = s.max(0.0);
+                (n + if *h { w } else { 0.0 }, d + w)
+            });
+            if den > 0.0 { num / den } else { 0.0 }
+        })
+        .collect();
+    for (r, f) in rows.iter_mut().zip(feats) {
+        r.embedding.push(f);
+    }
 }
 
 fn sig(z: f32) -> f32 {
@@ -759,7 +837,17 @@ fn lab_mlp(rows: &[cascade::Row]) {
 }
 
 fn finish(rows: &[cascade::Row], out: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut cfg = HeadsConfig::default();
+    let pooling = pool_choice()?;
+    let mut rows = select(rows, &pooling);
+    if let Some(k) = std::env::var("KNN").ok().and_then(|v| v.parse().ok()) {
+        let d = rows[0].embedding.len() / pooling.len();
+        add_knn(&mut rows, k, d);
+    }
+    let rows = &rows[..];
+    let mut cfg = HeadsConfig {
+        pooling,
+        ..HeadsConfig::default()
+    };
     if let Some(r) = std::env::var("CHAT_REACH")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -846,11 +934,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Embeddings cached by the text they were computed from (EMBED_CACHE=FILE), so
             // retraining after a threshold change does not re-run the encoder.
             let cache_path = std::env::var_os("EMBED_CACHE").map(PathBuf::from);
-            let mut cache = load_cache(cache_path.as_deref(), encoder.dim());
+            let mut cache = load_cache(cache_path.as_deref(), encoder.dim() * FULL_POOLING.len());
             let mut fresh = 0usize;
             // Stacking rows cached whole (ROWS_CACHE=FILE): the fold models take minutes.
             let rows_path = std::env::var_os("ROWS_CACHE").map(PathBuf::from);
-            if let Some(rows) = rows_path.as_deref().and_then(load_rows) {
+            if let Some(mut rows) = rows_path.as_deref().and_then(load_rows) {
+                if std::env::var("LAB").is_ok() {
+                    rows = select(&rows, &pool_choice()?);
+                }
                 match std::env::var("LAB").as_deref() {
                     Ok("ngram") => {
                         lab_ngram(&rows, &records);
@@ -883,8 +974,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 fresh += 1;
                 let e = encoder
-                    .embed(text)
-                    .unwrap_or_else(|_| vec![0.0; encoder.dim()]);
+                    .embed_pooled(text, &FULL_POOLING)
+                    .unwrap_or_else(|_| vec![0.0; encoder.dim() * FULL_POOLING.len()]);
                 cache.insert(key, e.clone());
                 e
             })?;
@@ -971,6 +1062,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             println!("harmful {n}: lost {lost}, won {won}");
+            Ok(())
+        }
+        Some("chat") if args.len() >= 3 => {
+            // The default profile's verdict on everyday chat prompts (one a line, `#`
+            // comments, `\n` joins turns) through the full cascade: each flagged one, with why.
+            // MODEL_DIR `none`: the fast tier alone; `--model FILE` another fast model.
+            let encoder = match args[1].as_str() {
+                "none" => None,
+                dir => Some(Arc::new(Encoder::from_dir(Path::new(dir))?)),
+            };
+            let mut b = Screener::builder().encoder(encoder);
+            let mut files = Vec::new();
+            let mut it = args[2..].iter();
+            while let Some(a) = it.next() {
+                if a == "--heads" {
+                    let h = it.next().ok_or("--heads FILE")?;
+                    b = b.heads(Some(cascade::Heads::from_bytes(&std::fs::read(h)?)?));
+                } else if a == "--model" {
+                    let m = it.next().ok_or("--model FILE")?;
+                    b = b.model(Some(stormwall_safety::model::Model::from_bytes(
+                        &std::fs::read(m)?,
+                    )?));
+                } else {
+                    files.push(a.clone());
+                }
+            }
+            let screener = b.build()?;
+            let profile = Profile::default();
+            let (mut n, mut flagged) = (0usize, 0usize);
+            for f in files {
+                for t in std::fs::read_to_string(&f)?
+                    .lines()
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                    .map(|l| l.replace("\\n", "\n"))
+                {
+                    n += 1;
+                    let v = screener
+                        .analyze_for(&t, stormwall_safety::Kind::Chat)
+                        .decide(stormwall_safety::Kind::Chat, &profile);
+                    if v.action >= stormwall_safety::Action::Flag {
+                        flagged += 1;
+                        let why: Vec<String> = v
+                            .categories
+                            .iter()
+                            .filter(|c| c.action >= stormwall_safety::Action::Flag)
+                            .map(|c| format!("{} {:.2} {:?}", c.category.as_str(), c.score, c.detector))
+                            .collect();
+                        println!("FLAGGED {t:?}: {why:?}");
+                    }
+                }
+            }
+            println!("flagged {flagged}/{n}");
             Ok(())
         }
         Some("reach") if args.len() >= 2 => {

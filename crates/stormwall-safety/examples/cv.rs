@@ -126,6 +126,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(v) = env("CV_L2") {
             cfg.l2 = v.parse()?;
         }
+        if let Some(v) = env("CV_CAL_FOLDS") {
+            cfg.calibration_folds = v.parse()?;
+        }
         let m = model::train(&examples, heads, &cfg);
         let t1 = t0.elapsed();
         let mut sc = model::Scratch::default();

@@ -36,7 +36,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let m = model::train_on_records(&records, &TrainConfig::default());
+    // SEED=N retrains with another shuffle seed: how far the calibration moves between
+    // retrains of the same data (docs/safety.md, tenth cut).
+    let mut cfg = TrainConfig::default();
+    if let Some(seed) = std::env::var("SEED").ok().and_then(|v| v.parse().ok()) {
+        cfg.seed = seed;
+    }
+    // CAL_FOLDS=k calibrates on out-of-fold scores (TrainConfig::calibration_folds).
+    if let Some(k) = std::env::var("CAL_FOLDS").ok().and_then(|v| v.parse().ok()) {
+        cfg.calibration_folds = k;
+    }
+    let m = model::train_on_records(&records, &cfg);
     let bytes = m.to_bytes();
     std::fs::write(&out, &bytes)?;
     eprintln!(

@@ -27,17 +27,23 @@
 //! 0: the inputs hold the log-odds of the head categories' fast scores and of their
 //! maximum, after the scores themselves), a `u32` hidden width and a `u32` network count,
 //! then per network the image any-harm network's weights ([`Mlp`]: `hidden × inputs`
-//! first-layer weights, `hidden` biases, `hidden` output weights, the output bias). `SWC3`,
-//! `SWC2` (no n-gram model) and `SWC1` files (one any-harm head for both kinds) still load.
+//! first-layer weights, `hidden` biases, `hidden` output weights, the output bias). `SWC5`
+//! (tenth cut) ends with the embedding's poolings: a `u8` count and each
+//! [`Pooling::to_code`] (the embedding length is the encoder's width times the count).
+//! `SWC4` (mean pooling), `SWC3`, `SWC2` (no n-gram model) and `SWC1` files (one any-harm
+//! head for both kinds) still load.
 
 use crate::category::{CATEGORY_COUNT, Category, Kind};
+use crate::encoder::Pooling;
 use crate::eval::Record;
 use crate::model::{self, TrainConfig};
 use crate::policy::{Action, Profile};
 use crate::screen::Screener;
 
 /// Magic bytes of a heads file.
-pub const MAGIC: &[u8; 4] = b"SWC4";
+pub const MAGIC: &[u8; 4] = b"SWC5";
+/// Magic bytes of the fourth heads format (the embedding mean-pooled only).
+const MAGIC_V4: &[u8; 4] = b"SWC4";
 /// Magic bytes of the third heads format (no log-odds inputs, no image network).
 const MAGIC_V3: &[u8; 4] = b"SWC3";
 /// Magic bytes of the second heads format (no image n-gram model).
@@ -92,6 +98,9 @@ pub struct Heads {
     /// The image any-harm networks (none in older files): with them the image any-harm
     /// probability is the mean of the logistic regression's and the networks' mean.
     image_mlp: Vec<Mlp>,
+    /// How the encoder's token vectors are pooled into the embedding the heads read
+    /// ([`Pooling::DEFAULT`] in older files).
+    pooling: Vec<Pooling>,
 }
 
 /// A network with one hidden layer (tanh) on the heads' standardised inputs, a second
@@ -430,6 +439,12 @@ impl Heads {
         self.dim
     }
 
+    /// The poolings the embedding is made of, in order
+    /// ([`crate::encoder::Encoder::embed_pooled`]).
+    pub fn pooling(&self) -> &[Pooling] {
+        &self.pooling
+    }
+
     /// The fast-tier score band `[low, high)` in which a chat prompt goes to the encoder.
     pub fn band(&self) -> (f32, f32) {
         self.band
@@ -563,6 +578,10 @@ impl Heads {
         for m in &self.image_mlp {
             put(&mut b, &m.w);
         }
+        b.push(self.pooling.len() as u8);
+        for p in &self.pooling {
+            b.extend_from_slice(&p.to_code());
+        }
         b
     }
 
@@ -571,11 +590,16 @@ impl Heads {
         let bad = |m: &str| HeadsError::Format(m.to_owned());
         let mut r = Reader { b, at: 0 };
         let magic = r.take(4).ok_or_else(|| bad("truncated"))?;
-        if magic != MAGIC && magic != MAGIC_V3 && magic != MAGIC_V2 && magic != MAGIC_V1 {
+        if ![MAGIC, MAGIC_V4, MAGIC_V3, MAGIC_V2, MAGIC_V1]
+            .iter()
+            .any(|m| m[..] == *magic)
+        {
             return Err(bad("not a heads file"));
         }
-        // The n-gram section exists from SWC3 on, the log-odds inputs and networks in SWC4.
-        let has_ngram_section = magic == MAGIC || magic == MAGIC_V3;
+        // The n-gram section exists from SWC3 on, the log-odds inputs and networks from SWC4,
+        // the poolings in SWC5.
+        let v4_on = magic == MAGIC || magic == MAGIC_V4;
+        let has_ngram_section = v4_on || magic == MAGIC_V3;
         let v1 = magic == MAGIC_V1;
         let dim = r.u32().ok_or_else(|| bad("truncated"))? as usize;
         let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
@@ -584,7 +608,7 @@ impl Heads {
         // whether they are there is checked below.
         let base = dim + CATEGORY_COUNT + 1;
         let logit_extra = CATEGORY_COUNT + 1;
-        let plausible = if magic == MAGIC {
+        let plausible = if v4_on {
             [base, base + 1, base + logit_extra, base + logit_extra + 1].contains(&n)
         } else {
             n == base || (has_ngram_section && n == base + 1)
@@ -651,7 +675,7 @@ impl Heads {
         } else {
             None
         };
-        let (logit_inputs, image_mlp) = if magic == MAGIC {
+        let (logit_inputs, image_mlp) = if v4_on {
             let flags = r.take(1).ok_or_else(|| bad("truncated"))?[0];
             if flags > 1 {
                 return Err(bad("unknown flags"));
@@ -686,6 +710,20 @@ impl Heads {
                 "input count does not match the n-gram model and the log-odds flag",
             ));
         }
+        let pooling = if magic == MAGIC {
+            let count = usize::from(r.take(1).ok_or_else(|| bad("truncated"))?[0]);
+            if count == 0 || !dim.is_multiple_of(count) {
+                return Err(bad("poolings do not divide the embedding length"));
+            }
+            (0..count)
+                .map(|_| {
+                    let c = r.take(2).ok_or_else(|| bad("truncated"))?;
+                    Pooling::from_code([c[0], c[1]]).ok_or_else(|| bad("unknown pooling"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Pooling::DEFAULT.to_vec()
+        };
         if r.at != b.len() {
             return Err(bad("trailing bytes"));
         }
@@ -725,6 +763,7 @@ impl Heads {
             ngram,
             logit_inputs,
             image_mlp,
+            pooling,
         })
     }
 }
@@ -889,6 +928,9 @@ pub struct HeadsConfig {
     pub image_mlp_epochs: u32,
     /// How many networks (seeds) the image ensemble averages.
     pub image_mlp_count: usize,
+    /// The poolings the rows' embeddings are made of (recorded in the heads, so the
+    /// screener embeds the same way).
+    pub pooling: Vec<Pooling>,
 }
 
 impl Default for HeadsConfig {
@@ -906,6 +948,7 @@ impl Default for HeadsConfig {
             image_mlp_wd: 3e-3,
             image_mlp_epochs: 20,
             image_mlp_count: 3,
+            pooling: Pooling::DEFAULT.to_vec(),
         }
     }
 }
@@ -1087,6 +1130,7 @@ fn fit_heads(
         ngram,
         logit_inputs: cfg.logit_inputs,
         image_mlp,
+        pooling: cfg.pooling.clone(),
     }
 }
 
@@ -1707,6 +1751,8 @@ mod tests {
     /// The bytes SWC4 adds after the n-gram section when there are no log-odds inputs and
     /// no networks: flags 0, hidden width 0, network count 0.
     const EMPTY_V4_TAIL: usize = 1 + 4 + 4;
+    /// The bytes SWC5 adds after the SWC4 tail for mean pooling alone.
+    const MEAN_POOLING_TAIL: usize = 1 + 2;
 
     #[test]
     fn second_format_files_load_as_heads_without_an_ngram_model() {
@@ -1718,10 +1764,10 @@ mod tests {
             &without_ngram(),
         );
         assert!(!h.has_ngram());
-        // SWC2: the current layout without the n-gram section (one byte, 0, here) and the
-        // SWC4 tail.
+        // SWC2: the current layout without the n-gram section (one byte, 0, here), the
+        // SWC4 tail and the SWC5 poolings.
         let b = h.to_bytes();
-        let b = &b[..b.len() - EMPTY_V4_TAIL];
+        let b = &b[..b.len() - MEAN_POOLING_TAIL - EMPTY_V4_TAIL];
         assert_eq!(b.last(), Some(&0));
         let mut old = MAGIC_V2.to_vec();
         old.extend_from_slice(&b[4..b.len() - 1]);
@@ -1833,7 +1879,7 @@ mod tests {
         assert_eq!(old.any_chat, h.any_image);
         assert_eq!(old.any_image, h.any_image);
         // A later file without its chat head is broken, not an old file.
-        for magic in [MAGIC, MAGIC_V3, MAGIC_V2] {
+        for magic in [MAGIC, MAGIC_V4, MAGIC_V3, MAGIC_V2] {
             let mut cur = b.clone();
             cur[..4].copy_from_slice(magic);
             assert!(Heads::from_bytes(&cur).is_err());
@@ -1936,6 +1982,45 @@ mod tests {
         let xs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
         let fit = || Mlp::fit(&xs, &y, 4, 1e-3, 3, MLP_SEED);
         assert_eq!(fit(), fit());
+    }
+
+    #[test]
+    fn the_poolings_are_kept_in_the_file_and_fourth_format_files_mean_pool() {
+        let rows = [
+            row([1.0, 0.0, 0.0, 0.5], true, Kind::Image, 0),
+            row([-1.0, 0.0, 0.0, -0.5], false, Kind::Image, 1),
+        ];
+        let two = vec![Pooling::Mean, Pooling::MeanOfLayer(3)];
+        let (h, _) = train(
+            &rows,
+            &HeadsConfig {
+                pooling: two.clone(),
+                ..without_ngram()
+            },
+        );
+        assert_eq!(h.pooling(), two.as_slice());
+        let b = h.to_bytes();
+        assert_eq!(&b[..4], MAGIC);
+        assert_eq!(&b[b.len() - 5..], [2, 0, 0, 3, 3]);
+        assert_eq!(Heads::from_bytes(&b).unwrap(), h);
+        // SWC4: the same without the poolings, read as mean pooling.
+        let (m, _) = train(&rows, &without_ngram());
+        assert_eq!(m.pooling(), Pooling::DEFAULT);
+        let b = m.to_bytes();
+        let mut v4 = MAGIC_V4.to_vec();
+        v4.extend_from_slice(&b[4..b.len() - MEAN_POOLING_TAIL]);
+        assert_eq!(Heads::from_bytes(&v4).unwrap(), m);
+        // A fifth-format file without its poolings, with an unknown one, or with a count
+        // that does not divide the embedding length, is broken.
+        let mut cut = MAGIC.to_vec();
+        cut.extend_from_slice(&v4[4..]);
+        assert!(Heads::from_bytes(&cut).is_err());
+        for tail in [[1u8, 9, 0], [1, 1, 7], [3, 0, 0], [0, 0, 0]] {
+            let mut bad = b.clone();
+            let at = bad.len() - MEAN_POOLING_TAIL;
+            bad[at..].copy_from_slice(&tail);
+            assert!(Heads::from_bytes(&bad).is_err(), "{tail:?}");
+        }
     }
 
     #[test]

@@ -570,6 +570,12 @@ pub struct TrainConfig {
     /// Adds a head for "any category" whose score goes to the likeliest category: harm is
     /// easier to tell from benign than one kind of harm from the rest.
     pub any_harm_head: bool,
+    /// Calibrates on out-of-fold scores of every example instead of one held-back share:
+    /// with `k ≥ 2`, `k` models each fitted without one `k`-th of the examples score it, and
+    /// each pivot is the quantile over all of them. 0 (the default) keeps the held-back
+    /// share, whose pivot — the 99.8th percentile of ~1,600 texts, about their third
+    /// highest — moves with every retrain (docs/safety.md, tenth cut).
+    pub calibration_folds: u32,
 }
 
 impl Default for TrainConfig {
@@ -583,6 +589,7 @@ impl Default for TrainConfig {
             target_fpr: 0.002,
             calibration_share: 0.2,
             any_harm_head: true,
+            calibration_folds: 0,
         }
     }
 }
@@ -735,6 +742,11 @@ pub fn train(examples: &[Example], heads: &[Category], cfg: &TrainConfig) -> Mod
         .collect();
     let mut rng = Xorshift(cfg.seed.rotate_left(17) | 1);
     shuffle(&mut data, &mut rng);
+    if cfg.calibration_folds >= 2 {
+        let pivots = out_of_fold_pivots(&data, &heads, &cfg);
+        let all: Vec<(Vec<u32>, u32)> = data.into_iter().map(|(f, m, _)| (f, m)).collect();
+        return quantize(&fit(&all, &heads, &cfg), &pivots);
+    }
     let (data, calibration_len): (Vec<(Vec<u32>, u32)>, usize) = {
         let cut = ((data.len() as f32) * cfg.calibration_share.clamp(0.0, 0.9)) as usize;
         // Held-back examples first; augmented ones among them only train the final fit.
@@ -768,19 +780,61 @@ pub fn train(examples: &[Example], heads: &[Category], cfg: &TrainConfig) -> Mod
                 }
             }
         }
-        neg.into_iter()
-            .map(|mut v| {
-                if v.is_empty() {
-                    return 0.5;
-                }
-                v.sort_by(f32::total_cmp);
-                let k = ((v.len() as f32) * (1.0 - cfg.target_fpr)) as usize;
-                v[k.min(v.len() - 1)].clamp(0.05, 0.95)
-            })
-            .collect()
+        pivots_at(neg, cfg.target_fpr)
     };
     let d = fit(&data, &heads, &cfg);
     quantize(&d, &pivots)
+}
+
+/// Per head, the score at `1 − target_fpr` of the texts without its label (0.5 when there
+/// are none), kept within [0.05, 0.95].
+fn pivots_at(neg: Vec<Vec<f32>>, target_fpr: f32) -> Vec<f32> {
+    neg.into_iter()
+        .map(|mut v| {
+            if v.is_empty() {
+                return 0.5;
+            }
+            v.sort_by(f32::total_cmp);
+            let k = ((v.len() as f32) * (1.0 - target_fpr)) as usize;
+            v[k.min(v.len() - 1)].clamp(0.05, 0.95)
+        })
+        .collect()
+}
+
+/// Pivots from out-of-fold scores ([`TrainConfig::calibration_folds`]): the shuffled
+/// examples are dealt into folds by position; each fold's model trains on the others
+/// (augmented examples included) and scores the fold's original examples (augmented ones are
+/// disguised copies, not texts a benign user sends).
+fn out_of_fold_pivots(
+    data: &[(Vec<u32>, u32, bool)],
+    heads: &[Option<Category>],
+    cfg: &TrainConfig,
+) -> Vec<f32> {
+    let k = cfg.calibration_folds.max(2) as usize;
+    let mut neg: Vec<Vec<f32>> = vec![Vec::new(); heads.len()];
+    let mut z = vec![0.0f32; heads.len()];
+    for fold in 0..k {
+        let train: Vec<(Vec<u32>, u32)> = data
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % k != fold)
+            .map(|(_, (f, m, _))| (f.clone(), *m))
+            .collect();
+        let d = fit(&train, heads, cfg);
+        for (_, (f, m, _)) in data
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, _, aug))| i % k == fold && !aug)
+        {
+            d.logits(f, &mut z);
+            for (h, zh) in z.iter().enumerate() {
+                if m >> h & 1 == 0 {
+                    neg[h].push(sigmoid(*zh));
+                }
+            }
+        }
+    }
+    pivots_at(neg, cfg.target_fpr)
 }
 
 const QUANT_QUANTILE: f64 = 0.999;
@@ -883,6 +937,40 @@ mod tests {
         assert_eq!(Model::from_bytes(&v1).unwrap(), m);
         // Deterministic: the same data and seed give the same bytes.
         assert_eq!(train(&toy(), &[Category::Violence], &cfg).to_bytes(), bytes);
+    }
+
+    #[test]
+    fn out_of_fold_calibration_separates_and_is_deterministic() {
+        let cfg = TrainConfig {
+            bits: 12,
+            calibration_folds: 5,
+            ..TrainConfig::default()
+        };
+        let m = train(&toy(), &[Category::Violence], &cfg);
+        let mut scratch = Scratch::default();
+        let (mut hot, mut cold) = ([0.0; CATEGORY_COUNT], [0.0; CATEGORY_COUNT]);
+        m.score_into("purple zorblax", &mut scratch, &mut hot);
+        m.score_into("calm garden", &mut scratch, &mut cold);
+        let v = Category::Violence.index();
+        assert!(hot[v] > 0.5 && cold[v] < 0.5, "{} {}", hot[v], cold[v]);
+        assert_eq!(
+            train(&toy(), &[Category::Violence], &cfg).to_bytes(),
+            m.to_bytes()
+        );
+        // Every original example is scored once out of fold: the benign ones calibrate the
+        // violence head (60 of them), the pivot is one of their scores within the clamp.
+        let heads = [Some(Category::Violence), None];
+        let data: Vec<(Vec<u32>, u32, bool)> = toy()
+            .iter()
+            .map(|e| {
+                let mut sc = Scratch::default();
+                features(&e.text, 12, &mut sc);
+                (sc.feats, label_mask(&e.labels, &heads), e.augmented)
+            })
+            .collect();
+        let p = out_of_fold_pivots(&data, &heads, &cfg);
+        assert_eq!(p.len(), 2);
+        assert!(p.iter().all(|p| (0.05..=0.95).contains(p)), "{p:?}");
     }
 
     #[test]

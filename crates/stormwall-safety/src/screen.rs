@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::cascade::{Cascade, Heads};
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, Pooling};
 
 use crate::category::{CATEGORY_COUNT, Category, Kind};
 use crate::lexicon::{Feature, Hit, Lexicon, LexiconError, LexiconFile};
@@ -279,13 +279,15 @@ impl ScreenerBuilder {
                     None => Heads::builtin()?,
                 };
                 match heads {
-                    Some(h) if h.dim() == e.dim() => Some((e, Arc::new(h))),
+                    Some(h) if h.dim() == e.dim() * h.pooling().len() => Some((e, Arc::new(h))),
                     Some(h) => {
                         return Err(SafetyError::Heads(crate::cascade::HeadsError::Format(
                             format!(
-                                "the heads read {}-wide embeddings, the encoder gives {}",
+                                "the heads read {}-wide embeddings, the encoder gives {} ({} pooling{})",
                                 h.dim(),
-                                e.dim()
+                                e.dim() * h.pooling().len(),
+                                h.pooling().len(),
+                                if h.pooling().len() == 1 { "" } else { "s" }
                             ),
                         )));
                     }
@@ -444,14 +446,14 @@ impl Screener {
                 fast[c.index()] = a.score(c);
             }
             let read = self.encoder_text(text);
-            if let Some(e) = self.embed(encoder, &read) {
+            if let Some(e) = self.embed(encoder, heads.pooling(), &read) {
                 a.cascade = heads.score(&e, &fast, kind, &read);
             }
         }
         a
     }
 
-    fn embed(&self, encoder: &Encoder, text: &str) -> Option<Arc<[f32]>> {
+    fn embed(&self, encoder: &Encoder, pooling: &[Pooling], text: &str) -> Option<Arc<[f32]>> {
         use sha2::Digest;
         let key: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
         // A poisoned lock only means another thread panicked mid-insert: the map is still
@@ -464,7 +466,8 @@ impl Screener {
         if cached.is_some() {
             return cached;
         }
-        let e: Arc<[f32]> = encoder.embed(text).ok()?.into();
+        // One pass of the encoder, whatever the poolings (they share its token vectors).
+        let e: Arc<[f32]> = encoder.embed_pooled(text, pooling).ok()?.into();
         self.embeddings
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -472,12 +472,14 @@ fn train_heads(
     out: &Path,
 ) -> anyhow::Result<()> {
     use stormwall_safety::cascade;
+    let heads_cfg = cascade::HeadsConfig::default();
+    let width = encoder.dim() * heads_cfg.pooling.len();
     let rows = cascade::rows(records, cfg, runtime, |text| {
         encoder
-            .embed(text)
-            .unwrap_or_else(|_| vec![0.0; encoder.dim()])
+            .embed_pooled(text, &heads_cfg.pooling)
+            .unwrap_or_else(|_| vec![0.0; width])
     })?;
-    let (heads, rep) = cascade::train(&rows, &cascade::HeadsConfig::default());
+    let (heads, rep) = cascade::train(&rows, &heads_cfg);
     let bytes = heads.to_bytes();
     fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(

@@ -338,16 +338,31 @@ impl Bert {
     /// (segment 0, no padding). Ids past the vocabulary and positions past the table are
     /// errors.
     pub fn forward(&self, ids: &[u32]) -> Result<Array2<f32>, EncoderError> {
+        self.forward_keeping(ids, &[]).map(|(last, _)| last)
+    }
+
+    /// [`Bert::forward`], also returning a copy of the token vectors after each layer in
+    /// `keep` (1-based; 0 is the embedding layer's output), in the order asked. Numbers past
+    /// the last layer give the last layer's vectors.
+    pub fn forward_keeping(
+        &self,
+        ids: &[u32],
+        keep: &[usize],
+    ) -> Result<(Array2<f32>, Vec<Array2<f32>>), EncoderError> {
         // Compiled a second time with AVX-512 (or AVX2) enabled, so the element-wise loops
         // (layer norm, softmax, GELU, int8 (de)quantisation) run on wide vectors.
         super::simd::with_wide_vectors(
             #[inline(always)]
-            || self.forward_inner(ids),
+            || self.forward_inner(ids, keep),
         )
     }
 
     #[inline(always)]
-    fn forward_inner(&self, ids: &[u32]) -> Result<Array2<f32>, EncoderError> {
+    fn forward_inner(
+        &self,
+        ids: &[u32],
+        keep: &[usize],
+    ) -> Result<(Array2<f32>, Vec<Array2<f32>>), EncoderError> {
         let c = &self.config;
         let (n, h) = (ids.len(), c.hidden_size);
         if n > c.max_position_embeddings {
@@ -364,6 +379,15 @@ impl Bert {
             row += &self.types.row(0);
         }
         self.emb_norm.apply(&mut x, None, c.layer_norm_eps);
+        let mut kept: Vec<Option<Array2<f32>>> = vec![None; keep.len()];
+        let mut save = |layer: usize, x: &Array2<f32>| {
+            for (slot, &k) in kept.iter_mut().zip(keep) {
+                if k == layer {
+                    *slot = Some(x.clone());
+                }
+            }
+        };
+        save(0, &x);
         let heads = c.num_attention_heads;
         let d = h / heads;
         let scale = 1.0 / (d as f32).sqrt();
@@ -375,7 +399,7 @@ impl Bert {
         let mut up = Array2::<f32>::zeros((n, c.intermediate_size));
         let mut scratch = Scratch::default();
         let (kernel, s) = (self.kernel, &mut scratch);
-        for l in &self.layers {
+        for (li, l) in self.layers.iter().enumerate() {
             l.qkv
                 .forward_into(&x.view(), &mut qkv.view_mut(), kernel, s);
             for hd in 0..heads {
@@ -411,8 +435,15 @@ impl Bert {
             l.down
                 .forward_into(&up.view(), &mut x.view_mut(), kernel, s);
             l.out_norm.apply(&mut x, Some(&a), c.layer_norm_eps);
+            if li + 1 < self.layers.len() {
+                save(li + 1, &x);
+            }
         }
-        Ok(x)
+        let kept = kept
+            .into_iter()
+            .map(|k| k.unwrap_or_else(|| x.clone()))
+            .collect();
+        Ok((x, kept))
     }
 }
 
@@ -421,8 +452,32 @@ pub fn mean_pool_normalized(tokens: &Array2<f32>) -> Vec<f32> {
     let Some(mean) = tokens.mean_axis(Axis(0)) else {
         return Vec::new();
     };
-    let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-    mean.iter().map(|v| v / norm).collect()
+    unit(mean.to_vec())
+}
+
+/// Per-dimension maximum of the token vectors, scaled to unit length: one strong token
+/// stands out however many others the text holds (a mean dilutes it).
+pub fn max_pool_normalized(tokens: &Array2<f32>) -> Vec<f32> {
+    if tokens.nrows() == 0 {
+        return Vec::new();
+    }
+    let max = tokens.fold_axis(Axis(0), f32::NEG_INFINITY, |a, b| a.max(*b));
+    unit(max.to_vec())
+}
+
+/// The first token's vector (`[CLS]`), scaled to unit length.
+pub fn first_token_normalized(tokens: &Array2<f32>) -> Vec<f32> {
+    if tokens.nrows() == 0 {
+        return Vec::new();
+    }
+    unit(tokens.row(0).to_vec())
+}
+
+/// `v` scaled to unit length (a zero vector stays zero).
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
 }
 
 /// Lanes of the fixed-order sums below: wide enough for one AVX-512 vector, and the same
@@ -640,6 +695,26 @@ mod tests {
         for (a, b) in row.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6, "{row:?} vs {want:?}");
         }
+    }
+
+    #[test]
+    fn max_and_first_token_pooling_are_unit_vectors_of_their_rows() {
+        let t = Array2::from_shape_vec((2, 2), vec![3.0, -1.0, 0.0, 4.0]).unwrap_or_default();
+        let m = max_pool_normalized(&t);
+        assert!(
+            (m[0] - 0.6).abs() < 1e-6 && (m[1] - 0.8).abs() < 1e-6,
+            "{m:?}"
+        );
+        let f = first_token_normalized(&t);
+        let n = 10f32.sqrt();
+        assert!(
+            (f[0] - 3.0 / n).abs() < 1e-6 && (f[1] + 1.0 / n).abs() < 1e-6,
+            "{f:?}"
+        );
+        let empty = Array2::<f32>::zeros((0, 2));
+        assert!(
+            max_pool_normalized(&empty).is_empty() && first_token_normalized(&empty).is_empty()
+        );
     }
 
     #[test]

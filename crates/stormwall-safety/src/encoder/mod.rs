@@ -168,6 +168,73 @@ impl std::str::FromStr for PrecisionSetting {
     }
 }
 
+/// One way to pool the encoder's token vectors into a fixed-length, unit-length vector.
+/// [`Encoder::embed_pooled`] concatenates several from one forward pass: image prompts are
+/// long comma-separated tag lists, and the mean over twenty artistic tags dilutes the one
+/// that matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pooling {
+    /// Mean of the last layer's token vectors (sentence-transformers' pooling; what
+    /// [`Encoder::embed`] gives).
+    Mean,
+    /// Per-dimension maximum of the last layer's token vectors.
+    Max,
+    /// The last layer's vector of the first token (`[CLS]`).
+    First,
+    /// Mean of the token vectors after layer `n` (1-based; 0 the embedding layer; past the
+    /// last layer, the last).
+    MeanOfLayer(u8),
+}
+
+impl Pooling {
+    /// Sentence-transformers' pooling alone: what models of this family were trained for.
+    pub const DEFAULT: [Pooling; 1] = [Pooling::Mean];
+
+    /// Its two-byte code in a heads file: kind, then the layer (0 for the last-layer kinds).
+    pub fn to_code(self) -> [u8; 2] {
+        match self {
+            Pooling::Mean => [0, 0],
+            Pooling::Max => [1, 0],
+            Pooling::First => [2, 0],
+            Pooling::MeanOfLayer(n) => [3, n],
+        }
+    }
+
+    /// Reads [`Pooling::to_code`]'s bytes; `None` for an unknown kind.
+    pub fn from_code(code: [u8; 2]) -> Option<Pooling> {
+        match code {
+            [0, 0] => Some(Pooling::Mean),
+            [1, 0] => Some(Pooling::Max),
+            [2, 0] => Some(Pooling::First),
+            [3, n] => Some(Pooling::MeanOfLayer(n)),
+            _ => None,
+        }
+    }
+
+    /// Its name in settings and reports: `mean`, `max`, `first`, `meanN`.
+    pub fn name(self) -> String {
+        match self {
+            Pooling::Mean => "mean".to_owned(),
+            Pooling::Max => "max".to_owned(),
+            Pooling::First => "first".to_owned(),
+            Pooling::MeanOfLayer(n) => format!("mean{n}"),
+        }
+    }
+
+    /// Reads [`Pooling::name`]'s form; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Pooling> {
+        match s.trim() {
+            "mean" => Some(Pooling::Mean),
+            "max" => Some(Pooling::Max),
+            "first" | "cls" => Some(Pooling::First),
+            s => s
+                .strip_prefix("mean")
+                .and_then(|n| n.parse().ok())
+                .map(Pooling::MeanOfLayer),
+        }
+    }
+}
+
 /// The encoder could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
@@ -319,6 +386,34 @@ impl Encoder {
         let tokens = self.bert.forward(ids)?;
         Ok(bert::mean_pool_normalized(&tokens))
     }
+
+    /// The poolings of one forward pass over a text, each unit-length, side by side
+    /// (`dim() × pooling.len()` values); `[Pooling::Mean]` is [`Encoder::embed`].
+    pub fn embed_pooled(&self, text: &str, pooling: &[Pooling]) -> Result<Vec<f32>, EncoderError> {
+        let layers: Vec<usize> = pooling
+            .iter()
+            .filter_map(|p| match p {
+                Pooling::MeanOfLayer(n) => Some(usize::from(*n)),
+                _ => None,
+            })
+            .collect();
+        let (last, kept) = self.bert.forward_keeping(&self.tokenize(text), &layers)?;
+        let mut kept = kept.iter();
+        let mut out = Vec::with_capacity(self.dim() * pooling.len());
+        for p in pooling {
+            let v = match p {
+                Pooling::Mean => bert::mean_pool_normalized(&last),
+                Pooling::Max => bert::max_pool_normalized(&last),
+                Pooling::First => bert::first_token_normalized(&last),
+                Pooling::MeanOfLayer(_) => kept
+                    .next()
+                    .map(bert::mean_pool_normalized)
+                    .unwrap_or_default(),
+            };
+            out.extend(v);
+        }
+        Ok(out)
+    }
 }
 
 /// Whether `dir` holds the files an encoder needs (not whether they load).
@@ -443,6 +538,64 @@ mod tests {
             worst.1
         );
         assert!(worst.0 >= 0.99, "cosine {} on {:?}", worst.0, worst.1);
+    }
+
+    #[test]
+    fn poolings_read_back_from_their_codes_and_names() {
+        for p in [
+            Pooling::Mean,
+            Pooling::Max,
+            Pooling::First,
+            Pooling::MeanOfLayer(0),
+            Pooling::MeanOfLayer(4),
+        ] {
+            assert_eq!(Pooling::from_code(p.to_code()), Some(p));
+            assert_eq!(Pooling::parse(&p.name()), Some(p));
+        }
+        assert_eq!(Pooling::parse("cls"), Some(Pooling::First));
+        assert_eq!(Pooling::parse("median"), None);
+        assert_eq!(Pooling::parse("mean-1"), None);
+        assert_eq!(Pooling::from_code([1, 2]), None);
+        assert_eq!(Pooling::from_code([4, 0]), None);
+    }
+
+    #[test]
+    fn pooled_embeddings_come_from_one_pass_and_mean_is_the_sentence_embedding() {
+        let Some(dir) = std::env::var_os("STORMWALL_TEST_ENCODER_DIR") else {
+            eprintln!("STORMWALL_TEST_ENCODER_DIR unset: pooled embeddings not checked");
+            return;
+        };
+        let Ok(e) = Encoder::from_dir_with(Path::new(&dir), Precision::auto()) else {
+            panic!("the model does not load");
+        };
+        let text = "a castle on a hill, oil painting, dramatic light, highly detailed";
+        let (Ok(mean), Ok(alone)) = (e.embed(text), e.embed_pooled(text, &Pooling::DEFAULT)) else {
+            panic!("embedding failed");
+        };
+        assert_eq!(mean, alone);
+        let last = e.bert.config().num_hidden_layers as u8;
+        let all = [
+            Pooling::Max,
+            Pooling::Mean,
+            Pooling::First,
+            Pooling::MeanOfLayer(1),
+            Pooling::MeanOfLayer(last),
+        ];
+        let Ok(v) = e.embed_pooled(text, &all) else {
+            panic!("embedding failed");
+        };
+        let d = e.dim();
+        assert_eq!(v.len(), all.len() * d);
+        let block = |i: usize| &v[i * d..(i + 1) * d];
+        for (i, p) in all.iter().enumerate() {
+            let norm: f32 = block(i).iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "{p:?}: {norm}");
+        }
+        assert_eq!(block(1), mean.as_slice());
+        assert_eq!(block(4), mean.as_slice());
+        assert_ne!(block(0), mean.as_slice());
+        assert_ne!(block(2), mean.as_slice());
+        assert_ne!(block(3), mean.as_slice());
     }
 
     #[test]
