@@ -372,7 +372,7 @@ fn folded_views(
     push: &dyn Fn(View, &mut Normalized),
     out: &mut Normalized,
 ) {
-    let skel = skeleton_units(text, &base, sig);
+    let skel = skeleton_units(text, base, sig);
     let skel_view = skel
         .as_ref()
         .map(|s| emit(ViewKind::Skeleton, depth, s, &[], None));
@@ -686,25 +686,55 @@ fn emit(
     }
 }
 
-/// Whether an ASCII text has a character [`leet_pass`] could fold (a leetspeak character
-/// that is no letter); without one its leetspeak view is never made.
+/// Whether [`leet_units`] folds anything in an ASCII text's units: some token (a run of
+/// letters, digits and leetspeak symbols, less the `!|+` that end it) of at most
+/// [`MAX_LEET_TOKEN`] characters mixes letters with leetspeak characters. Without one the
+/// leetspeak view is never made (numbers alone, "in 2024", fold nothing).
 fn ascii_may_leet(text: &str) -> bool {
-    text.bytes().any(|b| {
-        let c = char::from(b);
+    let is_leet = |b: &u8| {
+        let c = char::from(*b);
         leet_letter(c).is_some() && !c.is_alphabetic()
-    })
+    };
+    if !text.as_bytes().iter().any(is_leet) {
+        return false;
+    }
+    text.as_bytes()
+        .split(|b| !(b.is_ascii_alphanumeric() || is_leet(b)))
+        .any(|tok| {
+            let mut end = tok.len();
+            while end > 0 && matches!(tok[end - 1], b'!' | b'|' | b'+') {
+                end -= 1;
+            }
+            let tok = &tok[..end];
+            tok.len() <= MAX_LEET_TOKEN
+                && tok.iter().any(u8::is_ascii_alphabetic)
+                && tok.iter().any(is_leet)
+        })
 }
 
-/// Whether an ASCII text passes [`collapse_pass`]'s first look for a run of
-/// [`MIN_SPACED_RUN`] spaced letters (lowercasing changes none of the tests); without one
-/// its collapsed view is never made.
+/// Whether [`collapse_pass`] finds a run of [`MIN_SPACED_RUN`] spaced letters in an ASCII
+/// text's units (lowercasing changes none of its tests); without one its collapsed view is
+/// never made.
 fn ascii_may_collapse(text: &str) -> bool {
-    text.as_bytes().windows(5).any(|w| {
+    let b = text.as_bytes();
+    // `collapse_pass`'s `single_at`: a letter or digit standing alone.
+    let single_at = |k: usize| {
+        b.get(k).is_some_and(u8::is_ascii_alphanumeric)
+            && b.get(k + 1).is_none_or(|c| !c.is_ascii_alphanumeric())
+            && (k == 0 || !b[k - 1].is_ascii_alphanumeric())
+    };
+    // Its pass finds a run exactly where three lone letters sit one spacer apart, the
+    // same spacer twice; the first look (equal bytes around a letter) rules out most
+    // positions before the lone-letter tests.
+    b.windows(5).enumerate().any(|(k, w)| {
         w[3] == w[1]
             && is_spacer(char::from(w[1]))
             && w[0].is_ascii_alphanumeric()
             && w[2].is_ascii_alphanumeric()
             && w[4].is_ascii_alphanumeric()
+            && single_at(k)
+            && single_at(k + 2)
+            && single_at(k + 4)
     })
 }
 
@@ -1017,7 +1047,9 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
     if !any {
         return None;
     }
-    let mut out = Vec::new();
+    // Made at the first run: until then it would only copy `units` (the cheap look passes
+    // any text with a one-letter word between spaces, "is a book", and most have no run).
+    let mut out: Option<Vec<Unit>> = None;
     let mut glued = Vec::new();
     let mut runs = 0u32;
     let mut i = 0;
@@ -1044,6 +1076,11 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
                     .is_none_or(|u| u.c.is_whitespace() || !is_spacer(u.c));
             if letters >= min_run && alone {
                 runs += 1;
+                let out = out.get_or_insert_with(|| {
+                    let mut o = Vec::with_capacity(units.len());
+                    o.extend_from_slice(units.get(..i).unwrap_or_default());
+                    o
+                });
                 let s = out.len();
                 out.extend((i..=k).step_by(2).filter_map(|l| units.get(l).copied()));
                 glued.push((s, out.len()));
@@ -1059,10 +1096,12 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
                 continue;
             }
         }
-        out.push(units[i]);
+        if let Some(out) = &mut out {
+            out.push(units[i]);
+        }
         i += 1;
     }
-    (runs > 0).then_some((out, glued, runs))
+    out.filter(|_| runs > 0).map(|out| (out, glued, runs))
 }
 
 /// Whether a word is a common English word (used to tell whether rot13 reads better).
@@ -1218,6 +1257,43 @@ fn rot13_view(text: &View, sig: &mut Signals) -> Option<View> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn same_view(a: &View, b: &View) -> bool {
+        let n = a.text.len();
+        a.text == b.text
+            && a.kind == b.kind
+            && a.depth == b.depth
+            && a.glued == b.glued
+            && (0..n).all(|i| a.original_span(i..i + 1) == b.original_span(i..i + 1))
+            && (0..=n).all(|i| a.original_span(0..i) == b.original_span(0..i))
+            && a.original_span(n..n + 1) == b.original_span(n..n + 1)
+    }
+
+    proptest! {
+        // The ASCII fast path's three shortcuts answer as the unit-based chain does.
+        #[test]
+        fn ascii_shortcuts_match_the_units(
+            // A wide alphabet, and a narrow one where lone letters, spacers and leetspeak
+            // characters meet often.
+            t in prop_oneof![
+                "[a-zA-Z0-9 .\\-_*/|~,+':;@$!\t\n\x0B\r%=]{0,48}",
+                "[aB3 .|!+\n]{0,32}",
+            ],
+        ) {
+            let mut sig = Signals::default();
+            let units = fold_units(&t, &mut sig, &mut Hidden::default());
+            prop_assert!(same_view(
+                &emit_ascii(ViewKind::Text, 0, &t),
+                &emit(ViewKind::Text, 0, &units, &[], None)
+            ));
+            prop_assert_eq!(ascii_may_leet(&t), leet_units(&units, &mut sig).is_some());
+            prop_assert_eq!(
+                ascii_may_collapse(&t),
+                collapse_units(&units, &mut sig).is_some()
+            );
+        }
+    }
 
     fn view(n: &Normalized, k: ViewKind) -> Option<&str> {
         n.views.iter().find(|v| v.kind == k).map(|v| v.text())
