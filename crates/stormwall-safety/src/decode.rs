@@ -30,9 +30,21 @@ pub struct Candidate {
     pub range: Range<usize>,
 }
 
-fn is_b64(b: u8) -> bool {
+const fn is_b64(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=')
 }
+
+/// Bytes that may be part of a candidate span (base64 of either alphabet, hex, `%XX`): one
+/// look-up per byte of every screened text instead of a chain of range tests.
+static IN_SPAN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = is_b64(b as u8) || b as u8 == b'%';
+        b += 1;
+    }
+    t
+};
 
 /// Spans of `text` that may hold base64, hex or URL-encoded text.
 pub fn candidates(text: &str) -> Vec<Candidate> {
@@ -40,12 +52,12 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() && out.len() < MAX_CANDIDATES {
-        if !is_b64(bytes[i]) && bytes[i] != b'%' {
+        if !IN_SPAN[usize::from(bytes[i])] {
             i += 1;
             continue;
         }
         let start = i;
-        while i < bytes.len() && (is_b64(bytes[i]) || bytes[i] == b'%') {
+        while i < bytes.len() && IN_SPAN[usize::from(bytes[i])] {
             i += 1;
         }
         let run = &bytes[start..i];

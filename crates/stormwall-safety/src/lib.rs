@@ -43,6 +43,9 @@ pub mod split;
 pub mod stream;
 pub mod verdict;
 
+#[cfg(test)]
+mod pinned_tests;
+
 pub use category::{CATEGORY_COUNT, Category, Kind};
 pub use evasion::Transform;
 pub use normalize::{Signals, ViewKind};

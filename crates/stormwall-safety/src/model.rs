@@ -75,13 +75,43 @@ fn fnv(h: u32, b: u8) -> u32 {
 }
 
 /// Bucket and sign of a feature hash by Fibonacci hashing: one multiply, and the bucket
-/// comes from the high bits, which depend on every input byte.
-#[inline]
+/// comes from the high bits, which depend on every input byte. The definition
+/// [`Dedup::push`] computes inline (a test holds them equal).
+#[cfg(test)]
 fn bucket(h: u32, bits: u8) -> u32 {
     let x = h.wrapping_mul(0x9E37_79B1);
     let idx = x >> (32 - u32::from(bits));
     let sign = (x >> (31 - u32::from(bits))) & 1;
     idx | (sign << 31)
+}
+
+/// The bucket bitmap and feature list while one text is hashed: [`bucket`] and the
+/// first-occurrence test with the shift amounts computed once and the buffers held directly,
+/// not re-read through captured references for every n-gram.
+struct Dedup<'a> {
+    seen: &'a mut [u64],
+    feats: &'a mut Vec<u32>,
+    /// `32 - bits`.
+    shift: u32,
+}
+
+impl Dedup<'_> {
+    /// Adds the feature of hash `h` unless its bucket was seen (the same value as
+    /// `bucket(h, bits)`, whose bucket index is below `2^bits`, so below bit 31).
+    #[inline(always)]
+    fn push(&mut self, h: u32) {
+        let x = h.wrapping_mul(0x9E37_79B1);
+        let idx = x >> self.shift;
+        let sign = (x >> (self.shift - 1)) & 1;
+        let b = idx as usize;
+        if let Some(word) = self.seen.get_mut(b / 64) {
+            let bit = 1u64 << (b % 64);
+            if *word & bit == 0 {
+                *word |= bit;
+                self.feats.push(idx | (sign << 31));
+            }
+        }
+    }
 }
 
 /// Reusable buffers for feature extraction, so scoring does not allocate per call.
@@ -126,17 +156,12 @@ pub fn features(text: &str, bits: u8, scratch: &mut Scratch) {
     // never more than there are buckets: one allocation instead of repeated growth.
     feats.reserve((5 * text.len() + 8).min(1usize << bits));
     // Duplicates are dropped as they are made, keeping first occurrences in order.
-    let mut push = |h: u32| {
-        let f = bucket(h, bits);
-        let b = (f & mask) as usize;
-        if let Some(word) = seen.get_mut(b / 64) {
-            let bit = 1u64 << (b % 64);
-            if *word & bit == 0 {
-                *word |= bit;
-                feats.push(f);
-            }
-        }
+    let mut dedup = Dedup {
+        seen: seen.as_mut_slice(),
+        feats,
+        shift: 32 - u32::from(bits),
     };
+    let mut push = |h: u32| dedup.push(h);
     // Spaces around the text make word-initial and word-final n-grams.
     padded.clear();
     padded.push(b' ');
@@ -887,6 +912,31 @@ fn quantize(d: &Dense, pivots: &[f32]) -> Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dedup_buckets_as_bucket_does_at_every_size() {
+        for bits in BITS_RANGE {
+            let mut seen = vec![0u64; (1usize << bits).div_ceil(64)];
+            let mut feats = Vec::new();
+            let mut d = Dedup {
+                seen: &mut seen,
+                feats: &mut feats,
+                shift: 32 - u32::from(bits),
+            };
+            let mut want = Vec::new();
+            let mut marked = std::collections::HashSet::new();
+            let mut h = 0x1234_5678u32;
+            for _ in 0..5000 {
+                h = fnv(h, (h >> 7) as u8) ^ 0x9e37;
+                d.push(h);
+                let f = bucket(h, bits);
+                if marked.insert(f & ((1u32 << bits) - 1)) {
+                    want.push(f);
+                }
+            }
+            assert_eq!(feats, want, "bits {bits}");
+        }
+    }
 
     fn toy() -> Vec<Example> {
         let mut v = Vec::new();

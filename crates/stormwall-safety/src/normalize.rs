@@ -157,9 +157,12 @@ pub struct View {
     kind: ViewKind,
     depth: u8,
     text: String,
-    /// Per view byte: original start and end; empty when `fixed` is set.
+    /// Per view byte: original start and end; empty when `fixed` or `identity` is set.
     starts: Vec<u32>,
     ends: Vec<u32>,
+    /// View byte `j` is original byte `j` (ASCII text with nothing collapsed but a trailing
+    /// space): the map is implied, so most prompts write no eight bytes per byte.
+    identity: bool,
     /// Decoded views map every byte to the whole encoded span.
     fixed: Option<(u32, u32)>,
     /// Byte ranges of this view made by joining spaced letters; matches there need no
@@ -187,6 +190,13 @@ impl View {
     pub fn original_span(&self, r: Range<usize>) -> Range<usize> {
         if let Some((s, e)) = self.fixed {
             return s as usize..e as usize;
+        }
+        if self.identity {
+            return if r.start >= r.end || r.end > self.text.len() {
+                0..0
+            } else {
+                r
+            };
         }
         if r.start >= r.end || r.end > self.starts.len() {
             return 0..0;
@@ -280,13 +290,13 @@ fn normalize_into(
 ) {
     let mut sig = Signals::default();
     let mut hidden = Hidden::default();
-    let base = fold_units(text, &mut sig, &mut hidden);
     let push = |mut v: View, out: &mut Normalized| {
         if let Some((kind, span)) = relabel {
             v.kind = kind;
             v.fixed = Some(span);
             v.starts = Vec::new();
             v.ends = Vec::new();
+            v.identity = false;
         }
         // A view identical to one already there adds nothing but work.
         if !out.views.iter().any(|o| o.text == v.text) && !v.text.is_empty() {
@@ -294,39 +304,28 @@ fn normalize_into(
         }
     };
 
-    let text_view = emit(ViewKind::Text, depth, &base, &[], None);
-    let skel = skeleton_units(text, &base, &mut sig);
-    let skel_view = skel
-        .as_ref()
-        .map(|s| emit(ViewKind::Skeleton, depth, s, &[], None));
-    let cur: &[Unit] = skel.as_deref().unwrap_or(&base);
-    let leet = leet_units(cur, &mut sig);
-    let leet_view = leet
-        .as_ref()
-        .map(|l| emit(ViewKind::Leet, depth, l, &[], None));
-    // rot13 is judged on the most readable view, where vowels are vowels.
-    let rot = rot13_view(
-        leet_view
-            .as_ref()
-            .or(skel_view.as_ref())
-            .unwrap_or(&text_view),
-        &mut sig,
-    );
-    push(text_view, out);
-    if let Some(v) = skel_view {
-        push(v, out);
+    let ascii = text.is_ascii();
+    if ascii && !ascii_may_leet(text) && !ascii_may_collapse(text) {
+        // Most prompts: plain ASCII with no leetspeak character and no spaced letters. Its
+        // units would be its lowercased bytes, with no look-alike to fold, no leetspeak to
+        // read and no run to join, so the views are the text and perhaps its rot13: both
+        // made from the bytes, without the per-character units. Hidden channels and
+        // decoding are below, as for every text.
+        let text_view = emit_ascii(ViewKind::Text, depth, text);
+        let rot = rot13_view(&text_view, &mut sig);
+        push(text_view, out);
+        if let Some(r) = rot {
+            push(r, out);
+        }
+    } else {
+        let base = fold_units(text, &mut sig, &mut hidden);
+        let text_view = if ascii {
+            emit_ascii(ViewKind::Text, depth, text)
+        } else {
+            emit(ViewKind::Text, depth, &base, &[], None)
+        };
+        folded_views(text, depth, &base, text_view, &mut sig, &push, out);
     }
-    if let Some(v) = leet_view {
-        push(v, out);
-    }
-    let cur: &[Unit] = leet.as_deref().unwrap_or(cur);
-    if let Some((units, glued)) = collapse_units(cur, &mut sig) {
-        push(emit(ViewKind::Collapsed, depth, &units, &glued, None), out);
-    }
-    if let Some(r) = rot {
-        push(r, out);
-    }
-
     // Hidden payloads and encoded spans are read through the whole chain again.
     hidden.end_vs_run(&mut sig);
     if !hidden.vs_payload.is_empty()
@@ -360,6 +359,50 @@ fn normalize_into(
         descend(&decoded, cand.kind, span, depth, budget, &mut sig, out);
     }
     out.signals.add(&sig);
+}
+
+/// The views past the plain one, from the folded units: look-alikes, leetspeak, spacing,
+/// rot13 (pushed in that order after the plain view).
+fn folded_views(
+    text: &str,
+    depth: u8,
+    base: &[Unit],
+    text_view: View,
+    sig: &mut Signals,
+    push: &dyn Fn(View, &mut Normalized),
+    out: &mut Normalized,
+) {
+    let skel = skeleton_units(text, base, sig);
+    let skel_view = skel
+        .as_ref()
+        .map(|s| emit(ViewKind::Skeleton, depth, s, &[], None));
+    let cur: &[Unit] = skel.as_deref().unwrap_or(base);
+    let leet = leet_units(cur, sig);
+    let leet_view = leet
+        .as_ref()
+        .map(|l| emit(ViewKind::Leet, depth, l, &[], None));
+    // rot13 is judged on the most readable view, where vowels are vowels.
+    let rot = rot13_view(
+        leet_view
+            .as_ref()
+            .or(skel_view.as_ref())
+            .unwrap_or(&text_view),
+        sig,
+    );
+    push(text_view, out);
+    if let Some(v) = skel_view {
+        push(v, out);
+    }
+    if let Some(v) = leet_view {
+        push(v, out);
+    }
+    let cur: &[Unit] = leet.as_deref().unwrap_or(cur);
+    if let Some((units, glued)) = collapse_units(cur, sig) {
+        push(emit(ViewKind::Collapsed, depth, &units, &glued, None), out);
+    }
+    if let Some(r) = rot {
+        push(r, out);
+    }
 }
 
 fn descend(
@@ -637,8 +680,136 @@ fn emit(
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         starts,
         ends,
+        identity: false,
         fixed,
         glued,
+    }
+}
+
+/// Whether [`leet_units`] folds anything in an ASCII text's units: some token (a run of
+/// letters, digits and leetspeak symbols, less the `!|+` that end it) of at most
+/// [`MAX_LEET_TOKEN`] characters mixes letters with leetspeak characters. Without one the
+/// leetspeak view is never made (numbers alone, "in 2024", fold nothing).
+fn ascii_may_leet(text: &str) -> bool {
+    let is_leet = |b: &u8| {
+        let c = char::from(*b);
+        leet_letter(c).is_some() && !c.is_alphabetic()
+    };
+    if !text.as_bytes().iter().any(is_leet) {
+        return false;
+    }
+    text.as_bytes()
+        .split(|b| !(b.is_ascii_alphanumeric() || is_leet(b)))
+        .any(|tok| {
+            let mut end = tok.len();
+            while end > 0 && matches!(tok[end - 1], b'!' | b'|' | b'+') {
+                end -= 1;
+            }
+            let tok = &tok[..end];
+            tok.len() <= MAX_LEET_TOKEN
+                && tok.iter().any(u8::is_ascii_alphabetic)
+                && tok.iter().any(is_leet)
+        })
+}
+
+/// Whether [`collapse_pass`] finds a run of [`MIN_SPACED_RUN`] spaced letters in an ASCII
+/// text's units (lowercasing changes none of its tests); without one its collapsed view is
+/// never made.
+fn ascii_may_collapse(text: &str) -> bool {
+    let b = text.as_bytes();
+    // `collapse_pass`'s `single_at`: a letter or digit standing alone.
+    let single_at = |k: usize| {
+        b.get(k).is_some_and(u8::is_ascii_alphanumeric)
+            && b.get(k + 1).is_none_or(|c| !c.is_ascii_alphanumeric())
+            && (k == 0 || !b[k - 1].is_ascii_alphanumeric())
+    };
+    // Its pass finds a run exactly where three lone letters sit one spacer apart, the
+    // same spacer twice; the first look (equal bytes around a letter) rules out most
+    // positions before the lone-letter tests.
+    b.windows(5).enumerate().any(|(k, w)| {
+        w[3] == w[1]
+            && is_spacer(char::from(w[1]))
+            && w[0].is_ascii_alphanumeric()
+            && w[2].is_ascii_alphanumeric()
+            && w[4].is_ascii_alphanumeric()
+            && single_at(k)
+            && single_at(k + 2)
+            && single_at(k + 4)
+    })
+}
+
+/// [`emit`] of an ASCII text's folded units (each byte lowercased, one unit per byte) as a
+/// plain view, straight from the bytes: the same text and the same map, which is left
+/// implied while every view byte sits at its own original offset.
+fn emit_ascii(kind: ViewKind, depth: u8, text: &str) -> View {
+    // Every ASCII byte emit() does not copy is whitespace to it (\t \n \v \f \r and space);
+    // \v is `char::is_whitespace` but not `is_ascii_whitespace`.
+    let is_space = |b: u8| b.is_ascii_whitespace() || b == 0x0B;
+    let bytes = text.as_bytes();
+    let end = bytes
+        .iter()
+        .rposition(|&b| !is_space(b))
+        .map_or(0, |p| p + 1);
+    let body = bytes.get(..end).unwrap_or_default();
+    // Nothing to collapse and no leading space: each byte stays where it was (a trailing
+    // run is simply cut off), so the view is the bytes folded one for one.
+    if body.first().is_none_or(|&b| !is_space(b))
+        && !body.windows(2).any(|w| is_space(w[0]) && is_space(w[1]))
+    {
+        let out: Vec<u8> = body
+            .iter()
+            .map(|&b| {
+                if is_space(b) {
+                    b' '
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        return View {
+            kind,
+            depth,
+            text: String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            starts: Vec::new(),
+            ends: Vec::new(),
+            identity: true,
+            fixed: None,
+            glued: Vec::new(),
+        };
+    }
+    // A leading space or a run to collapse: the map is written out, as emit() does.
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut starts: Vec<u32> = Vec::with_capacity(bytes.len());
+    let mut ends: Vec<u32> = Vec::with_capacity(bytes.len());
+    // The original offset of the whitespace that will become the next space, if any.
+    let mut pending_space: Option<u32> = None;
+    for (i, &b) in (0u32..).zip(bytes) {
+        if is_space(b) {
+            if !out.is_empty() && pending_space.is_none() {
+                pending_space = Some(i);
+            }
+            continue;
+        }
+        if let Some(s) = pending_space.take() {
+            out.push(b' ');
+            starts.push(s);
+            ends.push(s + 1);
+        }
+        out.push(b.to_ascii_lowercase());
+        starts.push(i);
+        ends.push(i + 1);
+    }
+    View {
+        kind,
+        depth,
+        text: String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        starts,
+        ends,
+        identity: false,
+        fixed: None,
+        glued: Vec::new(),
     }
 }
 
@@ -876,7 +1047,9 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
     if !any {
         return None;
     }
-    let mut out = Vec::new();
+    // Made at the first run: until then it would only copy `units` (the cheap look passes
+    // any text with a one-letter word between spaces, "is a book", and most have no run).
+    let mut out: Option<Vec<Unit>> = None;
     let mut glued = Vec::new();
     let mut runs = 0u32;
     let mut i = 0;
@@ -903,6 +1076,11 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
                     .is_none_or(|u| u.c.is_whitespace() || !is_spacer(u.c));
             if letters >= min_run && alone {
                 runs += 1;
+                let out = out.get_or_insert_with(|| {
+                    let mut o = Vec::with_capacity(units.len());
+                    o.extend_from_slice(units.get(..i).unwrap_or_default());
+                    o
+                });
                 let s = out.len();
                 out.extend((i..=k).step_by(2).filter_map(|l| units.get(l).copied()));
                 glued.push((s, out.len()));
@@ -918,10 +1096,12 @@ fn collapse_pass(units: &[Unit], min_run: usize) -> Option<Collapsed> {
                 continue;
             }
         }
-        out.push(units[i]);
+        if let Some(out) = &mut out {
+            out.push(units[i]);
+        }
         i += 1;
     }
-    (runs > 0).then_some((out, glued, runs))
+    out.filter(|_| runs > 0).map(|out| (out, glued, runs))
 }
 
 /// Whether a word is a common English word (used to tell whether rot13 reads better).
@@ -974,11 +1154,19 @@ fn is_stopword(w: &[u8]) -> bool {
 /// Stopwords in the text and in its rot13 reading, and the word count, without allocating.
 fn stopword_counts(s: &str) -> (usize, usize, usize) {
     let (mut plain, mut rotated, mut words) = (0, 0, 0);
-    for w in s
-        .as_bytes()
-        .split(|b| !b.is_ascii_alphabetic())
-        .filter(|w| !w.is_empty())
-    {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    // Words are the runs of ASCII letters, found by index rather than by a split iterator.
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_alphabetic() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let w = &bytes[start..i];
         words += 1;
         // Every stopword is at most four letters.
         if w.len() > 4 {
@@ -994,13 +1182,37 @@ fn stopword_counts(s: &str) -> (usize, usize, usize) {
     (plain, rotated, words)
 }
 
+/// Per byte, for [`vowel_shares`]: 1 for a lowercase ASCII letter, +2 for a vowel, +4 for
+/// a letter whose rot13 is a vowel.
+static LETTER_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = b'a';
+    while b <= b'z' {
+        t[b as usize] =
+            1 | if matches!(b, b'a' | b'e' | b'i' | b'o' | b'u') {
+                2
+            } else {
+                0
+            } | if matches!(b, b'n' | b'r' | b'v' | b'b' | b'h') {
+                4
+            } else {
+                0
+            };
+        b += 1;
+    }
+    t
+};
+
 /// Share of vowels among ASCII letters in the text and in its rot13, and the letter count.
 fn vowel_shares(s: &str) -> (f32, f32, usize) {
     let (mut v, mut vr, mut n) = (0usize, 0usize, 0usize);
-    for b in s.bytes().filter(u8::is_ascii_lowercase) {
-        n += 1;
-        v += usize::from(matches!(b, b'a' | b'e' | b'i' | b'o' | b'u'));
-        vr += usize::from(matches!(b, b'n' | b'r' | b'v' | b'b' | b'h'));
+    // One table look-up and three adds a byte, no branch: bit 0 lowercase ASCII, bit 1 a
+    // vowel, bit 2 a letter whose rot13 is a vowel.
+    for b in s.bytes() {
+        let c = LETTER_CLASS[usize::from(b)];
+        n += usize::from(c & 1);
+        v += usize::from((c >> 1) & 1);
+        vr += usize::from((c >> 2) & 1);
     }
     let d = n.max(1) as f32;
     (v as f32 / d, vr as f32 / d, n)
@@ -1045,6 +1257,43 @@ fn rot13_view(text: &View, sig: &mut Signals) -> Option<View> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn same_view(a: &View, b: &View) -> bool {
+        let n = a.text.len();
+        a.text == b.text
+            && a.kind == b.kind
+            && a.depth == b.depth
+            && a.glued == b.glued
+            && (0..n).all(|i| a.original_span(i..i + 1) == b.original_span(i..i + 1))
+            && (0..=n).all(|i| a.original_span(0..i) == b.original_span(0..i))
+            && a.original_span(n..n + 1) == b.original_span(n..n + 1)
+    }
+
+    proptest! {
+        // The ASCII fast path's three shortcuts answer as the unit-based chain does.
+        #[test]
+        fn ascii_shortcuts_match_the_units(
+            // A wide alphabet, and a narrow one where lone letters, spacers and leetspeak
+            // characters meet often.
+            t in prop_oneof![
+                "[a-zA-Z0-9 .\\-_*/|~,+':;@$!\t\n\x0B\r%=]{0,48}",
+                "[aB3 .|!+\n]{0,32}",
+            ],
+        ) {
+            let mut sig = Signals::default();
+            let units = fold_units(&t, &mut sig, &mut Hidden::default());
+            prop_assert!(same_view(
+                &emit_ascii(ViewKind::Text, 0, &t),
+                &emit(ViewKind::Text, 0, &units, &[], None)
+            ));
+            prop_assert_eq!(ascii_may_leet(&t), leet_units(&units, &mut sig).is_some());
+            prop_assert_eq!(
+                ascii_may_collapse(&t),
+                collapse_units(&units, &mut sig).is_some()
+            );
+        }
+    }
 
     fn view(n: &Normalized, k: ViewKind) -> Option<&str> {
         n.views.iter().find(|v| v.kind == k).map(|v| v.text())
