@@ -289,6 +289,32 @@ fn standardise(x: &mut [Vec<f32>], fit_on: &[bool]) {
     }
 }
 
+/// (F1, fpr) of nested cross-validation: each fold scored at the threshold `best_at` picks on
+/// the other folds' out-of-fold scores, so no fold's own labels choose its threshold.
+fn nested_at(pr: &[(f32, bool, bool)], folds: &[u32], cap: f64) -> (f64, f64) {
+    let mut nest = [0.0f64; 4];
+    for k in 0..cascade::FOLDS {
+        let tr: Vec<_> = (0..pr.len())
+            .filter(|j| folds[*j] != k)
+            .map(|j| pr[j])
+            .collect();
+        let t = best_at(&tr, cap).3;
+        for j in (0..pr.len()).filter(|j| folds[*j] == k) {
+            let (p, harmful, rule) = pr[j];
+            nest[match (harmful, rule || p >= t) {
+                (true, true) => 0,
+                (false, true) => 1,
+                (true, false) => 2,
+                _ => 3,
+            }] += 1.0;
+        }
+    }
+    (
+        2.0 * nest[0] / (2.0 * nest[0] + nest[1] + nest[2]),
+        nest[1] / (nest[1] + nest[3]),
+    )
+}
+
 /// (F1, recall, fpr, threshold) of the best threshold with fpr <= cap.
 fn best_at(ps: &[(f32, bool, bool)], cap: f64) -> (f64, f64, f64, f32) {
     let mut best = (0.0, 0.0, 0.0, 1.0);
@@ -386,40 +412,14 @@ fn lab(rows: &[cascade::Row]) {
                 .iter()
                 .map(|&i| (oof[i], rows[i].harmful, rows[i].rule_flag))
                 .collect();
-            // nested: threshold from the other folds' OOF, applied to this fold
-            let mut nest = [0.0f64; 4];
-            for k in 0..cascade::FOLDS {
-                let tr: Vec<_> = img
-                    .iter()
-                    .filter(|i| rows[**i].fold != k)
-                    .map(|&i| (oof[i], rows[i].harmful, false))
-                    .collect();
-                let t = best_at(&tr, 0.015).3;
-                for &i in img.iter().filter(|i| rows[**i].fold == k) {
-                    let pred = oof[i] >= t;
-                    let idx = match (rows[i].harmful, pred) {
-                        (true, true) => 0,
-                        (false, true) => 1,
-                        (true, false) => 2,
-                        _ => 3,
-                    };
-                    nest[idx] += 1.0;
-                }
-            }
-            let nf1 = 2.0 * nest[0] / (2.0 * nest[0] + nest[1] + nest[2]);
+            let folds: Vec<u32> = img.iter().map(|&i| rows[i].fold).collect();
+            let (nf1, nested_fpr) = nested_at(&ps, &folds, 0.015);
             let a = best_at(&ps, 0.02);
             let b = best_at(&ps, 0.015);
             let c = best_at(&pr, 0.02);
             println!(
                 "{feats:10} l2 {l2:<6} image OOF @2%: F1 {:.3} R {:.3} FPR {:.3} t {:.3} | @1.5% F1 {:.3} | rules|| @2% F1 {:.3} | nested@1.5% F1 {:.3} FPR {:.3}",
-                a.0,
-                a.1,
-                a.2,
-                a.3,
-                b.0,
-                c.0,
-                nf1,
-                nest[1] / (nest[1] + nest[3])
+                a.0, a.1, a.2, a.3, b.0, c.0, nf1, nested_fpr
             );
         }
     }
@@ -524,23 +524,7 @@ fn lab_ngram(rows: &[cascade::Row], records: &[Record]) {
             .map(|j| (oof[j], ys[j], rows[img[j]].rule_flag))
             .collect();
         let a = best_at(&pr, cap);
-        let mut nest = [0.0f64; 4];
-        for k in 0..cascade::FOLDS {
-            let tr: Vec<_> = (0..img.len())
-                .filter(|j| folds[*j] != k)
-                .map(|j| pr[j])
-                .collect();
-            let t = best_at(&tr, cap).3;
-            for j in (0..img.len()).filter(|j| folds[*j] == k) {
-                let pred = pr[j].2 || oof[j] >= t;
-                nest[match (ys[j], pred) {
-                    (true, true) => 0,
-                    (false, true) => 1,
-                    (true, false) => 2,
-                    _ => 3,
-                }] += 1.0;
-            }
-        }
+        let (nested_f1, nested_fpr) = nested_at(&pr, &folds, cap);
         let sexual: Vec<usize> = (0..img.len())
             .filter(|j| {
                 rows[img[*j]]
@@ -555,13 +539,7 @@ fn lab_ngram(rows: &[cascade::Row], records: &[Record]) {
             / sexual.len().max(1) as f64;
         println!(
             "{name:16} OOF@{cap}: F1 {:.3} R {:.3} FPR {:.4} t {:.3} sexualR {:.3} | nested F1 {:.3} FPR {:.4}",
-            a.0,
-            a.1,
-            a.2,
-            a.3,
-            sr,
-            2.0 * nest[0] / (2.0 * nest[0] + nest[1] + nest[2]),
-            nest[1] / (nest[1] + nest[3])
+            a.0, a.1, a.2, a.3, sr, nested_f1, nested_fpr
         );
     };
     report(
@@ -756,31 +734,10 @@ fn lab_mlp(rows: &[cascade::Row]) {
             .map(|j| (oof[j], ys[j], rows[img[j]].rule_flag))
             .collect();
         let a = best_at(&pr, cap);
-        let mut nest = [0.0f64; 4];
-        for k in 0..cascade::FOLDS {
-            let tr: Vec<_> = (0..img.len())
-                .filter(|j| folds[*j] != k)
-                .map(|j| pr[j])
-                .collect();
-            let t = best_at(&tr, cap).3;
-            for j in (0..img.len()).filter(|j| folds[*j] == k) {
-                let pred = pr[j].2 || oof[j] >= t;
-                nest[match (ys[j], pred) {
-                    (true, true) => 0,
-                    (false, true) => 1,
-                    (true, false) => 2,
-                    _ => 3,
-                }] += 1.0;
-            }
-        }
+        let (nested_f1, nested_fpr) = nested_at(&pr, &folds, cap);
         println!(
             "{name:28} OOF@{cap}: F1 {:.3} R {:.3} FPR {:.4} t {:.3} | nested F1 {:.3} FPR {:.4}",
-            a.0,
-            a.1,
-            a.2,
-            a.3,
-            2.0 * nest[0] / (2.0 * nest[0] + nest[1] + nest[2]),
-            nest[1] / (nest[1] + nest[3])
+            a.0, a.1, a.2, a.3, nested_f1, nested_fpr
         );
     };
     let hidden: Vec<usize> = std::env::var("LAB_H")
