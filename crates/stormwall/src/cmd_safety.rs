@@ -83,15 +83,8 @@ pub enum SafetyCommand {
         /// Where to write the cascade heads (with --encoder-dir).
         #[arg(long, requires = "encoder_dir")]
         heads_out: Option<PathBuf>,
-        /// Number format of the encoder's linear layers: auto, int8 or f32.
-        #[arg(
-            long,
-            env = PRECISION_ENV,
-            default_value = "auto",
-            value_name = "PRECISION",
-            value_parser = parse_precision
-        )]
-        encoder_precision: PrecisionSetting,
+        #[command(flatten)]
+        precision: PrecisionArg,
     },
     /// The encoder tier's model (`fetch`).
     #[command(subcommand)]
@@ -120,15 +113,22 @@ pub struct ScreenArgs {
     /// Cascade heads file to use instead of the shipped one (with --encoder-dir).
     #[arg(long, requires = "encoder_dir")]
     heads: Option<PathBuf>,
+    #[command(flatten)]
+    precision: PrecisionArg,
+}
+
+/// `--encoder-precision`, for every command that loads the encoder.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PrecisionArg {
     /// Number format of the encoder's linear layers: auto (int8 where the processor runs a
     /// SIMD int8 kernel, f32 elsewhere), int8 or f32.
     #[arg(
-            long,
-            env = PRECISION_ENV,
-            default_value = "auto",
-            value_name = "PRECISION",
-            value_parser = parse_precision
-        )]
+        long,
+        env = PRECISION_ENV,
+        default_value = "auto",
+        value_name = "PRECISION",
+        value_parser = parse_precision
+    )]
     encoder_precision: PrecisionSetting,
 }
 
@@ -185,7 +185,7 @@ impl ScreenArgs {
         }
         let mut kernel = None;
         if let Some(d) = &self.encoder_dir {
-            let e = Encoder::from_dir_with(d, self.encoder_precision.resolve())?;
+            let e = Encoder::from_dir_with(d, self.precision.encoder_precision.resolve())?;
             kernel = Some(e.kernel_name());
             b = b.encoder(Some(std::sync::Arc::new(e)));
         }
@@ -220,7 +220,7 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
             holdout,
             encoder_dir,
             heads_out,
-            encoder_precision,
+            precision,
         } => {
             let cfg = TrainConfig {
                 bits,
@@ -235,7 +235,7 @@ pub fn run(cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
                 folds.zip(holdout),
                 encoder_dir
                     .zip(heads_out)
-                    .map(|(d, h)| (d, h, encoder_precision)),
+                    .map(|(d, h)| (d, h, precision.encoder_precision)),
             )
         }
         SafetyCommand::Model(m) => crate::cmd_safety_model::run(m),
@@ -351,7 +351,7 @@ fn eval(
         // Figures depend on the precision: say which ran, on stderr beside any warning.
         eprintln!(
             "encoder: {k} kernel (--encoder-precision {})",
-            args.encoder_precision
+            args.precision.encoder_precision
         );
     }
     let split = Split::frozen()?;
