@@ -336,25 +336,22 @@ async fn shipped_json_is_a_slice_of_the_written_group_not_a_copy() {
     service.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Past `memory_events` (a store outage), the shipper reads back what memory could not
-/// hold, from the segments, and ships from memory again where memory resumes: every event
-/// reaches the store once, in order of the journal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_the_memory_bound_the_shipper_reads_the_rest_back_from_disk() {
+/// A store outage of 300 events: the journal started on `cfg` with the store down, `each`
+/// run after every append, then the store back and every event stored and counted as shipped.
+async fn outage_of_300(
+    cfg: &JournalConfig,
+    each: impl Fn(&JournalService),
+) -> (tempfile::TempDir, Arc<FakeStore>, Journal, JournalService) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FakeStore::default());
     store.down.store(true, Ordering::SeqCst);
-    let small = JournalConfig {
-        memory_events: 50,
-        segment_max_bytes: 16 << 10,
-        ..config()
-    };
     let (journal, service) =
-        JournalService::start(&small, dir.path(), store.clone(), &events_config()).unwrap();
+        JournalService::start(cfg, dir.path(), store.clone(), &events_config()).unwrap();
     for i in 0..300 {
         journal.append(event(i)).await.unwrap();
+        each(&service);
     }
-    assert!(service.journal().shared.memory().events.len() <= 50);
+    assert!(service.journal().shared.memory().events.len() <= cfg.memory_events);
     store.down.store(false, Ordering::SeqCst);
     until("all shipped", || store.events.lock().unwrap().len() == 300).await;
     let st = journal.stats();
@@ -362,6 +359,21 @@ async fn past_the_memory_bound_the_shipper_reads_the_rest_back_from_disk() {
         st.shipped.load(Ordering::SeqCst) == 300
     })
     .await;
+    (dir, store, journal, service)
+}
+
+/// Past `memory_events` (a store outage), the shipper reads back what memory could not
+/// hold, from the segments, and ships from memory again where memory resumes: every event
+/// reaches the store once, in order of the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_memory_bound_the_shipper_reads_the_rest_back_from_disk() {
+    let small = JournalConfig {
+        memory_events: 50,
+        segment_max_bytes: 16 << 10,
+        ..config()
+    };
+    let (_dir, store, journal, service) = outage_of_300(&small, |_| {}).await;
+    let st = journal.stats();
     // The first 50 were remembered; beyond them, only what the shipper had taken out of
     // memory (one batch it kept retrying) made room for more.
     let read_back = st.read_back.load(Ordering::SeqCst);
@@ -391,19 +403,13 @@ fn weight_of_event() -> usize {
 /// and every event reaches the store once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_byte_bound_the_shipper_reads_the_rest_back_from_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FakeStore::default());
-    store.down.store(true, Ordering::SeqCst);
     let bound = 40 * weight_of_event();
     let small = JournalConfig {
         memory_bytes: bound as u64,
         segment_max_bytes: 16 << 10,
         ..config()
     };
-    let (journal, service) =
-        JournalService::start(&small, dir.path(), store.clone(), &events_config()).unwrap();
-    for i in 0..300 {
-        journal.append(event(i)).await.unwrap();
+    let (_dir, store, journal, service) = outage_of_300(&small, |service| {
         let memory = service.journal().shared.memory();
         assert!(memory.bytes <= bound, "{} bytes held", memory.bytes);
         assert!(
@@ -411,14 +417,9 @@ async fn past_the_byte_bound_the_shipper_reads_the_rest_back_from_disk() {
             "{} events held",
             memory.events.len()
         );
-    }
-    store.down.store(false, Ordering::SeqCst);
-    until("all shipped", || store.events.lock().unwrap().len() == 300).await;
-    let st = journal.stats();
-    until("shipped counted", || {
-        st.shipped.load(Ordering::SeqCst) == 300
     })
     .await;
+    let st = journal.stats();
     let read_back = st.read_back.load(Ordering::SeqCst);
     assert!((200..=260).contains(&read_back), "{read_back} read back");
     assert_eq!(store.inserts.load(Ordering::SeqCst), 300);
