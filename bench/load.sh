@@ -186,6 +186,32 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # `taskset -c LIST` prefix when pinning was asked for.
+# second_config NAME [sed -e EXPR...]: the first gateway's config on two free ports of its own,
+# changed by the expressions, as $RUN/stormwall-NAME.toml (sets GW2_PORT and ADMIN2_PORT).
+second_config() {
+  local name="$1"
+  shift
+  GW2_PORT="$(free_port)"
+  ADMIN2_PORT="$(free_port)"
+  sed -e "s/^listen = .*/listen = \"127.0.0.1:$GW2_PORT\"/" \
+    -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$ADMIN2_PORT\"/" \
+    "$@" "$RUN/stormwall.toml" >"$RUN/stormwall-$name.toml"
+}
+
+# start_second BIN NAME: BIN serves $RUN/stormwall-NAME.toml (logging to gateway-NAME.log);
+# returns once it answers (sets GW2_PID and GW2_URL).
+start_second() {
+  local bin="$1" name="$2"
+  # shellcheck disable=SC2046
+  "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
+    $(pin "$GATEWAY_CPUS") "$bin" serve --config "$RUN/stormwall-$name.toml" >"$RUN/gateway-$name.log" 2>&1 &
+  GW2_PID=$!
+  PIDS+=("$GW2_PID")
+  wait_http "http://127.0.0.1:$ADMIN2_PORT/healthz" "$GW2_PID" 300 "$RUN/gateway-$name.log"
+  wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-$name.log"
+  GW2_URL="http://127.0.0.1:$GW2_PORT"
+}
+
 pin() {
   if [[ -n "$1" ]]; then
     echo "taskset -c $1"
@@ -414,20 +440,9 @@ EOF
   log "gateway RSS: $RSS_WHAT"
   if [[ $JOURNAL == both ]]; then
     # The same store and keys, without the journal: the in-memory event path to compare with.
-    GW2_PORT="$(free_port)"
-    ADMIN2_PORT="$(free_port)"
-    sed -e "s/^listen = .*/listen = \"127.0.0.1:$GW2_PORT\"/" \
-      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$ADMIN2_PORT\"/" \
-      -e "s/^enabled = true/enabled = false/" "$RUN/stormwall.toml" >"$RUN/stormwall-nojournal.toml"
+    second_config nojournal -e "s/^enabled = true/enabled = false/"
     log "starting a second stormwall serve without the journal (config $RUN/stormwall-nojournal.toml)"
-    # shellcheck disable=SC2046
-    "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
-      $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall-nojournal.toml" >"$RUN/gateway-nojournal.log" 2>&1 &
-    GW2_PID=$!
-    PIDS+=("$GW2_PID")
-    wait_http "http://127.0.0.1:$ADMIN2_PORT/healthz" "$GW2_PID" 300 "$RUN/gateway-nojournal.log"
-    wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-nojournal.log"
-    GW2_URL="http://127.0.0.1:$GW2_PORT"
+    start_second "$BIN/stormwall" nojournal
     # Warm it like the first: every key used once.
     use_each_key "$GW2_URL" "$RUN/keys.txt"
     wait_idle "$GW2_PID"
@@ -435,22 +450,10 @@ EOF
   if [[ $ENCODER_PRECISION == both ]]; then
     # The same store and keys, the encoder in f32: the reference beside the first's int8
     # (its event journal in a directory of its own: one process per journal).
-    GW2_PORT="$(free_port)"
-    ADMIN2_PORT="$(free_port)"
-    sed -e "s/^listen = .*/listen = \"127.0.0.1:$GW2_PORT\"/" \
-      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$ADMIN2_PORT\"/" \
-      -e 's/^encoder_precision = .*/encoder_precision = "f32"/' \
-      -e "s|^enabled = true\$|enabled = true\ndir = \"$RUN/stormwall-f32.event-journal\"|" \
-      "$RUN/stormwall.toml" >"$RUN/stormwall-f32.toml"
+    second_config f32 -e 's/^encoder_precision = .*/encoder_precision = "f32"/' \
+      -e "s|^enabled = true\$|enabled = true\ndir = \"$RUN/stormwall-f32.event-journal\"|"
     log "starting a second stormwall serve with the encoder in f32 (config $RUN/stormwall-f32.toml)"
-    # shellcheck disable=SC2046
-    "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
-      $(pin "$GATEWAY_CPUS") "$BIN/stormwall" serve --config "$RUN/stormwall-f32.toml" >"$RUN/gateway-f32.log" 2>&1 &
-    GW2_PID=$!
-    PIDS+=("$GW2_PID")
-    wait_http "http://127.0.0.1:$ADMIN2_PORT/healthz" "$GW2_PID" 300 "$RUN/gateway-f32.log"
-    wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-f32.log"
-    GW2_URL="http://127.0.0.1:$GW2_PORT"
+    start_second "$BIN/stormwall" f32
     SAFETY2_WHAT="$(safety_line "$ADMIN2_PORT")"
     log "second gateway ${SAFETY2_WHAT:-safety: off}"
     use_each_key "$GW2_URL" "$RUN/keys.txt"
@@ -459,24 +462,13 @@ EOF
   if [[ -n "$COMPARE_BIN" ]]; then
     # Another build on a store of its own (its migrations may differ), with keys made and
     # used the same way, so both gateways start the runs in the same state.
-    GW2_PORT="$(free_port)"
-    ADMIN2_PORT="$(free_port)"
-    sed -e "s/^listen = .*/listen = \"127.0.0.1:$GW2_PORT\"/" \
-      -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$ADMIN2_PORT\"/" \
-      -e "s|^path = \"$RUN/stormwall.db\"|path = \"$RUN/compare.db\"|" "$RUN/stormwall.toml" >"$RUN/stormwall-compare.toml"
+    second_config compare -e "s|^path = \"$RUN/stormwall.db\"|path = \"$RUN/compare.db\"|"
     if [[ $KEYS_VIA == store ]]; then
       "$COMPARE_BIN" keys create-bulk --config "$RUN/stormwall-compare.toml" --count "$KEYS" --tenant bench \
         --out "$RUN/keys-compare.txt" --format keys >&2
     fi
     log "starting the compared build $COMPARE_BIN (config $RUN/stormwall-compare.toml)"
-    # shellcheck disable=SC2046
-    "${GW_ENV[@]}" STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" MOCK_UPSTREAM_KEY="$MOCK_KEY" STORMWALL_LOG="${STORMWALL_LOG:-info}" \
-      $(pin "$GATEWAY_CPUS") "$COMPARE_BIN" serve --config "$RUN/stormwall-compare.toml" >"$RUN/gateway-compare.log" 2>&1 &
-    GW2_PID=$!
-    PIDS+=("$GW2_PID")
-    wait_http "http://127.0.0.1:$ADMIN2_PORT/healthz" "$GW2_PID" 300 "$RUN/gateway-compare.log"
-    wait_http "http://127.0.0.1:$GW2_PORT/v1/models" "$GW2_PID" 30 "$RUN/gateway-compare.log"
-    GW2_URL="http://127.0.0.1:$GW2_PORT"
+    start_second "$COMPARE_BIN" compare
     RSS2_BASE="$(rss_mib "$GW2_PID")"
     if [[ $KEYS_VIA == admin ]]; then
       STORMWALL_ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/stormwall-loadgen" --create-keys "$KEYS" \
